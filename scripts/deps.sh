@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what building and testing gpuslice needs on a fresh Debian 12 machine.
+# Idempotent: packages already present are not fetched again.
+set -euo pipefail
+
+APT_PACKAGES=(cmake ninja-build g++ clang libclang-rt-14-dev catch2 libfmt-dev libbenchmark-dev
+              libcpp-httplib-dev nlohmann-json3-dev)
+PY_PACKAGES=(scikit-build-core pybind11 nvidia-nvml-dev numpy pytest hypothesis rich matplotlib)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "deps: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+# pip returns at once when everything is already satisfied.
+"$PY" -m pip install -q --disable-pip-version-check "${PY_PACKAGES[@]}" 2>&1 | grep -v "Running pip as the 'root' user" || true
