@@ -1,0 +1,45 @@
+#pragma once
+/// \file
+/// HAMi's usage score, shared by the fit engine's spread/binpack scorers and the simulator.
+/// Pure functions, thread-safe.
+
+namespace gpuslice::fit {
+
+/// Weights of the three usage dimensions (HAMi uses 1, 1, 1 and a factor of 10).
+struct usage_weights {
+  double slots = 1.0;
+  double cores = 1.0;
+  double memory = 1.0;
+};
+
+/// Usage of a node or GPU, each dimension as (amount used, total). For a candidate placement
+/// the request is already added to the used amounts.
+struct usage {
+  double slots_used = 0, slots_total = 0;
+  double cores_used = 0, cores_total = 0;
+  double memory_used = 0, memory_total = 0;
+};
+
+/// HAMi's factor in front of the weighted sum.
+inline constexpr double k_hami_score_scale = 10.0;
+
+/// 10 * (wS*slots_used/slots_total + wC*cores_used/cores_total + wM*memory_used/memory_total).
+/// A dimension whose total is 0 contributes 0.
+inline double hami_usage_score(const usage& u, const usage_weights& w = {}) noexcept {
+  auto ratio = [](double used, double total) { return total > 0 ? used / total : 0.0; };
+  return k_hami_score_scale * (w.slots * ratio(u.slots_used, u.slots_total) +
+                               w.cores * ratio(u.cores_used, u.cores_total) +
+                               w.memory * ratio(u.memory_used, u.memory_total));
+}
+
+/// Which way a usage score is preferred.
+enum class hami_policy { binpack, spread };
+
+/// The score to maximise: binpack prefers the fullest candidate, spread the emptiest.
+inline double hami_policy_score(hami_policy p, const usage& u, const usage_weights& w = {}) noexcept {
+  const double s = hami_usage_score(u, w);
+  const double max = k_hami_score_scale * (w.slots + w.cores + w.memory);
+  return p == hami_policy::binpack ? s : max - s;
+}
+
+}  // namespace gpuslice::fit
