@@ -1,0 +1,960 @@
+#pragma once
+/// \file
+/// The memory ledger: cross-process, crash-safe accounting of device memory against a limit.
+///
+/// Every process of a container charges its device allocations to one ledger (a file mapped
+/// MAP_SHARED, see region.hpp). `try_reserve` either takes bytes under the device's limit or
+/// fails; `release` gives them back. A process killed with SIGKILL leaves its slot behind; any
+/// process may reap it, and its bytes come back exactly once.
+///
+/// Limits: a stored limit is always a concrete byte count. 0 means "nothing may be reserved"
+/// (never "unlimited"); a caller with no limit stores the device's total memory.
+///
+/// Caller contract (the shim): reserve before the driver allocates; if the driver call then
+/// fails, release the same bytes on the same device through the same slot. Release only bytes
+/// that this process reserved. A child created by fork() must call attach() again: it gets its
+/// own slot and holds nothing until it reserves.
+///
+/// ## The protocol, and why a dead process's bytes come back exactly once
+///
+/// State: per device a total `used` (D) and a `limit`; per process slot an `owner` word
+/// (pid, state free/claiming/live/reaping), per-device charges `used[d]` (W), and an
+/// `inflight` counter (F); in the header a reap gate G (0 = open).
+///
+/// Reserve (hot path, no lock, no system call):
+///   1. F += 1                         (seq_cst)
+///   2. if G != 0: F -= 1, wait for G to open (bounded; fail closed), go to 1
+///   3. CAS D: D -> D + b, only if D + b <= limit; on failure F -= 1 and fail
+///   4. W[d] += b
+///   5. F -= 1                         (release)
+/// Release is the same bracket around W[d] -= b and D -= b (saturating at 0).
+///
+/// Reap (rare: after a process death is seen):
+///   1. Scan slots; if no live/claiming slot has a dead owner, stop (nothing to do).
+///   2. Close the gate: CAS G 0 -> me (a dead holder is displaced by CAS, after a liveness
+///      check). Another live reaper holding it means this call returns 0.
+///   3. Drain: wait until F == 0 for every slot whose owner is alive (bounded; on timeout
+///      open the gate and return 0). Because step 1 of an operation and the gate load are
+///      seq_cst, as are the gate CAS and the F loads here, either the operation sees the gate
+///      closed and backs off, or the reaper sees its F and waits (Dekker's argument).
+///   4. Mark every dead slot `reaping` (CAS live -> reaping).
+///   5. For each device, recompute D := sum of W[d] over live slots, with one store.
+///   6. Zero the dead slots' W and F, set them free, open the gate.
+///
+/// Why exactly once: a reap never subtracts a dead slot's bytes; it *recomputes* D from the
+/// live slots at a moment when no live operation is between steps 1 and 5 of the bracket, so
+/// every live slot's W equals exactly what it added to D. A process that died anywhere in the
+/// bracket (between the CAS on D and W += b included) is simply not counted: whatever it did or
+/// did not add to D is replaced by the recount. Two reapers are serialised by the gate; a
+/// reaper that dies mid-way leaves the gate to be displaced and its `reaping` slots to be
+/// freed by the next one, whose recount is the same idempotent store. D never exceeds the
+/// limit through a reserve (step 3 is a CAS checked against the limit), and the recount can
+/// only lower D to what live processes hold.
+///
+/// Progress: the hot path is lock-free while the gate is open. The gate closes only while a
+/// reaper works after a process death (a scan of the slots plus the drain), and its holder's
+/// death is detected and repaired. Reserve waits at most k_gate_wait_ns and then fails closed.
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "gpuslice/memory/platform.hpp"
+#include "gpuslice/memory/region.hpp"
+#include "gpuslice/quantity.hpp"
+#include "gpuslice/result.hpp"
+
+namespace gpuslice::memory {
+
+/// Creation tag: fail with errc::exists if the file exists.
+struct create_only_t {};
+/// Creation tag: fail with errc::not_found if the file does not exist.
+struct open_only_t {};
+/// Creation tag: open the file, creating and initialising it if needed.
+struct open_or_create_t {};
+/// Tag value of create_only_t.
+inline constexpr create_only_t create_only{};
+/// Tag value of open_only_t.
+inline constexpr open_only_t open_only{};
+/// Tag value of open_or_create_t.
+inline constexpr open_or_create_t open_or_create{};
+
+/// How long an opener waits for another process to finish initialising a region.
+inline constexpr std::uint64_t k_init_wait_ns = 2'000'000'000;
+/// How long an operation waits for a device record being claimed by another process.
+inline constexpr std::uint64_t k_device_wait_ns = 2'000'000'000;
+/// How long try_reserve waits for a closed reap gate before failing closed.
+inline constexpr std::uint64_t k_gate_wait_ns = 2'000'000'000;
+/// How long a reaper waits for live operations to drain before giving up this round.
+inline constexpr std::uint64_t k_drain_wait_ns = 1'000'000'000;
+/// Smallest interval between two periodic (not failure-driven) reaps.
+inline constexpr std::uint64_t k_reap_interval_ns = 1'000'000'000;
+/// Sleep between polls of a state another process is expected to change soon.
+inline constexpr std::chrono::microseconds k_poll_sleep{50};
+
+/// A device as the ledger sees it.
+struct device_usage {
+  std::string uuid;                    ///< UUID the device was registered with
+  std::uint64_t limit = 0;             ///< bytes
+  std::uint64_t used = 0;              ///< bytes, total over processes
+  std::uint32_t sm_limit_percent = 0;  ///< SM share for the limiter; 0 = none
+};
+
+/// A process slot as the ledger sees it.
+struct process_usage {
+  std::int32_t pid = 0;                             ///< process id
+  std::uint64_t start_time = 0;                     ///< start time from /proc/<pid>/stat
+  std::array<std::uint64_t, k_max_devices> used{};  ///< bytes per device index
+};
+
+/// A point-in-time copy of a ledger (fields read one by one; not an atomic cut).
+struct snapshot {
+  std::vector<device_usage> devices;     ///< indices 0..n-1
+  std::vector<process_usage> processes;  ///< live slots only
+};
+
+/// A process's slot in a ledger, from attach(). Plain value; valid for the ledger it came from.
+struct slot_handle {
+  std::uint32_t index = static_cast<std::uint32_t>(k_slot_count);  ///< slot number
+  /// True for a handle returned by attach().
+  bool valid() const noexcept { return index < k_slot_count; }
+};
+
+namespace detail {
+
+inline error file_error(errc code, const std::string& path, const std::string& what) {
+  return make_error(code, "ledger file " + gpuslice::detail::quoted(path) + ": " + what);
+}
+
+/// Checks a fully initialised header. Thread-safe on a region nobody mutates the header of.
+template <template <class> class Atom>
+std::optional<error> validate_header(const basic_region_header<Atom>& h, std::uint64_t file_size,
+                                     const std::string& path) {
+  if (h.magic != k_magic) {
+    return file_error(errc::corrupt, path, "not a gpuslice ledger (wrong magic number)");
+  }
+  if (h.layout_version != k_layout_version) {
+    return file_error(errc::version_mismatch, path,
+                      "layout version " + std::to_string(h.layout_version) + ", expected " +
+                          std::to_string(k_layout_version));
+  }
+  if (h.region_size != k_region_size || file_size != k_region_size) {
+    return file_error(errc::corrupt, path,
+                      "size " + std::to_string(file_size) + " bytes (header says " +
+                          std::to_string(h.region_size) + "), expected " +
+                          std::to_string(k_region_size));
+  }
+  if (h.slot_count != k_slot_count) {
+    return file_error(errc::corrupt, path,
+                      "header claims " + std::to_string(h.slot_count) + " slots, expected " +
+                          std::to_string(k_slot_count));
+  }
+  const auto n = h.device_count.load(std::memory_order_acquire);
+  if (n > static_cast<std::uint32_t>(k_max_devices)) {
+    return file_error(errc::corrupt, path,
+                      "header claims " + std::to_string(n) + " devices, at most " +
+                          std::to_string(k_max_devices) + " fit");
+  }
+  return std::nullopt;
+}
+
+/// Writes a fresh header; the caller owns the initialisation claim.
+template <template <class> class Atom>
+void write_header(basic_region_header<Atom>& h) {
+  h.magic = k_magic;
+  h.layout_version = k_layout_version;
+  h.region_size = k_region_size;
+  h.slot_count = static_cast<std::uint32_t>(k_slot_count);
+}
+
+inline bool all_zero(const unsigned char* p, std::size_t n) {
+  return std::all_of(p, p + n, [](unsigned char c) { return c == 0; });
+}
+
+/// pread that retries on EINTR and short reads; returns bytes read or -1.
+inline ssize_t read_at(int fd, void* buf, std::size_t n, off_t off) {
+  std::size_t done = 0;
+  while (done < n) {
+    const ssize_t r =
+        ::pread(fd, static_cast<char*>(buf) + done, n - done, off + static_cast<off_t>(done));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return -1;
+    if (r == 0) break;
+    done += static_cast<std::size_t>(r);
+  }
+  return static_cast<ssize_t>(done);
+}
+
+/// Checks a ledger file's size and header bytes before it is mapped: foreign, other-version,
+/// truncated and wrong-size files are refused. Precondition: fd is open for reading.
+inline std::optional<error> classify_file(int fd, std::uint64_t size, const std::string& path) {
+  unsigned char raw[sizeof(region_header)] = {};
+  const ssize_t got = read_at(fd, raw, sizeof raw, 0);
+  if (got < 0) return file_error(errc::io_error, path, "cannot read: " + errno_text(errno));
+  const auto truncated = [&] {
+    return file_error(errc::corrupt, path,
+                      (size < k_region_size ? "truncated: " : "wrong size: ") +
+                          std::to_string(size) + " bytes, expected " +
+                          std::to_string(k_region_size));
+  };
+  if (static_cast<std::size_t>(got) < sizeof raw) return truncated();
+  std::uint64_t magic = 0;
+  std::uint32_t version = 0;
+  std::uint32_t state = 0;
+  std::memcpy(&magic, raw + offsetof(region_header, magic), sizeof magic);
+  std::memcpy(&version, raw + offsetof(region_header, layout_version), sizeof version);
+  std::memcpy(&state, raw + offsetof(region_header, init_state), sizeof state);
+  if (magic != 0 && magic != k_magic) {
+    return file_error(errc::corrupt, path, "not a gpuslice ledger (wrong magic number)");
+  }
+  if (magic == k_magic && version != k_layout_version) {
+    return file_error(errc::version_mismatch, path,
+                      "layout version " + std::to_string(version) + ", expected " +
+                          std::to_string(k_layout_version));
+  }
+  if (size != k_region_size) return truncated();
+  // Zero magic is only legitimate while uninitialised (all zero) or initialising.
+  if (magic == 0 && !all_zero(raw, sizeof raw) &&
+      state != static_cast<std::uint32_t>(init_state::initialising)) {
+    return file_error(errc::corrupt, path, "not a gpuslice ledger (wrong magic number)");
+  }
+  return std::nullopt;
+}
+
+}  // namespace detail
+
+/// Storage policy: a region in a file mapped MAP_SHARED. Movable, not copyable.
+template <template <class> class Atom = std::atomic>
+class shared_file_storage {
+ public:
+  /// The layout this storage holds.
+  using region_type = basic_region<Atom>;
+
+  shared_file_storage() = default;
+  shared_file_storage(shared_file_storage&& o) noexcept
+      : region_(std::exchange(o.region_, nullptr)), path_(std::move(o.path_)) {}
+  shared_file_storage& operator=(shared_file_storage&& o) noexcept {
+    if (this != &o) {
+      unmap();
+      region_ = std::exchange(o.region_, nullptr);
+      path_ = std::move(o.path_);
+    }
+    return *this;
+  }
+  ~shared_file_storage() { unmap(); }
+
+  /// Creates the file; errc::exists if it is there. Thread-safe (no shared state).
+  static result<shared_file_storage> open(create_only_t, const std::string& path) {
+    return open_impl(path, O_CREAT | O_EXCL, true);
+  }
+  /// Opens an existing ledger; errc::not_found if absent. Thread-safe.
+  static result<shared_file_storage> open(open_only_t, const std::string& path) {
+    return open_impl(path, 0, false);
+  }
+  /// Opens, creating and initialising the file if needed. Thread-safe.
+  static result<shared_file_storage> open(open_or_create_t, const std::string& path) {
+    return open_impl(path, O_CREAT, true);
+  }
+
+  /// The mapped region. Thread-safe.
+  region_type* region() const noexcept { return region_; }
+  /// Where the region lives.
+  const std::string& path() const noexcept { return path_; }
+
+ private:
+  static constexpr mode_t k_file_mode = 0666;  // the container's processes may run as others
+
+  void unmap() noexcept {
+    if (region_ != nullptr) ::munmap(static_cast<void*>(region_), k_region_size);
+    region_ = nullptr;
+  }
+
+  static result<shared_file_storage> open_impl(const std::string& path, int flags, bool may_init) {
+    using detail::file_error;
+    const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC | flags, k_file_mode);
+    if (fd < 0) {
+      const int e = errno;
+      if (e == EEXIST) return file_error(errc::exists, path, "already exists (create_only)");
+      if (e == ENOENT) return file_error(errc::not_found, path, "does not exist (open_only)");
+      return file_error(errc::io_error, path, "cannot open: " + detail::errno_text(e));
+    }
+    struct fd_closer {
+      int fd;
+      ~fd_closer() { ::close(fd); }
+    } closer{fd};
+
+    // Wait for a creator that has the file but has not sized it yet.
+    const std::uint64_t deadline = detail::monotonic_ns() + k_init_wait_ns;
+    struct stat st {};
+    for (;;) {
+      if (::fstat(fd, &st) != 0) {
+        return file_error(errc::io_error, path, "cannot stat: " + detail::errno_text(errno));
+      }
+      if (st.st_size != 0) break;
+      if (may_init) {
+        if (::ftruncate(fd, static_cast<off_t>(k_region_size)) != 0) {
+          return file_error(errc::io_error, path,
+                            "cannot size to " + std::to_string(k_region_size) +
+                                " bytes: " + detail::errno_text(errno));
+        }
+        continue;
+      }
+      if (detail::monotonic_ns() > deadline) {
+        return file_error(errc::busy, path,
+                          "is empty: its creator did not initialise it within 2 s");
+      }
+      std::this_thread::sleep_for(k_poll_sleep);
+    }
+    const auto size = static_cast<std::uint64_t>(st.st_size);
+
+    // Classify from a copy of the header before mapping, so a short or foreign file never
+    // gets mapped (a mapping past the end of a file faults on access).
+    if (auto e = detail::classify_file(fd, size, path)) return std::move(*e);
+
+    void* p = ::mmap(nullptr, k_region_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) {
+      return file_error(errc::io_error, path, "cannot map: " + detail::errno_text(errno));
+    }
+    shared_file_storage s;
+    s.region_ = static_cast<region_type*>(p);
+    s.path_ = path;
+    if (auto e = s.initialise_or_wait(may_init, size)) return std::move(*e);
+    return s;
+  }
+
+  /// Agrees with concurrent openers on one initialisation; then validates the header.
+  std::optional<error> initialise_or_wait(bool may_init, std::uint64_t size) {
+    using detail::file_error;
+    auto& h = region_->header;
+    const std::uint64_t deadline = detail::monotonic_ns() + k_init_wait_ns;
+    const auto self = static_cast<std::uint32_t>(::getpid());
+    const proc_liveness live;
+    for (;;) {
+      auto st = h.init_state.load(std::memory_order_acquire);
+      if (st == static_cast<std::uint32_t>(init_state::uninitialised) && may_init) {
+        if (h.init_state.compare_exchange_strong(
+                st, static_cast<std::uint32_t>(init_state::initialising),
+                std::memory_order_acq_rel)) {
+          h.init_pid.store(self, std::memory_order_relaxed);
+          initialise();
+          continue;
+        }
+      }
+      if (st == static_cast<std::uint32_t>(init_state::ready)) break;
+      if (st == static_cast<std::uint32_t>(init_state::corrupted)) {
+        return file_error(errc::corrupt, path_, "marked corrupted; remove it to start afresh");
+      }
+      if (st > static_cast<std::uint32_t>(init_state::corrupted)) {
+        return file_error(errc::corrupt, path_,
+                          "invalid initialisation state " + std::to_string(st));
+      }
+      if (st == static_cast<std::uint32_t>(init_state::initialising) && may_init) {
+        // The initialiser died before finishing: nobody can be using the region yet, so one
+        // process (whoever wins the CAS on init_pid) initialises it again.
+        auto pid = h.init_pid.load(std::memory_order_acquire);
+        if (pid != 0 && pid != self && !live.start_time(static_cast<std::int32_t>(pid)) &&
+            h.init_pid.compare_exchange_strong(pid, self, std::memory_order_acq_rel)) {
+          initialise();
+          continue;
+        }
+      }
+      if (detail::monotonic_ns() > deadline) {
+        return file_error(errc::busy, path_,
+                          st == 0 ? "was never initialised (no creator finished within 2 s)"
+                                  : "initialisation by another process did not finish within 2 s");
+      }
+      std::this_thread::sleep_for(k_poll_sleep);
+    }
+    return detail::validate_header(h, size, path_);
+  }
+
+  /// Precondition: this process holds the initialisation claim.
+  void initialise() {
+    auto& h = region_->header;
+    // Bytes past the header are zero in a fresh file, but a takeover may find a half-written
+    // region: clear everything after the state words.
+    constexpr std::size_t body = offsetof(region_type, devices);
+    std::memset(reinterpret_cast<unsigned char*>(region_) + body, 0, k_region_size - body);
+    h.device_count.store(0, std::memory_order_relaxed);
+    h.reap_gate.store(0, std::memory_order_relaxed);
+    h.last_reap_ns.store(0, std::memory_order_relaxed);
+    h.reap_count.store(0, std::memory_order_relaxed);
+    h.reclaimed_bytes.store(0, std::memory_order_relaxed);
+    detail::write_header(h);
+    h.init_state.store(static_cast<std::uint32_t>(init_state::ready), std::memory_order_release);
+  }
+
+  region_type* region_ = nullptr;
+  std::string path_;
+};
+
+/// Storage policy: a region on the heap, for one process (controllers, simulators, tests).
+template <template <class> class Atom = std::atomic>
+class heap_storage {
+ public:
+  /// The layout this storage holds.
+  using region_type = basic_region<Atom>;
+
+  /// A fresh, initialised region.
+  static heap_storage create() {
+    heap_storage s;
+    s.region_ = std::make_unique<region_type>();  // value-initialised: all zero
+    detail::write_header(s.region_->header);
+    s.region_->header.init_state.store(static_cast<std::uint32_t>(init_state::ready),
+                                       std::memory_order_release);
+    return s;
+  }
+  /// The region. Thread-safe.
+  region_type* region() const noexcept { return region_.get(); }
+  /// Where the region lives.
+  std::string path() const { return "<in-memory>"; }
+
+ private:
+  std::unique_ptr<region_type> region_;
+};
+
+/// The ledger over a storage policy, a clock and a liveness check.
+/// Clock: `std::uint64_t now_ns() const`. Liveness: `std::optional<std::uint64_t>
+/// start_time(std::int32_t pid) const` (nullopt = not running) and `std::int32_t self_pid()
+/// const`. Movable, not copyable; all operations are thread-safe unless stated.
+template <class Storage, class Clock = steady_clock_source, class Liveness = proc_liveness>
+class basic_ledger {
+ public:
+  using storage_type = Storage;
+  using region_type = typename Storage::region_type;
+
+  /// Wraps an opened storage.
+  explicit basic_ledger(Storage storage, Clock clock = {}, Liveness live = {})
+      : storage_(std::move(storage)),
+        clock_(std::move(clock)),
+        live_(std::move(live)),
+        attach_mutex_(std::make_unique<std::mutex>()) {}
+
+  /// Opens a ledger file (shared_file_storage only). Thread-safe.
+  template <class Tag>
+  static result<basic_ledger> open(Tag tag, const std::string& path, Clock clock = {},
+                                   Liveness live = {}) {
+    auto s = Storage::open(tag, path);
+    if (!s) return std::move(s).err();
+    return basic_ledger(std::move(*s), std::move(clock), std::move(live));
+  }
+
+  /// A fresh in-process ledger (heap_storage only).
+  static basic_ledger create(Clock clock = {}, Liveness live = {}) {
+    return basic_ledger(Storage::create(), std::move(clock), std::move(live));
+  }
+
+  // ---- devices ---------------------------------------------------------------------------
+
+  /// The index (0..15) of the device with \p uuid, registering it with \p limit bytes if
+  /// absent; an existing device keeps its limit. Thread-safe (across processes too).
+  result<int> device(std::string_view uuid, std::uint64_t limit) {
+    if (uuid.empty() || uuid.size() >= k_uuid_bytes) {
+      return make_error(errc::invalid_value, "device UUID " + gpuslice::detail::quoted(uuid) +
+                                                 ": expected 1 to " +
+                                                 std::to_string(k_uuid_bytes - 1) + " bytes");
+    }
+    auto& h = header();
+    for (int i = 0; i < k_max_devices; ++i) {
+      auto& d = dev(i);
+      auto st = d.state.load(std::memory_order_acquire);
+      if (st == static_cast<std::uint32_t>(device_state::empty)) {
+        if (d.state.compare_exchange_strong(st, static_cast<std::uint32_t>(device_state::claiming),
+                                            std::memory_order_acq_rel)) {
+          std::memset(d.uuid, 0, k_uuid_bytes);
+          std::memcpy(d.uuid, uuid.data(), uuid.size());
+          d.limit.store(limit, std::memory_order_relaxed);
+          d.state.store(static_cast<std::uint32_t>(device_state::ready), std::memory_order_release);
+          auto n = h.device_count.load(std::memory_order_relaxed);
+          const auto want = static_cast<std::uint32_t>(i + 1);
+          while (n < want &&
+                 !h.device_count.compare_exchange_weak(n, want, std::memory_order_acq_rel)) {
+          }
+          return i;
+        }
+      }
+      if (!wait_device_ready(d)) {
+        return make_error(errc::busy, "device record " + std::to_string(i) +
+                                          " is being registered by a process that did not "
+                                          "finish within 2 s");
+      }
+      if (uuid_equals(d, uuid)) return i;
+    }
+    return make_error(errc::capacity, "device UUID " + gpuslice::detail::quoted(uuid) +
+                                          ": the ledger already holds " +
+                                          std::to_string(k_max_devices) + " devices");
+  }
+
+  /// The index of the device with \p uuid; errc::not_found if absent. Thread-safe.
+  result<int> find_device(std::string_view uuid) const {
+    const int n = device_count();
+    for (int i = 0; i < n; ++i) {
+      const auto& d = dev(i);
+      if (d.state.load(std::memory_order_acquire) ==
+              static_cast<std::uint32_t>(device_state::ready) &&
+          uuid_equals(d, uuid)) {
+        return i;
+      }
+    }
+    return make_error(errc::not_found,
+                      "device UUID " + gpuslice::detail::quoted(uuid) + " is not in the ledger");
+  }
+
+  /// Registered devices (records 0..n-1). Thread-safe.
+  int device_count() const noexcept {
+    return static_cast<int>(std::min<std::uint32_t>(
+        header().device_count.load(std::memory_order_acquire), k_max_devices));
+  }
+
+  /// The device's UUID ("" for an unregistered index). Thread-safe.
+  std::string uuid(int device) const {
+    if (!ready_device(device)) return {};
+    const auto& d = dev(device);
+    return std::string(d.uuid, strnlen(d.uuid, k_uuid_bytes));
+  }
+
+  // ---- processes ---------------------------------------------------------------------------
+
+  /// The calling process's slot, created on first use (pid + /proc start time). After fork()
+  /// the child gets a new slot on its next call. Thread-safe.
+  result<slot_handle> attach() {
+    const std::int32_t pid = live_.self_pid();
+    std::lock_guard<std::mutex> lock(*attach_mutex_);  // first use only; not the hot path
+    if (self_pid_ == pid && self_slot_.valid()) return self_slot_;
+    auto start = live_.start_time(pid);
+    if (!start) {
+      return make_error(errc::io_error, "cannot read the start time of this process (pid " +
+                                            std::to_string(pid) + ") from /proc");
+    }
+    auto r = attach_as(pid, *start);
+    if (r) {
+      self_pid_ = pid;
+      self_slot_ = *r;
+    }
+    return r;
+  }
+
+  /// The slot of process (\p pid, \p start_time), created if absent: for controllers and
+  /// simulators that account on behalf of other processes, and tests. Thread-safe.
+  result<slot_handle> attach_as(std::int32_t pid, std::uint64_t start_time) {
+    if (pid <= 0) {
+      return make_error(errc::invalid_value,
+                        "pid " + std::to_string(pid) + ": expected a positive process id");
+    }
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      for (std::size_t i = 0; i < k_slot_count; ++i) {
+        auto& s = slot(i);
+        const auto o = s.owner.load(std::memory_order_acquire);
+        if (owner_state(o) == slot_state::live && owner_pid(o) == pid &&
+            s.start_time.load(std::memory_order_acquire) == start_time) {
+          return slot_handle{static_cast<std::uint32_t>(i)};
+        }
+      }
+      for (std::size_t i = 0; i < k_slot_count; ++i) {
+        auto& s = slot(i);
+        std::uint64_t o = 0;
+        if (s.owner.compare_exchange_strong(o, make_owner(pid, slot_state::claiming),
+                                            std::memory_order_acq_rel)) {
+          s.start_time.store(start_time, std::memory_order_relaxed);
+          s.inflight.store(0, std::memory_order_relaxed);
+          for (auto& u : s.used) u.store(0, std::memory_order_relaxed);
+          s.owner.store(make_owner(pid, slot_state::live), std::memory_order_release);
+          return slot_handle{static_cast<std::uint32_t>(i)};
+        }
+      }
+      if (reap() == 0 && !any_free_slot()) break;
+    }
+    return make_error(errc::capacity, "all " + std::to_string(k_slot_count) +
+                                          " process slots are held by live processes");
+  }
+
+  // ---- the hot path ------------------------------------------------------------------------
+
+  /// Reserves \p bytes on \p device for \p slot if the device total stays at or below its
+  /// limit. Lock-free while no reap is in progress; fails closed on bad arguments.
+  /// When it would fail, it first reaps dead processes and tries once more. Thread-safe.
+  bool try_reserve(slot_handle h, int device, std::uint64_t bytes) noexcept {
+    if (!h.valid() || !ready_device(device)) return false;
+    if (bytes == 0) return true;
+    maybe_periodic_reap();
+    if (reserve_once(h, device, bytes)) return true;
+    if (reap() == 0) return false;
+    return reserve_once(h, device, bytes);
+  }
+
+  /// Gives back \p bytes on \p device that \p slot reserved. Lock-free while no reap is in
+  /// progress (then it waits for the reaper, whose death is repaired). Thread-safe.
+  void release(slot_handle h, int device, std::uint64_t bytes) noexcept {
+    if (!h.valid() || !ready_device(device) || bytes == 0) return;
+    auto& s = slot(h.index);
+    enter(s, ~std::uint64_t{0});
+    s.used[device].fetch_sub(bytes, std::memory_order_relaxed);
+    auto& used = dev(device).used;
+    auto cur = used.load(std::memory_order_relaxed);
+    while (!used.compare_exchange_weak(cur, cur > bytes ? cur - bytes : 0,
+                                       std::memory_order_acq_rel)) {
+    }
+    s.inflight.fetch_sub(1, std::memory_order_release);
+  }
+
+  /// Bytes in use on \p device, over all processes (0 for a bad index). Thread-safe.
+  std::uint64_t used(int device) const noexcept {
+    return ready_device(device) ? dev(device).used.load(std::memory_order_acquire) : 0;
+  }
+  /// The device's limit in bytes (0 for a bad index). Thread-safe.
+  std::uint64_t limit(int device) const noexcept {
+    return ready_device(device) ? dev(device).limit.load(std::memory_order_acquire) : 0;
+  }
+  /// Bytes \p slot holds on \p device. Thread-safe.
+  std::uint64_t slot_used(slot_handle h, int device) const noexcept {
+    return h.valid() && device >= 0 && device < k_max_devices
+               ? slot(h.index).used[device].load(std::memory_order_acquire)
+               : 0;
+  }
+
+  /// Sets the device's limit; it applies to the next reservation, and bytes already in use are
+  /// never revoked (a total above a lowered limit only blocks reservations). Thread-safe.
+  /// Returns false for an unregistered device.
+  bool set_limit(int device, std::uint64_t bytes) noexcept {
+    if (!ready_device(device)) return false;
+    dev(device).limit.store(bytes, std::memory_order_release);
+    return true;
+  }
+
+  /// Sets the SM share (0..100; 0 = none) the limiter reads. Thread-safe. False if invalid.
+  bool set_sm_limit(int device, std::uint32_t percent) noexcept {
+    if (!ready_device(device) || percent > k_cores_per_gpu) return false;
+    dev(device).sm_limit_percent.store(percent, std::memory_order_release);
+    return true;
+  }
+  /// The SM share of \p device (0 = none). Thread-safe.
+  std::uint32_t sm_limit(int device) const noexcept {
+    return ready_device(device) ? dev(device).sm_limit_percent.load(std::memory_order_acquire) : 0;
+  }
+
+  /// The SM limiter's k_rate_words naturally aligned words for \p device (nullptr for a bad
+  /// index). Opaque to the ledger; zero at initialisation. Thread-safe.
+  std::atomic<std::uint64_t>* rate_words(int device) noexcept {
+    return device >= 0 && device < k_max_devices ? dev(device).rate_words : nullptr;
+  }
+
+  // ---- reaping -------------------------------------------------------------------------------
+
+  /// Returns the bytes of dead processes' slots to their devices and frees the slots; returns
+  /// the bytes reclaimed (0 if nothing was dead, or another live reaper is at work). See the
+  /// protocol at the top of this file. Thread-safe (across processes too).
+  std::uint64_t reap() noexcept {
+    if (!any_dead_slot()) return 0;
+    auto& h = header();
+    const std::uint64_t me = gate_word();
+    if (!acquire_gate(me)) return 0;
+    // Drain live operations; find the dead slots.
+    const std::uint64_t deadline = detail::monotonic_ns() + k_drain_wait_ns;
+    std::array<bool, k_slot_count> dead{};
+    for (std::size_t i = 0; i < k_slot_count; ++i) {
+      auto& s = slot(i);
+      for (;;) {
+        const auto o = s.owner.load(std::memory_order_seq_cst);
+        const auto st = owner_state(o);
+        if (st == slot_state::free) break;
+        if (st == slot_state::reaping || !slot_alive(s, o)) {
+          dead[i] = true;  // a reaping slot under the gate: its reaper died
+          break;
+        }
+        // A live claimer holds no bytes yet and cannot be inside an operation.
+        if (st == slot_state::claiming || s.inflight.load(std::memory_order_seq_cst) == 0) break;
+        if (detail::monotonic_ns() > deadline) {
+          h.reap_gate.store(0, std::memory_order_seq_cst);
+          return 0;
+        }
+        std::this_thread::yield();
+      }
+    }
+    for (std::size_t i = 0; i < k_slot_count; ++i) {
+      if (!dead[i]) continue;
+      auto& s = slot(i);
+      auto o = s.owner.load(std::memory_order_acquire);
+      if (owner_state(o) != slot_state::reaping &&
+          !s.owner.compare_exchange_strong(o, make_owner(owner_pid(o), slot_state::reaping),
+                                           std::memory_order_acq_rel)) {
+        dead[i] = false;  // changed under us: only a free slot can (claimed); leave it
+      }
+    }
+    std::uint64_t reclaimed = 0;
+    const int n = device_count();
+    for (int d = 0; d < n; ++d) {
+      std::uint64_t sum = 0;
+      for (std::size_t i = 0; i < k_slot_count; ++i) {
+        const auto& s = slot(i);
+        if (owner_state(s.owner.load(std::memory_order_acquire)) == slot_state::live) {
+          sum += s.used[d].load(std::memory_order_acquire);
+        }
+      }
+      const auto old = dev(d).used.exchange(sum, std::memory_order_acq_rel);
+      if (old > sum) reclaimed += old - sum;
+    }
+    for (std::size_t i = 0; i < k_slot_count; ++i) {
+      if (!dead[i]) continue;
+      auto& s = slot(i);
+      for (auto& u : s.used) u.store(0, std::memory_order_relaxed);
+      s.inflight.store(0, std::memory_order_relaxed);
+      s.start_time.store(0, std::memory_order_relaxed);
+      s.owner.store(0, std::memory_order_release);
+    }
+    if (reclaimed != 0) {
+      h.reap_count.fetch_add(1, std::memory_order_relaxed);
+      h.reclaimed_bytes.fetch_add(reclaimed, std::memory_order_relaxed);
+    }
+    h.reap_gate.store(0, std::memory_order_seq_cst);
+    return reclaimed;
+  }
+
+  /// A copy of the devices and the live slots. Thread-safe.
+  memory::snapshot snapshot() const {
+    memory::snapshot out;
+    const int n = device_count();
+    for (int i = 0; i < n; ++i) {
+      const auto& d = dev(i);
+      out.devices.push_back(device_usage{uuid(i), d.limit.load(std::memory_order_acquire),
+                                         d.used.load(std::memory_order_acquire),
+                                         d.sm_limit_percent.load(std::memory_order_acquire)});
+    }
+    for (std::size_t i = 0; i < k_slot_count; ++i) {
+      const auto& s = slot(i);
+      const auto o = s.owner.load(std::memory_order_acquire);
+      if (owner_state(o) != slot_state::live) continue;
+      process_usage p;
+      p.pid = owner_pid(o);
+      p.start_time = s.start_time.load(std::memory_order_acquire);
+      for (int d = 0; d < k_max_devices; ++d) p.used[d] = s.used[d].load(std::memory_order_acquire);
+      out.processes.push_back(p);
+    }
+    return out;
+  }
+
+  /// Bytes reclaimed from dead processes over the ledger's life. Thread-safe.
+  std::uint64_t reclaimed_bytes() const noexcept {
+    return header().reclaimed_bytes.load(std::memory_order_relaxed);
+  }
+
+  /// Marks the region corrupted: every later open refuses it. For operators. Thread-safe.
+  void mark_corrupted() noexcept {
+    header().init_state.store(static_cast<std::uint32_t>(init_state::corrupted),
+                              std::memory_order_release);
+  }
+
+  /// The storage (for its path and region). Thread-safe.
+  const Storage& storage() const noexcept { return storage_; }
+
+ private:
+  auto& header() const noexcept { return storage_.region()->header; }
+  auto& dev(int i) const noexcept { return storage_.region()->devices[i]; }
+  auto& slot(std::size_t i) const noexcept { return storage_.region()->slots[i]; }
+  std::uint64_t clock_now() const noexcept { return clock_.now_ns(); }
+
+  bool ready_device(int device) const noexcept {
+    return device >= 0 && device < k_max_devices &&
+           dev(device).state.load(std::memory_order_acquire) ==
+               static_cast<std::uint32_t>(device_state::ready);
+  }
+
+  template <class Record>
+  static bool uuid_equals(const Record& d, std::string_view uuid) noexcept {
+    const std::size_t n = strnlen(d.uuid, k_uuid_bytes);
+    return n == uuid.size() && std::memcmp(d.uuid, uuid.data(), n) == 0;
+  }
+
+  template <class Record>
+  static bool wait_device_ready(const Record& d) {
+    const std::uint64_t deadline = detail::monotonic_ns() + k_device_wait_ns;
+    while (d.state.load(std::memory_order_acquire) !=
+           static_cast<std::uint32_t>(device_state::ready)) {
+      if (detail::monotonic_ns() > deadline) return false;
+      std::this_thread::sleep_for(k_poll_sleep);
+    }
+    return true;
+  }
+
+  bool any_free_slot() const noexcept {
+    for (std::size_t i = 0; i < k_slot_count; ++i) {
+      if (slot(i).owner.load(std::memory_order_relaxed) == 0) return true;
+    }
+    return false;
+  }
+
+  template <class Slot>
+  bool slot_alive(const Slot& s, std::uint64_t owner) const noexcept {
+    const auto start = live_.start_time(owner_pid(owner));
+    if (!start) return false;
+    // A claiming slot may not have stored its start time yet; its pid being alive suffices.
+    return owner_state(owner) == slot_state::claiming ||
+           *start == s.start_time.load(std::memory_order_acquire);
+  }
+
+  bool any_dead_slot() const noexcept {
+    for (std::size_t i = 0; i < k_slot_count; ++i) {
+      const auto& s = slot(i);
+      const auto o = s.owner.load(std::memory_order_acquire);
+      const auto st = owner_state(o);
+      if (st == slot_state::free) continue;
+      if (st == slot_state::reaping || !slot_alive(s, o)) return true;
+    }
+    return false;
+  }
+
+  std::uint64_t gate_word() const noexcept {
+    const auto pid = live_.self_pid();
+    const auto start = live_.start_time(pid).value_or(0);
+    return (static_cast<std::uint64_t>(static_cast<std::uint32_t>(pid)) << 32) |
+           (start & 0xffffffffu);
+  }
+
+  bool gate_holder_alive(std::uint64_t g) const noexcept {
+    const auto start = live_.start_time(static_cast<std::int32_t>(g >> 32));
+    return start && (*start & 0xffffffffu) == (g & 0xffffffffu);
+  }
+
+  /// Takes the reap gate, displacing a dead holder. False if a live reaper holds it.
+  bool acquire_gate(std::uint64_t me) noexcept {
+    auto& gate = header().reap_gate;
+    std::uint64_t g = 0;
+    if (gate.compare_exchange_strong(g, me, std::memory_order_seq_cst)) return true;
+    if (g != me && !gate_holder_alive(g)) {
+      return gate.compare_exchange_strong(g, me, std::memory_order_seq_cst);
+    }
+    return false;
+  }
+
+  /// Announces an operation (F += 1) once the gate is open. Waits at most \p wait_ns (all
+  /// ones: forever) for a closed gate; a dead holder is displaced. False on timeout.
+  template <class Slot>
+  bool enter(Slot& s, std::uint64_t wait_ns) noexcept {
+    auto& gate = header().reap_gate;
+    std::uint64_t deadline = 0;
+    for (;;) {
+      s.inflight.fetch_add(1, std::memory_order_seq_cst);
+      const auto g = gate.load(std::memory_order_seq_cst);
+      if (g == 0) return true;
+      s.inflight.fetch_sub(1, std::memory_order_seq_cst);
+      if (deadline == 0) {
+        const auto now = detail::monotonic_ns();
+        deadline = wait_ns > ~std::uint64_t{0} - now ? ~std::uint64_t{0} : now + wait_ns;
+      }
+      if (!gate_holder_alive(g)) {
+        auto expected = g;
+        gate.compare_exchange_strong(expected, 0, std::memory_order_seq_cst);
+        continue;
+      }
+      if (detail::monotonic_ns() > deadline) return false;
+      std::this_thread::sleep_for(k_poll_sleep);
+    }
+  }
+
+  bool reserve_once(slot_handle h, int device, std::uint64_t bytes) noexcept {
+    auto& s = slot(h.index);
+    if (!enter(s, k_gate_wait_ns)) return false;
+    auto& d = dev(device);
+    const auto lim = d.limit.load(std::memory_order_acquire);
+    auto cur = d.used.load(std::memory_order_relaxed);
+    do {
+      if (cur > lim || bytes > lim - cur) {
+        s.inflight.fetch_sub(1, std::memory_order_release);
+        return false;
+      }
+    } while (!d.used.compare_exchange_weak(cur, cur + bytes, std::memory_order_acq_rel));
+    s.used[device].fetch_add(bytes, std::memory_order_relaxed);
+    s.inflight.fetch_sub(1, std::memory_order_release);
+    return true;
+  }
+
+  void maybe_periodic_reap() noexcept {
+    auto& last = header().last_reap_ns;
+    const auto now = clock_now();
+    auto prev = last.load(std::memory_order_relaxed);
+    if (now - prev < k_reap_interval_ns && now >= prev) return;
+    if (last.compare_exchange_strong(prev, now, std::memory_order_relaxed)) reap();
+  }
+
+  Storage storage_;
+  Clock clock_;
+  Liveness live_;
+  std::unique_ptr<std::mutex> attach_mutex_;
+  std::int32_t self_pid_ = 0;
+  slot_handle self_slot_{};
+};
+
+/// The ledger over a MAP_SHARED file: what the shim and monitors use.
+using shared_ledger = basic_ledger<shared_file_storage<>>;
+/// The ledger in process memory: for controllers, simulators and tests.
+using in_memory_ledger = basic_ledger<heap_storage<>>;
+
+/// Reads a ledger file without writing to it (a monitor's view): maps it read-only and copies
+/// a snapshot. Errors as for open_only. Thread-safe.
+inline result<snapshot> read_snapshot(const std::string& path) {
+  using detail::file_error;
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    const int e = errno;
+    if (e == ENOENT) return file_error(errc::not_found, path, "does not exist");
+    return file_error(errc::io_error, path, "cannot open: " + detail::errno_text(e));
+  }
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    const int e = errno;
+    ::close(fd);
+    return file_error(errc::io_error, path, "cannot stat: " + detail::errno_text(e));
+  }
+  const auto size = static_cast<std::uint64_t>(st.st_size);
+  if (auto e = detail::classify_file(fd, size, path)) {
+    ::close(fd);
+    return std::move(*e);
+  }
+  void* p = ::mmap(nullptr, k_region_size, PROT_READ, MAP_SHARED, fd, 0);
+  const int map_errno = errno;
+  ::close(fd);
+  if (p == MAP_FAILED)
+    return file_error(errc::io_error, path, "cannot map: " + detail::errno_text(map_errno));
+  const auto* r = static_cast<const region*>(p);
+  struct unmapper {
+    void* p;
+    ~unmapper() { ::munmap(p, k_region_size); }
+  } guard{p};
+  const auto state = r->header.init_state.load(std::memory_order_acquire);
+  if (state == static_cast<std::uint32_t>(init_state::corrupted)) {
+    return file_error(errc::corrupt, path, "marked corrupted; remove it to start afresh");
+  }
+  if (state != static_cast<std::uint32_t>(init_state::ready)) {
+    return file_error(errc::busy, path, "is not initialised yet");
+  }
+  if (auto e = detail::validate_header(r->header, size, path)) return std::move(*e);
+  snapshot out;
+  const auto n = r->header.device_count.load(std::memory_order_acquire);
+  for (std::uint32_t i = 0; i < n; ++i) {
+    const auto& d = r->devices[i];
+    out.devices.push_back(device_usage{std::string(d.uuid, strnlen(d.uuid, k_uuid_bytes)),
+                                       d.limit.load(std::memory_order_acquire),
+                                       d.used.load(std::memory_order_acquire),
+                                       d.sm_limit_percent.load(std::memory_order_acquire)});
+  }
+  for (const auto& s : r->slots) {
+    const auto o = s.owner.load(std::memory_order_acquire);
+    if (owner_state(o) != slot_state::live) continue;
+    process_usage pu;
+    pu.pid = owner_pid(o);
+    pu.start_time = s.start_time.load(std::memory_order_acquire);
+    for (int d = 0; d < k_max_devices; ++d) pu.used[d] = s.used[d].load(std::memory_order_acquire);
+    out.processes.push_back(pu);
+  }
+  return out;
+}
+
+}  // namespace gpuslice::memory

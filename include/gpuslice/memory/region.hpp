@@ -1,0 +1,150 @@
+#pragma once
+/// \file
+/// The memory ledger's region: the fixed-width layout of the file that a container's processes
+/// map with MAP_SHARED (or that an in-memory ledger allocates). Offsets, not pointers; every
+/// field has a fixed width and a pinned offset (tests/memory/test_region.cpp). Any change to
+/// this layout must bump k_layout_version.
+///
+/// Layout (byte offsets):
+///   [0, 256)                       region_header
+///   [256, 256 + 16 * 256)          device_record[k_max_devices]
+///   [4352, 4352 + 1024 * 192)      process_slot[k_slot_count]
+///   total k_region_size = 200960 bytes
+///
+/// Endianness: the file is read only by processes of the same machine, so native order.
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+namespace gpuslice::memory {
+
+/// Most devices one ledger tracks (== gpuslice::k_max_devices).
+inline constexpr int k_max_devices = 16;
+/// Bytes reserved for a device UUID including the terminating NUL; NVML/CUDA UUID strings
+/// ("GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx", 40 characters) fit with room to spare.
+inline constexpr std::size_t k_uuid_bytes = 96;
+/// Process slots in a region: one per process that ever charged the ledger and is not reaped.
+inline constexpr std::size_t k_slot_count = 1024;
+/// 64-bit words per device reserved for the SM limiter's shared token bucket.
+inline constexpr std::size_t k_rate_words = 8;
+/// "GPUSLEDG" read as a little-endian 64-bit word: identifies a gpuslice ledger file.
+inline constexpr std::uint64_t k_magic = 0x4744454c53555047ULL;
+/// Layout version; bumped on any change to the structs below.
+inline constexpr std::uint32_t k_layout_version = 1;
+/// Cache line size assumed for alignment of hot fields.
+inline constexpr std::size_t k_cache_line = 64;
+
+/// The region's initialisation state, claimed by compare-and-swap on region_header::init_state.
+enum class init_state : std::uint32_t {
+  uninitialised = 0,  ///< a fresh, zero-filled file
+  initialising = 1,   ///< one process won the claim and is writing the header
+  ready = 2,          ///< usable
+  corrupted = 3,      ///< marked unusable; every opener refuses it
+};
+
+/// State of a device record (device_record::state).
+enum class device_state : std::uint32_t {
+  empty = 0,     ///< unused record
+  claiming = 1,  ///< a process is writing the UUID and limit
+  ready = 2,     ///< in use; UUID immutable from now on
+};
+
+/// State of a process slot, the low byte of process_slot::owner (the pid is the high 32 bits).
+enum class slot_state : std::uint32_t {
+  free = 0,      ///< unused; may be claimed by compare-and-swap
+  claiming = 1,  ///< a process is writing its start time; holds no bytes yet
+  live = 2,      ///< owned by a process; charges in used[] belong to it
+  reaping = 3,   ///< its process is dead and a reaper (holding the reap gate) is freeing it
+};
+
+/// Region header. Written once by the initialising process, then read-mostly.
+template <template <class> class Atom>
+struct alignas(k_cache_line) basic_region_header {
+  std::uint64_t magic;               ///< k_magic
+  std::uint32_t layout_version;      ///< k_layout_version
+  Atom<std::uint32_t> init_state;    ///< memory::init_state, claimed by CAS
+  std::uint64_t region_size;         ///< k_region_size; compared with the file size on open
+  Atom<std::uint32_t> device_count;  ///< records 0..device_count-1 are claimed (<= 16)
+  std::uint32_t slot_count;          ///< k_slot_count
+  Atom<std::uint32_t> init_pid;      ///< pid of the initialising process (takeover if it died)
+  std::uint32_t reserved0;
+  /// The reap gate: 0 when open; else (pid << 32 | low 32 bits of start time) of the reaper.
+  Atom<std::uint64_t> reap_gate;
+  Atom<std::uint64_t> last_reap_ns;     ///< clock reading of the last periodic reap
+  Atom<std::uint64_t> reap_count;       ///< completed reaps that reclaimed something
+  Atom<std::uint64_t> reclaimed_bytes;  ///< bytes reclaimed from dead processes, all time
+  std::uint64_t reserved[23];
+};
+
+/// Per-device record: identity, limit, the device total, and the SM limiter's words.
+template <template <class> class Atom>
+struct alignas(k_cache_line) basic_device_record {
+  char uuid[k_uuid_bytes];               ///< NUL-padded UUID; immutable once ready
+  Atom<std::uint32_t> state;             ///< memory::device_state
+  Atom<std::uint32_t> sm_limit_percent;  ///< SM share for the limiter; 0 = none
+  Atom<std::uint64_t> limit;             ///< bytes; the total never exceeds it by a reserve
+  std::uint64_t reserved0[2];
+  alignas(k_cache_line) Atom<std::uint64_t> used;  ///< device total, CAS-updated (own line)
+  std::uint64_t reserved1[7];
+  /// Opaque to the ledger, zero at initialisation: the SM limiter's shared token bucket.
+  alignas(k_cache_line) Atom<std::uint64_t> rate_words[k_rate_words];
+};
+
+/// A process's slot: who owns it and what it holds per device.
+template <template <class> class Atom>
+struct alignas(k_cache_line) basic_process_slot {
+  /// (pid << 32) | slot_state; one word so a claim records state and pid together.
+  Atom<std::uint64_t> owner;
+  Atom<std::uint64_t> start_time;  ///< field 22 of /proc/<pid>/stat (clock ticks since boot)
+  /// Operations of this process between announcing themselves and finishing (see ledger.hpp).
+  Atom<std::uint64_t> inflight;
+  std::uint64_t reserved0[5];
+  Atom<std::uint64_t> used[k_max_devices];  ///< bytes charged to this process per device
+};
+
+/// The whole region.
+template <template <class> class Atom>
+struct basic_region {
+  basic_region_header<Atom> header;
+  basic_device_record<Atom> devices[k_max_devices];
+  basic_process_slot<Atom> slots[k_slot_count];
+};
+
+/// The layout over std::atomic, the one that files hold.
+using region_header = basic_region_header<std::atomic>;
+using device_record = basic_device_record<std::atomic>;
+using process_slot = basic_process_slot<std::atomic>;
+using region = basic_region<std::atomic>;
+
+/// Size of a region in bytes (and of a ledger file).
+inline constexpr std::size_t k_region_size = sizeof(region);
+
+static_assert(std::atomic<std::uint64_t>::is_always_lock_free,
+              "the ledger needs lock-free 64-bit atomics (address-free across processes)");
+static_assert(std::atomic<std::uint32_t>::is_always_lock_free,
+              "the ledger needs lock-free 32-bit atomics (address-free across processes)");
+static_assert(sizeof(std::atomic<std::uint64_t>) == 8 && sizeof(std::atomic<std::uint32_t>) == 4,
+              "atomics must have the size of the integers they hold");
+static_assert(std::is_standard_layout_v<region>, "the region must be standard-layout");
+static_assert(sizeof(region_header) == 256);
+static_assert(sizeof(device_record) == 256);
+static_assert(sizeof(process_slot) == 192);
+static_assert(k_region_size == 256 + 16 * 256 + 1024 * 192);
+
+/// Packs a slot owner word.
+constexpr std::uint64_t make_owner(std::int32_t pid, slot_state s) noexcept {
+  return (static_cast<std::uint64_t>(static_cast<std::uint32_t>(pid)) << 32) |
+         static_cast<std::uint64_t>(s);
+}
+/// The pid of an owner word.
+constexpr std::int32_t owner_pid(std::uint64_t owner) noexcept {
+  return static_cast<std::int32_t>(static_cast<std::uint32_t>(owner >> 32));
+}
+/// The state of an owner word.
+constexpr slot_state owner_state(std::uint64_t owner) noexcept {
+  return static_cast<slot_state>(owner & 0xffu);
+}
+
+}  // namespace gpuslice::memory
