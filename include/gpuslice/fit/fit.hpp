@@ -1,0 +1,645 @@
+#pragma once
+/// \file
+/// The scheduling cycle over a cluster, in the Kubernetes scheduling framework's shape:
+///   PreFilter  validate the pod, sum its CPU and memory, resolve type rules per distinct type;
+///   Filter     per node: CPU and memory, then every device in HAMi's order, with a reason for
+///              each rejection; a node is feasible when every container gets its GPUs;
+///   Score      the scorer's node score (request included), for every feasible node;
+///   Normalize  scores mapped to 0..100 over the feasible nodes (in the per-node report);
+///   Reserve    the GPUs of the chosen node, by the scorer's GPU order or link search;
+///              cluster::reserve applies a decision to the cluster's state.
+/// Per-cycle state (the `cycle` struct below) is explicit and lives on the caller's stack.
+///
+/// Multi-GPU and multi-container pods: every chosen GPU holds the per-GPU memory and cores; a
+/// container never gets the same GPU twice, but two containers may share one; containers are
+/// placed in order, each seeing the previous ones' reservations. With numa_bind all of a
+/// container's GPUs come from one NUMA node, and the best group is chosen. When the greedy
+/// order fails, fit_options::backtrack searches all assignments (bounded by backtrack_limit).
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "gpuslice/fit/filter.hpp"
+#include "gpuslice/fit/hami_score.hpp"
+#include "gpuslice/fit/model.hpp"
+#include "gpuslice/fit/score.hpp"
+#include "gpuslice/fit/topology.hpp"
+#include "gpuslice/result.hpp"
+
+namespace gpuslice::fit {
+
+/// Options of one scheduling cycle.
+struct fit_options {
+  bool backtrack = false;  ///< search all assignments when the greedy order fails
+  /// Most search steps per node when backtracking (a step places one container's GPUs).
+  std::uint64_t backtrack_limit = 100000;
+  bool report_nodes = false;  ///< fill decision::nodes with one report per node
+};
+
+/// One node's outcome in a cycle (decision::nodes).
+struct node_report {
+  std::size_t node = 0;  ///< position in the cluster
+  bool feasible = false;
+  double score = 0;       ///< the scorer's node score (feasible nodes)
+  int normalized = 0;     ///< 0..100 over the feasible nodes
+  reason_counts reasons;  ///< devices per device reason, 1 per node-level reason
+};
+
+/// The outcome of a cycle: where the pod goes, or why it goes nowhere.
+struct decision {
+  bool placed = false;
+  std::size_t node = 0;                          ///< position of the chosen node (when placed)
+  double score = 0;                              ///< its node score
+  std::vector<container_allocation> containers;  ///< one per container of the pod
+  std::uint64_t cpu = 0;                         ///< the pod's node CPU, milli (for reserve)
+  std::uint64_t host_memory = 0;                 ///< the pod's node memory, bytes (for reserve)
+  std::size_t total_nodes = 0;
+  std::size_t feasible_nodes = 0;
+  reason_counts reasons;           ///< rejected nodes per reason (a node counts once per reason)
+  std::vector<node_report> nodes;  ///< with fit_options::report_nodes
+
+  /// kube-scheduler's style: "0/5 nodes are available: 3 nodes: insufficient GPU memory; ...".
+  std::string message() const {
+    std::string out =
+        std::to_string(feasible_nodes) + "/" + std::to_string(total_nodes) + " nodes are available";
+    const std::string why = format_reasons(reasons);
+    if (!why.empty()) out += ": " + why;
+    return out;
+  }
+};
+
+namespace detail {
+
+/// Per-node sums kept by the cluster so node scores need no device scan.
+struct node_totals {
+  double slots_used = 0, slots_total = 0;
+  double cores_used = 0, cores_total = 0;
+  double memory_used = 0, memory_total = 0;
+  bool uniform = true;  ///< every device has the same memory and cores totals
+};
+
+/// Per-container state of one cycle.
+struct container_cycle {
+  const container_request* req = nullptr;
+  std::vector<char> type_ok;    ///< by interned type id
+  bool uuid_rules = false;      ///< include/exclude uuid lists present
+  bool percent_memory = false;  ///< share depends on the device's totals
+};
+
+/// Per-cycle state (PreFilter's output).
+struct cycle {
+  std::vector<container_cycle> gpu;    ///< containers that ask for GPUs, in order
+  std::vector<std::size_t> gpu_index;  ///< their positions in pod.containers
+  std::size_t containers = 0;
+  std::uint64_t cpu = 0, host_memory = 0;
+  bool simple = false;  ///< one GPU container, no numa_bind: feasibility is a device count
+};
+
+/// A device's usage as seen while placing the containers of one pod on one node.
+struct working_use {
+  std::uint32_t slots_used;
+  std::uint64_t memory_used;
+  std::uint32_t cores_used;
+};
+
+}  // namespace detail
+
+/// A set of nodes and their usage: the state the scheduling cycle reads and reserve() writes.
+/// fit() is const and may run concurrently with other fit() calls; reserve()/release() must not
+/// run concurrently with anything else on the same cluster.
+class cluster {
+ public:
+  /// Checks every node (see validate(node)) and builds the cluster.
+  static result<cluster> make(std::vector<node> nodes) {
+    for (const auto& n : nodes) {
+      if (auto e = validate(n)) return std::move(*e);
+    }
+    return cluster(std::move(nodes));
+  }
+
+  /// The nodes in their current state.
+  const std::vector<node>& nodes() const noexcept { return nodes_; }
+  std::size_t size() const noexcept { return nodes_.size(); }
+
+  /// Runs one scheduling cycle for \p pod with \p scorer. An invalid pod is an error; a pod that
+  /// fits nowhere is a decision with placed == false and the reasons. Thread-safe (const).
+  template <class Scorer>
+  result<decision> fit(const pod_request& pod, const Scorer& scorer,
+                       const fit_options& opt = {}) const;
+
+  /// HAMi's default policies (node binpack, GPU spread).
+  result<decision> fit(const pod_request& pod, const fit_options& opt = {}) const {
+    return fit(pod, hami_scorer{}, opt);
+  }
+
+  /// Applies a placed decision to the node's usage. Returns an error, changing nothing, when the
+  /// decision does not fit the current state (e.g. it was made against an older state).
+  /// Not thread-safe.
+  result<bool> reserve(const decision& d) { return apply(d, true); }
+  /// Undoes reserve() of the same decision. Not thread-safe.
+  result<bool> release(const decision& d) { return apply(d, false); }
+
+ private:
+  explicit cluster(std::vector<node> nodes) : nodes_(std::move(nodes)) {
+    totals_.resize(nodes_.size());
+    type_ids_.resize(nodes_.size());
+    std::map<std::string, std::uint32_t> ids;
+    for (std::size_t i = 0; i < nodes_.size(); ++i) {
+      recompute(i);
+      for (const auto& d : nodes_[i].devices) {
+        auto [it, added] = ids.emplace(d.type, static_cast<std::uint32_t>(types_.size()));
+        if (added) types_.push_back(d.type);
+        type_ids_[i].push_back(it->second);
+      }
+    }
+    std::vector<std::size_t> order(nodes_.size());
+    for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+      return nodes_[a].name != nodes_[b].name ? nodes_[a].name < nodes_[b].name : a < b;
+    });
+    rank_.resize(nodes_.size());
+    for (std::size_t r = 0; r < order.size(); ++r) rank_[order[r]] = r;
+  }
+
+  void recompute(std::size_t i) {
+    detail::node_totals t;
+    const auto& devs = nodes_[i].devices;
+    for (const auto& d : devs) {
+      t.slots_used += d.slots_used;
+      t.slots_total += d.slots_total;
+      t.cores_used += d.cores_used;
+      t.cores_total += d.cores_total;
+      t.memory_used += static_cast<double>(d.memory_used);
+      t.memory_total += static_cast<double>(d.memory_total);
+      if (d.memory_total != devs.front().memory_total ||
+          d.cores_total != devs.front().cores_total) {
+        t.uniform = false;
+      }
+    }
+    totals_[i] = t;
+  }
+
+  result<bool> apply(const decision& d, bool add) {
+    if (!d.placed || d.node >= nodes_.size()) {
+      return make_error(errc::invalid_value, "decision is not a placement on this cluster");
+    }
+    node& n = nodes_[d.node];
+    // Check the whole decision first so a refused one changes nothing.
+    node trial = n;
+    auto fail = [&](const std::string& what) {
+      return make_error(errc::out_of_range, "decision does not fit node \"" + n.name +
+                                                "\" in its current state: " + what);
+    };
+    if (add) {
+      if (trial.cpu_total - trial.cpu_used < d.cpu) return fail("CPU");
+      if (trial.memory_total - trial.memory_used < d.host_memory) return fail("host memory");
+      trial.cpu_used += d.cpu;
+      trial.memory_used += d.host_memory;
+    } else {
+      if (trial.cpu_used < d.cpu || trial.memory_used < d.host_memory) return fail("CPU/memory");
+      trial.cpu_used -= d.cpu;
+      trial.memory_used -= d.host_memory;
+    }
+    for (const auto& c : d.containers) {
+      for (const auto& g : c.devices) {
+        if (g.device >= trial.devices.size()) return fail("no such device");
+        device& dv = trial.devices[g.device];
+        if (add) {
+          if (dv.slots_used >= dv.slots_total || dv.memory_total - dv.memory_used < g.memory ||
+              dv.cores_total - dv.cores_used < g.cores) {
+            return fail("device \"" + dv.uuid + "\"");
+          }
+          dv.slots_used += 1;
+          dv.memory_used += g.memory;
+          dv.cores_used += g.cores;
+        } else {
+          if (dv.slots_used == 0 || dv.memory_used < g.memory || dv.cores_used < g.cores) {
+            return fail("device \"" + dv.uuid + "\" was not reserved");
+          }
+          dv.slots_used -= 1;
+          dv.memory_used -= g.memory;
+          dv.cores_used -= g.cores;
+        }
+      }
+    }
+    n = std::move(trial);
+    recompute(d.node);
+    return true;
+  }
+
+  // ---- the cycle ----------------------------------------------------------------------------
+
+  detail::cycle prefilter(const pod_request& pod) const {
+    detail::cycle cy;
+    cy.containers = pod.containers.size();
+    bool numa = false;
+    for (std::size_t i = 0; i < pod.containers.size(); ++i) {
+      const auto& c = pod.containers[i];
+      cy.cpu += c.cpu;
+      cy.host_memory += c.host_memory;
+      if (c.count == 0) continue;
+      detail::container_cycle cc;
+      cc.req = &c;
+      cc.type_ok.resize(types_.size());
+      for (std::size_t t = 0; t < types_.size(); ++t) cc.type_ok[t] = type_allowed(c, types_[t]);
+      cc.uuid_rules = !c.use_uuids.empty() || !c.nouse_uuids.empty();
+      cc.percent_memory = c.memory == 0 || c.exclusive;
+      numa = numa || c.numa_bind;
+      cy.gpu.push_back(std::move(cc));
+      cy.gpu_index.push_back(i);
+    }
+    cy.simple = cy.gpu.size() == 1 && !numa;
+    return cy;
+  }
+
+  /// Whether device \p di of node \p ni can take container \p cc given usage \p u.
+  bool check(std::size_t ni, std::size_t di, const detail::container_cycle& cc,
+             const detail::working_use& u, share& s, reason& why) const {
+    device d = nodes_[ni].devices[di];  // small copy with the working usage
+    d.slots_used = u.slots_used;
+    d.memory_used = u.memory_used;
+    d.cores_used = u.cores_used;
+    s = resolve(*cc.req, d.memory_total, d.cores_total);
+    const bool uuid_ok = !cc.uuid_rules || uuid_allowed(*cc.req, d.uuid);
+    return device_fits(d, s, cc.type_ok[type_ids_[ni][di]] != 0, uuid_ok, why);
+  }
+
+  /// The fast check on the node's own state (no working copy).
+  bool check_fast(std::size_t ni, std::size_t di, const detail::container_cycle& cc,
+                  reason& why) const {
+    const device& d = nodes_[ni].devices[di];
+    const share s = resolve(*cc.req, d.memory_total, d.cores_total);
+    const bool uuid_ok = !cc.uuid_rules || uuid_allowed(*cc.req, d.uuid);
+    return device_fits(d, s, cc.type_ok[type_ids_[ni][di]] != 0, uuid_ok, why);
+  }
+
+  struct ranked {
+    std::size_t device;
+    double score;
+    share s;
+  };
+
+  template <class Scorer>
+  static void sort_ranked(const node& n, std::vector<ranked>& r, const Scorer&) {
+    std::sort(r.begin(), r.end(), [&](const ranked& a, const ranked& b) {
+      if (a.score != b.score) return a.score > b.score;
+      if (n.devices[a.device].index != n.devices[b.device].index) {
+        return n.devices[a.device].index < n.devices[b.device].index;
+      }
+      return a.device < b.device;
+    });
+  }
+
+  /// Chooses \p count devices among ranked candidates (sorted best first) of one group.
+  /// Returns the value of the choice (larger is better) through \p value.
+  template <class Scorer>
+  bool choose_in_group(const node& n, const std::vector<ranked>& group, std::size_t count,
+                       const std::vector<detail::working_use>& use, const Scorer& scorer,
+                       std::vector<ranked>& out, double& value) const {
+    out.clear();
+    if (group.size() < count) return false;
+    const bool links = scorer.topology() && !n.links.empty();
+    if (links && count >= 2) {
+      std::vector<std::size_t> cand;
+      for (const auto& g : group) cand.push_back(g.device);
+      std::sort(cand.begin(), cand.end());
+      linked_subset best;
+      best_linked_subset(n.links, cand, count, best);
+      double tie = 0;
+      for (std::size_t dvi : best.devices) {
+        for (const auto& g : group) {
+          if (g.device == dvi) {
+            out.push_back(g);
+            tie += g.score;
+          }
+        }
+      }
+      // The link sum dominates; the GPU scores only separate equal link sums.
+      value = static_cast<double>(best.score) * topology_scorer::k_link_weight + tie;
+      return true;
+    }
+    if (links && count == 1) {
+      std::vector<std::size_t> idle;
+      for (std::size_t i = 0; i < n.devices.size(); ++i) {
+        if (use[i].slots_used == 0 && n.devices[i].healthy) idle.push_back(i);
+      }
+      const ranked* best = nullptr;
+      std::int64_t best_lost = 0;
+      for (const auto& g : group) {  // already in score order, so ties keep the better score
+        const bool is_idle = use[g.device].slots_used == 0;
+        const std::int64_t lost = is_idle ? links_lost(n.links, g.device, idle) : 0;
+        if (best == nullptr || lost < best_lost) {
+          best = &g;
+          best_lost = lost;
+        }
+      }
+      out.push_back(*best);
+      value = -static_cast<double>(best_lost) * topology_scorer::k_link_weight + best->score;
+      return true;
+    }
+    value = 0;
+    for (std::size_t i = 0; i < count; ++i) {
+      out.push_back(group[i]);
+      value += group[i].score;
+    }
+    return true;
+  }
+
+  /// Greedy choice for one container on usage \p use; records reasons when it fails.
+  template <class Scorer>
+  bool place_container(std::size_t ni, const detail::container_cycle& cc,
+                       std::vector<detail::working_use>& use, const Scorer& scorer,
+                       container_allocation& out, reason_counts& why) const {
+    const node& n = nodes_[ni];
+    std::vector<ranked> cand;
+    for (std::size_t di = 0; di < n.devices.size(); ++di) {
+      share s;
+      reason r{};
+      if (check(ni, di, cc, use[di], s, r)) {
+        device d = n.devices[di];
+        d.slots_used = use[di].slots_used;
+        d.memory_used = use[di].memory_used;
+        d.cores_used = use[di].cores_used;
+        cand.push_back({di, scorer.gpu_score(d, s), s});
+      } else {
+        why.add(r);
+      }
+    }
+    const std::size_t count = cc.req->count;
+    if (cand.size() < count) {
+      why.add(reason::insufficient_devices);
+      return false;
+    }
+    sort_ranked(n, cand, scorer);
+    std::vector<ranked> chosen;
+    if (!cc.req->numa_bind) {
+      double value = 0;
+      choose_in_group(n, cand, count, use, scorer, chosen, value);
+    } else {
+      std::map<std::int32_t, std::vector<ranked>> groups;
+      for (const auto& c : cand) groups[n.devices[c.device].numa].push_back(c);
+      bool found = false;
+      double best_value = 0;
+      std::vector<ranked> pick;
+      for (const auto& [numa, group] : groups) {  // ascending numa: ties keep the lower one
+        double value = 0;
+        if (!choose_in_group(n, group, count, use, scorer, pick, value)) continue;
+        if (!found || value > best_value) {
+          found = true;
+          best_value = value;
+          chosen = pick;
+        }
+      }
+      if (!found) {
+        why.add(reason::numa_mismatch);
+        return false;
+      }
+    }
+    out.devices.clear();
+    for (const auto& c : chosen) {
+      out.devices.push_back({c.device, c.s.memory, c.s.cores});
+      use[c.device].slots_used += 1;
+      use[c.device].memory_used += c.s.memory;
+      use[c.device].cores_used += c.s.cores;
+    }
+    std::sort(out.devices.begin(), out.devices.end(),
+              [](const device_grant& a, const device_grant& b) { return a.device < b.device; });
+    return true;
+  }
+
+  /// Exhaustive search over every container's device sets (in score order), bounded by steps.
+  template <class Scorer>
+  bool search(std::size_t ni, const detail::cycle& cy, std::size_t k,
+              std::vector<detail::working_use>& use, const Scorer& scorer,
+              std::vector<container_allocation>& out, std::uint64_t& steps,
+              std::uint64_t limit) const {
+    if (k == cy.gpu.size()) return true;
+    const node& n = nodes_[ni];
+    const auto& cc = cy.gpu[k];
+    std::vector<ranked> cand;
+    for (std::size_t di = 0; di < n.devices.size(); ++di) {
+      share s;
+      reason r{};
+      if (check(ni, di, cc, use[di], s, r)) {
+        device d = n.devices[di];
+        d.slots_used = use[di].slots_used;
+        d.memory_used = use[di].memory_used;
+        d.cores_used = use[di].cores_used;
+        cand.push_back({di, scorer.gpu_score(d, s), s});
+      }
+    }
+    const std::size_t count = cc.req->count;
+    if (cand.size() < count) return false;
+    sort_ranked(n, cand, scorer);
+    std::vector<std::size_t> pick(count);
+    for (std::size_t i = 0; i < count; ++i) pick[i] = i;
+    auto& alloc = out[cy.gpu_index[k]];
+    while (true) {
+      if (++steps > limit) return false;
+      bool same_numa = true;
+      if (cc.req->numa_bind) {
+        for (std::size_t i = 1; i < count; ++i) {
+          same_numa = same_numa &&
+                      n.devices[cand[pick[i]].device].numa == n.devices[cand[pick[0]].device].numa;
+        }
+      }
+      if (same_numa) {
+        alloc.devices.clear();
+        for (std::size_t i : pick) {
+          const auto& c = cand[i];
+          alloc.devices.push_back({c.device, c.s.memory, c.s.cores});
+          use[c.device].slots_used += 1;
+          use[c.device].memory_used += c.s.memory;
+          use[c.device].cores_used += c.s.cores;
+        }
+        if (search(ni, cy, k + 1, use, scorer, out, steps, limit)) {
+          std::sort(
+              alloc.devices.begin(), alloc.devices.end(),
+              [](const device_grant& a, const device_grant& b) { return a.device < b.device; });
+          return true;
+        }
+        for (const auto& g : alloc.devices) {
+          use[g.device].slots_used -= 1;
+          use[g.device].memory_used -= g.memory;
+          use[g.device].cores_used -= g.cores;
+        }
+        alloc.devices.clear();
+      }
+      // Next combination of `count` out of cand.size() in lexicographic order.
+      std::size_t i = count;
+      while (i > 0 && pick[i - 1] == cand.size() - count + (i - 1)) --i;
+      if (i == 0) return false;
+      ++pick[i - 1];
+      for (std::size_t j = i; j < count; ++j) pick[j] = pick[j - 1] + 1;
+    }
+  }
+
+  /// Places every GPU container of the pod on node \p ni (greedy, then search if allowed).
+  template <class Scorer>
+  bool allocate(std::size_t ni, const detail::cycle& cy, const Scorer& scorer,
+                const fit_options& opt, std::vector<container_allocation>& out,
+                reason_counts& why) const {
+    const node& n = nodes_[ni];
+    std::vector<detail::working_use> use(n.devices.size());
+    for (std::size_t i = 0; i < n.devices.size(); ++i) {
+      use[i] = {n.devices[i].slots_used, n.devices[i].memory_used, n.devices[i].cores_used};
+    }
+    const auto fresh = use;
+    out.assign(cy.containers, container_allocation{});
+    for (std::size_t k = 0; k < cy.gpu.size(); ++k) {
+      reason_counts local;
+      if (place_container(ni, cy.gpu[k], use, scorer, out[cy.gpu_index[k]], local)) continue;
+      if (opt.backtrack && k > 0) {
+        use = fresh;
+        out.assign(cy.containers, container_allocation{});
+        std::uint64_t steps = 0;
+        if (search(ni, cy, 0, use, scorer, out, steps, opt.backtrack_limit)) return true;
+      }
+      why = local;
+      if (k > 0) why.add(reason::no_assignment);
+      return false;
+    }
+    return true;
+  }
+
+  /// The node's usage after \p alloc (or after count x share when alloc is null).
+  usage after(std::size_t ni, const detail::cycle& cy,
+              const std::vector<container_allocation>* alloc) const {
+    const auto& t = totals_[ni];
+    usage u{t.slots_used,  t.slots_total, t.cores_used,
+            t.cores_total, t.memory_used, t.memory_total};
+    if (alloc != nullptr) {
+      for (const auto& c : *alloc) {
+        for (const auto& g : c.devices) {
+          u.slots_used += 1;
+          u.cores_used += g.cores;
+          u.memory_used += static_cast<double>(g.memory);
+        }
+      }
+      return u;
+    }
+    for (const auto& cc : cy.gpu) {
+      const auto& front = nodes_[ni].devices.front();
+      const share s = resolve(*cc.req, front.memory_total, front.cores_total);
+      u.slots_used += cc.req->count;
+      u.cores_used += static_cast<double>(cc.req->count) * s.cores;
+      u.memory_used += static_cast<double>(cc.req->count) * static_cast<double>(s.memory);
+    }
+    return u;
+  }
+
+  std::vector<node> nodes_;
+  std::vector<detail::node_totals> totals_;
+  std::vector<std::vector<std::uint32_t>> type_ids_;  ///< per node, per device: interned type
+  std::vector<std::string> types_;                    ///< interned device types
+  std::vector<std::size_t> rank_;                     ///< position in (name, position) order
+};
+
+template <class Scorer>
+result<decision> cluster::fit(const pod_request& pod, const Scorer& scorer,
+                              const fit_options& opt) const {
+  if (auto e = validate(pod)) return std::move(*e);
+  const detail::cycle cy = prefilter(pod);
+  decision out;
+  out.cpu = cy.cpu;
+  out.host_memory = cy.host_memory;
+  out.total_nodes = nodes_.size();
+  bool have = false;
+  std::size_t best_rank = 0;
+  std::vector<container_allocation> alloc, best_alloc;
+  for (std::size_t ni = 0; ni < nodes_.size(); ++ni) {
+    const node& n = nodes_[ni];
+    reason_counts why;
+    reason nr{};
+    bool feasible = node_fits(n, cy.cpu, cy.host_memory, nr);
+    if (!feasible) why.add(nr);
+    bool have_alloc = false;
+    if (feasible && !cy.gpu.empty()) {
+      const bool fast = cy.simple && !Scorer::k_needs_allocation &&
+                        (totals_[ni].uniform || !cy.gpu[0].percent_memory);
+      if (fast) {
+        // Feasibility is a count of passing devices; stop at `count` unless reasons are needed.
+        const auto& cc = cy.gpu[0];
+        std::uint32_t pass = 0;
+        for (std::size_t di = 0; di < n.devices.size(); ++di) {
+          reason r{};
+          if (check_fast(ni, di, cc, r)) {
+            if (++pass == cc.req->count && !opt.report_nodes) break;
+          } else {
+            why.add(r);
+          }
+        }
+        feasible = pass >= cc.req->count;
+        if (!feasible) why.add(reason::insufficient_devices);
+      } else {
+        feasible = allocate(ni, cy, scorer, opt, alloc, why);
+        have_alloc = feasible;
+      }
+    }
+    double score = 0;
+    if (feasible) {
+      ++out.feasible_nodes;
+      if (!cy.gpu.empty() && Scorer::k_needs_allocation && !have_alloc) {
+        have_alloc = allocate(ni, cy, scorer, opt, alloc, why);
+      }
+      const std::vector<container_allocation>* ap = have_alloc ? &alloc : nullptr;
+      const candidate c{n, ni, after(ni, cy, ap), Scorer::k_needs_allocation ? ap : nullptr};
+      score = scorer.node_score(c);
+      if (!have || score > out.score || (score == out.score && rank_[ni] < best_rank)) {
+        have = true;
+        out.score = score;
+        out.node = ni;
+        best_rank = rank_[ni];
+        if (have_alloc) {
+          best_alloc = alloc;
+        } else {
+          best_alloc.clear();
+        }
+      }
+    } else {
+      out.reasons.add_presence(why);
+    }
+    if (opt.report_nodes) out.nodes.push_back({ni, feasible, score, 0, why});
+  }
+  if (!have) return out;
+  out.placed = true;
+  if (best_alloc.empty() && !cy.gpu.empty()) {
+    reason_counts ignored;
+    allocate(out.node, cy, scorer, opt, best_alloc, ignored);
+  }
+  if (best_alloc.empty()) best_alloc.assign(cy.containers, container_allocation{});
+  out.containers = std::move(best_alloc);
+  if (opt.report_nodes) {
+    double lo = std::numeric_limits<double>::infinity(), hi = -lo;
+    for (const auto& r : out.nodes) {
+      if (!r.feasible) continue;
+      lo = std::min(lo, r.score);
+      hi = std::max(hi, r.score);
+    }
+    constexpr double k_normalized_max = 100.0;
+    for (auto& r : out.nodes) {
+      if (!r.feasible) continue;
+      r.normalized = hi > lo ? static_cast<int>((r.score - lo) * k_normalized_max / (hi - lo))
+                             : static_cast<int>(k_normalized_max);
+    }
+  }
+  return out;
+}
+
+/// One cycle over a list of nodes (copied into a cluster): validation errors of nodes or pod
+/// are returned as errors. Thread-safe.
+template <class Scorer = hami_scorer>
+result<decision> fit(std::vector<node> nodes, const pod_request& pod, const Scorer& scorer = {},
+                     const fit_options& opt = {}) {
+  auto c = cluster::make(std::move(nodes));
+  if (!c) return std::move(c).err();
+  return c->fit(pod, scorer, opt);
+}
+
+}  // namespace gpuslice::fit
