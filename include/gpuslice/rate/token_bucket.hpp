@@ -1,0 +1,236 @@
+#pragma once
+/// \file
+/// A token bucket of GPU busy time (nanoseconds) whose whole state lives in caller-provided
+/// 64-bit atomic words, so one bucket per device per container can sit in the memory ledger's
+/// shared region (its `rate_words(device)`) and be used by all the container's processes, or in
+/// a plain in-process array in tests and in the GPU model.
+///
+/// The bucket is folly's TokenBucket in units of time: its state is the moment it was
+/// notionally empty ("zero time"). Tokens accrue at `share` GPU-ns per wall-ns, so at `now` it
+/// holds min(burst, (now - zero_time) * share). Consuming c tokens moves zero time forward by
+/// c / share; a compare_exchange on that one word is the whole update. Consumption may borrow:
+/// zero time may pass `now`, and the caller waits exactly `zero_time - now`, the deficit. All
+/// processes must use one clock (CLOCK_MONOTONIC is system-wide, so steady_clock qualifies).
+///
+/// Layout of the words (k_rate_words, each naturally aligned, little-endian host order):
+///   [0] tag         k_rate_tag_ready once initialised (magic and layout version); 0 = fresh
+///   [1] zero_time   int64 ns, the moment the bucket was notionally empty
+///   [2] share_ppm   refill rate in parts per million of GPU time, 1..1'000'000
+///   [3] burst_ns    capacity in GPU-ns: the most a tenant can save up while idle
+///   [4] charged_ns  total GPU-ns ever charged (statistics; wraps after 292 years)
+///   [5] waited_ns   total wall-ns of waits handed out (statistics)
+///   [6], [7]        reserved, zero
+/// Any change to this layout bumps k_rate_layout_version.
+
+#include <algorithm>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <string>
+
+#include "gpuslice/result.hpp"
+
+namespace gpuslice::rate {
+
+/// Number of 64-bit words the shared bucket needs.
+inline constexpr std::size_t k_rate_words = 8;
+/// Layout version of the words; bumped on any change.
+inline constexpr std::uint64_t k_rate_layout_version = 1;
+/// Parts per million: the unit of share_ppm (1'000'000 = the whole GPU).
+inline constexpr std::int64_t k_ppm = 1'000'000;
+/// "GSRB" in the high half, then a state byte and the layout version.
+inline constexpr std::uint64_t k_rate_magic = 0x47535242'00000000ULL;
+/// Tag of words being initialised by some process.
+inline constexpr std::uint64_t k_rate_tag_initialising =
+    k_rate_magic | 0x0100'0000ULL | k_rate_layout_version;
+/// Tag of initialised words.
+inline constexpr std::uint64_t k_rate_tag_ready =
+    k_rate_magic | 0x0200'0000ULL | k_rate_layout_version;
+
+/// Indices of the words (see the file comment).
+enum class rate_word : std::size_t {
+  tag = 0,
+  zero_time = 1,
+  share_ppm = 2,
+  burst_ns = 3,
+  charged_ns = 4,
+  waited_ns = 5,
+};
+
+/// Largest amount (ns) one conversion handles: 1000 s, so ns * k_ppm stays inside int64.
+inline constexpr std::int64_t k_max_tokens_ns = 1'000'000'000'000;
+
+/// How long attach() waits for another process that is initialising the words.
+inline constexpr int k_attach_spin_limit = 1'000'000;
+
+/// A view of a token bucket whose state is k_rate_words atomic words owned by the caller.
+/// Word: a std::atomic<std::uint64_t>-like type (the ledger's shared words, or in-process).
+/// All methods are thread-safe and process-safe (lock-free compare_exchange on the words);
+/// the view itself is a trivially copyable pointer.
+template <class Word = std::atomic<std::uint64_t>>
+class shared_token_bucket {
+  static_assert(sizeof(Word) == sizeof(std::uint64_t), "rate words are 64-bit");
+
+ public:
+  /// Binds to \p words without touching them; call attach() before use.
+  explicit shared_token_bucket(Word* words) noexcept : w_(words) {}
+
+  /// Initialises fresh (all-zero) words with \p share_ppm and \p burst_ns, or joins words that
+  /// another process initialised (then the share and burst given here are stored too, as
+  /// every process of a container reads the same configuration). Refuses words that carry a
+  /// foreign tag or another layout version. Thread- and process-safe.
+  result<bool> attach(std::int64_t share_ppm, std::int64_t burst_ns, std::int64_t now) noexcept {
+    if (share_ppm < 1 || share_ppm > k_ppm) {
+      return make_error(errc::out_of_range, "share_ppm=" + std::to_string(share_ppm) +
+                                                ": expected 1..1000000 parts per million");
+    }
+    if (burst_ns < 0) {
+      return make_error(errc::out_of_range,
+                        "burst_ns=" + std::to_string(burst_ns) + ": expected >= 0");
+    }
+    std::uint64_t tag = 0;
+    if (word(rate_word::tag)
+            .compare_exchange_strong(tag, k_rate_tag_initialising, std::memory_order_acq_rel)) {
+      store(rate_word::share_ppm, share_ppm);
+      store(rate_word::burst_ns, burst_ns);
+      store(rate_word::zero_time, now);  // starts empty: no credit before the first launch
+      store(rate_word::charged_ns, 0);
+      store(rate_word::waited_ns, 0);
+      word(rate_word::tag).store(k_rate_tag_ready, std::memory_order_release);
+      return true;
+    }
+    for (int i = 0; tag == k_rate_tag_initialising && i < k_attach_spin_limit; ++i) {
+      tag = word(rate_word::tag).load(std::memory_order_acquire);
+    }
+    if (tag == k_rate_tag_initialising) {
+      return make_error(errc::busy, "rate words: another process did not finish initialising");
+    }
+    if (tag != k_rate_tag_ready) {
+      const bool ours = (tag & 0xFFFFFFFF'00000000ULL) == k_rate_magic;
+      return make_error(ours ? errc::version_mismatch : errc::corrupt,
+                        ours ? "rate words: layout version " + std::to_string(tag & 0xFFFFFF) +
+                                   ", expected " + std::to_string(k_rate_layout_version)
+                             : "rate words: unknown tag, expected gpuslice rate words");
+    }
+    set_share_ppm(share_ppm);
+    store(rate_word::burst_ns, burst_ns);
+    return false;
+  }
+
+  /// True once attach() succeeded here or in another process. Thread-safe.
+  bool ready() const noexcept {
+    return word(rate_word::tag).load(std::memory_order_acquire) == k_rate_tag_ready;
+  }
+
+  /// Sets the refill rate (clamped to 1..k_ppm). Thread-safe.
+  void set_share_ppm(std::int64_t ppm) noexcept {
+    store(rate_word::share_ppm, std::clamp<std::int64_t>(ppm, 1, k_ppm));
+  }
+  /// The refill rate in parts per million. Thread-safe.
+  std::int64_t share_ppm() const noexcept { return load(rate_word::share_ppm); }
+  /// The capacity in GPU-ns. Thread-safe.
+  std::int64_t burst_ns() const noexcept { return load(rate_word::burst_ns); }
+
+  /// Takes \p cost_ns tokens, borrowing if needed, and returns how long the caller must wait
+  /// before using them (0 when they were there). Thread- and process-safe; lock-free.
+  std::int64_t consume(std::int64_t cost_ns, std::int64_t now) noexcept {
+    const std::int64_t ppm = share_ppm();
+    const std::int64_t full = to_wall(burst_ns(), ppm);
+    const std::int64_t cost = to_wall(std::max<std::int64_t>(cost_ns, 0), ppm);
+    auto& zt = word(rate_word::zero_time);
+    std::uint64_t old = zt.load(std::memory_order_relaxed);
+    std::int64_t next = 0;
+    do {
+      next = sat_add(std::max(as_signed(old), now - full), cost);
+    } while (!zt.compare_exchange_weak(old, as_unsigned(next), std::memory_order_relaxed));
+    const std::int64_t wait = std::max<std::int64_t>(next - now, 0);
+    word(rate_word::charged_ns).fetch_add(as_unsigned(cost_ns), std::memory_order_relaxed);
+    if (wait > 0)
+      word(rate_word::waited_ns).fetch_add(as_unsigned(wait), std::memory_order_relaxed);
+    return wait;
+  }
+
+  /// Adds (\p delta_ns > 0) or gives back (< 0) tokens after the fact, e.g. when a kernel's
+  /// measured time differs from what it was charged. A refund never lifts the bucket above
+  /// its capacity. Thread- and process-safe; lock-free.
+  void adjust(std::int64_t delta_ns, std::int64_t now) noexcept {
+    if (delta_ns == 0) return;
+    const std::int64_t ppm = share_ppm();
+    const std::int64_t full = to_wall(burst_ns(), ppm);
+    auto& zt = word(rate_word::zero_time);
+    std::uint64_t old = zt.load(std::memory_order_relaxed);
+    std::int64_t next = 0;
+    do {
+      const std::int64_t z = as_signed(old);
+      if (delta_ns > 0) {
+        next = sat_add(std::max(z, now - full), to_wall(delta_ns, ppm));
+      } else {
+        next = std::max(z - to_wall(-delta_ns, ppm), std::min(z, now - full));
+      }
+    } while (!zt.compare_exchange_weak(old, as_unsigned(next), std::memory_order_relaxed));
+    word(rate_word::charged_ns).fetch_add(as_unsigned(delta_ns), std::memory_order_relaxed);
+  }
+
+  /// Empties the bucket (keeps a debt): used when a tenant goes from uncapped to capped so
+  /// nothing saved while uncapped is spent on top of the cap. Thread- and process-safe.
+  void drain(std::int64_t now) noexcept {
+    auto& zt = word(rate_word::zero_time);
+    std::uint64_t old = zt.load(std::memory_order_relaxed);
+    while (as_signed(old) < now &&
+           !zt.compare_exchange_weak(old, as_unsigned(now), std::memory_order_relaxed)) {
+    }
+  }
+
+  /// Tokens available at \p now (negative while in debt). Thread-safe.
+  std::int64_t available(std::int64_t now) const noexcept {
+    const std::int64_t ppm = share_ppm();
+    const std::int64_t z = load(rate_word::zero_time);
+    const std::int64_t elapsed = std::min(now - z, to_wall(burst_ns(), ppm));
+    return elapsed >= 0 ? to_tokens(elapsed, ppm) : -to_tokens(-elapsed, ppm);
+  }
+
+  /// Total GPU-ns charged so far by all processes. Thread-safe.
+  std::int64_t charged_ns() const noexcept { return load(rate_word::charged_ns); }
+  /// Total wall-ns of waits handed out so far. Thread-safe.
+  std::int64_t waited_ns() const noexcept { return load(rate_word::waited_ns); }
+
+ private:
+  static std::int64_t as_signed(std::uint64_t v) noexcept { return static_cast<std::int64_t>(v); }
+  static std::uint64_t as_unsigned(std::int64_t v) noexcept {
+    return static_cast<std::uint64_t>(v);
+  }
+  /// Wall time that earns \p tokens at \p ppm (rounded up so borrowing never undercharges).
+  static std::int64_t to_wall(std::int64_t tokens, std::int64_t ppm) noexcept {
+    const std::int64_t t = std::clamp<std::int64_t>(tokens, -k_max_tokens_ns, k_max_tokens_ns);
+    return (t * k_ppm + ppm - 1) / ppm;
+  }
+  /// Tokens earned over \p wall ns at \p ppm.
+  static std::int64_t to_tokens(std::int64_t wall, std::int64_t ppm) noexcept {
+    const std::int64_t w = std::clamp<std::int64_t>(wall, -k_max_tokens_ns, k_max_tokens_ns);
+    return w * ppm / k_ppm;
+  }
+  static std::int64_t sat_add(std::int64_t a, std::int64_t b) noexcept {
+    std::int64_t r = 0;
+    return __builtin_add_overflow(a, b, &r) ? std::numeric_limits<std::int64_t>::max() : r;
+  }
+  Word& word(rate_word i) const noexcept { return w_[static_cast<std::size_t>(i)]; }
+  std::int64_t load(rate_word i) const noexcept {
+    return as_signed(word(i).load(std::memory_order_relaxed));
+  }
+  void store(rate_word i, std::int64_t v) noexcept {
+    word(i).store(as_unsigned(v), std::memory_order_relaxed);
+  }
+
+  Word* w_;
+};
+
+/// In-process storage for a bucket (tests, the GPU model, a process without a ledger).
+/// Not copyable: the bucket views point into it.
+struct local_rate_words {
+  /// The words, zeroed ("fresh").
+  std::atomic<std::uint64_t> words[k_rate_words] = {};
+  static_assert(std::atomic<std::uint64_t>::is_always_lock_free, "rate words must be lock-free");
+};
+
+}  // namespace gpuslice::rate
