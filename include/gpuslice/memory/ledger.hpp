@@ -57,6 +57,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -931,6 +932,9 @@ inline result<snapshot> read_snapshot(const std::string& path) {
   const auto state = r->header.init_state.load(std::memory_order_acquire);
   if (state == static_cast<std::uint32_t>(init_state::corrupted)) {
     return file_error(errc::corrupt, path, "marked corrupted; remove it to start afresh");
+  }
+  if (state > static_cast<std::uint32_t>(init_state::corrupted)) {
+    return file_error(errc::corrupt, path, "invalid initialisation state " + std::to_string(state));
   }
   if (state != static_cast<std::uint32_t>(init_state::ready)) {
     return file_error(errc::busy, path, "is not initialised yet");

@@ -1,0 +1,88 @@
+// Pins the shared layout: every field's offset and every struct's size. A failure here means
+// the file format changed, which needs a new k_layout_version.
+#include <catch2/catch.hpp>
+#include <cstddef>
+
+#include "gpuslice/config.hpp"
+#include "gpuslice/memory/region.hpp"
+
+namespace m = gpuslice::memory;
+
+TEST_CASE("region constants match the contract", "[region]") {
+  STATIC_REQUIRE(m::k_max_devices == gpuslice::k_max_devices);
+  STATIC_REQUIRE(m::k_uuid_bytes == 96);
+  STATIC_REQUIRE(m::k_slot_count >= 1024);
+  STATIC_REQUIRE(m::k_rate_words == 8);
+  STATIC_REQUIRE(m::k_layout_version == 1);
+  STATIC_REQUIRE(m::k_region_size == 200960);
+  // "GPUSLEDG" in file order on a little-endian machine.
+  const char* magic = reinterpret_cast<const char*>(&m::k_magic);
+  CHECK(std::string(magic, 8) == "GPUSLEDG");
+}
+
+TEST_CASE("atomics of the region are lock-free and integer-sized", "[region]") {
+  STATIC_REQUIRE(std::atomic<std::uint64_t>::is_always_lock_free);
+  STATIC_REQUIRE(std::atomic<std::uint32_t>::is_always_lock_free);
+  STATIC_REQUIRE(sizeof(std::atomic<std::uint64_t>) == 8);
+  STATIC_REQUIRE(alignof(std::atomic<std::uint64_t>) == 8);
+}
+
+TEST_CASE("header offsets are pinned", "[region]") {
+  using h = m::region_header;
+  STATIC_REQUIRE(offsetof(h, magic) == 0);
+  STATIC_REQUIRE(offsetof(h, layout_version) == 8);
+  STATIC_REQUIRE(offsetof(h, init_state) == 12);
+  STATIC_REQUIRE(offsetof(h, region_size) == 16);
+  STATIC_REQUIRE(offsetof(h, device_count) == 24);
+  STATIC_REQUIRE(offsetof(h, slot_count) == 28);
+  STATIC_REQUIRE(offsetof(h, init_pid) == 32);
+  STATIC_REQUIRE(offsetof(h, reserved0) == 36);
+  STATIC_REQUIRE(offsetof(h, reap_gate) == 40);
+  STATIC_REQUIRE(offsetof(h, last_reap_ns) == 48);
+  STATIC_REQUIRE(offsetof(h, reap_count) == 56);
+  STATIC_REQUIRE(offsetof(h, reclaimed_bytes) == 64);
+  STATIC_REQUIRE(offsetof(h, reserved) == 72);
+  STATIC_REQUIRE(sizeof(h) == 256);
+  STATIC_REQUIRE(alignof(h) == 64);
+}
+
+TEST_CASE("device record offsets are pinned", "[region]") {
+  using d = m::device_record;
+  STATIC_REQUIRE(offsetof(d, uuid) == 0);
+  STATIC_REQUIRE(offsetof(d, state) == 96);
+  STATIC_REQUIRE(offsetof(d, sm_limit_percent) == 100);
+  STATIC_REQUIRE(offsetof(d, limit) == 104);
+  STATIC_REQUIRE(offsetof(d, reserved0) == 112);
+  STATIC_REQUIRE(offsetof(d, used) == 128);
+  STATIC_REQUIRE(offsetof(d, reserved1) == 136);
+  STATIC_REQUIRE(offsetof(d, rate_words) == 192);
+  STATIC_REQUIRE(sizeof(d::rate_words) == 8 * 8);
+  STATIC_REQUIRE(sizeof(d) == 256);
+}
+
+TEST_CASE("process slot offsets are pinned", "[region]") {
+  using s = m::process_slot;
+  STATIC_REQUIRE(offsetof(s, owner) == 0);
+  STATIC_REQUIRE(offsetof(s, start_time) == 8);
+  STATIC_REQUIRE(offsetof(s, inflight) == 16);
+  STATIC_REQUIRE(offsetof(s, reserved0) == 24);
+  STATIC_REQUIRE(offsetof(s, used) == 64);
+  STATIC_REQUIRE(sizeof(s::used) == 16 * 8);
+  STATIC_REQUIRE(sizeof(s) == 192);
+}
+
+TEST_CASE("region offsets are pinned", "[region]") {
+  STATIC_REQUIRE(offsetof(m::region, header) == 0);
+  STATIC_REQUIRE(offsetof(m::region, devices) == 256);
+  STATIC_REQUIRE(offsetof(m::region, slots) == 4352);
+  STATIC_REQUIRE(sizeof(m::region) == 4352 + 1024 * 192);
+}
+
+TEST_CASE("owner words pack pid and state", "[region]") {
+  const auto o = m::make_owner(123456, m::slot_state::live);
+  CHECK(m::owner_pid(o) == 123456);
+  CHECK(m::owner_state(o) == m::slot_state::live);
+  CHECK(o == ((std::uint64_t{123456} << 32) | 2));
+  CHECK(m::make_owner(7, m::slot_state::free) != 0);  // a claimed slot never reads as free
+  CHECK(m::owner_state(m::make_owner(7, m::slot_state::reaping)) == m::slot_state::reaping);
+}
