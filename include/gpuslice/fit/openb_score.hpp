@@ -1,0 +1,433 @@
+#pragma once
+/// \file
+/// The FGD paper's six placement policies (PLACEMENT-SPEC §5, §6) plus HAMi's spread and
+/// binpack on the same milli-GPU state, and the scheduling cycle that runs them: filter every
+/// node, score the feasible ones with integer scores, break ties by a per-run node rank,
+/// select GPUs.
+///
+/// Spread and binpack use hami_score.hpp's usage formula on the whole node:
+/// slots = (pod, GPU) bindings over G * 10 (HAMi's default split count per GPU),
+/// cores = allocated milli-GPU over G * 1000, memory = node memory used over allocatable,
+/// each with the request added; the score is trunc(100 * score / max score). Binpack selects
+/// GPUs with "best", spread with "worst".
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "gpuslice/fit/frag.hpp"
+#include "gpuslice/fit/hami_score.hpp"
+#include "gpuslice/fit/openb.hpp"
+
+namespace gpuslice::fit {
+
+/// The policies by name.
+enum class openb_policy : std::uint8_t {
+  random,
+  dotprod,
+  gpuclustering,
+  gpupacking,
+  bestfit,
+  fgd,
+  spread,
+  binpack,
+  custom,  ///< scores from a user-supplied function, GPUs by "best"
+};
+
+/// Names of the built-in policies, in enum order.
+inline constexpr std::array<std::string_view, 8> k_openb_policy_names = {
+    "random", "dotprod", "gpuclustering", "gpupacking", "bestfit", "fgd", "spread", "binpack"};
+
+/// The policy's name ("custom" for custom).
+inline std::string_view openb_policy_name(openb_policy p) noexcept {
+  const auto i = static_cast<std::size_t>(p);
+  return i < k_openb_policy_names.size() ? k_openb_policy_names[i] : std::string_view{"custom"};
+}
+
+/// Parses a built-in policy name; false when unknown.
+inline bool openb_policy_from_name(std::string_view name, openb_policy& out) noexcept {
+  for (std::size_t i = 0; i < k_openb_policy_names.size(); ++i) {
+    if (k_openb_policy_names[i] == name) {
+      out = static_cast<openb_policy>(i);
+      return true;
+    }
+  }
+  return false;
+}
+
+/// HAMi's default number of tasks that may share one GPU (deviceSplitCount), the slot total.
+inline constexpr int k_hami_default_split = 10;
+/// Highest integer score of a node.
+inline constexpr int k_openb_max_score = 100;
+
+/// DotProd (§6.2): trunc(100 * (1 - d/2)), d the dot product of the node's free resources and
+/// the request, both normalised by MaxSpec. Pure.
+inline int openb_score_dotprod(const openb_node& node, const openb_pod& pod) noexcept {
+  const std::int64_t cpu_left = node.cpu_left();
+  if (cpu_left < pod.cpu) return 0;
+  const double d = (static_cast<double>(cpu_left) / k_openb_max_spec_cpu) *
+                       (static_cast<double>(pod.cpu) / k_openb_max_spec_cpu) +
+                   (static_cast<double>(node.free_total) / k_openb_max_spec_gpu) *
+                       (static_cast<double>(pod.gpu_request()) / k_openb_max_spec_gpu);
+  return static_cast<int>(k_openb_max_score * (1.0 - d / 2.0));
+}
+
+/// GpuClustering (§6.3): prefers nodes that already hold pods with the pod's tag only. Pure.
+inline int openb_score_gpuclustering(const openb_node& node, const openb_pod& pod) noexcept {
+  const int tag = pod.tag();
+  if (tag < 0) return 0;
+  constexpr int spec_gpu = static_cast<int>(k_openb_max_spec_gpu);
+  constexpr int span = 25;  // the free-capacity term ranges over 0..25
+  const int base = (span * (spec_gpu - node.free_total)) / spec_gpu;
+  int distinct = 0;
+  for (auto c : node.tags) distinct += c > 0;
+  constexpr int only_same = 75;
+  constexpr int with_same = 50;
+  constexpr int empty_node = 25;
+  if (node.tags[static_cast<std::size_t>(tag)] > 0) {
+    return base + (distinct == 1 ? only_same : with_same);
+  }
+  return base + (distinct == 0 ? empty_node : 0);
+}
+
+/// GpuPacking (§6.4): prefers used GPUs, then partly used nodes, then empty nodes. Pure.
+inline int openb_score_gpupacking(const openb_node& node, const openb_pod& pod) noexcept {
+  if (pod.n == 0 || pod.m == 0) return 0;
+  const int g = node.gpus;
+  constexpr int empty_bias = 33;
+  constexpr int free_gpu_base = 50;
+  constexpr int used_gpu_floor = 50;
+  constexpr int percent = 100;
+  constexpr int tenth = 10;
+  if (node.all_free()) return std::max(empty_bias - g, g);
+  // GPUs by free milli ascending, index order among equals (insertion sort is stable).
+  std::array<int, k_openb_max_gpus> order{};
+  for (int i = 0; i < g; ++i) order[static_cast<std::size_t>(i)] = i;
+  for (int i = 1; i < g; ++i) {
+    const int v = order[static_cast<std::size_t>(i)];
+    int j = i - 1;
+    while (j >= 0 && node.free[static_cast<std::size_t>(order[static_cast<std::size_t>(j)])] >
+                         node.free[static_cast<std::size_t>(v)]) {
+      order[static_cast<std::size_t>(j + 1)] = order[static_cast<std::size_t>(j)];
+      --j;
+    }
+    order[static_cast<std::size_t>(j + 1)] = v;
+  }
+  int taken = 0;
+  int fully_free = 0;
+  int r = 0;
+  for (int k = 0; k < g && taken < pod.n; ++k) {
+    const int f = node.free[static_cast<std::size_t>(order[static_cast<std::size_t>(k)])];
+    if (f < pod.m) continue;
+    ++taken;
+    fully_free += f == k_openb_gpu_milli;
+    r += (f * percent) / k_openb_gpu_milli;
+  }
+  if (fully_free > 0) return std::max(free_gpu_base - fully_free, empty_bias);
+  return std::max(percent - r / tenth, used_gpu_floor);
+}
+
+/// BestFit's raw score (§6.5): trunc(100 * (1 - u)), u the mean leftover share after placing.
+/// Pure.
+inline int openb_score_bestfit_raw(const openb_node& node, const openb_pod& pod) noexcept {
+  const double u =
+      0.5 * static_cast<double>(node.cpu_left() - pod.cpu) / k_openb_max_spec_cpu +
+      0.5 * static_cast<double>(node.free_total - pod.gpu_request()) / k_openb_max_spec_gpu;
+  return static_cast<int>(k_openb_max_score * (1.0 - u));
+}
+
+/// Spread or binpack by HAMi's usage formula on the node, request included (file comment).
+/// Pure.
+inline int openb_score_hami(const openb_node& node, const openb_pod& pod, hami_policy p) noexcept {
+  usage u;
+  const bool gpu = pod.n > 0 && pod.m > 0;
+  u.slots_used = node.gpu_bindings + (gpu ? pod.n : 0);
+  u.slots_total = static_cast<double>(node.gpus) * k_hami_default_split;
+  u.cores_used = static_cast<double>(node.gpus) * k_openb_gpu_milli - node.free_total +
+                 (gpu ? static_cast<double>(pod.gpu_request()) : 0.0);
+  u.cores_total = static_cast<double>(node.gpus) * k_openb_gpu_milli;
+  u.memory_used = static_cast<double>(node.mem_used + pod.mem);
+  u.memory_total = static_cast<double>(node.mem_alloc);
+  const usage_weights w;
+  const double max = k_hami_score_scale * (w.slots + w.cores + w.memory);
+  const double s = hami_policy_score(p, u, w);
+  return std::clamp(static_cast<int>(k_openb_max_score * s / max), 0, k_openb_max_score);
+}
+
+/// The result of one scheduling cycle: the node (-1 when none is feasible) and its GPUs.
+struct openb_placement {
+  std::int32_t node = -1;  ///< index into the cluster, -1 = unschedulable
+  gpu_mask gpus = 0;       ///< GPUs that each receive m milli
+};
+
+/// A user scorer: fills scores[k] for the node feasible[k]; larger wins, ties by rank.
+using openb_custom_scorer =
+    std::function<void(const openb_cluster&, const openb_pod&, const std::vector<std::uint32_t>&,
+                       std::vector<std::int64_t>&)>;
+
+/// The scheduling cycle (§5) of one policy over one cluster. Holds per-run state (ranks, score
+/// cache, buffers): not thread-safe; one per run. Rng: go_rand or anything with intn(int64).
+template <class Rng>
+class openb_scheduler {
+ public:
+  /// policy: which scorer; ranks[i]: node i's tie-break rank (smaller wins); frag: the
+  /// cluster's fragment tracker (FGD reads it; must be updated after each bind); rng: draws of
+  /// Random; class_count: number of distinct pod classes (cpu, m, n) for FGD's score cache.
+  openb_scheduler(openb_policy policy, std::vector<std::int32_t> ranks, frag_tracker* frag,
+                  Rng* rng, std::size_t class_count = 0)
+      : policy_(policy), ranks_(std::move(ranks)), frag_(frag), rng_(rng) {
+    if (policy_ == openb_policy::fgd && class_count > 0) {
+      cache_.assign(class_count * ranks_.size(), cached{});
+      class_count_ = class_count;
+    }
+  }
+
+  /// Sets the scorer of openb_policy::custom.
+  void set_custom(openb_custom_scorer scorer) { custom_ = std::move(scorer); }
+
+  /// One cycle for pod against the cluster's current state; binds nothing. pod_class indexes
+  /// the FGD score cache (-1: no caching). Not thread-safe.
+  openb_placement schedule(const openb_cluster& cluster, const openb_pod& pod,
+                           std::int32_t pod_class = -1) {
+    feasible_.clear();
+    const auto& nodes = cluster.nodes();
+    for (std::size_t i = 0; i < nodes.size(); ++i) {
+      if (openb_feasible(nodes[i], pod)) feasible_.push_back(static_cast<std::uint32_t>(i));
+    }
+    if (feasible_.empty()) return {};
+    std::uint32_t pick = feasible_.front();
+    int fgd_gpu = -1;
+    if (feasible_.size() > 1) {
+      switch (policy_) {
+        case openb_policy::random:
+          pick = feasible_[static_cast<std::size_t>(
+              rng_->intn(static_cast<std::int64_t>(feasible_.size())))];
+          break;
+        case openb_policy::bestfit:
+          pick = choose_bestfit(nodes, pod);
+          break;
+        case openb_policy::custom:
+          pick = choose_custom(cluster, pod);
+          break;
+        default:
+          pick = choose_scored(nodes, pod, pod_class, fgd_gpu);
+          break;
+      }
+    }
+    const openb_node& node = nodes[pick];
+    openb_placement out;
+    out.node = static_cast<std::int32_t>(pick);
+    switch (policy_) {
+      case openb_policy::random:
+        out.gpus = openb_select_random(node, pod, *rng_);
+        break;
+      case openb_policy::spread:
+        out.gpus = openb_select_worst(node, pod);
+        break;
+      case openb_policy::fgd:
+        if (pod.kind() == openb_pod_kind::sharing && pod.m > 0) {
+          if (fgd_gpu < 0) fgd_gpu = fgd_score(node, pick, pod, pod_class).second;
+          out.gpus = static_cast<gpu_mask>(1U << fgd_gpu);
+        } else {
+          out.gpus = openb_select_best(node, pod);
+        }
+        break;
+      default:
+        out.gpus = openb_select_best(node, pod);
+        break;
+    }
+    return out;
+  }
+
+  /// The feasible nodes of the last cycle.
+  const std::vector<std::uint32_t>& feasible() const noexcept { return feasible_; }
+
+  /// FGD's score of node i (§6.6) and, for a sharing pod, the GPU it chose. Uses the cache
+  /// when pod_class >= 0. Not thread-safe.
+  std::pair<int, int> fgd_score(const openb_node& node, std::size_t i, const openb_pod& pod,
+                                std::int32_t pod_class = -1) {
+    cached* slot = nullptr;
+    if (pod_class >= 0 && static_cast<std::size_t>(pod_class) < class_count_) {
+      slot = &cache_[static_cast<std::size_t>(pod_class) * ranks_.size() + i];
+      if (slot->version == node.version + 1) return {slot->score, slot->gpu};
+    }
+    const auto r = fgd_compute(node, i, pod);
+    if (slot != nullptr)
+      *slot = cached{node.version + 1, static_cast<std::int16_t>(r.first),
+                     static_cast<std::int16_t>(r.second)};
+    return r;
+  }
+
+ private:
+  struct cached {
+    std::uint32_t version = 0;  ///< node version + 1; 0 = empty
+    std::int16_t score = 0;
+    std::int16_t gpu = -1;
+  };
+
+  bool better(int score, std::uint32_t node, int best, std::uint32_t best_node) const noexcept {
+    return score > best || (score == best && ranks_[node] < ranks_[best_node]);
+  }
+
+  int score_of(const openb_node& node, std::size_t i, const openb_pod& pod, std::int32_t pod_class,
+               int& gpu) {
+    switch (policy_) {
+      case openb_policy::dotprod:
+        return openb_score_dotprod(node, pod);
+      case openb_policy::gpuclustering:
+        return openb_score_gpuclustering(node, pod);
+      case openb_policy::gpupacking:
+        return openb_score_gpupacking(node, pod);
+      case openb_policy::spread:
+        return openb_score_hami(node, pod, hami_policy::spread);
+      case openb_policy::binpack:
+        return openb_score_hami(node, pod, hami_policy::binpack);
+      case openb_policy::fgd: {
+        const auto r = fgd_score(node, i, pod, pod_class);
+        gpu = r.second;
+        return r.first;
+      }
+      default:
+        return 0;
+    }
+  }
+
+  std::uint32_t choose_scored(const std::vector<openb_node>& nodes, const openb_pod& pod,
+                              std::int32_t pod_class, int& best_gpu) {
+    int best = -1;
+    std::uint32_t best_node = feasible_.front();
+    for (std::uint32_t i : feasible_) {
+      int gpu = -1;
+      const int s = score_of(nodes[i], i, pod, pod_class, gpu);
+      if (best < 0 || better(s, i, best, best_node)) {
+        best = s;
+        best_node = i;
+        best_gpu = gpu;
+      }
+    }
+    return best_node;
+  }
+
+  std::uint32_t choose_bestfit(const std::vector<openb_node>& nodes, const openb_pod& pod) {
+    scores_.resize(feasible_.size());
+    std::int64_t lo = 0;
+    std::int64_t hi = 0;
+    for (std::size_t k = 0; k < feasible_.size(); ++k) {
+      scores_[k] = openb_score_bestfit_raw(nodes[feasible_[k]], pod);
+      lo = k == 0 ? scores_[k] : std::min(lo, scores_[k]);
+      hi = k == 0 ? scores_[k] : std::max(hi, scores_[k]);
+    }
+    // NormalizeScore: (raw - min) * 100 / (max - min); all 0 when max == min.
+    for (auto& s : scores_) s = hi == lo ? 0 : (s - lo) * k_openb_max_score / (hi - lo);
+    return argmax();
+  }
+
+  std::uint32_t choose_custom(const openb_cluster& cluster, const openb_pod& pod) {
+    scores_.assign(feasible_.size(), 0);
+    if (custom_) custom_(cluster, pod, feasible_, scores_);
+    return argmax();
+  }
+
+  std::uint32_t argmax() const noexcept {
+    std::size_t best = 0;
+    for (std::size_t k = 1; k < feasible_.size(); ++k) {
+      if (scores_[k] > scores_[best] ||
+          (scores_[k] == scores_[best] && ranks_[feasible_[k]] < ranks_[feasible_[best]])) {
+        best = k;
+      }
+    }
+    return feasible_[best];
+  }
+
+  static int sigmoid_score(std::int64_t before, std::int64_t after, std::int64_t denom) noexcept {
+    constexpr double milli_per_gpu = 1000.0;
+    const double x =
+        static_cast<double>(before - after) / static_cast<double>(denom) / milli_per_gpu;
+    return static_cast<int>(k_openb_max_score * (1.0 / (1.0 + std::exp(-x))));
+  }
+
+  std::pair<int, int> fgd_compute(const openb_node& node, std::size_t i, const openb_pod& pod) {
+    frag_model& model = frag_->model();
+    const std::int64_t before = frag_->node(i);
+    const std::int64_t cpu_after = node.cpu_left() - pod.cpu;
+    std::array<std::int16_t, k_openb_max_gpus> f = node.free;
+    if (pod.n == 0 || pod.m == 0) {
+      return {sigmoid_score(before, model.amount(cpu_after, f.data(), node.gpus, node.model),
+                            model.denom()),
+              -1};
+    }
+    if (pod.kind() != openb_pod_kind::sharing) {
+      // The first n GPUs in ascending-f order with f >= m, index order among equals.
+      std::array<bool, k_openb_max_gpus> used{};
+      for (int taken = 0; taken < pod.n; ++taken) {
+        int pick = -1;
+        for (int g = 0; g < node.gpus; ++g) {
+          const auto gi = static_cast<std::size_t>(g);
+          if (!used[gi] && f[gi] >= pod.m &&
+              (pick < 0 || f[gi] < f[static_cast<std::size_t>(pick)])) {
+            pick = g;
+          }
+        }
+        if (pick < 0) break;
+        used[static_cast<std::size_t>(pick)] = true;
+      }
+      for (int g = 0; g < node.gpus; ++g) {
+        if (used[static_cast<std::size_t>(g)]) {
+          f[static_cast<std::size_t>(g)] =
+              static_cast<std::int16_t>(f[static_cast<std::size_t>(g)] - pod.m);
+        }
+      }
+      return {sigmoid_score(before, model.amount(cpu_after, f.data(), node.gpus, node.model),
+                            model.denom()),
+              -1};
+    }
+    // Sharing pod: every GPU with f >= m, first strictly best in index order. GPUs with equal
+    // free milli give the same node state after placement, so each value is scored once.
+    std::array<std::int16_t, k_openb_max_gpus> seen_free{};
+    std::array<int, k_openb_max_gpus> seen_score{};
+    int seen = 0;
+    int best = -1;
+    int best_gpu = -1;
+    for (int g = 0; g < node.gpus; ++g) {
+      const auto gi = static_cast<std::size_t>(g);
+      const std::int16_t v = node.free[gi];
+      if (v < pod.m) continue;
+      int s = -1;
+      for (int k = 0; k < seen; ++k) {
+        if (seen_free[static_cast<std::size_t>(k)] == v)
+          s = seen_score[static_cast<std::size_t>(k)];
+      }
+      if (s < 0) {
+        f[gi] = static_cast<std::int16_t>(v - pod.m);
+        s = sigmoid_score(before, model.amount(cpu_after, f.data(), node.gpus, node.model),
+                          model.denom());
+        f[gi] = v;
+        seen_free[static_cast<std::size_t>(seen)] = v;
+        seen_score[static_cast<std::size_t>(seen)] = s;
+        ++seen;
+      }
+      if (s > best) {
+        best = s;
+        best_gpu = g;
+      }
+    }
+    return {best, best_gpu};
+  }
+
+  openb_policy policy_;
+  std::vector<std::int32_t> ranks_;
+  frag_tracker* frag_;
+  Rng* rng_;
+  openb_custom_scorer custom_;
+  std::vector<cached> cache_;
+  std::size_t class_count_ = 0;
+  std::vector<std::uint32_t> feasible_;
+  std::vector<std::int64_t> scores_;
+};
+
+}  // namespace gpuslice::fit

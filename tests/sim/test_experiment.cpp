@@ -1,0 +1,214 @@
+// The fill-up and replay experiments: the submission order against Go's artifact procedure on
+// the real trace, determinism, capacity at every step, departures.
+#include <catch2/catch.hpp>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "gpuslice/sim/experiment.hpp"
+#include "gpuslice/sim/trace_csv.hpp"
+
+using namespace gpuslice;
+using namespace gpuslice::sim;
+
+namespace {
+bool read_file(const std::string& path, std::string& out) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return false;
+  std::stringstream s;
+  s << f.rdbuf();
+  out = s.str();
+  return true;
+}
+
+// The real trace, or nullptr (with a warning) where ../shared/data is absent.
+const prepared_workload* real_trace(const std::string& pod_file) {
+  static std::vector<std::pair<std::string, prepared_workload>> loaded;
+  for (const auto& [name, w] : loaded) {
+    if (name == pod_file) return &w;
+  }
+  const std::string dir = GPUSLICE_TRACE_DIR;
+  std::string nodes_text;
+  std::string pods_text;
+  if (!read_file(dir + "/openb_node_list_gpu_node.csv", nodes_text) ||
+      !read_file(dir + "/" + pod_file, pods_text)) {
+    WARN("skipped: the openb trace is not at " << dir);
+    return nullptr;
+  }
+  auto nodes = parse_nodes_csv(nodes_text, "nodes");
+  auto pods = parse_pods_csv(pods_text, pod_file);
+  REQUIRE(nodes.ok());
+  REQUIRE(pods.ok());
+  auto w = prepared_workload::make(*nodes, *pods);
+  REQUIRE(w.ok());
+  loaded.emplace_back(pod_file, std::move(w).value());
+  return &loaded.back().second;
+}
+
+std::uint64_t fnv_names(const prepared_workload& w, const fillup_plan& plan) {
+  constexpr std::uint64_t offset = 1469598103934665603ULL;
+  constexpr std::uint64_t prime = 1099511628211ULL;
+  std::uint64_t h = offset;
+  const auto trace = static_cast<std::size_t>(plan.trace_pods - plan.removed_pods);
+  for (std::size_t k = 0; k < plan.order.size(); ++k) {
+    std::string name = w.pod_names()[static_cast<std::size_t>(plan.order[k])];
+    if (k >= trace) name += "-tuned-" + std::to_string(k - trace);
+    for (unsigned char c : name) h = (h ^ c) * prime;
+    h = (h ^ '\n') * prime;
+  }
+  return h;
+}
+
+trace_pod tp(std::string name, std::int64_t cpu, int n, int m, std::int64_t c = -1,
+             std::int64_t d = -1) {
+  trace_pod p;
+  p.name = std::move(name);
+  p.cpu = cpu;
+  p.mem = 1;
+  p.num_gpu = n;
+  p.gpu_milli = m;
+  p.creation = c;
+  p.deletion = d;
+  return p;
+}
+
+prepared_workload small_workload() {
+  std::vector<trace_node> nodes;
+  for (int i = 0; i < 12; ++i) {
+    nodes.push_back(trace_node{"node-" + std::to_string(i), 32000, 1 << 20, 1 << (i % 4),
+                               i % 3 == 0 ? "T4" : "V100"});
+  }
+  std::vector<trace_pod> pods;
+  for (int i = 0; i < 60; ++i) {
+    const int kind = i % 5;
+    const int n = kind == 0 ? 0 : kind == 4 ? 2 : 1;
+    const int m = kind == 0 ? 0 : kind <= 2 ? 100 * (1 + i % 9) : 1000;
+    pods.push_back(tp("pod-" + std::to_string(i), 1000 * (1 + i % 4), n, m, i, i + 30));
+  }
+  pods[7].gpu_spec = "T4";
+  auto w = prepared_workload::make(nodes, pods);
+  REQUIRE(w.ok());
+  return std::move(w).value();
+}
+}  // namespace
+
+TEST_CASE("fill-up submission order and ranks equal Go's on the openb traces",
+          "[sim][experiment]") {
+  struct expected {
+    std::string file;
+    std::int64_t seed;
+    std::size_t pods;
+    std::int64_t tuned;
+    std::string first, second, last;
+    std::int32_t rank0, rank1, rank_last;
+    std::uint64_t hash;
+  };
+  // Printed by a Go 1.19 program that follows the artifact's steps (rand.Seed, rand.Int,
+  // rand.Shuffle, rand.Intn per sample, rand.Perm).
+  const std::vector<expected> cases = {
+      {"openb_pod_list_default.csv", 42, 10866, 2714, "openb-pod-0255", "openb-pod-1685",
+       "openb-pod-5877-tuned-2713", 620, 1012, 124, 3872009164593507003ULL},
+      {"openb_pod_list_default.csv", 51, 10859, 2707, "openb-pod-7151", "openb-pod-7598",
+       "openb-pod-1596-tuned-2706", 977, 873, 821, 12295086875460598818ULL},
+      {"openb_pod_list_multigpu50.csv", 42, 6361, 0, "openb-pod-6825", "openb-pod-2707",
+       "openb-pod-0598", 366, 970, 586, 16194103140848784474ULL},
+  };
+  for (const auto& c : cases) {
+    const prepared_workload* w = real_trace(c.file);
+    if (w == nullptr) return;
+    go_rand rng;
+    const auto plan = plan_fillup(*w, c.seed, k_default_load, rng);
+    INFO(c.file << " seed " << c.seed);
+    CHECK(plan.order.size() == c.pods);
+    CHECK(plan.tuned_pods == c.tuned);
+    CHECK(w->pod_names()[static_cast<std::size_t>(plan.order[0])] == c.first);
+    CHECK(w->pod_names()[static_cast<std::size_t>(plan.order[1])] == c.second);
+    CHECK(plan.ranks.front() == c.rank0);
+    CHECK(plan.ranks[1] == c.rank1);
+    CHECK(plan.ranks.back() == c.rank_last);
+    CHECK(fnv_names(*w, plan) == c.hash);
+  }
+}
+
+TEST_CASE("fill-up on the openb default trace: FGD wastes less than Random", "[sim][experiment]") {
+  const prepared_workload* w = real_trace("openb_pod_list_default.csv");
+  if (w == nullptr) return;
+  run_options o;
+  o.seed = 42;
+  o.policy = fit::openb_policy::fgd;
+  const auto fgd = discretise(run_fillup(*w, o));
+  o.policy = fit::openb_policy::random;
+  const auto random = discretise(run_fillup(*w, o));
+  CHECK(fgd.alloc_pct[100] > random.alloc_pct[100]);
+  CHECK(fgd.frag_rate_pct[90] < random.frag_rate_pct[90]);
+  CHECK(fgd.present[130]);
+}
+
+TEST_CASE("every policy: deterministic per seed, never over capacity", "[sim][experiment]") {
+  const auto w = small_workload();
+  const std::int64_t capacity = w.total_gpus() * fit::k_openb_gpu_milli;
+  for (std::size_t p = 0; p < fit::k_openb_policy_names.size(); ++p) {
+    run_options o;
+    o.policy = static_cast<fit::openb_policy>(p);
+    o.seed = 7;
+    const auto a = run_fillup(w, o);
+    const auto b = run_fillup(w, o);
+    INFO(fit::openb_policy_name(o.policy));
+    CHECK(a.node == b.node);
+    CHECK(a.pod == b.pod);
+    CHECK(a.frag_milli == b.frag_milli);
+    REQUIRE_FALSE(a.arrived.empty());
+    CHECK(static_cast<double>(a.arrived.back()) >= 1.2 * static_cast<double>(capacity));
+    std::int64_t failed = 0;
+    for (std::size_t k = 0; k < a.arrived.size(); ++k) {
+      CHECK(a.allocated[k] <= capacity);
+      CHECK(a.allocated[k] <= a.arrived[k]);
+      CHECK(a.frag_milli[k] <= static_cast<double>(capacity - a.allocated[k]) + 0.01);
+      failed += a.node[k] < 0;
+    }
+    CHECK(failed == a.failed[0] + a.failed[1] + a.failed[2] + a.failed[3]);
+    CHECK(failed > 0);  // 130% of capacity cannot all fit
+  }
+  run_options o;
+  o.seed = 8;
+  const auto other = run_fillup(w, o);
+  o.seed = 7;
+  CHECK(run_fillup(w, o).pod != other.pod);
+}
+
+TEST_CASE("replay frees resources at deletion", "[sim][experiment]") {
+  std::vector<trace_node> nodes = {trace_node{"n", 8000, 100, 1, "T4"}};
+  std::vector<trace_pod> pods = {tp("a", 1000, 1, 1000, 0, 10), tp("b", 1000, 1, 1000, 5, 20),
+                                 tp("c", 1000, 1, 1000, 10, 30), tp("d", 1000, 1, 500, 40, 50)};
+  auto w = prepared_workload::make(nodes, pods);
+  REQUIRE(w.ok());
+  for (auto policy :
+       {fit::openb_policy::fgd, fit::openb_policy::random, fit::openb_policy::spread}) {
+    run_options o;
+    o.policy = policy;
+    auto r = run_replay(*w, o);
+    REQUIRE(r.ok());
+    CHECK(r->node == std::vector<std::int32_t>{0, -1, 0, 0});  // b finds the GPU taken
+    CHECK(r->allocated == std::vector<std::int64_t>{1000, 1000, 1000, 500});
+    CHECK(r->departures == 2);
+    CHECK(r->failed[2] == 1);
+  }
+  std::vector<trace_pod> untimed = {tp("a", 1, 0, 0)};
+  auto u = prepared_workload::make(nodes, untimed);
+  REQUIRE(u.ok());
+  auto r = run_replay(*u, run_options{});
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.message().find("replay needs creation_time and deletion_time") == 0);
+}
+
+TEST_CASE("workload validation names the row", "[sim][experiment]") {
+  std::vector<trace_node> nodes = {trace_node{"n", 8000, 100, 9, "T4"}};
+  auto w = prepared_workload::make(nodes, {});
+  REQUIRE_FALSE(w.ok());
+  CHECK(w.message() == "node n: gpu=9: expected 0..8");
+  nodes[0].gpus = 2;
+  auto bad = prepared_workload::make(nodes, {tp("p", 1, 2, 300)});
+  REQUIRE_FALSE(bad.ok());
+  CHECK(bad.message().find("pod p: num_gpu=2 with gpu_milli=300") == 0);
+}

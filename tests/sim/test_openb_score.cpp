@@ -1,0 +1,137 @@
+// The scorers' formulas (§6), the tie-break by rank (§5) and the scheduling cycle.
+#include <catch2/catch.hpp>
+#include <string>
+#include <vector>
+
+#include "gpuslice/fit/openb_score.hpp"
+#include "gpuslice/sim/go_rand.hpp"
+
+using namespace gpuslice::fit;
+using gpuslice::sim::go_rand;
+
+namespace {
+openb_pod pod(std::int64_t cpu, int n, int m, std::int64_t mem = 0) {
+  openb_pod p;
+  p.cpu = cpu;
+  p.mem = mem;
+  p.n = n;
+  p.m = m;
+  return p;
+}
+openb_node fresh(int gpus, std::int64_t cpu = 96000, std::int64_t mem = 1000) {
+  return openb_cluster({openb_node_spec{cpu, mem, gpus, 0}}).node(0);
+}
+frag_model typical_of(const std::vector<openb_pod>& pods) {
+  return frag_model(openb_typical_pods(pods, std::vector<std::string>(pods.size())), 1);
+}
+}  // namespace
+
+TEST_CASE("DotProd and BestFit formulas", "[sim][score]") {
+  const auto n = fresh(8);
+  // d = 0.75 * 0.0625 + 1 * 0.0625; trunc(100 * (1 - d / 2)) = trunc(94.53)
+  CHECK(openb_score_dotprod(n, pod(8000, 1, 500)) == 94);
+  CHECK(openb_score_dotprod(fresh(8, 4000), pod(8000, 1, 500)) == 0);
+  // u = 0.5 * 88000 / 128000 + 0.5 * 7500 / 8000 = 0.8125
+  CHECK(openb_score_bestfit_raw(n, pod(8000, 1, 500)) == 18);
+}
+
+TEST_CASE("GpuClustering and GpuPacking formulas", "[sim][score]") {
+  openb_cluster c({openb_node_spec{96000, 1000, 8, 0}});
+  CHECK(openb_score_gpuclustering(c.node(0), pod(0, 1, 500)) == 25);
+  CHECK(openb_score_gpuclustering(c.node(0), pod(0, 0, 0)) == 0);
+  CHECK(openb_score_gpupacking(c.node(0), pod(0, 1, 500)) == 25);  // max(33 - 8, 8)
+  CHECK(openb_score_gpupacking(fresh(2), pod(0, 1, 500)) == 31);
+  c.bind(0, pod(0, 1, 500), 0b1);
+  // base = 25 * 500 / 8000 = 1
+  CHECK(openb_score_gpuclustering(c.node(0), pod(0, 1, 300)) == 1 + 75);
+  CHECK(openb_score_gpuclustering(c.node(0), pod(0, 1, 1000)) == 1);
+  c.bind(0, pod(0, 1, 1000), 0b10);
+  CHECK(openb_score_gpuclustering(c.node(0), pod(0, 1, 300)) == 4 + 50);  // base 25*1500/8000
+  // Smallest f >= m is the 500 GPU: r = 50, 100 - 5.
+  CHECK(openb_score_gpupacking(c.node(0), pod(0, 1, 300)) == 95);
+  CHECK(openb_score_gpupacking(c.node(0), pod(0, 1, 1000)) == 49);
+  CHECK(openb_score_gpupacking(c.node(0), pod(0, 2, 1000)) == 48);
+  CHECK(openb_score_gpupacking(c.node(0), pod(0, 0, 0)) == 0);
+}
+
+TEST_CASE("spread and binpack use HAMi's usage formula with the request", "[sim][score]") {
+  const auto n = fresh(8);
+  // slots 1/80 + cores 500/8000 + memory 100/1000 = 0.175, times 10 = 1.75 of 30
+  CHECK(openb_score_hami(n, pod(8000, 1, 500, 100), hami_policy::binpack) == 5);
+  CHECK(openb_score_hami(n, pod(8000, 1, 500, 100), hami_policy::spread) == 94);
+  CHECK(openb_score_hami(fresh(0), pod(8000, 0, 0, 0), hami_policy::spread) == 100);
+}
+
+TEST_CASE("ties go to the node with the smallest rank", "[sim][score]") {
+  openb_cluster c({openb_node_spec{8000, 100, 1, 0}, openb_node_spec{8000, 100, 1, 0}});
+  go_rand rng(1);
+  for (const auto& [ranks, want] :
+       std::vector<std::pair<std::vector<std::int32_t>, int>>{{{1, 0}, 1}, {{0, 1}, 0}}) {
+    for (auto policy : {openb_policy::dotprod, openb_policy::bestfit, openb_policy::gpupacking,
+                        openb_policy::gpuclustering, openb_policy::binpack}) {
+      openb_scheduler<go_rand> s(policy, ranks, nullptr, &rng);
+      CHECK(s.schedule(c, pod(1000, 1, 500)).node == want);
+    }
+  }
+}
+
+TEST_CASE("the cycle: no feasible node fails, one feasible node draws nothing", "[sim][score]") {
+  openb_cluster c({openb_node_spec{8000, 100, 1, 0}, openb_node_spec{1000, 100, 1, 0}});
+  go_rand a(3);
+  go_rand b(3);
+  openb_scheduler<go_rand> s(openb_policy::random, {0, 1}, nullptr, &a);
+  CHECK(s.schedule(c, pod(9000, 0, 0)).node == -1);
+  const auto p = s.schedule(c, pod(4000, 1, 500));
+  CHECK(p.node == 0);
+  CHECK(p.gpus == 0b1);
+  CHECK(s.feasible().size() == 1);
+  (void)b.intn(1);  // the random GPU selector's one draw, Intn(1)
+  CHECK(a.int63() == b.int63());
+}
+
+TEST_CASE("Random picks feasible[Intn(count)]", "[sim][score]") {
+  std::vector<openb_node_spec> specs(10, openb_node_spec{8000, 100, 2, 0});
+  openb_cluster c(specs);
+  go_rand a(11);
+  go_rand b(11);
+  std::vector<std::int32_t> ranks(10);
+  openb_scheduler<go_rand> s(openb_policy::random, ranks, nullptr, &a);
+  for (int i = 0; i < 20; ++i) {
+    const auto p = s.schedule(c, pod(100, 0, 0));
+    CHECK(p.node == b.intn(10));
+  }
+}
+
+TEST_CASE("FGD picks the GPU and node that add the least fragmentation", "[sim][score]") {
+  auto model = typical_of(std::vector<openb_pod>(10, pod(0, 1, 500)));
+  openb_cluster c({openb_node_spec{8000, 100, 2, 0}, openb_node_spec{8000, 100, 2, 0}});
+  c.bind(0, pod(0, 1, 600), 0b10);  // node 0 free [1000, 400]
+  frag_tracker t(model, c);
+  go_rand rng(1);
+  openb_scheduler<go_rand> s(openb_policy::fgd, {0, 1}, &t, &rng, 1);
+  // Node 0: GPU 1 to 0 leaves [1000, 0], fragment 400 -> 0: trunc(100 * sigmoid(0.4)) = 59.
+  // GPU 0 to 600 leaves [600, 400]: no change, 50. Node 1: [1000, 600] from [1000, 1000]:
+  // 0 -> 0, 50.
+  CHECK(s.fgd_score(c.node(0), 0, pod(0, 1, 400)) == std::pair<int, int>{59, 1});
+  CHECK(s.fgd_score(c.node(1), 1, pod(0, 1, 400)) == std::pair<int, int>{50, 0});
+  const auto p = s.schedule(c, pod(0, 1, 400), 0);
+  CHECK(p.node == 0);
+  CHECK(p.gpus == 0b10);
+  // The cached answer is reused until the node changes.
+  CHECK(s.fgd_score(c.node(0), 0, pod(0, 1, 400), 0) == std::pair<int, int>{59, 1});
+  c.bind(0, pod(0, 1, 400), p.gpus);
+  t.update(c, 0);
+  CHECK(s.fgd_score(c.node(0), 0, pod(0, 1, 400), 0).second == 0);
+}
+
+TEST_CASE("a custom scorer decides, ties still by rank", "[sim][score]") {
+  std::vector<openb_node_spec> specs(4, openb_node_spec{8000, 100, 1, 0});
+  openb_cluster c(specs);
+  go_rand rng(1);
+  openb_scheduler<go_rand> s(openb_policy::custom, {3, 2, 1, 0}, nullptr, &rng);
+  s.set_custom([](const openb_cluster&, const openb_pod&, const std::vector<std::uint32_t>& f,
+                  std::vector<std::int64_t>& out) {
+    for (std::size_t k = 0; k < f.size(); ++k) out[k] = f[k] <= 1 ? 7 : 3;
+  });
+  CHECK(s.schedule(c, pod(0, 1, 100)).node == 1);
+}
