@@ -1,0 +1,173 @@
+"""`gpuslice simulate`: which placement policy wastes the fewest GPUs on a workload?"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+#: Arrived-load points (percent of GPU capacity) the table shows.
+TABLE_ALLOC_POINTS = (100, 130)
+TABLE_FRAG_POINTS = (70, 90)
+#: Runs shorter than this show no progress bar.
+PROGRESS_AFTER_S = 1.0
+#: How often the main thread checks on running simulations.
+POLL_S = 0.05
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'42-51' -> 42..51; '1,5,9' -> those; '7' -> [7]."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, sep, hi = part.strip().partition("-")
+            if sep and lo:
+                a, b = int(lo), int(hi)
+                if b < a:
+                    raise ValueError
+                seeds.extend(range(a, b + 1))
+            else:
+                seeds.append(int(part))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--seeds {text!r}: expected a range like 42-51 or a list like 1,2,3") from None
+    return seeds
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from .simulate import DEFAULT_LOAD, EXPERIMENTS, PAPER_SEEDS, POLICIES
+
+    p = sub.add_parser(
+        "simulate",
+        help="replay a GPU cluster trace through placement policies",
+        description="Replay a GPU cluster trace (Alibaba cluster-trace-gpu-v2023 'openb' CSVs, "
+        "or the embedded default workload) through placement policies and compare how many "
+        "GPUs each leaves unallocated. fillup is the FGD paper's experiment (ATC '23).",
+    )
+    p.add_argument("--nodes", metavar="CSV", help="node list (openb_node_list_*.csv)")
+    p.add_argument("--pods", metavar="CSV", help="pod list (openb_pod_list_*.csv)")
+    p.add_argument("--policy", nargs="+", action="extend", choices=POLICIES, metavar="P",
+                   help=f"policies to run (default: all of {', '.join(POLICIES)})")
+    p.add_argument("--experiment", choices=EXPERIMENTS, default="fillup")
+    p.add_argument("--load", type=float, default=DEFAULT_LOAD,
+                   help="fill-up target as a multiple of GPU capacity (default 1.3)")
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=parse_seeds,
+                       help=f"seeds, e.g. 42-51 (default {PAPER_SEEDS[0]}-{PAPER_SEEDS[-1]})")
+    seeds.add_argument("--seed", type=int, help="one seed")
+    p.add_argument("--workload-seed", type=int, default=0,
+                   help="seed of the embedded default workload generator (default 0)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="parallel runs (default: number of CPUs)")
+    p.add_argument("--quartiles", action="store_true",
+                   help="show median [q1, q3] over seeds instead of mean ± std")
+    p.add_argument("--json", metavar="FILE", help="write one object per (policy, seed)")
+    p.add_argument("--plot", metavar="FILE", help="write a PNG of allocation vs arrived load")
+    p.set_defaults(func=run)
+
+
+def _fmt(stats: dict[str, float], quartiles: bool) -> str:
+    if math.isnan(stats["median"]):
+        return "—"
+    if quartiles:
+        return f"{stats['median']:.2f} [{stats['q1']:.2f}, {stats['q3']:.2f}]"
+    return f"{stats['mean']:.2f} ± {stats['std']:.2f}"
+
+
+def _run_grid(workload, policies, seeds, args, console) -> list[dict]:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .simulate import run_one
+
+    pairs = [(p, s) for p in policies for s in seeds]
+    workers = max(1, min(args.jobs or os.cpu_count() or 1, len(pairs)))
+    results: dict[int, dict] = {}
+    start = time.perf_counter()
+    progress = None
+    task = None
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(run_one, workload, p, args.experiment, args.load, s): i
+                   for i, (p, s) in enumerate(pairs)}
+        pending = set(futures)
+        try:
+            while pending:
+                done, pending = wait(pending, timeout=POLL_S, return_when=FIRST_COMPLETED)
+                for f in done:
+                    results[futures[f]] = f.result()
+                if progress is None and pending and time.perf_counter() - start > PROGRESS_AFTER_S:
+                    progress = Progress(TextColumn("simulating"), BarColumn(),
+                                        TextColumn("{task.completed}/{task.total} runs"),
+                                        TimeElapsedColumn(), console=console, transient=True)
+                    progress.start()
+                    task = progress.add_task("runs", total=len(pairs))
+                if progress is not None:
+                    progress.update(task, completed=len(results))
+        finally:
+            if progress is not None:
+                progress.stop()
+            for f in pending:
+                f.cancel()
+    return [results[i] for i in range(len(pairs))]
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .simulate import PAPER_SEEDS, POLICIES, load_workload, prepare, summarise, to_json
+
+    if args.load <= 0 or args.load > 1.3 * 100:
+        raise ValueError(f"--load {args.load}: expected a positive multiple of GPU capacity")
+    if args.jobs is not None and args.jobs < 1:
+        raise ValueError(f"--jobs {args.jobs}: expected 1 or more")
+    if (args.nodes is None) != (args.pods is None):
+        raise ValueError("--nodes and --pods: give both, or neither for the embedded default")
+    policies = list(dict.fromkeys(args.policy or POLICIES))
+    seeds = [args.seed] if args.seed is not None else (args.seeds or list(PAPER_SEEDS))
+    out = Console()
+    err = Console(stderr=True)
+    t0 = time.perf_counter()
+    nodes, pods = load_workload(args.nodes, args.pods, args.workload_seed)
+    workload = prepare(nodes, pods)
+    if args.experiment == "replay" and not workload.has_times:
+        raise ValueError(f"--experiment replay: {args.pods} has no creation_time/deletion_time "
+                         "columns (the multigpu variants lack them); use fillup")
+    results = _run_grid(workload, policies, seeds, args, err)
+    wall = time.perf_counter() - t0
+
+    source = "embedded default workload" if args.nodes is None else f"{args.pods}"
+    title = (f"gpuslice simulate: {args.experiment}, {source}, {workload.node_count} nodes, "
+             f"{workload.total_gpus} GPUs, {workload.pod_count} pods, load {args.load:g}, "
+             f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}")
+    stat = "median [q1, q3]" if args.quartiles else "mean ± std"
+    table = Table(title=title, caption=f"{stat} over seeds; {len(results)} runs in {wall:.1f} s")
+    table.add_column("policy")
+    for x in TABLE_ALLOC_POINTS:
+        table.add_column(f"alloc % @{x}%", justify="right")
+    for x in TABLE_FRAG_POINTS:
+        table.add_column(f"frag rate % @{x}%", justify="right")
+    table.add_column("failed pods", justify="right")
+    table.add_column("s/run", justify="right")
+    alloc = {x: summarise(results, "alloc_ratio_pct", x) for x in TABLE_ALLOC_POINTS}
+    frag = {x: summarise(results, "frag_rate_pct", x) for x in TABLE_FRAG_POINTS}
+    for policy in policies:
+        runs = [r for r in results if r["policy"] == policy]
+        failed = sum(sum(r["failed_pods"].values()) for r in runs) / len(runs)
+        secs = sum(r["wall_s"] for r in runs) / len(runs)
+        table.add_row(policy, *[_fmt(alloc[x][policy], args.quartiles) for x in TABLE_ALLOC_POINTS],
+                      *[_fmt(frag[x][policy], args.quartiles) for x in TABLE_FRAG_POINTS],
+                      f"{failed:.0f}", f"{secs:.3f}")
+    out.print(table)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump([to_json(r) for r in results], f, indent=1)
+        out.print(f"wrote {len(results)} results to {args.json}")
+    if args.plot:
+        from .plot import plot_allocation
+
+        plot_allocation(results, args.plot, title=f"{args.experiment}: {source}")
+        out.print(f"wrote {args.plot}")
+    return 0
