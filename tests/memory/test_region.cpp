@@ -64,8 +64,7 @@ TEST_CASE("process slot offsets are pinned", "[region]") {
   using s = m::process_slot;
   STATIC_REQUIRE(offsetof(s, owner) == 0);
   STATIC_REQUIRE(offsetof(s, start_time) == 8);
-  STATIC_REQUIRE(offsetof(s, inflight) == 16);
-  STATIC_REQUIRE(offsetof(s, reserved0) == 24);
+  STATIC_REQUIRE(offsetof(s, reserved0) == 16);
   STATIC_REQUIRE(offsetof(s, used) == 64);
   STATIC_REQUIRE(sizeof(s::used) == 16 * 8);
   STATIC_REQUIRE(sizeof(s) == 192);
@@ -76,6 +75,12 @@ TEST_CASE("region offsets are pinned", "[region]") {
   STATIC_REQUIRE(offsetof(m::region, devices) == 256);
   STATIC_REQUIRE(offsetof(m::region, slots) == 4352);
   STATIC_REQUIRE(sizeof(m::region) == 4352 + 1024 * 192);
+}
+
+TEST_CASE("slot words pack bytes and operations in flight", "[region]") {
+  STATIC_REQUIRE(m::k_slot_bytes_bits == 48);
+  STATIC_REQUIRE(m::k_slot_bytes_mask == 0xffffffffffffULL);
+  STATIC_REQUIRE(m::k_slot_inflight_one == 0x1000000000000ULL);
 }
 
 TEST_CASE("owner words pack pid and state", "[region]") {

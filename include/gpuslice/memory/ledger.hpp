@@ -18,33 +18,35 @@
 /// ## The protocol, and why a dead process's bytes come back exactly once
 ///
 /// State: per device a total `used` (D) and a `limit`; per process slot an `owner` word
-/// (pid, state free/claiming/live/reaping), per-device charges `used[d]` (W), and an
-/// `inflight` counter (F); in the header a reap gate G (0 = open).
+/// (pid, state free/claiming/live/reaping) and per device one word W[d] holding the bytes
+/// charged to the process (low 48 bits) and the count F[d] of its operations in flight on the
+/// device (high 16 bits); in the header a reap gate G (0 = open).
 ///
-/// Reserve (hot path, no lock, no system call):
-///   1. F += 1                         (seq_cst)
-///   2. if G != 0: F -= 1, wait for G to open (bounded; fail closed), go to 1
-///   3. CAS D: D -> D + b, only if D + b <= limit; on failure F -= 1 and fail
-///   4. W[d] += b
-///   5. F -= 1                         (release)
-/// Release is the same bracket around W[d] -= b and D -= b (saturating at 0).
+/// Reserve of b bytes on device d (hot path: three read-modify-writes, no lock, no system
+/// call):
+///   1. F[d] += 1                      (seq_cst fetch_add on W[d])
+///   2. if G != 0: F[d] -= 1, wait for G to open (bounded; fail closed), go to 1
+///   3. CAS D: D -> D + b, only if D + b <= limit; on failure F[d] -= 1 and fail
+///   4. W[d] += b and F[d] -= 1        (one fetch_add of b - 2^48, release)
+/// Release is steps 1-2, then D -= b (CAS, saturating at 0), then W[d] -= b and F[d] -= 1 in
+/// one fetch_sub.
 ///
 /// Reap (rare: after a process death is seen):
 ///   1. Scan slots; if no live/claiming slot has a dead owner, stop (nothing to do).
 ///   2. Close the gate: CAS G 0 -> me (a dead holder is displaced by CAS, after a liveness
 ///      check). Another live reaper holding it means this call returns 0.
-///   3. Drain: wait until F == 0 for every slot whose owner is alive (bounded; on timeout
-///      open the gate and return 0). Because step 1 of an operation and the gate load are
-///      seq_cst, as are the gate CAS and the F loads here, either the operation sees the gate
-///      closed and backs off, or the reaper sees its F and waits (Dekker's argument).
+///   3. Drain: wait until every F[d] == 0 in every slot whose owner is alive (bounded; on
+///      timeout open the gate and return 0). Because step 1 of an operation and its gate load
+///      are seq_cst, as are the gate CAS and the W loads here, either the operation sees the
+///      gate closed and backs off, or the reaper sees its F and waits (Dekker's argument).
 ///   4. Mark every dead slot `reaping` (CAS live -> reaping).
 ///   5. For each device, recompute D := sum of W[d] over live slots, with one store.
-///   6. Zero the dead slots' W and F, set them free, open the gate.
+///   6. Zero the dead slots' words, set them free, open the gate.
 ///
 /// Why exactly once: a reap never subtracts a dead slot's bytes; it *recomputes* D from the
-/// live slots at a moment when no live operation is between steps 1 and 5 of the bracket, so
-/// every live slot's W equals exactly what it added to D. A process that died anywhere in the
-/// bracket (between the CAS on D and W += b included) is simply not counted: whatever it did or
+/// live slots at a moment when no live operation is between steps 1 and 4 of the bracket, so
+/// every live slot's bytes equal exactly what it added to D. A process that died anywhere in
+/// the bracket (between the CAS on D and step 4 included) is simply not counted: whatever it did or
 /// did not add to D is replaced by the recount. Two reapers are serialised by the gate; a
 /// reaper that dies mid-way leaves the gate to be displaced and its `reaping` slots to be
 /// freed by the next one, whose recount is the same idempotent store. D never exceeds the
@@ -99,6 +101,8 @@ inline constexpr std::uint64_t k_gate_wait_ns = 2'000'000'000;
 inline constexpr std::uint64_t k_drain_wait_ns = 1'000'000'000;
 /// Smallest interval between two periodic (not failure-driven) reaps.
 inline constexpr std::uint64_t k_reap_interval_ns = 1'000'000'000;
+/// A thread looks at the clock for a periodic reap once in this many reserves.
+inline constexpr std::uint32_t k_reap_check_every = 256;
 /// Sleep between polls of a state another process is expected to change soon.
 inline constexpr std::chrono::microseconds k_poll_sleep{50};
 
@@ -566,7 +570,6 @@ class basic_ledger {
         if (s.owner.compare_exchange_strong(o, make_owner(pid, slot_state::claiming),
                                             std::memory_order_acq_rel)) {
           s.start_time.store(start_time, std::memory_order_relaxed);
-          s.inflight.store(0, std::memory_order_relaxed);
           for (auto& u : s.used) u.store(0, std::memory_order_relaxed);
           s.owner.store(make_owner(pid, slot_state::live), std::memory_order_release);
           return slot_handle{static_cast<std::uint32_t>(i)};
@@ -584,7 +587,7 @@ class basic_ledger {
   /// limit. Lock-free while no reap is in progress; fails closed on bad arguments.
   /// When it would fail, it first reaps dead processes and tries once more. Thread-safe.
   bool try_reserve(slot_handle h, int device, std::uint64_t bytes) noexcept {
-    if (!h.valid() || !ready_device(device)) return false;
+    if (!h.valid() || !ready_device(device) || bytes > k_slot_bytes_mask) return false;
     if (bytes == 0) return true;
     maybe_periodic_reap();
     if (reserve_once(h, device, bytes)) return true;
@@ -595,16 +598,16 @@ class basic_ledger {
   /// Gives back \p bytes on \p device that \p slot reserved. Lock-free while no reap is in
   /// progress (then it waits for the reaper, whose death is repaired). Thread-safe.
   void release(slot_handle h, int device, std::uint64_t bytes) noexcept {
-    if (!h.valid() || !ready_device(device) || bytes == 0) return;
-    auto& s = slot(h.index);
-    enter(s, ~std::uint64_t{0});
-    s.used[device].fetch_sub(bytes, std::memory_order_relaxed);
+    if (!h.valid() || !ready_device(device) || bytes == 0 || bytes > k_slot_bytes_mask) return;
+    auto& w = slot(h.index).used[device];
+    enter(w, ~std::uint64_t{0});
     auto& used = dev(device).used;
     auto cur = used.load(std::memory_order_relaxed);
     while (!used.compare_exchange_weak(cur, cur > bytes ? cur - bytes : 0,
                                        std::memory_order_acq_rel)) {
     }
-    s.inflight.fetch_sub(1, std::memory_order_release);
+    // Gives the bytes back and ends the announcement in one step.
+    w.fetch_sub(bytes + k_slot_inflight_one, std::memory_order_release);
   }
 
   /// Bytes in use on \p device, over all processes (0 for a bad index). Thread-safe.
@@ -618,7 +621,7 @@ class basic_ledger {
   /// Bytes \p slot holds on \p device. Thread-safe.
   std::uint64_t slot_used(slot_handle h, int device) const noexcept {
     return h.valid() && device >= 0 && device < k_max_devices
-               ? slot(h.index).used[device].load(std::memory_order_acquire)
+               ? slot(h.index).used[device].load(std::memory_order_acquire) & k_slot_bytes_mask
                : 0;
   }
 
@@ -672,7 +675,7 @@ class basic_ledger {
           break;
         }
         // A live claimer holds no bytes yet and cannot be inside an operation.
-        if (st == slot_state::claiming || s.inflight.load(std::memory_order_seq_cst) == 0) break;
+        if (st == slot_state::claiming || !any_inflight(s)) break;
         if (detail::monotonic_ns() > deadline) {
           h.reap_gate.store(0, std::memory_order_seq_cst);
           return 0;
@@ -697,7 +700,7 @@ class basic_ledger {
       for (std::size_t i = 0; i < k_slot_count; ++i) {
         const auto& s = slot(i);
         if (owner_state(s.owner.load(std::memory_order_acquire)) == slot_state::live) {
-          sum += s.used[d].load(std::memory_order_acquire);
+          sum += s.used[d].load(std::memory_order_acquire) & k_slot_bytes_mask;
         }
       }
       const auto old = dev(d).used.exchange(sum, std::memory_order_acq_rel);
@@ -707,7 +710,6 @@ class basic_ledger {
       if (!dead[i]) continue;
       auto& s = slot(i);
       for (auto& u : s.used) u.store(0, std::memory_order_relaxed);
-      s.inflight.store(0, std::memory_order_relaxed);
       s.start_time.store(0, std::memory_order_relaxed);
       s.owner.store(0, std::memory_order_release);
     }
@@ -736,7 +738,9 @@ class basic_ledger {
       process_usage p;
       p.pid = owner_pid(o);
       p.start_time = s.start_time.load(std::memory_order_acquire);
-      for (int d = 0; d < k_max_devices; ++d) p.used[d] = s.used[d].load(std::memory_order_acquire);
+      for (int d = 0; d < k_max_devices; ++d) {
+        p.used[d] = s.used[d].load(std::memory_order_acquire) & k_slot_bytes_mask;
+      }
       out.processes.push_back(p);
     }
     return out;
@@ -801,6 +805,15 @@ class basic_ledger {
            *start == s.start_time.load(std::memory_order_acquire);
   }
 
+  /// True while any operation of the slot's process is announced (Dekker's side of the reaper).
+  template <class Slot>
+  static bool any_inflight(const Slot& s) noexcept {
+    for (const auto& w : s.used) {
+      if ((w.load(std::memory_order_seq_cst) >> k_slot_bytes_bits) != 0) return true;
+    }
+    return false;
+  }
+
   bool any_dead_slot() const noexcept {
     for (std::size_t i = 0; i < k_slot_count; ++i) {
       const auto& s = slot(i);
@@ -835,17 +848,18 @@ class basic_ledger {
     return false;
   }
 
-  /// Announces an operation (F += 1) once the gate is open. Waits at most \p wait_ns (all
-  /// ones: forever) for a closed gate; a dead holder is displaced. False on timeout.
-  template <class Slot>
-  bool enter(Slot& s, std::uint64_t wait_ns) noexcept {
+  /// Announces an operation in the slot's word \p w (F += 1) once the gate is open. Waits at
+  /// most \p wait_ns (all ones: forever) for a closed gate; a dead holder is displaced.
+  /// False on timeout.
+  template <class Word>
+  bool enter(Word& w, std::uint64_t wait_ns) noexcept {
     auto& gate = header().reap_gate;
     std::uint64_t deadline = 0;
     for (;;) {
-      s.inflight.fetch_add(1, std::memory_order_seq_cst);
+      w.fetch_add(k_slot_inflight_one, std::memory_order_seq_cst);
       const auto g = gate.load(std::memory_order_seq_cst);
       if (g == 0) return true;
-      s.inflight.fetch_sub(1, std::memory_order_seq_cst);
+      w.fetch_sub(k_slot_inflight_one, std::memory_order_seq_cst);
       if (deadline == 0) {
         const auto now = detail::monotonic_ns();
         deadline = wait_ns > ~std::uint64_t{0} - now ? ~std::uint64_t{0} : now + wait_ns;
@@ -861,23 +875,28 @@ class basic_ledger {
   }
 
   bool reserve_once(slot_handle h, int device, std::uint64_t bytes) noexcept {
-    auto& s = slot(h.index);
-    if (!enter(s, k_gate_wait_ns)) return false;
+    auto& w = slot(h.index).used[device];
+    if (!enter(w, k_gate_wait_ns)) return false;
     auto& d = dev(device);
     const auto lim = d.limit.load(std::memory_order_acquire);
     auto cur = d.used.load(std::memory_order_relaxed);
     do {
       if (cur > lim || bytes > lim - cur) {
-        s.inflight.fetch_sub(1, std::memory_order_release);
+        w.fetch_sub(k_slot_inflight_one, std::memory_order_release);
         return false;
       }
     } while (!d.used.compare_exchange_weak(cur, cur + bytes, std::memory_order_acq_rel));
-    s.used[device].fetch_add(bytes, std::memory_order_relaxed);
-    s.inflight.fetch_sub(1, std::memory_order_release);
+    // Charges the bytes and ends the announcement in one step (modular arithmetic).
+    w.fetch_add(bytes - k_slot_inflight_one, std::memory_order_release);
     return true;
   }
 
+  /// Looks at the clock once every k_reap_check_every reserves of a thread, and reaps when
+  /// k_reap_interval_ns passed since the last periodic reap (by any process).
   void maybe_periodic_reap() noexcept {
+    static thread_local std::uint32_t countdown = 0;
+    if (countdown-- != 0) return;
+    countdown = k_reap_check_every - 1;
     auto& last = header().last_reap_ns;
     const auto now = clock_now();
     auto prev = last.load(std::memory_order_relaxed);
@@ -955,7 +974,9 @@ inline result<snapshot> read_snapshot(const std::string& path) {
     process_usage pu;
     pu.pid = owner_pid(o);
     pu.start_time = s.start_time.load(std::memory_order_acquire);
-    for (int d = 0; d < k_max_devices; ++d) pu.used[d] = s.used[d].load(std::memory_order_acquire);
+    for (int d = 0; d < k_max_devices; ++d) {
+      pu.used[d] = s.used[d].load(std::memory_order_acquire) & k_slot_bytes_mask;
+    }
     out.processes.push_back(pu);
   }
   return out;

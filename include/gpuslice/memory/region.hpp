@@ -31,6 +31,13 @@ inline constexpr std::size_t k_slot_count = 1024;
 inline constexpr std::size_t k_rate_words = 8;
 /// "GPUSLEDG" read as a little-endian 64-bit word: identifies a gpuslice ledger file.
 inline constexpr std::uint64_t k_magic = 0x4744454c53555047ULL;
+/// Bits of a slot's per-device word that count bytes (256 TiB); the bits above count the
+/// process's operations in flight on the device.
+inline constexpr unsigned k_slot_bytes_bits = 48;
+/// Mask of the byte count in a slot's per-device word.
+inline constexpr std::uint64_t k_slot_bytes_mask = (std::uint64_t{1} << k_slot_bytes_bits) - 1;
+/// One operation in flight, in a slot's per-device word.
+inline constexpr std::uint64_t k_slot_inflight_one = std::uint64_t{1} << k_slot_bytes_bits;
 /// Layout version; bumped on any change to the structs below.
 inline constexpr std::uint32_t k_layout_version = 1;
 /// Cache line size assumed for alignment of hot fields.
@@ -98,10 +105,10 @@ struct alignas(k_cache_line) basic_process_slot {
   /// (pid << 32) | slot_state; one word so a claim records state and pid together.
   Atom<std::uint64_t> owner;
   Atom<std::uint64_t> start_time;  ///< field 22 of /proc/<pid>/stat (clock ticks since boot)
-  /// Operations of this process between announcing themselves and finishing (see ledger.hpp).
-  Atom<std::uint64_t> inflight;
-  std::uint64_t reserved0[5];
-  Atom<std::uint64_t> used[k_max_devices];  ///< bytes charged to this process per device
+  std::uint64_t reserved0[6];
+  /// Per device: bytes charged to this process (low k_slot_bytes_bits bits) and, above them,
+  /// the number of its operations on the device in flight (see ledger.hpp).
+  Atom<std::uint64_t> used[k_max_devices];
 };
 
 /// The whole region.
