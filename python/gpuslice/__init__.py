@@ -14,9 +14,11 @@ from ._core import (
     parse_config,
     parse_percent,
 )
+from .memory import Ledger, read_ledger_snapshot
 
 __all__ = [
     "Config",
+    "Ledger",
     "LogLevel",
     "UtilizationPolicy",
     "__version__",
@@ -24,4 +26,5 @@ __all__ = [
     "parse_bytes",
     "parse_config",
     "parse_percent",
+    "read_ledger_snapshot",
 ]
