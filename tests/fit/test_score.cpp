@@ -22,18 +22,22 @@ decision run(const cluster& c, const pod_request& p, const hami_scorer& s) {
 }  // namespace
 
 TEST_CASE("gpu_score is HAMi's formula with the request added", "[fit][score]") {
-  device d = fixtures::gpu("GPU-a", 16);
+  device_state d;
+  d.memory_total = 16 * k_gib;
+  d.cores_total = 1000;
   d.slots_total = 10;
   d.slots_used = 1;
   d.cores_used = 200;
   d.memory_used = 4 * k_gib;
   const share s{4 * k_gib, 300, false};
   // 10 * ((1+1)/10 + (200+300)/1000 + (4+4)/16) = 10 * (0.2 + 0.5 + 0.5) = 12
-  CHECK(hami_scorer(hami_policy::binpack, gpu_policy::binpack).gpu_score(d, s) == Approx(12.0));
-  CHECK(hami_scorer(hami_policy::binpack, gpu_policy::spread).gpu_score(d, s) == Approx(30 - 12.0));
+  CHECK(hami_scorer(hami_policy::binpack, gpu_policy::binpack).gpu_score(node{}, d, s) ==
+        Approx(12.0));
+  CHECK(hami_scorer(hami_policy::binpack, gpu_policy::spread).gpu_score(node{}, d, s) ==
+        Approx(30 - 12.0));
   // Weights scale each dimension.
   const usage_weights w{2.0, 0.0, 1.0};
-  CHECK(hami_scorer(hami_policy::binpack, gpu_policy::binpack, w).gpu_score(d, s) ==
+  CHECK(hami_scorer(hami_policy::binpack, gpu_policy::binpack, w).gpu_score(node{}, d, s) ==
         Approx(10 * (2 * 0.2 + 0.5)));
 }
 
@@ -93,7 +97,7 @@ struct most_cpu_scorer {
     REQUIRE(c.allocation != nullptr);
     return static_cast<double>(c.target.cpu_total - c.target.cpu_used);
   }
-  double gpu_score(const device& d, const share&) const { return d.index; }
+  double gpu_score(const node&, const device_state& d, const share&) const { return d.index; }
   bool topology() const { return false; }
 };
 }  // namespace

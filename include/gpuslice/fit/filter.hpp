@@ -6,6 +6,7 @@
 /// Device checks run in HAMi's order (health, type, uuid, slots, memory, cores, exclusive,
 /// compute exhausted); the first failing check is the device's reason. Pure, thread-safe.
 
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -148,9 +149,11 @@ inline std::string format_reasons(const reason_counts& counts, std::string_view 
 
 /// The device checks of a request, in HAMi's order. \p type_ok and \p uuid_ok are the results
 /// of type_allowed / uuid_allowed (computed once per distinct type by the caller). Returns
-/// true and leaves \p why untouched when the device can take \p s. Pure, thread-safe.
-inline bool device_fits(const device& d, const share& s, bool type_ok, bool uuid_ok,
-                        reason& why) noexcept {
+/// true and leaves \p why untouched when the device can take \p s. \p Device is fit::device or
+/// fit::device_state (anything with their usage fields). Pure, thread-safe.
+template <class Device>
+bool device_fits(const Device& d, const share& s, bool type_ok, bool uuid_ok,
+                 reason& why) noexcept {
   if (!d.healthy) return why = reason::unhealthy, false;
   if (!type_ok) return why = reason::type_mismatch, false;
   if (!uuid_ok) return why = reason::uuid_mismatch, false;

@@ -76,8 +76,12 @@ struct decision {
 
 namespace detail {
 
-/// Per-node sums kept by the cluster so node scores need no device scan.
-struct node_totals {
+/// Per-node state kept compact (and sums kept current) so the filter and node scores touch
+/// little memory: the hot loop never reads node or device structs.
+struct node_hot {
+  std::uint64_t cpu_free = 0, memory_free = 0;
+  std::size_t first = 0, count = 0;  ///< the node's devices in cluster::hot_
+  std::size_t rank = 0;              ///< position in (name, position) order
   double slots_used = 0, slots_total = 0;
   double cores_used = 0, cores_total = 0;
   double memory_used = 0, memory_total = 0;
@@ -99,13 +103,6 @@ struct cycle {
   std::size_t containers = 0;
   std::uint64_t cpu = 0, host_memory = 0;
   bool simple = false;  ///< one GPU container, no numa_bind: feasibility is a device count
-};
-
-/// A device's usage as seen while placing the containers of one pod on one node.
-struct working_use {
-  std::uint32_t slots_used;
-  std::uint64_t memory_used;
-  std::uint32_t cores_used;
 };
 
 }  // namespace detail
@@ -147,42 +144,62 @@ class cluster {
 
  private:
   explicit cluster(std::vector<node> nodes) : nodes_(std::move(nodes)) {
-    totals_.resize(nodes_.size());
-    type_ids_.resize(nodes_.size());
     std::map<std::string, std::uint32_t> ids;
+    node_hot_.resize(nodes_.size());
     for (std::size_t i = 0; i < nodes_.size(); ++i) {
-      recompute(i);
-      for (const auto& d : nodes_[i].devices) {
+      node_hot_[i].first = hot_.size();
+      node_hot_[i].count = nodes_[i].devices.size();
+      for (std::size_t p = 0; p < nodes_[i].devices.size(); ++p) {
+        const auto& d = nodes_[i].devices[p];
         auto [it, added] = ids.emplace(d.type, static_cast<std::uint32_t>(types_.size()));
         if (added) types_.push_back(d.type);
-        type_ids_[i].push_back(it->second);
+        device_state h;
+        h.position = p;
+        h.index = d.index;
+        h.numa = d.numa;
+        h.type = it->second;
+        h.healthy = d.healthy;
+        h.slots_total = d.slots_total;
+        h.memory_total = d.memory_total;
+        h.cores_total = d.cores_total;
+        hot_.push_back(h);
       }
+      recompute(i);
     }
     std::vector<std::size_t> order(nodes_.size());
     for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
     std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
       return nodes_[a].name != nodes_[b].name ? nodes_[a].name < nodes_[b].name : a < b;
     });
-    rank_.resize(nodes_.size());
-    for (std::size_t r = 0; r < order.size(); ++r) rank_[order[r]] = r;
+    for (std::size_t r = 0; r < order.size(); ++r) node_hot_[order[r]].rank = r;
   }
 
+  /// Copies node \p i's usage into the compact state and recomputes its sums.
   void recompute(std::size_t i) {
-    detail::node_totals t;
-    const auto& devs = nodes_[i].devices;
-    for (const auto& d : devs) {
+    const node& n = nodes_[i];
+    detail::node_hot& t = node_hot_[i];
+    t.cpu_free = n.cpu_total - n.cpu_used;
+    t.memory_free = n.memory_total - n.memory_used;
+    t.slots_used = t.slots_total = t.cores_used = t.cores_total = 0;
+    t.memory_used = t.memory_total = 0;
+    t.uniform = true;
+    for (std::size_t p = 0; p < n.devices.size(); ++p) {
+      const auto& d = n.devices[p];
+      device_state& h = hot_[t.first + p];
+      h.slots_used = d.slots_used;
+      h.memory_used = d.memory_used;
+      h.cores_used = d.cores_used;
       t.slots_used += d.slots_used;
       t.slots_total += d.slots_total;
       t.cores_used += d.cores_used;
       t.cores_total += d.cores_total;
       t.memory_used += static_cast<double>(d.memory_used);
       t.memory_total += static_cast<double>(d.memory_total);
-      if (d.memory_total != devs.front().memory_total ||
-          d.cores_total != devs.front().cores_total) {
+      if (d.memory_total != n.devices.front().memory_total ||
+          d.cores_total != n.devices.front().cores_total) {
         t.uniform = false;
       }
     }
-    totals_[i] = t;
   }
 
   result<bool> apply(const decision& d, bool add) {
@@ -190,7 +207,7 @@ class cluster {
       return make_error(errc::invalid_value, "decision is not a placement on this cluster");
     }
     node& n = nodes_[d.node];
-    // Check the whole decision first so a refused one changes nothing.
+    // Check the whole decision on a copy so a refused one changes nothing.
     node trial = n;
     auto fail = [&](const std::string& what) {
       return make_error(errc::out_of_range, "decision does not fit node \"" + n.name +
@@ -258,25 +275,15 @@ class cluster {
     return cy;
   }
 
-  /// Whether device \p di of node \p ni can take container \p cc given usage \p u.
-  bool check(std::size_t ni, std::size_t di, const detail::container_cycle& cc,
-             const detail::working_use& u, share& s, reason& why) const {
-    device d = nodes_[ni].devices[di];  // small copy with the working usage
-    d.slots_used = u.slots_used;
-    d.memory_used = u.memory_used;
-    d.cores_used = u.cores_used;
-    s = resolve(*cc.req, d.memory_total, d.cores_total);
-    const bool uuid_ok = !cc.uuid_rules || uuid_allowed(*cc.req, d.uuid);
-    return device_fits(d, s, cc.type_ok[type_ids_[ni][di]] != 0, uuid_ok, why);
-  }
-
-  /// The fast check on the node's own state (no working copy).
-  bool check_fast(std::size_t ni, std::size_t di, const detail::container_cycle& cc,
-                  reason& why) const {
-    const device& d = nodes_[ni].devices[di];
-    const share s = resolve(*cc.req, d.memory_total, d.cores_total);
-    const bool uuid_ok = !cc.uuid_rules || uuid_allowed(*cc.req, d.uuid);
-    return device_fits(d, s, cc.type_ok[type_ids_[ni][di]] != 0, uuid_ok, why);
+  /// Whether device state \p d of node \p ni can take container \p cc; sets its share.
+  bool check(std::size_t ni, const device_state& d, const detail::container_cycle& cc, share& s,
+             reason& why) const {
+    const share sh = resolve(*cc.req, d.memory_total, d.cores_total);
+    const bool uuid_ok =
+        !cc.uuid_rules || uuid_allowed(*cc.req, nodes_[ni].devices[d.position].uuid);
+    const bool ok = device_fits(d, sh, cc.type_ok[d.type] != 0, uuid_ok, why);
+    s = sh;
+    return ok;
   }
 
   struct ranked {
@@ -285,22 +292,40 @@ class cluster {
     share s;
   };
 
-  template <class Scorer>
-  static void sort_ranked(const node& n, std::vector<ranked>& r, const Scorer&) {
+  /// Best first: larger score, then lower driver index, then lower position.
+  static void sort_ranked(const std::vector<device_state>& use, std::vector<ranked>& r) {
     std::sort(r.begin(), r.end(), [&](const ranked& a, const ranked& b) {
       if (a.score != b.score) return a.score > b.score;
-      if (n.devices[a.device].index != n.devices[b.device].index) {
-        return n.devices[a.device].index < n.devices[b.device].index;
+      if (use[a.device].index != use[b.device].index) {
+        return use[a.device].index < use[b.device].index;
       }
       return a.device < b.device;
     });
   }
 
-  /// Chooses \p count devices among ranked candidates (sorted best first) of one group.
-  /// Returns the value of the choice (larger is better) through \p value.
+  /// Devices of node \p ni that can take container \p cc on usage \p use, best first.
+  template <class Scorer>
+  void candidates(std::size_t ni, const detail::container_cycle& cc,
+                  const std::vector<device_state>& use, const Scorer& scorer,
+                  std::vector<ranked>& cand, reason_counts* why) const {
+    cand.clear();
+    for (const auto& d : use) {
+      share s;
+      reason r{};
+      if (check(ni, d, cc, s, r)) {
+        cand.push_back({d.position, scorer.gpu_score(nodes_[ni], d, s), s});
+      } else if (why != nullptr) {
+        why->add(r);
+      }
+    }
+    sort_ranked(use, cand);
+  }
+
+  /// Chooses \p count devices among ranked candidates (best first) of one group, and the value
+  /// of the choice (larger is better).
   template <class Scorer>
   bool choose_in_group(const node& n, const std::vector<ranked>& group, std::size_t count,
-                       const std::vector<detail::working_use>& use, const Scorer& scorer,
+                       const std::vector<device_state>& use, const Scorer& scorer,
                        std::vector<ranked>& out, double& value) const {
     out.clear();
     if (group.size() < count) return false;
@@ -326,14 +351,14 @@ class cluster {
     }
     if (links && count == 1) {
       std::vector<std::size_t> idle;
-      for (std::size_t i = 0; i < n.devices.size(); ++i) {
-        if (use[i].slots_used == 0 && n.devices[i].healthy) idle.push_back(i);
+      for (const auto& d : use) {
+        if (d.slots_used == 0 && d.healthy) idle.push_back(d.position);
       }
       const ranked* best = nullptr;
       std::int64_t best_lost = 0;
-      for (const auto& g : group) {  // already in score order, so ties keep the better score
-        const bool is_idle = use[g.device].slots_used == 0;
-        const std::int64_t lost = is_idle ? links_lost(n.links, g.device, idle) : 0;
+      for (const auto& g : group) {  // already best first, so ties keep the better score
+        const std::int64_t lost =
+            use[g.device].slots_used == 0 ? links_lost(n.links, g.device, idle) : 0;
         if (best == nullptr || lost < best_lost) {
           best = &g;
           best_lost = lost;
@@ -351,39 +376,39 @@ class cluster {
     return true;
   }
 
+  static void take(std::vector<device_state>& use, const device_grant& g, bool add) {
+    auto& d = use[g.device];
+    if (add) {
+      d.slots_used += 1;
+      d.memory_used += g.memory;
+      d.cores_used += g.cores;
+    } else {
+      d.slots_used -= 1;
+      d.memory_used -= g.memory;
+      d.cores_used -= g.cores;
+    }
+  }
+
   /// Greedy choice for one container on usage \p use; records reasons when it fails.
   template <class Scorer>
   bool place_container(std::size_t ni, const detail::container_cycle& cc,
-                       std::vector<detail::working_use>& use, const Scorer& scorer,
+                       std::vector<device_state>& use, const Scorer& scorer,
                        container_allocation& out, reason_counts& why) const {
     const node& n = nodes_[ni];
     std::vector<ranked> cand;
-    for (std::size_t di = 0; di < n.devices.size(); ++di) {
-      share s;
-      reason r{};
-      if (check(ni, di, cc, use[di], s, r)) {
-        device d = n.devices[di];
-        d.slots_used = use[di].slots_used;
-        d.memory_used = use[di].memory_used;
-        d.cores_used = use[di].cores_used;
-        cand.push_back({di, scorer.gpu_score(d, s), s});
-      } else {
-        why.add(r);
-      }
-    }
+    candidates(ni, cc, use, scorer, cand, &why);
     const std::size_t count = cc.req->count;
     if (cand.size() < count) {
       why.add(reason::insufficient_devices);
       return false;
     }
-    sort_ranked(n, cand, scorer);
     std::vector<ranked> chosen;
     if (!cc.req->numa_bind) {
       double value = 0;
       choose_in_group(n, cand, count, use, scorer, chosen, value);
     } else {
       std::map<std::int32_t, std::vector<ranked>> groups;
-      for (const auto& c : cand) groups[n.devices[c.device].numa].push_back(c);
+      for (const auto& c : cand) groups[use[c.device].numa].push_back(c);
       bool found = false;
       double best_value = 0;
       std::vector<ranked> pick;
@@ -404,59 +429,40 @@ class cluster {
     out.devices.clear();
     for (const auto& c : chosen) {
       out.devices.push_back({c.device, c.s.memory, c.s.cores});
-      use[c.device].slots_used += 1;
-      use[c.device].memory_used += c.s.memory;
-      use[c.device].cores_used += c.s.cores;
+      take(use, out.devices.back(), true);
     }
     std::sort(out.devices.begin(), out.devices.end(),
               [](const device_grant& a, const device_grant& b) { return a.device < b.device; });
     return true;
   }
 
-  /// Exhaustive search over every container's device sets (in score order), bounded by steps.
+  /// Exhaustive search over every container's device sets (in score order), bounded by
+  /// \p limit steps.
   template <class Scorer>
   bool search(std::size_t ni, const detail::cycle& cy, std::size_t k,
-              std::vector<detail::working_use>& use, const Scorer& scorer,
+              std::vector<device_state>& use, const Scorer& scorer,
               std::vector<container_allocation>& out, std::uint64_t& steps,
               std::uint64_t limit) const {
     if (k == cy.gpu.size()) return true;
-    const node& n = nodes_[ni];
     const auto& cc = cy.gpu[k];
     std::vector<ranked> cand;
-    for (std::size_t di = 0; di < n.devices.size(); ++di) {
-      share s;
-      reason r{};
-      if (check(ni, di, cc, use[di], s, r)) {
-        device d = n.devices[di];
-        d.slots_used = use[di].slots_used;
-        d.memory_used = use[di].memory_used;
-        d.cores_used = use[di].cores_used;
-        cand.push_back({di, scorer.gpu_score(d, s), s});
-      }
-    }
+    candidates(ni, cc, use, scorer, cand, nullptr);
     const std::size_t count = cc.req->count;
     if (cand.size() < count) return false;
-    sort_ranked(n, cand, scorer);
     std::vector<std::size_t> pick(count);
     for (std::size_t i = 0; i < count; ++i) pick[i] = i;
     auto& alloc = out[cy.gpu_index[k]];
     while (true) {
       if (++steps > limit) return false;
       bool same_numa = true;
-      if (cc.req->numa_bind) {
-        for (std::size_t i = 1; i < count; ++i) {
-          same_numa = same_numa &&
-                      n.devices[cand[pick[i]].device].numa == n.devices[cand[pick[0]].device].numa;
-        }
+      for (std::size_t i = 1; cc.req->numa_bind && i < count; ++i) {
+        same_numa = same_numa && use[cand[pick[i]].device].numa == use[cand[pick[0]].device].numa;
       }
       if (same_numa) {
         alloc.devices.clear();
         for (std::size_t i : pick) {
-          const auto& c = cand[i];
-          alloc.devices.push_back({c.device, c.s.memory, c.s.cores});
-          use[c.device].slots_used += 1;
-          use[c.device].memory_used += c.s.memory;
-          use[c.device].cores_used += c.s.cores;
+          alloc.devices.push_back({cand[i].device, cand[i].s.memory, cand[i].s.cores});
+          take(use, alloc.devices.back(), true);
         }
         if (search(ni, cy, k + 1, use, scorer, out, steps, limit)) {
           std::sort(
@@ -464,14 +470,10 @@ class cluster {
               [](const device_grant& a, const device_grant& b) { return a.device < b.device; });
           return true;
         }
-        for (const auto& g : alloc.devices) {
-          use[g.device].slots_used -= 1;
-          use[g.device].memory_used -= g.memory;
-          use[g.device].cores_used -= g.cores;
-        }
+        for (const auto& g : alloc.devices) take(use, g, false);
         alloc.devices.clear();
       }
-      // Next combination of `count` out of cand.size() in lexicographic order.
+      // Next combination of `count` out of cand.size(), in lexicographic order.
       std::size_t i = count;
       while (i > 0 && pick[i - 1] == cand.size() - count + (i - 1)) --i;
       if (i == 0) return false;
@@ -485,18 +487,15 @@ class cluster {
   bool allocate(std::size_t ni, const detail::cycle& cy, const Scorer& scorer,
                 const fit_options& opt, std::vector<container_allocation>& out,
                 reason_counts& why) const {
-    const node& n = nodes_[ni];
-    std::vector<detail::working_use> use(n.devices.size());
-    for (std::size_t i = 0; i < n.devices.size(); ++i) {
-      use[i] = {n.devices[i].slots_used, n.devices[i].memory_used, n.devices[i].cores_used};
-    }
-    const auto fresh = use;
+    const auto& t = node_hot_[ni];
+    const auto first = hot_.begin() + static_cast<std::ptrdiff_t>(t.first);
+    std::vector<device_state> use(first, first + static_cast<std::ptrdiff_t>(t.count));
     out.assign(cy.containers, container_allocation{});
     for (std::size_t k = 0; k < cy.gpu.size(); ++k) {
       reason_counts local;
       if (place_container(ni, cy.gpu[k], use, scorer, out[cy.gpu_index[k]], local)) continue;
       if (opt.backtrack && k > 0) {
-        use = fresh;
+        use.assign(first, first + static_cast<std::ptrdiff_t>(t.count));
         out.assign(cy.containers, container_allocation{});
         std::uint64_t steps = 0;
         if (search(ni, cy, 0, use, scorer, out, steps, opt.backtrack_limit)) return true;
@@ -511,7 +510,7 @@ class cluster {
   /// The node's usage after \p alloc (or after count x share when alloc is null).
   usage after(std::size_t ni, const detail::cycle& cy,
               const std::vector<container_allocation>* alloc) const {
-    const auto& t = totals_[ni];
+    const auto& t = node_hot_[ni];
     usage u{t.slots_used,  t.slots_total, t.cores_used,
             t.cores_total, t.memory_used, t.memory_total};
     if (alloc != nullptr) {
@@ -525,7 +524,7 @@ class cluster {
       return u;
     }
     for (const auto& cc : cy.gpu) {
-      const auto& front = nodes_[ni].devices.front();
+      const auto& front = hot_[t.first];
       const share s = resolve(*cc.req, front.memory_total, front.cores_total);
       u.slots_used += cc.req->count;
       u.cores_used += static_cast<double>(cc.req->count) * s.cores;
@@ -535,10 +534,9 @@ class cluster {
   }
 
   std::vector<node> nodes_;
-  std::vector<detail::node_totals> totals_;
-  std::vector<std::vector<std::uint32_t>> type_ids_;  ///< per node, per device: interned type
-  std::vector<std::string> types_;                    ///< interned device types
-  std::vector<std::size_t> rank_;                     ///< position in (name, position) order
+  std::vector<detail::node_hot> node_hot_;
+  std::vector<device_state> hot_;   ///< every device's state, node after node
+  std::vector<std::string> types_;  ///< interned device types
 };
 
 template <class Scorer>
@@ -554,22 +552,30 @@ result<decision> cluster::fit(const pod_request& pod, const Scorer& scorer,
   std::size_t best_rank = 0;
   std::vector<container_allocation> alloc, best_alloc;
   for (std::size_t ni = 0; ni < nodes_.size(); ++ni) {
-    const node& n = nodes_[ni];
+    const auto& t = node_hot_[ni];
     reason_counts why;
-    reason nr{};
-    bool feasible = node_fits(n, cy.cpu, cy.host_memory, nr);
-    if (!feasible) why.add(nr);
+    bool feasible = true;
+    if (t.cpu_free < cy.cpu) {
+      why.add(reason::insufficient_cpu);
+      feasible = false;
+    } else if (t.memory_free < cy.host_memory) {
+      why.add(reason::insufficient_host_memory);
+      feasible = false;
+    }
     bool have_alloc = false;
     if (feasible && !cy.gpu.empty()) {
-      const bool fast = cy.simple && !Scorer::k_needs_allocation &&
-                        (totals_[ni].uniform || !cy.gpu[0].percent_memory);
+      const bool fast =
+          cy.simple && !Scorer::k_needs_allocation && (t.uniform || !cy.gpu[0].percent_memory);
       if (fast) {
         // Feasibility is a count of passing devices; stop at `count` unless reasons are needed.
         const auto& cc = cy.gpu[0];
         std::uint32_t pass = 0;
-        for (std::size_t di = 0; di < n.devices.size(); ++di) {
+        for (std::size_t p = 0; p < t.count; ++p) {
+          const device_state& d = hot_[t.first + p];
+          const share s = resolve(*cc.req, d.memory_total, d.cores_total);
+          const bool uuid_ok = !cc.uuid_rules || uuid_allowed(*cc.req, nodes_[ni].devices[p].uuid);
           reason r{};
-          if (check_fast(ni, di, cc, r)) {
+          if (device_fits(d, s, cc.type_ok[d.type] != 0, uuid_ok, r)) {
             if (++pass == cc.req->count && !opt.report_nodes) break;
           } else {
             why.add(r);
@@ -585,19 +591,17 @@ result<decision> cluster::fit(const pod_request& pod, const Scorer& scorer,
     double score = 0;
     if (feasible) {
       ++out.feasible_nodes;
-      if (!cy.gpu.empty() && Scorer::k_needs_allocation && !have_alloc) {
-        have_alloc = allocate(ni, cy, scorer, opt, alloc, why);
-      }
       const std::vector<container_allocation>* ap = have_alloc ? &alloc : nullptr;
-      const candidate c{n, ni, after(ni, cy, ap), Scorer::k_needs_allocation ? ap : nullptr};
+      const candidate c{nodes_[ni], ni, after(ni, cy, ap),
+                        Scorer::k_needs_allocation ? ap : nullptr};
       score = scorer.node_score(c);
-      if (!have || score > out.score || (score == out.score && rank_[ni] < best_rank)) {
+      if (!have || score > out.score || (score == out.score && t.rank < best_rank)) {
         have = true;
         out.score = score;
         out.node = ni;
-        best_rank = rank_[ni];
+        best_rank = t.rank;
         if (have_alloc) {
-          best_alloc = alloc;
+          best_alloc.swap(alloc);
         } else {
           best_alloc.clear();
         }

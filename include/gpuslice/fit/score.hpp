@@ -6,7 +6,8 @@
 ///   struct my_scorer {
 ///     static constexpr bool k_needs_allocation = ...;  // node_score reads c.allocation
 ///     double node_score(const candidate& c) const;     // larger is preferred
-///     double gpu_score(const device& d, const share& s) const;  // larger is preferred
+///     double gpu_score(const node& n, const device_state& d, const share& s) const;  // larger
+///                                                                   // is preferred
 ///     bool topology() const;  // choose multi-GPU sets by link score (gpu_score breaks ties)
 ///   };
 ///
@@ -22,6 +23,19 @@
 #include "gpuslice/fit/model.hpp"
 
 namespace gpuslice::fit {
+
+/// A device's capacity and usage at the moment of a choice (while the containers of one pod are
+/// placed it includes the earlier containers' shares). node::devices[position] has the rest.
+struct device_state {
+  std::size_t position = 0;  ///< in node::devices
+  std::uint32_t index = 0;   ///< the driver's index
+  std::int32_t numa = 0;
+  std::uint32_t type = 0;  ///< interned type id (cluster-internal)
+  bool healthy = true;
+  std::uint32_t slots_used = 0, slots_total = 0;
+  std::uint64_t memory_used = 0, memory_total = 0;
+  std::uint32_t cores_used = 0, cores_total = 0;
+};
 
 /// One device's part of an allocation.
 struct device_grant {
@@ -75,7 +89,7 @@ class hami_scorer {
   }
   /// HAMi's device score with the share added (binpack: fuller is better; topology uses the
   /// spread order to break ties).
-  double gpu_score(const device& d, const share& s) const noexcept {
+  double gpu_score(const node& /*n*/, const device_state& d, const share& s) const noexcept {
     usage u;
     u.slots_used = d.slots_used + 1.0;
     u.slots_total = d.slots_total;
@@ -127,7 +141,9 @@ class topology_scorer {
     }
     return k_link_weight * static_cast<double>(links) + hami_.node_score(c);
   }
-  double gpu_score(const device& d, const share& s) const noexcept { return hami_.gpu_score(d, s); }
+  double gpu_score(const node& n, const device_state& d, const share& s) const noexcept {
+    return hami_.gpu_score(n, d, s);
+  }
   bool topology() const noexcept { return true; }
 
  private:

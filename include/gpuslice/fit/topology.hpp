@@ -27,11 +27,30 @@ struct linked_subset {
 namespace detail {
 
 /// Branch-and-bound state. Scores are doubled internally so the half-counted bound stays an
-/// integer.
+/// integer. The bound of a search node is O(m): each undecided candidate j may add its links to
+/// the chosen ones plus half of its (need - 1) strongest links to any candidate (precomputed
+/// prefix sums), and only the `need` largest of those can be realised.
 class subset_search {
  public:
   subset_search(const link_matrix& links, const std::vector<std::size_t>& cand, std::size_t count)
-      : links_(links), cand_(cand), count_(count) {}
+      : links_(links), cand_(cand), count_(count), m_(cand.size()) {
+    top_prefix_.assign(m_ * m_, 0);
+    std::vector<std::int64_t> row;
+    for (std::size_t j = 0; j < m_; ++j) {
+      row.clear();
+      for (std::size_t k = 0; k < m_; ++k) {
+        if (k != j) row.push_back(link(j, k));
+      }
+      std::sort(row.begin(), row.end(), std::greater<>());
+      std::int64_t sum = 0;
+      for (std::size_t t = 0; t < row.size(); ++t) {
+        sum += row[t];
+        top_prefix_[j * m_ + t + 1] = sum;
+      }
+    }
+    to_chosen_.assign(m_, 0);
+    gains_.reserve(m_);
+  }
 
   void run(linked_subset& out) {
     chosen_.reserve(count_);
@@ -47,25 +66,14 @@ class subset_search {
   /// Twice an upper bound on what picking \p need more from cand_[from..] can add.
   std::int64_t bound2(std::size_t from, std::size_t need) {
     gains_.clear();
-    for (std::size_t j = from; j < cand_.size(); ++j) {
-      std::int64_t to_chosen = 0;
-      for (std::size_t c : chosen_) to_chosen += link(c, j);
-      tops_.clear();
-      for (std::size_t k = from; k < cand_.size(); ++k) {
-        if (k != j) tops_.push_back(link(j, k));
-      }
-      const std::size_t take = std::min(need - 1, tops_.size());
-      std::partial_sort(tops_.begin(), tops_.begin() + static_cast<std::ptrdiff_t>(take),
-                        tops_.end(), std::greater<>());
-      std::int64_t among = 0;
-      for (std::size_t t = 0; t < take; ++t) among += tops_[t];
-      gains_.push_back(2 * to_chosen + among);
+    for (std::size_t j = from; j < m_; ++j) {
+      gains_.push_back(2 * to_chosen_[j] + top_prefix_[j * m_ + need - 1]);
     }
-    const std::size_t take = std::min(need, gains_.size());
-    std::partial_sort(gains_.begin(), gains_.begin() + static_cast<std::ptrdiff_t>(take),
-                      gains_.end(), std::greater<>());
+    const auto nth = gains_.begin() + static_cast<std::ptrdiff_t>(need);
+    if (nth < gains_.end())
+      std::nth_element(gains_.begin(), nth - 1, gains_.end(), std::greater<>());
     std::int64_t ub = 0;
-    for (std::size_t t = 0; t < take; ++t) ub += gains_[t];
+    for (auto it = gains_.begin(); it != nth && it != gains_.end(); ++it) ub += *it;
     return ub;
   }
 
@@ -81,14 +89,15 @@ class subset_search {
       }
       return;
     }
-    if (cand_.size() - i < need) return;
+    if (m_ - i < need) return;
     // Prune when even the optimistic bound cannot beat the best (ties keep the earlier,
     // lexicographically smaller, subset).
     if (found_ && 2 * score + bound2(i, need) <= 2 * best_score_) return;
-    std::int64_t add = 0;
-    for (std::size_t c : chosen_) add += link(c, i);
+    const std::int64_t add = to_chosen_[i];
     chosen_.push_back(i);
+    for (std::size_t j = 0; j < m_; ++j) to_chosen_[j] += link(i, j);
     dfs(i + 1, score + add);
+    for (std::size_t j = 0; j < m_; ++j) to_chosen_[j] -= link(i, j);
     chosen_.pop_back();
     dfs(i + 1, score);
   }
@@ -96,12 +105,15 @@ class subset_search {
   const link_matrix& links_;
   const std::vector<std::size_t>& cand_;
   std::size_t count_;
+  std::size_t m_;
+  std::vector<std::int64_t> top_prefix_;  ///< [j*m + t]: sum of j's t strongest links
+  std::vector<std::int64_t> to_chosen_;   ///< links from each candidate to the chosen ones
   std::vector<std::size_t> chosen_;
   std::vector<std::size_t> best_;
   std::int64_t best_score_ = 0;
   bool found_ = false;
   std::uint64_t visited_ = 0;
-  std::vector<std::int64_t> gains_, tops_;
+  std::vector<std::int64_t> gains_;
 };
 
 }  // namespace detail
