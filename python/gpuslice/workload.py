@@ -14,9 +14,9 @@ Every parameter lives in :data:`OPENB_SHAPE`. How they were measured, from
   shortest list covering 90% of that kind's pods; multi-GPU pods as (num_gpu, cpu, memory).
 * ``duration_log_mu``, ``duration_log_sigma``: mean and standard deviation of
   ln(deletion_time - creation_time), in seconds, over the default pod list.
-* ``replay_horizon_s`` is not measured: arrivals are spread uniformly over it, and it is chosen
-  short enough that the replay experiment loads the cluster (the real trace's arrivals are
-  bursty and would need the real times).
+* ``replay_horizon_s`` is not measured: arrivals are spread uniformly over it, and 900 s is
+  chosen so that the replay experiment loads about 60% of the GPUs at its end (the real trace's
+  arrivals are bursty; replay the real file to study them).
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ OPENB_SHAPE = WorkloadShape(
                     (4, 60200, 320512, 3)),
     duration_log_mu=6.443,
     duration_log_sigma=1.878,
-    replay_horizon_s=7200,
+    replay_horizon_s=900,
 )
 
 
