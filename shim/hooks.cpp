@@ -1,0 +1,503 @@
+/// \file
+/// The exported entry points of libgpuslice.so: the driver's and NVML's own names (and dlsym,
+/// through which programs reach them after dlopen). Each hook finds the real function, lets a
+/// re-entrant call straight through, and otherwise charges the ledger before the real call and
+/// rolls the charge back if the call fails.
+///
+/// Imported memory (cuIpcOpenMemHandle, cuMemImportFromShareableHandle) is not charged to the
+/// importer: it is the exporter's allocation, already charged to the exporter's ledger when it
+/// was made through a counted call. Charging both would count the same bytes twice when they
+/// share a ledger. See docs/threat-model.md for what this leaves to the operator.
+
+#include <dlfcn.h>
+
+#include <cstring>
+
+#include "shim.hpp"
+
+namespace gpuslice::shim::detail {
+
+#define GPUSLICE_X(sym, base, since, stream, lib, type) using sym##_fn = type;
+GPUSLICE_HOOKS(GPUSLICE_X)
+#undef GPUSLICE_X
+
+}  // namespace gpuslice::shim::detail
+
+using gpuslice::shim::detail::alloc_table;
+using gpuslice::shim::detail::charge;
+using gpuslice::shim::detail::hook;
+using gpuslice::shim::detail::reentry_guard;
+using gpuslice::shim::detail::state;
+namespace d = gpuslice::shim::detail;
+
+/// Finds the real function and passes re-entrant calls straight through. A missing real
+/// function is reported as missing, never faked.
+#define GPUSLICE_PROLOGUE(sym, missing, ...)        \
+  state& s = state::get();                          \
+  const auto real = s.real<d::sym##_fn>(hook::sym); \
+  if (real == nullptr) return missing;              \
+  reentry_guard guard;                              \
+  if (!guard.first()) return real(__VA_ARGS__);
+
+namespace {
+
+using gpuslice::log_level;
+
+/// Reserves \p estimate, runs \p call, settles the charge to \p actual() (the size the driver
+/// took), records it under \p key(); rolls everything back (undoing the allocation with
+/// \p undo) when any step fails.
+template <class Call, class Actual, class Key, class Undo>
+CUresult counted_alloc(state& s, int ordinal, std::uint64_t estimate, const char* name,
+                       alloc_table& table, Call call, Actual actual, Key key, Undo undo) noexcept {
+  charge c;
+  if (!s.reserve(ordinal, estimate, name, c)) return CUDA_ERROR_OUT_OF_MEMORY;
+  const CUresult r = call();
+  if (r != CUDA_SUCCESS) {
+    s.release(c);
+    return r;
+  }
+  const auto delta = gpuslice::shim::settle(c.bytes, actual());
+  if (delta.less != 0) {
+    s.release(c, delta.less);
+    c.bytes -= delta.less;
+  }
+  if (delta.more != 0 && !s.reserve_more(c, delta.more, name)) {
+    undo();
+    s.release(c);
+    return CUDA_ERROR_OUT_OF_MEMORY;
+  }
+  try {
+    table.insert(key(), c);
+  } catch (...) {
+    undo();
+    s.release(c);
+    s.log(log_level::error, "{}: out of memory while recording the allocation; refused", name);
+    return CUDA_ERROR_OUT_OF_MEMORY;
+  }
+  return CUDA_SUCCESS;
+}
+
+/// Takes \p key's charge, runs \p call, and gives the charge back if the call succeeded (puts
+/// it back otherwise). Untracked keys pass through.
+template <class Call>
+CUresult counted_free(state& s, alloc_table& table, std::uint64_t key, Call call) noexcept {
+  const auto c = table.take(key);
+  const CUresult r = call();
+  if (!c) return r;
+  if (r == CUDA_SUCCESS) {
+    s.release(*c);
+  } else {
+    try {
+      table.insert(key, *c);
+    } catch (...) {
+      s.release(*c);  // cannot track it any more: give it back rather than leak quota
+    }
+  }
+  return r;
+}
+
+std::uint64_t key_of(const void* p) { return reinterpret_cast<std::uintptr_t>(p); }
+
+/// Bytes per element of an array format, 0 for formats whose size only the driver knows.
+std::uint64_t element_bytes(CUarray_format f) {
+  switch (f) {
+    case CU_AD_FORMAT_UNSIGNED_INT8:
+    case CU_AD_FORMAT_SIGNED_INT8:
+      return 1;
+    case CU_AD_FORMAT_UNSIGNED_INT16:
+    case CU_AD_FORMAT_SIGNED_INT16:
+    case CU_AD_FORMAT_HALF:
+      return 2;
+    case CU_AD_FORMAT_UNSIGNED_INT32:
+    case CU_AD_FORMAT_SIGNED_INT32:
+    case CU_AD_FORMAT_FLOAT:
+      return 4;
+    default:
+      return 0;
+  }
+}
+
+/// A lower bound of an array's size from its descriptor (the driver pads rows further).
+std::uint64_t array_estimate(std::size_t w, std::size_t h, std::size_t depth, CUarray_format f,
+                             unsigned channels) {
+  return static_cast<std::uint64_t>(w) * std::max<std::size_t>(h, 1) *
+         std::max<std::size_t>(depth, 1) * element_bytes(f) * channels;
+}
+
+template <class Handle, class Query>
+std::uint64_t array_actual(state& s, Query query, Handle h, int ordinal, std::uint64_t estimate) {
+  if (query == nullptr) return estimate;
+  CUDA_ARRAY_MEMORY_REQUIREMENTS req{};
+  (void)s;
+  return query(&req, h, ordinal) == CUDA_SUCCESS ? static_cast<std::uint64_t>(req.size) : estimate;
+}
+
+CUresult mem_alloc_async(state& s, d::cuMemAllocAsync_fn real, const char* name, CUdeviceptr* dptr,
+                         size_t bytes, CUstream stream) {
+  int ordinal = 0;
+  if (dptr == nullptr) return real(dptr, bytes, stream);
+  if (CUresult r = s.stream_device(stream, &ordinal); r != CUDA_SUCCESS) return r;
+  return counted_alloc(
+      s, ordinal, bytes, name, s.pointers(), [&] { return real(dptr, bytes, stream); },
+      [&] { return bytes; }, [&] { return static_cast<std::uint64_t>(*dptr); },
+      [&] {
+        auto free_async = s.real<d::cuMemFreeAsync_fn>(hook::cuMemFreeAsync);
+        if (free_async != nullptr) free_async(*dptr, stream);
+      });
+}
+
+CUresult mem_alloc_pool(state& s, d::cuMemAllocFromPoolAsync_fn real, const char* name,
+                        CUdeviceptr* dptr, size_t bytes, CUmemoryPool pool, CUstream stream) {
+  // The pool's device has no query; the stream's device is where stream-ordered memory for it
+  // is normally placed (a pool on another device is charged to the stream's device).
+  int ordinal = 0;
+  if (dptr == nullptr) return real(dptr, bytes, pool, stream);
+  if (CUresult r = s.stream_device(stream, &ordinal); r != CUDA_SUCCESS) return r;
+  return counted_alloc(
+      s, ordinal, bytes, name, s.pointers(), [&] { return real(dptr, bytes, pool, stream); },
+      [&] { return bytes; }, [&] { return static_cast<std::uint64_t>(*dptr); },
+      [&] {
+        auto free_async = s.real<d::cuMemFreeAsync_fn>(hook::cuMemFreeAsync);
+        if (free_async != nullptr) free_async(*dptr, stream);
+      });
+}
+
+/// Counted allocation names whose pre-3.2 (32-bit) variants the shim does not hook: a lookup
+/// that would return such a variant is refused rather than left uncounted.
+constexpr const char* k_legacy_counted[] = {"cuMemAlloc", "cuMemAllocPitch", "cuArrayCreate",
+                                            "cuArray3DCreate"};
+
+CUresult resolve_proc(state& s, const char* symbol, void** pfn, int version, cuuint64_t flags,
+                      CUdriverProcAddressQueryResult* status, CUresult r) {
+  if (r != CUDA_SUCCESS || symbol == nullptr || pfn == nullptr || *pfn == nullptr) return r;
+  const d::hook_entry* e = s.entry_for_real(*pfn);
+  if (e == nullptr) e = d::match_proc(symbol, version, flags);
+  if (e != nullptr && s.real<void*>(static_cast<hook>(e - d::k_hooks)) != nullptr) {
+    *pfn = e->fn;
+    return r;
+  }
+  if (d::refused_legacy(symbol, version)) {
+    s.log(log_level::warn,
+          "cuGetProcAddress({}, {}): the driver offers an uncounted pre-3.2 variant; refused",
+          symbol, version);
+    *pfn = nullptr;
+    if (status != nullptr) *status = CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT;
+    return CUDA_ERROR_NOT_FOUND;
+  }
+  return r;
+}
+
+template <class Memory>
+nvmlReturn_t nvml_memory(state& s, nvmlDevice_t dev, Memory* m) {
+  if (auto v = s.nvml_view(dev, m->total, m->free)) {
+    m->total = v->total;
+    m->free = v->free;
+    m->used = v->used;
+  }
+  return NVML_SUCCESS;
+}
+
+}  // namespace
+
+// ---- cuGetProcAddress --------------------------------------------------------------------------
+
+GPUSLICE_SHIM_EXPORT CUresult cuGetProcAddress_v2(const char* symbol, void** pfn, int version,
+                                                  cuuint64_t flags,
+                                                  CUdriverProcAddressQueryResult* status) {
+  GPUSLICE_PROLOGUE(cuGetProcAddress_v2, CUDA_ERROR_NOT_FOUND, symbol, pfn, version, flags, status)
+  return resolve_proc(s, symbol, pfn, version, flags, status,
+                      real(symbol, pfn, version, flags, status));
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuGetProcAddress(const char* symbol, void** pfn, int version,
+                                               cuuint64_t flags) {
+  GPUSLICE_PROLOGUE(cuGetProcAddress, CUDA_ERROR_NOT_FOUND, symbol, pfn, version, flags)
+  return resolve_proc(s, symbol, pfn, version, flags, nullptr, real(symbol, pfn, version, flags));
+}
+
+// ---- views -------------------------------------------------------------------------------------
+
+GPUSLICE_SHIM_EXPORT CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total_bytes) {
+  GPUSLICE_PROLOGUE(cuMemGetInfo_v2, CUDA_ERROR_NOT_FOUND, free_bytes, total_bytes)
+  const CUresult r = real(free_bytes, total_bytes);
+  if (r != CUDA_SUCCESS || free_bytes == nullptr || total_bytes == nullptr) return r;
+  int ordinal = 0;
+  if (s.current_device(&ordinal) != CUDA_SUCCESS) return r;
+  if (auto v = s.cuda_view(ordinal, *total_bytes, *free_bytes)) {
+    *total_bytes = v->total;
+    *free_bytes = v->free;
+  }
+  return r;
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuDeviceTotalMem_v2(size_t* bytes, CUdevice dev) {
+  GPUSLICE_PROLOGUE(cuDeviceTotalMem_v2, CUDA_ERROR_NOT_FOUND, bytes, dev)
+  const CUresult r = real(bytes, dev);
+  if (r != CUDA_SUCCESS || bytes == nullptr) return r;
+  if (auto v = s.cuda_view(dev, *bytes, *bytes)) *bytes = v->total;
+  return r;
+}
+
+GPUSLICE_SHIM_EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t dev, nvmlMemory_t* m) {
+  state& s = state::get();
+  const auto real = [&s] {
+    return s.real<d::nvmlDeviceGetMemoryInfo_fn>(hook::nvmlDeviceGetMemoryInfo);
+  };
+  if (!s.nvml_loaded() || real() == nullptr) return NVML_ERROR_FUNCTION_NOT_FOUND;
+  reentry_guard guard;
+  const nvmlReturn_t r = real()(dev, m);
+  if (!guard.first() || r != NVML_SUCCESS || m == nullptr) return r;
+  return nvml_memory(s, dev, m);
+}
+
+GPUSLICE_SHIM_EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t dev, nvmlMemory_v2_t* m) {
+  state& s = state::get();
+  const auto real = [&s] {
+    return s.real<d::nvmlDeviceGetMemoryInfo_v2_fn>(hook::nvmlDeviceGetMemoryInfo_v2);
+  };
+  if (!s.nvml_loaded() || real() == nullptr) return NVML_ERROR_FUNCTION_NOT_FOUND;
+  reentry_guard guard;
+  const nvmlReturn_t r = real()(dev, m);
+  if (!guard.first() || r != NVML_SUCCESS || m == nullptr) return r;
+  m->reserved = 0;  // the view's total is the limit; the driver's reservation is not the tenant's
+  return nvml_memory(s, dev, m);
+}
+
+// ---- counted allocations -----------------------------------------------------------------------
+
+GPUSLICE_SHIM_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr* dptr, size_t bytes) {
+  GPUSLICE_PROLOGUE(cuMemAlloc_v2, CUDA_ERROR_NOT_FOUND, dptr, bytes)
+  int ordinal = 0;
+  if (dptr == nullptr || bytes == 0) return real(dptr, bytes);
+  if (CUresult r = s.current_device(&ordinal); r != CUDA_SUCCESS) return r;
+  return counted_alloc(
+      s, ordinal, bytes, "cuMemAlloc_v2", s.pointers(), [&] { return real(dptr, bytes); },
+      [&] { return bytes; }, [&] { return static_cast<std::uint64_t>(*dptr); },
+      [&] { s.real<d::cuMemFree_v2_fn>(hook::cuMemFree_v2)(*dptr); });
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr* dptr, size_t* pitch, size_t width,
+                                                 size_t height, unsigned int element_bytes) {
+  GPUSLICE_PROLOGUE(cuMemAllocPitch_v2, CUDA_ERROR_NOT_FOUND, dptr, pitch, width, height,
+                    element_bytes)
+  int ordinal = 0;
+  if (dptr == nullptr || pitch == nullptr || width == 0 || height == 0) {
+    return real(dptr, pitch, width, height, element_bytes);
+  }
+  if (CUresult r = s.current_device(&ordinal); r != CUDA_SUCCESS) return r;
+  // Charged at width x height first, then at the pitch x height the driver returned.
+  return counted_alloc(
+      s, ordinal, static_cast<std::uint64_t>(width) * height, "cuMemAllocPitch_v2", s.pointers(),
+      [&] { return real(dptr, pitch, width, height, element_bytes); },
+      [&] { return static_cast<std::uint64_t>(*pitch) * height; },
+      [&] { return static_cast<std::uint64_t>(*dptr); },
+      [&] { s.real<d::cuMemFree_v2_fn>(hook::cuMemFree_v2)(*dptr); });
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuMemAllocManaged(CUdeviceptr* dptr, size_t bytes,
+                                                unsigned int flags) {
+  GPUSLICE_PROLOGUE(cuMemAllocManaged, CUDA_ERROR_NOT_FOUND, dptr, bytes, flags)
+  int ordinal = 0;
+  if (dptr == nullptr || bytes == 0) return real(dptr, bytes, flags);
+  // Managed memory may migrate; it is charged to the device current at allocation.
+  if (CUresult r = s.current_device(&ordinal); r != CUDA_SUCCESS) return r;
+  return counted_alloc(
+      s, ordinal, bytes, "cuMemAllocManaged", s.pointers(),
+      [&] { return real(dptr, bytes, flags); }, [&] { return bytes; },
+      [&] { return static_cast<std::uint64_t>(*dptr); },
+      [&] { s.real<d::cuMemFree_v2_fn>(hook::cuMemFree_v2)(*dptr); });
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr) {
+  GPUSLICE_PROLOGUE(cuMemFree_v2, CUDA_ERROR_NOT_FOUND, dptr)
+  return counted_free(s, s.pointers(), dptr, [&] { return real(dptr); });
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuMemAllocAsync(CUdeviceptr* dptr, size_t bytes, CUstream stream) {
+  GPUSLICE_PROLOGUE(cuMemAllocAsync, CUDA_ERROR_NOT_FOUND, dptr, bytes, stream)
+  return mem_alloc_async(s, real, "cuMemAllocAsync", dptr, bytes, stream);
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuMemAllocAsync_ptsz(CUdeviceptr* dptr, size_t bytes,
+                                                   CUstream stream) {
+  GPUSLICE_PROLOGUE(cuMemAllocAsync_ptsz, CUDA_ERROR_NOT_FOUND, dptr, bytes, stream)
+  return mem_alloc_async(s, real, "cuMemAllocAsync_ptsz", dptr, bytes, stream);
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuMemAllocFromPoolAsync(CUdeviceptr* dptr, size_t bytes,
+                                                      CUmemoryPool pool, CUstream stream) {
+  GPUSLICE_PROLOGUE(cuMemAllocFromPoolAsync, CUDA_ERROR_NOT_FOUND, dptr, bytes, pool, stream)
+  return mem_alloc_pool(s, real, "cuMemAllocFromPoolAsync", dptr, bytes, pool, stream);
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr* dptr, size_t bytes,
+                                                           CUmemoryPool pool, CUstream stream) {
+  GPUSLICE_PROLOGUE(cuMemAllocFromPoolAsync_ptsz, CUDA_ERROR_NOT_FOUND, dptr, bytes, pool, stream)
+  return mem_alloc_pool(s, real, "cuMemAllocFromPoolAsync_ptsz", dptr, bytes, pool, stream);
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuMemFreeAsync(CUdeviceptr dptr, CUstream stream) {
+  GPUSLICE_PROLOGUE(cuMemFreeAsync, CUDA_ERROR_NOT_FOUND, dptr, stream)
+  return counted_free(s, s.pointers(), dptr, [&] { return real(dptr, stream); });
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream stream) {
+  GPUSLICE_PROLOGUE(cuMemFreeAsync_ptsz, CUDA_ERROR_NOT_FOUND, dptr, stream)
+  return counted_free(s, s.pointers(), dptr, [&] { return real(dptr, stream); });
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle* handle, size_t size,
+                                          const CUmemAllocationProp* prop,
+                                          unsigned long long flags) {
+  GPUSLICE_PROLOGUE(cuMemCreate, CUDA_ERROR_NOT_FOUND, handle, size, prop, flags)
+  // Only device-resident physical memory counts; host and host-NUMA locations do not.
+  if (handle == nullptr || prop == nullptr || size == 0 ||
+      prop->location.type != CU_MEM_LOCATION_TYPE_DEVICE) {
+    return real(handle, size, prop, flags);
+  }
+  return counted_alloc(
+      s, prop->location.id, size, "cuMemCreate", s.handles(),
+      [&] { return real(handle, size, prop, flags); }, [&] { return size; },
+      [&] { return static_cast<std::uint64_t>(*handle); },
+      [&] { s.real<d::cuMemRelease_fn>(hook::cuMemRelease)(*handle); });
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuMemRelease(CUmemGenericAllocationHandle handle) {
+  GPUSLICE_PROLOGUE(cuMemRelease, CUDA_ERROR_NOT_FOUND, handle)
+  return counted_free(s, s.handles(), handle, [&] { return real(handle); });
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuArrayCreate_v2(CUarray* out, const CUDA_ARRAY_DESCRIPTOR* desc) {
+  GPUSLICE_PROLOGUE(cuArrayCreate_v2, CUDA_ERROR_NOT_FOUND, out, desc)
+  int ordinal = 0;
+  if (out == nullptr || desc == nullptr) return real(out, desc);
+  if (CUresult r = s.current_device(&ordinal); r != CUDA_SUCCESS) return r;
+  const std::uint64_t estimate =
+      array_estimate(desc->Width, desc->Height, 1, desc->Format, desc->NumChannels);
+  auto query = s.helper_fn<decltype(&::cuArrayGetMemoryRequirements)>(
+      d::helper::cuArrayGetMemoryRequirements);
+  return counted_alloc(
+      s, ordinal, estimate, "cuArrayCreate_v2", s.arrays(), [&] { return real(out, desc); },
+      [&] { return array_actual(s, query, *out, ordinal, estimate); }, [&] { return key_of(*out); },
+      [&] { s.real<d::cuArrayDestroy_fn>(hook::cuArrayDestroy)(*out); });
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuArray3DCreate_v2(CUarray* out,
+                                                 const CUDA_ARRAY3D_DESCRIPTOR* desc) {
+  GPUSLICE_PROLOGUE(cuArray3DCreate_v2, CUDA_ERROR_NOT_FOUND, out, desc)
+  int ordinal = 0;
+  if (out == nullptr || desc == nullptr) return real(out, desc);
+  if (CUresult r = s.current_device(&ordinal); r != CUDA_SUCCESS) return r;
+  const std::uint64_t estimate =
+      array_estimate(desc->Width, desc->Height, desc->Depth, desc->Format, desc->NumChannels);
+  auto query = s.helper_fn<decltype(&::cuArrayGetMemoryRequirements)>(
+      d::helper::cuArrayGetMemoryRequirements);
+  return counted_alloc(
+      s, ordinal, estimate, "cuArray3DCreate_v2", s.arrays(), [&] { return real(out, desc); },
+      [&] { return array_actual(s, query, *out, ordinal, estimate); }, [&] { return key_of(*out); },
+      [&] { s.real<d::cuArrayDestroy_fn>(hook::cuArrayDestroy)(*out); });
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuArrayDestroy(CUarray array) {
+  GPUSLICE_PROLOGUE(cuArrayDestroy, CUDA_ERROR_NOT_FOUND, array)
+  return counted_free(s, s.arrays(), key_of(array), [&] { return real(array); });
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuMipmappedArrayCreate(CUmipmappedArray* out,
+                                                     const CUDA_ARRAY3D_DESCRIPTOR* desc,
+                                                     unsigned int levels) {
+  GPUSLICE_PROLOGUE(cuMipmappedArrayCreate, CUDA_ERROR_NOT_FOUND, out, desc, levels)
+  int ordinal = 0;
+  if (out == nullptr || desc == nullptr) return real(out, desc, levels);
+  if (CUresult r = s.current_device(&ordinal); r != CUDA_SUCCESS) return r;
+  // The base level is a lower bound; the driver's requirement query gives the whole chain.
+  const std::uint64_t estimate =
+      array_estimate(desc->Width, desc->Height, desc->Depth, desc->Format, desc->NumChannels);
+  auto query = s.helper_fn<decltype(&::cuMipmappedArrayGetMemoryRequirements)>(
+      d::helper::cuMipmappedArrayGetMemoryRequirements);
+  return counted_alloc(
+      s, ordinal, estimate, "cuMipmappedArrayCreate", s.arrays(),
+      [&] { return real(out, desc, levels); },
+      [&] { return array_actual(s, query, *out, ordinal, estimate); }, [&] { return key_of(*out); },
+      [&] { s.real<d::cuMipmappedArrayDestroy_fn>(hook::cuMipmappedArrayDestroy)(*out); });
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuMipmappedArrayDestroy(CUmipmappedArray array) {
+  GPUSLICE_PROLOGUE(cuMipmappedArrayDestroy, CUDA_ERROR_NOT_FOUND, array)
+  return counted_free(s, s.arrays(), key_of(array), [&] { return real(array); });
+}
+
+// ---- dlsym -------------------------------------------------------------------------------------
+
+/// Programs that dlopen the driver reach it through dlsym, which the shim answers with its own
+/// hooks for the names it hooks (only when the real lookup finds the name: a missing entry
+/// point stays missing). Lookups with RTLD_NEXT are answered relative to the shim, which
+/// precedes every library but the sanitizer runtimes in a preload.
+GPUSLICE_SHIM_EXPORT void* dlsym(void* handle, const char* name) noexcept {
+  void* r = d::real_dlsym(handle, name);
+  if (r == nullptr) return r;
+  const bool candidate =
+      (name[0] == 'c' && name[1] == 'u') || std::strncmp(name, "nvml", std::strlen("nvml")) == 0;
+  if (!candidate) return r;
+  if (const d::hook_entry* e = d::find_hook(name)) return e->fn;
+  for (const char* legacy : k_legacy_counted) {
+    if (std::strcmp(name, legacy) == 0) {
+      state::get().log(log_level::warn, "dlsym({}): uncounted pre-3.2 variant; refused", name);
+      return nullptr;
+    }
+  }
+  return r;
+}
+
+// ---- the table ---------------------------------------------------------------------------------
+
+namespace gpuslice::shim::detail {
+
+const hook_entry k_hooks[k_hook_count] = {
+#define GPUSLICE_X(sym, base, since, stream, lib, type) \
+  {#sym, base, since, stream_kind::stream, library::lib, reinterpret_cast<void*>(&::sym)},
+    GPUSLICE_HOOKS(GPUSLICE_X)
+#undef GPUSLICE_X
+};
+
+const hook_entry* find_hook(std::string_view name) noexcept {
+  for (const hook_entry& e : k_hooks) {
+    if (name == e.symbol) return &e;
+  }
+  return nullptr;
+}
+
+const hook_entry* match_proc(std::string_view base, int version, cuuint64_t flags) noexcept {
+  const bool per_thread = (flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM) != 0;
+  const hook_entry* best = nullptr;
+  for (const hook_entry& e : k_hooks) {
+    if (e.lib != library::cuda || base != e.base || e.since > version) continue;
+    const bool stream_ok = e.stream == stream_kind::legacy || per_thread;
+    if (!stream_ok) continue;
+    if (best == nullptr || e.since > best->since ||
+        (e.since == best->since && per_thread && e.stream == stream_kind::per_thread)) {
+      best = &e;
+    }
+  }
+  return best;
+}
+
+bool refused_legacy(std::string_view base, int version) noexcept {
+  bool counted = false;
+  for (const char* legacy : k_legacy_counted) counted = counted || base == legacy;
+  return counted && match_proc(base, version, 0) == nullptr;
+}
+
+void* real_dlsym(void* handle, const char* name) noexcept {
+  using dlsym_fn = void* (*)(void*, const char*);
+  // The C library's dlsym by version: GLIBC_2.34 since dlsym moved into libc, GLIBC_2.2.5 on
+  // older x86-64 C libraries.
+  static const dlsym_fn real = [] {
+    void* f = dlvsym(RTLD_NEXT, "dlsym", "GLIBC_2.34");
+    if (f == nullptr) f = dlvsym(RTLD_NEXT, "dlsym", "GLIBC_2.2.5");
+    return reinterpret_cast<dlsym_fn>(f);
+  }();
+  return real == nullptr ? nullptr : real(handle, name);
+}
+
+}  // namespace gpuslice::shim::detail

@@ -1,0 +1,333 @@
+#pragma once
+/// \file
+/// Internals of libgpuslice.so shared by its two translation units: the hook table, the one
+/// object that holds all mutable state, and logging. Nothing here is exported; the exported
+/// names are the driver's and NVML's own, defined in hooks.cpp.
+
+#include <cuda.h>
+#include <fmt/format.h>
+#include <nvml.h>
+#include <unistd.h>
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+
+#include "gpuslice/config.hpp"
+#include "gpuslice/memory/ledger.hpp"
+#include "views.hpp"
+
+// cuda.h maps cuGetProcAddress to cuGetProcAddress_v2; the shim defines both names.
+#undef cuGetProcAddress
+
+/// Marks a function the shim exports (everything else is hidden).
+#define GPUSLICE_SHIM_EXPORT extern "C" __attribute__((visibility("default")))
+
+namespace gpuslice::shim::detail {
+
+/// The CUDA 11.3 form of cuGetProcAddress, which cuda.h no longer declares.
+using get_proc_v1_fn = CUresult (*)(const char*, void**, int, cuuint64_t);
+/// The current form of cuGetProcAddress.
+using get_proc_v2_fn = CUresult (*)(const char*, void**, int, cuuint64_t,
+                                    CUdriverProcAddressQueryResult*);
+
+/// Which default stream an entry point's variant uses (cuGetProcAddress flags select it).
+enum class stream_kind : std::uint8_t { legacy, per_thread };
+/// Which library provides the real function.
+enum class library : std::uint8_t { cuda, nvml };
+
+/// Every hooked entry point: X(exported symbol, name cuGetProcAddress is asked for, CUDA version
+/// that introduced the variant, default-stream kind, library, function type). To hook another
+/// entry point, add a line here and define the function in hooks.cpp.
+#define GPUSLICE_HOOKS(X)                                                                          \
+  X(cuGetProcAddress, "cuGetProcAddress", 11030, legacy, cuda, get_proc_v1_fn)                     \
+  X(cuGetProcAddress_v2, "cuGetProcAddress", 12000, legacy, cuda, get_proc_v2_fn)                  \
+  X(cuMemGetInfo_v2, "cuMemGetInfo", 3020, legacy, cuda, decltype(&::cuMemGetInfo_v2))             \
+  X(cuDeviceTotalMem_v2, "cuDeviceTotalMem", 3020, legacy, cuda, decltype(&::cuDeviceTotalMem_v2)) \
+  X(cuMemAlloc_v2, "cuMemAlloc", 3020, legacy, cuda, decltype(&::cuMemAlloc_v2))                   \
+  X(cuMemAllocPitch_v2, "cuMemAllocPitch", 3020, legacy, cuda, decltype(&::cuMemAllocPitch_v2))    \
+  X(cuMemAllocManaged, "cuMemAllocManaged", 6000, legacy, cuda, decltype(&::cuMemAllocManaged))    \
+  X(cuMemFree_v2, "cuMemFree", 3020, legacy, cuda, decltype(&::cuMemFree_v2))                      \
+  X(cuMemAllocAsync, "cuMemAllocAsync", 11020, legacy, cuda, decltype(&::cuMemAllocAsync))         \
+  X(cuMemAllocAsync_ptsz, "cuMemAllocAsync", 11020, per_thread, cuda,                              \
+    decltype(&::cuMemAllocAsync))                                                                  \
+  X(cuMemAllocFromPoolAsync, "cuMemAllocFromPoolAsync", 11020, legacy, cuda,                       \
+    decltype(&::cuMemAllocFromPoolAsync))                                                          \
+  X(cuMemAllocFromPoolAsync_ptsz, "cuMemAllocFromPoolAsync", 11020, per_thread, cuda,              \
+    decltype(&::cuMemAllocFromPoolAsync))                                                          \
+  X(cuMemFreeAsync, "cuMemFreeAsync", 11020, legacy, cuda, decltype(&::cuMemFreeAsync))            \
+  X(cuMemFreeAsync_ptsz, "cuMemFreeAsync", 11020, per_thread, cuda, decltype(&::cuMemFreeAsync))   \
+  X(cuMemCreate, "cuMemCreate", 10020, legacy, cuda, decltype(&::cuMemCreate))                     \
+  X(cuMemRelease, "cuMemRelease", 10020, legacy, cuda, decltype(&::cuMemRelease))                  \
+  X(cuArrayCreate_v2, "cuArrayCreate", 3020, legacy, cuda, decltype(&::cuArrayCreate_v2))          \
+  X(cuArray3DCreate_v2, "cuArray3DCreate", 3020, legacy, cuda, decltype(&::cuArray3DCreate_v2))    \
+  X(cuArrayDestroy, "cuArrayDestroy", 2000, legacy, cuda, decltype(&::cuArrayDestroy))             \
+  X(cuMipmappedArrayCreate, "cuMipmappedArrayCreate", 5000, legacy, cuda,                          \
+    decltype(&::cuMipmappedArrayCreate))                                                           \
+  X(cuMipmappedArrayDestroy, "cuMipmappedArrayDestroy", 5000, legacy, cuda,                        \
+    decltype(&::cuMipmappedArrayDestroy))                                                          \
+  X(nvmlDeviceGetMemoryInfo, "nvmlDeviceGetMemoryInfo", 0, legacy, nvml,                           \
+    decltype(&::nvmlDeviceGetMemoryInfo))                                                          \
+  X(nvmlDeviceGetMemoryInfo_v2, "nvmlDeviceGetMemoryInfo_v2", 0, legacy, nvml,                     \
+    decltype(&::nvmlDeviceGetMemoryInfo_v2))
+
+/// Real functions the shim calls but does not hook: X(symbol, library, function type).
+#define GPUSLICE_HELPERS(X)                                                        \
+  X(cuInit, cuda, decltype(&::cuInit))                                             \
+  X(cuDeviceGetCount, cuda, decltype(&::cuDeviceGetCount))                         \
+  X(cuDeviceGet, cuda, decltype(&::cuDeviceGet))                                   \
+  X(cuDeviceGetUuid_v2, cuda, decltype(&::cuDeviceGetUuid_v2))                     \
+  X(cuCtxGetDevice, cuda, decltype(&::cuCtxGetDevice))                             \
+  X(cuStreamGetDevice, cuda, decltype(&::cuStreamGetDevice))                       \
+  X(cuArrayGetMemoryRequirements, cuda, decltype(&::cuArrayGetMemoryRequirements)) \
+  X(cuMipmappedArrayGetMemoryRequirements, cuda,                                   \
+    decltype(&::cuMipmappedArrayGetMemoryRequirements))                            \
+  X(nvmlInit_v2, nvml, decltype(&::nvmlInit_v2))                                   \
+  X(nvmlDeviceGetHandleByUUID, nvml, decltype(&::nvmlDeviceGetHandleByUUID))       \
+  X(nvmlDeviceGetUUID, nvml, decltype(&::nvmlDeviceGetUUID))                       \
+  X(nvmlDeviceGetComputeRunningProcesses_v3, nvml,                                 \
+    decltype(&::nvmlDeviceGetComputeRunningProcesses_v3))
+
+/// Index of a hooked entry point in the table.
+enum class hook : int {
+#define GPUSLICE_X(sym, base, since, stream, lib, type) sym,
+  GPUSLICE_HOOKS(GPUSLICE_X)
+#undef GPUSLICE_X
+      count
+};
+/// Index of a helper.
+enum class helper : int {
+#define GPUSLICE_X(sym, lib, type) sym,
+  GPUSLICE_HELPERS(GPUSLICE_X)
+#undef GPUSLICE_X
+      count
+};
+
+/// Number of hooked entry points.
+inline constexpr int k_hook_count = static_cast<int>(hook::count);
+/// Number of helpers.
+inline constexpr int k_helper_count = static_cast<int>(helper::count);
+
+/// One row of the hook table: immutable, defined in hooks.cpp.
+struct hook_entry {
+  const char* symbol;  ///< exported name, also what dlsym is asked for
+  const char* base;    ///< name cuGetProcAddress is asked for
+  int since;           ///< CUDA version that introduced this variant
+  stream_kind stream;  ///< default-stream kind of this variant
+  library lib;         ///< where the real function lives
+  void* fn;            ///< the shim's function
+};
+
+/// The hook table, in `hook` order.
+extern const hook_entry k_hooks[k_hook_count];
+
+/// The hook for \p name (an exported name), or null. Thread-safe.
+const hook_entry* find_hook(std::string_view name) noexcept;
+
+/// The entry cuGetProcAddress should answer with for (\p base, \p version, \p flags), or null:
+/// among the variants of \p base introduced at or before \p version, the newest, preferring the
+/// per-thread one when \p flags ask for it. Thread-safe.
+const hook_entry* match_proc(std::string_view base, int version, cuuint64_t flags) noexcept;
+
+/// True when \p base names a counted allocation whose every variant the shim hooks is newer
+/// than \p version: the driver would hand out an older, uncounted ABI. Thread-safe.
+bool refused_legacy(std::string_view base, int version) noexcept;
+
+/// What a counted allocation holds against the ledger.
+struct charge {
+  int ordinal = -1;         ///< CUDA device ordinal of this process
+  int index = -1;           ///< ledger device index
+  std::uint64_t bytes = 0;  ///< bytes reserved
+};
+
+/// Live allocations of one kind (device pointers, arrays, VMM handles) and their charges:
+/// 64 shards, each a mutex and a hash map, so concurrent threads rarely share a lock.
+class alloc_table {
+ public:
+  /// Records \p key. May throw std::bad_alloc. Thread-safe.
+  void insert(std::uint64_t key, const charge& c);
+  /// Removes and returns \p key's charge. Thread-safe.
+  std::optional<charge> take(std::uint64_t key) noexcept;
+  /// Locks every shard (before fork). Thread-safe with respect to the other members.
+  void lock_all() noexcept;
+  /// Unlocks every shard (after fork, in the parent).
+  void unlock_all() noexcept;
+  /// Unlocks and empties every shard (after fork, in the child: its allocations are the
+  /// parent's, which the child neither holds nor may free).
+  void reset_in_child() noexcept;
+
+ private:
+  static constexpr std::size_t k_shards = 64;
+  static constexpr unsigned k_shard_shift = 58;  // top 6 bits of the mixed key pick a shard
+  static constexpr std::uint64_t k_mix = 0x9E3779B97F4A7C15ULL;  // Fibonacci hashing
+  struct alignas(64) shard {
+    std::mutex mu;
+    std::unordered_map<std::uint64_t, charge> map;
+  };
+  shard& pick(std::uint64_t key) noexcept { return shards_[(key * k_mix) >> k_shard_shift]; }
+  std::array<shard, k_shards> shards_;
+};
+
+/// A device as this process sees it.
+struct device_info {
+  bool usable = false;           ///< registered in the ledger with a limit
+  int index = -1;                ///< ledger device index
+  std::uint64_t limit = 0;       ///< bytes, from the environment (never the ledger file)
+  std::uint64_t card_total = 0;  ///< bytes the card has
+  std::string uuid;              ///< "GPU-..." as NVML spells it
+  nvmlDevice_t nvml = nullptr;   ///< NVML handle for reconciliation, when found
+  std::uint64_t overhead = 0;    ///< uncounted driver memory charged (context, modules)
+  std::atomic<std::uint64_t> next_reconcile_ns{0};  ///< read without the lock
+};
+
+/// A reservation that was refused, and why, for the one log line.
+enum class refusal { none, over_limit, config, ledger, device };
+
+/// Everything the shim knows and changes, in one object, created on first use (never in a
+/// constructor that runs during preload). Thread-safety is stated per member.
+class state {
+ public:
+  /// The instance, initialised on the first call. Thread-safe.
+  static state& get() noexcept;
+
+  /// The real function of \p h, or null when the driver lacks it. Thread-safe after get().
+  template <class F>
+  F real(hook h) const noexcept {
+    return reinterpret_cast<F>(real_[static_cast<int>(h)]);
+  }
+  /// The real helper \p h, or null. Thread-safe after get().
+  template <class F>
+  F helper_fn(helper h) const noexcept {
+    return reinterpret_cast<F>(helpers_[static_cast<int>(h)]);
+  }
+  /// Opens NVML on first use; true when the library is there. Thread-safe.
+  bool nvml_loaded() noexcept {
+    load_nvml();
+    return libnvml_ != nullptr;
+  }
+  /// The real function a hook stands for, by address identity. Thread-safe.
+  const hook_entry* entry_for_real(void* fn) const noexcept;
+
+  // ---- accounting (all thread-safe) -----------------------------------------------------
+
+  /// Reserves \p bytes on CUDA ordinal \p ordinal for \p call; on refusal logs one line (and
+  /// with ACTIVE_OOM_KILLER ends the process). Returns false when refused.
+  bool reserve(int ordinal, std::uint64_t bytes, const char* call, charge& out) noexcept;
+  /// Grows \p c by \p more bytes (after the driver reported a larger size). False if refused.
+  bool reserve_more(charge& c, std::uint64_t more, const char* call) noexcept;
+  /// Gives back \p bytes of \p c (the whole charge by default).
+  void release(const charge& c) noexcept;
+  void release(const charge& c, std::uint64_t bytes) noexcept;
+
+  /// Live allocations by kind.
+  alloc_table& pointers() noexcept { return pointers_; }
+  alloc_table& arrays() noexcept { return arrays_; }
+  alloc_table& handles() noexcept { return handles_; }
+
+  /// The device of the calling thread's current context.
+  CUresult current_device(int* ordinal) noexcept;
+  /// The device \p stream belongs to (its context's; per-thread variants share the logic).
+  CUresult stream_device(CUstream stream, int* ordinal) noexcept;
+
+  /// The view of CUDA ordinal \p ordinal given the card's real figures; nullopt when the
+  /// device is unknown to the shim (the caller passes the driver's figures through).
+  std::optional<memory_view> cuda_view(int ordinal, std::uint64_t card_total,
+                                       std::uint64_t card_free) noexcept;
+  /// The same for an NVML device handle.
+  std::optional<memory_view> nvml_view(nvmlDevice_t dev, std::uint64_t card_total,
+                                       std::uint64_t card_free) noexcept;
+
+  /// Logs one line to stderr at \p level if enabled. Thread-safe; never throws.
+  template <class... Args>
+  void log(log_level level, fmt::format_string<Args...> f, Args&&... args) const noexcept {
+    if (static_cast<int>(level) > log_level_.load(std::memory_order_relaxed)) return;
+    try {
+      write_line(level, fmt::vformat(f, fmt::make_format_args(args...)));
+    } catch (...) {
+      // Logging must never take the process down or change a hook's answer.
+    }
+  }
+
+  /// After fork, in the child: the child holds nothing and attaches again. Not thread-safe
+  /// (the child has one thread).
+  void after_fork_child() noexcept;
+  void before_fork() noexcept;
+  void after_fork_parent() noexcept;
+
+ private:
+  state() = default;
+  void init() noexcept;
+  bool load_nvml() noexcept;
+  bool ensure_devices() noexcept;
+  std::optional<memory::slot_handle> slot() noexcept;
+  void reconcile(device_info& d, bool force) noexcept;
+  void refuse(refusal why, int ordinal, std::uint64_t bytes, const char* call) noexcept;
+  void write_line(log_level level, const std::string& msg) const noexcept;
+  memory::shared_ledger* shared() noexcept { return shared_ ? &*shared_ : nullptr; }
+
+  template <class Fn>
+  auto with_ledger(Fn&& fn) noexcept {
+    return shared_ ? fn(*shared_) : fn(*local_);
+  }
+
+  std::atomic<int> log_level_{static_cast<int>(log_level::warn)};
+  config config_{};
+  std::string config_error_;  ///< non-empty: fail closed
+  std::string ledger_error_;  ///< non-empty: fail closed
+  std::optional<memory::shared_ledger> shared_;
+  std::optional<memory::in_memory_ledger> local_;
+
+  void* libcuda_ = nullptr;
+  void* libnvml_ = nullptr;
+  std::array<void*, k_hook_count> real_{};
+  std::array<void*, k_helper_count> helpers_{};
+  std::once_flag nvml_once_;
+  bool nvml_ok_ = false;
+
+  std::mutex devices_mu_;  ///< guards device registration and reconciliation
+  std::atomic<bool> devices_ready_{false};
+  int device_count_ = 0;
+  std::array<device_info, gpuslice::k_max_devices> devices_{};
+  /// Bytes this process charged through counted calls, per ordinal (reconciliation).
+  std::array<std::atomic<std::uint64_t>, gpuslice::k_max_devices> counted_{};
+
+  std::mutex slot_mu_;
+  std::atomic<bool> attached_{false};
+  memory::slot_handle slot_{};
+
+  alloc_table pointers_;
+  alloc_table arrays_;
+  alloc_table handles_;
+};
+
+/// Per-thread re-entry guard: a hook that finds it held passes straight to the driver (the
+/// driver or the shim itself called back into an exported name).
+class reentry_guard {
+ public:
+  reentry_guard() noexcept : first_(!held_) { held_ = true; }
+  ~reentry_guard() {
+    if (first_) held_ = false;
+  }
+  reentry_guard(const reentry_guard&) = delete;
+  reentry_guard& operator=(const reentry_guard&) = delete;
+  /// True for the outermost hook on this thread.
+  bool first() const noexcept { return first_; }
+
+ private:
+  static thread_local bool held_ __attribute__((tls_model("initial-exec")));
+  bool first_;
+};
+
+/// Formats 16 UUID bytes the way NVML spells a GPU: "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx".
+std::string format_uuid(const CUuuid& u);
+
+/// The real dlsym of the C library (the shim exports its own). Thread-safe.
+void* real_dlsym(void* handle, const char* name) noexcept;
+
+}  // namespace gpuslice::shim::detail

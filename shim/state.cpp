@@ -1,0 +1,592 @@
+/// \file
+/// The shim's state: configuration, the ledger, the devices by UUID, the allocation tables and
+/// the accounting rules. See shim.hpp for the contract of each member.
+
+#include <dlfcn.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include "shim.hpp"
+
+extern char** environ;
+
+namespace gpuslice::shim::detail {
+
+namespace {
+
+/// Names of the driver libraries, opened at run time (never linked).
+constexpr const char* k_libcuda = "libcuda.so.1";
+constexpr const char* k_libnvml = "libnvidia-ml.so.1";
+/// Reconciliation with the driver's per-process figure happens at most this often per device.
+constexpr std::uint64_t k_reconcile_interval_ns = 1'000'000'000;
+/// Processes read per NVML query before growing the buffer.
+constexpr unsigned k_nvml_process_batch = 64;
+/// Prefixes of the environment variables the configuration may read.
+constexpr std::string_view k_env_prefixes[] = {"CUDA_", "GPU_", "ACTIVE_", "LIBCUDA_", "GPUSLICE_"};
+/// Group and other write bits a ledger file needs so every user of the container can use it.
+constexpr mode_t k_shared_write_bits = S_IRGRP | S_IWGRP | S_IROTH | S_IWOTH;
+constexpr double k_mib = 1024.0 * 1024.0;
+
+std::uint64_t coarse_now_ns() noexcept {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  constexpr std::uint64_t k_ns_per_s = 1'000'000'000;
+  return static_cast<std::uint64_t>(ts.tv_sec) * k_ns_per_s +
+         static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
+env_map read_environment() {
+  env_map vars;
+  for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+    const std::string_view kv(*e);
+    const auto eq = kv.find('=');
+    if (eq == std::string_view::npos) continue;
+    const std::string_view name = kv.substr(0, eq);
+    for (std::string_view p : k_env_prefixes) {
+      if (name.substr(0, p.size()) == p) {
+        vars.emplace(std::string(name), std::string(kv.substr(eq + 1)));
+        break;
+      }
+    }
+  }
+  return vars;
+}
+
+std::string human(std::uint64_t bytes) {
+  return fmt::format("{:.1f} MiB ({} bytes)", static_cast<double>(bytes) / k_mib, bytes);
+}
+
+const char* level_name(log_level l) noexcept {
+  switch (l) {
+    case log_level::error:
+      return "error";
+    case log_level::warn:
+      return "warning";
+    case log_level::info:
+      return "info";
+    case log_level::debug:
+      return "debug";
+    case log_level::trace:
+      return "trace";
+  }
+  return "?";
+}
+
+void fork_prepare() { state::get().before_fork(); }
+void fork_parent() { state::get().after_fork_parent(); }
+void fork_child() { state::get().after_fork_child(); }
+
+}  // namespace
+
+thread_local bool reentry_guard::held_ = false;
+
+std::string format_uuid(const CUuuid& u) {
+  const auto* b = reinterpret_cast<const unsigned char*>(u.bytes);
+  return fmt::format(
+      "GPU-{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-"
+      "{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
+      b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14],
+      b[15]);
+}
+
+// ---- alloc_table ---------------------------------------------------------------------------
+
+void alloc_table::insert(std::uint64_t key, const charge& c) {
+  shard& s = pick(key);
+  std::lock_guard<std::mutex> lock(s.mu);
+  s.map[key] = c;
+}
+
+std::optional<charge> alloc_table::take(std::uint64_t key) noexcept {
+  shard& s = pick(key);
+  std::lock_guard<std::mutex> lock(s.mu);
+  auto it = s.map.find(key);
+  if (it == s.map.end()) return std::nullopt;
+  charge c = it->second;
+  s.map.erase(it);
+  return c;
+}
+
+void alloc_table::lock_all() noexcept {
+  for (shard& s : shards_) s.mu.lock();
+}
+
+void alloc_table::unlock_all() noexcept {
+  for (shard& s : shards_) s.mu.unlock();
+}
+
+void alloc_table::reset_in_child() noexcept {
+  for (shard& s : shards_) {
+    s.map.clear();
+    s.mu.unlock();
+  }
+}
+
+// ---- state: initialisation -------------------------------------------------------------------
+
+state& state::get() noexcept {
+  // Created on first use by a hook, never by a constructor during preload. Never destroyed:
+  // hooks may run from other libraries' destructors at exit.
+  static state* const instance = [] {
+    auto* s = new state;
+    s->init();
+    return s;
+  }();
+  return *instance;
+}
+
+void state::init() noexcept {
+  try {
+    auto cfg = parse_config(read_environment());
+    if (cfg) {
+      config_ = *cfg;
+      log_level_.store(static_cast<int>(config_.log), std::memory_order_relaxed);
+    } else {
+      config_error_ = cfg.message();
+    }
+  } catch (...) {
+    config_error_ = "the environment could not be read (out of memory)";
+  }
+  if (!config_error_.empty()) {
+    log(log_level::error, "invalid configuration, failing closed (every allocation is refused): {}",
+        config_error_);
+  }
+
+  libcuda_ = dlopen(k_libcuda, RTLD_NOW | RTLD_LOCAL);
+  if (libcuda_ == nullptr) {
+    const char* why = dlerror();
+    log(log_level::info, "cannot open the CUDA driver {}: {}", k_libcuda, why ? why : "unknown");
+  } else {
+    for (int i = 0; i < k_hook_count; ++i) {
+      if (k_hooks[i].lib == library::cuda) real_[i] = real_dlsym(libcuda_, k_hooks[i].symbol);
+    }
+#define GPUSLICE_X(sym, lib, type)                                        \
+  if (library::lib == library::cuda) {                                    \
+    helpers_[static_cast<int>(helper::sym)] = real_dlsym(libcuda_, #sym); \
+  }
+    GPUSLICE_HELPERS(GPUSLICE_X)
+#undef GPUSLICE_X
+  }
+
+  if (config_error_.empty()) {
+    try {
+      if (config_.shared_cache.empty()) {
+        local_.emplace(memory::in_memory_ledger::create());
+        log(log_level::info,
+            "{} is not set: limits hold per process only (processes do not share a ledger)",
+            env::shared_cache);
+      } else {
+        auto opened = memory::shared_ledger::open(memory::open_or_create, config_.shared_cache);
+        if (opened) {
+          shared_.emplace(std::move(*opened));
+          // The ledger asks for mode 0666 but the umask trims it; the owner widens it so every
+          // user of the container can open it (only the owner may, and only its own file).
+          struct stat st {};
+          if (::stat(config_.shared_cache.c_str(), &st) == 0 && st.st_uid == ::geteuid() &&
+              (st.st_mode & k_shared_write_bits) != k_shared_write_bits) {
+            ::chmod(config_.shared_cache.c_str(), (st.st_mode & 07777) | k_shared_write_bits);
+          }
+        } else {
+          ledger_error_ =
+              fmt::format("{}={}: {}", env::shared_cache, config_.shared_cache, opened.message());
+        }
+      }
+    } catch (...) {
+      ledger_error_ = "the ledger could not be created (out of memory)";
+    }
+    if (!ledger_error_.empty()) {
+      log(log_level::error, "unusable ledger, failing closed (every allocation is refused): {}",
+          ledger_error_);
+    }
+  }
+  pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
+
+bool state::load_nvml() noexcept {
+  std::call_once(nvml_once_, [this] {
+    libnvml_ = dlopen(k_libnvml, RTLD_NOW | RTLD_LOCAL);
+    if (libnvml_ == nullptr) {
+      const char* why = dlerror();
+      log(log_level::info, "cannot open NVML {}: {}; context memory is not reconciled", k_libnvml,
+          why ? why : "unknown");
+      return;
+    }
+    for (int i = 0; i < k_hook_count; ++i) {
+      if (k_hooks[i].lib == library::nvml) real_[i] = real_dlsym(libnvml_, k_hooks[i].symbol);
+    }
+#define GPUSLICE_X(sym, lib, type)                                        \
+  if (library::lib == library::nvml) {                                    \
+    helpers_[static_cast<int>(helper::sym)] = real_dlsym(libnvml_, #sym); \
+  }
+    GPUSLICE_HELPERS(GPUSLICE_X)
+#undef GPUSLICE_X
+    auto init = helper_fn<decltype(&::nvmlInit_v2)>(helper::nvmlInit_v2);
+    nvml_ok_ = init != nullptr && init() == NVML_SUCCESS;
+  });
+  return nvml_ok_;
+}
+
+const hook_entry* state::entry_for_real(void* fn) const noexcept {
+  if (fn == nullptr) return nullptr;
+  for (int i = 0; i < k_hook_count; ++i) {
+    if (real_[i] == fn) return &k_hooks[i];
+  }
+  return nullptr;
+}
+
+bool state::ensure_devices() noexcept {
+  if (devices_ready_.load(std::memory_order_acquire)) return true;
+  std::lock_guard<std::mutex> lock(devices_mu_);
+  if (devices_ready_.load(std::memory_order_relaxed)) return true;
+  auto cu_init = helper_fn<decltype(&::cuInit)>(helper::cuInit);
+  auto get_count = helper_fn<decltype(&::cuDeviceGetCount)>(helper::cuDeviceGetCount);
+  auto get_device = helper_fn<decltype(&::cuDeviceGet)>(helper::cuDeviceGet);
+  auto get_uuid = helper_fn<decltype(&::cuDeviceGetUuid_v2)>(helper::cuDeviceGetUuid_v2);
+  auto total_mem = real<decltype(&::cuDeviceTotalMem_v2)>(hook::cuDeviceTotalMem_v2);
+  int count = 0;
+  if (cu_init == nullptr || get_count == nullptr || get_device == nullptr || get_uuid == nullptr ||
+      total_mem == nullptr || cu_init(0) != CUDA_SUCCESS || get_count(&count) != CUDA_SUCCESS) {
+    log(log_level::warn, "the CUDA driver lists no devices; allocations are refused");
+    devices_ready_.store(true, std::memory_order_release);
+    return false;
+  }
+  if (count > gpuslice::k_max_devices) {
+    log(log_level::warn, "{} devices visible; only the first {} can be used under the shim", count,
+        gpuslice::k_max_devices);
+    count = gpuslice::k_max_devices;
+  }
+  for (int i = 0; i < count; ++i) {
+    device_info& d = devices_[static_cast<std::size_t>(i)];
+    CUdevice dev = 0;
+    CUuuid uuid{};
+    std::size_t total = 0;
+    if (get_device(&dev, i) != CUDA_SUCCESS || get_uuid(&uuid, dev) != CUDA_SUCCESS ||
+        total_mem(&total, dev) != CUDA_SUCCESS) {
+      log(log_level::error, "device {}: the driver did not report its UUID and memory", i);
+      continue;
+    }
+    try {
+      d.uuid = format_uuid(uuid);
+    } catch (...) {
+      continue;
+    }
+    d.card_total = total;
+    if (!config_error_.empty()) continue;
+    const memory_limit& lim = config_.memory[static_cast<std::size_t>(i)];
+    // CUDA_OVERSUBSCRIBE lets a byte limit exceed the card; otherwise no limit exceeds it.
+    d.limit = config_.oversubscribe && lim.type == memory_limit::kind::bytes ? lim.bytes
+                                                                             : lim.resolve(total);
+    if (!ledger_error_.empty()) continue;
+    try {
+      auto idx = with_ledger([&](auto& l) { return l.device(d.uuid, d.limit); });
+      if (!idx) {
+        log(log_level::error, "device {} ({}): {}; its allocations are refused", i, d.uuid,
+            idx.message());
+        continue;
+      }
+      d.index = *idx;
+      with_ledger([&](auto& l) {
+        const std::uint64_t stored = l.limit(d.index);
+        if (stored != d.limit) {
+          log(log_level::info,
+              "device {} ({}): ledger limit {} replaced by {} from the environment", i, d.uuid,
+              human(stored), human(d.limit));
+          l.set_limit(d.index, d.limit);
+        }
+        return 0;
+      });
+      d.usable = true;
+      log(log_level::info, "device {} ({}): limit {}, ledger index {}", i, d.uuid, human(d.limit),
+          d.index);
+    } catch (...) {
+      log(log_level::error, "device {}: out of memory while registering it", i);
+    }
+  }
+  device_count_ = count;
+  devices_ready_.store(true, std::memory_order_release);
+  return true;
+}
+
+std::optional<memory::slot_handle> state::slot() noexcept {
+  if (attached_.load(std::memory_order_acquire)) return slot_;
+  std::lock_guard<std::mutex> lock(slot_mu_);
+  if (attached_.load(std::memory_order_relaxed)) return slot_;
+  try {
+    auto r = with_ledger([](auto& l) { return l.attach(); });
+    if (!r) {
+      log(log_level::error, "cannot take a slot in the ledger: {}", r.message());
+      return std::nullopt;
+    }
+    slot_ = *r;
+  } catch (...) {
+    return std::nullopt;
+  }
+  attached_.store(true, std::memory_order_release);
+  return slot_;
+}
+
+// ---- accounting ----------------------------------------------------------------------------
+
+// Context and module memory. The driver takes device memory that no allocation call shows: the
+// context (created by the runtime on first use), loaded modules, and slack kept by memory pools.
+// Method: NVML's per-process figure for this pid on the device (usedGpuMemory from
+// nvmlDeviceGetComputeRunningProcesses) minus the bytes this process charged through counted
+// calls is that uncounted memory. It is charged to this process's slot as "overhead", measured
+// at the first counted call on a device, at most once per k_reconcile_interval_ns after that,
+// and again before a reservation is refused (the overhead may have shrunk). When NVML does not
+// list this pid (a pid namespace shows NVML the host's pid), nothing is reconciled and the
+// overhead stays uncounted; tests/gpu/run.sh measures it on a real card.
+void state::reconcile(device_info& d, bool force) noexcept {
+  const std::uint64_t now = coarse_now_ns();
+  if (!force && now < d.next_reconcile_ns.load(std::memory_order_relaxed)) return;
+  if (!load_nvml()) {
+    d.next_reconcile_ns.store(~std::uint64_t{0}, std::memory_order_relaxed);
+    return;
+  }
+  std::unique_lock<std::mutex> lock(devices_mu_, std::try_to_lock);
+  if (!lock.owns_lock()) return;  // another thread is reconciling
+  d.next_reconcile_ns.store(now + k_reconcile_interval_ns, std::memory_order_relaxed);
+  try {
+    if (d.nvml == nullptr) {
+      auto by_uuid =
+          helper_fn<decltype(&::nvmlDeviceGetHandleByUUID)>(helper::nvmlDeviceGetHandleByUUID);
+      if (by_uuid == nullptr || by_uuid(d.uuid.c_str(), &d.nvml) != NVML_SUCCESS) {
+        d.nvml = nullptr;
+        d.next_reconcile_ns.store(~std::uint64_t{0}, std::memory_order_relaxed);
+        log(log_level::info, "{}: NVML does not know this device; context memory is not reconciled",
+            d.uuid);
+        return;
+      }
+    }
+    auto procs = helper_fn<decltype(&::nvmlDeviceGetComputeRunningProcesses_v3)>(
+        helper::nvmlDeviceGetComputeRunningProcesses_v3);
+    if (procs == nullptr) return;
+    std::vector<nvmlProcessInfo_t> infos(k_nvml_process_batch);
+    unsigned n = static_cast<unsigned>(infos.size());
+    nvmlReturn_t r = procs(d.nvml, &n, infos.data());
+    if (r == NVML_ERROR_INSUFFICIENT_SIZE) {
+      infos.resize(n);
+      r = procs(d.nvml, &n, infos.data());
+    }
+    if (r != NVML_SUCCESS) return;
+    const auto self = static_cast<unsigned>(::getpid());
+    std::optional<std::uint64_t> measured;
+    for (unsigned i = 0; i < n; ++i) {
+      if (infos[i].pid == self) measured = infos[i].usedGpuMemory;
+    }
+    if (!measured) return;
+    const int ordinal = static_cast<int>(&d - devices_.data());
+    const std::uint64_t want =
+        uncounted_overhead(*measured, counted_[static_cast<std::size_t>(ordinal)].load());
+    auto sl = slot();
+    if (!sl) return;
+    if (want > d.overhead) {
+      const std::uint64_t more = want - d.overhead;
+      if (with_ledger([&](auto& l) { return l.try_reserve(*sl, d.index, more); })) {
+        d.overhead = want;
+        log(log_level::debug, "{}: uncounted driver memory now {}", d.uuid, human(want));
+      } else {
+        log(log_level::warn, "{}: {} of driver memory (context, modules) does not fit the limit",
+            d.uuid, human(more));
+      }
+    } else if (want < d.overhead) {
+      const std::uint64_t less = d.overhead - want;
+      with_ledger([&](auto& l) {
+        l.release(*sl, d.index, less);
+        return 0;
+      });
+      d.overhead = want;
+    }
+  } catch (...) {
+    // Reconciliation is best effort; the counted calls stay enforced.
+  }
+}
+
+bool state::reserve(int ordinal, std::uint64_t bytes, const char* call, charge& out) noexcept {
+  if (!config_error_.empty()) return refuse(refusal::config, ordinal, bytes, call), false;
+  if (!ledger_error_.empty()) return refuse(refusal::ledger, ordinal, bytes, call), false;
+  ensure_devices();
+  if (ordinal < 0 || ordinal >= device_count_ ||
+      !devices_[static_cast<std::size_t>(ordinal)].usable) {
+    return refuse(refusal::device, ordinal, bytes, call), false;
+  }
+  device_info& d = devices_[static_cast<std::size_t>(ordinal)];
+  auto sl = slot();
+  if (!sl) return refuse(refusal::ledger, ordinal, bytes, call), false;
+  reconcile(d, false);
+  auto attempt = [&] {
+    return with_ledger([&](auto& l) {
+      if (l.limit(d.index) != d.limit) {
+        // Limits come from the environment, never from the (writable) file.
+        log(log_level::warn, "device {} ({}): ledger limit changed to {}; restored to {}", ordinal,
+            d.uuid, human(l.limit(d.index)), human(d.limit));
+        l.set_limit(d.index, d.limit);
+      }
+      return l.try_reserve(*sl, d.index, bytes);
+    });
+  };
+  bool ok = attempt();
+  if (!ok) {
+    reconcile(d, true);
+    ok = attempt();
+  }
+  if (!ok) return refuse(refusal::over_limit, ordinal, bytes, call), false;
+  counted_[static_cast<std::size_t>(ordinal)].fetch_add(bytes, std::memory_order_relaxed);
+  out = charge{ordinal, d.index, bytes};
+  return true;
+}
+
+bool state::reserve_more(charge& c, std::uint64_t more, const char* call) noexcept {
+  if (more == 0) return true;
+  auto sl = slot();
+  if (!sl) return refuse(refusal::ledger, c.ordinal, more, call), false;
+  if (!with_ledger([&](auto& l) { return l.try_reserve(*sl, c.index, more); })) {
+    return refuse(refusal::over_limit, c.ordinal, more, call), false;
+  }
+  counted_[static_cast<std::size_t>(c.ordinal)].fetch_add(more, std::memory_order_relaxed);
+  c.bytes += more;
+  return true;
+}
+
+void state::release(const charge& c) noexcept { release(c, c.bytes); }
+
+void state::release(const charge& c, std::uint64_t bytes) noexcept {
+  if (bytes == 0 || c.index < 0) return;
+  auto sl = slot();
+  if (!sl) return;
+  with_ledger([&](auto& l) {
+    l.release(*sl, c.index, bytes);
+    return 0;
+  });
+  counted_[static_cast<std::size_t>(c.ordinal)].fetch_sub(bytes, std::memory_order_relaxed);
+}
+
+void state::refuse(refusal why, int ordinal, std::uint64_t bytes, const char* call) noexcept {
+  switch (why) {
+    case refusal::none:
+      return;
+    case refusal::config:
+      log(log_level::error, "{}: {} refused on device {}: invalid configuration: {}", call,
+          human(bytes), ordinal, config_error_);
+      return;
+    case refusal::ledger:
+      log(log_level::error, "{}: {} refused on device {}: unusable ledger: {}", call, human(bytes),
+          ordinal, ledger_error_.empty() ? "no process slot" : ledger_error_);
+      return;
+    case refusal::device:
+      log(log_level::error, "{}: {} refused on device {}: the device is not registered", call,
+          human(bytes), ordinal);
+      return;
+    case refusal::over_limit:
+      break;
+  }
+  const device_info& d = devices_[static_cast<std::size_t>(ordinal)];
+  const std::uint64_t used = with_ledger([&](auto& l) { return l.used(d.index); });
+  log(log_level::warn, "{}: device {} ({}): request {} refused: {} in use of limit {}", call,
+      ordinal, d.uuid, human(bytes), human(used), human(d.limit));
+  if (config_.active_oom_killer) {
+    log(log_level::error, "{}=true: ending process {} for exceeding the memory limit of device {}",
+        env::oom_killer, ::getpid(), ordinal);
+    ::kill(::getpid(), SIGKILL);
+  }
+}
+
+CUresult state::current_device(int* ordinal) noexcept {
+  auto get = helper_fn<decltype(&::cuCtxGetDevice)>(helper::cuCtxGetDevice);
+  if (get == nullptr) return CUDA_ERROR_NOT_FOUND;
+  CUdevice dev = 0;
+  const CUresult r = get(&dev);
+  if (r == CUDA_SUCCESS) *ordinal = dev;
+  return r;
+}
+
+CUresult state::stream_device(CUstream stream, int* ordinal) noexcept {
+  auto get = helper_fn<decltype(&::cuStreamGetDevice)>(helper::cuStreamGetDevice);
+  if (get == nullptr) return current_device(ordinal);
+  CUdevice dev = 0;
+  const CUresult r = get(stream, &dev);
+  if (r == CUDA_SUCCESS) *ordinal = dev;
+  return r;
+}
+
+std::optional<memory_view> state::cuda_view(int ordinal, std::uint64_t card_total,
+                                            std::uint64_t card_free) noexcept {
+  if (!config_error_.empty() || !ledger_error_.empty()) return closed_view(card_total);
+  ensure_devices();
+  if (ordinal < 0 || ordinal >= device_count_) return std::nullopt;
+  device_info& d = devices_[static_cast<std::size_t>(ordinal)];
+  if (!d.usable) return closed_view(card_total);
+  reconcile(d, false);  // so the context's memory shows before the first allocation
+  const std::uint64_t used = with_ledger([&](auto& l) { return l.used(d.index); });
+  return make_view(d.limit, used, card_total, card_free);
+}
+
+std::optional<memory_view> state::nvml_view(nvmlDevice_t dev, std::uint64_t card_total,
+                                            std::uint64_t card_free) noexcept {
+  auto get_uuid = helper_fn<decltype(&::nvmlDeviceGetUUID)>(helper::nvmlDeviceGetUUID);
+  char uuid[NVML_DEVICE_UUID_V2_BUFFER_SIZE] = {};
+  if (get_uuid == nullptr || get_uuid(dev, uuid, sizeof uuid) != NVML_SUCCESS) return std::nullopt;
+  ensure_devices();
+  for (int i = 0; i < device_count_; ++i) {
+    if (devices_[static_cast<std::size_t>(i)].uuid == uuid) {
+      return cuda_view(i, card_total, card_free);
+    }
+  }
+  return std::nullopt;  // not visible to this container's CUDA: the driver's figures stand
+}
+
+void state::write_line(log_level level, const std::string& msg) const noexcept {
+  try {
+    const std::string line =
+        fmt::format("[gpuslice {}] {}: {}\n", ::getpid(), level_name(level), msg);
+    std::size_t done = 0;
+    while (done < line.size()) {
+      const ssize_t n = ::write(STDERR_FILENO, line.data() + done, line.size() - done);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      done += static_cast<std::size_t>(n);
+    }
+  } catch (...) {
+  }
+}
+
+// ---- fork --------------------------------------------------------------------------------
+
+void state::before_fork() noexcept {
+  devices_mu_.lock();
+  slot_mu_.lock();
+  pointers_.lock_all();
+  arrays_.lock_all();
+  handles_.lock_all();
+}
+
+void state::after_fork_parent() noexcept {
+  handles_.unlock_all();
+  arrays_.unlock_all();
+  pointers_.unlock_all();
+  slot_mu_.unlock();
+  devices_mu_.unlock();
+}
+
+void state::after_fork_child() noexcept {
+  handles_.reset_in_child();
+  arrays_.reset_in_child();
+  pointers_.reset_in_child();
+  attached_.store(false, std::memory_order_relaxed);
+  slot_ = memory::slot_handle{};
+  for (auto& c : counted_) c.store(0, std::memory_order_relaxed);
+  for (device_info& d : devices_) {
+    d.overhead = 0;
+    d.next_reconcile_ns.store(0, std::memory_order_relaxed);
+  }
+  slot_mu_.unlock();
+  devices_mu_.unlock();
+}
+
+}  // namespace gpuslice::shim::detail

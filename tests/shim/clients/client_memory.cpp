@@ -1,0 +1,540 @@
+/// \file
+/// The memory-quota scenario, run under LD_PRELOAD=libgpuslice.so on the fake driver. Built
+/// three times, differing only in how the driver's entry points are reached:
+///   CLIENT_LOAD_DIRECT   linked against libcuda.so.1 (symbols resolved by the loader)
+///   CLIENT_LOAD_DLOPEN   dlopen("libcuda.so.1") + dlsym
+///   CLIENT_LOAD_PROC     dlsym of cuGetProcAddress_v2 only, everything else through it, as the
+///                        CUDA 12/13 runtime does (per-thread-stream variants included)
+/// Modes (argv[1]): quota (default), visible P0 P1, overhead, bad_config, bad_ledger,
+/// oom_killer, legacy. The limit is CUDA_DEVICE_MEMORY_LIMIT; the fake's size FAKE_CUDA_MEMORY.
+
+#include <nvml.h>
+#include <sys/wait.h>
+
+#include <string_view>
+#include <vector>
+
+#include "client.hpp"
+#include "gpuslice/memory/ledger.hpp"
+
+namespace {
+
+using client::driver;
+
+constexpr std::uint64_t k_mib = std::uint64_t{1} << 20;
+constexpr std::uint64_t k_chunk = 4 * k_mib;
+/// VMM granularity the fake reports (2 MiB), so cuMemCreate sizes are valid.
+constexpr std::size_t k_vmm_granularity = 2 * k_mib;
+/// Row alignment of the fake's pitched allocations and arrays.
+constexpr std::size_t k_fake_pitch = 512;
+
+#if defined(CLIENT_LOAD_DIRECT)
+constexpr const char* k_name = "client_direct";
+driver load() {
+  driver d;
+  d.init = &cuInit;
+  d.device_get = &cuDeviceGet;
+  d.device_count = &cuDeviceGetCount;
+  d.device_uuid = &cuDeviceGetUuid_v2;
+  d.total_mem = &cuDeviceTotalMem_v2;
+  d.ctx_retain = &cuDevicePrimaryCtxRetain;
+  d.ctx_set = &cuCtxSetCurrent;
+  d.mem_info = &cuMemGetInfo_v2;
+  d.alloc = &cuMemAlloc_v2;
+  d.free = &cuMemFree_v2;
+  d.alloc_pitch = &cuMemAllocPitch_v2;
+  d.alloc_managed = &cuMemAllocManaged;
+  d.alloc_async = &cuMemAllocAsync;
+  d.free_async = &cuMemFreeAsync;
+  d.alloc_pool = &cuMemAllocFromPoolAsync;
+  d.pool_create = &cuMemPoolCreate;
+  d.pool_destroy = &cuMemPoolDestroy;
+  d.stream_create = &cuStreamCreate;
+  d.stream_destroy = &cuStreamDestroy_v2;
+  d.stream_sync = &cuStreamSynchronize;
+  d.mem_create = &cuMemCreate;
+  d.mem_release = &cuMemRelease;
+  d.array_create = &cuArrayCreate_v2;
+  d.array3d_create = &cuArray3DCreate_v2;
+  d.array_destroy = &cuArrayDestroy;
+  d.mipmap_create = &cuMipmappedArrayCreate;
+  d.mipmap_destroy = &cuMipmappedArrayDestroy;
+  d.get_proc = &cuGetProcAddress_v2;
+  return d;
+}
+#elif defined(CLIENT_LOAD_DLOPEN)
+constexpr const char* k_name = "client_dlopen";
+driver load() {
+  void* h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  CLIENT_REQUIRE(h != nullptr);
+  driver d;
+  auto sym = [&](auto& fn, const char* name) {
+    fn = reinterpret_cast<std::remove_reference_t<decltype(fn)> >(dlsym(h, name));
+  };
+  sym(d.init, "cuInit");
+  sym(d.device_get, "cuDeviceGet");
+  sym(d.device_count, "cuDeviceGetCount");
+  sym(d.device_uuid, "cuDeviceGetUuid_v2");
+  sym(d.total_mem, "cuDeviceTotalMem_v2");
+  sym(d.ctx_retain, "cuDevicePrimaryCtxRetain");
+  sym(d.ctx_set, "cuCtxSetCurrent");
+  sym(d.mem_info, "cuMemGetInfo_v2");
+  sym(d.alloc, "cuMemAlloc_v2");
+  sym(d.free, "cuMemFree_v2");
+  sym(d.alloc_pitch, "cuMemAllocPitch_v2");
+  sym(d.alloc_managed, "cuMemAllocManaged");
+  sym(d.alloc_async, "cuMemAllocAsync");
+  sym(d.free_async, "cuMemFreeAsync");
+  sym(d.alloc_pool, "cuMemAllocFromPoolAsync");
+  sym(d.pool_create, "cuMemPoolCreate");
+  sym(d.pool_destroy, "cuMemPoolDestroy");
+  sym(d.stream_create, "cuStreamCreate");
+  sym(d.stream_destroy, "cuStreamDestroy_v2");
+  sym(d.stream_sync, "cuStreamSynchronize");
+  sym(d.mem_create, "cuMemCreate");
+  sym(d.mem_release, "cuMemRelease");
+  sym(d.array_create, "cuArrayCreate_v2");
+  sym(d.array3d_create, "cuArray3DCreate_v2");
+  sym(d.array_destroy, "cuArrayDestroy");
+  sym(d.mipmap_create, "cuMipmappedArrayCreate");
+  sym(d.mipmap_destroy, "cuMipmappedArrayDestroy");
+  sym(d.get_proc, "cuGetProcAddress_v2");
+  return d;
+}
+#elif defined(CLIENT_LOAD_PROC)
+constexpr const char* k_name = "client_procaddr";
+driver load() {
+  void* h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  CLIENT_REQUIRE(h != nullptr);
+  driver d;
+  d.get_proc = reinterpret_cast<decltype(d.get_proc)>(dlsym(h, "cuGetProcAddress_v2"));
+  CLIENT_REQUIRE(d.get_proc != nullptr);
+  // The runtime asks for cuGetProcAddress itself too, and uses what it gets from then on.
+  void* gp = nullptr;
+  CUdriverProcAddressQueryResult st{};
+  CLIENT_REQUIRE(d.get_proc("cuGetProcAddress", &gp, client::k_runtime_version, 0, &st) ==
+                 CUDA_SUCCESS);
+  d.get_proc = reinterpret_cast<decltype(d.get_proc)>(gp);
+  auto sym = [&](auto& fn, const char* base, cuuint64_t flags) {
+    void* p = nullptr;
+    CUdriverProcAddressQueryResult status{};
+    if (d.get_proc(base, &p, client::k_runtime_version, flags, &status) == CUDA_SUCCESS &&
+        status == CU_GET_PROC_ADDRESS_SUCCESS) {
+      fn = reinterpret_cast<std::remove_reference_t<decltype(fn)> >(p);
+    }
+  };
+  constexpr cuuint64_t k_legacy = CU_GET_PROC_ADDRESS_DEFAULT;
+  // Stream-ordered calls through their per-thread-default-stream (_ptsz) variants.
+  constexpr cuuint64_t k_ptds = CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM;
+  sym(d.init, "cuInit", k_legacy);
+  sym(d.device_get, "cuDeviceGet", k_legacy);
+  sym(d.device_count, "cuDeviceGetCount", k_legacy);
+  sym(d.device_uuid, "cuDeviceGetUuid", k_legacy);
+  sym(d.total_mem, "cuDeviceTotalMem", k_legacy);
+  sym(d.ctx_retain, "cuDevicePrimaryCtxRetain", k_legacy);
+  sym(d.ctx_set, "cuCtxSetCurrent", k_legacy);
+  sym(d.mem_info, "cuMemGetInfo", k_legacy);
+  sym(d.alloc, "cuMemAlloc", k_legacy);
+  sym(d.free, "cuMemFree", k_legacy);
+  sym(d.alloc_pitch, "cuMemAllocPitch", k_legacy);
+  sym(d.alloc_managed, "cuMemAllocManaged", k_legacy);
+  sym(d.alloc_async, "cuMemAllocAsync", k_ptds);
+  sym(d.free_async, "cuMemFreeAsync", k_ptds);
+  sym(d.alloc_pool, "cuMemAllocFromPoolAsync", k_ptds);
+  sym(d.pool_create, "cuMemPoolCreate", k_legacy);
+  sym(d.pool_destroy, "cuMemPoolDestroy", k_legacy);
+  sym(d.stream_create, "cuStreamCreate", k_legacy);
+  sym(d.stream_destroy, "cuStreamDestroy", k_legacy);
+  sym(d.stream_sync, "cuStreamSynchronize", k_ptds);
+  sym(d.mem_create, "cuMemCreate", k_legacy);
+  sym(d.mem_release, "cuMemRelease", k_legacy);
+  sym(d.array_create, "cuArrayCreate", k_legacy);
+  sym(d.array3d_create, "cuArray3DCreate", k_legacy);
+  sym(d.array_destroy, "cuArrayDestroy", k_legacy);
+  sym(d.mipmap_create, "cuMipmappedArrayCreate", k_legacy);
+  sym(d.mipmap_destroy, "cuMipmappedArrayDestroy", k_legacy);
+  return d;
+}
+#else
+#error "define CLIENT_LOAD_DIRECT, CLIENT_LOAD_DLOPEN or CLIENT_LOAD_PROC"
+#endif
+
+std::uint64_t limit_bytes() {
+  const std::uint64_t l = client::env_bytes("CUDA_DEVICE_MEMORY_LIMIT", 0);
+  CLIENT_REQUIRE(l != 0);
+  return l;
+}
+
+void use_device(const driver& d, int ordinal) {
+  CUcontext ctx = nullptr;
+  CLIENT_REQUIRE(d.ctx_retain(&ctx, ordinal) == CUDA_SUCCESS);
+  CLIENT_REQUIRE(d.ctx_set(ctx) == CUDA_SUCCESS);
+}
+
+std::uint64_t free_now(const driver& d) {
+  size_t free_b = 0, total_b = 0;
+  CLIENT_CHECK(d.mem_info(&free_b, &total_b) == CUDA_SUCCESS);
+  return free_b;
+}
+
+std::uint64_t total_now(const driver& d) {
+  size_t free_b = 0, total_b = 0;
+  CLIENT_CHECK(d.mem_info(&free_b, &total_b) == CUDA_SUCCESS);
+  return total_b;
+}
+
+/// NVML's view of physical device \p index (through dlopen + dlsym, as nvidia-smi does).
+nvmlMemory_v2_t nvml_memory(unsigned index) {
+  void* h = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
+  CLIENT_REQUIRE(h != nullptr);
+  auto init = reinterpret_cast<decltype(&nvmlInit_v2)>(dlsym(h, "nvmlInit_v2"));
+  auto by_index = reinterpret_cast<decltype(&nvmlDeviceGetHandleByIndex_v2)>(
+      dlsym(h, "nvmlDeviceGetHandleByIndex_v2"));
+  auto info_v1 =
+      reinterpret_cast<decltype(&nvmlDeviceGetMemoryInfo)>(dlsym(h, "nvmlDeviceGetMemoryInfo"));
+  auto info_v2 = reinterpret_cast<decltype(&nvmlDeviceGetMemoryInfo_v2)>(
+      dlsym(h, "nvmlDeviceGetMemoryInfo_v2"));
+  CLIENT_REQUIRE(init && by_index && info_v1 && info_v2);
+  CLIENT_REQUIRE(init() == NVML_SUCCESS);
+  nvmlDevice_t dev = nullptr;
+  CLIENT_REQUIRE(by_index(index, &dev) == NVML_SUCCESS);
+  nvmlMemory_t v1{};
+  CLIENT_CHECK(info_v1(dev, &v1) == NVML_SUCCESS);
+  nvmlMemory_v2_t v2{};
+  v2.version = nvmlMemory_v2;
+  CLIENT_CHECK(info_v2(dev, &v2) == NVML_SUCCESS);
+  CLIENT_CHECK_EQ(v1.total, v2.total);
+  CLIENT_CHECK_EQ(v1.free, v2.free);
+  CLIENT_CHECK_EQ(v1.used, v2.used);
+  return v2;
+}
+
+/// Allocates k_chunk blocks until refused; returns them. The refusal must be OUT_OF_MEMORY.
+std::vector<CUdeviceptr> fill(const driver& d) {
+  std::vector<CUdeviceptr> held;
+  for (;;) {
+    CUdeviceptr p = 0;
+    const CUresult r = d.alloc(&p, k_chunk);
+    if (r != CUDA_SUCCESS) {
+      CLIENT_CHECK_EQ(r, CUDA_ERROR_OUT_OF_MEMORY);
+      break;
+    }
+    held.push_back(p);
+    CLIENT_REQUIRE(held.size() < 100000);
+  }
+  return held;
+}
+
+void check_ledger(std::uint64_t limit, std::uint64_t used) {
+  const char* path = std::getenv("CUDA_DEVICE_MEMORY_SHARED_CACHE");
+  if (path == nullptr) return;
+  auto snap = gpuslice::memory::read_snapshot(path);
+  CLIENT_REQUIRE(snap.ok());
+  CLIENT_REQUIRE(!snap->devices.empty());
+  CLIENT_CHECK_EQ(snap->devices[0].limit, limit);
+  CLIENT_CHECK_EQ(snap->devices[0].used, used);
+}
+
+int quota(const driver& d) {
+  const std::uint64_t limit = limit_bytes();
+  CLIENT_REQUIRE(d.init(0) == CUDA_SUCCESS);
+  use_device(d, 0);
+
+  // Views report the limit.
+  size_t total = 0;
+  CLIENT_CHECK(d.total_mem(&total, 0) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(total, limit);
+  CLIENT_CHECK_EQ(total_now(d), limit);
+  CLIENT_CHECK_EQ(free_now(d), limit);
+  const nvmlMemory_v2_t before = nvml_memory(0);
+  CLIENT_CHECK_EQ(before.total, limit);
+  CLIENT_CHECK_EQ(before.free, limit);
+  CLIENT_CHECK_EQ(before.used, 0u);
+
+  // Allocation until refused: never over the limit, refused with OUT_OF_MEMORY, one log line.
+  client::stderr_capture log;
+  std::vector<CUdeviceptr> held = fill(d);
+  const std::string lines = log.take();
+  CLIENT_CHECK_EQ(held.size(), limit / k_chunk);
+  CLIENT_CHECK(held.size() * k_chunk <= limit);
+  CLIENT_CHECK_EQ(free_now(d), limit - held.size() * k_chunk);
+  CLIENT_CHECK(lines.find("cuMemAlloc_v2: device 0 (GPU-5a1ce000-0000-4000-8000-0000000000a0)") !=
+               std::string::npos);
+  CLIENT_CHECK(lines.find("refused") != std::string::npos);
+  CLIENT_CHECK(lines.find("of limit") != std::string::npos);
+  const nvmlMemory_v2_t full = nvml_memory(0);
+  CLIENT_CHECK_EQ(full.used, held.size() * k_chunk);
+  check_ledger(limit, held.size() * k_chunk);
+
+  // Frees give the quota back.
+  CLIENT_CHECK(d.free(held.back()) == CUDA_SUCCESS);
+  held.pop_back();
+  CUdeviceptr again = 0;
+  CLIENT_CHECK(d.alloc(&again, k_chunk) == CUDA_SUCCESS);
+  CLIENT_CHECK(d.free(again) == CUDA_SUCCESS);
+  for (CUdeviceptr p : held) CLIENT_CHECK(d.free(p) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(free_now(d), limit);
+
+  // Pitched: charged at the pitch the driver chose, times the height.
+  {
+    CUdeviceptr p = 0;
+    size_t pitch = 0;
+    constexpr size_t k_width = 1000, k_height = 100;
+    CLIENT_CHECK(d.alloc_pitch(&p, &pitch, k_width, k_height, 4) == CUDA_SUCCESS);
+    CLIENT_CHECK_EQ(pitch, (k_width + k_fake_pitch - 1) / k_fake_pitch * k_fake_pitch);
+    CLIENT_CHECK_EQ(free_now(d), limit - pitch * k_height);
+    CLIENT_CHECK(d.free(p) == CUDA_SUCCESS);
+    CLIENT_CHECK(d.alloc_pitch(&p, &pitch, limit, 2, 4) == CUDA_ERROR_OUT_OF_MEMORY);
+  }
+  // Managed.
+  {
+    CUdeviceptr p = 0;
+    CLIENT_CHECK(d.alloc_managed(&p, k_mib, CU_MEM_ATTACH_GLOBAL) == CUDA_SUCCESS);
+    CLIENT_CHECK_EQ(free_now(d), limit - k_mib);
+    CLIENT_CHECK(d.free(p) == CUDA_SUCCESS);
+    CLIENT_CHECK(d.alloc_managed(&p, limit + 1, CU_MEM_ATTACH_GLOBAL) == CUDA_ERROR_OUT_OF_MEMORY);
+  }
+  // Stream-ordered, from the default pool and from an explicit pool.
+  {
+    CUstream stream = nullptr;
+    CLIENT_REQUIRE(d.stream_create(&stream, 0) == CUDA_SUCCESS);
+    CUdeviceptr p = 0;
+    CLIENT_CHECK(d.alloc_async(&p, 2 * k_mib, stream) == CUDA_SUCCESS);
+    CLIENT_CHECK_EQ(free_now(d), limit - 2 * k_mib);
+    CUdeviceptr q = 0;
+    CLIENT_CHECK(d.alloc_async(&q, limit, stream) == CUDA_ERROR_OUT_OF_MEMORY);
+    CLIENT_CHECK(d.free_async(p, stream) == CUDA_SUCCESS);
+    CLIENT_CHECK_EQ(free_now(d), limit);
+
+    CUmemPoolProps props{};
+    props.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+    props.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    props.location.id = 0;
+    CUmemoryPool pool = nullptr;
+    CLIENT_REQUIRE(d.pool_create(&pool, &props) == CUDA_SUCCESS);
+    CLIENT_CHECK(d.alloc_pool(&p, 3 * k_mib, pool, stream) == CUDA_SUCCESS);
+    CLIENT_CHECK_EQ(free_now(d), limit - 3 * k_mib);
+    CLIENT_CHECK(d.alloc_pool(&q, limit, pool, stream) == CUDA_ERROR_OUT_OF_MEMORY);
+    CLIENT_CHECK(d.free_async(p, stream) == CUDA_SUCCESS);
+    CLIENT_CHECK(d.stream_sync(stream) == CUDA_SUCCESS);
+    CLIENT_CHECK_EQ(free_now(d), limit);
+    CLIENT_CHECK(d.pool_destroy(pool) == CUDA_SUCCESS);
+    CLIENT_CHECK(d.stream_destroy(stream) == CUDA_SUCCESS);
+  }
+  // VMM physical memory (PyTorch expandable segments, NCCL).
+  {
+    CUmemAllocationProp prop{};
+    prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+    prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    prop.location.id = 0;
+    CUmemGenericAllocationHandle h = 0;
+    CLIENT_CHECK(d.mem_create(&h, k_vmm_granularity, &prop, 0) == CUDA_SUCCESS);
+    CLIENT_CHECK_EQ(free_now(d), limit - k_vmm_granularity);
+    CUmemGenericAllocationHandle big = 0;
+    const size_t over = (limit / k_vmm_granularity + 1) * k_vmm_granularity;
+    CLIENT_CHECK(d.mem_create(&big, over, &prop, 0) == CUDA_ERROR_OUT_OF_MEMORY);
+    CLIENT_CHECK(d.mem_release(h) == CUDA_SUCCESS);
+    CLIENT_CHECK_EQ(free_now(d), limit);
+    // Host-located physical memory takes no device memory and is not charged.
+    prop.location.type = CU_MEM_LOCATION_TYPE_HOST;
+    CLIENT_CHECK(d.mem_create(&h, k_vmm_granularity, &prop, 0) == CUDA_SUCCESS);
+    CLIENT_CHECK_EQ(free_now(d), limit);
+    CLIENT_CHECK(d.mem_release(h) == CUDA_SUCCESS);
+  }
+  // Arrays: charged at the driver's memory requirement (rows padded), not the descriptor.
+  {
+    CUDA_ARRAY_DESCRIPTOR a{};
+    a.Width = 100;
+    a.Height = 10;
+    a.Format = CU_AD_FORMAT_FLOAT;
+    a.NumChannels = 1;
+    CUarray arr = nullptr;
+    CLIENT_CHECK(d.array_create(&arr, &a) == CUDA_SUCCESS);
+    CLIENT_CHECK_EQ(free_now(d), limit - k_fake_pitch * 10);
+    CLIENT_CHECK(d.array_destroy(arr) == CUDA_SUCCESS);
+    CLIENT_CHECK_EQ(free_now(d), limit);
+
+    CUDA_ARRAY3D_DESCRIPTOR b{};
+    b.Width = 64;
+    b.Height = 64;
+    b.Depth = 4;
+    b.Format = CU_AD_FORMAT_FLOAT;
+    b.NumChannels = 1;
+    CLIENT_CHECK(d.array3d_create(&arr, &b) == CUDA_SUCCESS);
+    CLIENT_CHECK_EQ(free_now(d), limit - k_fake_pitch * 64 * 4);
+    CLIENT_CHECK(d.array_destroy(arr) == CUDA_SUCCESS);
+
+    CUmipmappedArray mip = nullptr;
+    b.Depth = 0;
+    CLIENT_CHECK(d.mipmap_create(&mip, &b, 3) == CUDA_SUCCESS);
+    CLIENT_CHECK_EQ(free_now(d), limit - k_fake_pitch * (64 + 32 + 16));
+    CLIENT_CHECK(d.mipmap_destroy(mip) == CUDA_SUCCESS);
+    CLIENT_CHECK_EQ(free_now(d), limit);
+
+    b.Width = limit;  // the descriptor alone is over the limit
+    b.Height = 2;
+    CLIENT_CHECK(d.array3d_create(&arr, &b) == CUDA_ERROR_OUT_OF_MEMORY);
+  }
+  CLIENT_CHECK_EQ(free_now(d), limit);
+  check_ledger(limit, 0);
+  return client::finish(k_name);
+}
+
+/// CUDA_VISIBLE_DEVICES reorders devices: ordinal 0 is physical P0, ordinal 1 physical P1.
+/// CUDA_DEVICE_MEMORY_LIMIT_0 follows ordinal 0, whatever its physical index.
+int visible(const driver& d, int p0, int p1) {
+  const std::uint64_t limit = limit_bytes();
+  const std::uint64_t limit0 = client::env_bytes("CUDA_DEVICE_MEMORY_LIMIT_0", 0);
+  CLIENT_REQUIRE(limit0 != 0 && limit0 != limit);
+  CLIENT_REQUIRE(d.init(0) == CUDA_SUCCESS);
+  int count = 0;
+  CLIENT_CHECK(d.device_count(&count) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(count, 2);
+  CUuuid u{};
+  CLIENT_CHECK(d.device_uuid(&u, 0) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(static_cast<unsigned char>(u.bytes[15]), 0xa0u + static_cast<unsigned>(p0));
+  CLIENT_CHECK(d.device_uuid(&u, 1) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(static_cast<unsigned char>(u.bytes[15]), 0xa0u + static_cast<unsigned>(p1));
+  size_t total = 0;
+  CLIENT_CHECK(d.total_mem(&total, 0) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(total, limit0);
+  CLIENT_CHECK(d.total_mem(&total, 1) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(total, limit);
+
+  // Allocations on each ordinal stop at that ordinal's limit.
+  use_device(d, 0);
+  std::vector<CUdeviceptr> on0 = fill(d);
+  CLIENT_CHECK_EQ(on0.size(), limit0 / k_chunk);
+  use_device(d, 1);
+  std::vector<CUdeviceptr> on1 = fill(d);
+  CLIENT_CHECK_EQ(on1.size(), limit / k_chunk);
+  CLIENT_CHECK_EQ(free_now(d), 0u);
+
+  // NVML (physical order) sees the same limits on the same physical devices.
+  CLIENT_CHECK_EQ(nvml_memory(static_cast<unsigned>(p0)).total, limit0);
+  CLIENT_CHECK_EQ(nvml_memory(static_cast<unsigned>(p0)).used, on0.size() * k_chunk);
+  CLIENT_CHECK_EQ(nvml_memory(static_cast<unsigned>(p1)).total, limit);
+  // The ledger is keyed by UUID: the record of P0's UUID holds ordinal 0's limit.
+  if (const char* path = std::getenv("CUDA_DEVICE_MEMORY_SHARED_CACHE")) {
+    auto snap = gpuslice::memory::read_snapshot(path);
+    CLIENT_REQUIRE(snap.ok());
+    char want[64];
+    std::snprintf(want, sizeof want, "GPU-5a1ce000-0000-4000-8000-0000000000a%d", p0);
+    bool found = false;
+    for (const auto& dev : snap->devices) {
+      if (dev.uuid == want) {
+        found = true;
+        CLIENT_CHECK_EQ(dev.limit, limit0);
+        CLIENT_CHECK_EQ(dev.used, on0.size() * k_chunk);
+      }
+    }
+    CLIENT_CHECK(found);
+  }
+  for (CUdeviceptr p : on1) CLIENT_CHECK(d.free(p) == CUDA_SUCCESS);
+  use_device(d, 0);
+  for (CUdeviceptr p : on0) CLIENT_CHECK(d.free(p) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(free_now(d), limit0);
+  return client::finish(k_name);
+}
+
+/// Context memory (FAKE_CUDA_CONTEXT_BYTES) is reconciled from NVML and charged.
+int overhead(const driver& d) {
+  const std::uint64_t limit = limit_bytes();
+  const std::uint64_t ctx = client::env_bytes("FAKE_CUDA_CONTEXT_BYTES", 0);
+  CLIENT_REQUIRE(ctx != 0 && ctx % k_chunk == 0);
+  CLIENT_REQUIRE(d.init(0) == CUDA_SUCCESS);
+  use_device(d, 0);
+  CLIENT_CHECK_EQ(free_now(d), limit - ctx);
+  std::vector<CUdeviceptr> held = fill(d);
+  CLIENT_CHECK_EQ(held.size(), (limit - ctx) / k_chunk);
+  CLIENT_CHECK_EQ(nvml_memory(0).used, limit);
+  for (CUdeviceptr p : held) CLIENT_CHECK(d.free(p) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(free_now(d), limit - ctx);
+  return client::finish(k_name);
+}
+
+/// A configuration or ledger the shim cannot use: every allocation is refused with a log line
+/// naming \p needle (the variable at fault).
+int fail_closed(const driver& d, const char* needle) {
+  CLIENT_REQUIRE(d.init(0) == CUDA_SUCCESS);
+  client::stderr_capture log;
+  use_device(d, 0);
+  CUdeviceptr p = 0;
+  CLIENT_CHECK_EQ(d.alloc(&p, 1), CUDA_ERROR_OUT_OF_MEMORY);
+  CLIENT_CHECK_EQ(d.alloc(&p, k_chunk), CUDA_ERROR_OUT_OF_MEMORY);
+  CUdeviceptr q = 0;
+  CLIENT_CHECK_EQ(d.alloc_managed(&q, k_chunk, CU_MEM_ATTACH_GLOBAL), CUDA_ERROR_OUT_OF_MEMORY);
+  CLIENT_CHECK_EQ(free_now(d), 0u);  // nothing may be allocated, and the view says so
+  const std::string lines = log.take();
+  std::size_t refusals = 0;
+  for (std::size_t at = 0; (at = lines.find(needle, at)) != std::string::npos; ++at) ++refusals;
+  CLIENT_CHECK(refusals >= 3);  // the start-up line and one per refused allocation
+  return client::finish(k_name);
+}
+
+/// ACTIVE_OOM_KILLER=true: a child that goes over the limit is ended with a clear message.
+int oom_killer(const driver& d) {
+  int out[2];
+  CLIENT_REQUIRE(pipe(out) == 0);
+  const pid_t child = fork();
+  CLIENT_REQUIRE(child >= 0);
+  if (child == 0) {
+    dup2(out[1], STDERR_FILENO);
+    if (d.init(0) != CUDA_SUCCESS) _exit(3);
+    use_device(d, 0);
+    fill(d);
+    _exit(0);  // not reached when the shim ends the process
+  }
+  close(out[1]);
+  std::string text;
+  char buf[1024];
+  ssize_t n = 0;
+  while ((n = read(out[0], buf, sizeof buf)) > 0) text.append(buf, static_cast<std::size_t>(n));
+  int status = 0;
+  CLIENT_REQUIRE(waitpid(child, &status, 0) == child);
+  std::fputs(text.c_str(), stderr);
+  CLIENT_CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+  CLIENT_CHECK(text.find("ACTIVE_OOM_KILLER=true: ending process") != std::string::npos);
+  return client::finish(k_name);
+}
+
+/// A lookup that would hand out the uncounted pre-3.2 cuMemAlloc is refused.
+int legacy(const driver& d) {
+  CLIENT_REQUIRE(d.init(0) == CUDA_SUCCESS);
+  constexpr int k_cuda_3_0 = 3000;
+  void* p = nullptr;
+  CUdriverProcAddressQueryResult st{};
+  CLIENT_CHECK_EQ(d.get_proc("cuMemAlloc", &p, k_cuda_3_0, 0, &st), CUDA_ERROR_NOT_FOUND);
+  CLIENT_CHECK(p == nullptr);
+  CLIENT_CHECK_EQ(st, CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT);
+  void* h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  CLIENT_REQUIRE(h != nullptr);
+  CLIENT_CHECK(dlsym(h, "cuMemAlloc") == nullptr);
+  // The current variant is still there, and is the shim's.
+  CLIENT_CHECK_EQ(d.get_proc("cuMemAlloc", &p, client::k_runtime_version, 0, &st), CUDA_SUCCESS);
+  CLIENT_CHECK(p == dlsym(h, "cuMemAlloc_v2"));
+  CLIENT_CHECK(p == dlsym(RTLD_DEFAULT, "cuMemAlloc_v2"));
+  // A name the driver lacks stays missing: never faked.
+  CLIENT_CHECK_EQ(d.get_proc("cuNoSuchEntryPoint", &p, client::k_runtime_version, 0, &st),
+                  CUDA_ERROR_NOT_FOUND);
+  CLIENT_CHECK_EQ(st, CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND);
+  CLIENT_CHECK(dlsym(h, "cuNoSuchEntryPoint") == nullptr);
+  return client::finish(k_name);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const driver d = load();
+  CLIENT_REQUIRE(client::complete(d));
+  const std::string_view mode = argc > 1 ? argv[1] : "quota";
+  if (mode == "quota") return quota(d);
+  if (mode == "visible" && argc == 4) return visible(d, std::atoi(argv[2]), std::atoi(argv[3]));
+  if (mode == "overhead") return overhead(d);
+  if (mode == "bad_config") return fail_closed(d, "CUDA_DEVICE_MEMORY_LIMIT=");
+  if (mode == "bad_ledger") return fail_closed(d, "CUDA_DEVICE_MEMORY_SHARED_CACHE=");
+  if (mode == "oom_killer") return oom_killer(d);
+  if (mode == "legacy") return legacy(d);
+  std::fprintf(stdout, "unknown mode %s\n", argv[1]);
+  return 2;
+}

@@ -1,0 +1,95 @@
+/// \file
+/// Threads allocate and free concurrently under the shim: the ledger total never exceeds the
+/// limit, contention produces refusals (OUT_OF_MEMORY) and successes, and when everything is
+/// freed the quota is whole again. Linked against the fake libcuda.so.1.
+
+#include <atomic>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "client.hpp"
+#include "gpuslice/memory/ledger.hpp"
+
+namespace {
+constexpr int k_threads = 8;
+constexpr int k_operations = 4000;
+constexpr std::size_t k_max_held = 8;
+constexpr std::uint64_t k_min_size = std::uint64_t{64} << 10;
+constexpr std::uint64_t k_max_size = std::uint64_t{4} << 20;
+}  // namespace
+
+int main() {
+  const char* path = std::getenv("CUDA_DEVICE_MEMORY_SHARED_CACHE");
+  CLIENT_REQUIRE(path != nullptr);
+  const std::uint64_t limit = client::env_bytes("CUDA_DEVICE_MEMORY_LIMIT", 0);
+  CLIENT_REQUIRE(cuInit(0) == CUDA_SUCCESS);
+  CUcontext ctx = nullptr;
+  CLIENT_REQUIRE(cuDevicePrimaryCtxRetain(&ctx, 0) == CUDA_SUCCESS);
+
+  std::atomic<bool> done{false};
+  std::atomic<std::uint64_t> peak{0};
+  std::atomic<long> ok{0}, refused{0}, other{0};
+  std::thread watcher([&] {
+    while (!done.load()) {
+      auto snap = gpuslice::memory::read_snapshot(path);
+      if (snap.ok() && !snap->devices.empty()) {
+        const std::uint64_t seen = snap->devices[0].used;
+        std::uint64_t prev = peak.load();
+        while (seen > prev && !peak.compare_exchange_weak(prev, seen)) {
+        }
+      }
+    }
+  });
+  std::vector<std::thread> workers;
+  for (int t = 0; t < k_threads; ++t) {
+    workers.emplace_back([&, t] {
+      if (cuCtxSetCurrent(ctx) != CUDA_SUCCESS) {
+        other.fetch_add(1);
+        return;
+      }
+      std::mt19937_64 rng(static_cast<std::uint64_t>(t) + 1);
+      std::uniform_int_distribution<std::uint64_t> size(k_min_size, k_max_size);
+      std::vector<CUdeviceptr> held;
+      for (int i = 0; i < k_operations; ++i) {
+        if (held.size() == k_max_held || (!held.empty() && rng() % 2 == 0)) {
+          const std::size_t at = rng() % held.size();
+          if (cuMemFree_v2(held[at]) != CUDA_SUCCESS) other.fetch_add(1);
+          held.erase(held.begin() + static_cast<std::ptrdiff_t>(at));
+          continue;
+        }
+        CUdeviceptr p = 0;
+        const CUresult r = cuMemAlloc_v2(&p, size(rng));
+        if (r == CUDA_SUCCESS) {
+          held.push_back(p);
+          ok.fetch_add(1);
+        } else if (r == CUDA_ERROR_OUT_OF_MEMORY) {
+          refused.fetch_add(1);
+        } else {
+          other.fetch_add(1);
+        }
+      }
+      for (CUdeviceptr p : held) {
+        if (cuMemFree_v2(p) != CUDA_SUCCESS) other.fetch_add(1);
+      }
+    });
+  }
+  for (std::thread& w : workers) w.join();
+  done.store(true);
+  watcher.join();
+
+  std::printf("allocations %ld, refusals %ld, peak %llu of %llu bytes\n", ok.load(), refused.load(),
+              static_cast<unsigned long long>(peak.load()), static_cast<unsigned long long>(limit));
+  CLIENT_CHECK(peak.load() <= limit);
+  CLIENT_CHECK(ok.load() > 0);
+  CLIENT_CHECK(refused.load() > 0);
+  CLIENT_CHECK_EQ(other.load(), 0);
+  auto snap = gpuslice::memory::read_snapshot(path);
+  CLIENT_REQUIRE(snap.ok());
+  CLIENT_CHECK_EQ(snap->devices[0].used, 0u);
+  CLIENT_REQUIRE(cuCtxSetCurrent(ctx) == CUDA_SUCCESS);
+  size_t free_b = 0, total_b = 0;
+  CLIENT_CHECK(cuMemGetInfo_v2(&free_b, &total_b) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(free_b, limit);
+  return client::finish("client_storm");
+}

@@ -1,0 +1,1183 @@
+/// \file
+/// A test double of the CUDA driver, built as libcuda.so.1, so the shim runs end to end without
+/// a GPU. Device memory is host memory (anonymous mappings) with a configurable total per
+/// device; contexts, streams with worker threads that "run" kernels for configurable durations,
+/// events, memory pools, VMM handles, arrays and a real cuGetProcAddress are modelled closely
+/// enough that the shim cannot tell it from the driver for what it uses.
+///
+/// Environment of the fake (read once, at cuInit):
+///   FAKE_CUDA_DEVICES          physical devices, 1..4 (default 1)
+///   FAKE_CUDA_MEMORY[_<p>]     total bytes of every (or physical) device, quantity grammar
+///                              (default 1Gi)
+///   FAKE_CUDA_CONTEXT_BYTES    device memory a context takes when created (default 0)
+///   FAKE_CUDA_KERNEL_US        duration of a launched kernel in microseconds (default 100)
+///   CUDA_VISIBLE_DEVICES       honoured like the driver: indices or UUID prefixes, any order
+///
+/// Each process has its own fake devices (nothing is shared between processes): the ledger, not
+/// the fake, is what processes share. Internal calls never go through the exported names, so an
+/// interposer sees each application call exactly once, as with the real driver.
+
+#include <cuda.h>
+#include <pthread.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "fake_driver.hpp"
+#include "gpuslice/quantity.hpp"
+
+#define FAKE_EXPORT extern "C" __attribute__((visibility("default")))
+
+// cuda.h maps these names to their current variants; the fake defines the old ones too.
+#undef cuGetProcAddress
+#undef cuMemAlloc
+
+// Opaque driver handles, defined here as the fake's own objects.
+struct CUstream_st;
+struct CUevent_st {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool recorded = false;
+  bool done = true;
+  std::chrono::steady_clock::time_point when{};
+};
+struct CUmod_st {
+  int unused = 0;
+};
+struct CUfunc_st {
+  std::string name;
+};
+struct CUarray_st {
+  int physical = 0;
+  std::uint64_t bytes = 0;
+  void* mem = nullptr;
+};
+struct CUmipmappedArray_st {
+  int physical = 0;
+  std::uint64_t bytes = 0;
+  void* mem = nullptr;
+};
+struct CUmemPoolHandle_st {
+  int physical = 0;
+  bool is_default = false;
+};
+struct CUctx_st {
+  int ordinal = 0;
+  int physical = 0;
+  bool primary = false;
+  int refs = 0;
+  CUstream_st* default_stream = nullptr;
+};
+
+/// A stream: a FIFO of work run by one worker thread.
+struct CUstream_st {
+  struct work {
+    std::uint64_t kernel_us = 0;  ///< 0 = an event marker
+    CUevent_st* event = nullptr;
+  };
+  int physical = 0;
+  CUctx_st* ctx = nullptr;
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<work> queue;
+  std::uint64_t pending = 0;
+  bool stop = false;
+  std::thread worker;
+};
+
+namespace {
+
+constexpr int k_max_fake_devices = 4;
+constexpr std::uint64_t k_default_total = std::uint64_t{1} << 30;
+constexpr int k_driver_version = 13000;
+/// VMM granularity of the fake, as a real GPU reports for pinned device memory (2 MiB).
+constexpr std::size_t k_vmm_granularity = std::size_t{2} << 20;
+/// Pitch alignment of cuMemAllocPitch and array size alignment (bytes).
+constexpr std::size_t k_pitch_alignment = 512;
+constexpr std::uint64_t k_default_kernel_us = 100;
+/// cuMemAllocPitch accepts these element sizes, as the driver does.
+constexpr unsigned k_pitch_elements[] = {4, 8, 16};
+
+struct device {
+  std::uint64_t total = k_default_total;
+  std::atomic<std::uint64_t> used{0};
+  std::atomic<std::uint64_t> busy_us{0};
+  unsigned char uuid[16] = {};
+};
+
+struct allocation {
+  int physical = 0;
+  std::uint64_t bytes = 0;
+  std::uint64_t mapped = 0;
+};
+
+struct driver_state {
+  std::mutex mu;
+  bool initialised = false;
+  int physical_count = 1;
+  device devs[k_max_fake_devices];
+  int visible[k_max_fake_devices] = {};
+  int visible_count = 0;
+  std::uint64_t context_bytes = 0;
+  std::uint64_t kernel_us = k_default_kernel_us;
+  std::map<std::uintptr_t, allocation> allocs;
+  std::map<CUmemGenericAllocationHandle, allocation> handles;
+  CUmemGenericAllocationHandle next_handle = 1;
+  CUctx_st* primary[k_max_fake_devices] = {};
+  CUmemPoolHandle_st default_pool[k_max_fake_devices];
+};
+
+/// The driver's state; never destroyed (worker threads may outlive exit).
+driver_state*& state_ptr() {
+  static driver_state* s = new driver_state;
+  return s;
+}
+driver_state& st() { return *state_ptr(); }
+
+thread_local std::vector<CUctx_st*> t_ctx_stack;
+
+/// After fork the child starts with a fresh, uninitialised driver, as a CUDA child must call
+/// cuInit again and cannot use the parent's contexts. The parent's state stays reachable.
+driver_state* g_parent_state = nullptr;
+void reset_in_child() {
+  g_parent_state = state_ptr();
+  state_ptr() = new driver_state;
+  t_ctx_stack.clear();
+}
+
+CUctx_st* current() { return t_ctx_stack.empty() ? nullptr : t_ctx_stack.back(); }
+
+std::uint64_t env_bytes(const char* name, std::uint64_t fallback) {
+  const char* v = std::getenv(name);
+  if (v == nullptr) return fallback;
+  auto b = gpuslice::parse_bytes(v);
+  if (!b) {
+    std::fprintf(stderr, "fake libcuda: %s: %s\n", name, b.message().c_str());
+    std::abort();
+  }
+  return *b;
+}
+
+void make_uuid(int p, unsigned char out[16]) {
+  // Fixed, distinct and recognisable: 5a1ce000-0000-4000-8000-0000000000<p>.
+  static constexpr unsigned char k_base[16] = {0x5a, 0x1c, 0xe0, 0x00, 0x00, 0x00, 0x40, 0x00,
+                                               0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00};
+  std::memcpy(out, k_base, 16);
+  out[15] = static_cast<unsigned char>(0xa0 + p);
+}
+
+std::string uuid_string(const unsigned char u[16]) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf,
+                "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0],
+                u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13],
+                u[14], u[15]);
+  return buf;
+}
+
+/// Applies CUDA_VISIBLE_DEVICES the way the driver does: a comma list of indices or UUID
+/// prefixes; the list stops at the first invalid or repeated entry.
+void parse_visible(driver_state& s) {
+  s.visible_count = 0;
+  const char* v = std::getenv("CUDA_VISIBLE_DEVICES");
+  if (v == nullptr) {
+    for (int p = 0; p < s.physical_count; ++p) s.visible[s.visible_count++] = p;
+    return;
+  }
+  std::string_view rest(v);
+  while (!rest.empty() && s.visible_count < k_max_fake_devices) {
+    const auto comma = rest.find(',');
+    std::string_view item = rest.substr(0, comma);
+    rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(comma + 1);
+    int found = -1;
+    if (!item.empty() &&
+        std::all_of(item.begin(), item.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+      const int idx = std::atoi(std::string(item).c_str());
+      if (idx < s.physical_count) found = idx;
+    } else if (item.rfind("GPU-", 0) == 0) {
+      for (int p = 0; p < s.physical_count; ++p) {
+        if (uuid_string(s.devs[p].uuid).rfind(item, 0) == 0) found = p;
+      }
+    }
+    if (found < 0) break;
+    if (std::find(s.visible, s.visible + s.visible_count, found) != s.visible + s.visible_count) {
+      break;
+    }
+    s.visible[s.visible_count++] = found;
+  }
+}
+
+bool take(int p, std::uint64_t bytes) {
+  device& d = st().devs[p];
+  std::uint64_t used = d.used.load();
+  do {
+    if (bytes > d.total - used) return false;
+  } while (!d.used.compare_exchange_weak(used, used + bytes));
+  return true;
+}
+
+void give(int p, std::uint64_t bytes) { st().devs[p].used.fetch_sub(bytes); }
+
+void* map_bytes(std::uint64_t bytes) {
+  void* m = mmap(nullptr, std::max<std::uint64_t>(bytes, 1), PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  return m == MAP_FAILED ? nullptr : m;
+}
+
+std::size_t round_up(std::size_t n, std::size_t a) { return (n + a - 1) / a * a; }
+
+CUresult check_init() { return st().initialised ? CUDA_SUCCESS : CUDA_ERROR_NOT_INITIALIZED; }
+
+CUresult check_ordinal(CUdevice dev) {
+  if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
+  return dev >= 0 && dev < st().visible_count ? CUDA_SUCCESS : CUDA_ERROR_INVALID_DEVICE;
+}
+
+// ---- streams -------------------------------------------------------------------------------
+
+void stream_loop(CUstream_st* s) {
+  std::unique_lock<std::mutex> lock(s->mu);
+  for (;;) {
+    s->cv.wait(lock, [&] { return s->stop || !s->queue.empty(); });
+    if (s->queue.empty()) return;
+    CUstream_st::work w = s->queue.front();
+    s->queue.pop_front();
+    lock.unlock();
+    if (w.kernel_us != 0) {
+      std::this_thread::sleep_for(std::chrono::microseconds(w.kernel_us));
+      st().devs[s->physical].busy_us.fetch_add(w.kernel_us);
+    }
+    if (w.event != nullptr) {
+      std::lock_guard<std::mutex> el(w.event->mu);
+      w.event->when = std::chrono::steady_clock::now();
+      w.event->done = true;
+      w.event->cv.notify_all();
+    }
+    lock.lock();
+    --s->pending;
+    s->cv.notify_all();
+  }
+}
+
+CUstream_st* new_stream(CUctx_st* ctx) {
+  auto* s = new CUstream_st;
+  s->ctx = ctx;
+  s->physical = ctx->physical;
+  s->worker = std::thread(stream_loop, s);
+  return s;
+}
+
+void delete_stream(CUstream_st* s) {
+  {
+    std::lock_guard<std::mutex> lock(s->mu);
+    s->stop = true;
+    s->cv.notify_all();
+  }
+  s->worker.join();
+  delete s;
+}
+
+/// The stream a handle names: the context's default stream for 0, CU_STREAM_LEGACY and
+/// CU_STREAM_PER_THREAD (the fake does not distinguish the two default streams).
+CUstream_st* resolve(CUstream h) {
+  if (h != nullptr && h != CU_STREAM_LEGACY && h != CU_STREAM_PER_THREAD) return h;
+  CUctx_st* c = current();
+  if (c == nullptr) return nullptr;
+  std::lock_guard<std::mutex> lock(st().mu);
+  if (c->default_stream == nullptr) c->default_stream = new_stream(c);
+  return c->default_stream;
+}
+
+void enqueue(CUstream_st* s, CUstream_st::work w) {
+  std::lock_guard<std::mutex> lock(s->mu);
+  s->queue.push_back(w);
+  ++s->pending;
+  s->cv.notify_all();
+}
+
+void drain(CUstream_st* s) {
+  std::unique_lock<std::mutex> lock(s->mu);
+  s->cv.wait(lock, [&] { return s->pending == 0; });
+}
+
+// ---- allocations ---------------------------------------------------------------------------
+
+CUresult alloc_on(int physical, std::uint64_t bytes, CUdeviceptr* out) {
+  if (out == nullptr || bytes == 0) return CUDA_ERROR_INVALID_VALUE;
+  if (!take(physical, bytes)) return CUDA_ERROR_OUT_OF_MEMORY;
+  void* m = map_bytes(bytes);
+  if (m == nullptr) {
+    give(physical, bytes);
+    return CUDA_ERROR_OUT_OF_MEMORY;
+  }
+  std::lock_guard<std::mutex> lock(st().mu);
+  st().allocs[reinterpret_cast<std::uintptr_t>(m)] = allocation{physical, bytes, bytes};
+  *out = reinterpret_cast<CUdeviceptr>(m);
+  return CUDA_SUCCESS;
+}
+
+CUresult free_ptr(CUdeviceptr p) {
+  allocation a;
+  {
+    std::lock_guard<std::mutex> lock(st().mu);
+    auto it = st().allocs.find(static_cast<std::uintptr_t>(p));
+    if (it == st().allocs.end()) return CUDA_ERROR_INVALID_VALUE;
+    a = it->second;
+    st().allocs.erase(it);
+  }
+  munmap(reinterpret_cast<void*>(p), std::max<std::uint64_t>(a.mapped, 1));
+  give(a.physical, a.bytes);
+  return CUDA_SUCCESS;
+}
+
+CUresult ctx_physical(int* physical) {
+  if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
+  CUctx_st* c = current();
+  if (c == nullptr) return CUDA_ERROR_INVALID_CONTEXT;
+  *physical = c->physical;
+  return CUDA_SUCCESS;
+}
+
+std::uint64_t format_bytes(CUarray_format f) {
+  switch (f) {
+    case CU_AD_FORMAT_UNSIGNED_INT8:
+    case CU_AD_FORMAT_SIGNED_INT8:
+      return 1;
+    case CU_AD_FORMAT_UNSIGNED_INT16:
+    case CU_AD_FORMAT_SIGNED_INT16:
+    case CU_AD_FORMAT_HALF:
+      return 2;
+    case CU_AD_FORMAT_UNSIGNED_INT32:
+    case CU_AD_FORMAT_SIGNED_INT32:
+    case CU_AD_FORMAT_FLOAT:
+      return 4;
+    default:
+      return 0;
+  }
+}
+
+/// Bytes an array takes: rows padded to the pitch alignment, as the driver pads them.
+std::uint64_t array_bytes(std::size_t w, std::size_t h, std::size_t d, CUarray_format f,
+                          unsigned channels) {
+  const std::uint64_t elem = format_bytes(f) * channels;
+  return round_up(w * elem, k_pitch_alignment) * std::max<std::size_t>(h, 1) *
+         std::max<std::size_t>(d, 1);
+}
+
+CUresult ctx_create(int ordinal, bool primary, CUctx_st** out) {
+  const int p = st().visible[ordinal];
+  if (!take(p, st().context_bytes)) return CUDA_ERROR_OUT_OF_MEMORY;
+  auto* c = new CUctx_st;
+  c->ordinal = ordinal;
+  c->physical = p;
+  c->primary = primary;
+  c->refs = 1;
+  *out = c;
+  return CUDA_SUCCESS;
+}
+
+void ctx_destroy(CUctx_st* c) {
+  if (c->default_stream != nullptr) delete_stream(c->default_stream);
+  give(c->physical, st().context_bytes);
+  delete c;
+}
+
+}  // namespace
+
+// ---- initialisation, devices -------------------------------------------------------------------
+
+FAKE_EXPORT CUresult cuInit(unsigned int flags) {
+  if (flags != 0) return CUDA_ERROR_INVALID_VALUE;
+  driver_state& s = st();
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (s.initialised) return CUDA_SUCCESS;
+  static std::once_flag at_fork;
+  std::call_once(at_fork, [] { pthread_atfork(nullptr, nullptr, reset_in_child); });
+  if (const char* n = std::getenv("FAKE_CUDA_DEVICES")) {
+    s.physical_count = std::atoi(n);
+    if (s.physical_count < 1 || s.physical_count > k_max_fake_devices) {
+      std::fprintf(stderr, "fake libcuda: FAKE_CUDA_DEVICES=%s: expected 1..4\n", n);
+      std::abort();
+    }
+  }
+  const std::uint64_t total = env_bytes("FAKE_CUDA_MEMORY", k_default_total);
+  for (int p = 0; p < s.physical_count; ++p) {
+    const std::string name = "FAKE_CUDA_MEMORY_" + std::to_string(p);
+    s.devs[p].total = env_bytes(name.c_str(), total);
+    make_uuid(p, s.devs[p].uuid);
+    s.default_pool[p].physical = p;
+    s.default_pool[p].is_default = true;
+  }
+  s.context_bytes = env_bytes("FAKE_CUDA_CONTEXT_BYTES", 0);
+  if (const char* k = std::getenv("FAKE_CUDA_KERNEL_US"))
+    s.kernel_us = std::strtoull(k, nullptr, 10);
+  parse_visible(s);
+  s.initialised = true;
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuDriverGetVersion(int* v) {
+  if (v == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  *v = k_driver_version;
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuDeviceGetCount(int* count) {
+  if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
+  if (count == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  *count = st().visible_count;
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuDeviceGet(CUdevice* dev, int ordinal) {
+  if (CUresult r = check_ordinal(ordinal); r != CUDA_SUCCESS) return r;
+  if (dev == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  *dev = ordinal;
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuDeviceGetName(char* name, int len, CUdevice dev) {
+  if (CUresult r = check_ordinal(dev); r != CUDA_SUCCESS) return r;
+  if (name == nullptr || len <= 0) return CUDA_ERROR_INVALID_VALUE;
+  std::snprintf(name, static_cast<std::size_t>(len), "Fake GPU %d", st().visible[dev]);
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuDeviceGetUuid_v2(CUuuid* uuid, CUdevice dev) {
+  if (CUresult r = check_ordinal(dev); r != CUDA_SUCCESS) return r;
+  if (uuid == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  std::memcpy(uuid->bytes, st().devs[st().visible[dev]].uuid, sizeof uuid->bytes);
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuDeviceTotalMem_v2(size_t* bytes, CUdevice dev) {
+  if (CUresult r = check_ordinal(dev); r != CUDA_SUCCESS) return r;
+  if (bytes == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  *bytes = st().devs[st().visible[dev]].total;
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuDeviceGetAttribute(int* value, CUdevice_attribute attr, CUdevice dev) {
+  if (CUresult r = check_ordinal(dev); r != CUDA_SUCCESS) return r;
+  if (value == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  constexpr int k_fake_sm_count = 8;
+  switch (attr) {
+    case CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT:
+      *value = k_fake_sm_count;
+      return CUDA_SUCCESS;
+    case CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED:
+    case CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED:
+    case CU_DEVICE_ATTRIBUTE_MANAGED_MEMORY:
+    case CU_DEVICE_ATTRIBUTE_UNIFIED_ADDRESSING:
+      *value = 1;
+      return CUDA_SUCCESS;
+    case CU_DEVICE_ATTRIBUTE_TEXTURE_PITCH_ALIGNMENT:
+      *value = static_cast<int>(k_pitch_alignment);
+      return CUDA_SUCCESS;
+    default:
+      *value = 0;
+      return CUDA_SUCCESS;
+  }
+}
+
+// ---- contexts --------------------------------------------------------------------------------
+
+FAKE_EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext* pctx, CUdevice dev) {
+  if (CUresult r = check_ordinal(dev); r != CUDA_SUCCESS) return r;
+  if (pctx == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  std::lock_guard<std::mutex> lock(st().mu);
+  CUctx_st*& prim = st().primary[dev];
+  if (prim != nullptr) {
+    ++prim->refs;
+  } else if (CUresult r = ctx_create(dev, true, &prim); r != CUDA_SUCCESS) {
+    return r;
+  }
+  *pctx = prim;
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev) {
+  if (CUresult r = check_ordinal(dev); r != CUDA_SUCCESS) return r;
+  CUctx_st* dead = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(st().mu);
+    CUctx_st*& prim = st().primary[dev];
+    if (prim == nullptr) return CUDA_ERROR_INVALID_CONTEXT;
+    if (--prim->refs == 0) std::swap(dead, prim);
+  }
+  if (dead != nullptr) ctx_destroy(dead);
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuCtxCreate_v4(CUcontext* pctx, CUctxCreateParams* params, unsigned int flags,
+                                    CUdevice dev) {
+  (void)params;
+  (void)flags;
+  if (CUresult r = check_ordinal(dev); r != CUDA_SUCCESS) return r;
+  if (pctx == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  CUctx_st* c = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(st().mu);
+    if (CUresult r = ctx_create(dev, false, &c); r != CUDA_SUCCESS) return r;
+  }
+  t_ctx_stack.push_back(c);
+  *pctx = c;
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuCtxDestroy_v2(CUcontext ctx) {
+  if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
+  if (ctx == nullptr || ctx->primary) return CUDA_ERROR_INVALID_CONTEXT;
+  t_ctx_stack.erase(std::remove(t_ctx_stack.begin(), t_ctx_stack.end(), ctx), t_ctx_stack.end());
+  ctx_destroy(ctx);
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuCtxSetCurrent(CUcontext ctx) {
+  if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
+  if (!t_ctx_stack.empty()) t_ctx_stack.pop_back();
+  if (ctx != nullptr) t_ctx_stack.push_back(ctx);
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuCtxGetCurrent(CUcontext* pctx) {
+  if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
+  if (pctx == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  *pctx = current();
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuCtxPushCurrent_v2(CUcontext ctx) {
+  if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
+  if (ctx == nullptr) return CUDA_ERROR_INVALID_CONTEXT;
+  t_ctx_stack.push_back(ctx);
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuCtxPopCurrent_v2(CUcontext* pctx) {
+  if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
+  if (t_ctx_stack.empty()) return CUDA_ERROR_INVALID_CONTEXT;
+  if (pctx != nullptr) *pctx = t_ctx_stack.back();
+  t_ctx_stack.pop_back();
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuCtxGetDevice(CUdevice* dev) {
+  if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
+  if (dev == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  CUctx_st* c = current();
+  if (c == nullptr) return CUDA_ERROR_INVALID_CONTEXT;
+  *dev = c->ordinal;
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuCtxSynchronize() {
+  CUctx_st* c = current();
+  if (c == nullptr) return CUDA_ERROR_INVALID_CONTEXT;
+  if (c->default_stream != nullptr) drain(c->default_stream);
+  return CUDA_SUCCESS;
+}
+
+// ---- memory ----------------------------------------------------------------------------------
+
+FAKE_EXPORT CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total_bytes) {
+  int p = 0;
+  if (CUresult r = ctx_physical(&p); r != CUDA_SUCCESS) return r;
+  if (free_bytes == nullptr || total_bytes == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  const device& d = st().devs[p];
+  *total_bytes = d.total;
+  *free_bytes = d.total - d.used.load();
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr* dptr, size_t bytes) {
+  int p = 0;
+  if (CUresult r = ctx_physical(&p); r != CUDA_SUCCESS) return r;
+  return alloc_on(p, bytes, dptr);
+}
+
+/// The pre-3.2 cuMemAlloc with 32-bit device pointers, which real drivers still export.
+FAKE_EXPORT CUresult cuMemAlloc(unsigned int* dptr, unsigned int bytes) {
+  int p = 0;
+  if (CUresult r = ctx_physical(&p); r != CUDA_SUCCESS) return r;
+  if (dptr == nullptr || bytes == 0) return CUDA_ERROR_INVALID_VALUE;
+  if (!take(p, bytes)) return CUDA_ERROR_OUT_OF_MEMORY;
+  void* m = mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_32BIT, -1, 0);
+  if (m == MAP_FAILED) {
+    give(p, bytes);
+    return CUDA_ERROR_OUT_OF_MEMORY;
+  }
+  std::lock_guard<std::mutex> lock(st().mu);
+  st().allocs[reinterpret_cast<std::uintptr_t>(m)] = allocation{p, bytes, bytes};
+  *dptr = static_cast<unsigned int>(reinterpret_cast<std::uintptr_t>(m));
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr* dptr, size_t* pitch, size_t width,
+                                        size_t height, unsigned int element_bytes) {
+  int p = 0;
+  if (CUresult r = ctx_physical(&p); r != CUDA_SUCCESS) return r;
+  if (pitch == nullptr || width == 0 || height == 0 ||
+      std::find(std::begin(k_pitch_elements), std::end(k_pitch_elements), element_bytes) ==
+          std::end(k_pitch_elements)) {
+    return CUDA_ERROR_INVALID_VALUE;
+  }
+  const std::size_t row = round_up(width, k_pitch_alignment);
+  CUresult r = alloc_on(p, row * height, dptr);
+  if (r == CUDA_SUCCESS) *pitch = row;
+  return r;
+}
+
+FAKE_EXPORT CUresult cuMemAllocManaged(CUdeviceptr* dptr, size_t bytes, unsigned int flags) {
+  int p = 0;
+  if (CUresult r = ctx_physical(&p); r != CUDA_SUCCESS) return r;
+  if (flags != CU_MEM_ATTACH_GLOBAL && flags != CU_MEM_ATTACH_HOST) return CUDA_ERROR_INVALID_VALUE;
+  return alloc_on(p, bytes, dptr);
+}
+
+FAKE_EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr) {
+  if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
+  if (dptr == 0) return CUDA_SUCCESS;
+  return free_ptr(dptr);
+}
+
+FAKE_EXPORT CUresult cuMemGetAddressRange_v2(CUdeviceptr* base, size_t* size, CUdeviceptr dptr) {
+  if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
+  std::lock_guard<std::mutex> lock(st().mu);
+  auto it = st().allocs.upper_bound(static_cast<std::uintptr_t>(dptr));
+  if (it == st().allocs.begin()) return CUDA_ERROR_NOT_FOUND;
+  --it;
+  if (dptr >= it->first + it->second.bytes) return CUDA_ERROR_NOT_FOUND;
+  if (base != nullptr) *base = it->first;
+  if (size != nullptr) *size = it->second.bytes;
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void* src, size_t n) {
+  if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
+  std::memcpy(reinterpret_cast<void*>(dst), src, n);
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t n) {
+  if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
+  std::memcpy(dst, reinterpret_cast<const void*>(src), n);
+  return CUDA_SUCCESS;
+}
+
+namespace {
+CUresult stream_physical(CUstream h, int* p) {
+  if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
+  CUstream_st* s = resolve(h);
+  if (s == nullptr) return CUDA_ERROR_INVALID_CONTEXT;
+  *p = s->physical;
+  return CUDA_SUCCESS;
+}
+CUresult alloc_async(CUdeviceptr* dptr, size_t bytes, CUstream h) {
+  int p = 0;
+  if (CUresult r = stream_physical(h, &p); r != CUDA_SUCCESS) return r;
+  return alloc_on(p, bytes, dptr);
+}
+CUresult alloc_pool_async(CUdeviceptr* dptr, size_t bytes, CUmemoryPool pool, CUstream h) {
+  if (pool == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  int p = 0;
+  if (CUresult r = stream_physical(h, &p); r != CUDA_SUCCESS) return r;
+  return alloc_on(pool->physical, bytes, dptr);
+}
+CUresult free_async(CUdeviceptr dptr, CUstream h) {
+  int p = 0;
+  if (CUresult r = stream_physical(h, &p); r != CUDA_SUCCESS) return r;
+  return free_ptr(dptr);
+}
+}  // namespace
+
+FAKE_EXPORT CUresult cuMemAllocAsync(CUdeviceptr* d, size_t n, CUstream s) {
+  return alloc_async(d, n, s);
+}
+FAKE_EXPORT CUresult cuMemAllocAsync_ptsz(CUdeviceptr* d, size_t n, CUstream s) {
+  return alloc_async(d, n, s);
+}
+FAKE_EXPORT CUresult cuMemAllocFromPoolAsync(CUdeviceptr* d, size_t n, CUmemoryPool pool,
+                                             CUstream s) {
+  return alloc_pool_async(d, n, pool, s);
+}
+FAKE_EXPORT CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr* d, size_t n, CUmemoryPool pool,
+                                                  CUstream s) {
+  return alloc_pool_async(d, n, pool, s);
+}
+FAKE_EXPORT CUresult cuMemFreeAsync(CUdeviceptr d, CUstream s) { return free_async(d, s); }
+FAKE_EXPORT CUresult cuMemFreeAsync_ptsz(CUdeviceptr d, CUstream s) { return free_async(d, s); }
+
+FAKE_EXPORT CUresult cuDeviceGetDefaultMemPool(CUmemoryPool* pool, CUdevice dev) {
+  if (CUresult r = check_ordinal(dev); r != CUDA_SUCCESS) return r;
+  if (pool == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  *pool = &st().default_pool[st().visible[dev]];
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuMemPoolCreate(CUmemoryPool* pool, const CUmemPoolProps* props) {
+  if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
+  if (pool == nullptr || props == nullptr || props->location.type != CU_MEM_LOCATION_TYPE_DEVICE ||
+      props->location.id < 0 || props->location.id >= st().visible_count) {
+    return CUDA_ERROR_INVALID_VALUE;
+  }
+  auto* p = new CUmemPoolHandle_st;
+  p->physical = st().visible[props->location.id];
+  *pool = p;
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuMemPoolDestroy(CUmemoryPool pool) {
+  if (pool == nullptr || pool->is_default) return CUDA_ERROR_INVALID_VALUE;
+  delete pool;
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuMemGetAllocationGranularity(size_t* g, const CUmemAllocationProp* prop,
+                                                   CUmemAllocationGranularity_flags) {
+  if (g == nullptr || prop == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  *g = k_vmm_granularity;
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle* handle, size_t size,
+                                 const CUmemAllocationProp* prop, unsigned long long flags) {
+  if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
+  if (handle == nullptr || prop == nullptr || flags != 0 || size == 0 ||
+      size % k_vmm_granularity != 0 || prop->type != CU_MEM_ALLOCATION_TYPE_PINNED) {
+    return CUDA_ERROR_INVALID_VALUE;
+  }
+  if (prop->location.type != CU_MEM_LOCATION_TYPE_DEVICE) {
+    // Host-located physical memory: takes no device memory.
+    std::lock_guard<std::mutex> lock(st().mu);
+    *handle = st().next_handle++;
+    st().handles[*handle] = allocation{-1, size, 0};
+    return CUDA_SUCCESS;
+  }
+  if (prop->location.id < 0 || prop->location.id >= st().visible_count) {
+    return CUDA_ERROR_INVALID_DEVICE;
+  }
+  const int p = st().visible[prop->location.id];
+  if (!take(p, size)) return CUDA_ERROR_OUT_OF_MEMORY;
+  std::lock_guard<std::mutex> lock(st().mu);
+  *handle = st().next_handle++;
+  st().handles[*handle] = allocation{p, size, 0};
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuMemRelease(CUmemGenericAllocationHandle handle) {
+  if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
+  allocation a;
+  {
+    std::lock_guard<std::mutex> lock(st().mu);
+    auto it = st().handles.find(handle);
+    if (it == st().handles.end()) return CUDA_ERROR_INVALID_VALUE;
+    a = it->second;
+    st().handles.erase(it);
+  }
+  if (a.physical >= 0) give(a.physical, a.bytes);
+  return CUDA_SUCCESS;
+}
+
+// ---- arrays --------------------------------------------------------------------------------
+
+namespace {
+template <class Handle>
+CUresult make_array(Handle* out, std::uint64_t bytes) {
+  int p = 0;
+  if (CUresult r = ctx_physical(&p); r != CUDA_SUCCESS) return r;
+  if (out == nullptr || bytes == 0) return CUDA_ERROR_INVALID_VALUE;
+  if (!take(p, bytes)) return CUDA_ERROR_OUT_OF_MEMORY;
+  using object = std::remove_pointer_t<Handle>;
+  auto* a = new object;
+  a->physical = p;
+  a->bytes = bytes;
+  *out = a;
+  return CUDA_SUCCESS;
+}
+template <class Handle>
+CUresult destroy_array(Handle a) {
+  if (a == nullptr) return CUDA_ERROR_INVALID_HANDLE;
+  give(a->physical, a->bytes);
+  delete a;
+  return CUDA_SUCCESS;
+}
+template <class Handle>
+CUresult array_requirements(CUDA_ARRAY_MEMORY_REQUIREMENTS* req, Handle a, CUdevice dev) {
+  if (CUresult r = check_ordinal(dev); r != CUDA_SUCCESS) return r;
+  if (req == nullptr || a == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  std::memset(req, 0, sizeof *req);
+  req->size = a->bytes;
+  req->alignment = k_pitch_alignment;
+  return CUDA_SUCCESS;
+}
+}  // namespace
+
+FAKE_EXPORT CUresult cuArrayCreate_v2(CUarray* out, const CUDA_ARRAY_DESCRIPTOR* d) {
+  if (d == nullptr || format_bytes(d->Format) == 0 || d->NumChannels == 0) {
+    return CUDA_ERROR_INVALID_VALUE;
+  }
+  return make_array(out, array_bytes(d->Width, d->Height, 1, d->Format, d->NumChannels));
+}
+
+FAKE_EXPORT CUresult cuArray3DCreate_v2(CUarray* out, const CUDA_ARRAY3D_DESCRIPTOR* d) {
+  if (d == nullptr || format_bytes(d->Format) == 0 || d->NumChannels == 0) {
+    return CUDA_ERROR_INVALID_VALUE;
+  }
+  return make_array(out, array_bytes(d->Width, d->Height, d->Depth, d->Format, d->NumChannels));
+}
+
+FAKE_EXPORT CUresult cuArrayDestroy(CUarray a) { return destroy_array(a); }
+
+FAKE_EXPORT CUresult cuArrayGetMemoryRequirements(CUDA_ARRAY_MEMORY_REQUIREMENTS* req, CUarray a,
+                                                  CUdevice dev) {
+  return array_requirements(req, a, dev);
+}
+
+FAKE_EXPORT CUresult cuMipmappedArrayCreate(CUmipmappedArray* out, const CUDA_ARRAY3D_DESCRIPTOR* d,
+                                            unsigned int levels) {
+  if (d == nullptr || format_bytes(d->Format) == 0 || d->NumChannels == 0 || levels == 0) {
+    return CUDA_ERROR_INVALID_VALUE;
+  }
+  std::uint64_t bytes = 0;
+  std::size_t w = d->Width, h = d->Height, z = d->Depth;
+  for (unsigned l = 0; l < levels; ++l) {
+    bytes += array_bytes(w, h, z, d->Format, d->NumChannels);
+    w = std::max<std::size_t>(w / 2, 1);
+    h = h == 0 ? 0 : std::max<std::size_t>(h / 2, 1);
+    z = z == 0 ? 0 : std::max<std::size_t>(z / 2, 1);
+  }
+  return make_array(out, bytes);
+}
+
+FAKE_EXPORT CUresult cuMipmappedArrayDestroy(CUmipmappedArray a) { return destroy_array(a); }
+
+FAKE_EXPORT CUresult cuMipmappedArrayGetMemoryRequirements(CUDA_ARRAY_MEMORY_REQUIREMENTS* req,
+                                                           CUmipmappedArray a, CUdevice dev) {
+  return array_requirements(req, a, dev);
+}
+
+// ---- streams, events, modules, launches ----------------------------------------------------
+
+FAKE_EXPORT CUresult cuStreamCreate(CUstream* out, unsigned int flags) {
+  (void)flags;
+  if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
+  CUctx_st* c = current();
+  if (c == nullptr) return CUDA_ERROR_INVALID_CONTEXT;
+  if (out == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  *out = new_stream(c);
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuStreamDestroy_v2(CUstream s) {
+  if (s == nullptr || s == CU_STREAM_LEGACY || s == CU_STREAM_PER_THREAD) {
+    return CUDA_ERROR_INVALID_HANDLE;
+  }
+  drain(s);
+  delete_stream(s);
+  return CUDA_SUCCESS;
+}
+
+namespace {
+CUresult stream_sync(CUstream h) {
+  CUstream_st* s = resolve(h);
+  if (s == nullptr) return CUDA_ERROR_INVALID_CONTEXT;
+  drain(s);
+  return CUDA_SUCCESS;
+}
+CUresult stream_device(CUstream h, CUdevice* dev) {
+  if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
+  CUstream_st* s = resolve(h);
+  if (s == nullptr) return CUDA_ERROR_INVALID_CONTEXT;
+  if (dev == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  *dev = s->ctx->ordinal;
+  return CUDA_SUCCESS;
+}
+CUresult event_record(CUevent e, CUstream h) {
+  CUstream_st* s = resolve(h);
+  if (s == nullptr) return CUDA_ERROR_INVALID_CONTEXT;
+  if (e == nullptr) return CUDA_ERROR_INVALID_HANDLE;
+  {
+    std::lock_guard<std::mutex> lock(e->mu);
+    e->recorded = true;
+    e->done = false;
+  }
+  enqueue(s, CUstream_st::work{0, e});
+  return CUDA_SUCCESS;
+}
+CUresult launch(CUfunction f, void** params, CUstream h) {
+  if (f == nullptr) return CUDA_ERROR_INVALID_HANDLE;
+  CUstream_st* s = resolve(h);
+  if (s == nullptr) return CUDA_ERROR_INVALID_CONTEXT;
+  std::uint64_t us = st().kernel_us;
+  // A kernel named fake_sleep_us runs for its first parameter's microseconds.
+  if (f->name == "fake_sleep_us" && params != nullptr && params[0] != nullptr) {
+    std::memcpy(&us, params[0], sizeof us);
+  }
+  enqueue(s, CUstream_st::work{std::max<std::uint64_t>(us, 1), nullptr});
+  return CUDA_SUCCESS;
+}
+}  // namespace
+
+FAKE_EXPORT CUresult cuStreamSynchronize(CUstream s) { return stream_sync(s); }
+FAKE_EXPORT CUresult cuStreamSynchronize_ptsz(CUstream s) { return stream_sync(s); }
+FAKE_EXPORT CUresult cuStreamGetDevice(CUstream s, CUdevice* d) { return stream_device(s, d); }
+FAKE_EXPORT CUresult cuStreamGetDevice_ptsz(CUstream s, CUdevice* d) { return stream_device(s, d); }
+
+FAKE_EXPORT CUresult cuEventCreate(CUevent* e, unsigned int flags) {
+  (void)flags;
+  if (e == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  *e = new CUevent_st;
+  return CUDA_SUCCESS;
+}
+FAKE_EXPORT CUresult cuEventDestroy_v2(CUevent e) {
+  if (e == nullptr) return CUDA_ERROR_INVALID_HANDLE;
+  {
+    std::unique_lock<std::mutex> lock(e->mu);
+    e->cv.wait(lock, [&] { return e->done; });
+  }
+  delete e;
+  return CUDA_SUCCESS;
+}
+FAKE_EXPORT CUresult cuEventRecord(CUevent e, CUstream s) { return event_record(e, s); }
+FAKE_EXPORT CUresult cuEventRecord_ptsz(CUevent e, CUstream s) { return event_record(e, s); }
+FAKE_EXPORT CUresult cuEventQuery(CUevent e) {
+  if (e == nullptr) return CUDA_ERROR_INVALID_HANDLE;
+  std::lock_guard<std::mutex> lock(e->mu);
+  return e->done ? CUDA_SUCCESS : CUDA_ERROR_NOT_READY;
+}
+FAKE_EXPORT CUresult cuEventSynchronize(CUevent e) {
+  if (e == nullptr) return CUDA_ERROR_INVALID_HANDLE;
+  std::unique_lock<std::mutex> lock(e->mu);
+  e->cv.wait(lock, [&] { return e->done; });
+  return CUDA_SUCCESS;
+}
+FAKE_EXPORT CUresult cuEventElapsedTime_v2(float* ms, CUevent a, CUevent b) {
+  if (ms == nullptr || a == nullptr || b == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  std::scoped_lock lock(a->mu, b->mu);
+  if (!a->recorded || !b->recorded) return CUDA_ERROR_INVALID_HANDLE;
+  if (!a->done || !b->done) return CUDA_ERROR_NOT_READY;
+  *ms = std::chrono::duration<float, std::milli>(b->when - a->when).count();
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuModuleLoadData(CUmodule* m, const void* image) {
+  if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
+  if (m == nullptr || image == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  *m = new CUmod_st;
+  return CUDA_SUCCESS;
+}
+FAKE_EXPORT CUresult cuModuleUnload(CUmodule m) {
+  delete m;
+  return CUDA_SUCCESS;
+}
+FAKE_EXPORT CUresult cuModuleGetFunction(CUfunction* f, CUmodule m, const char* name) {
+  if (f == nullptr || m == nullptr || name == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  *f = new CUfunc_st{name};  // owned by the module in the driver; the fake lets it leak-free
+  return CUDA_SUCCESS;
+}
+FAKE_EXPORT CUresult cuLaunchKernel(CUfunction f, unsigned, unsigned, unsigned, unsigned, unsigned,
+                                    unsigned, unsigned, CUstream s, void** params, void**) {
+  return launch(f, params, s);
+}
+FAKE_EXPORT CUresult cuLaunchKernel_ptsz(CUfunction f, unsigned, unsigned, unsigned, unsigned,
+                                         unsigned, unsigned, unsigned, CUstream s, void** params,
+                                         void**) {
+  return launch(f, params, s);
+}
+
+// ---- errors ----------------------------------------------------------------------------------
+
+FAKE_EXPORT CUresult cuGetErrorName(CUresult e, const char** s) {
+  if (s == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  switch (e) {
+    case CUDA_SUCCESS:
+      *s = "CUDA_SUCCESS";
+      break;
+    case CUDA_ERROR_INVALID_VALUE:
+      *s = "CUDA_ERROR_INVALID_VALUE";
+      break;
+    case CUDA_ERROR_OUT_OF_MEMORY:
+      *s = "CUDA_ERROR_OUT_OF_MEMORY";
+      break;
+    case CUDA_ERROR_NOT_INITIALIZED:
+      *s = "CUDA_ERROR_NOT_INITIALIZED";
+      break;
+    case CUDA_ERROR_INVALID_CONTEXT:
+      *s = "CUDA_ERROR_INVALID_CONTEXT";
+      break;
+    case CUDA_ERROR_NOT_FOUND:
+      *s = "CUDA_ERROR_NOT_FOUND";
+      break;
+    default:
+      *s = nullptr;
+      return CUDA_ERROR_INVALID_VALUE;
+  }
+  return CUDA_SUCCESS;
+}
+
+// ---- cuGetProcAddress --------------------------------------------------------------------------
+
+namespace {
+/// One driver entry point: the name without a version suffix, the CUDA version that introduced
+/// this variant, and the legacy and per-thread-default-stream functions.
+struct proc_entry {
+  const char* base;
+  int since;
+  void* legacy;
+  void* per_thread;  ///< the _ptds/_ptsz variant, or null when the entry has none
+};
+
+#define FAKE_FN(f) reinterpret_cast<void*>(&f)
+
+CUresult get_proc(const char* symbol, void** pfn, int version, cuuint64_t flags,
+                  CUdriverProcAddressQueryResult* status);
+CUresult get_proc_v1(const char* symbol, void** pfn, int version, cuuint64_t flags) {
+  return get_proc(symbol, pfn, version, flags, nullptr);
+}
+
+const proc_entry k_procs[] = {
+    {"cuInit", 2000, FAKE_FN(cuInit), nullptr},
+    {"cuDriverGetVersion", 2020, FAKE_FN(cuDriverGetVersion), nullptr},
+    {"cuGetProcAddress", 11030, FAKE_FN(get_proc_v1), nullptr},
+    {"cuGetProcAddress", 12000, FAKE_FN(get_proc), nullptr},
+    {"cuGetErrorName", 6000, FAKE_FN(cuGetErrorName), nullptr},
+    {"cuDeviceGetCount", 2000, FAKE_FN(cuDeviceGetCount), nullptr},
+    {"cuDeviceGet", 2000, FAKE_FN(cuDeviceGet), nullptr},
+    {"cuDeviceGetName", 2000, FAKE_FN(cuDeviceGetName), nullptr},
+    {"cuDeviceGetUuid", 11040, FAKE_FN(cuDeviceGetUuid_v2), nullptr},
+    {"cuDeviceTotalMem", 3020, FAKE_FN(cuDeviceTotalMem_v2), nullptr},
+    {"cuDeviceGetAttribute", 2000, FAKE_FN(cuDeviceGetAttribute), nullptr},
+    {"cuDevicePrimaryCtxRetain", 7000, FAKE_FN(cuDevicePrimaryCtxRetain), nullptr},
+    {"cuDevicePrimaryCtxRelease", 11000, FAKE_FN(cuDevicePrimaryCtxRelease_v2), nullptr},
+    {"cuCtxCreate", 12050, FAKE_FN(cuCtxCreate_v4), nullptr},
+    {"cuCtxDestroy", 4000, FAKE_FN(cuCtxDestroy_v2), nullptr},
+    {"cuCtxSetCurrent", 4000, FAKE_FN(cuCtxSetCurrent), nullptr},
+    {"cuCtxGetCurrent", 4000, FAKE_FN(cuCtxGetCurrent), nullptr},
+    {"cuCtxPushCurrent", 4000, FAKE_FN(cuCtxPushCurrent_v2), nullptr},
+    {"cuCtxPopCurrent", 4000, FAKE_FN(cuCtxPopCurrent_v2), nullptr},
+    {"cuCtxGetDevice", 2000, FAKE_FN(cuCtxGetDevice), nullptr},
+    {"cuCtxSynchronize", 2000, FAKE_FN(cuCtxSynchronize), nullptr},
+    {"cuMemGetInfo", 3020, FAKE_FN(cuMemGetInfo_v2), nullptr},
+    {"cuMemAlloc", 2000, FAKE_FN(cuMemAlloc), nullptr},
+    {"cuMemAlloc", 3020, FAKE_FN(cuMemAlloc_v2), nullptr},
+    {"cuMemAllocPitch", 3020, FAKE_FN(cuMemAllocPitch_v2), nullptr},
+    {"cuMemAllocManaged", 6000, FAKE_FN(cuMemAllocManaged), nullptr},
+    {"cuMemFree", 3020, FAKE_FN(cuMemFree_v2), nullptr},
+    {"cuMemGetAddressRange", 3020, FAKE_FN(cuMemGetAddressRange_v2), nullptr},
+    {"cuMemcpyHtoD", 3020, FAKE_FN(cuMemcpyHtoD_v2), nullptr},
+    {"cuMemcpyDtoH", 3020, FAKE_FN(cuMemcpyDtoH_v2), nullptr},
+    {"cuMemAllocAsync", 11020, FAKE_FN(cuMemAllocAsync), FAKE_FN(cuMemAllocAsync_ptsz)},
+    {"cuMemAllocFromPoolAsync", 11020, FAKE_FN(cuMemAllocFromPoolAsync),
+     FAKE_FN(cuMemAllocFromPoolAsync_ptsz)},
+    {"cuMemFreeAsync", 11020, FAKE_FN(cuMemFreeAsync), FAKE_FN(cuMemFreeAsync_ptsz)},
+    {"cuDeviceGetDefaultMemPool", 11020, FAKE_FN(cuDeviceGetDefaultMemPool), nullptr},
+    {"cuMemPoolCreate", 11020, FAKE_FN(cuMemPoolCreate), nullptr},
+    {"cuMemPoolDestroy", 11020, FAKE_FN(cuMemPoolDestroy), nullptr},
+    {"cuMemGetAllocationGranularity", 10020, FAKE_FN(cuMemGetAllocationGranularity), nullptr},
+    {"cuMemCreate", 10020, FAKE_FN(cuMemCreate), nullptr},
+    {"cuMemRelease", 10020, FAKE_FN(cuMemRelease), nullptr},
+    {"cuArrayCreate", 3020, FAKE_FN(cuArrayCreate_v2), nullptr},
+    {"cuArray3DCreate", 3020, FAKE_FN(cuArray3DCreate_v2), nullptr},
+    {"cuArrayDestroy", 2000, FAKE_FN(cuArrayDestroy), nullptr},
+    {"cuArrayGetMemoryRequirements", 11060, FAKE_FN(cuArrayGetMemoryRequirements), nullptr},
+    {"cuMipmappedArrayCreate", 5000, FAKE_FN(cuMipmappedArrayCreate), nullptr},
+    {"cuMipmappedArrayDestroy", 5000, FAKE_FN(cuMipmappedArrayDestroy), nullptr},
+    {"cuMipmappedArrayGetMemoryRequirements", 11060, FAKE_FN(cuMipmappedArrayGetMemoryRequirements),
+     nullptr},
+    {"cuStreamCreate", 2000, FAKE_FN(cuStreamCreate), nullptr},
+    {"cuStreamDestroy", 4000, FAKE_FN(cuStreamDestroy_v2), nullptr},
+    {"cuStreamSynchronize", 2000, FAKE_FN(cuStreamSynchronize), FAKE_FN(cuStreamSynchronize_ptsz)},
+    {"cuStreamGetDevice", 12080, FAKE_FN(cuStreamGetDevice), FAKE_FN(cuStreamGetDevice_ptsz)},
+    {"cuEventCreate", 2000, FAKE_FN(cuEventCreate), nullptr},
+    {"cuEventDestroy", 4000, FAKE_FN(cuEventDestroy_v2), nullptr},
+    {"cuEventRecord", 2000, FAKE_FN(cuEventRecord), FAKE_FN(cuEventRecord_ptsz)},
+    {"cuEventQuery", 2000, FAKE_FN(cuEventQuery), nullptr},
+    {"cuEventSynchronize", 2000, FAKE_FN(cuEventSynchronize), nullptr},
+    {"cuEventElapsedTime", 12080, FAKE_FN(cuEventElapsedTime_v2), nullptr},
+    {"cuModuleLoadData", 2000, FAKE_FN(cuModuleLoadData), nullptr},
+    {"cuModuleUnload", 2000, FAKE_FN(cuModuleUnload), nullptr},
+    {"cuModuleGetFunction", 2000, FAKE_FN(cuModuleGetFunction), nullptr},
+    {"cuLaunchKernel", 4000, FAKE_FN(cuLaunchKernel), FAKE_FN(cuLaunchKernel_ptsz)},
+};
+
+/// The driver's semantics: the newest variant introduced at or before \p version; with
+/// CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM its per-thread variant when it has one.
+CUresult get_proc(const char* symbol, void** pfn, int version, cuuint64_t flags,
+                  CUdriverProcAddressQueryResult* status) {
+  constexpr cuuint64_t k_known_flags =
+      CU_GET_PROC_ADDRESS_LEGACY_STREAM | CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM;
+  if (symbol == nullptr || pfn == nullptr || (flags & ~k_known_flags) != 0) {
+    return CUDA_ERROR_INVALID_VALUE;
+  }
+  *pfn = nullptr;
+  const proc_entry* best = nullptr;
+  bool known = false;
+  for (const proc_entry& e : k_procs) {
+    if (std::strcmp(e.base, symbol) != 0) continue;
+    known = true;
+    if (e.since <= version && (best == nullptr || e.since > best->since)) best = &e;
+  }
+  if (best == nullptr) {
+    if (status != nullptr) {
+      *status =
+          known ? CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT : CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
+    }
+    return CUDA_ERROR_NOT_FOUND;
+  }
+  const bool per_thread = (flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM) != 0;
+  *pfn = per_thread && best->per_thread != nullptr ? best->per_thread : best->legacy;
+  if (status != nullptr) *status = CU_GET_PROC_ADDRESS_SUCCESS;
+  return CUDA_SUCCESS;
+}
+}  // namespace
+
+FAKE_EXPORT CUresult cuGetProcAddress_v2(const char* symbol, void** pfn, int version,
+                                         cuuint64_t flags, CUdriverProcAddressQueryResult* status) {
+  return get_proc(symbol, pfn, version, flags, status);
+}
+
+FAKE_EXPORT CUresult cuGetProcAddress(const char* symbol, void** pfn, int version,
+                                      cuuint64_t flags) {
+  return get_proc(symbol, pfn, version, flags, nullptr);
+}
+
+// ---- what the fake NVML reads ------------------------------------------------------------------
+
+FAKE_EXPORT int fake_cuda_physical_count() {
+  cuInit(0);
+  return st().physical_count;
+}
+FAKE_EXPORT std::uint64_t fake_cuda_physical_total(int p) {
+  cuInit(0);
+  return st().devs[p].total;
+}
+FAKE_EXPORT std::uint64_t fake_cuda_physical_used(int p) {
+  cuInit(0);
+  return st().devs[p].used.load();
+}
+FAKE_EXPORT void fake_cuda_physical_uuid(int p, unsigned char out[16]) {
+  cuInit(0);
+  std::memcpy(out, st().devs[p].uuid, 16);
+}
+FAKE_EXPORT std::uint64_t fake_cuda_physical_busy_us(int p) {
+  cuInit(0);
+  return st().devs[p].busy_us.load();
+}

@@ -1,0 +1,21 @@
+#pragma once
+/// \file
+/// What the fake CUDA driver (libcuda.so.1 built from fake_cuda.cpp) exports beyond the driver
+/// API, so the fake NVML (libnvidia-ml.so.1) in the same process reports the same devices.
+/// These are test-double internals, not driver names.
+
+#include <cstdint>
+
+extern "C" {
+/// Number of physical fake devices (FAKE_CUDA_DEVICES, 1..4). Thread-safe.
+int fake_cuda_physical_count();
+/// Total bytes of physical device \p p. Thread-safe.
+std::uint64_t fake_cuda_physical_total(int p);
+/// Bytes this process holds on physical device \p p (allocations and context overhead).
+/// Thread-safe.
+std::uint64_t fake_cuda_physical_used(int p);
+/// The 16 UUID bytes of physical device \p p. Thread-safe.
+void fake_cuda_physical_uuid(int p, unsigned char out[16]);
+/// Microseconds of kernel time this process ran on physical device \p p. Thread-safe.
+std::uint64_t fake_cuda_physical_busy_us(int p);
+}

@@ -1,0 +1,197 @@
+/// \file
+/// A test double of NVML, built as libnvidia-ml.so.1 next to the fake libcuda.so.1. It sees the
+/// same physical devices as the fake driver (in physical order: NVML ignores
+/// CUDA_VISIBLE_DEVICES, as the real one does) and reports this process's memory use and kernel
+/// time. Only the calling process appears in the process lists: fake devices are per process.
+
+#include <nvml.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+
+#include "fake_driver.hpp"
+
+#define FAKE_EXPORT extern "C" __attribute__((visibility("default")))
+
+struct nvmlDevice_st {
+  int physical = 0;
+};
+
+namespace {
+constexpr int k_max_fake_devices = 4;
+nvmlDevice_st g_devices[k_max_fake_devices] = {{0}, {1}, {2}, {3}};
+std::atomic<int> g_init_count{0};
+
+nvmlReturn_t check(nvmlDevice_t d) {
+  if (g_init_count.load() <= 0) return NVML_ERROR_UNINITIALIZED;
+  if (d == nullptr || d->physical < 0 || d->physical >= fake_cuda_physical_count()) {
+    return NVML_ERROR_INVALID_ARGUMENT;
+  }
+  return NVML_SUCCESS;
+}
+
+void format_uuid(int p, char* out, unsigned len) {
+  unsigned char u[16];
+  fake_cuda_physical_uuid(p, u);
+  std::snprintf(out, len,
+                "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0],
+                u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13],
+                u[14], u[15]);
+}
+}  // namespace
+
+FAKE_EXPORT nvmlReturn_t nvmlInit_v2() {
+  g_init_count.fetch_add(1);
+  return NVML_SUCCESS;
+}
+FAKE_EXPORT nvmlReturn_t nvmlInitWithFlags(unsigned int) { return nvmlInit_v2(); }
+FAKE_EXPORT nvmlReturn_t nvmlShutdown() {
+  if (g_init_count.load() <= 0) return NVML_ERROR_UNINITIALIZED;
+  g_init_count.fetch_sub(1);
+  return NVML_SUCCESS;
+}
+FAKE_EXPORT const char* nvmlErrorString(nvmlReturn_t r) {
+  switch (r) {
+    case NVML_SUCCESS:
+      return "Success";
+    case NVML_ERROR_UNINITIALIZED:
+      return "Uninitialized";
+    case NVML_ERROR_INVALID_ARGUMENT:
+      return "Invalid Argument";
+    case NVML_ERROR_INSUFFICIENT_SIZE:
+      return "Insufficient Size";
+    case NVML_ERROR_NOT_FOUND:
+      return "Not Found";
+    default:
+      return "Unknown Error";
+  }
+}
+FAKE_EXPORT nvmlReturn_t nvmlSystemGetDriverVersion(char* v, unsigned int len) {
+  if (v == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
+  std::snprintf(v, len, "%s", "580.00.fake");
+  return NVML_SUCCESS;
+}
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int* n) {
+  if (g_init_count.load() <= 0) return NVML_ERROR_UNINITIALIZED;
+  if (n == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
+  *n = static_cast<unsigned>(fake_cuda_physical_count());
+  return NVML_SUCCESS;
+}
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int i, nvmlDevice_t* d) {
+  if (g_init_count.load() <= 0) return NVML_ERROR_UNINITIALIZED;
+  if (d == nullptr || i >= static_cast<unsigned>(fake_cuda_physical_count())) {
+    return NVML_ERROR_INVALID_ARGUMENT;
+  }
+  *d = &g_devices[i];
+  return NVML_SUCCESS;
+}
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetHandleByUUID(const char* uuid, nvmlDevice_t* d) {
+  if (g_init_count.load() <= 0) return NVML_ERROR_UNINITIALIZED;
+  if (uuid == nullptr || d == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
+  for (int p = 0; p < fake_cuda_physical_count(); ++p) {
+    char buf[NVML_DEVICE_UUID_V2_BUFFER_SIZE];
+    format_uuid(p, buf, sizeof buf);
+    if (std::strcmp(buf, uuid) == 0) {
+      *d = &g_devices[p];
+      return NVML_SUCCESS;
+    }
+  }
+  return NVML_ERROR_NOT_FOUND;
+}
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetIndex(nvmlDevice_t d, unsigned int* i) {
+  if (nvmlReturn_t r = check(d); r != NVML_SUCCESS) return r;
+  if (i == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
+  *i = static_cast<unsigned>(d->physical);
+  return NVML_SUCCESS;
+}
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t d, char* uuid, unsigned int len) {
+  if (nvmlReturn_t r = check(d); r != NVML_SUCCESS) return r;
+  if (uuid == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
+  constexpr unsigned k_uuid_chars = 41;  // "GPU-" + 36 + NUL
+  if (len < k_uuid_chars) return NVML_ERROR_INSUFFICIENT_SIZE;
+  format_uuid(d->physical, uuid, len);
+  return NVML_SUCCESS;
+}
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t d, char* name, unsigned int len) {
+  if (nvmlReturn_t r = check(d); r != NVML_SUCCESS) return r;
+  if (name == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
+  std::snprintf(name, len, "Fake GPU %d", d->physical);
+  return NVML_SUCCESS;
+}
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t d, nvmlMemory_t* m) {
+  if (nvmlReturn_t r = check(d); r != NVML_SUCCESS) return r;
+  if (m == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
+  m->total = fake_cuda_physical_total(d->physical);
+  m->used = fake_cuda_physical_used(d->physical);
+  m->free = m->total - m->used;
+  return NVML_SUCCESS;
+}
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t d, nvmlMemory_v2_t* m) {
+  if (nvmlReturn_t r = check(d); r != NVML_SUCCESS) return r;
+  if (m == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
+  if (m->version != nvmlMemory_v2) return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+  m->total = fake_cuda_physical_total(d->physical);
+  m->reserved = 0;
+  m->used = fake_cuda_physical_used(d->physical);
+  m->free = m->total - m->used;
+  return NVML_SUCCESS;
+}
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t d,
+                                                                 unsigned int* count,
+                                                                 nvmlProcessInfo_t* infos) {
+  if (nvmlReturn_t r = check(d); r != NVML_SUCCESS) return r;
+  if (count == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
+  const std::uint64_t used = fake_cuda_physical_used(d->physical);
+  const unsigned n = used == 0 ? 0 : 1;
+  if (*count < n || (n != 0 && infos == nullptr)) {
+    *count = n;
+    return NVML_ERROR_INSUFFICIENT_SIZE;
+  }
+  *count = n;
+  if (n != 0) {
+    infos[0].pid = static_cast<unsigned>(getpid());
+    infos[0].usedGpuMemory = used;
+    infos[0].gpuInstanceId = 0xFFFFFFFFu;
+    infos[0].computeInstanceId = 0xFFFFFFFFu;
+  }
+  return NVML_SUCCESS;
+}
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t d,
+                                                         nvmlProcessUtilizationSample_t* samples,
+                                                         unsigned int* count,
+                                                         unsigned long long since_us) {
+  if (nvmlReturn_t r = check(d); r != NVML_SUCCESS) return r;
+  if (count == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
+  if (samples == nullptr || *count < 1) {
+    *count = 1;
+    return NVML_ERROR_INSUFFICIENT_SIZE;
+  }
+  // Utilization since the previous sample of this process, in percent of wall time.
+  static std::atomic<std::uint64_t> last_busy{0};
+  static std::atomic<std::int64_t> last_at{0};
+  const auto now = std::chrono::duration_cast<std::chrono::microseconds>(
+                       std::chrono::steady_clock::now().time_since_epoch())
+                       .count();
+  const std::uint64_t busy = fake_cuda_physical_busy_us(d->physical);
+  const std::uint64_t prev_busy = last_busy.exchange(busy);
+  const std::int64_t prev_at = last_at.exchange(now);
+  const std::int64_t span = prev_at == 0 ? 0 : now - prev_at;
+  constexpr unsigned k_percent = 100;
+  samples[0].pid = static_cast<unsigned>(getpid());
+  samples[0].timeStamp = static_cast<unsigned long long>(now);
+  samples[0].smUtil =
+      span <= 0
+          ? 0
+          : static_cast<unsigned>(std::min<std::uint64_t>(
+                k_percent, (busy - prev_busy) * k_percent / static_cast<std::uint64_t>(span)));
+  samples[0].memUtil = 0;
+  samples[0].encUtil = 0;
+  samples[0].decUtil = 0;
+  (void)since_us;
+  *count = 1;
+  return NVML_SUCCESS;
+}
