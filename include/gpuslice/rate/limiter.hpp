@@ -51,8 +51,9 @@ struct steady_clock_ns {
 /// The controller's named parameters. Times in ns, the rest dimensionless, so one setting
 /// serves any GPU size.
 struct limiter_params {
-  /// Bucket capacity: GPU time a tenant may save up while idle (+1 pp on a 1 s window).
-  std::int64_t burst_ns = 10'000'000;
+  /// Bucket capacity: GPU time a tenant may save up while idle or while its launches queue
+  /// behind other tenants' kernels (at most +3 pp on a 1 s window after an idle spell).
+  std::int64_t burst_ns = 30'000'000;
   /// Waits shorter than this are not handed out; the debt carries to the next launch, so the
   /// average is kept and nobody sleeps for less than a scheduler quantum.
   std::int64_t min_wait_ns = 100'000;
@@ -61,7 +62,14 @@ struct limiter_params {
   /// Weight of one observation in a function's moving average.
   double estimate_weight = 0.125;
   /// Time constant of the utilization correction (how slowly it moves).
-  std::int64_t correction_horizon_ns = 1'000'000'000;
+  std::int64_t correction_horizon_ns = 250'000'000;
+  /// Charge the bucket the difference between a timed launch's measured time and what it was
+  /// charged (exact for timed launches; off when timings include other tenants' slices and
+  /// the utilization correction alone should fix the scale).
+  bool charge_observed_difference = true;
+  /// Fraction of the accumulated gap between the utilization signal and the charges that is
+  /// charged to (or refunded from) the bucket at each sample (integral gain, 0..1).
+  double utilization_gain = 0.5;
   /// Bounds of the utilization correction factor.
   double min_correction = 1.0 / 64;
   double max_correction = 64.0;
@@ -244,17 +252,13 @@ class sm_limiter {
     // Launches charged the prior before the function's first observation are forgiven (the
     // bucket is not charged back, so learning never opens a hole in the share); the charge
     // timeline still records them, as the utilization they caused is real.
-    bool unlearned = false;
-    if (e != nullptr) {
-      std::int64_t n = e->unlearned.load(std::memory_order_relaxed);
-      while (n > 0 && !e->unlearned.compare_exchange_weak(n, n - 1, std::memory_order_relaxed)) {
-      }
-      unlearned = n > 0;
-    }
-    const std::int64_t charged = unlearned || old <= 0 ? typical_before : old;
+    // The first observation settles every launch charged the prior, however many there were.
+    std::int64_t unlearned = 0;
+    if (e != nullptr && old <= 0) unlearned = e->unlearned.exchange(0, std::memory_order_relaxed);
+    const std::int64_t charged = old > 0 ? old : typical_before;
     const std::int64_t delta = measured_ns - charged;
-    file_charge(delta, now, now, false);  // the slots of its run may be swept already
-    if (unlearned || old <= 0) return;
+    file_charge(delta * std::max<std::int64_t>(unlearned, 1), now, now, false);
+    if (old <= 0 || !params_.charge_observed_difference) return;
     if (last_mode_.load(std::memory_order_relaxed) == limiter_mode::capped) {
       bucket_.adjust(scaled(delta), now);
     }
@@ -284,13 +288,28 @@ class sm_limiter {
     const double floor = params_.min_sample_fraction * window;
     if (static_cast<double>(charged) < floor && static_cast<double>(busy_ns) < floor) return;
     if (skipped_ < k_warmup_samples) {
-      ++skipped_;  // the first active window holds launches charged before any cost was known
+      ++skipped_;  // the first active windows hold launches charged before any cost was known
       return;
     }
     double busy = static_cast<double>(busy_ns);
-    if (std::abs(busy - static_cast<double>(charged)) <=
-        0.5 * params_.utilization_resolution * window) {
+    const double tolerance = 0.5 * params_.utilization_resolution * window;
+    if (std::abs(busy - static_cast<double>(charged)) <= tolerance) {
       busy = static_cast<double>(charged);
+    }
+    // Integral action: what the utilization says this process used beyond (or short of)
+    // what it was charged accumulates, and a fraction of the accumulated gap is charged to
+    // (or refunded from) the bucket at each sample. Over windows longer than the signal's lag
+    // the share holds even when the timings are off (inflated by other tenants' time
+    // slices, say); window-edge noise, which cancels, is smoothed away.
+    const double error = static_cast<double>(busy_ns) -
+                         static_cast<double>(charged) * correction_.load(std::memory_order_relaxed);
+    if (std::abs(error) > tolerance) pending_error_ += error;
+    if (last_mode_.load(std::memory_order_relaxed) == limiter_mode::capped) {
+      const double applied = params_.utilization_gain * pending_error_;
+      bucket_.adjust(static_cast<std::int64_t>(applied), end_ns);
+      pending_error_ -= applied;
+    } else {
+      pending_error_ = 0.0;  // uncapped: nothing to make up
     }
     const double weight =
         have_average_ ? std::min(1.0, window / static_cast<double>(params_.correction_horizon_ns))
@@ -442,12 +461,13 @@ class sm_limiter {
   std::mutex feedback_mutex_;
   std::int64_t next_slot_ = -1;
   std::deque<std::pair<std::int64_t, std::int64_t>> history_;
+  double pending_error_ = 0.0;
   double busy_avg_ = 0.0;
   double charged_avg_ = 0.0;
   bool have_average_ = false;
   int skipped_ = 0;
   /// Active utilization windows ignored at the start.
-  static constexpr int k_warmup_samples = 1;
+  static constexpr int k_warmup_samples = 2;
 };
 
 /// A reading of a utilization source: the process was busy busy_ns during [start_ns, end_ns).
