@@ -5,19 +5,45 @@ policies (HAMi's, the FGD paper's, topology-aware) over a C++17 header-only core
 """
 
 from ._core import (
+    Cluster,
     Config,
+    ContainerRequest,
+    Decision,
+    Device,
+    Grant,
     LogLevel,
+    Node,
     UtilizationPolicy,
     __version__,
+    decode_node_devices,
+    decode_pair_scores,
+    decode_pod_devices,
+    encode_node_devices,
+    encode_pod_devices,
+    fit,
     format_bytes,
     parse_bytes,
     parse_config,
     parse_percent,
 )
 from .memory import Ledger, read_ledger_snapshot
+from .simulate import simulate
+from .traces import read_nodes, read_pods
 
 __all__ = [
+    "Cluster",
     "Config",
+    "ContainerRequest",
+    "Decision",
+    "Device",
+    "Grant",
+    "Node",
+    "decode_node_devices",
+    "decode_pair_scores",
+    "decode_pod_devices",
+    "encode_node_devices",
+    "encode_pod_devices",
+    "fit",
     "Ledger",
     "LogLevel",
     "UtilizationPolicy",
@@ -26,5 +52,8 @@ __all__ = [
     "parse_bytes",
     "parse_config",
     "parse_percent",
+    "read_nodes",
+    "read_pods",
     "read_ledger_snapshot",
+    "simulate",
 ]

@@ -71,3 +71,142 @@ class _Ledger:
     def path(self) -> str: ...
 
 def read_ledger_snapshot(path: str) -> dict[str, object]: ...
+
+# ---- simulator (bindings/sim.cpp) ----------------------------------------------------------
+import numpy as _np
+from typing import Any as _Any, Callable as _Callable
+
+policy_names: list[str]
+
+def read_nodes_csv(text: str, file: str) -> dict[str, _Any]: ...
+def read_pods_csv(text: str, file: str) -> dict[str, _Any]: ...
+
+class Workload:
+    def __init__(self, node_name: list[str], node_cpu: _np.ndarray, node_mem: _np.ndarray,
+                 node_gpu: _np.ndarray, node_model: list[str], pod_name: list[str],
+                 pod_cpu: _np.ndarray, pod_mem: _np.ndarray, pod_num_gpu: _np.ndarray,
+                 pod_gpu_milli: _np.ndarray, pod_gpu_spec: list[str], pod_creation: _np.ndarray,
+                 pod_deletion: _np.ndarray) -> None: ...
+    @property
+    def total_gpus(self) -> int: ...
+    @property
+    def node_count(self) -> int: ...
+    @property
+    def pod_count(self) -> int: ...
+    @property
+    def has_times(self) -> bool: ...
+    @property
+    def models(self) -> list[str]: ...
+    @property
+    def typical_pod_count(self) -> int: ...
+
+def run_experiment(workload: Workload, policy: str, experiment: str = "fillup", seed: int = 42,
+                   load: float = 1.3,
+                   scorer: _Callable[[dict, dict, _np.ndarray], _Any] | None = None
+                   ) -> dict[str, _Any]: ...
+
+# ---- fit engine (bindings/fit.cpp) ---------------------------------------------------------
+class Device:
+    def __init__(self, uuid: str, memory: int | str, index: int = 0, type: str = "",
+                 numa: int = 0, healthy: bool = True, slots: int = 10, cores: int = 1000,
+                 memory_used: int | str = 0, cores_used: int = 0, slots_used: int = 0,
+                 mode: str = "hami-core") -> None: ...
+    uuid: str
+    index: int
+    type: str
+    numa: int
+    healthy: bool
+    slots: int
+    slots_used: int
+    memory: int
+    memory_used: int
+    cores: int
+    cores_used: int
+    mode: str
+
+class Node:
+    def __init__(self, name: str, devices: list[Device], cpu: int = 0, memory: int | str = 0,
+                 cpu_used: int = 0, memory_used: int | str = 0,
+                 links: list[list[int]] = ...) -> None: ...
+    name: str
+    devices: list[Device]
+    cpu: int
+    cpu_used: int
+    memory: int
+    memory_used: int
+    links: list[list[int]]
+
+class ContainerRequest:
+    def __init__(self, count: int = 0, memory: int | str = 0, memory_percent: int = 0,
+                 cores: int | None = None, milli: int | None = None,
+                 use_types: list[str] = ..., nouse_types: list[str] = ...,
+                 use_uuids: list[str] = ..., nouse_uuids: list[str] = ...,
+                 numa_bind: bool = False, exclusive: bool = False, cpu: int = 0,
+                 host_memory: int | str = 0) -> None: ...
+    count: int
+    memory: int
+    memory_percent: int
+    milli: int
+    @property
+    def cores(self) -> int: ...
+    use_types: list[str]
+    nouse_types: list[str]
+    use_uuids: list[str]
+    nouse_uuids: list[str]
+    numa_bind: bool
+    exclusive: bool
+    cpu: int
+    host_memory: int
+
+class Grant:
+    @property
+    def device(self) -> int: ...
+    @property
+    def memory(self) -> int: ...
+    @property
+    def milli(self) -> int: ...
+
+class Decision:
+    @property
+    def placed(self) -> bool: ...
+    @property
+    def node(self) -> int | None: ...
+    @property
+    def score(self) -> float: ...
+    @property
+    def containers(self) -> list[list[Grant]]: ...
+    @property
+    def feasible_nodes(self) -> int: ...
+    @property
+    def total_nodes(self) -> int: ...
+    @property
+    def reasons(self) -> dict[str, int]: ...
+    @property
+    def nodes(self) -> list[dict[str, _Any]]: ...
+    @property
+    def message(self) -> str: ...
+
+_Pod = ContainerRequest | list[ContainerRequest]
+_Scorer = _Callable[[Node, list[list[Grant]]], float] | str | None
+
+class Cluster:
+    def __init__(self, nodes: list[Node]) -> None: ...
+    @property
+    def nodes(self) -> list[Node]: ...
+    def fit(self, pod: _Pod, policy: str = "binpack", gpu_policy: str = "spread",
+            weights: list[float] = ..., backtrack: bool = False,
+            backtrack_limit: int = 100000, report_nodes: bool = False,
+            scorer: _Scorer = None) -> Decision: ...
+    def reserve(self, decision: Decision) -> None: ...
+    def release(self, decision: Decision) -> None: ...
+    def annotation(self, decision: Decision) -> str: ...
+
+def fit(nodes: list[Node], pod: _Pod, policy: str = "binpack", gpu_policy: str = "spread",
+        weights: list[float] = ..., backtrack: bool = False, backtrack_limit: int = 100000,
+        report_nodes: bool = False, scorer: _Scorer = None) -> Decision: ...
+def encode_pod_devices(pod: list[list[tuple[str, str, int, int]]]) -> str: ...
+def decode_pod_devices(text: str) -> list[list[tuple[str, str, int, int]]]: ...
+def decode_node_devices(text: str) -> list[Device]: ...
+def encode_node_devices(devices: list[Device]) -> str: ...
+def decode_pair_scores(text: str, devices: list[Device]) -> list[list[int]]: ...
+def fillup_plan(workload: Workload, seed: int = 42, load: float = 1.3) -> dict[str, _Any]: ...
