@@ -28,6 +28,7 @@ constexpr std::uint64_t k_bytes = 4096;        // one reservation
 constexpr std::uint64_t k_limit = 1ULL << 40;  // never the reason a reserve fails
 constexpr int k_peer_report_every = 256;       // peer publishes its count this often
 constexpr int k_baseline_active_slots = 8;     // processes HAMi's scan walks (proc_num)
+constexpr int k_baseline_busy_slots = 64;      // ... in a container with many workers
 
 /// Shared flags between the timed process and its forked peer.
 struct peer_control {
@@ -79,6 +80,12 @@ class baseline_ledger {
     }
   }
   ~baseline_ledger() { ::munmap(r_, sizeof(baseline_region)); }
+
+  /// Sets how many process entries the scan walks (HAMi's proc_num). Not thread-safe.
+  void set_active(int n) {
+    r_->proc_num = n;
+    for (int i = 0; i < n; ++i) r_->procs[i].pid = 1 + i;
+  }
 
   /// Slot i of the active ones (each benchmark thread/process uses its own).
   bool try_reserve(int slot, int dev, std::uint64_t bytes) {
@@ -143,8 +150,11 @@ void BM_gpuslice_threads(benchmark::State& state) {
 }
 
 void BM_hami_mutex_scan_threads(benchmark::State& state) {
-  if (state.thread_index() == 0 && g_baseline == nullptr) {
-    g_baseline = new baseline_side(bench_path("baseline-threads"), true);
+  if (state.thread_index() == 0) {
+    if (g_baseline == nullptr) {
+      g_baseline = new baseline_side(bench_path("baseline-threads"), true);
+    }
+    g_baseline->ledger.set_active(static_cast<int>(state.range(0)));
   }
   threads_case(state, *g_baseline);
 }
@@ -197,7 +207,13 @@ void BM_hami_mutex_scan_2_processes(benchmark::State& state) {
 }  // namespace
 
 BENCHMARK(BM_gpuslice_threads)->Threads(1)->Threads(2)->UseRealTime();
-BENCHMARK(BM_hami_mutex_scan_threads)->Threads(1)->Threads(2)->UseRealTime();
+// Arg: process entries the baseline's scan walks (8 typical, 64 a busy inference container).
+BENCHMARK(BM_hami_mutex_scan_threads)
+    ->Arg(k_baseline_active_slots)
+    ->Arg(k_baseline_busy_slots)
+    ->Threads(1)
+    ->Threads(2)
+    ->UseRealTime();
 BENCHMARK(BM_gpuslice_2_processes)->UseRealTime();
 BENCHMARK(BM_hami_mutex_scan_2_processes)->UseRealTime();
 

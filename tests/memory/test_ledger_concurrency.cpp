@@ -69,6 +69,17 @@ std::uint64_t churn(m::shared_ledger& l, m::slot_handle s, int d, std::uint64_t 
   for (auto b : held) total += b;
   return total;
 }
+/// True if the dead process \p pid left a slot with an operation announced and unfinished.
+bool died_inside_an_operation(const m::shared_ledger& l, pid_t pid) {
+  for (const auto& s : l.storage().region()->slots) {
+    const auto o = s.owner.load();
+    if (m::owner_state(o) != m::slot_state::live || m::owner_pid(o) != pid) continue;
+    for (const auto& w : s.used) {
+      if ((w.load() >> m::k_slot_bytes_bits) != 0) return true;
+    }
+  }
+  return false;
+}
 }  // namespace
 
 TEST_CASE("threads of one process never take the device over its limit", "[ledger][concurrent]") {
@@ -229,6 +240,7 @@ TEST_CASE("kill -9 torture: no byte leaks and the limit holds", "[ledger][concur
   std::uint64_t seed = 1;
   for (int i = 0; i < k_live_children; ++i) kids.push_back(spawn(seed++));
   long kills = 0;
+  long died_inside = 0;
   std::uint64_t max_used = 0;
   std::uint64_t reclaimed = 0;
   while (kills < kills_wanted) {
@@ -237,6 +249,7 @@ TEST_CASE("kill -9 torture: no byte leaks and the limit holds", "[ledger][concur
     ::kill(kids[victim], SIGKILL);
     REQUIRE(m::test::wait_child(kids[victim]) == 128 + SIGKILL);
     ++kills;
+    if (died_inside_an_operation(*l, kids[victim])) ++died_inside;
     kids[victim] = spawn(seed++);
     max_used = std::max(max_used, l->used(d));
     if (kills % 50 == 0) reclaimed += l->reap();
@@ -246,9 +259,11 @@ TEST_CASE("kill -9 torture: no byte leaks and the limit holds", "[ledger][concur
     m::test::wait_child(k);
   }
   reclaimed += l->reap();
-  INFO("kills " << kills << ", child operations " << child_ops.p->load());
+  INFO("kills " << kills << ", inside an operation " << died_inside << ", child operations "
+                << child_ops.p->load());
   CHECK(child_ops.p->load() > static_cast<std::uint64_t>(kills));
   CHECK(reclaimed > 0);
+  CHECK(died_inside > 0);  // some kills landed between announcing an operation and finishing it
   CHECK(max_used <= k_limit);
   // Zero bytes leaked: only this process's anchor remains, in the total and in its slot.
   CHECK(l->used(d) == k_anchor);
