@@ -460,11 +460,11 @@ inline result<std::vector<device>> decode_node_json(std::string_view text) {
           const auto i32 = static_cast<std::int64_t>(k_int32_max);
           if (key == "id" || key == "type" || key == "mode") {
             std::string s;
-            if (!r.string(s)) return fail(elem, "field \"" + key + "\": expected a string");
+            if (!r.string(s)) return fail(elem, "field " + excerpt(key) + ": expected a string");
             (key == "id" ? d.uuid : key == "type" ? d.type : d.mode) = std::move(s);
           } else if (key == "index" || key == "count" || key == "devcore") {
             if (!integer(0, key == "devcore" ? k_max_percent : i32, v)) {
-              return fail(elem, "field \"" + key + "\": expected an integer 0.." +
+              return fail(elem, "field " + excerpt(key) + ": expected an integer 0.." +
                                     (key == "devcore" ? std::string("100") : "2^31-1"));
             }
             if (key == "index") d.index = static_cast<std::uint32_t>(v);
@@ -487,7 +487,7 @@ inline result<std::vector<device>> decode_node_json(std::string_view text) {
               return fail(elem, "field \"health\": expected true or false");
             }
           } else if (!r.skip()) {
-            return fail(elem, "field \"" + key + "\": malformed JSON value");
+            return fail(elem, "field " + excerpt(key) + ": malformed JSON value");
           }
         } while (r.eat(','));
         if (!r.eat('}')) return fail(elem, "expected , or } in the object");
@@ -628,7 +628,7 @@ inline result<link_matrix> decode_pair_scores(std::string_view text,
               if (!r.eat('}')) return fail("field \"score\": expected , or }");
             }
           } else if (!r.skip()) {
-            return fail("field \"" + key + "\": malformed JSON value");
+            return fail("field " + detail::excerpt(key) + ": malformed JSON value");
           }
         } while (r.eat(','));
         if (!r.eat('}')) return fail("expected , or } in the object");
