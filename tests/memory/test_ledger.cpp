@@ -93,6 +93,22 @@ TEST_CASE("reserve never goes over the limit and release gives back", "[ledger]"
   CHECK(l.used(d) == 400);
 }
 
+TEST_CASE("releasing more than the slot holds gives back only what it holds", "[ledger]") {
+  gpuslice::testing::fake_liveness procs(1, 10);
+  auto l = fake_ledger::create(gpuslice::testing::stepped_clock{}, procs);
+  const int d = *l.device(k_uuid0, 1000);
+  procs.start(2, 20);
+  auto me = *l.attach();
+  auto other = *l.attach_as(2, 20);
+  REQUIRE(l.try_reserve(me, d, 400));
+  REQUIRE(l.try_reserve(other, d, 100));
+  l.release(me, d, 1000);
+  CHECK(l.slot_used(me, d) == 0);
+  CHECK(l.used(d) == 100);
+  CHECK(l.slot_used(other, d) == 100);
+  CHECK(l.try_reserve(me, d, 900));
+}
+
 TEST_CASE("a limit of 0 admits nothing", "[ledger]") {
   auto l = m::in_memory_ledger::create();
   const int d = *l.device(k_uuid0, 0);

@@ -595,11 +595,16 @@ class basic_ledger {
     return reserve_once(h, device, bytes);
   }
 
-  /// Gives back \p bytes on \p device that \p slot reserved. Lock-free while no reap is in
-  /// progress (then it waits for the reaper, whose death is repaired). Thread-safe.
+  /// Gives back \p bytes on \p device that \p slot reserved (more than the slot holds gives
+  /// back what it holds). Lock-free while no reap is in progress (then it waits for the
+  /// reaper, whose death is repaired). Thread-safe.
   void release(slot_handle h, int device, std::uint64_t bytes) noexcept {
-    if (!h.valid() || !ready_device(device) || bytes == 0 || bytes > k_slot_bytes_mask) return;
+    if (!h.valid() || !ready_device(device) || bytes == 0) return;
     auto& w = slot(h.index).used[device];
+    // Releasing more than the process holds breaks the caller contract; clamp so the byte
+    // count never borrows from the in-flight count above it.
+    bytes = std::min(bytes, w.load(std::memory_order_relaxed) & k_slot_bytes_mask);
+    if (bytes == 0) return;
     enter(w, ~std::uint64_t{0});
     auto& used = dev(device).used;
     auto cur = used.load(std::memory_order_relaxed);
