@@ -299,6 +299,12 @@ TEST_CASE("creation tags", "[ledger][file]") {
   CHECK(none.code() == errc::not_found);
   CHECK(none.message() == "ledger file \"" + p.str() + "\": does not exist (open_only)");
 
+  auto nodir = m::shared_ledger::open(m::open_or_create, p.str() + ".d/ledger");
+  REQUIRE_FALSE(nodir.ok());
+  CHECK(nodir.code() == errc::io_error);
+  CHECK(nodir.message() ==
+        "ledger file \"" + p.str() + ".d/ledger\": cannot create: No such file or directory");
+
   auto created = m::shared_ledger::open(m::create_only, p.str());
   REQUIRE(created.ok());
   auto again = m::shared_ledger::open(m::create_only, p.str());

@@ -289,6 +289,9 @@ class shared_file_storage {
     if (fd < 0) {
       const int e = errno;
       if (e == EEXIST) return file_error(errc::exists, path, "already exists (create_only)");
+      if (e == ENOENT && (flags & O_CREAT) != 0) {
+        return file_error(errc::io_error, path, "cannot create: " + detail::errno_text(e));
+      }
       if (e == ENOENT) return file_error(errc::not_found, path, "does not exist (open_only)");
       return file_error(errc::io_error, path, "cannot open: " + detail::errno_text(e));
     }
