@@ -3,8 +3,10 @@
 #include <sys/mman.h>
 
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <random>
 #include <set>
+#include <thread>
 
 #include "gpuslice/memory/ledger.hpp"
 #include "gpuslice/testing/fake_liveness.hpp"
@@ -182,6 +184,36 @@ TEST_CASE("a dead process's slot is reaped exactly once; a reused pid does not k
   auto reborn = l.attach_as(4242, 555);
   REQUIRE(reborn.ok());
   CHECK(l.slot_used(*reborn, d) == 0);
+}
+
+TEST_CASE("a process whose liveness cannot be read is never reaped", "[ledger]") {
+  gpuslice::testing::fake_liveness procs(1, 10);
+  auto l = fake_ledger::create(gpuslice::testing::stepped_clock{}, procs);
+  const int d = *l.device(k_uuid0, 1000);
+  procs.start(9, 90);
+  auto s = *l.attach_as(9, 90);
+  REQUIRE(l.try_reserve(s, d, 600));
+  procs.obscure(9);  // e.g. /proc unreadable for lack of file descriptors
+  CHECK(l.reap() == 0);
+  CHECK(l.used(d) == 600);
+  procs.kill(9);
+  CHECK(l.reap() == 600);
+}
+
+TEST_CASE("real /proc liveness: self, a reused pid, a zombie and a gone process", "[ledger]") {
+  const m::proc_liveness live;
+  const auto self = live.probe(live.self_pid());
+  REQUIRE(self.what == m::liveness_probe::status::running);
+  CHECK(self.start_time > 0);
+  const pid_t child = m::test::fork_child([] { return 0; });
+  // Until waited for, the exited child is a zombie: dead to the ledger.
+  for (int i = 0; i < 1000 && live.probe(child).what == m::liveness_probe::status::running; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  CHECK(live.probe(child).what == m::liveness_probe::status::gone);
+  REQUIRE(m::test::wait_child(child) == 0);
+  CHECK(live.probe(child).what == m::liveness_probe::status::gone);
+  CHECK(live.probe(0).what == m::liveness_probe::status::gone);
 }
 
 TEST_CASE("a reserve that would fail reaps first", "[ledger]") {

@@ -369,7 +369,8 @@ class shared_file_storage {
         // The initialiser died before finishing: nobody can be using the region yet, so one
         // process (whoever wins the CAS on init_pid) initialises it again.
         auto pid = h.init_pid.load(std::memory_order_acquire);
-        if (pid != 0 && pid != self && !live.start_time(static_cast<std::int32_t>(pid)) &&
+        if (pid != 0 && pid != self &&
+            live.probe(static_cast<std::int32_t>(pid)).what == liveness_probe::status::gone &&
             h.init_pid.compare_exchange_strong(pid, self, std::memory_order_acq_rel)) {
           initialise();
           continue;
@@ -431,9 +432,9 @@ class heap_storage {
 };
 
 /// The ledger over a storage policy, a clock and a liveness check.
-/// Clock: `std::uint64_t now_ns() const`. Liveness: `std::optional<std::uint64_t>
-/// start_time(std::int32_t pid) const` (nullopt = not running) and `std::int32_t self_pid()
-/// const`. Movable, not copyable; all operations are thread-safe unless stated.
+/// Clock: `std::uint64_t now_ns() const`. Liveness: `liveness_probe probe(std::int32_t pid)
+/// const` and `std::int32_t self_pid() const`. Movable, not copyable; all operations are
+/// thread-safe unless stated.
 template <class Storage, class Clock = steady_clock_source, class Liveness = proc_liveness>
 class basic_ledger {
  public:
@@ -538,12 +539,12 @@ class basic_ledger {
     const std::int32_t pid = live_.self_pid();
     std::lock_guard<std::mutex> lock(*attach_mutex_);  // first use only; not the hot path
     if (self_pid_ == pid && self_slot_.valid()) return self_slot_;
-    auto start = live_.start_time(pid);
-    if (!start) {
+    const auto self = live_.probe(pid);
+    if (self.what != liveness_probe::status::running) {
       return make_error(errc::io_error, "cannot read the start time of this process (pid " +
                                             std::to_string(pid) + ") from /proc");
     }
-    auto r = attach_as(pid, *start);
+    auto r = attach_as(pid, self.start_time);
     if (r) {
       self_pid_ = pid;
       self_slot_ = *r;
@@ -574,8 +575,13 @@ class basic_ledger {
                                             std::memory_order_acq_rel)) {
           s.start_time.store(start_time, std::memory_order_relaxed);
           for (auto& u : s.used) u.store(0, std::memory_order_relaxed);
-          s.owner.store(make_owner(pid, slot_state::live), std::memory_order_release);
-          return slot_handle{static_cast<std::uint32_t>(i)};
+          // A CAS, not a store: a reaper that took this claim for a dead one (it cannot, but
+          // the claim must never be silently shared) wins, and the search goes on.
+          o = make_owner(pid, slot_state::claiming);
+          if (s.owner.compare_exchange_strong(o, make_owner(pid, slot_state::live),
+                                              std::memory_order_acq_rel)) {
+            return slot_handle{static_cast<std::uint32_t>(i)};
+          }
         }
       }
       if (reap() == 0 && !any_free_slot()) break;
@@ -804,13 +810,23 @@ class basic_ledger {
     return false;
   }
 
+  /// False only when \p pid is certainly not the process that started at \p start (compared
+  /// under \p mask): gone, a zombie, or a reused pid. Doubt counts as alive.
+  bool process_alive(std::int32_t pid, std::uint64_t start,
+                     std::uint64_t mask = ~std::uint64_t{0}) const noexcept {
+    const auto p = live_.probe(pid);
+    if (p.what == liveness_probe::status::unknown) return true;
+    if (p.what == liveness_probe::status::gone) return false;
+    return (p.start_time & mask) == (start & mask);
+  }
+
   template <class Slot>
   bool slot_alive(const Slot& s, std::uint64_t owner) const noexcept {
-    const auto start = live_.start_time(owner_pid(owner));
-    if (!start) return false;
-    // A claiming slot may not have stored its start time yet; its pid being alive suffices.
-    return owner_state(owner) == slot_state::claiming ||
-           *start == s.start_time.load(std::memory_order_acquire);
+    // A claiming slot may not have stored its start time yet; its pid existing suffices.
+    if (owner_state(owner) == slot_state::claiming) {
+      return live_.probe(owner_pid(owner)).what != liveness_probe::status::gone;
+    }
+    return process_alive(owner_pid(owner), s.start_time.load(std::memory_order_acquire));
   }
 
   /// True while any operation of the slot's process is announced (Dekker's side of the reaper).
@@ -835,15 +851,17 @@ class basic_ledger {
 
   std::uint64_t gate_word() const noexcept {
     const auto pid = live_.self_pid();
-    const auto start = live_.start_time(pid).value_or(0);
+    const auto start = live_.probe(pid).start_time;
     return (static_cast<std::uint64_t>(static_cast<std::uint32_t>(pid)) << 32) |
-           (start & 0xffffffffu);
+           (start & k_gate_start_mask);
   }
 
   bool gate_holder_alive(std::uint64_t g) const noexcept {
-    const auto start = live_.start_time(static_cast<std::int32_t>(g >> 32));
-    return start && (*start & 0xffffffffu) == (g & 0xffffffffu);
+    return process_alive(static_cast<std::int32_t>(g >> 32), g, k_gate_start_mask);
   }
+
+  /// The gate word keeps the low 32 bits of the holder's start time.
+  static constexpr std::uint64_t k_gate_start_mask = 0xffffffffu;
 
   /// Takes the reap gate, displacing a dead holder. False if a live reaper holds it.
   bool acquire_gate(std::uint64_t me) noexcept {

@@ -28,42 +28,60 @@ inline constexpr std::size_t k_stat_buffer = 1024;
 /// Field number (1-based, as in proc(5)) of the process start time in /proc/<pid>/stat.
 inline constexpr int k_stat_starttime_field = 22;
 
-/// Process state and start time from /proc/<pid>/stat; nullopt if the process does not exist.
-/// Precondition: pid > 0. Thread-safe.
+/// What /proc/<pid>/stat says about a process.
 struct proc_stat {
-  char state;
-  std::uint64_t start_time;
+  enum class status : std::uint8_t {
+    running,  ///< the file was read: state and start_time are valid
+    gone,     ///< no such process (ENOENT / ESRCH)
+    unknown,  ///< any other failure (EMFILE, EACCES, a malformed line): do not conclude
+  };
+  status what = status::unknown;
+  char state = '?';              ///< field 3 ('R', 'S', 'Z', ...)
+  std::uint64_t start_time = 0;  ///< field 22, clock ticks since boot
 };
 
-inline std::optional<proc_stat> read_proc_stat(std::int32_t pid) noexcept {
-  if (pid <= 0) return std::nullopt;
+/// Reads /proc/<pid>/stat. Precondition: none (pid <= 0 reads as gone). Thread-safe.
+inline proc_stat read_proc_stat(std::int32_t pid) noexcept {
+  proc_stat out;
+  if (pid <= 0) {
+    out.what = proc_stat::status::gone;
+    return out;
+  }
   char path[64];
   std::snprintf(path, sizeof path, "/proc/%d/stat", static_cast<int>(pid));
   const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return std::nullopt;
+  if (fd < 0) {
+    if (errno == ENOENT || errno == ESRCH) out.what = proc_stat::status::gone;
+    return out;
+  }
   char buf[k_stat_buffer];
   ssize_t n;
   do {
     n = ::read(fd, buf, sizeof buf - 1);
   } while (n < 0 && errno == EINTR);
+  const int read_errno = errno;
   ::close(fd);
-  if (n <= 0) return std::nullopt;
+  if (n < 0 && read_errno == ESRCH) out.what = proc_stat::status::gone;  // exited meanwhile
+  if (n <= 0) return out;
   buf[n] = '\0';
   // comm (field 2) may contain spaces and parentheses: fields resume after the last ')'.
   const char* p = std::strrchr(buf, ')');
-  if (p == nullptr || p[1] != ' ') return std::nullopt;
+  if (p == nullptr || p[1] != ' ') return out;
   p += 2;
-  proc_stat out{*p, 0};
+  const char state = *p;
   int field = 3;
   while (field < k_stat_starttime_field) {
     p = std::strchr(p, ' ');
-    if (p == nullptr) return std::nullopt;
+    if (p == nullptr) return out;
     ++p;
     ++field;
   }
   char* end = nullptr;
-  out.start_time = std::strtoull(p, &end, 10);
-  if (end == p) return std::nullopt;
+  const auto start = std::strtoull(p, &end, 10);
+  if (end == p) return out;
+  out.what = proc_stat::status::running;
+  out.state = state;
+  out.start_time = start;
   return out;
 }
 
@@ -79,15 +97,38 @@ inline std::string errno_text(int e) { return std::strerror(e); }
 
 }  // namespace detail
 
-/// Liveness from /proc: a process is alive when /proc/<pid>/stat exists, it is not a zombie,
-/// and its start time matches (so a reused pid is not taken for the old process).
-/// Stateless and thread-safe. Processes must share the pid namespace of the caller.
+/// The answer of a liveness probe.
+struct liveness_probe {
+  enum class status : std::uint8_t {
+    running,  ///< the process exists (start_time valid)
+    gone,     ///< no such process, or a zombie: certainly dead
+    unknown,  ///< could not tell: the ledger then treats the process as alive (never reaps)
+  };
+  status what = status::unknown;
+  std::uint64_t start_time = 0;  ///< valid when running
+};
+
+/// Liveness from /proc: a slot's process is alive when /proc/<pid>/stat exists, it is not a
+/// zombie, and its start time matches the slot's (so a reused pid is not taken for the old
+/// process). An unreadable /proc (fd exhaustion, permissions) answers `unknown`, and the
+/// ledger never reaps on doubt. Stateless and thread-safe. Processes must share the pid
+/// namespace of the caller.
 struct proc_liveness {
-  /// The start time of a running (not zombie) process, or nullopt. Thread-safe.
-  std::optional<std::uint64_t> start_time(std::int32_t pid) const noexcept {
-    auto st = detail::read_proc_stat(pid);
-    if (!st || st->state == 'Z' || st->state == 'X' || st->state == 'x') return std::nullopt;
-    return st->start_time;
+  /// Probes \p pid. Thread-safe.
+  liveness_probe probe(std::int32_t pid) const noexcept {
+    const auto st = detail::read_proc_stat(pid);
+    switch (st.what) {
+      case detail::proc_stat::status::gone:
+        return {liveness_probe::status::gone, 0};
+      case detail::proc_stat::status::unknown:
+        return {liveness_probe::status::unknown, 0};
+      case detail::proc_stat::status::running:
+        break;
+    }
+    if (st.state == 'Z' || st.state == 'X' || st.state == 'x') {
+      return {liveness_probe::status::gone, 0};
+    }
+    return {liveness_probe::status::running, st.start_time};
   }
   /// The calling process's pid. Thread-safe.
   std::int32_t self_pid() const noexcept { return static_cast<std::int32_t>(::getpid()); }

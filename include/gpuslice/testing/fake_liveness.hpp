@@ -12,6 +12,8 @@
 #include <mutex>
 #include <optional>
 
+#include "gpuslice/memory/platform.hpp"
+
 namespace gpuslice::testing {
 
 /// A process table the test controls. Copies share one table. Thread-safe.
@@ -34,12 +36,19 @@ class fake_liveness {
     std::lock_guard<std::mutex> lock(state_->mutex);
     state_->table.erase(pid);
   }
-  /// The start time of a running process, or nullopt. Thread-safe.
-  std::optional<std::uint64_t> start_time(std::int32_t pid) const {
+  /// Makes probes of \p pid answer "unknown" (an unreadable /proc) until start() or kill().
+  /// Thread-safe.
+  void obscure(std::int32_t pid) {
+    std::lock_guard<std::mutex> lock(state_->mutex);
+    state_->table[pid] = k_unknown;
+  }
+  /// What the ledger's liveness seam answers for \p pid. Thread-safe.
+  memory::liveness_probe probe(std::int32_t pid) const {
     std::lock_guard<std::mutex> lock(state_->mutex);
     auto it = state_->table.find(pid);
-    if (it == state_->table.end()) return std::nullopt;
-    return it->second;
+    if (it == state_->table.end()) return {memory::liveness_probe::status::gone, 0};
+    if (it->second == k_unknown) return {memory::liveness_probe::status::unknown, 0};
+    return {memory::liveness_probe::status::running, it->second};
   }
   /// The pid the ledger takes for the calling process. Thread-safe.
   std::int32_t self_pid() const {
@@ -48,6 +57,7 @@ class fake_liveness {
   }
 
  private:
+  static constexpr std::uint64_t k_unknown = ~std::uint64_t{0};  // marks an obscured pid
   struct state {
     mutable std::mutex mutex;
     std::int32_t self = 1;
