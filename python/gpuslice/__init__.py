@@ -26,6 +26,7 @@ from ._core import (
     parse_config,
     parse_percent,
 )
+from . import sharing
 from .memory import Ledger, read_ledger_snapshot
 from .simulate import simulate
 from .traces import read_nodes, read_pods
@@ -55,5 +56,6 @@ __all__ = [
     "read_nodes",
     "read_pods",
     "read_ledger_snapshot",
+    "sharing",
     "simulate",
 ]

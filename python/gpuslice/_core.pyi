@@ -210,3 +210,51 @@ def decode_node_devices(text: str) -> list[Device]: ...
 def encode_node_devices(devices: list[Device]) -> str: ...
 def decode_pair_scores(text: str, devices: list[Device]) -> list[list[int]]: ...
 def fillup_plan(workload: Workload, seed: int = 42, load: float = 1.3) -> dict[str, _Any]: ...
+
+# ---- rate: the GPU model (gpuslice.sharing.run is the documented interface) ---------------
+from typing import TypedDict as _TypedDict
+
+import numpy as _np
+
+class KernelDict(_TypedDict, total=False):
+    """One function in a tenant's mix (rate::kernel_spec)."""
+    duration_ns: int  # mean duration on the whole GPU
+    jitter: float  # uniform in duration * [1 - jitter, 1 + jitter], 0..1
+    weight: float  # relative frequency in the mix
+    grid_blocks: int  # grid size in blocks, what the reference controller charges; 0 = 2 per SM
+
+class TenantDict(_TypedDict, total=False):
+    """A tenant of the modelled GPU (rate::tenant_spec); unknown keys raise ValueError."""
+    name: str
+    share_percent: float  # CUDA_DEVICE_SM_LIMIT; 0 or 100 = no limit
+    policy: str  # "force" | "default" | "disable"
+    priority: str  # "high" | "low" (or "0" | "1")
+    kernels: list[KernelDict]
+    think_ns: int  # host time between launches
+    burst_kernels: int  # > 0: this many launches back to back, then burst_gap_ns
+    burst_gap_ns: int
+    streams_in_flight: int  # unfinished launches before the host waits
+    start_ns: int
+    stop_ns: int | None
+    observe_every: int  # one launch in N is timed for the controller; 0 = none
+
+class GpuDict(_TypedDict, total=False):
+    """The modelled GPU (rate::gpu_spec)."""
+    sm_count: int
+    timeslice_ns: int  # 0 = run to completion
+    launch_overhead_ns: int
+    sleep_overshoot_ns: int
+    nvml_period_ns: int
+    activity_window_ns: int
+
+class ModelResultDict(_TypedDict):
+    times_ns: _np.ndarray  # int64 [samples]: 0, step, 2 step, ...
+    busy_ns: _np.ndarray  # int64 [tenants, samples]: cumulative busy time
+    launches: _np.ndarray  # int64 [tenants]
+    waited_ns: _np.ndarray  # int64 [tenants]: wall time spent waiting for admission
+
+RATE_WORDS: int  # 64-bit words of the shared token bucket (per device, in the ledger)
+
+def run_gpu_model(tenants: list[TenantDict], gpu: GpuDict, duration_ns: int, step_ns: int,
+                  controller: str = "gpuslice", seed: int = 1,
+                  params: dict[str, float | int | bool] = ...) -> ModelResultDict: ...
