@@ -282,6 +282,24 @@ void bind_sim(::pybind11::module_& m) {
         "load"_a = sim::k_default_load, "scorer"_a = ::pybind11::none(),
         "Run one experiment; the GIL is released for the built-in policies. scorer(pod, cluster, "
         "feasible) -> one integer score per feasible node replaces the policy.");
+  m.def(
+      "fillup_plan",
+      [](const std::shared_ptr<sim::prepared_workload>& w, std::int64_t seed, double load) {
+        sim::go_rand rng;
+        const sim::fillup_plan plan = sim::plan_fillup(*w, seed, load, rng);
+        ::pybind11::dict d;
+        d["order"] = to_numpy(plan.order);
+        d["ranks"] = to_numpy(plan.ranks);
+        d["trace_pods"] = plan.trace_pods;
+        d["tuned_pods"] = plan.tuned_pods;
+        d["removed_pods"] = plan.removed_pods;
+        d["pod_names"] = w->pod_names();
+        d["node_names"] = w->node_names();
+        return d;
+      },
+      "workload"_a, "seed"_a = 42, "load"_a = sim::k_default_load,
+      "The fill-up submission order (indices into the name-sorted pods) and the node ranks "
+      "(nodes sorted by name) that a seed draws, as Go's math/rand draws them.");
   m.attr("policy_names") = ::pybind11::cast(std::vector<std::string>(
       fit::k_openb_policy_names.begin(), fit::k_openb_policy_names.end()));
 }

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import time
+from pathlib import Path
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 #: Arrived-load points (percent of GPU capacity) the table shows.
@@ -115,6 +116,7 @@ def _run_grid(workload, policies, seeds, args, console) -> list[dict]:
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from .simulate import PAPER_SEEDS, POLICIES, load_workload, prepare, summarise, to_json
@@ -138,12 +140,13 @@ def run(args: argparse.Namespace) -> int:
     results = _run_grid(workload, policies, seeds, args, err)
     wall = time.perf_counter() - t0
 
-    source = "embedded default workload" if args.nodes is None else f"{args.pods}"
+    source = "embedded default workload" if args.nodes is None else Path(args.pods).name
     title = (f"gpuslice simulate: {args.experiment}, {source}, {workload.node_count} nodes, "
              f"{workload.total_gpus} GPUs, {workload.pod_count} pods, load {args.load:g}, "
              f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}")
     stat = "median [q1, q3]" if args.quartiles else "mean ± std"
-    table = Table(title=title, caption=f"{stat} over seeds; {len(results)} runs in {wall:.1f} s")
+    table = Table(title=escape(title),
+                  caption=escape(f"{stat} over seeds; {len(results)} runs in {wall:.1f} s"))
     table.add_column("policy")
     for x in TABLE_ALLOC_POINTS:
         table.add_column(f"alloc % @{x}%", justify="right")
