@@ -121,3 +121,46 @@ TEST_CASE("eight launching threads through one limiter keep the share", "[rate][
   // The last waiter waits for the whole debt: charged / share (40%), less waits deferred.
   CHECK(l.bucket().available(0) == -k_threads * k_per_thread * 100 * k_us);
 }
+
+TEST_CASE("utilization feedback runs beside eight launching threads", "[rate][concurrent]") {
+  manual_clock clock;
+  local_rate_words w;
+  limiter_params p;
+  using limiter = gpuslice::rate::sm_limiter<manual_clock>;
+  limiter l(w.words, {60, utilization_policy::force, task_priority::low}, p, clock);
+  l.observe(1, 50 * k_us);
+  scripted_utilization source;
+  constexpr std::int64_t k_period = 10 * k_ms;
+  source.add_constant(0, 2'000 * k_ms, k_period, 0.9);  // busier than charged: correction > 1
+  struct sink_t {
+    std::atomic<int> launches{0};
+    void wait(std::int64_t) {}
+    void launch() { launches.fetch_add(1); }
+  } sink;
+  launch_gate<limiter, scripted_utilization, sink_t> gate(l, source, sink);
+  std::atomic<bool> done{false};
+  std::thread ticker([&] {
+    while (!done.load()) {
+      clock.advance(100 * k_us);
+      std::this_thread::yield();
+    }
+  });
+  constexpr int k_per_thread = 3000;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < k_threads; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < k_per_thread; ++i) {
+        gate.launch(1);
+        if (i % 64 == 0) l.observe(1, 50 * k_us);
+        if (i % 256 == 0) l.set_others_active(i % 512 == 0);
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  done = true;
+  ticker.join();
+  CHECK(sink.launches.load() == k_threads * k_per_thread);
+  CHECK(l.correction() >= p.min_correction);
+  CHECK(l.correction() <= p.max_correction);
+  CHECK(l.estimate_ns(1) == 50 * k_us);
+}

@@ -110,6 +110,9 @@ enum class limiter_mode : std::uint8_t {
   suspended,  ///< low priority while a high-priority tenant is active (yield share 0)
 };
 
+/// Parts per million in one percent.
+inline constexpr double k_ppm_per_percent = 10'000.0;
+
 namespace detail {
 /// Slots of the charge timeline (each k_charge_slot_ns long): charges are filed at the time
 /// their kernel may start, so they line up with the utilization that kernel causes.
@@ -149,7 +152,7 @@ class sm_limiter {
              Clock clock = Clock{})
       : bucket_(words), params_(params), clock_(std::move(clock)) {
     set_settings(settings);
-    auto r = bucket_.attach(std::max<std::int64_t>(share_ppm_, 1), params_.burst_ns, clock_.now());
+    auto r = bucket_.attach(std::max<std::int64_t>(share_ppm(), 1), params_.burst_ns, clock_.now());
     if (!r) error_ = r.message();
   }
   sm_limiter(const sm_limiter&) = delete;
@@ -164,11 +167,12 @@ class sm_limiter {
   void set_settings(limiter_settings s) noexcept {
     const double pct = s.share_percent;
     const bool limited = pct > 0.0 && pct < 100.0;
-    share_ppm_ =
-        limited ? std::clamp<std::int64_t>(static_cast<std::int64_t>(pct * 1e4 + 0.5), 1, k_ppm - 1)
-                : k_ppm;
+    share_ppm_ = limited
+                     ? std::clamp<std::int64_t>(
+                           static_cast<std::int64_t>(pct * k_ppm_per_percent + 0.5), 1, k_ppm - 1)
+                     : k_ppm;
     yield_ppm_ = std::clamp<std::int64_t>(
-        static_cast<std::int64_t>(params_.yield_share_percent * 1e4 + 0.5), 0, k_ppm);
+        static_cast<std::int64_t>(params_.yield_share_percent * k_ppm_per_percent + 0.5), 0, k_ppm);
     policy_.store(static_cast<std::uint8_t>(s.policy), std::memory_order_relaxed);
     priority_.store(static_cast<std::uint8_t>(s.priority), std::memory_order_relaxed);
     if (bucket_.ready()) bucket_.set_share_ppm(capped_ppm());
@@ -191,9 +195,9 @@ class sm_limiter {
     const std::uint8_t peers = peers_.load(std::memory_order_relaxed);
     if (policy == utilization_policy::disable) return limiter_mode::uncapped;
     if (priority == task_priority::low && (peers & detail::k_high_others_active) != 0) {
-      return yield_ppm_ > 0 ? limiter_mode::capped : limiter_mode::suspended;
+      return yield_ppm() > 0 ? limiter_mode::capped : limiter_mode::suspended;
     }
-    if (share_ppm_ >= k_ppm) return limiter_mode::uncapped;
+    if (share_ppm() >= k_ppm) return limiter_mode::uncapped;
     if (policy == utilization_policy::force) return limiter_mode::capped;
     // default: capped while someone else is active; a high-priority tenant counts only its
     // peers of high priority, so a low-priority tenant never throttles it.
@@ -363,11 +367,14 @@ class sm_limiter {
     const auto priority = static_cast<task_priority>(priority_.load(std::memory_order_relaxed));
     if (priority == task_priority::low &&
         (peers_.load(std::memory_order_relaxed) & detail::k_high_others_active) != 0 &&
-        yield_ppm_ > 0) {
-      return std::min(yield_ppm_, share_ppm_);
+        yield_ppm() > 0) {
+      return std::min(yield_ppm(), share_ppm());
     }
-    return share_ppm_;
+    return share_ppm();
   }
+
+  std::int64_t share_ppm() const noexcept { return share_ppm_.load(std::memory_order_relaxed); }
+  std::int64_t yield_ppm() const noexcept { return yield_ppm_.load(std::memory_order_relaxed); }
 
   std::int64_t scaled(std::int64_t raw) const noexcept {
     return static_cast<std::int64_t>(static_cast<double>(raw) *
@@ -446,8 +453,8 @@ class sm_limiter {
   limiter_params params_;
   Clock clock_;
   std::string error_;
-  std::int64_t share_ppm_ = k_ppm;
-  std::int64_t yield_ppm_ = 0;
+  std::atomic<std::int64_t> share_ppm_{k_ppm};
+  std::atomic<std::int64_t> yield_ppm_{0};
   std::atomic<std::uint8_t> policy_{0};
   std::atomic<std::uint8_t> priority_{0};
   std::atomic<std::uint8_t> peers_{0};
