@@ -429,19 +429,46 @@ GPUSLICE_SHIM_EXPORT CUresult cuMipmappedArrayDestroy(CUmipmappedArray array) {
 
 // ---- dlsym -------------------------------------------------------------------------------------
 
+namespace {
+
+/// Sanitizer runtimes call dlsym while they start, before their shadow memory exists, so the
+/// dlsym path is built without instrumentation and calls nothing the runtimes intercept.
+#define GPUSLICE_UNINSTRUMENTED __attribute__((no_sanitize("address", "undefined")))
+
+GPUSLICE_UNINSTRUMENTED bool same(const char* a, const char* b) noexcept {
+  while (*a != '\0' && *a == *b) {
+    ++a;
+    ++b;
+  }
+  return *a == *b;
+}
+
+GPUSLICE_UNINSTRUMENTED bool starts_with(const char* s, const char* prefix) noexcept {
+  while (*prefix != '\0') {
+    if (*s++ != *prefix++) return false;
+  }
+  return true;
+}
+
+GPUSLICE_UNINSTRUMENTED const d::hook_entry* find_hook_raw(const char* name) noexcept {
+  for (int i = 0; i < d::k_hook_count; ++i) {
+    if (same(name, d::k_hooks[i].symbol)) return &d::k_hooks[i];
+  }
+  return nullptr;
+}
+
+}  // namespace
+
 /// Programs that dlopen the driver reach it through dlsym, which the shim answers with its own
 /// hooks for the names it hooks (only when the real lookup finds the name: a missing entry
 /// point stays missing). Lookups with RTLD_NEXT are answered relative to the shim, which
 /// precedes every library but the sanitizer runtimes in a preload.
-GPUSLICE_SHIM_EXPORT void* dlsym(void* handle, const char* name) noexcept {
+GPUSLICE_SHIM_EXPORT GPUSLICE_UNINSTRUMENTED void* dlsym(void* handle, const char* name) noexcept {
   void* r = d::real_dlsym(handle, name);
-  if (r == nullptr) return r;
-  const bool candidate =
-      (name[0] == 'c' && name[1] == 'u') || std::strncmp(name, "nvml", std::strlen("nvml")) == 0;
-  if (!candidate) return r;
-  if (const d::hook_entry* e = d::find_hook(name)) return e->fn;
+  if (r == nullptr || !(starts_with(name, "cu") || starts_with(name, "nvml"))) return r;
+  if (const d::hook_entry* e = find_hook_raw(name)) return e->fn;
   for (const char* legacy : k_legacy_counted) {
-    if (std::strcmp(name, legacy) == 0) {
+    if (same(name, legacy)) {
       state::get().log(log_level::warn, "dlsym({}): uncounted pre-3.2 variant; refused", name);
       return nullptr;
     }
@@ -488,15 +515,19 @@ bool refused_legacy(std::string_view base, int version) noexcept {
   return counted && match_proc(base, version, 0) == nullptr;
 }
 
-void* real_dlsym(void* handle, const char* name) noexcept {
-  using dlsym_fn = void* (*)(void*, const char*);
+namespace {
+using dlsym_fn = void* (*)(void*, const char*);
+GPUSLICE_UNINSTRUMENTED dlsym_fn find_real_dlsym() noexcept {
   // The C library's dlsym by version: GLIBC_2.34 since dlsym moved into libc, GLIBC_2.2.5 on
   // older x86-64 C libraries.
-  static const dlsym_fn real = [] {
-    void* f = dlvsym(RTLD_NEXT, "dlsym", "GLIBC_2.34");
-    if (f == nullptr) f = dlvsym(RTLD_NEXT, "dlsym", "GLIBC_2.2.5");
-    return reinterpret_cast<dlsym_fn>(f);
-  }();
+  void* f = dlvsym(RTLD_NEXT, "dlsym", "GLIBC_2.34");
+  if (f == nullptr) f = dlvsym(RTLD_NEXT, "dlsym", "GLIBC_2.2.5");
+  return reinterpret_cast<dlsym_fn>(f);
+}
+}  // namespace
+
+GPUSLICE_UNINSTRUMENTED void* real_dlsym(void* handle, const char* name) noexcept {
+  static const dlsym_fn real = find_real_dlsym();
   return real == nullptr ? nullptr : real(handle, name);
 }
 
