@@ -42,7 +42,6 @@
 #include <vector>
 
 #include "fake_driver.hpp"
-#include "fake_launch.hpp"
 #include "gpuslice/quantity.hpp"
 
 #define FAKE_EXPORT extern "C" __attribute__((visibility("default")))
@@ -264,13 +263,8 @@ void stream_loop(CUstream_st* s) {
     s->queue.pop_front();
     lock.unlock();
     if (w.kernel_us != 0) {
-      // Busy time is the time the kernel held the device, as a GPU counts it: the sleep's
-      // real length (the scheduler may stretch it), not the nominal duration.
-      const auto began = std::chrono::steady_clock::now();
       std::this_thread::sleep_for(std::chrono::microseconds(w.kernel_us));
-      const auto held = std::chrono::duration_cast<std::chrono::microseconds>(
-          std::chrono::steady_clock::now() - began);
-      st().devs[s->physical].busy_us.fetch_add(static_cast<std::uint64_t>(held.count()));
+      st().devs[s->physical].busy_us.fetch_add(w.kernel_us);
     }
     if (w.event != nullptr) {
       std::lock_guard<std::mutex> el(w.event->mu);
@@ -664,16 +658,7 @@ FAKE_EXPORT CUresult cuMemAllocManaged(CUdeviceptr* dptr, size_t bytes, unsigned
   int p = 0;
   if (CUresult r = ctx_physical(&p); r != CUDA_SUCCESS) return r;
   if (flags != CU_MEM_ATTACH_GLOBAL && flags != CU_MEM_ATTACH_HOST) return CUDA_ERROR_INVALID_VALUE;
-  const CUresult r = alloc_on(p, bytes, dptr);
-  if (r != CUDA_ERROR_OUT_OF_MEMORY) return r;
-  // Managed memory may exceed the device, as on a real GPU: what does not fit stays
-  // host-resident and takes no device memory (recorded with 0 device bytes).
-  void* m = map_bytes(bytes);
-  if (m == nullptr) return CUDA_ERROR_OUT_OF_MEMORY;
-  std::lock_guard<std::mutex> lock(st().mu);
-  st().allocs[reinterpret_cast<std::uintptr_t>(m)] = allocation{p, 0, bytes};
-  *dptr = reinterpret_cast<CUdeviceptr>(m);
-  return CUDA_SUCCESS;
+  return alloc_on(p, bytes, dptr);
 }
 
 FAKE_EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr) {
@@ -1140,16 +1125,6 @@ const proc_entry k_procs[] = {
     {"cuModuleUnload", 2000, FAKE_FN(cuModuleUnload), nullptr},
     {"cuModuleGetFunction", 2000, FAKE_FN(cuModuleGetFunction), nullptr},
     {"cuLaunchKernel", 4000, FAKE_FN(cuLaunchKernel), FAKE_FN(cuLaunchKernel_ptsz)},
-    {"cuLaunchKernelEx", 11060, FAKE_FN(cuLaunchKernelEx), FAKE_FN(cuLaunchKernelEx_ptsz)},
-    {"cuLaunchCooperativeKernel", 9000, FAKE_FN(cuLaunchCooperativeKernel),
-     FAKE_FN(cuLaunchCooperativeKernel_ptsz)},
-    {"cuGraphCreate", 10000, FAKE_FN(cuGraphCreate), nullptr},
-    {"cuGraphDestroy", 10000, FAKE_FN(cuGraphDestroy), nullptr},
-    {"cuGraphAddKernelNode", 12000, FAKE_FN(cuGraphAddKernelNode_v2), nullptr},
-    {"cuGraphInstantiate", 11040, FAKE_FN(cuGraphInstantiateWithFlags), nullptr},
-    {"cuGraphExecDestroy", 10000, FAKE_FN(cuGraphExecDestroy), nullptr},
-    {"cuGraphLaunch", 10000, FAKE_FN(cuGraphLaunch), FAKE_FN(cuGraphLaunch_ptsz)},
-    {"cuMemAdvise", 12020, FAKE_FN(cuMemAdvise_v2), nullptr},
 };
 
 /// The driver's semantics: the newest variant introduced at or before \p version; with
