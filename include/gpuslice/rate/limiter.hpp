@@ -18,6 +18,24 @@
 /// the bucket's average rate is the share by construction. A long kernel is charged its length
 /// from the first completion on; a waiting launch waits exactly its deficit. The controller's
 /// gains are times and ratios, so the same settings hold on a 16-SM slice and a 132-SM GPU.
+///
+/// Learning, in three layers: (1) each function's cost is a moving average of its timed
+/// completions, and a timed launch's difference from its charge is charged to the bucket;
+/// (2) a correction factor, the ratio of busy time (utilization) to charged time averaged
+/// over correction_horizon_ns, scales every charge (timings inflated by other contexts' time
+/// slices are corrected here); (3) an integral term charges the bucket the accumulated gap
+/// between utilization and charges, so the share holds over any window longer than the
+/// utilization signal's lag. Launches of a function charged before its first observation
+/// are forgiven in the bucket (no hole opens in the share while learning).
+///
+/// Policies: `force` is always capped; `default` is capped while another tenant is active on
+/// the device (set_others_active) and uncapped alone, draining the bucket on the way back
+/// so nothing saved while alone is spent over the cap; `disable` never caps. Priority: a
+/// high-priority tenant counts only high-priority peers as company, so a low one never caps
+/// it; a low-priority tenant is suspended while a high-priority one is active (HAMi's
+/// behaviour), or capped at yield_share_percent when that is set.
+///
+/// Memory: about 100 KiB per limiter (the function table), one limiter per device and process.
 
 #include <algorithm>
 #include <array>
