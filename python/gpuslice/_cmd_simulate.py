@@ -7,8 +7,8 @@ import json
 import math
 import os
 import time
-from pathlib import Path
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from pathlib import Path
 
 #: Arrived-load points (percent of GPU capacity) the table shows.
 TABLE_ALLOC_POINTS = (100, 130)

@@ -105,9 +105,16 @@ inline bool openb_accessible(const openb_node& node, const openb_pod& pod) noexc
 /// True when n shares of m milli fit, greedily per GPU in index order (§2 rule 3).
 inline bool openb_gpu_fits(const openb_node& node, int n, int m) noexcept {
   if (m <= 0) return true;
+  if (n == 1 || m >= k_openb_gpu_milli) {
+    // One share per GPU at most (a single share, or whole GPUs): count GPUs with f >= m.
+    int fit = 0;
+    for (int i = 0; i < node.gpus; ++i) fit += node.free[static_cast<std::size_t>(i)] >= m;
+    return fit >= n;
+  }
   int placed = 0;
-  for (int i = 0; i < node.gpus && placed < n; ++i)
+  for (int i = 0; i < node.gpus && placed < n; ++i) {
     placed += node.free[static_cast<std::size_t>(i)] / m;
+  }
   return placed >= n;
 }
 
