@@ -309,8 +309,8 @@ class sm_limiter {
     const double window = static_cast<double>(end_ns - start_ns);
     const double floor = params_.min_sample_fraction * window;
     if (static_cast<double>(charged) < floor && static_cast<double>(busy_ns) < floor) return;
-    if (skipped_ < k_warmup_samples) {
-      ++skipped_;  // the first active windows hold launches charged before any cost was known
+    if (skipped_ns_ < k_warmup_ns) {
+      skipped_ns_ += end_ns - start_ns;  // these windows hold launches charged at the prior
       return;
     }
     double busy = static_cast<double>(busy_ns);
@@ -490,9 +490,9 @@ class sm_limiter {
   double busy_avg_ = 0.0;
   double charged_avg_ = 0.0;
   bool have_average_ = false;
-  int skipped_ = 0;
-  /// Active utilization windows ignored at the start.
-  static constexpr int k_warmup_samples = 2;
+  std::int64_t skipped_ns_ = 0;
+  /// Active utilization time ignored at the start (two NVML samples of 1/6 s, one of more).
+  static constexpr std::int64_t k_warmup_ns = 300'000'000;
 };
 
 /// A reading of a utilization source: the process was busy busy_ns during [start_ns, end_ns).
