@@ -21,40 +21,41 @@ SETTLE_S = 0.5
 SECONDS = 5.0
 
 
-def scenarios() -> list[tuple[str, list[Tenant], GPU]]:
-    """The acceptance scenarios: name, tenants, GPU."""
+def scenarios(nvml_ms: float) -> list[tuple[str, list[Tenant], GPU]]:
+    """The acceptance scenarios: name, tenants, GPU (NVML-style samples every nvml_ms)."""
     out = []
     for sms in (132, 16):
         for target in (10, 30, 50, 70, 90):
             for ms in (0.02, 1.0, 50.0):
                 out.append((f"1 tenant, {ms:g} ms kernels, {sms} SMs",
                             [Tenant(share=target, kernels=[Kernel(duration_ms=ms)])],
-                            GPU(sm_count=sms)))
+                            GPU(sm_count=sms, nvml_period_ms=nvml_ms)))
     out.append(("30/70, mixed kernels", [
         Tenant(share=30, kernels=[Kernel(duration_ms=1, jitter=0.3)]),
         Tenant(share=70, kernels=[Kernel(duration_ms=0.2, jitter=0.5, weight=3),
                                   Kernel(duration_ms=5, jitter=0.5)]),
-    ], GPU()))
+    ], GPU(nvml_period_ms=nvml_ms)))
     out.append(("30/70, long kernels", [
         Tenant(share=30, kernels=[Kernel(duration_ms=20, jitter=0.5)]),
         Tenant(share=70, kernels=[Kernel(duration_ms=0.2, jitter=0.5, weight=3),
                                   Kernel(duration_ms=10, jitter=0.2)]),
-    ], GPU()))
+    ], GPU(nvml_period_ms=nvml_ms)))
     out.append(("20/30/50, 20 bursty", [
         Tenant(share=20, kernels=[Kernel(duration_ms=0.2, jitter=0.2)], burst_kernels=100,
                burst_gap_ms=20),
         Tenant(share=30, kernels=[Kernel(duration_ms=1, jitter=0.5)]),
         Tenant(share=50, kernels=[Kernel(duration_ms=3, jitter=0.5),
                                   Kernel(duration_ms=0.1, jitter=0.5, weight=4)]),
-    ], GPU()))
+    ], GPU(nvml_period_ms=nvml_ms)))
     return out
 
 
-def table(results: list[tuple[str, dict[str, sharing.SharingResult]]]) -> None:
+def table(results: list[tuple[str, dict[str, sharing.SharingResult]]], nvml_ms: float) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"1 s window share after {SETTLE_S} s, percent (GPU model, seed 1)")
+    t = Table(title=f"1 s window share after {SETTLE_S} s, percent (GPU model, seed 1, "
+                    f"NVML samples every {nvml_ms:.0f} ms)")
     t.add_column("scenario")
     t.add_column("target", justify="right")
     for c in ("gpuslice", "reference"):
@@ -126,9 +127,12 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path(__file__).with_name("sharing.png"))
     p.add_argument("--no-plot", action="store_true", help="print the table only")
+    p.add_argument("--nvml-ms", type=float, default=1000.0 / 6.0,
+                   help="period of the utilization samples (NVML: 1/6 s to 1 s)")
     args = p.parse_args()
-    results = [(name, sharing.compare(ts, SECONDS, gpu=gpu)) for name, ts, gpu in scenarios()]
-    table(results)
+    results = [(name, sharing.compare(ts, SECONDS, gpu=gpu))
+               for name, ts, gpu in scenarios(args.nvml_ms)]
+    table(results, args.nvml_ms)
     if not args.no_plot:
         plot(args.out)
     return 0
