@@ -6,7 +6,8 @@
 ///   CLIENT_LOAD_PROC     dlsym of cuGetProcAddress_v2 only, everything else through it, as the
 ///                        CUDA 12/13 runtime does (per-thread-stream variants included)
 /// Modes (argv[1]): quota (default), visible P0 P1, overhead, bad_config, bad_ledger,
-/// oom_killer, legacy. The limit is CUDA_DEVICE_MEMORY_LIMIT; the fake's size FAKE_CUDA_MEMORY.
+/// oom_killer, legacy, over_limit_view. The limit is CUDA_DEVICE_MEMORY_LIMIT; the fake's size
+/// FAKE_CUDA_MEMORY.
 
 #include <nvml.h>
 #include <sys/wait.h>
@@ -498,6 +499,47 @@ int oom_killer(const driver& d) {
   return client::finish(k_name);
 }
 
+/// Use above the limit (the limit lowered in the ledger under a running process): the views
+/// still succeed, never underflow, and allocations are refused until use is back under it.
+int over_limit_view(const driver& d) {
+  const std::uint64_t limit = limit_bytes();
+  const char* path = std::getenv("CUDA_DEVICE_MEMORY_SHARED_CACHE");
+  CLIENT_REQUIRE(path != nullptr);
+  CLIENT_REQUIRE(d.init(0) == CUDA_SUCCESS);
+  use_device(d, 0);
+  std::vector<CUdeviceptr> held;
+  for (std::uint64_t i = 0; i < limit / k_chunk / 2; ++i) {
+    CUdeviceptr p = 0;
+    CLIENT_REQUIRE(d.alloc(&p, k_chunk) == CUDA_SUCCESS);
+    held.push_back(p);
+  }
+  const std::uint64_t used = held.size() * k_chunk;
+  {
+    auto ledger = gpuslice::memory::shared_ledger::open(gpuslice::memory::open_only, path);
+    CLIENT_REQUIRE(ledger.ok());
+    CLIENT_REQUIRE(ledger->set_limit(0, used / 2));
+  }
+  size_t free_b = 0, total_b = 0;
+  CLIENT_CHECK_EQ(d.mem_info(&free_b, &total_b), CUDA_SUCCESS);
+  CLIENT_CHECK(free_b <= total_b);
+  CLIENT_CHECK(total_b <= limit);
+  size_t dev_total = 0;
+  CLIENT_CHECK_EQ(d.total_mem(&dev_total, 0), CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(dev_total, total_b);
+  const nvmlMemory_v2_t n = nvml_memory(0);
+  CLIENT_CHECK(n.free <= n.total);
+  CLIENT_CHECK(n.used <= n.total);
+  CUdeviceptr extra = 0;
+  if (total_b == used / 2) {  // the ledger's limit is in force: full, and nothing more fits
+    CLIENT_CHECK_EQ(free_b, 0u);
+    CLIENT_CHECK_EQ(d.alloc(&extra, 1), CUDA_ERROR_OUT_OF_MEMORY);
+  }
+  for (CUdeviceptr p : held) CLIENT_CHECK(d.free(p) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(d.mem_info(&free_b, &total_b), CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(free_b, total_b);
+  return client::finish(k_name);
+}
+
 /// A lookup that would hand out the uncounted pre-3.2 cuMemAlloc is refused.
 int legacy(const driver& d) {
   CLIENT_REQUIRE(d.init(0) == CUDA_SUCCESS);
@@ -535,6 +577,7 @@ int main(int argc, char** argv) {
   if (mode == "bad_ledger") return fail_closed(d, "CUDA_DEVICE_MEMORY_SHARED_CACHE=");
   if (mode == "oom_killer") return oom_killer(d);
   if (mode == "legacy") return legacy(d);
+  if (mode == "over_limit_view") return over_limit_view(d);
   std::fprintf(stdout, "unknown mode %s\n", argv[1]);
   return 2;
 }
