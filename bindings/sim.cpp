@@ -41,7 +41,8 @@ template <class T, class F>
   return l;
 }
 
-using i64_array = ::pybind11::array_t<std::int64_t, ::pybind11::array::c_style | ::pybind11::array::forcecast>;
+using i64_array =
+    ::pybind11::array_t<std::int64_t, ::pybind11::array::c_style | ::pybind11::array::forcecast>;
 
 std::vector<std::int64_t> ints(const i64_array& a, std::size_t n, const char* what) {
   if (static_cast<std::size_t>(a.size()) != n) {
@@ -68,7 +69,8 @@ std::vector<std::int64_t> ints(const i64_array& a, std::size_t n, const char* wh
   d["memory_mib"] = column<std::int64_t>(v.size(), [&](std::size_t i) { return v[i].mem; });
   d["num_gpu"] = column<std::int64_t>(v.size(), [&](std::size_t i) { return v[i].num_gpu; });
   d["gpu_milli"] = column<std::int64_t>(v.size(), [&](std::size_t i) { return v[i].gpu_milli; });
-  d["gpu_spec"] = strings(v.size(), [&](std::size_t i) -> const std::string& { return v[i].gpu_spec; });
+  d["gpu_spec"] =
+      strings(v.size(), [&](std::size_t i) -> const std::string& { return v[i].gpu_spec; });
   d["creation_time"] = column<std::int64_t>(v.size(), [&](std::size_t i) { return v[i].creation; });
   d["deletion_time"] = column<std::int64_t>(v.size(), [&](std::size_t i) { return v[i].deletion; });
   return d;
@@ -84,13 +86,15 @@ std::vector<std::int64_t> ints(const i64_array& a, std::size_t n, const char* wh
   d["gpus"] = column<std::int64_t>(n.size(), [&](std::size_t i) { return n[i].gpus; });
   d["model"] = column<std::int64_t>(n.size(), [&](std::size_t i) { return n[i].model; });
   d["pods"] = column<std::int64_t>(n.size(), [&](std::size_t i) { return n[i].pods; });
-  d["gpu_free_total"] = column<std::int64_t>(n.size(), [&](std::size_t i) { return n[i].free_total; });
+  d["gpu_free_total"] =
+      column<std::int64_t>(n.size(), [&](std::size_t i) { return n[i].free_total; });
   ::pybind11::array_t<std::int64_t> free({static_cast<::pybind11::ssize_t>(n.size()),
                                           static_cast<::pybind11::ssize_t>(fit::k_openb_max_gpus)});
   auto f = free.mutable_unchecked<2>();
   for (std::size_t i = 0; i < n.size(); ++i) {
     for (int g = 0; g < fit::k_openb_max_gpus; ++g) {
-      f(static_cast<::pybind11::ssize_t>(i), g) = g < n[i].gpus ? n[i].free[static_cast<std::size_t>(g)] : -1;
+      f(static_cast<::pybind11::ssize_t>(i), g) =
+          g < n[i].gpus ? n[i].free[static_cast<std::size_t>(g)] : -1;
     }
   }
   d["gpu_free"] = free;
@@ -138,9 +142,10 @@ fit::openb_custom_scorer wrap_scorer(::pybind11::object scorer) {
   if (experiment != "fillup" && experiment != "replay") {
     throw ::pybind11::value_error("experiment '" + experiment + "': expected fillup or replay");
   }
-  if (!(load > 0) || load > sim::k_max_arrived_pct) {
-    throw ::pybind11::value_error("load " + std::to_string(load) + ": expected a multiple of GPU "
-                                  "capacity above 0");
+  constexpr double max_load = 10.0;  // ten times capacity: far beyond any useful experiment
+  if (!(load > 0) || load > max_load) {
+    throw ::pybind11::value_error("load " + std::to_string(load) +
+                                  ": expected a multiple of GPU capacity in (0, 10]");
   }
   sim::run_record rec;
   {
@@ -233,7 +238,8 @@ void bind_sim(::pybind11::module_& m) {
              const auto pc = ints(pod_creation, np, "pod creation_time");
              const auto pd = ints(pod_deletion, np, "pod deletion_time");
              if (node_model.size() != nn || pod_gpu_spec.size() != np) {
-               throw ::pybind11::value_error("node model and pod gpu_spec: one value per row expected");
+               throw ::pybind11::value_error(
+                   "node model and pod gpu_spec: one value per row expected");
              }
              std::vector<sim::trace_node> nodes(nn);
              for (std::size_t i = 0; i < nn; ++i) {
@@ -255,8 +261,14 @@ void bind_sim(::pybind11::module_& m) {
                  throw ::pybind11::value_error("pod " + pod_name[i] + ": num_gpu=" +
                                                std::to_string(pn[i]) + ": expected 0..8");
                }
-               pods[i] = sim::trace_pod{pod_name[i], pcpu[i], pmem[i], static_cast<int>(pn[i]),
-                                        static_cast<int>(pm[i]), pod_gpu_spec[i], pc[i], pd[i]};
+               pods[i] = sim::trace_pod{pod_name[i],
+                                        pcpu[i],
+                                        pmem[i],
+                                        static_cast<int>(pn[i]),
+                                        static_cast<int>(pm[i]),
+                                        pod_gpu_spec[i],
+                                        pc[i],
+                                        pd[i]};
              }
              auto w = sim::prepared_workload::make(std::move(nodes), std::move(pods));
              if (!w) throw ::pybind11::value_error(w.message());
@@ -267,16 +279,19 @@ void bind_sim(::pybind11::module_& m) {
            "pod_creation"_a, "pod_deletion"_a)
       .def_property_readonly("total_gpus", &sim::prepared_workload::total_gpus,
                              "GPUs in the cluster.")
-      .def_property_readonly("node_count", [](const sim::prepared_workload& w) { return w.nodes().size(); },
-                             "Nodes in the cluster.")
-      .def_property_readonly("pod_count", [](const sim::prepared_workload& w) { return w.pods().size(); },
-                             "Pods in the trace.")
+      .def_property_readonly(
+          "node_count", [](const sim::prepared_workload& w) { return w.nodes().size(); },
+          "Nodes in the cluster.")
+      .def_property_readonly(
+          "pod_count", [](const sim::prepared_workload& w) { return w.pods().size(); },
+          "Pods in the trace.")
       .def_property_readonly("has_times", &sim::prepared_workload::has_times,
                              "True when every pod has creation and deletion times.")
       .def_property_readonly("models", &sim::prepared_workload::models, "GPU model names by id.")
-      .def_property_readonly("typical_pod_count",
-                             [](const sim::prepared_workload& w) { return w.typical().pods.size(); },
-                             "Typical pods the fragmentation measure uses (PLACEMENT-SPEC §3).");
+      .def_property_readonly(
+          "typical_pod_count",
+          [](const sim::prepared_workload& w) { return w.typical().pods.size(); },
+          "Typical pods the fragmentation measure uses (PLACEMENT-SPEC §3).");
 
   m.def("run_experiment", &run, "workload"_a, "policy"_a, "experiment"_a = "fillup", "seed"_a = 42,
         "load"_a = sim::k_default_load, "scorer"_a = ::pybind11::none(),
@@ -300,8 +315,8 @@ void bind_sim(::pybind11::module_& m) {
       "workload"_a, "seed"_a = 42, "load"_a = sim::k_default_load,
       "The fill-up submission order (indices into the name-sorted pods) and the node ranks "
       "(nodes sorted by name) that a seed draws, as Go's math/rand draws them.");
-  m.attr("policy_names") = ::pybind11::cast(std::vector<std::string>(
-      fit::k_openb_policy_names.begin(), fit::k_openb_policy_names.end()));
+  m.attr("policy_names") = ::pybind11::cast(
+      std::vector<std::string>(fit::k_openb_policy_names.begin(), fit::k_openb_policy_names.end()));
 }
 
 }  // namespace gpuslice::py

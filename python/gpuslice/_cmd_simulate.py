@@ -13,6 +13,8 @@ from pathlib import Path
 #: Arrived-load points (percent of GPU capacity) the table shows.
 TABLE_ALLOC_POINTS = (100, 130)
 TABLE_FRAG_POINTS = (70, 90)
+#: Largest --load accepted (the core refuses more).
+MAX_LOAD = 10.0
 #: Runs shorter than this show no progress bar.
 PROGRESS_AFTER_S = 1.0
 #: How often the main thread checks on running simulations.
@@ -121,8 +123,9 @@ def run(args: argparse.Namespace) -> int:
 
     from .simulate import PAPER_SEEDS, POLICIES, load_workload, prepare, summarise, to_json
 
-    if args.load <= 0 or args.load > 1.3 * 100:
-        raise ValueError(f"--load {args.load}: expected a positive multiple of GPU capacity")
+    if not 0 < args.load <= MAX_LOAD:
+        raise ValueError(f"--load {args.load:g}: expected a multiple of GPU capacity in "
+                         f"(0, {MAX_LOAD:g}]")
     if args.jobs is not None and args.jobs < 1:
         raise ValueError(f"--jobs {args.jobs}: expected 1 or more")
     if (args.nodes is None) != (args.pods is None):

@@ -265,6 +265,10 @@ def test_cli_errors(tmp_path):
     assert run_cli("--policy", "nope").returncode == 2
     out = run_cli("--pods", str(bad))
     assert out.returncode == 1 and "give both" in out.stderr
+    out = run_cli("--load", "0")
+    assert out.returncode == 1
+    assert out.stderr.strip() == ("gpuslice simulate: error: --load 0: expected a multiple of GPU "
+                                  "capacity in (0, 10]")
 
 
 def test_cli_replay_on_the_embedded_default():
