@@ -257,22 +257,26 @@ TEST_CASE("periodic reaping is rate-bounded by the injected clock", "[ledger]") 
   CHECK(l.used(d) == mine);  // the interval elapsed: reaped within one check period
 }
 
-TEST_CASE("a reaper that died holding the gate is displaced", "[ledger]") {
+TEST_CASE("a reaper that died half-way is taken over by the next operation", "[ledger]") {
   gpuslice::testing::fake_liveness procs(1, 10);
   auto l = fake_ledger::create(gpuslice::testing::stepped_clock{}, procs);
   const int d = *l.device(k_uuid0, 1000);
   auto me = *l.attach();
-  // A gate held by pid 999 (not running), with a slot it was reaping.
-  auto* r = l.storage().region();
-  r->header.reap_gate.store((std::uint64_t{999} << 32) | 3);
   procs.start(31, 3);
   auto half = *l.attach_as(31, 3);
   REQUIRE(l.try_reserve(half, d, 250));
+  // Reaper pid 999 (now gone) closed the gate and marked slot 31 before dying.
+  auto* r = l.storage().region();
+  r->header.reap_gate.store((std::uint64_t{999} << 32) | 3);
+  r->devices[d].used.fetch_or(m::k_gate_bit);
   r->slots[half.index].owner.store(m::make_owner(31, m::slot_state::reaping));
-  CHECK(l.try_reserve(me, d, 10));  // the dead holder does not block the hot path
-  CHECK(l.reap() == 250);
+  CHECK(l.used(d) == 250);          // the gate bit is not part of the total
+  CHECK(l.try_reserve(me, d, 10));  // finishes the dead reaper's work, then reserves
   CHECK(l.used(d) == 10);
+  CHECK(l.reclaimed_bytes() == 250);
   CHECK(r->header.reap_gate.load() == 0);
+  CHECK((r->devices[d].used.load() & m::k_gate_bit) == 0);
+  CHECK(l.snapshot().processes.size() == 1);
 }
 
 TEST_CASE("snapshot lists devices and live processes", "[ledger]") {
@@ -397,11 +401,11 @@ TEST_CASE("damaged files give one clear error and are left untouched", "[ledger]
         {"random bytes", b, errc::corrupt, "not a gpuslice ledger (wrong magic number)"});
   }
   cases.push_back({"truncated", image.substr(0, 1000), errc::corrupt,
-                   "truncated: 1000 bytes, expected 200960"});
+                   "truncated: 1000 bytes, expected 1642752"});
   cases.push_back({"truncated inside the header", image.substr(0, 100), errc::corrupt,
-                   "truncated: 100 bytes, expected 200960"});
+                   "truncated: 100 bytes, expected 1642752"});
   cases.push_back({"grown", image + std::string(64, '\0'), errc::corrupt,
-                   "wrong size: 201024 bytes, expected 200960"});
+                   "wrong size: 1642816 bytes, expected 1642752"});
   {
     std::string b = image;
     m::test::poke<std::uint64_t>(b, 0, 0x4c4c45484d464c45ULL);
@@ -440,7 +444,7 @@ TEST_CASE("damaged files give one clear error and are left untouched", "[ledger]
     std::string b = image;
     m::test::poke<std::uint64_t>(b, 16, 4096);
     cases.push_back({"header size disagrees", b, errc::corrupt,
-                     "size 200960 bytes (header says 4096), expected 200960"});
+                     "size 1642752 bytes (header says 4096), expected 1642752"});
   }
   {
     std::string b(m::k_region_size, '\0');

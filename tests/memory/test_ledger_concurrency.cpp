@@ -74,8 +74,8 @@ bool died_inside_an_operation(const m::shared_ledger& l, pid_t pid) {
   for (const auto& s : l.storage().region()->slots) {
     const auto o = s.owner.load();
     if (m::owner_state(o) != m::slot_state::live || m::owner_pid(o) != pid) continue;
-    for (const auto& w : s.used) {
-      if ((w.load() >> m::k_slot_bytes_bits) != 0) return true;
+    for (const auto& lane : s.lanes) {
+      if (lane.inflight.load() != 0) return true;
     }
   }
   return false;
@@ -94,7 +94,9 @@ TEST_CASE("threads of one process never take the device over its limit", "[ledge
   std::atomic<std::uint64_t> held_total{0};
   std::atomic<std::uint64_t> max_seen{0};
   std::vector<std::thread> threads;
-  for (int t = 0; t < 4; ++t) {
+  // More threads than private lanes: some share lane 0.
+  constexpr int k_threads = static_cast<int>(m::k_lanes) + 2;
+  for (int t = 0; t < k_threads; ++t) {
     threads.emplace_back([&, t] {
       held_total += churn(*l, s, d, 100 + static_cast<std::uint64_t>(t), stop, 16 * k_kib, ops);
     });
@@ -114,6 +116,25 @@ TEST_CASE("threads of one process never take the device over its limit", "[ledge
   CHECK(ops.load() > 1000);
   CHECK(l->used(d) == held_total.load());
   CHECK(l->slot_used(s, d) == held_total.load());
+}
+
+TEST_CASE("lanes of exited threads are taken over", "[ledger][concurrent]") {
+  auto l = m::in_memory_ledger::create();
+  const int d = *l.device(k_uuid, 1 << 20);
+  auto s = *l.attach();
+  constexpr int k_generations = 3 * static_cast<int>(m::k_lanes);
+  for (int i = 0; i < k_generations; ++i) {
+    std::thread([&] { REQUIRE(l.try_reserve(s, d, 10)); }).join();
+  }
+  CHECK(l.slot_used(s, d) == 10 * k_generations);
+  CHECK(l.used(d) == 10 * k_generations);
+  // Every thread found a private lane: none fell back to the shared one.
+  const auto& slot = l.storage().region()->slots[s.index];
+  CHECK(slot.lanes[m::k_shared_lane].used[d].load() == 0);
+  // A thread may release what another reserved.
+  std::thread([&] { l.release(s, d, 10 * k_generations); }).join();
+  CHECK(l.slot_used(s, d) == 0);
+  CHECK(l.used(d) == 0);
 }
 
 TEST_CASE("processes x threads: never over the limit, total = sum of slots at quiescence",

@@ -14,7 +14,7 @@ TEST_CASE("region constants match the contract", "[region]") {
   STATIC_REQUIRE(m::k_slot_count >= 1024);
   STATIC_REQUIRE(m::k_rate_words == 8);
   STATIC_REQUIRE(m::k_layout_version == 1);
-  STATIC_REQUIRE(m::k_region_size == 200960);
+  STATIC_REQUIRE(m::k_region_size == 1642752);
   // "GPUSLEDG" in file order on a little-endian machine.
   const char* magic = reinterpret_cast<const char*>(&m::k_magic);
   CHECK(std::string(magic, 8) == "GPUSLEDG");
@@ -61,26 +61,33 @@ TEST_CASE("device record offsets are pinned", "[region]") {
 }
 
 TEST_CASE("process slot offsets are pinned", "[region]") {
+  using l = m::slot_lane;
+  STATIC_REQUIRE(offsetof(l, holder) == 0);
+  STATIC_REQUIRE(offsetof(l, inflight) == 8);
+  STATIC_REQUIRE(offsetof(l, reserved0) == 16);
+  STATIC_REQUIRE(offsetof(l, used) == 64);
+  STATIC_REQUIRE(sizeof(l::used) == 16 * 8);
+  STATIC_REQUIRE(sizeof(l) == 192);
   using s = m::process_slot;
   STATIC_REQUIRE(offsetof(s, owner) == 0);
   STATIC_REQUIRE(offsetof(s, start_time) == 8);
   STATIC_REQUIRE(offsetof(s, reserved0) == 16);
-  STATIC_REQUIRE(offsetof(s, used) == 64);
-  STATIC_REQUIRE(sizeof(s::used) == 16 * 8);
-  STATIC_REQUIRE(sizeof(s) == 192);
+  STATIC_REQUIRE(offsetof(s, lanes) == 64);
+  STATIC_REQUIRE(m::k_lanes == 8);
+  STATIC_REQUIRE(m::k_shared_lane == 0);
+  STATIC_REQUIRE(sizeof(s) == 64 + 8 * 192);
 }
 
 TEST_CASE("region offsets are pinned", "[region]") {
   STATIC_REQUIRE(offsetof(m::region, header) == 0);
   STATIC_REQUIRE(offsetof(m::region, devices) == 256);
   STATIC_REQUIRE(offsetof(m::region, slots) == 4352);
-  STATIC_REQUIRE(sizeof(m::region) == 4352 + 1024 * 192);
+  STATIC_REQUIRE(sizeof(m::region) == 4352 + 1024 * 1600);
 }
 
-TEST_CASE("slot words pack bytes and operations in flight", "[region]") {
-  STATIC_REQUIRE(m::k_slot_bytes_bits == 48);
-  STATIC_REQUIRE(m::k_slot_bytes_mask == 0xffffffffffffULL);
-  STATIC_REQUIRE(m::k_slot_inflight_one == 0x1000000000000ULL);
+TEST_CASE("the device total's top bit is the reap gate", "[region]") {
+  STATIC_REQUIRE(m::k_gate_bit == 0x8000000000000000ULL);
+  STATIC_REQUIRE(m::k_max_bytes == 0x7fffffffffffffffULL);
 }
 
 TEST_CASE("owner words pack pid and state", "[region]") {

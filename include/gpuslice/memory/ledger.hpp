@@ -17,45 +17,58 @@
 ///
 /// ## The protocol, and why a dead process's bytes come back exactly once
 ///
-/// State: per device a total `used` (D) and a `limit`; per process slot an `owner` word
-/// (pid, state free/claiming/live/reaping) and per device one word W[d] holding the bytes
-/// charged to the process (low 48 bits) and the count F[d] of its operations in flight on the
-/// device (high 16 bits); in the header a reap gate G (0 = open).
+/// State: per device a total `used` (D, below bit 63) whose top bit is the device's reap gate,
+/// and a `limit`; per process slot an `owner` word (pid, state free/claiming/live/reaping) and
+/// k_lanes lanes. A lane holds an in-flight word F and per-device charges W[d]. A thread owns
+/// one private lane (its thread id is the lane's holder) and updates it with plain atomic
+/// loads and stores; threads that find no free lane share lane 0 with read-modify-writes. A
+/// process's charge is the sum of its lanes. In the header, G names the reaper at work.
 ///
-/// Reserve of b bytes on device d (hot path: three read-modify-writes, no lock, no system
-/// call):
-///   1. F[d] += 1                      (seq_cst fetch_add on W[d])
-///   2. if G != 0: F[d] -= 1, wait for G to open (bounded; fail closed), go to 1
-///   3. CAS D: D -> D + b, only if D + b <= limit; on failure F[d] -= 1 and fail
-///   4. W[d] += b and F[d] -= 1        (one fetch_add of b - 2^48, release)
-/// Release is steps 1-2, then D -= b (CAS, saturating at 0), then W[d] -= b and F[d] -= 1 in
-/// one fetch_sub.
+/// Reserve of b bytes on device d (hot path on a private lane: one compare-and-swap, the rest
+/// plain stores; no lock, no system call):
+///   1. F := 1                          (store; ordered before step 2 by its release)
+///   2. CAS D: D -> D + b, only if D's gate bit is clear and D + b <= limit (acq_rel). If
+///      the gate bit is set: F := 0, wait for it to clear (bounded; fail closed), go to 1.
+///      Over the limit: F := 0 and fail.
+///   3. W[d] := W[d] + b                (store)
+///   4. F := 0                          (store, release)
+/// Release is the same with D -> D - b (saturating at 0) and W[d] := W[d] - b.
 ///
 /// Reap (rare: after a process death is seen):
 ///   1. Scan slots; if no live/claiming slot has a dead owner, stop (nothing to do).
-///   2. Close the gate: CAS G 0 -> me (a dead holder is displaced by CAS, after a liveness
-///      check). Another live reaper holding it means this call returns 0.
-///   3. Drain: wait until every F[d] == 0 in every slot whose owner is alive (bounded; on
-///      timeout open the gate and return 0). Because step 1 of an operation and its gate load
-///      are seq_cst, as are the gate CAS and the W loads here, either the operation sees the
-///      gate closed and backs off, or the reaper sees its F and waits (Dekker's argument).
-///   4. Mark every dead slot `reaping` (CAS live -> reaping).
-///   5. For each device, recompute D := sum of W[d] over live slots, with one store.
-///   6. Zero the dead slots' words, set them free, open the gate.
+///   2. Take G by CAS 0 -> me (a dead holder is displaced after a liveness check). Another
+///      live reaper holding it means this call returns 0.
+///   3. Close every device's gate: fetch_or of the gate bit into D (acq_rel).
+///   4. Drain: wait until F == 0 in every lane of every slot whose owner is alive (bounded; on
+///      timeout reopen and return 0). Why no live operation can slip through: all writes to D
+///      are read-modify-writes, so they are totally ordered. If an operation's CAS on D comes
+///      before the reaper's fetch_or, the fetch_or reads from it (a release sequence), so the
+///      operation's F := 1 happens before the reaper reads F: the reaper waits for its step 4.
+///      If it comes after, the CAS sees the gate bit and fails: the operation backs off.
+///   5. Mark every dead slot `reaping` (CAS live -> reaping).
+///   6. For each device, D := sum of the live slots' lanes' W[d], one store that also clears
+///      the gate bit.
+///   7. Zero the dead slots' lanes, set the slots free, clear G.
 ///
 /// Why exactly once: a reap never subtracts a dead slot's bytes; it *recomputes* D from the
-/// live slots at a moment when no live operation is between steps 1 and 4 of the bracket, so
-/// every live slot's bytes equal exactly what it added to D. A process that died anywhere in
-/// the bracket (between the CAS on D and step 4 included) is simply not counted: whatever it did or
-/// did not add to D is replaced by the recount. Two reapers are serialised by the gate; a
-/// reaper that dies mid-way leaves the gate to be displaced and its `reaping` slots to be
-/// freed by the next one, whose recount is the same idempotent store. D never exceeds the
-/// limit through a reserve (step 3 is a CAS checked against the limit), and the recount can
-/// only lower D to what live processes hold.
+/// live slots at a moment when no live operation is between steps 1 and 4 of its bracket, so
+/// every live slot's charges equal exactly what it added to D. A process that died anywhere in
+/// the bracket (between the CAS on D and step 4 included) is simply not counted: whatever it
+/// did or did not add to D is replaced by the recount. Two reapers are serialised by G; a
+/// reaper that dies mid-way leaves G and gate bits to be taken over by the next reaper (any
+/// waiting operation starts one), whose recount is the same idempotent store. D never exceeds
+/// the limit through a reserve (step 2 is a CAS checked against the limit), and the recount
+/// can only lower D to what live processes hold.
 ///
-/// Progress: the hot path is lock-free while the gate is open. The gate closes only while a
-/// reaper works after a process death (a scan of the slots plus the drain), and its holder's
-/// death is detected and repaired. Reserve waits at most k_gate_wait_ns and then fails closed.
+/// Threads: a lane's holder is a thread id of the slot's process; a lane whose thread has
+/// exited is taken over by the next thread that needs one (its charges stay: they are the
+/// process's). A thread must not die in the middle of an operation (pthread_exit or
+/// cancellation from a signal handler); a process may (SIGKILL included).
+///
+/// Progress: the hot path is lock-free while the gates are open. They close only while a
+/// reaper works after a process death (a scan of the slots plus the drain), and a dead
+/// reaper's work is taken over. Reserve waits at most k_gate_wait_ns and then fails closed;
+/// release waits until the gate opens.
 
 #include <algorithm>
 #include <array>
@@ -68,6 +81,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -101,6 +115,8 @@ inline constexpr std::uint64_t k_gate_wait_ns = 2'000'000'000;
 inline constexpr std::uint64_t k_drain_wait_ns = 1'000'000'000;
 /// Smallest interval between two periodic (not failure-driven) reaps.
 inline constexpr std::uint64_t k_reap_interval_ns = 1'000'000'000;
+/// Slots whose lane a thread remembers (a thread rarely uses more ledgers than this).
+inline constexpr std::size_t k_lane_cache = 4;
 /// A thread looks at the clock for a periodic reap once in this many reserves.
 inline constexpr std::uint32_t k_reap_check_every = 256;
 /// Sleep between polls of a state another process is expected to change soon.
@@ -574,7 +590,7 @@ class basic_ledger {
         if (s.owner.compare_exchange_strong(o, make_owner(pid, slot_state::claiming),
                                             std::memory_order_acq_rel)) {
           s.start_time.store(start_time, std::memory_order_relaxed);
-          for (auto& u : s.used) u.store(0, std::memory_order_relaxed);
+          clear_lanes(s);
           // A CAS, not a store: a reaper that took this claim for a dead one (it cannot, but
           // the claim must never be silently shared) wins, and the search goes on.
           o = make_owner(pid, slot_state::claiming);
@@ -596,7 +612,7 @@ class basic_ledger {
   /// limit. Lock-free while no reap is in progress; fails closed on bad arguments.
   /// When it would fail, it first reaps dead processes and tries once more. Thread-safe.
   bool try_reserve(slot_handle h, int device, std::uint64_t bytes) noexcept {
-    if (!h.valid() || !ready_device(device) || bytes > k_slot_bytes_mask) return false;
+    if (!h.valid() || !ready_device(device) || bytes > k_max_bytes) return false;
     if (bytes == 0) return true;
     maybe_periodic_reap();
     if (reserve_once(h, device, bytes)) return true;
@@ -604,39 +620,47 @@ class basic_ledger {
     return reserve_once(h, device, bytes);
   }
 
-  /// Gives back \p bytes on \p device that \p slot reserved (more than the slot holds gives
-  /// back what it holds). Lock-free while no reap is in progress (then it waits for the
-  /// reaper, whose death is repaired). Thread-safe.
+  /// Gives back \p bytes on \p device that \p slot reserved; asking for more than the process
+  /// holds gives back what it holds, so a caller's mistake never frees another process's
+  /// quota. Lock-free while no reap is in progress (then it waits for the reaper, whose death
+  /// is repaired). Thread-safe.
   void release(slot_handle h, int device, std::uint64_t bytes) noexcept {
     if (!h.valid() || !ready_device(device) || bytes == 0) return;
-    auto& w = slot(h.index).used[device];
-    // Releasing more than the process holds breaks the caller contract; clamp so the byte
-    // count never borrows from the in-flight count above it.
-    bytes = std::min(bytes, w.load(std::memory_order_relaxed) & k_slot_bytes_mask);
-    if (bytes == 0) return;
-    enter(w, ~std::uint64_t{0});
+    bytes = std::min(bytes, charged(slot(h.index), device));
+    if (bytes == 0 || bytes > k_max_bytes) return;
+    const lane_ref l = lane_for(h);
     auto& used = dev(device).used;
+    begin(l);
     auto cur = used.load(std::memory_order_relaxed);
-    while (!used.compare_exchange_weak(cur, cur > bytes ? cur - bytes : 0,
-                                       std::memory_order_acq_rel)) {
+    for (;;) {
+      if ((cur & k_gate_bit) != 0) {
+        end(l);
+        wait_gate(device, ~std::uint64_t{0});
+        begin(l);
+        cur = used.load(std::memory_order_relaxed);
+        continue;
+      }
+      if (used.compare_exchange_weak(cur, cur > bytes ? cur - bytes : 0,
+                                     std::memory_order_acq_rel)) {
+        break;
+      }
     }
-    // Gives the bytes back and ends the announcement in one step.
-    w.fetch_sub(bytes + k_slot_inflight_one, std::memory_order_release);
+    charge(l, device, ~bytes + 1);  // minus bytes, modulo 2^64
+    end(l);
   }
 
   /// Bytes in use on \p device, over all processes (0 for a bad index). Thread-safe.
   std::uint64_t used(int device) const noexcept {
-    return ready_device(device) ? dev(device).used.load(std::memory_order_acquire) : 0;
+    return ready_device(device) ? dev(device).used.load(std::memory_order_acquire) & k_max_bytes
+                                : 0;
   }
   /// The device's limit in bytes (0 for a bad index). Thread-safe.
   std::uint64_t limit(int device) const noexcept {
     return ready_device(device) ? dev(device).limit.load(std::memory_order_acquire) : 0;
   }
-  /// Bytes \p slot holds on \p device. Thread-safe.
+  /// Bytes \p slot holds on \p device (the sum of its lanes). Thread-safe.
   std::uint64_t slot_used(slot_handle h, int device) const noexcept {
-    return h.valid() && device >= 0 && device < k_max_devices
-               ? slot(h.index).used[device].load(std::memory_order_acquire) & k_slot_bytes_mask
-               : 0;
+    return h.valid() && device >= 0 && device < k_max_devices ? charged(slot(h.index), device) : 0;
   }
 
   /// Sets the device's limit; it applies to the next reservation, and bytes already in use are
@@ -670,70 +694,7 @@ class basic_ledger {
   /// Returns the bytes of dead processes' slots to their devices and frees the slots; returns
   /// the bytes reclaimed (0 if nothing was dead, or another live reaper is at work). See the
   /// protocol at the top of this file. Thread-safe (across processes too).
-  std::uint64_t reap() noexcept {
-    if (!any_dead_slot()) return 0;
-    auto& h = header();
-    const std::uint64_t me = gate_word();
-    if (!acquire_gate(me)) return 0;
-    // Drain live operations; find the dead slots.
-    const std::uint64_t deadline = detail::monotonic_ns() + k_drain_wait_ns;
-    std::array<bool, k_slot_count> dead{};
-    for (std::size_t i = 0; i < k_slot_count; ++i) {
-      auto& s = slot(i);
-      for (;;) {
-        const auto o = s.owner.load(std::memory_order_seq_cst);
-        const auto st = owner_state(o);
-        if (st == slot_state::free) break;
-        if (st == slot_state::reaping || !slot_alive(s, o)) {
-          dead[i] = true;  // a reaping slot under the gate: its reaper died
-          break;
-        }
-        // A live claimer holds no bytes yet and cannot be inside an operation.
-        if (st == slot_state::claiming || !any_inflight(s)) break;
-        if (detail::monotonic_ns() > deadline) {
-          h.reap_gate.store(0, std::memory_order_seq_cst);
-          return 0;
-        }
-        std::this_thread::yield();
-      }
-    }
-    for (std::size_t i = 0; i < k_slot_count; ++i) {
-      if (!dead[i]) continue;
-      auto& s = slot(i);
-      auto o = s.owner.load(std::memory_order_acquire);
-      if (owner_state(o) != slot_state::reaping &&
-          !s.owner.compare_exchange_strong(o, make_owner(owner_pid(o), slot_state::reaping),
-                                           std::memory_order_acq_rel)) {
-        dead[i] = false;  // changed under us: only a free slot can (claimed); leave it
-      }
-    }
-    std::uint64_t reclaimed = 0;
-    const int n = device_count();
-    for (int d = 0; d < n; ++d) {
-      std::uint64_t sum = 0;
-      for (std::size_t i = 0; i < k_slot_count; ++i) {
-        const auto& s = slot(i);
-        if (owner_state(s.owner.load(std::memory_order_acquire)) == slot_state::live) {
-          sum += s.used[d].load(std::memory_order_acquire) & k_slot_bytes_mask;
-        }
-      }
-      const auto old = dev(d).used.exchange(sum, std::memory_order_acq_rel);
-      if (old > sum) reclaimed += old - sum;
-    }
-    for (std::size_t i = 0; i < k_slot_count; ++i) {
-      if (!dead[i]) continue;
-      auto& s = slot(i);
-      for (auto& u : s.used) u.store(0, std::memory_order_relaxed);
-      s.start_time.store(0, std::memory_order_relaxed);
-      s.owner.store(0, std::memory_order_release);
-    }
-    if (reclaimed != 0) {
-      h.reap_count.fetch_add(1, std::memory_order_relaxed);
-      h.reclaimed_bytes.fetch_add(reclaimed, std::memory_order_relaxed);
-    }
-    h.reap_gate.store(0, std::memory_order_seq_cst);
-    return reclaimed;
-  }
+  std::uint64_t reap() noexcept { return reap_impl(false); }
 
   /// A copy of the devices and the live slots. Thread-safe.
   memory::snapshot snapshot() const {
@@ -742,7 +703,7 @@ class basic_ledger {
     for (int i = 0; i < n; ++i) {
       const auto& d = dev(i);
       out.devices.push_back(device_usage{uuid(i), d.limit.load(std::memory_order_acquire),
-                                         d.used.load(std::memory_order_acquire),
+                                         d.used.load(std::memory_order_acquire) & k_max_bytes,
                                          d.sm_limit_percent.load(std::memory_order_acquire)});
     }
     for (std::size_t i = 0; i < k_slot_count; ++i) {
@@ -752,9 +713,7 @@ class basic_ledger {
       process_usage p;
       p.pid = owner_pid(o);
       p.start_time = s.start_time.load(std::memory_order_acquire);
-      for (int d = 0; d < k_max_devices; ++d) {
-        p.used[d] = s.used[d].load(std::memory_order_acquire) & k_slot_bytes_mask;
-      }
+      for (int d = 0; d < k_max_devices; ++d) p.used[d] = charged(s, d);
       out.processes.push_back(p);
     }
     return out;
@@ -829,13 +788,30 @@ class basic_ledger {
     return process_alive(owner_pid(owner), s.start_time.load(std::memory_order_acquire));
   }
 
-  /// True while any operation of the slot's process is announced (Dekker's side of the reaper).
+  /// True while any operation of the slot's process is announced (the reaper's drain).
   template <class Slot>
   static bool any_inflight(const Slot& s) noexcept {
-    for (const auto& w : s.used) {
-      if ((w.load(std::memory_order_seq_cst) >> k_slot_bytes_bits) != 0) return true;
+    for (const auto& l : s.lanes) {
+      if (l.inflight.load(std::memory_order_acquire) != 0) return true;
     }
     return false;
+  }
+
+  /// The bytes a slot holds on a device: the sum of its lanes (modulo 2^64).
+  template <class Slot>
+  static std::uint64_t charged(const Slot& s, int device) noexcept {
+    std::uint64_t sum = 0;
+    for (const auto& l : s.lanes) sum += l.used[device].load(std::memory_order_acquire);
+    return sum;
+  }
+
+  template <class Slot>
+  static void clear_lanes(Slot& s) noexcept {
+    for (auto& l : s.lanes) {
+      l.holder.store(0, std::memory_order_relaxed);
+      l.inflight.store(0, std::memory_order_relaxed);
+      for (auto& u : l.used) u.store(0, std::memory_order_relaxed);
+    }
   }
 
   bool any_dead_slot() const noexcept {
@@ -874,25 +850,88 @@ class basic_ledger {
     return false;
   }
 
-  /// Announces an operation in the slot's word \p w (F += 1) once the gate is open. Waits at
-  /// most \p wait_ns (all ones: forever) for a closed gate; a dead holder is displaced.
-  /// False on timeout.
-  template <class Word>
-  bool enter(Word& w, std::uint64_t wait_ns) noexcept {
-    auto& gate = header().reap_gate;
-    std::uint64_t deadline = 0;
-    for (;;) {
-      w.fetch_add(k_slot_inflight_one, std::memory_order_seq_cst);
-      const auto g = gate.load(std::memory_order_seq_cst);
-      if (g == 0) return true;
-      w.fetch_sub(k_slot_inflight_one, std::memory_order_seq_cst);
-      if (deadline == 0) {
-        const auto now = detail::monotonic_ns();
-        deadline = wait_ns > ~std::uint64_t{0} - now ? ~std::uint64_t{0} : now + wait_ns;
+  using lane_type =
+      std::remove_reference_t<decltype(std::declval<region_type&>().slots[0].lanes[0])>;
+
+  /// The lane a thread uses in a slot; shared lanes are updated with read-modify-writes.
+  struct lane_ref {
+    lane_type* lane;
+    bool shared;
+  };
+
+  /// This thread's lane in slot \p h: a private one it holds or claims (taking over one whose
+  /// thread has exited), else the shared lane. Remembered per thread for a few slots.
+  lane_ref lane_for(slot_handle h) noexcept {
+    struct entry {
+      const void* region = nullptr;
+      std::uint32_t slot = 0;
+      std::uint32_t lane = 0;
+    };
+    static thread_local std::array<entry, k_lane_cache> cache{};
+    static thread_local std::size_t next = 0;
+    const std::uint64_t tid = detail::this_thread_id();
+    const void* r = storage_.region();
+    auto& s = slot(h.index);
+    for (const auto& e : cache) {
+      if (e.region != r || e.slot != h.index) continue;
+      auto& l = s.lanes[e.lane];
+      if (e.lane == k_shared_lane) return {&l, true};
+      if (l.holder.load(std::memory_order_relaxed) == tid) return {&l, false};
+    }
+    std::size_t chosen = k_shared_lane;
+    for (std::size_t i = 0; i < k_lanes && chosen == k_shared_lane; ++i) {
+      if (i == k_shared_lane) continue;
+      auto& l = s.lanes[i];
+      auto cur = l.holder.load(std::memory_order_acquire);
+      if (cur == tid) {
+        chosen = i;
+      } else if ((cur == 0 || !detail::thread_exists(cur)) &&
+                 l.holder.compare_exchange_strong(cur, tid, std::memory_order_acq_rel)) {
+        chosen = i;
       }
-      if (!gate_holder_alive(g)) {
-        auto expected = g;
-        gate.compare_exchange_strong(expected, 0, std::memory_order_seq_cst);
+    }
+    cache[next] = entry{r, h.index, static_cast<std::uint32_t>(chosen)};
+    next = (next + 1) % k_lane_cache;
+    return {&s.lanes[chosen], chosen == k_shared_lane};
+  }
+
+  /// Announces an operation in lane \p l (step 1).
+  static void begin(const lane_ref& l) noexcept {
+    if (l.shared) {
+      l.lane->inflight.fetch_add(1, std::memory_order_relaxed);
+    } else {
+      l.lane->inflight.store(1, std::memory_order_relaxed);
+    }
+  }
+  /// Ends an operation in lane \p l (step 4).
+  static void end(const lane_ref& l) noexcept {
+    if (l.shared) {
+      l.lane->inflight.fetch_sub(1, std::memory_order_release);
+    } else {
+      l.lane->inflight.store(0, std::memory_order_release);
+    }
+  }
+  /// Adds \p delta (modulo 2^64) to the lane's charge on \p device (step 3).
+  static void charge(const lane_ref& l, int device, std::uint64_t delta) noexcept {
+    auto& w = l.lane->used[device];
+    if (l.shared) {
+      w.fetch_add(delta, std::memory_order_relaxed);
+    } else {
+      w.store(w.load(std::memory_order_relaxed) + delta, std::memory_order_relaxed);
+    }
+  }
+
+  /// Waits until \p device's gate bit clears, at most \p wait_ns (all ones: forever). A gate
+  /// left by a dead reaper is taken over: this thread finishes the reap. False on timeout.
+  bool wait_gate(int device, std::uint64_t wait_ns) noexcept {
+    const auto now = detail::monotonic_ns();
+    const std::uint64_t deadline =
+        wait_ns > ~std::uint64_t{0} - now ? ~std::uint64_t{0} : now + wait_ns;
+    for (;;) {
+      if ((dev(device).used.load(std::memory_order_acquire) & k_gate_bit) == 0) return true;
+      const auto g = header().reap_gate.load(std::memory_order_acquire);
+      if (g == 0 || !gate_holder_alive(g)) {
+        reap_impl(true);
         continue;
       }
       if (detail::monotonic_ns() > deadline) return false;
@@ -901,20 +940,101 @@ class basic_ledger {
   }
 
   bool reserve_once(slot_handle h, int device, std::uint64_t bytes) noexcept {
-    auto& w = slot(h.index).used[device];
-    if (!enter(w, k_gate_wait_ns)) return false;
+    const lane_ref l = lane_for(h);
     auto& d = dev(device);
-    const auto lim = d.limit.load(std::memory_order_acquire);
+    begin(l);
+    const auto lim = std::min(d.limit.load(std::memory_order_acquire), k_max_bytes);
     auto cur = d.used.load(std::memory_order_relaxed);
-    do {
+    for (;;) {
+      if ((cur & k_gate_bit) != 0) {
+        end(l);
+        if (!wait_gate(device, k_gate_wait_ns)) return false;
+        begin(l);
+        cur = d.used.load(std::memory_order_relaxed);
+        continue;
+      }
       if (cur > lim || bytes > lim - cur) {
-        w.fetch_sub(k_slot_inflight_one, std::memory_order_release);
+        end(l);
         return false;
       }
-    } while (!d.used.compare_exchange_weak(cur, cur + bytes, std::memory_order_acq_rel));
-    // Charges the bytes and ends the announcement in one step (modular arithmetic).
-    w.fetch_add(bytes - k_slot_inflight_one, std::memory_order_release);
+      if (d.used.compare_exchange_weak(cur, cur + bytes, std::memory_order_acq_rel)) break;
+    }
+    charge(l, device, bytes);
+    end(l);
     return true;
+  }
+
+  /// The reap of reap(); \p force skips the check for dead slots (taking over a dead reaper).
+  std::uint64_t reap_impl(bool force) noexcept {
+    if (!force && !any_dead_slot()) return 0;
+    auto& h = header();
+    if (!acquire_gate(gate_word())) return 0;
+    const int n = device_count();
+    for (int d = 0; d < n; ++d) dev(d).used.fetch_or(k_gate_bit, std::memory_order_acq_rel);
+    const auto reopen = [&] {
+      for (int d = 0; d < n; ++d) dev(d).used.fetch_and(k_max_bytes, std::memory_order_acq_rel);
+      h.reap_gate.store(0, std::memory_order_release);
+    };
+    // Drain live operations; find the dead slots.
+    const std::uint64_t deadline = detail::monotonic_ns() + k_drain_wait_ns;
+    std::array<bool, k_slot_count> dead{};
+    for (std::size_t i = 0; i < k_slot_count; ++i) {
+      auto& s = slot(i);
+      for (;;) {
+        const auto o = s.owner.load(std::memory_order_acquire);
+        const auto st = owner_state(o);
+        if (st == slot_state::free) break;
+        if (st == slot_state::reaping || !slot_alive(s, o)) {
+          dead[i] = true;  // a reaping slot under the gate: its reaper died
+          break;
+        }
+        // A live claimer holds no bytes yet and cannot be inside an operation.
+        if (st == slot_state::claiming || !any_inflight(s)) break;
+        if (detail::monotonic_ns() > deadline) {
+          reopen();
+          return 0;
+        }
+        std::this_thread::yield();
+      }
+    }
+    for (std::size_t i = 0; i < k_slot_count; ++i) {
+      if (!dead[i]) continue;
+      auto& s = slot(i);
+      auto o = s.owner.load(std::memory_order_acquire);
+      if (owner_state(o) != slot_state::reaping &&
+          !s.owner.compare_exchange_strong(o, make_owner(owner_pid(o), slot_state::reaping),
+                                           std::memory_order_acq_rel)) {
+        dead[i] = false;  // changed under us: only a free slot can (claimed); leave it
+      }
+    }
+    std::uint64_t reclaimed = 0;
+    for (int d = 0; d < n; ++d) {
+      std::uint64_t sum = 0;
+      for (std::size_t i = 0; i < k_slot_count; ++i) {
+        const auto& s = slot(i);
+        if (owner_state(s.owner.load(std::memory_order_acquire)) == slot_state::live) {
+          sum += charged(s, d);
+        }
+      }
+      sum = std::min(sum, k_max_bytes);
+      auto& used = dev(d).used;
+      const auto old = used.load(std::memory_order_acquire) & k_max_bytes;
+      used.store(sum, std::memory_order_release);  // also opens the device's gate
+      if (old > sum) reclaimed += old - sum;
+    }
+    for (std::size_t i = 0; i < k_slot_count; ++i) {
+      if (!dead[i]) continue;
+      auto& s = slot(i);
+      clear_lanes(s);
+      s.start_time.store(0, std::memory_order_relaxed);
+      s.owner.store(0, std::memory_order_release);
+    }
+    if (reclaimed != 0) {
+      h.reap_count.fetch_add(1, std::memory_order_relaxed);
+      h.reclaimed_bytes.fetch_add(reclaimed, std::memory_order_relaxed);
+    }
+    h.reap_gate.store(0, std::memory_order_release);
+    return reclaimed;
   }
 
   /// Looks at the clock once every k_reap_check_every reserves of a thread, and reaps when
@@ -991,7 +1111,7 @@ inline result<snapshot> read_snapshot(const std::string& path) {
     const auto& d = r->devices[i];
     out.devices.push_back(device_usage{std::string(d.uuid, strnlen(d.uuid, k_uuid_bytes)),
                                        d.limit.load(std::memory_order_acquire),
-                                       d.used.load(std::memory_order_acquire),
+                                       d.used.load(std::memory_order_acquire) & k_max_bytes,
                                        d.sm_limit_percent.load(std::memory_order_acquire)});
   }
   for (const auto& s : r->slots) {
@@ -1001,7 +1121,9 @@ inline result<snapshot> read_snapshot(const std::string& path) {
     pu.pid = owner_pid(o);
     pu.start_time = s.start_time.load(std::memory_order_acquire);
     for (int d = 0; d < k_max_devices; ++d) {
-      pu.used[d] = s.used[d].load(std::memory_order_acquire) & k_slot_bytes_mask;
+      std::uint64_t sum = 0;
+      for (const auto& l : s.lanes) sum += l.used[d].load(std::memory_order_acquire);
+      pu.used[d] = sum;
     }
     out.processes.push_back(pu);
   }

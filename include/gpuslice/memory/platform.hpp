@@ -5,8 +5,10 @@
 /// states its preconditions. Linux only (/proc).
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -83,6 +85,37 @@ inline proc_stat read_proc_stat(std::int32_t pid) noexcept {
   out.state = state;
   out.start_time = start;
   return out;
+}
+
+/// The calling thread's cached kernel thread id (0 = not looked up yet).
+inline std::uint64_t& cached_thread_id() noexcept {
+  static thread_local std::uint64_t tid = 0;
+  return tid;
+}
+
+/// pthread_atfork child handler: the forking thread has a new id in the child.
+inline void forget_thread_id_after_fork() noexcept { cached_thread_id() = 0; }
+
+/// The kernel thread id of the caller, cached per thread (and looked up again in a fork
+/// child). Thread-safe.
+inline std::uint64_t this_thread_id() noexcept {
+  auto& tid = cached_thread_id();
+  if (tid == 0) {
+    static const int registered = ::pthread_atfork(nullptr, nullptr, &forget_thread_id_after_fork);
+    (void)registered;
+    tid = static_cast<std::uint64_t>(::syscall(SYS_gettid));
+  }
+  return tid;
+}
+
+/// False only when thread \p tid of the calling process certainly no longer exists (doubt
+/// counts as existing). Thread-safe.
+inline bool thread_exists(std::uint64_t tid) noexcept {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/self/task/%llu", static_cast<unsigned long long>(tid));
+  struct stat st {};
+  if (::stat(path, &st) == 0) return true;
+  return errno != ENOENT;
 }
 
 /// Current wall of the monotonic clock in nanoseconds. Thread-safe.

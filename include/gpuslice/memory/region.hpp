@@ -8,8 +8,8 @@
 /// Layout (byte offsets):
 ///   [0, 256)                       region_header
 ///   [256, 256 + 16 * 256)          device_record[k_max_devices]
-///   [4352, 4352 + 1024 * 192)      process_slot[k_slot_count]
-///   total k_region_size = 200960 bytes
+///   [4352, 4352 + 1024 * 1600)     process_slot[k_slot_count], each 64 + 8 lanes * 192
+///   total k_region_size = 1642752 bytes
 ///
 /// Endianness: the file is read only by processes of the same machine, so native order.
 
@@ -31,13 +31,16 @@ inline constexpr std::size_t k_slot_count = 1024;
 inline constexpr std::size_t k_rate_words = 8;
 /// "GPUSLEDG" read as a little-endian 64-bit word: identifies a gpuslice ledger file.
 inline constexpr std::uint64_t k_magic = 0x4744454c53555047ULL;
-/// Bits of a slot's per-device word that count bytes (256 TiB); the bits above count the
-/// process's operations in flight on the device.
-inline constexpr unsigned k_slot_bytes_bits = 48;
-/// Mask of the byte count in a slot's per-device word.
-inline constexpr std::uint64_t k_slot_bytes_mask = (std::uint64_t{1} << k_slot_bytes_bits) - 1;
-/// One operation in flight, in a slot's per-device word.
-inline constexpr std::uint64_t k_slot_inflight_one = std::uint64_t{1} << k_slot_bytes_bits;
+/// Lanes per process slot. A thread of the process owns one lane (lanes 1..7) and updates it
+/// with plain atomic stores; lane 0 is shared by threads that found no free lane and is
+/// updated with read-modify-writes.
+inline constexpr std::size_t k_lanes = 8;
+/// Index of the shared lane.
+inline constexpr std::size_t k_shared_lane = 0;
+/// The top bit of a device total: set while a reaper recounts (the reap gate of the device).
+inline constexpr std::uint64_t k_gate_bit = std::uint64_t{1} << 63;
+/// Largest device total or limit: everything below the gate bit.
+inline constexpr std::uint64_t k_max_bytes = k_gate_bit - 1;
 /// Layout version; bumped on any change to the structs below.
 inline constexpr std::uint32_t k_layout_version = 1;
 /// Cache line size assumed for alignment of hot fields.
@@ -93,22 +96,33 @@ struct alignas(k_cache_line) basic_device_record {
   Atom<std::uint32_t> sm_limit_percent;  ///< SM share for the limiter; 0 = none
   Atom<std::uint64_t> limit;             ///< bytes; the total never exceeds it by a reserve
   std::uint64_t reserved0[2];
-  alignas(k_cache_line) Atom<std::uint64_t> used;  ///< device total, CAS-updated (own line)
+  /// Device total in bytes (below k_gate_bit), CAS-updated; k_gate_bit is set while a reaper
+  /// recounts. Own cache line.
+  alignas(k_cache_line) Atom<std::uint64_t> used;
   std::uint64_t reserved1[7];
   /// Opaque to the ledger, zero at initialisation: the SM limiter's shared token bucket.
   alignas(k_cache_line) Atom<std::uint64_t> rate_words[k_rate_words];
 };
 
-/// A process's slot: who owns it and what it holds per device.
+/// One lane of a process slot: the charges made through it and its operations in flight.
+/// A process's charge on a device is the sum of its lanes' words, modulo 2^64 (a thread may
+/// release bytes another thread reserved, taking its own lane "below zero").
+template <template <class> class Atom>
+struct alignas(k_cache_line) basic_slot_lane {
+  Atom<std::uint64_t> holder;    ///< thread id of the owning thread; 0 = free (lane 0: unused)
+  Atom<std::uint64_t> inflight;  ///< operations between announcing and finishing (ledger.hpp)
+  std::uint64_t reserved0[6];
+  Atom<std::uint64_t> used[k_max_devices];  ///< bytes charged through this lane, per device
+};
+
+/// A process's slot: who owns it and what it holds per device, in lanes.
 template <template <class> class Atom>
 struct alignas(k_cache_line) basic_process_slot {
   /// (pid << 32) | slot_state; one word so a claim records state and pid together.
   Atom<std::uint64_t> owner;
   Atom<std::uint64_t> start_time;  ///< field 22 of /proc/<pid>/stat (clock ticks since boot)
   std::uint64_t reserved0[6];
-  /// Per device: bytes charged to this process (low k_slot_bytes_bits bits) and, above them,
-  /// the number of its operations on the device in flight (see ledger.hpp).
-  Atom<std::uint64_t> used[k_max_devices];
+  basic_slot_lane<Atom> lanes[k_lanes];
 };
 
 /// The whole region.
@@ -122,6 +136,7 @@ struct basic_region {
 /// The layout over std::atomic, the one that files hold.
 using region_header = basic_region_header<std::atomic>;
 using device_record = basic_device_record<std::atomic>;
+using slot_lane = basic_slot_lane<std::atomic>;
 using process_slot = basic_process_slot<std::atomic>;
 using region = basic_region<std::atomic>;
 
@@ -137,8 +152,9 @@ static_assert(sizeof(std::atomic<std::uint64_t>) == 8 && sizeof(std::atomic<std:
 static_assert(std::is_standard_layout_v<region>, "the region must be standard-layout");
 static_assert(sizeof(region_header) == 256);
 static_assert(sizeof(device_record) == 256);
-static_assert(sizeof(process_slot) == 192);
-static_assert(k_region_size == 256 + 16 * 256 + 1024 * 192);
+static_assert(sizeof(slot_lane) == 192);
+static_assert(sizeof(process_slot) == 64 + k_lanes * 192);
+static_assert(k_region_size == 256 + 16 * 256 + 1024 * (64 + 8 * 192));
 
 /// Packs a slot owner word.
 constexpr std::uint64_t make_owner(std::int32_t pid, slot_state s) noexcept {
