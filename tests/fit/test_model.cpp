@@ -86,6 +86,15 @@ TEST_CASE("type rules: case-insensitive substrings, include and exclude", "[fit]
   }
 }
 
+TEST_CASE("split_names reads annotation lists as HAMi does", "[fit][model]") {
+  CHECK(split_names("A100, V100 ,,T4") == std::vector<std::string>{"A100", "V100", "T4"});
+  CHECK(split_names("").empty());
+  CHECK(split_names(" , ").empty());
+  container_request c;
+  c.use_types = split_names(" ");
+  CHECK(type_allowed(c, "NVIDIA-A100"));  // an empty value is no constraint
+}
+
 TEST_CASE("uuid rules: exact matches", "[fit][model]") {
   container_request c;
   c.use_uuids = {"GPU-a", "GPU-b"};

@@ -169,6 +169,23 @@ inline bool contains_icase(std::string_view hay, std::string_view needle) noexce
 }
 }  // namespace detail
 
+/// Splits an annotation value such as `nvidia.com/use-gputype: "A100, V100"` into names the
+/// way HAMi reads it: comma-separated, surrounding spaces trimmed, empty entries dropped (so an
+/// empty value is no constraint). Pure, thread-safe.
+inline std::vector<std::string> split_names(std::string_view value) {
+  std::vector<std::string> out;
+  while (true) {
+    const std::size_t comma = value.find(',');
+    std::string_view item = value.substr(0, comma);
+    while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) item.remove_prefix(1);
+    while (!item.empty() && (item.back() == ' ' || item.back() == '\t')) item.remove_suffix(1);
+    if (!item.empty()) out.emplace_back(item);
+    if (comma == std::string_view::npos) break;
+    value.remove_prefix(comma + 1);
+  }
+  return out;
+}
+
 /// HAMi's type rule: with a non-empty include list some entry must be a substring of \p type;
 /// no exclude entry may be. Case-insensitive. Pure, thread-safe.
 inline bool type_allowed(const container_request& r, std::string_view type) noexcept {
