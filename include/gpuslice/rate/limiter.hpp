@@ -11,7 +11,10 @@
 ///   ... later, for a sample of launches: limiter.observe(function_id, measured_ns, now);
 ///   ... periodically: limiter.utilization_sample(start_ns, end_ns, busy_ns);
 ///   ... when the node region changes: limiter.set_others_active(others, high_priority_others);
-/// launch_gate below does the first three lines for blocking callers.
+/// launch_gate below does the first three lines for blocking callers. Every entry point that
+/// puts work on the GPU goes through admit: cuLaunchKernel(Ex), cuLaunchCooperativeKernel(...)
+/// and cuGraphLaunch, whose function id is the graph exec handle (a graph is learned and
+/// charged as one unit), so no launch kind bypasses the share.
 ///
 /// Why this holds its target where a grid-size charge does not: tokens are GPU-ns, so the
 /// refill (share x elapsed) and the charge (the kernel's learned time) are in one unit, and
