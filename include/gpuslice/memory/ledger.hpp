@@ -569,7 +569,9 @@ class basic_ledger {
   }
 
   /// The slot of process (\p pid, \p start_time), created if absent: for controllers and
-  /// simulators that account on behalf of other processes, and tests. Thread-safe.
+  /// simulators that account on behalf of processes that do not use the ledger themselves, and
+  /// tests. Only the calling process may charge through the slot (its threads own the slot's
+  /// lanes), so never attach_as a process that charges the same ledger. Thread-safe.
   result<slot_handle> attach_as(std::int32_t pid, std::uint64_t start_time) {
     if (pid <= 0) {
       return make_error(errc::invalid_value,
