@@ -1,0 +1,169 @@
+// gpuslice_controller: places pending pods on HAMi-registered GPU nodes with gpuslice's fit
+// engine and prints, per pod, the annotations HAMi's device plugin reads (or why it fits nowhere).
+//
+//   kubectl get nodes -o json > nodes.json
+//   kubectl get pods -A -o json > pods.json
+//   gpuslice_controller --nodes nodes.json --pods pods.json [--node-policy binpack|spread]
+//                       [--gpu-policy spread|binpack|topology]
+//
+// Pods already bound (spec.nodeName and a devices annotation) are charged to their GPUs first;
+// pending pods are then placed in file order, each seeing the ones before it. The program only
+// reads and prints: applying the annotations and the binding is the caller's step.
+#include <fmt/core.h>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "gpuslice/fit/fit.hpp"
+#include "gpuslice/version.hpp"
+#include "kube.hpp"
+
+namespace {
+
+namespace fit = gpuslice::fit;
+namespace kube = gpuslice::kube;
+using kube::json;
+
+constexpr int k_exit_input = 1;
+constexpr int k_exit_usage = 2;
+
+constexpr std::string_view k_usage =
+    "usage: gpuslice_controller --nodes NODES.json --pods PODS.json "
+    "[--node-policy binpack|spread] [--gpu-policy spread|binpack|topology]\n";
+
+/// Reads and parses a JSON file; the error names the file.
+gpuslice::result<json> read_json(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in)
+    return gpuslice::make_error(gpuslice::errc::io_error, path + ": cannot open for reading");
+  std::ostringstream text;
+  text << in.rdbuf();
+  json j = json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) {
+    return gpuslice::make_error(gpuslice::errc::invalid_value, path + ": not valid JSON");
+  }
+  return j;
+}
+
+int fail(const std::string& message) {
+  fmt::print(stderr, "gpuslice_controller: {}\n", message);
+  return k_exit_input;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string nodes_path, pods_path;
+  kube::policy_names policy;
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      fmt::print("{}", k_usage);
+      return 0;
+    }
+    if (i + 1 >= argc) {
+      fmt::print(stderr, "gpuslice_controller: {} needs a value\n{}", arg, k_usage);
+      return k_exit_usage;
+    }
+    const std::string value = argv[++i];
+    if (arg == "--nodes") {
+      nodes_path = value;
+    } else if (arg == "--pods") {
+      pods_path = value;
+    } else if (arg == "--node-policy") {
+      policy.node = value;
+    } else if (arg == "--gpu-policy") {
+      policy.gpu = value;
+    } else {
+      fmt::print(stderr, "gpuslice_controller: unknown option {}\n{}", arg, k_usage);
+      return k_exit_usage;
+    }
+  }
+  if (nodes_path.empty() || pods_path.empty()) {
+    fmt::print(stderr, "gpuslice_controller: --nodes and --pods are required\n{}", k_usage);
+    return k_exit_usage;
+  }
+  auto scorer = kube::scorer_from_names(policy);
+  if (!scorer) return fail(scorer.message());
+
+  auto node_doc = read_json(nodes_path);
+  if (!node_doc) return fail(node_doc.message());
+  auto pod_doc = read_json(pods_path);
+  if (!pod_doc) return fail(pod_doc.message());
+  const json* node_items = kube::items(*node_doc);
+  const json* pod_items = kube::items(*pod_doc);
+  if (node_items == nullptr) return fail(nodes_path + ": expected a NodeList or a JSON array");
+  if (pod_items == nullptr) return fail(pods_path + ": expected a PodList or a JSON array");
+
+  std::vector<fit::node> nodes;
+  std::size_t gpus = 0;
+  for (const json& n : *node_items) {
+    auto node = kube::node_from_json(n);
+    if (!node) return fail(nodes_path + ": " + node.message());
+    gpus += node->devices.size();
+    nodes.push_back(std::move(*node));
+  }
+  std::size_t bound = 0;
+  std::vector<const json*> pending;
+  for (const json& p : *pod_items) {
+    auto charged = kube::charge_bound_pod(nodes, p);
+    if (!charged) return fail(pods_path + ": " + charged.message());
+    if (*charged) ++bound;
+    if (kube::is_pending(p)) pending.push_back(&p);
+  }
+  auto cluster = fit::cluster::make(std::move(nodes));
+  if (!cluster) return fail(nodes_path + ": " + cluster.message());
+
+  fmt::print(
+      "gpuslice {} controller: {} nodes, {} GPUs, {} bound pods charged, {} pending pods; "
+      "node policy {}, GPU policy {}\n",
+      GPUSLICE_VERSION_STRING, cluster->size(), gpus, bound, pending.size(), policy.node,
+      policy.gpu);
+
+  fit::fit_options opt;
+  opt.report_nodes = true;
+  std::size_t placed = 0;
+  for (const json* p : pending) {
+    const kube::pod_ref ref = kube::pod_identity(*p);
+    auto request = kube::pod_request_from_json(*p);
+    if (!request) {
+      fmt::print("pod {}: invalid request: {}\n", ref.key(), request.message());
+      continue;
+    }
+    if (!kube::wants_gpu(*request)) {
+      fmt::print("pod {}: asks for no GPU, left to kube-scheduler\n", ref.key());
+      continue;
+    }
+    auto d = cluster->fit(*request, *scorer, opt);
+    if (!d) {
+      fmt::print("pod {}: invalid request: {}\n", ref.key(), d.message());
+      continue;
+    }
+    if (!d->placed) {
+      fmt::print("pod {}: unschedulable: {}\n", ref.key(), d->message());
+      for (const auto& r : d->nodes) {
+        const fit::node& n = cluster->nodes()[r.node];
+        fmt::print("  {}: {}\n", n.name, kube::describe_rejection(n, r.reasons));
+      }
+      continue;
+    }
+    const fit::node& n = cluster->nodes()[d->node];
+    auto devices = kube::devices_annotation(n, *d);
+    if (!devices) {
+      fmt::print("pod {}: cannot encode its devices: {}\n", ref.key(), devices.message());
+      continue;
+    }
+    if (auto r = cluster->reserve(*d); !r) return fail("reserve: " + r.message());
+    ++placed;
+    fmt::print("pod {} -> {} (score {:.2f}, {} of {} nodes feasible)\n", ref.key(), n.name,
+               d->score, d->feasible_nodes, d->total_nodes);
+    fmt::print("  {}: {}\n", kube::k_assigned_node, n.name);
+    fmt::print("  {}: {}\n", kube::k_devices_to_allocate, *devices);
+  }
+  fmt::print("placed {} of {} pending pods\n", placed, pending.size());
+  return 0;
+}
