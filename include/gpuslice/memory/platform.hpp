@@ -115,7 +115,9 @@ inline bool thread_exists(std::uint64_t tid) noexcept {
   std::snprintf(path, sizeof path, "/proc/self/task/%llu", static_cast<unsigned long long>(tid));
   struct stat st {};
   if (::stat(path, &st) == 0) return true;
-  return errno != ENOENT;
+  if (errno != ENOENT) return true;
+  // Without /proc every thread would look gone: only a readable task directory counts.
+  return ::stat("/proc/self/task", &st) != 0;
 }
 
 /// Current wall of the monotonic clock in nanoseconds. Thread-safe.
