@@ -59,11 +59,12 @@ struct CUevent_st {
   bool done = true;
   std::chrono::steady_clock::time_point when{};
 };
-struct CUmod_st {
-  int unused = 0;
-};
 struct CUfunc_st {
   std::string name;
+};
+/// A module owns its functions, as in the driver: they live until the module is unloaded.
+struct CUmod_st {
+  std::map<std::string, std::unique_ptr<CUfunc_st>> functions;
 };
 struct CUarray_st {
   int physical = 0;
@@ -144,6 +145,9 @@ struct driver_state {
   CUmemGenericAllocationHandle next_handle = 1;
   CUctx_st* primary[k_max_fake_devices] = {};
   CUmemPoolHandle_st default_pool[k_max_fake_devices];
+  /// Loaded modules: the driver frees what a program never unloads at exit, so the fake keeps
+  /// them reachable rather than leaked.
+  std::map<CUmod_st*, std::unique_ptr<CUmod_st>> modules;
 };
 
 /// The driver's state; never destroyed (worker threads may outlive exit).
@@ -990,16 +994,22 @@ FAKE_EXPORT CUresult cuEventElapsedTime_v2(float* ms, CUevent a, CUevent b) {
 FAKE_EXPORT CUresult cuModuleLoadData(CUmodule* m, const void* image) {
   if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
   if (m == nullptr || image == nullptr) return CUDA_ERROR_INVALID_VALUE;
-  *m = new CUmod_st;
+  auto owned = std::make_unique<CUmod_st>();
+  *m = owned.get();
+  std::lock_guard<std::mutex> lock(st().mu);
+  st().modules[owned.get()] = std::move(owned);
   return CUDA_SUCCESS;
 }
 FAKE_EXPORT CUresult cuModuleUnload(CUmodule m) {
-  delete m;
-  return CUDA_SUCCESS;
+  std::lock_guard<std::mutex> lock(st().mu);
+  return st().modules.erase(m) == 1 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
 }
 FAKE_EXPORT CUresult cuModuleGetFunction(CUfunction* f, CUmodule m, const char* name) {
   if (f == nullptr || m == nullptr || name == nullptr) return CUDA_ERROR_INVALID_VALUE;
-  *f = new CUfunc_st{name};  // owned by the module in the driver; the fake lets it leak-free
+  std::lock_guard<std::mutex> lock(st().mu);
+  auto& fn = m->functions[name];
+  if (fn == nullptr) fn = std::make_unique<CUfunc_st>(CUfunc_st{name});
+  *f = fn.get();
   return CUDA_SUCCESS;
 }
 FAKE_EXPORT CUresult cuLaunchKernel(CUfunction f, unsigned, unsigned, unsigned, unsigned, unsigned,
