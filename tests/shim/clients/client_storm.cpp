@@ -14,7 +14,9 @@
 namespace {
 constexpr int k_threads = 8;
 constexpr int k_operations = 4000;
-constexpr std::size_t k_max_held = 8;
+/// Allocations a thread holds at most: 16 of up to 4 MiB can exceed the 32 MiB limit even when
+/// the scheduler runs the threads one after another, so refusals happen in any interleaving.
+constexpr std::size_t k_max_held = 16;
 constexpr std::uint64_t k_min_size = std::uint64_t{64} << 10;
 constexpr std::uint64_t k_max_size = std::uint64_t{4} << 20;
 }  // namespace
@@ -30,6 +32,7 @@ int main() {
   std::atomic<bool> done{false};
   std::atomic<std::uint64_t> peak{0};
   std::atomic<long> ok{0}, refused{0}, other{0};
+  std::atomic<int> ready{0};  // threads start together, so they contend
   std::thread watcher([&] {
     while (!done.load()) {
       auto snap = gpuslice::memory::read_snapshot(path);
@@ -44,6 +47,8 @@ int main() {
   std::vector<std::thread> workers;
   for (int t = 0; t < k_threads; ++t) {
     workers.emplace_back([&, t] {
+      ready.fetch_add(1);
+      while (ready.load() < k_threads) std::this_thread::yield();
       if (cuCtxSetCurrent(ctx) != CUDA_SUCCESS) {
         other.fetch_add(1);
         return;
