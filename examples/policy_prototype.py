@@ -109,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     results = compare(seeds, args.load)
     elapsed = time.perf_counter() - start
 
+    seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]}-{seeds[-1]}"
     table = Table(title=f"gpuslice {gpuslice.__version__}: fill-up to {args.load:g}x GPU "
-                  f"capacity, embedded workload, seeds {seeds[0]}-{seeds[-1]}")
+                  f"capacity, embedded workload, {seed_text}")
     table.add_column("policy")
     for _, _, title in COLUMNS:
         table.add_column(title, justify="right")
