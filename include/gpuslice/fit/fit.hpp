@@ -292,6 +292,16 @@ class cluster {
     share s;
   };
 
+  /// Buffers reused across the nodes of one cycle, so a warm cycle allocates little per node.
+  struct scratch {
+    std::vector<device_state> use;
+    std::vector<ranked> cand, chosen, pick, group;
+    std::vector<std::size_t> ids, idle;
+    std::vector<std::int32_t> numas;
+    linked_subset best;
+    detail::subset_workspace links;
+  };
+
   /// Best first: larger score, then lower driver index, then lower position.
   static void sort_ranked(const std::vector<device_state>& use, std::vector<ranked>& r) {
     std::sort(r.begin(), r.end(), [&](const ranked& a, const ranked& b) {
@@ -326,16 +336,17 @@ class cluster {
   template <class Scorer>
   bool choose_in_group(const node& n, const std::vector<ranked>& group, std::size_t count,
                        const std::vector<device_state>& use, const Scorer& scorer,
-                       std::vector<ranked>& out, double& value) const {
+                       std::vector<ranked>& out, double& value, scratch& ws) const {
     out.clear();
     if (group.size() < count) return false;
     const bool links = scorer.topology() && !n.links.empty();
     if (links && count >= 2) {
-      std::vector<std::size_t> cand;
+      std::vector<std::size_t>& cand = ws.ids;
+      cand.clear();
       for (const auto& g : group) cand.push_back(g.device);
       std::sort(cand.begin(), cand.end());
-      linked_subset best;
-      best_linked_subset(n.links, cand, count, best);
+      linked_subset& best = ws.best;
+      best_linked_subset(n.links, cand, count, best, ws.links);
       double tie = 0;
       for (std::size_t dvi : best.devices) {
         for (const auto& g : group) {
@@ -350,7 +361,8 @@ class cluster {
       return true;
     }
     if (links && count == 1) {
-      std::vector<std::size_t> idle;
+      std::vector<std::size_t>& idle = ws.idle;
+      idle.clear();
       for (const auto& d : use) {
         if (d.slots_used == 0 && d.healthy) idle.push_back(d.position);
       }
@@ -393,32 +405,39 @@ class cluster {
   template <class Scorer>
   bool place_container(std::size_t ni, const detail::container_cycle& cc,
                        std::vector<device_state>& use, const Scorer& scorer,
-                       container_allocation& out, reason_counts& why) const {
+                       container_allocation& out, reason_counts& why, scratch& ws) const {
     const node& n = nodes_[ni];
-    std::vector<ranked> cand;
+    std::vector<ranked>& cand = ws.cand;
     candidates(ni, cc, use, scorer, cand, &why);
     const std::size_t count = cc.req->count;
     if (cand.size() < count) {
       why.add(reason::insufficient_devices);
       return false;
     }
-    std::vector<ranked> chosen;
+    std::vector<ranked>& chosen = ws.chosen;
     if (!cc.req->numa_bind) {
       double value = 0;
-      choose_in_group(n, cand, count, use, scorer, chosen, value);
+      choose_in_group(n, cand, count, use, scorer, chosen, value, ws);
     } else {
-      std::map<std::int32_t, std::vector<ranked>> groups;
-      for (const auto& c : cand) groups[use[c.device].numa].push_back(c);
+      // One group per NUMA node, in ascending NUMA order (ties keep the lower one); each
+      // group keeps the candidates' best-first order.
+      ws.numas.clear();
+      for (const auto& c : cand) ws.numas.push_back(use[c.device].numa);
+      std::sort(ws.numas.begin(), ws.numas.end());
+      ws.numas.erase(std::unique(ws.numas.begin(), ws.numas.end()), ws.numas.end());
       bool found = false;
       double best_value = 0;
-      std::vector<ranked> pick;
-      for (const auto& [numa, group] : groups) {  // ascending numa: ties keep the lower one
+      for (const std::int32_t numa : ws.numas) {
+        ws.group.clear();
+        for (const auto& c : cand) {
+          if (use[c.device].numa == numa) ws.group.push_back(c);
+        }
         double value = 0;
-        if (!choose_in_group(n, group, count, use, scorer, pick, value)) continue;
+        if (!choose_in_group(n, ws.group, count, use, scorer, ws.pick, value, ws)) continue;
         if (!found || value > best_value) {
           found = true;
           best_value = value;
-          chosen = pick;
+          chosen = ws.pick;
         }
       }
       if (!found) {
@@ -485,18 +504,21 @@ class cluster {
   /// Places every GPU container of the pod on node \p ni (greedy, then search if allowed).
   template <class Scorer>
   bool allocate(std::size_t ni, const detail::cycle& cy, const Scorer& scorer,
-                const fit_options& opt, std::vector<container_allocation>& out,
-                reason_counts& why) const {
+                const fit_options& opt, std::vector<container_allocation>& out, reason_counts& why,
+                scratch& ws) const {
     const auto& t = node_hot_[ni];
     const auto first = hot_.begin() + static_cast<std::ptrdiff_t>(t.first);
-    std::vector<device_state> use(first, first + static_cast<std::ptrdiff_t>(t.count));
-    out.assign(cy.containers, container_allocation{});
+    const auto last = first + static_cast<std::ptrdiff_t>(t.count);
+    std::vector<device_state>& use = ws.use;
+    use.assign(first, last);
+    out.resize(cy.containers);
+    for (auto& c : out) c.devices.clear();
     for (std::size_t k = 0; k < cy.gpu.size(); ++k) {
       reason_counts local;
-      if (place_container(ni, cy.gpu[k], use, scorer, out[cy.gpu_index[k]], local)) continue;
+      if (place_container(ni, cy.gpu[k], use, scorer, out[cy.gpu_index[k]], local, ws)) continue;
       if (opt.backtrack && k > 0) {
-        use.assign(first, first + static_cast<std::ptrdiff_t>(t.count));
-        out.assign(cy.containers, container_allocation{});
+        use.assign(first, last);
+        for (auto& c : out) c.devices.clear();
         std::uint64_t steps = 0;
         if (search(ni, cy, 0, use, scorer, out, steps, opt.backtrack_limit)) return true;
       }
@@ -551,6 +573,7 @@ result<decision> cluster::fit(const pod_request& pod, const Scorer& scorer,
   bool have = false;
   std::size_t best_rank = 0;
   std::vector<container_allocation> alloc, best_alloc;
+  scratch ws;
   for (std::size_t ni = 0; ni < nodes_.size(); ++ni) {
     const auto& t = node_hot_[ni];
     reason_counts why;
@@ -584,7 +607,7 @@ result<decision> cluster::fit(const pod_request& pod, const Scorer& scorer,
         feasible = pass >= cc.req->count;
         if (!feasible) why.add(reason::insufficient_devices);
       } else {
-        feasible = allocate(ni, cy, scorer, opt, alloc, why);
+        feasible = allocate(ni, cy, scorer, opt, alloc, why, ws);
         have_alloc = feasible;
       }
     }
@@ -615,7 +638,7 @@ result<decision> cluster::fit(const pod_request& pod, const Scorer& scorer,
   out.placed = true;
   if (best_alloc.empty() && !cy.gpu.empty()) {
     reason_counts ignored;
-    allocate(out.node, cy, scorer, opt, best_alloc, ignored);
+    allocate(out.node, cy, scorer, opt, best_alloc, ignored, ws);
   }
   if (best_alloc.empty()) best_alloc.assign(cy.containers, container_allocation{});
   out.containers = std::move(best_alloc);

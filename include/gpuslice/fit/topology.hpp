@@ -26,16 +26,32 @@ struct linked_subset {
 
 namespace detail {
 
+/// Buffers of the search, reusable across calls to avoid allocations. Not thread-safe.
+struct subset_workspace {
+  std::vector<std::int64_t> top_prefix;  ///< [j*m + t]: sum of j's t strongest links
+  std::vector<std::int64_t> to_chosen;   ///< links from each candidate to the chosen ones
+  std::vector<std::int64_t> gains, row;
+  std::vector<std::size_t> chosen;
+};
+
 /// Branch-and-bound state. Scores are doubled internally so the half-counted bound stays an
 /// integer. The bound of a search node is O(m): each undecided candidate j may add its links to
 /// the chosen ones plus half of its (need - 1) strongest links to any candidate (precomputed
 /// prefix sums), and only the `need` largest of those can be realised.
 class subset_search {
  public:
-  subset_search(const link_matrix& links, const std::vector<std::size_t>& cand, std::size_t count)
-      : links_(links), cand_(cand), count_(count), m_(cand.size()) {
+  subset_search(const link_matrix& links, const std::vector<std::size_t>& cand, std::size_t count,
+                subset_workspace& ws)
+      : links_(links),
+        cand_(cand),
+        count_(count),
+        m_(cand.size()),
+        top_prefix_(ws.top_prefix),
+        to_chosen_(ws.to_chosen),
+        chosen_(ws.chosen),
+        gains_(ws.gains) {
     top_prefix_.assign(m_ * m_, 0);
-    std::vector<std::int64_t> row;
+    std::vector<std::int64_t>& row = ws.row;
     for (std::size_t j = 0; j < m_; ++j) {
       row.clear();
       for (std::size_t k = 0; k < m_; ++k) {
@@ -49,7 +65,7 @@ class subset_search {
       }
     }
     to_chosen_.assign(m_, 0);
-    gains_.reserve(m_);
+    chosen_.clear();
   }
 
   void run(linked_subset& out) {
@@ -106,28 +122,39 @@ class subset_search {
   const std::vector<std::size_t>& cand_;
   std::size_t count_;
   std::size_t m_;
-  std::vector<std::int64_t> top_prefix_;  ///< [j*m + t]: sum of j's t strongest links
-  std::vector<std::int64_t> to_chosen_;   ///< links from each candidate to the chosen ones
-  std::vector<std::size_t> chosen_;
+  std::vector<std::int64_t>& top_prefix_;
+  std::vector<std::int64_t>& to_chosen_;
+  std::vector<std::size_t>& chosen_;
+  std::vector<std::int64_t>& gains_;
   std::vector<std::size_t> best_;
   std::int64_t best_score_ = 0;
   bool found_ = false;
   std::uint64_t visited_ = 0;
-  std::vector<std::int64_t> gains_;
 };
 
 }  // namespace detail
 
 /// Chooses \p count of \p candidates (device positions, ascending, all < links.size()) with the
 /// largest sum of pair scores; among equal sums the lexicographically smallest set. Returns
-/// false when there are fewer candidates than \p count. Pure, thread-safe.
+/// false when there are fewer candidates than \p count. \p ws holds reusable buffers (one per
+/// thread); otherwise pure.
 inline bool best_linked_subset(const link_matrix& links, const std::vector<std::size_t>& candidates,
-                               std::size_t count, linked_subset& out) {
-  out = linked_subset{};
+                               std::size_t count, linked_subset& out,
+                               detail::subset_workspace& ws) {
+  out.devices.clear();
+  out.score = 0;
+  out.nodes_visited = 0;
   if (count == 0 || candidates.size() < count) return count == 0;
-  detail::subset_search search(links, candidates, count);
+  detail::subset_search search(links, candidates, count, ws);
   search.run(out);
   return true;
+}
+
+/// As above with buffers of its own. Pure, thread-safe.
+inline bool best_linked_subset(const link_matrix& links, const std::vector<std::size_t>& candidates,
+                               std::size_t count, linked_subset& out) {
+  detail::subset_workspace ws;
+  return best_linked_subset(links, candidates, count, out, ws);
 }
 
 /// The sum of link scores between device \p d and the devices in \p idle other than itself:
