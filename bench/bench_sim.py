@@ -31,7 +31,7 @@ import numpy as np
 from gpuslice import read_nodes, read_pods
 from gpuslice.traces import find_openb_dir
 
-sim = importlib.import_module("gpuslice.simulate")
+sim = importlib.import_module("gpuslice.simulation")
 from gpuslice import _core  # noqa: E402
 
 MAX_PODS_PER_NODE = 1001

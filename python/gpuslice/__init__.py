@@ -28,7 +28,7 @@ from ._core import (
 )
 from . import sharing
 from .memory import Ledger, read_ledger_snapshot
-from .simulate import simulate
+from .simulation import simulate
 from .traces import read_nodes, read_pods
 
 __all__ = [

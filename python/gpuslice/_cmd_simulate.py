@@ -41,7 +41,7 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from .simulate import DEFAULT_LOAD, EXPERIMENTS, PAPER_SEEDS, POLICIES
+    from .simulation import DEFAULT_LOAD, EXPERIMENTS, PAPER_SEEDS, POLICIES
 
     p = sub.add_parser(
         "simulate",
@@ -83,7 +83,7 @@ def _fmt(stats: dict[str, float], quartiles: bool) -> str:
 def _run_grid(workload, policies, seeds, args, console) -> list[dict]:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .simulate import run_one
+    from .simulation import run_one
 
     pairs = [(p, s) for p in policies for s in seeds]
     workers = max(1, min(args.jobs or os.cpu_count() or 1, len(pairs)))
@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    from .simulate import PAPER_SEEDS, POLICIES, load_workload, prepare, summarise, to_json
+    from .simulation import PAPER_SEEDS, POLICIES, load_workload, prepare, summarise, to_json
 
     if not 0 < args.load <= MAX_LOAD:
         raise ValueError(f"--load {args.load:g}: expected a multiple of GPU capacity in "

@@ -17,8 +17,8 @@ import gpuslice
 from gpuslice.traces import NodeTable, PodTable, find_openb_dir, read_nodes, read_pods
 from gpuslice.workload import OPENB_SHAPE, generate
 
-# The module (gpuslice.simulate is also the name of the function the package exports).
-sim = importlib.import_module("gpuslice.simulate")
+# The simulation module behind gpuslice.simulate.
+sim = importlib.import_module("gpuslice.simulation")
 
 POD_HEADER = ("name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,"
               "creation_time,deletion_time,scheduled_time\n")
