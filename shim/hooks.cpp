@@ -162,6 +162,29 @@ CUresult mem_alloc_pool(state& s, d::cuMemAllocFromPoolAsync_fn real, const char
       });
 }
 
+/// The allocation of cuMemAlloc_v2. With CUDA_OVERSUBSCRIBE=true, an allocation the quota
+/// admitted but the card cannot hold becomes managed memory that prefers the device and stays
+/// mapped there (docs/oversubscription.md): it is charged to the quota like device memory.
+CUresult alloc_or_oversubscribe(state& s, d::cuMemAlloc_v2_fn real, CUdeviceptr* dptr,
+                                size_t bytes, int ordinal) {
+  const CUresult r = real(dptr, bytes);
+  if (r != CUDA_ERROR_OUT_OF_MEMORY || !s.configuration().oversubscribe) return r;
+  auto managed = s.real<d::cuMemAllocManaged_fn>(hook::cuMemAllocManaged);
+  if (managed == nullptr || managed(dptr, bytes, CU_MEM_ATTACH_GLOBAL) != CUDA_SUCCESS) return r;
+  auto advise = s.helper_fn<decltype(&::cuMemAdvise_v2)>(d::helper::cuMemAdvise_v2);
+  if (advise != nullptr) {
+    CUmemLocation where{};
+    where.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    where.id = ordinal;
+    advise(*dptr, bytes, CU_MEM_ADVISE_SET_PREFERRED_LOCATION, where);
+    advise(*dptr, bytes, CU_MEM_ADVISE_SET_ACCESSED_BY, where);
+  }
+  s.log(log_level::info,
+        "cuMemAlloc_v2: {} bytes do not fit device {}; oversubscribed as managed memory", bytes,
+        ordinal);
+  return CUDA_SUCCESS;
+}
+
 /// Counted allocation names whose pre-3.2 (32-bit) variants the shim does not hook: a lookup
 /// that would return such a variant is refused rather than left uncounted.
 constexpr const char* k_legacy_counted[] = {"cuMemAlloc", "cuMemAllocPitch", "cuArrayCreate",
@@ -271,7 +294,8 @@ GPUSLICE_SHIM_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr* dptr, size_t bytes) {
   if (dptr == nullptr || bytes == 0) return real(dptr, bytes);
   if (CUresult r = s.current_device(&ordinal); r != CUDA_SUCCESS) return r;
   return counted_alloc(
-      s, ordinal, bytes, "cuMemAlloc_v2", s.pointers(), [&] { return real(dptr, bytes); },
+      s, ordinal, bytes, "cuMemAlloc_v2", s.pointers(),
+      [&] { return alloc_or_oversubscribe(s, real, dptr, bytes, ordinal); },
       [&] { return bytes; }, [&] { return static_cast<std::uint64_t>(*dptr); },
       [&] { s.real<d::cuMemFree_v2_fn>(hook::cuMemFree_v2)(*dptr); });
 }

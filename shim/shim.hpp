@@ -21,6 +21,7 @@
 
 #include "gpuslice/config.hpp"
 #include "gpuslice/memory/ledger.hpp"
+#include "launch.hpp"
 #include "views.hpp"
 
 // cuda.h maps cuGetProcAddress to cuGetProcAddress_v2; the shim defines both names.
@@ -75,7 +76,8 @@ enum class library : std::uint8_t { cuda, nvml };
   X(nvmlDeviceGetMemoryInfo, "nvmlDeviceGetMemoryInfo", 0, legacy, nvml,                           \
     decltype(&::nvmlDeviceGetMemoryInfo))                                                          \
   X(nvmlDeviceGetMemoryInfo_v2, "nvmlDeviceGetMemoryInfo_v2", 0, legacy, nvml,                     \
-    decltype(&::nvmlDeviceGetMemoryInfo_v2))
+    decltype(&::nvmlDeviceGetMemoryInfo_v2))                                                       \
+  GPUSLICE_LAUNCH_HOOKS(X)
 
 /// Real functions the shim calls but does not hook: X(symbol, library, function type).
 #define GPUSLICE_HELPERS(X)                                                        \
@@ -92,7 +94,8 @@ enum class library : std::uint8_t { cuda, nvml };
   X(nvmlDeviceGetHandleByUUID, nvml, decltype(&::nvmlDeviceGetHandleByUUID))       \
   X(nvmlDeviceGetUUID, nvml, decltype(&::nvmlDeviceGetUUID))                       \
   X(nvmlDeviceGetComputeRunningProcesses_v3, nvml,                                 \
-    decltype(&::nvmlDeviceGetComputeRunningProcesses_v3))
+    decltype(&::nvmlDeviceGetComputeRunningProcesses_v3))                          \
+  GPUSLICE_LAUNCH_HELPERS(X)
 
 /// Index of a hooked entry point in the table.
 enum class hook : int {
@@ -178,7 +181,7 @@ class alloc_table {
 struct device_info {
   bool usable = false;           ///< registered in the ledger with a limit
   int index = -1;                ///< ledger device index
-  std::uint64_t limit = 0;       ///< bytes, from the environment (never the ledger file)
+  std::uint64_t limit = 0;       ///< bytes from the environment (the ledger's is in force)
   std::uint64_t card_total = 0;  ///< bytes the card has
   std::string uuid;              ///< "GPU-..." as NVML spells it
   nvmlDevice_t nvml = nullptr;   ///< NVML handle for reconciliation, when found
@@ -242,6 +245,29 @@ class state {
   /// The same for an NVML device handle.
   std::optional<memory_view> nvml_view(nvmlDevice_t dev, std::uint64_t card_total,
                                        std::uint64_t card_free) noexcept;
+
+  // ---- for the launch path and live limit changes (launch.cpp; all thread-safe) ----------
+
+  /// The parsed configuration (defaults when it did not parse; see closed_reason()).
+  const config& configuration() const noexcept { return config_; }
+  /// Why the shim fails closed (invalid configuration or unusable ledger); empty when it does not.
+  const std::string& closed_reason() const noexcept {
+    return config_error_.empty() ? ledger_error_ : config_error_;
+  }
+  /// Registers the devices on first use; the number of CUDA devices the shim knows.
+  int device_count() noexcept {
+    ensure_devices();
+    return device_count_;
+  }
+  /// The device of CUDA ordinal \p ordinal, or null (out of range). Call device_count() first.
+  const device_info* device(int ordinal) const noexcept {
+    return ordinal >= 0 && ordinal < device_count_ ? &devices_[static_cast<std::size_t>(ordinal)]
+                                                   : nullptr;
+  }
+  /// The SM limiter's words of ledger device \p index (null for a bad index).
+  std::atomic<std::uint64_t>* rate_words(int index) noexcept;
+  /// The ledger's SM share of device \p index: 0 unset, 1..99 a cap, 100 explicitly none.
+  std::uint32_t ledger_sm_limit(int index) noexcept;
 
   /// Logs one line to stderr at \p level if enabled. Thread-safe; never throws.
   template <class... Args>

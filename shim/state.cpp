@@ -284,6 +284,10 @@ bool state::ensure_devices() noexcept {
                                                                              : lim.resolve(total);
     if (!ledger_error_.empty()) continue;
     try {
+      // A device already in the ledger keeps the limits stored there: the first process of
+      // the container stored its environment's, and `gpuslice set-limit` may have changed them
+      // since; a later process must not undo that change.
+      const bool known = with_ledger([&](auto& l) { return l.find_device(d.uuid).ok(); });
       auto idx = with_ledger([&](auto& l) { return l.device(d.uuid, d.limit); });
       if (!idx) {
         log(log_level::error, "device {} ({}): {}; its allocations are refused", i, d.uuid,
@@ -293,12 +297,14 @@ bool state::ensure_devices() noexcept {
       d.index = *idx;
       with_ledger([&](auto& l) {
         const std::uint64_t stored = l.limit(d.index);
-        if (stored != d.limit) {
-          log(log_level::info,
-              "device {} ({}): ledger limit {} replaced by {} from the environment", i, d.uuid,
+        if (known && stored != d.limit) {
+          log(log_level::info, "device {} ({}): the ledger's limit {} applies, not {} from the "
+              "environment (set by another process or gpuslice set-limit)", i, d.uuid,
               human(stored), human(d.limit));
-          l.set_limit(d.index, d.limit);
         }
+        // The SM share: 0 in the ledger means unset; the environment's cap is stored then.
+        const std::uint32_t sm = config_.sm_percent[static_cast<std::size_t>(i)];
+        if (l.sm_limit(d.index) == 0 && sm != 0) l.set_sm_limit(d.index, sm);
         return 0;
       });
       d.usable = true;
@@ -421,15 +427,10 @@ bool state::reserve(int ordinal, std::uint64_t bytes, const char* call, charge& 
   if (!sl) return refuse(refusal::ledger, ordinal, bytes, call), false;
   reconcile(d, false);
   auto attempt = [&] {
-    return with_ledger([&](auto& l) {
-      if (l.limit(d.index) != d.limit) {
-        // Limits come from the environment, never from the (writable) file.
-        log(log_level::warn, "device {} ({}): ledger limit changed to {}; restored to {}", ordinal,
-            d.uuid, human(l.limit(d.index)), human(d.limit));
-        l.set_limit(d.index, d.limit);
-      }
-      return l.try_reserve(*sl, d.index, bytes);
-    });
+    // The ledger's limit is the one in force: `gpuslice set-limit` changes it in a running
+    // container (a tenant that can write the file could as well forge its use, so taking the
+    // limit from the environment here would protect nothing).
+    return with_ledger([&](auto& l) { return l.try_reserve(*sl, d.index, bytes); });
   };
   bool ok = attempt();
   if (!ok) {
@@ -489,7 +490,8 @@ void state::refuse(refusal why, int ordinal, std::uint64_t bytes, const char* ca
   const device_info& d = devices_[static_cast<std::size_t>(ordinal)];
   const std::uint64_t used = with_ledger([&](auto& l) { return l.used(d.index); });
   log(log_level::warn, "{}: device {} ({}): request {} refused: {} in use of limit {}", call,
-      ordinal, d.uuid, human(bytes), human(used), human(d.limit));
+      ordinal, d.uuid, human(bytes), human(used),
+      human(with_ledger([&](auto& l) { return l.limit(d.index); })));
   if (config_.active_oom_killer) {
     log(log_level::error, "{}=true: ending process {} for exceeding the memory limit of device {}",
         env::oom_killer, ::getpid(), ordinal);
@@ -524,7 +526,8 @@ std::optional<memory_view> state::cuda_view(int ordinal, std::uint64_t card_tota
   if (!d.usable) return closed_view(card_total);
   reconcile(d, false);  // so the context's memory shows before the first allocation
   const std::uint64_t used = with_ledger([&](auto& l) { return l.used(d.index); });
-  return make_view(d.limit, used, card_total, card_free);
+  const std::uint64_t limit = with_ledger([&](auto& l) { return l.limit(d.index); });
+  return make_view(limit, used, card_total, card_free);
 }
 
 std::optional<memory_view> state::nvml_view(nvmlDevice_t dev, std::uint64_t card_total,
@@ -539,6 +542,14 @@ std::optional<memory_view> state::nvml_view(nvmlDevice_t dev, std::uint64_t card
     }
   }
   return std::nullopt;  // not visible to this container's CUDA: the driver's figures stand
+}
+
+std::atomic<std::uint64_t>* state::rate_words(int index) noexcept {
+  return with_ledger([&](auto& l) { return l.rate_words(index); });
+}
+
+std::uint32_t state::ledger_sm_limit(int index) noexcept {
+  return with_ledger([&](auto& l) { return l.sm_limit(index); });
 }
 
 void state::write_line(log_level level, const std::string& msg) const noexcept {

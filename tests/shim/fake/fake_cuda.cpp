@@ -11,6 +11,8 @@
 ///                              (default 1Gi)
 ///   FAKE_CUDA_CONTEXT_BYTES    device memory a context takes when created (default 0)
 ///   FAKE_CUDA_KERNEL_US        duration of a launched kernel in microseconds (default 100)
+///                              (a kernel named fake_sleep_us runs for its first parameter's
+///                              microseconds; one named fake_null queues nothing)
 ///   FAKE_CUDA_HOST_HEAP        1: device memory from the C heap instead of fresh mappings, so
 ///                              an allocation costs what malloc does (for benchmarks)
 ///   CUDA_VISIBLE_DEVICES       honoured like the driver: indices or UUID prefixes, any order
@@ -42,6 +44,7 @@
 #include <vector>
 
 #include "fake_driver.hpp"
+#include "fake_launch.hpp"
 #include "gpuslice/quantity.hpp"
 
 #define FAKE_EXPORT extern "C" __attribute__((visibility("default")))
@@ -267,8 +270,13 @@ void stream_loop(CUstream_st* s) {
     s->queue.pop_front();
     lock.unlock();
     if (w.kernel_us != 0) {
+      // Busy time is the time the kernel held the device, as a GPU counts it: the sleep's
+      // real length (the scheduler may stretch it), not the nominal duration.
+      const auto began = std::chrono::steady_clock::now();
       std::this_thread::sleep_for(std::chrono::microseconds(w.kernel_us));
-      st().devs[s->physical].busy_us.fetch_add(w.kernel_us);
+      const auto held = std::chrono::duration_cast<std::chrono::microseconds>(
+          std::chrono::steady_clock::now() - began);
+      st().devs[s->physical].busy_us.fetch_add(static_cast<std::uint64_t>(held.count()));
     }
     if (w.event != nullptr) {
       std::lock_guard<std::mutex> el(w.event->mu);
@@ -662,7 +670,16 @@ FAKE_EXPORT CUresult cuMemAllocManaged(CUdeviceptr* dptr, size_t bytes, unsigned
   int p = 0;
   if (CUresult r = ctx_physical(&p); r != CUDA_SUCCESS) return r;
   if (flags != CU_MEM_ATTACH_GLOBAL && flags != CU_MEM_ATTACH_HOST) return CUDA_ERROR_INVALID_VALUE;
-  return alloc_on(p, bytes, dptr);
+  const CUresult r = alloc_on(p, bytes, dptr);
+  if (r != CUDA_ERROR_OUT_OF_MEMORY) return r;
+  // Managed memory may exceed the device, as on a real GPU: what does not fit stays
+  // host-resident and takes no device memory (recorded with 0 device bytes).
+  void* m = map_bytes(bytes);
+  if (m == nullptr) return CUDA_ERROR_OUT_OF_MEMORY;
+  std::lock_guard<std::mutex> lock(st().mu);
+  st().allocs[reinterpret_cast<std::uintptr_t>(m)] = allocation{p, 0, bytes};
+  *dptr = reinterpret_cast<CUdeviceptr>(m);
+  return CUDA_SUCCESS;
 }
 
 FAKE_EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr) {
@@ -939,6 +956,8 @@ CUresult launch(CUfunction f, void** params, CUstream h) {
   if (f == nullptr) return CUDA_ERROR_INVALID_HANDLE;
   CUstream_st* s = resolve(h);
   if (s == nullptr) return CUDA_ERROR_INVALID_CONTEXT;
+  // A kernel named fake_null does nothing and queues nothing: benchmarks of the launch path.
+  if (f->name == "fake_null") return CUDA_SUCCESS;
   std::uint64_t us = st().kernel_us;
   // A kernel named fake_sleep_us runs for its first parameter's microseconds.
   if (f->name == "fake_sleep_us" && params != nullptr && params[0] != nullptr) {
@@ -1135,6 +1154,16 @@ const proc_entry k_procs[] = {
     {"cuModuleUnload", 2000, FAKE_FN(cuModuleUnload), nullptr},
     {"cuModuleGetFunction", 2000, FAKE_FN(cuModuleGetFunction), nullptr},
     {"cuLaunchKernel", 4000, FAKE_FN(cuLaunchKernel), FAKE_FN(cuLaunchKernel_ptsz)},
+    {"cuLaunchKernelEx", 11060, FAKE_FN(cuLaunchKernelEx), FAKE_FN(cuLaunchKernelEx_ptsz)},
+    {"cuLaunchCooperativeKernel", 9000, FAKE_FN(cuLaunchCooperativeKernel),
+     FAKE_FN(cuLaunchCooperativeKernel_ptsz)},
+    {"cuGraphCreate", 10000, FAKE_FN(cuGraphCreate), nullptr},
+    {"cuGraphDestroy", 10000, FAKE_FN(cuGraphDestroy), nullptr},
+    {"cuGraphAddKernelNode", 12000, FAKE_FN(cuGraphAddKernelNode_v2), nullptr},
+    {"cuGraphInstantiate", 11040, FAKE_FN(cuGraphInstantiateWithFlags), nullptr},
+    {"cuGraphExecDestroy", 10000, FAKE_FN(cuGraphExecDestroy), nullptr},
+    {"cuGraphLaunch", 10000, FAKE_FN(cuGraphLaunch), FAKE_FN(cuGraphLaunch_ptsz)},
+    {"cuMemAdvise", 12020, FAKE_FN(cuMemAdvise_v2), nullptr},
 };
 
 /// The driver's semantics: the newest variant introduced at or before \p version; with

@@ -1,0 +1,177 @@
+// The cost the shim's launch path adds to cuLaunchKernel, measured in one run against the same
+// fake driver called directly. As bench_shim does, the program opens the fake libcuda.so.1 and
+// libgpuslice.so side by side (nothing is preloaded) and takes cuLaunchKernel from both. The
+// kernel is the fake's `fake_null`, which queues nothing, so the baseline is the driver entry
+// alone and the difference is the shim's.
+//
+// Cases, all in one process (the ledger's SM field selects the path, as `gpuslice set-limit`
+// would):
+//   launch/direct        the fake's cuLaunchKernel
+//   launch/shim_no_cap   through the shim, no SM cap set: the fast path (target <= 20 ns added)
+//   launch/shim_alone    through the shim, a 50% cap under the default policy with a node
+//                        region where this tenant is alone: admitted by the limiter, uncapped
+//                        (every launch is charged and one in 32 is timed with two events)
+//
+// Paths: GPUSLICE_SHIM_PATH and GPUSLICE_FAKE_CUDA_DIR, compiled in by bench/shim.cmake or
+// given in the environment.
+
+#include <benchmark/benchmark.h>
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <string>
+
+#include "gpuslice/memory/ledger.hpp"
+
+namespace {
+
+// The few driver types the benchmark needs (it does not include cuda.h).
+using cu_result = int;
+using cu_context = void*;
+using cu_module = void*;
+using cu_function = void*;
+using cu_stream = void*;
+using init_fn = cu_result (*)(unsigned);
+using retain_fn = cu_result (*)(cu_context*, int);
+using set_ctx_fn = cu_result (*)(cu_context);
+using load_fn = cu_result (*)(cu_module*, const void*);
+using get_function_fn = cu_result (*)(cu_function*, cu_module, const char*);
+using launch_fn = cu_result (*)(cu_function, unsigned, unsigned, unsigned, unsigned, unsigned,
+                                unsigned, unsigned, cu_stream, void**, void**);
+constexpr cu_result k_success = 0;
+/// The ledger's SM field for "explicitly no cap" and for the cap of the limiter case.
+constexpr std::uint32_t k_no_cap = 100;
+constexpr std::uint32_t k_cap = 50;
+
+#ifndef GPUSLICE_SHIM_PATH
+#define GPUSLICE_SHIM_PATH ""
+#endif
+#ifndef GPUSLICE_FAKE_CUDA_DIR
+#define GPUSLICE_FAKE_CUDA_DIR ""
+#endif
+
+struct setup {
+  launch_fn direct = nullptr;
+  launch_fn shim = nullptr;
+  cu_function null_kernel = nullptr;
+  std::string ledger;
+  std::string node;
+  bool ok = false;
+};
+
+std::string path_from(const char* env, const char* compiled) {
+  const char* v = std::getenv(env);
+  return v != nullptr ? v : compiled;
+}
+
+setup& the_setup() {
+  static setup s = [] {
+    setup out;
+    const std::string shim = path_from("GPUSLICE_SHIM_PATH", GPUSLICE_SHIM_PATH);
+    const std::string fake_dir = path_from("GPUSLICE_FAKE_CUDA_DIR", GPUSLICE_FAKE_CUDA_DIR);
+    if (shim.empty() || fake_dir.empty()) return out;
+    out.ledger = "bench_launch_ledger." + std::to_string(getpid()) + ".bin";
+    out.node = "bench_launch_node." + std::to_string(getpid()) + ".bin";
+    setenv("CUDA_DEVICE_MEMORY_SHARED_CACHE", out.ledger.c_str(), 1);
+    setenv("GPUSLICE_NODE_REGION", out.node.c_str(), 1);
+    setenv("GPU_CORE_UTILIZATION_POLICY", "default", 1);
+    void* fake = dlopen((fake_dir + "/libcuda.so.1").c_str(), RTLD_NOW | RTLD_GLOBAL);
+    void* lib = dlopen(shim.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (fake == nullptr || lib == nullptr) {
+      std::fprintf(stderr, "bench_launch: %s\n", dlerror());
+      return out;
+    }
+    auto init = reinterpret_cast<init_fn>(dlsym(fake, "cuInit"));
+    auto retain = reinterpret_cast<retain_fn>(dlsym(fake, "cuDevicePrimaryCtxRetain"));
+    auto set_ctx = reinterpret_cast<set_ctx_fn>(dlsym(fake, "cuCtxSetCurrent"));
+    auto load = reinterpret_cast<load_fn>(dlsym(fake, "cuModuleLoadData"));
+    auto get_function = reinterpret_cast<get_function_fn>(dlsym(fake, "cuModuleGetFunction"));
+    out.direct = reinterpret_cast<launch_fn>(dlsym(fake, "cuLaunchKernel"));
+    out.shim = reinterpret_cast<launch_fn>(dlsym(lib, "cuLaunchKernel"));
+    cu_context ctx = nullptr;
+    cu_module module = nullptr;
+    static const char k_image[] = "bench module";
+    out.ok = init && retain && set_ctx && load && get_function && out.direct && out.shim &&
+             out.direct != out.shim && init(0) == k_success && retain(&ctx, 0) == k_success &&
+             set_ctx(ctx) == k_success && load(&module, k_image) == k_success &&
+             get_function(&out.null_kernel, module, "fake_null") == k_success;
+    // One launch through the shim registers the device in the ledger.
+    out.ok = out.ok &&
+             out.shim(out.null_kernel, 1, 1, 1, 1, 1, 1, 0, nullptr, nullptr, nullptr) == k_success;
+    return out;
+  }();
+  return s;
+}
+
+/// Stores \p percent as the ledger's SM field of device 0 (what `gpuslice set-limit` does).
+bool set_sm_field(const setup& s, std::uint32_t percent) {
+  auto l = gpuslice::memory::shared_ledger::open(gpuslice::memory::open_only, s.ledger);
+  return l.ok() && l->device_count() > 0 && l->set_sm_limit(0, percent);
+}
+
+void launch(benchmark::State& state, int which) {
+  setup& s = the_setup();
+  if (!s.ok) {
+    state.SkipWithError("the shim or the fake driver could not be loaded");
+    return;
+  }
+  if (which > 0 && !set_sm_field(s, which == 1 ? k_no_cap : k_cap)) {
+    state.SkipWithError("the ledger's SM field could not be set");
+    return;
+  }
+  const launch_fn fn = which == 0 ? s.direct : s.shim;
+  for (auto _ : state) {
+    if (fn(s.null_kernel, 1, 1, 1, 1, 1, 1, 0, nullptr, nullptr, nullptr) != k_success) {
+      state.SkipWithError("cuLaunchKernel failed");
+      return;
+    }
+  }
+}
+
+BENCHMARK_CAPTURE(launch, direct, 0);
+BENCHMARK_CAPTURE(launch, shim_no_cap, 1);
+BENCHMARK_CAPTURE(launch, shim_alone, 2);
+
+/// Prints, after the usual table, what the shim adds per launch and the ratio to the baseline.
+class added_cost_reporter : public benchmark::ConsoleReporter {
+ public:
+  void ReportRuns(const std::vector<Run>& runs) override {
+    for (const Run& r : runs) {
+      if (r.error_occurred) continue;
+      const bool median = r.run_type == Run::RT_Aggregate && r.aggregate_name == "median";
+      if (r.run_type == Run::RT_Iteration || median) ns_[r.run_name.str()] = r.GetAdjustedCPUTime();
+    }
+    ConsoleReporter::ReportRuns(runs);
+  }
+  void Finalize() override {
+    ConsoleReporter::Finalize();
+    const auto d = ns_.find("launch/direct");
+    if (d == ns_.end()) return;
+    for (const char* name : {"launch/shim_no_cap", "launch/shim_alone"}) {
+      const auto s = ns_.find(name);
+      if (s == ns_.end()) continue;
+      std::printf("%-20s direct %7.1f ns, through the shim %7.1f ns: +%.1f ns per launch (x%.2f)\n",
+                  name, d->second, s->second, s->second - d->second, s->second / d->second);
+    }
+  }
+
+ private:
+  std::map<std::string, double> ns_;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  added_cost_reporter reporter;
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+  benchmark::Shutdown();
+  for (const std::string& f : {the_setup().ledger, the_setup().node}) {
+    if (!f.empty()) unlink(f.c_str());
+  }
+  return 0;
+}

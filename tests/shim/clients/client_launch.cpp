@@ -1,0 +1,369 @@
+/// \file
+/// Launches through the SM limiter, end to end on the fake driver. Each scenario measures the
+/// share of the fake device's busy time this process gets (the fake's own accounting: the time
+/// its stream workers held the device) over a window of wall time.
+///
+///   share PATH PERCENT    a launch storm on one stream through PATH (kernel, ptsz, ex, ex_ptsz,
+///                         coop, coop_ptsz, multi, graph, graph_ptsz) gets PERCENT +- 3 points
+///   set_limit             a forked process changes the ledger's SM and memory limits while
+///                         this one launches; the new limits hold in this process
+///   default               with GPU_CORE_UTILIZATION_POLICY=default and a node region, a lone
+///                         tenant runs uncapped, is capped while a second container launches
+///                         on the GPU, and runs uncapped again once it stops
+///   priority              a low-priority tenant is suspended while a high-priority one runs
+///   refused               an invalid SM limit makes launches fail closed
+///   oversub EXPECT        a 100 MiB allocation on a 64 MiB card: with CUDA_OVERSUBSCRIBE it is
+///                         managed memory preferring the device (EXPECT=managed), else refused
+///   tenant SECONDS        (helper) launches a storm for SECONDS, as another container
+
+#include <spawn.h>
+#include <sys/wait.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "../fake/fake_driver.hpp"
+#include "../fake/fake_launch.hpp"
+#include "client.hpp"
+#include "gpuslice/memory/ledger.hpp"
+
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"  // the multi-device launch
+
+extern "C" CUresult cuLaunchKernel_ptsz(CUfunction f, unsigned gx, unsigned gy, unsigned gz,
+                                        unsigned bx, unsigned by, unsigned bz, unsigned shared,
+                                        CUstream s, void** params, void** extra);
+
+extern char** environ;
+
+namespace {
+
+/// Duration of each storm kernel (fake_sleep_us's parameter).
+constexpr std::uint64_t k_kernel_us = 1000;
+/// A storm syncs its stream every this many launches, so an uncapped storm cannot queue
+/// unbounded work (the device stays busy: the sync waits only for queued kernels).
+constexpr int k_sync_every = 32;
+/// Tolerance of a share, in percentage points (the acceptance criterion).
+constexpr double k_tolerance = 3.0;
+/// A share at or above this reads as "uncapped" (the fake's workers reach ~95-100%).
+constexpr double k_uncapped_floor = 80.0;
+/// Warm-up before a measurement (the first launches teach the limiter the kernel's cost).
+constexpr auto k_warmup = std::chrono::milliseconds(400);
+/// Measurement window.
+constexpr auto k_window = std::chrono::milliseconds(1500);
+
+using clock_type = std::chrono::steady_clock;
+
+struct device_setup {
+  CUcontext ctx = nullptr;
+  CUfunction sleep = nullptr;
+  CUstream stream = nullptr;
+  CUgraphExec graph = nullptr;
+};
+
+device_setup setup() {
+  device_setup d;
+  CLIENT_REQUIRE(cuInit(0) == CUDA_SUCCESS);
+  CLIENT_REQUIRE(cuDevicePrimaryCtxRetain(&d.ctx, 0) == CUDA_SUCCESS);
+  CLIENT_REQUIRE(cuCtxSetCurrent(d.ctx) == CUDA_SUCCESS);
+  CUmodule m = nullptr;
+  static const char k_image[] = "fake module";
+  CLIENT_REQUIRE(cuModuleLoadData(&m, k_image) == CUDA_SUCCESS);
+  CLIENT_REQUIRE(cuModuleGetFunction(&d.sleep, m, "fake_sleep_us") == CUDA_SUCCESS);
+  CLIENT_REQUIRE(cuStreamCreate(&d.stream, 0) == CUDA_SUCCESS);
+  // A graph of two half-length kernels: one graph launch is one storm kernel's worth of work.
+  CUgraph g = nullptr;
+  CLIENT_REQUIRE(cuGraphCreate(&g, 0) == CUDA_SUCCESS);
+  std::uint64_t half = k_kernel_us / 2;
+  void* params[1] = {&half};
+  CUDA_KERNEL_NODE_PARAMS np{};
+  np.func = d.sleep;
+  np.gridDimX = np.gridDimY = np.gridDimZ = 1;
+  np.blockDimX = np.blockDimY = np.blockDimZ = 1;
+  np.kernelParams = params;
+  CUgraphNode first = nullptr;
+  CUgraphNode second = nullptr;
+  CLIENT_REQUIRE(cuGraphAddKernelNode(&first, g, nullptr, 0, &np) == CUDA_SUCCESS);
+  CLIENT_REQUIRE(cuGraphAddKernelNode(&second, g, &first, 1, &np) == CUDA_SUCCESS);
+  CLIENT_REQUIRE(cuGraphInstantiate(&d.graph, g, 0) == CUDA_SUCCESS);
+  return d;
+}
+
+/// One launch of a storm kernel through \p path.
+CUresult launch(const device_setup& d, const std::string& path) {
+  std::uint64_t us = k_kernel_us;
+  void* params[1] = {&us};
+  if (path == "kernel") {
+    return cuLaunchKernel(d.sleep, 1, 1, 1, 1, 1, 1, 0, d.stream, params, nullptr);
+  }
+  if (path == "ptsz") {
+    return cuLaunchKernel_ptsz(d.sleep, 1, 1, 1, 1, 1, 1, 0, d.stream, params, nullptr);
+  }
+  if (path == "ex" || path == "ex_ptsz") {
+    CUlaunchConfig cfg{};
+    cfg.gridDimX = cfg.gridDimY = cfg.gridDimZ = 1;
+    cfg.blockDimX = cfg.blockDimY = cfg.blockDimZ = 1;
+    cfg.hStream = d.stream;
+    return path == "ex" ? cuLaunchKernelEx(&cfg, d.sleep, params, nullptr)
+                        : cuLaunchKernelEx_ptsz(&cfg, d.sleep, params, nullptr);
+  }
+  if (path == "coop") {
+    return cuLaunchCooperativeKernel(d.sleep, 1, 1, 1, 1, 1, 1, 0, d.stream, params);
+  }
+  if (path == "coop_ptsz") {
+    return cuLaunchCooperativeKernel_ptsz(d.sleep, 1, 1, 1, 1, 1, 1, 0, d.stream, params);
+  }
+  if (path == "multi") {
+    CUDA_LAUNCH_PARAMS p{};
+    p.function = d.sleep;
+    p.gridDimX = p.gridDimY = p.gridDimZ = 1;
+    p.blockDimX = p.blockDimY = p.blockDimZ = 1;
+    p.hStream = d.stream;
+    p.kernelParams = params;
+    return cuLaunchCooperativeKernelMultiDevice(&p, 1, 0);
+  }
+  if (path == "graph") return cuGraphLaunch(d.graph, d.stream);
+  if (path == "graph_ptsz") return cuGraphLaunch_ptsz(d.graph, d.stream);
+  std::fprintf(stdout, "unknown launch path %s\n", path.c_str());
+  std::_Exit(2);
+}
+
+/// Launches through \p path until \p until; returns false if a launch failed.
+bool storm_until(const device_setup& d, const std::string& path, clock_type::time_point until) {
+  int n = 0;
+  while (clock_type::now() < until) {
+    if (launch(d, path) != CUDA_SUCCESS) return false;
+    if (++n % k_sync_every == 0) cuStreamSynchronize(d.stream);
+  }
+  return true;
+}
+
+/// Storms through \p path on another thread while this one measures, after a warm-up, the
+/// share of busy time (percent) over a fixed window of wall time: a launch that the limiter
+/// holds back (a suspended tenant) cannot stretch the window.
+double measured_share(const device_setup& d, const std::string& path) {
+  std::atomic<bool> stop{false};
+  std::atomic<bool> failed{false};
+  std::thread storm([&] {
+    cuCtxSetCurrent(d.ctx);
+    int n = 0;
+    while (!stop.load()) {
+      if (launch(d, path) != CUDA_SUCCESS) {
+        failed.store(true);
+        return;
+      }
+      if (++n % k_sync_every == 0) cuStreamSynchronize(d.stream);
+    }
+    cuStreamSynchronize(d.stream);
+  });
+  std::this_thread::sleep_for(k_warmup);
+  const std::uint64_t busy0 = fake_cuda_physical_busy_us(0);
+  const auto t0 = clock_type::now();
+  std::this_thread::sleep_for(k_window);
+  const std::uint64_t busy1 = fake_cuda_physical_busy_us(0);
+  const auto t1 = clock_type::now();
+  stop.store(true);
+  storm.join();
+  CLIENT_REQUIRE(!failed.load());
+  const double wall_us =
+      static_cast<double>(std::chrono::duration_cast<std::chrono::microseconds>(t1 - t0).count());
+  const double share = 100.0 * static_cast<double>(busy1 - busy0) / wall_us;
+  std::fprintf(stdout, "%s: share %.2f%% of the device's busy time\n", path.c_str(), share);
+  std::fflush(stdout);
+  return share;
+}
+
+void check_share(double share, double expected) {
+  std::fprintf(stdout, "  expected %.0f%% +- %.0f\n", expected, k_tolerance);
+  CLIENT_CHECK(std::fabs(share - expected) <= k_tolerance);
+}
+
+std::string env_or(const char* name, const char* fallback) {
+  const char* v = std::getenv(name);
+  return v == nullptr ? fallback : v;
+}
+
+/// Starts this program as another container: same environment but its own ledger.
+pid_t spawn_tenant(const std::vector<std::string>& changes, double seconds) {
+  std::vector<std::string> vars;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string kv(*e);
+    bool replaced = false;
+    for (const std::string& c : changes) {
+      const std::string name = c.substr(0, c.find('=') + 1);
+      if (kv.rfind(name, 0) == 0) replaced = true;
+    }
+    if (!replaced) vars.push_back(kv);
+  }
+  vars.insert(vars.end(), changes.begin(), changes.end());
+  std::vector<char*> envp;
+  for (std::string& v : vars) envp.push_back(v.data());
+  envp.push_back(nullptr);
+  std::string self = "/proc/self/exe";
+  std::string verb = "tenant";
+  std::string secs = std::to_string(seconds);
+  char* argv[] = {self.data(), verb.data(), secs.data(), nullptr};
+  pid_t pid = 0;
+  CLIENT_REQUIRE(posix_spawn(&pid, self.c_str(), nullptr, nullptr, argv, envp.data()) == 0);
+  return pid;
+}
+
+void wait_tenant(pid_t pid) {
+  int status = 0;
+  CLIENT_REQUIRE(waitpid(pid, &status, 0) == pid);
+  CLIENT_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+int scenario_share(const std::string& path, double expected) {
+  const device_setup d = setup();
+  check_share(measured_share(d, path), expected);
+  return client::finish("launch share");
+}
+
+int scenario_set_limit() {
+  const std::string ledger_path = env_or("CUDA_DEVICE_MEMORY_SHARED_CACHE", "");
+  CLIENT_REQUIRE(!ledger_path.empty());
+  const device_setup d = setup();
+  // The environment's cap (70%) holds first.
+  check_share(measured_share(d, "kernel"), 70.0);
+
+  // Another process (the operator's `gpuslice set-limit`) changes both limits in the ledger.
+  auto change = [&](std::uint32_t sm, std::uint64_t bytes) {
+    const pid_t pid = fork();
+    CLIENT_REQUIRE(pid >= 0);
+    if (pid == 0) {
+      auto l = gpuslice::memory::shared_ledger::open(gpuslice::memory::open_only, ledger_path);
+      if (!l || l->device_count() < 1) std::_Exit(3);
+      const bool ok = l->set_sm_limit(0, sm) && l->set_limit(0, bytes);
+      std::_Exit(ok ? 0 : 4);
+    }
+    wait_tenant(pid);
+  };
+  constexpr std::uint64_t k_new_limit = std::uint64_t{16} << 20;
+  change(30, k_new_limit);
+  check_share(measured_share(d, "kernel"), 30.0);
+  std::size_t free_bytes = 0;
+  std::size_t total_bytes = 0;
+  CLIENT_CHECK(cuMemGetInfo(&free_bytes, &total_bytes) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(total_bytes, k_new_limit);
+  CUdeviceptr p = 0;
+  CLIENT_CHECK(cuMemAlloc(&p, k_new_limit + 1) == CUDA_ERROR_OUT_OF_MEMORY);
+  CLIENT_CHECK(cuMemAlloc(&p, k_new_limit / 2) == CUDA_SUCCESS);
+  CLIENT_CHECK(cuMemFree(p) == CUDA_SUCCESS);
+
+  // 100 is "explicitly no cap": the storm runs uncapped.
+  change(100, k_new_limit);
+  const double uncapped = measured_share(d, "kernel");
+  CLIENT_CHECK(uncapped >= k_uncapped_floor);
+  return client::finish("launch set_limit");
+}
+
+int scenario_default() {
+  const std::string ledger_path = env_or("CUDA_DEVICE_MEMORY_SHARED_CACHE", "");
+  CLIENT_REQUIRE(!ledger_path.empty());
+  const device_setup d = setup();
+  // Alone: the default policy lets the tenant use the whole GPU.
+  const double alone = measured_share(d, "kernel");
+  CLIENT_CHECK(alone >= k_uncapped_floor);
+
+  // A second container registers and launches: capped at its share (30%) meanwhile.
+  constexpr double k_tenant_seconds = 3.0;
+  const pid_t other =
+      spawn_tenant({"CUDA_DEVICE_MEMORY_SHARED_CACHE=" + ledger_path + ".other"}, k_tenant_seconds);
+  const double shared = measured_share(d, "kernel");
+  check_share(shared, 30.0);
+  wait_tenant(other);
+
+  // Alone again once the other's stamps age past the activity window.
+  const double freed = measured_share(d, "kernel");
+  CLIENT_CHECK(freed >= k_uncapped_floor);
+  return client::finish("launch default");
+}
+
+int scenario_priority() {
+  const std::string ledger_path = env_or("CUDA_DEVICE_MEMORY_SHARED_CACHE", "");
+  CLIENT_REQUIRE(!ledger_path.empty());
+  const device_setup d = setup();
+  constexpr double k_tenant_seconds = 3.0;
+  const pid_t high = spawn_tenant(
+      {"CUDA_DEVICE_MEMORY_SHARED_CACHE=" + ledger_path + ".high", "CUDA_TASK_PRIORITY=0"},
+      k_tenant_seconds);
+  // A low-priority tenant yields the GPU entirely while a high-priority one is active.
+  const double low = measured_share(d, "kernel");
+  CLIENT_CHECK(low <= k_tolerance);
+  wait_tenant(high);
+  return client::finish("launch priority");
+}
+
+int scenario_tenant(double seconds) {
+  const device_setup d = setup();
+  CLIENT_REQUIRE(storm_until(d, "kernel",
+                             clock_type::now() + std::chrono::duration_cast<clock_type::duration>(
+                                                     std::chrono::duration<double>(seconds))));
+  cuStreamSynchronize(d.stream);
+  return client::finish("launch tenant");
+}
+
+int scenario_refused() {
+  const device_setup d = setup();
+  client::stderr_capture cap;
+  const CUresult r = launch(d, "kernel");
+  const std::string log = cap.take();
+  CLIENT_CHECK_EQ(r, CUDA_ERROR_NOT_PERMITTED);
+  CLIENT_CHECK(launch(d, "graph") == CUDA_ERROR_NOT_PERMITTED);
+  CLIENT_CHECK(log.find("CUDA_DEVICE_SM_LIMIT") != std::string::npos);
+  return client::finish("launch refused");
+}
+
+int scenario_oversub(const std::string& expect) {
+  (void)setup();
+  constexpr std::uint64_t k_bytes = std::uint64_t{100} << 20;
+  CUdeviceptr p = 0;
+  const CUresult r = cuMemAlloc(&p, k_bytes);
+  if (expect != "managed") {
+    CLIENT_CHECK_EQ(r, CUDA_ERROR_OUT_OF_MEMORY);
+    return client::finish("launch oversub (off)");
+  }
+  CLIENT_REQUIRE(r == CUDA_SUCCESS);
+  int preferred = -2;
+  int accessed_by = -2;
+  CLIENT_CHECK(fake_cuda_advice(p, &preferred, &accessed_by) == 1);
+  CLIENT_CHECK_EQ(preferred, 0);
+  CLIENT_CHECK_EQ(accessed_by, 0);
+  // The memory is usable and charged to the quota like device memory.
+  std::vector<unsigned char> host(4096, 0x5a);
+  CLIENT_CHECK(cuMemcpyHtoD(p, host.data(), host.size()) == CUDA_SUCCESS);
+  const std::string ledger_path = env_or("CUDA_DEVICE_MEMORY_SHARED_CACHE", "");
+  CLIENT_REQUIRE(!ledger_path.empty());
+  auto l = gpuslice::memory::shared_ledger::open(gpuslice::memory::open_only, ledger_path);
+  CLIENT_REQUIRE(l.ok());
+  CLIENT_CHECK_EQ(l->used(0), k_bytes);
+  // The quota still holds: 100 + 200 MiB exceed the 256 MiB limit.
+  CUdeviceptr q = 0;
+  CLIENT_CHECK_EQ(cuMemAlloc(&q, 2 * k_bytes), CUDA_ERROR_OUT_OF_MEMORY);
+  CLIENT_CHECK(cuMemFree(p) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(l->used(0), std::uint64_t{0});
+  return client::finish("launch oversub");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string verb = argc > 1 ? argv[1] : "";
+  if (verb == "share" && argc == 4) return scenario_share(argv[2], std::atof(argv[3]));
+  if (verb == "set_limit") return scenario_set_limit();
+  if (verb == "default") return scenario_default();
+  if (verb == "priority") return scenario_priority();
+  if (verb == "tenant" && argc == 3) return scenario_tenant(std::atof(argv[2]));
+  if (verb == "refused") return scenario_refused();
+  if (verb == "oversub" && argc == 3) return scenario_oversub(argv[2]);
+  std::fprintf(stdout,
+               "usage: %s share PATH PERCENT | set_limit | default | priority | "
+               "refused | oversub managed|refused | tenant SECONDS\n",
+               argv[0]);
+  return 2;
+}

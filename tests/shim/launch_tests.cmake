@@ -1,0 +1,41 @@
+# Launches through the SM limiter on the fake driver (included by tests/shim/CMakeLists.txt,
+# after gpuslice_shim_test is defined). Each share test storms for about two seconds.
+gpuslice_shim_client(shim_client_launch SOURCES clients/client_launch.cpp LIBS gpuslice_fake_cuda)
+
+set(_launch_node ${CMAKE_CURRENT_BINARY_DIR}/ledgers/node-region)
+set(_force GPU_CORE_UTILIZATION_POLICY=force)
+
+# Every launch path holds its share of the fake device's busy time, at 30% and at 70%.
+foreach(path kernel ptsz ex ex_ptsz coop coop_ptsz multi graph graph_ptsz)
+  gpuslice_shim_test(launch:share-${path}-30 shim_client_launch ARGS share ${path} 30
+                     ENV ${_force} CUDA_DEVICE_SM_LIMIT=30 LEDGER)
+endforeach()
+foreach(path kernel graph coop)
+  gpuslice_shim_test(launch:share-${path}-70 shim_client_launch ARGS share ${path} 70
+                     ENV ${_force} CUDA_DEVICE_SM_LIMIT=70 LEDGER)
+endforeach()
+# Without the shim the storm takes the whole device: the share check can fail.
+gpuslice_shim_test(launch:share-without-shim shim_client_launch ARGS share kernel 30
+                   ENV ${_force} CUDA_DEVICE_SM_LIMIT=30 NO_PRELOAD)
+set_tests_properties(shim:launch:share-without-shim PROPERTIES WILL_FAIL TRUE)
+
+gpuslice_shim_test(launch:set-limit shim_client_launch ARGS set_limit
+                   ENV ${_force} CUDA_DEVICE_SM_LIMIT=70 CUDA_DEVICE_MEMORY_LIMIT=64Mi LEDGER)
+# The node-region tests share one region file; they must not run at the same time.
+gpuslice_shim_test(launch:node-default shim_client_launch ARGS default LEDGER
+                   ENV GPU_CORE_UTILIZATION_POLICY=default CUDA_DEVICE_SM_LIMIT=30
+                       GPUSLICE_NODE_REGION=${_launch_node}-default)
+gpuslice_shim_test(launch:node-priority shim_client_launch ARGS priority LEDGER
+                   ENV GPU_CORE_UTILIZATION_POLICY=default CUDA_DEVICE_SM_LIMIT=50
+                       CUDA_TASK_PRIORITY=1 GPUSLICE_NODE_REGION=${_launch_node}-priority)
+gpuslice_shim_test(launch:refused shim_client_launch ARGS refused
+                   ENV CUDA_DEVICE_SM_LIMIT=thirty)
+
+gpuslice_shim_test(oversub:managed shim_client_launch ARGS oversub managed LEDGER
+                   ENV FAKE_CUDA_MEMORY=64Mi CUDA_DEVICE_MEMORY_LIMIT=256Mi
+                       CUDA_OVERSUBSCRIBE=true)
+gpuslice_shim_test(oversub:off shim_client_launch ARGS oversub refused LEDGER
+                   ENV FAKE_CUDA_MEMORY=64Mi CUDA_DEVICE_MEMORY_LIMIT=256Mi)
+
+# The node-wide region on its own (core logic; no driver).
+gpuslice_add_test(test_node_region SOURCES test_node_region.cpp LABELS shim)
