@@ -325,10 +325,12 @@ class shared_file_storage {
       }
       if (st.st_size != 0) break;
       if (may_init) {
-        if (::ftruncate(fd, static_cast<off_t>(k_region_size)) != 0) {
+        // posix_fallocate, not ftruncate: a sparse file on a full disk would fail later, at
+        // the first store through the mapping, with SIGBUS instead of this clean error.
+        if (const int e = ::posix_fallocate(fd, 0, static_cast<off_t>(k_region_size)); e != 0) {
           return file_error(errc::io_error, path,
                             "cannot size to " + std::to_string(k_region_size) +
-                                " bytes: " + detail::errno_text(errno));
+                                " bytes: " + detail::errno_text(e));
         }
         continue;
       }
