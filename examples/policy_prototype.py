@@ -28,7 +28,7 @@ from rich.table import Table
 
 import gpuslice
 
-sim = importlib.import_module("gpuslice.simulate")
+sim = importlib.import_module("gpuslice.simulation")
 
 #: Milli-GPU of one whole GPU.
 GPU_MILLI = 1000

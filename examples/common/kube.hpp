@@ -271,9 +271,12 @@ inline result<fit::pod_request> pod_request_from_json(const json& pod) {
           text = v->get<std::string>();
         } else if (v->is_number_unsigned()) {
           text = std::to_string(v->get<std::uint64_t>());
+        } else if (v->is_number_integer()) {
+          text = std::to_string(v->get<std::int64_t>());
         } else {
-          return make_error(errc::invalid_value,
-                            cw + ": " + std::string(name) + ": expected a quantity string");
+          return make_error(
+              errc::invalid_value,
+              cw + ": " + std::string(name) + ": expected a quantity (a string or an integer)");
         }
         auto q = parse_quantity(text);
         if (!q) {

@@ -30,6 +30,7 @@
 
 #include "extender.hpp"
 #include "gpuslice/version.hpp"
+#include "http.hpp"
 #include "kube.hpp"
 
 namespace {
@@ -43,12 +44,6 @@ constexpr int k_exit_input = 1;
 constexpr int k_exit_usage = 2;
 constexpr int k_default_port = 8888;
 constexpr int k_max_port = 65535;
-/// Largest request body: a NodeList of a few thousand nodes (nodeCacheCapable: false).
-constexpr std::size_t k_max_body_bytes = std::size_t{64} << 20;
-/// Seconds a connection may stall while reading a request or writing a reply.
-constexpr time_t k_io_timeout_s = 5;
-/// Requests served on one kept-alive connection before it is closed.
-constexpr std::size_t k_keep_alive_requests = 10000;
 /// Seconds to connect to, and to wait for, the API server in bind.
 constexpr time_t k_apiserver_timeout_s = 5;
 /// How often the signal waiter checks whether the server stopped on its own.
@@ -201,37 +196,8 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
   httplib::Server svr;
-  svr.set_payload_max_length(k_max_body_bytes);
-  svr.set_read_timeout(k_io_timeout_s, 0);
-  svr.set_write_timeout(k_io_timeout_s, 0);
-  svr.set_keep_alive_max_count(k_keep_alive_requests);
-  auto send = [verbose](std::string_view verb, const httplib::Request& req, httplib::Response& res,
-                        const ext::reply& r) {
-    res.status = r.status;
-    res.set_content(r.body, "application/json");
-    if (verbose || r.status != ext::k_ok) {
-      fmt::print(stderr, "gpuslice_extender: {} {} bytes -> {} {}\n", verb, req.body.size(),
-                 r.status, r.status != ext::k_ok ? r.body : std::string());
-    }
-  };
-  svr.Post("/filter", [&](const httplib::Request& req, httplib::Response& res) {
-    send("filter", req, res, service.filter(req.body));
-  });
-  svr.Post("/prioritize", [&](const httplib::Request& req, httplib::Response& res) {
-    send("prioritize", req, res, service.prioritize(req.body));
-  });
-  svr.Post("/bind", [&](const httplib::Request& req, httplib::Response& res) {
-    send("bind", req, res, service.bind(req.body));
-  });
-  svr.Post("/release", [&](const httplib::Request& req, httplib::Response& res) {
-    send("release", req, res, service.release(req.body));
-  });
-  svr.Get("/state", [&](const httplib::Request&, httplib::Response& res) {
-    res.set_content(service.state(), "application/json");
-  });
-  svr.Get("/healthz", [](const httplib::Request&, httplib::Response& res) {
-    res.set_content("ok", "text/plain");
-  });
+  ext::configure(svr);
+  ext::install_routes(svr, service, verbose);
 
   if (port == 0) {
     port = svr.bind_to_any_port(listen);

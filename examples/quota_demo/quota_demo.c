@@ -4,9 +4,9 @@
  *   ./gpuslice_quota_demo                  the whole device
  *   LD_PRELOAD=libgpuslice.so CUDA_DEVICE_MEMORY_LIMIT=1g ./gpuslice_quota_demo
  *
- * It prints the device's physical memory (cuDeviceTotalMem), the view cuMemGetInfo gives,
- * then allocates CHUNK_MIB (default 64) at a time until cuMemAlloc refuses, and shows the view
- * again before freeing everything. One "key: value" line per fact; exit status 0 when the
+ * It prints the device memory cuDeviceTotalMem and cuMemGetInfo report (under the shim both
+ * show the limit), then allocates CHUNK_MIB (default 64) at a time until cuMemAlloc refuses,
+ * and shows the view again before and after freeing everything. One "key: value" line per fact; exit status 0 when the
  * refusal was CUDA_ERROR_OUT_OF_MEMORY, 1 on any other failure. */
 #include <cuda.h>
 #include <stdio.h>
@@ -73,7 +73,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   printf("device: %s\n", name);
-  printf("physical memory: %zu MiB\n", physical / MIB);
+  printf("cuDeviceTotalMem: %zu MiB\n", physical / MIB);
   printf("cuMemGetInfo before: free %zu MiB of %zu MiB\n", free_b / MIB, total_b / MIB);
 
   static CUdeviceptr ptrs[MAX_CHUNKS];

@@ -1,0 +1,78 @@
+# Tests that run the example programs; included by examples/CMakeLists.txt (where the programs'
+# targets exist) when tests are built.
+find_package(Catch2 2.13 REQUIRED)
+include(Catch)
+find_package(nlohmann_json 3 QUIET)
+find_package(PkgConfig QUIET)
+if(PkgConfig_FOUND)
+  pkg_check_modules(GPUSLICE_TEST_HTTPLIB QUIET IMPORTED_TARGET cpp-httplib)
+endif()
+set(_examples ${PROJECT_SOURCE_DIR}/examples)
+set(_data ${CMAKE_CURRENT_LIST_DIR}/data)
+set(_defs GPUSLICE_EXAMPLES_TEST_DATA="${_data}" GPUSLICE_EXAMPLES_SAMPLE_DATA="${_examples}/data")
+set(_compare ${CMAKE_CURRENT_LIST_DIR}/run_and_compare.cmake)
+set(_controller_args --nodes ${_examples}/data/nodes.json --pods ${_examples}/data/pods.json)
+string(REPLACE ";" "|" _controller_args "${_controller_args}")
+
+if(TARGET gpuslice_extender AND TARGET PkgConfig::GPUSLICE_TEST_HTTPLIB)
+  gpuslice_add_test(test_examples_extender_http SOURCES
+                    ${CMAKE_CURRENT_LIST_DIR}/test_extender_http.cpp
+                    LIBS nlohmann_json::nlohmann_json PkgConfig::GPUSLICE_TEST_HTTPLIB
+                    LABELS examples)
+  if(TARGET test_examples_extender_http)
+    target_include_directories(test_examples_extender_http PRIVATE ${_examples}/common
+                                                          ${CMAKE_CURRENT_LIST_DIR})
+    target_compile_definitions(test_examples_extender_http PRIVATE ${_defs}
+                               GPUSLICE_EXTENDER_EXE="$<TARGET_FILE:gpuslice_extender>")
+    add_dependencies(test_examples_extender_http gpuslice_extender)
+  endif()
+endif()
+
+# The controller, built in this tree, with both node policies.
+if(TARGET gpuslice_controller AND NOT GPUSLICE_SANITIZE STREQUAL "thread")
+  foreach(policy binpack spread)
+    add_test(NAME examples:controller:${policy}
+             COMMAND ${CMAKE_COMMAND}
+                     "-DCOMMAND=$<TARGET_FILE:gpuslice_controller>|${_controller_args}|--node-policy|${policy}"
+                     -DEXPECTED=${_data}/controller_${policy}.expected
+                     -DVERSION=${PROJECT_VERSION} -P ${_compare})
+    set_tests_properties(examples:controller:${policy} PROPERTIES LABELS examples TIMEOUT 120)
+  endforeach()
+  add_test(NAME examples:controller:bad-input
+           COMMAND ${CMAKE_COMMAND}
+                   "-DCOMMAND=$<TARGET_FILE:gpuslice_controller>|--nodes|${_data}/bind.json|--pods|${_examples}/data/pods.json"
+                   -DEXPECTED=${_data}/empty.expected -DEXIT_CODE=1
+                   "-DSTDERR_REGEX=^gpuslice_controller: [^\n]*bind.json: expected a NodeList or a JSON array\n$"
+                   -P ${_compare})
+  set_tests_properties(examples:controller:bad-input PROPERTIES LABELS examples TIMEOUT 120)
+endif()
+
+# The quota demo on the fake driver: under the shim with a 256 MiB limit it sees 256 MiB and
+# is refused at it; without the shim it sees and takes the whole 1 GiB device.
+if(TARGET gpuslice_quota_demo AND TARGET gpuslice_shim AND TARGET gpuslice_fake_cuda)
+  set(_preload $<TARGET_FILE:gpuslice_shim>)
+  if(GPUSLICE_SANITIZE STREQUAL "address")
+    execute_process(COMMAND ${CMAKE_CXX_COMPILER} -print-file-name=libasan.so
+                    OUTPUT_VARIABLE _libasan OUTPUT_STRIP_TRAILING_WHITESPACE)
+    set(_preload "${_libasan}:${_preload}")
+  endif()
+  set(_fake_env "LD_LIBRARY_PATH=$<TARGET_FILE_DIR:gpuslice_fake_cuda>|FAKE_CUDA_MEMORY=1Gi")
+  set(_ledger ${CMAKE_CURRENT_BINARY_DIR}/quota_demo.ledger)
+  add_test(NAME examples:quota_demo:fresh-ledger COMMAND ${CMAKE_COMMAND} -E rm -f ${_ledger})
+  set_tests_properties(examples:quota_demo:fresh-ledger PROPERTIES
+                       FIXTURES_SETUP examples_quota_ledger LABELS examples)
+  add_test(NAME examples:quota_demo:shim
+           COMMAND ${CMAKE_COMMAND} "-DCOMMAND=$<TARGET_FILE:gpuslice_quota_demo>|32"
+                   "-DENV=${_fake_env}|LD_PRELOAD=${_preload}|CUDA_DEVICE_MEMORY_LIMIT=256Mi|CUDA_DEVICE_MEMORY_SHARED_CACHE=${_ledger}"
+                   -DEXPECTED=${_data}/quota_demo_shim.expected
+                   "-DSTDERR_REGEX=cuMemAlloc_v2: device 0 [^\n]*refused"
+                   -P ${_compare})
+  set_tests_properties(examples:quota_demo:shim PROPERTIES
+                       FIXTURES_REQUIRED examples_quota_ledger LABELS examples TIMEOUT 120)
+  add_test(NAME examples:quota_demo:no-shim
+           COMMAND ${CMAKE_COMMAND} "-DCOMMAND=$<TARGET_FILE:gpuslice_quota_demo>|32"
+                   "-DENV=${_fake_env}" -DEXPECTED=${_data}/quota_demo_plain.expected
+                   -P ${_compare})
+  set_tests_properties(examples:quota_demo:no-shim PROPERTIES LABELS examples TIMEOUT 120)
+  add_dependencies(gpuslice_quota_demo gpuslice_fake_cuda gpuslice_fake_nvml gpuslice_shim)
+endif()

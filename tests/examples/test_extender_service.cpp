@@ -1,0 +1,179 @@
+// The extender's verbs in process, on kube-scheduler's recorded request bodies
+// (tests/examples/data): what passes, what fails and why, the scores, the bind and its usage.
+#include <catch2/catch.hpp>
+#include <optional>
+#include <string>
+
+#include "service_fixture.hpp"
+
+using namespace gpuslice;
+using example_tests::data;
+using example_tests::read_file;
+using kube::json;
+
+namespace {
+json body(const extender::reply& r) {
+  REQUIRE(r.status == extender::k_ok);
+  return json::parse(r.body);
+}
+
+/// The device of the state's node \p node at position \p i.
+json device_state(const extender::service& s, int node, int i) {
+  return json::parse(s.state())["nodes"][node]["devices"][i];
+}
+}  // namespace
+
+TEST_CASE("filter returns every node that fits, and why the others do not", "[examples]") {
+  auto s = example_tests::sample_service();
+  const json r = body(s->filter(read_file(data("filter_names.json"))));
+  CHECK(r["NodeNames"] == json::array({"gpu-a", "gpu-b"}));
+  CHECK(r["FailedNodes"].empty());
+  CHECK(r["FailedAndUnresolvableNodes"] == json{{"cpu-c", "gpuslice: no GPUs registered"}});
+  CHECK(r["Error"] == "");
+  CHECK_FALSE(r.contains("Nodes"));
+
+  // Too big for every GPU: capacity (preemption could help) versus no GPUs at all.
+  const json big = body(s->filter(read_file(data("filter_too_big.json"))));
+  CHECK(big["NodeNames"].empty());
+  CHECK(big["FailedNodes"]["gpu-a"] ==
+        "gpuslice: too few suitable GPUs (4 devices: insufficient GPU memory)");
+  CHECK(big["FailedNodes"]["gpu-b"] ==
+        "gpuslice: too few suitable GPUs (2 devices: insufficient GPU memory)");
+  CHECK(big["FailedAndUnresolvableNodes"].size() == 1);
+}
+
+TEST_CASE("filter with node objects (nodeCacheCapable: false) returns node objects", "[examples]") {
+  auto s = example_tests::sample_service();
+  const json r = body(s->filter(read_file(data("filter_nodes.json"))));
+  REQUIRE(r["Nodes"]["items"].size() == 1);
+  const json& passed = r["Nodes"]["items"][0];
+  CHECK(passed["metadata"]["name"] == "gpu-b");
+  // The whole object comes back, annotations included.
+  CHECK(passed["metadata"]["annotations"].contains("hami.io/node-nvidia-register"));
+  // Type mismatch on every GPU: no eviction could help.
+  CHECK(r["FailedAndUnresolvableNodes"]["gpu-a"] ==
+        "gpuslice: too few suitable GPUs (4 devices: GPU type mismatch)");
+  CHECK_FALSE(r.contains("NodeNames"));
+}
+
+TEST_CASE("prioritize scales the fit engine's node scores to 0..10", "[examples]") {
+  auto s = example_tests::sample_service();
+  const json r = body(s->prioritize(read_file(data("prioritize_names.json"))));
+  // Binpack: gpu-a already holds a pod, so it is the fuller node after placement.
+  CHECK(r == json::parse(R"([{"Host":"gpu-a","Score":10},{"Host":"gpu-b","Score":0}])"));
+
+  auto spread = extender::service::make(
+      [] {
+        const json list = example_tests::read_json(example_tests::sample("nodes.json"));
+        std::vector<fit::node> nodes;
+        for (const auto& n : *kube::items(list)) nodes.push_back(*kube::node_from_json(n));
+        return nodes;
+      }(),
+      fit::hami_scorer(fit::hami_policy::spread, fit::gpu_policy::spread));
+  REQUIRE(spread);
+  // Nothing charged: with spread the larger, emptier node wins.
+  const json rs = body((*spread)->prioritize(read_file(data("prioritize_names.json"))));
+  CHECK(rs[0]["Score"] == 10);
+  CHECK(rs[1]["Score"] == 0);
+}
+
+TEST_CASE("bind reserves the pod's GPUs in memory; release returns them", "[examples]") {
+  auto s = example_tests::sample_service();
+  // bind before filter: the extender has not seen the pod.
+  CHECK(body(s->bind(read_file(data("bind.json"))))["Error"].get<std::string>().find(
+            "not seen by filter") != std::string::npos);
+  body(s->filter(read_file(data("filter_names.json"))));
+  CHECK(body(s->bind(read_file(data("bind.json"))))["Error"] == "");
+
+  const json st = json::parse(s->state());
+  REQUIRE(st["bindings"].size() == 1);
+  CHECK(st["bindings"][0]["pod"] == "default/infer-small");
+  CHECK(st["bindings"][0]["node"] == "gpu-a");
+  // GPU spread: the emptiest V100, GPU-a1 (GPU-a0 holds the running pod).
+  CHECK(st["bindings"][0]["hami.io/vgpu-devices-to-allocate"] == "GPU-a1,NVIDIA,4000,25:;");
+  CHECK(device_state(*s, 0, 1) ==
+        json::parse(
+            R"({"uuid":"GPU-a1","slots_used":1,"memory_used_mib":4000,"cores_used_percent":25})"));
+
+  // The same pod twice is refused; the usage is unchanged.
+  CHECK(body(s->bind(read_file(data("bind.json"))))["Error"] != "");
+  CHECK(device_state(*s, 0, 1)["slots_used"] == 1);
+
+  const std::string uid = json::parse(read_file(data("bind.json")))["PodUID"];
+  CHECK(body(s->release(json{{"PodUID", uid}}.dump()))["Error"] == "");
+  CHECK(device_state(*s, 0, 1)["slots_used"] == 0);
+  CHECK(device_state(*s, 0, 1)["memory_used_mib"] == 0);
+  CHECK(json::parse(s->state())["bindings"].empty());
+  CHECK(body(s->release(json{{"PodUID", uid}}.dump()))["Error"] != "");
+}
+
+TEST_CASE("a failed binding through the binder undoes the reservation", "[examples]") {
+  auto s = example_tests::sample_service();
+  std::optional<extender::binding> seen;
+  s->set_binder([&](const extender::binding& b) -> std::optional<std::string> {
+    seen = b;
+    return std::string("apiserver said no");
+  });
+  body(s->filter(read_file(data("filter_names.json"))));
+  const json r = body(s->bind(read_file(data("bind.json"))));
+  CHECK(r["Error"] == "pod default/infer-small: binding failed: apiserver said no");
+  REQUIRE(seen);
+  CHECK(seen->node == "gpu-a");
+  CHECK(seen->devices == "GPU-a1,NVIDIA,4000,25:;");
+  CHECK(device_state(*s, 0, 1)["slots_used"] == 0);
+  CHECK(json::parse(s->state())["bindings"].empty());
+}
+
+TEST_CASE("an invalid GPU request fails every node as unresolvable, with the reason",
+          "[examples]") {
+  auto s = example_tests::sample_service();
+  const json r = body(s->filter(read_file(data("filter_invalid.json"))));
+  CHECK(r["NodeNames"].empty());
+  REQUIRE(r["FailedAndUnresolvableNodes"].size() == 3);
+  CHECK(r["FailedAndUnresolvableNodes"]["gpu-b"] ==
+        "gpuslice: pod default/bad-cores: container \"main\": nvidia.com/gpucores 150: "
+        "expected at most 100");
+}
+
+TEST_CASE("a pod without GPUs passes every candidate untouched", "[examples]") {
+  auto s = example_tests::sample_service();
+  json args = json::parse(read_file(data("filter_names.json")));
+  args["Pod"]["spec"]["containers"][0]["resources"] = {{"limits", {{"cpu", "2"}}}};
+  args["NodeNames"].push_back("unknown-node");
+  const json r = body(s->filter(args.dump()));
+  CHECK(r["NodeNames"] == json::array({"gpu-a", "gpu-b", "cpu-c", "unknown-node"}));
+  const json p = body(s->prioritize(args.dump()));
+  for (const auto& h : p) CHECK(h["Score"] == 0);
+}
+
+TEST_CASE("malformed bodies get a 400 with a message, never a crash", "[examples]") {
+  auto s = example_tests::sample_service();
+  const std::string deep(100000, '[');
+  const std::vector<std::string> bodies = {
+      "",
+      "{",
+      "null",
+      "[]",
+      "\"Pod\"",
+      deep,
+      R"({"NodeNames":["gpu-a"]})",
+      R"({"Pod":[],"NodeNames":["gpu-a"]})",
+      R"({"Pod":{"metadata":{"name":"p"}}})",
+      R"({"Pod":{"metadata":{"name":"p"}},"NodeNames":[1,2]})",
+      R"({"Pod":{"metadata":{"name":"p"}},"Nodes":{"items":[{"metadata":{}}]}})",
+      std::string("{\"Pod\":{\"metadata\":{\"name\":\"\xff\xfe\"}}}"),
+  };
+  for (const auto& b : bodies) {
+    INFO(b.substr(0, 80));
+    for (const auto& r : {s->filter(b), s->prioritize(b)}) {
+      CHECK(r.status == extender::k_bad_request);
+      const json e = json::parse(r.body);
+      CHECK(e["Error"].get<std::string>().rfind("ExtenderArgs: ", 0) == 0);
+    }
+  }
+  for (const std::string b : {"", "{}", "[1]", R"({"PodName":"p","Node":"gpu-a"})"}) {
+    INFO(b);
+    CHECK(s->bind(b).status == extender::k_bad_request);
+    CHECK(s->release(b).status == extender::k_bad_request);
+  }
+}
