@@ -9,7 +9,10 @@
 # Memory checks: a driver-API program is refused at the limit; the context's memory the shim
 # reconciles from NVML matches what the driver reports; torch.cuda.mem_get_info() is the limit;
 # PyTorch (plain and expandable segments) allocates until OutOfMemoryError at the limit, within
-# the counted context memory; nvidia-smi shows the limit. The SM checks are added after them.
+# the counted context memory; nvidia-smi shows the limit. SM checks: a compute-bound kernel's
+# throughput at caps of 30 and 70, alone and as two co-located containers, graph launches and
+# cooperative kernels capped, the added host cost per cuLaunchKernel with no cap, and the
+# end-to-end slowdown of a PyTorch training loop with no cap.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 OUT=${OUT:-$root/build/gpu-out}
@@ -128,6 +131,107 @@ if command -v nvidia-smi >/dev/null; then
   fi
 else
   record nvidia-smi-limit SKIP "nvidia-smi not found"
+fi
+
+# ---- 7-11. SM limiter --------------------------------------------------------------------------
+# A compute-bound kernel (one block per SM, about 2 ms) launched back to back; the share is its
+# throughput relative to the same program uncapped, alone. Target: within SHARE_TOL points.
+SHARE_TOL=5
+# The median of column $2 of file $1 (three rows of "bare shimmed"); empty when a row is short.
+median_of() {
+  awk 'NF == 2' "$1" | cut -d' ' -f"$2" | sort -g | awk '{ v[NR] = $1 } END { if (NR == 3) print v[2] }'
+}
+SHARE_SECONDS=4
+NVCC=${NVCC:-$CUDA_HOME/bin/nvcc}
+if "$NVCC" -O2 -o "$OUT/launch_share" "$root/tests/gpu/launch_share.cu" \
+     -L"$CUDA_HOME/lib64/stubs" -lcuda \
+     >"$OUT/nvcc.log" 2>&1; then
+  # Runs launch_share under the shim as a container of its own: launch_run NAME SM ARGS...
+  launch_run() {
+    local name=$1 sm=$2; shift 2
+    rm -f "$OUT/$name.ledger"
+    env LD_PRELOAD="$SHIM" CUDA_DEVICE_SM_LIMIT="$sm" GPU_CORE_UTILIZATION_POLICY=force \
+      CUDA_DEVICE_MEMORY_SHARED_CACHE="$OUT/$name.ledger" "$OUT/launch_share" "$@" \
+      >"$OUT/$name.out" 2>"$OUT/$name.err"
+  }
+  # The share in percent of $1's rate against the uncapped rate, and its check against $2.
+  share_check() {
+    local check=$1 name=$2 target=$3 rate pct
+    rate=$(val "$name" rate)
+    pct=$(awk -v r="$rate" -v b="$base_rate" 'BEGIN { printf "%.1f", 100 * r / b }')
+    if awk -v p="$pct" -v t="$target" -v e="$SHARE_TOL" 'BEGIN { exit !((p - t) <= e && (t - p) <= e) }'; then
+      record "$check" PASS "$pct% of the uncapped throughput (target $target%)"
+    else
+      record "$check" FAIL "$pct% of the uncapped throughput (target $target% +- $SHARE_TOL; $OUT/$name.out)"
+    fi
+  }
+  "$OUT/launch_share" calibrate >"$OUT/calibrate.out" 2>&1 || true
+  iters=$(val calibrate iters)
+  "$OUT/launch_share" loop "$iters" "$SHARE_SECONDS" >"$OUT/uncapped.out" 2>"$OUT/uncapped.err" || true
+  base_rate=$(val uncapped rate)
+  if [ -n "$base_rate" ]; then
+    for cap in 30 70; do
+      launch_run "alone-$cap" "$cap" loop "$iters" "$SHARE_SECONDS" || true
+      share_check "sm-share-alone-$cap" "alone-$cap" "$cap"
+    done
+    # Two co-located containers, 30 and 70, at the same time.
+    launch_run pair-30 30 loop "$iters" "$SHARE_SECONDS" & p30=$!
+    launch_run pair-70 70 loop "$iters" "$SHARE_SECONDS" & p70=$!
+    wait "$p30" "$p70" || true
+    share_check sm-share-pair-30 pair-30 30
+    share_check sm-share-pair-70 pair-70 70
+    # Graph launches and cooperative kernels are capped too.
+    for path in graph coop; do
+      launch_run "$path-30" 30 "$path" "$iters" "$SHARE_SECONDS" || true
+      share_check "sm-share-$path-30" "$path-30" 30
+    done
+  else
+    record sm-share-alone-30 FAIL "uncapped run failed: $OUT/uncapped.out $OUT/uncapped.err"
+  fi
+  # Host cost of one cuLaunchKernel: bare, and through the shim with no cap set.
+  # Three alternating rounds; medians.
+  LAUNCHES=200000
+  : >"$OUT/cost.txt"
+  for round in 1 2 3; do
+    "$OUT/launch_share" cost "$LAUNCHES" >"$OUT/cost-bare.out" 2>&1 || true
+    launch_run cost-shim 0 cost "$LAUNCHES" || true
+    echo "$(val cost-bare ns_per_launch) $(val cost-shim ns_per_launch)" >>"$OUT/cost.txt"
+  done
+  bare=$(median_of "$OUT/cost.txt" 1); shimmed=$(median_of "$OUT/cost.txt" 2)
+  if [ -n "$bare" ] && [ -n "$shimmed" ]; then
+    added=$(awk -v a="$shimmed" -v b="$bare" 'BEGIN { printf "%.1f", a - b }')
+    awk -v d="$added" 'BEGIN { exit !(d <= 20) }' \
+      && record launch-cost PASS "+$added ns per cuLaunchKernel ($bare -> $shimmed ns), target <= 20" \
+      || record launch-cost FAIL "+$added ns per cuLaunchKernel ($bare -> $shimmed ns), target <= 20"
+  else
+    record launch-cost FAIL "see $OUT/cost-bare.out and $OUT/cost-shim.err"
+  fi
+else
+  record sm-share-alone-30 FAIL "nvcc failed: $OUT/nvcc.log"
+fi
+
+# ---- 12. PyTorch training loop, no cap: end-to-end slowdown -------------------------------------
+if "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+  : >"$OUT/torch-e2e.txt"
+  for round in 1 2 3; do
+    "$PY" "$root/tests/gpu/launch_torch.py" >"$OUT/e2e-bare-$round.out" 2>&1 || true
+    rm -f "$OUT/e2e.ledger"
+    env LD_PRELOAD="$SHIM" CUDA_DEVICE_MEMORY_SHARED_CACHE="$OUT/e2e.ledger" \
+      "$PY" "$root/tests/gpu/launch_torch.py" >"$OUT/e2e-shim-$round.out" 2>&1 || true
+    echo "$(val "e2e-bare-$round" seconds) $(val "e2e-shim-$round" seconds)" >>"$OUT/torch-e2e.txt"
+  done
+  # Medians of three alternating rounds.
+  bare=$(median_of "$OUT/torch-e2e.txt" 1); shimmed=$(median_of "$OUT/torch-e2e.txt" 2)
+  slow=""
+  [ -n "$bare" ] && [ -n "$shimmed" ] \
+    && slow=$(awk -v s="$shimmed" -v b="$bare" 'BEGIN { printf "%.2f", 100 * (s - b) / b }')
+  if [ -n "$slow" ] && awk -v p="$slow" 'BEGIN { exit !(p < 1) }'; then
+    record torch-e2e-slowdown PASS "$slow% slower under the shim, no cap (median of 3; target < 1%)"
+  else
+    record torch-e2e-slowdown FAIL "${slow:-?}% slower under the shim (target < 1%; $OUT/torch-e2e.txt)"
+  fi
+else
+  record torch-e2e-slowdown SKIP "PyTorch with CUDA is not installed for $PY"
 fi
 
 # ---- summary (last) ----------------------------------------------------------------------------

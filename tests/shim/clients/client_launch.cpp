@@ -90,7 +90,16 @@ device_setup setup() {
   CLIENT_REQUIRE(cuGraphAddKernelNode(&first, g, nullptr, 0, &np) == CUDA_SUCCESS);
   CLIENT_REQUIRE(cuGraphAddKernelNode(&second, g, &first, 1, &np) == CUDA_SUCCESS);
   CLIENT_REQUIRE(cuGraphInstantiate(&d.graph, g, 0) == CUDA_SUCCESS);
+  CLIENT_REQUIRE(cuGraphDestroy(g) == CUDA_SUCCESS);
   return d;
+}
+
+/// Releases what setup() made, then reports the checks.
+int finish(const device_setup& d, const char* name) {
+  cuStreamSynchronize(d.stream);
+  CLIENT_CHECK(cuGraphExecDestroy(d.graph) == CUDA_SUCCESS);
+  CLIENT_CHECK(cuStreamDestroy(d.stream) == CUDA_SUCCESS);
+  return client::finish(name);
 }
 
 /// One launch of a storm kernel through \p path.
@@ -221,7 +230,7 @@ void wait_tenant(pid_t pid) {
 int scenario_share(const std::string& path, double expected) {
   const device_setup d = setup();
   check_share(measured_share(d, path), expected);
-  return client::finish("launch share");
+  return finish(d, "launch share");
 }
 
 int scenario_set_limit() {
@@ -259,7 +268,7 @@ int scenario_set_limit() {
   change(100, k_new_limit);
   const double uncapped = measured_share(d, "kernel");
   CLIENT_CHECK(uncapped >= k_uncapped_floor);
-  return client::finish("launch set_limit");
+  return finish(d, "launch set_limit");
 }
 
 int scenario_default() {
@@ -281,7 +290,7 @@ int scenario_default() {
   // Alone again once the other's stamps age past the activity window.
   const double freed = measured_share(d, "kernel");
   CLIENT_CHECK(freed >= k_uncapped_floor);
-  return client::finish("launch default");
+  return finish(d, "launch default");
 }
 
 int scenario_priority() {
@@ -296,7 +305,7 @@ int scenario_priority() {
   const double low = measured_share(d, "kernel");
   CLIENT_CHECK(low <= k_tolerance);
   wait_tenant(high);
-  return client::finish("launch priority");
+  return finish(d, "launch priority");
 }
 
 int scenario_tenant(double seconds) {
@@ -305,7 +314,7 @@ int scenario_tenant(double seconds) {
                              clock_type::now() + std::chrono::duration_cast<clock_type::duration>(
                                                      std::chrono::duration<double>(seconds))));
   cuStreamSynchronize(d.stream);
-  return client::finish("launch tenant");
+  return finish(d, "launch tenant");
 }
 
 int scenario_refused() {
@@ -316,17 +325,17 @@ int scenario_refused() {
   CLIENT_CHECK_EQ(r, CUDA_ERROR_NOT_PERMITTED);
   CLIENT_CHECK(launch(d, "graph") == CUDA_ERROR_NOT_PERMITTED);
   CLIENT_CHECK(log.find("CUDA_DEVICE_SM_LIMIT") != std::string::npos);
-  return client::finish("launch refused");
+  return finish(d, "launch refused");
 }
 
 int scenario_oversub(const std::string& expect) {
-  (void)setup();
+  const device_setup d = setup();
   constexpr std::uint64_t k_bytes = std::uint64_t{100} << 20;
   CUdeviceptr p = 0;
   const CUresult r = cuMemAlloc(&p, k_bytes);
   if (expect != "managed") {
     CLIENT_CHECK_EQ(r, CUDA_ERROR_OUT_OF_MEMORY);
-    return client::finish("launch oversub (off)");
+    return finish(d, "launch oversub (off)");
   }
   CLIENT_REQUIRE(r == CUDA_SUCCESS);
   int preferred = -2;
@@ -347,7 +356,7 @@ int scenario_oversub(const std::string& expect) {
   CLIENT_CHECK_EQ(cuMemAlloc(&q, 2 * k_bytes), CUDA_ERROR_OUT_OF_MEMORY);
   CLIENT_CHECK(cuMemFree(p) == CUDA_SUCCESS);
   CLIENT_CHECK_EQ(l->used(0), std::uint64_t{0});
-  return client::finish("launch oversub");
+  return finish(d, "launch oversub");
 }
 
 }  // namespace
