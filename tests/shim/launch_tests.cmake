@@ -39,3 +39,9 @@ gpuslice_shim_test(oversub:off shim_client_launch ARGS oversub refused LEDGER
 
 # The node-wide region on its own (core logic; no driver).
 gpuslice_add_test(test_node_region SOURCES test_node_region.cpp LABELS shim)
+
+# Threads and processes of one container draw from one bucket (the ledger's rate words).
+gpuslice_shim_test(launch:threads-30 shim_client_launch ARGS threads 30
+                   ENV ${_force} CUDA_DEVICE_SM_LIMIT=30 LEDGER)
+gpuslice_shim_test(launch:container-40 shim_client_launch ARGS container 40
+                   ENV ${_force} CUDA_DEVICE_SM_LIMIT=40 LEDGER)

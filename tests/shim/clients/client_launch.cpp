@@ -5,6 +5,8 @@
 ///
 ///   share PATH PERCENT    a launch storm on one stream through PATH (kernel, ptsz, ex, ex_ptsz,
 ///                         coop, coop_ptsz, multi, graph, graph_ptsz) gets PERCENT +- 3 points
+///   threads PERCENT       four threads on four streams share one bucket: PERCENT together
+///   container PERCENT     two processes of one container (one ledger): PERCENT together
 ///   set_limit             a forked process changes the ledger's SM and memory limits while
 ///                         this one launches; the new limits hold in this process
 ///   default               with GPU_CORE_UTILIZATION_POLICY=default and a node region, a lone
@@ -154,21 +156,31 @@ bool storm_until(const device_setup& d, const std::string& path, clock_type::tim
 /// Storms through \p path on another thread while this one measures, after a warm-up, the
 /// share of busy time (percent) over a fixed window of wall time: a launch that the limiter
 /// holds back (a suspended tenant) cannot stretch the window.
-double measured_share(const device_setup& d, const std::string& path) {
+double measured_share(const device_setup& d, const std::string& path, int threads = 1) {
   std::atomic<bool> stop{false};
   std::atomic<bool> failed{false};
-  std::thread storm([&] {
-    cuCtxSetCurrent(d.ctx);
-    int n = 0;
-    while (!stop.load()) {
-      if (launch(d, path) != CUDA_SUCCESS) {
+  std::vector<std::thread> storms;
+  for (int t = 0; t < threads; ++t) {
+    storms.emplace_back([&, t] {
+      cuCtxSetCurrent(d.ctx);
+      device_setup mine = d;
+      // Each further thread launches on a stream of its own: they share only the limiter.
+      if (t > 0 && cuStreamCreate(&mine.stream, 0) != CUDA_SUCCESS) {
         failed.store(true);
         return;
       }
-      if (++n % k_sync_every == 0) cuStreamSynchronize(d.stream);
-    }
-    cuStreamSynchronize(d.stream);
-  });
+      int n = 0;
+      while (!stop.load()) {
+        if (launch(mine, path) != CUDA_SUCCESS) {
+          failed.store(true);
+          break;
+        }
+        if (++n % k_sync_every == 0) cuStreamSynchronize(mine.stream);
+      }
+      cuStreamSynchronize(mine.stream);
+      if (t > 0) cuStreamDestroy(mine.stream);
+    });
+  }
   std::this_thread::sleep_for(k_warmup);
   const std::uint64_t busy0 = fake_cuda_physical_busy_us(0);
   const auto t0 = clock_type::now();
@@ -176,7 +188,7 @@ double measured_share(const device_setup& d, const std::string& path) {
   const std::uint64_t busy1 = fake_cuda_physical_busy_us(0);
   const auto t1 = clock_type::now();
   stop.store(true);
-  storm.join();
+  for (std::thread& t : storms) t.join();
   CLIENT_REQUIRE(!failed.load());
   const double wall_us =
       static_cast<double>(std::chrono::duration_cast<std::chrono::microseconds>(t1 - t0).count());
@@ -197,7 +209,8 @@ std::string env_or(const char* name, const char* fallback) {
 }
 
 /// Starts this program as another container: same environment but its own ledger.
-pid_t spawn_tenant(const std::vector<std::string>& changes, double seconds) {
+pid_t spawn_self(const std::vector<std::string>& changes, const std::string& verb,
+                 const std::string& arg, int stdout_fd = -1) {
   std::vector<std::string> vars;
   for (char** e = environ; *e != nullptr; ++e) {
     const std::string kv(*e);
@@ -213,12 +226,22 @@ pid_t spawn_tenant(const std::vector<std::string>& changes, double seconds) {
   for (std::string& v : vars) envp.push_back(v.data());
   envp.push_back(nullptr);
   std::string self = "/proc/self/exe";
-  std::string verb = "tenant";
-  std::string secs = std::to_string(seconds);
-  char* argv[] = {self.data(), verb.data(), secs.data(), nullptr};
+  std::string v = verb;
+  std::string a = arg;
+  char* argv[] = {self.data(), v.data(), a.data(), nullptr};
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  if (stdout_fd >= 0) posix_spawn_file_actions_adddup2(&actions, stdout_fd, STDOUT_FILENO);
   pid_t pid = 0;
-  CLIENT_REQUIRE(posix_spawn(&pid, self.c_str(), nullptr, nullptr, argv, envp.data()) == 0);
+  const int rc = posix_spawn(&pid, self.c_str(), &actions, nullptr, argv, envp.data());
+  posix_spawn_file_actions_destroy(&actions);
+  CLIENT_REQUIRE(rc == 0);
   return pid;
+}
+
+/// Starts this program as another container (a tenant storming for \p seconds).
+pid_t spawn_tenant(const std::vector<std::string>& changes, double seconds) {
+  return spawn_self(changes, "tenant", std::to_string(seconds));
 }
 
 void wait_tenant(pid_t pid) {
@@ -231,6 +254,44 @@ int scenario_share(const std::string& path, double expected) {
   const device_setup d = setup();
   check_share(measured_share(d, path), expected);
   return finish(d, "launch share");
+}
+
+int scenario_threads(double expected) {
+  const device_setup d = setup();
+  // Four threads on four streams draw from one bucket: together they get the share.
+  constexpr int k_threads = 4;
+  check_share(measured_share(d, "kernel", k_threads), expected);
+  return finish(d, "launch threads");
+}
+
+int scenario_peer() {
+  const device_setup d = setup();
+  std::fprintf(stdout, "peer_share=%.3f\n", measured_share(d, "kernel"));
+  return finish(d, "launch peer");
+}
+
+int scenario_container(double expected) {
+  const device_setup d = setup();
+  // Another process of the same container (same ledger, same bucket) storms at the same time;
+  // the two shares add up to the container's.
+  int fds[2];
+  CLIENT_REQUIRE(pipe(fds) == 0);
+  const pid_t peer = spawn_self({}, "peer", "", fds[1]);
+  close(fds[1]);
+  const double mine = measured_share(d, "kernel");
+  std::string out;
+  char buf[256];
+  for (ssize_t n; (n = read(fds[0], buf, sizeof buf)) > 0;)
+    out.append(buf, static_cast<std::size_t>(n));
+  close(fds[0]);
+  wait_tenant(peer);
+  const auto at = out.find("peer_share=");
+  CLIENT_REQUIRE(at != std::string::npos);
+  const double theirs = std::atof(out.c_str() + at + std::strlen("peer_share="));
+  std::fprintf(stdout, "container: %.2f%% + %.2f%% from the other process\n", mine, theirs);
+  check_share(mine + theirs, expected);
+  CLIENT_CHECK(mine > 0.0 && theirs > 0.0);
+  return finish(d, "launch container");
 }
 
 int scenario_set_limit() {
@@ -364,6 +425,9 @@ int scenario_oversub(const std::string& expect) {
 int main(int argc, char** argv) {
   const std::string verb = argc > 1 ? argv[1] : "";
   if (verb == "share" && argc == 4) return scenario_share(argv[2], std::atof(argv[3]));
+  if (verb == "threads" && argc == 3) return scenario_threads(std::atof(argv[2]));
+  if (verb == "container" && argc == 3) return scenario_container(std::atof(argv[2]));
+  if (verb == "peer") return scenario_peer();
   if (verb == "set_limit") return scenario_set_limit();
   if (verb == "default") return scenario_default();
   if (verb == "priority") return scenario_priority();
@@ -371,7 +435,8 @@ int main(int argc, char** argv) {
   if (verb == "refused") return scenario_refused();
   if (verb == "oversub" && argc == 3) return scenario_oversub(argv[2]);
   std::fprintf(stdout,
-               "usage: %s share PATH PERCENT | set_limit | default | priority | "
+               "usage: %s share PATH PERCENT | threads PERCENT | container PERCENT | set_limit | "
+               "default | priority | "
                "refused | oversub managed|refused | tenant SECONDS\n",
                argv[0]);
   return 2;
