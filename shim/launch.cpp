@@ -547,6 +547,19 @@ bool launch_device(state& s, CUstream stream, int& ordinal) noexcept {
   return s.stream_device(stream, &ordinal) == CUDA_SUCCESS;
 }
 
+/// True when \p stream is being captured into a graph: the launch is recorded, not run, so it
+/// is neither admitted nor timed (an event recorded there would become a node of the
+/// program's graph); the graph is charged when it is launched. Thread-safe.
+bool capturing(state& s, CUstream stream, bool per_thread) noexcept {
+  auto query =
+      per_thread
+          ? s.helper_fn<decltype(&::cuStreamIsCapturing_ptsz)>(helper::cuStreamIsCapturing_ptsz)
+          : s.helper_fn<decltype(&::cuStreamIsCapturing)>(helper::cuStreamIsCapturing);
+  CUstreamCaptureStatus status = CU_STREAM_CAPTURE_STATUS_NONE;
+  return query != nullptr && query(stream, &status) == CUDA_SUCCESS &&
+         status != CU_STREAM_CAPTURE_STATUS_NONE;
+}
+
 /// Admits one launch of \p function on \p g: waits as the limiter says. Thread-safe.
 void admit(device_gate& g, std::uint64_t function) noexcept {
   for (;;) {
@@ -573,7 +586,9 @@ CUresult gated(state& s, CUstream stream, bool per_thread, std::uint64_t functio
   if (!g->launched.load(std::memory_order_relaxed)) {
     g->launched.store(true, std::memory_order_relaxed);
   }
-  if (g->bypass.load(std::memory_order_acquire)) return launch();
+  if (g->bypass.load(std::memory_order_acquire) || capturing(s, stream, per_thread)) {
+    return launch();
+  }
   admit(*g, function);
   if (c.sample_now()) return c.timed(s, *g, function, stream, per_thread, launch);
   return launch();
@@ -676,7 +691,9 @@ GPUSLICE_SHIM_EXPORT CUresult cuLaunchCooperativeKernelMultiDevice(CUDA_LAUNCH_P
     const std::uint32_t raw = s.ledger_sm_limit(g->index);
     if (raw != g->raw.load(std::memory_order_acquire)) c.apply(s, *g, raw);
     g->launched.store(true, std::memory_order_relaxed);
-    if (g->bypass.load(std::memory_order_acquire)) continue;
+    if (g->bypass.load(std::memory_order_acquire) || d::capturing(s, list[i].hStream, false)) {
+      continue;
+    }
     const std::uint64_t function = d::id_of(list[i].function);
     d::admit(*g, function);
     // Entries whose stream is in the current context are timed; the others are charged their

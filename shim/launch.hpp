@@ -23,6 +23,7 @@ CUresult cuLaunchCooperativeKernel_ptsz(CUfunction f, unsigned int grid_x, unsig
                                         unsigned int shared_bytes, CUstream stream, void** params);
 CUresult cuGraphLaunch_ptsz(CUgraphExec exec, CUstream stream);
 CUresult cuEventRecord_ptsz(CUevent event, CUstream stream);
+CUresult cuStreamIsCapturing_ptsz(CUstream stream, CUstreamCaptureStatus* status);
 }
 
 // cuLaunchCooperativeKernelMultiDevice is deprecated, yet programs built against older toolkits
@@ -49,14 +50,16 @@ CUresult cuEventRecord_ptsz(CUevent event, CUstream stream);
 
 /// Driver and NVML functions the launch path calls without hooking them, in the form of
 /// GPUSLICE_HELPERS in shim.hpp.
-#define GPUSLICE_LAUNCH_HELPERS(X)                                   \
-  X(cuCtxGetCurrent, cuda, decltype(&::cuCtxGetCurrent))             \
-  X(cuCtxSetCurrent, cuda, decltype(&::cuCtxSetCurrent))             \
-  X(cuEventCreate, cuda, decltype(&::cuEventCreate))                 \
-  X(cuEventDestroy_v2, cuda, decltype(&::cuEventDestroy_v2))         \
-  X(cuEventRecord, cuda, decltype(&::cuEventRecord))                 \
-  X(cuEventRecord_ptsz, cuda, decltype(&::cuEventRecord_ptsz))       \
-  X(cuEventQuery, cuda, decltype(&::cuEventQuery))                   \
-  X(cuEventElapsedTime_v2, cuda, decltype(&::cuEventElapsedTime_v2)) \
-  X(cuMemAdvise_v2, cuda, decltype(&::cuMemAdvise_v2))               \
+#define GPUSLICE_LAUNCH_HELPERS(X)                                         \
+  X(cuCtxGetCurrent, cuda, decltype(&::cuCtxGetCurrent))                   \
+  X(cuCtxSetCurrent, cuda, decltype(&::cuCtxSetCurrent))                   \
+  X(cuEventCreate, cuda, decltype(&::cuEventCreate))                       \
+  X(cuEventDestroy_v2, cuda, decltype(&::cuEventDestroy_v2))               \
+  X(cuEventRecord, cuda, decltype(&::cuEventRecord))                       \
+  X(cuEventRecord_ptsz, cuda, decltype(&::cuEventRecord_ptsz))             \
+  X(cuEventQuery, cuda, decltype(&::cuEventQuery))                         \
+  X(cuEventElapsedTime_v2, cuda, decltype(&::cuEventElapsedTime_v2))       \
+  X(cuMemAdvise_v2, cuda, decltype(&::cuMemAdvise_v2))                     \
+  X(cuStreamIsCapturing, cuda, decltype(&::cuStreamIsCapturing))           \
+  X(cuStreamIsCapturing_ptsz, cuda, decltype(&::cuStreamIsCapturing_ptsz)) \
   X(nvmlDeviceGetProcessUtilization, nvml, decltype(&::nvmlDeviceGetProcessUtilization))

@@ -45,3 +45,7 @@ gpuslice_shim_test(launch:threads-30 shim_client_launch ARGS threads 30
                    ENV ${_force} CUDA_DEVICE_SM_LIMIT=30 LEDGER)
 gpuslice_shim_test(launch:container-40 shim_client_launch ARGS container 40
                    ENV ${_force} CUDA_DEVICE_SM_LIMIT=40 LEDGER)
+
+# Stream capture: recorded launches are neither admitted nor timed; the graph is capped.
+gpuslice_shim_test(launch:capture shim_client_launch ARGS capture
+                   ENV ${_force} CUDA_DEVICE_SM_LIMIT=30 LEDGER)

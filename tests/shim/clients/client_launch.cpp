@@ -7,6 +7,8 @@
 ///                         coop, coop_ptsz, multi, graph, graph_ptsz) gets PERCENT +- 3 points
 ///   threads PERCENT       four threads on four streams share one bucket: PERCENT together
 ///   container PERCENT     two processes of one container (one ledger): PERCENT together
+///   capture               launches on a stream being captured are recorded, neither admitted
+///                         nor timed; the captured graph holds its share when launched
 ///   set_limit             a forked process changes the ledger's SM and memory limits while
 ///                         this one launches; the new limits hold in this process
 ///   default               with GPU_CORE_UTILIZATION_POLICY=default and a node region, a lone
@@ -294,6 +296,32 @@ int scenario_container(double expected) {
   return finish(d, "launch container");
 }
 
+int scenario_capture() {
+  device_setup d = setup();
+  // Launches on a stream being captured are recorded into the graph, not run: the shim neither
+  // admits nor times them (a timing event would become a node of the program's graph).
+  constexpr int k_captured = 8;
+  const std::uint64_t busy0 = fake_cuda_physical_busy_us(0);
+  CLIENT_REQUIRE(cuStreamBeginCapture(d.stream, CU_STREAM_CAPTURE_MODE_GLOBAL) == CUDA_SUCCESS);
+  for (int i = 0; i < k_captured; ++i) CLIENT_CHECK(launch(d, "kernel") == CUDA_SUCCESS);
+  CUgraph g = nullptr;
+  CLIENT_REQUIRE(cuStreamEndCapture(d.stream, &g) == CUDA_SUCCESS);
+  int kernels = 0;
+  int others = 0;
+  fake_cuda_graph_nodes(g, &kernels, &others);
+  CLIENT_CHECK_EQ(kernels, k_captured);
+  CLIENT_CHECK_EQ(others, 0);
+  CLIENT_CHECK(cuStreamSynchronize(d.stream) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(fake_cuda_physical_busy_us(0), busy0);
+  // The captured graph is charged when it is launched.
+  device_setup captured = d;
+  CLIENT_REQUIRE(cuGraphInstantiate(&captured.graph, g, 0) == CUDA_SUCCESS);
+  CLIENT_REQUIRE(cuGraphDestroy(g) == CUDA_SUCCESS);
+  check_share(measured_share(captured, "graph"), 30.0);
+  CLIENT_CHECK(cuGraphExecDestroy(captured.graph) == CUDA_SUCCESS);
+  return finish(d, "launch capture");
+}
+
 int scenario_set_limit() {
   const std::string ledger_path = env_or("CUDA_DEVICE_MEMORY_SHARED_CACHE", "");
   CLIENT_REQUIRE(!ledger_path.empty());
@@ -428,6 +456,7 @@ int main(int argc, char** argv) {
   if (verb == "threads" && argc == 3) return scenario_threads(std::atof(argv[2]));
   if (verb == "container" && argc == 3) return scenario_container(std::atof(argv[2]));
   if (verb == "peer") return scenario_peer();
+  if (verb == "capture") return scenario_capture();
   if (verb == "set_limit") return scenario_set_limit();
   if (verb == "default") return scenario_default();
   if (verb == "priority") return scenario_priority();
@@ -436,7 +465,7 @@ int main(int argc, char** argv) {
   if (verb == "oversub" && argc == 3) return scenario_oversub(argv[2]);
   std::fprintf(stdout,
                "usage: %s share PATH PERCENT | threads PERCENT | container PERCENT | set_limit | "
-               "default | priority | "
+               "capture | default | priority | "
                "refused | oversub managed|refused | tenant SECONDS\n",
                argv[0]);
   return 2;

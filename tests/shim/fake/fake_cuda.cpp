@@ -944,6 +944,7 @@ CUresult event_record(CUevent e, CUstream h) {
   CUstream_st* s = resolve(h);
   if (s == nullptr) return CUDA_ERROR_INVALID_CONTEXT;
   if (e == nullptr) return CUDA_ERROR_INVALID_HANDLE;
+  if (fake_capture_event(h)) return CUDA_SUCCESS;  // became a node of the captured graph
   {
     std::lock_guard<std::mutex> lock(e->mu);
     e->recorded = true;
@@ -958,6 +959,8 @@ CUresult launch(CUfunction f, void** params, CUstream h) {
   if (s == nullptr) return CUDA_ERROR_INVALID_CONTEXT;
   // A kernel named fake_null does nothing and queues nothing: benchmarks of the launch path.
   if (f->name == "fake_null") return CUDA_SUCCESS;
+  // A stream being captured records the launch into its graph instead of running it.
+  if (fake_capture_kernel(h, f, params)) return CUDA_SUCCESS;
   std::uint64_t us = st().kernel_us;
   // A kernel named fake_sleep_us runs for its first parameter's microseconds.
   if (f->name == "fake_sleep_us" && params != nullptr && params[0] != nullptr) {
@@ -1163,6 +1166,9 @@ const proc_entry k_procs[] = {
     {"cuGraphInstantiate", 11040, FAKE_FN(cuGraphInstantiateWithFlags), nullptr},
     {"cuGraphExecDestroy", 10000, FAKE_FN(cuGraphExecDestroy), nullptr},
     {"cuGraphLaunch", 10000, FAKE_FN(cuGraphLaunch), FAKE_FN(cuGraphLaunch_ptsz)},
+    {"cuStreamBeginCapture", 10010, FAKE_FN(cuStreamBeginCapture_v2), nullptr},
+    {"cuStreamEndCapture", 10000, FAKE_FN(cuStreamEndCapture), nullptr},
+    {"cuStreamIsCapturing", 10000, FAKE_FN(cuStreamIsCapturing), nullptr},
     {"cuMemAdvise", 12020, FAKE_FN(cuMemAdvise_v2), nullptr},
 };
 

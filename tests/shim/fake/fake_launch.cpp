@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "fake_driver.hpp"
+#include "fake_launch.hpp"
 
 #define FAKE_EXPORT extern "C" __attribute__((visibility("default")))
 
@@ -35,6 +36,7 @@ struct kernel_node {
 
 struct CUgraph_st {
   std::vector<kernel_node> nodes;
+  int other_nodes = 0;  ///< event nodes a capture recorded (not run by the fake)
 };
 struct CUgraphExec_st {
   std::vector<kernel_node> nodes;
@@ -146,6 +148,73 @@ FAKE_EXPORT CUresult cuGraphLaunch(CUgraphExec exec, CUstream s) {
 }
 FAKE_EXPORT CUresult cuGraphLaunch_ptsz(CUgraphExec exec, CUstream s) {
   return cuGraphLaunch(exec, s);
+}
+
+// ---- stream capture ------------------------------------------------------------------------
+
+namespace {
+std::mutex g_capture_mu;
+std::map<CUstream, CUgraph>& captures() {
+  static auto* m = new std::map<CUstream, CUgraph>;  // never destroyed: used at exit
+  return *m;
+}
+}  // namespace
+
+FAKE_EXPORT CUresult cuStreamBeginCapture_v2(CUstream s, CUstreamCaptureMode) {
+  if (s == nullptr || s == CU_STREAM_LEGACY || s == CU_STREAM_PER_THREAD) {
+    return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+  }
+  std::lock_guard<std::mutex> lock(g_capture_mu);
+  auto [it, fresh] = captures().emplace(s, nullptr);
+  if (!fresh) return CUDA_ERROR_ILLEGAL_STATE;
+  it->second = new CUgraph_st;
+  return CUDA_SUCCESS;
+}
+FAKE_EXPORT CUresult cuStreamEndCapture(CUstream s, CUgraph* g) {
+  if (g == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  std::lock_guard<std::mutex> lock(g_capture_mu);
+  auto it = captures().find(s);
+  if (it == captures().end()) return CUDA_ERROR_ILLEGAL_STATE;
+  *g = it->second;
+  captures().erase(it);
+  return CUDA_SUCCESS;
+}
+FAKE_EXPORT CUresult cuStreamIsCapturing(CUstream s, CUstreamCaptureStatus* status) {
+  if (status == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  std::lock_guard<std::mutex> lock(g_capture_mu);
+  *status =
+      captures().count(s) != 0 ? CU_STREAM_CAPTURE_STATUS_ACTIVE : CU_STREAM_CAPTURE_STATUS_NONE;
+  return CUDA_SUCCESS;
+}
+FAKE_EXPORT CUresult cuStreamIsCapturing_ptsz(CUstream s, CUstreamCaptureStatus* status) {
+  return cuStreamIsCapturing(s, status);
+}
+
+bool fake_capture_kernel(CUstream s, CUfunction f, void** params) {
+  std::lock_guard<std::mutex> lock(g_capture_mu);
+  auto it = captures().find(s);
+  if (it == captures().end()) return false;
+  kernel_node n;
+  n.f = f;
+  if (params != nullptr && params[0] != nullptr) {
+    n.has_arg = true;
+    std::memcpy(&n.arg, params[0], sizeof n.arg);
+  }
+  it->second->nodes.push_back(n);
+  return true;
+}
+
+bool fake_capture_event(CUstream s) {
+  std::lock_guard<std::mutex> lock(g_capture_mu);
+  auto it = captures().find(s);
+  if (it == captures().end()) return false;
+  ++it->second->other_nodes;
+  return true;
+}
+
+FAKE_EXPORT void fake_cuda_graph_nodes(CUgraph g, int* kernels, int* others) {
+  *kernels = static_cast<int>(g->nodes.size());
+  *others = g->other_nodes;
 }
 
 FAKE_EXPORT CUresult cuMemAdvise_v2(CUdeviceptr p, size_t bytes, CUmem_advise what,

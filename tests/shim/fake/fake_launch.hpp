@@ -13,6 +13,15 @@ CUresult cuLaunchCooperativeKernel_ptsz(CUfunction f, unsigned gx, unsigned gy, 
                                         unsigned bx, unsigned by, unsigned bz, unsigned shared,
                                         CUstream s, void** params);
 CUresult cuGraphLaunch_ptsz(CUgraphExec exec, CUstream s);
+/// True when \p stream is being captured; then records a kernel node of \p f (keeping its first
+/// parameter, as graph nodes do) into the capture. Thread-safe.
+bool fake_capture_kernel(CUstream stream, CUfunction f, void** params);
+/// True when \p stream is being captured; then records an event node into the capture.
+/// Thread-safe.
+bool fake_capture_event(CUstream stream);
+/// Kernel nodes and other nodes of graph \p g (for tests of what a capture recorded).
+/// Thread-safe with respect to launches.
+void fake_cuda_graph_nodes(CUgraph g, int* kernels, int* others);
 /// The advice cuMemAdvise recorded for the managed range at \p p: the preferred device and the
 /// device it is accessed by (-1 = none). Returns 0 when no advice was given. Thread-safe.
 int fake_cuda_advice(CUdeviceptr p, int* preferred, int* accessed_by);
