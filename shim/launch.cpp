@@ -191,6 +191,20 @@ class launch_control {
     return r;
   }
 
+  /// After fork, in the child: starts the child's own watcher on its first launch (the parent's
+  /// thread did not survive the fork). Thread-safe; one relaxed load when there is nothing to do.
+  void restart_after_fork(state& s) noexcept {
+    if (!restart_watcher_.load(std::memory_order_relaxed)) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!restart_watcher_.exchange(false, std::memory_order_relaxed)) return;
+    bool needed = region_.has_value();
+    for (auto& slot : gates_) {
+      const device_gate* g = slot.load(std::memory_order_relaxed);
+      needed = needed || (g != nullptr && !g->bypass.load(std::memory_order_relaxed));
+    }
+    if (needed) start_watcher(s);
+  }
+
   /// True when the calling thread's next launch should be timed. Thread-safe.
   bool sample_now() noexcept {
     if ((t_launches++ % k_sample_every) != 0) return false;
@@ -214,6 +228,8 @@ class launch_control {
     pool_.clear();
     pending_.store(0, std::memory_order_relaxed);
     watcher_started_ = false;
+    start_time_ = 0;  // the child's own, read on its next join (no /proc read in a fork handler)
+    restart_watcher_.store(true, std::memory_order_relaxed);
     for (auto& slot : gates_) {
       if (device_gate* g = slot.load(std::memory_order_relaxed)) {
         g->tenant = rate::tenant_handle{};
@@ -326,6 +342,10 @@ class launch_control {
   /// Registers \p g's tenant in the node region. Holds mu_.
   void join(state& s, device_gate& g, const std::string& uuid) {
     const config& cfg = s.configuration();
+    if (start_time_ == 0) {
+      start_time_ =
+          memory::detail::read_proc_stat(static_cast<std::int32_t>(::getpid())).start_time;
+    }
     auto h = region_->join(rate::device_key(uuid), container_, cfg.priority, g.percent,
                            static_cast<std::int32_t>(::getpid()), start_time_, now_ns());
     if (!h) {
@@ -520,6 +540,7 @@ class launch_control {
   std::optional<rate::node_region> region_;
   std::uint64_t container_ = 0;
   std::uint64_t start_time_ = 0;
+  std::atomic<bool> restart_watcher_{false};
 
   std::mutex samples_mu_;
   std::vector<pending_sample> samples_;
@@ -581,6 +602,7 @@ CUresult gated(state& s, CUstream stream, bool per_thread, std::uint64_t functio
     refuse_once(s, ordinal);
     return CUDA_ERROR_NOT_PERMITTED;
   }
+  c.restart_after_fork(s);
   const std::uint32_t raw = s.ledger_sm_limit(g->index);
   if (raw != g->raw.load(std::memory_order_acquire)) c.apply(s, *g, raw);
   if (!g->launched.load(std::memory_order_relaxed)) {

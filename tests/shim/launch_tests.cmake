@@ -49,3 +49,5 @@ gpuslice_shim_test(launch:container-40 shim_client_launch ARGS container 40
 # Stream capture: recorded launches are neither admitted nor timed; the graph is capped.
 gpuslice_shim_test(launch:capture shim_client_launch ARGS capture
                    ENV ${_force} CUDA_DEVICE_SM_LIMIT=30 LEDGER)
+gpuslice_shim_test(launch:fork shim_client_launch ARGS fork
+                   ENV ${_force} CUDA_DEVICE_SM_LIMIT=30 LEDGER)

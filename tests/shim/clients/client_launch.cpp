@@ -9,6 +9,7 @@
 ///   container PERCENT     two processes of one container (one ledger): PERCENT together
 ///   capture               launches on a stream being captured are recorded, neither admitted
 ///                         nor timed; the captured graph holds its share when launched
+///   fork                  a forked child learns its own kernels' cost and holds the share
 ///   set_limit             a forked process changes the ledger's SM and memory limits while
 ///                         this one launches; the new limits hold in this process
 ///   default               with GPU_CORE_UTILIZATION_POLICY=default and a node region, a lone
@@ -48,6 +49,8 @@ namespace {
 
 /// Duration of each storm kernel (fake_sleep_us's parameter).
 constexpr std::uint64_t k_kernel_us = 1000;
+/// Duration of the storm kernels of this process (a forked child uses longer ones).
+std::uint64_t g_kernel_us = k_kernel_us;
 /// A storm syncs its stream every this many launches, so an uncapped storm cannot queue
 /// unbounded work (the device stays busy: the sync waits only for queued kernels).
 constexpr int k_sync_every = 32;
@@ -108,7 +111,7 @@ int finish(const device_setup& d, const char* name) {
 
 /// One launch of a storm kernel through \p path.
 CUresult launch(const device_setup& d, const std::string& path) {
-  std::uint64_t us = k_kernel_us;
+  std::uint64_t us = g_kernel_us;
   void* params[1] = {&us};
   if (path == "kernel") {
     return cuLaunchKernel(d.sleep, 1, 1, 1, 1, 1, 1, 0, d.stream, params, nullptr);
@@ -322,6 +325,28 @@ int scenario_capture() {
   return finish(d, "launch capture");
 }
 
+int scenario_fork() {
+  const device_setup d = setup();
+  // The parent launches (its limiter and watcher start), then forks. The child's kernels are
+  // three times longer: it holds its share only if it learns their cost itself, on a watcher
+  // of its own (the parent's thread does not survive fork).
+  constexpr int k_parent_launches = 8;
+  for (int i = 0; i < k_parent_launches; ++i) CLIENT_CHECK(launch(d, "kernel") == CUDA_SUCCESS);
+  CLIENT_CHECK(cuStreamSynchronize(d.stream) == CUDA_SUCCESS);
+  std::fflush(stdout);
+  const pid_t child = fork();
+  CLIENT_REQUIRE(child >= 0);
+  if (child == 0) {
+    constexpr std::uint64_t k_longer = 3;
+    g_kernel_us = k_kernel_us * k_longer;
+    const device_setup c = setup();
+    check_share(measured_share(c, "kernel"), 30.0);
+    std::_Exit(finish(c, "launch fork (child)"));
+  }
+  wait_tenant(child);
+  return finish(d, "launch fork");
+}
+
 int scenario_set_limit() {
   const std::string ledger_path = env_or("CUDA_DEVICE_MEMORY_SHARED_CACHE", "");
   CLIENT_REQUIRE(!ledger_path.empty());
@@ -457,6 +482,7 @@ int main(int argc, char** argv) {
   if (verb == "container" && argc == 3) return scenario_container(std::atof(argv[2]));
   if (verb == "peer") return scenario_peer();
   if (verb == "capture") return scenario_capture();
+  if (verb == "fork") return scenario_fork();
   if (verb == "set_limit") return scenario_set_limit();
   if (verb == "default") return scenario_default();
   if (verb == "priority") return scenario_priority();
@@ -465,7 +491,7 @@ int main(int argc, char** argv) {
   if (verb == "oversub" && argc == 3) return scenario_oversub(argv[2]);
   std::fprintf(stdout,
                "usage: %s share PATH PERCENT | threads PERCENT | container PERCENT | set_limit | "
-               "capture | default | priority | "
+               "capture | fork | default | priority | "
                "refused | oversub managed|refused | tenant SECONDS\n",
                argv[0]);
   return 2;
