@@ -51,3 +51,6 @@ gpuslice_shim_test(launch:capture shim_client_launch ARGS capture
                    ENV ${_force} CUDA_DEVICE_SM_LIMIT=30 LEDGER)
 gpuslice_shim_test(launch:fork shim_client_launch ARGS fork
                    ENV ${_force} CUDA_DEVICE_SM_LIMIT=30 LEDGER)
+gpuslice_shim_test(launch:devices shim_client_launch ARGS devices LEDGER
+                   ENV ${_force} FAKE_CUDA_DEVICES=2 CUDA_DEVICE_SM_LIMIT_0=70
+                       CUDA_DEVICE_SM_LIMIT_1=30)

@@ -9,6 +9,7 @@
 ///   container PERCENT     two processes of one container (one ledger): PERCENT together
 ///   capture               launches on a stream being captured are recorded, neither admitted
 ///                         nor timed; the captured graph holds its share when launched
+///   devices               two GPUs, caps 70 and 30: each launch charged to its own device
 ///   fork                  a forked child learns its own kernels' cost and holds the share
 ///   set_limit             a forked process changes the ledger's SM and memory limits while
 ///                         this one launches; the new limits hold in this process
@@ -66,16 +67,18 @@ constexpr auto k_window = std::chrono::milliseconds(1500);
 using clock_type = std::chrono::steady_clock;
 
 struct device_setup {
+  int device = 0;  ///< CUDA ordinal (= physical device: the tests set no CUDA_VISIBLE_DEVICES)
   CUcontext ctx = nullptr;
   CUfunction sleep = nullptr;
   CUstream stream = nullptr;
   CUgraphExec graph = nullptr;
 };
 
-device_setup setup() {
+device_setup setup(int device = 0) {
   device_setup d;
+  d.device = device;
   CLIENT_REQUIRE(cuInit(0) == CUDA_SUCCESS);
-  CLIENT_REQUIRE(cuDevicePrimaryCtxRetain(&d.ctx, 0) == CUDA_SUCCESS);
+  CLIENT_REQUIRE(cuDevicePrimaryCtxRetain(&d.ctx, device) == CUDA_SUCCESS);
   CLIENT_REQUIRE(cuCtxSetCurrent(d.ctx) == CUDA_SUCCESS);
   CUmodule m = nullptr;
   static const char k_image[] = "fake module";
@@ -187,10 +190,10 @@ double measured_share(const device_setup& d, const std::string& path, int thread
     });
   }
   std::this_thread::sleep_for(k_warmup);
-  const std::uint64_t busy0 = fake_cuda_physical_busy_us(0);
+  const std::uint64_t busy0 = fake_cuda_physical_busy_us(d.device);
   const auto t0 = clock_type::now();
   std::this_thread::sleep_for(k_window);
-  const std::uint64_t busy1 = fake_cuda_physical_busy_us(0);
+  const std::uint64_t busy1 = fake_cuda_physical_busy_us(d.device);
   const auto t1 = clock_type::now();
   stop.store(true);
   for (std::thread& t : storms) t.join();
@@ -259,6 +262,22 @@ int scenario_share(const std::string& path, double expected) {
   const device_setup d = setup();
   check_share(measured_share(d, path), expected);
   return finish(d, "launch share");
+}
+
+int scenario_devices() {
+  // Two GPUs with their own caps (CUDA_DEVICE_SM_LIMIT_<i>): each launch is admitted on its
+  // stream's device, by that device's bucket.
+  const device_setup d0 = setup(0);
+  const device_setup d1 = setup(1);
+  double s0 = 0.0;
+  std::thread other([&] { s0 = measured_share(d0, "kernel"); });
+  cuCtxSetCurrent(d1.ctx);
+  const double s1 = measured_share(d1, "kernel");
+  other.join();
+  check_share(s0, 70.0);
+  check_share(s1, 30.0);
+  CLIENT_CHECK(finish(d0, "launch devices (0)") == 0);
+  return finish(d1, "launch devices");
 }
 
 int scenario_threads(double expected) {
@@ -482,6 +501,7 @@ int main(int argc, char** argv) {
   if (verb == "container" && argc == 3) return scenario_container(std::atof(argv[2]));
   if (verb == "peer") return scenario_peer();
   if (verb == "capture") return scenario_capture();
+  if (verb == "devices") return scenario_devices();
   if (verb == "fork") return scenario_fork();
   if (verb == "set_limit") return scenario_set_limit();
   if (verb == "default") return scenario_default();
@@ -491,7 +511,7 @@ int main(int argc, char** argv) {
   if (verb == "oversub" && argc == 3) return scenario_oversub(argv[2]);
   std::fprintf(stdout,
                "usage: %s share PATH PERCENT | threads PERCENT | container PERCENT | set_limit | "
-               "capture | fork | default | priority | "
+               "capture | devices | fork | default | priority | "
                "refused | oversub managed|refused | tenant SECONDS\n",
                argv[0]);
   return 2;

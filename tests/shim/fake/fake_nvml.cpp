@@ -171,8 +171,11 @@ FAKE_EXPORT nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t d,
     return NVML_ERROR_INSUFFICIENT_SIZE;
   }
   // Utilization since the previous sample of this process, in percent of wall time.
-  static std::atomic<std::uint64_t> last_busy{0};
-  static std::atomic<std::int64_t> last_at{0};
+  // Per device: the previous sample of one device must not be taken for another's.
+  static std::atomic<std::uint64_t> last_busy_of[k_max_fake_devices] = {};
+  static std::atomic<std::int64_t> last_at_of[k_max_fake_devices] = {};
+  auto& last_busy = last_busy_of[d->physical];
+  auto& last_at = last_at_of[d->physical];
   const auto now = std::chrono::duration_cast<std::chrono::microseconds>(
                        std::chrono::steady_clock::now().time_since_epoch())
                        .count();
