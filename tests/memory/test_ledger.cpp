@@ -562,32 +562,47 @@ TEST_CASE("processes that open a fresh file together agree on one initialisation
           "[ledger][file]") {
   temp_path p("race");
   constexpr int k_children = 8;
-  auto* go = static_cast<std::atomic<int>*>(::mmap(nullptr, sizeof(std::atomic<int>),
-                                                   PROT_READ | PROT_WRITE,
-                                                   MAP_SHARED | MAP_ANONYMOUS, -1, 0));
-  REQUIRE(go != MAP_FAILED);
-  go->store(0);
+  // go: 0 = wait, 1 = open together, 2 = may exit. The children stay alive until the parent
+  // has looked, so a periodic reap by a sibling cannot return their bytes early.
+  struct flags {
+    std::atomic<int> go;
+    std::atomic<int> reserved;
+  };
+  auto* f = static_cast<flags*>(::mmap(nullptr, sizeof(flags), PROT_READ | PROT_WRITE,
+                                       MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  REQUIRE(f != MAP_FAILED);
+  f->go.store(0);
+  f->reserved.store(0);
   std::vector<pid_t> kids;
   for (int i = 0; i < k_children; ++i) {
     kids.push_back(m::test::fork_child([&] {
-      while (go->load() == 0) {
+      while (f->go.load() == 0) {
       }
       auto l = m::shared_ledger::open(m::open_or_create, p.str());
       if (!l.ok()) return 1;
       auto d = l->device(k_uuid0, 1000);
       auto s = l->attach();
       if (!d.ok() || !s.ok() || *d != 0) return 2;
-      return l->try_reserve(*s, *d, 1) ? 0 : 3;
+      const int rc = l->try_reserve(*s, *d, 1) ? 0 : 3;
+      f->reserved.fetch_add(1);
+      while (f->go.load() != 2) ::usleep(1000);
+      return rc;
     }));
   }
-  go->store(1);
+  f->go.store(1);
+  while (f->reserved.load() < k_children) ::usleep(1000);
+  {
+    auto l = m::shared_ledger::open(m::open_only, p.str());
+    REQUIRE(l.ok());
+    CHECK(l->device_count() == 1);
+    CHECK(l->used(0) == k_children);  // nobody's reservation was wiped by a second init
+    CHECK(l->snapshot().processes.size() == k_children);
+  }
+  f->go.store(2);
   for (pid_t k : kids) CHECK(m::test::wait_child(k) == 0);
-  ::munmap(go, sizeof(std::atomic<int>));
+  ::munmap(f, sizeof(flags));
   auto l = m::shared_ledger::open(m::open_only, p.str());
   REQUIRE(l.ok());
-  CHECK(l->device_count() == 1);
-  CHECK(l->used(0) == k_children);  // nobody's reservation was wiped by a second init
-  CHECK(l->snapshot().processes.size() == k_children);
   CHECK(l->reap() == k_children);
   CHECK(l->used(0) == 0);
 }
