@@ -135,7 +135,8 @@ class Ledger:
         self._core.set_limit(self._index(device), _to_bytes(nbytes, "limit"))
 
     def sm_limit(self, device: Device) -> int:
-        """The device's SM share in percent (0 = none)."""
+        """The device's SM share in percent: 0 = unset (the container's CUDA_DEVICE_SM_LIMIT
+        applies), 1..99 a cap, 100 = explicitly none."""
         return self._core.sm_limit(self._index(device))
 
     def set_sm_limit(self, device: Device, percent: int) -> None:

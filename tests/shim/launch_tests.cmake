@@ -37,8 +37,6 @@ gpuslice_shim_test(oversub:managed shim_client_launch ARGS oversub managed LEDGE
 gpuslice_shim_test(oversub:off shim_client_launch ARGS oversub refused LEDGER
                    ENV FAKE_CUDA_MEMORY=64Mi CUDA_DEVICE_MEMORY_LIMIT=256Mi)
 
-# The node-wide region on its own (core logic; no driver).
-gpuslice_add_test(test_node_region SOURCES test_node_region.cpp LABELS shim)
 
 # Threads and processes of one container draw from one bucket (the ledger's rate words).
 gpuslice_shim_test(launch:threads-30 shim_client_launch ARGS threads 30
@@ -54,3 +52,13 @@ gpuslice_shim_test(launch:fork shim_client_launch ARGS fork
 gpuslice_shim_test(launch:devices shim_client_launch ARGS devices LEDGER
                    ENV ${_force} FAKE_CUDA_DEVICES=2 CUDA_DEVICE_SM_LIMIT_0=70
                        CUDA_DEVICE_SM_LIMIT_1=30)
+
+# The share checks measure the fake device's busy time against wall time: a launcher starved of
+# CPU by tests running beside it under-fills the device and reads as a wrong share. On a 2-core
+# machine they therefore run alone.
+get_property(_launch_tests DIRECTORY PROPERTY TESTS)
+foreach(t ${_launch_tests})
+  if(t MATCHES "^shim:launch:")
+    set_tests_properties(${t} PROPERTIES RUN_SERIAL TRUE)
+  endif()
+endforeach()
