@@ -213,6 +213,7 @@ httplib::Client make_client(int port) {
   c.set_connection_timeout(k_client_timeout_s, 0);
   c.set_read_timeout(k_client_timeout_s, 0);
   c.set_write_timeout(k_client_timeout_s, 0);
+  c.set_tcp_nodelay(true);
   return c;
 }
 

@@ -82,6 +82,7 @@ ext::binder apiserver_binder(const std::string& url) {
     cli.set_connection_timeout(k_apiserver_timeout_s, 0);
     cli.set_read_timeout(k_apiserver_timeout_s, 0);
     cli.set_write_timeout(k_apiserver_timeout_s, 0);
+    cli.set_tcp_nodelay(true);
     const std::string pod_path = "/api/v1/namespaces/" + b.pod.name_space + "/pods/" + b.pod.name;
     if (!b.devices.empty()) {
       json ann = {{std::string(kube::k_assigned_node), b.node},

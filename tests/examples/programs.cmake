@@ -21,7 +21,7 @@ if(TARGET gpuslice_extender AND TARGET PkgConfig::GPUSLICE_TEST_HTTPLIB)
                     LABELS examples)
   if(TARGET test_examples_extender_http)
     target_include_directories(test_examples_extender_http PRIVATE ${_examples}/common
-                                                          ${CMAKE_CURRENT_LIST_DIR})
+                               ${_examples}/extender ${CMAKE_CURRENT_LIST_DIR})
     target_compile_definitions(test_examples_extender_http PRIVATE ${_defs}
                                GPUSLICE_EXTENDER_EXE="$<TARGET_FILE:gpuslice_extender>")
     add_dependencies(test_examples_extender_http gpuslice_extender)

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "helpers.hpp"
+#include "service_fixture.hpp"
 
 extern char** environ;
 
@@ -118,6 +119,7 @@ httplib::Client client(int port) {
   c.set_connection_timeout(k_client_timeout_s, 0);
   c.set_read_timeout(k_client_timeout_s, 0);
   c.set_write_timeout(k_client_timeout_s, 0);
+  c.set_tcp_nodelay(true);
   return c;
 }
 
@@ -164,6 +166,31 @@ TEST_CASE("the extender serves kube-scheduler's verbs over loopback", "[examples
 
   CHECK(p.stop() == 0);
   CHECK(p.rest() == "gpuslice_extender: stopped");
+}
+
+TEST_CASE("a burst of filter and prioritize requests answers as the verbs do in process",
+          "[examples]") {
+  // The load benchmark's shape (bench_extender), small: many pods on one kept-alive connection.
+  constexpr int k_burst = 200;
+  extender_process p;
+  auto c = client(p.port());
+  auto local = example_tests::sample_service();
+  json args = json::parse(read_file(data("filter_names.json")));
+  for (int i = 0; i < k_burst; ++i) {
+    auto& limits = args["Pod"]["spec"]["containers"][0]["resources"]["limits"];
+    limits["nvidia.com/gpumem"] = std::to_string(1000 * (1 + i % 40));  // up to 40 GB: some fail
+    limits["nvidia.com/gpucores"] = std::to_string(5 * (i % 21));
+    args["Pod"]["metadata"]["uid"] = "burst-" + std::to_string(i);
+    const std::string body = args.dump();
+    auto f = c.Post("/filter", body, "application/json");
+    auto r = c.Post("/prioritize", body, "application/json");
+    REQUIRE(f);
+    REQUIRE(r);
+    INFO(body);
+    CHECK(f->body == local->filter(body).body);
+    CHECK(r->body == local->prioritize(body).body);
+  }
+  CHECK(p.stop() == 0);
 }
 
 TEST_CASE("with --apiserver, bind annotates the pod and creates its Binding", "[examples]") {

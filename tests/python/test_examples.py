@@ -16,7 +16,7 @@ import pytest
 
 import gpuslice
 
-sim = importlib.import_module("gpuslice.simulate")
+sim = importlib.import_module("gpuslice.simulation")
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "policy_prototype.py"
 
