@@ -358,6 +358,20 @@ inline const json* items(const json& j) {
   return it != nullptr && it->is_array() ? it : nullptr;
 }
 
+/// Each Node of \p node_items (a NodeList's items) as a fit::node, in order. The first Node
+/// that does not map is the error, its message prefixed by \p source (the file the list came
+/// from). Pure, thread-safe.
+inline result<std::vector<fit::node>> nodes_from_items(const json& node_items,
+                                                       const std::string& source) {
+  std::vector<fit::node> nodes;
+  for (const json& n : node_items) {
+    auto node = node_from_json(n);
+    if (!node) return error{node.code(), source + ": " + node.message()};
+    nodes.push_back(std::move(*node));
+  }
+  return nodes;
+}
+
 /// True when the pod waits for a node: no spec.nodeName, and phase Pending (or no status).
 inline bool is_pending(const json& pod) {
   const json* spec = detail::member(pod, "spec");

@@ -12,14 +12,13 @@
 #include <fmt/core.h>
 
 #include <cstdio>
-#include <fstream>
-#include <sstream>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "gpuslice/fit/fit.hpp"
 #include "gpuslice/version.hpp"
+#include "json_file.hpp"
 #include "kube.hpp"
 
 namespace {
@@ -27,6 +26,7 @@ namespace {
 namespace fit = gpuslice::fit;
 namespace kube = gpuslice::kube;
 using kube::json;
+using kube::read_json;
 
 constexpr int k_exit_input = 1;
 constexpr int k_exit_usage = 2;
@@ -34,20 +34,6 @@ constexpr int k_exit_usage = 2;
 constexpr std::string_view k_usage =
     "usage: gpuslice_controller --nodes NODES.json --pods PODS.json "
     "[--node-policy binpack|spread] [--gpu-policy spread|binpack|topology]\n";
-
-/// Reads and parses a JSON file; the error names the file.
-gpuslice::result<json> read_json(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in)
-    return gpuslice::make_error(gpuslice::errc::io_error, path + ": cannot open for reading");
-  std::ostringstream text;
-  text << in.rdbuf();
-  json j = json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) {
-    return gpuslice::make_error(gpuslice::errc::invalid_value, path + ": not valid JSON");
-  }
-  return j;
-}
 
 int fail(const std::string& message) {
   fmt::print(stderr, "gpuslice_controller: {}\n", message);
@@ -99,14 +85,11 @@ int main(int argc, char** argv) {
   if (node_items == nullptr) return fail(nodes_path + ": expected a NodeList or a JSON array");
   if (pod_items == nullptr) return fail(pods_path + ": expected a PodList or a JSON array");
 
-  std::vector<fit::node> nodes;
+  auto parsed = kube::nodes_from_items(*node_items, nodes_path);
+  if (!parsed) return fail(parsed.message());
+  std::vector<fit::node> nodes = std::move(*parsed);
   std::size_t gpus = 0;
-  for (const json& n : *node_items) {
-    auto node = kube::node_from_json(n);
-    if (!node) return fail(nodes_path + ": " + node.message());
-    gpus += node->devices.size();
-    nodes.push_back(std::move(*node));
-  }
+  for (const fit::node& node : nodes) gpus += node.devices.size();
   std::size_t bound = 0;
   std::vector<const json*> pending;
   for (const json& p : *pod_items) {

@@ -22,8 +22,6 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
-#include <fstream>
-#include <sstream>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -31,6 +29,7 @@
 #include "extender.hpp"
 #include "gpuslice/version.hpp"
 #include "http.hpp"
+#include "json_file.hpp"
 #include "kube.hpp"
 
 namespace {
@@ -39,6 +38,7 @@ namespace fit = gpuslice::fit;
 namespace kube = gpuslice::kube;
 namespace ext = gpuslice::extender;
 using kube::json;
+using kube::read_json;
 
 constexpr int k_exit_input = 1;
 constexpr int k_exit_usage = 2;
@@ -55,19 +55,6 @@ constexpr std::string_view k_usage =
     "usage: gpuslice_extender --nodes NODES.json [--pods PODS.json] [--listen ADDR] "
     "[--port N] [--node-policy binpack|spread] [--gpu-policy spread|binpack|topology] "
     "[--apiserver URL] [--verbose]\n";
-
-gpuslice::result<json> read_json(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in)
-    return gpuslice::make_error(gpuslice::errc::io_error, path + ": cannot open for reading");
-  std::ostringstream text;
-  text << in.rdbuf();
-  json j = json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) {
-    return gpuslice::make_error(gpuslice::errc::invalid_value, path + ": not valid JSON");
-  }
-  return j;
-}
 
 int fail(const std::string& message) {
   fmt::print(stderr, "gpuslice_extender: {}\n", message);
@@ -168,12 +155,9 @@ int main(int argc, char** argv) {
   if (!node_doc) return fail(node_doc.message());
   const json* node_items = kube::items(*node_doc);
   if (node_items == nullptr) return fail(nodes_path + ": expected a NodeList or a JSON array");
-  std::vector<fit::node> nodes;
-  for (const json& n : *node_items) {
-    auto node = kube::node_from_json(n);
-    if (!node) return fail(nodes_path + ": " + node.message());
-    nodes.push_back(std::move(*node));
-  }
+  auto parsed = kube::nodes_from_items(*node_items, nodes_path);
+  if (!parsed) return fail(parsed.message());
+  std::vector<fit::node> nodes = std::move(*parsed);
   if (!pods_path.empty()) {
     auto pod_doc = read_json(pods_path);
     if (!pod_doc) return fail(pod_doc.message());
