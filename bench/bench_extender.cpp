@@ -17,13 +17,9 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdlib>
-#include <fstream>
-#include <map>
 #include <memory>
 #include <optional>
 #include <random>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -33,6 +29,7 @@
 #include "gpuslice/fit/fit.hpp"
 #include "http.hpp"
 #include "kube.hpp"
+#include "openb_nodes.hpp"
 
 namespace {
 
@@ -56,41 +53,23 @@ constexpr double k_p50 = 0.50, k_p99 = 0.99;
 
 std::string g_nodes_path;
 
-/// Per-GPU memory by the openb model names; G2 and G3 are anonymised in the trace, and the
-/// sizes given to them are the same assumptions as bench_fit's (stated in bench/README.md).
-std::uint64_t model_memory(const std::string& model) {
-  static const std::map<std::string, std::uint64_t> k_gib_by_model = {
-      {"P100", 16}, {"T4", 16}, {"V100M16", 16}, {"V100M32", 32},
-      {"A10", 24},  {"G2", 32}, {"G3", 80}};
-  auto it = k_gib_by_model.find(model);
-  return (it == k_gib_by_model.end() ? 16 : it->second) * k_gib;
-}
-
 /// The openb node list as a Kubernetes NodeList whose nodes carry HAMi's registration.
 std::optional<json> openb_node_list(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return std::nullopt;
-  std::string line;
-  std::getline(in, line);  // sn,cpu_milli,memory_mib,gpu,model
+  auto rows = gpuslice_bench::read_openb_rows(path);
+  if (!rows) return std::nullopt;
   json items = json::array();
-  while (std::getline(in, line)) {
-    std::stringstream ss(line);
-    std::string sn, cpu, mem, gpu, model;
-    if (!std::getline(ss, sn, ',') || !std::getline(ss, cpu, ',') || !std::getline(ss, mem, ',') ||
-        !std::getline(ss, gpu, ',') || !std::getline(ss, model, ',')) {
-      continue;
-    }
-    std::vector<fit::device> devices(std::stoul(gpu));
+  for (const auto& row : *rows) {
+    std::vector<fit::device> devices(row.gpus);
     for (std::size_t i = 0; i < devices.size(); ++i) {
-      devices[i].uuid = "GPU-" + sn + "-" + std::to_string(i);
+      devices[i].uuid = "GPU-" + row.sn + "-" + std::to_string(i);
       devices[i].index = static_cast<std::uint32_t>(i);
-      devices[i].type = "NVIDIA-" + model;
+      devices[i].type = "NVIDIA-" + row.model;
       devices[i].numa = static_cast<std::int32_t>(i * 2 / devices.size());
-      devices[i].memory_total = model_memory(model);
+      devices[i].memory_total = gpuslice_bench::model_memory(row.model);
     }
     items.push_back(
         {{"metadata",
-          {{"name", sn},
+          {{"name", row.sn},
            {"annotations",
             {{std::string(kube::k_node_register), fit::encode_node_devices(devices)}}}}}});
   }
@@ -219,7 +198,7 @@ httplib::Client make_client(int port) {
 
 bool skip_without_nodes(benchmark::State& state, fixture* f) {
   if (f != nullptr) return false;
-  state.SkipWithError("openb node list not found: pass --nodes=PATH or GPUSLICE_OPENB_NODES");
+  state.SkipWithError(gpuslice_bench::k_openb_nodes_missing);
   return true;
 }
 
@@ -307,16 +286,7 @@ BENCHMARK(BM_inprocess_filter_prioritize)
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<char*> rest;
-  if (const char* env = std::getenv("GPUSLICE_OPENB_NODES")) g_nodes_path = env;
-  for (int i = 0; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a.rfind("--nodes=", 0) == 0) {
-      g_nodes_path = a.substr(std::string("--nodes=").size());
-    } else {
-      rest.push_back(argv[i]);
-    }
-  }
+  std::vector<char*> rest = gpuslice_bench::take_nodes_flag(argc, argv, g_nodes_path);
   int n = static_cast<int>(rest.size());
   benchmark::Initialize(&n, rest.data());
   benchmark::RunSpecifiedBenchmarks();

@@ -12,18 +12,15 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdlib>
 #include <ctime>
-#include <fstream>
 #include <functional>
-#include <map>
 #include <optional>
 #include <random>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "gpuslice/fit/fit.hpp"
+#include "openb_nodes.hpp"
 
 namespace {
 
@@ -41,16 +38,6 @@ constexpr std::size_t k_board = 8;
 
 std::string g_nodes_path;
 
-/// Per-GPU memory by the model names of the openb list. G2 and G3 are anonymised in the trace;
-/// the sizes given to them are assumptions (stated in bench/README.md).
-std::uint64_t model_memory(const std::string& model) {
-  static const std::map<std::string, std::uint64_t> k_gib_by_model = {
-      {"P100", 16}, {"T4", 16}, {"V100M16", 16}, {"V100M32", 32},
-      {"A10", 24},  {"G2", 32}, {"G3", 80}};
-  auto it = k_gib_by_model.find(model);
-  return (it == k_gib_by_model.end() ? 16 : it->second) * k_gib;
-}
-
 link_matrix nvlink_board() {
   link_matrix m(k_board);
   for (std::size_t a = 0; a < k_board; ++a) {
@@ -62,30 +49,22 @@ link_matrix nvlink_board() {
 }
 
 std::optional<std::vector<node>> load_nodes(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return std::nullopt;
-  std::string line;
-  std::getline(in, line);  // sn,cpu_milli,memory_mib,gpu,model
+  auto rows = gpuslice_bench::read_openb_rows(path);
+  if (!rows) return std::nullopt;
   std::vector<node> nodes;
-  while (std::getline(in, line)) {
-    std::stringstream ss(line);
-    std::string sn, cpu, mem, gpu, model;
-    if (!std::getline(ss, sn, ',') || !std::getline(ss, cpu, ',') || !std::getline(ss, mem, ',') ||
-        !std::getline(ss, gpu, ',') || !std::getline(ss, model, ',')) {
-      continue;
-    }
+  for (const auto& row : *rows) {
     node n;
-    n.name = sn;
-    n.cpu_total = std::stoull(cpu);
-    n.memory_total = std::stoull(mem) << 20;
-    const auto count = std::stoul(gpu);
+    n.name = row.sn;
+    n.cpu_total = row.cpu_milli;
+    n.memory_total = row.memory_mib << 20;
+    const auto count = row.gpus;
     for (unsigned long i = 0; i < count; ++i) {
       device d;
-      d.uuid = sn + "-gpu" + std::to_string(i);
+      d.uuid = row.sn + "-gpu" + std::to_string(i);
       d.index = static_cast<std::uint32_t>(i);
-      d.type = model;
+      d.type = row.model;
       d.numa = static_cast<std::int32_t>(i * 2 / std::max<unsigned long>(count, 1));
-      d.memory_total = model_memory(model);
+      d.memory_total = gpuslice_bench::model_memory(row.model);
       n.devices.push_back(d);
     }
     if (count == k_board) n.links = nvlink_board();
@@ -189,8 +168,7 @@ void run_decisions(benchmark::State& state, const cluster& c, const std::vector<
 
 const cluster* shared_cluster(benchmark::State& state) {
   static std::optional<cluster> c = make_cluster();
-  if (!c)
-    state.SkipWithError("openb node list not found: pass --nodes=PATH or GPUSLICE_OPENB_NODES");
+  if (!c) state.SkipWithError(gpuslice_bench::k_openb_nodes_missing);
   return c ? &*c : nullptr;
 }
 
@@ -310,16 +288,7 @@ BENCHMARK(BM_subset_enumerate_all)->Arg(8)->Arg(16)->Arg(24)->Unit(benchmark::kM
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<char*> rest;
-  if (const char* env = std::getenv("GPUSLICE_OPENB_NODES")) g_nodes_path = env;
-  for (int i = 0; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a.rfind("--nodes=", 0) == 0) {
-      g_nodes_path = a.substr(8);
-    } else {
-      rest.push_back(argv[i]);
-    }
-  }
+  std::vector<char*> rest = gpuslice_bench::take_nodes_flag(argc, argv, g_nodes_path);
   int n = static_cast<int>(rest.size());
   benchmark::Initialize(&n, rest.data());
   benchmark::RunSpecifiedBenchmarks();
