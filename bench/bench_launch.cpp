@@ -25,33 +25,23 @@
 #include <string>
 
 #include "gpuslice/memory/ledger.hpp"
+#include "shim_bench_util.hpp"
 
 namespace {
 
-// The few driver types the benchmark needs (it does not include cuda.h).
-using cu_result = int;
-using cu_context = void*;
+using gpuslice_bench::k_success;
+// The driver types the benchmark needs beyond the shared ones (it does not include cuda.h).
+using cu_result = gpuslice_bench::cu_result;
 using cu_module = void*;
 using cu_function = void*;
 using cu_stream = void*;
-using init_fn = cu_result (*)(unsigned);
-using retain_fn = cu_result (*)(cu_context*, int);
-using set_ctx_fn = cu_result (*)(cu_context);
 using load_fn = cu_result (*)(cu_module*, const void*);
 using get_function_fn = cu_result (*)(cu_function*, cu_module, const char*);
 using launch_fn = cu_result (*)(cu_function, unsigned, unsigned, unsigned, unsigned, unsigned,
                                 unsigned, unsigned, cu_stream, void**, void**);
-constexpr cu_result k_success = 0;
 /// The ledger's SM field for "explicitly no cap" and for the cap of the limiter case.
 constexpr std::uint32_t k_no_cap = 100;
 constexpr std::uint32_t k_cap = 50;
-
-#ifndef GPUSLICE_SHIM_PATH
-#define GPUSLICE_SHIM_PATH ""
-#endif
-#ifndef GPUSLICE_FAKE_CUDA_DIR
-#define GPUSLICE_FAKE_CUDA_DIR ""
-#endif
 
 struct setup {
   launch_fn direct = nullptr;
@@ -62,41 +52,27 @@ struct setup {
   bool ok = false;
 };
 
-std::string path_from(const char* env, const char* compiled) {
-  const char* v = std::getenv(env);
-  return v != nullptr ? v : compiled;
-}
-
 setup& the_setup() {
   static setup s = [] {
     setup out;
-    const std::string shim = path_from("GPUSLICE_SHIM_PATH", GPUSLICE_SHIM_PATH);
-    const std::string fake_dir = path_from("GPUSLICE_FAKE_CUDA_DIR", GPUSLICE_FAKE_CUDA_DIR);
-    if (shim.empty() || fake_dir.empty()) return out;
+    const gpuslice_bench::library_paths paths = gpuslice_bench::find_library_paths();
+    if (paths.shim.empty() || paths.fake_dir.empty()) return out;
     out.ledger = "bench_launch_ledger." + std::to_string(getpid()) + ".bin";
     out.node = "bench_launch_node." + std::to_string(getpid()) + ".bin";
     setenv("CUDA_DEVICE_MEMORY_SHARED_CACHE", out.ledger.c_str(), 1);
     setenv("GPUSLICE_NODE_REGION", out.node.c_str(), 1);
     setenv("GPU_CORE_UTILIZATION_POLICY", "default", 1);
-    void* fake = dlopen((fake_dir + "/libcuda.so.1").c_str(), RTLD_NOW | RTLD_GLOBAL);
-    void* lib = dlopen(shim.c_str(), RTLD_NOW | RTLD_LOCAL);
-    if (fake == nullptr || lib == nullptr) {
-      std::fprintf(stderr, "bench_launch: %s\n", dlerror());
-      return out;
-    }
-    auto init = reinterpret_cast<init_fn>(dlsym(fake, "cuInit"));
-    auto retain = reinterpret_cast<retain_fn>(dlsym(fake, "cuDevicePrimaryCtxRetain"));
-    auto set_ctx = reinterpret_cast<set_ctx_fn>(dlsym(fake, "cuCtxSetCurrent"));
+    gpuslice_bench::libraries libs;
+    if (!gpuslice_bench::open_libraries(paths, "bench_launch", libs)) return out;
+    void* fake = libs.fake;
     auto load = reinterpret_cast<load_fn>(dlsym(fake, "cuModuleLoadData"));
     auto get_function = reinterpret_cast<get_function_fn>(dlsym(fake, "cuModuleGetFunction"));
     out.direct = reinterpret_cast<launch_fn>(dlsym(fake, "cuLaunchKernel"));
-    out.shim = reinterpret_cast<launch_fn>(dlsym(lib, "cuLaunchKernel"));
-    cu_context ctx = nullptr;
+    out.shim = reinterpret_cast<launch_fn>(dlsym(libs.shim, "cuLaunchKernel"));
     cu_module module = nullptr;
     static const char k_image[] = "bench module";
-    out.ok = init && retain && set_ctx && load && get_function && out.direct && out.shim &&
-             out.direct != out.shim && init(0) == k_success && retain(&ctx, 0) == k_success &&
-             set_ctx(ctx) == k_success && load(&module, k_image) == k_success &&
+    out.ok = load && get_function && out.direct && out.shim && out.direct != out.shim &&
+             gpuslice_bench::start_context(fake) && load(&module, k_image) == k_success &&
              get_function(&out.null_kernel, module, "fake_null") == k_success;
     // One launch through the shim registers the device in the ledger.
     out.ok = out.ok &&
@@ -165,11 +141,8 @@ class added_cost_reporter : public benchmark::ConsoleReporter {
 }  // namespace
 
 int main(int argc, char** argv) {
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   added_cost_reporter reporter;
-  benchmark::RunSpecifiedBenchmarks(&reporter);
-  benchmark::Shutdown();
+  if (const int rc = gpuslice_bench::run_benchmarks(argc, argv, reporter); rc != 0) return rc;
   for (const std::string& f : {the_setup().ledger, the_setup().node}) {
     if (!f.empty()) unlink(f.c_str());
   }

@@ -16,20 +16,17 @@
 #include <map>
 #include <string>
 
+#include "shim_bench_util.hpp"
+
 namespace {
 
-// The few driver types the benchmark needs (it does not include cuda.h, so the generic bench
-// build compiles it like any other).
-using cu_result = int;
+using gpuslice_bench::k_success;
+// The driver types the benchmark needs beyond the shared ones (it does not include cuda.h).
+using cu_result = gpuslice_bench::cu_result;
 using cu_deviceptr = unsigned long long;
-using cu_context = void*;
-using init_fn = cu_result (*)(unsigned);
-using retain_fn = cu_result (*)(cu_context*, int);
-using set_ctx_fn = cu_result (*)(cu_context);
 using alloc_fn = cu_result (*)(cu_deviceptr*, std::size_t);
 using free_fn = cu_result (*)(cu_deviceptr);
 using info_fn = cu_result (*)(std::size_t*, std::size_t*);
-constexpr cu_result k_success = 0;
 
 /// Bytes per allocation: small enough that the fake's heap serves it quickly.
 constexpr std::size_t k_alloc_bytes = 4096;
@@ -47,62 +44,45 @@ struct setup {
   std::string ledger;
 };
 
-std::string path_from(const char* env, const char* compiled) {
-  const char* v = std::getenv(env);
-  return v != nullptr ? v : compiled;
-}
-
-#ifndef GPUSLICE_SHIM_PATH
-#define GPUSLICE_SHIM_PATH ""
-#endif
-#ifndef GPUSLICE_FAKE_CUDA_DIR
-#define GPUSLICE_FAKE_CUDA_DIR ""
-#endif
-
 setup& the_setup() {
   static setup s = [] {
     setup out;
-    const std::string shim = path_from("GPUSLICE_SHIM_PATH", GPUSLICE_SHIM_PATH);
-    const std::string fake_dir = path_from("GPUSLICE_FAKE_CUDA_DIR", GPUSLICE_FAKE_CUDA_DIR);
-    if (shim.empty() || fake_dir.empty()) return out;
+    const gpuslice_bench::library_paths paths = gpuslice_bench::find_library_paths();
+    if (paths.shim.empty() || paths.fake_dir.empty()) return out;
     // The fake serves small allocations from the heap, so the baseline is not a system call.
     setenv("FAKE_CUDA_HOST_HEAP", "1", 1);
     setenv("FAKE_CUDA_MEMORY", "64Gi", 1);
     setenv("CUDA_DEVICE_MEMORY_LIMIT", "32Gi", 1);
     out.ledger = "bench_shim_ledger." + std::to_string(getpid()) + ".bin";
     setenv("CUDA_DEVICE_MEMORY_SHARED_CACHE", out.ledger.c_str(), 1);
-    // Loaded first by path, so the shim's own dlopen("libcuda.so.1") finds this same library.
-    void* fake = dlopen((fake_dir + "/libcuda.so.1").c_str(), RTLD_NOW | RTLD_GLOBAL);
-    void* lib = dlopen(shim.c_str(), RTLD_NOW | RTLD_LOCAL);
-    if (fake == nullptr || lib == nullptr) {
-      std::fprintf(stderr, "bench_shim: %s\n", dlerror());
-      return out;
+    gpuslice_bench::libraries libs;
+    if (!gpuslice_bench::open_libraries(paths, "bench_shim", libs)) return out;
+    for (auto [h, ep] : {std::pair{libs.fake, &out.direct}, std::pair{libs.shim, &out.shim}}) {
+      ep->alloc = reinterpret_cast<alloc_fn>(dlsym(h, "cuMemAlloc_v2"));
+      ep->free = reinterpret_cast<free_fn>(dlsym(h, "cuMemFree_v2"));
+      ep->info = reinterpret_cast<info_fn>(dlsym(h, "cuMemGetInfo_v2"));
     }
-    auto get = [](void* h, const char* name) { return dlsym(h, name); };
-    auto init = reinterpret_cast<init_fn>(get(fake, "cuInit"));
-    auto retain = reinterpret_cast<retain_fn>(get(fake, "cuDevicePrimaryCtxRetain"));
-    auto set_ctx = reinterpret_cast<set_ctx_fn>(get(fake, "cuCtxSetCurrent"));
-    for (auto [h, ep] : {std::pair{fake, &out.direct}, std::pair{lib, &out.shim}}) {
-      ep->alloc = reinterpret_cast<alloc_fn>(get(h, "cuMemAlloc_v2"));
-      ep->free = reinterpret_cast<free_fn>(get(h, "cuMemFree_v2"));
-      ep->info = reinterpret_cast<info_fn>(get(h, "cuMemGetInfo_v2"));
-    }
-    cu_context ctx = nullptr;
-    out.ok = init && retain && set_ctx && out.direct.alloc && out.shim.alloc &&
-             out.direct.alloc != out.shim.alloc && init(0) == k_success &&
-             retain(&ctx, 0) == k_success && set_ctx(ctx) == k_success;
+    out.ok = out.direct.alloc && out.shim.alloc && out.direct.alloc != out.shim.alloc &&
+             gpuslice_bench::start_context(libs.fake);
     return out;
   }();
   return s;
 }
 
-void alloc_free(benchmark::State& state, bool through_shim) {
+/// The entry points a case calls, or null (the case skipped) when the setup failed.
+const entry_points* entry_points_for(benchmark::State& state, bool through_shim) {
   setup& s = the_setup();
   if (!s.ok) {
     state.SkipWithError("the shim or the fake driver could not be loaded");
-    return;
+    return nullptr;
   }
-  const entry_points& ep = through_shim ? s.shim : s.direct;
+  return through_shim ? &s.shim : &s.direct;
+}
+
+void alloc_free(benchmark::State& state, bool through_shim) {
+  const entry_points* eps = entry_points_for(state, through_shim);
+  if (eps == nullptr) return;
+  const entry_points& ep = *eps;
   for (auto _ : state) {
     cu_deviceptr p = 0;
     if (ep.alloc(&p, k_alloc_bytes) != k_success || ep.free(p) != k_success) {
@@ -114,12 +94,9 @@ void alloc_free(benchmark::State& state, bool through_shim) {
 }
 
 void mem_get_info(benchmark::State& state, bool through_shim) {
-  setup& s = the_setup();
-  if (!s.ok) {
-    state.SkipWithError("the shim or the fake driver could not be loaded");
-    return;
-  }
-  const entry_points& ep = through_shim ? s.shim : s.direct;
+  const entry_points* eps = entry_points_for(state, through_shim);
+  if (eps == nullptr) return;
+  const entry_points& ep = *eps;
   for (auto _ : state) {
     std::size_t free_b = 0, total_b = 0;
     if (ep.info(&free_b, &total_b) != k_success) {
@@ -164,11 +141,8 @@ class added_cost_reporter : public benchmark::ConsoleReporter {
 }  // namespace
 
 int main(int argc, char** argv) {
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   added_cost_reporter reporter;
-  benchmark::RunSpecifiedBenchmarks(&reporter);
-  benchmark::Shutdown();
+  if (const int rc = gpuslice_bench::run_benchmarks(argc, argv, reporter); rc != 0) return rc;
   if (!the_setup().ledger.empty()) unlink(the_setup().ledger.c_str());
   return 0;
 }
