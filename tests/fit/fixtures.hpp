@@ -1,10 +1,14 @@
 #pragma once
-// Small builders for the fit tests: a GPU, a node of identical GPUs, requests.
+// Small builders for the fit tests: a GPU, a node of identical GPUs, requests, a cluster, an
+// 8-GPU board's links.
+#include <catch2/catch.hpp>
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "gpuslice/fit/fit.hpp"
 #include "gpuslice/fit/model.hpp"
+#include "gpuslice/fit/topology.hpp"
 
 namespace fixtures {
 
@@ -45,6 +49,24 @@ inline gpuslice::fit::container_request req(std::uint32_t count, std::uint64_t m
 
 inline gpuslice::fit::pod_request pod(std::vector<gpuslice::fit::container_request> cs) {
   return gpuslice::fit::pod_request{std::move(cs)};
+}
+
+/// The cluster of \p nodes; the test fails when they do not make one.
+inline gpuslice::fit::cluster make_cluster(std::vector<gpuslice::fit::node> nodes) {
+  auto c = gpuslice::fit::cluster::make(std::move(nodes));
+  REQUIRE(c.ok());
+  return std::move(c).value();
+}
+
+/// NVLink-like 8-GPU board: pairs (0-1, 2-3, ...) strongest, quads next, the rest weakest.
+inline gpuslice::fit::link_matrix board8() {
+  gpuslice::fit::link_matrix m(8);
+  for (std::size_t a = 0; a < 8; ++a) {
+    for (std::size_t b = a + 1; b < 8; ++b) {
+      m.set(a, b, a / 2 == b / 2 ? 100 : a / 4 == b / 4 ? 50 : 10);
+    }
+  }
+  return m;
 }
 
 }  // namespace fixtures

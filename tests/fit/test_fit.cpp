@@ -7,29 +7,17 @@
 #include "gpuslice/fit/fit.hpp"
 
 using namespace gpuslice::fit;
+using fixtures::board8;
 using fixtures::k_gib;
+using fixtures::make_cluster;
 
 namespace {
-cluster make(std::vector<node> nodes) {
-  auto c = cluster::make(std::move(nodes));
-  REQUIRE(c.ok());
-  return std::move(c).value();
-}
 template <class Scorer = hami_scorer>
 decision run(const cluster& c, const pod_request& p, const Scorer& s = {},
              const fit_options& o = {}) {
   auto d = c.fit(p, s, o);
   REQUIRE(d.ok());
   return std::move(d).value();
-}
-link_matrix board8() {
-  link_matrix m(8);
-  for (std::size_t a = 0; a < 8; ++a) {
-    for (std::size_t b = a + 1; b < 8; ++b) {
-      m.set(a, b, a / 2 == b / 2 ? 100 : a / 4 == b / 4 ? 50 : 10);
-    }
-  }
-  return m;
 }
 }  // namespace
 
@@ -41,7 +29,7 @@ TEST_CASE("reasons are counted per node across the cluster", "[fit][cycle]") {
   for (int i = 0; i < 2; ++i) {  // 2 nodes: wrong type
     nodes.push_back(fixtures::node_of("t4-" + std::to_string(i), 2, 16, "NVIDIA-Tesla T4"));
   }
-  auto c = make(nodes);
+  auto c = make_cluster(nodes);
   auto p = fixtures::pod({fixtures::req(1, 8)});
   p.containers[0].use_types = {"v100"};
   const auto d = run(c, p);
@@ -65,7 +53,7 @@ TEST_CASE("node-level checks: CPU and host memory", "[fit][cycle]") {
   a.cpu_used = a.cpu_total;
   auto b = fixtures::node_of("b", 1);
   b.memory_used = b.memory_total;
-  auto c = make({a, b});
+  auto c = make_cluster({a, b});
   auto p = fixtures::pod({fixtures::req(1, 1)});
   p.containers[0].cpu = 1;
   p.containers[0].host_memory = 1;
@@ -77,7 +65,7 @@ TEST_CASE("node-level checks: CPU and host memory", "[fit][cycle]") {
   container_request cpu_only;
   cpu_only.cpu = 1000;
   auto e = fixtures::node_of("e", 0);
-  auto c2 = make({e});
+  auto c2 = make_cluster({e});
   const auto ok = run(c2, pod_request{{cpu_only}});
   CHECK(ok.placed);
   REQUIRE(ok.containers.size() == 1);
@@ -89,7 +77,7 @@ TEST_CASE("HAMi semantics through the cycle", "[fit][cycle]") {
   n.devices[0].slots_used = 1;
   n.devices[0].memory_used = 1 * k_gib;
   n.devices[0].cores_used = 100;
-  auto c = make({n});
+  auto c = make_cluster({n});
   SECTION("a bare request takes a whole idle card") {
     container_request bare;
     bare.count = 1;
@@ -102,7 +90,7 @@ TEST_CASE("HAMi semantics through the cycle", "[fit][cycle]") {
   SECTION("cores 100 is exclusive: the busy card is refused") {
     auto m = n;
     m.devices[0].cores_used = 0;  // a task without a core limit still makes the card busy
-    auto cm = make({m});
+    auto cm = make_cluster({m});
     auto p = fixtures::pod({fixtures::req(2, 1, 100)});
     fit_options o;
     o.report_nodes = true;
@@ -114,7 +102,7 @@ TEST_CASE("HAMi semantics through the cycle", "[fit][cycle]") {
   SECTION("a percentage resolves on each card") {
     auto m = fixtures::node_of("m", 2, 16);
     m.devices[1].memory_total = 32 * k_gib;
-    auto cm = make({m});
+    auto cm = make_cluster({m});
     container_request pct;
     pct.count = 2;
     pct.memory_percent = 25;
@@ -136,7 +124,7 @@ TEST_CASE("multi-GPU: every chosen GPU holds the per-GPU share", "[fit][cycle]")
   auto n = fixtures::node_of("n", 4, 16);
   n.devices[1].memory_used = 10 * k_gib;
   n.devices[1].slots_used = 1;
-  auto c = make({n});
+  auto c = make_cluster({n});
   const auto d = run(c, fixtures::pod({fixtures::req(3, 8, 20)}));
   REQUIRE(d.placed);
   REQUIRE(d.containers[0].devices.size() == 3);
@@ -154,7 +142,7 @@ TEST_CASE("numa-bind chooses the best NUMA group, not the first", "[fit][cycle]"
   n.devices[2].numa = n.devices[3].numa = 1;
   n.devices[0].memory_used = n.devices[1].memory_used = 6 * k_gib;
   n.devices[0].slots_used = n.devices[1].slots_used = 1;
-  auto c = make({n});
+  auto c = make_cluster({n});
   auto p = fixtures::pod({fixtures::req(2, 4)});
   p.containers[0].numa_bind = true;
   // Spread: the idle group (NUMA 1) is better; binpack: the used group (NUMA 0).
@@ -182,7 +170,7 @@ TEST_CASE("multi-container: containers see each other; backtracking finds what g
   auto n = fixtures::node_of("n", 2, 16);
   n.devices[0].memory_used = 6 * k_gib;
   n.devices[1].memory_used = 10 * k_gib;
-  auto c = make({n});
+  auto c = make_cluster({n});
   const auto p = fixtures::pod({fixtures::req(1, 4), fixtures::req(1, 8)});
   const auto greedy = run(c, p);
   CHECK_FALSE(greedy.placed);
@@ -204,7 +192,7 @@ TEST_CASE("multi-container: containers see each other; backtracking finds what g
 }
 
 TEST_CASE("containers without GPUs keep their place in the allocation", "[fit][cycle]") {
-  auto c = make({fixtures::node_of("n", 2)});
+  auto c = make_cluster({fixtures::node_of("n", 2)});
   container_request sidecar;
   sidecar.cpu = 100;
   const auto d = run(c, pod_request{{sidecar, fixtures::req(1, 1), sidecar}});
@@ -221,7 +209,7 @@ TEST_CASE("topology: N GPUs by summed link score, one GPU keeps pairs whole", "[
   n.links = board8();
   n.devices[0].slots_used = 1;  // GPU 0 is busy (its pair partner 1 is idle)
   n.devices[0].memory_used = 1 * k_gib;
-  auto c = make({n});
+  auto c = make_cluster({n});
   const hami_scorer topo(hami_policy::binpack, gpu_policy::topology);
   const auto four = run(c, fixtures::pod({fixtures::req(4, 8)}), topo);
   REQUIRE(four.placed);
@@ -236,7 +224,7 @@ TEST_CASE("topology: N GPUs by summed link score, one GPU keeps pairs whole", "[
   n2.devices[0].memory_used = 0;
   n2.devices[2].slots_used = 1;
   n2.devices[2].memory_used = 79 * k_gib;  // busy and nearly full: 3 is a lonely idle GPU
-  auto c2 = make({n2});
+  auto c2 = make_cluster({n2});
   const auto lone = run(c2, fixtures::pod({fixtures::req(1, 8)}), topo);
   CHECK(lone.containers[0].devices[0].device == 3);
   // The topology scorer picks the node whose GPUs link best.
@@ -244,13 +232,13 @@ TEST_CASE("topology: N GPUs by summed link score, one GPU keeps pairs whole", "[
   flat.links = link_matrix(8);
   auto linked = fixtures::node_of("b-linked", 8, 80, "NVIDIA-A100");
   linked.links = board8();
-  auto c3 = make({flat, linked});
+  auto c3 = make_cluster({flat, linked});
   const auto best = run(c3, fixtures::pod({fixtures::req(2, 8)}), topology_scorer{});
   CHECK(c3.nodes()[best.node].name == "b-linked");
 }
 
 TEST_CASE("reserve applies a decision, release undoes it, stale ones are refused", "[fit][cycle]") {
-  auto c = make({fixtures::node_of("n", 1, 16)});
+  auto c = make_cluster({fixtures::node_of("n", 1, 16)});
   const auto p = fixtures::pod({fixtures::req(1, 10, 50)});
   const auto d = run(c, p);
   REQUIRE(d.placed);
@@ -276,7 +264,7 @@ TEST_CASE("invalid input is an error, not a decision", "[fit][cycle]") {
   auto r = cluster::make({bad});
   REQUIRE_FALSE(r.ok());
   CHECK_THAT(r.message(), Catch::Contains("node \"bad\""));
-  auto c = make({fixtures::node_of("n", 1)});
+  auto c = make_cluster({fixtures::node_of("n", 1)});
   container_request q;
   q.count = 1;
   q.memory_percent = 150;
@@ -289,7 +277,7 @@ TEST_CASE("a filled cluster never exceeds any device, and runs repeat exactly", 
   auto build = [] {
     std::vector<node> nodes;
     for (int i = 0; i < 6; ++i) nodes.push_back(fixtures::node_of("n" + std::to_string(i), 4));
-    return make(nodes);
+    return make_cluster(nodes);
   };
   auto fill = [](cluster& c, std::uint32_t seed) {
     std::mt19937 rng(seed);

@@ -7,13 +7,9 @@
 
 using namespace gpuslice::fit;
 using fixtures::k_gib;
+using fixtures::make_cluster;
 
 namespace {
-cluster make(std::vector<node> nodes) {
-  auto c = cluster::make(std::move(nodes));
-  REQUIRE(c.ok());
-  return std::move(c).value();
-}
 decision run(const cluster& c, const pod_request& p, const hami_scorer& s) {
   auto d = c.fit(p, s);
   REQUIRE(d.ok());
@@ -45,7 +41,7 @@ TEST_CASE("node score includes the request (HAMi leaves it out)", "[fit][score]"
   // Two nodes with equal usage but different sizes: the request weighs more on the small one.
   auto small = fixtures::node_of("small", 1);
   auto big = fixtures::node_of("big", 4);
-  auto c = make({small, big});
+  auto c = make_cluster({small, big});
   const auto p = fixtures::pod({fixtures::req(1, 8, 50)});
   const auto bin = run(c, p, hami_scorer(hami_policy::binpack, gpu_policy::spread));
   CHECK(c.nodes()[bin.node].name == "small");
@@ -63,7 +59,7 @@ TEST_CASE("GPU policy: binpack takes the fullest card, spread the emptiest", "[f
   n.devices[0].memory_used = 2 * k_gib;
   n.devices[2].slots_used = 1;
   n.devices[2].memory_used = 8 * k_gib;
-  auto c = make({n});
+  auto c = make_cluster({n});
   const auto p = fixtures::pod({fixtures::req(1, 4)});
   CHECK(run(c, p, {hami_policy::binpack, gpu_policy::binpack}).containers[0].devices[0].device ==
         2);
@@ -78,11 +74,12 @@ TEST_CASE("GPU policy: binpack takes the fullest card, spread the emptiest", "[f
 TEST_CASE("ties: lowest device index, then node name, whatever the input order", "[fit][score]") {
   auto n = fixtures::node_of("n", 4);
   std::swap(n.devices[0].index, n.devices[3].index);  // position 3 now has driver index 0
-  auto c = make({n});
+  auto c = make_cluster({n});
   const auto p = fixtures::pod({fixtures::req(1, 4)});
   CHECK(run(c, p, {}).containers[0].devices[0].device == 3);
 
-  auto c2 = make({fixtures::node_of("b", 2), fixtures::node_of("a", 2), fixtures::node_of("c", 2)});
+  auto c2 = make_cluster(
+      {fixtures::node_of("b", 2), fixtures::node_of("a", 2), fixtures::node_of("c", 2)});
   const auto d = run(c2, p, {});
   CHECK(c2.nodes()[d.node].name == "a");
 }
@@ -108,7 +105,7 @@ TEST_CASE("a user-defined scorer is a template parameter", "[fit][score]") {
   b.cpu_used = 1000;
   auto full = fixtures::node_of("full", 2);
   full.cpu_used = full.cpu_total;
-  auto c = make({b, a, full});
+  auto c = make_cluster({b, a, full});
   most_cpu_scorer s;
   auto p = fixtures::pod({fixtures::req(1, 1)});
   p.containers[0].cpu = 500;

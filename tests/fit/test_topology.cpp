@@ -3,9 +3,11 @@
 #include <functional>
 #include <random>
 
+#include "fixtures.hpp"
 #include "gpuslice/fit/topology.hpp"
 
 using namespace gpuslice::fit;
+using fixtures::board8;
 
 namespace {
 // Reference: every subset of size k, the best sum, ties to the lexicographically smallest.
@@ -40,17 +42,6 @@ std::uint64_t choose(std::uint64_t n, std::uint64_t k) {
   std::uint64_t r = 1;
   for (std::uint64_t i = 1; i <= k; ++i) r = r * (n - k + i) / i;
   return r;
-}
-
-// NVLink-like 8-GPU board: pairs (0-1, 2-3, ...) strongest, quads next, the rest weakest.
-link_matrix board8() {
-  link_matrix m(8);
-  for (std::size_t a = 0; a < 8; ++a) {
-    for (std::size_t b = a + 1; b < 8; ++b) {
-      m.set(a, b, a / 2 == b / 2 ? 100 : a / 4 == b / 4 ? 50 : 10);
-    }
-  }
-  return m;
 }
 }  // namespace
 

@@ -4,19 +4,14 @@
 #include <string>
 #include <vector>
 
+#include "fixtures.hpp"
 #include "gpuslice/fit/frag.hpp"
 #include "gpuslice/sim/go_rand.hpp"
 
 using namespace gpuslice::fit;
+using fixtures::pod;
 
 namespace {
-openb_pod pod(std::int64_t cpu, int n, int m) {
-  openb_pod p;
-  p.cpu = cpu;
-  p.n = n;
-  p.m = m;
-  return p;
-}
 void add(std::vector<openb_pod>& pods, std::vector<std::string>& specs, const openb_pod& p,
          int times, const std::string& spec = "") {
   for (int i = 0; i < times; ++i) {

@@ -2,20 +2,14 @@
 #include <catch2/catch.hpp>
 #include <vector>
 
+#include "fixtures.hpp"
 #include "gpuslice/fit/openb.hpp"
 #include "gpuslice/sim/go_rand.hpp"
 
 using namespace gpuslice::fit;
+using fixtures::pod;
 
 namespace {
-openb_pod pod(std::int64_t cpu, int n, int m, std::int64_t mem = 0) {
-  openb_pod p;
-  p.cpu = cpu;
-  p.mem = mem;
-  p.n = n;
-  p.m = m;
-  return p;
-}
 openb_cluster one_node(int gpus, std::int64_t cpu = 64000, std::int64_t mem = 1000, int model = 0) {
   return openb_cluster({openb_node_spec{cpu, mem, gpus, model}});
 }

@@ -3,21 +3,15 @@
 #include <string>
 #include <vector>
 
+#include "fixtures.hpp"
 #include "gpuslice/fit/openb_score.hpp"
 #include "gpuslice/sim/go_rand.hpp"
 
 using namespace gpuslice::fit;
+using fixtures::pod;
 using gpuslice::sim::go_rand;
 
 namespace {
-openb_pod pod(std::int64_t cpu, int n, int m, std::int64_t mem = 0) {
-  openb_pod p;
-  p.cpu = cpu;
-  p.mem = mem;
-  p.n = n;
-  p.m = m;
-  return p;
-}
 openb_node fresh(int gpus, std::int64_t cpu = 96000, std::int64_t mem = 1000) {
   return openb_cluster({openb_node_spec{cpu, mem, gpus, 0}}).node(0);
 }
