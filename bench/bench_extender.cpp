@@ -286,11 +286,7 @@ BENCHMARK(BM_inprocess_filter_prioritize)
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<char*> rest = gpuslice_bench::take_nodes_flag(argc, argv, g_nodes_path);
-  int n = static_cast<int>(rest.size());
-  benchmark::Initialize(&n, rest.data());
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
+  gpuslice_bench::run_benchmarks(argc, argv, g_nodes_path);
   delete g_fixture;
   return 0;
 }

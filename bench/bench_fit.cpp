@@ -288,10 +288,6 @@ BENCHMARK(BM_subset_enumerate_all)->Arg(8)->Arg(16)->Arg(24)->Unit(benchmark::kM
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<char*> rest = gpuslice_bench::take_nodes_flag(argc, argv, g_nodes_path);
-  int n = static_cast<int>(rest.size());
-  benchmark::Initialize(&n, rest.data());
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
+  gpuslice_bench::run_benchmarks(argc, argv, g_nodes_path);
   return 0;
 }

@@ -1,8 +1,10 @@
 #pragma once
 // The openb GPU node list (Alibaba cluster-trace-gpu-v2023, openb_node_list_gpu_node.csv) as
 // the benchmarks read it: its rows, the per-GPU memory assumed for each model, and the
-// --nodes=PATH flag (or GPUSLICE_OPENB_NODES) that names the file. Shared by bench_fit and
-// bench_extender; each builds its own nodes from the rows.
+// --nodes=PATH flag (or GPUSLICE_OPENB_NODES) that names the file, taken before the benchmarks
+// run. Shared by bench_fit and bench_extender; each builds its own nodes from the rows.
+#include <benchmark/benchmark.h>
+
 #include <cstdint>
 #include <cstdlib>
 #include <fstream>
@@ -63,9 +65,9 @@ inline std::optional<std::vector<openb_row>> read_openb_rows(const std::string& 
 }
 
 /// Takes the node list's path from GPUSLICE_OPENB_NODES, then from any --nodes=PATH argument
-/// (the last one wins), into \p nodes_path. Returns the other arguments, argv[0] first, for
-/// benchmark::Initialize.
-inline std::vector<char*> take_nodes_flag(int argc, char** argv, std::string& nodes_path) {
+/// (the last one wins), into \p nodes_path; then runs the registered benchmarks with the other
+/// arguments.
+inline void run_benchmarks(int argc, char** argv, std::string& nodes_path) {
   constexpr std::string_view k_flag = "--nodes=";
   std::vector<char*> rest;
   if (const char* env = std::getenv("GPUSLICE_OPENB_NODES")) nodes_path = env;
@@ -77,7 +79,10 @@ inline std::vector<char*> take_nodes_flag(int argc, char** argv, std::string& no
       rest.push_back(argv[i]);
     }
   }
-  return rest;
+  int n = static_cast<int>(rest.size());
+  benchmark::Initialize(&n, rest.data());
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
 }
 
 }  // namespace gpuslice_bench
