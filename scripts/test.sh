@@ -24,7 +24,7 @@ step "python package and pytest"
 
 step "ASan+UBSan build and ctest"
 cmake -S . -B build/asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DGPUSLICE_WERROR=ON \
-  -DGPUSLICE_SANITIZE=address -DGPUSLICE_BUILD_BENCH=OFF -DGPUSLICE_BUILD_EXAMPLES=OFF >/dev/null
+  -DGPUSLICE_SANITIZE=address -DGPUSLICE_BUILD_BENCH=OFF >/dev/null
 cmake --build build/asan -j "$JOBS"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build/asan -j "$JOBS" --timeout 600
