@@ -20,5 +20,7 @@ if ((${#missing[@]})); then
 fi
 
 PY=${PYTHON:-python3}
+# Installing as root into the interpreter is intended here (a build machine or container).
+export PIP_ROOT_USER_ACTION=ignore
 # pip returns at once when everything is already satisfied.
-"$PY" -m pip install -q --disable-pip-version-check "${PY_PACKAGES[@]}" 2>&1 | grep -v "Running pip as the 'root' user" || true
+"$PY" -m pip install -q --disable-pip-version-check "${PY_PACKAGES[@]}"

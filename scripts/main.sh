@@ -6,6 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
 PY=${PYTHON:-python3}
-"$PY" -m pip install -q --disable-pip-version-check --no-build-isolation . 2>&1 \
-  | grep -v "Running pip as the 'root' user" || true
+PIP_ROOT_USER_ACTION=ignore "$PY" -m pip install -q --disable-pip-version-check \
+  --no-build-isolation .
 exec "$PY" -m gpuslice simulate "$@"

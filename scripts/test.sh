@@ -19,7 +19,8 @@ step "ctest"
 ctest --test-dir build/ci -j "$JOBS" --timeout 600
 
 step "python package and pytest"
-"$PY" -m pip install -q --disable-pip-version-check --no-build-isolation .
+PIP_ROOT_USER_ACTION=ignore "$PY" -m pip install -q --disable-pip-version-check \
+  --no-build-isolation .
 (cd "$root" && "$PY" -m pytest -q -p no:cacheprovider)
 
 step "ASan+UBSan build and ctest"
