@@ -30,6 +30,11 @@
 /// Marks a function the shim exports (everything else is hidden).
 #define GPUSLICE_SHIM_EXPORT extern "C" __attribute__((visibility("default")))
 
+// The shim indexes the environment's per-device limits (config) and the ledger's device records
+// with one visible ordinal, so the two tables must be the same size.
+static_assert(gpuslice::memory::k_max_devices == gpuslice::k_max_devices,
+              "the ledger must track as many devices as the environment contract names");
+
 namespace gpuslice::shim::detail {
 
 /// The CUDA 11.3 form of cuGetProcAddress, which cuda.h no longer declares.
