@@ -314,10 +314,11 @@ class node_region {
   /// False only when the record's process is known to be gone (or its pid was reused).
   static bool process_alive(const node_tenant& t, std::uint64_t owner) noexcept {
     const auto pid = static_cast<std::int32_t>(static_cast<std::uint32_t>(owner >> 32));
-    const auto st = memory::detail::read_proc_stat(pid);
-    if (st.what == memory::detail::proc_stat::status::gone) return false;
-    if (st.what != memory::detail::proc_stat::status::running) return true;  // cannot tell
-    return st.state != 'Z' && st.start_time == t.start_time.load(std::memory_order_relaxed);
+    // The ledger's liveness rule: gone, a zombie or a reused pid is dead; doubt keeps it.
+    const memory::liveness_probe p = memory::proc_liveness{}.probe(pid);
+    if (p.what == memory::liveness_probe::status::gone) return false;
+    if (p.what != memory::liveness_probe::status::running) return true;  // cannot tell
+    return p.start_time == t.start_time.load(std::memory_order_relaxed);
   }
 
   /// Agrees with concurrent openers on one initialisation, then validates the header.
