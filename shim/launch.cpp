@@ -315,13 +315,18 @@ class launch_control {
   }
 
   /// Opens the node region and computes this container's key. Holds mu_.
+  /// This process's start time, as the ledger records it (0 when /proc cannot tell).
+  static std::uint64_t own_start_time() noexcept {
+    const memory::proc_liveness live;
+    return live.probe(live.self_pid()).start_time;
+  }
+
   void init_once(state& s) {
     once_ = true;
     pthread_atfork([] { get().before_fork(); }, [] { get().after_fork_parent(); },
                    [] { get().after_fork_child(); });
     const config& cfg = s.configuration();
-    const auto self = memory::detail::read_proc_stat(static_cast<std::int32_t>(::getpid()));
-    start_time_ = self.start_time;
+    start_time_ = own_start_time();
     struct stat st {};
     if (!cfg.shared_cache.empty() && ::stat(cfg.shared_cache.c_str(), &st) == 0) {
       container_ = rate::container_key(static_cast<std::uint64_t>(st.st_dev),
@@ -343,8 +348,7 @@ class launch_control {
   void join(state& s, device_gate& g, const std::string& uuid) {
     const config& cfg = s.configuration();
     if (start_time_ == 0) {
-      start_time_ =
-          memory::detail::read_proc_stat(static_cast<std::int32_t>(::getpid())).start_time;
+      start_time_ = own_start_time();
     }
     auto h = region_->join(rate::device_key(uuid), container_, cfg.priority, g.percent,
                            static_cast<std::int32_t>(::getpid()), start_time_, now_ns());
