@@ -267,14 +267,15 @@ TEST_CASE("a reaper that died half-way is taken over by the next operation", "[l
   REQUIRE(l.try_reserve(half, d, 250));
   // Reaper pid 999 (now gone) closed the gate and marked slot 31 before dying.
   auto* r = l.storage().region();
-  r->header.reap_gate.store((std::uint64_t{999} << 32) | 3);
+  r->header.reap_gate.store(gpuslice::claim_word(999, 4, gpuslice::k_claim_claiming));
   r->devices[d].used.fetch_or(m::k_gate_bit);
-  r->slots[half.index].owner.store(m::make_owner(31, m::slot_state::reaping));
+  r->slots[half.index].owner.store(
+      gpuslice::with_claim_state(half.owner, static_cast<std::uint8_t>(m::slot_state::reaping)));
   CHECK(l.used(d) == 250);          // the gate bit is not part of the total
   CHECK(l.try_reserve(me, d, 10));  // finishes the dead reaper's work, then reserves
   CHECK(l.used(d) == 10);
   CHECK(l.reclaimed_bytes() == 250);
-  CHECK(r->header.reap_gate.load() == 0);
+  CHECK(gpuslice::claim_state(r->header.reap_gate.load()) == gpuslice::k_claim_free);
   CHECK((r->devices[d].used.load() & m::k_gate_bit) == 0);
   CHECK(l.snapshot().processes.size() == 1);
 }
@@ -415,34 +416,33 @@ TEST_CASE("damaged files give one clear error and are left untouched", "[ledger]
   {
     std::string b = image;
     m::test::poke<std::uint32_t>(b, 8, 0);
-    cases.push_back({"old version", b, errc::version_mismatch, "layout version 0, expected 1"});
+    cases.push_back({"old version", b, errc::version_mismatch, "layout version 0, expected 2"});
   }
   {
     std::string b = image.substr(0, 4096);
-    m::test::poke<std::uint32_t>(b, 8, 2);
+    m::test::poke<std::uint32_t>(b, 8, 3);
     cases.push_back({"newer version of another size", b, errc::version_mismatch,
-                     "layout version 2, expected 1"});
+                     "layout version 3, expected 2"});
   }
   {
     std::string b = image;
-    m::test::poke<std::uint32_t>(b, 24, 17);
+    m::test::poke<std::uint32_t>(b, offsetof(m::region_header, device_count), 17);
     cases.push_back(
         {"too many devices", b, errc::corrupt, "header claims 17 devices, at most 16 fit"});
   }
   {
     std::string b = image;
-    m::test::poke<std::uint32_t>(b, 12, 3);
-    cases.push_back(
-        {"marked corrupted", b, errc::corrupt, "marked corrupted; remove it to start afresh"});
+    m::test::poke<std::uint8_t>(b, offsetof(m::region_header, init), 3);
+    cases.push_back({"marked corrupted", b, errc::corrupt, std::string(m::detail::k_corrupted_advice)});
   }
   {
     std::string b = image;
-    m::test::poke<std::uint32_t>(b, 12, 9);
+    m::test::poke<std::uint8_t>(b, offsetof(m::region_header, init), 9);
     cases.push_back({"bad init state", b, errc::corrupt, "invalid initialisation state 9"});
   }
   {
     std::string b = image;
-    m::test::poke<std::uint64_t>(b, 16, 4096);
+    m::test::poke<std::uint64_t>(b, offsetof(m::region_header, region_size), 4096);
     cases.push_back({"header size disagrees", b, errc::corrupt,
                      "size 1642752 bytes (header says 4096), expected 1642752"});
   }
@@ -516,8 +516,9 @@ TEST_CASE("an initialiser that died half-way is taken over", "[ledger][file]") {
   const pid_t gone = m::test::fork_child([] { return 0; });
   REQUIRE(m::test::wait_child(gone) == 0);
   std::string b(m::k_region_size, '\0');
-  m::test::poke<std::uint32_t>(b, 12, 1);  // initialising
-  m::test::poke<std::uint32_t>(b, 32, static_cast<std::uint32_t>(gone));
+  // Claimed (initialising) by a process that is gone.
+  m::test::poke<std::uint64_t>(b, offsetof(m::region_header, init),
+                               gpuslice::claim_word(gone, 1, gpuslice::k_claim_claiming));
   b[5000] = 7;  // half-written garbage in the body
   m::test::write_file(p.str(), b);
   auto l = m::shared_ledger::open(m::open_or_create, p.str());

@@ -71,6 +71,8 @@
 /// release waits until the gate opens.
 
 #include <algorithm>
+#include <iterator>
+#include <new>
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -85,6 +87,8 @@
 #include <utility>
 #include <vector>
 
+#include "gpuslice/claim.hpp"
+#include "gpuslice/liveness.hpp"
 #include "gpuslice/memory/platform.hpp"
 #include "gpuslice/memory/region.hpp"
 #include "gpuslice/quantity.hpp"
@@ -143,9 +147,14 @@ struct snapshot {
   std::vector<process_usage> processes;  ///< live slots only
 };
 
-/// A process's slot in a ledger, from attach(). Plain value; valid for the ledger it came from.
+/// A process's slot in a ledger, from attach(). Plain value; valid for the ledger it came from
+/// until the slot is reaped: it carries the slot's whole owner word (pid, generation, state),
+/// and every operation through it checks that word first, so a handle whose slot was reaped
+/// and claimed again never acts on the new owner's slot (the operation fails closed;
+/// slot_current() says why, and attach() gives a new slot).
 struct slot_handle {
   std::uint32_t index = static_cast<std::uint32_t>(k_slot_count);  ///< slot number
+  std::uint64_t owner = 0;  ///< the slot's owner word when the handle was made
   /// True for a handle returned by attach().
   bool valid() const noexcept { return index < k_slot_count; }
 };
@@ -197,6 +206,32 @@ void write_header(basic_region_header<Atom>& h) {
   h.slot_count = static_cast<std::uint32_t>(k_slot_count);
 }
 
+/// What a ledger marked corrupted means and the one recovery that never grants a quota twice.
+inline constexpr std::string_view k_corrupted_advice =
+    "marked corrupted: its processes are refused every new reservation; stop every process of "
+    "the container that uses it (restart the pod), then remove the file. Removing it while any "
+    "of them runs would let a new ledger grant the quota a second time";
+
+/// Constructs every field of \p r in place except the initialisation claim (init, init_ident),
+/// which its holder keeps. Precondition: the caller holds that claim; nobody else uses \p r.
+template <template <class> class Atom>
+void construct_region(basic_region<Atom>& r) {
+  using u64 = Atom<std::uint64_t>;
+  auto& h = r.header;
+  ::new (static_cast<void*>(&h.device_count)) Atom<std::uint32_t>(0);
+  ::new (static_cast<void*>(&h.reap_gate)) u64(0);
+  ::new (static_cast<void*>(&h.reap_gate_ident)) u64(0);
+  ::new (static_cast<void*>(&h.last_reap_ns)) u64(0);
+  ::new (static_cast<void*>(&h.reap_count)) u64(0);
+  ::new (static_cast<void*>(&h.reclaimed_bytes)) u64(0);
+  h.reserved0 = 0;
+  std::fill(std::begin(h.reserved), std::end(h.reserved), std::uint64_t{0});
+  // Value-initialisation zeroes the records; a takeover may find them half written.
+  for (auto& d : r.devices) ::new (static_cast<void*>(&d)) basic_device_record<Atom>();
+  for (auto& s : r.slots) ::new (static_cast<void*>(&s)) basic_process_slot<Atom>();
+  write_header(h);
+}
+
 inline bool all_zero(const unsigned char* p, std::size_t n) {
   return std::all_of(p, p + n, [](unsigned char c) { return c == 0; });
 }
@@ -230,10 +265,11 @@ inline std::optional<error> classify_file(int fd, std::uint64_t size, const std:
   if (static_cast<std::size_t>(got) < sizeof raw) return truncated();
   std::uint64_t magic = 0;
   std::uint32_t version = 0;
-  std::uint32_t state = 0;
+  std::uint64_t init = 0;
   std::memcpy(&magic, raw + offsetof(region_header, magic), sizeof magic);
   std::memcpy(&version, raw + offsetof(region_header, layout_version), sizeof version);
-  std::memcpy(&state, raw + offsetof(region_header, init_state), sizeof state);
+  std::memcpy(&init, raw + offsetof(region_header, init), sizeof init);
+  const std::uint8_t state = claim_state(init);
   if (magic != 0 && magic != k_magic) {
     return file_error(errc::corrupt, path, "not a gpuslice ledger (wrong magic number)");
   }
@@ -245,7 +281,7 @@ inline std::optional<error> classify_file(int fd, std::uint64_t size, const std:
   if (size != k_region_size) return truncated();
   // Zero magic is only legitimate while uninitialised (all zero) or initialising.
   if (magic == 0 && !all_zero(raw, sizeof raw) &&
-      state != static_cast<std::uint32_t>(init_state::initialising)) {
+      state != static_cast<std::uint8_t>(init_state::initialising)) {
     return file_error(errc::corrupt, path, "not a gpuslice ledger (wrong magic number)");
   }
   return std::nullopt;
@@ -273,17 +309,24 @@ class shared_file_storage {
   }
   ~shared_file_storage() { unmap(); }
 
-  /// Creates the file; errc::exists if it is there. Thread-safe (no shared state).
-  static result<shared_file_storage> open(create_only_t, const std::string& path) {
-    return open_impl(path, O_CREAT | O_EXCL, true);
+  /// Creates the file; errc::exists if it is there. Waits for other openers on \p clock,
+  /// judging them with \p live. Thread-safe (no shared state).
+  template <class Clock = steady_clock_source, class Liveness = proc_liveness>
+  static result<shared_file_storage> open(create_only_t, const std::string& path,
+                                          const Clock& clock = {}, const Liveness& live = {}) {
+    return open_impl(path, O_CREAT | O_EXCL, true, clock, live);
   }
   /// Opens an existing ledger; errc::not_found if absent. Thread-safe.
-  static result<shared_file_storage> open(open_only_t, const std::string& path) {
-    return open_impl(path, 0, false);
+  template <class Clock = steady_clock_source, class Liveness = proc_liveness>
+  static result<shared_file_storage> open(open_only_t, const std::string& path,
+                                          const Clock& clock = {}, const Liveness& live = {}) {
+    return open_impl(path, 0, false, clock, live);
   }
   /// Opens, creating and initialising the file if needed. Thread-safe.
-  static result<shared_file_storage> open(open_or_create_t, const std::string& path) {
-    return open_impl(path, O_CREAT, true);
+  template <class Clock = steady_clock_source, class Liveness = proc_liveness>
+  static result<shared_file_storage> open(open_or_create_t, const std::string& path,
+                                          const Clock& clock = {}, const Liveness& live = {}) {
+    return open_impl(path, O_CREAT, true, clock, live);
   }
 
   /// The mapped region. Thread-safe.
@@ -299,7 +342,9 @@ class shared_file_storage {
     region_ = nullptr;
   }
 
-  static result<shared_file_storage> open_impl(const std::string& path, int flags, bool may_init) {
+  template <class Clock, class Liveness>
+  static result<shared_file_storage> open_impl(const std::string& path, int flags, bool may_init,
+                                               const Clock& clock, const Liveness& live) {
     using detail::file_error;
     const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC | flags, k_file_mode);
     if (fd < 0) {
@@ -317,7 +362,7 @@ class shared_file_storage {
     } closer{fd};
 
     // Wait for a creator that has the file but has not sized it yet.
-    const std::uint64_t deadline = detail::monotonic_ns() + k_init_wait_ns;
+    const std::uint64_t waited_from = clock.now_ns();
     struct stat st {};
     for (;;) {
       if (::fstat(fd, &st) != 0) {
@@ -334,7 +379,7 @@ class shared_file_storage {
         }
         continue;
       }
-      if (detail::monotonic_ns() > deadline) {
+      if (clock.now_ns() - waited_from > k_init_wait_ns) {
         return file_error(errc::busy, path,
                           "is empty: its creator did not initialise it within 2 s");
       }
@@ -353,71 +398,57 @@ class shared_file_storage {
     shared_file_storage s;
     s.region_ = static_cast<region_type*>(p);
     s.path_ = path;
-    if (auto e = s.initialise_or_wait(may_init, size)) return std::move(*e);
+    if (auto e = s.initialise_or_wait(may_init, size, clock, live)) return std::move(*e);
     return s;
   }
 
-  /// Agrees with concurrent openers on one initialisation; then validates the header.
-  std::optional<error> initialise_or_wait(bool may_init, std::uint64_t size) {
+  /// Agrees with concurrent openers on one initialisation (the claim of claim.hpp on
+  /// header.init: an initialiser that died is taken over, one that lives is waited for); then
+  /// validates the header.
+  template <class Clock, class Liveness>
+  std::optional<error> initialise_or_wait(bool may_init, std::uint64_t size, const Clock& clock,
+                                          const Liveness& live) {
     using detail::file_error;
     auto& h = region_->header;
-    const std::uint64_t deadline = detail::monotonic_ns() + k_init_wait_ns;
-    const auto self = static_cast<std::uint32_t>(::getpid());
-    const proc_liveness live;
+    const std::uint64_t waited_from = clock.now_ns();
+    const claim_identity me = self_identity(live);
     for (;;) {
-      auto st = h.init_state.load(std::memory_order_acquire);
-      if (st == static_cast<std::uint32_t>(init_state::uninitialised) && may_init) {
-        if (h.init_state.compare_exchange_strong(
-                st, static_cast<std::uint32_t>(init_state::initialising),
-                std::memory_order_acq_rel)) {
-          h.init_pid.store(self, std::memory_order_relaxed);
+      std::uint64_t w = h.init.load(std::memory_order_acquire);
+      if (may_init) {
+        const claim_result r = try_claim(h.init, h.init_ident, me, live);
+        if (r.mine()) {
+          // Nobody can be using a region whose initialisation never finished: (re)build it.
           initialise();
-          continue;
+          (void)finish_claim(h.init, r.word, static_cast<std::uint8_t>(init_state::ready));
+          continue;  // whatever happened, the next look decides
         }
+        w = r.word;
       }
-      if (st == static_cast<std::uint32_t>(init_state::ready)) break;
-      if (st == static_cast<std::uint32_t>(init_state::corrupted)) {
-        return file_error(errc::corrupt, path_, "marked corrupted; remove it to start afresh");
+      const std::uint8_t st = claim_state(w);
+      if (st == static_cast<std::uint8_t>(init_state::ready)) break;
+      if (st == static_cast<std::uint8_t>(init_state::corrupted)) {
+        return file_error(errc::corrupt, path_, std::string(detail::k_corrupted_advice));
       }
-      if (st > static_cast<std::uint32_t>(init_state::corrupted)) {
+      if (st > static_cast<std::uint8_t>(init_state::corrupted)) {
         return file_error(errc::corrupt, path_,
                           "invalid initialisation state " + std::to_string(st));
       }
-      if (st == static_cast<std::uint32_t>(init_state::initialising) && may_init) {
-        // The initialiser died before finishing: nobody can be using the region yet, so one
-        // process (whoever wins the CAS on init_pid) initialises it again.
-        auto pid = h.init_pid.load(std::memory_order_acquire);
-        if (pid != 0 && pid != self &&
-            live.probe(static_cast<std::int32_t>(pid)).what == liveness_probe::status::gone &&
-            h.init_pid.compare_exchange_strong(pid, self, std::memory_order_acq_rel)) {
-          initialise();
-          continue;
-        }
-      }
-      if (detail::monotonic_ns() > deadline) {
-        return file_error(errc::busy, path_,
-                          st == 0 ? "was never initialised (no creator finished within 2 s)"
-                                  : "initialisation by another process did not finish within 2 s");
+      if (clock.now_ns() - waited_from > k_init_wait_ns) {
+        return file_error(
+            errc::busy, path_,
+            st == 0 ? std::string("was never initialised (no creator finished within 2 s)")
+                    : "initialisation by process " + std::to_string(claim_pid(w)) +
+                          " did not finish within 2 s");
       }
       std::this_thread::sleep_for(k_poll_sleep);
     }
     return detail::validate_header(h, size, path_);
   }
 
-  /// Precondition: this process holds the initialisation claim.
+  /// Builds every field but the init claim in place. Precondition: this process holds the
+  /// initialisation claim.
   void initialise() {
-    auto& h = region_->header;
-    // Bytes past the header are zero in a fresh file, but a takeover may find a half-written
-    // region: clear everything after the state words.
-    constexpr std::size_t body = offsetof(region_type, devices);
-    std::memset(reinterpret_cast<unsigned char*>(region_) + body, 0, k_region_size - body);
-    h.device_count.store(0, std::memory_order_relaxed);
-    h.reap_gate.store(0, std::memory_order_relaxed);
-    h.last_reap_ns.store(0, std::memory_order_relaxed);
-    h.reap_count.store(0, std::memory_order_relaxed);
-    h.reclaimed_bytes.store(0, std::memory_order_relaxed);
-    detail::write_header(h);
-    h.init_state.store(static_cast<std::uint32_t>(init_state::ready), std::memory_order_release);
+    detail::construct_region(*region_);
   }
 
   region_type* region_ = nullptr;
@@ -436,8 +467,8 @@ class heap_storage {
     heap_storage s;
     s.region_ = std::make_unique<region_type>();  // value-initialised: all zero
     detail::write_header(s.region_->header);
-    s.region_->header.init_state.store(static_cast<std::uint32_t>(init_state::ready),
-                                       std::memory_order_release);
+    s.region_->header.init.store(claim_word(0, 0, static_cast<std::uint8_t>(init_state::ready)),
+                                 std::memory_order_release);
     return s;
   }
   /// The region. Thread-safe.
@@ -470,7 +501,7 @@ class basic_ledger {
   template <class Tag>
   static result<basic_ledger> open(Tag tag, const std::string& path, Clock clock = {},
                                    Liveness live = {}) {
-    auto s = Storage::open(tag, path);
+    auto s = Storage::open(tag, path, clock, live);
     if (!s) return std::move(s).err();
     return basic_ledger(std::move(*s), std::move(clock), std::move(live));
   }
@@ -491,30 +522,42 @@ class basic_ledger {
                                                  std::to_string(k_uuid_bytes - 1) + " bytes");
     }
     auto& h = header();
-    for (int i = 0; i < k_max_devices; ++i) {
+    const claim_identity me = self_identity(live_);
+    const auto now = [this] { return clock_now(); };
+    for (int i = 0; i < k_max_devices;) {
       auto& d = dev(i);
-      auto st = d.state.load(std::memory_order_acquire);
-      if (st == static_cast<std::uint32_t>(device_state::empty)) {
-        if (d.state.compare_exchange_strong(st, static_cast<std::uint32_t>(device_state::claiming),
-                                            std::memory_order_acq_rel)) {
-          std::memset(d.uuid, 0, k_uuid_bytes);
-          std::memcpy(d.uuid, uuid.data(), uuid.size());
-          d.limit.store(limit, std::memory_order_relaxed);
-          d.state.store(static_cast<std::uint32_t>(device_state::ready), std::memory_order_release);
-          auto n = h.device_count.load(std::memory_order_relaxed);
-          const auto want = static_cast<std::uint32_t>(i + 1);
-          while (n < want &&
-                 !h.device_count.compare_exchange_weak(n, want, std::memory_order_acq_rel)) {
-          }
-          return i;
+      const claim_result r = claim(d.state, d.state_ident, me, live_, now, k_device_wait_ns);
+      if (r.mine()) {
+        // Fresh, or taken over from a registrar that died half-way: write it all.
+        std::memset(d.uuid, 0, k_uuid_bytes);
+        std::memcpy(d.uuid, uuid.data(), uuid.size());
+        d.limit.store(limit, std::memory_order_relaxed);
+        d.sm_limit_percent.store(0, std::memory_order_relaxed);
+        d.used.store(0, std::memory_order_relaxed);
+        for (auto& w : d.rate_words) w.store(0, std::memory_order_relaxed);
+        if (!finish_claim(d.state, r.word, static_cast<std::uint8_t>(device_state::ready))) {
+          continue;  // taken over from us: look at the record again
         }
+        auto n = h.device_count.load(std::memory_order_relaxed);
+        const auto want = static_cast<std::uint32_t>(i + 1);
+        while (n < want &&
+               !h.device_count.compare_exchange_weak(n, want, std::memory_order_acq_rel)) {
+        }
+        return i;
       }
-      if (!wait_device_ready(d)) {
+      if (r.what == claim_result::kind::busy) {
         return make_error(errc::busy, "device record " + std::to_string(i) +
-                                          " is being registered by a process that did not "
-                                          "finish within 2 s");
+                                          " is being registered by process " +
+                                          std::to_string(claim_pid(r.word)) +
+                                          ", which did not finish within 2 s");
+      }
+      if (claim_state(r.word) != static_cast<std::uint8_t>(device_state::ready)) {
+        return make_error(errc::corrupt, "device record " + std::to_string(i) +
+                                             " has an invalid state " +
+                                             std::to_string(claim_state(r.word)));
       }
       if (uuid_equals(d, uuid)) return i;
+      ++i;
     }
     return make_error(errc::capacity, "device UUID " + gpuslice::detail::quoted(uuid) +
                                           ": the ledger already holds " +
@@ -526,8 +569,8 @@ class basic_ledger {
     const int n = device_count();
     for (int i = 0; i < n; ++i) {
       const auto& d = dev(i);
-      if (d.state.load(std::memory_order_acquire) ==
-              static_cast<std::uint32_t>(device_state::ready) &&
+      if (claim_state(d.state.load(std::memory_order_acquire)) ==
+              static_cast<std::uint8_t>(device_state::ready) &&
           uuid_equals(d, uuid)) {
         return i;
       }
@@ -551,18 +594,16 @@ class basic_ledger {
 
   // ---- processes ---------------------------------------------------------------------------
 
-  /// The calling process's slot, created on first use (pid + /proc start time). After fork()
-  /// the child gets a new slot on its next call. Thread-safe.
+  /// The calling process's slot, created on first use (pid + /proc start time; a process
+  /// whose start time cannot be read gets a slot judged by its pid alone). After fork() the
+  /// child gets a new slot on its next call; a process whose slot was reaped gets a new one.
+  /// Thread-safe.
   result<slot_handle> attach() {
     const std::int32_t pid = live_.self_pid();
     std::lock_guard<std::mutex> lock(*attach_mutex_);  // first use only; not the hot path
-    if (self_pid_ == pid && self_slot_.valid()) return self_slot_;
-    const auto self = live_.probe(pid);
-    if (self.what != liveness_probe::status::running) {
-      return make_error(errc::io_error, "cannot read the start time of this process (pid " +
-                                            std::to_string(pid) + ") from /proc");
-    }
-    auto r = attach_as(pid, self.start_time);
+    if (self_pid_ == pid && self_slot_.valid() && slot_current(self_slot_)) return self_slot_;
+    const claim_identity me = self_identity(live_);
+    auto r = attach_as(pid, me.start_time);
     if (r) {
       self_pid_ = pid;
       self_slot_ = *r;
@@ -570,44 +611,57 @@ class basic_ledger {
     return r;
   }
 
-  /// The slot of process (\p pid, \p start_time), created if absent: for controllers and
-  /// simulators that account on behalf of processes that do not use the ledger themselves, and
-  /// tests. Only the calling process may charge through the slot (its threads own the slot's
-  /// lanes), so never attach_as a process that charges the same ledger. Thread-safe.
+  /// The slot of process (\p pid, \p start_time; 0 = not known), created if absent: for
+  /// controllers and simulators that account on behalf of processes that do not use the ledger
+  /// themselves, and tests. Only the calling process may charge through the slot (its threads
+  /// own the slot's lanes), so never attach_as a process that charges the same ledger.
+  /// Thread-safe.
   result<slot_handle> attach_as(std::int32_t pid, std::uint64_t start_time) {
-    if (pid <= 0) {
+    if (pid <= 0 || static_cast<std::uint32_t>(pid) > k_max_pid) {
       return make_error(errc::invalid_value,
                         "pid " + std::to_string(pid) + ": expected a positive process id");
     }
+    if (!usable()) return make_error(errc::corrupt, std::string(detail::k_corrupted_advice));
+    start_time &= k_claim_start_mask;
+    const claim_identity me{pid, start_time};
     for (int attempt = 0; attempt < 2; ++attempt) {
       for (std::size_t i = 0; i < k_slot_count; ++i) {
         auto& s = slot(i);
         const auto o = s.owner.load(std::memory_order_acquire);
         if (owner_state(o) == slot_state::live && owner_pid(o) == pid &&
-            s.start_time.load(std::memory_order_acquire) == start_time) {
-          return slot_handle{static_cast<std::uint32_t>(i)};
+            claim_start(o, s.ident.load(std::memory_order_acquire)) == start_time) {
+          return slot_handle{static_cast<std::uint32_t>(i), o};
         }
       }
       for (std::size_t i = 0; i < k_slot_count; ++i) {
         auto& s = slot(i);
-        std::uint64_t o = 0;
-        if (s.owner.compare_exchange_strong(o, make_owner(pid, slot_state::claiming),
-                                            std::memory_order_acq_rel)) {
-          s.start_time.store(start_time, std::memory_order_relaxed);
-          clear_lanes(s);
-          // A CAS, not a store: a reaper that took this claim for a dead one (it cannot, but
-          // the claim must never be silently shared) wins, and the search goes on.
-          o = make_owner(pid, slot_state::claiming);
-          if (s.owner.compare_exchange_strong(o, make_owner(pid, slot_state::live),
-                                              std::memory_order_acq_rel)) {
-            return slot_handle{static_cast<std::uint32_t>(i)};
-          }
+        if (owner_state(s.owner.load(std::memory_order_relaxed)) != slot_state::free) continue;
+        const claim_result r = try_claim(s.owner, s.ident, me, live_);
+        if (!r.mine()) continue;
+        clear_lanes(s);
+        // A CAS, not a store: a claim is never silently shared.
+        if (finish_claim(s.owner, r.word, static_cast<std::uint8_t>(slot_state::live))) {
+          return slot_handle{static_cast<std::uint32_t>(i),
+                             with_claim_state(r.word, static_cast<std::uint8_t>(slot_state::live))};
         }
       }
       if (reap() == 0 && !any_free_slot()) break;
     }
     return make_error(errc::capacity, "all " + std::to_string(k_slot_count) +
                                           " process slots are held by live processes");
+  }
+
+  /// True while \p h still names its slot: false once the slot was reaped (its process taken
+  /// for dead) or freed; every operation through \p h then fails closed. Thread-safe.
+  bool slot_current(slot_handle h) const noexcept {
+    return h.valid() && slot(h.index).owner.load(std::memory_order_acquire) == h.owner;
+  }
+
+  /// False once the ledger is marked corrupted: every reservation is then refused, in every
+  /// process attached to it (see mark_corrupted). Thread-safe.
+  bool usable() const noexcept {
+    return claim_state(header().init.load(std::memory_order_relaxed)) ==
+           static_cast<std::uint8_t>(init_state::ready);
   }
 
   // ---- the hot path ------------------------------------------------------------------------
@@ -617,6 +671,7 @@ class basic_ledger {
   /// When it would fail, it first reaps dead processes and tries once more. Thread-safe.
   bool try_reserve(slot_handle h, int device, std::uint64_t bytes) noexcept {
     if (!h.valid() || !ready_device(device) || bytes > k_max_bytes) return false;
+    if (!usable() || !slot_current(h)) return false;
     if (bytes == 0) return true;
     maybe_periodic_reap();
     if (reserve_once(h, device, bytes)) return true;
@@ -629,7 +684,7 @@ class basic_ledger {
   /// quota. Lock-free while no reap is in progress (then it waits for the reaper, whose death
   /// is repaired). Thread-safe.
   void release(slot_handle h, int device, std::uint64_t bytes) noexcept {
-    if (!h.valid() || !ready_device(device) || bytes == 0) return;
+    if (!h.valid() || !ready_device(device) || bytes == 0 || !slot_current(h)) return;
     bytes = std::min(bytes, charged(slot(h.index), device));
     if (bytes == 0 || bytes > k_max_bytes) return;
     const lane_ref l = lane_for(h);
@@ -664,7 +719,9 @@ class basic_ledger {
   }
   /// Bytes \p slot holds on \p device (the sum of its lanes). Thread-safe.
   std::uint64_t slot_used(slot_handle h, int device) const noexcept {
-    return h.valid() && device >= 0 && device < k_max_devices ? charged(slot(h.index), device) : 0;
+    return slot_current(h) && device >= 0 && device < k_max_devices
+               ? charged(slot(h.index), device)
+               : 0;
   }
 
   /// Sets the device's limit; it applies to the next reservation, and bytes already in use are
@@ -698,7 +755,10 @@ class basic_ledger {
   /// Returns the bytes of dead processes' slots to their devices and frees the slots; returns
   /// the bytes reclaimed (0 if nothing was dead, or another live reaper is at work). See the
   /// protocol at the top of this file. Thread-safe (across processes too).
-  std::uint64_t reap() noexcept { return reap_impl(false); }
+  std::uint64_t reap() noexcept {
+    const auto r = reap_impl(false);
+    return r == k_no_gate ? 0 : r;
+  }
 
   /// A copy of the devices and the live slots. Thread-safe.
   memory::snapshot snapshot() const {
@@ -716,7 +776,7 @@ class basic_ledger {
       if (owner_state(o) != slot_state::live) continue;
       process_usage p;
       p.pid = owner_pid(o);
-      p.start_time = s.start_time.load(std::memory_order_acquire);
+      p.start_time = claim_start(o, s.ident.load(std::memory_order_acquire));
       for (int d = 0; d < k_max_devices; ++d) p.used[d] = charged(s, d);
       out.processes.push_back(p);
     }
@@ -728,10 +788,16 @@ class basic_ledger {
     return header().reclaimed_bytes.load(std::memory_order_relaxed);
   }
 
-  /// Marks the region corrupted: every later open refuses it. For operators. Thread-safe.
+  /// Marks the region corrupted: every later open refuses it, and every process attached to
+  /// it is refused its next reservation (releases still go through). For operators and for
+  /// checks that find the region inconsistent. Thread-safe.
   void mark_corrupted() noexcept {
-    header().init_state.store(static_cast<std::uint32_t>(init_state::corrupted),
-                              std::memory_order_release);
+    auto& init = header().init;
+    auto w = init.load(std::memory_order_relaxed);
+    while (!init.compare_exchange_weak(
+        w, with_claim_state(w, static_cast<std::uint8_t>(init_state::corrupted)),
+        std::memory_order_acq_rel)) {
+    }
   }
 
   /// The storage (for its path and region). Thread-safe.
@@ -745,8 +811,8 @@ class basic_ledger {
 
   bool ready_device(int device) const noexcept {
     return device >= 0 && device < k_max_devices &&
-           dev(device).state.load(std::memory_order_acquire) ==
-               static_cast<std::uint32_t>(device_state::ready);
+           claim_state(dev(device).state.load(std::memory_order_acquire)) ==
+               static_cast<std::uint8_t>(device_state::ready);
   }
 
   template <class Record>
@@ -755,41 +821,19 @@ class basic_ledger {
     return n == uuid.size() && std::memcmp(d.uuid, uuid.data(), n) == 0;
   }
 
-  template <class Record>
-  static bool wait_device_ready(const Record& d) {
-    const std::uint64_t deadline = detail::monotonic_ns() + k_device_wait_ns;
-    while (d.state.load(std::memory_order_acquire) !=
-           static_cast<std::uint32_t>(device_state::ready)) {
-      if (detail::monotonic_ns() > deadline) return false;
-      std::this_thread::sleep_for(k_poll_sleep);
-    }
-    return true;
-  }
-
   bool any_free_slot() const noexcept {
     for (std::size_t i = 0; i < k_slot_count; ++i) {
-      if (slot(i).owner.load(std::memory_order_relaxed) == 0) return true;
+      if (owner_state(slot(i).owner.load(std::memory_order_relaxed)) == slot_state::free) {
+        return true;
+      }
     }
     return false;
   }
 
-  /// False only when \p pid is certainly not the process that started at \p start (compared
-  /// under \p mask): gone, a zombie, or a reused pid. Doubt counts as alive.
-  bool process_alive(std::int32_t pid, std::uint64_t start,
-                     std::uint64_t mask = ~std::uint64_t{0}) const noexcept {
-    const auto p = live_.probe(pid);
-    if (p.what == liveness_probe::status::unknown) return true;
-    if (p.what == liveness_probe::status::gone) return false;
-    return (p.start_time & mask) == (start & mask);
-  }
-
+  /// False only when the kernel proves the slot's process dead (liveness.hpp, claim.hpp).
   template <class Slot>
   bool slot_alive(const Slot& s, std::uint64_t owner) const noexcept {
-    // A claiming slot may not have stored its start time yet; its pid existing suffices.
-    if (owner_state(owner) == slot_state::claiming) {
-      return live_.probe(owner_pid(owner)).what != liveness_probe::status::gone;
-    }
-    return process_alive(owner_pid(owner), s.start_time.load(std::memory_order_acquire));
+    return !claim_holder_dead(live_, owner, s.ident.load(std::memory_order_acquire));
   }
 
   /// True while any operation of the slot's process is announced (the reaper's drain).
@@ -829,29 +873,23 @@ class basic_ledger {
     return false;
   }
 
-  std::uint64_t gate_word() const noexcept {
-    const auto pid = live_.self_pid();
-    const auto start = live_.probe(pid).start_time;
-    return (static_cast<std::uint64_t>(static_cast<std::uint32_t>(pid)) << 32) |
-           (start & k_gate_start_mask);
+  /// Takes the reap gate (a claim, claim.hpp), displacing a holder the kernel proves dead.
+  /// Returns the gate word now held, or 0 when a live reaper holds it or when this process
+  /// cannot establish its own identity (a reaper nobody could judge must never hold it).
+  std::uint64_t acquire_gate() noexcept {
+    const claim_identity me = self_identity(live_);
+    if (!me.complete()) return 0;
+    auto& h = header();
+    const claim_result r = try_claim(h.reap_gate, h.reap_gate_ident, me, live_);
+    return r.mine() ? r.word : 0;
   }
 
-  bool gate_holder_alive(std::uint64_t g) const noexcept {
-    return process_alive(static_cast<std::int32_t>(g >> 32), g, k_gate_start_mask);
-  }
-
-  /// The gate word keeps the low 32 bits of the holder's start time.
-  static constexpr std::uint64_t k_gate_start_mask = 0xffffffffu;
-
-  /// Takes the reap gate, displacing a dead holder. False if a live reaper holds it.
-  bool acquire_gate(std::uint64_t me) noexcept {
-    auto& gate = header().reap_gate;
-    std::uint64_t g = 0;
-    if (gate.compare_exchange_strong(g, me, std::memory_order_seq_cst)) return true;
-    if (g != me && !gate_holder_alive(g)) {
-      return gate.compare_exchange_strong(g, me, std::memory_order_seq_cst);
-    }
-    return false;
+  /// True when the gate is open or its holder is proven dead.
+  bool gate_abandoned() const noexcept {
+    auto& h = header();
+    const auto g = h.reap_gate.load(std::memory_order_acquire);
+    return claim_state(g) == k_claim_free ||
+           claim_holder_dead(live_, g, h.reap_gate_ident.load(std::memory_order_acquire));
   }
 
   using lane_type =
@@ -928,17 +966,12 @@ class basic_ledger {
   /// Waits until \p device's gate bit clears, at most \p wait_ns (all ones: forever). A gate
   /// left by a dead reaper is taken over: this thread finishes the reap. False on timeout.
   bool wait_gate(int device, std::uint64_t wait_ns) noexcept {
-    const auto now = detail::monotonic_ns();
-    const std::uint64_t deadline =
-        wait_ns > ~std::uint64_t{0} - now ? ~std::uint64_t{0} : now + wait_ns;
+    const auto from = clock_now();
     for (;;) {
       if ((dev(device).used.load(std::memory_order_acquire) & k_gate_bit) == 0) return true;
-      const auto g = header().reap_gate.load(std::memory_order_acquire);
-      if (g == 0 || !gate_holder_alive(g)) {
-        reap_impl(true);
-        continue;
-      }
-      if (detail::monotonic_ns() > deadline) return false;
+      // A gate left by a dead reaper: finish its reap (a no-op without an identity).
+      if (gate_abandoned() && reap_impl(true) != k_no_gate) continue;
+      if (clock_now() - from > wait_ns) return false;
       std::this_thread::sleep_for(k_poll_sleep);
     }
   }
@@ -969,18 +1002,20 @@ class basic_ledger {
   }
 
   /// The reap of reap(); \p force skips the check for dead slots (taking over a dead reaper).
+  /// Returns the bytes reclaimed, or k_no_gate when it could not take the gate.
   std::uint64_t reap_impl(bool force) noexcept {
     if (!force && !any_dead_slot()) return 0;
     auto& h = header();
-    if (!acquire_gate(gate_word())) return 0;
+    const std::uint64_t gate = acquire_gate();
+    if (gate == 0) return k_no_gate;
     const int n = device_count();
     for (int d = 0; d < n; ++d) dev(d).used.fetch_or(k_gate_bit, std::memory_order_acq_rel);
     const auto reopen = [&] {
       for (int d = 0; d < n; ++d) dev(d).used.fetch_and(k_max_bytes, std::memory_order_acq_rel);
-      h.reap_gate.store(0, std::memory_order_release);
+      (void)release_claim(h.reap_gate, gate);
     };
     // Drain live operations; find the dead slots.
-    const std::uint64_t deadline = detail::monotonic_ns() + k_drain_wait_ns;
+    const std::uint64_t drain_from = clock_now();
     std::array<bool, k_slot_count> dead{};
     for (std::size_t i = 0; i < k_slot_count; ++i) {
       auto& s = slot(i);
@@ -994,7 +1029,7 @@ class basic_ledger {
         }
         // A live claimer holds no bytes yet and cannot be inside an operation.
         if (st == slot_state::claiming || !any_inflight(s)) break;
-        if (detail::monotonic_ns() > deadline) {
+        if (clock_now() - drain_from > k_drain_wait_ns) {
           reopen();
           return 0;
         }
@@ -1006,8 +1041,9 @@ class basic_ledger {
       auto& s = slot(i);
       auto o = s.owner.load(std::memory_order_acquire);
       if (owner_state(o) != slot_state::reaping &&
-          !s.owner.compare_exchange_strong(o, make_owner(owner_pid(o), slot_state::reaping),
-                                           std::memory_order_acq_rel)) {
+          !s.owner.compare_exchange_strong(
+              o, with_claim_state(o, static_cast<std::uint8_t>(slot_state::reaping)),
+              std::memory_order_acq_rel)) {
         dead[i] = false;  // changed under us: only a free slot can (claimed); leave it
       }
     }
@@ -1030,14 +1066,16 @@ class basic_ledger {
       if (!dead[i]) continue;
       auto& s = slot(i);
       clear_lanes(s);
-      s.start_time.store(0, std::memory_order_relaxed);
-      s.owner.store(0, std::memory_order_release);
+      s.ident.store(0, std::memory_order_relaxed);
+      // Free, keeping the generation: the next claim of the slot is a new generation.
+      const auto o = s.owner.load(std::memory_order_relaxed);
+      s.owner.store(claim_word(0, claim_generation(o), k_claim_free), std::memory_order_release);
     }
     if (reclaimed != 0) {
       h.reap_count.fetch_add(1, std::memory_order_relaxed);
       h.reclaimed_bytes.fetch_add(reclaimed, std::memory_order_relaxed);
     }
-    h.reap_gate.store(0, std::memory_order_release);
+    (void)release_claim(h.reap_gate, gate);
     return reclaimed;
   }
 
@@ -1054,6 +1092,9 @@ class basic_ledger {
     if (last.compare_exchange_strong(prev, now, std::memory_order_relaxed)) reap();
   }
 
+  /// reap_impl's answer when it could not take the gate (no reap reclaims 2^64 - 1 bytes).
+  static constexpr std::uint64_t k_no_gate = ~std::uint64_t{0};
+
   Storage storage_;
   Clock clock_;
   Liveness live_;
@@ -1067,9 +1108,21 @@ using shared_ledger = basic_ledger<shared_file_storage<>>;
 /// The ledger in process memory: for controllers, simulators and tests.
 using in_memory_ledger = basic_ledger<heap_storage<>>;
 
-/// Reads a ledger file without writing to it (a monitor's view): maps it read-only and copies
-/// a snapshot. Errors as for open_only. Thread-safe.
+namespace detail {
+/// A field of type \p T at byte \p offset of a copied region. Pure.
+template <class T>
+T field_at(const std::vector<unsigned char>& bytes, std::size_t offset) noexcept {
+  T v{};
+  std::memcpy(&v, bytes.data() + offset, sizeof v);
+  return v;
+}
+}  // namespace detail
+
+/// Reads a ledger file without writing to it (a monitor's view): copies the file with pread
+/// (never maps it, so a file truncated under the reader is an error, not SIGBUS) and decodes a
+/// snapshot, clamping every count it finds. Errors as for open_only. Thread-safe.
 inline result<snapshot> read_snapshot(const std::string& path) {
+  using detail::field_at;
   using detail::file_error;
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
@@ -1077,57 +1130,75 @@ inline result<snapshot> read_snapshot(const std::string& path) {
     if (e == ENOENT) return file_error(errc::not_found, path, "does not exist");
     return file_error(errc::io_error, path, "cannot open: " + detail::errno_text(e));
   }
+  struct fd_closer {
+    int fd;
+    ~fd_closer() { ::close(fd); }
+  } closer{fd};
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
-    const int e = errno;
-    ::close(fd);
-    return file_error(errc::io_error, path, "cannot stat: " + detail::errno_text(e));
+    return file_error(errc::io_error, path, "cannot stat: " + detail::errno_text(errno));
   }
   const auto size = static_cast<std::uint64_t>(st.st_size);
-  if (auto e = detail::classify_file(fd, size, path)) {
-    ::close(fd);
-    return std::move(*e);
+  if (auto e = detail::classify_file(fd, size, path)) return std::move(*e);
+  std::vector<unsigned char> bytes(k_region_size);
+  const ssize_t got = detail::read_at(fd, bytes.data(), bytes.size(), 0);
+  if (got < 0) return file_error(errc::io_error, path, "cannot read: " + detail::errno_text(errno));
+  if (static_cast<std::size_t>(got) != k_region_size) {
+    return file_error(errc::corrupt, path,
+                      "truncated while being read: " + std::to_string(got) + " bytes, expected " +
+                          std::to_string(k_region_size));
   }
-  void* p = ::mmap(nullptr, k_region_size, PROT_READ, MAP_SHARED, fd, 0);
-  const int map_errno = errno;
-  ::close(fd);
-  if (p == MAP_FAILED)
-    return file_error(errc::io_error, path, "cannot map: " + detail::errno_text(map_errno));
-  const auto* r = static_cast<const region*>(p);
-  struct unmapper {
-    void* p;
-    ~unmapper() { ::munmap(p, k_region_size); }
-  } guard{p};
-  const auto state = r->header.init_state.load(std::memory_order_acquire);
-  if (state == static_cast<std::uint32_t>(init_state::corrupted)) {
-    return file_error(errc::corrupt, path, "marked corrupted; remove it to start afresh");
+  using h = region_header;
+  const std::uint8_t state = claim_state(field_at<std::uint64_t>(bytes, offsetof(h, init)));
+  if (state == static_cast<std::uint8_t>(init_state::corrupted)) {
+    return file_error(errc::corrupt, path, std::string(detail::k_corrupted_advice));
   }
-  if (state > static_cast<std::uint32_t>(init_state::corrupted)) {
+  if (state > static_cast<std::uint8_t>(init_state::corrupted)) {
     return file_error(errc::corrupt, path, "invalid initialisation state " + std::to_string(state));
   }
-  if (state != static_cast<std::uint32_t>(init_state::ready)) {
+  if (state != static_cast<std::uint8_t>(init_state::ready)) {
     return file_error(errc::busy, path, "is not initialised yet");
   }
-  if (auto e = detail::validate_header(r->header, size, path)) return std::move(*e);
-  snapshot out;
-  const auto n = r->header.device_count.load(std::memory_order_acquire);
-  for (std::uint32_t i = 0; i < n; ++i) {
-    const auto& d = r->devices[i];
-    out.devices.push_back(device_usage{std::string(d.uuid, strnlen(d.uuid, k_uuid_bytes)),
-                                       d.limit.load(std::memory_order_acquire),
-                                       d.used.load(std::memory_order_acquire) & k_max_bytes,
-                                       d.sm_limit_percent.load(std::memory_order_acquire)});
+  if (field_at<std::uint64_t>(bytes, offsetof(h, magic)) != k_magic ||
+      field_at<std::uint32_t>(bytes, offsetof(h, layout_version)) != k_layout_version ||
+      field_at<std::uint64_t>(bytes, offsetof(h, region_size)) != k_region_size ||
+      field_at<std::uint32_t>(bytes, offsetof(h, slot_count)) != k_slot_count) {
+    return file_error(errc::corrupt, path, "header does not describe this layout");
   }
-  for (const auto& s : r->slots) {
-    const auto o = s.owner.load(std::memory_order_acquire);
+  const auto claimed = field_at<std::uint32_t>(bytes, offsetof(h, device_count));
+  if (claimed > static_cast<std::uint32_t>(k_max_devices)) {
+    return file_error(errc::corrupt, path,
+                      "header claims " + std::to_string(claimed) + " devices, at most " +
+                          std::to_string(k_max_devices) + " fit");
+  }
+  snapshot out;
+  const auto n = std::min<std::uint32_t>(claimed, k_max_devices);
+  constexpr std::size_t devices_at = offsetof(region, devices);
+  for (std::uint32_t i = 0; i < n; ++i) {
+    const std::size_t at = devices_at + i * sizeof(device_record);
+    const char* uuid = reinterpret_cast<const char*>(bytes.data() + at);
+    out.devices.push_back(device_usage{
+        std::string(uuid, strnlen(uuid, k_uuid_bytes)),
+        field_at<std::uint64_t>(bytes, at + offsetof(device_record, limit)),
+        field_at<std::uint64_t>(bytes, at + offsetof(device_record, used)) & k_max_bytes,
+        std::min<std::uint32_t>(
+            field_at<std::uint32_t>(bytes, at + offsetof(device_record, sm_limit_percent)),
+            k_cores_per_gpu)});
+  }
+  constexpr std::size_t slots_at = offsetof(region, slots);
+  for (std::size_t i = 0; i < k_slot_count; ++i) {
+    const std::size_t at = slots_at + i * sizeof(process_slot);
+    const auto o = field_at<std::uint64_t>(bytes, at + offsetof(process_slot, owner));
     if (owner_state(o) != slot_state::live) continue;
     process_usage pu;
     pu.pid = owner_pid(o);
-    pu.start_time = s.start_time.load(std::memory_order_acquire);
-    for (int d = 0; d < k_max_devices; ++d) {
-      std::uint64_t sum = 0;
-      for (const auto& l : s.lanes) sum += l.used[d].load(std::memory_order_acquire);
-      pu.used[d] = sum;
+    pu.start_time = claim_start(o, field_at<std::uint64_t>(bytes, at + offsetof(process_slot, ident)));
+    for (std::size_t l = 0; l < k_lanes; ++l) {
+      const std::size_t lane_at = at + offsetof(process_slot, lanes) + l * sizeof(slot_lane);
+      for (int d = 0; d < k_max_devices; ++d) {
+        pu.used[static_cast<std::size_t>(d)] += field_at<std::uint64_t>(
+            bytes, lane_at + offsetof(slot_lane, used) + static_cast<std::size_t>(d) * 8);
+      }
     }
     out.processes.push_back(pu);
   }

@@ -18,6 +18,9 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "gpuslice/claim.hpp"
+#include "gpuslice/shared_words.hpp"
+
 namespace gpuslice::memory {
 
 /// Most devices one ledger tracks (== gpuslice::k_max_devices).
@@ -27,8 +30,9 @@ inline constexpr int k_max_devices = 16;
 inline constexpr std::size_t k_uuid_bytes = 96;
 /// Process slots in a region: one per process that ever charged the ledger and is not reaped.
 inline constexpr std::size_t k_slot_count = 1024;
-/// 64-bit words per device reserved for the SM limiter's shared token bucket.
-inline constexpr std::size_t k_rate_words = 8;
+/// 64-bit words per device reserved for the SM limiter's shared token bucket (one definition,
+/// shared with rate/token_bucket.hpp).
+inline constexpr std::size_t k_rate_words = gpuslice::k_rate_words;
 /// "GPUSLEDG" read as a little-endian 64-bit word: identifies a gpuslice ledger file.
 inline constexpr std::uint64_t k_magic = 0x4744454c53555047ULL;
 /// Lanes per process slot. A thread of the process owns one lane (lanes 1..7) and updates it
@@ -42,27 +46,27 @@ inline constexpr std::uint64_t k_gate_bit = std::uint64_t{1} << 63;
 /// Largest device total or limit: everything below the gate bit.
 inline constexpr std::uint64_t k_max_bytes = k_gate_bit - 1;
 /// Layout version; bumped on any change to the structs below.
-inline constexpr std::uint32_t k_layout_version = 1;
+inline constexpr std::uint32_t k_layout_version = 2;
 /// Cache line size assumed for alignment of hot fields.
 inline constexpr std::size_t k_cache_line = 64;
 
-/// The region's initialisation state, claimed by compare-and-swap on region_header::init_state.
-enum class init_state : std::uint32_t {
+/// The region's initialisation state: the state byte of the claim word region_header::init.
+enum class init_state : std::uint8_t {
   uninitialised = 0,  ///< a fresh, zero-filled file
   initialising = 1,   ///< one process won the claim and is writing the header
   ready = 2,          ///< usable
   corrupted = 3,      ///< marked unusable; every opener refuses it
 };
 
-/// State of a device record (device_record::state).
-enum class device_state : std::uint32_t {
+/// State of a device record: the state byte of the claim word device_record::state.
+enum class device_state : std::uint8_t {
   empty = 0,     ///< unused record
   claiming = 1,  ///< a process is writing the UUID and limit
   ready = 2,     ///< in use; UUID immutable from now on
 };
 
-/// State of a process slot, the low byte of process_slot::owner (the pid is the high 32 bits).
-enum class slot_state : std::uint32_t {
+/// State of a process slot: the state byte of the claim word process_slot::owner.
+enum class slot_state : std::uint8_t {
   free = 0,      ///< unused; may be claimed by compare-and-swap
   claiming = 1,  ///< a process is writing its start time; holds no bytes yet
   live = 2,      ///< owned by a process; charges in used[] belong to it
@@ -72,30 +76,34 @@ enum class slot_state : std::uint32_t {
 /// Region header. Written once by the initialising process, then read-mostly.
 template <template <class> class Atom>
 struct alignas(k_cache_line) basic_region_header {
-  std::uint64_t magic;               ///< k_magic
-  std::uint32_t layout_version;      ///< k_layout_version
-  Atom<std::uint32_t> init_state;    ///< memory::init_state, claimed by CAS
+  std::uint64_t magic;           ///< k_magic
+  std::uint32_t layout_version;  ///< k_layout_version
+  std::uint32_t reserved0;       ///< zero
+  /// The initialisation claim (claim.hpp): state memory::init_state, holder the initialiser.
+  Atom<std::uint64_t> init;
+  Atom<std::uint64_t> init_ident;    ///< the initialiser's start time (claim.hpp)
   std::uint64_t region_size;         ///< k_region_size; compared with the file size on open
   Atom<std::uint32_t> device_count;  ///< records 0..device_count-1 are claimed (<= 16)
   std::uint32_t slot_count;          ///< k_slot_count
-  Atom<std::uint32_t> init_pid;      ///< pid of the initialising process (takeover if it died)
-  std::uint32_t reserved0;
-  /// The reap gate: 0 when open; else (pid << 32 | low 32 bits of start time) of the reaper.
+  /// The reap gate, a claim (claim.hpp): free, or claiming while its holder reaps.
   Atom<std::uint64_t> reap_gate;
+  Atom<std::uint64_t> reap_gate_ident;  ///< the reaper's start time (claim.hpp)
   Atom<std::uint64_t> last_reap_ns;     ///< clock reading of the last periodic reap
   Atom<std::uint64_t> reap_count;       ///< completed reaps that reclaimed something
   Atom<std::uint64_t> reclaimed_bytes;  ///< bytes reclaimed from dead processes, all time
-  std::uint64_t reserved[23];
+  std::uint64_t reserved[21];
 };
 
 /// Per-device record: identity, limit, the device total, and the SM limiter's words.
 template <template <class> class Atom>
 struct alignas(k_cache_line) basic_device_record {
-  char uuid[k_uuid_bytes];               ///< NUL-padded UUID; immutable once ready
-  Atom<std::uint32_t> state;             ///< memory::device_state
-  Atom<std::uint32_t> sm_limit_percent;  ///< SM share for the limiter; 0 = none
+  char uuid[k_uuid_bytes];  ///< NUL-padded UUID; immutable once ready
+  /// The record's claim (claim.hpp): state memory::device_state, holder its registrar.
+  Atom<std::uint64_t> state;
+  Atom<std::uint64_t> state_ident;       ///< the registrar's start time (claim.hpp)
   Atom<std::uint64_t> limit;             ///< bytes; the total never exceeds it by a reserve
-  std::uint64_t reserved0[2];
+  Atom<std::uint32_t> sm_limit_percent;  ///< SM share for the limiter; 0 = none
+  std::uint32_t reserved0;
   /// Device total in bytes (below k_gate_bit), CAS-updated; k_gate_bit is set while a reaper
   /// recounts. Own cache line.
   alignas(k_cache_line) Atom<std::uint64_t> used;
@@ -118,9 +126,10 @@ struct alignas(k_cache_line) basic_slot_lane {
 /// A process's slot: who owns it and what it holds per device, in lanes.
 template <template <class> class Atom>
 struct alignas(k_cache_line) basic_process_slot {
-  /// (pid << 32) | slot_state; one word so a claim records state and pid together.
+  /// The slot's claim (claim.hpp): pid, generation and memory::slot_state in one word. A
+  /// slot_handle carries the whole word, so a handle outlives no reap of its slot.
   Atom<std::uint64_t> owner;
-  Atom<std::uint64_t> start_time;  ///< field 22 of /proc/<pid>/stat (clock ticks since boot)
+  Atom<std::uint64_t> ident;  ///< the owner's start time (claim.hpp; /proc/<pid>/stat field 22)
   std::uint64_t reserved0[6];
   basic_slot_lane<Atom> lanes[k_lanes];
 };
@@ -156,18 +165,27 @@ static_assert(sizeof(slot_lane) == 192);
 static_assert(sizeof(process_slot) == 64 + k_lanes * 192);
 static_assert(k_region_size == 256 + 16 * 256 + 1024 * (64 + 8 * 192));
 
-/// Packs a slot owner word.
-constexpr std::uint64_t make_owner(std::int32_t pid, slot_state s) noexcept {
-  return (static_cast<std::uint64_t>(static_cast<std::uint32_t>(pid)) << 32) |
-         static_cast<std::uint64_t>(s);
+static_assert(static_cast<std::uint8_t>(init_state::uninitialised) == k_claim_free &&
+                  static_cast<std::uint8_t>(init_state::initialising) == k_claim_claiming,
+              "the init states extend the claim states");
+static_assert(static_cast<std::uint8_t>(device_state::empty) == k_claim_free &&
+                  static_cast<std::uint8_t>(device_state::claiming) == k_claim_claiming,
+              "the device states extend the claim states");
+static_assert(static_cast<std::uint8_t>(slot_state::free) == k_claim_free &&
+                  static_cast<std::uint8_t>(slot_state::claiming) == k_claim_claiming,
+              "the slot states extend the claim states");
+static_assert(k_max_bytes < k_gate_bit && (k_max_bytes & k_gate_bit) == 0, "gate bit layout");
+
+/// Packs a slot owner word (generation 0; claims add their own).
+constexpr std::uint64_t make_owner(std::int32_t pid, slot_state s,
+                                   std::uint32_t generation = 0) noexcept {
+  return claim_word(pid, generation, static_cast<std::uint8_t>(s));
 }
 /// The pid of an owner word.
-constexpr std::int32_t owner_pid(std::uint64_t owner) noexcept {
-  return static_cast<std::int32_t>(static_cast<std::uint32_t>(owner >> 32));
-}
+constexpr std::int32_t owner_pid(std::uint64_t owner) noexcept { return claim_pid(owner); }
 /// The state of an owner word.
 constexpr slot_state owner_state(std::uint64_t owner) noexcept {
-  return static_cast<slot_state>(owner & 0xffu);
+  return static_cast<slot_state>(claim_state(owner));
 }
 
 }  // namespace gpuslice::memory

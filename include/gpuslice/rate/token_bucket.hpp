@@ -29,12 +29,14 @@
 #include <limits>
 #include <string>
 
+#include "gpuslice/claim.hpp"
 #include "gpuslice/result.hpp"
+#include "gpuslice/shared_words.hpp"
 
 namespace gpuslice::rate {
 
-/// Number of 64-bit words the shared bucket needs.
-inline constexpr std::size_t k_rate_words = 8;
+/// Number of 64-bit words the shared bucket needs (the ledger reserves as many per device).
+inline constexpr std::size_t k_rate_words = gpuslice::k_rate_words;
 /// Layout version of the words; bumped on any change.
 inline constexpr std::uint64_t k_rate_layout_version = 1;
 /// Parts per million: the unit of share_ppm (1'000'000 = the whole GPU).
