@@ -46,12 +46,15 @@ TEST_CASE("node region layout is pinned", "[node_region]") {
   CHECK(k_node_region_size == 16448);
   CHECK(offsetof(node_header, magic) == 0);
   CHECK(offsetof(node_header, layout_version) == 8);
-  CHECK(offsetof(node_header, init) == 12);
-  CHECK(offsetof(node_header, region_size) == 16);
-  CHECK(offsetof(node_header, tenant_count) == 24);
-  CHECK(offsetof(node_header, joins) == 32);
+  CHECK(offsetof(node_header, tenant_count) == 12);
+  CHECK(offsetof(node_header, init) == 16);
+  CHECK(offsetof(node_header, init_ident) == 24);
+  CHECK(offsetof(node_header, region_size) == 32);
+  CHECK(offsetof(node_header, joins) == 40);
+  CHECK(offsetof(node_header, reserved) == 48);
+  CHECK(k_node_layout_version == 2);
   CHECK(offsetof(node_tenant, owner) == 0);
-  CHECK(offsetof(node_tenant, start_time) == 8);
+  CHECK(offsetof(node_tenant, ident) == 8);
   CHECK(offsetof(node_tenant, device_key) == 16);
   CHECK(offsetof(node_tenant, container_key) == 24);
   CHECK(offsetof(node_tenant, last_active_ns) == 32);
@@ -185,7 +188,7 @@ TEST_CASE("region files: created once, shared, foreign files refused", "[node_re
   {
     std::ofstream f(forged, std::ios::binary);
     std::string bytes(k_node_region_size, '\0');
-    bytes[12] = 2;  // init word: ready
+    bytes[offsetof(node_header, init)] = 2;  // init word: ready
     f << bytes;
   }
   auto bad = node_region::open(forged);

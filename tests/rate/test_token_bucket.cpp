@@ -1,3 +1,5 @@
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
 #include <cstdint>
 
@@ -21,7 +23,9 @@ TEST_CASE("attach initialises fresh words once and joins initialised ones", "[ra
   REQUIRE(first.ok());
   CHECK(*first);
   CHECK(a.ready());
-  CHECK(w.words[0].load() == k_rate_tag_ready);
+  CHECK(w.words[7].load() == k_rate_tag_ready);
+  CHECK(gpuslice::claim_state(w.words[0].load()) == gpuslice::rate::k_rate_ready);
+  CHECK(gpuslice::claim_pid(w.words[0].load()) == ::getpid());  // who initialised them
   CHECK(a.share_ppm() == k_half);
   CHECK(a.burst_ns() == 10 * k_ms);
   CHECK(a.available(1000) == 0);  // starts empty
@@ -37,15 +41,22 @@ TEST_CASE("attach initialises fresh words once and joins initialised ones", "[ra
 TEST_CASE("attach refuses foreign words, other versions and bad settings", "[rate][bucket]") {
   local_rate_words w;
   shared_token_bucket<> b(w.words);
-  SECTION("foreign tag") {
+  SECTION("foreign claim word") {
     w.words[0] = 0x1234;
+    auto r = b.attach(k_half, k_ms, 0);
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.code() == errc::corrupt);
+    CHECK(w.words[0].load() == 0x1234);  // never taken over
+  }
+  SECTION("foreign tag") {
+    w.words[7] = 0x1234;
     auto r = b.attach(k_half, k_ms, 0);
     REQUIRE_FALSE(r.ok());
     CHECK(r.code() == errc::corrupt);
     CHECK(r.message().find("unknown tag") != std::string::npos);
   }
   SECTION("another layout version") {
-    w.words[0] = k_rate_tag_ready + 1;
+    w.words[7] = k_rate_tag_ready + 1;
     auto r = b.attach(k_half, k_ms, 0);
     REQUIRE_FALSE(r.ok());
     CHECK(r.code() == errc::version_mismatch);

@@ -34,7 +34,9 @@
 #include <type_traits>
 #include <utility>
 
+#include "gpuslice/claim.hpp"
 #include "gpuslice/config.hpp"
+#include "gpuslice/liveness.hpp"
 #include "gpuslice/memory/platform.hpp"
 #include "gpuslice/result.hpp"
 
@@ -45,33 +47,40 @@ inline constexpr std::size_t k_node_tenants = 256;
 /// "GSNODERG" read as a little-endian word: identifies a gpuslice node region.
 inline constexpr std::uint64_t k_node_magic = 0x475245444F4E5347ULL;
 /// Layout version of the node region; bumped on any change.
-inline constexpr std::uint32_t k_node_layout_version = 1;
+inline constexpr std::uint32_t k_node_layout_version = 2;
 /// A tenant whose last stamp is younger than this is active (the default policy's window).
 inline constexpr std::int64_t k_default_active_window_ns = 500'000'000;
-/// How long an opener waits for another process that is initialising the region.
-inline constexpr int k_node_init_wait_polls = 2000;
-/// Pause between two polls of a region being initialised.
-inline constexpr std::int64_t k_node_init_poll_ns = 1'000'000;
+/// How long an opener waits for a live process that is initialising the region.
+inline constexpr std::uint64_t k_node_init_wait_ns = 2'000'000'000;
 
-/// State of a tenant record (low byte of node_tenant::owner; the pid is the high 32 bits).
-enum class tenant_state : std::uint32_t { free = 0, claiming = 1, live = 2 };
+/// State of a tenant record: the state byte of the claim word node_tenant::owner (claim.hpp).
+enum class tenant_state : std::uint8_t { free = 0, claiming = 1, live = 2 };
+/// State of the region: the state byte of the claim word node_header::init (claim.hpp).
+enum class node_init_state : std::uint8_t { fresh = 0, initialising = 1, ready = 2 };
+
+static_assert(static_cast<std::uint8_t>(tenant_state::free) == k_claim_free &&
+                  static_cast<std::uint8_t>(tenant_state::claiming) == k_claim_claiming,
+              "tenant states extend the claim states");
+static_assert(static_cast<std::uint8_t>(node_init_state::fresh) == k_claim_free &&
+                  static_cast<std::uint8_t>(node_init_state::initialising) == k_claim_claiming,
+              "node init states extend the claim states");
 
 /// Region header, written once by the initialising process.
 struct alignas(64) node_header {
-  std::uint64_t magic;               ///< k_node_magic once ready
-  std::uint32_t layout_version;      ///< k_node_layout_version
-  std::atomic<std::uint32_t> init;   ///< 0 fresh, 1 initialising, 2 ready (claimed by CAS)
-  std::uint64_t region_size;         ///< k_node_region_size
-  std::uint32_t tenant_count;        ///< k_node_tenants
-  std::uint32_t reserved0;           ///< zero
-  std::atomic<std::uint64_t> joins;  ///< registrations ever made (statistics)
-  std::uint64_t reserved1[3];        ///< zero
+  std::uint64_t magic;                    ///< k_node_magic once ready
+  std::uint32_t layout_version;           ///< k_node_layout_version
+  std::uint32_t tenant_count;             ///< k_node_tenants
+  std::atomic<std::uint64_t> init;        ///< claim word (claim.hpp): node_init_state
+  std::atomic<std::uint64_t> init_ident;  ///< the initialiser's start time (claim.hpp)
+  std::uint64_t region_size;              ///< k_node_region_size
+  std::atomic<std::uint64_t> joins;       ///< registrations ever made (statistics)
+  std::uint64_t reserved[2];              ///< zero
 };
 
 /// One tenant: a container's processes on one GPU.
 struct alignas(64) node_tenant {
-  std::atomic<std::uint64_t> owner;          ///< (pid << 32) | tenant_state of the last joiner
-  std::atomic<std::uint64_t> start_time;     ///< /proc start time of that pid
+  std::atomic<std::uint64_t> owner;          ///< claim word (claim.hpp): joiner, tenant_state
+  std::atomic<std::uint64_t> ident;          ///< the joiner's /proc start time (claim.hpp)
   std::atomic<std::uint64_t> device_key;     ///< device_key() of the GPU's UUID
   std::atomic<std::uint64_t> container_key;  ///< the container's key (see container_key())
   std::atomic<std::int64_t> last_active_ns;  ///< CLOCK_MONOTONIC of the last stamp
@@ -108,6 +117,7 @@ struct peer_state {
 /// A tenant's record in a region, from join(). Plain value.
 struct tenant_handle {
   std::size_t index = k_node_tenants;  ///< record number
+  std::uint64_t owner = 0;             ///< the record's owner word when joined
   std::uint64_t device_key = 0;        ///< the GPU it is on
   std::uint64_t container_key = 0;     ///< the container it belongs to
   /// True for a handle returned by join().
@@ -203,8 +213,7 @@ class node_region {
 
   /// A fresh region in this process's memory (tests, simulation). Thread-safe.
   static node_region in_memory() {
-    auto heap = std::make_unique<node_layout>();
-    std::memset(static_cast<void*>(heap.get()), 0, sizeof(node_layout));
+    auto heap = std::make_unique<node_layout>();  // value-initialised: all zero
     node_region r(heap.get(), "<memory>");
     r.heap_ = std::move(heap);
     (void)r.initialise();
@@ -212,32 +221,38 @@ class node_region {
   }
 
   /// Registers a tenant on the GPU \p device_key for \p container_key with \p priority, as the
-  /// calling process (pid \p pid, /proc start time \p start_time), stamped active at \p now.
-  /// Reuses a free record or one whose process is gone; errc::capacity when all are live.
+  /// calling process (pid \p pid, /proc start time \p start_time, 0 = not known), stamped
+  /// active at \p now. Takes a free record, or one whose process \p live proves dead, with
+  /// the claim of claim.hpp: two joiners never end up in one record, and a live joiner's
+  /// half-written record is never taken. errc::capacity when all are held by live processes.
   /// Thread- and process-safe.
+  template <class Liveness = proc_liveness>
   result<tenant_handle> join(std::uint64_t device_key, std::uint64_t container_key,
                              task_priority priority, std::uint32_t sm_percent, std::int32_t pid,
-                             std::uint64_t start_time, std::int64_t now) noexcept {
+                             std::uint64_t start_time, std::int64_t now,
+                             const Liveness& live = {}) noexcept {
+    const claim_identity me{pid, start_time & k_claim_start_mask};
     for (int pass = 0; pass < 2; ++pass) {
       for (std::size_t i = 0; i < k_node_tenants; ++i) {
         node_tenant& t = layout_->tenants[i];
-        std::uint64_t o = t.owner.load(std::memory_order_acquire);
-        const bool free = state_of(o) == tenant_state::free;
-        // First pass: free records only; second pass: records whose process is gone.
-        if (pass == 0 ? !free : (free || process_alive(t, o))) continue;
-        if (!t.owner.compare_exchange_strong(o, pack(pid, tenant_state::claiming),
-                                             std::memory_order_acq_rel)) {
+        // First pass: free records only; second pass: also records whose process is dead.
+        if (pass == 0 && claim_state(t.owner.load(std::memory_order_relaxed)) != k_claim_free) {
           continue;
         }
-        t.start_time.store(start_time, std::memory_order_relaxed);
+        const claim_result r = try_claim(t.owner, t.ident, me, live, pass == 1);
+        if (!r.mine()) continue;
         t.device_key.store(device_key, std::memory_order_relaxed);
         t.container_key.store(container_key, std::memory_order_relaxed);
         t.priority.store(static_cast<std::uint32_t>(priority), std::memory_order_relaxed);
         t.sm_percent.store(sm_percent, std::memory_order_relaxed);
         t.last_active_ns.store(now, std::memory_order_relaxed);
-        t.owner.store(pack(pid, tenant_state::live), std::memory_order_release);
+        if (!finish_claim(t.owner, r.word, static_cast<std::uint8_t>(tenant_state::live))) {
+          continue;  // taken over from us: never share a record
+        }
         layout_->header.joins.fetch_add(1, std::memory_order_relaxed);
-        return tenant_handle{i, device_key, container_key};
+        return tenant_handle{
+            i, with_claim_state(r.word, static_cast<std::uint8_t>(tenant_state::live)),
+            device_key, container_key};
       }
     }
     return make_error(errc::capacity, "node region " + path_ + ": all " +
@@ -245,9 +260,16 @@ class node_region {
                                           " tenant records are held by live processes");
   }
 
+  /// True while \p h still holds its record (false once another joiner took it over, its
+  /// process having been proven dead, or after leave). Thread- and process-safe.
+  bool current(tenant_handle h) const noexcept {
+    return h.valid() &&
+           layout_->tenants[h.index].owner.load(std::memory_order_acquire) == h.owner;
+  }
+
   /// Stamps \p h active at \p now (never moves a stamp back). Thread- and process-safe.
   void stamp(tenant_handle h, std::int64_t now) noexcept {
-    if (!h.valid()) return;
+    if (!current(h)) return;
     auto& a = layout_->tenants[h.index].last_active_ns;
     std::int64_t cur = a.load(std::memory_order_relaxed);
     while (cur < now && !a.compare_exchange_weak(cur, now, std::memory_order_relaxed)) {
@@ -256,7 +278,7 @@ class node_region {
 
   /// Updates the priority and SM cap \p h shows to others. Thread- and process-safe.
   void update(tenant_handle h, task_priority priority, std::uint32_t sm_percent) noexcept {
-    if (!h.valid()) return;
+    if (!current(h)) return;
     layout_->tenants[h.index].priority.store(static_cast<std::uint32_t>(priority),
                                              std::memory_order_relaxed);
     layout_->tenants[h.index].sm_percent.store(sm_percent, std::memory_order_relaxed);
@@ -284,7 +306,7 @@ class node_region {
 
   /// Frees \p h's record (a process that leaves cleanly). Thread- and process-safe.
   void leave(tenant_handle h) noexcept {
-    if (h.valid()) layout_->tenants[h.index].owner.store(0, std::memory_order_release);
+    if (h.valid()) (void)release_claim(layout_->tenants[h.index].owner, h.owner);
   }
 
   /// Live records, for inspection and tests. Thread-safe.
@@ -311,35 +333,52 @@ class node_region {
   static tenant_state state_of(std::uint64_t owner) noexcept {
     return static_cast<tenant_state>(owner & 0xffu);
   }
-  /// False only when the record's process is known to be gone (or its pid was reused).
-  static bool process_alive(const node_tenant& t, std::uint64_t owner) noexcept {
-    const auto pid = static_cast<std::int32_t>(static_cast<std::uint32_t>(owner >> 32));
-    // The ledger's liveness rule: gone, a zombie or a reused pid is dead; doubt keeps it.
-    const memory::liveness_probe p = memory::proc_liveness{}.probe(pid);
-    if (p.what == memory::liveness_probe::status::gone) return false;
-    if (p.what != memory::liveness_probe::status::running) return true;  // cannot tell
-    return p.start_time == t.start_time.load(std::memory_order_relaxed);
-  }
-
-  /// Agrees with concurrent openers on one initialisation, then validates the header.
-  result<bool> initialise() noexcept {
+  /// Agrees with concurrent openers on one initialisation (the claim of claim.hpp on
+  /// header.init: an initialiser proven dead is taken over, a live one waited for on the
+  /// steady clock), then validates the header.
+  template <class Liveness = proc_liveness>
+  result<bool> initialise(const Liveness& live = {}) noexcept {
     node_header& h = layout_->header;
-    std::uint32_t fresh = 0;
-    if (h.init.compare_exchange_strong(fresh, 1, std::memory_order_acq_rel)) {
-      h.layout_version = k_node_layout_version;
-      h.region_size = k_node_region_size;
-      h.tenant_count = static_cast<std::uint32_t>(k_node_tenants);
-      h.magic = k_node_magic;
-      h.init.store(2, std::memory_order_release);
-      return true;
+    const claim_identity me = self_identity(live);
+    const auto now = [] { return memory::detail::monotonic_ns(); };
+    // A region some version finished: refuse it by its own words before reading a claim
+    // that may lie elsewhere in its layout. (Read atomically: an initialiser may be writing.)
+    const std::uint64_t magic = __atomic_load_n(&h.magic, __ATOMIC_ACQUIRE);
+    const std::uint32_t version = __atomic_load_n(&h.layout_version, __ATOMIC_ACQUIRE);
+    if (magic != 0 && magic != k_node_magic) {
+      return make_error(errc::corrupt, "node region " + path_ + ": not a gpuslice node region");
     }
-    for (int i = 0; i < k_node_init_wait_polls && h.init.load(std::memory_order_acquire) == 1;
-         ++i) {
-      std::this_thread::sleep_for(std::chrono::nanoseconds(k_node_init_poll_ns));
+    if (magic == k_node_magic && version != k_node_layout_version) {
+      return make_error(errc::version_mismatch, "node region " + path_ + ": layout version " +
+                                                    std::to_string(version) + ", expected " +
+                                                    std::to_string(k_node_layout_version));
     }
-    if (h.init.load(std::memory_order_acquire) != 2) {
-      return make_error(
-          errc::busy, "node region " + path_ + ": another process did not finish initialising it");
+    for (;;) {
+      const claim_result r = claim(h.init, h.init_ident, me, live, now, k_node_init_wait_ns);
+      if (r.mine()) {
+        // Fresh, or left half-written by an initialiser that died: build it all in place.
+        __atomic_store_n(&h.layout_version, k_node_layout_version, __ATOMIC_RELAXED);
+        h.region_size = k_node_region_size;
+        h.tenant_count = static_cast<std::uint32_t>(k_node_tenants);
+        ::new (static_cast<void*>(&h.joins)) std::atomic<std::uint64_t>(0);
+        h.reserved[0] = h.reserved[1] = 0;
+        for (node_tenant& t : layout_->tenants) ::new (static_cast<void*>(&t)) node_tenant();
+        __atomic_store_n(&h.magic, k_node_magic, __ATOMIC_RELEASE);
+        if (finish_claim(h.init, r.word, static_cast<std::uint8_t>(node_init_state::ready))) {
+          return true;
+        }
+        continue;
+      }
+      if (r.what == claim_result::kind::busy) {
+        return make_error(errc::busy, "node region " + path_ + ": process " +
+                                          std::to_string(claim_pid(r.word)) +
+                                          " did not finish initialising it within 2 s");
+      }
+      if (claim_state(r.word) != static_cast<std::uint8_t>(node_init_state::ready)) {
+        return make_error(errc::corrupt, "node region " + path_ + ": invalid state " +
+                                             std::to_string(claim_state(r.word)));
+      }
+      break;
     }
     if (h.magic != k_node_magic) {
       return make_error(errc::corrupt, "node region " + path_ + ": not a gpuslice node region");

@@ -13,23 +13,27 @@
 /// processes must use one clock (CLOCK_MONOTONIC is system-wide, so steady_clock qualifies).
 ///
 /// Layout of the words (k_rate_words, each naturally aligned, little-endian host order):
-///   [0] tag         k_rate_tag_ready once initialised (magic and layout version); 0 = fresh
+///   [0] claim       the initialisation claim (claim.hpp): free, claiming, ready
 ///   [1] zero_time   int64 ns, the moment the bucket was notionally empty
 ///   [2] share_ppm   refill rate in parts per million of GPU time, 1..1'000'000
 ///   [3] burst_ns    capacity in GPU-ns: the most a tenant can save up while idle
 ///   [4] charged_ns  total GPU-ns ever charged (statistics; wraps after 292 years)
 ///   [5] waited_ns   total wall-ns of waits handed out (statistics)
-///   [6], [7]        reserved, zero
+///   [6] ident       the initialiser's start time (claim.hpp)
+///   [7] tag         k_rate_tag_ready (magic and layout version) once initialised; 0 before
 /// Any change to this layout bumps k_rate_layout_version.
 
 #include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <chrono>
 #include <limits>
+#include <optional>
 #include <string>
 
 #include "gpuslice/claim.hpp"
+#include "gpuslice/liveness.hpp"
 #include "gpuslice/result.hpp"
 #include "gpuslice/shared_words.hpp"
 
@@ -38,33 +42,36 @@ namespace gpuslice::rate {
 /// Number of 64-bit words the shared bucket needs (the ledger reserves as many per device).
 inline constexpr std::size_t k_rate_words = gpuslice::k_rate_words;
 /// Layout version of the words; bumped on any change.
-inline constexpr std::uint64_t k_rate_layout_version = 1;
+inline constexpr std::uint64_t k_rate_layout_version = 2;
 /// Parts per million: the unit of share_ppm (1'000'000 = the whole GPU).
 inline constexpr std::int64_t k_ppm = 1'000'000;
 /// "GSRB" in the high half, then a state byte and the layout version.
 inline constexpr std::uint64_t k_rate_magic = 0x47535242'00000000ULL;
-/// Tag of words being initialised by some process.
-inline constexpr std::uint64_t k_rate_tag_initialising =
-    k_rate_magic | 0x0100'0000ULL | k_rate_layout_version;
 /// Tag of initialised words.
 inline constexpr std::uint64_t k_rate_tag_ready =
     k_rate_magic | 0x0200'0000ULL | k_rate_layout_version;
 
 /// Indices of the words (see the file comment).
 enum class rate_word : std::size_t {
-  tag = 0,
+  claim = 0,
   zero_time = 1,
   share_ppm = 2,
   burst_ns = 3,
   charged_ns = 4,
   waited_ns = 5,
+  ident = 6,
+  tag = 7,
 };
+static_assert(static_cast<std::size_t>(rate_word::tag) < k_rate_words,
+              "the bucket's words fit in what the ledger reserves");
+/// State of initialised words: the claim word's state (claim.hpp).
+inline constexpr std::uint8_t k_rate_ready = 2;
 
 /// Largest amount (ns) one conversion handles: 1000 s, so ns * k_ppm stays inside int64.
 inline constexpr std::int64_t k_max_tokens_ns = 1'000'000'000'000;
 
-/// How long attach() waits for another process that is initialising the words.
-inline constexpr int k_attach_spin_limit = 1'000'000;
+/// How long attach() waits for a live process that is initialising the words.
+inline constexpr std::uint64_t k_rate_claim_wait_ns = 2'000'000'000;
 
 /// A view of a token bucket whose state is k_rate_words atomic words owned by the caller.
 /// Word: a std::atomic<std::uint64_t>-like type (the ledger's shared words, or in-process).
@@ -80,9 +87,24 @@ class shared_token_bucket {
 
   /// Initialises fresh (all-zero) words with \p share_ppm and \p burst_ns, or joins words that
   /// another process initialised (then the share and burst given here are stored too, as
-  /// every process of a container reads the same configuration). Refuses words that carry a
-  /// foreign tag or another layout version. Thread- and process-safe.
+  /// every process of a container reads the same configuration). Initialisation is the claim
+  /// of claim.hpp: a live initialiser is waited for up to k_rate_claim_wait_ns on the steady
+  /// clock, a dead one taken over. Refuses words that carry a foreign tag or another layout
+  /// version. Thread- and process-safe.
   result<bool> attach(std::int64_t share_ppm, std::int64_t burst_ns, std::int64_t now) noexcept {
+    const auto steady = [] {
+      return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                            std::chrono::steady_clock::now().time_since_epoch())
+                                            .count());
+    };
+    return attach(share_ppm, burst_ns, now, proc_liveness{}, steady, k_rate_claim_wait_ns);
+  }
+
+  /// attach() with the seams: \p live judges an initialiser, \p now_ns() (nanoseconds)
+  /// bounds the wait of \p wait_ns. Thread- and process-safe.
+  template <class Liveness, class Now>
+  result<bool> attach(std::int64_t share_ppm, std::int64_t burst_ns, std::int64_t now,
+                      const Liveness& live, Now&& now_ns, std::uint64_t wait_ns) noexcept {
     if (share_ppm < 1 || share_ppm > k_ppm) {
       return make_error(errc::out_of_range, "share_ppm=" + std::to_string(share_ppm) +
                                                 ": expected 1..1000000 parts per million");
@@ -91,38 +113,40 @@ class shared_token_bucket {
       return make_error(errc::out_of_range,
                         "burst_ns=" + std::to_string(burst_ns) + ": expected >= 0");
     }
-    std::uint64_t tag = 0;
-    if (word(rate_word::tag)
-            .compare_exchange_strong(tag, k_rate_tag_initialising, std::memory_order_acq_rel)) {
-      store(rate_word::share_ppm, share_ppm);
+    const claim_identity me = self_identity(live);
+    for (;;) {
+      if (auto e = foreign()) return std::move(*e);
+      const claim_result r =
+          claim(word(rate_word::claim), word(rate_word::ident), me, live, now_ns, wait_ns);
+      if (r.mine()) {
+        store(rate_word::share_ppm, share_ppm);
+        store(rate_word::burst_ns, burst_ns);
+        store(rate_word::zero_time, now);  // starts empty: no credit before the first launch
+        store(rate_word::charged_ns, 0);
+        store(rate_word::waited_ns, 0);
+        word(rate_word::tag).store(k_rate_tag_ready, std::memory_order_relaxed);
+        if (finish_claim(word(rate_word::claim), r.word, k_rate_ready)) return true;
+        continue;  // taken over from us: look again
+      }
+      if (r.what == claim_result::kind::busy) {
+        return make_error(errc::busy, "rate words: process " + std::to_string(claim_pid(r.word)) +
+                                          " did not finish initialising them within " +
+                                          std::to_string(wait_ns / 1'000'000) + " ms");
+      }
+      if (claim_state(r.word) != k_rate_ready ||
+          word(rate_word::tag).load(std::memory_order_acquire) != k_rate_tag_ready) {
+        return make_error(errc::corrupt, "rate words: unknown state, expected gpuslice rate words");
+      }
+      set_share_ppm(share_ppm);
       store(rate_word::burst_ns, burst_ns);
-      store(rate_word::zero_time, now);  // starts empty: no credit before the first launch
-      store(rate_word::charged_ns, 0);
-      store(rate_word::waited_ns, 0);
-      word(rate_word::tag).store(k_rate_tag_ready, std::memory_order_release);
-      return true;
+      return false;
     }
-    for (int i = 0; tag == k_rate_tag_initialising && i < k_attach_spin_limit; ++i) {
-      tag = word(rate_word::tag).load(std::memory_order_acquire);
-    }
-    if (tag == k_rate_tag_initialising) {
-      return make_error(errc::busy, "rate words: another process did not finish initialising");
-    }
-    if (tag != k_rate_tag_ready) {
-      const bool ours = (tag & 0xFFFFFFFF'00000000ULL) == k_rate_magic;
-      return make_error(ours ? errc::version_mismatch : errc::corrupt,
-                        ours ? "rate words: layout version " + std::to_string(tag & 0xFFFFFF) +
-                                   ", expected " + std::to_string(k_rate_layout_version)
-                             : "rate words: unknown tag, expected gpuslice rate words");
-    }
-    set_share_ppm(share_ppm);
-    store(rate_word::burst_ns, burst_ns);
-    return false;
   }
 
   /// True once attach() succeeded here or in another process. Thread-safe.
   bool ready() const noexcept {
-    return word(rate_word::tag).load(std::memory_order_acquire) == k_rate_tag_ready;
+    return claim_state(word(rate_word::claim).load(std::memory_order_acquire)) == k_rate_ready &&
+           word(rate_word::tag).load(std::memory_order_relaxed) == k_rate_tag_ready;
   }
 
   /// Sets the refill rate (clamped to 1..k_ppm). Thread-safe.
@@ -217,6 +241,26 @@ class shared_token_bucket {
     return __builtin_add_overflow(a, b, &r) ? std::numeric_limits<std::int64_t>::max() : r;
   }
   Word& word(rate_word i) const noexcept { return w_[static_cast<std::size_t>(i)]; }
+
+  /// An error when the words are not gpuslice rate words of this version (never claimed).
+  std::optional<error> foreign() const {
+    const std::uint64_t tag = word(rate_word::tag).load(std::memory_order_acquire);
+    const std::uint64_t c = word(rate_word::claim).load(std::memory_order_acquire);
+    if (tag != 0 && tag != k_rate_tag_ready) {
+      const bool ours = (tag & 0xFFFFFFFF'00000000ULL) == k_rate_magic;
+      if (ours) {
+        return make_error(errc::version_mismatch,
+                          "rate words: layout version " + std::to_string(tag & 0xFFFFFF) +
+                              ", expected " + std::to_string(k_rate_layout_version));
+      }
+      return make_error(errc::corrupt, "rate words: unknown tag, expected gpuslice rate words");
+    }
+    if (claim_state(c) > k_rate_ready ||
+        static_cast<std::uint32_t>(claim_pid(c)) > k_max_pid) {
+      return make_error(errc::corrupt, "rate words: unknown tag, expected gpuslice rate words");
+    }
+    return std::nullopt;
+  }
   std::int64_t load(rate_word i) const noexcept {
     return as_signed(word(i).load(std::memory_order_relaxed));
   }
