@@ -200,10 +200,10 @@ std::optional<error> validate_header(const basic_region_header<Atom>& h, std::ui
 /// Writes a fresh header; the caller owns the initialisation claim.
 template <template <class> class Atom>
 void write_header(basic_region_header<Atom>& h) {
-  h.magic = k_magic;
   h.layout_version = k_layout_version;
   h.region_size = k_region_size;
   h.slot_count = static_cast<std::uint32_t>(k_slot_count);
+  h.magic = k_magic;  // last: a header with the magic is a whole header
 }
 
 /// What a ledger marked corrupted means and the one recovery that never grants a quota twice.
@@ -270,10 +270,13 @@ inline std::optional<error> classify_file(int fd, std::uint64_t size, const std:
   std::memcpy(&version, raw + offsetof(region_header, layout_version), sizeof version);
   std::memcpy(&init, raw + offsetof(region_header, init), sizeof init);
   const std::uint8_t state = claim_state(init);
-  if (magic != 0 && magic != k_magic) {
+  // A region whose initialiser holds (or held) the claim may be half-written: its takeover
+  // rewrites all of it, so only its size is checked.
+  const bool initialising = state == static_cast<std::uint8_t>(init_state::initialising);
+  if (magic != 0 && magic != k_magic && !initialising) {
     return file_error(errc::corrupt, path, "not a gpuslice ledger (wrong magic number)");
   }
-  if (magic == k_magic && version != k_layout_version) {
+  if (magic == k_magic && version != k_layout_version && !initialising) {
     return file_error(errc::version_mismatch, path,
                       "layout version " + std::to_string(version) + ", expected " +
                           std::to_string(k_layout_version));
