@@ -236,42 +236,68 @@ TEST_CASE("kill -9 torture: no byte leaks and the limit holds", "[ledger][concur
   REQUIRE(l->try_reserve(me, d, k_anchor));
 
   shared_block<std::atomic<std::uint64_t>> child_ops;
-  auto spawn = [&](std::uint64_t seed) {
-    return m::test::fork_child([&, seed] {
+  // What each live child really holds, as it knows it: raised only after a reservation
+  // succeeded and lowered before a release, so it never exceeds what the child holds. A
+  // killed child holds nothing (the driver frees a dead process's memory); the parent zeroes
+  // its entry once it has been waited for.
+  shared_block<std::atomic<std::uint64_t>> holding(k_live_children);
+  auto spawn = [&](std::size_t position, std::uint64_t seed) {
+    holding.p[position].store(0);
+    return m::test::fork_child([&, position, seed] {
       // The child inherits the mapping and must attach anew.
       auto s = l->attach();
       if (!s.ok()) return 1;
       std::mt19937_64 rng(seed);
       std::vector<std::uint64_t> held;
+      auto& mine = holding.p[position];
       for (;;) {  // runs until SIGKILL
         if (!held.empty() && (rng() % 2 == 0 || held.size() > 16)) {
+          mine.fetch_sub(held.back(), std::memory_order_seq_cst);
           l->release(*s, d, held.back());
           held.pop_back();
         } else {
           const std::uint64_t b = 1 + rng() % (64 * k_kib);
-          if (l->try_reserve(*s, d, b)) held.push_back(b);
+          if (l->try_reserve(*s, d, b)) {
+            held.push_back(b);
+            mine.fetch_add(b, std::memory_order_seq_cst);
+          }
         }
         child_ops.p->fetch_add(1, std::memory_order_relaxed);
       }
     });
   };
+  // The real property: the bytes the live processes hold never exceed the limit.
+  std::uint64_t max_held = 0;
+  long samples = 0;
+  auto sample = [&] {
+    std::uint64_t held = k_anchor;
+    for (int i = 0; i < k_live_children; ++i) held += holding.p[i].load(std::memory_order_seq_cst);
+    max_held = std::max(max_held, held);
+    ++samples;
+  };
 
   std::mt19937_64 rng(2024);
   std::vector<pid_t> kids;
   std::uint64_t seed = 1;
-  for (int i = 0; i < k_live_children; ++i) kids.push_back(spawn(seed++));
+  for (int i = 0; i < k_live_children; ++i) kids.push_back(spawn(kids.size(), seed++));
   long kills = 0;
   long died_inside = 0;
   std::uint64_t max_used = 0;
   std::uint64_t reclaimed = 0;
   while (kills < kills_wanted) {
-    std::this_thread::sleep_for(std::chrono::microseconds(rng() % 3000));
+    const auto pause = std::chrono::microseconds(rng() % 3000);
+    for (const auto until = std::chrono::steady_clock::now() + pause;
+         std::chrono::steady_clock::now() < until;) {
+      sample();
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
     const std::size_t victim = rng() % kids.size();
     ::kill(kids[victim], SIGKILL);
     REQUIRE(m::test::wait_child(kids[victim]) == 128 + SIGKILL);
     ++kills;
     if (died_inside_an_operation(*l, kids[victim])) ++died_inside;
-    kids[victim] = spawn(seed++);
+    kids[victim] = spawn(victim, seed++);
+    sample();
     max_used = std::max(max_used, l->used(d));
     if (kills % 50 == 0) reclaimed += l->reap();
   }
@@ -281,11 +307,14 @@ TEST_CASE("kill -9 torture: no byte leaks and the limit holds", "[ledger][concur
   }
   reclaimed += l->reap();
   INFO("kills " << kills << ", inside an operation " << died_inside << ", child operations "
-                << child_ops.p->load());
+                << child_ops.p->load() << ", samples " << samples << ", most held " << max_held);
   CHECK(child_ops.p->load() > static_cast<std::uint64_t>(kills));
   CHECK(reclaimed > 0);
   CHECK(died_inside > 0);  // some kills landed between announcing an operation and finishing it
   CHECK(max_used <= k_limit);
+  CHECK(samples >= kills);
+  CHECK(max_held <= k_limit);
+  CHECK(max_held > k_anchor);  // the sampler saw the children hold memory
   // Zero bytes leaked: only this process's anchor remains, in the total and in its slot.
   CHECK(l->used(d) == k_anchor);
   const auto snap = l->snapshot();
