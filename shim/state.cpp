@@ -487,6 +487,20 @@ void state::refuse(refusal why, int ordinal, std::uint64_t bytes, const char* ca
     case refusal::over_limit:
       break;
   }
+  // Not over the limit but refused by the ledger itself: say why, and never OOM-kill for it.
+  if (!with_ledger([](auto& l) { return l.usable(); })) {
+    log(log_level::error, "{}: {} refused on device {}: ledger {}", call, human(bytes), ordinal,
+        memory::detail::k_corrupted_advice);
+    return;
+  }
+  if (attached_.load(std::memory_order_acquire) &&
+      !with_ledger([&](auto& l) { return l.slot_current(slot_); })) {
+    log(log_level::error,
+        "{}: {} refused on device {}: this process's ledger slot was reclaimed (it was taken "
+        "for dead), so what it holds is no longer counted; failing closed",
+        call, human(bytes), ordinal);
+    return;
+  }
   const device_info& d = devices_[static_cast<std::size_t>(ordinal)];
   const std::uint64_t used = with_ledger([&](auto& l) { return l.used(d.index); });
   log(log_level::warn, "{}: device {} ({}): request {} refused: {} in use of limit {}", call,
