@@ -70,10 +70,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   }
   // open_only waits for a creator on an uninitialised or initialising file; skip those
   // states (the wait is tested in the unit tests) so each input stays fast.
-  std::uint32_t state = 0;
-  if (bytes.size() >= offsetof(m::region_header, init_state) + sizeof state) {
-    std::memcpy(&state, bytes.data() + offsetof(m::region_header, init_state), sizeof state);
+  std::uint64_t init = 0;
+  if (bytes.size() >= offsetof(m::region_header, init) + sizeof init) {
+    std::memcpy(&init, bytes.data() + offsetof(m::region_header, init), sizeof init);
   }
+  const auto state = gpuslice::claim_state(init);
   const bool waits = bytes.empty() || state == 0 || state == 1;
   if (!waits) {
     auto l = m::shared_ledger::open(m::open_only, file_path());

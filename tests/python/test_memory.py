@@ -193,3 +193,22 @@ def test_inspect_reports_a_damaged_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "truncated: 10 bytes" in err
+
+
+def test_inspect_on_a_corrupted_ledger_gives_the_recovery_that_never_doubles_a_quota(path, capsys):
+    ledger = gpuslice.Ledger.create(path, {UUID0: "1m"})
+    assert ledger.try_reserve(0, 4096)
+    # The initialisation word (offset 16) is a claim word whose low byte is the state: 3 is
+    # "corrupted", as mark_corrupted leaves it.
+    with open(path, "r+b") as f:
+        f.seek(16)
+        f.write(bytes([3]))
+    assert main(["inspect", path]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "marked corrupted" in err
+    # Removing the file while the container's processes run would grant the quota again: the
+    # advice stops them first.
+    assert "stop every process" in err
+    assert err.index("stop every process") < err.index("remove the file")
+    assert not ledger.try_reserve(0, 4096)  # the attached process is stopped too
