@@ -414,6 +414,16 @@ TEST_CASE("damaged files give one clear error and are left untouched", "[ledger]
         {"wrong magic", b, errc::corrupt, "not a gpuslice ledger (wrong magic number)"});
   }
   {
+    // A foreign file whose init word happens to read "initialising" by a dead pid: never taken
+    // over (and so never overwritten).
+    std::string b = image;
+    m::test::poke<std::uint64_t>(b, 0, 0x4c4c45484d464c45ULL);
+    m::test::poke<std::uint64_t>(b, offsetof(m::region_header, init),
+                                 gpuslice::claim_word(0x3fffff, 1, gpuslice::k_claim_claiming));
+    cases.push_back({"wrong magic, initialising", b, errc::corrupt,
+                     "not a gpuslice ledger (wrong magic number)"});
+  }
+  {
     std::string b = image;
     m::test::poke<std::uint32_t>(b, 8, 0);
     cases.push_back({"old version", b, errc::version_mismatch, "layout version 0, expected 2"});

@@ -341,7 +341,7 @@ TEST_CASE("a ledger initialiser killed at each step is taken over", "[claim][sha
         auto* reg = map_file<m::region>(p.str(), m::k_region_size);
         if (reg == nullptr) return;
         die_claiming(reg->header.init, reg->header.init_ident, s, [&] {
-          reg->header.magic = m::k_magic;
+          reg->header.layout_version = m::k_layout_version;  // the magic is written last
           reg->header.device_count.store(3);
           std::strcpy(reg->devices[0].uuid, "GPU-junk");
           reg->slots[0].owner.store(m::make_owner(4242, m::slot_state::live, 9));

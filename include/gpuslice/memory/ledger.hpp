@@ -88,6 +88,7 @@
 #include <vector>
 
 #include "gpuslice/claim.hpp"
+#include "gpuslice/config.hpp"
 #include "gpuslice/liveness.hpp"
 #include "gpuslice/memory/platform.hpp"
 #include "gpuslice/memory/region.hpp"
@@ -95,6 +96,11 @@
 #include "gpuslice/result.hpp"
 
 namespace gpuslice::memory {
+
+static_assert(k_max_devices == gpuslice::k_max_devices,
+              "the ledger holds as many devices as the environment contract configures");
+static_assert(k_rate_words == gpuslice::k_rate_words,
+              "the ledger reserves the words the SM limiter's bucket lays out");
 
 /// Creation tag: fail with errc::exists if the file exists.
 struct create_only_t {};
@@ -270,13 +276,13 @@ inline std::optional<error> classify_file(int fd, std::uint64_t size, const std:
   std::memcpy(&version, raw + offsetof(region_header, layout_version), sizeof version);
   std::memcpy(&init, raw + offsetof(region_header, init), sizeof init);
   const std::uint8_t state = claim_state(init);
-  // A region whose initialiser holds (or held) the claim may be half-written: its takeover
-  // rewrites all of it, so only its size is checked.
-  const bool initialising = state == static_cast<std::uint8_t>(init_state::initialising);
-  if (magic != 0 && magic != k_magic && !initialising) {
+  // The initialiser writes the magic last (write_header), so a half-written header of this
+  // version has no magic yet, and a foreign or other-version file is refused even while its
+  // init word reads "initialising": nothing is ever taken over that is not ours.
+  if (magic != 0 && magic != k_magic) {
     return file_error(errc::corrupt, path, "not a gpuslice ledger (wrong magic number)");
   }
-  if (magic == k_magic && version != k_layout_version && !initialising) {
+  if (magic == k_magic && version != k_layout_version) {
     return file_error(errc::version_mismatch, path,
                       "layout version " + std::to_string(version) + ", expected " +
                           std::to_string(k_layout_version));
