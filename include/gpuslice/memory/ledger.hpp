@@ -18,7 +18,9 @@
 /// ## The protocol, and why a dead process's bytes come back exactly once
 ///
 /// State: per device a total `used` (D, below bit 63) whose top bit is the device's reap gate,
-/// and a `limit`; per process slot an `owner` word (pid, state free/claiming/live/reaping) and
+/// and a `limit`; per process slot an `owner` claim word (claim.hpp: pid, generation, state
+/// free/claiming/live/reaping; a slot_handle carries the whole word and every operation
+/// through it first checks that the slot still holds it) and
 /// k_lanes lanes. A lane holds an in-flight word F and per-device charges W[d]. A thread owns
 /// one private lane (its thread id is the lane's holder) and updates it with plain atomic
 /// loads and stores; threads that find no free lane share lane 0 with read-modify-writes. A
@@ -36,8 +38,11 @@
 ///
 /// Reap (rare: after a process death is seen):
 ///   1. Scan slots; if no live/claiming slot has a dead owner, stop (nothing to do).
-///   2. Take G by CAS 0 -> me (a dead holder is displaced after a liveness check). Another
-///      live reaper holding it means this call returns 0.
+///   2. Take G, a claim (claim.hpp) naming the reaper's pid, start time and generation; a
+///      holder the kernel proves dead is displaced. Another live reaper holding it means this
+///      call returns 0, and so does a process that cannot read its own start time: nobody
+///      could judge it, so it never holds G. G is given back by CAS, so a reaper that was
+///      displaced can never open another's gate.
 ///   3. Close every device's gate: fetch_or of the gate bit into D (acq_rel).
 ///   4. Drain: wait until F == 0 in every lane of every slot whose owner is alive (bounded; on
 ///      timeout reopen and return 0). Why no live operation can slip through: all writes to D
@@ -65,10 +70,18 @@
 /// process's). A thread must not die in the middle of an operation (pthread_exit or
 /// cancellation from a signal handler); a process may (SIGKILL included).
 ///
+/// Liveness (liveness.hpp): a slot's process is dead only when the kernel says so (kill(pid, 0)
+/// answers ESRCH, or only a zombie without threads is left), or when its pid now names a
+/// process with another start time. Everything else is alive, so a live process is never
+/// reaped. The generation check covers the next operation of a process whose slot was reaped
+/// all the same; one already past its check when the reap ran is not covered, and needs a
+/// live process taken for dead, which this rule excludes. Corruption: mark_corrupted() stops every attached process at its next reservation
+/// (one load on the hot path), not only later openers.
+///
 /// Progress: the hot path is lock-free while the gates are open. They close only while a
 /// reaper works after a process death (a scan of the slots plus the drain), and a dead
 /// reaper's work is taken over. Reserve waits at most k_gate_wait_ns and then fails closed;
-/// release waits until the gate opens.
+/// release waits until the gate opens. Every wait is measured on the injected Clock.
 
 #include <algorithm>
 #include <iterator>
