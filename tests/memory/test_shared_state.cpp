@@ -791,3 +791,27 @@ TEST_CASE("a reaped slot's old handle never acts on the slot's next owner",
   CHECK(l.try_reserve(*again, d, 500));
   CHECK_FALSE(l.try_reserve(*again, d, 1));
 }
+
+TEST_CASE("a corrupted ledger stays closed: reaps, registrations and releases change nothing",
+          "[ledger][shared_state]") {
+  gpuslice::testing::fake_liveness procs(1, 10);
+  auto l = fake_ledger::create(gpuslice::testing::stepped_clock{}, procs);
+  const int d = *l.device(k_uuid, 1000);
+  auto me = *l.attach();
+  procs.start(9, 90);
+  auto other = *l.attach_as(9, 90);
+  REQUIRE(l.try_reserve(me, d, 100));
+  REQUIRE(l.try_reserve(other, d, 200));
+  l.mark_corrupted();
+  CHECK_FALSE(l.usable());
+  CHECK_FALSE(l.try_reserve(me, d, 1));
+  procs.kill(9);
+  CHECK(l.reap() == 0);  // a reap would reopen the gates: none runs
+  CHECK_FALSE(l.try_reserve(me, d, 1));
+  l.release(me, d, 100);
+  CHECK(l.used(d) == 300);  // nothing counted any more, nothing given back
+  const auto fresh = l.device("GPU-another", 1000);
+  REQUIRE_FALSE(fresh.ok());
+  CHECK(fresh.code() == gpuslice::errc::corrupt);
+  CHECK_FALSE(l.attach_as(12, 1).ok());
+}

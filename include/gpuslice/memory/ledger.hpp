@@ -76,7 +76,7 @@
 /// reaped. The generation check covers the next operation of a process whose slot was reaped
 /// all the same; one already past its check when the reap ran is not covered, and needs a
 /// live process taken for dead, which this rule excludes. Corruption: mark_corrupted() stops every attached process at its next reservation
-/// (one load on the hot path), not only later openers.
+/// (through the device gate bits the hot path checks anyway), not only later openers.
 ///
 /// Progress: the hot path is lock-free while the gates are open. They close only while a
 /// reaper works after a process death (a scan of the slots plus the drain), and a dead
@@ -543,6 +543,7 @@ class basic_ledger {
                                                  ": expected 1 to " +
                                                  std::to_string(k_uuid_bytes - 1) + " bytes");
     }
+    if (!usable_now()) return make_error(errc::corrupt, std::string(detail::k_corrupted_advice));
     auto& h = header();
     const claim_identity me = self_identity(live_);
     const auto now = [this] { return clock_now(); };
@@ -555,8 +556,9 @@ class basic_ledger {
         std::memcpy(d.uuid, uuid.data(), uuid.size());
         d.limit.store(limit, std::memory_order_relaxed);
         d.sm_limit_percent.store(0, std::memory_order_relaxed);
-        d.used.store(0, std::memory_order_relaxed);
+        d.used.store(0, std::memory_order_seq_cst);
         for (auto& w : d.rate_words) w.store(0, std::memory_order_relaxed);
+        close_if_corrupted();
         if (!finish_claim(d.state, r.word, static_cast<std::uint8_t>(device_state::ready))) {
           continue;  // taken over from us: look at the record again
         }
@@ -693,8 +695,10 @@ class basic_ledger {
   /// When it would fail, it first reaps dead processes and tries once more. Thread-safe.
   bool try_reserve(slot_handle h, int device, std::uint64_t bytes) noexcept {
     if (!h.valid() || !ready_device(device) || bytes > k_max_bytes) return false;
-    if (!usable() || !slot_current(h)) return false;
-    if (bytes == 0) return true;
+    // Corruption and a reaped slot are checked inside at no extra shared load: a corrupted
+    // ledger keeps every device's gate bit set (see mark_corrupted), and lane_for() checks
+    // the handle's generation.
+    if (bytes == 0) return slot_current(h) && usable();
     maybe_periodic_reap();
     if (reserve_once(h, device, bytes)) return true;
     if (reap() == 0) return false;
@@ -706,17 +710,19 @@ class basic_ledger {
   /// quota. Lock-free while no reap is in progress (then it waits for the reaper, whose death
   /// is repaired). Thread-safe.
   void release(slot_handle h, int device, std::uint64_t bytes) noexcept {
-    if (!h.valid() || !ready_device(device) || bytes == 0 || !slot_current(h)) return;
+    if (!h.valid() || !ready_device(device) || bytes == 0) return;
+    const lane_ref l = lane_for(h);
+    if (l.lane == nullptr) return;  // the slot was reaped: its bytes are no longer counted here
     bytes = std::min(bytes, charged(slot(h.index), device));
     if (bytes == 0 || bytes > k_max_bytes) return;
-    const lane_ref l = lane_for(h);
     auto& used = dev(device).used;
     begin(l);
     auto cur = used.load(std::memory_order_relaxed);
     for (;;) {
       if ((cur & k_gate_bit) != 0) {
         end(l);
-        wait_gate(device, ~std::uint64_t{0});
+        // Opens unless the ledger was marked corrupted: then nothing is counted any more.
+        if (!wait_gate(device, ~std::uint64_t{0})) return;
         begin(l);
         cur = used.load(std::memory_order_relaxed);
         continue;
@@ -811,15 +817,20 @@ class basic_ledger {
   }
 
   /// Marks the region corrupted: every later open refuses it, and every process attached to
-  /// it is refused its next reservation (releases still go through). For operators and for
-  /// checks that find the region inconsistent. Thread-safe.
+  /// it is refused its next reservation, registration and attach; releases are ignored from
+  /// then on (nothing in the file is counted any more). For operators and for checks that
+  /// find the region inconsistent. Thread-safe.
   void mark_corrupted() noexcept {
     auto& init = header().init;
     auto w = init.load(std::memory_order_relaxed);
     while (!init.compare_exchange_weak(
         w, with_claim_state(w, static_cast<std::uint8_t>(init_state::corrupted)),
-        std::memory_order_acq_rel)) {
+        std::memory_order_seq_cst)) {
     }
+    // Every reservation already checks the device's gate bit; a corrupted ledger keeps them
+    // all closed (a reaper or a registration that opens one closes it again, see
+    // close_if_corrupted), so the hot path pays nothing for this check.
+    close_if_corrupted();
   }
 
   /// The storage (for its path and region). Thread-safe.
@@ -830,6 +841,23 @@ class basic_ledger {
   auto& dev(int i) const noexcept { return storage_.region()->devices[i]; }
   auto& slot(std::size_t i) const noexcept { return storage_.region()->slots[i]; }
   std::uint64_t clock_now() const noexcept { return clock_.now_ns(); }
+
+  /// usable(), ordered against mark_corrupted() (see close_if_corrupted).
+  bool usable_now() const noexcept {
+    return claim_state(header().init.load(std::memory_order_seq_cst)) ==
+           static_cast<std::uint8_t>(init_state::ready);
+  }
+
+  /// Closes every device's gate for good when the ledger is marked corrupted. Called by
+  /// mark_corrupted, and after anything that may open a gate (a reaper's recount, a device's
+  /// registration): each side stores, then loads the other's word, all seq_cst, so either the
+  /// opener sees the mark or the marker's close comes after the opening.
+  void close_if_corrupted() noexcept {
+    if (usable_now()) return;
+    for (int d = 0; d < k_max_devices; ++d) {
+      dev(d).used.fetch_or(k_gate_bit, std::memory_order_seq_cst);
+    }
+  }
 
   bool ready_device(int device) const noexcept {
     return device >= 0 && device < k_max_devices &&
@@ -925,9 +953,17 @@ class basic_ledger {
 
   /// This thread's lane in slot \p h: a private one it holds or claims (taking over one whose
   /// thread has exited), else the shared lane. Remembered per thread for a few slots.
+  ///
+  /// Also the generation check of the hot path, at no extra shared load: a cached private lane
+  /// whose holder is still this thread proves the slot was not freed since the entry was made
+  /// for this very owner word (freeing a slot, and claiming it again, clear every lane's
+  /// holder, and only this thread's slow path below sets it back, evicting the thread's other
+  /// entries for the slot). Everything else checks slot_current(h) first. Returns a null lane
+  /// when \p h no longer names its slot.
   lane_ref lane_for(slot_handle h) noexcept {
     struct entry {
       const void* region = nullptr;
+      std::uint64_t owner = 0;
       std::uint32_t slot = 0;
       std::uint32_t lane = 0;
     };
@@ -937,10 +973,17 @@ class basic_ledger {
     const void* r = storage_.region();
     auto& s = slot(h.index);
     for (const auto& e : cache) {
-      if (e.region != r || e.slot != h.index) continue;
+      if (e.region != r || e.slot != h.index || e.owner != h.owner) continue;
       auto& l = s.lanes[e.lane];
-      if (e.lane == k_shared_lane) return {&l, true};
+      if (e.lane == k_shared_lane) {
+        if (!slot_current(h)) return {nullptr, true};
+        return {&l, true};
+      }
       if (l.holder.load(std::memory_order_relaxed) == tid) return {&l, false};
+    }
+    if (!slot_current(h)) return {nullptr, false};
+    for (auto& e : cache) {
+      if (e.region == r && e.slot == h.index) e.region = nullptr;
     }
     std::size_t chosen = k_shared_lane;
     for (std::size_t i = 0; i < k_lanes && chosen == k_shared_lane; ++i) {
@@ -954,7 +997,7 @@ class basic_ledger {
         chosen = i;
       }
     }
-    cache[next] = entry{r, h.index, static_cast<std::uint32_t>(chosen)};
+    cache[next] = entry{r, h.owner, h.index, static_cast<std::uint32_t>(chosen)};
     next = (next + 1) % k_lane_cache;
     return {&s.lanes[chosen], chosen == k_shared_lane};
   }
@@ -991,6 +1034,7 @@ class basic_ledger {
     const auto from = clock_now();
     for (;;) {
       if ((dev(device).used.load(std::memory_order_acquire) & k_gate_bit) == 0) return true;
+      if (!usable_now()) return false;  // closed for good: the ledger is marked corrupted
       // A gate left by a dead reaper: finish its reap (a no-op without an identity).
       if (gate_abandoned() && reap_impl(true) != k_no_gate) continue;
       if (clock_now() - from > wait_ns) return false;
@@ -1000,6 +1044,7 @@ class basic_ledger {
 
   bool reserve_once(slot_handle h, int device, std::uint64_t bytes) noexcept {
     const lane_ref l = lane_for(h);
+    if (l.lane == nullptr) return false;  // the slot was reaped: fail closed
     auto& d = dev(device);
     begin(l);
     const auto lim = std::min(d.limit.load(std::memory_order_acquire), k_max_bytes);
@@ -1026,6 +1071,7 @@ class basic_ledger {
   /// The reap of reap(); \p force skips the check for dead slots (taking over a dead reaper).
   /// Returns the bytes reclaimed, or k_no_gate when it could not take the gate.
   std::uint64_t reap_impl(bool force) noexcept {
+    if (!usable_now()) return k_no_gate;  // a corrupted ledger's gates stay closed
     if (!force && !any_dead_slot()) return 0;
     auto& h = header();
     const std::uint64_t gate = acquire_gate();
@@ -1033,7 +1079,8 @@ class basic_ledger {
     const int n = device_count();
     for (int d = 0; d < n; ++d) dev(d).used.fetch_or(k_gate_bit, std::memory_order_acq_rel);
     const auto reopen = [&] {
-      for (int d = 0; d < n; ++d) dev(d).used.fetch_and(k_max_bytes, std::memory_order_acq_rel);
+      for (int d = 0; d < n; ++d) dev(d).used.fetch_and(k_max_bytes, std::memory_order_seq_cst);
+      close_if_corrupted();
       (void)release_claim(h.reap_gate, gate);
     };
     // Drain live operations; find the dead slots.
@@ -1081,9 +1128,10 @@ class basic_ledger {
       sum = std::min(sum, k_max_bytes);
       auto& used = dev(d).used;
       const auto old = used.load(std::memory_order_acquire) & k_max_bytes;
-      used.store(sum, std::memory_order_release);  // also opens the device's gate
+      used.store(sum, std::memory_order_seq_cst);  // also opens the device's gate
       if (old > sum) reclaimed += old - sum;
     }
+    close_if_corrupted();
     for (std::size_t i = 0; i < k_slot_count; ++i) {
       if (!dead[i]) continue;
       auto& s = slot(i);
