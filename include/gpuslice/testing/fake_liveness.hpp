@@ -1,8 +1,10 @@
 #pragma once
 /// \file
-/// Fakes for the memory ledger's seams, for users' own tests: a liveness check whose processes
-/// a test starts, kills and re-creates with a new start time (a reused pid), and a clock the
-/// test steps by hand. Both are cheap handles to shared state, so the test keeps a copy and
+/// Fakes for the seams of shared state (the Liveness seam of liveness.hpp, used by the memory
+/// ledger, the node region and the claims of claim.hpp; and the ledger's clock), for users' own
+/// tests: a liveness check whose processes a test starts, kills, obscures ("unknown": alive
+/// to every judge) and re-creates with a new start time (a reused pid), and a clock the test
+/// steps by hand (claims and the ledger wait on it). Both are cheap handles to shared state, so the test keeps a copy and
 /// drives the one the ledger holds.
 
 #include <atomic>
@@ -12,6 +14,7 @@
 #include <mutex>
 #include <optional>
 
+#include "gpuslice/liveness.hpp"
 #include "gpuslice/memory/platform.hpp"
 
 namespace gpuslice::testing {
