@@ -69,13 +69,6 @@ struct shared_block {
   std::size_t n_;
 };
 
-/// A pid that names no process: a child that exited and was waited for.
-std::int32_t dead_pid() {
-  const pid_t pid = fork_child([] { return 0; });
-  REQUIRE(wait_child(pid) == 0);
-  return static_cast<std::int32_t>(pid);
-}
-
 /// A child that sleeps until killed; returns its pid.
 pid_t sleeper() {
   return fork_child([] {
@@ -87,6 +80,18 @@ pid_t sleeper() {
 void kill_and_wait(pid_t pid) {
   ::kill(pid, SIGKILL);
   (void)wait_child(pid);
+}
+
+/// Leaves in \p l a slot holding \p bytes on \p device whose process is dead: charged while
+/// it lived (a reservation may reap first, and would reap a slot already dead), then killed.
+void leave_dead_slot(m::shared_ledger& l, int device, std::uint64_t bytes) {
+  const pid_t pid = sleeper();
+  const auto probe = gpuslice::proc_liveness{}.probe(pid);
+  REQUIRE(probe.what == liveness_probe::status::running);
+  auto h = l.attach_as(pid, probe.start_time);
+  REQUIRE(h.ok());
+  REQUIRE(l.try_reserve(*h, device, bytes));
+  kill_and_wait(pid);
 }
 
 /// Waits (bounded) until \p pid shows state \p state in /proc.
@@ -246,9 +251,7 @@ TEST_CASE("hidepid=2 as another uid: hidden processes are alive, dead ones still
   const int d = *l->device(k_uuid, 1 << 20);
   auto me = *l->attach();  // this (root) process: alive, and hidden from nobody below
   REQUIRE(l->try_reserve(me, d, 1000));
-  const std::int32_t gone = dead_pid();
-  auto dead = *l->attach_as(gone, 12345);
-  REQUIRE(l->try_reserve(dead, d, 300));
+  leave_dead_slot(*l, d, 300);
   const auto self = static_cast<std::int32_t>(::getpid());
   const pid_t prober = fork_child([&] {
     if (::unshare(CLONE_NEWNS) != 0 || ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE,
@@ -559,8 +562,7 @@ TEST_CASE("a process that cannot establish its identity never reaps", "[ledger][
     auto l = m::shared_ledger::open(m::create_only, p.str());
     REQUIRE(l.ok());
     const int d = *l->device(k_uuid, 1000);
-    auto dead = *l->attach_as(dead_pid(), 1);
-    REQUIRE(l->try_reserve(dead, d, 400));
+    leave_dead_slot(*l, d, 400);
     const pid_t child = fork_child([&] {
       const rlimit lim{16, 16};
       if (::setrlimit(RLIMIT_NOFILE, &lim) != 0) return k_cannot_set_up;
@@ -584,8 +586,7 @@ TEST_CASE("a process that cannot establish its identity never reaps", "[ledger][
     auto l = m::shared_ledger::open(m::create_only, p.str());
     REQUIRE(l.ok());
     const int d = *l->device(k_uuid, 1000);
-    auto dead = *l->attach_as(dead_pid(), 1);
-    REQUIRE(l->try_reserve(dead, d, 400));
+    leave_dead_slot(*l, d, 400);
     const pid_t holder = sleeper();
     auto& h = l->storage().region()->header;
     const auto g = claim_word(holder, 3, k_claim_claiming);
