@@ -198,11 +198,16 @@ def test_inspect_reports_a_damaged_file(tmp_path, capsys):
 def test_inspect_on_a_corrupted_ledger_gives_the_recovery_that_never_doubles_a_quota(path, capsys):
     ledger = gpuslice.Ledger.create(path, {UUID0: "1m"})
     assert ledger.try_reserve(0, 4096)
-    # The initialisation word (offset 16) is a claim word whose low byte is the state: 3 is
-    # "corrupted", as mark_corrupted leaves it.
+    # As mark_corrupted leaves it: the initialisation word (offset 16) is a claim word whose
+    # low byte is the state, 3 for "corrupted"; and every device's total (device 0's at offset
+    # 256 + 128) has its top bit, the gate that reservations test, set for good.
     with open(path, "r+b") as f:
         f.seek(16)
         f.write(bytes([3]))
+        f.seek(256 + 128 + 7)
+        top = f.read(1)[0]
+        f.seek(256 + 128 + 7)
+        f.write(bytes([top | 0x80]))
     assert main(["inspect", path]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1
