@@ -14,7 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "inspect",
         help="show who uses what in a memory ledger file (read-only)",
         description="Read a ledger file (CUDA_DEVICE_MEMORY_SHARED_CACHE) without writing to it "
-        "and print each device's limit and use and each process's bytes.",
+        "and print each device's limit and use and each process's bytes. A ledger marked "
+        "corrupted is reported with the one recovery that never grants a quota twice: stop "
+        "every process of the container that uses it, then remove the file.",
     )
     p.add_argument("path", help="the ledger file")
     p.add_argument("--prometheus", action="store_true",
