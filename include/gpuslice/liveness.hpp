@@ -150,8 +150,7 @@ struct proc_liveness {
     if (st.what != detail::proc_stat::status::running) {
       // Hidden (hidepid=2 answers ENOENT for another user's process), unreadable, or exited
       // between the two calls: ask the kernel again, which alone may say dead.
-      return {detail::probe_by_signal(pid) == detail::signal_probe::gone ? s::gone : s::unknown,
-              0};
+      return {detail::probe_by_signal(pid) == detail::signal_probe::gone ? s::gone : s::unknown, 0};
     }
     if (st.state == 'X' || st.state == 'x') return {s::gone, 0};
     if (st.state == 'Z') {

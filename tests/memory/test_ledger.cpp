@@ -443,7 +443,8 @@ TEST_CASE("damaged files give one clear error and are left untouched", "[ledger]
   {
     std::string b = image;
     m::test::poke<std::uint8_t>(b, offsetof(m::region_header, init), 3);
-    cases.push_back({"marked corrupted", b, errc::corrupt, std::string(m::detail::k_corrupted_advice)});
+    cases.push_back(
+        {"marked corrupted", b, errc::corrupt, std::string(m::detail::k_corrupted_advice)});
   }
   {
     std::string b = image;

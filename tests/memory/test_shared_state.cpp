@@ -109,9 +109,12 @@ enum class step { after_cas, after_ident, after_writes };
 const step k_steps[] = {step::after_cas, step::after_ident, step::after_writes};
 const char* name(step s) {
   switch (s) {
-    case step::after_cas: return "after its CAS";
-    case step::after_ident: return "after recording its start time";
-    case step::after_writes: return "half-way through its writes";
+    case step::after_cas:
+      return "after its CAS";
+    case step::after_ident:
+      return "after recording its start time";
+    case step::after_writes:
+      return "half-way through its writes";
   }
   return "?";
 }
@@ -254,8 +257,8 @@ TEST_CASE("hidepid=2 as another uid: hidden processes are alive, dead ones still
   leave_dead_slot(*l, d, 300);
   const auto self = static_cast<std::int32_t>(::getpid());
   const pid_t prober = fork_child([&] {
-    if (::unshare(CLONE_NEWNS) != 0 || ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE,
-                                               nullptr) != 0 ||
+    if (::unshare(CLONE_NEWNS) != 0 ||
+        ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0 ||
         ::mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2") != 0) {
       return k_cannot_set_up;
     }
@@ -305,7 +308,8 @@ TEST_CASE("claim: the holder is named in the CAS, judged by the kernel, finished
   std::atomic<bool> done{false};
   gpuslice::claim_result late;
   std::thread waiter([&] {
-    late = gpuslice::claim(word, ident, b, procs, [&] { return clock.now_ns(); }, 1000);
+    late = gpuslice::claim(
+        word, ident, b, procs, [&] { return clock.now_ns(); }, 1000);
     done = true;
   });
   std::this_thread::sleep_for(std::chrono::milliseconds(20));
@@ -507,8 +511,8 @@ TEST_CASE("a node-region initialiser or joiner killed at each step is taken over
       // Every record is usable again: the dead joiner's too.
       const auto me = gpuslice::self_identity(gpuslice::proc_liveness{});
       for (std::size_t i = 0; i < r::k_node_tenants; ++i) {
-        REQUIRE(region->join(7, i + 1, gpuslice::task_priority::low, 0, me.pid, me.start_time, 0)
-                    .ok());
+        REQUIRE(
+            region->join(7, i + 1, gpuslice::task_priority::low, 0, me.pid, me.start_time, 0).ok());
       }
       CHECK(region->live_tenants() == r::k_node_tenants);
     }
@@ -621,8 +625,8 @@ TEST_CASE("joiners racing for node-region records never share one", "[node_regio
       if (!mine.ok()) return 2;
       const auto self = gpuslice::self_identity(gpuslice::proc_liveness{});
       for (int i = 0; i < rounds; ++i) {
-        auto h = mine->join(2, static_cast<std::uint64_t>(10 + k), gpuslice::task_priority::low,
-                            0, self.pid, self.start_time, i);
+        auto h = mine->join(2, static_cast<std::uint64_t>(10 + k), gpuslice::task_priority::low, 0,
+                            self.pid, self.start_time, i);
         if (!h.ok()) continue;
         if (occupancy.p[h->index].fetch_add(1) != 0) violations.p->fetch_add(1);
         if (!mine->current(*h)) violations.p->fetch_add(1);
@@ -749,10 +753,8 @@ TEST_CASE("read_snapshot clamps counts it cannot trust", "[ledger][shared_state]
     REQUIRE(l->set_sm_limit(0, 30));
   }
   std::string bytes = m::test::read_file(p.str());
-  m::test::poke<std::uint32_t>(bytes,
-                               offsetof(m::region, devices) +
-                                   offsetof(m::device_record, sm_limit_percent),
-                               4000);
+  m::test::poke<std::uint32_t>(
+      bytes, offsetof(m::region, devices) + offsetof(m::device_record, sm_limit_percent), 4000);
   m::test::write_file(p.str(), bytes);
   const auto snap = m::read_snapshot(p.str());
   REQUIRE(snap.ok());

@@ -75,8 +75,9 @@
 /// process with another start time. Everything else is alive, so a live process is never
 /// reaped. The generation check covers the next operation of a process whose slot was reaped
 /// all the same; one already past its check when the reap ran is not covered, and needs a
-/// live process taken for dead, which this rule excludes. Corruption: mark_corrupted() stops every attached process at its next reservation
-/// (through the device gate bits the hot path checks anyway), not only later openers.
+/// live process taken for dead, which this rule excludes. Corruption: mark_corrupted() stops every
+/// attached process at its next reservation (through the device gate bits the hot path checks
+/// anyway), not only later openers.
 ///
 /// Progress: the hot path is lock-free while the gates are open. They close only while a
 /// reaper works after a process death (a scan of the slots plus the drain), and a dead
@@ -84,14 +85,14 @@
 /// release waits until the gate opens. Every wait is measured on the injected Clock.
 
 #include <algorithm>
-#include <iterator>
-#include <new>
 #include <array>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <iterator>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -469,9 +470,7 @@ class shared_file_storage {
 
   /// Builds every field but the init claim in place. Precondition: this process holds the
   /// initialisation claim.
-  void initialise() {
-    detail::construct_region(*region_);
-  }
+  void initialise() { detail::construct_region(*region_); }
 
   region_type* region_ = nullptr;
   std::string path_;
@@ -747,9 +746,8 @@ class basic_ledger {
   }
   /// Bytes \p slot holds on \p device (the sum of its lanes). Thread-safe.
   std::uint64_t slot_used(slot_handle h, int device) const noexcept {
-    return slot_current(h) && device >= 0 && device < k_max_devices
-               ? charged(slot(h.index), device)
-               : 0;
+    return slot_current(h) && device >= 0 && device < k_max_devices ? charged(slot(h.index), device)
+                                                                    : 0;
   }
 
   /// Sets the device's limit; it applies to the next reservation, and bytes already in use are
@@ -1262,7 +1260,8 @@ inline result<snapshot> read_snapshot(const std::string& path) {
     if (owner_state(o) != slot_state::live) continue;
     process_usage pu;
     pu.pid = owner_pid(o);
-    pu.start_time = claim_start(o, field_at<std::uint64_t>(bytes, at + offsetof(process_slot, ident)));
+    pu.start_time =
+        claim_start(o, field_at<std::uint64_t>(bytes, at + offsetof(process_slot, ident)));
     for (std::size_t l = 0; l < k_lanes; ++l) {
       const std::size_t lane_at = at + offsetof(process_slot, lanes) + l * sizeof(slot_lane);
       for (int d = 0; d < k_max_devices; ++d) {

@@ -251,8 +251,8 @@ class node_region {
         }
         layout_->header.joins.fetch_add(1, std::memory_order_relaxed);
         return tenant_handle{
-            i, with_claim_state(r.word, static_cast<std::uint8_t>(tenant_state::live)),
-            device_key, container_key};
+            i, with_claim_state(r.word, static_cast<std::uint8_t>(tenant_state::live)), device_key,
+            container_key};
       }
     }
     return make_error(errc::capacity, "node region " + path_ + ": all " +
@@ -263,8 +263,7 @@ class node_region {
   /// True while \p h still holds its record (false once another joiner took it over, its
   /// process having been proven dead, or after leave). Thread- and process-safe.
   bool current(tenant_handle h) const noexcept {
-    return h.valid() &&
-           layout_->tenants[h.index].owner.load(std::memory_order_acquire) == h.owner;
+    return h.valid() && layout_->tenants[h.index].owner.load(std::memory_order_acquire) == h.owner;
   }
 
   /// Stamps \p h active at \p now (never moves a stamp back). Thread- and process-safe.

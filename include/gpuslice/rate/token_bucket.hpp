@@ -25,9 +25,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <chrono>
 #include <limits>
 #include <optional>
 #include <string>
@@ -255,8 +255,7 @@ class shared_token_bucket {
       }
       return make_error(errc::corrupt, "rate words: unknown tag, expected gpuslice rate words");
     }
-    if (claim_state(c) > k_rate_ready ||
-        static_cast<std::uint32_t>(claim_pid(c)) > k_max_pid) {
+    if (claim_state(c) > k_rate_ready || static_cast<std::uint32_t>(claim_pid(c)) > k_max_pid) {
       return make_error(errc::corrupt, "rate words: unknown tag, expected gpuslice rate words");
     }
     return std::nullopt;

@@ -4,8 +4,8 @@
 /// ledger, the node region and the claims of claim.hpp; and the ledger's clock), for users' own
 /// tests: a liveness check whose processes a test starts, kills, obscures ("unknown": alive
 /// to every judge) and re-creates with a new start time (a reused pid), and a clock the test
-/// steps by hand (claims and the ledger wait on it). Both are cheap handles to shared state, so the test keeps a copy and
-/// drives the one the ledger holds.
+/// steps by hand (claims and the ledger wait on it). Both are cheap handles to shared state, so the
+/// test keeps a copy and drives the one the ledger holds.
 
 #include <atomic>
 #include <cstdint>
