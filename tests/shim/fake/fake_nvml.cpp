@@ -3,6 +3,13 @@
 /// same physical devices as the fake driver (in physical order: NVML ignores
 /// CUDA_VISIBLE_DEVICES, as the real one does) and reports this process's memory use and kernel
 /// time. Only the calling process appears in the process lists: fake devices are per process.
+///
+/// FAKE_NVML_FAULTS names a file the fake re-reads on every call, so a test changes a running
+/// process's GPUs by rewriting it. Each line is one fault:
+///   lost <p>          physical device p has fallen off the bus: its calls answer
+///                     NVML_ERROR_GPU_IS_LOST, as the real NVML's do
+///   xid <p> <code>    an XID event on device p, delivered once by nvmlEventSetWait_v2 to each
+///                     event set registered for nvmlEventTypeXidCriticalError on p
 
 #include <nvml.h>
 #include <unistd.h>
@@ -11,7 +18,14 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
 
 #include "fake_driver.hpp"
 
@@ -26,11 +40,49 @@ constexpr int k_max_fake_devices = 4;
 nvmlDevice_st g_devices[k_max_fake_devices] = {{0}, {1}, {2}, {3}};
 std::atomic<int> g_init_count{0};
 
+/// One line of the FAKE_NVML_FAULTS file.
+struct fault_line {
+  bool xid = false;
+  int physical = -1;
+  unsigned long long code = 0;
+};
+
+/// The faults file's lines now (none without the variable or the file).
+std::vector<fault_line> faults() {
+  std::vector<fault_line> out;
+  const char* path = std::getenv("FAKE_NVML_FAULTS");
+  if (path == nullptr) return out;
+  std::ifstream f(path);
+  std::string line;
+  while (std::getline(f, line)) {
+    std::istringstream in(line);
+    std::string word;
+    fault_line fl;
+    if (!(in >> word >> fl.physical)) continue;
+    if (word == "xid") {
+      fl.xid = true;
+      if (!(in >> fl.code)) continue;
+    } else if (word != "lost") {
+      continue;
+    }
+    out.push_back(fl);
+  }
+  return out;
+}
+
+bool lost(int physical) {
+  for (const auto& f : faults()) {
+    if (!f.xid && f.physical == physical) return true;
+  }
+  return false;
+}
+
 nvmlReturn_t check(nvmlDevice_t d) {
   if (g_init_count.load() <= 0) return NVML_ERROR_UNINITIALIZED;
   if (d == nullptr || d->physical < 0 || d->physical >= fake_cuda_physical_count()) {
     return NVML_ERROR_INVALID_ARGUMENT;
   }
+  if (lost(d->physical)) return NVML_ERROR_GPU_IS_LOST;
   return NVML_SUCCESS;
 }
 
@@ -66,6 +118,10 @@ FAKE_EXPORT const char* nvmlErrorString(nvmlReturn_t r) {
       return "Insufficient Size";
     case NVML_ERROR_NOT_FOUND:
       return "Not Found";
+    case NVML_ERROR_TIMEOUT:
+      return "Timeout";
+    case NVML_ERROR_GPU_IS_LOST:
+      return "GPU is lost";
     default:
       return "Unknown Error";
   }
@@ -86,6 +142,7 @@ FAKE_EXPORT nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int i, nvmlDevic
   if (d == nullptr || i >= static_cast<unsigned>(fake_cuda_physical_count())) {
     return NVML_ERROR_INVALID_ARGUMENT;
   }
+  if (lost(static_cast<int>(i))) return NVML_ERROR_GPU_IS_LOST;
   *d = &g_devices[i];
   return NVML_SUCCESS;
 }
@@ -196,5 +253,64 @@ FAKE_EXPORT nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t d,
   samples[0].decUtil = 0;
   (void)since_us;
   *count = 1;
+  return NVML_SUCCESS;
+}
+
+// ---- events: XIDs from the faults file ---------------------------------------------------------
+
+struct nvmlEventSet_st {
+  std::mutex mu;
+  unsigned long long types[k_max_fake_devices] = {};  ///< registered event types per device
+  std::size_t delivered = 0;  ///< xid lines of the faults file already delivered
+};
+
+FAKE_EXPORT nvmlReturn_t nvmlEventSetCreate(nvmlEventSet_t* set) {
+  if (g_init_count.load() <= 0) return NVML_ERROR_UNINITIALIZED;
+  if (set == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
+  *set = new nvmlEventSet_st;
+  return NVML_SUCCESS;
+}
+FAKE_EXPORT nvmlReturn_t nvmlDeviceRegisterEvents(nvmlDevice_t d, unsigned long long types,
+                                                  nvmlEventSet_t set) {
+  if (nvmlReturn_t r = check(d); r != NVML_SUCCESS) return r;
+  if (set == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
+  std::lock_guard<std::mutex> lock(set->mu);
+  set->types[d->physical] |= types;
+  return NVML_SUCCESS;
+}
+FAKE_EXPORT nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t* data,
+                                             unsigned int timeout_ms) {
+  if (g_init_count.load() <= 0) return NVML_ERROR_UNINITIALIZED;
+  if (set == nullptr || data == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
+  constexpr auto k_poll = std::chrono::milliseconds(10);
+  const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  for (;;) {
+    {
+      std::lock_guard<std::mutex> lock(set->mu);
+      std::vector<fault_line> xids;
+      for (const auto& f : faults()) {
+        if (f.xid) xids.push_back(f);
+      }
+      while (set->delivered < xids.size()) {
+        const fault_line f = xids[set->delivered++];
+        if (f.physical < 0 || f.physical >= k_max_fake_devices ||
+            (set->types[f.physical] & nvmlEventTypeXidCriticalError) == 0) {
+          continue;
+        }
+        data->device = &g_devices[f.physical];
+        data->eventType = nvmlEventTypeXidCriticalError;
+        data->eventData = f.code;
+        data->gpuInstanceId = 0xFFFFFFFFu;
+        data->computeInstanceId = 0xFFFFFFFFu;
+        return NVML_SUCCESS;
+      }
+    }
+    if (std::chrono::steady_clock::now() >= until) return NVML_ERROR_TIMEOUT;
+    std::this_thread::sleep_for(k_poll);
+  }
+}
+FAKE_EXPORT nvmlReturn_t nvmlEventSetFree(nvmlEventSet_t set) {
+  if (set == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
+  delete set;
   return NVML_SUCCESS;
 }
