@@ -14,3 +14,23 @@ if(TARGET PkgConfig::GPUSLICE_HTTPLIB AND nlohmann_json_FOUND AND Python3_Interp
                                GPUSLICE_K8S_TEST_DIR="${CMAKE_CURRENT_LIST_DIR}")
   endif()
 endif()
+
+# The Python suites: the fake API server's own tests always; the device plugin's (a kubelet-
+# shaped gRPC client, the fake API server, the fake NVML) when the plugin and the fake exist.
+if(Python3_Interpreter_FOUND)
+  set(_k8s_env "")
+  if(TARGET gpuslice_device_plugin AND TARGET gpuslice_fake_nvml)
+    list(APPEND _k8s_env "GPUSLICE_DEVICE_PLUGIN=$<TARGET_FILE:gpuslice_device_plugin>"
+         "GPUSLICE_FAKE_NVML_DIR=$<TARGET_FILE_DIR:gpuslice_fake_nvml>")
+  endif()
+  if(TARGET gpuslice_monitor)
+    list(APPEND _k8s_env "GPUSLICE_MONITOR=$<TARGET_FILE:gpuslice_monitor>")
+  endif()
+  add_test(NAME k8s:pytest
+           COMMAND ${Python3_EXECUTABLE} -m pytest -q -p no:cacheprovider
+                   -c ${PROJECT_SOURCE_DIR}/pyproject.toml --rootdir ${PROJECT_SOURCE_DIR}
+                   ${CMAKE_CURRENT_LIST_DIR}
+           WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
+  set_tests_properties(k8s:pytest PROPERTIES LABELS k8s TIMEOUT 300
+                       ENVIRONMENT "${_k8s_env};PYTHONPATH=${PROJECT_SOURCE_DIR}/python")
+endif()
