@@ -124,8 +124,7 @@ struct core {
 };
 
 /// The ListAndWatch reply for \p gpus.
-v1beta1::ListAndWatchResponse device_list(const std::vector<dp::gpu>& gpus,
-                                          const dp::settings& s) {
+v1beta1::ListAndWatchResponse device_list(const std::vector<dp::gpu>& gpus, const dp::settings& s) {
   v1beta1::ListAndWatchResponse r;
   for (const auto& g : gpus) {
     for (const auto& id : dp::virtual_ids(g, s.device_split_count)) {
@@ -178,8 +177,8 @@ class plugin_service final : public v1beta1::DevicePlugin::Service {
     // kubelet's accounting follows the scheduler's; any other choice still works (Allocate
     // grants the annotated GPUs whatever IDs kubelet picked).
     std::vector<std::vector<std::string>> wanted;
-    if (auto pods = c_.api.list(kube::pods_path(), {"", "spec.nodeName=" + c_.settings.node_name,
-                                                    ""})) {
+    if (auto pods =
+            c_.api.list(kube::pods_path(), {"", "spec.nodeName=" + c_.settings.node_name, ""})) {
       auto p = dp::pending_pod(pods->items, c_.settings.node_name);
       if (const auto* pod = std::get_if<kube::json>(&p)) {
         const auto* todo = kube::detail::annotation(*pod, kube::k_devices_to_allocate);
@@ -230,8 +229,8 @@ class plugin_service final : public v1beta1::DevicePlugin::Service {
     }
     constexpr int k_attempts = 2;  // a 409 (the pod changed meanwhile) is retried once
     for (int attempt = 0; attempt < k_attempts; ++attempt) {
-      auto pods = c_.api.list(kube::pods_path(), {"", "spec.nodeName=" + c_.settings.node_name,
-                                                  ""});
+      auto pods =
+          c_.api.list(kube::pods_path(), {"", "spec.nodeName=" + c_.settings.node_name, ""});
       if (!pods) return refuse(grpc::StatusCode::UNAVAILABLE, pods.message());
       auto pending = dp::pending_pod(pods->items, c_.settings.node_name);
       if (auto* e = std::get_if<dp::allocate_error>(&pending)) {
@@ -252,8 +251,8 @@ class plugin_service final : public v1beta1::DevicePlugin::Service {
           return refuse(grpc::StatusCode::INTERNAL, m);
         }
       }
-      auto patched = c_.api.merge_patch(kube::pod_path(ref.name_space, ref.name),
-                                        dp::plan_patch(plan));
+      auto patched =
+          c_.api.merge_patch(kube::pod_path(ref.name_space, ref.name), dp::plan_patch(plan));
       if (!patched) {
         if (kube::http_status(patched.err()) == 409 && attempt + 1 < k_attempts) continue;
         return refuse(grpc::StatusCode::UNAVAILABLE, patched.message());
@@ -287,8 +286,8 @@ class plugin_service final : public v1beta1::DevicePlugin::Service {
   }
 
   void mark_failed(const kube::pod_ref& ref, const std::string& reason) {
-    auto r = c_.api.merge_patch(kube::pod_path(ref.name_space, ref.name),
-                                dp::failure_patch(reason));
+    auto r =
+        c_.api.merge_patch(kube::pod_path(ref.name_space, ref.name), dp::failure_patch(reason));
     if (!r) log("cannot mark pod {} failed: {}", ref.key(), r.message());
   }
 
@@ -298,7 +297,7 @@ class plugin_service final : public v1beta1::DevicePlugin::Service {
 
 /// The inode of \p path, or 0 when it does not exist.
 ino_t inode_of(const std::string& path) {
-  struct stat st{};
+  struct stat st {};
   return ::stat(path.c_str(), &st) == 0 ? st.st_ino : 0;
 }
 
@@ -352,8 +351,9 @@ std::string register_with_kubelet(const dp::settings& s) {
   req.mutable_options()->set_get_preferred_allocation_available(true);
   v1beta1::Empty reply;
   const grpc::Status st = stub->Register(&ctx, req, &reply);
-  if (!st.ok()) return st.error_message().empty() ? "status " + std::to_string(st.error_code())
-                                                  : st.error_message();
+  if (!st.ok())
+    return st.error_message().empty() ? "status " + std::to_string(st.error_code())
+                                      : st.error_message();
   return {};
 }
 
@@ -409,8 +409,8 @@ int main(int argc, char** argv) {
     log("migStrategy mixed: MIG devices are not advertised by this plugin; expected none");
     return 2;
   }
-  auto api_cfg = s.api_server.empty() ? kube::in_cluster_config()
-                                      : kube::config_from_url(s.api_server);
+  auto api_cfg =
+      s.api_server.empty() ? kube::in_cluster_config() : kube::config_from_url(s.api_server);
   if (!api_cfg) {
     log("{}", api_cfg.message());
     return 2;
@@ -455,7 +455,7 @@ int main(int argc, char** argv) {
         s.host_hook_path);
   }
 
-  struct sigaction sa{};
+  struct sigaction sa {};
   sa.sa_handler = on_signal;
   sigaction(SIGTERM, &sa, nullptr);
   sigaction(SIGINT, &sa, nullptr);

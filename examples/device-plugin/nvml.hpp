@@ -8,8 +8,8 @@
 #include <dlfcn.h>
 #include <nvml.h>
 
-#include <cstdint>
 #include <cctype>
+#include <cstdint>
 #include <fstream>
 #include <memory>
 #include <mutex>
@@ -28,8 +28,15 @@ inline constexpr const char* k_nvml_library = "libnvidia-ml.so.1";
 /// cleanup, 68 video processor exception, 109 context switch timeout.
 inline bool application_xid(unsigned long long xid) {
   switch (xid) {
-    case 13: case 31: case 43: case 45: case 68: case 109: return true;
-    default: return false;
+    case 13:
+    case 31:
+    case 43:
+    case 45:
+    case 68:
+    case 109:
+      return true;
+    default:
+      return false;
   }
 }
 
@@ -43,7 +50,7 @@ struct gpu_info {
   int numa = 0;                    ///< from sysfs by PCI bus id; 0 when unknown
   int utilization = -1;            ///< percent of time busy, -1 when NVML does not say
   bool healthy = true;
-  std::string why_unhealthy;       ///< the failing call or the XID
+  std::string why_unhealthy;  ///< the failing call or the XID
 };
 
 /// A loaded NVML. Thread-safe: every method takes the instance's lock (NVML calls are
@@ -234,8 +241,7 @@ class nvml {
 
   std::string text(nvmlReturn_t r) const {
     const char* s = error_string_ ? error_string_(r) : nullptr;
-    return (s != nullptr ? std::string(s) : std::string("error")) + " (" + std::to_string(r) +
-           ")";
+    return (s != nullptr ? std::string(s) : std::string("error")) + " (" + std::to_string(r) + ")";
   }
 
   /// The NUMA node of the PCI device \p bus_id from sysfs; 0 when unknown (-1 there too).

@@ -97,8 +97,8 @@ inline bool valid_resource_name(std::string_view s) {
   if (s.size() - slash - 1 > k_max_name) return false;
   for (std::size_t i = 0; i < s.size(); ++i) {
     const char c = s[i];
-    const bool alnum = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-                       (i > slash && c >= 'A' && c <= 'Z');
+    const bool alnum =
+        (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || (i > slash && c >= 'A' && c <= 'Z');
     if (!(alnum || c == '.' || c == '-' || c == '/' || (i > slash && c == '_'))) return false;
   }
   return true;
@@ -246,8 +246,8 @@ inline std::optional<error> apply_config_file(settings& s, const std::string& pa
                                               std::vector<std::string>& ignored) {
   std::ifstream f(path);
   if (!f) {
-    return make_error(errc::not_found, "--config " + path + ": cannot read: " +
-                                           std::strerror(errno));
+    return make_error(errc::not_found,
+                      "--config " + path + ": cannot read: " + std::strerror(errno));
   }
   std::stringstream text;
   text << f.rdbuf();
@@ -505,9 +505,7 @@ inline std::variant<allocation_plan, allocate_error> plan_allocation(
     const std::vector<gpu>& gpus, const settings& s) {
   const kube::pod_ref ref = kube::pod_identity(pod);
   const std::string who = "pod " + ref.key();
-  auto fail = [&](std::string m) {
-    return allocate_error{who + ": " + std::move(m), true};
-  };
+  auto fail = [&](std::string m) { return allocate_error{who + ": " + std::move(m), true}; };
   allocation_plan plan;
   plan.name_space = ref.name_space;
   plan.name = ref.name;
@@ -557,8 +555,8 @@ inline std::variant<allocation_plan, allocate_error> plan_allocation(
     g.container = cname;
     for (std::size_t i = 0; i < devs.size(); ++i) {
       const auto& d = devs[i];
-      const auto it = std::find_if(gpus.begin(), gpus.end(),
-                                   [&](const gpu& x) { return x.uuid == d.uuid; });
+      const auto it =
+          std::find_if(gpus.begin(), gpus.end(), [&](const gpu& x) { return x.uuid == d.uuid; });
       if (it == gpus.end()) {
         return fail("device " + d.uuid + " is not on node " + s.node_name +
                     " (it vanished, or the annotation names another node's GPU)");
@@ -582,8 +580,8 @@ inline std::variant<allocation_plan, allocate_error> plan_allocation(
     // CUDA_TASK_PRIORITY from the container's priority resource.
     const json* res = kube::detail::member(c, "resources");
     const json* limits = res != nullptr ? kube::detail::member(*res, "limits") : nullptr;
-    if (const json* p = limits != nullptr ? kube::detail::member(*limits, s.resource_priority_name)
-                                          : nullptr) {
+    if (const json* p =
+            limits != nullptr ? kube::detail::member(*limits, s.resource_priority_name) : nullptr) {
       const std::string text = p->is_string() ? p->get<std::string>() : p->dump();
       auto q = kube::parse_quantity(text);
       if (!q || *q > 1) {
@@ -606,8 +604,8 @@ inline std::variant<allocation_plan, allocate_error> plan_allocation(
     g.mounts.push_back({cache_in, g.cache_dir, false});
     g.mounts.push_back({s.container_hook_path + "/region", s.host_hook_path + "/region", false});
     if (!disable_control) {
-      g.mounts.push_back({s.container_hook_path + "/libgpuslice.so",
-                          s.host_hook_path + "/libgpuslice.so", true});
+      g.mounts.push_back(
+          {s.container_hook_path + "/libgpuslice.so", s.host_hook_path + "/libgpuslice.so", true});
       g.mounts.push_back({"/etc/ld.so.preload", s.host_hook_path + "/ld.so.preload", true});
     }
     left[at].clear();

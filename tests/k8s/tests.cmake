@@ -26,6 +26,11 @@ if(Python3_Interpreter_FOUND)
   if(TARGET gpuslice_monitor)
     list(APPEND _k8s_env "GPUSLICE_MONITOR=$<TARGET_FILE:gpuslice_monitor>")
   endif()
+  # The monitor's tests write ledgers through gpuslice.Ledger: the module of this build when
+  # there is one a plain interpreter can load (not a sanitized one), else an installed gpuslice.
+  if(TARGET _core AND GPUSLICE_SANITIZE STREQUAL "")
+    list(APPEND _k8s_env "GPUSLICE_CORE_MODULE=$<TARGET_FILE:_core>")
+  endif()
   add_test(NAME k8s:pytest
            COMMAND ${Python3_EXECUTABLE} -m pytest -q -p no:cacheprovider
                    -c ${PROJECT_SOURCE_DIR}/pyproject.toml --rootdir ${PROJECT_SOURCE_DIR}
