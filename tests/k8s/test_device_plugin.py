@@ -167,8 +167,10 @@ def test_registers_advertises_and_writes_the_annotation_once(node, fake_apiserve
     assert reg.options.get_preferred_allocation_available
     assert os.path.exists(os.path.join(node.kubelet_dir, reg.endpoint))
     with node.kubelet.plugin() as client:
-        assert client.options().get_preferred_allocation_available
+        opts = client.options()
+        assert opts.get_preferred_allocation_available and not opts.pre_start_required
         stream, first = first_list(client)
+        assert client.pre_start([first.devices[0].ID]) is not None
         stream.cancel()
     ids = [d.ID for d in first.devices]
     assert len(ids) == 2 * SPLIT and len(set(ids)) == len(ids)
