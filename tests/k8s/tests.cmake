@@ -7,7 +7,7 @@ find_package(Python3 COMPONENTS Interpreter QUIET)
 if(TARGET PkgConfig::GPUSLICE_HTTPLIB AND nlohmann_json_FOUND AND Python3_Interpreter_FOUND)
   gpuslice_add_test(test_k8s_apiserver SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_apiserver.cpp
                     LIBS nlohmann_json::nlohmann_json PkgConfig::GPUSLICE_HTTPLIB
-                    LABELS k8s)
+                    LABELS k8s concurrent)
   if(TARGET test_k8s_apiserver)
     target_include_directories(test_k8s_apiserver PRIVATE ${PROJECT_SOURCE_DIR}/examples/common)
     target_compile_definitions(test_k8s_apiserver PRIVATE
