@@ -123,10 +123,23 @@ struct core {
   std::mutex allocate_mu;  ///< Allocate consumes the node-wide pending pod: one at a time
 };
 
-/// The ListAndWatch reply for \p gpus.
-v1beta1::ListAndWatchResponse device_list(const std::vector<dp::gpu>& gpus, const dp::settings& s) {
+/// The ListAndWatch reply of resource \p res for \p gpus: the shared GPUs' virtual devices, or
+/// the MIG devices of one profile (healthy when their GPU is).
+v1beta1::ListAndWatchResponse device_list(const dp::resource& res, const std::vector<dp::gpu>& gpus,
+                                          const dp::settings& s) {
   v1beta1::ListAndWatchResponse r;
   for (const auto& g : gpus) {
+    if (!res.profile.empty()) {
+      for (const auto& m : g.migs) {
+        if (!g.mig_enabled || m.profile != res.profile) continue;
+        auto* d = r.add_devices();
+        d->set_id(m.uuid);
+        d->set_health(g.healthy ? "Healthy" : "Unhealthy");
+        d->mutable_topology()->add_nodes()->set_id(g.numa);
+      }
+      continue;
+    }
+    if (!dp::shared_gpu(g, s)) continue;
     for (const auto& id : dp::virtual_ids(g, s.device_split_count)) {
       auto* d = r.add_devices();
       d->set_id(id);
@@ -139,7 +152,7 @@ v1beta1::ListAndWatchResponse device_list(const std::vector<dp::gpu>& gpus, cons
 
 class plugin_service final : public v1beta1::DevicePlugin::Service {
  public:
-  explicit plugin_service(core& c) : c_(c) {}
+  plugin_service(core& c, dp::resource r) : c_(c), res_(std::move(r)) {}
 
   /// Ends the ListAndWatch streams (the server is being replaced or stopped).
   void stop() {
@@ -158,14 +171,14 @@ class plugin_service final : public v1beta1::DevicePlugin::Service {
                             grpc::ServerWriter<v1beta1::ListAndWatchResponse>* w) override {
     std::uint64_t sent = 0;
     auto gpus = c_.state.snapshot(&sent);
-    if (!w->Write(device_list(gpus, c_.settings))) return grpc::Status::OK;
+    if (!w->Write(device_list(res_, gpus, c_.settings))) return grpc::Status::OK;
     while (!stopping_.load() && !g_stop.load() && !ctx->IsCancelled()) {
       c_.state.wait_change(sent, k_stream_poll);
       std::uint64_t now = 0;
       gpus = c_.state.snapshot(&now);
       if (now == sent) continue;
       sent = now;
-      if (!w->Write(device_list(gpus, c_.settings))) break;
+      if (!w->Write(device_list(res_, gpus, c_.settings))) break;
     }
     return grpc::Status::OK;
   }
@@ -177,8 +190,10 @@ class plugin_service final : public v1beta1::DevicePlugin::Service {
     // kubelet's accounting follows the scheduler's; any other choice still works (Allocate
     // grants the annotated GPUs whatever IDs kubelet picked).
     std::vector<std::vector<std::string>> wanted;
-    if (auto pods =
-            c_.api.list(kube::pods_path(), {"", "spec.nodeName=" + c_.settings.node_name, ""})) {
+    if (!res_.profile.empty()) {
+      // MIG devices are whole: any of the profile will do.
+    } else if (auto pods = c_.api.list(kube::pods_path(),
+                                       {"", "spec.nodeName=" + c_.settings.node_name, ""})) {
       auto p = dp::pending_pod(pods->items, c_.settings.node_name);
       if (const auto* pod = std::get_if<kube::json>(&p)) {
         const auto* todo = kube::detail::annotation(*pod, kube::k_devices_to_allocate);
@@ -222,6 +237,7 @@ class plugin_service final : public v1beta1::DevicePlugin::Service {
 
   grpc::Status Allocate(grpc::ServerContext*, const v1beta1::AllocateRequest* req,
                         v1beta1::AllocateResponse* out) override {
+    if (!res_.profile.empty()) return allocate_mig(*req, out);
     std::lock_guard<std::mutex> lock(c_.allocate_mu);
     std::vector<std::vector<std::string>> requests;
     for (const auto& cr : req->container_requests()) {
@@ -280,6 +296,36 @@ class plugin_service final : public v1beta1::DevicePlugin::Service {
   }
 
  private:
+  /// A MIG resource: the devices kubelet chose, whole, made visible by UUID (NVIDIA's contract;
+  /// HAMi's scheduler annotations do not cover them).
+  grpc::Status allocate_mig(const v1beta1::AllocateRequest& req, v1beta1::AllocateResponse* out) {
+    const auto gpus = c_.state.snapshot();
+    for (const auto& cr : req.container_requests()) {
+      std::string visible;
+      for (const auto& id : cr.devices_ids()) {
+        const dp::gpu* parent = nullptr;
+        for (const auto& g : gpus) {
+          for (const auto& m : g.migs) {
+            if (g.mig_enabled && m.uuid == id && m.profile == res_.profile) parent = &g;
+          }
+        }
+        if (parent == nullptr) {
+          return refuse(grpc::StatusCode::INVALID_ARGUMENT, "device " + id + " is not a " +
+                                                                res_.name + " device of node " +
+                                                                c_.settings.node_name);
+        }
+        if (!parent->healthy) {
+          return refuse(grpc::StatusCode::INVALID_ARGUMENT,
+                        "device " + id + " is on unhealthy GPU " + parent->uuid + " (" +
+                            parent->why_unhealthy + ")");
+        }
+        visible += (visible.empty() ? "" : ",") + id;
+      }
+      (*out->add_container_responses()->mutable_envs())["NVIDIA_VISIBLE_DEVICES"] = visible;
+    }
+    return grpc::Status::OK;
+  }
+
   static grpc::Status refuse(grpc::StatusCode code, const std::string& message) {
     log("Allocate refused: {}", message);
     return {code, message};
@@ -292,6 +338,7 @@ class plugin_service final : public v1beta1::DevicePlugin::Service {
   }
 
   core& c_;
+  dp::resource res_;
   std::atomic<bool> stopping_{false};
 };
 
@@ -317,12 +364,12 @@ struct server_instance {
   }
 };
 
-/// Starts a server on the plugin's socket (replacing a stale socket file).
-std::optional<server_instance> start_server(core& c) {
-  const std::string path = c.settings.kubelet_dir + "/" + c.settings.socket_name;
+/// Starts a server for \p res on its socket (replacing a stale socket file).
+std::optional<server_instance> start_server(core& c, const dp::resource& res) {
+  const std::string path = c.settings.kubelet_dir + "/" + res.socket;
   ::unlink(path.c_str());
   server_instance s;
-  s.service = std::make_unique<plugin_service>(c);
+  s.service = std::make_unique<plugin_service>(c, res);
   grpc::ServerBuilder b;
   b.AddListeningPort("unix://" + path, grpc::InsecureServerCredentials());
   b.RegisterService(s.service.get());
@@ -335,8 +382,8 @@ std::optional<server_instance> start_server(core& c) {
   return s;
 }
 
-/// Registers with kubelet; an error message, or empty on success.
-std::string register_with_kubelet(const dp::settings& s) {
+/// Registers \p res with kubelet; an error message, or empty on success.
+std::string register_with_kubelet(const dp::settings& s, const dp::resource& res) {
   auto channel = grpc::CreateChannel("unix://" + s.kubelet_dir + "/kubelet.sock",
                                      grpc::InsecureChannelCredentials());
   auto stub = v1beta1::Registration::NewStub(channel);
@@ -345,8 +392,8 @@ std::string register_with_kubelet(const dp::settings& s) {
   ctx.set_wait_for_ready(false);
   v1beta1::RegisterRequest req;
   req.set_version(k_api_version);
-  req.set_endpoint(s.socket_name);
-  req.set_resource_name(s.resource_name);
+  req.set_endpoint(res.socket);
+  req.set_resource_name(res.name);
   req.mutable_options()->set_pre_start_required(false);
   req.mutable_options()->set_get_preferred_allocation_available(true);
   v1beta1::Empty reply;
@@ -405,10 +452,6 @@ int main(int argc, char** argv) {
   }
   const dp::settings s = *parsed;
   for (const auto& k : ignored) log("config key {} is not a device plugin setting; ignored", k);
-  if (s.mig_strategy == "mixed") {
-    log("migStrategy mixed: MIG devices are not advertised by this plugin; expected none");
-    return 2;
-  }
   auto api_cfg =
       s.api_server.empty() ? kube::in_cluster_config() : kube::config_from_url(s.api_server);
   if (!api_cfg) {
@@ -431,7 +474,10 @@ int main(int argc, char** argv) {
       log("GPU {} has no UUID ({}); not advertised", g.index, g.why_unhealthy);
       continue;
     }
-    gpus.push_back({g.index, g.uuid, g.name, g.memory_total, g.numa, g.healthy, g.why_unhealthy});
+    dp::gpu x{g.index,         g.uuid,        g.name, g.memory_total, g.numa, g.healthy,
+              g.why_unhealthy, g.mig_enabled, {}};
+    for (const auto& m : g.migs) x.migs.push_back({m.uuid, m.profile});
+    gpus.push_back(std::move(x));
   }
   if (gpus.empty()) {
     log("NVML lists no GPU on this node; nothing to advertise");
@@ -460,9 +506,13 @@ int main(int argc, char** argv) {
   sigaction(SIGTERM, &sa, nullptr);
   sigaction(SIGINT, &sa, nullptr);
 
+  const std::vector<dp::resource> served = dp::resources(gpus, s);
   core c{s, kube::api_client(*api_cfg), node_state(std::move(gpus)), {}};
   log("{} GPU(s), {} devices each, resource {}, node {}", c.state.snapshot().size(),
       s.device_split_count, s.resource_name, s.node_name);
+  for (const auto& r : served) {
+    if (!r.profile.empty()) log("MIG profile {} served as {}", r.profile, r.name);
+  }
 
   std::atomic<bool> reregister{true};
   std::thread health([&] {
@@ -499,42 +549,53 @@ int main(int argc, char** argv) {
     }
   });
 
-  // The kubelet side: serve, register, and start over whenever kubelet's socket is recreated
-  // (kubelet restarted) or ours was removed (kubelet cleans its directory when it starts).
+  // The kubelet side, per resource: serve, register, and start over whenever kubelet's socket
+  // is recreated (kubelet restarted) or ours was removed (kubelet cleans its directory when it
+  // starts).
   const std::string kubelet_sock = s.kubelet_dir + "/kubelet.sock";
-  const std::string own_sock = s.kubelet_dir + "/" + s.socket_name;
-  std::optional<server_instance> srv;
-  ino_t registered_with = 0;
-  std::string last_error;
+  struct endpoint {
+    dp::resource res;
+    std::optional<server_instance> srv;
+    ino_t registered_with = 0;
+    std::string last_error;
+  };
+  std::vector<endpoint> endpoints;
+  for (const auto& r : served) endpoints.push_back({r, std::nullopt, 0, {}});
   while (!g_stop.load()) {
     const ino_t kubelet_now = inode_of(kubelet_sock);
-    const bool ours_gone = srv && inode_of(own_sock) != srv->socket_inode;
-    if (ours_gone || (registered_with != 0 && kubelet_now != registered_with)) {
-      log("kubelet restarted or our socket was removed: serving and registering again");
-      if (srv) srv->stop();
-      srv.reset();
-      registered_with = 0;
-    }
-    if (!srv) srv = start_server(c);
-    if (srv && registered_with == 0 && kubelet_now != 0) {
-      const std::string err = register_with_kubelet(s);
-      if (err.empty()) {
-        registered_with = kubelet_now;
-        last_error.clear();
-        log("registered {} with kubelet at {}", s.resource_name, kubelet_sock);
-      } else if (err != last_error) {
-        log("kubelet registration failed: {}; retrying", err);
-        last_error = err;
+    for (auto& e : endpoints) {
+      const std::string own_sock = s.kubelet_dir + "/" + e.res.socket;
+      const bool ours_gone = e.srv && inode_of(own_sock) != e.srv->socket_inode;
+      if (ours_gone || (e.registered_with != 0 && kubelet_now != e.registered_with)) {
+        log("{}: kubelet restarted or our socket was removed: serving and registering again",
+            e.res.name);
+        if (e.srv) e.srv->stop();
+        e.srv.reset();
+        e.registered_with = 0;
+      }
+      if (!e.srv) e.srv = start_server(c, e.res);
+      if (e.srv && e.registered_with == 0 && kubelet_now != 0) {
+        const std::string err = register_with_kubelet(s, e.res);
+        if (err.empty()) {
+          e.registered_with = kubelet_now;
+          e.last_error.clear();
+          log("registered {} with kubelet at {}", e.res.name, kubelet_sock);
+        } else if (err != e.last_error) {
+          log("kubelet registration failed: {}; retrying", err);
+          e.last_error = err;
+        }
       }
     }
     nap(std::chrono::milliseconds(s.watch_interval_ms));
   }
   log("stopping");
-  if (srv) srv->stop();
+  for (auto& e : endpoints) {
+    if (e.srv) e.srv->stop();
+    ::unlink((s.kubelet_dir + "/" + e.res.socket).c_str());
+  }
   c.state.poke();
   health.join();
   xid.join();
   registrar.join();
-  ::unlink(own_sock.c_str());
   return 0;
 }

@@ -40,6 +40,14 @@ inline bool application_xid(unsigned long long xid) {
   }
 }
 
+/// One MIG device of a GPU in MIG mode.
+struct mig_info {
+  unsigned index = 0;   ///< its index under the parent GPU
+  std::string uuid;     ///< "MIG-..."
+  std::string profile;  ///< "1g.5gb": what follows " MIG " in NVML's name
+  std::uint64_t memory_total = 0;
+};
+
 /// One physical GPU as NVML reports it.
 struct gpu_info {
   unsigned index = 0;
@@ -50,7 +58,9 @@ struct gpu_info {
   int numa = 0;                    ///< from sysfs by PCI bus id; 0 when unknown
   int utilization = -1;            ///< percent of time busy, -1 when NVML does not say
   bool healthy = true;
-  std::string why_unhealthy;  ///< the failing call or the XID
+  std::string why_unhealthy;   ///< the failing call or the XID
+  bool mig_enabled = false;    ///< MIG mode is on (current mode)
+  std::vector<mig_info> migs;  ///< its MIG devices, when MIG mode is on
 };
 
 /// A loaded NVML. Thread-safe: every method takes the instance's lock (NVML calls are
@@ -141,6 +151,7 @@ class nvml {
         nvmlPciInfo_t p{};
         if (pci_(d, &p) == NVML_SUCCESS) g.numa = numa_of(p.busId);
       }
+      if (g.healthy) list_migs(d, g);
       auto x = xid_.find_unhealthy(i);
       if (!x.empty() && g.healthy) {
         g.healthy = false;
@@ -194,6 +205,37 @@ class nvml {
     }
   };
 
+  /// Fills g.mig_enabled and g.migs. NVML's maximum count is an upper bound: empty indices
+  /// answer NVML_ERROR_NOT_FOUND and are skipped.
+  void list_migs(nvmlDevice_t d, gpu_info& g) const {
+    if (!mig_mode_ || !mig_count_ || !mig_by_index_) return;
+    unsigned current = 0, pending = 0;
+    if (mig_mode_(d, &current, &pending) != NVML_SUCCESS || current != NVML_DEVICE_MIG_ENABLE) {
+      return;
+    }
+    g.mig_enabled = true;
+    unsigned max = 0;
+    if (mig_count_(d, &max) != NVML_SUCCESS) return;
+    for (unsigned i = 0; i < max; ++i) {
+      nvmlDevice_t m = nullptr;
+      if (mig_by_index_(d, i, &m) != NVML_SUCCESS) continue;
+      mig_info mi;
+      mi.index = i;
+      char buf[NVML_DEVICE_NAME_V2_BUFFER_SIZE] = {};
+      if (uuid_(m, buf, sizeof buf) != NVML_SUCCESS) continue;
+      mi.uuid = buf;
+      char name[NVML_DEVICE_NAME_V2_BUFFER_SIZE] = {};
+      if (name_(m, name, sizeof name) != NVML_SUCCESS) continue;
+      const std::string n(name);
+      const std::size_t at = n.rfind(" MIG ");
+      if (at == std::string::npos) continue;
+      mi.profile = n.substr(at + 5);
+      nvmlMemory_t mem{};
+      if (memory_(m, &mem) == NVML_SUCCESS) mi.memory_total = mem.total;
+      g.migs.push_back(std::move(mi));
+    }
+  }
+
   template <class F>
   F sym(const char* name) {
     return reinterpret_cast<F>(dlsym(handle_, name));
@@ -215,6 +257,10 @@ class nvml {
     event_register_ = sym<decltype(&nvmlDeviceRegisterEvents)>("nvmlDeviceRegisterEvents");
     event_wait_ = sym<decltype(&nvmlEventSetWait_v2)>("nvmlEventSetWait_v2");
     event_free_ = sym<decltype(&nvmlEventSetFree)>("nvmlEventSetFree");
+    mig_mode_ = sym<decltype(&nvmlDeviceGetMigMode)>("nvmlDeviceGetMigMode");
+    mig_count_ = sym<decltype(&nvmlDeviceGetMaxMigDeviceCount)>("nvmlDeviceGetMaxMigDeviceCount");
+    mig_by_index_ =
+        sym<decltype(&nvmlDeviceGetMigDeviceHandleByIndex)>("nvmlDeviceGetMigDeviceHandleByIndex");
   }
 
   /// Creates the event set and registers every GPU for critical XIDs; leaves events_ null when
@@ -279,6 +325,9 @@ class nvml {
   decltype(&nvmlDeviceRegisterEvents) event_register_ = nullptr;
   decltype(&nvmlEventSetWait_v2) event_wait_ = nullptr;
   decltype(&nvmlEventSetFree) event_free_ = nullptr;
+  decltype(&nvmlDeviceGetMigMode) mig_mode_ = nullptr;
+  decltype(&nvmlDeviceGetMaxMigDeviceCount) mig_count_ = nullptr;
+  decltype(&nvmlDeviceGetMigDeviceHandleByIndex) mig_by_index_ = nullptr;
 };
 
 }  // namespace gpuslice::node

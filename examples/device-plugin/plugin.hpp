@@ -341,6 +341,12 @@ inline result<settings> parse_settings(const std::vector<std::string>& args,
 
 // ---- devices ------------------------------------------------------------------------------------
 
+/// A MIG device (migStrategy mixed advertises it under its profile's resource).
+struct mig_device {
+  std::string uuid;     ///< "MIG-..."
+  std::string profile;  ///< "1g.5gb"
+};
+
 /// A physical GPU as the plugin tracks it.
 struct gpu {
   unsigned index = 0;
@@ -350,7 +356,48 @@ struct gpu {
   int numa = 0;
   bool healthy = true;
   std::string why_unhealthy;
+  bool mig_enabled = false;      ///< in MIG mode
+  std::vector<mig_device> migs;  ///< its MIG devices (found at start)
 };
+
+/// Whether \p g is shared through the interposer (split into virtual devices, registered for
+/// HAMi's scheduler): every GPU, except one in MIG mode under migStrategy mixed.
+inline bool shared_gpu(const gpu& g, const settings& s) {
+  return !(s.mig_strategy == "mixed" && g.mig_enabled);
+}
+
+/// A resource the plugin serves to kubelet, each on its own socket.
+struct resource {
+  std::string name;     ///< "nvidia.com/gpu", "nvidia.com/mig-1g.5gb"
+  std::string socket;   ///< file name in kubelet's directory
+  std::string profile;  ///< the MIG profile; empty for the shared GPUs
+};
+
+/// The resources to serve: the shared GPUs' (when there are any, or always without MIG), and
+/// under migStrategy mixed one per MIG profile found, named <domain>/mig-<profile> as NVIDIA's
+/// plugin names them, in the resource name's domain.
+inline std::vector<resource> resources(const std::vector<gpu>& gpus, const settings& s) {
+  std::vector<resource> out;
+  const bool any_shared =
+      std::any_of(gpus.begin(), gpus.end(), [&](const gpu& g) { return shared_gpu(g, s); });
+  if (any_shared || s.mig_strategy != "mixed") out.push_back({s.resource_name, s.socket_name, {}});
+  if (s.mig_strategy != "mixed") return out;
+  const std::string domain = s.resource_name.substr(0, s.resource_name.find('/'));
+  std::vector<std::string> profiles;
+  for (const gpu& g : gpus) {
+    if (!g.mig_enabled) continue;
+    for (const auto& m : g.migs) {
+      if (std::find(profiles.begin(), profiles.end(), m.profile) == profiles.end()) {
+        profiles.push_back(m.profile);
+      }
+    }
+  }
+  std::sort(profiles.begin(), profiles.end());
+  for (const auto& p : profiles) {
+    out.push_back({domain + "/mig-" + p, "gpuslice-mig-" + p + ".sock", p});
+  }
+  return out;
+}
 
 /// The virtual device IDs of \p g: "<uuid>-0" ... "<uuid>-<split-1>".
 inline std::vector<std::string> virtual_ids(const gpu& g, std::uint32_t split) {
@@ -379,6 +426,7 @@ inline std::vector<fit::device> registered_devices(const std::vector<gpu>& gpus,
                                                    const settings& s) {
   std::vector<fit::device> out;
   for (const gpu& g : gpus) {
+    if (!shared_gpu(g, s)) continue;
     fit::device d;
     d.uuid = g.uuid;
     d.index = g.index;
@@ -560,6 +608,11 @@ inline std::variant<allocation_plan, allocate_error> plan_allocation(
       if (it == gpus.end()) {
         return fail("device " + d.uuid + " is not on node " + s.node_name +
                     " (it vanished, or the annotation names another node's GPU)");
+      }
+      if (!shared_gpu(*it, s)) {
+        return fail("device " + d.uuid +
+                    " is in MIG mode: its MIG devices are advertised under "
+                    "their own resource names, not shared");
       }
       if (!it->healthy) {
         return fail("device " + d.uuid + " is unhealthy (" + it->why_unhealthy + ")");

@@ -47,7 +47,7 @@ def wait_for(pred, timeout=10.0, what="condition"):
 class Node:
     """A node: the plugin process, a kubelet, a host hook directory and the NVML faults file."""
 
-    def __init__(self, api, args=(), devices=2, memory="16Gi", register=True):
+    def __init__(self, api, args=(), devices=2, memory="16Gi", register=True, env=None):
         self.api = api
         # unix socket paths must stay short (108 bytes): a short directory under /tmp
         self.dir = tempfile.mkdtemp(prefix="gsdp", dir="/tmp")
@@ -64,7 +64,7 @@ class Node:
                      "--register-interval-ms", "100", "--health-interval-ms", "50",
                      "--watch-interval-ms", "50", *args]
         self.env = dict(os.environ, LD_LIBRARY_PATH=FAKE_DIR, FAKE_CUDA_DEVICES=str(devices),
-                        FAKE_CUDA_MEMORY=memory, FAKE_NVML_FAULTS=self.faults)
+                        FAKE_CUDA_MEMORY=memory, FAKE_NVML_FAULTS=self.faults, **(env or {}))
         self.env.pop("NODE_NAME", None)
         self.proc = None
         self.start()
@@ -383,6 +383,42 @@ def test_registration_is_retried_until_kubelet_accepts(fake_apiserver):
         assert n.close() == 0
 
 
+def test_mig_mixed_serves_each_profile_under_its_own_resource(fake_apiserver):
+    # GPU 1 in MIG mode: two 1g.5gb devices (index 1 empty) and one 2g.10gb
+    n = Node(fake_apiserver, args=["--mig-strategy", "mixed"], register=False,
+             env={"FAKE_NVML_MIG": "1:1g.5gb,-,1g.5gb,2g.10gb"})
+    try:
+        regs = n.kubelet.wait_registrations(3)
+        by_name = {r.resource_name: r.endpoint for r in regs}
+        assert sorted(by_name) == ["nvidia.com/gpu", "nvidia.com/mig-1g.5gb",
+                                   "nvidia.com/mig-2g.10gb"]
+        with n.kubelet.plugin(by_name["nvidia.com/gpu"]) as client:
+            stream, first = first_list(client)
+            stream.cancel()
+            assert len(first.devices) == SPLIT  # GPU 0 only: GPU 1 is partitioned
+            (u0,) = uuids_of(first)
+        with n.kubelet.plugin(by_name["nvidia.com/mig-1g.5gb"]) as client:
+            stream, first = first_list(client)
+            stream.cancel()
+            ids = [d.ID for d in first.devices]
+            assert len(ids) == 2 and all(i.startswith("MIG-") for i in ids)
+            assert len(set(ids)) == 2
+            env = dict(client.allocate([ids[1]]).container_responses[0].envs)
+            assert env == {"NVIDIA_VISIBLE_DEVICES": ids[1]}
+            with pytest.raises(grpc.RpcError) as e:
+                client.allocate([f"{u0}-0"])
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "not a nvidia.com/mig-1g.5gb device" in e.value.details()
+        with n.kubelet.plugin(by_name["nvidia.com/mig-2g.10gb"]) as client:
+            stream, first = first_list(client)
+            stream.cancel()
+            assert len(first.devices) == 1
+        # only the shared GPU is registered for HAMi's scheduler
+        assert [d["id"] for d in wait_for(n.registration, what="registration")] == [u0]
+    finally:
+        assert n.close() == 0
+
+
 def test_settings_from_a_config_file_and_flags(fake_apiserver, tmp_path):
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps({"nvidia": {
@@ -414,7 +450,6 @@ def test_settings_from_a_config_file_and_flags(fake_apiserver, tmp_path):
     (["--device-memory-scaling", "nan"], '--device-memory-scaling "nan": expected a number'),
     (["--device-cores-scaling", "0"], "--device-cores-scaling"),
     (["--mig-strategy", "single"], '--mig-strategy "single": expected none or mixed'),
-    (["--mig-strategy", "mixed"], "migStrategy mixed: MIG devices are not advertised"),
     (["--disable-core-limit=yes"], "expected true or false"),
     (["--resource-name", "gpu"], "expected a resource name <domain>/<name>"),
     (["--api-server", "localhost:80"], "expected http://host:port"),

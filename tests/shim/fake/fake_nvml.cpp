@@ -10,6 +10,11 @@
 ///                     NVML_ERROR_GPU_IS_LOST, as the real NVML's do
 ///   xid <p> <code>    an XID event on device p, delivered once by nvmlEventSetWait_v2 to each
 ///                     event set registered for nvmlEventTypeXidCriticalError on p
+///
+/// FAKE_NVML_MIG puts devices in MIG mode: "<p>:<profile>,<profile>;<p>:..." with profiles such
+/// as 1g.5gb (5 GiB of memory); "-" leaves an index empty. As the real NVML, such a device
+/// reports 7 as its maximum MIG device count and NVML_ERROR_NOT_FOUND for the empty indices;
+/// a MIG device is named "<parent name> MIG <profile>" with a "MIG-" UUID.
 
 #include <nvml.h>
 #include <unistd.h>
@@ -33,11 +38,54 @@
 
 struct nvmlDevice_st {
   int physical = 0;
+  int mig = -1;  ///< the MIG device index under `physical`; -1 for the GPU itself
 };
 
 namespace {
 constexpr int k_max_fake_devices = 4;
 nvmlDevice_st g_devices[k_max_fake_devices] = {{0}, {1}, {2}, {3}};
+/// The most MIG devices a GPU reports (an A100's seven slices).
+constexpr int k_max_mig = 7;
+nvmlDevice_st g_mig[k_max_fake_devices][k_max_mig];
+
+/// The MIG profiles of FAKE_NVML_MIG, per physical device ("" = empty index).
+const std::vector<std::vector<std::string>>& mig_layout() {
+  static const std::vector<std::vector<std::string>> layout = [] {
+    std::vector<std::vector<std::string>> out(k_max_fake_devices);
+    const char* v = std::getenv("FAKE_NVML_MIG");
+    std::stringstream all(v != nullptr ? v : "");
+    std::string dev;
+    while (std::getline(all, dev, ';')) {
+      const std::size_t colon = dev.find(':');
+      if (colon == std::string::npos) continue;
+      const int p = std::atoi(dev.substr(0, colon).c_str());
+      if (p < 0 || p >= k_max_fake_devices) continue;
+      std::stringstream list(dev.substr(colon + 1));
+      std::string prof;
+      while (std::getline(list, prof, ',') && static_cast<int>(out[p].size()) < k_max_mig) {
+        out[p].push_back(prof == "-" ? std::string() : prof);
+      }
+      for (int i = 0; i < k_max_mig; ++i) g_mig[p][i] = {p, i};
+    }
+    return out;
+  }();
+  return layout;
+}
+
+/// The MIG profile of (p, i), or "" when there is no such MIG device.
+std::string mig_profile(int p, int i) {
+  const auto& l = mig_layout();
+  if (p < 0 || p >= k_max_fake_devices || i < 0 || i >= static_cast<int>(l[p].size())) return {};
+  return l[p][i];
+}
+
+/// Bytes of a profile "<n>g.<m>gb": m GiB.
+std::uint64_t mig_bytes(const std::string& profile) {
+  const std::size_t dot = profile.find('.');
+  return dot == std::string::npos
+             ? 0
+             : std::strtoull(profile.c_str() + dot + 1, nullptr, 10) * (std::uint64_t{1} << 30);
+}
 std::atomic<int> g_init_count{0};
 
 /// One line of the FAKE_NVML_FAULTS file.
@@ -82,6 +130,7 @@ nvmlReturn_t check(nvmlDevice_t d) {
   if (d == nullptr || d->physical < 0 || d->physical >= fake_cuda_physical_count()) {
     return NVML_ERROR_INVALID_ARGUMENT;
   }
+  if (d->mig >= 0 && mig_profile(d->physical, d->mig).empty()) return NVML_ERROR_INVALID_ARGUMENT;
   if (lost(d->physical)) return NVML_ERROR_GPU_IS_LOST;
   return NVML_SUCCESS;
 }
@@ -171,17 +220,33 @@ FAKE_EXPORT nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t d, char* uuid, unsigned 
   constexpr unsigned k_uuid_chars = 41;  // "GPU-" + 36 + NUL
   if (len < k_uuid_chars) return NVML_ERROR_INSUFFICIENT_SIZE;
   format_uuid(d->physical, uuid, len);
+  if (d->mig >= 0) {  // "MIG-" and the parent's digits with the last one replaced by the index
+    char parent[k_uuid_chars];
+    format_uuid(d->physical, parent, sizeof parent);
+    std::snprintf(uuid, len, "MIG-%.35s%d", parent + 4, d->mig);
+  }
   return NVML_SUCCESS;
 }
 FAKE_EXPORT nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t d, char* name, unsigned int len) {
   if (nvmlReturn_t r = check(d); r != NVML_SUCCESS) return r;
   if (name == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
-  std::snprintf(name, len, "Fake GPU %d", d->physical);
+  if (d->mig >= 0) {
+    std::snprintf(name, len, "Fake GPU %d MIG %s", d->physical,
+                  mig_profile(d->physical, d->mig).c_str());
+  } else {
+    std::snprintf(name, len, "Fake GPU %d", d->physical);
+  }
   return NVML_SUCCESS;
 }
 FAKE_EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t d, nvmlMemory_t* m) {
   if (nvmlReturn_t r = check(d); r != NVML_SUCCESS) return r;
   if (m == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
+  if (d->mig >= 0) {
+    m->total = mig_bytes(mig_profile(d->physical, d->mig));
+    m->used = 0;
+    m->free = m->total;
+    return NVML_SUCCESS;
+  }
   m->total = fake_cuda_physical_total(d->physical);
   m->used = fake_cuda_physical_used(d->physical);
   m->free = m->total - m->used;
@@ -312,5 +377,33 @@ FAKE_EXPORT nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t
 FAKE_EXPORT nvmlReturn_t nvmlEventSetFree(nvmlEventSet_t set) {
   if (set == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
   delete set;
+  return NVML_SUCCESS;
+}
+
+// ---- MIG: FAKE_NVML_MIG -------------------------------------------------------------------------
+
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetMigMode(nvmlDevice_t d, unsigned int* current,
+                                              unsigned int* pending) {
+  if (nvmlReturn_t r = check(d); r != NVML_SUCCESS) return r;
+  if (current == nullptr || pending == nullptr || d->mig >= 0) return NVML_ERROR_INVALID_ARGUMENT;
+  const bool on = !mig_layout()[d->physical].empty();
+  *current = *pending = on ? NVML_DEVICE_MIG_ENABLE : NVML_DEVICE_MIG_DISABLE;
+  return NVML_SUCCESS;
+}
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetMaxMigDeviceCount(nvmlDevice_t d, unsigned int* count) {
+  if (nvmlReturn_t r = check(d); r != NVML_SUCCESS) return r;
+  if (count == nullptr || d->mig >= 0) return NVML_ERROR_INVALID_ARGUMENT;
+  *count = mig_layout()[d->physical].empty() ? 0 : k_max_mig;
+  return NVML_SUCCESS;
+}
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetMigDeviceHandleByIndex(nvmlDevice_t d, unsigned int index,
+                                                             nvmlDevice_t* mig) {
+  if (nvmlReturn_t r = check(d); r != NVML_SUCCESS) return r;
+  if (mig == nullptr || d->mig >= 0 || index >= static_cast<unsigned>(k_max_mig)) {
+    return NVML_ERROR_INVALID_ARGUMENT;
+  }
+  if (mig_layout()[d->physical].empty()) return NVML_ERROR_NOT_SUPPORTED;
+  if (mig_profile(d->physical, static_cast<int>(index)).empty()) return NVML_ERROR_NOT_FOUND;
+  *mig = &g_mig[d->physical][index];
   return NVML_SUCCESS;
 }
