@@ -256,7 +256,8 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
   // List and watch nodes and pods when no file gives them.
-  api::canceller cancel;
+  // One canceller per informer: a canceller stops the one watch attached to it.
+  api::canceller cancel_nodes, cancel_pods;
   std::vector<std::thread> informers;
   std::mutex listed_mu;
   std::condition_variable listed_cv;
@@ -301,7 +302,7 @@ int main(int argc, char** argv) {
               }
               return true;
             },
-            cancel,
+            nodes ? cancel_nodes : cancel_pods,
             [&](const gpuslice::error& err) {
               fmt::print(stderr, "gpuslice_extender: watch {}: {}\n", path, err.message);
             });
@@ -320,7 +321,8 @@ int main(int argc, char** argv) {
   ext::install_routes(svr, service, verbose);
 
   auto stop_informers = [&] {
-    cancel.cancel();
+    cancel_nodes.cancel();
+    cancel_pods.cancel();
     for (auto& t : informers) t.join();
   };
   if (port == 0) {

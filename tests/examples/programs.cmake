@@ -69,3 +69,21 @@ if(TARGET gpuslice_quota_demo AND TARGET gpuslice_shim AND TARGET gpuslice_fake_
   set_tests_properties(examples:quota_demo:no-shim PROPERTIES LABELS examples TIMEOUT 120)
   add_dependencies(gpuslice_quota_demo gpuslice_fake_cuda gpuslice_fake_nvml gpuslice_shim)
 endif()
+
+# The scheduler side in a live-shaped cluster (tests/k8s/test_scheduler_*.py): the extender (and
+# the webhook when built) against the in-test fake API server. The node side's k8s:pytest
+# collects these files too and skips them, since it does not name the programs.
+find_package(Python3 COMPONENTS Interpreter QUIET)
+if(TARGET gpuslice_extender AND Python3_Interpreter_FOUND)
+  set(_sched_env "GPUSLICE_EXTENDER=$<TARGET_FILE:gpuslice_extender>")
+  if(TARGET gpuslice_webhook)
+    list(APPEND _sched_env "GPUSLICE_WEBHOOK=$<TARGET_FILE:gpuslice_webhook>")
+  endif()
+  add_test(NAME examples:scheduler:pytest
+           COMMAND ${Python3_EXECUTABLE} -m pytest -q -p no:cacheprovider
+                   -c ${PROJECT_SOURCE_DIR}/pyproject.toml --rootdir ${PROJECT_SOURCE_DIR}
+                   ${PROJECT_SOURCE_DIR}/tests/k8s/test_scheduler_extender.py
+           WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
+  set_tests_properties(examples:scheduler:pytest PROPERTIES LABELS "examples;k8s" TIMEOUT 300
+                       ENVIRONMENT "${_sched_env}")
+endif()
