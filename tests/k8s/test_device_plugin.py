@@ -368,6 +368,12 @@ def test_registers_again_when_kubelet_restarts(node):
     # and again: every restart is noticed
     node.kubelet.restart()
     node.kubelet.wait_registrations(3)
+    # our socket removed alone (kubelet's stays): served and registered again too
+    sock = os.path.join(node.kubelet_dir, regs[1].endpoint)
+    wait_for(lambda: os.path.exists(sock), what="the plugin's socket")
+    os.unlink(sock)
+    node.kubelet.wait_registrations(4)
+    wait_for(lambda: os.path.exists(sock), what="the plugin's socket again")
 
 
 def test_registration_is_retried_until_kubelet_accepts(fake_apiserver):

@@ -183,3 +183,18 @@ def test_control_endpoints():
         call(s, "POST", "/api/v1/namespaces/default/pods", {"metadata": {"name": "p"}})
         code, muts = call(s, "GET", "/fake/mutations")
         assert code == 200 and [m["path"] for m in muts] == ["/api/v1/namespaces/default/pods"]
+
+
+def test_bookmarks_carry_the_current_version():
+    with FakeAPIServer(bookmark_interval=0.05) as s:
+        p = s.add_pod("a")
+        s.add_node("n")  # moves the global version on, but not the pods
+        ev = watch_lines(s, "/api/v1/pods?watch=1&allowWatchBookmarks=true&resourceVersion="
+                         + p["metadata"]["resourceVersion"], 1)
+        assert ev[0]["type"] == "BOOKMARK"
+        assert int(ev[0]["object"]["metadata"]["resourceVersion"]) > \
+            int(p["metadata"]["resourceVersion"])
+        # without allowWatchBookmarks, none
+        ev = watch_lines(s, "/api/v1/pods?watch=1&timeoutSeconds=1&resourceVersion="
+                         + p["metadata"]["resourceVersion"], 1)
+        assert ev == []
