@@ -83,6 +83,7 @@ if(TARGET gpuslice_extender AND Python3_Interpreter_FOUND)
            COMMAND ${Python3_EXECUTABLE} -m pytest -q -p no:cacheprovider
                    -c ${PROJECT_SOURCE_DIR}/pyproject.toml --rootdir ${PROJECT_SOURCE_DIR}
                    ${PROJECT_SOURCE_DIR}/tests/k8s/test_scheduler_extender.py
+                   ${PROJECT_SOURCE_DIR}/tests/k8s/test_scheduler_webhook.py
            WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
   set_tests_properties(examples:scheduler:pytest PROPERTIES LABELS "examples;k8s" TIMEOUT 300
                        ENVIRONMENT "${_sched_env}")
