@@ -25,10 +25,12 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "gpuslice/memory/ledger.hpp"
 #include "gpuslice/memory/region.hpp"
+#include "gpuslice/rate/token_bucket.hpp"
 #include "nvml.hpp"
 
 namespace gpuslice::monitor {
@@ -39,23 +41,49 @@ struct pod_name {
   std::string name;
 };
 
-/// Counters a ledger's header keeps beyond the snapshot.
+/// The SM limiter's statistics of one device, from its token bucket in the ledger.
+struct device_rate {
+  bool ready = false;            ///< the bucket was initialised (a process launched under a limit)
+  std::uint64_t share_ppm = 0;   ///< the share it enforces, parts per million
+  std::uint64_t charged_ns = 0;  ///< GPU time charged, all time
+  std::uint64_t waited_ns = 0;   ///< wall time launches were held back, all time
+};
+
+/// Counters a ledger keeps beyond the snapshot.
 struct ledger_counters {
   std::uint64_t reaps = 0;            ///< reaps that reclaimed something
   std::uint64_t reclaimed_bytes = 0;  ///< bytes reclaimed from dead processes
+  std::vector<device_rate> rates;     ///< per device index
 };
 
-/// Reads the reap counters of a ledger file \p path that read_snapshot has just accepted.
-inline std::optional<ledger_counters> read_counters(const std::string& path) {
+/// Reads the reap counters and the limiter's words of the ledger file \p path (which
+/// read_snapshot has just accepted), for its first \p devices devices.
+inline std::optional<ledger_counters> read_counters(const std::string& path, std::size_t devices) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return std::nullopt;
-  void* p = ::mmap(nullptr, sizeof(memory::region_header), PROT_READ, MAP_SHARED, fd, 0);
+  void* p = ::mmap(nullptr, memory::k_region_size, PROT_READ, MAP_SHARED, fd, 0);
   ::close(fd);
   if (p == MAP_FAILED) return std::nullopt;
-  const auto* h = static_cast<const memory::region_header*>(p);
-  ledger_counters c{h->reap_count.load(std::memory_order_acquire),
-                    h->reclaimed_bytes.load(std::memory_order_acquire)};
-  ::munmap(p, sizeof(memory::region_header));
+  const auto* r = static_cast<const memory::region*>(p);
+  ledger_counters c;
+  c.reaps = r->header.reap_count.load(std::memory_order_acquire);
+  c.reclaimed_bytes = r->header.reclaimed_bytes.load(std::memory_order_acquire);
+  using rate::rate_word;
+  for (std::size_t i = 0; i < devices && i < static_cast<std::size_t>(memory::k_max_devices); ++i) {
+    const auto& w = r->devices[i].rate_words;
+    auto word = [&](rate_word k) {
+      return w[static_cast<std::size_t>(k)].load(std::memory_order_acquire);
+    };
+    device_rate d;
+    d.ready = word(rate_word::tag) == rate::k_rate_tag_ready;
+    if (d.ready) {
+      d.share_ppm = word(rate_word::share_ppm);
+      d.charged_ns = word(rate_word::charged_ns);
+      d.waited_ns = word(rate_word::waited_ns);
+    }
+    c.rates.push_back(d);
+  }
+  ::munmap(p, memory::k_region_size);
   return c;
 }
 
@@ -66,9 +94,11 @@ struct container_reading {
   std::string container;
   memory::snapshot snap;
   ledger_counters counters;
-  double last_update = 0;  ///< Unix seconds of the last successful read
-  bool stale = false;      ///< the last read failed (values are from last_update)
-  std::string error;       ///< why, when stale
+  ledger_counters previous;  ///< the read before (for the achieved share)
+  double previous_at = 0;    ///< when it was taken (0: none)
+  double last_update = 0;    ///< Unix seconds of the last successful read
+  bool stale = false;        ///< the last read failed (values are from last_update)
+  std::string error;         ///< why, when stale
 };
 
 /// "<uid>_<container>" split at the first '_' (a pod uid holds none; a container name may not
@@ -168,7 +198,13 @@ class exporter {
       return;
     }
     r.snap = std::move(*snap);
-    if (auto c = read_counters(path)) r.counters = *c;
+    if (auto c = read_counters(path, r.snap.devices.size())) {
+      if (r.last_update > 0) {
+        r.previous = std::move(r.counters);
+        r.previous_at = r.last_update;
+      }
+      r.counters = std::move(*c);
+    }
     r.last_update = now;
     r.stale = false;
     r.error.clear();
@@ -325,6 +361,46 @@ inline std::string exporter::render(const std::map<std::string, pod_name>& pods,
       "gpuslice_vgpu_sm_limit_percent", "gauge",
       "SM share the limiter enforces on the device, percent (0: none set in the ledger)",
       [](const ctr& c, std::size_t i) { return double(c.r->snap.devices[i].sm_limit_percent); });
+  // The SM limiter's words, for devices a limited process launched on.
+  auto rated = [&](std::string_view name, std::string_view type, std::string_view help,
+                   auto value) {
+    w.family(name, type, help);
+    for (const auto& c : ctrs) {
+      const auto& rates = c.r->counters.rates;
+      for (std::size_t i = 0; i < c.r->snap.devices.size() && i < rates.size(); ++i) {
+        if (!rates[i].ready) continue;
+        if (auto v = value(c, i)) w.sample(dev_labels(c, i), *v);
+      }
+    }
+  };
+  constexpr double k_ppm = 1e6, k_ns = 1e9;
+  rated("gpuslice_vgpu_sm_share_ratio", "gauge",
+        "Share of the GPU's time the SM limiter holds the container to (0..1)",
+        [&](const ctr& c, std::size_t i) -> std::optional<double> {
+          return double(c.r->counters.rates[i].share_ppm) / k_ppm;
+        });
+  rated("gpuslice_vgpu_gpu_time_seconds_total", "counter",
+        "GPU time charged to the container's kernels by the SM limiter",
+        [&](const ctr& c, std::size_t i) -> std::optional<double> {
+          return double(c.r->counters.rates[i].charged_ns) / k_ns;
+        });
+  rated("gpuslice_vgpu_throttled_seconds_total", "counter",
+        "Wall time the SM limiter held the container's launches back",
+        [&](const ctr& c, std::size_t i) -> std::optional<double> {
+          return double(c.r->counters.rates[i].waited_ns) / k_ns;
+        });
+  rated("gpuslice_vgpu_achieved_share_ratio", "gauge",
+        "GPU time charged per wall second between the last two reads of the ledger (0..1)",
+        [&](const ctr& c, std::size_t i) -> std::optional<double> {
+          const auto& prev = c.r->previous.rates;
+          const double span = c.r->last_update - c.r->previous_at;
+          if (c.r->previous_at <= 0 || span <= 0 || i >= prev.size() || !prev[i].ready) {
+            return std::nullopt;
+          }
+          const auto now_ns = c.r->counters.rates[i].charged_ns;
+          if (now_ns < prev[i].charged_ns) return std::nullopt;
+          return double(now_ns - prev[i].charged_ns) / k_ns / span;
+        });
   per_ctr("gpuslice_container_processes", "gauge",
           "Live processes charged in the container's ledger",
           [](const ctr& c) { return double(c.r->snap.processes.size()); });

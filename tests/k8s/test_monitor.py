@@ -8,6 +8,7 @@ import signal
 import subprocess
 import tempfile
 import threading
+import time
 import urllib.request
 
 import pytest
@@ -17,12 +18,13 @@ from conftest import load_gpuslice
 
 MONITOR = os.environ.get("GPUSLICE_MONITOR", "")
 FAKE_DIR = os.environ.get("GPUSLICE_FAKE_NVML_DIR", "")
+SHIM = os.environ.get("GPUSLICE_SHIM_PRELOAD", "")
+LAUNCH_CLIENT = os.environ.get("GPUSLICE_SHIM_LAUNCH_CLIENT", "")
 gpuslice = load_gpuslice()
-pytestmark = [
-    pytest.mark.skipif(not os.path.exists(MONITOR),
-                       reason="needs GPUSLICE_MONITOR (run through ctest)"),
-    pytest.mark.skipif(gpuslice is None, reason="needs the gpuslice package (its _core module)"),
-]
+pytestmark = pytest.mark.skipif(not os.path.exists(MONITOR),
+                                reason="needs GPUSLICE_MONITOR (run through ctest)")
+needs_ledger = pytest.mark.skipif(gpuslice is None,
+                                  reason="needs the gpuslice package (its _core module)")
 
 UA = "GPU-aaaaaaaa-0000-0000-0000-000000000001"
 UB = "GPU-bbbbbbbb-0000-0000-0000-000000000002"
@@ -83,6 +85,7 @@ def labels(**kw):
     return frozenset(kw.items())
 
 
+@needs_ledger
 def test_hami_families_and_labels_match_the_ledgers(ledger_dir, fake_apiserver):
     pod = fake_apiserver.add_pod("train", namespace="ml", node_name="n1")
     uid = pod["metadata"]["uid"]
@@ -123,6 +126,7 @@ def test_hami_families_and_labels_match_the_ledgers(ledger_dir, fake_apiserver):
     assert "vGPU_device_memory_usage_in_bytes" not in s
 
 
+@needs_ledger
 def test_legacy_families_on_request(ledger_dir):
     l1 = ledger(ledger_dir, "uid-1", "c", {UA: "1Gi"})
     assert l1.try_reserve(UA, 5 * MIB)
@@ -137,6 +141,7 @@ def test_legacy_families_on_request(ledger_dir):
     assert "hami_vgpu_memory_used_bytes" in s  # the current names stay
 
 
+@needs_ledger
 def test_unreadable_ledgers_are_skipped_with_a_reason_and_a_counter(ledger_dir):
     good = ledger(ledger_dir, "uid-good", "c", {UA: "1Gi"})
     assert good.try_reserve(UA, MIB)
@@ -162,6 +167,7 @@ def test_unreadable_ledgers_are_skipped_with_a_reason_and_a_counter(ledger_dir):
         assert sum(name in line for line in m.log) == 1, m.log
 
 
+@needs_ledger
 def test_a_stale_container_stays_visible_with_its_last_values(ledger_dir):
     path = os.path.join(ledger_dir, "uid-1_c", "gpuslice.cache")
     l1 = ledger(ledger_dir, "uid-1", "c", {UA: "1Gi"})
@@ -195,6 +201,7 @@ def test_a_stale_container_stays_visible_with_its_last_values(ledger_dir):
         assert m.close() == 0
 
 
+@needs_ledger
 def test_reaps_of_a_dead_process_are_counted(ledger_dir):
     l1 = ledger(ledger_dir, "uid-1", "c", {UA: "1Gi"})
     pid = os.fork()
@@ -226,3 +233,40 @@ def test_bad_flags_get_one_clear_line(args, expected):
                        text=True, timeout=30)
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1 and expected in r.stderr, r.stderr
+
+
+@pytest.mark.skipif(not (SHIM and os.path.exists(LAUNCH_CLIENT) and os.path.isdir(FAKE_DIR)),
+                    reason="needs the shim, its launch client and the fake driver (ctest)")
+def test_the_sm_limiters_statistics_from_a_process_under_the_shim(ledger_dir):
+    d = os.path.join(ledger_dir, "uid-1_c")
+    os.makedirs(d)
+    path = os.path.join(d, "gpuslice.cache")
+    env = dict(os.environ, LD_LIBRARY_PATH=FAKE_DIR, FAKE_CUDA_MEMORY="1Gi", LD_PRELOAD=SHIM,
+               GPU_CORE_UTILIZATION_POLICY="force", CUDA_DEVICE_SM_LIMIT="30",
+               CUDA_DEVICE_MEMORY_SHARED_CACHE=path)
+    m = Monitor(ledger_dir, ["--no-nvml"])
+    try:
+        t0 = time.monotonic()
+        # a launch storm held to 30% by the shim's limiter, which keeps its bucket in the ledger
+        proc = subprocess.Popen([LAUNCH_CLIENT, "share", "kernel", "30"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        achieved = []
+        while proc.poll() is None:
+            achieved += m.scrape().get("gpuslice_vgpu_achieved_share_ratio", {}).values()
+            time.sleep(0.2)
+        out, err = proc.communicate(timeout=60)
+        wall = time.monotonic() - t0
+        assert proc.returncode == 0, out + err
+        s = m.scrape()
+    finally:
+        assert m.close() == 0
+    (key,) = s["gpuslice_vgpu_sm_share_ratio"]
+    assert dict(key)["pod"] == "uid-1" and dict(key)["vdevice_index"] == "0"
+    assert s["gpuslice_vgpu_sm_share_ratio"][key] == pytest.approx(0.3)
+    gpu = s["gpuslice_vgpu_gpu_time_seconds_total"][key]
+    throttled = s["gpuslice_vgpu_throttled_seconds_total"][key]
+    # tokens accrue at the share: the charged GPU time cannot outrun the wall clock, and a storm
+    # at 30% must have been held back
+    assert 0 < gpu <= wall
+    assert throttled > 0
+    assert achieved and all(0 <= a <= 1 for a in achieved), achieved

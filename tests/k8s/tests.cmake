@@ -26,6 +26,17 @@ if(Python3_Interpreter_FOUND)
   if(TARGET gpuslice_monitor)
     list(APPEND _k8s_env "GPUSLICE_MONITOR=$<TARGET_FILE:gpuslice_monitor>")
   endif()
+  # A process under the shim on the fake driver fills a ledger's SM limiter words.
+  if(TARGET gpuslice_shim AND TARGET shim_client_launch AND TARGET gpuslice_fake_cuda)
+    set(_k8s_preload $<TARGET_FILE:gpuslice_shim>)
+    if(GPUSLICE_SANITIZE STREQUAL "address")
+      execute_process(COMMAND ${CMAKE_CXX_COMPILER} -print-file-name=libasan.so
+                      OUTPUT_VARIABLE _k8s_asan OUTPUT_STRIP_TRAILING_WHITESPACE)
+      set(_k8s_preload "${_k8s_asan}:${_k8s_preload}")
+    endif()
+    list(APPEND _k8s_env "GPUSLICE_SHIM_PRELOAD=${_k8s_preload}"
+         "GPUSLICE_SHIM_LAUNCH_CLIENT=$<TARGET_FILE:shim_client_launch>")
+  endif()
   # The monitor's tests write ledgers through gpuslice.Ledger: the module of this build when
   # there is one a plain interpreter can load (not a sanitized one), else an installed gpuslice.
   if(TARGET _core AND GPUSLICE_SANITIZE STREQUAL "")
