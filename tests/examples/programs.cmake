@@ -79,11 +79,18 @@ if(TARGET gpuslice_extender AND Python3_Interpreter_FOUND)
   if(TARGET gpuslice_webhook)
     list(APPEND _sched_env "GPUSLICE_WEBHOOK=$<TARGET_FILE:gpuslice_webhook>")
   endif()
+  if(TARGET gpuslice_device_plugin)
+    list(APPEND _sched_env "GPUSLICE_DEVICE_PLUGIN=$<TARGET_FILE:gpuslice_device_plugin>")
+  endif()
+  if(TARGET gpuslice_monitor)
+    list(APPEND _sched_env "GPUSLICE_MONITOR=$<TARGET_FILE:gpuslice_monitor>")
+  endif()
   add_test(NAME examples:scheduler:pytest
            COMMAND ${Python3_EXECUTABLE} -m pytest -q -p no:cacheprovider
                    -c ${PROJECT_SOURCE_DIR}/pyproject.toml --rootdir ${PROJECT_SOURCE_DIR}
                    ${PROJECT_SOURCE_DIR}/tests/k8s/test_scheduler_extender.py
                    ${PROJECT_SOURCE_DIR}/tests/k8s/test_scheduler_webhook.py
+                   ${PROJECT_SOURCE_DIR}/tests/k8s/test_deploy.py
            WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
   set_tests_properties(examples:scheduler:pytest PROPERTIES LABELS "examples;k8s" TIMEOUT 300
                        ENVIRONMENT "${_sched_env}")
