@@ -45,7 +45,9 @@ if(Python3_Interpreter_FOUND)
   add_test(NAME k8s:pytest
            COMMAND ${Python3_EXECUTABLE} -m pytest -q -p no:cacheprovider
                    -c ${PROJECT_SOURCE_DIR}/pyproject.toml --rootdir ${PROJECT_SOURCE_DIR}
-                   ${CMAKE_CURRENT_LIST_DIR}
+                   ${CMAKE_CURRENT_LIST_DIR}/test_fake_apiserver.py
+                   ${CMAKE_CURRENT_LIST_DIR}/test_device_plugin.py
+                   ${CMAKE_CURRENT_LIST_DIR}/test_monitor.py
            WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
   set_tests_properties(k8s:pytest PROPERTIES LABELS k8s TIMEOUT 300
                        ENVIRONMENT "${_k8s_env};PYTHONPATH=${PROJECT_SOURCE_DIR}/python")
