@@ -95,3 +95,18 @@ if(TARGET gpuslice_extender AND Python3_Interpreter_FOUND)
   set_tests_properties(examples:scheduler:pytest PROPERTIES LABELS "examples;k8s" TIMEOUT 300
                        ENVIRONMENT "${_sched_env}")
 endif()
+
+# The whole flow end to end (tests/k8s/test_e2e_scheduling.py): webhook, extender, device
+# plugin, a kubelet-shaped client, a process under libgpuslice.so on the fake driver, and the
+# exporter. A plain build only: a sanitized shim cannot be preloaded into a plain interpreter.
+if(TARGET gpuslice_extender AND TARGET gpuslice_webhook AND TARGET gpuslice_device_plugin
+   AND TARGET gpuslice_monitor AND TARGET gpuslice_shim AND TARGET gpuslice_fake_nvml
+   AND TARGET gpuslice_fake_cuda AND Python3_Interpreter_FOUND AND GPUSLICE_SANITIZE STREQUAL "")
+  add_test(NAME examples:scheduler:e2e
+           COMMAND ${Python3_EXECUTABLE} -m pytest -q -p no:cacheprovider
+                   -c ${PROJECT_SOURCE_DIR}/pyproject.toml --rootdir ${PROJECT_SOURCE_DIR}
+                   ${PROJECT_SOURCE_DIR}/tests/k8s/test_e2e_scheduling.py
+           WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
+  set_tests_properties(examples:scheduler:e2e PROPERTIES LABELS "examples;k8s" TIMEOUT 300
+                       ENVIRONMENT "${_sched_env};GPUSLICE_SHIM=$<TARGET_FILE:gpuslice_shim>;GPUSLICE_FAKE_NVML_DIR=$<TARGET_FILE_DIR:gpuslice_fake_nvml>")
+endif()
