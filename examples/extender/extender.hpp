@@ -176,6 +176,51 @@ class service {
     pod_skips_.erase(uid);
   }
 
+  /// Adds or updates a ResourceQuota: its `limits.<gpumem>` and `limits.<gpucores>` hard limits
+  /// bound what the namespace's pods hold (in gpumem units, times memoryFactor, and percent).
+  /// A quota without those keys limits nothing here. Thread-safe.
+  void upsert_quota(const json& quota) {
+    const json* meta = kube::detail::member(quota, "metadata");
+    if (meta == nullptr) return;
+    const std::string ns = kube::detail::string_at(*meta, "namespace", "default");
+    const std::string name = kube::detail::string_at(*meta, "name");
+    quota_entry q;
+    const json* spec = kube::detail::member(quota, "spec");
+    const json* hard = spec != nullptr ? kube::detail::member(*spec, "hard") : nullptr;
+    auto limit = [&](const std::string& resource, std::optional<std::uint64_t>& out) {
+      const json* v = hard != nullptr
+                          ? kube::detail::member(*hard, std::string(kube::k_quota_prefix) + resource)
+                          : nullptr;
+      if (v == nullptr) return;
+      auto n = v->is_string() ? kube::parse_quantity(v->get<std::string>())
+                              : kube::parse_quantity(v->dump());
+      if (n) out = static_cast<std::uint64_t>(*n);
+    };
+    limit(cfg_.resource_memory, q.memory_mib);
+    limit(cfg_.resource_cores, q.cores);
+    if (q.memory_mib) *q.memory_mib *= std::max<std::uint32_t>(cfg_.memory_factor, 1);
+    std::unique_lock lock(mu_);
+    quotas_[ns][name] = q;
+  }
+  /// Removes a ResourceQuota. Thread-safe.
+  void delete_quota(const json& quota) {
+    const json* meta = kube::detail::member(quota, "metadata");
+    if (meta == nullptr) return;
+    std::unique_lock lock(mu_);
+    const auto it = quotas_.find(kube::detail::string_at(*meta, "namespace", "default"));
+    if (it != quotas_.end()) it->second.erase(kube::detail::string_at(*meta, "name"));
+  }
+  /// Replaces every ResourceQuota with the items of a list. Thread-safe.
+  void replace_quotas(const json& items) {
+    {
+      std::unique_lock lock(mu_);
+      quotas_.clear();
+    }
+    if (items.is_array()) {
+      for (const json& q : items) upsert_quota(q);
+    }
+  }
+
   // ---- verbs -----------------------------------------------------------------------------
 
   /// The filter verb. Thread-safe.
@@ -433,6 +478,61 @@ class service {
     fit::hami_scorer scorer;
   };
 
+  /// One ResourceQuota's GPU limits.
+  struct quota_entry {
+    std::optional<std::uint64_t> memory_mib;  ///< limits.<gpumem>, times memoryFactor
+    std::optional<std::uint64_t> cores;       ///< limits.<gpucores>, percent
+  };
+
+  /// Why \p ns cannot take \p req on node \p n under its quotas, or "" when it can. HAMi's
+  /// FitQuota: the namespace's held memory and cores plus the request within every limit. A
+  /// percentage counts on the node's largest GPU; init containers as their peak. Caller holds
+  /// mu_ (shared or exclusive).
+  std::string quota_excess(const std::string& ns, const fit::pod_request& req,
+                           const fit::node& n) const {
+    const auto it = quotas_.find(ns);
+    if (it == quotas_.end() || it->second.empty()) return {};
+    std::uint64_t device_mem = 0;
+    for (const auto& d : n.devices) device_mem = std::max(device_mem, d.memory_total);
+    std::uint64_t app_mem = 0, app_cores = 0, init_mem = 0, init_cores = 0;
+    for (const auto& c : req.containers) {
+      if (c.count == 0) continue;
+      const fit::share sh = fit::resolve(c, device_mem, k_milli_per_gpu);
+      const std::uint64_t mem = sh.memory / fit::k_bytes_per_mib * c.count;
+      const std::uint64_t cores = std::uint64_t{milli_to_cores(sh.cores)} * c.count;
+      if (c.init) {
+        init_mem = std::max(init_mem, mem);
+        init_cores = std::max(init_cores, cores);
+      } else {
+        app_mem += mem;
+        app_cores += cores;
+      }
+    }
+    const std::uint64_t want_mem = std::max(app_mem, init_mem);
+    const std::uint64_t want_cores = std::max(app_cores, init_cores);
+    std::uint64_t used_mem = 0, used_cores = 0;
+    for (const auto& [uid, h] : held_) {
+      if (h.pod.ref.name_space != ns) continue;
+      for (const auto& d : h.pod.devices) {
+        used_mem += d.memory / fit::k_bytes_per_mib;
+        used_cores += milli_to_cores(d.cores);
+      }
+    }
+    for (const auto& [name, q] : it->second) {
+      if (q.memory_mib && used_mem + want_mem > *q.memory_mib) {
+        return "namespace " + ns + " quota " + name + ": " + cfg_.resource_memory + " " +
+               std::to_string(used_mem) + " held + " + std::to_string(want_mem) +
+               " asked > limit " + std::to_string(*q.memory_mib);
+      }
+      if (q.cores && used_cores + want_cores > *q.cores) {
+        return "namespace " + ns + " quota " + name + ": " + cfg_.resource_cores + " " +
+               std::to_string(used_cores) + " held + " + std::to_string(want_cores) +
+               " asked > limit " + std::to_string(*q.cores);
+      }
+    }
+    return {};
+  }
+
   service(fit::hami_scorer scorer, std::size_t pod_cache, kube::config cfg)
       : cluster_(*fit::cluster::make({})),
         scorer_(scorer),
@@ -614,7 +714,13 @@ class service {
       const fit::node& n = cluster_.nodes()[at->second];
       c.feasible = r.feasible;
       c.score = r.score;
-      if (!c.feasible) {
+      if (c.feasible) {
+        const std::string over = quota_excess(a.pod.name_space, *a.request, n);
+        if (!over.empty()) {
+          c.feasible = false;
+          c.why = over;
+        }
+      } else {
         c.why = kube::describe_rejection(n, r.reasons);
         const std::uint32_t fixed =
             r.reasons[fit::reason::unhealthy] + r.reasons[fit::reason::cordoned] +
@@ -717,6 +823,10 @@ class service {
                                        : std::string("not registered")));
         }
         const fit::node& n = cluster_.nodes()[at->second];
+        if (const std::string over = quota_excess(b.pod.name_space, req->request, n);
+            !over.empty()) {
+          return result_error("quota", "pod " + b.pod.key() + ": " + over);
+        }
         auto d = fit::fit(std::vector<fit::node>{n}, req->request, req->scorer);
         if (!d) return result_error("invalid_request", "pod " + b.pod.key() + ": " + d.message());
         if (!d->placed) {
@@ -771,6 +881,7 @@ class service {
   std::map<std::string, node_entry> nodes_;                 ///< by name
   std::unordered_map<std::string, held_entry> held_;        ///< pods holding GPUs, by uid
   std::map<std::string, std::string> pod_skips_;            ///< uid -> why it is not charged
+  std::map<std::string, std::map<std::string, quota_entry>> quotas_;  ///< namespace -> name ->
   bool dirty_ = false;                                      ///< cluster_ is older than the above
   fit::cluster cluster_;
   std::unordered_map<std::string, std::size_t> index_;  ///< node name -> position in cluster_

@@ -7,7 +7,8 @@
 //                     [--gpu-policy spread|binpack|topology-aware[,mutex,numa]]
 //                     [--bind-timeout-ms 3000] [HAMi chart keys] [--verbose]
 //
-// Where the cluster comes from: --nodes/--pods read files once (a node or pod that does not map
+// ResourceQuotas limiting gpumem and gpucores come from --quotas FILE or, with --watch-quotas,
+// from the API server. Where the cluster comes from: --nodes/--pods read files once (a node or pod that does not map
 // is skipped with a line on stderr); without --nodes, --apiserver (e.g. `kubectl proxy`) or
 // --in-cluster (the pod's service account) lists and watches nodes and pods. --port 0 picks a
 // free port; the first line on stdout names the address served. SIGINT and SIGTERM stop the
@@ -67,7 +68,7 @@ constexpr std::string_view k_usage =
     "usage: gpuslice_extender [--nodes NODES.json [--pods PODS.json]] "
     "[--apiserver URL | --in-cluster] [--listen ADDR] [--port N] "
     "[--node-policy binpack|spread] [--gpu-policy binpack|spread|topology-aware[,mutex][,numa]] "
-    "[--bind-timeout-ms MS] [--resource-name NAME] [--resource-mem NAME] "
+    "[--bind-timeout-ms MS] [--quotas QUOTAS.json] [--watch-quotas] [--resource-name NAME] [--resource-mem NAME] "
     "[--resource-mem-percentage NAME] [--resource-cores NAME] [--default-gpu-num N] "
     "[--default-mem MIB] [--default-cores PERCENT] [--memory-factor N] [--verbose]\n";
 
@@ -120,7 +121,8 @@ bool number(std::string_view flag, const std::string& value, std::uint64_t max,
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string nodes_path, pods_path, listen = "127.0.0.1", apiserver;
+  std::string nodes_path, pods_path, quotas_path, listen = "127.0.0.1", apiserver;
+  bool watch_quotas = false;
   bool in_cluster = false;
   int port = k_default_port;
   bool verbose = false;
@@ -137,8 +139,8 @@ int main(int argc, char** argv) {
       verbose = true;
       continue;
     }
-    if (arg == "--in-cluster") {
-      in_cluster = true;
+    if (arg == "--in-cluster" || arg == "--watch-quotas") {
+      (arg == "--in-cluster" ? in_cluster : watch_quotas) = true;
       continue;
     }
     if (i + 1 >= argc) {
@@ -151,6 +153,8 @@ int main(int argc, char** argv) {
       nodes_path = value;
     } else if (arg == "--pods") {
       pods_path = value;
+    } else if (arg == "--quotas") {
+      quotas_path = value;
     } else if (arg == "--listen") {
       listen = value;
     } else if (arg == "--port") {
@@ -231,6 +235,13 @@ int main(int argc, char** argv) {
       }
     }
   }
+  if (!quotas_path.empty()) {
+    auto doc = read_json(quotas_path);
+    if (!doc) return fail(doc.message());
+    const json* items = kube::items(*doc);
+    if (items == nullptr) return fail(quotas_path + ": expected a ResourceQuotaList or an array");
+    service.replace_quotas(*items);
+  }
   const std::chrono::milliseconds bind_budget(bind_timeout_ms);
   if (client) {
     service.set_binder(apiserver_binder(client, bind_budget));
@@ -257,15 +268,17 @@ int main(int argc, char** argv) {
 
   // List and watch nodes and pods when no file gives them.
   // One canceller per informer: a canceller stops the one watch attached to it.
-  api::canceller cancel_nodes, cancel_pods;
+  api::canceller cancel_nodes, cancel_pods, cancel_quotas;
   std::vector<std::thread> informers;
   std::mutex listed_mu;
   std::condition_variable listed_cv;
   int listed = 0;
   const bool watch = client && nodes_path.empty();
   if (watch) {
-    auto informer = [&](std::string path, bool nodes) {
-      return std::thread([&, path, nodes] {
+    enum class kind { nodes, pods, quotas };
+    auto informer = [&](std::string path, kind k, api::canceller& cancel) {
+      return std::thread([&, path, k] {
+        const bool nodes = k == kind::nodes;
         bool first = true;
         client->list_and_watch(
             path, {},
@@ -275,10 +288,12 @@ int main(int argc, char** argv) {
                   fmt::print(stderr, "gpuslice_extender: {}\n", why);
                 }
                 service.replace_nodes(l.items);
-              } else {
+              } else if (k == kind::pods) {
                 service.replace_pods(l.items);
+              } else {
+                service.replace_quotas(l.items);
               }
-              if (first) {
+              if (first && k != kind::quotas) {
                 first = false;
                 std::lock_guard lock(listed_mu);
                 ++listed;
@@ -287,29 +302,32 @@ int main(int argc, char** argv) {
               return true;
             },
             [&](const api::watch_event& e) {
-              if (e.type == "DELETED") {
-                if (nodes) {
+              const bool gone = e.type == "DELETED";
+              if (!gone && e.type != "ADDED" && e.type != "MODIFIED") return true;
+              if (nodes) {
+                if (gone) {
                   service.delete_node(kube::detail::string_at(e.object["metadata"], "name"));
                 } else {
-                  service.delete_pod(e.object);
-                }
-              } else if (e.type == "ADDED" || e.type == "MODIFIED") {
-                if (nodes) {
                   service.upsert_node(e.object);
-                } else {
-                  service.upsert_pod(e.object);
                 }
+              } else if (k == kind::pods) {
+                gone ? service.delete_pod(e.object) : service.upsert_pod(e.object);
+              } else {
+                gone ? service.delete_quota(e.object) : service.upsert_quota(e.object);
               }
               return true;
             },
-            nodes ? cancel_nodes : cancel_pods,
+            cancel,
             [&](const gpuslice::error& err) {
               fmt::print(stderr, "gpuslice_extender: watch {}: {}\n", path, err.message);
             });
       });
     };
-    informers.push_back(informer(api::nodes_path(), true));
-    informers.push_back(informer(api::pods_path(), false));
+    informers.push_back(informer(api::nodes_path(), kind::nodes, cancel_nodes));
+    informers.push_back(informer(api::pods_path(), kind::pods, cancel_pods));
+    if (watch_quotas) {
+      informers.push_back(informer("/api/v1/resourcequotas", kind::quotas, cancel_quotas));
+    }
     std::unique_lock lock(listed_mu);
     if (!listed_cv.wait_for(lock, k_initial_list_wait, [&] { return listed == 2; })) {
       fmt::print(stderr, "gpuslice_extender: nodes and pods not listed yet; serving anyway\n");
@@ -323,6 +341,7 @@ int main(int argc, char** argv) {
   auto stop_informers = [&] {
     cancel_nodes.cancel();
     cancel_pods.cancel();
+    cancel_quotas.cancel();
     for (auto& t : informers) t.join();
   };
   if (port == 0) {

@@ -120,7 +120,7 @@ def test_rbac_subjects_roles_and_service_accounts_agree():
     rules = one("ClusterRole", "gpuslice-scheduler")["rules"]
     allowed = {(r, v) for rule in rules for r in rule["resources"] for v in rule["verbs"]}
     for need in [("nodes", "watch"), ("pods", "watch"), ("pods", "patch"),
-                 ("pods/binding", "create")]:
+                 ("pods/binding", "create"), ("resourcequotas", "watch")]:
         assert need in allowed
 
 
