@@ -22,6 +22,7 @@ It models the documented behaviour of kube-apiserver that gpuslice's programs re
 * ``PUT`` (update) with a stale ``metadata.resourceVersion``: 409 Conflict.
 * ``POST .../pods/{name}/binding`` with a Binding: sets ``spec.nodeName``; a pod already bound
   is a 409. ``POST .../pods`` creates (409 AlreadyExists); ``DELETE`` removes.
+* HTTPS with ``tls=(cert, key)``; every request's ``Authorization`` header is recorded.
 * Errors are Status objects (``{"kind":"Status","code":..,"reason":..,"message":..}``).
 
 Tests drive it directly too: ``add_node``, ``add_pod``, ``update``, ``delete``, ``compact``,
@@ -263,7 +264,9 @@ class FakeAPIServer:
     """The fake API server. Thread-safe: tests mutate it while programs talk to it."""
 
     def __init__(self, history: int = 1000, watch_gone_status: int = 200,
-                 bookmark_interval: Optional[float] = None):
+                 bookmark_interval: Optional[float] = None,
+                 tls: Optional[tuple[str, str]] = None):
+        """``tls``: (certificate file, key file) to serve HTTPS, as kube-apiserver does."""
         self._lock = threading.Condition()
         self._objects: dict[tuple[str, str, str], dict] = {}  # (kind, ns, name) -> object
         self._events: list[tuple[int, str, str, dict]] = []   # (rv, kind, type, object)
@@ -281,6 +284,13 @@ class FakeAPIServer:
         self.open_watches = 0
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self._httpd.daemon_threads = True
+        self.scheme = "http"
+        if tls is not None:
+            import ssl
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(tls[0], tls[1])
+            self._httpd.socket = ctx.wrap_socket(self._httpd.socket, server_side=True)
+            self.scheme = "https"
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True,
                                         kwargs={"poll_interval": 0.05})
         self._thread.start()
@@ -292,7 +302,7 @@ class FakeAPIServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def close(self) -> None:
         self._closing.set()
@@ -551,7 +561,8 @@ def _make_handler(server: FakeAPIServer):
         def _handle(self, method: str) -> None:
             parts = urlsplit(self.path)
             q = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-            server.requests.append({"method": method, "path": parts.path, "query": q})
+            server.requests.append({"method": method, "path": parts.path, "query": q,
+                                    "authorization": self.headers.get("Authorization", "")})
             record: Optional[dict] = None
             try:
                 body = self._body() if method in ("PATCH", "PUT", "POST") else None
@@ -753,9 +764,13 @@ def _make_handler(server: FakeAPIServer):
 
 
 def main() -> None:
-    """Serves until stdin closes; prints the URL first (for tests in other languages)."""
+    """Serves until stdin closes; prints the URL first (for tests in other languages).
+    ``--tls CERT KEY`` serves HTTPS."""
     import sys
-    with FakeAPIServer() as server:
+    tls = None
+    if len(sys.argv) == 4 and sys.argv[1] == "--tls":
+        tls = (sys.argv[2], sys.argv[3])
+    with FakeAPIServer(tls=tls) as server:
         print(server.url, flush=True)
         sys.stdin.read()
 

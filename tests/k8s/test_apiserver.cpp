@@ -29,11 +29,13 @@ using namespace std::chrono_literals;
 /// The fake API server as a child process; its stdin is a pipe whose closing stops it.
 class fake_server {
  public:
-  fake_server() {
+  explicit fake_server(std::vector<std::string> extra = {}) {
     int in[2], out[2];
     if (pipe(in) != 0 || pipe(out) != 0) throw std::runtime_error("pipe failed");
     std::string script = std::string(GPUSLICE_K8S_TEST_DIR) + "/fake_apiserver.py";
-    std::vector<char*> argv{const_cast<char*>("python3"), script.data(), nullptr};
+    std::vector<char*> argv{const_cast<char*>("python3"), script.data()};
+    for (auto& e : extra) argv.push_back(e.data());
+    argv.push_back(nullptr);
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_adddup2(&fa, in[0], STDIN_FILENO);
@@ -309,4 +311,75 @@ TEST_CASE("deadlines, injected errors and cancellation end calls with a clear er
   auto u = api_client(*unreachable, 500ms).get("/api/v1/nodes");
   REQUIRE_FALSE(u.ok());
   CHECK(u.message().find("GET /api/v1/nodes: ") == 0);
+}
+
+namespace {
+/// A temporary directory removed at scope exit.
+struct temp_dir {
+  std::string path;
+  temp_dir() {
+    char tmpl[] = "/tmp/gsapiXXXXXX";
+    if (mkdtemp(tmpl) == nullptr) throw std::runtime_error("mkdtemp failed");
+    path = tmpl;
+  }
+  ~temp_dir() { std::system(("rm -rf " + path).c_str()); }
+  temp_dir(const temp_dir&) = delete;
+  temp_dir& operator=(const temp_dir&) = delete;
+};
+
+void write_file(const std::string& path, const std::string& text) {
+  FILE* f = std::fopen(path.c_str(), "w");
+  REQUIRE(f != nullptr);
+  std::fputs(text.c_str(), f);
+  std::fclose(f);
+}
+
+/// A self-signed certificate for 127.0.0.1 (cert.pem, key.pem) made by openssl in \p dir.
+bool make_certificate(const std::string& dir, const std::string& name) {
+  const std::string cmd =
+      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1"
+      " -addext subjectAltName=IP:127.0.0.1 -keyout " +
+      dir + "/" + name + ".key -out " + dir + "/" + name + ".pem >/dev/null 2>&1";
+  return std::system(cmd.c_str()) == 0;
+}
+}  // namespace
+
+TEST_CASE("in cluster: HTTPS with the service account's CA and a token re-read per request",
+          "[apiserver]") {
+  temp_dir d;
+  if (!make_certificate(d.path, "server") || !make_certificate(d.path, "other")) {
+    WARN("openssl is missing: the HTTPS case is not run");
+    return;
+  }
+  fake_server s({"--tls", d.path + "/server.pem", d.path + "/server.key"});
+  REQUIRE(s.url().rfind("https://127.0.0.1:", 0) == 0);
+  const std::string port = s.url().substr(s.url().rfind(':') + 1);
+  const std::string sa = d.path + "/sa";
+  REQUIRE(std::system(("mkdir -p " + sa).c_str()) == 0);
+  write_file(sa + "/token", "token-one\n");
+  std::system(("cp " + d.path + "/server.pem " + sa + "/ca.crt").c_str());
+  setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1", 1);
+  setenv("KUBERNETES_SERVICE_PORT", port.c_str(), 1);
+  auto cfg = gpuslice::kube::in_cluster_config(sa);
+  unsetenv("KUBERNETES_SERVICE_HOST");
+  unsetenv("KUBERNETES_SERVICE_PORT");
+  REQUIRE(cfg.ok());
+  CHECK(cfg->url == "https://127.0.0.1:" + port);
+  const api_client c(*cfg, 5000ms);
+  REQUIRE(c.get("/api/v1/nodes").ok());
+  write_file(sa + "/token", "token-two\n");  // a rotated token is used at the next request
+  REQUIRE(c.get("/api/v1/pods").ok());
+  auto reqs = c.get("/fake/requests");
+  REQUIRE(reqs.ok());
+  REQUIRE(reqs->size() == 2);
+  CHECK((*reqs)[0]["authorization"] == "Bearer token-one");
+  CHECK((*reqs)[1]["authorization"] == "Bearer token-two");
+
+  // a server whose certificate the CA did not sign is refused
+  gpuslice::kube::api_config wrong = *cfg;
+  wrong.ca_file = d.path + "/other.pem";
+  auto refused = api_client(wrong, 5000ms).get("/api/v1/nodes");
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.message().find("GET /api/v1/nodes: ") == 0);
+  CHECK(gpuslice::kube::http_status(refused.err()) == 0);
 }
