@@ -294,6 +294,26 @@ def test_allocate_answers_with_hamis_contract(node, fake_apiserver):
     assert all(p["body"]["metadata"].get("resourceVersion") for p in patches)
 
 
+def test_allocate_takes_init_containers_first(node, fake_apiserver):
+    with node.kubelet.plugin() as client:
+        stream, first = first_list(client)
+        stream.cancel()
+        u0, u1 = uuids_of(first)
+        ann = {PHASE: "allocating", TO_ALLOCATE: encode([[(u0, 100, 10)], [], [(u1, 200, 20)]])}
+        pod = fake_apiserver.add_pod("p", node_name="n1", annotations=ann)
+        uid = pod["metadata"]["uid"]
+        fake_apiserver.update("pods", "p", lambda o: o["spec"].update(
+            initContainers=[{"name": "init"}], containers=[{"name": "cpu"}, {"name": "gpu"}]))
+        r1 = client.allocate([f"{u0}-0"]).container_responses[0]
+        assert dict(r1.envs)["NVIDIA_VISIBLE_DEVICES"] == u0
+        assert os.path.isdir(os.path.join(node.hook, "containers", f"{uid}_init"))
+        r2 = client.allocate([f"{u1}-0"]).container_responses[0]
+        assert dict(r2.envs)["NVIDIA_VISIBLE_DEVICES"] == u1
+        assert dict(r2.envs)["CUDA_DEVICE_MEMORY_LIMIT_0"] == "200m"
+        assert os.path.isdir(os.path.join(node.hook, "containers", f"{uid}_gpu"))
+        assert fake_apiserver.get("pods", "p")["metadata"]["annotations"][PHASE] == "success"
+
+
 def test_allocate_refuses_bad_input_and_changes_nothing_else(node, fake_apiserver):
     api = fake_apiserver
     with node.kubelet.plugin() as client:
