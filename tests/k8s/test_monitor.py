@@ -122,19 +122,27 @@ def test_hami_families_and_labels_match_the_ledgers(ledger_dir, fake_apiserver):
     types = {dict(k)["device_type"] for k in host}
     assert types == {"NVIDIA-Fake GPU 0", "NVIDIA-Fake GPU 1"}
     assert all(dict(k)["zone"] == "vGPU" and dict(k)["node"] == "n1" for k in host)
+    util = s["hami_host_gpu_utilization_ratio"]
+    assert set(util) == set(host) and all(0 <= v <= 100 for v in util.values())
     # no legacy families unless asked
     assert "vGPU_device_memory_usage_in_bytes" not in s
+    assert "HostCoreUtilization" not in s
 
 
 @needs_ledger
 def test_legacy_families_on_request(ledger_dir):
     l1 = ledger(ledger_dir, "uid-1", "c", {UA: "1Gi"})
     assert l1.try_reserve(UA, 5 * MIB)
-    m = Monitor(ledger_dir, ["--legacy-metrics", "--no-nvml"])
+    env = {"LD_LIBRARY_PATH": FAKE_DIR, "FAKE_CUDA_DEVICES": "1", "FAKE_CUDA_MEMORY": "4Gi"}
+    m = Monitor(ledger_dir, ["--legacy-metrics"], env=env)
     try:
         s = m.scrape()
     finally:
         assert m.close() == 0
+    (host,) = s["HostGPUMemoryUsage"]
+    assert dict(host)["nodeid"] == "n1" and dict(host)["deviceidx"] == "0"
+    assert dict(host)["devicetype"] == "NVIDIA-Fake GPU 0"
+    assert set(s["HostCoreUtilization"]) == {host}
     key = labels(podnamespace="", podname="uid-1", ctrname="c", vdeviceid="0", deviceuuid=UA)
     assert s["vGPU_device_memory_usage_in_bytes"][key] == 5 * MIB
     assert s["vGPU_device_memory_limit_in_bytes"][key] == 1 << 30

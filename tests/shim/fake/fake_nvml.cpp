@@ -380,6 +380,29 @@ FAKE_EXPORT nvmlReturn_t nvmlEventSetFree(nvmlEventSet_t set) {
   return NVML_SUCCESS;
 }
 
+/// The device's busy time since the previous call of any process-wide caller, in percent of the
+/// wall time between the calls (0 at the first call), as nvmlDeviceGetUtilizationRates' "gpu".
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t d, nvmlUtilization_t* u) {
+  if (nvmlReturn_t r = check(d); r != NVML_SUCCESS) return r;
+  if (u == nullptr || d->mig >= 0) return NVML_ERROR_INVALID_ARGUMENT;
+  static std::atomic<std::uint64_t> last_busy_of[k_max_fake_devices] = {};
+  static std::atomic<std::int64_t> last_at_of[k_max_fake_devices] = {};
+  const auto now = std::chrono::duration_cast<std::chrono::microseconds>(
+                       std::chrono::steady_clock::now().time_since_epoch())
+                       .count();
+  const std::uint64_t busy = fake_cuda_physical_busy_us(d->physical);
+  const std::uint64_t prev_busy = last_busy_of[d->physical].exchange(busy);
+  const std::int64_t prev_at = last_at_of[d->physical].exchange(now);
+  const std::int64_t span = prev_at == 0 ? 0 : now - prev_at;
+  constexpr unsigned k_percent = 100;
+  u->gpu = span <= 0
+               ? 0
+               : static_cast<unsigned>(std::min<std::uint64_t>(
+                     k_percent, (busy - prev_busy) * k_percent / static_cast<std::uint64_t>(span)));
+  u->memory = 0;
+  return NVML_SUCCESS;
+}
+
 // ---- MIG: FAKE_NVML_MIG -------------------------------------------------------------------------
 
 FAKE_EXPORT nvmlReturn_t nvmlDeviceGetMigMode(nvmlDevice_t d, unsigned int* current,
