@@ -389,18 +389,30 @@ inline std::string exporter::render(const std::map<std::string, pod_name>& pods,
         [&](const ctr& c, std::size_t i) -> std::optional<double> {
           return double(c.r->counters.rates[i].waited_ns) / k_ns;
         });
+  // GPU time charged per wall second between the last two reads: the achieved share.
+  auto achieved = [](const ctr& c, std::size_t i) -> std::optional<double> {
+    const auto& prev = c.r->previous.rates;
+    const double span = c.r->last_update - c.r->previous_at;
+    if (c.r->previous_at <= 0 || span <= 0 || i >= prev.size() || !prev[i].ready) {
+      return std::nullopt;
+    }
+    const auto now_ns = c.r->counters.rates[i].charged_ns;
+    if (now_ns < prev[i].charged_ns) return std::nullopt;
+    return double(now_ns - prev[i].charged_ns) / k_ns / span;
+  };
   rated("gpuslice_vgpu_achieved_share_ratio", "gauge",
         "GPU time charged per wall second between the last two reads of the ledger (0..1)",
-        [&](const ctr& c, std::size_t i) -> std::optional<double> {
-          const auto& prev = c.r->previous.rates;
-          const double span = c.r->last_update - c.r->previous_at;
-          if (c.r->previous_at <= 0 || span <= 0 || i >= prev.size() || !prev[i].ready) {
-            return std::nullopt;
-          }
-          const auto now_ns = c.r->counters.rates[i].charged_ns;
-          if (now_ns < prev[i].charged_ns) return std::nullopt;
-          return double(now_ns - prev[i].charged_ns) / k_ns / span;
-        });
+        achieved);
+  constexpr double k_percent = 100;
+  auto achieved_percent = [&](const ctr& c, std::size_t i) -> std::optional<double> {
+    auto a = achieved(c, i);
+    if (a) *a *= k_percent;
+    return a;
+  };
+  rated("hami_container_device_utilization_ratio", "gauge",
+        "Container device SM utilization (0-100): the GPU time the SM limiter charged per wall "
+        "second between the last two reads",
+        achieved_percent);
   per_ctr("gpuslice_container_processes", "gauge",
           "Live processes charged in the container's ledger",
           [](const ctr& c) { return double(c.r->snap.processes.size()); });
@@ -440,6 +452,22 @@ inline std::string exporter::render(const std::map<std::string, pod_name>& pods,
                [](const ctr& c, std::size_t i) { return double(c.r->snap.devices[i].used); });
     legacy_dev("vGPU_device_memory_limit_in_bytes", "vGPU device limit",
                [](const ctr& c, std::size_t i) { return double(c.r->snap.devices[i].limit); });
+    w.family("Device_utilization_desc_of_container", "gauge",
+             "Container device utilization description");
+    for (const auto& c : ctrs) {
+      const auto& rates = c.r->counters.rates;
+      for (std::size_t i = 0; i < c.r->snap.devices.size() && i < rates.size(); ++i) {
+        if (!rates[i].ready) continue;
+        if (auto v = achieved_percent(c, i)) {
+          w.sample({{"podnamespace", c.ns},
+                    {"podname", c.pod},
+                    {"ctrname", c.r->container},
+                    {"vdeviceid", std::to_string(i)},
+                    {"deviceuuid", c.r->snap.devices[i].uuid}},
+                   *v);
+        }
+      }
+    }
     if (gpus != nullptr) {
       auto host = [&](std::string_view name, std::string_view help, auto value, bool util) {
         w.family(name, "gauge", help);

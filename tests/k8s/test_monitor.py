@@ -252,7 +252,7 @@ def test_the_sm_limiters_statistics_from_a_process_under_the_shim(ledger_dir):
     env = dict(os.environ, LD_LIBRARY_PATH=FAKE_DIR, FAKE_CUDA_MEMORY="1Gi", LD_PRELOAD=SHIM,
                GPU_CORE_UTILIZATION_POLICY="force", CUDA_DEVICE_SM_LIMIT="30",
                CUDA_DEVICE_MEMORY_SHARED_CACHE=path)
-    m = Monitor(ledger_dir, ["--no-nvml"])
+    m = Monitor(ledger_dir, ["--no-nvml", "--legacy-metrics"])
     try:
         t0 = time.monotonic()
         # a launch storm held to 30% by the shim's limiter, which keeps its bucket in the ledger
@@ -260,7 +260,14 @@ def test_the_sm_limiters_statistics_from_a_process_under_the_shim(ledger_dir):
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         achieved = []
         while proc.poll() is None:
-            achieved += m.scrape().get("gpuslice_vgpu_achieved_share_ratio", {}).values()
+            sample = m.scrape()
+            got = list(sample.get("gpuslice_vgpu_achieved_share_ratio", {}).values())
+            # HAMi's container utilization (and its legacy name) is the same reading, in percent
+            hami = list(sample.get("hami_container_device_utilization_ratio", {}).values())
+            legacy = list(sample.get("Device_utilization_desc_of_container", {}).values())
+            assert hami == pytest.approx([a * 100 for a in got])
+            assert legacy == pytest.approx(hami)
+            achieved += got
             time.sleep(0.2)
         out, err = proc.communicate(timeout=60)
         wall = time.monotonic() - t0
