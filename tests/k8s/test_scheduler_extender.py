@@ -258,3 +258,29 @@ def test_metrics_expose_latency_failures_and_hami_families(cluster):
     limit = {s.labels["device_uuid"]: s.value
              for s in fams["hami_gpu_memory_limit_bytes"].samples}
     assert limit["GPU-1-0"] == 16384 * 2**20
+
+
+def test_bad_inputs_a_missing_pod_and_a_patch_conflict(cluster):
+    api, ext = cluster
+    # A pod nobody filtered and the API server does not have.
+    r = ext.post("/bind", {"PodName": "ghost", "PodNamespace": "default", "PodUID": "u-ghost",
+                           "Node": "gpu-1"})
+    assert r["Error"] == ("pod default/ghost (uid u-ghost): not seen by filter; expected filter "
+                          "before bind")
+    # The API server answers the annotation patch with 409 Conflict: the bind fails with the
+    # API server's words, the reservation is undone, and nothing is bound.
+    pod = api.add_pod("p5", containers=[gpu_container()])
+    ext.post("/filter", filter_args(pod, ["gpu-1"]))
+    api.fault(method="PATCH", path="/pods/p5", status=409, message="the object has been modified")
+    r = ext.post("/bind", bind_args(pod, "gpu-1"))
+    assert r["Error"].startswith("pod default/p5: binding failed: PATCH ")
+    assert "409" in r["Error"]
+    assert ext.usage("gpu-1") == [3000, 0]
+    assert api.get("pods", "p5")["spec"].get("nodeName", "") == ""
+    # The next attempt (kube-scheduler retries) succeeds.
+    ext.post("/filter", filter_args(pod, ["gpu-1"]))
+    assert ext.post("/bind", bind_args(pod, "gpu-1"))["Error"] == ""
+    assert api.get("pods", "p5")["spec"]["nodeName"] == "gpu-1"
+    # Malformed bodies: a 400 naming what was expected.
+    status, text = ext.request("POST", "/bind", None)
+    assert status == 400 and "ExtenderBindingArgs" in text
