@@ -20,8 +20,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
-#include <optional>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -89,11 +89,11 @@ inline constexpr std::string_view k_quota_prefix = "limits.";
 /// HAMi's chart keys (values.yaml `scheduler` and `devices.nvidia` sections) that change how a
 /// pod's request is read. A plain value.
 struct config {
-  std::string resource_count = "nvidia.com/gpu";                  ///< resourceName
-  std::string resource_memory = "nvidia.com/gpumem";              ///< resourceMem
+  std::string resource_count = "nvidia.com/gpu";                         ///< resourceName
+  std::string resource_memory = "nvidia.com/gpumem";                     ///< resourceMem
   std::string resource_memory_percent = "nvidia.com/gpumem-percentage";  ///< resourceMemPercentage
-  std::string resource_cores = "nvidia.com/gpucores";             ///< resourceCores
-  std::string resource_priority = "nvidia.com/priority";          ///< resourcePriority
+  std::string resource_cores = "nvidia.com/gpucores";                    ///< resourceCores
+  std::string resource_priority = "nvidia.com/priority";                 ///< resourcePriority
   std::uint32_t default_gpu_num = 1;  ///< defaultGPUNum: GPUs when only memory/cores are named
   std::uint64_t default_memory = 0;   ///< defaultMem, MiB; 0 = 100% of the device
   std::uint32_t default_cores = 0;    ///< defaultCores, percent
@@ -327,7 +327,10 @@ inline result<fit::usage_weights> parse_scoring_weights(std::string_view text) {
                                 static_cast<std::int64_t>(fit::k_int32_max), v)) {
       return fail(::gpuslice::detail::quoted(key) + " weight must be an integer");
     }
-    double* slot = key == "slot" ? &w.slots : key == "core" ? &w.cores : key == "memory" ? &w.memory : nullptr;
+    double* slot = key == "slot"     ? &w.slots
+                   : key == "core"   ? &w.cores
+                   : key == "memory" ? &w.memory
+                                     : nullptr;
     if (slot == nullptr) return fail("unknown weight " + ::gpuslice::detail::quoted(key));
     if (*slot != -1) return fail("duplicate " + ::gpuslice::detail::quoted(key) + " weight");
     if (v < 0) return fail(::gpuslice::detail::quoted(key) + " weight must not be negative");
@@ -397,8 +400,9 @@ inline result<fit::pod_request> pod_request_from_json(const json& pod, const con
   if (auto e = text_annotation(k_gpu_policy, gpu_policy)) return std::move(*e);
   if (detail::annotation(pod, k_gpu_policy) != nullptr) {
     auto chain = parse_gpu_policy(gpu_policy);
-    if (!chain) return error{chain.code(), where + ": annotation " + std::string(k_gpu_policy) +
-                                               ": " + chain.message()};
+    if (!chain)
+      return error{chain.code(),
+                   where + ": annotation " + std::string(k_gpu_policy) + ": " + chain.message()};
     base.idle_only = chain->mutex;
   }
 
@@ -454,8 +458,8 @@ inline result<fit::pod_request> pod_request_from_json(const json& pod, const con
         return std::nullopt;
       };
       constexpr std::int64_t k_max_gpus_per_container = 1024;
-      const std::int64_t max_mib =
-          static_cast<std::int64_t>(fit::k_int32_max) / std::max<std::uint32_t>(cfg.memory_factor, 1);
+      const std::int64_t max_mib = static_cast<std::int64_t>(fit::k_int32_max) /
+                                   std::max<std::uint32_t>(cfg.memory_factor, 1);
       // Percentages and cores above 100 are clamped below, as HAMi's scheduler does; the cap
       // here only bounds the arithmetic.
       constexpr std::int64_t k_max_read = fit::k_int32_max;
@@ -785,7 +789,8 @@ inline result<fit::hami_scorer> pod_scorer(const json& pod, const fit::hami_scor
   fit::gpu_policy gpu_policy = defaults.device_policy();
   if (ann->contains(k_gpu_policy)) {
     auto chain = parse_gpu_policy(gpu);
-    if (!chain) return error{chain.code(), where + std::string(k_gpu_policy) + ": " + chain.message()};
+    if (!chain)
+      return error{chain.code(), where + std::string(k_gpu_policy) + ": " + chain.message()};
     gpu_policy = chain->order;
   }
   fit::usage_weights w = defaults.weights();

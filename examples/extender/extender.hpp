@@ -188,9 +188,9 @@ class service {
     const json* spec = kube::detail::member(quota, "spec");
     const json* hard = spec != nullptr ? kube::detail::member(*spec, "hard") : nullptr;
     auto limit = [&](const std::string& resource, std::optional<std::uint64_t>& out) {
-      const json* v = hard != nullptr
-                          ? kube::detail::member(*hard, std::string(kube::k_quota_prefix) + resource)
-                          : nullptr;
+      const json* v = hard != nullptr ? kube::detail::member(
+                                            *hard, std::string(kube::k_quota_prefix) + resource)
+                                      : nullptr;
       if (v == nullptr) return;
       auto n = v->is_string() ? kube::parse_quantity(v->get<std::string>())
                               : kube::parse_quantity(v->dump());
@@ -403,9 +403,9 @@ class service {
       metrics::header(out, fam[f].name, "gauge", fam[f].help);
       for (const auto& n : cluster_.nodes()) {
         for (const auto& d : n.devices) {
-          const std::string base = "node=\"" + metrics::escape_label(n.name) +
-                                   "\",device_uuid=\"" + metrics::escape_label(d.uuid) +
-                                   "\",device_index=\"" + std::to_string(d.index) + "\"";
+          const std::string base = "node=\"" + metrics::escape_label(n.name) + "\",device_uuid=\"" +
+                                   metrics::escape_label(d.uuid) + "\",device_index=\"" +
+                                   std::to_string(d.index) + "\"";
           const std::string type = ",device_type=\"" + metrics::escape_label(d.type) + "\"";
           const std::string cores =
               ",device_cores=\"" + std::to_string(milli_to_cores(d.cores_total)) + "\"";
@@ -831,7 +831,8 @@ class service {
         if (!d) return result_error("invalid_request", "pod " + b.pod.key() + ": " + d.message());
         if (!d->placed) {
           return result_error("no_longer_fits", "pod " + b.pod.key() + " no longer fits node " +
-                                                    b.node + ": " + fit::format_reasons(d->reasons));
+                                                    b.node + ": " +
+                                                    fit::format_reasons(d->reasons));
         }
         d->node = at->second;
         auto devices = kube::devices_annotation(n, *d);
@@ -877,15 +878,15 @@ class service {
     }
   }
 
-  mutable std::shared_mutex mu_;  ///< guards everything below up to the pod cache
-  std::map<std::string, node_entry> nodes_;                 ///< by name
-  std::unordered_map<std::string, held_entry> held_;        ///< pods holding GPUs, by uid
-  std::map<std::string, std::string> pod_skips_;            ///< uid -> why it is not charged
+  mutable std::shared_mutex mu_;             ///< guards everything below up to the pod cache
+  std::map<std::string, node_entry> nodes_;  ///< by name
+  std::unordered_map<std::string, held_entry> held_;  ///< pods holding GPUs, by uid
+  std::map<std::string, std::string> pod_skips_;      ///< uid -> why it is not charged
   std::map<std::string, std::map<std::string, quota_entry>> quotas_;  ///< namespace -> name ->
-  bool dirty_ = false;                                      ///< cluster_ is older than the above
+  bool dirty_ = false;  ///< cluster_ is older than the above
   fit::cluster cluster_;
   std::unordered_map<std::string, std::size_t> index_;  ///< node name -> position in cluster_
-  std::unordered_map<std::string, binding> bindings_;    ///< by pod uid, for state()
+  std::unordered_map<std::string, binding> bindings_;   ///< by pod uid, for state()
   std::deque<std::string> binding_order_;
 
   const fit::hami_scorer scorer_;
@@ -894,7 +895,7 @@ class service {
   fetcher pod_fetcher_, node_fetcher_;
 
   std::size_t pod_cache_;
-  mutable std::mutex cache_mu_;                      ///< guards pods_ and pod_order_
+  mutable std::mutex cache_mu_;                       ///< guards pods_ and pod_order_
   std::unordered_map<std::string, remembered> pods_;  ///< by pod uid
   std::deque<std::string> pod_order_;
 

@@ -8,8 +8,9 @@
 //                     [--bind-timeout-ms 3000] [HAMi chart keys] [--verbose]
 //
 // ResourceQuotas limiting gpumem and gpucores come from --quotas FILE or, with --watch-quotas,
-// from the API server. Where the cluster comes from: --nodes/--pods read files once (a node or pod that does not map
-// is skipped with a line on stderr); without --nodes, --apiserver (e.g. `kubectl proxy`) or
+// from the API server. Where the cluster comes from: --nodes/--pods read files once (a node or pod
+// that does not map is skipped with a line on stderr); without --nodes, --apiserver (e.g. `kubectl
+// proxy`) or
 // --in-cluster (the pod's service account) lists and watches nodes and pods. --port 0 picks a
 // free port; the first line on stdout names the address served. SIGINT and SIGTERM stop the
 // server after the requests in flight. Without an API server bind reserves the GPUs in memory
@@ -21,20 +22,20 @@
 #include <signal.h>
 
 #include <atomic>
-#include <condition_variable>
-#include <memory>
-#include <mutex>
-#include <optional>
-#include <vector>
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <thread>
+#include <vector>
 
 #include "apiserver.hpp"
 #include "extender.hpp"
@@ -68,7 +69,8 @@ constexpr std::string_view k_usage =
     "usage: gpuslice_extender [--nodes NODES.json [--pods PODS.json]] "
     "[--apiserver URL | --in-cluster] [--listen ADDR] [--port N] "
     "[--node-policy binpack|spread] [--gpu-policy binpack|spread|topology-aware[,mutex][,numa]] "
-    "[--bind-timeout-ms MS] [--quotas QUOTAS.json] [--watch-quotas] [--resource-name NAME] [--resource-mem NAME] "
+    "[--bind-timeout-ms MS] [--quotas QUOTAS.json] [--watch-quotas] [--resource-name NAME] "
+    "[--resource-mem NAME] "
     "[--resource-mem-percentage NAME] [--resource-cores NAME] [--default-gpu-num N] "
     "[--default-mem MIB] [--default-cores PERCENT] [--memory-factor N] [--verbose]\n";
 
@@ -251,12 +253,12 @@ int main(int argc, char** argv) {
       if (!p) return std::nullopt;
       return std::move(*p);
     });
-    service.set_node_fetcher([client, bind_budget](const std::string&,
-                                                   const std::string& name) -> std::optional<json> {
-      auto n = client->get(api::node_path(name), bind_budget / 2);
-      if (!n) return std::nullopt;
-      return std::move(*n);
-    });
+    service.set_node_fetcher(
+        [client, bind_budget](const std::string&, const std::string& name) -> std::optional<json> {
+          auto n = client->get(api::node_path(name), bind_budget / 2);
+          if (!n) return std::nullopt;
+          return std::move(*n);
+        });
   }
 
   // Stop on SIGINT/SIGTERM: blocked in every thread, taken by one waiter with sigwait.
@@ -356,8 +358,9 @@ int main(int argc, char** argv) {
                 std::strerror(errno));
   }
   const std::string source =
-      watch ? "watched through " + (in_cluster ? std::string("the in-cluster API server") : apiserver)
-            : "from " + nodes_path;
+      watch
+          ? "watched through " + (in_cluster ? std::string("the in-cluster API server") : apiserver)
+          : "from " + nodes_path;
   fmt::print(
       "gpuslice {} extender: serving {} nodes on http://{}:{} (node policy {}, GPU "
       "policy {}, nodes {}, bind {})\n",

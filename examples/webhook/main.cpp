@@ -115,8 +115,9 @@ int main(int argc, char** argv) {
     }
   }
   if (cert.empty() || key.empty()) {
-    fmt::print(stderr, "gpuslice_webhook: --cert and --key are required (the API server calls "
-                       "webhooks over HTTPS only)\n{}",
+    fmt::print(stderr,
+               "gpuslice_webhook: --cert and --key are required (the API server calls "
+               "webhooks over HTTPS only)\n{}",
                k_usage);
     return k_exit_usage;
   }

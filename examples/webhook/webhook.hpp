@@ -35,7 +35,7 @@ inline constexpr int k_status_forbidden = 403;
 
 /// The webhook's settings: HAMi's chart keys and what to do with a review it cannot read.
 struct settings {
-  kube::config cfg;                              ///< resource names and defaults
+  kube::config cfg;                                   ///< resource names and defaults
   std::string scheduler_name = "gpuslice-scheduler";  ///< schedulerName
   bool fail_open = false;  ///< a review whose object is unreadable: allow (true) or refuse
 };
@@ -73,7 +73,7 @@ inline std::string base64(std::string_view in) {
 
 /// What review() decided, besides the AdmissionReview it returns.
 struct outcome {
-  json review;           ///< the AdmissionReview to answer (HTTP 200)
+  json review;  ///< the AdmissionReview to answer (HTTP 200)
   bool allowed = true;
   bool mutated = false;  ///< a patch was attached
   std::string message;   ///< why it was refused (or why an unreadable review was let through)
@@ -155,7 +155,8 @@ inline result<bool> mutate_pod(json& pod, const settings& s) {
                                      cw + ": " + cfg.resource_priority);
         if (!prio) return std::move(prio).err();
         if (!c.contains("env") || !c["env"].is_array()) c["env"] = json::array();
-        c["env"].push_back({{"name", std::string(k_priority_env)}, {"value", std::to_string(*prio)}});
+        c["env"].push_back(
+            {{"name", std::string(k_priority_env)}, {"value", std::to_string(*prio)}});
       }
       const bool has_count = present(cfg.resource_count);
       const bool has_mem = present(cfg.resource_memory);
@@ -215,8 +216,7 @@ inline result<outcome> review(std::string_view body, const settings& s) {
   const json* req = kube::detail::member(in, "request");
   const std::string uid = req != nullptr ? kube::detail::string_at(*req, "uid") : "";
   if (req == nullptr || !req->is_object() || uid.empty()) {
-    return make_error(errc::invalid_value,
-                      "AdmissionReview: expected a request object with a uid");
+    return make_error(errc::invalid_value, "AdmissionReview: expected a request object with a uid");
   }
   outcome out;
   json response = {{"uid", uid}, {"allowed", true}};
@@ -264,9 +264,8 @@ inline result<outcome> review(std::string_view body, const settings& s) {
       }
     }
   }
-  out.review = {{"apiVersion", "admission.k8s.io/v1"},
-                {"kind", "AdmissionReview"},
-                {"response", response}};
+  out.review = {
+      {"apiVersion", "admission.k8s.io/v1"}, {"kind", "AdmissionReview"}, {"response", response}};
   return out;
 }
 

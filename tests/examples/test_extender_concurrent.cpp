@@ -99,8 +99,8 @@ TEST_CASE("watch events, filters and binds concurrently never over-commit a GPU"
         a["Pod"]["metadata"]["uid"] = uid;
         a["Pod"]["metadata"]["name"] = uid;
         if (s->filter(a.dump()).status != extender::k_ok) ++bad;
-        const json b = {{"PodName", uid}, {"PodNamespace", "default"}, {"PodUID", uid},
-                        {"Node", "gpu-a"}};
+        const json b = {
+            {"PodName", uid}, {"PodNamespace", "default"}, {"PodUID", uid}, {"Node", "gpu-a"}};
         (void)s->bind(b.dump());  // may fail when full: never over-commit
         if (i % 2 == 0) (void)s->release(json{{"PodUID", uid}}.dump());
       }

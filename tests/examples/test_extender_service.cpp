@@ -182,14 +182,16 @@ TEST_CASE("malformed bodies get a 400 with a message, never a crash", "[examples
   }
 }
 
-TEST_CASE("ResourceQuota on gpumem and gpucores bounds a namespace, as HAMi's FitQuota", "[examples]") {
+TEST_CASE("ResourceQuota on gpumem and gpucores bounds a namespace, as HAMi's FitQuota",
+          "[examples]") {
   auto s = example_tests::sample_service();
   json args = json::parse(read_file(data("filter_names.json")));
   const std::string ns = args["Pod"]["metadata"].value("namespace", "default");
   // infer-small asks for one GPU of 4000 MiB and 25% cores.
-  const json quota = {{"metadata", {{"name", "gpu"}, {"namespace", ns}}},
-                      {"spec", {{"hard", {{"limits.nvidia.com/gpumem", "7000"},
-                                          {"limits.nvidia.com/gpucores", "100"}}}}}};
+  const json quota = {
+      {"metadata", {{"name", "gpu"}, {"namespace", ns}}},
+      {"spec",
+       {{"hard", {{"limits.nvidia.com/gpumem", "7000"}, {"limits.nvidia.com/gpucores", "100"}}}}}};
   s->upsert_quota(quota);
   CHECK(body(s->filter(args.dump()))["NodeNames"] == json::array({"gpu-a", "gpu-b"}));
   CHECK(body(s->bind(read_file(data("bind.json"))))["Error"] == "");
@@ -198,11 +200,11 @@ TEST_CASE("ResourceQuota on gpumem and gpucores bounds a namespace, as HAMi's Fi
   args["Pod"]["metadata"]["name"] = "second";
   const json r = body(s->filter(args.dump()));
   CHECK(r["NodeNames"].empty());
-  CHECK(r["FailedNodes"]["gpu-a"] ==
-        "gpuslice: namespace " + ns + " quota gpu: nvidia.com/gpumem 4000 held + 4000 asked > "
-        "limit 7000");
-  const json b = {{"PodName", "second"}, {"PodNamespace", ns}, {"PodUID", "second"},
-                  {"Node", "gpu-b"}};
+  CHECK(r["FailedNodes"]["gpu-a"] == "gpuslice: namespace " + ns +
+                                         " quota gpu: nvidia.com/gpumem 4000 held + 4000 asked > "
+                                         "limit 7000");
+  const json b = {
+      {"PodName", "second"}, {"PodNamespace", ns}, {"PodUID", "second"}, {"Node", "gpu-b"}};
   CHECK_THAT(body(s->bind(b.dump()))["Error"].get<std::string>(), Catch::Contains("quota gpu"));
   // Another namespace is not limited; without the quota the namespace is free again.
   json other = args;

@@ -223,45 +223,80 @@ TEST_CASE("HAMi's request table: what each resource form asks for", "[examples][
   renamed.resource_count = "example.com/vgpu";
   renamed.resource_memory = "example.com/vmem";
   const std::vector<row> rows = {
-      {"gpu count only: 100% memory, exclusive cores", {{"nvidia.com/gpu", "1"}}, dflt,
+      {"gpu count only: 100% memory, exclusive cores",
+       {{"nvidia.com/gpu", "1"}},
+       dflt,
        {1, 0, 0, 100}},
       {"gpu count + explicit memory: shareable, cores unset",
-       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem", "3000"}}, dflt, {1, 3000, 0, 0}},
-      {"gpu count + memory percentage", {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem-percentage", "40"}},
-       dflt, {1, 0, 40, 0}},
+       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem", "3000"}},
+       dflt,
+       {1, 3000, 0, 0}},
+      {"gpu count + memory percentage",
+       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem-percentage", "40"}},
+       dflt,
+       {1, 0, 40, 0}},
       {"memory percentage 100 without cores: exclusive",
-       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem-percentage", "100"}}, dflt, {1, 0, 100, 100}},
+       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem-percentage", "100"}},
+       dflt,
+       {1, 0, 100, 100}},
       {"memory percentage above 100: clamped to 100",
-       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem-percentage", "150"}, {"nvidia.com/gpucores", "10"}},
-       dflt, {1, 0, 100, 10}},
+       {{"nvidia.com/gpu", "1"},
+        {"nvidia.com/gpumem-percentage", "150"},
+        {"nvidia.com/gpucores", "10"}},
+       dflt,
+       {1, 0, 100, 10}},
       {"memory percentage 0: unset (100%)",
-       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem-percentage", "0"}, {"nvidia.com/gpucores", "10"}},
-       dflt, {1, 0, 0, 10}},
+       {{"nvidia.com/gpu", "1"},
+        {"nvidia.com/gpumem-percentage", "0"},
+        {"nvidia.com/gpucores", "10"}},
+       dflt,
+       {1, 0, 0, 10}},
       {"gpumem and percentage together: both kept, gpumem wins at resolve",
-       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem", "1k"}, {"nvidia.com/gpumem-percentage", "50"}},
-       dflt, {1, 1000, 50, 0}},
-      {"explicit cores stay", {{"nvidia.com/gpu", "2"}, {"nvidia.com/gpucores", "30"}}, dflt,
+       {{"nvidia.com/gpu", "1"},
+        {"nvidia.com/gpumem", "1k"},
+        {"nvidia.com/gpumem-percentage", "50"}},
+       dflt,
+       {1, 1000, 50, 0}},
+      {"explicit cores stay",
+       {{"nvidia.com/gpu", "2"}, {"nvidia.com/gpucores", "30"}},
+       dflt,
        {2, 0, 0, 30}},
       {"cores above 100: clamped to 100 (exclusive)",
-       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem", "512"}, {"nvidia.com/gpucores", "150"}}, dflt,
+       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem", "512"}, {"nvidia.com/gpucores", "150"}},
+       dflt,
        {1, 512, 0, 100}},
-      {"gpumem without nvidia.com/gpu: defaultGPUNum (1)", {{"nvidia.com/gpumem", "1024"}}, dflt,
+      {"gpumem without nvidia.com/gpu: defaultGPUNum (1)",
+       {{"nvidia.com/gpumem", "1024"}},
+       dflt,
        {1, 1024, 0, 0}},
-      {"gpucores without nvidia.com/gpu: defaultGPUNum (1)", {{"nvidia.com/gpucores", "25"}}, dflt,
+      {"gpucores without nvidia.com/gpu: defaultGPUNum (1)",
+       {{"nvidia.com/gpucores", "25"}},
+       dflt,
        {1, 0, 0, 25}},
       {"percentage without nvidia.com/gpu: defaultGPUNum (1)",
-       {{"nvidia.com/gpumem-percentage", "30"}}, dflt, {1, 0, 30, 0}},
-      {"defaultGPUNum 0: no GPU at all", {{"nvidia.com/gpumem", "1024"}}, no_default_num,
+       {{"nvidia.com/gpumem-percentage", "30"}},
+       dflt,
+       {1, 0, 30, 0}},
+      {"defaultGPUNum 0: no GPU at all",
+       {{"nvidia.com/gpumem", "1024"}},
+       no_default_num,
        {0, 0, 0, 0}},
       {"defaultMem and defaultCores apply to a shareable request",
-       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem-percentage", "0"}}, default_mem,
+       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem-percentage", "0"}},
+       default_mem,
        {1, 2048, 0, 20}},
-      {"count only with defaultMem: webhook still makes it exclusive", {{"nvidia.com/gpu", "1"}},
-       default_mem, {1, 2048, 0, 100}},
-      {"memoryFactor: gpumem counts that many MiB", {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem", "1000"}},
-       factor, {1, 4000, 0, 0}},
-      {"configurable resource names", {{"example.com/vgpu", "1"}, {"example.com/vmem", "500"}},
-       renamed, {1, 500, 0, 0}},
+      {"count only with defaultMem: webhook still makes it exclusive",
+       {{"nvidia.com/gpu", "1"}},
+       default_mem,
+       {1, 2048, 0, 100}},
+      {"memoryFactor: gpumem counts that many MiB",
+       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem", "1000"}},
+       factor,
+       {1, 4000, 0, 0}},
+      {"configurable resource names",
+       {{"example.com/vgpu", "1"}, {"example.com/vmem", "500"}},
+       renamed,
+       {1, 500, 0, 0}},
       {"default names ignored when renamed", {{"nvidia.com/gpu", "1"}}, renamed, {0, 0, 0, 0}},
   };
   for (const auto& r : rows) {
@@ -283,10 +318,10 @@ TEST_CASE("HAMi's annotation table: numa-bind, vgpu-mode, mutex, cordon", "[exam
     bool numa;
   };
   // Go's strconv.ParseBool, as HAMi's assertNuma reads the annotation.
-  const std::vector<row> rows = {{"true", true},  {"True", true},   {"TRUE", true},
-                                 {"1", true},     {"t", true},      {"T", true},
+  const std::vector<row> rows = {{"true", true},   {"True", true},   {"TRUE", true},
+                                 {"1", true},      {"t", true},      {"T", true},
                                  {"false", false}, {"False", false}, {"FALSE", false},
-                                 {"0", false},    {"f", false},     {"F", false}};
+                                 {"0", false},     {"f", false},     {"F", false}};
   for (const auto& r : rows) {
     INFO(r.value);
     auto req = kube::pod_request_from_json(
@@ -320,16 +355,36 @@ TEST_CASE("HAMi's policy and weights annotations choose the pod's scorer", "[exa
   };
   const std::vector<row> rows = {
       {json::object(), fit::hami_policy::binpack, fit::gpu_policy::spread, 1, 1, 1},
-      {{{"hami.io/node-scheduler-policy", "spread"}}, fit::hami_policy::spread,
-       fit::gpu_policy::spread, 1, 1, 1},
-      {{{"hami.io/gpu-scheduler-policy", "binpack,numa"}}, fit::hami_policy::binpack,
-       fit::gpu_policy::binpack, 1, 1, 1},
-      {{{"hami.io/gpu-scheduler-policy", "numa, spread, binpack"}}, fit::hami_policy::binpack,
-       fit::gpu_policy::spread, 1, 1, 1},
-      {{{"hami.io/gpu-scheduler-policy", "topology-aware"}}, fit::hami_policy::binpack,
-       fit::gpu_policy::topology, 1, 1, 1},
+      {{{"hami.io/node-scheduler-policy", "spread"}},
+       fit::hami_policy::spread,
+       fit::gpu_policy::spread,
+       1,
+       1,
+       1},
+      {{{"hami.io/gpu-scheduler-policy", "binpack,numa"}},
+       fit::hami_policy::binpack,
+       fit::gpu_policy::binpack,
+       1,
+       1,
+       1},
+      {{{"hami.io/gpu-scheduler-policy", "numa, spread, binpack"}},
+       fit::hami_policy::binpack,
+       fit::gpu_policy::spread,
+       1,
+       1,
+       1},
+      {{{"hami.io/gpu-scheduler-policy", "topology-aware"}},
+       fit::hami_policy::binpack,
+       fit::gpu_policy::topology,
+       1,
+       1,
+       1},
       {{{"hami.io/device-scoring-weights", "slot=0, core=2, memory=5"}},
-       fit::hami_policy::binpack, fit::gpu_policy::spread, 0, 2, 5},
+       fit::hami_policy::binpack,
+       fit::gpu_policy::spread,
+       0,
+       2,
+       5},
   };
   for (const auto& r : rows) {
     INFO(r.annotations.dump());
@@ -358,9 +413,8 @@ TEST_CASE("HAMi's policy and weights annotations choose the pod's scorer", "[exa
     REQUIRE_FALSE(s);
     CHECK_THAT(s.message(), Catch::Contains(fragment) && Catch::Contains("pod ns/p"));
   }
-  CHECK_FALSE(kube::pod_scorer(gpu_pod({{"nvidia.com/gpu", "1"}},
-                                       {{"hami.io/node-scheduler-policy", "random"}}),
-                               dflt));
+  CHECK_FALSE(kube::pod_scorer(
+      gpu_pod({{"nvidia.com/gpu", "1"}}, {{"hami.io/node-scheduler-policy", "random"}}), dflt));
 }
 
 TEST_CASE("Bound pods: init containers collapse, over-count is full, missing GPUs skipped",
@@ -375,7 +429,8 @@ TEST_CASE("Bound pods: init containers collapse, over-count is full, missing GPU
   pod["spec"]["initContainers"] = json::array({{{"name", "i1"}}, {{"name", "i2"}}});
   // Two init containers on GPU-a1 (8000 and 12000 MiB), the app on GPU-a1 (6000) and GPU-a2.
   pod["metadata"]["annotations"]["hami.io/vgpu-devices-allocated"] =
-      "GPU-a1,NVIDIA,8000,10:;GPU-a1,NVIDIA,12000,40:;GPU-a1,NVIDIA,6000,30:GPU-a2,NVIDIA,6000,30:;";
+      "GPU-a1,NVIDIA,8000,10:;GPU-a1,NVIDIA,12000,40:;GPU-a1,NVIDIA,6000,30:GPU-a2,NVIDIA,6000,30:"
+      ";";
   auto held = kube::bound_pod_from_json(pod);
   REQUIRE(held);
   REQUIRE(held->has_value());

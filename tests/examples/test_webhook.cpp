@@ -23,9 +23,11 @@ json review_of(json pod, std::string kind = "Pod") {
 }
 
 json pod_with(json limits, json annotations = json::object()) {
-  return {{"metadata", {{"name", "p"}, {"annotations", annotations}}},
-          {"spec", {{"containers", json::array({{{"name", "main"}, {"image", "x"},
-                                                  {"resources", {{"limits", limits}}}}})}}}};
+  return {
+      {"metadata", {{"name", "p"}, {"annotations", annotations}}},
+      {"spec",
+       {{"containers",
+         json::array({{{"name", "main"}, {"image", "x"}, {"resources", {{"limits", limits}}}}})}}}};
 }
 
 /// Decodes base64 (the patch) for checking.
@@ -69,28 +71,40 @@ TEST_CASE("HAMi's webhook table: defaults, exclusivity, scheduler name", "[examp
   struct row {
     const char* hami_case;
     json limits;
-    json want_limits;   ///< after the patch
-    bool scheduled;     ///< schedulerName set to ours
+    json want_limits;  ///< after the patch
+    bool scheduled;    ///< schedulerName set to ours
   };
   const std::vector<row> rows = {
-      {"gpu count only: exclusive cores", {{"nvidia.com/gpu", "1"}},
-       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpucores", "100"}}, true},
+      {"gpu count only: exclusive cores",
+       {{"nvidia.com/gpu", "1"}},
+       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpucores", "100"}},
+       true},
       {"memory size present: shareable, untouched",
        {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem", "3000"}},
-       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem", "3000"}}, true},
+       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem", "3000"}},
+       true},
       {"exclusive via percentage 100",
        {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem-percentage", "100"}},
-       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem-percentage", "100"},
+       {{"nvidia.com/gpu", "1"},
+        {"nvidia.com/gpumem-percentage", "100"},
         {"nvidia.com/gpucores", "100"}},
        true},
-      {"non-exclusive percentage", {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem-percentage", "50"}},
-       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem-percentage", "50"}}, true},
-      {"explicit cores unchanged", {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpucores", "30"}},
-       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpucores", "30"}}, true},
-      {"cores without gpu: defaultGPUNum", {{"nvidia.com/gpucores", "30"}},
-       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpucores", "30"}}, true},
-      {"memory without gpu: defaultGPUNum", {{"nvidia.com/gpumem", "1024"}},
-       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem", "1024"}}, true},
+      {"non-exclusive percentage",
+       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem-percentage", "50"}},
+       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem-percentage", "50"}},
+       true},
+      {"explicit cores unchanged",
+       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpucores", "30"}},
+       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpucores", "30"}},
+       true},
+      {"cores without gpu: defaultGPUNum",
+       {{"nvidia.com/gpucores", "30"}},
+       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpucores", "30"}},
+       true},
+      {"memory without gpu: defaultGPUNum",
+       {{"nvidia.com/gpumem", "1024"}},
+       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem", "1024"}},
+       true},
       {"no GPU resources: untouched", {{"cpu", "1"}}, {{"cpu", "1"}}, false},
       {"nvidia.com/gpu 0: untouched", {{"nvidia.com/gpu", "0"}}, {{"nvidia.com/gpu", "0"}}, false},
   };
@@ -110,7 +124,8 @@ TEST_CASE("HAMi's webhook table: defaults, exclusivity, scheduler name", "[examp
   }
 }
 
-TEST_CASE("webhook: chart keys, priority, and a scheduler chosen by the user", "[examples][webhook]") {
+TEST_CASE("webhook: chart keys, priority, and a scheduler chosen by the user",
+          "[examples][webhook]") {
   webhook::settings s;
   s.cfg.default_memory = 2048;
   s.cfg.default_cores = 20;
@@ -149,7 +164,8 @@ TEST_CASE("webhook: values HAMi refuses are refused with one clear line", "[exam
        "nvidia.com/numa-bind \"yes\": expected a boolean"},
       {pod_with({{"nvidia.com/gpu", "1"}}, {{"hami.io/gpu-scheduler-policy", "fastest"}}),
        "GPU policy \"fastest\""},
-      {pod_with({{"nvidia.com/gpu", "1"}}, {{"hami.io/device-scoring-weights", "slot=0,core=0,memory=0"}}),
+      {pod_with({{"nvidia.com/gpu", "1"}},
+                {{"hami.io/device-scoring-weights", "slot=0,core=0,memory=0"}}),
        "at least one positive weight"},
       {pod_with({{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem", "lots"}}),
        "nvidia.com/gpumem \"lots\": no digits"},
@@ -192,6 +208,5 @@ TEST_CASE("webhook: malformed reviews; fail open or closed", "[examples][webhook
   auto o = webhook::review(broken.dump(), open);
   REQUIRE(o);
   CHECK(o->allowed);
-  CHECK_THAT(o->review["response"]["warnings"][0].get<std::string>(),
-             Catch::Contains("fail open"));
+  CHECK_THAT(o->review["response"]["warnings"][0].get<std::string>(), Catch::Contains("fail open"));
 }

@@ -78,12 +78,15 @@ TEST_CASE("HAMi's Fit table: one card, one request, the reason", "[fit][hami]") 
       {"fit success", card("dev-0", 1280, 0, 100), hami_request(1, 512, 0, 50), true, {}},
       {"fit fail: memory not enough", card("dev-0", 1280, 0, 100, 1000),
        hami_request(1, 512, 0, 50), false, reason::insufficient_memory},
-      {"fit fail: core not enough", card("dev-0", 1280, 1, 100, 0, 60),
-       hami_request(1, 512, 0, 50), false, reason::insufficient_cores},
+      {"fit fail: core not enough", card("dev-0", 1280, 1, 100, 0, 60), hami_request(1, 512, 0, 50),
+       false, reason::insufficient_cores},
       {"fit fail: card overused (Used == Count)", card("dev-0", 1280, 100, 100),
        hami_request(1, 512, 0, 50), false, reason::slots_exhausted},
-      {"fit success: but core limit can't exceed 100 (120 clamped)", card("dev-0", 1280, 0, 100),
-       hami_request(1, 512, 0, 120), true, {}},
+      {"fit success: but core limit can't exceed 100 (120 clamped)",
+       card("dev-0", 1280, 0, 100),
+       hami_request(1, 512, 0, 120),
+       true,
+       {}},
       {"cores 120 clamped to 100 is exclusive: a used card refuses it",
        card("dev-0", 1280, 20, 100), hami_request(1, 512, 0, 120), false,
        reason::exclusive_conflict},
@@ -92,21 +95,29 @@ TEST_CASE("HAMi's Fit table: one card, one request, the reason", "[fit][hami]") 
       {"fit fail: CardComputeUnitsExhausted (cores 0 on a full-compute card)",
        card("dev-0", 1280, 1, 100, 0, 100), hami_request(1, 512, 0, 0), false,
        reason::compute_exhausted},
-      {"fit success: memory percentage", card("dev-0", 1280, 0, 100), hami_request(1, 0, 50, 10),
-       true, {}},
-      {"fit fail: CardNotHealth", unhealthy, hami_request(1, 512, 0, 10), false,
-       reason::unhealthy},
-      {"device cordon: hami.io/device-cordon lists the card", cordoned,
-       hami_request(1, 512, 0, 10), false, reason::cordoned},
+      {"fit success: memory percentage",
+       card("dev-0", 1280, 0, 100),
+       hami_request(1, 0, 50, 10),
+       true,
+       {}},
+      {"fit fail: CardNotHealth", unhealthy, hami_request(1, 512, 0, 10), false, reason::unhealthy},
+      {"device cordon: hami.io/device-cordon lists the card", cordoned, hami_request(1, 512, 0, 10),
+       false, reason::cordoned},
       {"mutex policy: a card with any task is refused", card("dev-0", 1280, 1, 100), mutex, false,
        reason::exclusive_conflict},
       {"mutex policy: an idle card is taken", card("dev-0", 1280, 0, 100), mutex, true, {}},
       {"vgpu-mode: the card's mode must be named", card("dev-0", 1280, 0, 100), mode, false,
        reason::type_mismatch},
-      {"vgpu-mode: a list naming hami-core admits it", card("dev-0", 1280, 0, 100), mode_ok,
-       true, {}},
+      {"vgpu-mode: a list naming hami-core admits it",
+       card("dev-0", 1280, 0, 100),
+       mode_ok,
+       true,
+       {}},
       {"gpumem and gpumem-percentage together: gpumem wins (512 of 1280 fits beside 700)",
-       card("dev-0", 1280, 1, 100, 700), both, true, {}},
+       card("dev-0", 1280, 1, 100, 700),
+       both,
+       true,
+       {}},
   };
   for (const auto& r : rows) {
     INFO(r.hami_case);
@@ -185,8 +196,8 @@ TEST_CASE("init containers: HAMi counts per card the larger of init peak and app
   init.init = true;
   container_request init2 = hami_request(1, 10 * 1024, 0, 60);
   init2.init = true;
-  const pod_request pod{{init, init2, hami_request(1, 8 * 1024, 0, 20),
-                         hami_request(1, 6 * 1024, 0, 20)}};
+  const pod_request pod{
+      {init, init2, hami_request(1, 8 * 1024, 0, 20), hami_request(1, 6 * 1024, 0, 20)}};
   auto d = c.fit(pod);
   REQUIRE(d.ok());
   REQUIRE(d->placed);
@@ -194,9 +205,9 @@ TEST_CASE("init containers: HAMi counts per card the larger of init peak and app
   CHECK_FALSE(d->containers[2].init);
   REQUIRE(c.reserve(*d).ok());
   const device& dev = c.nodes()[0].devices[0];
-  CHECK(dev.memory_used == 14 * 1024 * k_mib);           // max(12, 10) < 8 + 6
-  CHECK(dev.cores_used == 600);                          // max(30, 60) > 20 + 20
-  CHECK(dev.slots_used == 2);                            // max(1, 2)
+  CHECK(dev.memory_used == 14 * 1024 * k_mib);  // max(12, 10) < 8 + 6
+  CHECK(dev.cores_used == 600);                 // max(30, 60) > 20 + 20
+  CHECK(dev.slots_used == 2);                   // max(1, 2)
   REQUIRE(c.release(*d).ok());
   CHECK(c.nodes()[0].devices[0].memory_used == 0);
   // The same containers as app containers do not fit together.

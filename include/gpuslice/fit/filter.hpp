@@ -4,7 +4,8 @@
 /// reason code; a node's reasons and the cluster's per-reason node counts make messages like
 /// "0/5 nodes are available: 3 nodes: insufficient GPU memory; 2 nodes: GPU type mismatch".
 /// Device checks run in HAMi's order (health, cordon, type and mode, uuid, slots, memory, cores,
-/// exclusive, compute exhausted); the first failing check is the device's reason. Pure, thread-safe.
+/// exclusive, compute exhausted); the first failing check is the device's reason. Pure,
+/// thread-safe.
 
 #include <algorithm>
 #include <array>

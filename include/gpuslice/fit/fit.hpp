@@ -337,8 +337,8 @@ class cluster {
   bool check(std::size_t ni, const device_state& d, const detail::container_cycle& cc, share& s,
              reason& why) const {
     const share sh = resolve(*cc.req, d.memory_total, d.cores_total);
-    const bool ok = device_fits(d, sh, type_ok(ni, d.position, d.type, cc),
-                                uuid_ok(ni, d.position, cc), why);
+    const bool ok =
+        device_fits(d, sh, type_ok(ni, d.position, d.type, cc), uuid_ok(ni, d.position, cc), why);
     s = sh;
     return ok;
   }

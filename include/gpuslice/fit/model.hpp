@@ -48,12 +48,12 @@ inline constexpr std::uint64_t k_memory_unit = std::uint64_t{1} << 20;
 
 /// One GPU of a node and its current usage. A plain value; not thread-safe to mutate.
 struct device {
-  std::string uuid;                                ///< e.g. "GPU-8f3c..."; unique on the node
-  std::uint32_t index = 0;                         ///< the driver's device index
-  std::string type;                                ///< e.g. "NVIDIA-Tesla V100-PCIE-32GB"
-  std::int32_t numa = 0;                           ///< NUMA node the GPU is attached to
-  bool healthy = true;                             ///< false: never chosen
-  bool cordoned = false;  ///< listed in the node's `hami.io/device-cordon`: no new tasks
+  std::string uuid;         ///< e.g. "GPU-8f3c..."; unique on the node
+  std::uint32_t index = 0;  ///< the driver's device index
+  std::string type;         ///< e.g. "NVIDIA-Tesla V100-PCIE-32GB"
+  std::int32_t numa = 0;    ///< NUMA node the GPU is attached to
+  bool healthy = true;      ///< false: never chosen
+  bool cordoned = false;    ///< listed in the node's `hami.io/device-cordon`: no new tasks
   std::uint32_t slots_total = k_default_slots;     ///< how many tasks may share it
   std::uint32_t slots_used = 0;                    ///< tasks placed on it
   std::uint64_t memory_total = 0;                  ///< device memory, bytes
@@ -112,12 +112,12 @@ struct container_request {
   std::vector<std::string> use_uuids;    ///< [nvidia.com/use-gpuuuid]: exact match required
   std::vector<std::string> nouse_uuids;  ///< [nvidia.com/nouse-gpuuuid]: exact match refused
   bool numa_bind = false;                ///< [nvidia.com/numa-bind]: all GPUs on one NUMA node
-  bool exclusive = false;         ///< the whole card: all its memory and compute, nobody else on it
+  bool exclusive = false;  ///< the whole card: all its memory and compute, nobody else on it
   bool idle_only = false;  ///< [gpu policy `mutex`]: only a device with no task, share unchanged
   std::string modes;       ///< [nvidia.com/vgpu-mode]: a device's mode must be a substring; "" any
   bool init = false;       ///< an init container: runs before the others, alone (HAMi collapses
                            ///< its usage: per device the larger of init peak and app sum)
-  std::uint64_t cpu = 0;          ///< node CPU, milli-CPU
+  std::uint64_t cpu = 0;   ///< node CPU, milli-CPU
   std::uint64_t host_memory = 0;  ///< node memory, bytes
 
   /// A request in HAMi's cores percent (0..100) instead of milli-GPU.
