@@ -98,6 +98,7 @@ struct config {
   std::uint64_t default_memory = 0;   ///< defaultMem, MiB; 0 = 100% of the device
   std::uint32_t default_cores = 0;    ///< defaultCores, percent
   std::uint32_t memory_factor = 1;    ///< memoryFactor: gpumem is counted in this many MiB
+  bool mutex = false;  ///< the default GPU policy chain names `mutex` (a pod's annotation wins)
   /// Apply HAMi's webhook rules too (a count with no memory, or gpumem-percentage 100, and no
   /// cores asks for the card exclusively). On: pods here never skipped HAMi's webhook.
   bool admission_rules = true;
@@ -398,6 +399,7 @@ inline result<fit::pod_request> pod_request_from_json(const json& pod, const con
   }
   std::string gpu_policy;
   if (auto e = text_annotation(k_gpu_policy, gpu_policy)) return std::move(*e);
+  base.idle_only = cfg.mutex;
   if (detail::annotation(pod, k_gpu_policy) != nullptr) {
     auto chain = parse_gpu_policy(gpu_policy);
     if (!chain)

@@ -204,6 +204,7 @@ int main(int argc, char** argv) {
   }
   auto scorer = kube::scorer_from_names(policy);
   if (!scorer) return fail(scorer.message());
+  cfg.mutex = kube::parse_gpu_policy(policy.gpu)->mutex;  // valid: scorer_from_names read it
 
   std::shared_ptr<api::api_client> client;
   if (in_cluster || !apiserver.empty()) {

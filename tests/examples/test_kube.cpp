@@ -462,3 +462,16 @@ TEST_CASE("Bound pods: init containers collapse, over-count is full, missing GPU
   REQUIRE(d);
   CHECK_FALSE(d->placed);
 }
+
+TEST_CASE("A default GPU policy of mutex applies to pods that name none", "[examples][hami]") {
+  kube::config cfg;
+  cfg.mutex = kube::parse_gpu_policy("binpack,mutex")->mutex;
+  REQUIRE(cfg.mutex);
+  auto plain = kube::pod_request_from_json(gpu_pod({{"nvidia.com/gpu", "1"}}), cfg);
+  REQUIRE(plain);
+  CHECK(plain->containers[0].idle_only);
+  auto own = kube::pod_request_from_json(
+      gpu_pod({{"nvidia.com/gpu", "1"}}, {{"hami.io/gpu-scheduler-policy", "spread"}}), cfg);
+  REQUIRE(own);
+  CHECK_FALSE(own->containers[0].idle_only);
+}
