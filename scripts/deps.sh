@@ -4,8 +4,10 @@
 set -euo pipefail
 
 APT_PACKAGES=(cmake ninja-build g++ clang libclang-rt-14-dev catch2 libfmt-dev libbenchmark-dev
-              libcpp-httplib-dev nlohmann-json3-dev)
-PY_PACKAGES=(scikit-build-core pybind11 nvidia-nvml-dev numpy pytest hypothesis rich matplotlib)
+              libcpp-httplib-dev nlohmann-json3-dev
+              libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc libssl-dev openssl)
+PY_PACKAGES=(scikit-build-core pybind11 nvidia-nvml-dev numpy pytest hypothesis rich matplotlib
+             grpcio grpcio-tools prometheus_client pyyaml)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -9,13 +9,19 @@
 ///     (`nvidia.com/use-gputype`, `nouse-gputype`, `use-gpuuuid`, `nouse-gpuuuid`, `numa-bind`);
 ///   - a placed Pod carries `hami.io/vgpu-node` and its devices in
 ///     `hami.io/vgpu-devices-to-allocate` / `hami.io/vgpu-devices-allocated`.
-/// Shared by the controller and the scheduler extender examples. Every function is pure and
-/// thread-safe; malformed input is an error naming the object and the field, never a throw.
+///   - HAMi's chart keys (resource names, defaultGPUNum, defaultMem, defaultCores, memoryFactor,
+///     the scheduler policies) live in kube::config; the mapping applies them as HAMi's webhook
+///     and scheduler do together (docs/hami-compatibility.md lists each rule).
+/// Shared by the controller, the scheduler extender and the webhook examples. Every function is
+/// pure and thread-safe; malformed input is an error naming the object and the field, never a
+/// throw.
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -65,6 +71,38 @@ inline constexpr std::string_view k_use_uuid = "nvidia.com/use-gpuuuid";
 inline constexpr std::string_view k_nouse_uuid = "nvidia.com/nouse-gpuuuid";
 /// Annotation: "true" puts all of a container's GPUs on one NUMA node.
 inline constexpr std::string_view k_numa_bind = "nvidia.com/numa-bind";
+/// Annotation: the device modes a pod accepts ("hami-core", "mig", "mps"; a device's mode must
+/// be a substring of the value).
+inline constexpr std::string_view k_vgpu_mode = "nvidia.com/vgpu-mode";
+/// Node annotation: comma-separated GPU uuids that take no new tasks.
+inline constexpr std::string_view k_device_cordon = "hami.io/device-cordon";
+/// Pod annotation: the node policy for this pod (binpack | spread).
+inline constexpr std::string_view k_node_policy = "hami.io/node-scheduler-policy";
+/// Pod annotation: the GPU policy chain for this pod ("binpack", "spread,numa", "mutex",
+/// "topology-aware").
+inline constexpr std::string_view k_gpu_policy = "hami.io/gpu-scheduler-policy";
+/// Pod annotation: scoring weights, "slot=1,core=1,memory=1".
+inline constexpr std::string_view k_scoring_weights = "hami.io/device-scoring-weights";
+/// ResourceQuota keys are the resource names with this prefix (limits.nvidia.com/gpumem).
+inline constexpr std::string_view k_quota_prefix = "limits.";
+
+/// HAMi's chart keys (values.yaml `scheduler` and `devices.nvidia` sections) that change how a
+/// pod's request is read. A plain value.
+struct config {
+  std::string resource_count = "nvidia.com/gpu";                         ///< resourceName
+  std::string resource_memory = "nvidia.com/gpumem";                     ///< resourceMem
+  std::string resource_memory_percent = "nvidia.com/gpumem-percentage";  ///< resourceMemPercentage
+  std::string resource_cores = "nvidia.com/gpucores";                    ///< resourceCores
+  std::string resource_priority = "nvidia.com/priority";                 ///< resourcePriority
+  std::uint32_t default_gpu_num = 1;  ///< defaultGPUNum: GPUs when only memory/cores are named
+  std::uint64_t default_memory = 0;   ///< defaultMem, MiB; 0 = 100% of the device
+  std::uint32_t default_cores = 0;    ///< defaultCores, percent
+  std::uint32_t memory_factor = 1;    ///< memoryFactor: gpumem is counted in this many MiB
+  bool mutex = false;  ///< the default GPU policy chain names `mutex` (a pod's annotation wins)
+  /// Apply HAMi's webhook rules too (a count with no memory, or gpumem-percentage 100, and no
+  /// cores asks for the card exclusively). On: pods here never skipped HAMi's webhook.
+  bool admission_rules = true;
+};
 
 /// The vendor word HAMi writes in the pod devices annotation.
 inline constexpr std::string_view k_vendor = "NVIDIA";
@@ -209,11 +247,116 @@ inline pod_ref pod_identity(const json& pod) {
   return r;
 }
 
+/// Go's strconv.ParseBool, which HAMi uses for `nvidia.com/numa-bind`: 1 t T TRUE true True,
+/// 0 f F FALSE false False. Anything else is nullopt. Pure, thread-safe.
+inline std::optional<bool> parse_go_bool(std::string_view s) {
+  for (std::string_view t : {"1", "t", "T", "TRUE", "true", "True"}) {
+    if (s == t) return true;
+  }
+  for (std::string_view f : {"0", "f", "F", "FALSE", "false", "False"}) {
+    if (s == f) return false;
+  }
+  return std::nullopt;
+}
+
+/// A GPU policy chain as HAMi reads `hami.io/gpu-scheduler-policy`: comma-separated names;
+/// binpack or spread (the first named) orders the GPUs, topology-aware chooses linked sets,
+/// mutex takes only idle GPUs, numa (a sort key in HAMi) is what numa-bind already does here.
+struct gpu_policy_chain {
+  fit::gpu_policy order = fit::gpu_policy::spread;
+  bool mutex = false;
+};
+
+/// Parses a GPU policy chain; an unknown name is an error naming it. Pure, thread-safe.
+inline result<gpu_policy_chain> parse_gpu_policy(std::string_view text) {
+  gpu_policy_chain out;
+  bool ordered = false, topology = false;
+  const auto names = detail::split_list(text);
+  if (names.empty()) {
+    return make_error(errc::invalid_value, "GPU policy " + ::gpuslice::detail::quoted(text) +
+                                               ": expected binpack, spread, topology-aware, "
+                                               "mutex or numa, comma-separated");
+  }
+  for (const auto& n : names) {
+    if (n == "binpack" || n == "spread") {
+      if (!ordered) out.order = n == "binpack" ? fit::gpu_policy::binpack : fit::gpu_policy::spread;
+      ordered = true;
+    } else if (n == "topology-aware" || n == "topology") {
+      topology = true;
+    } else if (n == "mutex") {
+      out.mutex = true;
+    } else if (n != "numa") {
+      return make_error(errc::invalid_value,
+                        "GPU policy " + ::gpuslice::detail::quoted(n) +
+                            ": expected binpack, spread, topology-aware, mutex or numa");
+    }
+  }
+  if (topology) out.order = fit::gpu_policy::topology;
+  return out;
+}
+
+/// HAMi's `hami.io/device-scoring-weights`: exactly slot=, core= and memory= integers, none
+/// negative, at least one positive. Pure, thread-safe.
+inline result<fit::usage_weights> parse_scoring_weights(std::string_view text) {
+  auto fail = [&](const std::string& why) {
+    return make_error(errc::invalid_value, std::string(k_scoring_weights) + " " +
+                                               ::gpuslice::detail::quoted(text) + ": " + why);
+  };
+  std::vector<std::string_view> parts;
+  std::string_view rest = text;
+  while (true) {
+    const std::size_t comma = rest.find(',');
+    parts.push_back(rest.substr(0, comma));
+    if (comma == std::string_view::npos) break;
+    rest.remove_prefix(comma + 1);
+  }
+  if (parts.size() != 3) return fail("expected slot, core and memory weights");
+  fit::usage_weights w{-1, -1, -1};
+  for (std::string_view part : parts) {
+    auto trim = [](std::string_view v) {
+      while (!v.empty() && ::gpuslice::detail::is_space(v.front())) v.remove_prefix(1);
+      while (!v.empty() && ::gpuslice::detail::is_space(v.back())) v.remove_suffix(1);
+      return v;
+    };
+    part = trim(part);
+    const std::size_t eq = part.find('=');
+    if (eq == std::string_view::npos) return fail("expected key=value entries");
+    const std::string_view key = trim(part.substr(0, eq));
+    const std::string_view value = trim(part.substr(eq + 1));
+    std::int64_t v = 0;
+    if (!fit::detail::parse_int(value, -static_cast<std::int64_t>(fit::k_int32_max),
+                                static_cast<std::int64_t>(fit::k_int32_max), v)) {
+      return fail(::gpuslice::detail::quoted(key) + " weight must be an integer");
+    }
+    double* slot = key == "slot"     ? &w.slots
+                   : key == "core"   ? &w.cores
+                   : key == "memory" ? &w.memory
+                                     : nullptr;
+    if (slot == nullptr) return fail("unknown weight " + ::gpuslice::detail::quoted(key));
+    if (*slot != -1) return fail("duplicate " + ::gpuslice::detail::quoted(key) + " weight");
+    if (v < 0) return fail(::gpuslice::detail::quoted(key) + " weight must not be negative");
+    *slot = static_cast<double>(v);
+  }
+  if (auto e = fit::validate(w)) return fail(e->message);
+  return w;
+}
+
+/// True for an init container that keeps running beside the app containers (a sidecar:
+/// restartPolicy Always); its GPUs are held for the pod's life, as an app container's.
+inline bool is_sidecar(const json& container) {
+  return detail::string_at(container, "restartPolicy") == "Always";
+}
+
 /// The GPU request of a Pod object: init containers first, then containers (each container's
-/// `resources.limits`, falling back to `requests`), with the pod's type, uuid and NUMA
-/// annotations applied to every container. Errors name the pod, the container and the field.
+/// `resources.limits`, falling back to `requests`), with the pod's type, uuid, mode, NUMA and
+/// mutex annotations applied to every container, and \p cfg's names and defaults. HAMi's rules
+/// (docs/hami-compatibility.md): only memory or cores named -> defaultGPUNum GPUs (0: no GPU);
+/// gpumem counts memoryFactor MiB; gpumem wins over gpumem-percentage; a percentage above 100
+/// is 100 and 0 is unset; neither -> defaultMem MiB, or 100%; cores default to defaultCores,
+/// above 100 are 100; with admission_rules, no cores and (no memory, or a percentage of 100)
+/// is exclusive (cores 100). Errors name the pod, the container and the field.
 /// Pure, thread-safe.
-inline result<fit::pod_request> pod_request_from_json(const json& pod) {
+inline result<fit::pod_request> pod_request_from_json(const json& pod, const config& cfg = {}) {
   const pod_ref ref = pod_identity(pod);
   const std::string where = "pod " + ref.key();
   if (!pod.is_object()) return make_error(errc::invalid_value, "pod: expected a JSON object");
@@ -221,26 +364,48 @@ inline result<fit::pod_request> pod_request_from_json(const json& pod) {
     return make_error(errc::invalid_value, where + ": metadata.name: expected a non-empty string");
   }
   fit::container_request base;
-  auto list = [&](std::string_view key, std::vector<std::string>& out) -> std::optional<error> {
+  auto text_annotation = [&](std::string_view key, std::string& out) -> std::optional<error> {
     const json* v = detail::annotation(pod, key);
     if (v == nullptr) return std::nullopt;
     if (!v->is_string()) {
       return make_error(errc::invalid_value,
                         where + ": annotation " + std::string(key) + ": expected a string");
     }
-    out = detail::split_list(v->get_ref<const std::string&>());
+    out = v->get<std::string>();
+    return std::nullopt;
+  };
+  auto list = [&](std::string_view key, std::vector<std::string>& out) -> std::optional<error> {
+    std::string v;
+    if (auto e = text_annotation(key, v)) return e;
+    out = detail::split_list(v);
     return std::nullopt;
   };
   if (auto e = list(k_use_type, base.use_types)) return std::move(*e);
   if (auto e = list(k_nouse_type, base.nouse_types)) return std::move(*e);
   if (auto e = list(k_use_uuid, base.use_uuids)) return std::move(*e);
   if (auto e = list(k_nouse_uuid, base.nouse_uuids)) return std::move(*e);
-  if (const json* v = detail::annotation(pod, k_numa_bind)) {
-    if (!v->is_string() || (*v != "true" && *v != "false")) {
-      return make_error(errc::invalid_value, where + ": annotation " + std::string(k_numa_bind) +
-                                                 ": expected \"true\" or \"false\"");
+  if (auto e = text_annotation(k_vgpu_mode, base.modes)) return std::move(*e);
+  std::string numa;
+  if (auto e = text_annotation(k_numa_bind, numa)) return std::move(*e);
+  if (detail::annotation(pod, k_numa_bind) != nullptr) {
+    const auto b = parse_go_bool(numa);
+    if (!b) {
+      return make_error(errc::invalid_value,
+                        where + ": annotation " + std::string(k_numa_bind) + " " +
+                            ::gpuslice::detail::quoted(numa) +
+                            ": expected a boolean (true, false, 1, 0, t, f, TRUE, ...)");
     }
-    base.numa_bind = *v == "true";
+    base.numa_bind = *b;
+  }
+  std::string gpu_policy;
+  if (auto e = text_annotation(k_gpu_policy, gpu_policy)) return std::move(*e);
+  base.idle_only = cfg.mutex;
+  if (detail::annotation(pod, k_gpu_policy) != nullptr) {
+    auto chain = parse_gpu_policy(gpu_policy);
+    if (!chain)
+      return error{chain.code(),
+                   where + ": annotation " + std::string(k_gpu_policy) + ": " + chain.message()};
+    base.idle_only = chain->mutex;
   }
 
   fit::pod_request out;
@@ -255,14 +420,17 @@ inline result<fit::pod_request> pod_request_from_json(const json& pod) {
       return make_error(errc::invalid_value,
                         where + ": spec." + field + ": expected an array of containers");
     }
+    const bool init_list = std::string_view(field) == "initContainers";
     for (const json& c : *cs) {
       const std::string cw =
           where + ": container " + ::gpuslice::detail::quoted(detail::string_at(c, "name", "?"));
       const json* res = detail::member(c, "resources");
       const json* limits = res != nullptr ? detail::member(*res, "limits") : nullptr;
       const json* requests = res != nullptr ? detail::member(*res, "requests") : nullptr;
-      auto amount = [&](std::string_view name, std::int64_t max,
-                        std::int64_t& value) -> std::optional<error> {
+      auto amount = [&](std::string_view name, std::int64_t max, std::int64_t& value,
+                        bool& present) -> std::optional<error> {
+        present = false;
+        if (name.empty()) return std::nullopt;
         const json* v = limits != nullptr ? detail::member(*limits, name) : nullptr;
         if (v == nullptr && requests != nullptr) v = detail::member(*requests, name);
         if (v == nullptr) return std::nullopt;
@@ -288,27 +456,47 @@ inline result<fit::pod_request> pod_request_from_json(const json& pod) {
                                                     std::to_string(max));
         }
         value = *q;
+        present = true;
         return std::nullopt;
       };
       constexpr std::int64_t k_max_gpus_per_container = 1024;
-      constexpr auto k_max_mib = static_cast<std::int64_t>(fit::k_int32_max);
-      constexpr auto k_max_pct = static_cast<std::int64_t>(fit::k_max_percent);
+      const std::int64_t max_mib = static_cast<std::int64_t>(fit::k_int32_max) /
+                                   std::max<std::uint32_t>(cfg.memory_factor, 1);
+      // Percentages and cores above 100 are clamped below, as HAMi's scheduler does; the cap
+      // here only bounds the arithmetic.
+      constexpr std::int64_t k_max_read = fit::k_int32_max;
       std::int64_t count = 0, mem = 0, pct = 0, cores = 0;
-      if (auto e = amount(k_resource_gpu, k_max_gpus_per_container, count)) return std::move(*e);
-      if (auto e = amount(k_resource_memory, k_max_mib, mem)) return std::move(*e);
-      if (auto e = amount(k_resource_memory_percent, k_max_pct, pct)) return std::move(*e);
-      if (auto e = amount(k_resource_cores, k_max_pct, cores)) return std::move(*e);
+      bool has_count = false, has_mem = false, has_pct = false, has_cores = false;
+      if (auto e = amount(cfg.resource_count, k_max_gpus_per_container, count, has_count)) {
+        return std::move(*e);
+      }
+      if (auto e = amount(cfg.resource_memory, max_mib, mem, has_mem)) return std::move(*e);
+      if (auto e = amount(cfg.resource_memory_percent, k_max_read, pct, has_pct)) {
+        return std::move(*e);
+      }
+      if (auto e = amount(cfg.resource_cores, k_max_read, cores, has_cores)) return std::move(*e);
+      if (!has_count && (has_mem || has_pct || has_cores)) {
+        count = cfg.default_gpu_num;  // HAMi's webhook adds defaultGPUNum (0: it adds nothing)
+      }
       fit::container_request r;
       if (count > 0) {
         r = base;
+        r.init = init_list && !is_sidecar(c);
         r.count = static_cast<std::uint32_t>(count);
-        r.memory = static_cast<std::uint64_t>(mem) * fit::k_bytes_per_mib;
+        constexpr auto k_pct = static_cast<std::int64_t>(fit::k_max_percent);
+        if (pct > k_pct) pct = k_pct;
+        r.memory = static_cast<std::uint64_t>(mem) * std::max<std::uint32_t>(cfg.memory_factor, 1) *
+                   fit::k_bytes_per_mib;
         r.memory_percent = static_cast<std::uint32_t>(pct);
-        r.cores_percent(static_cast<std::uint32_t>(cores));
-      } else if (mem != 0 || pct != 0 || cores != 0) {
-        return make_error(errc::invalid_value, cw + ": GPU memory or cores without " +
-                                                   std::string(k_resource_gpu) +
-                                                   "; expected nvidia.com/gpu >= 1");
+        if (r.memory == 0 && r.memory_percent == 0 && cfg.default_memory != 0) {
+          r.memory = cfg.default_memory * fit::k_bytes_per_mib;
+        }
+        std::int64_t core_pct = has_cores ? cores : cfg.default_cores;
+        if (!has_cores && cfg.admission_rules &&
+            ((has_pct && pct == k_pct) || (!has_pct && !has_mem))) {
+          core_pct = k_pct;  // HAMi's webhook: the card exclusively
+        }
+        r.cores_percent(static_cast<std::uint32_t>(std::min(core_pct, k_pct)));
       }
       out.containers.push_back(std::move(r));
     }
@@ -347,6 +535,18 @@ inline result<fit::node> node_from_json(const json& node) {
     return error{devices.code(), "node " + n.name + ": " + devices.message()};
   }
   n.devices = std::move(*devices);
+  if (const json* cordon = detail::annotation(node, k_device_cordon)) {
+    if (!cordon->is_string()) {
+      return make_error(errc::invalid_value, "node " + n.name + ": annotation " +
+                                                 std::string(k_device_cordon) +
+                                                 ": expected a comma-separated string of uuids");
+    }
+    for (const auto& uuid : detail::split_list(cordon->get_ref<const std::string&>())) {
+      for (auto& d : n.devices) {
+        if (d.uuid == uuid) d.cordoned = true;
+      }
+    }
+  }
   return n;
 }
 
@@ -358,18 +558,26 @@ inline const json* items(const json& j) {
   return it != nullptr && it->is_array() ? it : nullptr;
 }
 
-/// Each Node of \p node_items (a NodeList's items) as a fit::node, in order. The first Node
-/// that does not map is the error, its message prefixed by \p source (the file the list came
-/// from). Pure, thread-safe.
-inline result<std::vector<fit::node>> nodes_from_items(const json& node_items,
-                                                       const std::string& source) {
-  std::vector<fit::node> nodes;
+/// Nodes read from a list, and those skipped.
+struct node_list {
+  std::vector<fit::node> nodes;      ///< the nodes that map, in order
+  std::vector<std::string> skipped;  ///< one line per node that does not, naming it and why
+};
+
+/// Each Node of \p node_items (a NodeList's items) as a fit::node, in order. A Node that does
+/// not map (a malformed registration) is skipped, its reason prefixed by \p source (the file the
+/// list came from), so one bad node never leaves every GPU pod unschedulable. Pure, thread-safe.
+inline node_list nodes_from_items(const json& node_items, const std::string& source) {
+  node_list out;
   for (const json& n : node_items) {
     auto node = node_from_json(n);
-    if (!node) return error{node.code(), source + ": " + node.message()};
-    nodes.push_back(std::move(*node));
+    if (!node) {
+      out.skipped.push_back(source + ": " + node.message() + " (node skipped)");
+      continue;
+    }
+    out.nodes.push_back(std::move(*node));
   }
-  return nodes;
+  return out;
 }
 
 /// True when the pod waits for a node: no spec.nodeName, and phase Pending (or no status).
@@ -381,55 +589,117 @@ inline bool is_pending(const json& pod) {
   return phase.empty() || phase == "Pending";
 }
 
-/// Charges the devices a bound pod holds (its allocated or to-allocate annotation on
-/// spec.nodeName) to \p nodes. Pods without a node, finished pods (Succeeded, Failed) and pods
-/// without the annotation charge nothing and return false. An annotation naming a device the
-/// node does not have, or exceeding a device's totals, is an error naming the pod.
-/// Pure apart from \p nodes; not thread-safe on \p nodes.
-inline result<bool> charge_bound_pod(std::vector<fit::node>& nodes, const json& pod) {
+/// What a bound pod holds on one GPU (after collapsing its init containers).
+struct held_device {
+  std::string uuid;
+  std::uint32_t slots = 0;
+  std::uint64_t memory = 0;  ///< bytes
+  std::uint32_t cores = 0;   ///< milli-GPU
+};
+
+/// A pod that holds GPUs: bound (spec.nodeName), not finished, with HAMi's devices annotation.
+struct bound_pod {
+  pod_ref ref;
+  std::string node;
+  std::vector<held_device> devices;  ///< per GPU: max(init peak, app sum), as HAMi counts
+};
+
+/// The GPUs a Pod object holds, or nullopt for a pod that holds none (no node, Succeeded or
+/// Failed, no devices annotation). A malformed annotation is an error naming the pod.
+/// Init containers (not sidecars) are the first annotation entries; per GPU they count as the
+/// larger of their peak and the app containers' sum. Pure, thread-safe.
+inline result<std::optional<bound_pod>> bound_pod_from_json(const json& pod) {
   const json* spec = detail::member(pod, "spec");
   const std::string node_name = spec != nullptr ? detail::string_at(*spec, "nodeName") : "";
   const json* status = detail::member(pod, "status");
   const std::string phase = status != nullptr ? detail::string_at(*status, "phase") : "";
-  if (node_name.empty() || phase == "Succeeded" || phase == "Failed") return false;
+  if (node_name.empty() || phase == "Succeeded" || phase == "Failed") {
+    return std::optional<bound_pod>{};
+  }
   const json* ann = detail::annotation(pod, k_devices_allocated);
   if (ann == nullptr) ann = detail::annotation(pod, k_devices_to_allocate);
-  if (ann == nullptr) return false;
-  const std::string where = "pod " + pod_identity(pod).key();
+  if (ann == nullptr) return std::optional<bound_pod>{};
+  bound_pod out;
+  out.ref = pod_identity(pod);
+  out.node = node_name;
+  const std::string where = "pod " + out.ref.key();
   if (!ann->is_string()) {
     return make_error(errc::invalid_value, where + ": devices annotation: expected a string");
   }
   auto decoded = fit::decode_pod_devices(ann->get_ref<const std::string&>());
   if (!decoded) return error{decoded.code(), where + ": " + decoded.message()};
+  std::size_t init_count = 0;
+  if (const json* inits = spec != nullptr ? detail::member(*spec, "initContainers") : nullptr) {
+    if (inits->is_array()) {
+      for (const json& c : *inits) {
+        if (is_sidecar(c)) break;  // sidecars are held like app containers
+        ++init_count;
+      }
+    }
+  }
+  std::vector<fit::container_allocation> alloc;
+  std::vector<std::string> uuids;
+  for (std::size_t ci = 0; ci < decoded->size(); ++ci) {
+    fit::container_allocation a;
+    a.init = ci < init_count;
+    for (const auto& d : (*decoded)[ci]) {
+      std::size_t pos = 0;
+      while (pos < uuids.size() && uuids[pos] != d.uuid) ++pos;
+      if (pos == uuids.size()) uuids.push_back(d.uuid);
+      a.devices.push_back({pos, d.memory_mib * fit::k_bytes_per_mib, cores_to_milli(d.cores)});
+    }
+    alloc.push_back(std::move(a));
+  }
+  for (const auto& [pos, t] : fit::cluster::collapse(alloc, uuids.size())) {
+    out.devices.push_back({uuids[pos], t.slots, t.memory, t.cores});
+  }
+  return std::optional<bound_pod>{std::move(out)};
+}
+
+/// Charges \p held to \p nodes. A device used beyond a total (a card reporting more tasks than
+/// its split count, or less memory than before) stays at its total: full, as HAMi treats it.
+/// A node or GPU the list lacks is an error naming the pod, and nothing is charged.
+/// Not thread-safe on \p nodes.
+inline result<bool> charge(std::vector<fit::node>& nodes, const bound_pod& held) {
+  const std::string where = "pod " + held.ref.key();
   fit::node* n = nullptr;
   for (auto& candidate : nodes) {
-    if (candidate.name == node_name) n = &candidate;
+    if (candidate.name == held.node) n = &candidate;
   }
   if (n == nullptr) {
     return make_error(errc::invalid_value,
-                      where + ": bound to node " + node_name + ", which the node list lacks");
+                      where + ": bound to node " + held.node + ", which the node list lacks");
   }
-  for (const auto& container : *decoded) {
-    for (const auto& d : container) {
-      fit::device* dev = nullptr;
-      for (auto& candidate : n->devices) {
-        if (candidate.uuid == d.uuid) dev = &candidate;
-      }
-      const std::uint64_t bytes = d.memory_mib * fit::k_bytes_per_mib;
-      const std::uint32_t milli = cores_to_milli(d.cores);
-      if (dev == nullptr || dev->slots_used >= dev->slots_total ||
-          dev->memory_total - dev->memory_used < bytes ||
-          dev->cores_total - dev->cores_used < milli) {
-        return make_error(errc::out_of_range,
-                          where + ": device " + ::gpuslice::detail::quoted(d.uuid) + " on node " +
-                              node_name + " is unknown or cannot hold what the pod holds");
-      }
-      dev->slots_used += 1;
-      dev->memory_used += bytes;
-      dev->cores_used += milli;
+  std::vector<fit::device*> devs;
+  for (const auto& h : held.devices) {
+    fit::device* dev = nullptr;
+    for (auto& candidate : n->devices) {
+      if (candidate.uuid == h.uuid) dev = &candidate;
     }
+    if (dev == nullptr) {
+      return make_error(errc::invalid_value, where + ": device " +
+                                                 ::gpuslice::detail::quoted(h.uuid) + " on node " +
+                                                 held.node + " is not registered there");
+    }
+    devs.push_back(dev);
+  }
+  for (std::size_t i = 0; i < devs.size(); ++i) {
+    fit::device& d = *devs[i];
+    const held_device& h = held.devices[i];
+    d.slots_used = std::min<std::uint64_t>(d.slots_total, std::uint64_t{d.slots_used} + h.slots);
+    d.memory_used = std::min(d.memory_total, d.memory_used + h.memory);
+    d.cores_used = std::min<std::uint64_t>(d.cores_total, std::uint64_t{d.cores_used} + h.cores);
   }
   return true;
+}
+
+/// Charges the devices a bound pod holds (see bound_pod_from_json and charge) to \p nodes.
+/// Pods that hold nothing return false. Not thread-safe on \p nodes.
+inline result<bool> charge_bound_pod(std::vector<fit::node>& nodes, const json& pod) {
+  auto held = bound_pod_from_json(pod);
+  if (!held) return std::move(held).err();
+  if (!*held) return false;
+  return charge(nodes, **held);
 }
 
 /// HAMi's devices annotation value of a placed decision on \p n. Pure, thread-safe.
@@ -462,13 +732,14 @@ inline std::string describe_rejection(const fit::node& n, const fit::reason_coun
 /// Names HAMi's node and GPU policies, as its scheduler config spells them.
 struct policy_names {
   std::string node = "binpack";  ///< binpack | spread
-  std::string gpu = "spread";    ///< binpack | spread | topology
+  std::string gpu = "spread";    ///< a GPU policy chain (parse_gpu_policy)
 };
 
-/// The scorer for a node and GPU policy by name; an error names the unknown one.
-inline result<fit::hami_scorer> scorer_from_names(const policy_names& p) {
+/// The scorer for a node and GPU policy by name, with \p weights; an error names the unknown
+/// policy or the bad weights.
+inline result<fit::hami_scorer> scorer_from_names(const policy_names& p,
+                                                  const fit::usage_weights& weights = {}) {
   fit::hami_policy node{};
-  fit::gpu_policy gpu{};
   if (p.node == "binpack") {
     node = fit::hami_policy::binpack;
   } else if (p.node == "spread") {
@@ -477,17 +748,60 @@ inline result<fit::hami_scorer> scorer_from_names(const policy_names& p) {
     return make_error(errc::invalid_value, "node policy " + ::gpuslice::detail::quoted(p.node) +
                                                ": expected binpack or spread");
   }
-  if (p.gpu == "binpack") {
-    gpu = fit::gpu_policy::binpack;
-  } else if (p.gpu == "spread") {
-    gpu = fit::gpu_policy::spread;
-  } else if (p.gpu == "topology") {
-    gpu = fit::gpu_policy::topology;
-  } else {
-    return make_error(errc::invalid_value, "GPU policy " + ::gpuslice::detail::quoted(p.gpu) +
-                                               ": expected binpack, spread or topology");
+  auto gpu = parse_gpu_policy(p.gpu);
+  if (!gpu) return std::move(gpu).err();
+  if (auto e = fit::validate(weights)) return std::move(*e);
+  return fit::hami_scorer(node, gpu->order, weights);
+}
+
+/// The scorer for \p pod: \p defaults, with the parts its `hami.io/node-scheduler-policy`,
+/// `hami.io/gpu-scheduler-policy` and `hami.io/device-scoring-weights` annotations name
+/// replaced. An annotation HAMi would refuse is an error naming the pod. Pure, thread-safe.
+inline result<fit::hami_scorer> pod_scorer(const json& pod, const fit::hami_scorer& defaults) {
+  const json* meta = detail::member(pod, "metadata");
+  const json* ann = meta != nullptr ? detail::member(*meta, "annotations") : nullptr;
+  if (ann == nullptr || (!ann->contains(k_node_policy) && !ann->contains(k_gpu_policy) &&
+                         !ann->contains(k_scoring_weights))) {
+    return defaults;
   }
-  return fit::hami_scorer(node, gpu);
+  const std::string where = "pod " + pod_identity(pod).key() + ": annotation ";
+  auto text = [&](std::string_view key, std::string& out) -> std::optional<error> {
+    const json* v = detail::member(*ann, key);
+    if (v == nullptr) return std::nullopt;
+    if (!v->is_string()) {
+      return make_error(errc::invalid_value, where + std::string(key) + ": expected a string");
+    }
+    out = v->get<std::string>();
+    return std::nullopt;
+  };
+  std::string node, gpu, weights;
+  if (auto e = text(k_node_policy, node)) return std::move(*e);
+  if (auto e = text(k_gpu_policy, gpu)) return std::move(*e);
+  if (auto e = text(k_scoring_weights, weights)) return std::move(*e);
+  fit::hami_policy node_policy = defaults.node_policy();
+  if (ann->contains(k_node_policy)) {
+    if (node == "binpack" || node == "spread") {
+      node_policy = node == "binpack" ? fit::hami_policy::binpack : fit::hami_policy::spread;
+    } else {
+      return make_error(errc::invalid_value, where + std::string(k_node_policy) + " " +
+                                                 ::gpuslice::detail::quoted(node) +
+                                                 ": expected binpack or spread");
+    }
+  }
+  fit::gpu_policy gpu_policy = defaults.device_policy();
+  if (ann->contains(k_gpu_policy)) {
+    auto chain = parse_gpu_policy(gpu);
+    if (!chain)
+      return error{chain.code(), where + std::string(k_gpu_policy) + ": " + chain.message()};
+    gpu_policy = chain->order;
+  }
+  fit::usage_weights w = defaults.weights();
+  if (ann->contains(k_scoring_weights)) {
+    auto parsed = parse_scoring_weights(weights);
+    if (!parsed) return error{parsed.code(), where + parsed.message()};
+    w = *parsed;
+  }
+  return fit::hami_scorer(node_policy, gpu_policy, w);
 }
 
 }  // namespace gpuslice::kube

@@ -85,17 +85,23 @@ int main(int argc, char** argv) {
   if (node_items == nullptr) return fail(nodes_path + ": expected a NodeList or a JSON array");
   if (pod_items == nullptr) return fail(pods_path + ": expected a PodList or a JSON array");
 
-  auto parsed = kube::nodes_from_items(*node_items, nodes_path);
-  if (!parsed) return fail(parsed.message());
-  std::vector<fit::node> nodes = std::move(*parsed);
+  // A node or bound pod that does not map is skipped with its reason: one bad object never
+  // stops the others from being placed.
+  kube::node_list parsed = kube::nodes_from_items(*node_items, nodes_path);
+  for (const auto& why : parsed.skipped) fmt::print(stderr, "gpuslice_controller: {}\n", why);
+  std::vector<fit::node> nodes = std::move(parsed.nodes);
   std::size_t gpus = 0;
   for (const fit::node& node : nodes) gpus += node.devices.size();
   std::size_t bound = 0;
   std::vector<const json*> pending;
   for (const json& p : *pod_items) {
     auto charged = kube::charge_bound_pod(nodes, p);
-    if (!charged) return fail(pods_path + ": " + charged.message());
-    if (*charged) ++bound;
+    if (!charged) {
+      fmt::print(stderr, "gpuslice_controller: {}: {} (pod not charged)\n", pods_path,
+                 charged.message());
+    } else if (*charged) {
+      ++bound;
+    }
     if (kube::is_pending(p)) pending.push_back(&p);
   }
   auto cluster = fit::cluster::make(std::move(nodes));
@@ -121,7 +127,12 @@ int main(int argc, char** argv) {
       fmt::print("pod {}: asks for no GPU, left to kube-scheduler\n", ref.key());
       continue;
     }
-    auto d = cluster->fit(*request, *scorer, opt);
+    auto pod_scorer = kube::pod_scorer(*p, *scorer);
+    if (!pod_scorer) {
+      fmt::print("pod {}: invalid request: {}\n", ref.key(), pod_scorer.message());
+      continue;
+    }
+    auto d = cluster->fit(*request, *pod_scorer, opt);
     if (!d) {
       fmt::print("pod {}: invalid request: {}\n", ref.key(), d.message());
       continue;

@@ -69,3 +69,44 @@ if(TARGET gpuslice_quota_demo AND TARGET gpuslice_shim AND TARGET gpuslice_fake_
   set_tests_properties(examples:quota_demo:no-shim PROPERTIES LABELS examples TIMEOUT 120)
   add_dependencies(gpuslice_quota_demo gpuslice_fake_cuda gpuslice_fake_nvml gpuslice_shim)
 endif()
+
+# The scheduler side in a live-shaped cluster (tests/k8s/test_scheduler_*.py): the extender (and
+# the webhook when built) against the in-test fake API server. The node side's k8s:pytest
+# collects these files too and skips them, since it does not name the programs.
+find_package(Python3 COMPONENTS Interpreter QUIET)
+if(TARGET gpuslice_extender AND Python3_Interpreter_FOUND)
+  set(_sched_env "GPUSLICE_EXTENDER=$<TARGET_FILE:gpuslice_extender>")
+  if(TARGET gpuslice_webhook)
+    list(APPEND _sched_env "GPUSLICE_WEBHOOK=$<TARGET_FILE:gpuslice_webhook>")
+  endif()
+  if(TARGET gpuslice_device_plugin)
+    list(APPEND _sched_env "GPUSLICE_DEVICE_PLUGIN=$<TARGET_FILE:gpuslice_device_plugin>")
+  endif()
+  if(TARGET gpuslice_monitor)
+    list(APPEND _sched_env "GPUSLICE_MONITOR=$<TARGET_FILE:gpuslice_monitor>")
+  endif()
+  add_test(NAME examples:scheduler:pytest
+           COMMAND ${Python3_EXECUTABLE} -m pytest -q -p no:cacheprovider
+                   -c ${PROJECT_SOURCE_DIR}/pyproject.toml --rootdir ${PROJECT_SOURCE_DIR}
+                   ${PROJECT_SOURCE_DIR}/tests/k8s/test_scheduler_extender.py
+                   ${PROJECT_SOURCE_DIR}/tests/k8s/test_scheduler_webhook.py
+                   ${PROJECT_SOURCE_DIR}/tests/k8s/test_deploy.py
+           WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
+  set_tests_properties(examples:scheduler:pytest PROPERTIES LABELS "examples;k8s" TIMEOUT 300
+                       ENVIRONMENT "${_sched_env}")
+endif()
+
+# The whole flow end to end (tests/k8s/test_e2e_scheduling.py): webhook, extender, device
+# plugin, a kubelet-shaped client, a process under libgpuslice.so on the fake driver, and the
+# exporter. A plain build only: a sanitized shim cannot be preloaded into a plain interpreter.
+if(TARGET gpuslice_extender AND TARGET gpuslice_webhook AND TARGET gpuslice_device_plugin
+   AND TARGET gpuslice_monitor AND TARGET gpuslice_shim AND TARGET gpuslice_fake_nvml
+   AND TARGET gpuslice_fake_cuda AND Python3_Interpreter_FOUND AND GPUSLICE_SANITIZE STREQUAL "")
+  add_test(NAME examples:scheduler:e2e
+           COMMAND ${Python3_EXECUTABLE} -m pytest -q -p no:cacheprovider
+                   -c ${PROJECT_SOURCE_DIR}/pyproject.toml --rootdir ${PROJECT_SOURCE_DIR}
+                   ${PROJECT_SOURCE_DIR}/tests/k8s/test_e2e_scheduling.py
+           WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
+  set_tests_properties(examples:scheduler:e2e PROPERTIES LABELS "examples;k8s" TIMEOUT 300
+                       ENVIRONMENT "${_sched_env};GPUSLICE_SHIM=$<TARGET_FILE:gpuslice_shim>;GPUSLICE_FAKE_NVML_DIR=$<TARGET_FILE_DIR:gpuslice_fake_nvml>")
+endif()

@@ -17,9 +17,13 @@ json body(const extender::reply& r) {
   return json::parse(r.body);
 }
 
-/// The device of the state's node \p node at position \p i.
-json device_state(const extender::service& s, int node, int i) {
-  return json::parse(s.state())["nodes"][node]["devices"][i];
+/// The device at position \p i of the state's node named \p node.
+json device_state(extender::service& s, const std::string& node, int i) {
+  const json st = json::parse(s.state());
+  for (const json& n : st["nodes"]) {
+    if (n["name"] == node) return n["devices"][i];
+  }
+  return nullptr;
 }
 }  // namespace
 
@@ -91,18 +95,18 @@ TEST_CASE("bind reserves the pod's GPUs in memory; release returns them", "[exam
   CHECK(st["bindings"][0]["node"] == "gpu-a");
   // GPU spread: the emptiest V100, GPU-a1 (GPU-a0 holds the running pod).
   CHECK(st["bindings"][0]["hami.io/vgpu-devices-to-allocate"] == "GPU-a1,NVIDIA,4000,25:;");
-  CHECK(device_state(*s, 0, 1) ==
+  CHECK(device_state(*s, "gpu-a", 1) ==
         json::parse(
             R"({"uuid":"GPU-a1","slots_used":1,"memory_used_mib":4000,"cores_used_percent":25})"));
 
   // The same pod twice is refused; the usage is unchanged.
   CHECK(body(s->bind(read_file(data("bind.json"))))["Error"] != "");
-  CHECK(device_state(*s, 0, 1)["slots_used"] == 1);
+  CHECK(device_state(*s, "gpu-a", 1)["slots_used"] == 1);
 
   const std::string uid = json::parse(read_file(data("bind.json")))["PodUID"];
   CHECK(body(s->release(json{{"PodUID", uid}}.dump()))["Error"] == "");
-  CHECK(device_state(*s, 0, 1)["slots_used"] == 0);
-  CHECK(device_state(*s, 0, 1)["memory_used_mib"] == 0);
+  CHECK(device_state(*s, "gpu-a", 1)["slots_used"] == 0);
+  CHECK(device_state(*s, "gpu-a", 1)["memory_used_mib"] == 0);
   CHECK(json::parse(s->state())["bindings"].empty());
   CHECK(body(s->release(json{{"PodUID", uid}}.dump()))["Error"] != "");
 }
@@ -120,7 +124,7 @@ TEST_CASE("a failed binding through the binder undoes the reservation", "[exampl
   REQUIRE(seen);
   CHECK(seen->node == "gpu-a");
   CHECK(seen->devices == "GPU-a1,NVIDIA,4000,25:;");
-  CHECK(device_state(*s, 0, 1)["slots_used"] == 0);
+  CHECK(device_state(*s, "gpu-a", 1)["slots_used"] == 0);
   CHECK(json::parse(s->state())["bindings"].empty());
 }
 
@@ -131,8 +135,8 @@ TEST_CASE("an invalid GPU request fails every node as unresolvable, with the rea
   CHECK(r["NodeNames"].empty());
   REQUIRE(r["FailedAndUnresolvableNodes"].size() == 3);
   CHECK(r["FailedAndUnresolvableNodes"]["gpu-b"] ==
-        "gpuslice: pod default/bad-cores: container \"main\": nvidia.com/gpucores 150: "
-        "expected at most 100");
+        "gpuslice: pod default/bad-memory: container \"main\": nvidia.com/gpumem 3000000000: "
+        "expected at most 2147483647");
 }
 
 TEST_CASE("a pod without GPUs passes every candidate untouched", "[examples]") {
@@ -176,4 +180,42 @@ TEST_CASE("malformed bodies get a 400 with a message, never a crash", "[examples
     CHECK(s->bind(b).status == extender::k_bad_request);
     CHECK(s->release(b).status == extender::k_bad_request);
   }
+}
+
+TEST_CASE("ResourceQuota on gpumem and gpucores bounds a namespace, as HAMi's FitQuota",
+          "[examples]") {
+  auto s = example_tests::sample_service();
+  json args = json::parse(read_file(data("filter_names.json")));
+  const std::string ns = args["Pod"]["metadata"].value("namespace", "default");
+  // infer-small asks for one GPU of 4000 MiB and 25% cores.
+  const json quota = {
+      {"metadata", {{"name", "gpu"}, {"namespace", ns}}},
+      {"spec",
+       {{"hard", {{"limits.nvidia.com/gpumem", "7000"}, {"limits.nvidia.com/gpucores", "100"}}}}}};
+  s->upsert_quota(quota);
+  CHECK(body(s->filter(args.dump()))["NodeNames"] == json::array({"gpu-a", "gpu-b"}));
+  CHECK(body(s->bind(read_file(data("bind.json"))))["Error"] == "");
+  // 4000 held + 4000 asked > 7000: every GPU node fails (resolvable: evicting frees quota).
+  args["Pod"]["metadata"]["uid"] = "second";
+  args["Pod"]["metadata"]["name"] = "second";
+  const json r = body(s->filter(args.dump()));
+  CHECK(r["NodeNames"].empty());
+  CHECK(r["FailedNodes"]["gpu-a"] == "gpuslice: namespace " + ns +
+                                         " quota gpu: nvidia.com/gpumem 4000 held + 4000 asked > "
+                                         "limit 7000");
+  const json b = {
+      {"PodName", "second"}, {"PodNamespace", ns}, {"PodUID", "second"}, {"Node", "gpu-b"}};
+  CHECK_THAT(body(s->bind(b.dump()))["Error"].get<std::string>(), Catch::Contains("quota gpu"));
+  // Another namespace is not limited; without the quota the namespace is free again.
+  json other = args;
+  other["Pod"]["metadata"]["namespace"] = "elsewhere";
+  CHECK(body(s->filter(other.dump()))["NodeNames"].size() == 2);
+  s->delete_quota(quota);
+  CHECK(body(s->filter(args.dump()))["NodeNames"].size() == 2);
+  // Cores count too: 25 held + 25 asked > 40.
+  json cores = quota;
+  cores["spec"]["hard"] = {{"limits.nvidia.com/gpucores", "40"}};
+  s->upsert_quota(cores);
+  CHECK_THAT(body(s->filter(args.dump()))["FailedNodes"]["gpu-b"].get<std::string>(),
+             Catch::Contains("nvidia.com/gpucores 25 held + 25 asked > limit 40"));
 }

@@ -95,19 +95,16 @@ TEST_CASE("A bad GPU request is one line naming the pod, the container and the f
     std::string fragment;
   };
   const std::vector<bad_case> cases = {
-      {gpu_pod({{"nvidia.com/gpu", "1"}, {"nvidia.com/gpucores", "150"}}),
-       "pod ns/p: container \"main\": nvidia.com/gpucores 150: expected at most 100"},
       {gpu_pod({{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem", "lots"}}),
-       "nvidia.com/gpumem \"lots\": no digits"},
-      {gpu_pod({{"nvidia.com/gpumem", "1k"}}), "without nvidia.com/gpu"},
-      {gpu_pod({{"nvidia.com/gpu", "1"},
-                {"nvidia.com/gpumem", "1k"},
-                {"nvidia.com/gpumem-percentage", "50"}}),
-       "both memory and memory_percent"},
+       "pod ns/p: container \"main\": nvidia.com/gpumem \"lots\": no digits"},
+      {gpu_pod({{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem", "3000000000"}}),
+       "nvidia.com/gpumem 3000000000: expected at most 2147483647"},
       {gpu_pod({{"nvidia.com/gpu", -1}}), "nvidia.com/gpu \"-1\": negative"},
       {gpu_pod({{"nvidia.com/gpu", 1.5}}), "expected a quantity (a string or an integer)"},
       {gpu_pod({{"nvidia.com/gpu", "1"}}, {{"nvidia.com/numa-bind", "yes"}}),
-       "expected \"true\" or \"false\""},
+       "nvidia.com/numa-bind \"yes\": expected a boolean"},
+      {gpu_pod({{"nvidia.com/gpu", "1"}}, {{"hami.io/gpu-scheduler-policy", "fastest"}}),
+       "GPU policy \"fastest\": expected binpack, spread, topology-aware, mutex or numa"},
       {json{{"metadata", {{"name", "p"}}}}, "spec: expected an object"},
       {json{{"spec", json::object()}}, "metadata.name"},
   };
@@ -187,4 +184,294 @@ TEST_CASE("Policies by name, and unknown names refused", "[examples]") {
   REQUIRE_FALSE(bad);
   CHECK(bad.message() == "node policy \"packed\": expected binpack or spread");
   CHECK_FALSE(kube::scorer_from_names({"binpack", "fgd"}));
+}
+
+namespace {
+
+/// One container's request after the mapping, in HAMi's units (MiB, percent).
+struct hami_view {
+  std::uint32_t count = 0;
+  std::uint64_t memory_mib = 0;
+  std::uint32_t memory_percent = 0;
+  std::uint32_t cores = 0;  ///< percent
+};
+
+hami_view view(const fit::container_request& r) {
+  return {r.count, r.memory / k_mib, r.memory_percent, gpuslice::milli_to_cores(r.cores)};
+}
+
+}  // namespace
+
+TEST_CASE("HAMi's request table: what each resource form asks for", "[examples][hami]") {
+  // Rows transcribed from HAMi's GenerateResourceRequests and MutateAdmission tests (webhook
+  // defaults applied first, as HAMi's deployment always runs its webhook).
+  struct row {
+    const char* hami_case;
+    json limits;
+    kube::config cfg;
+    hami_view want;
+  };
+  kube::config dflt;
+  kube::config no_default_num;
+  no_default_num.default_gpu_num = 0;
+  kube::config default_mem;
+  default_mem.default_memory = 2048;
+  default_mem.default_cores = 20;
+  kube::config factor;
+  factor.memory_factor = 4;
+  kube::config renamed;
+  renamed.resource_count = "example.com/vgpu";
+  renamed.resource_memory = "example.com/vmem";
+  const std::vector<row> rows = {
+      {"gpu count only: 100% memory, exclusive cores",
+       {{"nvidia.com/gpu", "1"}},
+       dflt,
+       {1, 0, 0, 100}},
+      {"gpu count + explicit memory: shareable, cores unset",
+       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem", "3000"}},
+       dflt,
+       {1, 3000, 0, 0}},
+      {"gpu count + memory percentage",
+       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem-percentage", "40"}},
+       dflt,
+       {1, 0, 40, 0}},
+      {"memory percentage 100 without cores: exclusive",
+       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem-percentage", "100"}},
+       dflt,
+       {1, 0, 100, 100}},
+      {"memory percentage above 100: clamped to 100",
+       {{"nvidia.com/gpu", "1"},
+        {"nvidia.com/gpumem-percentage", "150"},
+        {"nvidia.com/gpucores", "10"}},
+       dflt,
+       {1, 0, 100, 10}},
+      {"memory percentage 0: unset (100%)",
+       {{"nvidia.com/gpu", "1"},
+        {"nvidia.com/gpumem-percentage", "0"},
+        {"nvidia.com/gpucores", "10"}},
+       dflt,
+       {1, 0, 0, 10}},
+      {"gpumem and percentage together: both kept, gpumem wins at resolve",
+       {{"nvidia.com/gpu", "1"},
+        {"nvidia.com/gpumem", "1k"},
+        {"nvidia.com/gpumem-percentage", "50"}},
+       dflt,
+       {1, 1000, 50, 0}},
+      {"explicit cores stay",
+       {{"nvidia.com/gpu", "2"}, {"nvidia.com/gpucores", "30"}},
+       dflt,
+       {2, 0, 0, 30}},
+      {"cores above 100: clamped to 100 (exclusive)",
+       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem", "512"}, {"nvidia.com/gpucores", "150"}},
+       dflt,
+       {1, 512, 0, 100}},
+      {"gpumem without nvidia.com/gpu: defaultGPUNum (1)",
+       {{"nvidia.com/gpumem", "1024"}},
+       dflt,
+       {1, 1024, 0, 0}},
+      {"gpucores without nvidia.com/gpu: defaultGPUNum (1)",
+       {{"nvidia.com/gpucores", "25"}},
+       dflt,
+       {1, 0, 0, 25}},
+      {"percentage without nvidia.com/gpu: defaultGPUNum (1)",
+       {{"nvidia.com/gpumem-percentage", "30"}},
+       dflt,
+       {1, 0, 30, 0}},
+      {"defaultGPUNum 0: no GPU at all",
+       {{"nvidia.com/gpumem", "1024"}},
+       no_default_num,
+       {0, 0, 0, 0}},
+      {"defaultMem and defaultCores apply to a shareable request",
+       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem-percentage", "0"}},
+       default_mem,
+       {1, 2048, 0, 20}},
+      {"count only with defaultMem: webhook still makes it exclusive",
+       {{"nvidia.com/gpu", "1"}},
+       default_mem,
+       {1, 2048, 0, 100}},
+      {"memoryFactor: gpumem counts that many MiB",
+       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem", "1000"}},
+       factor,
+       {1, 4000, 0, 0}},
+      {"configurable resource names",
+       {{"example.com/vgpu", "1"}, {"example.com/vmem", "500"}},
+       renamed,
+       {1, 500, 0, 0}},
+      {"default names ignored when renamed", {{"nvidia.com/gpu", "1"}}, renamed, {0, 0, 0, 0}},
+  };
+  for (const auto& r : rows) {
+    INFO(r.hami_case);
+    auto req = kube::pod_request_from_json(gpu_pod(r.limits), r.cfg);
+    REQUIRE(req);
+    REQUIRE(req->containers.size() == 1);
+    const hami_view got = view(req->containers[0]);
+    CHECK(got.count == r.want.count);
+    CHECK(got.memory_mib == r.want.memory_mib);
+    CHECK(got.memory_percent == r.want.memory_percent);
+    CHECK(got.cores == r.want.cores);
+  }
+}
+
+TEST_CASE("HAMi's annotation table: numa-bind, vgpu-mode, mutex, cordon", "[examples][hami]") {
+  struct row {
+    const char* value;
+    bool numa;
+  };
+  // Go's strconv.ParseBool, as HAMi's assertNuma reads the annotation.
+  const std::vector<row> rows = {{"true", true},   {"True", true},   {"TRUE", true},
+                                 {"1", true},      {"t", true},      {"T", true},
+                                 {"false", false}, {"False", false}, {"FALSE", false},
+                                 {"0", false},     {"f", false},     {"F", false}};
+  for (const auto& r : rows) {
+    INFO(r.value);
+    auto req = kube::pod_request_from_json(
+        gpu_pod({{"nvidia.com/gpu", "1"}}, {{"nvidia.com/numa-bind", r.value}}));
+    REQUIRE(req);
+    CHECK(req->containers[0].numa_bind == r.numa);
+  }
+  auto mode = kube::pod_request_from_json(gpu_pod(
+      {{"nvidia.com/gpu", "1"}},
+      {{"nvidia.com/vgpu-mode", "mig"}, {"hami.io/gpu-scheduler-policy", "binpack, mutex"}}));
+  REQUIRE(mode);
+  CHECK(mode->containers[0].modes == "mig");
+  CHECK(mode->containers[0].idle_only);
+
+  json node = example_tests::read_json(example_tests::sample("nodes.json"))["items"][0];
+  node["metadata"]["annotations"]["hami.io/device-cordon"] = " GPU-a1 ,, GPU-a3";
+  auto n = kube::node_from_json(node);
+  REQUIRE(n);
+  std::vector<bool> cordoned;
+  for (const auto& d : n->devices) cordoned.push_back(d.cordoned);
+  CHECK(cordoned == std::vector<bool>{false, true, false, true});
+}
+
+TEST_CASE("HAMi's policy and weights annotations choose the pod's scorer", "[examples][hami]") {
+  const fit::hami_scorer dflt;  // binpack nodes, spread GPUs
+  struct row {
+    json annotations;
+    fit::hami_policy node;
+    fit::gpu_policy gpu;
+    double slot, core, memory;
+  };
+  const std::vector<row> rows = {
+      {json::object(), fit::hami_policy::binpack, fit::gpu_policy::spread, 1, 1, 1},
+      {{{"hami.io/node-scheduler-policy", "spread"}},
+       fit::hami_policy::spread,
+       fit::gpu_policy::spread,
+       1,
+       1,
+       1},
+      {{{"hami.io/gpu-scheduler-policy", "binpack,numa"}},
+       fit::hami_policy::binpack,
+       fit::gpu_policy::binpack,
+       1,
+       1,
+       1},
+      {{{"hami.io/gpu-scheduler-policy", "numa, spread, binpack"}},
+       fit::hami_policy::binpack,
+       fit::gpu_policy::spread,
+       1,
+       1,
+       1},
+      {{{"hami.io/gpu-scheduler-policy", "topology-aware"}},
+       fit::hami_policy::binpack,
+       fit::gpu_policy::topology,
+       1,
+       1,
+       1},
+      {{{"hami.io/device-scoring-weights", "slot=0, core=2, memory=5"}},
+       fit::hami_policy::binpack,
+       fit::gpu_policy::spread,
+       0,
+       2,
+       5},
+  };
+  for (const auto& r : rows) {
+    INFO(r.annotations.dump());
+    auto s = kube::pod_scorer(gpu_pod({{"nvidia.com/gpu", "1"}}, r.annotations), dflt);
+    REQUIRE(s);
+    CHECK(s->node_policy() == r.node);
+    CHECK(s->device_policy() == r.gpu);
+    CHECK(s->weights().slots == r.slot);
+    CHECK(s->weights().cores == r.core);
+    CHECK(s->weights().memory == r.memory);
+  }
+  // HAMi's ParseDeviceScoringWeights refusals.
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {"slot=1,core=1", "expected slot, core and memory weights"},
+      {"slot=1,core=1,memory=-1", "\"memory\" weight must not be negative"},
+      {"slot=0,core=0,memory=0", "at least one positive weight"},
+      {"slot=1,core=1,slot=1", "duplicate \"slot\" weight"},
+      {"slot=1,core=1,gpu=1", "unknown weight \"gpu\""},
+      {"slot=1,core=x,memory=1", "\"core\" weight must be an integer"},
+      {"slot=1,core,memory=1", "expected key=value entries"},
+  };
+  for (const auto& [value, fragment] : bad) {
+    INFO(value);
+    auto s = kube::pod_scorer(
+        gpu_pod({{"nvidia.com/gpu", "1"}}, {{"hami.io/device-scoring-weights", value}}), dflt);
+    REQUIRE_FALSE(s);
+    CHECK_THAT(s.message(), Catch::Contains(fragment) && Catch::Contains("pod ns/p"));
+  }
+  CHECK_FALSE(kube::pod_scorer(
+      gpu_pod({{"nvidia.com/gpu", "1"}}, {{"hami.io/node-scheduler-policy", "random"}}), dflt));
+}
+
+TEST_CASE("Bound pods: init containers collapse, over-count is full, missing GPUs skipped",
+          "[examples][hami]") {
+  const json nodes = example_tests::read_json(example_tests::sample("nodes.json"));
+  std::vector<fit::node> parsed;
+  for (const auto& n : *kube::items(nodes)) parsed.push_back(*kube::node_from_json(n));
+  json pod = gpu_pod({{"nvidia.com/gpu", "1"}});
+  pod["metadata"]["uid"] = "u1";
+  pod["spec"]["nodeName"] = "gpu-a";
+  pod["status"]["phase"] = "Running";
+  pod["spec"]["initContainers"] = json::array({{{"name", "i1"}}, {{"name", "i2"}}});
+  // Two init containers on GPU-a1 (8000 and 12000 MiB), the app on GPU-a1 (6000) and GPU-a2.
+  pod["metadata"]["annotations"]["hami.io/vgpu-devices-allocated"] =
+      "GPU-a1,NVIDIA,8000,10:;GPU-a1,NVIDIA,12000,40:;GPU-a1,NVIDIA,6000,30:GPU-a2,NVIDIA,6000,30:"
+      ";";
+  auto held = kube::bound_pod_from_json(pod);
+  REQUIRE(held);
+  REQUIRE(held->has_value());
+  const auto& devs = (*held)->devices;
+  REQUIRE(devs.size() == 2);
+  CHECK(devs[0].uuid == "GPU-a1");
+  CHECK(devs[0].memory == 12000 * k_mib);  // max(8000, 12000) > 6000
+  CHECK(devs[0].cores == 400);             // max(10, 40) > 30
+  CHECK(devs[0].slots == 1);
+  CHECK(devs[1].memory == 6000 * k_mib);
+
+  // A card reporting more tasks than its split count: charged up to its totals, then full.
+  fit::node& a = parsed[0];
+  a.devices[1].slots_total = 1;
+  REQUIRE(kube::charge(parsed, **held));
+  pod["metadata"]["uid"] = "u2";
+  auto again = kube::bound_pod_from_json(pod);
+  REQUIRE(kube::charge(parsed, **again));
+  CHECK(a.devices[1].slots_used == 1);
+  CHECK(a.devices[1].memory_used == 24000 * k_mib);
+  CHECK_FALSE(fit::validate(a).has_value());
+  fit::container_request small;
+  small.count = 1;
+  small.memory = k_mib;
+  small.use_uuids = {"GPU-a1"};
+  auto c = fit::cluster::make(parsed);
+  REQUIRE(c);
+  auto d = c->fit(fit::pod_request{{small}});
+  REQUIRE(d);
+  CHECK_FALSE(d->placed);
+}
+
+TEST_CASE("A default GPU policy of mutex applies to pods that name none", "[examples][hami]") {
+  kube::config cfg;
+  cfg.mutex = kube::parse_gpu_policy("binpack,mutex")->mutex;
+  REQUIRE(cfg.mutex);
+  auto plain = kube::pod_request_from_json(gpu_pod({{"nvidia.com/gpu", "1"}}), cfg);
+  REQUIRE(plain);
+  CHECK(plain->containers[0].idle_only);
+  auto own = kube::pod_request_from_json(
+      gpu_pod({{"nvidia.com/gpu", "1"}}, {{"hami.io/gpu-scheduler-policy", "spread"}}), cfg);
+  REQUIRE(own);
+  CHECK_FALSE(own->containers[0].idle_only);
 }

@@ -34,7 +34,7 @@ TEST_CASE("resolve: HAMi's per-device share rules", "[fit][model]") {
   const std::vector<row> rows = {
       {"percent of a 16 GiB card", pct, 16 * k_gib, 8 * k_gib, 0, false},
       {"percent of a 32 GiB card", pct, 32 * k_gib, 16 * k_gib, 0, false},
-      {"percent rounds down", odd_pct, 10, 3, 0, false},
+      {"percent rounds down to whole MiB", odd_pct, 10 * (1 << 20) + 5, 3 * (1 << 20), 0, false},
       {"bytes stay bytes", bytes, 16 * k_gib, 4 * k_gib, 300, false},
       {"bare request takes the whole card", bare, 16 * k_gib, 16 * k_gib, 1000, true},
       {"cores only: memory defaults to 100%", cores_only, 16 * k_gib, 16 * k_gib, 250, false},
@@ -118,17 +118,9 @@ TEST_CASE("validate(pod) names the container and the field", "[fit][model]") {
   container_request pct;
   pct.count = 1;
   pct.memory_percent = 101;
-  container_request both = fixtures::req(1, 1);
-  both.memory_percent = 10;
-  container_request cores;
-  cores.count = 1;
-  cores.cores = 1001;
   container_request zero;
   zero.memory = k_gib;
-  const std::vector<row> rows = {{pct, "memory_percent 101"},
-                                 {both, "both memory and memory_percent"},
-                                 {cores, "cores 1001 milli"},
-                                 {zero, "GPU count of 0"}};
+  const std::vector<row> rows = {{pct, "memory_percent 101"}, {zero, "GPU count of 0"}};
   for (const auto& r : rows) {
     pod_request p{{fixtures::req(1, 1), r.r}};
     auto e = validate(p);
@@ -137,6 +129,13 @@ TEST_CASE("validate(pod) names the container and the field", "[fit][model]") {
     CHECK(e->message.find('\n') == std::string::npos);
   }
   CHECK_FALSE(validate(fixtures::pod({fixtures::req(2, 4, 50)})).has_value());
+  // HAMi accepts these: gpumem wins over a percentage, cores above 100 are clamped.
+  container_request both = fixtures::req(1, 1);
+  both.memory_percent = 10;
+  container_request cores;
+  cores.count = 1;
+  cores.cores = 1001;
+  CHECK_FALSE(validate(fixtures::pod({both, cores})).has_value());
 }
 
 TEST_CASE("validate(node) refuses inconsistent state", "[fit][model]") {

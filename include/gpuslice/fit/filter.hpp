@@ -3,8 +3,9 @@
 /// The Filter step: why a device or a node cannot take a request. Every rejection carries a
 /// reason code; a node's reasons and the cluster's per-reason node counts make messages like
 /// "0/5 nodes are available: 3 nodes: insufficient GPU memory; 2 nodes: GPU type mismatch".
-/// Device checks run in HAMi's order (health, type, uuid, slots, memory, cores, exclusive,
-/// compute exhausted); the first failing check is the device's reason. Pure, thread-safe.
+/// Device checks run in HAMi's order (health, cordon, type and mode, uuid, slots, memory, cores,
+/// exclusive, compute exhausted); the first failing check is the device's reason. Pure,
+/// thread-safe.
 
 #include <algorithm>
 #include <array>
@@ -20,6 +21,7 @@ namespace gpuslice::fit {
 /// Why a device or a node was rejected.
 enum class reason : std::uint8_t {
   unhealthy,                 ///< device: reported unhealthy
+  cordoned,                  ///< device: named in the node's hami.io/device-cordon annotation
   type_mismatch,             ///< device: type excluded or not included
   uuid_mismatch,             ///< device: uuid excluded or not included
   slots_exhausted,           ///< device: every sharing slot is taken
@@ -42,6 +44,8 @@ constexpr std::string_view describe(reason r) noexcept {
   switch (r) {
     case reason::unhealthy:
       return "GPU unhealthy";
+    case reason::cordoned:
+      return "GPU cordoned";
     case reason::type_mismatch:
       return "GPU type mismatch";
     case reason::uuid_mismatch:
@@ -75,6 +79,8 @@ constexpr std::string_view name_of(reason r) noexcept {
   switch (r) {
     case reason::unhealthy:
       return "unhealthy";
+    case reason::cordoned:
+      return "cordoned";
     case reason::type_mismatch:
       return "type_mismatch";
     case reason::uuid_mismatch:
@@ -148,20 +154,27 @@ inline std::string format_reasons(const reason_counts& counts, std::string_view 
 }
 
 /// The device checks of a request, in HAMi's order. \p type_ok and \p uuid_ok are the results
-/// of type_allowed / uuid_allowed (computed once per distinct type by the caller). Returns
-/// true and leaves \p why untouched when the device can take \p s. \p Device is fit::device or
-/// fit::device_state (anything with their usage fields). Pure, thread-safe.
+/// of type_allowed (and mode_allowed) / uuid_allowed (computed once per distinct type by the
+/// caller). Returns true and leaves \p why untouched when the device can take \p s. \p Device
+/// is fit::device or fit::device_state (anything with their usage fields). Usage above a total
+/// (a card reporting more tasks than its split count) makes the device full, as in HAMi.
+/// Pure, thread-safe.
 template <class Device>
 bool device_fits(const Device& d, const share& s, bool type_ok, bool uuid_ok,
                  reason& why) noexcept {
   if (!d.healthy) return why = reason::unhealthy, false;
+  if (d.cordoned) return why = reason::cordoned, false;
   if (!type_ok) return why = reason::type_mismatch, false;
   if (!uuid_ok) return why = reason::uuid_mismatch, false;
   if (d.slots_used >= d.slots_total) return why = reason::slots_exhausted, false;
-  if (d.memory_total - d.memory_used < s.memory) return why = reason::insufficient_memory, false;
-  if (d.cores_total - d.cores_used < s.cores) return why = reason::insufficient_cores, false;
+  if (d.memory_used > d.memory_total || d.memory_total - d.memory_used < s.memory) {
+    return why = reason::insufficient_memory, false;
+  }
+  if (d.cores_used > d.cores_total || d.cores_total - d.cores_used < s.cores) {
+    return why = reason::insufficient_cores, false;
+  }
   if (s.needs_idle && d.slots_used > 0) return why = reason::exclusive_conflict, false;
-  if (s.cores == 0 && d.cores_total != 0 && d.cores_used == d.cores_total) {
+  if (s.cores == 0 && d.cores_total != 0 && d.cores_used >= d.cores_total) {
     return why = reason::compute_exhausted, false;
   }
   return true;

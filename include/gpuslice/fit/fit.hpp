@@ -93,6 +93,7 @@ struct container_cycle {
   const container_request* req = nullptr;
   std::vector<char> type_ok;    ///< by interned type id
   bool uuid_rules = false;      ///< include/exclude uuid lists present
+  bool mode_rules = false;      ///< a vgpu-mode list present
   bool percent_memory = false;  ///< share depends on the device's totals
 };
 
@@ -159,6 +160,7 @@ class cluster {
         h.numa = d.numa;
         h.type = it->second;
         h.healthy = d.healthy;
+        h.cordoned = d.cordoned;
         h.slots_total = d.slots_total;
         h.memory_total = d.memory_total;
         h.cores_total = d.cores_total;
@@ -202,6 +204,47 @@ class cluster {
     }
   }
 
+  /// What a pod's containers take from each device they use: app containers add up; init
+  /// containers run one at a time before them, so per device the larger of the init peak and
+  /// the app sum (HAMi's CollapseInitContainerUsage). Device positions ascending.
+ public:
+  struct device_take {
+    std::uint32_t slots = 0;
+    std::uint64_t memory = 0;
+    std::uint32_t cores = 0;
+  };
+  static std::vector<std::pair<std::size_t, device_take>> collapse(
+      const std::vector<container_allocation>& containers, std::size_t devices) {
+    std::vector<device_take> peak(devices), sum(devices);
+    std::vector<char> used(devices, 0);
+    for (const auto& c : containers) {
+      for (const auto& g : c.devices) {
+        if (g.device >= devices) continue;
+        used[g.device] = 1;
+        if (c.init) {
+          device_take& p = peak[g.device];
+          p.slots = 1;
+          p.memory = std::max(p.memory, g.memory);
+          p.cores = std::max(p.cores, g.cores);
+        } else {
+          device_take& a = sum[g.device];
+          a.slots += 1;
+          a.memory += g.memory;
+          a.cores += g.cores;
+        }
+      }
+    }
+    std::vector<std::pair<std::size_t, device_take>> out;
+    for (std::size_t p = 0; p < devices; ++p) {
+      if (used[p] == 0) continue;
+      out.push_back({p, device_take{std::max(peak[p].slots, sum[p].slots),
+                                    std::max(peak[p].memory, sum[p].memory),
+                                    std::max(peak[p].cores, sum[p].cores)}});
+    }
+    return out;
+  }
+
+ private:
   result<bool> apply(const decision& d, bool add) {
     if (!d.placed || d.node >= nodes_.size()) {
       return make_error(errc::invalid_value, "decision is not a placement on this cluster");
@@ -226,23 +269,26 @@ class cluster {
     for (const auto& c : d.containers) {
       for (const auto& g : c.devices) {
         if (g.device >= trial.devices.size()) return fail("no such device");
-        device& dv = trial.devices[g.device];
-        if (add) {
-          if (dv.slots_used >= dv.slots_total || dv.memory_total - dv.memory_used < g.memory ||
-              dv.cores_total - dv.cores_used < g.cores) {
-            return fail("device \"" + dv.uuid + "\"");
-          }
-          dv.slots_used += 1;
-          dv.memory_used += g.memory;
-          dv.cores_used += g.cores;
-        } else {
-          if (dv.slots_used == 0 || dv.memory_used < g.memory || dv.cores_used < g.cores) {
-            return fail("device \"" + dv.uuid + "\" was not reserved");
-          }
-          dv.slots_used -= 1;
-          dv.memory_used -= g.memory;
-          dv.cores_used -= g.cores;
+      }
+    }
+    for (const auto& [position, g] : collapse(d.containers, trial.devices.size())) {
+      device& dv = trial.devices[position];
+      if (add) {
+        if (dv.slots_used > dv.slots_total || dv.slots_total - dv.slots_used < g.slots ||
+            dv.memory_used > dv.memory_total || dv.memory_total - dv.memory_used < g.memory ||
+            dv.cores_used > dv.cores_total || dv.cores_total - dv.cores_used < g.cores) {
+          return fail("device \"" + dv.uuid + "\"");
         }
+        dv.slots_used += g.slots;
+        dv.memory_used += g.memory;
+        dv.cores_used += g.cores;
+      } else {
+        if (dv.slots_used < g.slots || dv.memory_used < g.memory || dv.cores_used < g.cores) {
+          return fail("device \"" + dv.uuid + "\" was not reserved");
+        }
+        dv.slots_used -= g.slots;
+        dv.memory_used -= g.memory;
+        dv.cores_used -= g.cores;
       }
     }
     n = std::move(trial);
@@ -266,6 +312,7 @@ class cluster {
       cc.type_ok.resize(types_.size());
       for (std::size_t t = 0; t < types_.size(); ++t) cc.type_ok[t] = type_allowed(c, types_[t]);
       cc.uuid_rules = !c.use_uuids.empty() || !c.nouse_uuids.empty();
+      cc.mode_rules = !c.modes.empty();
       cc.percent_memory = c.memory == 0 || c.exclusive;
       numa = numa || c.numa_bind;
       cy.gpu.push_back(std::move(cc));
@@ -275,13 +322,23 @@ class cluster {
     return cy;
   }
 
+  /// The type (and vgpu-mode) rule of container \p cc for device \p position of node \p ni.
+  bool type_ok(std::size_t ni, std::size_t position, std::uint32_t type,
+               const detail::container_cycle& cc) const {
+    return cc.type_ok[type] != 0 &&
+           (!cc.mode_rules || mode_allowed(*cc.req, nodes_[ni].devices[position].mode));
+  }
+  /// The uuid rule of container \p cc for device \p position of node \p ni.
+  bool uuid_ok(std::size_t ni, std::size_t position, const detail::container_cycle& cc) const {
+    return !cc.uuid_rules || uuid_allowed(*cc.req, nodes_[ni].devices[position].uuid);
+  }
+
   /// Whether device state \p d of node \p ni can take container \p cc; sets its share.
   bool check(std::size_t ni, const device_state& d, const detail::container_cycle& cc, share& s,
              reason& why) const {
     const share sh = resolve(*cc.req, d.memory_total, d.cores_total);
-    const bool uuid_ok =
-        !cc.uuid_rules || uuid_allowed(*cc.req, nodes_[ni].devices[d.position].uuid);
-    const bool ok = device_fits(d, sh, cc.type_ok[d.type] != 0, uuid_ok, why);
+    const bool ok =
+        device_fits(d, sh, type_ok(ni, d.position, d.type, cc), uuid_ok(ni, d.position, cc), why);
     s = sh;
     return ok;
   }
@@ -366,14 +423,22 @@ class cluster {
       for (const auto& d : use) {
         if (d.slots_used == 0 && d.healthy) idle.push_back(d.position);
       }
+      // First what the idle set loses (a shared card loses it nothing); then, as HAMi's
+      // computeWorstSingleCard, the card least linked to the other candidates, so a node whose
+      // cards are all shared still keeps its best-linked cards together.
+      std::vector<std::size_t>& others = ws.ids;
+      others.clear();
+      for (const auto& g : group) others.push_back(g.device);
       const ranked* best = nullptr;
-      std::int64_t best_lost = 0;
+      std::int64_t best_lost = 0, best_linked = 0;
       for (const auto& g : group) {  // already best first, so ties keep the better score
         const std::int64_t lost =
             use[g.device].slots_used == 0 ? links_lost(n.links, g.device, idle) : 0;
-        if (best == nullptr || lost < best_lost) {
+        const std::int64_t linked = links_lost(n.links, g.device, others);
+        if (best == nullptr || lost < best_lost || (lost == best_lost && linked < best_linked)) {
           best = &g;
           best_lost = lost;
+          best_linked = linked;
         }
       }
       out.push_back(*best);
@@ -446,9 +511,12 @@ class cluster {
       }
     }
     out.devices.clear();
+    out.init = cc.req->init;
     for (const auto& c : chosen) {
       out.devices.push_back({c.device, c.s.memory, c.s.cores});
-      take(use, out.devices.back(), true);
+      // An init container has finished before the next container starts: the others never
+      // see its share (apply() charges the larger of init peak and app sum per device).
+      if (!out.init) take(use, out.devices.back(), true);
     }
     std::sort(out.devices.begin(), out.devices.end(),
               [](const device_grant& a, const device_grant& b) { return a.device < b.device; });
@@ -471,6 +539,7 @@ class cluster {
     std::vector<std::size_t> pick(count);
     for (std::size_t i = 0; i < count; ++i) pick[i] = i;
     auto& alloc = out[cy.gpu_index[k]];
+    alloc.init = cc.req->init;
     while (true) {
       if (++steps > limit) return false;
       bool same_numa = true;
@@ -483,13 +552,18 @@ class cluster {
           alloc.devices.push_back({cand[i].device, cand[i].s.memory, cand[i].s.cores});
           take(use, alloc.devices.back(), true);
         }
+        if (alloc.init) {
+          for (const auto& g : alloc.devices) take(use, g, false);
+        }
         if (search(ni, cy, k + 1, use, scorer, out, steps, limit)) {
           std::sort(
               alloc.devices.begin(), alloc.devices.end(),
               [](const device_grant& a, const device_grant& b) { return a.device < b.device; });
           return true;
         }
-        for (const auto& g : alloc.devices) take(use, g, false);
+        if (!alloc.init) {
+          for (const auto& g : alloc.devices) take(use, g, false);
+        }
         alloc.devices.clear();
       }
       // Next combination of `count` out of cand.size(), in lexicographic order.
@@ -536,12 +610,11 @@ class cluster {
     usage u{t.slots_used,  t.slots_total, t.cores_used,
             t.cores_total, t.memory_used, t.memory_total};
     if (alloc != nullptr) {
-      for (const auto& c : *alloc) {
-        for (const auto& g : c.devices) {
-          u.slots_used += 1;
-          u.cores_used += g.cores;
-          u.memory_used += static_cast<double>(g.memory);
-        }
+      for (const auto& [position, g] : collapse(*alloc, t.count)) {
+        (void)position;
+        u.slots_used += g.slots;
+        u.cores_used += g.cores;
+        u.memory_used += static_cast<double>(g.memory);
       }
       return u;
     }
@@ -596,9 +669,8 @@ result<decision> cluster::fit(const pod_request& pod, const Scorer& scorer,
         for (std::size_t p = 0; p < t.count; ++p) {
           const device_state& d = hot_[t.first + p];
           const share s = resolve(*cc.req, d.memory_total, d.cores_total);
-          const bool uuid_ok = !cc.uuid_rules || uuid_allowed(*cc.req, nodes_[ni].devices[p].uuid);
           reason r{};
-          if (device_fits(d, s, cc.type_ok[d.type] != 0, uuid_ok, r)) {
+          if (device_fits(d, s, type_ok(ni, p, d.type, cc), uuid_ok(ni, p, cc), r)) {
             if (++pass == cc.req->count && !opt.report_nodes) break;
           } else {
             why.add(r);

@@ -3,6 +3,11 @@
 /// HAMi's usage score, shared by the fit engine's spread/binpack scorers and the simulator.
 /// Pure functions, thread-safe.
 
+#include <optional>
+#include <string>
+
+#include "gpuslice/result.hpp"
+
 namespace gpuslice::fit {
 
 /// Weights of the three usage dimensions (HAMi uses 1, 1, 1 and a factor of 10).
@@ -11,6 +16,22 @@ struct usage_weights {
   double cores = 1.0;
   double memory = 1.0;
 };
+
+/// HAMi's rule for weights (its `hami.io/device-scoring-weights`): none negative, at least one
+/// positive; otherwise the error names the weights. Pure, thread-safe.
+inline std::optional<error> validate(const usage_weights& w) {
+  const std::string text = "slot=" + std::to_string(w.slots) + ", core=" + std::to_string(w.cores) +
+                           ", memory=" + std::to_string(w.memory);
+  if (!(w.slots >= 0) || !(w.cores >= 0) || !(w.memory >= 0)) {
+    return make_error(errc::out_of_range,
+                      "scoring weights " + text + ": expected no negative weight");
+  }
+  if (w.slots == 0 && w.cores == 0 && w.memory == 0) {
+    return make_error(errc::invalid_value,
+                      "scoring weights " + text + ": expected at least one positive weight");
+  }
+  return std::nullopt;
+}
 
 /// Usage of a node or GPU, each dimension as (amount used, total). For a candidate placement
 /// the request is already added to the used amounts.
@@ -36,7 +57,8 @@ inline double hami_usage_score(const usage& u, const usage_weights& w = {}) noex
 enum class hami_policy { binpack, spread };
 
 /// The score to maximise: binpack prefers the fullest candidate, spread the emptiest.
-inline double hami_policy_score(hami_policy p, const usage& u, const usage_weights& w = {}) noexcept {
+inline double hami_policy_score(hami_policy p, const usage& u,
+                                const usage_weights& w = {}) noexcept {
   const double s = hami_usage_score(u, w);
   const double max = k_hami_score_scale * (w.slots + w.cores + w.memory);
   return p == hami_policy::binpack ? s : max - s;

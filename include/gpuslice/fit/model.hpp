@@ -10,10 +10,16 @@
 /// milli-CPU, node memory bytes.
 ///
 /// HAMi semantics implemented by resolve():
-///   - a memory percentage is resolved per device (device total * percent / 100, rounded down);
+///   - a memory percentage is resolved per device in whole MiB, as HAMi counts device memory
+///     (floor(device MiB * percent / 100) MiB), so two 50% pods on a 1001 MiB card take 500 MiB
+///     each and their annotations read back after a restart;
+///   - memory given both as an amount and as a percentage: the amount wins (HAMi reads gpumem
+///     first);
 ///   - no memory amount at all means 100% of the device (HAMi's default memory percentage);
-///   - cores 100% (1000 milli, the device's whole compute) needs a device nobody uses (exclusive);
+///   - cores above 100% are clamped to 100% (HAMi logs and clamps), and cores 100% (1000 milli,
+///     the device's whole compute) needs a device nobody uses (exclusive);
 ///   - a bare request (a GPU count with neither memory nor cores) takes the whole card;
+///   - idle_only (HAMi's `mutex` GPU policy) needs a device nobody uses, keeping its share;
 ///   - type include/exclude lists match case-insensitive substrings of the device type;
 ///   - uuid include/exclude lists match exactly.
 /// All functions here are pure and thread-safe; the structs are plain values.
@@ -37,14 +43,17 @@ inline constexpr std::uint32_t k_default_slots = 10;
 inline constexpr std::string_view k_default_mode = "hami-core";
 /// Largest percentage a request may name.
 inline constexpr std::uint32_t k_max_percent = 100;
+/// HAMi counts device memory in whole MiB; a percentage resolves to whole MiB.
+inline constexpr std::uint64_t k_memory_unit = std::uint64_t{1} << 20;
 
 /// One GPU of a node and its current usage. A plain value; not thread-safe to mutate.
 struct device {
-  std::string uuid;                                ///< e.g. "GPU-8f3c..."; unique on the node
-  std::uint32_t index = 0;                         ///< the driver's device index
-  std::string type;                                ///< e.g. "NVIDIA-Tesla V100-PCIE-32GB"
-  std::int32_t numa = 0;                           ///< NUMA node the GPU is attached to
-  bool healthy = true;                             ///< false: never chosen
+  std::string uuid;         ///< e.g. "GPU-8f3c..."; unique on the node
+  std::uint32_t index = 0;  ///< the driver's device index
+  std::string type;         ///< e.g. "NVIDIA-Tesla V100-PCIE-32GB"
+  std::int32_t numa = 0;    ///< NUMA node the GPU is attached to
+  bool healthy = true;      ///< false: never chosen
+  bool cordoned = false;    ///< listed in the node's `hami.io/device-cordon`: no new tasks
   std::uint32_t slots_total = k_default_slots;     ///< how many tasks may share it
   std::uint32_t slots_used = 0;                    ///< tasks placed on it
   std::uint64_t memory_total = 0;                  ///< device memory, bytes
@@ -103,8 +112,12 @@ struct container_request {
   std::vector<std::string> use_uuids;    ///< [nvidia.com/use-gpuuuid]: exact match required
   std::vector<std::string> nouse_uuids;  ///< [nvidia.com/nouse-gpuuuid]: exact match refused
   bool numa_bind = false;                ///< [nvidia.com/numa-bind]: all GPUs on one NUMA node
-  bool exclusive = false;         ///< the whole card: all its memory and compute, nobody else on it
-  std::uint64_t cpu = 0;          ///< node CPU, milli-CPU
+  bool exclusive = false;  ///< the whole card: all its memory and compute, nobody else on it
+  bool idle_only = false;  ///< [gpu policy `mutex`]: only a device with no task, share unchanged
+  std::string modes;       ///< [nvidia.com/vgpu-mode]: a device's mode must be a substring; "" any
+  bool init = false;       ///< an init container: runs before the others, alone (HAMi collapses
+                           ///< its usage: per device the larger of init peak and app sum)
+  std::uint64_t cpu = 0;   ///< node CPU, milli-CPU
   std::uint64_t host_memory = 0;  ///< node memory, bytes
 
   /// A request in HAMi's cores percent (0..100) instead of milli-GPU.
@@ -145,12 +158,14 @@ inline share resolve(const container_request& r, std::uint64_t memory_total,
   if (r.memory != 0) {
     s.memory = r.memory;
   } else {
-    const std::uint32_t pct = r.memory_percent != 0 ? r.memory_percent : k_max_percent;
-    __extension__ using u128 = unsigned __int128;
-    s.memory = static_cast<std::uint64_t>(static_cast<u128>(memory_total) * pct / k_max_percent);
+    const std::uint32_t pct =
+        r.memory_percent != 0 ? std::min(r.memory_percent, k_max_percent) : k_max_percent;
+    // HAMi: Totalmem (MiB) * percent / 100, in integers; a device of whole MiB at 100% is whole.
+    s.memory = memory_total / k_memory_unit * pct / k_max_percent * k_memory_unit;
+    if (pct == k_max_percent) s.memory = memory_total;
   }
-  s.cores = r.cores;
-  s.needs_idle = r.cores != 0 && r.cores >= cores_total;
+  s.cores = std::min(r.cores, k_milli_per_gpu);
+  s.needs_idle = r.idle_only || (s.cores != 0 && s.cores >= cores_total);
   return s;
 }
 
@@ -206,8 +221,15 @@ inline bool uuid_allowed(const container_request& r, std::string_view uuid) noex
   return !in(r.nouse_uuids);
 }
 
+/// HAMi's `nvidia.com/vgpu-mode` rule: the device's mode must be a substring of the pod's value
+/// (so "hami-core,mps" admits both); an empty value admits any. Pure, thread-safe.
+inline bool mode_allowed(const container_request& r, std::string_view mode) noexcept {
+  return r.modes.empty() || std::string_view(r.modes).find(mode) != std::string_view::npos;
+}
+
 /// Checks a request against the model's rules; the error names the container and the field.
-/// Pure, thread-safe.
+/// Memory given as bytes and as a percentage is accepted (bytes win) and cores above 1000 milli
+/// are clamped by resolve(), as HAMi does. Pure, thread-safe.
 inline std::optional<error> validate(const pod_request& pod) {
   for (std::size_t i = 0; i < pod.containers.size(); ++i) {
     const auto& c = pod.containers[i];
@@ -217,16 +239,8 @@ inline std::optional<error> validate(const pod_request& pod) {
                                                 std::to_string(c.memory_percent) +
                                                 " is invalid; expected 0 (unset) to 100");
     }
-    if (c.memory != 0 && c.memory_percent != 0) {
-      return make_error(errc::invalid_value,
-                        where + "both memory and memory_percent are set; expected one of them");
-    }
-    if (c.cores > k_milli_per_gpu) {
-      return make_error(errc::out_of_range, where + "cores " + std::to_string(c.cores) +
-                                                " milli is invalid; expected 0 (unset) to 1000 "
-                                                "milli (0 to 100 percent)");
-    }
-    if (c.count == 0 && (c.memory != 0 || c.memory_percent != 0 || c.cores != 0 || c.exclusive)) {
+    if (c.count == 0 &&
+        (c.memory != 0 || c.memory_percent != 0 || c.cores != 0 || c.exclusive || c.idle_only)) {
       return make_error(errc::invalid_value,
                         where +
                             "GPU memory or cores requested with a GPU count of 0; expected "

@@ -32,6 +32,7 @@ struct device_state {
   std::int32_t numa = 0;
   std::uint32_t type = 0;  ///< interned type id (cluster-internal)
   bool healthy = true;
+  bool cordoned = false;
   std::uint32_t slots_used = 0, slots_total = 0;
   std::uint64_t memory_used = 0, memory_total = 0;
   std::uint32_t cores_used = 0, cores_total = 0;
@@ -50,6 +51,7 @@ struct device_grant {
 /// The devices one container gets (empty for a container that asks for no GPU).
 struct container_allocation {
   std::vector<device_grant> devices;
+  bool init = false;  ///< an init container's: counted per device as max(init peak, app sum)
   friend bool operator==(const container_allocation& a, const container_allocation& b) {
     return a.devices == b.devices;
   }

@@ -3,6 +3,18 @@
 /// same physical devices as the fake driver (in physical order: NVML ignores
 /// CUDA_VISIBLE_DEVICES, as the real one does) and reports this process's memory use and kernel
 /// time. Only the calling process appears in the process lists: fake devices are per process.
+///
+/// FAKE_NVML_FAULTS names a file the fake re-reads on every call, so a test changes a running
+/// process's GPUs by rewriting it. Each line is one fault:
+///   lost <p>          physical device p has fallen off the bus: its calls answer
+///                     NVML_ERROR_GPU_IS_LOST, as the real NVML's do
+///   xid <p> <code>    an XID event on device p, delivered once by nvmlEventSetWait_v2 to each
+///                     event set registered for nvmlEventTypeXidCriticalError on p
+///
+/// FAKE_NVML_MIG puts devices in MIG mode: "<p>:<profile>,<profile>;<p>:..." with profiles such
+/// as 1g.5gb (5 GiB of memory); "-" leaves an index empty. As the real NVML, such a device
+/// reports 7 as its maximum MIG device count and NVML_ERROR_NOT_FOUND for the empty indices;
+/// a MIG device is named "<parent name> MIG <profile>" with a "MIG-" UUID.
 
 #include <nvml.h>
 #include <unistd.h>
@@ -11,7 +23,14 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
 
 #include "fake_driver.hpp"
 
@@ -19,18 +38,100 @@
 
 struct nvmlDevice_st {
   int physical = 0;
+  int mig = -1;  ///< the MIG device index under `physical`; -1 for the GPU itself
 };
 
 namespace {
 constexpr int k_max_fake_devices = 4;
 nvmlDevice_st g_devices[k_max_fake_devices] = {{0}, {1}, {2}, {3}};
+/// The most MIG devices a GPU reports (an A100's seven slices).
+constexpr int k_max_mig = 7;
+nvmlDevice_st g_mig[k_max_fake_devices][k_max_mig];
+
+/// The MIG profiles of FAKE_NVML_MIG, per physical device ("" = empty index).
+const std::vector<std::vector<std::string>>& mig_layout() {
+  static const std::vector<std::vector<std::string>> layout = [] {
+    std::vector<std::vector<std::string>> out(k_max_fake_devices);
+    const char* v = std::getenv("FAKE_NVML_MIG");
+    std::stringstream all(v != nullptr ? v : "");
+    std::string dev;
+    while (std::getline(all, dev, ';')) {
+      const std::size_t colon = dev.find(':');
+      if (colon == std::string::npos) continue;
+      const int p = std::atoi(dev.substr(0, colon).c_str());
+      if (p < 0 || p >= k_max_fake_devices) continue;
+      std::stringstream list(dev.substr(colon + 1));
+      std::string prof;
+      while (std::getline(list, prof, ',') && static_cast<int>(out[p].size()) < k_max_mig) {
+        out[p].push_back(prof == "-" ? std::string() : prof);
+      }
+      for (int i = 0; i < k_max_mig; ++i) g_mig[p][i] = {p, i};
+    }
+    return out;
+  }();
+  return layout;
+}
+
+/// The MIG profile of (p, i), or "" when there is no such MIG device.
+std::string mig_profile(int p, int i) {
+  const auto& l = mig_layout();
+  if (p < 0 || p >= k_max_fake_devices || i < 0 || i >= static_cast<int>(l[p].size())) return {};
+  return l[p][i];
+}
+
+/// Bytes of a profile "<n>g.<m>gb": m GiB.
+std::uint64_t mig_bytes(const std::string& profile) {
+  const std::size_t dot = profile.find('.');
+  return dot == std::string::npos
+             ? 0
+             : std::strtoull(profile.c_str() + dot + 1, nullptr, 10) * (std::uint64_t{1} << 30);
+}
 std::atomic<int> g_init_count{0};
+
+/// One line of the FAKE_NVML_FAULTS file.
+struct fault_line {
+  bool xid = false;
+  int physical = -1;
+  unsigned long long code = 0;
+};
+
+/// The faults file's lines now (none without the variable or the file).
+std::vector<fault_line> faults() {
+  std::vector<fault_line> out;
+  const char* path = std::getenv("FAKE_NVML_FAULTS");
+  if (path == nullptr) return out;
+  std::ifstream f(path);
+  std::string line;
+  while (std::getline(f, line)) {
+    std::istringstream in(line);
+    std::string word;
+    fault_line fl;
+    if (!(in >> word >> fl.physical)) continue;
+    if (word == "xid") {
+      fl.xid = true;
+      if (!(in >> fl.code)) continue;
+    } else if (word != "lost") {
+      continue;
+    }
+    out.push_back(fl);
+  }
+  return out;
+}
+
+bool lost(int physical) {
+  for (const auto& f : faults()) {
+    if (!f.xid && f.physical == physical) return true;
+  }
+  return false;
+}
 
 nvmlReturn_t check(nvmlDevice_t d) {
   if (g_init_count.load() <= 0) return NVML_ERROR_UNINITIALIZED;
   if (d == nullptr || d->physical < 0 || d->physical >= fake_cuda_physical_count()) {
     return NVML_ERROR_INVALID_ARGUMENT;
   }
+  if (d->mig >= 0 && mig_profile(d->physical, d->mig).empty()) return NVML_ERROR_INVALID_ARGUMENT;
+  if (lost(d->physical)) return NVML_ERROR_GPU_IS_LOST;
   return NVML_SUCCESS;
 }
 
@@ -66,6 +167,10 @@ FAKE_EXPORT const char* nvmlErrorString(nvmlReturn_t r) {
       return "Insufficient Size";
     case NVML_ERROR_NOT_FOUND:
       return "Not Found";
+    case NVML_ERROR_TIMEOUT:
+      return "Timeout";
+    case NVML_ERROR_GPU_IS_LOST:
+      return "GPU is lost";
     default:
       return "Unknown Error";
   }
@@ -86,6 +191,7 @@ FAKE_EXPORT nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int i, nvmlDevic
   if (d == nullptr || i >= static_cast<unsigned>(fake_cuda_physical_count())) {
     return NVML_ERROR_INVALID_ARGUMENT;
   }
+  if (lost(static_cast<int>(i))) return NVML_ERROR_GPU_IS_LOST;
   *d = &g_devices[i];
   return NVML_SUCCESS;
 }
@@ -114,17 +220,33 @@ FAKE_EXPORT nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t d, char* uuid, unsigned 
   constexpr unsigned k_uuid_chars = 41;  // "GPU-" + 36 + NUL
   if (len < k_uuid_chars) return NVML_ERROR_INSUFFICIENT_SIZE;
   format_uuid(d->physical, uuid, len);
+  if (d->mig >= 0) {  // "MIG-" and the parent's digits with the last one replaced by the index
+    char parent[k_uuid_chars];
+    format_uuid(d->physical, parent, sizeof parent);
+    std::snprintf(uuid, len, "MIG-%.35s%d", parent + 4, d->mig);
+  }
   return NVML_SUCCESS;
 }
 FAKE_EXPORT nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t d, char* name, unsigned int len) {
   if (nvmlReturn_t r = check(d); r != NVML_SUCCESS) return r;
   if (name == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
-  std::snprintf(name, len, "Fake GPU %d", d->physical);
+  if (d->mig >= 0) {
+    std::snprintf(name, len, "Fake GPU %d MIG %s", d->physical,
+                  mig_profile(d->physical, d->mig).c_str());
+  } else {
+    std::snprintf(name, len, "Fake GPU %d", d->physical);
+  }
   return NVML_SUCCESS;
 }
 FAKE_EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t d, nvmlMemory_t* m) {
   if (nvmlReturn_t r = check(d); r != NVML_SUCCESS) return r;
   if (m == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
+  if (d->mig >= 0) {
+    m->total = mig_bytes(mig_profile(d->physical, d->mig));
+    m->used = 0;
+    m->free = m->total;
+    return NVML_SUCCESS;
+  }
   m->total = fake_cuda_physical_total(d->physical);
   m->used = fake_cuda_physical_used(d->physical);
   m->free = m->total - m->used;
@@ -196,5 +318,115 @@ FAKE_EXPORT nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t d,
   samples[0].decUtil = 0;
   (void)since_us;
   *count = 1;
+  return NVML_SUCCESS;
+}
+
+// ---- events: XIDs from the faults file ---------------------------------------------------------
+
+struct nvmlEventSet_st {
+  std::mutex mu;
+  unsigned long long types[k_max_fake_devices] = {};  ///< registered event types per device
+  std::size_t delivered = 0;  ///< xid lines of the faults file already delivered
+};
+
+FAKE_EXPORT nvmlReturn_t nvmlEventSetCreate(nvmlEventSet_t* set) {
+  if (g_init_count.load() <= 0) return NVML_ERROR_UNINITIALIZED;
+  if (set == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
+  *set = new nvmlEventSet_st;
+  return NVML_SUCCESS;
+}
+FAKE_EXPORT nvmlReturn_t nvmlDeviceRegisterEvents(nvmlDevice_t d, unsigned long long types,
+                                                  nvmlEventSet_t set) {
+  if (nvmlReturn_t r = check(d); r != NVML_SUCCESS) return r;
+  if (set == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
+  std::lock_guard<std::mutex> lock(set->mu);
+  set->types[d->physical] |= types;
+  return NVML_SUCCESS;
+}
+FAKE_EXPORT nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t* data,
+                                             unsigned int timeout_ms) {
+  if (g_init_count.load() <= 0) return NVML_ERROR_UNINITIALIZED;
+  if (set == nullptr || data == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
+  constexpr auto k_poll = std::chrono::milliseconds(10);
+  const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  for (;;) {
+    {
+      std::lock_guard<std::mutex> lock(set->mu);
+      std::vector<fault_line> xids;
+      for (const auto& f : faults()) {
+        if (f.xid) xids.push_back(f);
+      }
+      while (set->delivered < xids.size()) {
+        const fault_line f = xids[set->delivered++];
+        if (f.physical < 0 || f.physical >= k_max_fake_devices ||
+            (set->types[f.physical] & nvmlEventTypeXidCriticalError) == 0) {
+          continue;
+        }
+        data->device = &g_devices[f.physical];
+        data->eventType = nvmlEventTypeXidCriticalError;
+        data->eventData = f.code;
+        data->gpuInstanceId = 0xFFFFFFFFu;
+        data->computeInstanceId = 0xFFFFFFFFu;
+        return NVML_SUCCESS;
+      }
+    }
+    if (std::chrono::steady_clock::now() >= until) return NVML_ERROR_TIMEOUT;
+    std::this_thread::sleep_for(k_poll);
+  }
+}
+FAKE_EXPORT nvmlReturn_t nvmlEventSetFree(nvmlEventSet_t set) {
+  if (set == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
+  delete set;
+  return NVML_SUCCESS;
+}
+
+/// The device's busy time since the previous call of any process-wide caller, in percent of the
+/// wall time between the calls (0 at the first call), as nvmlDeviceGetUtilizationRates' "gpu".
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t d, nvmlUtilization_t* u) {
+  if (nvmlReturn_t r = check(d); r != NVML_SUCCESS) return r;
+  if (u == nullptr || d->mig >= 0) return NVML_ERROR_INVALID_ARGUMENT;
+  static std::atomic<std::uint64_t> last_busy_of[k_max_fake_devices] = {};
+  static std::atomic<std::int64_t> last_at_of[k_max_fake_devices] = {};
+  const auto now = std::chrono::duration_cast<std::chrono::microseconds>(
+                       std::chrono::steady_clock::now().time_since_epoch())
+                       .count();
+  const std::uint64_t busy = fake_cuda_physical_busy_us(d->physical);
+  const std::uint64_t prev_busy = last_busy_of[d->physical].exchange(busy);
+  const std::int64_t prev_at = last_at_of[d->physical].exchange(now);
+  const std::int64_t span = prev_at == 0 ? 0 : now - prev_at;
+  constexpr unsigned k_percent = 100;
+  u->gpu = span <= 0
+               ? 0
+               : static_cast<unsigned>(std::min<std::uint64_t>(
+                     k_percent, (busy - prev_busy) * k_percent / static_cast<std::uint64_t>(span)));
+  u->memory = 0;
+  return NVML_SUCCESS;
+}
+
+// ---- MIG: FAKE_NVML_MIG -------------------------------------------------------------------------
+
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetMigMode(nvmlDevice_t d, unsigned int* current,
+                                              unsigned int* pending) {
+  if (nvmlReturn_t r = check(d); r != NVML_SUCCESS) return r;
+  if (current == nullptr || pending == nullptr || d->mig >= 0) return NVML_ERROR_INVALID_ARGUMENT;
+  const bool on = !mig_layout()[d->physical].empty();
+  *current = *pending = on ? NVML_DEVICE_MIG_ENABLE : NVML_DEVICE_MIG_DISABLE;
+  return NVML_SUCCESS;
+}
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetMaxMigDeviceCount(nvmlDevice_t d, unsigned int* count) {
+  if (nvmlReturn_t r = check(d); r != NVML_SUCCESS) return r;
+  if (count == nullptr || d->mig >= 0) return NVML_ERROR_INVALID_ARGUMENT;
+  *count = mig_layout()[d->physical].empty() ? 0 : k_max_mig;
+  return NVML_SUCCESS;
+}
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetMigDeviceHandleByIndex(nvmlDevice_t d, unsigned int index,
+                                                             nvmlDevice_t* mig) {
+  if (nvmlReturn_t r = check(d); r != NVML_SUCCESS) return r;
+  if (mig == nullptr || d->mig >= 0 || index >= static_cast<unsigned>(k_max_mig)) {
+    return NVML_ERROR_INVALID_ARGUMENT;
+  }
+  if (mig_layout()[d->physical].empty()) return NVML_ERROR_NOT_SUPPORTED;
+  if (mig_profile(d->physical, static_cast<int>(index)).empty()) return NVML_ERROR_NOT_FOUND;
+  *mig = &g_mig[d->physical][index];
   return NVML_SUCCESS;
 }

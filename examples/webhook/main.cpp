@@ -1,0 +1,188 @@
+// gpuslice_webhook: a mutating admission webhook (AdmissionReview v1 over HTTPS) that gives GPU
+// pods the gpuslice scheduler and HAMi's defaults. See webhook.hpp for the rules and
+// examples/deploy/webhook.yaml for the Service and MutatingWebhookConfiguration.
+//
+//   gpuslice_webhook --cert tls.crt --key tls.key [--listen 0.0.0.0] [--port 8443]
+//                    [--scheduler-name gpuslice-scheduler] [--fail-open]
+//                    [--default-gpu-num 1] [--default-mem MIB] [--default-cores PERCENT]
+//                    [--resource-name NAME] [--resource-mem NAME] [--resource-mem-percentage NAME]
+//                    [--resource-cores NAME] [--resource-priority NAME] [--verbose]
+//
+// POST /mutate answers an AdmissionReview; GET /healthz "ok". --port 0 picks a free port; the
+// first line on stdout names the address served. SIGINT and SIGTERM stop it.
+#include <fmt/core.h>
+#include <httplib.h>
+#include <pthread.h>
+#include <signal.h>
+
+#include <atomic>
+#include <cstdint>
+#include <cstdio>
+#include <ctime>
+#include <string>
+#include <string_view>
+#include <thread>
+
+#include "gpuslice/version.hpp"
+#include "webhook.hpp"
+
+namespace {
+
+namespace fit = gpuslice::fit;
+namespace wh = gpuslice::webhook;
+
+constexpr int k_exit_input = 1;
+constexpr int k_exit_usage = 2;
+constexpr int k_default_port = 8443;
+constexpr int k_max_port = 65535;
+/// The API server's webhook timeout is at most 30 s (10 s by default); reads stall no longer.
+constexpr time_t k_io_timeout_s = 10;
+/// An AdmissionReview of a Pod is small; anything larger is refused by the server.
+constexpr std::size_t k_max_body_bytes = std::size_t{8} << 20;
+constexpr long k_signal_poll_ns = 100000000;
+constexpr int k_http_bad_request = 400;
+
+constexpr std::string_view k_usage =
+    "usage: gpuslice_webhook --cert TLS.crt --key TLS.key [--listen ADDR] [--port N] "
+    "[--scheduler-name NAME] [--fail-open] [--default-gpu-num N] [--default-mem MIB] "
+    "[--default-cores PERCENT] [--resource-name NAME] [--resource-mem NAME] "
+    "[--resource-mem-percentage NAME] [--resource-cores NAME] [--resource-priority NAME] "
+    "[--verbose]\n";
+
+bool number(std::string_view flag, const std::string& value, std::uint64_t max,
+            std::uint64_t& out) {
+  if (fit::detail::parse_uint(value, max, out)) return true;
+  fmt::print(stderr, "gpuslice_webhook: {} {}: expected an integer 0..{}\n", flag, value, max);
+  return false;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string cert, key, listen = "0.0.0.0";
+  int port = k_default_port;
+  bool verbose = false;
+  wh::settings s;
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      fmt::print("{}", k_usage);
+      return 0;
+    }
+    if (arg == "--verbose" || arg == "--fail-open") {
+      (arg == "--verbose" ? verbose : s.fail_open) = true;
+      continue;
+    }
+    if (i + 1 >= argc) {
+      fmt::print(stderr, "gpuslice_webhook: {} needs a value\n{}", arg, k_usage);
+      return k_exit_usage;
+    }
+    const std::string value = argv[++i];
+    std::uint64_t n = 0;
+    if (arg == "--cert") {
+      cert = value;
+    } else if (arg == "--key") {
+      key = value;
+    } else if (arg == "--listen") {
+      listen = value;
+    } else if (arg == "--port") {
+      if (!number(arg, value, k_max_port, n)) return k_exit_usage;
+      port = static_cast<int>(n);
+    } else if (arg == "--scheduler-name") {
+      s.scheduler_name = value;
+    } else if (arg == "--default-gpu-num") {
+      if (!number(arg, value, 1024, n)) return k_exit_usage;
+      s.cfg.default_gpu_num = static_cast<std::uint32_t>(n);
+    } else if (arg == "--default-mem") {
+      if (!number(arg, value, fit::k_int32_max, n)) return k_exit_usage;
+      s.cfg.default_memory = n;
+    } else if (arg == "--default-cores") {
+      if (!number(arg, value, fit::k_max_percent, n)) return k_exit_usage;
+      s.cfg.default_cores = static_cast<std::uint32_t>(n);
+    } else if (arg == "--resource-name") {
+      s.cfg.resource_count = value;
+    } else if (arg == "--resource-mem") {
+      s.cfg.resource_memory = value;
+    } else if (arg == "--resource-mem-percentage") {
+      s.cfg.resource_memory_percent = value;
+    } else if (arg == "--resource-cores") {
+      s.cfg.resource_cores = value;
+    } else if (arg == "--resource-priority") {
+      s.cfg.resource_priority = value;
+    } else {
+      fmt::print(stderr, "gpuslice_webhook: unknown option {}\n{}", arg, k_usage);
+      return k_exit_usage;
+    }
+  }
+  if (cert.empty() || key.empty()) {
+    fmt::print(stderr,
+               "gpuslice_webhook: --cert and --key are required (the API server calls "
+               "webhooks over HTTPS only)\n{}",
+               k_usage);
+    return k_exit_usage;
+  }
+
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  httplib::SSLServer svr(cert.c_str(), key.c_str());
+  if (!svr.is_valid()) {
+    fmt::print(stderr, "gpuslice_webhook: {} / {}: cannot load the certificate and key\n", cert,
+               key);
+    return k_exit_input;
+  }
+  svr.set_payload_max_length(k_max_body_bytes);
+  svr.set_read_timeout(k_io_timeout_s, 0);
+  svr.set_write_timeout(k_io_timeout_s, 0);
+  svr.Post("/mutate", [&s, verbose](const httplib::Request& req, httplib::Response& res) {
+    auto out = wh::review(req.body, s);
+    if (!out) {
+      res.status = k_http_bad_request;
+      res.set_content(wh::json{{"error", out.message()}}.dump(), "application/json");
+      fmt::print(stderr, "gpuslice_webhook: {}\n", out.message());
+      return;
+    }
+    if (verbose || !out->allowed || !out->message.empty()) {
+      fmt::print(stderr, "gpuslice_webhook: {} {}{}\n",
+                 out->review["response"]["uid"].get<std::string>(),
+                 out->allowed ? (out->mutated ? "mutated" : "allowed") : "refused",
+                 out->message.empty() ? "" : ": " + out->message);
+    }
+    res.set_content(out->review.dump(), "application/json");
+  });
+  svr.Get("/healthz", [](const httplib::Request&, httplib::Response& res) {
+    res.set_content("ok", "text/plain");
+  });
+  if (port == 0) {
+    port = svr.bind_to_any_port(listen);
+    if (port < 0) {
+      fmt::print(stderr, "gpuslice_webhook: cannot listen on {}\n", listen);
+      return k_exit_input;
+    }
+  } else if (!svr.bind_to_port(listen, port)) {
+    fmt::print(stderr, "gpuslice_webhook: cannot listen on {}:{}\n", listen, port);
+    return k_exit_input;
+  }
+  fmt::print("gpuslice {} webhook: serving on https://{}:{} (scheduler {}, fail {})\n",
+             GPUSLICE_VERSION_STRING, listen, port, s.scheduler_name,
+             s.fail_open ? "open" : "closed");
+  std::fflush(stdout);
+  std::atomic<bool> done{false};
+  std::thread waiter([&] {
+    const timespec poll{0, k_signal_poll_ns};
+    while (!done.load()) {
+      if (sigtimedwait(&stop_signals, nullptr, &poll) > 0) {
+        svr.stop();
+        return;
+      }
+    }
+  });
+  const bool served = svr.listen_after_bind();
+  done.store(true);
+  waiter.join();
+  fmt::print("gpuslice_webhook: stopped\n");
+  return served ? 0 : k_exit_input;
+}

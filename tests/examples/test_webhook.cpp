@@ -1,0 +1,212 @@
+// The admission webhook's decisions, in process: HAMi's webhook rules (MutateAdmission's test
+// table) as AdmissionReviews, the JSONPatch answered, refusals, and malformed reviews.
+#include <catch2/catch.hpp>
+#include <string>
+#include <vector>
+
+#include "webhook.hpp"
+
+using namespace gpuslice;
+using webhook::json;
+
+namespace {
+
+json review_of(json pod, std::string kind = "Pod") {
+  return {{"apiVersion", "admission.k8s.io/v1"},
+          {"kind", "AdmissionReview"},
+          {"request",
+           {{"uid", "req-1"},
+            {"kind", {{"group", ""}, {"version", "v1"}, {"kind", kind}}},
+            {"namespace", "team"},
+            {"operation", "CREATE"},
+            {"object", std::move(pod)}}}};
+}
+
+json pod_with(json limits, json annotations = json::object()) {
+  return {
+      {"metadata", {{"name", "p"}, {"annotations", annotations}}},
+      {"spec",
+       {{"containers",
+         json::array({{{"name", "main"}, {"image", "x"}, {"resources", {{"limits", limits}}}}})}}}};
+}
+
+/// Decodes base64 (the patch) for checking.
+std::string unbase64(const std::string& in) {
+  static const std::string k_alphabet =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  std::uint32_t acc = 0;
+  int bits = 0;
+  for (char c : in) {
+    if (c == '=') break;
+    acc = acc << 6 | static_cast<std::uint32_t>(k_alphabet.find(c));
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out += static_cast<char>(acc >> bits & 0xFF);
+    }
+  }
+  return out;
+}
+
+/// The pod after applying the answer's patch.
+json patched(const json& pod, const webhook::outcome& o) {
+  const json& r = o.review["response"];
+  if (!r.contains("patch")) return pod;
+  CHECK(r["patchType"] == "JSONPatch");
+  return pod.patch(json::parse(unbase64(r["patch"].get<std::string>())));
+}
+
+}  // namespace
+
+TEST_CASE("base64 is RFC 4648", "[examples][webhook]") {
+  CHECK(webhook::base64("") == "");
+  CHECK(webhook::base64("f") == "Zg==");
+  CHECK(webhook::base64("fo") == "Zm8=");
+  CHECK(webhook::base64("foo") == "Zm9v");
+  CHECK(webhook::base64("foobar") == "Zm9vYmFy");
+}
+
+TEST_CASE("HAMi's webhook table: defaults, exclusivity, scheduler name", "[examples][webhook]") {
+  struct row {
+    const char* hami_case;
+    json limits;
+    json want_limits;  ///< after the patch
+    bool scheduled;    ///< schedulerName set to ours
+  };
+  const std::vector<row> rows = {
+      {"gpu count only: exclusive cores",
+       {{"nvidia.com/gpu", "1"}},
+       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpucores", "100"}},
+       true},
+      {"memory size present: shareable, untouched",
+       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem", "3000"}},
+       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem", "3000"}},
+       true},
+      {"exclusive via percentage 100",
+       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem-percentage", "100"}},
+       {{"nvidia.com/gpu", "1"},
+        {"nvidia.com/gpumem-percentage", "100"},
+        {"nvidia.com/gpucores", "100"}},
+       true},
+      {"non-exclusive percentage",
+       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem-percentage", "50"}},
+       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem-percentage", "50"}},
+       true},
+      {"explicit cores unchanged",
+       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpucores", "30"}},
+       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpucores", "30"}},
+       true},
+      {"cores without gpu: defaultGPUNum",
+       {{"nvidia.com/gpucores", "30"}},
+       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpucores", "30"}},
+       true},
+      {"memory without gpu: defaultGPUNum",
+       {{"nvidia.com/gpumem", "1024"}},
+       {{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem", "1024"}},
+       true},
+      {"no GPU resources: untouched", {{"cpu", "1"}}, {{"cpu", "1"}}, false},
+      {"nvidia.com/gpu 0: untouched", {{"nvidia.com/gpu", "0"}}, {{"nvidia.com/gpu", "0"}}, false},
+  };
+  const webhook::settings s;
+  for (const auto& r : rows) {
+    INFO(r.hami_case);
+    const json pod = pod_with(r.limits);
+    auto o = webhook::review(review_of(pod).dump(), s);
+    REQUIRE(o);
+    CHECK(o->allowed);
+    CHECK(o->review["response"]["uid"] == "req-1");
+    CHECK(o->review["apiVersion"] == "admission.k8s.io/v1");
+    const json after = patched(pod, *o);
+    CHECK(after["spec"]["containers"][0]["resources"]["limits"] == r.want_limits);
+    CHECK(after["spec"].value("schedulerName", "") == (r.scheduled ? "gpuslice-scheduler" : ""));
+    CHECK(o->mutated == (after != pod));
+  }
+}
+
+TEST_CASE("webhook: chart keys, priority, and a scheduler chosen by the user",
+          "[examples][webhook]") {
+  webhook::settings s;
+  s.cfg.default_memory = 2048;
+  s.cfg.default_cores = 20;
+  s.cfg.default_gpu_num = 2;
+  s.scheduler_name = "hami-scheduler";
+  json pod = pod_with({{"nvidia.com/gpumem-percentage", "40"}, {"nvidia.com/priority", "0"}});
+  auto o = webhook::review(review_of(pod).dump(), s);
+  REQUIRE(o);
+  const json after = patched(pod, *o);
+  const json& c = after["spec"]["containers"][0];
+  CHECK(c["resources"]["limits"]["nvidia.com/gpu"] == "2");
+  CHECK(c["resources"]["limits"]["nvidia.com/gpucores"] == "20");
+  CHECK_FALSE(c["resources"]["limits"].contains("nvidia.com/gpumem"));  // a percentage is memory
+  CHECK(c["env"] == json::parse(R"([{"name":"CUDA_TASK_PRIORITY","value":"0"}])"));
+  CHECK(after["spec"]["schedulerName"] == "hami-scheduler");
+
+  json mine = pod_with({{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem", "100"}});
+  mine["spec"]["schedulerName"] = "my-scheduler";
+  auto kept = webhook::review(review_of(mine).dump(), s);
+  REQUIRE(kept);
+  CHECK(patched(mine, *kept)["spec"]["schedulerName"] == "my-scheduler");
+  CHECK(patched(mine, *kept)["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpumem"] ==
+        "100");
+}
+
+TEST_CASE("webhook: values HAMi refuses are refused with one clear line", "[examples][webhook]") {
+  struct row {
+    json pod;
+    const char* fragment;
+  };
+  const std::vector<row> rows = {
+      {pod_with({{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem-percentage", "101"}}),
+       "pod team/p: container \"main\": nvidia.com/gpumem-percentage 101: must be an integer "
+       "between 0 and 100"},
+      {pod_with({{"nvidia.com/gpu", "1"}}, {{"nvidia.com/numa-bind", "yes"}}),
+       "nvidia.com/numa-bind \"yes\": expected a boolean"},
+      {pod_with({{"nvidia.com/gpu", "1"}}, {{"hami.io/gpu-scheduler-policy", "fastest"}}),
+       "GPU policy \"fastest\""},
+      {pod_with({{"nvidia.com/gpu", "1"}},
+                {{"hami.io/device-scoring-weights", "slot=0,core=0,memory=0"}}),
+       "at least one positive weight"},
+      {pod_with({{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem", "lots"}}),
+       "nvidia.com/gpumem \"lots\": no digits"},
+  };
+  for (const auto& r : rows) {
+    INFO(r.fragment);
+    auto o = webhook::review(review_of(r.pod).dump(), webhook::settings{});
+    REQUIRE(o);
+    CHECK_FALSE(o->allowed);
+    const json& resp = o->review["response"];
+    CHECK(resp["allowed"] == false);
+    CHECK(resp["status"]["code"] == 403);
+    CHECK_THAT(resp["status"]["message"].get<std::string>(),
+               Catch::Contains(r.fragment) && Catch::StartsWith("gpuslice webhook: "));
+    CHECK_FALSE(resp.contains("patch"));
+  }
+}
+
+TEST_CASE("webhook: malformed reviews; fail open or closed", "[examples][webhook]") {
+  for (const std::string bad : {"", "{", "[]", R"({"request":{}})", R"({"request":{"uid":""}})"}) {
+    INFO(bad);
+    auto o = webhook::review(bad, webhook::settings{});
+    REQUIRE_FALSE(o);
+    CHECK(o.message().rfind("AdmissionReview: ", 0) == 0);
+  }
+  // Not a Pod: let through untouched.
+  auto other = webhook::review(review_of(json::object(), "ConfigMap").dump(), webhook::settings{});
+  REQUIRE(other);
+  CHECK(other->allowed);
+  CHECK_FALSE(other->mutated);
+  // A Pod review without its object: closed refuses, open allows with a warning.
+  json broken = review_of(json::object());
+  broken["request"].erase("object");
+  webhook::settings closed, open;
+  open.fail_open = true;
+  auto c = webhook::review(broken.dump(), closed);
+  REQUIRE(c);
+  CHECK_FALSE(c->allowed);
+  CHECK(c->review["response"]["status"]["code"] == 400);
+  auto o = webhook::review(broken.dump(), open);
+  REQUIRE(o);
+  CHECK(o->allowed);
+  CHECK_THAT(o->review["response"]["warnings"][0].get<std::string>(), Catch::Contains("fail open"));
+}

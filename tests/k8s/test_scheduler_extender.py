@@ -1,0 +1,286 @@
+"""The scheduler extender in a live-shaped cluster: it lists and watches nodes and pods through
+the fake API server, binds through it within a deadline, skips what does not parse with its
+reason, serves many idle keep-alive connections, and exposes /metrics.
+
+Needs GPUSLICE_EXTENDER (the built gpuslice_extender); skipped otherwise. The requests are
+kube-scheduler's shapes (k8s.io/kube-scheduler/extender/v1, nodeCacheCapable)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+import time
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+EXTENDER = os.environ.get("GPUSLICE_EXTENDER", "")
+pytestmark = pytest.mark.skipif(not EXTENDER, reason="GPUSLICE_EXTENDER not set")
+
+REGISTER = "hami.io/node-nvidia-register"
+ALLOCATED = "hami.io/vgpu-devices-allocated"
+START_TIMEOUT_S = 30  # generous: sanitizer builds on a loaded machine
+CLIENT_TIMEOUT_S = 20
+# kube-scheduler's httpTimeout in examples/extender/scheduler-config.yaml.
+SCHEDULER_HTTP_TIMEOUT_S = 5
+
+
+def registration(prefix: str, gpus: int, mib: int = 16384, count: int = 10) -> str:
+    return json.dumps([{"id": f"{prefix}{i}", "index": i, "count": count, "devmem": mib,
+                        "devcore": 100, "type": "NVIDIA-A100", "numa": 0, "mode": "hami-core",
+                        "health": True} for i in range(gpus)])
+
+
+def gpu_container(gpus="1", mem: str | None = "3000", cores: str | None = "30") -> dict:
+    limits = {"nvidia.com/gpu": gpus}
+    if mem is not None:
+        limits["nvidia.com/gpumem"] = mem
+    if cores is not None:
+        limits["nvidia.com/gpucores"] = cores
+    return {"name": "main", "resources": {"limits": limits}}
+
+
+class Extender:
+    """The extender program against an API server; stopped by close()."""
+
+    def __init__(self, *args: str):
+        self.proc = subprocess.Popen([EXTENDER, "--listen", "127.0.0.1", "--port", "0", *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        assert "on http://127.0.0.1:" in line, line + self.proc.stderr.read()
+        self.port = int(line.split("on http://127.0.0.1:")[1].split()[0])
+
+    def request(self, method: str, path: str, body=None, timeout=CLIENT_TIMEOUT_S):
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            c.request(method, path, body=None if body is None else json.dumps(body),
+                      headers={"Content-Type": "application/json"})
+            r = c.getresponse()
+            return r.status, r.read().decode()
+        finally:
+            c.close()
+
+    def post(self, path: str, body) -> dict:
+        status, text = self.request("POST", path, body)
+        assert status == 200, text
+        return json.loads(text)
+
+    def state(self) -> dict:
+        return json.loads(self.request("GET", "/state")[1])
+
+    def usage(self, node: str) -> list[int]:
+        """Memory used per GPU of a node, MiB."""
+        for n in self.state()["nodes"]:
+            if n["name"] == node:
+                return [d["memory_used_mib"] for d in n["devices"]]
+        return []
+
+    def close(self) -> str:
+        self.proc.terminate()
+        _, err = self.proc.communicate(timeout=START_TIMEOUT_S)
+        return err
+
+
+def wait_for(pred, what: str, timeout: float = START_TIMEOUT_S):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def filter_args(pod: dict, names: list[str]) -> dict:
+    return {"Pod": pod, "NodeNames": names}
+
+
+def bind_args(pod: dict, node: str) -> dict:
+    m = pod["metadata"]
+    return {"PodName": m["name"], "PodNamespace": m["namespace"], "PodUID": m["uid"],
+            "Node": node}
+
+
+@pytest.fixture
+def cluster(fake_apiserver):
+    api = fake_apiserver
+    api.add_node("gpu-1", annotations={REGISTER: registration("GPU-1-", 2)})
+    api.add_node("broken", annotations={REGISTER: '[{"id":'})
+    # Bound before the extender starts: rebuilt into usage at start.
+    api.add_pod("running", node_name="gpu-1", phase="Running", containers=[gpu_container()],
+                annotations={ALLOCATED: "GPU-1-0,NVIDIA,3000,30:;"})
+    # Bound to a GPU the node no longer has: skipped with its reason, never fatal.
+    api.add_pod("stale", node_name="gpu-1", phase="Running", containers=[gpu_container()],
+                annotations={ALLOCATED: "GPU-gone,NVIDIA,1000,10:;"})
+    ext = Extender("--apiserver", api.url, "--bind-timeout-ms", "1500")
+    yield api, ext
+    ext.close()
+
+
+def test_nodes_and_pods_are_followed_through_list_and_watch(cluster):
+    api, ext = cluster
+    # The bound pod's share is there from the start; the stale one is skipped with its reason.
+    assert ext.usage("gpu-1") == [3000, 0]
+    st = ext.state()
+    assert "broken" in st["skipped_nodes"] and "node registration" in st["skipped_nodes"]["broken"]
+    assert any("GPU-gone" in why for why in st["skipped_pods"].values())
+
+    pod = api.add_pod("p1", containers=[gpu_container(mem="14000")])
+    r = ext.post("/filter", filter_args(pod, ["gpu-1", "broken", "gpu-2"]))
+    assert r["NodeNames"] == ["gpu-1"]
+    assert r["FailedAndUnresolvableNodes"]["broken"].startswith("gpuslice: node skipped: node broken")
+    assert r["FailedAndUnresolvableNodes"]["gpu-2"] == \
+        "gpuslice: node not registered with the extender"
+
+    # A node that joins later is served once the watch delivers it.
+    api.add_node("gpu-2", annotations={REGISTER: registration("GPU-2-", 1)})
+    wait_for(lambda: ext.usage("gpu-2") == [0], "gpu-2 from the watch")
+    r = ext.post("/filter", filter_args(pod, ["gpu-1", "gpu-2"]))
+    assert r["NodeNames"] == ["gpu-1", "gpu-2"]
+
+    # A malformed node that gets fixed is served too.
+    api.update("nodes", "broken",
+               lambda n: n["metadata"]["annotations"].update({REGISTER: registration("GPU-b-", 1)}))
+    wait_for(lambda: ext.usage("broken") == [0], "the fixed node")
+
+    # Deleting the running pod gives its share back to the next filter.
+    api.delete("pods", "running")
+    wait_for(lambda: ext.usage("gpu-1") == [0, 0], "the deleted pod's share")
+
+
+def test_bind_writes_hami_annotations_and_the_binding(cluster):
+    api, ext = cluster
+    pod = api.add_pod("p2", containers=[gpu_container()])
+    assert ext.post("/filter", filter_args(pod, ["gpu-1"]))["NodeNames"] == ["gpu-1"]
+    assert ext.post("/bind", bind_args(pod, "gpu-1"))["Error"] == ""
+    stored = api.get("pods", "p2")
+    assert stored["spec"]["nodeName"] == "gpu-1"
+    ann = stored["metadata"]["annotations"]
+    # GPU spread: the emptier card, GPU-1-1 (GPU-1-0 holds the running pod).
+    assert ann["hami.io/vgpu-devices-to-allocate"] == "GPU-1-1,NVIDIA,3000,30:;"
+    assert ann[ALLOCATED] == ann["hami.io/vgpu-devices-to-allocate"]
+    assert ann["hami.io/bind-phase"] == "allocating"
+    # Counted at once, and still once after the watch reports the bound pod.
+    assert ext.usage("gpu-1") == [3000, 3000]
+    wait_for(lambda: any(b["uid"] == pod["metadata"]["uid"] for b in ext.state()["bindings"]),
+             "the binding in state")
+    time.sleep(0.2)
+    assert ext.usage("gpu-1") == [3000, 3000]
+    api.delete("pods", "p2")
+    wait_for(lambda: ext.usage("gpu-1") == [3000, 0], "p2's share back")
+
+
+def test_a_pod_asking_for_zero_gpus_binds(cluster):
+    api, ext = cluster
+    pod = api.add_pod("zero", containers=[gpu_container(gpus="0", mem=None, cores=None)])
+    assert ext.post("/filter", filter_args(pod, ["gpu-1"]))["NodeNames"] == ["gpu-1"]
+    assert ext.post("/bind", bind_args(pod, "gpu-1"))["Error"] == ""
+    stored = api.get("pods", "zero")
+    assert stored["spec"]["nodeName"] == "gpu-1"
+    assert "hami.io/vgpu-devices-to-allocate" not in stored["metadata"]["annotations"]
+    # A pod filtered elsewhere (not seen here) is read from the API server at bind.
+    other = api.add_pod("unseen", containers=[gpu_container(gpus="0", mem=None, cores=None)])
+    assert ext.post("/bind", bind_args(other, "gpu-1"))["Error"] == ""
+    assert api.get("pods", "unseen")["spec"]["nodeName"] == "gpu-1"
+
+
+def test_bind_against_a_hung_api_server_answers_within_the_scheduler_timeout(cluster):
+    api, ext = cluster
+    pod = api.add_pod("p3", containers=[gpu_container()])
+    ext.post("/filter", filter_args(pod, ["gpu-1"]))
+    api.fault(method="PATCH", path="/pods/p3", hang=True, times=None)
+    try:
+        start = time.monotonic()
+        status, text = ext.request("POST", "/bind", bind_args(pod, "gpu-1"),
+                                   timeout=SCHEDULER_HTTP_TIMEOUT_S)
+        elapsed = time.monotonic() - start
+    finally:
+        api.clear_faults()
+    assert status == 200
+    err = json.loads(text)["Error"]
+    assert err.startswith("pod default/p3: binding failed: PATCH ") and "p3" in err
+    assert elapsed < SCHEDULER_HTTP_TIMEOUT_S
+    # The reservation is undone; nothing was bound.
+    assert ext.usage("gpu-1") == [3000, 0]
+    assert api.get("pods", "p3")["spec"].get("nodeName", "") == ""
+
+
+def test_idle_keep_alive_connections_never_starve_a_request(cluster):
+    _, ext = cluster
+    # Many kept-alive connections, each idle after one request (more than any fixed pool).
+    idle = []
+    for _ in range(40):
+        s = socket.create_connection(("127.0.0.1", ext.port), timeout=CLIENT_TIMEOUT_S)
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
+        reply = b""
+        while not reply.endswith(b"\r\n\r\nok"):
+            chunk = s.recv(4096)
+            assert chunk, reply
+            reply += chunk
+        idle.append(s)
+    try:
+        # The extender holds an idle connection for 5 s; an answer inside that proves no idle
+        # connection held the request back.
+        start = time.monotonic()
+        status, body = ext.request("GET", "/healthz", timeout=4)
+        assert (status, body) == (200, "ok")
+        assert time.monotonic() - start < 4
+    finally:
+        for s in idle:
+            s.close()
+
+
+def test_metrics_expose_latency_failures_and_hami_families(cluster):
+    api, ext = cluster
+    pod = api.add_pod("p4", containers=[gpu_container()])
+    ext.post("/filter", filter_args(pod, ["gpu-1"]))
+    ext.post("/bind", bind_args(pod, "gpu-1"))
+    ext.post("/bind", {"PodName": "nobody", "PodNamespace": "default", "PodUID": "u-x",
+                       "Node": "gpu-1"})
+    status, text = ext.request("GET", "/metrics")
+    assert status == 200
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    filt = {s.name: s.value for s in fams["gpuslice_extender_filter_duration_seconds"].samples}
+    assert filt["gpuslice_extender_filter_duration_seconds_count"] >= 1
+    binds = {s.name: s.value for s in fams["gpuslice_extender_bind_duration_seconds"].samples}
+    assert binds["gpuslice_extender_bind_duration_seconds_count"] == 2
+    failures = {s.labels["reason"]: s.value for s in fams["gpuslice_extender_failures"].samples}
+    assert failures["not_filtered"] == 1
+    assert fams["gpuslice_extender_skipped_nodes"].samples[0].value == 1
+    allocated = {(s.labels["node"], s.labels["device_uuid"]): s.value
+                 for s in fams["hami_gpu_memory_allocated_bytes"].samples}
+    assert allocated[("gpu-1", "GPU-1-0")] == 3000 * 2**20
+    assert allocated[("gpu-1", "GPU-1-1")] == 3000 * 2**20
+    shared = {s.labels["device_uuid"]: s.value for s in fams["hami_gpu_shared_count"].samples}
+    assert shared["GPU-1-0"] == 1
+    limit = {s.labels["device_uuid"]: s.value
+             for s in fams["hami_gpu_memory_limit_bytes"].samples}
+    assert limit["GPU-1-0"] == 16384 * 2**20
+
+
+def test_bad_inputs_a_missing_pod_and_a_patch_conflict(cluster):
+    api, ext = cluster
+    # A pod nobody filtered and the API server does not have.
+    r = ext.post("/bind", {"PodName": "ghost", "PodNamespace": "default", "PodUID": "u-ghost",
+                           "Node": "gpu-1"})
+    assert r["Error"] == ("pod default/ghost (uid u-ghost): not seen by filter; expected filter "
+                          "before bind")
+    # The API server answers the annotation patch with 409 Conflict: the bind fails with the
+    # API server's words, the reservation is undone, and nothing is bound.
+    pod = api.add_pod("p5", containers=[gpu_container()])
+    ext.post("/filter", filter_args(pod, ["gpu-1"]))
+    api.fault(method="PATCH", path="/pods/p5", status=409, message="the object has been modified")
+    r = ext.post("/bind", bind_args(pod, "gpu-1"))
+    assert r["Error"].startswith("pod default/p5: binding failed: PATCH ")
+    assert "409" in r["Error"]
+    assert ext.usage("gpu-1") == [3000, 0]
+    assert api.get("pods", "p5")["spec"].get("nodeName", "") == ""
+    # The next attempt (kube-scheduler retries) succeeds.
+    ext.post("/filter", filter_args(pod, ["gpu-1"]))
+    assert ext.post("/bind", bind_args(pod, "gpu-1"))["Error"] == ""
+    assert api.get("pods", "p5")["spec"]["nodeName"] == "gpu-1"
+    # Malformed bodies: a 400 naming what was expected.
+    status, text = ext.request("POST", "/bind", None)
+    assert status == 400 and "ExtenderBindingArgs" in text
