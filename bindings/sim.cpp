@@ -127,10 +127,27 @@ fit::openb_custom_scorer wrap_scorer(::pybind11::object scorer) {
 
 ::pybind11::dict run(const std::shared_ptr<sim::prepared_workload>& w, const std::string& policy,
                      const std::string& experiment, std::int64_t seed, double load,
-                     ::pybind11::object scorer) {
+                     ::pybind11::object scorer, const ::pybind11::dict& knobs) {
   sim::run_options opt;
   opt.seed = seed;
   opt.load = load;
+  for (const auto& kv : knobs) {
+    const auto key = ::pybind11::cast<std::string>(kv.first);
+    if (key == "strand") {
+      opt.knobs.strand = ::pybind11::cast<double>(kv.second);
+      continue;
+    }
+    const bool on = ::pybind11::cast<bool>(kv.second);
+    if (key == "exact") {
+      opt.knobs.exact = on;
+    } else if (key == "pack") {
+      opt.knobs.pack = on;
+    } else if (key == "cpu_fit") {
+      opt.knobs.cpu_fit = on;
+    } else {
+      throw ::pybind11::value_error("knob '" + key + "': expected exact, pack, cpu_fit or strand");
+    }
+  }
   if (!scorer.is_none()) {
     opt.policy = fit::openb_policy::custom;
     opt.custom = wrap_scorer(scorer);
@@ -295,7 +312,8 @@ void bind_sim(::pybind11::module_& m) {
 
   m.def("run_experiment", &run, "workload"_a, "policy"_a, "experiment"_a = "fillup", "seed"_a = 42,
         "load"_a = sim::k_default_load, "scorer"_a = ::pybind11::none(),
-        "Run one experiment; the GIL is released for the built-in policies. scorer(pod, cluster, "
+        "knobs"_a = ::pybind11::dict(),
+        "Run one experiment; knobs switch parts of sfgd off (exact, pack, cpu_fit: bool); the GIL is released for the built-in policies. scorer(pod, cluster, "
         "feasible) -> one integer score per feasible node replaces the policy.");
   m.def(
       "fillup_plan",

@@ -36,12 +36,37 @@ enum class openb_policy : std::uint8_t {
   fgd,
   spread,
   binpack,
-  custom,  ///< scores from a user-supplied function, GPUs by "best"
+  sfgd,      ///< stranding-aware FGD: exact fragment change plus GPU stranded by lack of CPU
+  custom,    ///< scores from a user-supplied function, GPUs by "best"
 };
 
 /// Names of the built-in policies, in enum order.
-inline constexpr std::array<std::string_view, 8> k_openb_policy_names = {
-    "random", "dotprod", "gpuclustering", "gpupacking", "bestfit", "fgd", "spread", "binpack"};
+inline constexpr std::array<std::string_view, 9> k_openb_policy_names = {
+    "random", "dotprod", "gpuclustering", "gpupacking", "bestfit",
+    "fgd",    "spread",  "binpack",       "sfgd"};
+
+/// The parts of sfgd (stranding-aware FGD), each of which can be switched for its ablation.
+/// The defaults are the policy; {exact=false, pack=false, cpu_fit=false, strand=0} chooses
+/// exactly as FGD does.
+struct sfgd_knobs {
+  /// Rank nodes by the exact change of the fragment amount (an integer in units of 1/denom
+  /// milli-GPU) instead of FGD's trunc(100 * sigmoid(change / 1000)), which ties every change
+  /// within about 40 milli-GPU of another and leaves the choice to the random node rank.
+  bool exact = true;
+  /// Among equal keys, prefer the node left with the least free GPU milli (packing), and for a
+  /// sharing pod the GPU with the least free milli (best fit). Measured to cost allocation:
+  /// off in the policy.
+  bool pack = false;
+  /// Among equal keys and equal free GPU, prefer the node left with the least free CPU. Off in
+  /// the policy.
+  bool cpu_fit = false;
+  /// Weight of the stranded-GPU term added to each node's fragment: the free GPU milli that
+  /// the node's free CPU cannot feed at the typical GPU pods' mean milli-CPU per milli-GPU,
+  /// max(0, L - cpu_left / r). FGD's measure sees a node's lack of CPU only when it drops
+  /// below one typical pod's request; this term sees it as soon as the CPU left cannot fill
+  /// the GPUs left.
+  double strand = 1.0;
+};
 
 /// The policy's name ("custom" for custom).
 inline std::string_view openb_policy_name(openb_policy p) noexcept {
@@ -185,10 +210,16 @@ class openb_scheduler {
       cache_.assign(class_count * ranks_.size(), cached{});
       class_count_ = class_count;
     }
+    if (policy_ == openb_policy::sfgd && class_count > 0) {
+      fp_cache_.assign(class_count * ranks_.size(), fp_cached{});
+      class_count_ = class_count;
+    }
   }
 
   /// Sets the scorer of openb_policy::custom.
   void set_custom(openb_custom_scorer scorer) { custom_ = std::move(scorer); }
+  /// Sets the parts of sfgd in use (its ablation); the defaults are the policy.
+  void set_sfgd_knobs(const sfgd_knobs& k) noexcept { knobs_ = k; }
 
   /// One cycle for pod against the cluster's current state; binds nothing. pod_class indexes
   /// the FGD score cache (-1: no caching). Not thread-safe.
@@ -214,6 +245,9 @@ class openb_scheduler {
         case openb_policy::custom:
           pick = choose_custom(cluster, pod);
           break;
+        case openb_policy::sfgd:
+          pick = choose_sfgd(nodes, pod, pod_class, fgd_gpu);
+          break;
         default:
           pick = choose_scored(nodes, pod, pod_class, fgd_gpu);
           break;
@@ -237,6 +271,14 @@ class openb_scheduler {
           out.gpus = openb_select_best(node, pod);
         }
         break;
+      case openb_policy::sfgd:
+        if (pod.kind() == openb_pod_kind::sharing && pod.m > 0) {
+          if (fgd_gpu < 0) fgd_gpu = sfgd_delta(node, pick, pod, pod_class).second;
+          out.gpus = static_cast<gpu_mask>(1U << fgd_gpu);
+        } else {
+          out.gpus = openb_select_best(node, pod);
+        }
+        break;
       default:
         out.gpus = openb_select_best(node, pod);
         break;
@@ -246,6 +288,22 @@ class openb_scheduler {
 
   /// The feasible nodes of the last cycle.
   const std::vector<std::uint32_t>& feasible() const noexcept { return feasible_; }
+
+  /// sfgd's primary key of node i: the fragment decrease F(N) - F(N') in units of
+  /// 1/denom milli-GPU (FGD's truncated sigmoid score when knobs.exact is off), and for a
+  /// sharing pod the GPU it chose. Uses the cache when pod_class >= 0. Not thread-safe.
+  std::pair<std::int64_t, int> sfgd_delta(const openb_node& node, std::size_t i,
+                                              const openb_pod& pod, std::int32_t pod_class = -1) {
+    fp_cached* slot = nullptr;
+    if (pod_class >= 0 && static_cast<std::size_t>(pod_class) < class_count_ &&
+        !fp_cache_.empty()) {
+      slot = &fp_cache_[static_cast<std::size_t>(pod_class) * ranks_.size() + i];
+      if (slot->version == node.version + 1) return {slot->delta, slot->gpu};
+    }
+    const auto r = sfgd_compute(node, i, pod);
+    if (slot != nullptr) *slot = fp_cached{node.version + 1, static_cast<std::int16_t>(r.second), r.first};
+    return r;
+  }
 
   /// FGD's score of node i (§6.6) and, for a sharing pod, the GPU it chose. Uses the cache
   /// when pod_class >= 0. Not thread-safe.
@@ -268,6 +326,12 @@ class openb_scheduler {
     std::uint32_t version = 0;  ///< node version + 1; 0 = empty
     std::int16_t score = 0;
     std::int16_t gpu = -1;
+  };
+
+  struct fp_cached {
+    std::uint32_t version = 0;  ///< node version + 1; 0 = empty
+    std::int16_t gpu = -1;
+    std::int64_t delta = 0;
   };
 
   bool better(int score, std::uint32_t node, int best, std::uint32_t best_node) const noexcept {
@@ -308,6 +372,44 @@ class openb_scheduler {
         best = s;
         best_node = i;
         best_gpu = gpu;
+      }
+    }
+    return best_node;
+  }
+
+  // Lexicographic: larger fragment decrease, then (pack) less free GPU left, then (cpu_fit)
+  // less CPU left, then the smaller rank.
+  std::uint32_t choose_sfgd(const std::vector<openb_node>& nodes, const openb_pod& pod,
+                                std::int32_t pod_class, int& best_gpu) {
+    std::uint32_t best_node = feasible_.front();
+    std::int64_t best_delta = 0;
+    std::int64_t best_free = 0;
+    std::int64_t best_cpu = 0;
+    bool first = true;
+    for (std::uint32_t i : feasible_) {
+      const openb_node& n = nodes[i];
+      const auto r = sfgd_delta(n, i, pod, pod_class);
+      const std::int64_t free_after = knobs_.pack ? n.free_total - pod.gpu_request() : 0;
+      const std::int64_t cpu_after = knobs_.cpu_fit ? n.cpu_left() - pod.cpu : 0;
+      bool take = first;
+      if (!take) {
+        if (r.first != best_delta) {
+          take = r.first > best_delta;
+        } else if (free_after != best_free) {
+          take = free_after < best_free;
+        } else if (cpu_after != best_cpu) {
+          take = cpu_after < best_cpu;
+        } else {
+          take = ranks_[i] < ranks_[best_node];
+        }
+      }
+      if (take) {
+        first = false;
+        best_node = i;
+        best_delta = r.first;
+        best_free = free_after;
+        best_cpu = cpu_after;
+        best_gpu = r.second;
       }
     }
     return best_node;
@@ -419,7 +521,87 @@ class openb_scheduler {
     return {best, best_gpu};
   }
 
+  // sfgd's key before ranking: the exact decrease, or FGD's sigmoid score.
+  std::int64_t sfgd_key(std::int64_t before, std::int64_t after) const noexcept {
+    return knobs_.exact ? before - after : sigmoid_score(before, after, frag_->model().denom());
+  }
+
+  // denom x the GPU milli a node strands: free GPU beyond what its free CPU can feed.
+  std::int64_t stranded(std::int64_t cpu_left, std::int64_t free_total) {
+    if (cpu_per_milli_ < 0) {
+      double cpu = 0;
+      double gpu = 0;
+      for (const auto& t : frag_->model().typical().pods) {
+        if (t.m <= 0 || t.n <= 0) continue;
+        cpu += static_cast<double>(t.count) * static_cast<double>(t.cpu);
+        gpu += static_cast<double>(t.count) * t.n * t.m;
+      }
+      cpu_per_milli_ = gpu > 0 ? cpu / gpu : 0;
+    }
+    if (cpu_per_milli_ <= 0) return 0;
+    const double fed = static_cast<double>(std::max<std::int64_t>(cpu_left, 0)) / cpu_per_milli_;
+    const double s = std::max(0.0, static_cast<double>(free_total) - fed);
+    return static_cast<std::int64_t>(knobs_.strand * s *
+                                     static_cast<double>(frag_->model().denom()));
+  }
+
+  std::int64_t sfgd_amount(std::int64_t cpu_left, const std::int16_t* f, const openb_node& node) {
+    std::int64_t a = frag_->model().amount(cpu_left, f, node.gpus, node.model);
+    if (knobs_.strand > 0) {
+      std::int64_t total = 0;
+      for (int g = 0; g < node.gpus; ++g) total += f[g];
+      a += stranded(cpu_left, total);
+    }
+    return a;
+  }
+
+  std::pair<std::int64_t, int> sfgd_compute(const openb_node& node, std::size_t i,
+                                                const openb_pod& pod) {
+    const std::int64_t before =
+        frag_->node(i) + (knobs_.strand > 0 ? stranded(node.cpu_left(), node.free_total) : 0);
+    const std::int64_t cpu_after = node.cpu_left() - pod.cpu;
+    std::array<std::int16_t, k_openb_max_gpus> f = node.free;
+    if (pod.kind() != openb_pod_kind::sharing || pod.m == 0) {
+      // CPU-only and whole-GPU pods: whole GPUs are the lowest-index fully free ones, which
+      // leave the same sorted free list as any other fully free ones.
+      if (pod.n > 0 && pod.m > 0) {
+        const gpu_mask mask = openb_select_lowest(node, pod);
+        for (int g = 0; g < node.gpus; ++g) {
+          if ((mask >> g) & 1U) {
+            f[static_cast<std::size_t>(g)] =
+                static_cast<std::int16_t>(f[static_cast<std::size_t>(g)] - pod.m);
+          }
+        }
+      }
+      return {sfgd_key(before, sfgd_amount(cpu_after, f.data(), node)), -1};
+    }
+    // Sharing pod: the GPU with the best key; ties to the least free milli (pack) or the
+    // lowest index. Equal free values leave equal states, so each value is scored once.
+    std::int64_t best = 0;
+    int best_gpu = -1;
+    for (int g = 0; g < node.gpus; ++g) {
+      const auto gi = static_cast<std::size_t>(g);
+      const std::int16_t v = node.free[gi];
+      if (v < pod.m) continue;
+      bool seen = false;
+      for (int k = 0; k < g; ++k) seen = seen || node.free[static_cast<std::size_t>(k)] == v;
+      if (seen) continue;
+      f[gi] = static_cast<std::int16_t>(v - pod.m);
+      const std::int64_t key = sfgd_key(before, sfgd_amount(cpu_after, f.data(), node));
+      f[gi] = v;
+      if (best_gpu < 0 || key > best ||
+          (key == best && knobs_.pack && v < node.free[static_cast<std::size_t>(best_gpu)])) {
+        best = key;
+        best_gpu = g;
+      }
+    }
+    return {best, best_gpu};
+  }
+
   openb_policy policy_;
+  sfgd_knobs knobs_;
+  double cpu_per_milli_ = -1;  ///< typical GPU pods' milli-CPU per milli-GPU; -1 = not yet
+  std::vector<fp_cached> fp_cache_;
   std::vector<std::int32_t> ranks_;
   frag_tracker* frag_;
   Rng* rng_;

@@ -33,6 +33,7 @@ struct run_options {
   std::int64_t seed = 42;                             ///< seeds every random draw
   double load = k_default_load;                       ///< fill-up target, x GPU capacity
   fit::openb_custom_scorer custom;                    ///< scorer of openb_policy::custom
+  fit::sfgd_knobs knobs;                          ///< parts of sfgd in use
 };
 
 /// The fill-up submission order and node ranks (§7 steps 3-7), drawn from one Go source.
@@ -123,6 +124,7 @@ inline run_record run_fillup(const prepared_workload& w, const run_options& opt)
   fit::frag_tracker frag(model, cluster);
   fit::openb_scheduler<go_rand> sched(opt.policy, plan.ranks, &frag, &rng, w.class_count());
   if (opt.custom) sched.set_custom(opt.custom);
+  sched.set_sfgd_knobs(opt.knobs);
   run_record r;
   r.total_gpus = cluster.total_gpus();
   r.trace_pods = plan.trace_pods;
@@ -173,6 +175,7 @@ inline result<run_record> run_replay(const prepared_workload& w, const run_optio
   fit::frag_tracker frag(model, cluster);
   fit::openb_scheduler<go_rand> sched(opt.policy, ranks, &frag, &rng, w.class_count());
   if (opt.custom) sched.set_custom(opt.custom);
+  sched.set_sfgd_knobs(opt.knobs);
   run_record r;
   r.total_gpus = cluster.total_gpus();
   r.trace_pods = static_cast<std::int64_t>(pods.size());
