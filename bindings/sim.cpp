@@ -183,6 +183,7 @@ fit::openb_custom_scorer wrap_scorer(::pybind11::object scorer) {
   ::pybind11::dict events;
   events["pod"] = to_numpy(rec.pod);
   events["node"] = to_numpy(rec.node);
+  events["gpus"] = to_numpy(rec.gpus);
   events["arrived_milli"] = to_numpy(rec.arrived);
   events["allocated_milli"] = to_numpy(rec.allocated);
   events["frag_milli"] = to_numpy(rec.frag_milli);

@@ -29,6 +29,10 @@ from .workload import generate
 
 #: Every built-in policy, in the order tables show them.
 POLICIES: tuple[str, ...] = tuple(_core.policy_names)
+#: The policy this package adds (stranding-aware FGD, docs/placement.md).
+NEW_POLICIES: tuple[str, ...] = ("sfgd",)
+#: Parts of sfgd that ``knobs`` can switch (docs/placement.md, the ablation).
+SFGD_KNOBS: tuple[str, ...] = ("exact", "pack", "cpu_fit", "strand")
 #: The six policies of the FGD paper.
 PAPER_POLICIES: tuple[str, ...] = ("random", "dotprod", "gpuclustering", "gpupacking", "bestfit",
                                    "fgd")
@@ -107,9 +111,10 @@ def _shape(raw: dict, policy: str, seed: int, experiment: str, load: float, wall
 
 
 def run_one(workload: _core.Workload, policy: str | Scorer = "fgd", experiment: str = "fillup",
-            load: float = DEFAULT_LOAD, seed: int = 42) -> dict:
+            load: float = DEFAULT_LOAD, seed: int = 42, knobs: dict | None = None) -> dict:
     """One run on a prepared workload. A callable policy is a custom scorer (slow path: it is
-    called once per pod that has more than one feasible node)."""
+    called once per pod that has more than one feasible node). knobs switch parts of sfgd
+    (SFGD_KNOBS: exact, pack, cpu_fit as bools, strand as a weight) for its ablation."""
     if experiment not in EXPERIMENTS:
         raise ValueError(f"experiment {experiment!r}: expected one of {', '.join(EXPERIMENTS)}")
     scorer = policy if callable(policy) else None
@@ -118,17 +123,18 @@ def run_one(workload: _core.Workload, policy: str | Scorer = "fgd", experiment: 
         raise ValueError(f"policy {name!r}: expected one of {', '.join(POLICIES)}")
     start = time.perf_counter()
     raw = _core.run_experiment(workload, name if scorer is None else "custom", experiment,
-                               int(seed), float(load), scorer)
+                               int(seed), float(load), scorer, dict(knobs or {}))
     return _shape(raw, name, int(seed), experiment, float(load), time.perf_counter() - start)
 
 
 def simulate(nodes: NodesArg = None, pods: PodsArg = None, policy: str | Scorer = "fgd",
-             experiment: str = "fillup", load: float = DEFAULT_LOAD, seed: int = 42) -> dict:
+             experiment: str = "fillup", load: float = DEFAULT_LOAD, seed: int = 42,
+             knobs: dict | None = None) -> dict:
     """Runs one experiment and returns the result object that ``gpuslice simulate --json``
     writes (plus ``events``: per-pod numpy arrays). nodes and pods are tables, CSV paths, or
-    both None for the embedded default workload."""
+    both None for the embedded default workload. knobs: see run_one."""
     node_table, pod_table = load_workload(nodes, pods)
-    return run_one(prepare(node_table, pod_table), policy, experiment, load, seed)
+    return run_one(prepare(node_table, pod_table), policy, experiment, load, seed, knobs)
 
 
 def simulate_many(workload: _core.Workload, policies: Iterable[str | Scorer],

@@ -145,6 +145,26 @@ TEST_CASE("fill-up on the openb default trace: FGD wastes less than Random", "[s
   CHECK(fgd.present[130]);
 }
 
+TEST_CASE("sfgd on the openb default trace: FGD's knobs give FGD's placements; the policy "
+          "allocates more", "[sim][experiment]") {
+  const prepared_workload* w = real_trace("openb_pod_list_default.csv");
+  if (w == nullptr) return;
+  run_options o;
+  o.seed = 42;
+  o.policy = fit::openb_policy::fgd;
+  const auto fgd = run_fillup(*w, o);
+  o.policy = fit::openb_policy::sfgd;
+  o.knobs.exact = false;
+  o.knobs.strand = 0;
+  const auto as_fgd = run_fillup(*w, o);
+  CHECK(as_fgd.node == fgd.node);
+  CHECK(as_fgd.allocated == fgd.allocated);
+  o.knobs = fit::sfgd_knobs{};
+  const auto sfgd = run_fillup(*w, o);
+  CHECK(sfgd.node != fgd.node);
+  CHECK(discretise(sfgd).alloc_pct[130] > discretise(fgd).alloc_pct[130]);
+}
+
 TEST_CASE("every policy: deterministic per seed, never over capacity", "[sim][experiment]") {
   const auto w = small_workload();
   const std::int64_t capacity = w.total_gpus() * fit::k_openb_gpu_milli;

@@ -129,3 +129,48 @@ TEST_CASE("a custom scorer decides, ties still by rank", "[sim][score]") {
   });
   CHECK(s.schedule(c, pod(0, 1, 100)).node == 1);
 }
+
+TEST_CASE("sfgd keeps CPU where GPUs still need it; FGD sees no difference", "[sim][score]") {
+  // Typical GPU pods ask 2000 milli-CPU per GPU: r = 2 milli-CPU per milli-GPU.
+  auto model = typical_of(std::vector<openb_pod>(4, pod(2000, 1, 1000)));
+  // Node 0 has just the CPU its two GPUs need (4000); node 1 has plenty.
+  openb_cluster c({openb_node_spec{4000, 100, 2, 0}, openb_node_spec{64000, 100, 2, 0}});
+  frag_tracker t(model, c);
+  go_rand rng(1);
+  const openb_pod cpu_pod = pod(1000, 0, 0);
+  // Both nodes stay Q3 for the typical pod (3000 >= 2000): FGD's fragment does not move, so the
+  // rank decides and node 0 (rank 0) wins.
+  openb_scheduler<go_rand> fgd(openb_policy::fgd, {0, 1}, &t, &rng, 1);
+  CHECK(fgd.schedule(c, cpu_pod).node == 0);
+  // sfgd: node 0 left with 3000 milli-CPU feeds 1500 of its 2000 free milli-GPU and strands 500;
+  // node 1 strands nothing.
+  openb_scheduler<go_rand> s(openb_policy::sfgd, {0, 1}, &t, &rng, 1);
+  CHECK(s.sfgd_delta(c.node(0), 0, cpu_pod).first == -500 * model.denom());
+  CHECK(s.sfgd_delta(c.node(1), 1, cpu_pod).first == 0);
+  CHECK(s.schedule(c, cpu_pod).node == 1);
+  // With the stranding term off and FGD's sigmoid back, it chooses as FGD.
+  sfgd_knobs as_fgd;
+  as_fgd.exact = false;
+  as_fgd.strand = 0;
+  s.set_sfgd_knobs(as_fgd);
+  CHECK(s.schedule(c, cpu_pod).node == 0);
+}
+
+TEST_CASE("sfgd ranks by the exact fragment change, not the truncated sigmoid", "[sim][score]") {
+  auto model = typical_of(std::vector<openb_pod>(10, pod(0, 1, 500)));
+  openb_cluster c({openb_node_spec{8000, 100, 1, 0}, openb_node_spec{8000, 100, 1, 0}});
+  c.bind(0, pod(0, 1, 520), 0b1);  // node 0 free [480]: all fragment for a 500 pod
+  c.bind(1, pod(0, 1, 490), 0b1);  // node 1 free [510]
+  frag_tracker t(model, c);
+  go_rand rng(1);
+  sfgd_knobs exact_only;
+  exact_only.strand = 0;
+  // A 10 milli pod: node 0 loses 10 of fragment (480 -> 470); node 1 turns 510 (usable) into
+  // 500 (still usable): no change. FGD's sigmoid scores both 50, so the rank (node 1) wins.
+  openb_scheduler<go_rand> fgd(openb_policy::fgd, {1, 0}, &t, &rng, 1);
+  CHECK(fgd.schedule(c, pod(0, 1, 10)).node == 1);
+  openb_scheduler<go_rand> s(openb_policy::sfgd, {1, 0}, &t, &rng, 1);
+  s.set_sfgd_knobs(exact_only);
+  CHECK(s.sfgd_delta(c.node(0), 0, pod(0, 1, 10)).first == 10 * model.denom());
+  CHECK(s.schedule(c, pod(0, 1, 10)).node == 0);
+}

@@ -97,9 +97,10 @@ namespace detail {
 /// Appends event metrics after one pod's attempt.
 inline void record_event(run_record& r, const fit::openb_cluster& cluster,
                          const fit::frag_tracker& frag, std::int32_t pod, std::int32_t node,
-                         std::int64_t arrived) {
+                         fit::gpu_mask gpus, std::int64_t arrived) {
   r.pod.push_back(pod);
   r.node.push_back(node);
+  r.gpus.push_back(gpus);
   r.arrived.push_back(arrived);
   const std::int64_t alloc = cluster.allocated_milli();
   r.allocated.push_back(alloc);
@@ -145,7 +146,7 @@ inline run_record run_fillup(const prepared_workload& w, const run_options& opt)
     } else {
       ++r.failed[static_cast<std::size_t>(pod.kind())];
     }
-    detail::record_event(r, cluster, frag, idx, p.node, arrived);
+    detail::record_event(r, cluster, frag, idx, p.node, p.gpus, arrived);
   }
   return r;
 }
@@ -213,7 +214,7 @@ inline result<run_record> run_replay(const prepared_workload& w, const run_optio
     } else {
       ++r.failed[static_cast<std::size_t>(pod.kind())];
     }
-    detail::record_event(r, cluster, frag, idx, p.node, arrived);
+    detail::record_event(r, cluster, frag, idx, p.node, p.gpus, arrived);
   }
   return r;
 }

@@ -27,6 +27,7 @@ inline double round2(double x) noexcept {
 struct run_record {
   std::vector<std::int32_t> pod;         ///< index of the pod in the prepared workload
   std::vector<std::int32_t> node;        ///< node it went to, -1 = failed
+  std::vector<std::uint8_t> gpus;        ///< GPUs (bit i = GPU i) that each got m milli
   std::vector<std::int64_t> arrived;     ///< A_k: sum of n*m over attempted pods
   std::vector<std::int64_t> allocated;   ///< U_k: allocated milli-GPU
   std::vector<double> frag_milli;        ///< F_k in milli-GPU, rounded to 2 decimals
@@ -42,6 +43,7 @@ struct run_record {
   void reserve(std::size_t n) {
     pod.reserve(n);
     node.reserve(n);
+    gpus.reserve(n);
     arrived.reserve(n);
     allocated.reserve(n);
     frag_milli.reserve(n);
