@@ -5,7 +5,7 @@ set -euo pipefail
 
 APT_PACKAGES=(cmake ninja-build g++ clang libclang-rt-14-dev catch2 libfmt-dev libbenchmark-dev
               libcpp-httplib-dev nlohmann-json3-dev)
-PY_PACKAGES=(scikit-build-core pybind11 nvidia-nvml-dev numpy pytest hypothesis rich matplotlib)
+PY_PACKAGES=(scikit-build-core pybind11 nvidia-nvml-dev numpy pytest hypothesis rich matplotlib scipy)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
