@@ -6,9 +6,13 @@ Measures, on this machine:
      (numpy-vectorised filter, fragmentation cached by node state, FGD scores cached per node
      version), fed the same submission order and node ranks; its placements must equal the
      core's, pod for pod, so the baseline doubles as a cross-check;
-  3. the paper's grid (6 policies x 10 seeds) and the full grid (8 x 10) through the
-     `gpuslice simulate` command line, wall and CPU time with --jobs 1 and with --jobs 2
-     (CPU time shows the cost when other processes share the cores).
+  3. the paper's grid (6 policies x 10 seeds) and the full grid (every policy x 10) through
+     the `gpuslice simulate` command line, wall and CPU time with --jobs 1 and with --jobs 2
+     (CPU time shows the cost when other processes share the cores);
+  4. sfgd's time per decision against FGD's, seeds 42-51, in the same process, alternating;
+  5. the command's time per run against the core's: the paper grid through
+     `gpuslice simulate --jobs 1` (start-up, reading and preparing the trace included) and
+     the same 60 runs through `_core.run_experiment` in one loop, in the same run.
 
 Usage: python bench/bench_sim.py [--openb-dir DIR] [--repeat 3]
 """
@@ -254,11 +258,35 @@ def main() -> int:
         if not same:
             return 1
     print("\n3. grids through `gpuslice simulate` (10 seeds, wall time incl. start-up)")
-    for name, policies in (("paper grid 6x10", sim.PAPER_POLICIES), ("full grid 8x10", sim.POLICIES)):
+    for name, policies in (("paper grid 6x10", sim.PAPER_POLICIES),
+                           (f"full grid {len(sim.POLICIES)}x10", sim.POLICIES)):
         one, cpu_one = cli_grid(nodes_csv, pods_csv, policies, 1)
         two, cpu_two = cli_grid(nodes_csv, pods_csv, policies, 2)
         print(f"   {name}: --jobs 1 {one:5.2f} s wall ({cpu_one:5.2f} s CPU)   --jobs 2 "
               f"{two:5.2f} s wall ({cpu_two:5.2f} s CPU)   speed-up {one / two:4.2f}x")
+    print("\n4. time per decision, sfgd against fgd (seeds 42-51, best of --repeat per seed)")
+    per = {"fgd": 0.0, "sfgd": 0.0}
+    decisions = {"fgd": 0, "sfgd": 0}
+    for seed in sim.PAPER_SEEDS:
+        for policy in ("fgd", "sfgd"):
+            secs, r = best_of(args.repeat, lambda p=policy, s=seed: _core.run_experiment(
+                workload, p, "fillup", s, 1.3))
+            per[policy] += secs
+            decisions[policy] += len(r["events"]["node"])
+    us = {p: 1e6 * per[p] / decisions[p] for p in per}
+    print(f"   fgd {us['fgd']:.2f} us/decision   sfgd {us['sfgd']:.2f} us/decision   "
+          f"ratio {us['sfgd'] / us['fgd']:.2f}x")
+    print("\n5. the command's time per run against the core's (paper grid, 60 runs, one job)")
+    t = time.perf_counter()
+    for policy in sim.PAPER_POLICIES:
+        for seed in sim.PAPER_SEEDS:
+            _core.run_experiment(workload, policy, "fillup", seed, 1.3)
+    core_wall = time.perf_counter() - t
+    cmd_wall, _ = cli_grid(nodes_csv, pods_csv, sim.PAPER_POLICIES, 1)
+    runs = len(sim.PAPER_POLICIES) * len(sim.PAPER_SEEDS)
+    print(f"   core {1000 * core_wall / runs:.1f} ms/run   `gpuslice simulate` "
+          f"{1000 * cmd_wall / runs:.1f} ms/run (start-up included)   ratio "
+          f"{cmd_wall / core_wall:.2f}x")
     print(f"\nload average during the run: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     return 0
 
