@@ -140,9 +140,11 @@ def simulate(nodes: NodesArg = None, pods: PodsArg = None, policy: str | Scorer 
 def simulate_many(workload: _core.Workload, policies: Iterable[str | Scorer],
                   seeds: Iterable[int], experiment: str = "fillup", load: float = DEFAULT_LOAD,
                   jobs: int | None = None,
-                  progress: Callable[[dict], None] | None = None) -> list[dict]:
+                  progress: Callable[[dict], None] | None = None,
+                  knobs: dict | None = None) -> list[dict]:
     """Runs every (policy, seed) pair on jobs threads (default: all CPUs); results come back in
-    (policy, seed) order. progress(result) is called as each run finishes."""
+    (policy, seed) order. progress(result) is called as each run finishes. knobs: see run_one
+    (they apply to sfgd only)."""
     pairs = [(p, s) for p in policies for s in seeds]
     workers = max(1, min(jobs or os.cpu_count() or 1, len(pairs)))
     if any(callable(p) for p, _ in pairs):
@@ -151,7 +153,7 @@ def simulate_many(workload: _core.Workload, policies: Iterable[str | Scorer],
 
     def one(i: int) -> None:
         p, s = pairs[i]
-        results[i] = run_one(workload, p, experiment, load, s)
+        results[i] = run_one(workload, p, experiment, load, s, knobs)
         if progress is not None:
             progress(results[i])
 
