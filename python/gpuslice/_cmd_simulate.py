@@ -162,13 +162,13 @@ def run(args: argparse.Namespace) -> int:
     for x in TABLE_FRAG_POINTS:
         table.add_column(f"frag rate % @{x}%", justify="right")
     table.add_column("failed pods", justify="right")
-    table.add_column("s/run", justify="right")
+    table.add_column("CPU s/run", justify="right")
     alloc = {x: summarise(results, "alloc_ratio_pct", x) for x in TABLE_ALLOC_POINTS}
     frag = {x: summarise(results, "frag_rate_pct", x) for x in TABLE_FRAG_POINTS}
     for policy in policies:
         runs = [r for r in results if r["policy"] == policy]
         failed = sum(sum(r["failed_pods"].values()) for r in runs) / len(runs)
-        secs = sum(r["wall_s"] for r in runs) / len(runs)
+        secs = sum(r["cpu_s"] for r in runs) / len(runs)
         table.add_row(policy, *[_fmt(alloc[x][policy], args.quartiles) for x in TABLE_ALLOC_POINTS],
                       *[_fmt(frag[x][policy], args.quartiles) for x in TABLE_FRAG_POINTS],
                       f"{failed:.0f}", f"{secs:.3f}")

@@ -82,7 +82,8 @@ def _nan_to_none(x: float) -> float | None:
     return None if math.isnan(x) else float(x)
 
 
-def _shape(raw: dict, policy: str, seed: int, experiment: str, load: float, wall: float) -> dict:
+def _shape(raw: dict, policy: str, seed: int, experiment: str, load: float, wall: float,
+           cpu: float) -> dict:
     ms = raw["milestones"]
     milestones = [
         {
@@ -102,6 +103,7 @@ def _shape(raw: dict, policy: str, seed: int, experiment: str, load: float, wall
         "load": load,
         "gpu_capacity_milli": int(raw["total_gpus"]) * 1000,
         "wall_s": wall,
+        "cpu_s": cpu,
         "milestones": milestones,
         "failed_pods": dict(raw["failed_pods"]),
         "pods": {"trace": raw["trace_pods"], "sampled": raw["tuned_pods"],
@@ -122,9 +124,13 @@ def run_one(workload: _core.Workload, policy: str | Scorer = "fgd", experiment: 
     if scorer is None and name not in POLICIES:
         raise ValueError(f"policy {name!r}: expected one of {', '.join(POLICIES)}")
     start = time.perf_counter()
+    cpu_start = time.thread_time()
     raw = _core.run_experiment(workload, name if scorer is None else "custom", experiment,
                                int(seed), float(load), scorer, dict(knobs or {}))
-    return _shape(raw, name, int(seed), experiment, float(load), time.perf_counter() - start)
+    # The run is computed on this thread: its CPU time is the run's own cost, whatever else
+    # shares the cores.
+    return _shape(raw, name, int(seed), experiment, float(load), time.perf_counter() - start,
+                  time.thread_time() - cpu_start)
 
 
 def simulate(nodes: NodesArg = None, pods: PodsArg = None, policy: str | Scorer = "fgd",
