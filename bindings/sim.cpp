@@ -127,10 +127,16 @@ fit::openb_custom_scorer wrap_scorer(::pybind11::object scorer) {
 
 ::pybind11::dict run(const std::shared_ptr<sim::prepared_workload>& w, const std::string& policy,
                      const std::string& experiment, std::int64_t seed, double load,
-                     ::pybind11::object scorer, const ::pybind11::dict& knobs) {
+                     ::pybind11::object scorer, const ::pybind11::dict& knobs, double compress) {
   sim::run_options opt;
   opt.seed = seed;
   opt.load = load;
+  constexpr double max_compress = 1e9;
+  if (!(compress > 0) || compress > max_compress) {
+    throw ::pybind11::value_error("compress " + std::to_string(compress) +
+                                  ": expected a factor in (0, 1e9]");
+  }
+  opt.compress = compress;
   for (const auto& kv : knobs) {
     const auto key = ::pybind11::cast<std::string>(kv.first);
     if (key == "strand") {
@@ -188,6 +194,8 @@ fit::openb_custom_scorer wrap_scorer(::pybind11::object scorer) {
   events["allocated_milli"] = to_numpy(rec.allocated);
   events["frag_milli"] = to_numpy(rec.frag_milli);
   events["frag_rate_pct"] = to_numpy(rec.frag_rate);
+  events["time_s"] = to_numpy(rec.time);
+  events["kind"] = to_numpy(rec.kind);
   ::pybind11::dict m;
   m["present"] = column<bool>(ms.present.size(), [&](std::size_t i) { return ms.present[i]; });
   m["alloc_ratio_pct"] = to_numpy(ms.alloc_pct);
@@ -209,6 +217,20 @@ fit::openb_custom_scorer wrap_scorer(::pybind11::object scorer) {
   out["tuned_pods"] = rec.tuned_pods;
   out["removed_pods"] = rec.removed_pods;
   out["departures"] = rec.departures;
+  if (experiment == "replay") {
+    const sim::replay_measures rm = sim::measure_replay(rec);
+    ::pybind11::dict d;
+    d["alloc_mean_pct"] = rm.alloc_mean_pct;
+    d["alloc_peak_pct"] = rm.alloc_peak_pct;
+    d["frag_rate_mean_pct"] = rm.frag_rate_mean_pct;
+    d["frag_rate_peak_pct"] = rm.frag_rate_peak_pct;
+    d["waited_pods"] = rm.waited;
+    d["wait_mean_s"] = rm.wait_mean_s;
+    d["failed_pods"] = rm.failed;
+    d["span_s"] = rm.span_s;
+    d["compress"] = compress;
+    out["replay"] = d;
+  }
   return out;
 }
 
@@ -313,8 +335,9 @@ void bind_sim(::pybind11::module_& m) {
 
   m.def("run_experiment", &run, "workload"_a, "policy"_a, "experiment"_a = "fillup", "seed"_a = 42,
         "load"_a = sim::k_default_load, "scorer"_a = ::pybind11::none(),
-        "knobs"_a = ::pybind11::dict(),
-        "Run one experiment; knobs switch parts of sfgd off (exact, pack, cpu_fit: bool); the GIL is released for the built-in policies. scorer(pod, cluster, "
+        "knobs"_a = ::pybind11::dict(), "compress"_a = 1.0,
+        "Run one experiment; knobs switch parts of sfgd (exact, pack, cpu_fit: bool; strand: "
+        "weight); compress divides a replay's inter-arrival times; the GIL is released for the built-in policies. scorer(pod, cluster, "
         "feasible) -> one integer score per feasible node replaces the policy.");
   m.def(
       "fillup_plan",

@@ -113,3 +113,41 @@ def plot_sweep(summary: Sequence[dict], path: PathLike, last_pct: int = 130) -> 
     fig.tight_layout()
     fig.savefig(path, format="png")
     plt.close(fig)
+
+
+def plot_replay(results: Sequence[dict], path: PathLike, title: str | None = None) -> None:
+    """Writes a PNG of a replay over time: the GPU allocation ratio (left) and the
+    fragmentation rate (right) after every event, one line per policy (its first seed), from
+    the first arrival to a tenth past the last (the drain after it can last months)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (alloc, frag) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=120, sharex=True)
+    seen: set[str] = set()
+    span_h = max((r["replay"]["span_s"] for r in results), default=0.0) / 3600
+    for r in results:
+        if r["policy"] in seen:
+            continue
+        seen.add(r["policy"])
+        ev = r["events"]
+        hours = (ev["time_s"] - ev["time_s"][0]) / 3600 if len(ev["time_s"]) else ev["time_s"]
+        capacity = r["gpu_capacity_milli"]
+        alloc.step(hours, 100.0 * ev["allocated_milli"] / capacity, where="post", linewidth=1,
+                   label=f"{r['policy']} (seed {r['seed']})")
+        frag.step(hours, ev["frag_rate_pct"], where="post", linewidth=1, label=r["policy"])
+    alloc.set_ylabel("GPU allocation ratio (%)")
+    frag.set_ylabel("fragmentation rate (% of idle GPU)")
+    for ax in (alloc, frag):
+        ax.set_xlabel("hours since the first arrival (compressed)")
+        ax.grid(alpha=0.3)
+    alloc.set_ylim(0, 100)
+    if span_h > 0:
+        alloc.set_xlim(0, span_h * 1.1)
+    alloc.legend(fontsize=8)
+    if title:
+        alloc.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)

@@ -42,6 +42,12 @@ EXPERIMENTS: tuple[str, ...] = ("fillup", "replay")
 DEFAULT_LOAD = 1.3
 #: The paper's seeds.
 PAPER_SEEDS: tuple[int, ...] = tuple(range(42, 52))
+#: What a replay's ``replay`` dict holds, each a measure over the load phase (first to last
+#: arrival): time-weighted mean and peak allocation and fragmentation rate, pods that started
+#: after waiting and their mean wait, pods that gave up, the span in seconds.
+REPLAY_MEASURES: tuple[str, ...] = ("alloc_mean_pct", "alloc_peak_pct", "frag_rate_mean_pct",
+                                    "frag_rate_peak_pct", "waited_pods", "wait_mean_s",
+                                    "failed_pods", "span_s")
 #: Highest arrived-load point reported, in percent.
 MAX_ARRIVED_PCT = 130
 
@@ -95,7 +101,7 @@ def _shape(raw: dict, policy: str, seed: int, experiment: str, load: float, wall
             "unallocated_gpus": _nan_to_none(ms["unallocated_gpus"][x]),
         }
         for x in range(len(ms["present"])) if ms["present"][x]
-    ]
+    ] if experiment == "fillup" else []  # arrived-load points mean nothing once pods depart
     return {
         "policy": policy,
         "seed": seed,
@@ -109,14 +115,18 @@ def _shape(raw: dict, policy: str, seed: int, experiment: str, load: float, wall
         "pods": {"trace": raw["trace_pods"], "sampled": raw["tuned_pods"],
                  "removed": raw["removed_pods"], "departed": raw["departures"]},
         "events": raw["events"],
+        **({"replay": dict(raw["replay"])} if "replay" in raw else {}),
     }
 
 
 def run_one(workload: _core.Workload, policy: str | Scorer = "fgd", experiment: str = "fillup",
-            load: float = DEFAULT_LOAD, seed: int = 42, knobs: dict | None = None) -> dict:
+            load: float = DEFAULT_LOAD, seed: int = 42, knobs: dict | None = None,
+            compress: float = 1.0) -> dict:
     """One run on a prepared workload. A callable policy is a custom scorer (slow path: it is
     called once per pod that has more than one feasible node). knobs switch parts of sfgd
-    (SFGD_KNOBS: exact, pack, cpu_fit as bools, strand as a weight) for its ablation."""
+    (SFGD_KNOBS: exact, pack, cpu_fit as bools, strand as a weight) for its ablation.
+    compress divides a replay's inter-arrival times (durations kept), to load the cluster;
+    a replay's result has a ``replay`` dict of its measures (REPLAY_MEASURES)."""
     if experiment not in EXPERIMENTS:
         raise ValueError(f"experiment {experiment!r}: expected one of {', '.join(EXPERIMENTS)}")
     scorer = policy if callable(policy) else None
@@ -126,7 +136,7 @@ def run_one(workload: _core.Workload, policy: str | Scorer = "fgd", experiment: 
     start = time.perf_counter()
     cpu_start = time.thread_time()
     raw = _core.run_experiment(workload, name if scorer is None else "custom", experiment,
-                               int(seed), float(load), scorer, dict(knobs or {}))
+                               int(seed), float(load), scorer, dict(knobs or {}), float(compress))
     # The run is computed on this thread: its CPU time is the run's own cost, whatever else
     # shares the cores.
     return _shape(raw, name, int(seed), experiment, float(load), time.perf_counter() - start,
@@ -135,19 +145,20 @@ def run_one(workload: _core.Workload, policy: str | Scorer = "fgd", experiment: 
 
 def simulate(nodes: NodesArg = None, pods: PodsArg = None, policy: str | Scorer = "fgd",
              experiment: str = "fillup", load: float = DEFAULT_LOAD, seed: int = 42,
-             knobs: dict | None = None) -> dict:
+             knobs: dict | None = None, compress: float = 1.0) -> dict:
     """Runs one experiment and returns the result object that ``gpuslice simulate --json``
     writes (plus ``events``: per-pod numpy arrays). nodes and pods are tables, CSV paths, or
     both None for the embedded default workload. knobs: see run_one."""
     node_table, pod_table = load_workload(nodes, pods)
-    return run_one(prepare(node_table, pod_table), policy, experiment, load, seed, knobs)
+    return run_one(prepare(node_table, pod_table), policy, experiment, load, seed, knobs,
+                   compress)
 
 
 def simulate_many(workload: _core.Workload, policies: Iterable[str | Scorer],
                   seeds: Iterable[int], experiment: str = "fillup", load: float = DEFAULT_LOAD,
                   jobs: int | None = None,
                   progress: Callable[[dict], None] | None = None,
-                  knobs: dict | None = None) -> list[dict]:
+                  knobs: dict | None = None, compress: float = 1.0) -> list[dict]:
     """Runs every (policy, seed) pair on jobs threads (default: all CPUs); results come back in
     (policy, seed) order. progress(result) is called as each run finishes. knobs: see run_one
     (they apply to sfgd only)."""
@@ -159,7 +170,7 @@ def simulate_many(workload: _core.Workload, policies: Iterable[str | Scorer],
 
     def one(i: int) -> None:
         p, s = pairs[i]
-        results[i] = run_one(workload, p, experiment, load, s, knobs)
+        results[i] = run_one(workload, p, experiment, load, s, knobs, compress)
         if progress is not None:
             progress(results[i])
 
@@ -197,6 +208,14 @@ def summarise(results: Sequence[dict], key: str, arrived_pct: int) -> dict[str, 
         out[policy] = {"median": float(med), "q1": float(q1), "q3": float(q3),
                        "mean": float(v.mean()), "std": float(v.std())}
     return out
+
+
+def summarise_replay(results: Sequence[dict], key: str) -> dict[str, dict[str, float]]:
+    """Per policy: mean and standard deviation over seeds of one replay measure."""
+    by_policy: dict[str, list[float]] = {}
+    for r in results:
+        by_policy.setdefault(r["policy"], []).append(float(r["replay"][key]))
+    return {p: {"mean": float(np.mean(v)), "std": float(np.std(v))} for p, v in by_policy.items()}
 
 
 def to_json(result: dict) -> dict[str, Any]:
