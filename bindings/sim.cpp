@@ -337,7 +337,8 @@ void bind_sim(::pybind11::module_& m) {
         "load"_a = sim::k_default_load, "scorer"_a = ::pybind11::none(),
         "knobs"_a = ::pybind11::dict(), "compress"_a = 1.0,
         "Run one experiment; knobs switch parts of sfgd (exact, pack, cpu_fit: bool; strand: "
-        "weight); compress divides a replay's inter-arrival times; the GIL is released for the built-in policies. scorer(pod, cluster, "
+        "weight); compress divides a replay's inter-arrival times; the GIL is released for the "
+        "built-in policies. scorer(pod, cluster, "
         "feasible) -> one integer score per feasible node replaces the policy.");
   m.def(
       "fillup_plan",

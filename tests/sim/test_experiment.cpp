@@ -145,8 +145,10 @@ TEST_CASE("fill-up on the openb default trace: FGD wastes less than Random", "[s
   CHECK(fgd.present[130]);
 }
 
-TEST_CASE("sfgd on the openb default trace: FGD's knobs give FGD's placements; the policy "
-          "allocates more", "[sim][experiment]") {
+TEST_CASE(
+    "sfgd on the openb default trace: FGD's knobs give FGD's placements; the policy "
+    "allocates more",
+    "[sim][experiment]") {
   const prepared_workload* w = real_trace("openb_pod_list_default.csv");
   if (w == nullptr) return;
   run_options o;
@@ -208,20 +210,18 @@ TEST_CASE("replay: departures free resources, waiting pods start when a node fre
   REQUIRE(w.ok());
   using k = replay_event;
   const auto u8 = [](replay_event e) { return static_cast<std::uint8_t>(e); };
-  for (auto policy :
-       {fit::openb_policy::fgd, fit::openb_policy::sfgd, fit::openb_policy::random,
-        fit::openb_policy::spread}) {
+  for (auto policy : {fit::openb_policy::fgd, fit::openb_policy::sfgd, fit::openb_policy::random,
+                      fit::openb_policy::spread}) {
     run_options o;
     o.policy = policy;
     auto r = run_replay(*w, o);
     REQUIRE(r.ok());
     CHECK(r->time == std::vector<double>{0, 5, 10, 10, 10, 25, 25, 40, 45, 45, 104});
-    CHECK(r->kind == std::vector<std::uint8_t>{u8(k::arrived_started), u8(k::arrived_waiting),
-                                               u8(k::departed), u8(k::started_after_wait),
-                                               u8(k::arrived_waiting), u8(k::departed),
-                                               u8(k::started_after_wait), u8(k::arrived_waiting),
-                                               u8(k::departed), u8(k::started_after_wait),
-                                               u8(k::departed)});
+    CHECK(r->kind == std::vector<std::uint8_t>{
+                         u8(k::arrived_started), u8(k::arrived_waiting), u8(k::departed),
+                         u8(k::started_after_wait), u8(k::arrived_waiting), u8(k::departed),
+                         u8(k::started_after_wait), u8(k::arrived_waiting), u8(k::departed),
+                         u8(k::started_after_wait), u8(k::departed)});
     CHECK(r->pod == std::vector<std::int32_t>{0, 1, 0, 1, 2, 1, 2, 3, 2, 3, 3});
     CHECK(r->allocated ==
           std::vector<std::int64_t>{1000, 1000, 0, 1000, 1000, 0, 1000, 1000, 0, 300, 0});

@@ -36,8 +36,8 @@ enum class openb_policy : std::uint8_t {
   fgd,
   spread,
   binpack,
-  sfgd,      ///< stranding-aware FGD: exact fragment change plus GPU stranded by lack of CPU
-  custom,    ///< scores from a user-supplied function, GPUs by "best"
+  sfgd,    ///< stranding-aware FGD: exact fragment change plus GPU stranded by lack of CPU
+  custom,  ///< scores from a user-supplied function, GPUs by "best"
 };
 
 /// Names of the built-in policies, in enum order.
@@ -293,7 +293,7 @@ class openb_scheduler {
   /// 1/denom milli-GPU (FGD's truncated sigmoid score when knobs.exact is off), and for a
   /// sharing pod the GPU it chose. Uses the cache when pod_class >= 0. Not thread-safe.
   std::pair<std::int64_t, int> sfgd_delta(const openb_node& node, std::size_t i,
-                                              const openb_pod& pod, std::int32_t pod_class = -1) {
+                                          const openb_pod& pod, std::int32_t pod_class = -1) {
     fp_cached* slot = nullptr;
     if (pod_class >= 0 && static_cast<std::size_t>(pod_class) < class_count_ &&
         !fp_cache_.empty()) {
@@ -301,7 +301,8 @@ class openb_scheduler {
       if (slot->version == node.version + 1) return {slot->delta, slot->gpu};
     }
     const auto r = sfgd_compute(node, i, pod);
-    if (slot != nullptr) *slot = fp_cached{node.version + 1, static_cast<std::int16_t>(r.second), r.first};
+    if (slot != nullptr)
+      *slot = fp_cached{node.version + 1, static_cast<std::int16_t>(r.second), r.first};
     return r;
   }
 
@@ -380,7 +381,7 @@ class openb_scheduler {
   // Lexicographic: larger fragment decrease, then (pack) less free GPU left, then (cpu_fit)
   // less CPU left, then the smaller rank.
   std::uint32_t choose_sfgd(const std::vector<openb_node>& nodes, const openb_pod& pod,
-                                std::int32_t pod_class, int& best_gpu) {
+                            std::int32_t pod_class, int& best_gpu) {
     std::uint32_t best_node = feasible_.front();
     std::int64_t best_delta = 0;
     std::int64_t best_free = 0;
@@ -556,7 +557,7 @@ class openb_scheduler {
   }
 
   std::pair<std::int64_t, int> sfgd_compute(const openb_node& node, std::size_t i,
-                                                const openb_pod& pod) {
+                                            const openb_pod& pod) {
     const std::int64_t before =
         frag_->node(i) + (knobs_.strand > 0 ? stranded(node.cpu_left(), node.free_total) : 0);
     const std::int64_t cpu_after = node.cpu_left() - pod.cpu;

@@ -329,9 +329,10 @@ inline replay_measures measure_replay(const run_record& r) {
     if (r.time[k] > r.last_arrival_s) break;
     const double alloc = percent * static_cast<double>(r.allocated[k]) / capacity;
     m.alloc_peak_pct = std::max(m.alloc_peak_pct, alloc);
-    if (!std::isnan(r.frag_rate[k])) m.frag_rate_peak_pct = std::max(m.frag_rate_peak_pct, r.frag_rate[k]);
-    const double next = k + 1 < r.time.size() ? std::min(r.time[k + 1], r.last_arrival_s)
-                                              : r.last_arrival_s;
+    if (!std::isnan(r.frag_rate[k]))
+      m.frag_rate_peak_pct = std::max(m.frag_rate_peak_pct, r.frag_rate[k]);
+    const double next =
+        k + 1 < r.time.size() ? std::min(r.time[k + 1], r.last_arrival_s) : r.last_arrival_s;
     const double dt = std::max(0.0, next - r.time[k]);
     alloc_area += alloc * dt;
     if (!std::isnan(r.frag_rate[k])) {
