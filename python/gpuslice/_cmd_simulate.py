@@ -170,8 +170,8 @@ def _replay_table(results, policies, workload, source, args, seeds, wall):
     table.add_column("policy", no_wrap=True)
     columns = [("alloc % mean", "alloc_mean_pct", 2), ("alloc % peak", "alloc_peak_pct", 2),
                ("frag rate % mean", "frag_rate_mean_pct", 2),
-               ("frag rate % peak", "frag_rate_peak_pct", 2), ("waited pods", "waited_pods", 0),
-               ("mean wait s", "wait_mean_s", 0), ("failed pods", "failed_pods", 0)]
+               ("frag rate % peak", "frag_rate_peak_pct", 2), ("waited pods", "waited_pods", 1),
+               ("mean wait s", "wait_mean_s", 1), ("failed pods", "failed_pods", 1)]
     for name, _, _ in columns:
         table.add_column(name, justify="right")
     stats = {key: summarise_replay(results, key) for _, key, _ in columns}
@@ -179,7 +179,7 @@ def _replay_table(results, policies, workload, source, args, seeds, wall):
         cells = []
         for _, key, digits in columns:
             st = stats[key][policy]
-            cells.append(f"{st['mean']:.{digits}f}" if digits == 0 and st["std"] == 0 else
+            cells.append(f"{st['mean']:.{digits}f}" if st["std"] == 0 else
                          f"{st['mean']:.{digits}f} ± {st['std']:.{digits}f}")
         table.add_row(policy, *cells)
     return table
