@@ -73,6 +73,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="parallel runs (default: number of CPUs)")
     p.add_argument("--quartiles", action="store_true",
                    help="show median [q1, q3] over seeds instead of mean ± std")
+    p.add_argument("--bound", action="store_true",
+                   help="fill-up: add rows with offline upper bounds on the allocation at the "
+                   "last load point, from the same arrivals (docs/placement.md; needs scipy)")
     p.add_argument("--json", metavar="FILE", help="write one object per (policy, seed)")
     p.add_argument("--plot", metavar="FILE", help="write a PNG of allocation vs arrived load")
     p.set_defaults(func=run)
@@ -123,7 +126,7 @@ def _run_grid(workload, policies, seeds, args, console) -> list[dict]:
     return [results[i] for i in range(len(pairs))]
 
 
-def _fillup_table(results, policies, workload, source, args, seeds, wall):
+def _fillup_table(results, policies, workload, source, args, seeds, wall, bounds=None):
     from rich.markup import escape
     from rich.table import Table
 
@@ -151,6 +154,16 @@ def _fillup_table(results, policies, workload, source, args, seeds, wall):
         table.add_row(policy, *[_fmt(alloc[x][policy], args.quartiles) for x in TABLE_ALLOC_POINTS],
                       *[_fmt(frag[x][policy], args.quartiles) for x in TABLE_FRAG_POINTS],
                       f"{failed:.0f}", f"{secs:.3f}")
+    last = int(round(args.load * 100))
+    for label, values in (bounds or {}).items():
+        cells = ["—"] * (len(TABLE_ALLOC_POINTS) + len(TABLE_FRAG_POINTS))
+        if last in TABLE_ALLOC_POINTS:
+            ok = [v for v in values if not math.isnan(v)]
+            if len(ok) == len(values) and ok:
+                mean = sum(ok) / len(ok)
+                std = math.sqrt(sum((v - mean) ** 2 for v in ok) / len(ok))
+                cells[TABLE_ALLOC_POINTS.index(last)] = f"{mean:.2f} ± {std:.2f}"
+        table.add_row(f"[dim]{label}[/dim]", *cells, "—", "—")
     return table
 
 
@@ -197,6 +210,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--compress {args.compress:g}: expected a factor in (0, 1e9]")
     if args.compress != 1.0 and args.experiment != "replay":
         raise ValueError("--compress: applies to --experiment replay only")
+    if args.bound:
+        if args.experiment != "fillup":
+            raise ValueError("--bound: applies to --experiment fillup only")
+        try:
+            import scipy  # noqa: F401
+        except ImportError:
+            raise ValueError("--bound: needs scipy (pip install scipy)") from None
     if args.jobs is not None and args.jobs < 1:
         raise ValueError(f"--jobs {args.jobs}: expected 1 or more")
     if (args.nodes is None) != (args.pods is None):
@@ -221,7 +241,19 @@ def run(args: argparse.Namespace) -> int:
     if args.experiment == "replay":
         table = _replay_table(results, policies, workload, source, args, seeds, wall)
     else:
-        table = _fillup_table(results, policies, workload, source, args, seeds, wall)
+        bounds = None
+        if args.bound:
+            from ._cmd_sweep import BOUND_PLACED_BEFORE_PCT
+            from .bound import allocation_bound
+
+            bounds = {
+                "bound, any placement": [allocation_bound(nodes, pods, s, args.load)
+                                         for s in seeds],
+                f"bound, no failure <{BOUND_PLACED_BEFORE_PCT:g}%": [
+                    allocation_bound(nodes, pods, s, args.load, BOUND_PLACED_BEFORE_PCT)
+                    for s in seeds],
+            }
+        table = _fillup_table(results, policies, workload, source, args, seeds, wall, bounds)
     out.print(table)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

@@ -135,3 +135,18 @@ def test_sweep_errors(tmp_path):
     assert out.stderr.strip() == f"gpuslice sweep: error: --pods-dir {tmp_path / 'nope'}: not a folder"
     out = run_cli("--pods-dir", str(tmp_path))
     assert out.returncode == 1 and "no openb_pod_list_*.csv files" in out.stderr
+
+
+def test_simulate_bound_rows_lie_above_every_policy():
+    out = subprocess.run([sys.executable, "-m", "gpuslice", "simulate", "--policy", "fgd", "sfgd",
+                          "--seed", "1", "--bound"], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    rows = {line.split("│")[1].strip(): line.split("│")[3].strip()
+            for line in out.stdout.splitlines() if line.startswith("│")}
+    value = {k: float(v.split("±")[0]) for k, v in rows.items()}
+    assert set(value) == {"fgd", "sfgd", "bound, any placement", "bound, no failure <90%"}
+    assert value["sfgd"] <= value["bound, no failure <90%"] <= value["bound, any placement"]
+    assert value["fgd"] <= value["bound, no failure <90%"]
+    bad = subprocess.run([sys.executable, "-m", "gpuslice", "simulate", "--experiment", "replay",
+                          "--bound"], capture_output=True, text=True, check=False)
+    assert bad.returncode == 1 and "fillup only" in bad.stderr
