@@ -127,7 +127,8 @@ fit::openb_custom_scorer wrap_scorer(::pybind11::object scorer) {
 
 ::pybind11::dict run(const std::shared_ptr<sim::prepared_workload>& w, const std::string& policy,
                      const std::string& experiment, std::int64_t seed, double load,
-                     ::pybind11::object scorer, const ::pybind11::dict& knobs, double compress) {
+                     ::pybind11::object scorer, const ::pybind11::dict& knobs, double compress,
+                     bool node_index) {
   sim::run_options opt;
   opt.seed = seed;
   opt.load = load;
@@ -137,6 +138,7 @@ fit::openb_custom_scorer wrap_scorer(::pybind11::object scorer) {
                                   ": expected a factor in (0, 1e9]");
   }
   opt.compress = compress;
+  opt.node_index = node_index;
   for (const auto& kv : knobs) {
     const auto key = ::pybind11::cast<std::string>(kv.first);
     if (key == "strand") {
@@ -335,9 +337,10 @@ void bind_sim(::pybind11::module_& m) {
 
   m.def("run_experiment", &run, "workload"_a, "policy"_a, "experiment"_a = "fillup", "seed"_a = 42,
         "load"_a = sim::k_default_load, "scorer"_a = ::pybind11::none(),
-        "knobs"_a = ::pybind11::dict(), "compress"_a = 1.0,
+        "knobs"_a = ::pybind11::dict(), "compress"_a = 1.0, "node_index"_a = true,
         "Run one experiment; knobs switch parts of sfgd (exact, pack, cpu_fit: bool; strand: "
-        "weight); compress divides a replay's inter-arrival times; the GIL is released for the "
+        "weight); compress divides a replay's inter-arrival times; node_index=False scores every "
+        "node in every decision (fgd, sfgd: same placements); the GIL is released for the "
         "built-in policies. scorer(pod, cluster, "
         "feasible) -> one integer score per feasible node replaces the policy.");
   m.def(

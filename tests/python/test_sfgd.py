@@ -118,3 +118,15 @@ def test_sfgd_allocates_at_least_fgd_on_the_embedded_default():
     fgd = next(r for r in results if r["policy"] == "fgd" and r["seed"] == 42)
     assert np.array_equal(as_fgd["events"]["node"], fgd["events"]["node"])
     assert np.array_equal(as_fgd["events"]["gpus"], fgd["events"]["gpus"])
+
+
+def test_node_index_changes_no_placement():
+    w = sim.prepare(*sim.load_workload())
+    from gpuslice import _core
+
+    for policy in ("fgd", "sfgd"):
+        for experiment, compress in (("fillup", 1.0), ("replay", 50.0)):
+            a = _core.run_experiment(w, policy, experiment, 7, 1.3, None, {}, compress, True)
+            b = _core.run_experiment(w, policy, experiment, 7, 1.3, None, {}, compress, False)
+            assert np.array_equal(a["events"]["node"], b["events"]["node"]), (policy, experiment)
+            assert np.array_equal(a["events"]["gpus"], b["events"]["gpus"]), (policy, experiment)

@@ -167,6 +167,31 @@ TEST_CASE(
   CHECK(discretise(sfgd).alloc_pct[130] > discretise(fgd).alloc_pct[130]);
 }
 
+TEST_CASE("the node index leaves fill-up and replay placements unchanged on the real trace",
+          "[sim][experiment]") {
+  const prepared_workload* w = real_trace("openb_pod_list_default.csv");
+  if (w == nullptr) return;
+  for (auto policy : {fit::openb_policy::fgd, fit::openb_policy::sfgd}) {
+    run_options o;
+    o.seed = 43;
+    o.policy = policy;
+    const auto indexed = run_fillup(*w, o);
+    o.node_index = false;
+    const auto scanned = run_fillup(*w, o);
+    CHECK(indexed.node == scanned.node);
+    CHECK(indexed.gpus == scanned.gpus);
+    o.compress = 30000;  // saturates the cluster: waiting pods and departures change nodes
+    const auto replay_scanned = run_replay(*w, o);
+    o.node_index = true;
+    const auto replay_indexed = run_replay(*w, o);
+    REQUIRE(replay_scanned.ok());
+    REQUIRE(replay_indexed.ok());
+    CHECK(replay_indexed->node == replay_scanned->node);
+    CHECK(replay_indexed->gpus == replay_scanned->gpus);
+    CHECK(replay_indexed->waited == replay_scanned->waited);
+  }
+}
+
 TEST_CASE("every policy: deterministic per seed, never over capacity", "[sim][experiment]") {
   const auto w = small_workload();
   const std::int64_t capacity = w.total_gpus() * fit::k_openb_gpu_milli;

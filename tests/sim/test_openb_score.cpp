@@ -174,3 +174,54 @@ TEST_CASE("sfgd ranks by the exact fragment change, not the truncated sigmoid", 
   CHECK(s.sfgd_delta(c.node(0), 0, pod(0, 1, 10)).first == 10 * model.denom());
   CHECK(s.schedule(c, pod(0, 1, 10)).node == 0);
 }
+
+TEST_CASE("the node index chooses exactly as scoring every node", "[sim][score]") {
+  // 40 nodes of four shapes; pods of five classes (one typed to model 1, one memory-heavy), so
+  // the index must skip nodes that fail the full filter.
+  std::vector<openb_node_spec> specs;
+  for (int i = 0; i < 40; ++i) {
+    specs.push_back(openb_node_spec{16000 + 16000 * (i % 3), 64 + 64 * (i % 2), 1 + i % 8, i % 2});
+  }
+  std::vector<openb_pod> kinds = {pod(2000, 1, 500, 8), pod(4000, 1, 1000, 16), pod(1000, 0, 0, 4),
+                                  pod(3000, 2, 1000, 100), pod(2000, 1, 250, 8)};
+  kinds[4].typed = true;
+  kinds[4].types = 0b10;
+  for (auto policy : {openb_policy::fgd, openb_policy::sfgd}) {
+    openb_cluster a(specs);
+    openb_cluster b(specs);
+    const std::vector<std::string> no_specs(kinds.size());
+    frag_model model_a(openb_typical_pods(kinds, no_specs), 2);
+    frag_model model_b(openb_typical_pods(kinds, no_specs), 2);
+    frag_tracker ta(model_a, a);
+    frag_tracker tb(model_b, b);
+    go_rand ra(3);
+    go_rand rb(3);
+    std::vector<std::int32_t> ranks(specs.size());
+    for (std::size_t i = 0; i < ranks.size(); ++i)
+      ranks[i] = static_cast<std::int32_t>((i * 7) % 40);
+    openb_scheduler<go_rand> scan(policy, ranks, &ta, &ra, kinds.size());
+    openb_scheduler<go_rand> indexed(policy, ranks, &tb, &rb, kinds.size());
+    indexed.enable_index(1);  // index every class above a 1/40 share (the default needs more nodes)
+    go_rand pick(11);
+    int placed = 0;
+    for (int k = 0; k < 600; ++k) {
+      const auto c = static_cast<std::int32_t>(pick.intn(static_cast<std::int64_t>(kinds.size())));
+      const openb_pod& p = kinds[static_cast<std::size_t>(c)];
+      const auto x = scan.schedule(a, p, c);
+      const auto y = indexed.schedule(b, p, c);
+      INFO("decision " << k << " class " << c);
+      REQUIRE(x.node == y.node);
+      REQUIRE(x.gpus == y.gpus);
+      if (x.node < 0) continue;
+      ++placed;
+      a.bind(static_cast<std::size_t>(x.node), p, x.gpus);
+      b.bind(static_cast<std::size_t>(y.node), p, y.gpus);
+      ta.update(a, static_cast<std::size_t>(x.node));
+      tb.update(b, static_cast<std::size_t>(y.node));
+      indexed.node_changed(static_cast<std::size_t>(y.node));
+    }
+    CHECK(placed > 100);
+    CHECK(indexed.indexed_classes() >= 3);
+    CHECK(scan.indexed_classes() == 0);
+  }
+}

@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <set>
 #include <string_view>
 #include <utility>
 #include <vector>
@@ -87,6 +88,9 @@ inline bool openb_policy_from_name(std::string_view name, openb_policy& out) noe
 
 /// HAMi's default number of tasks that may share one GPU (deviceSplitCount), the slot total.
 inline constexpr int k_hami_default_split = 10;
+/// Default of openb_scheduler::enable_index: a pod class is indexed when its share of
+/// decisions times the node count exceeds this (measured best on the openb list, 1x to 8x).
+inline constexpr std::uint64_t k_index_nodes_per_update = 16;
 /// Highest integer score of a node.
 inline constexpr int k_openb_max_score = 100;
 
@@ -218,6 +222,31 @@ class openb_scheduler {
 
   /// Sets the scorer of openb_policy::custom.
   void set_custom(openb_custom_scorer scorer) { custom_ = std::move(scorer); }
+  /// Turns on the node index of fgd and sfgd: for each frequent pod class, the nodes that
+  /// could hold such a pod, kept sorted by the policy's key and rank and brought up to date
+  /// from the log of changed nodes when the class is next scheduled. A decision then reads
+  /// nodes from the front until one passes the full filter, instead of scoring every node;
+  /// choices are identical. A class is indexed once it has been scheduled 16 times and its
+  /// share of decisions times the node count exceeds nodes_per_update (each indexed class
+  /// costs about one node update per decision; scanning costs one score per node). The
+  /// caller must report every bind and unbind through node_changed(). No effect for other
+  /// policies or without pod classes. Not thread-safe.
+  void enable_index(std::uint64_t nodes_per_update = k_index_nodes_per_update) {
+    index_on_ = (policy_ == openb_policy::fgd || policy_ == openb_policy::sfgd) && class_count_ > 0;
+    nodes_per_update_ = nodes_per_update;
+    if (index_on_) index_.assign(class_count_, class_index{});
+  }
+  /// Reports that node i's state changed (bind or unbind); needed when the index is on.
+  void node_changed(std::size_t i) {
+    if (index_on_) changed_.push_back(static_cast<std::uint32_t>(i));
+  }
+  /// Pod classes the index keeps (for tests and benchmarks).
+  std::size_t indexed_classes() const noexcept {
+    std::size_t n = 0;
+    for (const auto& c : index_) n += c.built;
+    return n;
+  }
+
   /// Sets the parts of sfgd in use (its ablation); the defaults are the policy.
   void set_sfgd_knobs(const sfgd_knobs& k) noexcept { knobs_ = k; }
 
@@ -225,6 +254,11 @@ class openb_scheduler {
   /// the FGD score cache (-1: no caching). Not thread-safe.
   openb_placement schedule(const openb_cluster& cluster, const openb_pod& pod,
                            std::int32_t pod_class = -1) {
+    if (index_on_ && pod_class >= 0 && static_cast<std::size_t>(pod_class) < class_count_) {
+      std::int32_t pick = -1;
+      if (indexed_choice(cluster, pod, pod_class, pick))
+        return place(cluster, pod, pod_class, pick, -1);
+    }
     feasible_.clear();
     const auto& nodes = cluster.nodes();
     for (std::size_t i = 0; i < nodes.size(); ++i) {
@@ -253,9 +287,20 @@ class openb_scheduler {
           break;
       }
     }
-    const openb_node& node = nodes[pick];
+    return place(cluster, pod, pod_class, static_cast<std::int32_t>(pick), fgd_gpu);
+  }
+
+  /// The feasible nodes of the last cycle (not filled by a decision the index answered).
+  const std::vector<std::uint32_t>& feasible() const noexcept { return feasible_; }
+
+ private:
+  // The GPUs of the chosen node (pick < 0: unschedulable).
+  openb_placement place(const openb_cluster& cluster, const openb_pod& pod, std::int32_t pod_class,
+                        std::int32_t pick, int fgd_gpu) {
+    if (pick < 0) return {};
+    const openb_node& node = cluster.node(static_cast<std::size_t>(pick));
     openb_placement out;
-    out.node = static_cast<std::int32_t>(pick);
+    out.node = pick;
     switch (policy_) {
       case openb_policy::random:
         out.gpus = openb_select_random(node, pod, *rng_);
@@ -265,7 +310,8 @@ class openb_scheduler {
         break;
       case openb_policy::fgd:
         if (pod.kind() == openb_pod_kind::sharing && pod.m > 0) {
-          if (fgd_gpu < 0) fgd_gpu = fgd_score(node, pick, pod, pod_class).second;
+          if (fgd_gpu < 0)
+            fgd_gpu = fgd_score(node, static_cast<std::size_t>(pick), pod, pod_class).second;
           out.gpus = static_cast<gpu_mask>(1U << fgd_gpu);
         } else {
           out.gpus = openb_select_best(node, pod);
@@ -273,7 +319,8 @@ class openb_scheduler {
         break;
       case openb_policy::sfgd:
         if (pod.kind() == openb_pod_kind::sharing && pod.m > 0) {
-          if (fgd_gpu < 0) fgd_gpu = sfgd_delta(node, pick, pod, pod_class).second;
+          if (fgd_gpu < 0)
+            fgd_gpu = sfgd_delta(node, static_cast<std::size_t>(pick), pod, pod_class).second;
           out.gpus = static_cast<gpu_mask>(1U << fgd_gpu);
         } else {
           out.gpus = openb_select_best(node, pod);
@@ -286,9 +333,7 @@ class openb_scheduler {
     return out;
   }
 
-  /// The feasible nodes of the last cycle.
-  const std::vector<std::uint32_t>& feasible() const noexcept { return feasible_; }
-
+ public:
   /// sfgd's primary key of node i: the fragment decrease F(N) - F(N') in units of
   /// 1/denom milli-GPU (FGD's truncated sigmoid score when knobs.exact is off), and for a
   /// sharing pod the GPU it chose. Uses the cache when pod_class >= 0. Not thread-safe.
@@ -328,6 +373,101 @@ class openb_scheduler {
     std::int16_t score = 0;
     std::int16_t gpu = -1;
   };
+
+  // One node in a pod class's index: the policy's key (a larger first, then smaller b, c),
+  // then the rank. fgd: a = score. sfgd: a = decrease, b = free GPU left (pack), c = CPU
+  // left (cpu_fit).
+  struct index_entry {
+    std::int64_t a;
+    std::int64_t b;
+    std::int64_t c;
+    std::int32_t rank;
+    std::uint32_t node;
+    bool operator<(const index_entry& o) const noexcept {
+      if (a != o.a) return a > o.a;
+      if (b != o.b) return b < o.b;
+      if (c != o.c) return c < o.c;
+      if (rank != o.rank) return rank < o.rank;
+      return node < o.node;
+    }
+  };
+  struct class_index {
+    bool built = false;
+    std::uint64_t queries = 0;
+    std::size_t cursor = 0;             // next entry of changed_ to apply
+    std::set<index_entry> order;        // class-feasible nodes, best first
+    std::vector<std::uint32_t> synced;  // node version + 1 at the last update, 0 = never
+    std::vector<index_entry> entry;     // each node's entry while it is in `order`
+    std::vector<bool> present;          // node is in `order`
+  };
+
+  // A class is indexed once it has been scheduled this many times (see enable_index).
+  static constexpr std::uint64_t k_index_min_queries = 16;
+  // Entries that may fail the full filter (memory, GPU type) before a decision falls back to
+  // the scan.
+  static constexpr int k_index_max_skips = 64;
+
+  // Could a pod of this class fit, memory and GPU type aside?
+  static bool class_feasible(const openb_node& n, const openb_pod& pod) noexcept {
+    if (n.pods + 1 > k_openb_max_pods_per_node) return false;
+    if (pod.cpu + n.cpu_used > n.cpu_alloc) return false;
+    if (pod.m > 0 && (n.gpus <= 0 || !openb_gpu_fits(n, pod.n, pod.m))) return false;
+    return true;
+  }
+
+  void index_update(class_index& ci, const openb_cluster& cluster, const openb_pod& pod,
+                    std::int32_t pod_class, std::uint32_t j) {
+    const openb_node& n = cluster.node(j);
+    if (ci.synced[j] == n.version + 1) return;
+    if (ci.present[j]) ci.order.erase(ci.entry[j]);
+    ci.present[j] = class_feasible(n, pod);
+    ci.synced[j] = n.version + 1;
+    if (!ci.present[j]) return;
+    index_entry e{0, 0, 0, ranks_[j], j};
+    if (policy_ == openb_policy::fgd) {
+      e.a = fgd_score(n, j, pod, pod_class).first;
+    } else {
+      e.a = sfgd_delta(n, j, pod, pod_class).first;
+      e.b = knobs_.pack ? n.free_total - pod.gpu_request() : 0;
+      e.c = knobs_.cpu_fit ? n.cpu_left() - pod.cpu : 0;
+    }
+    ci.entry[j] = e;
+    ci.order.insert(e);
+  }
+
+  // Answers a decision from the index when the class is indexed: true with pick (-1: no node
+  // fits), false when the caller must scan.
+  bool indexed_choice(const openb_cluster& cluster, const openb_pod& pod, std::int32_t pod_class,
+                      std::int32_t& pick) {
+    class_index& ci = index_[static_cast<std::size_t>(pod_class)];
+    ++decisions_;
+    ++ci.queries;
+    const std::size_t n = cluster.size();
+    if (!ci.built) {
+      if (ci.queries < k_index_min_queries || ci.queries * n <= nodes_per_update_ * decisions_) {
+        return false;
+      }
+      ci.built = true;
+      ci.synced.assign(n, 0);
+      ci.entry.assign(n, index_entry{});
+      ci.present.assign(n, false);
+      for (std::uint32_t j = 0; j < n; ++j) index_update(ci, cluster, pod, pod_class, j);
+      ci.cursor = changed_.size();
+    }
+    for (; ci.cursor < changed_.size(); ++ci.cursor) {
+      index_update(ci, cluster, pod, pod_class, changed_[ci.cursor]);
+    }
+    int skipped = 0;
+    for (const index_entry& e : ci.order) {
+      if (openb_feasible(cluster.node(e.node), pod)) {
+        pick = static_cast<std::int32_t>(e.node);
+        return true;
+      }
+      if (++skipped > k_index_max_skips) return false;
+    }
+    pick = -1;
+    return true;
+  }
 
   struct fp_cached {
     std::uint32_t version = 0;  ///< node version + 1; 0 = empty
@@ -600,6 +740,11 @@ class openb_scheduler {
   }
 
   openb_policy policy_;
+  bool index_on_ = false;
+  std::uint64_t nodes_per_update_ = k_index_nodes_per_update;
+  std::uint64_t decisions_ = 0;
+  std::vector<std::uint32_t> changed_;  // nodes changed, in order (the index's log)
+  std::vector<class_index> index_;
   sfgd_knobs knobs_;
   double cpu_per_milli_ = -1;  ///< typical GPU pods' milli-CPU per milli-GPU; -1 = not yet
   std::vector<fp_cached> fp_cache_;

@@ -37,6 +37,9 @@ struct run_options {
   /// Replay only: inter-arrival times are divided by this (durations are kept), so that a
   /// trace spread over months loads the cluster. 1 = the trace's own times.
   double compress = 1.0;
+  /// fgd and sfgd: answer frequent pod classes from a per-class node index (identical
+  /// placements; see openb_scheduler::enable_index). Off: score every node every time.
+  bool node_index = true;
 };
 
 /// The fill-up submission order and node ranks (§7 steps 3-7), drawn from one Go source.
@@ -129,6 +132,7 @@ inline run_record run_fillup(const prepared_workload& w, const run_options& opt)
   fit::openb_scheduler<go_rand> sched(opt.policy, plan.ranks, &frag, &rng, w.class_count());
   if (opt.custom) sched.set_custom(opt.custom);
   sched.set_sfgd_knobs(opt.knobs);
+  if (opt.node_index) sched.enable_index();
   run_record r;
   r.total_gpus = cluster.total_gpus();
   r.trace_pods = plan.trace_pods;
@@ -146,6 +150,7 @@ inline run_record run_fillup(const prepared_workload& w, const run_options& opt)
     if (p.node >= 0) {
       cluster.bind(static_cast<std::size_t>(p.node), pod, p.gpus);
       frag.update(cluster, static_cast<std::size_t>(p.node));
+      sched.node_changed(static_cast<std::size_t>(p.node));
     } else {
       ++r.failed[static_cast<std::size_t>(pod.kind())];
     }
@@ -188,6 +193,7 @@ inline result<run_record> run_replay(const prepared_workload& w, const run_optio
   fit::openb_scheduler<go_rand> sched(opt.policy, ranks, &frag, &rng, w.class_count());
   if (opt.custom) sched.set_custom(opt.custom);
   sched.set_sfgd_knobs(opt.knobs);
+  if (opt.node_index) sched.enable_index();
   run_record r;
   r.total_gpus = cluster.total_gpus();
   r.trace_pods = static_cast<std::int64_t>(pods.size());
@@ -228,6 +234,7 @@ inline result<run_record> run_replay(const prepared_workload& w, const run_optio
     const auto i = static_cast<std::size_t>(idx);
     cluster.bind(static_cast<std::size_t>(p.node), pods[i], p.gpus);
     frag.update(cluster, static_cast<std::size_t>(p.node));
+    sched.node_changed(static_cast<std::size_t>(p.node));
     running.push(live{t + duration(i), idx, p.node, p.gpus});
   };
   // Waiting pods whose time is up fail, in arrival order.
@@ -254,6 +261,7 @@ inline result<run_record> run_replay(const prepared_workload& w, const run_optio
       cluster.unbind(static_cast<std::size_t>(d.node), pods[static_cast<std::size_t>(d.pod)],
                      d.gpus);
       frag.update(cluster, static_cast<std::size_t>(d.node));
+      sched.node_changed(static_cast<std::size_t>(d.node));
       ++r.departures;
       record(d.pod, d.node, d.gpus, d.end, replay_event::departed);
       std::size_t kept = 0;
