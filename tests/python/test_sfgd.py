@@ -14,6 +14,8 @@ from gpuslice.traces import NodeTable, PodTable
 sim = importlib.import_module("gpuslice.simulation")
 
 MILLI = 1000
+#: Pods one node may hold (PLACEMENT-SPEC §1).
+MAX_PODS = 1001
 
 
 def tables(node_rows, pod_rows):
@@ -35,10 +37,10 @@ def tables(node_rows, pod_rows):
     return nodes, pods
 
 
-def fits(cpu_left, mem_left, free, model, pod):
+def fits(cpu_left, mem_left, free, model, pod, pods_on_node):
     """The feasibility rule of PLACEMENT-SPEC §2, written out independently of the core."""
     cpu, mem, n, m, spec = pod
-    if cpu > cpu_left or mem > mem_left:
+    if pods_on_node + 1 > MAX_PODS or cpu > cpu_left or mem > mem_left:
         return False
     if n == 0 or m == 0:
         return True
@@ -76,14 +78,17 @@ def test_sfgd_never_overcommits_and_never_refuses_a_pod_that_fits(node_rows, pod
     cpu_left = [row[0] for row in node_rows]
     mem_left = [row[1] for row in node_rows]
     free = [[MILLI] * row[2] for row in node_rows]
+    count = [0] * len(node_rows)
     for pod_index, node, mask in zip(ev["pod"], ev["node"], ev["gpus"]):
         pod = pod_rows[pod_index]
         if node < 0:
             # Failed: no node could have taken it.
-            assert not any(fits(cpu_left[j], mem_left[j], free[j], node_rows[j][3], pod)
+            assert not any(fits(cpu_left[j], mem_left[j], free[j], node_rows[j][3], pod, count[j])
                            for j in range(len(node_rows)))
             continue
-        assert fits(cpu_left[node], mem_left[node], free[node], node_rows[node][3], pod)
+        assert fits(cpu_left[node], mem_left[node], free[node], node_rows[node][3], pod,
+                    count[node])
+        count[node] += 1
         cpu, mem, n, m, _ = pod
         gpus = [g for g in range(8) if (int(mask) >> g) & 1]
         assert len(gpus) == (n if m > 0 else 0)
@@ -94,7 +99,8 @@ def test_sfgd_never_overcommits_and_never_refuses_a_pod_that_fits(node_rows, pod
         # Physical invariants, after every placement.
         assert cpu_left[node] >= 0 and mem_left[node] >= 0
         assert all(0 <= f <= MILLI for f in free[node])
-    assert ev["allocated_milli"][-1] == sum(row[2] * MILLI for row in node_rows) - sum(map(sum, free))
+    allocated = ev["allocated_milli"][-1] if len(ev["allocated_milli"]) else 0
+    assert allocated == sum(row[2] * MILLI for row in node_rows) - sum(map(sum, free))
 
 
 def test_sfgd_is_deterministic_for_a_seed():

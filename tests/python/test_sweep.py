@@ -88,6 +88,8 @@ def test_no_policy_allocates_more_than_the_bound(node_rows, pod_rows, seed):
     for policy in ("fgd", "sfgd", "bestfit", "random"):
         r = sim.run_one(w, policy, seed=seed)
         ev = r["events"]
+        if len(ev["node"]) == 0:
+            continue  # the tune-down removed every pod (one pod above 1.3x capacity)
         assert 100.0 * ev["allocated_milli"][-1] / capacity <= b + 1e-6, policy
         if (ev["node"] >= 0).all():  # it failed no pod: the conditional bound applies too
             cond = bound.allocation_bound(nodes, pods, seed, placed_before_pct=130)
