@@ -12,7 +12,9 @@ Measures, on this machine:
   4. sfgd's time per decision against FGD's, seeds 42-51, in the same process, alternating;
   5. the command's time per run against the core's: the paper grid through
      `gpuslice simulate --jobs 1` (start-up, reading and preparing the trace included) and
-     the same 60 runs through `_core.run_experiment` in one loop, in the same run.
+     the same 60 runs through `_core.run_experiment` in one loop, in the same run;
+  6. FGD fill-ups of the node list replicated 1x, 2x, 4x and 8x (seed 42), with the node index
+     and scoring every node; the placements must be identical.
 
 Usage: python bench/bench_sim.py [--openb-dir DIR] [--repeat 3]
 """
@@ -287,6 +289,30 @@ def main() -> int:
     print(f"   core {1000 * core_wall / runs:.1f} ms/run   `gpuslice simulate` "
           f"{1000 * cmd_wall / runs:.1f} ms/run (start-up included)   ratio "
           f"{cmd_wall / core_wall:.2f}x")
+    print("\n6. node list replicated k times, fgd, seed 42 (index: per-pod-class node index)")
+    from gpuslice.traces import NodeTable
+
+    base = {}
+    for k in (1, 2, 4, 8):
+        big = NodeTable(sn=np.array([f"{s}-r{i}" for i in range(k) for s in nodes.sn]),
+                        cpu_milli=np.tile(nodes.cpu_milli, k),
+                        memory_mib=np.tile(nodes.memory_mib, k), gpu=np.tile(nodes.gpu, k),
+                        model=np.tile(nodes.model, k))
+        wk = sim.prepare(big, pods)
+        out = {}
+        for index in (True, False):
+            secs, r = best_of(args.repeat if k <= 2 else 1, lambda i=index: _core.run_experiment(
+                wk, "fgd", "fillup", 42, 1.3, None, {}, 1.0, i))
+            out[index] = (secs, r["events"])
+        same = all(np.array_equal(out[True][1][c], out[False][1][c]) for c in ("node", "gpus"))
+        if k == 1:
+            base = {i: out[i][0] for i in out}
+        print(f"   {k}x {len(big)} nodes {len(out[True][1]['node'])} decisions: index "
+              f"{out[True][0]:6.3f} s ({out[True][0] / base[True]:5.1f}x)   every node "
+              f"{out[False][0]:6.3f} s ({out[False][0] / base[False]:5.1f}x)   identical "
+              f"placements: {same}")
+        if not same:
+            return 1
     print(f"\nload average during the run: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     return 0
 
