@@ -226,7 +226,7 @@ class openb_scheduler {
   /// could hold such a pod, kept sorted by the policy's key and rank and brought up to date
   /// from the log of changed nodes when the class is next scheduled. A decision then reads
   /// nodes from the front until one passes the full filter, instead of scoring every node;
-  /// choices are identical. A class is indexed once it has been scheduled 16 times and its
+  /// choices are identical. A class is indexed once it has been scheduled 4 times and its
   /// share of decisions times the node count exceeds nodes_per_update (each indexed class
   /// costs about one node update per decision; scanning costs one score per node). The
   /// caller must report every bind and unbind through node_changed(). No effect for other
@@ -397,12 +397,12 @@ class openb_scheduler {
     std::size_t cursor = 0;             // next entry of changed_ to apply
     std::set<index_entry> order;        // class-feasible nodes, best first
     std::vector<std::uint32_t> synced;  // node version + 1 at the last update, 0 = never
-    std::vector<index_entry> entry;     // each node's entry while it is in `order`
-    std::vector<bool> present;          // node is in `order`
+    std::vector<typename std::set<index_entry>::iterator> where;  // each node's entry while present
+    std::vector<bool> present;                                    // node is in `order`
   };
 
   // A class is indexed once it has been scheduled this many times (see enable_index).
-  static constexpr std::uint64_t k_index_min_queries = 16;
+  static constexpr std::uint64_t k_index_min_queries = 4;
   // Entries that may fail the full filter (memory, GPU type) before a decision falls back to
   // the scan.
   static constexpr int k_index_max_skips = 64;
@@ -419,10 +419,13 @@ class openb_scheduler {
                     std::int32_t pod_class, std::uint32_t j) {
     const openb_node& n = cluster.node(j);
     if (ci.synced[j] == n.version + 1) return;
-    if (ci.present[j]) ci.order.erase(ci.entry[j]);
-    ci.present[j] = class_feasible(n, pod);
     ci.synced[j] = n.version + 1;
-    if (!ci.present[j]) return;
+    const bool fits = class_feasible(n, pod);
+    if (!fits) {
+      if (ci.present[j]) ci.order.erase(ci.where[j]);
+      ci.present[j] = false;
+      return;
+    }
     index_entry e{0, 0, 0, ranks_[j], j};
     if (policy_ == openb_policy::fgd) {
       e.a = fgd_score(n, j, pod, pod_class).first;
@@ -431,8 +434,13 @@ class openb_scheduler {
       e.b = knobs_.pack ? n.free_total - pod.gpu_request() : 0;
       e.c = knobs_.cpu_fit ? n.cpu_left() - pod.cpu : 0;
     }
-    ci.entry[j] = e;
-    ci.order.insert(e);
+    if (ci.present[j]) {
+      const index_entry& old = *ci.where[j];
+      if (old.a == e.a && old.b == e.b && old.c == e.c) return;  // same place in the order
+      ci.order.erase(ci.where[j]);
+    }
+    ci.where[j] = ci.order.insert(e).first;
+    ci.present[j] = true;
   }
 
   // Answers a decision from the index when the class is indexed: true with pick (-1: no node
@@ -449,7 +457,7 @@ class openb_scheduler {
       }
       ci.built = true;
       ci.synced.assign(n, 0);
-      ci.entry.assign(n, index_entry{});
+      ci.where.assign(n, ci.order.end());
       ci.present.assign(n, false);
       for (std::uint32_t j = 0; j < n; ++j) index_update(ci, cluster, pod, pod_class, j);
       ci.cursor = changed_.size();
