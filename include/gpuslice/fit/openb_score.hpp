@@ -16,8 +16,9 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
-#include <set>
+#include <map>
 #include <string_view>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -374,38 +375,35 @@ class openb_scheduler {
     std::int16_t gpu = -1;
   };
 
-  // One node in a pod class's index: the policy's key (a larger first, then smaller b, c),
-  // then the rank. fgd: a = score. sfgd: a = decrease, b = free GPU left (pack), c = CPU
-  // left (cpu_fit).
-  struct index_entry {
-    std::int64_t a;
-    std::int64_t b;
-    std::int64_t c;
-    std::int32_t rank;
-    std::uint32_t node;
-    bool operator<(const index_entry& o) const noexcept {
-      if (a != o.a) return a > o.a;
-      if (b != o.b) return b < o.b;
-      if (c != o.c) return c < o.c;
-      if (rank != o.rank) return rank < o.rank;
-      return node < o.node;
-    }
+  // A pod class's index: each node's key under the policy (a larger first, then smaller b, c;
+  // fgd: a = score; sfgd: a = decrease, b = free GPU left with pack, c = CPU left with
+  // cpu_fit), and per GPU model a tournament tree over that model's nodes in rank order whose
+  // inner entries hold the best node below them (ties to the smaller rank). Flat arrays: an
+  // update rewrites one leaf-to-root path and stops where the winner no longer changes.
+  struct index_key {
+    std::int64_t a = 0;
+    std::int64_t b = 0;
+    std::int64_t c = 0;
   };
   struct class_index {
     bool built = false;
     std::uint64_t queries = 0;
-    std::size_t cursor = 0;             // next entry of changed_ to apply
-    std::set<index_entry> order;        // class-feasible nodes, best first
-    std::vector<std::uint32_t> synced;  // node version + 1 at the last update, 0 = never
-    std::vector<typename std::set<index_entry>::iterator> where;  // each node's entry while present
-    std::vector<bool> present;                                    // node is in `order`
+    std::size_t cursor = 0;                // next entry of changed_ to apply
+    std::vector<index_key> key;            // each node's key while class-feasible
+    std::vector<std::uint32_t> synced;     // node version + 1 at the last update, 0 = never
+    std::vector<std::uint32_t> tree;       // per group: winners, node or k_none (see groups_)
+  };
+  // The nodes of one GPU model (or of none) in rank order: leaf k of its tree is node[k].
+  struct index_group {
+    int model = k_openb_no_model;
+    std::size_t base = 0;  // offset of this group's tree in class_index::tree (2 * width)
+    std::size_t width = 0;  // leaves, a power of two
+    std::vector<std::uint32_t> node;
   };
 
+  static constexpr std::uint32_t k_none = ~std::uint32_t{0};
   // A class is indexed once it has been scheduled this many times (see enable_index).
   static constexpr std::uint64_t k_index_min_queries = 4;
-  // Entries that may fail the full filter (memory, GPU type) before a decision falls back to
-  // the scan.
-  static constexpr int k_index_max_skips = 64;
 
   // Could a pod of this class fit, memory and GPU type aside?
   static bool class_feasible(const openb_node& n, const openb_pod& pod) noexcept {
@@ -415,32 +413,183 @@ class openb_scheduler {
     return true;
   }
 
+  // Does node x come before node y in a class's order? k_none comes last.
+  bool index_before(const class_index& ci, std::uint32_t x, std::uint32_t y) const noexcept {
+    if (y == k_none) return x != k_none;
+    if (x == k_none) return false;
+    const index_key& p = ci.key[x];
+    const index_key& q = ci.key[y];
+    if (p.a != q.a) return p.a > q.a;
+    if (p.b != q.b) return p.b < q.b;
+    if (p.c != q.c) return p.c < q.c;
+    return ranks_[x] < ranks_[y];
+  }
+
+  // Sets node j's leaf to who (j or k_none) and replays the matches above it.
+  void index_set_leaf(class_index& ci, std::uint32_t j, std::uint32_t who) {
+    const index_group& g = groups_[group_of_[j]];
+    std::uint32_t* t = ci.tree.data() + g.base;
+    std::size_t at = g.width + leaf_of_[j];
+    t[at] = who;
+    for (at >>= 1; at >= 1; at >>= 1) {
+      const std::uint32_t l = t[2 * at];
+      const std::uint32_t r = t[2 * at + 1];
+      const std::uint32_t w = index_before(ci, r, l) ? r : l;
+      if (w == t[at] && w != j) break;  // nothing above depends on j any more
+      t[at] = w;
+    }
+  }
+
+  // The groups (once): nodes by GPU model, each in rank order.
+  void index_groups(const openb_cluster& cluster) {
+    if (!groups_.empty()) return;
+    const std::size_t n = cluster.size();
+    std::vector<std::uint32_t> by_rank(n);
+    for (std::uint32_t j = 0; j < n; ++j) by_rank[static_cast<std::size_t>(ranks_[j])] = j;
+    group_of_.assign(n, 0);
+    leaf_of_.assign(n, 0);
+    std::vector<int> group_of_model(k_openb_max_models + 1, -1);
+    for (const std::uint32_t j : by_rank) {
+      const int model = cluster.node(j).model;
+      int& gi = group_of_model[static_cast<std::size_t>(model + 1)];
+      if (gi < 0) {
+        gi = static_cast<int>(groups_.size());
+        groups_.push_back(index_group{model, 0, 0, {}});
+      }
+      index_group& g = groups_[static_cast<std::size_t>(gi)];
+      group_of_[j] = static_cast<std::uint32_t>(gi);
+      leaf_of_[j] = static_cast<std::uint32_t>(g.node.size());
+      g.node.push_back(j);
+    }
+    std::size_t base = 0;
+    for (index_group& g : groups_) {
+      g.width = 1;
+      while (g.width < g.node.size()) g.width *= 2;
+      g.base = base;
+      base += 2 * g.width;
+    }
+    tree_size_ = base;
+    // Nodes never bound share their state with every node of the same spec (index_build).
+    std::map<std::tuple<std::int64_t, std::int64_t, int, int>, std::uint32_t> specs;
+    spec_of_.assign(n, 0);
+    for (std::uint32_t j = 0; j < n; ++j) {
+      const openb_node& x = cluster.node(j);
+      const auto key = std::make_tuple(x.cpu_alloc, x.mem_alloc, int{x.gpus}, int{x.model});
+      spec_of_[j] = specs.emplace(key, static_cast<std::uint32_t>(specs.size())).first->second;
+    }
+    spec_count_ = specs.size();
+  }
+
+  // Node j's key for the class, or false when a pod of the class cannot fit there.
+  bool index_key_of(const openb_node& n, std::uint32_t j, const openb_pod& pod,
+                    std::int32_t pod_class, index_key& k) {
+    if (!class_feasible(n, pod)) return false;
+    // Straight from the fragment measure: once a class is indexed its cache slots are rarely
+    // read again before the node changes.
+    (void)pod_class;
+    if (policy_ == openb_policy::fgd) {
+      k.a = fgd_compute(n, j, pod).first;
+    } else {
+      k.a = sfgd_compute(n, j, pod).first;
+      k.b = knobs_.pack ? n.free_total - pod.gpu_request() : 0;
+      k.c = knobs_.cpu_fit ? n.cpu_left() - pod.cpu : 0;
+    }
+    return true;
+  }
+
+  // Keys of every node and the trees bottom-up. A node never bound has its spec's initial
+  // state, whose key is computed once per spec.
+  void index_build(class_index& ci, const openb_cluster& cluster, const openb_pod& pod,
+                   std::int32_t pod_class) {
+    const std::size_t n = cluster.size();
+    ci.key.assign(n, index_key{});
+    ci.synced.assign(n, 0);
+    ci.tree.assign(tree_size_, k_none);
+    std::vector<std::int32_t> memo(spec_count_, -1);  // node holding the spec's key; -2: no fit
+    for (std::uint32_t j = 0; j < n; ++j) {
+      const openb_node& x = cluster.node(j);
+      ci.synced[j] = x.version + 1;
+      bool fits = false;
+      std::int32_t& m = memo[spec_of_[j]];
+      if (x.version == 0 && m != -1) {
+        fits = m >= 0;
+        if (fits) ci.key[j] = ci.key[static_cast<std::size_t>(m)];
+      } else {
+        fits = index_key_of(x, j, pod, pod_class, ci.key[j]);
+        if (x.version == 0) m = fits ? static_cast<std::int32_t>(j) : -2;
+      }
+      if (fits) {
+        const index_group& g = groups_[group_of_[j]];
+        ci.tree[g.base + g.width + leaf_of_[j]] = j;
+      }
+    }
+    for (const index_group& g : groups_) {
+      std::uint32_t* t = ci.tree.data() + g.base;
+      for (std::size_t at = g.width - 1; at >= 1; --at) {
+        t[at] = index_before(ci, t[2 * at + 1], t[2 * at]) ? t[2 * at + 1] : t[2 * at];
+      }
+    }
+  }
+
   void index_update(class_index& ci, const openb_cluster& cluster, const openb_pod& pod,
                     std::int32_t pod_class, std::uint32_t j) {
     const openb_node& n = cluster.node(j);
     if (ci.synced[j] == n.version + 1) return;
     ci.synced[j] = n.version + 1;
-    const bool fits = class_feasible(n, pod);
-    if (!fits) {
-      if (ci.present[j]) ci.order.erase(ci.where[j]);
-      ci.present[j] = false;
+    index_key k;
+    if (!index_key_of(n, j, pod, pod_class, k)) {
+      const index_group& g = groups_[group_of_[j]];
+      if (ci.tree[g.base + g.width + leaf_of_[j]] != k_none) index_set_leaf(ci, j, k_none);
       return;
     }
-    index_entry e{0, 0, 0, ranks_[j], j};
-    if (policy_ == openb_policy::fgd) {
-      e.a = fgd_score(n, j, pod, pod_class).first;
-    } else {
-      e.a = sfgd_delta(n, j, pod, pod_class).first;
-      e.b = knobs_.pack ? n.free_total - pod.gpu_request() : 0;
-      e.c = knobs_.cpu_fit ? n.cpu_left() - pod.cpu : 0;
+    ci.key[j] = k;
+    index_set_leaf(ci, j, j);
+  }
+
+  // Brings the free memory maxima up to date with the log of changed nodes.
+  void index_memory(const openb_cluster& cluster) {
+    if (mem_max_.empty()) {
+      mem_max_.assign(tree_size_, -1);
+      for (std::uint32_t j = 0; j < cluster.size(); ++j) {
+        const index_group& g = groups_[group_of_[j]];
+        mem_max_[g.base + g.width + leaf_of_[j]] = cluster.node(j).mem_alloc - cluster.node(j).mem_used;
+      }
+      for (const index_group& g : groups_) {
+        std::int64_t* t = mem_max_.data() + g.base;
+        for (std::size_t at = g.width - 1; at >= 1; --at) t[at] = std::max(t[2 * at], t[2 * at + 1]);
+      }
+      mem_cursor_ = changed_.size();
     }
-    if (ci.present[j]) {
-      const index_entry& old = *ci.where[j];
-      if (old.a == e.a && old.b == e.b && old.c == e.c) return;  // same place in the order
-      ci.order.erase(ci.where[j]);
+    for (; mem_cursor_ < changed_.size(); ++mem_cursor_) {
+      const std::uint32_t j = changed_[mem_cursor_];
+      const index_group& g = groups_[group_of_[j]];
+      std::int64_t* t = mem_max_.data() + g.base;
+      std::size_t at = g.width + leaf_of_[j];
+      t[at] = cluster.node(j).mem_alloc - cluster.node(j).mem_used;
+      for (at >>= 1; at >= 1; at >>= 1) {
+        const std::int64_t v = std::max(t[2 * at], t[2 * at + 1]);
+        if (v == t[at]) break;
+        t[at] = v;
+      }
     }
-    ci.where[j] = ci.order.insert(e).first;
-    ci.present[j] = true;
+  }
+
+  // The first node of the subtree at `at` of group g, in the class's order, that passes the
+  // full filter, if it comes before best (then it replaces best). A subtree is left out when
+  // its winner does not come before best or none of its nodes has the pod's memory free.
+  void index_search(const class_index& ci, const openb_cluster& cluster, const openb_pod& pod,
+                    const index_group& g, std::size_t at, std::uint32_t& best) const {
+    const std::uint32_t w = ci.tree[g.base + at];
+    if (!index_before(ci, w, best) || mem_max_[g.base + at] < pod.mem) return;
+    if (openb_feasible(cluster.node(w), pod)) {
+      best = w;  // the subtree's best node fits: nothing below can come before it
+      return;
+    }
+    if (at >= g.width) return;
+    // The child holding w first: its other nodes may still come before the sibling's winner.
+    const std::size_t first = ci.tree[g.base + 2 * at] == w ? 2 * at : 2 * at + 1;
+    index_search(ci, cluster, pod, g, first, best);
+    index_search(ci, cluster, pod, g, first ^ 1U, best);
   }
 
   // Answers a decision from the index when the class is indexed: true with pick (-1: no node
@@ -456,24 +605,20 @@ class openb_scheduler {
         return false;
       }
       ci.built = true;
-      ci.synced.assign(n, 0);
-      ci.where.assign(n, ci.order.end());
-      ci.present.assign(n, false);
-      for (std::uint32_t j = 0; j < n; ++j) index_update(ci, cluster, pod, pod_class, j);
+      index_groups(cluster);
+      index_build(ci, cluster, pod, pod_class);
       ci.cursor = changed_.size();
     }
     for (; ci.cursor < changed_.size(); ++ci.cursor) {
       index_update(ci, cluster, pod, pod_class, changed_[ci.cursor]);
     }
-    int skipped = 0;
-    for (const index_entry& e : ci.order) {
-      if (openb_feasible(cluster.node(e.node), pod)) {
-        pick = static_cast<std::int32_t>(e.node);
-        return true;
-      }
-      if (++skipped > k_index_max_skips) return false;
+    index_memory(cluster);
+    std::uint32_t best = k_none;
+    for (const index_group& g : groups_) {
+      if (pod.typed && pod.m > 0 && (g.model < 0 || ((pod.types >> g.model) & 1U) == 0)) continue;
+      index_search(ci, cluster, pod, g, 1, best);
     }
-    pick = -1;
+    pick = best == k_none ? -1 : static_cast<std::int32_t>(best);
     return true;
   }
 
@@ -753,6 +898,14 @@ class openb_scheduler {
   std::uint64_t decisions_ = 0;
   std::vector<std::uint32_t> changed_;  // nodes changed, in order (the index's log)
   std::vector<class_index> index_;
+  std::vector<index_group> groups_;     // the index's node groups (one per GPU model)
+  std::vector<std::uint32_t> group_of_;  // each node's group
+  std::vector<std::uint32_t> leaf_of_;   // each node's leaf in its group
+  std::vector<std::uint32_t> spec_of_;   // each node's spec (allocatable CPU, memory, GPUs, model)
+  std::size_t spec_count_ = 0;
+  std::size_t tree_size_ = 0;
+  std::vector<std::int64_t> mem_max_;  // per group tree: most free memory of a node below
+  std::size_t mem_cursor_ = 0;         // next entry of changed_ applied to mem_max_
   sfgd_knobs knobs_;
   double cpu_per_milli_ = -1;  ///< typical GPU pods' milli-CPU per milli-GPU; -1 = not yet
   std::vector<fp_cached> fp_cache_;
