@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <map>
 #include <string_view>
 #include <tuple>
@@ -385,13 +386,22 @@ class openb_scheduler {
     std::int64_t b = 0;
     std::int64_t c = 0;
   };
+  // A tree entry: the winner's primary key and rank inline, so that a match reads one pair of
+  // adjacent entries, and the most free memory (MiB, capped at k_mem_cap) of a node of the
+  // class below it. node == k_none: no node.
+  struct index_slot {
+    std::int64_t a;
+    std::int32_t rank;
+    std::uint32_t node;
+    std::int32_t mem;
+  };
   struct class_index {
     bool built = false;
     std::uint64_t queries = 0;
-    std::size_t cursor = 0;                // next entry of changed_ to apply
-    std::vector<index_key> key;            // each node's key while class-feasible
-    std::vector<std::uint32_t> synced;     // node version + 1 at the last update, 0 = never
-    std::vector<std::uint32_t> tree;       // per group: winners, node or k_none (see groups_)
+    std::size_t cursor = 0;             // next entry of changed_ to apply
+    std::vector<index_key> key;         // each node's full key (only with sfgd's tie-breaks)
+    std::vector<std::uint32_t> synced;  // node version + 1 at the last update, 0 = never
+    std::vector<index_slot> tree;       // per group: winners (see groups_)
   };
   // The nodes of one GPU model (or of none) in rank order: leaf k of its tree is node[k].
   struct index_group {
@@ -402,6 +412,8 @@ class openb_scheduler {
   };
 
   static constexpr std::uint32_t k_none = ~std::uint32_t{0};
+  static constexpr index_slot k_empty{0, 0, k_none, -1};
+  static constexpr std::int64_t k_mem_cap = std::numeric_limits<std::int32_t>::max();
   // A class is indexed once it has been scheduled this many times (see enable_index).
   static constexpr std::uint64_t k_index_min_queries = 4;
 
@@ -413,30 +425,38 @@ class openb_scheduler {
     return true;
   }
 
-  // Does node x come before node y in a class's order? k_none comes last.
-  bool index_before(const class_index& ci, std::uint32_t x, std::uint32_t y) const noexcept {
-    if (y == k_none) return x != k_none;
-    if (x == k_none) return false;
-    const index_key& p = ci.key[x];
-    const index_key& q = ci.key[y];
-    if (p.a != q.a) return p.a > q.a;
-    if (p.b != q.b) return p.b < q.b;
-    if (p.c != q.c) return p.c < q.c;
-    return ranks_[x] < ranks_[y];
+  // sfgd's pack and cpu_fit knobs break ties of a by b and c.
+  bool index_ties() const noexcept {
+    return policy_ == openb_policy::sfgd && (knobs_.pack || knobs_.cpu_fit);
   }
 
-  // Sets node j's leaf to who (j or k_none) and replays the matches above it.
-  void index_set_leaf(class_index& ci, std::uint32_t j, std::uint32_t who) {
+  // Does x come before y in a class's order? An empty entry comes last.
+  bool index_before(const class_index& ci, const index_slot& x, const index_slot& y) const noexcept {
+    if (y.node == k_none) return x.node != k_none;
+    if (x.node == k_none) return false;
+    if (x.a != y.a) return x.a > y.a;
+    if (index_ties()) {
+      const index_key& p = ci.key[x.node];
+      const index_key& q = ci.key[y.node];
+      if (p.b != q.b) return p.b < q.b;
+      if (p.c != q.c) return p.c < q.c;
+    }
+    return x.rank < y.rank;
+  }
+
+  // Sets node j's leaf and replays the matches above it.
+  void index_set_leaf(class_index& ci, std::uint32_t j, const index_slot& leaf) {
     const index_group& g = groups_[group_of_[j]];
-    std::uint32_t* t = ci.tree.data() + g.base;
+    index_slot* t = ci.tree.data() + g.base;
     std::size_t at = g.width + leaf_of_[j];
-    t[at] = who;
+    t[at] = leaf;
     for (at >>= 1; at >= 1; at >>= 1) {
-      const std::uint32_t l = t[2 * at];
-      const std::uint32_t r = t[2 * at + 1];
-      const std::uint32_t w = index_before(ci, r, l) ? r : l;
-      if (w == t[at] && w != j) break;  // nothing above depends on j any more
-      t[at] = w;
+      const index_slot& l = t[2 * at];
+      const index_slot& r = t[2 * at + 1];
+      const index_slot& w = index_before(ci, r, l) ? r : l;
+      const std::int32_t mem = std::max(l.mem, r.mem);
+      if (w.node == t[at].node && w.node != j && mem == t[at].mem) break;  // nothing above changes
+      t[at] = index_slot{w.a, w.rank, w.node, mem};
     }
   }
 
@@ -502,31 +522,38 @@ class openb_scheduler {
   void index_build(class_index& ci, const openb_cluster& cluster, const openb_pod& pod,
                    std::int32_t pod_class) {
     const std::size_t n = cluster.size();
-    ci.key.assign(n, index_key{});
+    const bool ties = index_ties();
+    if (ties) ci.key.assign(n, index_key{});
     ci.synced.assign(n, 0);
-    ci.tree.assign(tree_size_, k_none);
-    std::vector<std::int32_t> memo(spec_count_, -1);  // node holding the spec's key; -2: no fit
+    ci.tree.assign(tree_size_, k_empty);
+    std::vector<index_key> memo(spec_count_);  // a spec's key when never bound
+    std::vector<std::int8_t> known(spec_count_, -1);  // -1: not yet, 0: no fit, 1: memo holds it
     for (std::uint32_t j = 0; j < n; ++j) {
       const openb_node& x = cluster.node(j);
       ci.synced[j] = x.version + 1;
+      index_key k;
       bool fits = false;
-      std::int32_t& m = memo[spec_of_[j]];
-      if (x.version == 0 && m != -1) {
-        fits = m >= 0;
-        if (fits) ci.key[j] = ci.key[static_cast<std::size_t>(m)];
+      const std::uint32_t spec = spec_of_[j];
+      if (x.version == 0 && known[spec] >= 0) {
+        fits = known[spec] == 1;
+        k = memo[spec];
       } else {
-        fits = index_key_of(x, j, pod, pod_class, ci.key[j]);
-        if (x.version == 0) m = fits ? static_cast<std::int32_t>(j) : -2;
+        fits = index_key_of(x, j, pod, pod_class, k);
+        if (x.version == 0) {
+          known[spec] = fits ? 1 : 0;
+          memo[spec] = k;
+        }
       }
-      if (fits) {
-        const index_group& g = groups_[group_of_[j]];
-        ci.tree[g.base + g.width + leaf_of_[j]] = j;
-      }
+      if (!fits) continue;
+      if (ties) ci.key[j] = k;
+      const index_group& g = groups_[group_of_[j]];
+      ci.tree[g.base + g.width + leaf_of_[j]] = index_slot{k.a, ranks_[j], j, free_mem(x)};
     }
     for (const index_group& g : groups_) {
-      std::uint32_t* t = ci.tree.data() + g.base;
+      index_slot* t = ci.tree.data() + g.base;
       for (std::size_t at = g.width - 1; at >= 1; --at) {
         t[at] = index_before(ci, t[2 * at + 1], t[2 * at]) ? t[2 * at + 1] : t[2 * at];
+        t[at].mem = std::max(t[2 * at].mem, t[2 * at + 1].mem);
       }
     }
   }
@@ -539,55 +566,33 @@ class openb_scheduler {
     index_key k;
     if (!index_key_of(n, j, pod, pod_class, k)) {
       const index_group& g = groups_[group_of_[j]];
-      if (ci.tree[g.base + g.width + leaf_of_[j]] != k_none) index_set_leaf(ci, j, k_none);
+      if (ci.tree[g.base + g.width + leaf_of_[j]].node != k_none) index_set_leaf(ci, j, k_empty);
       return;
     }
-    ci.key[j] = k;
-    index_set_leaf(ci, j, j);
+    if (index_ties()) ci.key[j] = k;
+    index_set_leaf(ci, j, index_slot{k.a, ranks_[j], j, free_mem(n)});
   }
 
-  // Brings the free memory maxima up to date with the log of changed nodes.
-  void index_memory(const openb_cluster& cluster) {
-    if (mem_max_.empty()) {
-      mem_max_.assign(tree_size_, -1);
-      for (std::uint32_t j = 0; j < cluster.size(); ++j) {
-        const index_group& g = groups_[group_of_[j]];
-        mem_max_[g.base + g.width + leaf_of_[j]] = cluster.node(j).mem_alloc - cluster.node(j).mem_used;
-      }
-      for (const index_group& g : groups_) {
-        std::int64_t* t = mem_max_.data() + g.base;
-        for (std::size_t at = g.width - 1; at >= 1; --at) t[at] = std::max(t[2 * at], t[2 * at + 1]);
-      }
-      mem_cursor_ = changed_.size();
-    }
-    for (; mem_cursor_ < changed_.size(); ++mem_cursor_) {
-      const std::uint32_t j = changed_[mem_cursor_];
-      const index_group& g = groups_[group_of_[j]];
-      std::int64_t* t = mem_max_.data() + g.base;
-      std::size_t at = g.width + leaf_of_[j];
-      t[at] = cluster.node(j).mem_alloc - cluster.node(j).mem_used;
-      for (at >>= 1; at >= 1; at >>= 1) {
-        const std::int64_t v = std::max(t[2 * at], t[2 * at + 1]);
-        if (v == t[at]) break;
-        t[at] = v;
-      }
-    }
+  // A node's free memory for the trees, capped at k_mem_cap.
+  static std::int32_t free_mem(const openb_node& n) noexcept {
+    return static_cast<std::int32_t>(std::clamp<std::int64_t>(n.mem_alloc - n.mem_used, 0, k_mem_cap));
   }
 
   // The first node of the subtree at `at` of group g, in the class's order, that passes the
   // full filter, if it comes before best (then it replaces best). A subtree is left out when
-  // its winner does not come before best or none of its nodes has the pod's memory free.
+  // its winner does not come before best or none of its nodes has the pod's memory free (a
+  // capped maximum proves nothing).
   void index_search(const class_index& ci, const openb_cluster& cluster, const openb_pod& pod,
-                    const index_group& g, std::size_t at, std::uint32_t& best) const {
-    const std::uint32_t w = ci.tree[g.base + at];
-    if (!index_before(ci, w, best) || mem_max_[g.base + at] < pod.mem) return;
-    if (openb_feasible(cluster.node(w), pod)) {
+                    const index_group& g, std::size_t at, index_slot& best) const {
+    const index_slot& w = ci.tree[g.base + at];
+    if (!index_before(ci, w, best) || w.mem < std::min(pod.mem, k_mem_cap)) return;
+    if (openb_feasible(cluster.node(w.node), pod)) {
       best = w;  // the subtree's best node fits: nothing below can come before it
       return;
     }
     if (at >= g.width) return;
     // The child holding w first: its other nodes may still come before the sibling's winner.
-    const std::size_t first = ci.tree[g.base + 2 * at] == w ? 2 * at : 2 * at + 1;
+    const std::size_t first = ci.tree[g.base + 2 * at].node == w.node ? 2 * at : 2 * at + 1;
     index_search(ci, cluster, pod, g, first, best);
     index_search(ci, cluster, pod, g, first ^ 1U, best);
   }
@@ -612,13 +617,12 @@ class openb_scheduler {
     for (; ci.cursor < changed_.size(); ++ci.cursor) {
       index_update(ci, cluster, pod, pod_class, changed_[ci.cursor]);
     }
-    index_memory(cluster);
-    std::uint32_t best = k_none;
+    index_slot best = k_empty;
     for (const index_group& g : groups_) {
       if (pod.typed && pod.m > 0 && (g.model < 0 || ((pod.types >> g.model) & 1U) == 0)) continue;
       index_search(ci, cluster, pod, g, 1, best);
     }
-    pick = best == k_none ? -1 : static_cast<std::int32_t>(best);
+    pick = best.node == k_none ? -1 : static_cast<std::int32_t>(best.node);
     return true;
   }
 
@@ -904,8 +908,6 @@ class openb_scheduler {
   std::vector<std::uint32_t> spec_of_;   // each node's spec (allocatable CPU, memory, GPUs, model)
   std::size_t spec_count_ = 0;
   std::size_t tree_size_ = 0;
-  std::vector<std::int64_t> mem_max_;  // per group tree: most free memory of a node below
-  std::size_t mem_cursor_ = 0;         // next entry of changed_ applied to mem_max_
   sfgd_knobs knobs_;
   double cpu_per_milli_ = -1;  ///< typical GPU pods' milli-CPU per milli-GPU; -1 = not yet
   std::vector<fp_cached> fp_cache_;
