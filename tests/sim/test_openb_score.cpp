@@ -225,3 +225,92 @@ TEST_CASE("the node index chooses exactly as scoring every node", "[sim][score]"
     CHECK(scan.indexed_classes() == 0);
   }
 }
+
+TEST_CASE("the node index chooses exactly as scoring every node under departures", "[sim][score]") {
+  // 300 nodes of three models and none, with memory that binds: each pod of a class draws its
+  // own memory and, for one class, one of two type masks, so the index must search past nodes
+  // that fail the full filter; a third of the steps remove a running pod instead.
+  std::vector<openb_node_spec> specs;
+  for (int i = 0; i < 300; ++i) {
+    const int gpus = i % 10 == 9 ? 0 : 1 + (i * 5) % 8;
+    specs.push_back(openb_node_spec{32000 + 16000 * (i % 4), 96 + 32 * (i % 5), gpus,
+                                    gpus == 0 ? k_openb_no_model : i % 3});
+  }
+  const std::vector<openb_pod> kinds = {pod(2000, 1, 500), pod(4000, 1, 1000), pod(1000, 0, 0),
+                                        pod(3000, 2, 1000), pod(2000, 1, 250), pod(6000, 1, 300)};
+  struct variant {
+    openb_policy policy;
+    sfgd_knobs knobs;
+  };
+  sfgd_knobs ties;
+  ties.pack = true;
+  ties.cpu_fit = true;
+  for (const variant& v : {variant{openb_policy::fgd, {}}, variant{openb_policy::sfgd, {}},
+                           variant{openb_policy::sfgd, ties}}) {
+    INFO("policy " << openb_policy_name(v.policy) << " pack " << v.knobs.pack);
+    openb_cluster a(specs);
+    openb_cluster b(specs);
+    const std::vector<std::string> no_specs(kinds.size());
+    frag_model model_a(openb_typical_pods(kinds, no_specs), 3);
+    frag_model model_b(openb_typical_pods(kinds, no_specs), 3);
+    frag_tracker ta(model_a, a);
+    frag_tracker tb(model_b, b);
+    go_rand ra(5);
+    go_rand rb(5);
+    std::vector<std::int32_t> ranks(specs.size());
+    for (std::size_t i = 0; i < ranks.size(); ++i)
+      ranks[i] = static_cast<std::int32_t>((i * 7) % specs.size());
+    openb_scheduler<go_rand> scan(v.policy, ranks, &ta, &ra, kinds.size());
+    openb_scheduler<go_rand> indexed(v.policy, ranks, &tb, &rb, kinds.size());
+    scan.set_sfgd_knobs(v.knobs);
+    indexed.set_sfgd_knobs(v.knobs);
+    indexed.enable_index(1);
+    struct running {
+      std::size_t node;
+      openb_pod pod;
+      gpu_mask gpus;
+    };
+    std::vector<running> live;
+    go_rand pick(17);
+    int placed = 0;
+    int departed = 0;
+    for (int k = 0; k < 3000; ++k) {
+      if (!live.empty() && pick.intn(3) == 0) {
+        const auto at = static_cast<std::size_t>(pick.intn(static_cast<std::int64_t>(live.size())));
+        const running r = live[at];
+        live.erase(live.begin() + static_cast<std::ptrdiff_t>(at));
+        a.unbind(r.node, r.pod, r.gpus);
+        b.unbind(r.node, r.pod, r.gpus);
+        ta.update(a, r.node);
+        tb.update(b, r.node);
+        indexed.node_changed(r.node);
+        ++departed;
+        continue;
+      }
+      const auto c = static_cast<std::int32_t>(pick.intn(static_cast<std::int64_t>(kinds.size())));
+      openb_pod p = kinds[static_cast<std::size_t>(c)];
+      p.mem = 4 + pick.intn(60);
+      if (c == 4) {
+        p.typed = true;
+        p.types = pick.intn(2) == 0 ? 0b010 : 0b101;
+      }
+      const auto x = scan.schedule(a, p, c);
+      const auto y = indexed.schedule(b, p, c);
+      INFO("step " << k << " class " << c);
+      REQUIRE(x.node == y.node);
+      REQUIRE(x.gpus == y.gpus);
+      if (x.node < 0) continue;
+      ++placed;
+      const auto node = static_cast<std::size_t>(x.node);
+      a.bind(node, p, x.gpus);
+      b.bind(node, p, y.gpus);
+      ta.update(a, node);
+      tb.update(b, node);
+      indexed.node_changed(node);
+      live.push_back(running{node, p, x.gpus});
+    }
+    CHECK(placed > 1000);
+    CHECK(departed > 500);
+    CHECK(indexed.indexed_classes() == kinds.size());
+  }
+}
