@@ -13,11 +13,12 @@ Measures, on this machine:
   5. the command's time per run against the core's: the paper grid through
      `gpuslice simulate --jobs 1` (start-up, reading and preparing the trace included) and
      the same 60 runs through `_core.run_experiment` in one loop, in the same run;
-  6. FGD fill-ups of the node list replicated 1x, 2x, 4x and 8x (seed 42), with the node index
-     (best of --repeat) and scoring every node (best of --repeat up to 2x, then one run); the
-     placements must be identical.
+  6. fill-ups of the node list replicated 1x, 2x, 4x and 8x (seed 42) for fgd and sfgd: CPU time
+     of the process (time.process_time), the median of --scale-repeat runs with the node index,
+     the sizes interleaved in one loop so that load from other work falls on all of them alike;
+     one run per size that scores every node, whose placements must be identical.
 
-Usage: python bench/bench_sim.py [--openb-dir DIR] [--repeat 3]
+Usage: python bench/bench_sim.py [--openb-dir DIR] [--repeat 3] [--only-scale] [--scale-repeat 7]
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import argparse
 import importlib
 import math
 import os
+import statistics
 import resource
 import subprocess
 import sys
@@ -229,20 +231,8 @@ def cli_grid(nodes_csv, pods_csv, policies, jobs):
     return wall, cpu
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--openb-dir", type=Path, default=find_openb_dir())
-    ap.add_argument("--repeat", type=int, default=3)
-    args = ap.parse_args()
-    if args.openb_dir is None:
-        print("the openb trace is needed: pass --openb-dir or set GPUSLICE_OPENB_DIR")
-        return 2
-    nodes_csv = args.openb_dir / "openb_node_list_gpu_node.csv"
-    pods_csv = args.openb_dir / "openb_pod_list_default.csv"
-    nodes, pods = read_nodes(nodes_csv), read_pods(pods_csv)
-    workload = sim.prepare(nodes, pods)
-    print(f"machine: {os.cpu_count()} CPUs; trace: {len(nodes)} nodes, {len(pods)} pods; "
-          f"seed 42, load 1.3, best of {args.repeat}")
+def sections_1_to_5(args, nodes, pods, nodes_csv, pods_csv, workload):
+    """Sections 1 to 5; true when a cross-check failed."""
     print("\n1. one fill-up run on one core (C++ core)")
     core = {}
     for policy in sim.POLICIES:
@@ -259,7 +249,7 @@ def main() -> int:
         print(f"   {policy:14s} python {secs:6.2f} s   core {core[policy][0] * 1000:6.1f} ms   "
               f"ratio {secs / core[policy][0]:5.0f}x   identical placements: {same}")
         if not same:
-            return 1
+            return True
     print("\n3. grids through `gpuslice simulate` (10 seeds, wall time incl. start-up)")
     for name, policies in (("paper grid 6x10", sim.PAPER_POLICIES),
                            (f"full grid {len(sim.POLICIES)}x10", sim.POLICIES)):
@@ -290,32 +280,73 @@ def main() -> int:
     print(f"   core {1000 * core_wall / runs:.1f} ms/run   `gpuslice simulate` "
           f"{1000 * cmd_wall / runs:.1f} ms/run (start-up included)   ratio "
           f"{cmd_wall / core_wall:.2f}x")
-    print("\n6. node list replicated k times, fgd, seed 42 (index: per-pod-class node index)")
+    return False
+
+
+def scale(nodes, pods, repeat):
+    """Section 6; false when the node index changed a placement."""
     from gpuslice.traces import NodeTable
 
-    base = {}
-    for k in (1, 2, 4, 8):
+    print("\n6. node list replicated k times, seed 42: process CPU time, median of "
+          f"{repeat} indexed runs per size (sizes interleaved), one run scoring every node")
+    sizes = (1, 2, 4, 8)
+    work = {}
+    for k in sizes:
         big = NodeTable(sn=np.array([f"{s}-r{i}" for i in range(k) for s in nodes.sn]),
                         cpu_milli=np.tile(nodes.cpu_milli, k),
                         memory_mib=np.tile(nodes.memory_mib, k), gpu=np.tile(nodes.gpu, k),
                         model=np.tile(nodes.model, k))
-        wk = sim.prepare(big, pods)
-        out = {}
-        for index in (True, False):
-            # Scoring every node of the 4x and 8x lists takes seconds: one run of those.
-            repeat = args.repeat if index or k <= 2 else 1
-            secs, r = best_of(repeat, lambda i=index: _core.run_experiment(
-                wk, "fgd", "fillup", 42, 1.3, None, {}, 1.0, i))
-            out[index] = (secs, r["events"])
-        same = all(np.array_equal(out[True][1][c], out[False][1][c]) for c in ("node", "gpus"))
-        if k == 1:
-            base = {i: out[i][0] for i in out}
-        print(f"   {k}x {len(big)} nodes {len(out[True][1]['node'])} decisions: index "
-              f"{out[True][0]:6.3f} s ({out[True][0] / base[True]:5.1f}x)   every node "
-              f"{out[False][0]:6.3f} s ({out[False][0] / base[False]:5.1f}x)   identical "
-              f"placements: {same}")
-        if not same:
-            return 1
+        work[k] = (len(big), sim.prepare(big, pods))
+
+    def cpu_run(k, policy, index):
+        t = time.process_time()
+        r = _core.run_experiment(work[k][1], policy, "fillup", 42, 1.3, None, {}, 1.0, index)
+        return time.process_time() - t, r["events"]
+
+    ok = True
+    for policy in ("fgd", "sfgd"):
+        every = {}
+        for k in sizes:
+            every[k] = cpu_run(k, policy, False)
+            same = all(np.array_equal(cpu_run(k, policy, True)[1][c], every[k][1][c])
+                       for c in ("node", "gpus"))
+            ok = ok and same
+            if not same:
+                print(f"   {policy} {k}x: the node index changed a placement")
+        times = {k: [] for k in sizes}
+        for _ in range(repeat):
+            for k in sizes:
+                times[k].append(cpu_run(k, policy, True)[0])
+        med = {k: statistics.median(times[k]) for k in sizes}
+        for k in sizes:
+            print(f"   {policy:5s} {k}x {work[k][0]:6d} nodes {len(every[k][1]['node']):6d} "
+                  f"decisions: index {med[k]:6.3f} s ({med[k] / med[1]:5.1f}x, runs "
+                  f"{min(times[k]):.3f}-{max(times[k]):.3f})   every node {every[k][0]:6.3f} s "
+                  f"({every[k][0] / every[1][0]:5.1f}x)")
+    return ok
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--openb-dir", type=Path, default=find_openb_dir())
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--only-scale", action="store_true", help="run section 6 only")
+    ap.add_argument("--scale-repeat", type=int, default=7,
+                    help="indexed runs per size and policy in section 6 (the median is shown)")
+    args = ap.parse_args()
+    if args.openb_dir is None:
+        print("the openb trace is needed: pass --openb-dir or set GPUSLICE_OPENB_DIR")
+        return 2
+    nodes_csv = args.openb_dir / "openb_node_list_gpu_node.csv"
+    pods_csv = args.openb_dir / "openb_pod_list_default.csv"
+    nodes, pods = read_nodes(nodes_csv), read_pods(pods_csv)
+    workload = sim.prepare(nodes, pods)
+    print(f"machine: {os.cpu_count()} CPUs; trace: {len(nodes)} nodes, {len(pods)} pods; "
+          f"seed 42, load 1.3, best of {args.repeat}")
+    if not args.only_scale and sections_1_to_5(args, nodes, pods, nodes_csv, pods_csv, workload):
+        return 1
+    if not scale(nodes, pods, args.scale_repeat):
+        return 1
     print(f"\nload average during the run: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     return 0
 
