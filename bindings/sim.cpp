@@ -340,7 +340,8 @@ void bind_sim(::pybind11::module_& m) {
         "knobs"_a = ::pybind11::dict(), "compress"_a = 1.0, "node_index"_a = true,
         "Run one experiment; knobs switch parts of sfgd (exact, pack, cpu_fit: bool; strand: "
         "weight); compress divides a replay's inter-arrival times; node_index=False scores every "
-        "node in every decision (fgd, sfgd: same placements); the GIL is released for the "
+        "node in every decision (fgd, sfgd, dotprod, gpuclustering, gpupacking: same "
+        "placements); the GIL is released for the "
         "built-in policies. scorer(pod, cluster, "
         "feasible) -> one integer score per feasible node replaces the policy.");
   m.def(

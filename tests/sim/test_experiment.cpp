@@ -171,7 +171,9 @@ TEST_CASE("the node index leaves fill-up and replay placements unchanged on the 
           "[sim][experiment]") {
   const prepared_workload* w = real_trace("openb_pod_list_default.csv");
   if (w == nullptr) return;
-  for (auto policy : {fit::openb_policy::fgd, fit::openb_policy::sfgd}) {
+  for (auto policy : {fit::openb_policy::fgd, fit::openb_policy::sfgd, fit::openb_policy::dotprod,
+                      fit::openb_policy::gpuclustering, fit::openb_policy::gpupacking}) {
+    INFO("policy " << fit::openb_policy_name(policy));
     run_options o;
     o.seed = 43;
     o.policy = policy;

@@ -186,7 +186,8 @@ TEST_CASE("the node index chooses exactly as scoring every node", "[sim][score]"
                                   pod(3000, 2, 1000, 100), pod(2000, 1, 250, 8)};
   kinds[4].typed = true;
   kinds[4].types = 0b10;
-  for (auto policy : {openb_policy::fgd, openb_policy::sfgd}) {
+  for (auto policy : {openb_policy::fgd, openb_policy::sfgd, openb_policy::dotprod,
+                      openb_policy::gpuclustering, openb_policy::gpupacking}) {
     openb_cluster a(specs);
     openb_cluster b(specs);
     const std::vector<std::string> no_specs(kinds.size());
@@ -245,8 +246,10 @@ TEST_CASE("the node index chooses exactly as scoring every node under departures
   sfgd_knobs ties;
   ties.pack = true;
   ties.cpu_fit = true;
-  for (const variant& v : {variant{openb_policy::fgd, {}}, variant{openb_policy::sfgd, {}},
-                           variant{openb_policy::sfgd, ties}}) {
+  for (const variant& v :
+       {variant{openb_policy::fgd, {}}, variant{openb_policy::sfgd, {}},
+        variant{openb_policy::sfgd, ties}, variant{openb_policy::dotprod, {}},
+        variant{openb_policy::gpuclustering, {}}, variant{openb_policy::gpupacking, {}}}) {
     INFO("policy " << openb_policy_name(v.policy) << " pack " << v.knobs.pack);
     openb_cluster a(specs);
     openb_cluster b(specs);

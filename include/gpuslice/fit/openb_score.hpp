@@ -208,33 +208,40 @@ class openb_scheduler {
  public:
   /// policy: which scorer; ranks[i]: node i's tie-break rank (smaller wins); frag: the
   /// cluster's fragment tracker (FGD reads it; must be updated after each bind); rng: draws of
-  /// Random; class_count: number of distinct pod classes (cpu, m, n) for FGD's score cache.
+  /// Random; class_count: number of distinct pod classes (cpu, m, n) for the score caches of
+  /// fgd and sfgd and the node index.
   openb_scheduler(openb_policy policy, std::vector<std::int32_t> ranks, frag_tracker* frag,
                   Rng* rng, std::size_t class_count = 0)
       : policy_(policy), ranks_(std::move(ranks)), frag_(frag), rng_(rng) {
+    class_count_ = class_count;
     if (policy_ == openb_policy::fgd && class_count > 0) {
       cache_.assign(class_count * ranks_.size(), cached{});
-      class_count_ = class_count;
     }
     if (policy_ == openb_policy::sfgd && class_count > 0) {
       fp_cache_.assign(class_count * ranks_.size(), fp_cached{});
-      class_count_ = class_count;
     }
   }
 
   /// Sets the scorer of openb_policy::custom.
   void set_custom(openb_custom_scorer scorer) { custom_ = std::move(scorer); }
-  /// Turns on the node index of fgd and sfgd: for each frequent pod class, the nodes that
-  /// could hold such a pod, kept sorted by the policy's key and rank and brought up to date
-  /// from the log of changed nodes when the class is next scheduled. A decision then reads
-  /// nodes from the front until one passes the full filter, instead of scoring every node;
-  /// choices are identical. A class is indexed once it has been scheduled 4 times and its
-  /// share of decisions times the node count exceeds nodes_per_update (each indexed class
-  /// costs about one node update per decision; scanning costs one score per node). The
-  /// caller must report every bind and unbind through node_changed(). No effect for other
-  /// policies or without pod classes. Not thread-safe.
+  /// Turns on the node index of the policies whose score depends on the node's state and the
+  /// pod's class (cpu, m, n) only: fgd, sfgd, dotprod, gpuclustering and gpupacking. For each
+  /// frequent pod class it keeps, per GPU model, a tournament tree over the nodes that could
+  /// hold such a pod (memory and GPU type aside) with the policy's key, brought up to date
+  /// from the log of changed nodes when the class is next scheduled. A decision then searches
+  /// the trees of the models the pod may use for the first node in (key, rank) order that
+  /// passes the full filter, instead of scoring every node; choices are identical. A class is
+  /// indexed once it has been scheduled 4 times and its share of decisions times the node
+  /// count exceeds nodes_per_update (each indexed class costs about one node update per
+  /// decision; scanning costs one score per node). The caller must report every bind and
+  /// unbind through node_changed(). No effect for other policies (their scores depend on the
+  /// pod's memory, on the feasible set or on random draws) or without pod classes. Not
+  /// thread-safe.
   void enable_index(std::uint64_t nodes_per_update = k_index_nodes_per_update) {
-    index_on_ = (policy_ == openb_policy::fgd || policy_ == openb_policy::sfgd) && class_count_ > 0;
+    index_on_ = (policy_ == openb_policy::fgd || policy_ == openb_policy::sfgd ||
+                 policy_ == openb_policy::dotprod || policy_ == openb_policy::gpuclustering ||
+                 policy_ == openb_policy::gpupacking) &&
+                class_count_ > 0;
     nodes_per_update_ = nodes_per_update;
     if (index_on_) index_.assign(class_count_, class_index{});
   }
@@ -358,7 +365,7 @@ class openb_scheduler {
   std::pair<int, int> fgd_score(const openb_node& node, std::size_t i, const openb_pod& pod,
                                 std::int32_t pod_class = -1) {
     cached* slot = nullptr;
-    if (pod_class >= 0 && static_cast<std::size_t>(pod_class) < class_count_) {
+    if (pod_class >= 0 && static_cast<std::size_t>(pod_class) < class_count_ && !cache_.empty()) {
       slot = &cache_[static_cast<std::size_t>(pod_class) * ranks_.size() + i];
       if (slot->version == node.version + 1) return {slot->score, slot->gpu};
     }
@@ -508,12 +515,20 @@ class openb_scheduler {
     // Straight from the fragment measure: once a class is indexed its cache slots are rarely
     // read again before the node changes.
     (void)pod_class;
-    if (policy_ == openb_policy::fgd) {
-      k.a = fgd_compute(n, j, pod).first;
-    } else {
-      k.a = sfgd_compute(n, j, pod).first;
-      k.b = knobs_.pack ? n.free_total - pod.gpu_request() : 0;
-      k.c = knobs_.cpu_fit ? n.cpu_left() - pod.cpu : 0;
+    switch (policy_) {
+      case openb_policy::fgd:
+        k.a = fgd_compute(n, j, pod).first;
+        break;
+      case openb_policy::sfgd:
+        k.a = sfgd_compute(n, j, pod).first;
+        k.b = knobs_.pack ? n.free_total - pod.gpu_request() : 0;
+        k.c = knobs_.cpu_fit ? n.cpu_left() - pod.cpu : 0;
+        break;
+      default: {
+        int gpu = -1;
+        k.a = score_of(n, j, pod, -1, gpu);
+        break;
+      }
     }
     return true;
   }

@@ -37,8 +37,9 @@ struct run_options {
   /// Replay only: inter-arrival times are divided by this (durations are kept), so that a
   /// trace spread over months loads the cluster. 1 = the trace's own times.
   double compress = 1.0;
-  /// fgd and sfgd: answer frequent pod classes from a per-class node index (identical
-  /// placements; see openb_scheduler::enable_index). Off: score every node every time.
+  /// fgd, sfgd, dotprod, gpuclustering and gpupacking: answer frequent pod classes from a
+  /// per-class node index (identical placements; see openb_scheduler::enable_index). Off:
+  /// score every node every time.
   bool node_index = true;
 };
 
