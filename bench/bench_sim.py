@@ -13,7 +13,8 @@ Measures, on this machine:
   5. the command's time per run against the core's: the paper grid through
      `gpuslice simulate --jobs 1` (start-up, reading and preparing the trace included) and
      the same 60 runs through `_core.run_experiment` in one loop, in the same run;
-  6. fill-ups of the node list replicated 1x, 2x, 4x and 8x (seed 42) for fgd and sfgd: CPU time
+  6. fill-ups of the node list replicated 1x, 2x, 4x and 8x (seed 42) for the policies with a node
+     index (fgd, sfgd, dotprod, gpuclustering, gpupacking): CPU time
      of the process (time.process_time), the median of --scale-repeat runs with the node index,
      the sizes interleaved in one loop so that load from other work falls on all of them alike;
      one run per size that scores every node, whose placements must be identical.
@@ -304,7 +305,7 @@ def scale(nodes, pods, repeat):
         return time.process_time() - t, r["events"]
 
     ok = True
-    for policy in ("fgd", "sfgd"):
+    for policy in ("fgd", "sfgd", "dotprod", "gpuclustering", "gpupacking"):
         every = {}
         for k in sizes:
             every[k] = cpu_run(k, policy, False)
@@ -319,7 +320,7 @@ def scale(nodes, pods, repeat):
                 times[k].append(cpu_run(k, policy, True)[0])
         med = {k: statistics.median(times[k]) for k in sizes}
         for k in sizes:
-            print(f"   {policy:5s} {k}x {work[k][0]:6d} nodes {len(every[k][1]['node']):6d} "
+            print(f"   {policy:13s} {k}x {work[k][0]:6d} nodes {len(every[k][1]['node']):6d} "
                   f"decisions: index {med[k]:6.3f} s ({med[k] / med[1]:5.1f}x, runs "
                   f"{min(times[k]):.3f}-{max(times[k]):.3f})   every node {every[k][0]:6.3f} s "
                   f"({every[k][0] / every[1][0]:5.1f}x)")
