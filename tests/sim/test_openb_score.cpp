@@ -237,8 +237,8 @@ TEST_CASE("the node index chooses exactly as scoring every node under departures
     specs.push_back(openb_node_spec{32000 + 16000 * (i % 4), 96 + 32 * (i % 5), gpus,
                                     gpus == 0 ? k_openb_no_model : i % 3});
   }
-  const std::vector<openb_pod> kinds = {pod(2000, 1, 500), pod(4000, 1, 1000), pod(1000, 0, 0),
-                                        pod(3000, 2, 1000), pod(2000, 1, 250), pod(6000, 1, 300)};
+  const std::vector<openb_pod> kinds = {pod(2000, 1, 500),  pod(4000, 1, 1000), pod(1000, 0, 0),
+                                        pod(3000, 2, 1000), pod(2000, 1, 250),  pod(6000, 1, 300)};
   struct variant {
     openb_policy policy;
     sfgd_knobs knobs;

@@ -407,14 +407,14 @@ class openb_scheduler {
   struct class_index {
     bool built = false;
     std::uint64_t queries = 0;
-    std::size_t cursor = 0;             // next entry of changed_ to apply
-    std::vector<index_key> key;         // each node's full key (only with sfgd's tie-breaks)
-    std::vector<index_slot> tree;       // per group: winners (see groups_)
+    std::size_t cursor = 0;        // next entry of changed_ to apply
+    std::vector<index_key> key;    // each node's full key (only with sfgd's tie-breaks)
+    std::vector<index_slot> tree;  // per group: winners (see groups_)
   };
   // The nodes of one GPU model (or of none) in rank order: leaf k of its tree is node[k].
   struct index_group {
     int model = k_openb_no_model;
-    std::size_t base = 0;  // offset of this group's tree in class_index::tree (2 * width)
+    std::size_t base = 0;   // offset of this group's tree in class_index::tree (2 * width)
     std::size_t width = 0;  // leaves, a power of two
     std::vector<std::uint32_t> node;
   };
@@ -439,7 +439,8 @@ class openb_scheduler {
   }
 
   // Does x come before y in a class's order? An empty entry comes last.
-  bool index_before(const class_index& ci, const index_slot& x, const index_slot& y) const noexcept {
+  bool index_before(const class_index& ci, const index_slot& x,
+                    const index_slot& y) const noexcept {
     if (y.node == k_none) return x.node != k_none;
     if (x.node == k_none) return false;
     if (x.a != y.a) return x.a > y.a;
@@ -541,7 +542,7 @@ class openb_scheduler {
     const bool ties = index_ties();
     if (ties) ci.key.assign(n, index_key{});
     ci.tree.assign(tree_size_, k_empty);
-    std::vector<index_key> memo(spec_count_);  // a spec's key when never bound
+    std::vector<index_key> memo(spec_count_);         // a spec's key when never bound
     std::vector<std::int8_t> known(spec_count_, -1);  // -1: not yet, 0: no fit, 1: memo holds it
     for (std::uint32_t j = 0; j < n; ++j) {
       const openb_node& x = cluster.node(j);
@@ -598,7 +599,8 @@ class openb_scheduler {
 
   // A node's free memory for the trees, capped at k_mem_cap.
   static std::int32_t free_mem(const openb_node& n) noexcept {
-    return static_cast<std::int32_t>(std::clamp<std::int64_t>(n.mem_alloc - n.mem_used, 0, k_mem_cap));
+    return static_cast<std::int32_t>(
+        std::clamp<std::int64_t>(n.mem_alloc - n.mem_used, 0, k_mem_cap));
   }
 
   // The first node of the subtree at `at` of group g, in the class's order, that passes the
@@ -925,7 +927,7 @@ class openb_scheduler {
   std::uint64_t decisions_ = 0;
   std::vector<std::uint32_t> changed_;  // nodes changed, in order (the index's log)
   std::vector<class_index> index_;
-  std::vector<index_group> groups_;     // the index's node groups (one per GPU model)
+  std::vector<index_group> groups_;      // the index's node groups (one per GPU model)
   std::vector<std::uint32_t> group_of_;  // each node's group
   std::vector<std::uint32_t> leaf_of_;   // each node's leaf in its group
   std::vector<std::uint32_t> spec_of_;   // each node's spec (allocatable CPU, memory, GPUs, model)
