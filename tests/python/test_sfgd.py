@@ -130,7 +130,7 @@ def test_node_index_changes_no_placement():
     w = sim.prepare(*sim.load_workload())
     from gpuslice import _core
 
-    for policy in ("fgd", "sfgd"):
+    for policy in ("fgd", "sfgd", "dotprod", "gpuclustering", "gpupacking"):
         for experiment, compress in (("fillup", 1.0), ("replay", 50.0)):
             a = _core.run_experiment(w, policy, experiment, 7, 1.3, None, {}, compress, True)
             b = _core.run_experiment(w, policy, experiment, 7, 1.3, None, {}, compress, False)
