@@ -6,11 +6,20 @@ Measures, on this machine:
      (numpy-vectorised filter, fragmentation cached by node state, FGD scores cached per node
      version), fed the same submission order and node ranks; its placements must equal the
      core's, pod for pod, so the baseline doubles as a cross-check;
-  3. the paper's grid (6 policies x 10 seeds) and the full grid (8 x 10) through the
-     `gpuslice simulate` command line, wall and CPU time with --jobs 1 and with --jobs 2
-     (CPU time shows the cost when other processes share the cores).
+  3. the paper's grid (6 policies x 10 seeds) and the full grid (every policy x 10) through
+     the `gpuslice simulate` command line, wall and CPU time with --jobs 1 and with --jobs 2
+     (CPU time shows the cost when other processes share the cores);
+  4. sfgd's time per decision against FGD's, seeds 42-51, in the same process, alternating;
+  5. the command's time per run against the core's: the paper grid through
+     `gpuslice simulate --jobs 1` (start-up, reading and preparing the trace included) and
+     the same 60 runs through `_core.run_experiment` in one loop, in the same run;
+  6. fill-ups of the node list replicated 1x, 2x, 4x and 8x (seed 42) for the policies with a node
+     index (fgd, sfgd, dotprod, gpuclustering, gpupacking): CPU time
+     of the process (time.process_time), the median of --scale-repeat runs with the node index,
+     the sizes interleaved in one loop so that load from other work falls on all of them alike;
+     one run per size that scores every node, whose placements must be identical.
 
-Usage: python bench/bench_sim.py [--openb-dir DIR] [--repeat 3]
+Usage: python bench/bench_sim.py [--openb-dir DIR] [--repeat 3] [--only-scale] [--scale-repeat 7]
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import argparse
 import importlib
 import math
 import os
+import statistics
 import resource
 import subprocess
 import sys
@@ -222,20 +232,8 @@ def cli_grid(nodes_csv, pods_csv, policies, jobs):
     return wall, cpu
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--openb-dir", type=Path, default=find_openb_dir())
-    ap.add_argument("--repeat", type=int, default=3)
-    args = ap.parse_args()
-    if args.openb_dir is None:
-        print("the openb trace is needed: pass --openb-dir or set GPUSLICE_OPENB_DIR")
-        return 2
-    nodes_csv = args.openb_dir / "openb_node_list_gpu_node.csv"
-    pods_csv = args.openb_dir / "openb_pod_list_default.csv"
-    nodes, pods = read_nodes(nodes_csv), read_pods(pods_csv)
-    workload = sim.prepare(nodes, pods)
-    print(f"machine: {os.cpu_count()} CPUs; trace: {len(nodes)} nodes, {len(pods)} pods; "
-          f"seed 42, load 1.3, best of {args.repeat}")
+def sections_1_to_5(args, nodes, pods, nodes_csv, pods_csv, workload):
+    """Sections 1 to 5; true when a cross-check failed."""
     print("\n1. one fill-up run on one core (C++ core)")
     core = {}
     for policy in sim.POLICIES:
@@ -252,13 +250,104 @@ def main() -> int:
         print(f"   {policy:14s} python {secs:6.2f} s   core {core[policy][0] * 1000:6.1f} ms   "
               f"ratio {secs / core[policy][0]:5.0f}x   identical placements: {same}")
         if not same:
-            return 1
+            return True
     print("\n3. grids through `gpuslice simulate` (10 seeds, wall time incl. start-up)")
-    for name, policies in (("paper grid 6x10", sim.PAPER_POLICIES), ("full grid 8x10", sim.POLICIES)):
+    for name, policies in (("paper grid 6x10", sim.PAPER_POLICIES),
+                           (f"full grid {len(sim.POLICIES)}x10", sim.POLICIES)):
         one, cpu_one = cli_grid(nodes_csv, pods_csv, policies, 1)
         two, cpu_two = cli_grid(nodes_csv, pods_csv, policies, 2)
         print(f"   {name}: --jobs 1 {one:5.2f} s wall ({cpu_one:5.2f} s CPU)   --jobs 2 "
               f"{two:5.2f} s wall ({cpu_two:5.2f} s CPU)   speed-up {one / two:4.2f}x")
+    print("\n4. time per decision, sfgd against fgd (seeds 42-51, best of --repeat per seed)")
+    per = {"fgd": 0.0, "sfgd": 0.0}
+    decisions = {"fgd": 0, "sfgd": 0}
+    for seed in sim.PAPER_SEEDS:
+        for policy in ("fgd", "sfgd"):
+            secs, r = best_of(args.repeat, lambda p=policy, s=seed: _core.run_experiment(
+                workload, p, "fillup", s, 1.3))
+            per[policy] += secs
+            decisions[policy] += len(r["events"]["node"])
+    us = {p: 1e6 * per[p] / decisions[p] for p in per}
+    print(f"   fgd {us['fgd']:.2f} us/decision   sfgd {us['sfgd']:.2f} us/decision   "
+          f"ratio {us['sfgd'] / us['fgd']:.2f}x")
+    print("\n5. the command's time per run against the core's (paper grid, 60 runs, one job)")
+    t = time.perf_counter()
+    for policy in sim.PAPER_POLICIES:
+        for seed in sim.PAPER_SEEDS:
+            _core.run_experiment(workload, policy, "fillup", seed, 1.3)
+    core_wall = time.perf_counter() - t
+    cmd_wall, _ = cli_grid(nodes_csv, pods_csv, sim.PAPER_POLICIES, 1)
+    runs = len(sim.PAPER_POLICIES) * len(sim.PAPER_SEEDS)
+    print(f"   core {1000 * core_wall / runs:.1f} ms/run   `gpuslice simulate` "
+          f"{1000 * cmd_wall / runs:.1f} ms/run (start-up included)   ratio "
+          f"{cmd_wall / core_wall:.2f}x")
+    return False
+
+
+def scale(nodes, pods, repeat):
+    """Section 6; false when the node index changed a placement."""
+    from gpuslice.traces import NodeTable
+
+    print("\n6. node list replicated k times, seed 42: process CPU time, median of "
+          f"{repeat} indexed runs per size (sizes interleaved), one run scoring every node")
+    sizes = (1, 2, 4, 8)
+    work = {}
+    for k in sizes:
+        big = NodeTable(sn=np.array([f"{s}-r{i}" for i in range(k) for s in nodes.sn]),
+                        cpu_milli=np.tile(nodes.cpu_milli, k),
+                        memory_mib=np.tile(nodes.memory_mib, k), gpu=np.tile(nodes.gpu, k),
+                        model=np.tile(nodes.model, k))
+        work[k] = (len(big), sim.prepare(big, pods))
+
+    def cpu_run(k, policy, index):
+        t = time.process_time()
+        r = _core.run_experiment(work[k][1], policy, "fillup", 42, 1.3, None, {}, 1.0, index)
+        return time.process_time() - t, r["events"]
+
+    ok = True
+    for policy in ("fgd", "sfgd", "dotprod", "gpuclustering", "gpupacking"):
+        every = {}
+        for k in sizes:
+            every[k] = cpu_run(k, policy, False)
+            same = all(np.array_equal(cpu_run(k, policy, True)[1][c], every[k][1][c])
+                       for c in ("node", "gpus"))
+            ok = ok and same
+            if not same:
+                print(f"   {policy} {k}x: the node index changed a placement")
+        times = {k: [] for k in sizes}
+        for _ in range(repeat):
+            for k in sizes:
+                times[k].append(cpu_run(k, policy, True)[0])
+        med = {k: statistics.median(times[k]) for k in sizes}
+        for k in sizes:
+            print(f"   {policy:13s} {k}x {work[k][0]:6d} nodes {len(every[k][1]['node']):6d} "
+                  f"decisions: index {med[k]:6.3f} s ({med[k] / med[1]:5.1f}x, runs "
+                  f"{min(times[k]):.3f}-{max(times[k]):.3f})   every node {every[k][0]:6.3f} s "
+                  f"({every[k][0] / every[1][0]:5.1f}x)")
+    return ok
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--openb-dir", type=Path, default=find_openb_dir())
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--only-scale", action="store_true", help="run section 6 only")
+    ap.add_argument("--scale-repeat", type=int, default=7,
+                    help="indexed runs per size and policy in section 6 (the median is shown)")
+    args = ap.parse_args()
+    if args.openb_dir is None:
+        print("the openb trace is needed: pass --openb-dir or set GPUSLICE_OPENB_DIR")
+        return 2
+    nodes_csv = args.openb_dir / "openb_node_list_gpu_node.csv"
+    pods_csv = args.openb_dir / "openb_pod_list_default.csv"
+    nodes, pods = read_nodes(nodes_csv), read_pods(pods_csv)
+    workload = sim.prepare(nodes, pods)
+    print(f"machine: {os.cpu_count()} CPUs; trace: {len(nodes)} nodes, {len(pods)} pods; "
+          f"seed 42, load 1.3, best of {args.repeat}")
+    if not args.only_scale and sections_1_to_5(args, nodes, pods, nodes_csv, pods_csv, workload):
+        return 1
+    if not scale(nodes, pods, args.scale_repeat):
+        return 1
     print(f"\nload average during the run: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     return 0
 

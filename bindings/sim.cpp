@@ -127,10 +127,35 @@ fit::openb_custom_scorer wrap_scorer(::pybind11::object scorer) {
 
 ::pybind11::dict run(const std::shared_ptr<sim::prepared_workload>& w, const std::string& policy,
                      const std::string& experiment, std::int64_t seed, double load,
-                     ::pybind11::object scorer) {
+                     ::pybind11::object scorer, const ::pybind11::dict& knobs, double compress,
+                     bool node_index) {
   sim::run_options opt;
   opt.seed = seed;
   opt.load = load;
+  constexpr double max_compress = 1e9;
+  if (!(compress > 0) || compress > max_compress) {
+    throw ::pybind11::value_error("compress " + std::to_string(compress) +
+                                  ": expected a factor in (0, 1e9]");
+  }
+  opt.compress = compress;
+  opt.node_index = node_index;
+  for (const auto& kv : knobs) {
+    const auto key = ::pybind11::cast<std::string>(kv.first);
+    if (key == "strand") {
+      opt.knobs.strand = ::pybind11::cast<double>(kv.second);
+      continue;
+    }
+    const bool on = ::pybind11::cast<bool>(kv.second);
+    if (key == "exact") {
+      opt.knobs.exact = on;
+    } else if (key == "pack") {
+      opt.knobs.pack = on;
+    } else if (key == "cpu_fit") {
+      opt.knobs.cpu_fit = on;
+    } else {
+      throw ::pybind11::value_error("knob '" + key + "': expected exact, pack, cpu_fit or strand");
+    }
+  }
   if (!scorer.is_none()) {
     opt.policy = fit::openb_policy::custom;
     opt.custom = wrap_scorer(scorer);
@@ -166,10 +191,13 @@ fit::openb_custom_scorer wrap_scorer(::pybind11::object scorer) {
   ::pybind11::dict events;
   events["pod"] = to_numpy(rec.pod);
   events["node"] = to_numpy(rec.node);
+  events["gpus"] = to_numpy(rec.gpus);
   events["arrived_milli"] = to_numpy(rec.arrived);
   events["allocated_milli"] = to_numpy(rec.allocated);
   events["frag_milli"] = to_numpy(rec.frag_milli);
   events["frag_rate_pct"] = to_numpy(rec.frag_rate);
+  events["time_s"] = to_numpy(rec.time);
+  events["kind"] = to_numpy(rec.kind);
   ::pybind11::dict m;
   m["present"] = column<bool>(ms.present.size(), [&](std::size_t i) { return ms.present[i]; });
   m["alloc_ratio_pct"] = to_numpy(ms.alloc_pct);
@@ -191,6 +219,20 @@ fit::openb_custom_scorer wrap_scorer(::pybind11::object scorer) {
   out["tuned_pods"] = rec.tuned_pods;
   out["removed_pods"] = rec.removed_pods;
   out["departures"] = rec.departures;
+  if (experiment == "replay") {
+    const sim::replay_measures rm = sim::measure_replay(rec);
+    ::pybind11::dict d;
+    d["alloc_mean_pct"] = rm.alloc_mean_pct;
+    d["alloc_peak_pct"] = rm.alloc_peak_pct;
+    d["frag_rate_mean_pct"] = rm.frag_rate_mean_pct;
+    d["frag_rate_peak_pct"] = rm.frag_rate_peak_pct;
+    d["waited_pods"] = rm.waited;
+    d["wait_mean_s"] = rm.wait_mean_s;
+    d["failed_pods"] = rm.failed;
+    d["span_s"] = rm.span_s;
+    d["compress"] = compress;
+    out["replay"] = d;
+  }
   return out;
 }
 
@@ -295,7 +337,12 @@ void bind_sim(::pybind11::module_& m) {
 
   m.def("run_experiment", &run, "workload"_a, "policy"_a, "experiment"_a = "fillup", "seed"_a = 42,
         "load"_a = sim::k_default_load, "scorer"_a = ::pybind11::none(),
-        "Run one experiment; the GIL is released for the built-in policies. scorer(pod, cluster, "
+        "knobs"_a = ::pybind11::dict(), "compress"_a = 1.0, "node_index"_a = true,
+        "Run one experiment; knobs switch parts of sfgd (exact, pack, cpu_fit: bool; strand: "
+        "weight); compress divides a replay's inter-arrival times; node_index=False scores every "
+        "node in every decision (fgd, sfgd, dotprod, gpuclustering, gpupacking: same "
+        "placements); the GIL is released for the "
+        "built-in policies. scorer(pod, cluster, "
         "feasible) -> one integer score per feasible node replaces the policy.");
   m.def(
       "fillup_plan",

@@ -7,7 +7,7 @@ APT_PACKAGES=(cmake ninja-build g++ clang libclang-rt-14-dev catch2 libfmt-dev l
               libcpp-httplib-dev nlohmann-json3-dev
               libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc libssl-dev openssl)
 PY_PACKAGES=(scikit-build-core pybind11 nvidia-nvml-dev numpy pytest hypothesis rich matplotlib
-             grpcio grpcio-tools prometheus_client pyyaml)
+             grpcio grpcio-tools prometheus_client pyyaml scipy)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

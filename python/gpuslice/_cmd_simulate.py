@@ -60,6 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--experiment", choices=EXPERIMENTS, default="fillup")
     p.add_argument("--load", type=float, default=DEFAULT_LOAD,
                    help="fill-up target as a multiple of GPU capacity (default 1.3)")
+    p.add_argument("--compress", type=float, default=1.0,
+                   help="replay: divide inter-arrival times by this factor, durations kept, "
+                   "so that the cluster saturates (default 1: the trace's own times)")
     seeds = p.add_mutually_exclusive_group()
     seeds.add_argument("--seeds", type=parse_seeds,
                        help=f"seeds, e.g. 42-51 (default {PAPER_SEEDS[0]}-{PAPER_SEEDS[-1]})")
@@ -70,6 +73,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="parallel runs (default: number of CPUs)")
     p.add_argument("--quartiles", action="store_true",
                    help="show median [q1, q3] over seeds instead of mean ± std")
+    p.add_argument("--bound", action="store_true",
+                   help="fill-up: add rows with offline upper bounds on the allocation at the "
+                   "last load point, from the same arrivals (docs/placement.md; needs scipy)")
     p.add_argument("--json", metavar="FILE", help="write one object per (policy, seed)")
     p.add_argument("--plot", metavar="FILE", help="write a PNG of allocation vs arrived load")
     p.set_defaults(func=run)
@@ -95,7 +101,8 @@ def _run_grid(workload, policies, seeds, args, console) -> list[dict]:
     progress = None
     task = None
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(run_one, workload, p, args.experiment, args.load, s): i
+        futures = {pool.submit(run_one, workload, p, args.experiment, args.load, s, None,
+                               args.compress): i
                    for i, (p, s) in enumerate(pairs)}
         pending = set(futures)
         try:
@@ -119,16 +126,97 @@ def _run_grid(workload, policies, seeds, args, console) -> list[dict]:
     return [results[i] for i in range(len(pairs))]
 
 
-def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
+def _fillup_table(results, policies, workload, source, args, seeds, wall, bounds=None):
     from rich.markup import escape
     from rich.table import Table
 
-    from .simulation import PAPER_SEEDS, POLICIES, load_workload, prepare, summarise, to_json
+    from .simulation import summarise
+
+    title = (f"gpuslice simulate: {args.experiment}, {source}, {workload.node_count} nodes, "
+             f"{workload.total_gpus} GPUs, {workload.pod_count} pods, load {args.load:g}, "
+             f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}")
+    stat = "median [q1, q3]" if args.quartiles else "mean ± std"
+    table = Table(title=escape(title),
+                  caption=escape(f"{stat} over seeds; {len(results)} runs in {wall:.1f} s"))
+    table.add_column("policy", no_wrap=True)
+    for x in TABLE_ALLOC_POINTS:
+        table.add_column(f"alloc % @{x}%", justify="right")
+    for x in TABLE_FRAG_POINTS:
+        table.add_column(f"frag rate % @{x}%", justify="right")
+    table.add_column("failed pods", justify="right")
+    table.add_column("CPU s/run", justify="right")
+    alloc = {x: summarise(results, "alloc_ratio_pct", x) for x in TABLE_ALLOC_POINTS}
+    frag = {x: summarise(results, "frag_rate_pct", x) for x in TABLE_FRAG_POINTS}
+    for policy in policies:
+        runs = [r for r in results if r["policy"] == policy]
+        failed = sum(sum(r["failed_pods"].values()) for r in runs) / len(runs)
+        secs = sum(r["cpu_s"] for r in runs) / len(runs)
+        table.add_row(policy, *[_fmt(alloc[x][policy], args.quartiles) for x in TABLE_ALLOC_POINTS],
+                      *[_fmt(frag[x][policy], args.quartiles) for x in TABLE_FRAG_POINTS],
+                      f"{failed:.0f}", f"{secs:.3f}")
+    last = int(round(args.load * 100))
+    for label, values in (bounds or {}).items():
+        cells = ["—"] * (len(TABLE_ALLOC_POINTS) + len(TABLE_FRAG_POINTS))
+        if last in TABLE_ALLOC_POINTS:
+            ok = [v for v in values if not math.isnan(v)]
+            if len(ok) == len(values) and ok:
+                mean = sum(ok) / len(ok)
+                std = math.sqrt(sum((v - mean) ** 2 for v in ok) / len(ok))
+                cells[TABLE_ALLOC_POINTS.index(last)] = f"{mean:.2f} ± {std:.2f}"
+        table.add_row(f"[dim]{label}[/dim]", *cells, "—", "—")
+    return table
+
+
+def _replay_table(results, policies, workload, source, args, seeds, wall):
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .simulation import summarise_replay
+
+    title = (f"gpuslice simulate: replay, {source}, {workload.node_count} nodes, "
+             f"{workload.total_gpus} GPUs, {workload.pod_count} pods, inter-arrival times / "
+             f"{args.compress:g}, {len(seeds)} seed{'s' if len(seeds) != 1 else ''}")
+    span_h = results[0]["replay"]["span_s"] / 3600 if results else 0.0
+    table = Table(title=escape(title), caption=escape(
+        f"mean ± std over seeds, over the {span_h:.1f} h from first to last arrival; "
+        f"{len(results)} runs in {wall:.1f} s"))
+    table.add_column("policy", no_wrap=True)
+    columns = [("alloc % mean", "alloc_mean_pct", 2), ("alloc % peak", "alloc_peak_pct", 2),
+               ("frag rate % mean", "frag_rate_mean_pct", 2),
+               ("frag rate % peak", "frag_rate_peak_pct", 2), ("waited pods", "waited_pods", 1),
+               ("mean wait s", "wait_mean_s", 1), ("failed pods", "failed_pods", 1)]
+    for name, _, _ in columns:
+        table.add_column(name, justify="right")
+    stats = {key: summarise_replay(results, key) for _, key, _ in columns}
+    for policy in policies:
+        cells = []
+        for _, key, digits in columns:
+            st = stats[key][policy]
+            cells.append(f"{st['mean']:.{digits}f}" if st["std"] == 0 else
+                         f"{st['mean']:.{digits}f} ± {st['std']:.{digits}f}")
+        table.add_row(policy, *cells)
+    return table
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .simulation import PAPER_SEEDS, POLICIES, load_workload, prepare, to_json
 
     if not 0 < args.load <= MAX_LOAD:
         raise ValueError(f"--load {args.load:g}: expected a multiple of GPU capacity in "
                          f"(0, {MAX_LOAD:g}]")
+    if not 0 < args.compress <= 1e9:
+        raise ValueError(f"--compress {args.compress:g}: expected a factor in (0, 1e9]")
+    if args.compress != 1.0 and args.experiment != "replay":
+        raise ValueError("--compress: applies to --experiment replay only")
+    if args.bound:
+        if args.experiment != "fillup":
+            raise ValueError("--bound: applies to --experiment fillup only")
+        try:
+            import scipy  # noqa: F401
+        except ImportError:
+            raise ValueError("--bound: needs scipy (pip install scipy)") from None
     if args.jobs is not None and args.jobs < 1:
         raise ValueError(f"--jobs {args.jobs}: expected 1 or more")
     if (args.nodes is None) != (args.pods is None):
@@ -150,28 +238,22 @@ def run(args: argparse.Namespace) -> int:
     wall = time.perf_counter() - t0
 
     source = "embedded default workload" if args.nodes is None else Path(args.pods).name
-    title = (f"gpuslice simulate: {args.experiment}, {source}, {workload.node_count} nodes, "
-             f"{workload.total_gpus} GPUs, {workload.pod_count} pods, load {args.load:g}, "
-             f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}")
-    stat = "median [q1, q3]" if args.quartiles else "mean ± std"
-    table = Table(title=escape(title),
-                  caption=escape(f"{stat} over seeds; {len(results)} runs in {wall:.1f} s"))
-    table.add_column("policy", no_wrap=True)
-    for x in TABLE_ALLOC_POINTS:
-        table.add_column(f"alloc % @{x}%", justify="right")
-    for x in TABLE_FRAG_POINTS:
-        table.add_column(f"frag rate % @{x}%", justify="right")
-    table.add_column("failed pods", justify="right")
-    table.add_column("s/run", justify="right")
-    alloc = {x: summarise(results, "alloc_ratio_pct", x) for x in TABLE_ALLOC_POINTS}
-    frag = {x: summarise(results, "frag_rate_pct", x) for x in TABLE_FRAG_POINTS}
-    for policy in policies:
-        runs = [r for r in results if r["policy"] == policy]
-        failed = sum(sum(r["failed_pods"].values()) for r in runs) / len(runs)
-        secs = sum(r["wall_s"] for r in runs) / len(runs)
-        table.add_row(policy, *[_fmt(alloc[x][policy], args.quartiles) for x in TABLE_ALLOC_POINTS],
-                      *[_fmt(frag[x][policy], args.quartiles) for x in TABLE_FRAG_POINTS],
-                      f"{failed:.0f}", f"{secs:.3f}")
+    if args.experiment == "replay":
+        table = _replay_table(results, policies, workload, source, args, seeds, wall)
+    else:
+        bounds = None
+        if args.bound:
+            from ._cmd_sweep import BOUND_PLACED_BEFORE_PCT
+            from .bound import allocation_bound
+
+            bounds = {
+                "bound, any placement": [allocation_bound(nodes, pods, s, args.load)
+                                         for s in seeds],
+                f"bound, no failure <{BOUND_PLACED_BEFORE_PCT:g}%": [
+                    allocation_bound(nodes, pods, s, args.load, BOUND_PLACED_BEFORE_PCT)
+                    for s in seeds],
+            }
+        table = _fillup_table(results, policies, workload, source, args, seeds, wall, bounds)
     out.print(table)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
@@ -180,6 +262,11 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         from .plot import plot_allocation
 
-        plot_allocation(results, args.plot, title=f"{args.experiment}: {source}")
+        if args.experiment == "replay":
+            from .plot import plot_replay
+
+            plot_replay(results, args.plot, title=f"replay x{args.compress:g}: {source}")
+        else:
+            plot_allocation(results, args.plot, title=f"{args.experiment}: {source}")
         out.print(f"wrote {args.plot}")
     return 0

@@ -102,7 +102,8 @@ class Workload:
 
 def run_experiment(workload: Workload, policy: str, experiment: str = "fillup", seed: int = 42,
                    load: float = 1.3,
-                   scorer: _Callable[[dict, dict, _np.ndarray], _Any] | None = None
+                   scorer: _Callable[[dict, dict, _np.ndarray], _Any] | None = None,
+                   knobs: dict[str, bool | float] = ..., compress: float = 1.0
                    ) -> dict[str, _Any]: ...
 
 # ---- fit engine (bindings/fit.cpp) ---------------------------------------------------------

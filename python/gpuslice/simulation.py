@@ -29,6 +29,10 @@ from .workload import generate
 
 #: Every built-in policy, in the order tables show them.
 POLICIES: tuple[str, ...] = tuple(_core.policy_names)
+#: The policy this package adds (stranding-aware FGD, docs/placement.md).
+NEW_POLICIES: tuple[str, ...] = ("sfgd",)
+#: Parts of sfgd that ``knobs`` can switch (docs/placement.md, the ablation).
+SFGD_KNOBS: tuple[str, ...] = ("exact", "pack", "cpu_fit", "strand")
 #: The six policies of the FGD paper.
 PAPER_POLICIES: tuple[str, ...] = ("random", "dotprod", "gpuclustering", "gpupacking", "bestfit",
                                    "fgd")
@@ -38,6 +42,12 @@ EXPERIMENTS: tuple[str, ...] = ("fillup", "replay")
 DEFAULT_LOAD = 1.3
 #: The paper's seeds.
 PAPER_SEEDS: tuple[int, ...] = tuple(range(42, 52))
+#: What a replay's ``replay`` dict holds, each a measure over the load phase (first to last
+#: arrival): time-weighted mean and peak allocation and fragmentation rate, pods that started
+#: after waiting and their mean wait, pods that gave up, the span in seconds.
+REPLAY_MEASURES: tuple[str, ...] = ("alloc_mean_pct", "alloc_peak_pct", "frag_rate_mean_pct",
+                                    "frag_rate_peak_pct", "waited_pods", "wait_mean_s",
+                                    "failed_pods", "span_s")
 #: Highest arrived-load point reported, in percent.
 MAX_ARRIVED_PCT = 130
 
@@ -78,7 +88,8 @@ def _nan_to_none(x: float) -> float | None:
     return None if math.isnan(x) else float(x)
 
 
-def _shape(raw: dict, policy: str, seed: int, experiment: str, load: float, wall: float) -> dict:
+def _shape(raw: dict, policy: str, seed: int, experiment: str, load: float, wall: float,
+           cpu: float) -> dict:
     ms = raw["milestones"]
     milestones = [
         {
@@ -90,7 +101,7 @@ def _shape(raw: dict, policy: str, seed: int, experiment: str, load: float, wall
             "unallocated_gpus": _nan_to_none(ms["unallocated_gpus"][x]),
         }
         for x in range(len(ms["present"])) if ms["present"][x]
-    ]
+    ] if experiment == "fillup" else []  # arrived-load points mean nothing once pods depart
     return {
         "policy": policy,
         "seed": seed,
@@ -98,18 +109,24 @@ def _shape(raw: dict, policy: str, seed: int, experiment: str, load: float, wall
         "load": load,
         "gpu_capacity_milli": int(raw["total_gpus"]) * 1000,
         "wall_s": wall,
+        "cpu_s": cpu,
         "milestones": milestones,
         "failed_pods": dict(raw["failed_pods"]),
         "pods": {"trace": raw["trace_pods"], "sampled": raw["tuned_pods"],
                  "removed": raw["removed_pods"], "departed": raw["departures"]},
         "events": raw["events"],
+        **({"replay": dict(raw["replay"])} if "replay" in raw else {}),
     }
 
 
 def run_one(workload: _core.Workload, policy: str | Scorer = "fgd", experiment: str = "fillup",
-            load: float = DEFAULT_LOAD, seed: int = 42) -> dict:
+            load: float = DEFAULT_LOAD, seed: int = 42, knobs: dict | None = None,
+            compress: float = 1.0) -> dict:
     """One run on a prepared workload. A callable policy is a custom scorer (slow path: it is
-    called once per pod that has more than one feasible node)."""
+    called once per pod that has more than one feasible node). knobs switch parts of sfgd
+    (SFGD_KNOBS: exact, pack, cpu_fit as bools, strand as a weight) for its ablation.
+    compress divides a replay's inter-arrival times (durations kept), to load the cluster;
+    a replay's result has a ``replay`` dict of its measures (REPLAY_MEASURES)."""
     if experiment not in EXPERIMENTS:
         raise ValueError(f"experiment {experiment!r}: expected one of {', '.join(EXPERIMENTS)}")
     scorer = policy if callable(policy) else None
@@ -117,26 +134,34 @@ def run_one(workload: _core.Workload, policy: str | Scorer = "fgd", experiment: 
     if scorer is None and name not in POLICIES:
         raise ValueError(f"policy {name!r}: expected one of {', '.join(POLICIES)}")
     start = time.perf_counter()
+    cpu_start = time.thread_time()
     raw = _core.run_experiment(workload, name if scorer is None else "custom", experiment,
-                               int(seed), float(load), scorer)
-    return _shape(raw, name, int(seed), experiment, float(load), time.perf_counter() - start)
+                               int(seed), float(load), scorer, dict(knobs or {}), float(compress))
+    # The run is computed on this thread: its CPU time is the run's own cost, whatever else
+    # shares the cores.
+    return _shape(raw, name, int(seed), experiment, float(load), time.perf_counter() - start,
+                  time.thread_time() - cpu_start)
 
 
 def simulate(nodes: NodesArg = None, pods: PodsArg = None, policy: str | Scorer = "fgd",
-             experiment: str = "fillup", load: float = DEFAULT_LOAD, seed: int = 42) -> dict:
+             experiment: str = "fillup", load: float = DEFAULT_LOAD, seed: int = 42,
+             knobs: dict | None = None, compress: float = 1.0) -> dict:
     """Runs one experiment and returns the result object that ``gpuslice simulate --json``
     writes (plus ``events``: per-pod numpy arrays). nodes and pods are tables, CSV paths, or
-    both None for the embedded default workload."""
+    both None for the embedded default workload. knobs: see run_one."""
     node_table, pod_table = load_workload(nodes, pods)
-    return run_one(prepare(node_table, pod_table), policy, experiment, load, seed)
+    return run_one(prepare(node_table, pod_table), policy, experiment, load, seed, knobs,
+                   compress)
 
 
 def simulate_many(workload: _core.Workload, policies: Iterable[str | Scorer],
                   seeds: Iterable[int], experiment: str = "fillup", load: float = DEFAULT_LOAD,
                   jobs: int | None = None,
-                  progress: Callable[[dict], None] | None = None) -> list[dict]:
+                  progress: Callable[[dict], None] | None = None,
+                  knobs: dict | None = None, compress: float = 1.0) -> list[dict]:
     """Runs every (policy, seed) pair on jobs threads (default: all CPUs); results come back in
-    (policy, seed) order. progress(result) is called as each run finishes."""
+    (policy, seed) order. progress(result) is called as each run finishes. knobs: see run_one
+    (they apply to sfgd only)."""
     pairs = [(p, s) for p in policies for s in seeds]
     workers = max(1, min(jobs or os.cpu_count() or 1, len(pairs)))
     if any(callable(p) for p, _ in pairs):
@@ -145,7 +170,7 @@ def simulate_many(workload: _core.Workload, policies: Iterable[str | Scorer],
 
     def one(i: int) -> None:
         p, s = pairs[i]
-        results[i] = run_one(workload, p, experiment, load, s)
+        results[i] = run_one(workload, p, experiment, load, s, knobs, compress)
         if progress is not None:
             progress(results[i])
 
@@ -183,6 +208,14 @@ def summarise(results: Sequence[dict], key: str, arrived_pct: int) -> dict[str, 
         out[policy] = {"median": float(med), "q1": float(q1), "q3": float(q3),
                        "mean": float(v.mean()), "std": float(v.std())}
     return out
+
+
+def summarise_replay(results: Sequence[dict], key: str) -> dict[str, dict[str, float]]:
+    """Per policy: mean and standard deviation over seeds of one replay measure."""
+    by_policy: dict[str, list[float]] = {}
+    for r in results:
+        by_policy.setdefault(r["policy"], []).append(float(r["replay"][key]))
+    return {p: {"mean": float(np.mean(v)), "std": float(np.std(v))} for p, v in by_policy.items()}
 
 
 def to_json(result: dict) -> dict[str, Any]:

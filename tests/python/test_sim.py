@@ -165,15 +165,36 @@ def test_any_small_workload_keeps_capacity(node_rows, pod_rows, policy, seed):
     assert placed.sum() + sum(r["failed_pods"].values()) == len(r["events"]["node"])
 
 
-def test_replay_frees_resources_at_deletion():
+def test_replay_frees_resources_at_deletion_and_waiting_pods_start():
     nodes = nodes_table([("n", 8000, 1024, 1, "T4")])
     pods = pods_table([("a", 1000, 10, 1, 1000, "", 0, 10), ("b", 1000, 10, 1, 1000, "", 5, 20),
                        ("c", 1000, 10, 1, 1000, "", 10, 30), ("d", 1000, 10, 1, 300, "", 40, 99)])
     r = gpuslice.simulate(nodes, pods, policy="bestfit", experiment="replay")
-    assert r["events"]["node"].tolist() == [0, -1, 0, 0]
-    assert r["events"]["allocated_milli"].tolist() == [1000, 1000, 1000, 300]
-    assert r["pods"]["departed"] == 2
-    assert r["failed_pods"] == {"cpu": 0, "sharing": 0, "whole": 1, "multi": 0}
+    ev = r["events"]
+    # b waits for a, c for b, d for c; each starts when the GPU frees up.
+    assert ev["time_s"].tolist() == [0, 5, 10, 10, 10, 25, 25, 40, 45, 45, 104]
+    assert ev["node"].tolist() == [0, -1, 0, 0, -1, 0, 0, -1, 0, 0, 0]
+    assert ev["allocated_milli"].tolist() == [1000, 1000, 0, 1000, 1000, 0, 1000, 1000, 0, 300, 0]
+    assert r["pods"]["departed"] == 4
+    assert r["failed_pods"] == {"cpu": 0, "sharing": 0, "whole": 0, "multi": 0}
+    assert r["milestones"] == []
+    m = r["replay"]
+    assert set(m) >= set(sim.REPLAY_MEASURES)
+    assert m["waited_pods"] == 3 and m["failed_pods"] == 0
+    assert m["wait_mean_s"] == pytest.approx(25 / 3)
+    assert m["alloc_peak_pct"] == pytest.approx(100.0)
+
+
+def test_replay_compress_loads_the_cluster_and_policies_differ():
+    w = sim.prepare(*sim.load_workload())
+    light = sim.run_one(w, "fgd", "replay", compress=1)["replay"]
+    heavy = {p: sim.run_one(w, p, "replay", compress=50)["replay"] for p in ("fgd", "random")}
+    assert heavy["fgd"]["alloc_peak_pct"] > light["alloc_peak_pct"]
+    assert heavy["fgd"]["span_s"] == pytest.approx(light["span_s"] / 50)
+    assert (heavy["random"]["waited_pods"] + heavy["random"]["failed_pods"] >
+            heavy["fgd"]["waited_pods"] + heavy["fgd"]["failed_pods"])
+    with pytest.raises(ValueError, match="compress"):
+        sim.run_one(w, "fgd", "replay", compress=0)
 
 
 def test_replay_needs_times():
@@ -271,7 +292,15 @@ def test_cli_errors(tmp_path):
                                   "capacity in (0, 10]")
 
 
-def test_cli_replay_on_the_embedded_default():
-    out = run_cli("--experiment", "replay", "--policy", "fgd", "--seed", "1")
+def test_cli_replay_on_the_embedded_default(tmp_path):
+    out = run_cli("--experiment", "replay", "--compress", "20", "--policy", "fgd", "random",
+                  "--seed", "1", "--plot", str(tmp_path / "r.png"))
     assert out.returncode == 0, out.stderr
     assert "replay" in out.stdout
+    for column in ("alloc % mean", "alloc % peak", "frag rate % peak", "waited pods",
+                   "failed pods"):
+        assert column in out.stdout
+    assert "—" not in out.stdout
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = run_cli("--compress", "3")
+    assert out.returncode == 1 and "replay only" in out.stderr

@@ -145,6 +145,55 @@ TEST_CASE("fill-up on the openb default trace: FGD wastes less than Random", "[s
   CHECK(fgd.present[130]);
 }
 
+TEST_CASE(
+    "sfgd on the openb default trace: FGD's knobs give FGD's placements; the policy "
+    "allocates more",
+    "[sim][experiment]") {
+  const prepared_workload* w = real_trace("openb_pod_list_default.csv");
+  if (w == nullptr) return;
+  run_options o;
+  o.seed = 42;
+  o.policy = fit::openb_policy::fgd;
+  const auto fgd = run_fillup(*w, o);
+  o.policy = fit::openb_policy::sfgd;
+  o.knobs.exact = false;
+  o.knobs.strand = 0;
+  const auto as_fgd = run_fillup(*w, o);
+  CHECK(as_fgd.node == fgd.node);
+  CHECK(as_fgd.allocated == fgd.allocated);
+  o.knobs = fit::sfgd_knobs{};
+  const auto sfgd = run_fillup(*w, o);
+  CHECK(sfgd.node != fgd.node);
+  CHECK(discretise(sfgd).alloc_pct[130] > discretise(fgd).alloc_pct[130]);
+}
+
+TEST_CASE("the node index leaves fill-up and replay placements unchanged on the real trace",
+          "[sim][experiment]") {
+  const prepared_workload* w = real_trace("openb_pod_list_default.csv");
+  if (w == nullptr) return;
+  for (auto policy : {fit::openb_policy::fgd, fit::openb_policy::sfgd, fit::openb_policy::dotprod,
+                      fit::openb_policy::gpuclustering, fit::openb_policy::gpupacking}) {
+    INFO("policy " << fit::openb_policy_name(policy));
+    run_options o;
+    o.seed = 43;
+    o.policy = policy;
+    const auto indexed = run_fillup(*w, o);
+    o.node_index = false;
+    const auto scanned = run_fillup(*w, o);
+    CHECK(indexed.node == scanned.node);
+    CHECK(indexed.gpus == scanned.gpus);
+    o.compress = 30000;  // saturates the cluster: waiting pods and departures change nodes
+    const auto replay_scanned = run_replay(*w, o);
+    o.node_index = true;
+    const auto replay_indexed = run_replay(*w, o);
+    REQUIRE(replay_scanned.ok());
+    REQUIRE(replay_indexed.ok());
+    CHECK(replay_indexed->node == replay_scanned->node);
+    CHECK(replay_indexed->gpus == replay_scanned->gpus);
+    CHECK(replay_indexed->waited == replay_scanned->waited);
+  }
+}
+
 TEST_CASE("every policy: deterministic per seed, never over capacity", "[sim][experiment]") {
   const auto w = small_workload();
   const std::int64_t capacity = w.total_gpus() * fit::k_openb_gpu_milli;
@@ -177,22 +226,45 @@ TEST_CASE("every policy: deterministic per seed, never over capacity", "[sim][ex
   CHECK(run_fillup(w, o).pod != other.pod);
 }
 
-TEST_CASE("replay frees resources at deletion", "[sim][experiment]") {
+TEST_CASE("replay: departures free resources, waiting pods start when a node frees up",
+          "[sim][experiment]") {
   std::vector<trace_node> nodes = {trace_node{"n", 8000, 100, 1, "T4"}};
+  // One GPU. a runs 0-10; b (5-20) waits for a and starts at 10, running 15 s to 25; c (10-30)
+  // waits for b and starts at 25; d (40-99, 300 milli) waits for c, which ends at 45.
   std::vector<trace_pod> pods = {tp("a", 1000, 1, 1000, 0, 10), tp("b", 1000, 1, 1000, 5, 20),
-                                 tp("c", 1000, 1, 1000, 10, 30), tp("d", 1000, 1, 500, 40, 50)};
+                                 tp("c", 1000, 1, 1000, 10, 30), tp("d", 1000, 1, 300, 40, 99)};
   auto w = prepared_workload::make(nodes, pods);
   REQUIRE(w.ok());
-  for (auto policy :
-       {fit::openb_policy::fgd, fit::openb_policy::random, fit::openb_policy::spread}) {
+  using k = replay_event;
+  const auto u8 = [](replay_event e) { return static_cast<std::uint8_t>(e); };
+  for (auto policy : {fit::openb_policy::fgd, fit::openb_policy::sfgd, fit::openb_policy::random,
+                      fit::openb_policy::spread}) {
     run_options o;
     o.policy = policy;
     auto r = run_replay(*w, o);
     REQUIRE(r.ok());
-    CHECK(r->node == std::vector<std::int32_t>{0, -1, 0, 0});  // b finds the GPU taken
-    CHECK(r->allocated == std::vector<std::int64_t>{1000, 1000, 1000, 500});
-    CHECK(r->departures == 2);
-    CHECK(r->failed[2] == 1);
+    CHECK(r->time == std::vector<double>{0, 5, 10, 10, 10, 25, 25, 40, 45, 45, 104});
+    CHECK(r->kind == std::vector<std::uint8_t>{
+                         u8(k::arrived_started), u8(k::arrived_waiting), u8(k::departed),
+                         u8(k::started_after_wait), u8(k::arrived_waiting), u8(k::departed),
+                         u8(k::started_after_wait), u8(k::arrived_waiting), u8(k::departed),
+                         u8(k::started_after_wait), u8(k::departed)});
+    CHECK(r->pod == std::vector<std::int32_t>{0, 1, 0, 1, 2, 1, 2, 3, 2, 3, 3});
+    CHECK(r->allocated ==
+          std::vector<std::int64_t>{1000, 1000, 0, 1000, 1000, 0, 1000, 1000, 0, 300, 0});
+    CHECK(r->departures == 4);
+    CHECK(r->waited == 3);
+    CHECK(r->wait_total_s == Approx(5 + 15 + 5));
+    CHECK(r->failed == std::array<std::int64_t, 4>{});
+    const replay_measures m = measure_replay(*r);
+    // Load phase 0..40: full from 0 to 10 and from 10 to 25 and from 25 to 40 except the
+    // instants between a departure and the start it allows.
+    CHECK(m.alloc_mean_pct == Approx(100.0));
+    CHECK(m.alloc_peak_pct == Approx(100.0));
+    CHECK(m.waited == 3);
+    CHECK(m.wait_mean_s == Approx(25.0 / 3));
+    CHECK(m.failed == 0);
+    CHECK(m.span_s == Approx(40.0));
   }
   std::vector<trace_pod> untimed = {tp("a", 1, 0, 0)};
   auto u = prepared_workload::make(nodes, untimed);
@@ -200,6 +272,32 @@ TEST_CASE("replay frees resources at deletion", "[sim][experiment]") {
   auto r = run_replay(*u, run_options{});
   REQUIRE_FALSE(r.ok());
   CHECK(r.message().find("replay needs creation_time and deletion_time") == 0);
+}
+
+TEST_CASE("replay: a pod that waits past its own end gives up; compress brings arrivals closer",
+          "[sim][experiment]") {
+  std::vector<trace_node> nodes = {trace_node{"n", 8000, 100, 1, "T4"}};
+  // b would run 5-8 but a holds the GPU until 100: b gives up at 8 and counts as failed.
+  std::vector<trace_pod> pods = {tp("a", 1000, 1, 1000, 0, 100), tp("b", 1000, 1, 500, 5, 8),
+                                 tp("c", 1000, 1, 1000, 200, 400)};
+  auto w = prepared_workload::make(nodes, pods);
+  REQUIRE(w.ok());
+  auto r = run_replay(*w, run_options{});
+  REQUIRE(r.ok());
+  CHECK(r->failed[1] == 1);
+  CHECK(r->waited == 0);
+  CHECK(r->kind[2] == static_cast<std::uint8_t>(replay_event::gave_up));
+  CHECK(r->time[2] == 8);
+  // Compressed 4x, c arrives at 50 while a (still 100 s long) runs: c waits until 100.
+  run_options o;
+  o.compress = 4;
+  auto q = run_replay(*w, o);
+  REQUIRE(q.ok());
+  CHECK(q->waited == 1);
+  CHECK(q->wait_total_s == Approx(50.0));
+  CHECK(measure_replay(*q).span_s == Approx(50.0));
+  o.compress = 0;
+  CHECK_FALSE(run_replay(*w, o).ok());
 }
 
 TEST_CASE("workload validation names the row", "[sim][experiment]") {

@@ -31,8 +31,9 @@ TEST_CASE("concurrent runs on a shared workload equal sequential runs", "[sim][c
   constexpr int threads = 4;
   std::vector<run_options> opts(threads);
   for (int t = 0; t < threads; ++t) {
-    opts[static_cast<std::size_t>(t)].policy =
-        t % 2 ? fit::openb_policy::fgd : fit::openb_policy::random;
+    constexpr fit::openb_policy policies[] = {fit::openb_policy::random, fit::openb_policy::fgd,
+                                              fit::openb_policy::sfgd, fit::openb_policy::fgd};
+    opts[static_cast<std::size_t>(t)].policy = policies[t];
     opts[static_cast<std::size_t>(t)].seed = 40 + t;
   }
   std::vector<run_record> parallel(threads);

@@ -129,3 +129,191 @@ TEST_CASE("a custom scorer decides, ties still by rank", "[sim][score]") {
   });
   CHECK(s.schedule(c, pod(0, 1, 100)).node == 1);
 }
+
+TEST_CASE("sfgd keeps CPU where GPUs still need it; FGD sees no difference", "[sim][score]") {
+  // Typical GPU pods ask 2000 milli-CPU per GPU: r = 2 milli-CPU per milli-GPU.
+  auto model = typical_of(std::vector<openb_pod>(4, pod(2000, 1, 1000)));
+  // Node 0 has just the CPU its two GPUs need (4000); node 1 has plenty.
+  openb_cluster c({openb_node_spec{4000, 100, 2, 0}, openb_node_spec{64000, 100, 2, 0}});
+  frag_tracker t(model, c);
+  go_rand rng(1);
+  const openb_pod cpu_pod = pod(1000, 0, 0);
+  // Both nodes stay Q3 for the typical pod (3000 >= 2000): FGD's fragment does not move, so the
+  // rank decides and node 0 (rank 0) wins.
+  openb_scheduler<go_rand> fgd(openb_policy::fgd, {0, 1}, &t, &rng, 1);
+  CHECK(fgd.schedule(c, cpu_pod).node == 0);
+  // sfgd: node 0 left with 3000 milli-CPU feeds 1500 of its 2000 free milli-GPU and strands 500;
+  // node 1 strands nothing.
+  openb_scheduler<go_rand> s(openb_policy::sfgd, {0, 1}, &t, &rng, 1);
+  CHECK(s.sfgd_delta(c.node(0), 0, cpu_pod).first == -500 * model.denom());
+  CHECK(s.sfgd_delta(c.node(1), 1, cpu_pod).first == 0);
+  CHECK(s.schedule(c, cpu_pod).node == 1);
+  // With the stranding term off and FGD's sigmoid back, it chooses as FGD.
+  sfgd_knobs as_fgd;
+  as_fgd.exact = false;
+  as_fgd.strand = 0;
+  s.set_sfgd_knobs(as_fgd);
+  CHECK(s.schedule(c, cpu_pod).node == 0);
+}
+
+TEST_CASE("sfgd ranks by the exact fragment change, not the truncated sigmoid", "[sim][score]") {
+  auto model = typical_of(std::vector<openb_pod>(10, pod(0, 1, 500)));
+  openb_cluster c({openb_node_spec{8000, 100, 1, 0}, openb_node_spec{8000, 100, 1, 0}});
+  c.bind(0, pod(0, 1, 520), 0b1);  // node 0 free [480]: all fragment for a 500 pod
+  c.bind(1, pod(0, 1, 490), 0b1);  // node 1 free [510]
+  frag_tracker t(model, c);
+  go_rand rng(1);
+  sfgd_knobs exact_only;
+  exact_only.strand = 0;
+  // A 10 milli pod: node 0 loses 10 of fragment (480 -> 470); node 1 turns 510 (usable) into
+  // 500 (still usable): no change. FGD's sigmoid scores both 50, so the rank (node 1) wins.
+  openb_scheduler<go_rand> fgd(openb_policy::fgd, {1, 0}, &t, &rng, 1);
+  CHECK(fgd.schedule(c, pod(0, 1, 10)).node == 1);
+  openb_scheduler<go_rand> s(openb_policy::sfgd, {1, 0}, &t, &rng, 1);
+  s.set_sfgd_knobs(exact_only);
+  CHECK(s.sfgd_delta(c.node(0), 0, pod(0, 1, 10)).first == 10 * model.denom());
+  CHECK(s.schedule(c, pod(0, 1, 10)).node == 0);
+}
+
+TEST_CASE("the node index chooses exactly as scoring every node", "[sim][score]") {
+  // 40 nodes of four shapes; pods of five classes (one typed to model 1, one memory-heavy), so
+  // the index must skip nodes that fail the full filter.
+  std::vector<openb_node_spec> specs;
+  for (int i = 0; i < 40; ++i) {
+    specs.push_back(openb_node_spec{16000 + 16000 * (i % 3), 64 + 64 * (i % 2), 1 + i % 8, i % 2});
+  }
+  std::vector<openb_pod> kinds = {pod(2000, 1, 500, 8), pod(4000, 1, 1000, 16), pod(1000, 0, 0, 4),
+                                  pod(3000, 2, 1000, 100), pod(2000, 1, 250, 8)};
+  kinds[4].typed = true;
+  kinds[4].types = 0b10;
+  for (auto policy : {openb_policy::fgd, openb_policy::sfgd, openb_policy::dotprod,
+                      openb_policy::gpuclustering, openb_policy::gpupacking}) {
+    openb_cluster a(specs);
+    openb_cluster b(specs);
+    const std::vector<std::string> no_specs(kinds.size());
+    frag_model model_a(openb_typical_pods(kinds, no_specs), 2);
+    frag_model model_b(openb_typical_pods(kinds, no_specs), 2);
+    frag_tracker ta(model_a, a);
+    frag_tracker tb(model_b, b);
+    go_rand ra(3);
+    go_rand rb(3);
+    std::vector<std::int32_t> ranks(specs.size());
+    for (std::size_t i = 0; i < ranks.size(); ++i)
+      ranks[i] = static_cast<std::int32_t>((i * 7) % 40);
+    openb_scheduler<go_rand> scan(policy, ranks, &ta, &ra, kinds.size());
+    openb_scheduler<go_rand> indexed(policy, ranks, &tb, &rb, kinds.size());
+    indexed.enable_index(1);  // index every class above a 1/40 share (the default needs more nodes)
+    go_rand pick(11);
+    int placed = 0;
+    for (int k = 0; k < 600; ++k) {
+      const auto c = static_cast<std::int32_t>(pick.intn(static_cast<std::int64_t>(kinds.size())));
+      const openb_pod& p = kinds[static_cast<std::size_t>(c)];
+      const auto x = scan.schedule(a, p, c);
+      const auto y = indexed.schedule(b, p, c);
+      INFO("decision " << k << " class " << c);
+      REQUIRE(x.node == y.node);
+      REQUIRE(x.gpus == y.gpus);
+      if (x.node < 0) continue;
+      ++placed;
+      a.bind(static_cast<std::size_t>(x.node), p, x.gpus);
+      b.bind(static_cast<std::size_t>(y.node), p, y.gpus);
+      ta.update(a, static_cast<std::size_t>(x.node));
+      tb.update(b, static_cast<std::size_t>(y.node));
+      indexed.node_changed(static_cast<std::size_t>(y.node));
+    }
+    CHECK(placed > 100);
+    CHECK(indexed.indexed_classes() >= 3);
+    CHECK(scan.indexed_classes() == 0);
+  }
+}
+
+TEST_CASE("the node index chooses exactly as scoring every node under departures", "[sim][score]") {
+  // 300 nodes of three models and none, with memory that binds: each pod of a class draws its
+  // own memory and, for one class, one of two type masks, so the index must search past nodes
+  // that fail the full filter; a third of the steps remove a running pod instead.
+  std::vector<openb_node_spec> specs;
+  for (int i = 0; i < 300; ++i) {
+    const int gpus = i % 10 == 9 ? 0 : 1 + (i * 5) % 8;
+    specs.push_back(openb_node_spec{32000 + 16000 * (i % 4), 96 + 32 * (i % 5), gpus,
+                                    gpus == 0 ? k_openb_no_model : i % 3});
+  }
+  const std::vector<openb_pod> kinds = {pod(2000, 1, 500),  pod(4000, 1, 1000), pod(1000, 0, 0),
+                                        pod(3000, 2, 1000), pod(2000, 1, 250),  pod(6000, 1, 300)};
+  struct variant {
+    openb_policy policy;
+    sfgd_knobs knobs;
+  };
+  sfgd_knobs ties;
+  ties.pack = true;
+  ties.cpu_fit = true;
+  for (const variant& v :
+       {variant{openb_policy::fgd, {}}, variant{openb_policy::sfgd, {}},
+        variant{openb_policy::sfgd, ties}, variant{openb_policy::dotprod, {}},
+        variant{openb_policy::gpuclustering, {}}, variant{openb_policy::gpupacking, {}}}) {
+    INFO("policy " << openb_policy_name(v.policy) << " pack " << v.knobs.pack);
+    openb_cluster a(specs);
+    openb_cluster b(specs);
+    const std::vector<std::string> no_specs(kinds.size());
+    frag_model model_a(openb_typical_pods(kinds, no_specs), 3);
+    frag_model model_b(openb_typical_pods(kinds, no_specs), 3);
+    frag_tracker ta(model_a, a);
+    frag_tracker tb(model_b, b);
+    go_rand ra(5);
+    go_rand rb(5);
+    std::vector<std::int32_t> ranks(specs.size());
+    for (std::size_t i = 0; i < ranks.size(); ++i)
+      ranks[i] = static_cast<std::int32_t>((i * 7) % specs.size());
+    openb_scheduler<go_rand> scan(v.policy, ranks, &ta, &ra, kinds.size());
+    openb_scheduler<go_rand> indexed(v.policy, ranks, &tb, &rb, kinds.size());
+    scan.set_sfgd_knobs(v.knobs);
+    indexed.set_sfgd_knobs(v.knobs);
+    indexed.enable_index(1);
+    struct running {
+      std::size_t node;
+      openb_pod pod;
+      gpu_mask gpus;
+    };
+    std::vector<running> live;
+    go_rand pick(17);
+    int placed = 0;
+    int departed = 0;
+    for (int k = 0; k < 3000; ++k) {
+      if (!live.empty() && pick.intn(3) == 0) {
+        const auto at = static_cast<std::size_t>(pick.intn(static_cast<std::int64_t>(live.size())));
+        const running r = live[at];
+        live.erase(live.begin() + static_cast<std::ptrdiff_t>(at));
+        a.unbind(r.node, r.pod, r.gpus);
+        b.unbind(r.node, r.pod, r.gpus);
+        ta.update(a, r.node);
+        tb.update(b, r.node);
+        indexed.node_changed(r.node);
+        ++departed;
+        continue;
+      }
+      const auto c = static_cast<std::int32_t>(pick.intn(static_cast<std::int64_t>(kinds.size())));
+      openb_pod p = kinds[static_cast<std::size_t>(c)];
+      p.mem = 4 + pick.intn(60);
+      if (c == 4) {
+        p.typed = true;
+        p.types = pick.intn(2) == 0 ? 0b010 : 0b101;
+      }
+      const auto x = scan.schedule(a, p, c);
+      const auto y = indexed.schedule(b, p, c);
+      INFO("step " << k << " class " << c);
+      REQUIRE(x.node == y.node);
+      REQUIRE(x.gpus == y.gpus);
+      if (x.node < 0) continue;
+      ++placed;
+      const auto node = static_cast<std::size_t>(x.node);
+      a.bind(node, p, x.gpus);
+      b.bind(node, p, y.gpus);
+      ta.update(a, node);
+      tb.update(b, node);
+      indexed.node_changed(node);
+      live.push_back(running{node, p, x.gpus});
+    }
+    CHECK(placed > 1000);
+    CHECK(departed > 500);
+    CHECK(indexed.indexed_classes() == kinds.size());
+  }
+}

@@ -16,7 +16,10 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <limits>
+#include <map>
 #include <string_view>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -36,12 +39,37 @@ enum class openb_policy : std::uint8_t {
   fgd,
   spread,
   binpack,
+  sfgd,    ///< stranding-aware FGD: exact fragment change plus GPU stranded by lack of CPU
   custom,  ///< scores from a user-supplied function, GPUs by "best"
 };
 
 /// Names of the built-in policies, in enum order.
-inline constexpr std::array<std::string_view, 8> k_openb_policy_names = {
-    "random", "dotprod", "gpuclustering", "gpupacking", "bestfit", "fgd", "spread", "binpack"};
+inline constexpr std::array<std::string_view, 9> k_openb_policy_names = {
+    "random", "dotprod", "gpuclustering", "gpupacking", "bestfit",
+    "fgd",    "spread",  "binpack",       "sfgd"};
+
+/// The parts of sfgd (stranding-aware FGD), each of which can be switched for its ablation.
+/// The defaults are the policy; {exact=false, pack=false, cpu_fit=false, strand=0} chooses
+/// exactly as FGD does.
+struct sfgd_knobs {
+  /// Rank nodes by the exact change of the fragment amount (an integer in units of 1/denom
+  /// milli-GPU) instead of FGD's trunc(100 * sigmoid(change / 1000)), which ties every change
+  /// within about 40 milli-GPU of another and leaves the choice to the random node rank.
+  bool exact = true;
+  /// Among equal keys, prefer the node left with the least free GPU milli (packing), and for a
+  /// sharing pod the GPU with the least free milli (best fit). Measured to cost allocation:
+  /// off in the policy.
+  bool pack = false;
+  /// Among equal keys and equal free GPU, prefer the node left with the least free CPU. Off in
+  /// the policy.
+  bool cpu_fit = false;
+  /// Weight of the stranded-GPU term added to each node's fragment: the free GPU milli that
+  /// the node's free CPU cannot feed at the typical GPU pods' mean milli-CPU per milli-GPU,
+  /// max(0, L - cpu_left / r). FGD's measure sees a node's lack of CPU only when it drops
+  /// below one typical pod's request; this term sees it as soon as the CPU left cannot fill
+  /// the GPUs left.
+  double strand = 1.0;
+};
 
 /// The policy's name ("custom" for custom).
 inline std::string_view openb_policy_name(openb_policy p) noexcept {
@@ -62,6 +90,9 @@ inline bool openb_policy_from_name(std::string_view name, openb_policy& out) noe
 
 /// HAMi's default number of tasks that may share one GPU (deviceSplitCount), the slot total.
 inline constexpr int k_hami_default_split = 10;
+/// Default of openb_scheduler::enable_index: a pod class is indexed when its share of
+/// decisions times the node count exceeds this (measured best on the openb list, 1x to 8x).
+inline constexpr std::uint64_t k_index_nodes_per_update = 16;
 /// Highest integer score of a node.
 inline constexpr int k_openb_max_score = 100;
 
@@ -177,23 +208,66 @@ class openb_scheduler {
  public:
   /// policy: which scorer; ranks[i]: node i's tie-break rank (smaller wins); frag: the
   /// cluster's fragment tracker (FGD reads it; must be updated after each bind); rng: draws of
-  /// Random; class_count: number of distinct pod classes (cpu, m, n) for FGD's score cache.
+  /// Random; class_count: number of distinct pod classes (cpu, m, n) for the score caches of
+  /// fgd and sfgd and the node index.
   openb_scheduler(openb_policy policy, std::vector<std::int32_t> ranks, frag_tracker* frag,
                   Rng* rng, std::size_t class_count = 0)
       : policy_(policy), ranks_(std::move(ranks)), frag_(frag), rng_(rng) {
+    class_count_ = class_count;
     if (policy_ == openb_policy::fgd && class_count > 0) {
       cache_.assign(class_count * ranks_.size(), cached{});
-      class_count_ = class_count;
+    }
+    if (policy_ == openb_policy::sfgd && class_count > 0) {
+      fp_cache_.assign(class_count * ranks_.size(), fp_cached{});
     }
   }
 
   /// Sets the scorer of openb_policy::custom.
   void set_custom(openb_custom_scorer scorer) { custom_ = std::move(scorer); }
+  /// Turns on the node index of the policies whose score depends on the node's state and the
+  /// pod's class (cpu, m, n) only: fgd, sfgd, dotprod, gpuclustering and gpupacking. For each
+  /// frequent pod class it keeps, per GPU model, a tournament tree over the nodes that could
+  /// hold such a pod (memory and GPU type aside) with the policy's key, brought up to date
+  /// from the log of changed nodes when the class is next scheduled. A decision then searches
+  /// the trees of the models the pod may use for the first node in (key, rank) order that
+  /// passes the full filter, instead of scoring every node; choices are identical. A class is
+  /// indexed once it has been scheduled 4 times and its share of decisions times the node
+  /// count exceeds nodes_per_update (each indexed class costs about one node update per
+  /// decision; scanning costs one score per node). The caller must report every bind and
+  /// unbind through node_changed(). No effect for other policies (their scores depend on the
+  /// pod's memory, on the feasible set or on random draws) or without pod classes. Not
+  /// thread-safe.
+  void enable_index(std::uint64_t nodes_per_update = k_index_nodes_per_update) {
+    index_on_ = (policy_ == openb_policy::fgd || policy_ == openb_policy::sfgd ||
+                 policy_ == openb_policy::dotprod || policy_ == openb_policy::gpuclustering ||
+                 policy_ == openb_policy::gpupacking) &&
+                class_count_ > 0;
+    nodes_per_update_ = nodes_per_update;
+    if (index_on_) index_.assign(class_count_, class_index{});
+  }
+  /// Reports that node i's state changed (bind or unbind); needed when the index is on.
+  void node_changed(std::size_t i) {
+    if (index_on_) changed_.push_back(static_cast<std::uint32_t>(i));
+  }
+  /// Pod classes the index keeps (for tests and benchmarks).
+  std::size_t indexed_classes() const noexcept {
+    std::size_t n = 0;
+    for (const auto& c : index_) n += c.built;
+    return n;
+  }
+
+  /// Sets the parts of sfgd in use (its ablation); the defaults are the policy.
+  void set_sfgd_knobs(const sfgd_knobs& k) noexcept { knobs_ = k; }
 
   /// One cycle for pod against the cluster's current state; binds nothing. pod_class indexes
   /// the FGD score cache (-1: no caching). Not thread-safe.
   openb_placement schedule(const openb_cluster& cluster, const openb_pod& pod,
                            std::int32_t pod_class = -1) {
+    if (index_on_ && pod_class >= 0 && static_cast<std::size_t>(pod_class) < class_count_) {
+      std::int32_t pick = -1;
+      if (indexed_choice(cluster, pod, pod_class, pick))
+        return place(cluster, pod, pod_class, pick, -1);
+    }
     feasible_.clear();
     const auto& nodes = cluster.nodes();
     for (std::size_t i = 0; i < nodes.size(); ++i) {
@@ -214,14 +288,28 @@ class openb_scheduler {
         case openb_policy::custom:
           pick = choose_custom(cluster, pod);
           break;
+        case openb_policy::sfgd:
+          pick = choose_sfgd(nodes, pod, pod_class, fgd_gpu);
+          break;
         default:
           pick = choose_scored(nodes, pod, pod_class, fgd_gpu);
           break;
       }
     }
-    const openb_node& node = nodes[pick];
+    return place(cluster, pod, pod_class, static_cast<std::int32_t>(pick), fgd_gpu);
+  }
+
+  /// The feasible nodes of the last cycle (not filled by a decision the index answered).
+  const std::vector<std::uint32_t>& feasible() const noexcept { return feasible_; }
+
+ private:
+  // The GPUs of the chosen node (pick < 0: unschedulable).
+  openb_placement place(const openb_cluster& cluster, const openb_pod& pod, std::int32_t pod_class,
+                        std::int32_t pick, int fgd_gpu) {
+    if (pick < 0) return {};
+    const openb_node& node = cluster.node(static_cast<std::size_t>(pick));
     openb_placement out;
-    out.node = static_cast<std::int32_t>(pick);
+    out.node = pick;
     switch (policy_) {
       case openb_policy::random:
         out.gpus = openb_select_random(node, pod, *rng_);
@@ -231,7 +319,17 @@ class openb_scheduler {
         break;
       case openb_policy::fgd:
         if (pod.kind() == openb_pod_kind::sharing && pod.m > 0) {
-          if (fgd_gpu < 0) fgd_gpu = fgd_score(node, pick, pod, pod_class).second;
+          if (fgd_gpu < 0)
+            fgd_gpu = fgd_score(node, static_cast<std::size_t>(pick), pod, pod_class).second;
+          out.gpus = static_cast<gpu_mask>(1U << fgd_gpu);
+        } else {
+          out.gpus = openb_select_best(node, pod);
+        }
+        break;
+      case openb_policy::sfgd:
+        if (pod.kind() == openb_pod_kind::sharing && pod.m > 0) {
+          if (fgd_gpu < 0)
+            fgd_gpu = sfgd_delta(node, static_cast<std::size_t>(pick), pod, pod_class).second;
           out.gpus = static_cast<gpu_mask>(1U << fgd_gpu);
         } else {
           out.gpus = openb_select_best(node, pod);
@@ -244,15 +342,30 @@ class openb_scheduler {
     return out;
   }
 
-  /// The feasible nodes of the last cycle.
-  const std::vector<std::uint32_t>& feasible() const noexcept { return feasible_; }
+ public:
+  /// sfgd's primary key of node i: the fragment decrease F(N) - F(N') in units of
+  /// 1/denom milli-GPU (FGD's truncated sigmoid score when knobs.exact is off), and for a
+  /// sharing pod the GPU it chose. Uses the cache when pod_class >= 0. Not thread-safe.
+  std::pair<std::int64_t, int> sfgd_delta(const openb_node& node, std::size_t i,
+                                          const openb_pod& pod, std::int32_t pod_class = -1) {
+    fp_cached* slot = nullptr;
+    if (pod_class >= 0 && static_cast<std::size_t>(pod_class) < class_count_ &&
+        !fp_cache_.empty()) {
+      slot = &fp_cache_[static_cast<std::size_t>(pod_class) * ranks_.size() + i];
+      if (slot->version == node.version + 1) return {slot->delta, slot->gpu};
+    }
+    const auto r = sfgd_compute(node, i, pod);
+    if (slot != nullptr)
+      *slot = fp_cached{node.version + 1, static_cast<std::int16_t>(r.second), r.first};
+    return r;
+  }
 
   /// FGD's score of node i (§6.6) and, for a sharing pod, the GPU it chose. Uses the cache
   /// when pod_class >= 0. Not thread-safe.
   std::pair<int, int> fgd_score(const openb_node& node, std::size_t i, const openb_pod& pod,
                                 std::int32_t pod_class = -1) {
     cached* slot = nullptr;
-    if (pod_class >= 0 && static_cast<std::size_t>(pod_class) < class_count_) {
+    if (pod_class >= 0 && static_cast<std::size_t>(pod_class) < class_count_ && !cache_.empty()) {
       slot = &cache_[static_cast<std::size_t>(pod_class) * ranks_.size() + i];
       if (slot->version == node.version + 1) return {slot->score, slot->gpu};
     }
@@ -268,6 +381,280 @@ class openb_scheduler {
     std::uint32_t version = 0;  ///< node version + 1; 0 = empty
     std::int16_t score = 0;
     std::int16_t gpu = -1;
+  };
+
+  // A pod class's index: each node's key under the policy (a larger first, then smaller b, c;
+  // fgd: a = score; sfgd: a = decrease, b = free GPU left with pack, c = CPU left with
+  // cpu_fit), and per GPU model a tournament tree over that model's nodes in rank order whose
+  // inner entries hold the best node below them (ties to the smaller rank). Flat arrays: an
+  // update rewrites one leaf-to-root path and stops where the winner no longer changes.
+  struct index_key {
+    std::int64_t a = 0;
+    std::int64_t b = 0;
+    std::int64_t c = 0;
+  };
+  // A tree entry: the winner's primary key and rank inline, so that a match reads one pair of
+  // adjacent entries, and the most free memory (MiB, capped at k_mem_cap) of a node of the
+  // class below it. node == k_none: no node. A leaf also holds its node's version + 1 at the
+  // last update (0 = never), which saves a separate array's cache miss per update.
+  struct index_slot {
+    std::int64_t a;
+    std::int32_t rank;
+    std::uint32_t node;
+    std::int32_t mem;
+    std::uint32_t synced;
+  };
+  struct class_index {
+    bool built = false;
+    std::uint64_t queries = 0;
+    std::size_t cursor = 0;        // next entry of changed_ to apply
+    std::vector<index_key> key;    // each node's full key (only with sfgd's tie-breaks)
+    std::vector<index_slot> tree;  // per group: winners (see groups_)
+  };
+  // The nodes of one GPU model (or of none) in rank order: leaf k of its tree is node[k].
+  struct index_group {
+    int model = k_openb_no_model;
+    std::size_t base = 0;   // offset of this group's tree in class_index::tree (2 * width)
+    std::size_t width = 0;  // leaves, a power of two
+    std::vector<std::uint32_t> node;
+  };
+
+  static constexpr std::uint32_t k_none = ~std::uint32_t{0};
+  static constexpr index_slot k_empty{0, 0, k_none, -1, 0};
+  static constexpr std::int64_t k_mem_cap = std::numeric_limits<std::int32_t>::max();
+  // A class is indexed once it has been scheduled this many times (see enable_index).
+  static constexpr std::uint64_t k_index_min_queries = 4;
+
+  // Could a pod of this class fit, memory and GPU type aside?
+  static bool class_feasible(const openb_node& n, const openb_pod& pod) noexcept {
+    if (n.pods + 1 > k_openb_max_pods_per_node) return false;
+    if (pod.cpu + n.cpu_used > n.cpu_alloc) return false;
+    if (pod.m > 0 && (n.gpus <= 0 || !openb_gpu_fits(n, pod.n, pod.m))) return false;
+    return true;
+  }
+
+  // sfgd's pack and cpu_fit knobs break ties of a by b and c.
+  bool index_ties() const noexcept {
+    return policy_ == openb_policy::sfgd && (knobs_.pack || knobs_.cpu_fit);
+  }
+
+  // Does x come before y in a class's order? An empty entry comes last.
+  bool index_before(const class_index& ci, const index_slot& x,
+                    const index_slot& y) const noexcept {
+    if (y.node == k_none) return x.node != k_none;
+    if (x.node == k_none) return false;
+    if (x.a != y.a) return x.a > y.a;
+    if (index_ties()) {
+      const index_key& p = ci.key[x.node];
+      const index_key& q = ci.key[y.node];
+      if (p.b != q.b) return p.b < q.b;
+      if (p.c != q.c) return p.c < q.c;
+    }
+    return x.rank < y.rank;
+  }
+
+  // Sets node j's leaf and replays the matches above it.
+  void index_set_leaf(class_index& ci, std::uint32_t j, const index_slot& leaf) {
+    const index_group& g = groups_[group_of_[j]];
+    index_slot* t = ci.tree.data() + g.base;
+    std::size_t at = g.width + leaf_of_[j];
+    t[at] = leaf;
+    for (at >>= 1; at >= 1; at >>= 1) {
+      const index_slot& l = t[2 * at];
+      const index_slot& r = t[2 * at + 1];
+      const index_slot& w = index_before(ci, r, l) ? r : l;
+      const std::int32_t mem = std::max(l.mem, r.mem);
+      if (w.node == t[at].node && w.node != j && mem == t[at].mem) break;  // nothing above changes
+      t[at] = index_slot{w.a, w.rank, w.node, mem, 0};
+    }
+  }
+
+  // The groups (once): nodes by GPU model, each in rank order.
+  void index_groups(const openb_cluster& cluster) {
+    if (!groups_.empty()) return;
+    const std::size_t n = cluster.size();
+    std::vector<std::uint32_t> by_rank(n);
+    for (std::uint32_t j = 0; j < n; ++j) by_rank[static_cast<std::size_t>(ranks_[j])] = j;
+    group_of_.assign(n, 0);
+    leaf_of_.assign(n, 0);
+    std::vector<int> group_of_model(k_openb_max_models + 1, -1);
+    for (const std::uint32_t j : by_rank) {
+      const int model = cluster.node(j).model;
+      int& gi = group_of_model[static_cast<std::size_t>(model + 1)];
+      if (gi < 0) {
+        gi = static_cast<int>(groups_.size());
+        groups_.push_back(index_group{model, 0, 0, {}});
+      }
+      index_group& g = groups_[static_cast<std::size_t>(gi)];
+      group_of_[j] = static_cast<std::uint32_t>(gi);
+      leaf_of_[j] = static_cast<std::uint32_t>(g.node.size());
+      g.node.push_back(j);
+    }
+    std::size_t base = 0;
+    for (index_group& g : groups_) {
+      g.width = 1;
+      while (g.width < g.node.size()) g.width *= 2;
+      g.base = base;
+      base += 2 * g.width;
+    }
+    tree_size_ = base;
+    // Nodes never bound share their state with every node of the same spec (index_build).
+    std::map<std::tuple<std::int64_t, std::int64_t, int, int>, std::uint32_t> specs;
+    spec_of_.assign(n, 0);
+    for (std::uint32_t j = 0; j < n; ++j) {
+      const openb_node& x = cluster.node(j);
+      const auto key = std::make_tuple(x.cpu_alloc, x.mem_alloc, int{x.gpus}, int{x.model});
+      spec_of_[j] = specs.emplace(key, static_cast<std::uint32_t>(specs.size())).first->second;
+    }
+    spec_count_ = specs.size();
+  }
+
+  // Node j's key for the class, or false when a pod of the class cannot fit there.
+  bool index_key_of(const openb_node& n, std::uint32_t j, const openb_pod& pod,
+                    std::int32_t pod_class, index_key& k) {
+    if (!class_feasible(n, pod)) return false;
+    // Straight from the fragment measure: once a class is indexed its cache slots are rarely
+    // read again before the node changes.
+    (void)pod_class;
+    switch (policy_) {
+      case openb_policy::fgd:
+        k.a = fgd_compute(n, j, pod).first;
+        break;
+      case openb_policy::sfgd:
+        k.a = sfgd_compute(n, j, pod).first;
+        k.b = knobs_.pack ? n.free_total - pod.gpu_request() : 0;
+        k.c = knobs_.cpu_fit ? n.cpu_left() - pod.cpu : 0;
+        break;
+      default: {
+        int gpu = -1;
+        k.a = score_of(n, j, pod, -1, gpu);
+        break;
+      }
+    }
+    return true;
+  }
+
+  // Keys of every node and the trees bottom-up. A node never bound has its spec's initial
+  // state, whose key is computed once per spec.
+  void index_build(class_index& ci, const openb_cluster& cluster, const openb_pod& pod,
+                   std::int32_t pod_class) {
+    const std::size_t n = cluster.size();
+    const bool ties = index_ties();
+    if (ties) ci.key.assign(n, index_key{});
+    ci.tree.assign(tree_size_, k_empty);
+    std::vector<index_key> memo(spec_count_);         // a spec's key when never bound
+    std::vector<std::int8_t> known(spec_count_, -1);  // -1: not yet, 0: no fit, 1: memo holds it
+    for (std::uint32_t j = 0; j < n; ++j) {
+      const openb_node& x = cluster.node(j);
+      index_key k;
+      bool fits = false;
+      const std::uint32_t spec = spec_of_[j];
+      if (x.version == 0 && known[spec] >= 0) {
+        fits = known[spec] == 1;
+        k = memo[spec];
+      } else {
+        fits = index_key_of(x, j, pod, pod_class, k);
+        if (x.version == 0) {
+          known[spec] = fits ? 1 : 0;
+          memo[spec] = k;
+        }
+      }
+      const index_group& g = groups_[group_of_[j]];
+      index_slot& leaf = ci.tree[g.base + g.width + leaf_of_[j]];
+      if (!fits) {
+        leaf.synced = x.version + 1;
+        continue;
+      }
+      if (ties) ci.key[j] = k;
+      leaf = index_slot{k.a, ranks_[j], j, free_mem(x), x.version + 1};
+    }
+    for (const index_group& g : groups_) {
+      index_slot* t = ci.tree.data() + g.base;
+      for (std::size_t at = g.width - 1; at >= 1; --at) {
+        t[at] = index_before(ci, t[2 * at + 1], t[2 * at]) ? t[2 * at + 1] : t[2 * at];
+        t[at].mem = std::max(t[2 * at].mem, t[2 * at + 1].mem);
+      }
+    }
+  }
+
+  void index_update(class_index& ci, const openb_cluster& cluster, const openb_pod& pod,
+                    std::int32_t pod_class, std::uint32_t j) {
+    const openb_node& n = cluster.node(j);
+    const index_group& g = groups_[group_of_[j]];
+    index_slot& leaf = ci.tree[g.base + g.width + leaf_of_[j]];
+    const std::uint32_t synced = n.version + 1;
+    if (leaf.synced == synced) return;
+    index_key k;
+    if (!index_key_of(n, j, pod, pod_class, k)) {
+      if (leaf.node == k_none) {
+        leaf.synced = synced;
+      } else {
+        index_set_leaf(ci, j, index_slot{0, 0, k_none, -1, synced});
+      }
+      return;
+    }
+    if (index_ties()) ci.key[j] = k;
+    index_set_leaf(ci, j, index_slot{k.a, ranks_[j], j, free_mem(n), synced});
+  }
+
+  // A node's free memory for the trees, capped at k_mem_cap.
+  static std::int32_t free_mem(const openb_node& n) noexcept {
+    return static_cast<std::int32_t>(
+        std::clamp<std::int64_t>(n.mem_alloc - n.mem_used, 0, k_mem_cap));
+  }
+
+  // The first node of the subtree at `at` of group g, in the class's order, that passes the
+  // full filter, if it comes before best (then it replaces best). A subtree is left out when
+  // its winner does not come before best or none of its nodes has the pod's memory free (a
+  // capped maximum proves nothing).
+  void index_search(const class_index& ci, const openb_cluster& cluster, const openb_pod& pod,
+                    const index_group& g, std::size_t at, index_slot& best) const {
+    const index_slot& w = ci.tree[g.base + at];
+    if (!index_before(ci, w, best) || w.mem < std::min(pod.mem, k_mem_cap)) return;
+    if (openb_feasible(cluster.node(w.node), pod)) {
+      best = w;  // the subtree's best node fits: nothing below can come before it
+      return;
+    }
+    if (at >= g.width) return;
+    // The child holding w first: its other nodes may still come before the sibling's winner.
+    const std::size_t first = ci.tree[g.base + 2 * at].node == w.node ? 2 * at : 2 * at + 1;
+    index_search(ci, cluster, pod, g, first, best);
+    index_search(ci, cluster, pod, g, first ^ 1U, best);
+  }
+
+  // Answers a decision from the index when the class is indexed: true with pick (-1: no node
+  // fits), false when the caller must scan.
+  bool indexed_choice(const openb_cluster& cluster, const openb_pod& pod, std::int32_t pod_class,
+                      std::int32_t& pick) {
+    class_index& ci = index_[static_cast<std::size_t>(pod_class)];
+    ++decisions_;
+    ++ci.queries;
+    const std::size_t n = cluster.size();
+    if (!ci.built) {
+      if (ci.queries < k_index_min_queries || ci.queries * n <= nodes_per_update_ * decisions_) {
+        return false;
+      }
+      ci.built = true;
+      index_groups(cluster);
+      index_build(ci, cluster, pod, pod_class);
+      ci.cursor = changed_.size();
+    }
+    for (; ci.cursor < changed_.size(); ++ci.cursor) {
+      index_update(ci, cluster, pod, pod_class, changed_[ci.cursor]);
+    }
+    index_slot best = k_empty;
+    for (const index_group& g : groups_) {
+      if (pod.typed && pod.m > 0 && (g.model < 0 || ((pod.types >> g.model) & 1U) == 0)) continue;
+      index_search(ci, cluster, pod, g, 1, best);
+    }
+    pick = best.node == k_none ? -1 : static_cast<std::int32_t>(best.node);
+    return true;
+  }
+
+  struct fp_cached {
+    std::uint32_t version = 0;  ///< node version + 1; 0 = empty
+    std::int16_t gpu = -1;
+    std::int64_t delta = 0;
   };
 
   bool better(int score, std::uint32_t node, int best, std::uint32_t best_node) const noexcept {
@@ -308,6 +695,44 @@ class openb_scheduler {
         best = s;
         best_node = i;
         best_gpu = gpu;
+      }
+    }
+    return best_node;
+  }
+
+  // Lexicographic: larger fragment decrease, then (pack) less free GPU left, then (cpu_fit)
+  // less CPU left, then the smaller rank.
+  std::uint32_t choose_sfgd(const std::vector<openb_node>& nodes, const openb_pod& pod,
+                            std::int32_t pod_class, int& best_gpu) {
+    std::uint32_t best_node = feasible_.front();
+    std::int64_t best_delta = 0;
+    std::int64_t best_free = 0;
+    std::int64_t best_cpu = 0;
+    bool first = true;
+    for (std::uint32_t i : feasible_) {
+      const openb_node& n = nodes[i];
+      const auto r = sfgd_delta(n, i, pod, pod_class);
+      const std::int64_t free_after = knobs_.pack ? n.free_total - pod.gpu_request() : 0;
+      const std::int64_t cpu_after = knobs_.cpu_fit ? n.cpu_left() - pod.cpu : 0;
+      bool take = first;
+      if (!take) {
+        if (r.first != best_delta) {
+          take = r.first > best_delta;
+        } else if (free_after != best_free) {
+          take = free_after < best_free;
+        } else if (cpu_after != best_cpu) {
+          take = cpu_after < best_cpu;
+        } else {
+          take = ranks_[i] < ranks_[best_node];
+        }
+      }
+      if (take) {
+        first = false;
+        best_node = i;
+        best_delta = r.first;
+        best_free = free_after;
+        best_cpu = cpu_after;
+        best_gpu = r.second;
       }
     }
     return best_node;
@@ -419,7 +844,98 @@ class openb_scheduler {
     return {best, best_gpu};
   }
 
+  // sfgd's key before ranking: the exact decrease, or FGD's sigmoid score.
+  std::int64_t sfgd_key(std::int64_t before, std::int64_t after) const noexcept {
+    return knobs_.exact ? before - after : sigmoid_score(before, after, frag_->model().denom());
+  }
+
+  // denom x the GPU milli a node strands: free GPU beyond what its free CPU can feed.
+  std::int64_t stranded(std::int64_t cpu_left, std::int64_t free_total) {
+    if (cpu_per_milli_ < 0) {
+      double cpu = 0;
+      double gpu = 0;
+      for (const auto& t : frag_->model().typical().pods) {
+        if (t.m <= 0 || t.n <= 0) continue;
+        cpu += static_cast<double>(t.count) * static_cast<double>(t.cpu);
+        gpu += static_cast<double>(t.count) * t.n * t.m;
+      }
+      cpu_per_milli_ = gpu > 0 ? cpu / gpu : 0;
+    }
+    if (cpu_per_milli_ <= 0) return 0;
+    const double fed = static_cast<double>(std::max<std::int64_t>(cpu_left, 0)) / cpu_per_milli_;
+    const double s = std::max(0.0, static_cast<double>(free_total) - fed);
+    return static_cast<std::int64_t>(knobs_.strand * s *
+                                     static_cast<double>(frag_->model().denom()));
+  }
+
+  std::int64_t sfgd_amount(std::int64_t cpu_left, const std::int16_t* f, const openb_node& node) {
+    std::int64_t a = frag_->model().amount(cpu_left, f, node.gpus, node.model);
+    if (knobs_.strand > 0) {
+      std::int64_t total = 0;
+      for (int g = 0; g < node.gpus; ++g) total += f[g];
+      a += stranded(cpu_left, total);
+    }
+    return a;
+  }
+
+  std::pair<std::int64_t, int> sfgd_compute(const openb_node& node, std::size_t i,
+                                            const openb_pod& pod) {
+    const std::int64_t before =
+        frag_->node(i) + (knobs_.strand > 0 ? stranded(node.cpu_left(), node.free_total) : 0);
+    const std::int64_t cpu_after = node.cpu_left() - pod.cpu;
+    std::array<std::int16_t, k_openb_max_gpus> f = node.free;
+    if (pod.kind() != openb_pod_kind::sharing || pod.m == 0) {
+      // CPU-only and whole-GPU pods: whole GPUs are the lowest-index fully free ones, which
+      // leave the same sorted free list as any other fully free ones.
+      if (pod.n > 0 && pod.m > 0) {
+        const gpu_mask mask = openb_select_lowest(node, pod);
+        for (int g = 0; g < node.gpus; ++g) {
+          if ((mask >> g) & 1U) {
+            f[static_cast<std::size_t>(g)] =
+                static_cast<std::int16_t>(f[static_cast<std::size_t>(g)] - pod.m);
+          }
+        }
+      }
+      return {sfgd_key(before, sfgd_amount(cpu_after, f.data(), node)), -1};
+    }
+    // Sharing pod: the GPU with the best key; ties to the least free milli (pack) or the
+    // lowest index. Equal free values leave equal states, so each value is scored once.
+    std::int64_t best = 0;
+    int best_gpu = -1;
+    for (int g = 0; g < node.gpus; ++g) {
+      const auto gi = static_cast<std::size_t>(g);
+      const std::int16_t v = node.free[gi];
+      if (v < pod.m) continue;
+      bool seen = false;
+      for (int k = 0; k < g; ++k) seen = seen || node.free[static_cast<std::size_t>(k)] == v;
+      if (seen) continue;
+      f[gi] = static_cast<std::int16_t>(v - pod.m);
+      const std::int64_t key = sfgd_key(before, sfgd_amount(cpu_after, f.data(), node));
+      f[gi] = v;
+      if (best_gpu < 0 || key > best ||
+          (key == best && knobs_.pack && v < node.free[static_cast<std::size_t>(best_gpu)])) {
+        best = key;
+        best_gpu = g;
+      }
+    }
+    return {best, best_gpu};
+  }
+
   openb_policy policy_;
+  bool index_on_ = false;
+  std::uint64_t nodes_per_update_ = k_index_nodes_per_update;
+  std::uint64_t decisions_ = 0;
+  std::vector<std::uint32_t> changed_;  // nodes changed, in order (the index's log)
+  std::vector<class_index> index_;
+  std::vector<index_group> groups_;      // the index's node groups (one per GPU model)
+  std::vector<std::uint32_t> group_of_;  // each node's group
+  std::vector<std::uint32_t> leaf_of_;   // each node's leaf in its group
+  std::vector<std::uint32_t> spec_of_;   // each node's spec (allocatable CPU, memory, GPUs, model)
+  std::size_t spec_count_ = 0;
+  std::size_t tree_size_ = 0;
+  sfgd_knobs knobs_;
+  double cpu_per_milli_ = -1;  ///< typical GPU pods' milli-CPU per milli-GPU; -1 = not yet
+  std::vector<fp_cached> fp_cache_;
   std::vector<std::int32_t> ranks_;
   frag_tracker* frag_;
   Rng* rng_;

@@ -33,6 +33,14 @@ struct run_options {
   std::int64_t seed = 42;                             ///< seeds every random draw
   double load = k_default_load;                       ///< fill-up target, x GPU capacity
   fit::openb_custom_scorer custom;                    ///< scorer of openb_policy::custom
+  fit::sfgd_knobs knobs;                              ///< parts of sfgd in use
+  /// Replay only: inter-arrival times are divided by this (durations are kept), so that a
+  /// trace spread over months loads the cluster. 1 = the trace's own times.
+  double compress = 1.0;
+  /// fgd, sfgd, dotprod, gpuclustering and gpupacking: answer frequent pod classes from a
+  /// per-class node index (identical placements; see openb_scheduler::enable_index). Off:
+  /// score every node every time.
+  bool node_index = true;
 };
 
 /// The fill-up submission order and node ranks (§7 steps 3-7), drawn from one Go source.
@@ -96,9 +104,10 @@ namespace detail {
 /// Appends event metrics after one pod's attempt.
 inline void record_event(run_record& r, const fit::openb_cluster& cluster,
                          const fit::frag_tracker& frag, std::int32_t pod, std::int32_t node,
-                         std::int64_t arrived) {
+                         fit::gpu_mask gpus, std::int64_t arrived) {
   r.pod.push_back(pod);
   r.node.push_back(node);
+  r.gpus.push_back(gpus);
   r.arrived.push_back(arrived);
   const std::int64_t alloc = cluster.allocated_milli();
   r.allocated.push_back(alloc);
@@ -123,6 +132,8 @@ inline run_record run_fillup(const prepared_workload& w, const run_options& opt)
   fit::frag_tracker frag(model, cluster);
   fit::openb_scheduler<go_rand> sched(opt.policy, plan.ranks, &frag, &rng, w.class_count());
   if (opt.custom) sched.set_custom(opt.custom);
+  sched.set_sfgd_knobs(opt.knobs);
+  if (opt.node_index) sched.enable_index();
   run_record r;
   r.total_gpus = cluster.total_gpus();
   r.trace_pods = plan.trace_pods;
@@ -140,23 +151,31 @@ inline run_record run_fillup(const prepared_workload& w, const run_options& opt)
     if (p.node >= 0) {
       cluster.bind(static_cast<std::size_t>(p.node), pod, p.gpus);
       frag.update(cluster, static_cast<std::size_t>(p.node));
+      sched.node_changed(static_cast<std::size_t>(p.node));
     } else {
       ++r.failed[static_cast<std::size_t>(pod.kind())];
     }
-    detail::record_event(r, cluster, frag, idx, p.node, arrived);
+    detail::record_event(r, cluster, frag, idx, p.node, p.gpus, arrived);
   }
   return r;
 }
 
-/// Runs a time-driven replay: pods arrive in creation_time order (name order among equals);
-/// before each arrival every pod whose deletion_time is at or before it departs and frees its
-/// resources. Node ranks come from Seed(seed) then Perm(N). Metrics are recorded after each
-/// arrival. Fails when a pod has no times. Thread-safe as run_fillup.
+/// Runs a time-driven replay. Pods arrive in creation_time order (name order among equals), at
+/// first + (creation - first) / opt.compress, and run for their own deletion - creation. A pod
+/// that fits nowhere waits; it is retried, in arrival order with the other waiting pods,
+/// whenever a pod departs from a node it would fit on, and gives up (fails) at the time it
+/// would have finished. Departures due at or before an arrival happen first. An event is
+/// recorded at every arrival, start after waiting, departure and give-up (run_record::time and
+/// ::kind). Node ranks come from Seed(seed) then Perm(N). Fails when a pod has no times or
+/// compress is not positive. Thread-safe as run_fillup.
 inline result<run_record> run_replay(const prepared_workload& w, const run_options& opt) {
   if (!w.has_times()) {
     return make_error(errc::invalid_value,
                       "replay needs creation_time and deletion_time for every pod; this trace "
                       "has none (use the fill-up experiment)");
+  }
+  if (!(opt.compress > 0) || !std::isfinite(opt.compress)) {
+    return make_error(errc::invalid_value, "replay: compress must be a positive factor");
   }
   go_rand rng(opt.seed);
   const auto perm = rng.perm(static_cast<std::int64_t>(w.nodes().size()));
@@ -165,6 +184,7 @@ inline result<run_record> run_replay(const prepared_workload& w, const run_optio
   std::vector<std::int32_t> order(pods.size());
   std::iota(order.begin(), order.end(), 0);
   const auto& creation = w.creation();
+  const auto& deletion = w.deletion();
   std::stable_sort(order.begin(), order.end(), [&](std::int32_t a, std::int32_t b) {
     return creation[static_cast<std::size_t>(a)] < creation[static_cast<std::size_t>(b)];
   });
@@ -173,46 +193,169 @@ inline result<run_record> run_replay(const prepared_workload& w, const run_optio
   fit::frag_tracker frag(model, cluster);
   fit::openb_scheduler<go_rand> sched(opt.policy, ranks, &frag, &rng, w.class_count());
   if (opt.custom) sched.set_custom(opt.custom);
+  sched.set_sfgd_knobs(opt.knobs);
+  if (opt.node_index) sched.enable_index();
   run_record r;
   r.total_gpus = cluster.total_gpus();
   r.trace_pods = static_cast<std::int64_t>(pods.size());
-  r.reserve(order.size());
+  r.reserve(order.size() * 2);
+  const double first =
+      order.empty() ? 0.0 : static_cast<double>(creation[static_cast<std::size_t>(order[0])]);
+  const auto arrival = [&](std::size_t i) {
+    return first + (static_cast<double>(creation[i]) - first) / opt.compress;
+  };
+  const auto duration = [&](std::size_t i) {
+    return static_cast<double>(std::max<std::int64_t>(deletion[i] - creation[i], 0));
+  };
   struct live {
-    std::int64_t deletion;
+    double end;
     std::int32_t pod;
     std::int32_t node;
     fit::gpu_mask gpus;
     bool operator>(const live& o) const noexcept {
-      return deletion != o.deletion ? deletion > o.deletion : pod > o.pod;
+      return end != o.end ? end > o.end : pod > o.pod;
     }
   };
+  struct waiting {
+    std::int32_t pod;
+    double since;
+    double give_up;
+  };
   std::priority_queue<live, std::vector<live>, std::greater<>> running;
+  std::vector<waiting> queue;  // in arrival order
   std::int64_t arrived = 0;
-  const auto& deletion = w.deletion();
   const auto& classes = w.classes();
-  for (const std::int32_t idx : order) {
+  const auto record = [&](std::int32_t pod, std::int32_t node, fit::gpu_mask gpus, double t,
+                          replay_event kind) {
+    detail::record_event(r, cluster, frag, pod, node, gpus, arrived);
+    r.time.push_back(t);
+    r.kind.push_back(static_cast<std::uint8_t>(kind));
+  };
+  const auto start = [&](std::int32_t idx, const fit::openb_placement& p, double t) {
     const auto i = static_cast<std::size_t>(idx);
-    while (!running.empty() && running.top().deletion <= creation[i]) {
+    cluster.bind(static_cast<std::size_t>(p.node), pods[i], p.gpus);
+    frag.update(cluster, static_cast<std::size_t>(p.node));
+    sched.node_changed(static_cast<std::size_t>(p.node));
+    running.push(live{t + duration(i), idx, p.node, p.gpus});
+  };
+  // Waiting pods whose time is up fail, in arrival order.
+  const auto expire = [&](double now) {
+    std::size_t kept = 0;
+    for (const waiting& q : queue) {
+      if (q.give_up <= now) {
+        const auto& pod = pods[static_cast<std::size_t>(q.pod)];
+        ++r.failed[static_cast<std::size_t>(pod.kind())];
+        record(q.pod, -1, 0, q.give_up, replay_event::gave_up);
+      } else {
+        queue[kept++] = q;
+      }
+    }
+    queue.resize(kept);
+  };
+  // Departures due at or before `until`, each followed by retries of the waiting pods that
+  // would fit on the node it freed.
+  const auto depart_until = [&](double until) {
+    while (!running.empty() && running.top().end <= until) {
       const live d = running.top();
       running.pop();
+      expire(d.end);
       cluster.unbind(static_cast<std::size_t>(d.node), pods[static_cast<std::size_t>(d.pod)],
                      d.gpus);
       frag.update(cluster, static_cast<std::size_t>(d.node));
+      sched.node_changed(static_cast<std::size_t>(d.node));
       ++r.departures;
+      record(d.pod, d.node, d.gpus, d.end, replay_event::departed);
+      std::size_t kept = 0;
+      for (std::size_t k = 0; k < queue.size(); ++k) {
+        const waiting q = queue[k];
+        const auto i = static_cast<std::size_t>(q.pod);
+        if (fit::openb_feasible(cluster.node(static_cast<std::size_t>(d.node)), pods[i])) {
+          const fit::openb_placement p = sched.schedule(cluster, pods[i], classes[i]);
+          if (p.node >= 0) {
+            start(q.pod, p, d.end);
+            ++r.waited;
+            r.wait_total_s += d.end - q.since;
+            record(q.pod, p.node, p.gpus, d.end, replay_event::started_after_wait);
+            continue;
+          }
+        }
+        queue[kept++] = q;
+      }
+      queue.resize(kept);
     }
+  };
+  for (const std::int32_t idx : order) {
+    const auto i = static_cast<std::size_t>(idx);
+    const double t = arrival(i);
+    depart_until(t);
+    expire(t);
     const auto& pod = pods[i];
     arrived += pod.gpu_request();
     const fit::openb_placement p = sched.schedule(cluster, pod, classes[i]);
     if (p.node >= 0) {
-      cluster.bind(static_cast<std::size_t>(p.node), pod, p.gpus);
-      frag.update(cluster, static_cast<std::size_t>(p.node));
-      running.push(live{deletion[i], idx, p.node, p.gpus});
+      start(idx, p, t);
+      record(idx, p.node, p.gpus, t, replay_event::arrived_started);
     } else {
-      ++r.failed[static_cast<std::size_t>(pod.kind())];
+      queue.push_back(waiting{idx, t, t + duration(i)});
+      record(idx, -1, 0, t, replay_event::arrived_waiting);
     }
-    detail::record_event(r, cluster, frag, idx, p.node, arrived);
   }
+  r.last_arrival_s = order.empty() ? 0.0 : arrival(static_cast<std::size_t>(order.back()));
+  r.first_arrival_s = first;
+  depart_until(std::numeric_limits<double>::infinity());
+  expire(std::numeric_limits<double>::infinity());
   return r;
+}
+
+/// Measures of a replay over its load phase, first to last arrival: the GPU allocation ratio
+/// and fragmentation rate averaged over time (each state weighted by how long it lasted) and
+/// at their peak, and the pods that waited or failed.
+struct replay_measures {
+  double alloc_mean_pct = 0;      ///< time-weighted mean allocated share of GPU capacity
+  double alloc_peak_pct = 0;      ///< highest allocated share
+  double frag_rate_mean_pct = 0;  ///< time-weighted mean fragmentation rate (NaN states skipped)
+  double frag_rate_peak_pct = 0;  ///< highest fragmentation rate
+  std::int64_t waited = 0;        ///< pods that started after waiting
+  double wait_mean_s = 0;         ///< their mean wait in (compressed) seconds
+  std::int64_t failed = 0;        ///< pods that gave up
+  double span_s = 0;              ///< first to last arrival, seconds
+};
+
+/// The measures of a replay record (see replay_measures). Pure.
+inline replay_measures measure_replay(const run_record& r) {
+  replay_measures m;
+  m.waited = r.waited;
+  m.wait_mean_s = r.waited > 0 ? r.wait_total_s / static_cast<double>(r.waited) : 0.0;
+  for (auto f : r.failed) m.failed += f;
+  m.span_s = r.last_arrival_s - r.first_arrival_s;
+  const double capacity = static_cast<double>(r.total_gpus) * fit::k_openb_gpu_milli;
+  if (capacity <= 0) return m;
+  constexpr double percent = 100.0;
+  double alloc_area = 0;
+  double frag_area = 0;
+  double frag_time = 0;
+  for (std::size_t k = 0; k < r.time.size(); ++k) {
+    if (r.time[k] > r.last_arrival_s) break;
+    const double alloc = percent * static_cast<double>(r.allocated[k]) / capacity;
+    m.alloc_peak_pct = std::max(m.alloc_peak_pct, alloc);
+    if (!std::isnan(r.frag_rate[k]))
+      m.frag_rate_peak_pct = std::max(m.frag_rate_peak_pct, r.frag_rate[k]);
+    const double next =
+        k + 1 < r.time.size() ? std::min(r.time[k + 1], r.last_arrival_s) : r.last_arrival_s;
+    const double dt = std::max(0.0, next - r.time[k]);
+    alloc_area += alloc * dt;
+    if (!std::isnan(r.frag_rate[k])) {
+      frag_area += r.frag_rate[k] * dt;
+      frag_time += dt;
+    }
+  }
+  if (m.span_s > 0) {
+    m.alloc_mean_pct = alloc_area / m.span_s;
+  } else if (!r.allocated.empty()) {
+    m.alloc_mean_pct = m.alloc_peak_pct;
+  }
+  m.frag_rate_mean_pct = frag_time > 0 ? frag_area / frag_time : m.frag_rate_peak_pct;
+  return m;
 }
 
 }  // namespace gpuslice::sim

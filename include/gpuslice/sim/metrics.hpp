@@ -23,25 +23,42 @@ inline double round2(double x) noexcept {
   return std::nearbyint(x * k_two_decimals) / k_two_decimals;
 }
 
+/// What a replay event was (run_record::kind).
+enum class replay_event : std::uint8_t {
+  arrived_started = 0,     ///< arrived and was placed at once
+  arrived_waiting = 1,     ///< arrived and fit nowhere: waits
+  started_after_wait = 2,  ///< placed after waiting
+  departed = 3,            ///< finished and freed its resources
+  gave_up = 4,             ///< waited until it would have finished: failed
+};
+
 /// Everything recorded after each pod's attempt (one entry per event k).
 struct run_record {
   std::vector<std::int32_t> pod;         ///< index of the pod in the prepared workload
   std::vector<std::int32_t> node;        ///< node it went to, -1 = failed
+  std::vector<std::uint8_t> gpus;        ///< GPUs (bit i = GPU i) that each got m milli
   std::vector<std::int64_t> arrived;     ///< A_k: sum of n*m over attempted pods
   std::vector<std::int64_t> allocated;   ///< U_k: allocated milli-GPU
   std::vector<double> frag_milli;        ///< F_k in milli-GPU, rounded to 2 decimals
   std::vector<double> frag_rate;         ///< 100 F_k / idle_k, rounded to 2 decimals; NaN if idle 0
-  std::array<std::int64_t, 4> failed{};  ///< failed pods by openb_pod_kind
+  std::array<std::int64_t, 4> failed{};  ///< failed (fill-up) or gave-up (replay) pods by kind
   std::int64_t total_gpus = 0;           ///< GPUs in the cluster
   std::int64_t trace_pods = 0;           ///< pods taken from the trace
   std::int64_t tuned_pods = 0;           ///< pods added by sampling (fill-up)
   std::int64_t removed_pods = 0;         ///< pods removed by tune-down (fill-up)
   std::int64_t departures = 0;           ///< pods that departed (replay)
+  std::vector<double> time;              ///< replay: event time in seconds (empty in fill-up)
+  std::vector<std::uint8_t> kind;        ///< replay: replay_event of each event
+  std::int64_t waited = 0;               ///< replay: pods placed after waiting
+  double wait_total_s = 0;               ///< replay: their summed wait
+  double first_arrival_s = 0;            ///< replay: time of the first arrival
+  double last_arrival_s = 0;             ///< replay: time of the last arrival
 
   /// Reserves room for n events.
   void reserve(std::size_t n) {
     pod.reserve(n);
     node.reserve(n);
+    gpus.reserve(n);
     arrived.reserve(n);
     allocated.reserve(n);
     frag_milli.reserve(n);
