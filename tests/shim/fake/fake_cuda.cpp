@@ -123,6 +123,7 @@ constexpr unsigned k_pitch_elements[] = {4, 8, 16};
 struct device {
   std::uint64_t total = k_default_total;
   std::atomic<std::uint64_t> used{0};
+  std::atomic<int> contexts{0};  ///< live contexts (NVML lists a process only while it has one)
   std::atomic<std::uint64_t> busy_us{0};
   unsigned char uuid[16] = {};
 };
@@ -135,7 +136,8 @@ struct allocation {
 
 struct driver_state {
   std::mutex mu;
-  bool initialised = false;
+  bool configured = false;   ///< the environment was read (the fake NVML may ask before cuInit)
+  bool initialised = false;  ///< cuInit succeeded: what the driver API checks
   int physical_count = 1;
   device devs[k_max_fake_devices];
   int visible[k_max_fake_devices] = {};
@@ -408,12 +410,14 @@ CUresult ctx_create(int ordinal, bool primary, CUctx_st** out) {
   c->physical = p;
   c->primary = primary;
   c->refs = 1;
+  st().devs[p].contexts.fetch_add(1);
   *out = c;
   return CUDA_SUCCESS;
 }
 
 void ctx_destroy(CUctx_st* c) {
   if (c->default_stream != nullptr) delete_stream(c->default_stream);
+  st().devs[c->physical].contexts.fetch_sub(1);
   give(c->physical, st().context_bytes);
   delete c;
 }
@@ -422,11 +426,10 @@ void ctx_destroy(CUctx_st* c) {
 
 // ---- initialisation, devices -------------------------------------------------------------------
 
-FAKE_EXPORT CUresult cuInit(unsigned int flags) {
-  if (flags != 0) return CUDA_ERROR_INVALID_VALUE;
-  driver_state& s = st();
-  std::lock_guard<std::mutex> lock(s.mu);
-  if (s.initialised) return CUDA_SUCCESS;
+namespace {
+/// Reads the fake's environment once. Precondition: st().mu held.
+void configure(driver_state& s) {
+  if (s.configured) return;
   static std::once_flag at_fork;
   std::call_once(at_fork, [] { pthread_atfork(nullptr, nullptr, reset_in_child); });
   if (const char* n = std::getenv("FAKE_CUDA_DEVICES")) {
@@ -449,6 +452,22 @@ FAKE_EXPORT CUresult cuInit(unsigned int flags) {
   if (const char* k = std::getenv("FAKE_CUDA_KERNEL_US"))
     s.kernel_us = std::strtoull(k, nullptr, 10);
   parse_visible(s);
+  s.configured = true;
+}
+/// The configured state, without initialising the driver API (what NVML reads).
+driver_state& configured() {
+  driver_state& s = st();
+  std::lock_guard<std::mutex> lock(s.mu);
+  configure(s);
+  return s;
+}
+}  // namespace
+
+FAKE_EXPORT CUresult cuInit(unsigned int flags) {
+  if (flags != 0) return CUDA_ERROR_INVALID_VALUE;
+  driver_state& s = st();
+  std::lock_guard<std::mutex> lock(s.mu);
+  configure(s);
   s.initialised = true;
   return CUDA_SUCCESS;
 }
@@ -995,11 +1014,13 @@ FAKE_EXPORT CUresult cuEventRecord(CUevent e, CUstream s) { return event_record(
 FAKE_EXPORT CUresult cuEventRecord_ptsz(CUevent e, CUstream s) { return event_record(e, s); }
 FAKE_EXPORT CUresult cuEventQuery(CUevent e) {
   if (e == nullptr) return CUDA_ERROR_INVALID_HANDLE;
+  if (CUresult r = fake_capture_unsafe_call(); r != CUDA_SUCCESS) return r;
   std::lock_guard<std::mutex> lock(e->mu);
   return e->done ? CUDA_SUCCESS : CUDA_ERROR_NOT_READY;
 }
 FAKE_EXPORT CUresult cuEventSynchronize(CUevent e) {
   if (e == nullptr) return CUDA_ERROR_INVALID_HANDLE;
+  if (CUresult r = fake_capture_unsafe_call(); r != CUDA_SUCCESS) return r;
   std::unique_lock<std::mutex> lock(e->mu);
   e->cv.wait(lock, [&] { return e->done; });
   return CUDA_SUCCESS;
@@ -1168,7 +1189,14 @@ const proc_entry k_procs[] = {
     {"cuGraphLaunch", 10000, FAKE_FN(cuGraphLaunch), FAKE_FN(cuGraphLaunch_ptsz)},
     {"cuStreamBeginCapture", 10010, FAKE_FN(cuStreamBeginCapture_v2), nullptr},
     {"cuStreamEndCapture", 10000, FAKE_FN(cuStreamEndCapture), nullptr},
-    {"cuStreamIsCapturing", 10000, FAKE_FN(cuStreamIsCapturing), nullptr},
+    {"cuStreamIsCapturing", 10000, FAKE_FN(cuStreamIsCapturing), FAKE_FN(cuStreamIsCapturing_ptsz)},
+    {"cuThreadExchangeStreamCaptureMode", 10010, FAKE_FN(cuThreadExchangeStreamCaptureMode),
+     nullptr},
+    {"cuLaunch", 2000, FAKE_FN(cuLaunch), nullptr},
+    {"cuLaunchGrid", 2000, FAKE_FN(cuLaunchGrid), nullptr},
+    {"cuLaunchGridAsync", 2000, FAKE_FN(cuLaunchGridAsync), nullptr},
+    {"cuParamSetSize", 2000, FAKE_FN(cuParamSetSize), nullptr},
+    {"cuParamSetv", 2000, FAKE_FN(cuParamSetv), nullptr},
     {"cuMemAdvise", 12020, FAKE_FN(cuMemAdvise_v2), nullptr},
 };
 
@@ -1215,23 +1243,20 @@ FAKE_EXPORT CUresult cuGetProcAddress(const char* symbol, void** pfn, int versio
 
 // ---- what the fake NVML reads ------------------------------------------------------------------
 
-FAKE_EXPORT int fake_cuda_physical_count() {
-  cuInit(0);
-  return st().physical_count;
-}
-FAKE_EXPORT std::uint64_t fake_cuda_physical_total(int p) {
-  cuInit(0);
-  return st().devs[p].total;
-}
+FAKE_EXPORT int fake_cuda_physical_count() { return configured().physical_count; }
+FAKE_EXPORT std::uint64_t fake_cuda_physical_total(int p) { return configured().devs[p].total; }
 FAKE_EXPORT std::uint64_t fake_cuda_physical_used(int p) {
-  cuInit(0);
-  return st().devs[p].used.load();
+  return configured().devs[p].used.load();
+}
+FAKE_EXPORT int fake_cuda_physical_contexts(int p) { return configured().devs[p].contexts.load(); }
+FAKE_EXPORT int fake_cuda_initialised() {
+  driver_state& s = st();
+  std::lock_guard<std::mutex> lock(s.mu);
+  return s.initialised ? 1 : 0;
 }
 FAKE_EXPORT void fake_cuda_physical_uuid(int p, unsigned char out[16]) {
-  cuInit(0);
-  std::memcpy(out, st().devs[p].uuid, 16);
+  std::memcpy(out, configured().devs[p].uuid, 16);
 }
 FAKE_EXPORT std::uint64_t fake_cuda_physical_busy_us(int p) {
-  cuInit(0);
-  return st().devs[p].busy_us.load();
+  return configured().devs[p].busy_us.load();
 }
