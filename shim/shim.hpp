@@ -188,9 +188,12 @@ struct device_info {
   int index = -1;                ///< ledger device index
   std::uint64_t limit = 0;       ///< bytes from the environment (the ledger's is in force)
   std::uint64_t card_total = 0;  ///< bytes the card has
-  std::string uuid;              ///< "GPU-..." as NVML spells it
+  std::string uuid;              ///< "GPU-..." or "MIG-..." as NVML spells it: the ledger's key
   nvmlDevice_t nvml = nullptr;   ///< NVML handle for reconciliation, when found
   std::uint64_t overhead = 0;    ///< uncounted driver memory charged (context, modules)
+  /// Uncounted driver memory that did not fit the limit: reservations are refused until it
+  /// does (the driver holds it whether or not the ledger can).
+  std::atomic<std::uint64_t> pending{0};
   std::atomic<std::uint64_t> next_reconcile_ns{0};  ///< read without the lock
 };
 
@@ -247,9 +250,14 @@ class state {
   /// device is unknown to the shim (the caller passes the driver's figures through).
   std::optional<memory_view> cuda_view(int ordinal, std::uint64_t card_total,
                                        std::uint64_t card_free) noexcept;
-  /// The same for an NVML device handle.
+  /// The same for an NVML device handle. Never initialises CUDA: before the application has,
+  /// the view comes from the ledger's record of the UUID.
   std::optional<memory_view> nvml_view(nvmlDevice_t dev, std::uint64_t card_total,
                                        std::uint64_t card_free) noexcept;
+
+  /// The pid NVML lists this process under (the host's pid in a container's pid namespace),
+  /// once verified by identify(); 0 while unknown. Thread-safe.
+  unsigned nvml_pid() const noexcept { return nvml_pid_.load(std::memory_order_acquire); }
 
   // ---- for the launch path and live limit changes (launch.cpp; all thread-safe) ----------
 
@@ -298,6 +306,10 @@ class state {
   bool ensure_devices() noexcept;
   std::optional<memory::slot_handle> slot() noexcept;
   void reconcile(device_info& d, bool force) noexcept;
+  enum class identity { known, not_now, ambiguous };
+  identity identify(device_info& d, int ordinal) noexcept;
+  std::optional<memory_view> nvml_only_view(const std::string& uuid, std::uint64_t card_total,
+                                            std::uint64_t card_free);
   void refuse(refusal why, int ordinal, std::uint64_t bytes, const char* call) noexcept;
   void write_line(log_level level, const std::string& msg) const noexcept;
   memory::shared_ledger* shared() noexcept { return shared_ ? &*shared_ : nullptr; }
@@ -327,6 +339,9 @@ class state {
   std::array<device_info, gpuslice::k_max_devices> devices_{};
   /// Bytes this process charged through counted calls, per ordinal (reconciliation).
   std::array<std::atomic<std::uint64_t>, gpuslice::k_max_devices> counted_{};
+  /// This process's pid in NVML's lists, 0 until verified (see identify()).
+  std::atomic<unsigned> nvml_pid_{0};
+  int identify_attempts_ = 0;  ///< guarded by devices_mu_
 
   std::mutex slot_mu_;
   std::atomic<bool> attached_{false};

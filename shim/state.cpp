@@ -8,7 +8,10 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -273,6 +276,16 @@ bool state::ensure_devices() noexcept {
     }
     try {
       d.uuid = format_uuid(uuid);
+      // cuDeviceGetUuid_v2 gives a MIG device's own UUID, which NVML spells "MIG-...": the
+      // ledger keys the device by NVML's spelling so NVML's views find it.
+      const bool nvml = load_nvml();
+      auto by_uuid =
+          helper_fn<decltype(&::nvmlDeviceGetHandleByUUID)>(helper::nvmlDeviceGetHandleByUUID);
+      nvmlDevice_t h = nullptr;
+      if (nvml && by_uuid != nullptr && by_uuid(d.uuid.c_str(), &h) != NVML_SUCCESS) {
+        std::string mig = "MIG-" + d.uuid.substr(4);
+        if (by_uuid(mig.c_str(), &h) == NVML_SUCCESS) d.uuid = std::move(mig);
+      }
     } catch (...) {
       continue;
     }
@@ -341,13 +354,143 @@ std::optional<memory::slot_handle> state::slot() noexcept {
 
 // Context and module memory. The driver takes device memory that no allocation call shows: the
 // context (created by the runtime on first use), loaded modules, and slack kept by memory pools.
-// Method: NVML's per-process figure for this pid on the device (usedGpuMemory from
+// Method: NVML's per-process figure for this process on the device (usedGpuMemory from
 // nvmlDeviceGetComputeRunningProcesses) minus the bytes this process charged through counted
 // calls is that uncounted memory. It is charged to this process's slot as "overhead", measured
-// at the first counted call on a device, at most once per k_reconcile_interval_ns after that,
-// and again before a reservation is refused (the overhead may have shrunk). When NVML does not
-// list this pid (a pid namespace shows NVML the host's pid), nothing is reconciled and the
-// overhead stays uncounted; tests/gpu/run.sh measures it on a real card.
+// at the first counted call or view on a device with a context, at most once per
+// k_reconcile_interval_ns after that, and again before a reservation is refused (the overhead
+// may have shrunk). Overhead that does not fit the limit is held as pending: reservations are
+// refused until it fits, since the driver holds that memory whether the ledger can or not.
+//
+// NVML lists host pids, so inside a container's pid namespace getpid() is not NVML's name for
+// this process, and may be another process's. identify() finds the name and verifies it before
+// any figure is used: see there.
+namespace {
+
+/// Bytes of the probe allocation identify() makes.
+constexpr std::uint64_t k_identify_probe = std::uint64_t{4} << 20;
+/// Probes made before giving up (each one only when NVML's readings were ambiguous).
+constexpr int k_identify_attempts = 8;
+/// Delay before the next attempt while this process is not identified or not yet listed.
+constexpr std::uint64_t k_retry_interval_ns = 20'000'000;
+
+/// One reading of NVML's compute processes of a device: (pid, bytes) for every process whose
+/// figure NVML knows.
+using process_reading = std::vector<std::pair<unsigned, std::uint64_t>>;
+using processes_fn = decltype(&::nvmlDeviceGetComputeRunningProcesses_v3);
+
+std::optional<process_reading> read_processes(processes_fn procs, nvmlDevice_t dev) {
+  std::vector<nvmlProcessInfo_t> infos(k_nvml_process_batch);
+  unsigned n = static_cast<unsigned>(infos.size());
+  nvmlReturn_t r = procs(dev, &n, infos.data());
+  if (r == NVML_ERROR_INSUFFICIENT_SIZE) {
+    infos.resize(n + k_nvml_process_batch);  // room for processes that start meanwhile
+    n = static_cast<unsigned>(infos.size());
+    r = procs(dev, &n, infos.data());
+  }
+  if (r != NVML_SUCCESS) return std::nullopt;
+  process_reading out;
+  for (unsigned i = 0; i < n && i < infos.size(); ++i) {
+    if (infos[i].usedGpuMemory != static_cast<unsigned long long>(NVML_VALUE_NOT_AVAILABLE)) {
+      out.emplace_back(infos[i].pid, infos[i].usedGpuMemory);
+    }
+  }
+  return out;
+}
+
+/// \p pid's bytes in \p r, or nullopt when NVML does not list it.
+std::optional<std::uint64_t> figure(const process_reading& r, unsigned pid) {
+  for (const auto& [p, bytes] : r) {
+    if (p == pid) return bytes;
+  }
+  return std::nullopt;
+}
+
+/// The outermost pid of this process in /proc/self/status's NSpid line when that line ends with
+/// getpid() (the /proc this process sees is consistent with it); 0 otherwise. With the host's
+/// /proc it is the host's pid; with a container's own /proc it is getpid() itself.
+unsigned nspid_hint() {
+  FILE* f = std::fopen("/proc/self/status", "re");
+  if (f == nullptr) return 0;
+  char line[512];
+  std::vector<unsigned long> pids;
+  while (std::fgets(line, sizeof line, f) != nullptr) {
+    if (std::strncmp(line, "NSpid:", 6) != 0) continue;
+    char* at = line + 6;
+    for (;;) {
+      char* end = nullptr;
+      const unsigned long v = std::strtoul(at, &end, 10);
+      if (end == at) break;
+      pids.push_back(v);
+      at = end;
+    }
+    break;
+  }
+  std::fclose(f);
+  if (pids.empty() || pids.back() != static_cast<unsigned long>(::getpid())) return 0;
+  return static_cast<unsigned>(pids.front());
+}
+
+}  // namespace
+
+// How this process's NVML pid is found, in any pid namespace: with a context current on the
+// device, a probe of k_identify_probe bytes is allocated and freed (reserved in the ledger first,
+// so it never exceeds the quota; in relaxed capture mode, so it never disturbs a capture), with
+// NVML's process list read before, during and after. Only a pid whose figure rose by the probe
+// and fell back by it can be this process. The NSpid hint (the host's pid, when the host's /proc
+// is visible) is taken if it is among those; otherwise the one such pid, if there is exactly one.
+// Anything else (another process allocated and freed the same amount at the same moment) is
+// ambiguous and tried again later: another process's memory is never charged.
+state::identity state::identify(device_info& d, int ordinal) noexcept {
+  auto procs = helper_fn<processes_fn>(helper::nvmlDeviceGetComputeRunningProcesses_v3);
+  auto alloc = real<decltype(&::cuMemAlloc_v2)>(hook::cuMemAlloc_v2);
+  auto free_fn = real<decltype(&::cuMemFree_v2)>(hook::cuMemFree_v2);
+  int current = -1;
+  if (procs == nullptr || alloc == nullptr || free_fn == nullptr ||
+      current_device(&current) != CUDA_SUCCESS || current != ordinal) {
+    return identity::not_now;  // the probe needs this device's context current
+  }
+  auto sl = slot();
+  if (!sl || !with_ledger([&](auto& l) { return l.try_reserve(*sl, d.index, k_identify_probe); })) {
+    return identity::not_now;
+  }
+  // Looked up here, not in the helper table: identify() runs a few times per process at most.
+  auto exchange = reinterpret_cast<decltype(&::cuThreadExchangeStreamCaptureMode)>(
+      libcuda_ == nullptr ? nullptr : real_dlsym(libcuda_, "cuThreadExchangeStreamCaptureMode"));
+  CUstreamCaptureMode mode = CU_STREAM_CAPTURE_MODE_RELAXED;
+  const bool relaxed = exchange != nullptr && exchange(&mode) == CUDA_SUCCESS;
+  const auto before = read_processes(procs, d.nvml);
+  CUdeviceptr probe = 0;
+  const bool allocated = alloc(&probe, k_identify_probe) == CUDA_SUCCESS;
+  const auto during = read_processes(procs, d.nvml);
+  if (allocated) free_fn(probe);
+  const auto after = read_processes(procs, d.nvml);
+  if (relaxed) exchange(&mode);
+  with_ledger([&](auto& l) {
+    l.release(*sl, d.index, k_identify_probe);
+    return 0;
+  });
+  if (!allocated || !before || !during || !after) return identity::not_now;
+  std::vector<unsigned> movers;
+  for (const auto& [pid, bytes] : *during) {
+    const std::uint64_t was = figure(*before, pid).value_or(0);
+    const std::uint64_t now = figure(*after, pid).value_or(0);
+    if (bytes >= was + k_identify_probe && bytes >= now + k_identify_probe) movers.push_back(pid);
+  }
+  const unsigned hint = nspid_hint();
+  unsigned found = 0;
+  if (hint != 0 && std::find(movers.begin(), movers.end(), hint) != movers.end()) {
+    found = hint;
+  } else if (movers.size() == 1) {
+    found = movers.front();
+  }
+  if (found == 0) return identity::ambiguous;
+  nvml_pid_.store(found, std::memory_order_release);
+  log(log_level::info, "NVML lists this process as pid {} (getpid() {}), found by {}", found,
+      ::getpid(), found == hint ? "NSpid and verified" : "a probe allocation");
+  return identity::known;
+}
+
 void state::reconcile(device_info& d, bool force) noexcept {
   const std::uint64_t now = coarse_now_ns();
   if (!force && now < d.next_reconcile_ns.load(std::memory_order_relaxed)) return;
@@ -365,29 +508,34 @@ void state::reconcile(device_info& d, bool force) noexcept {
       if (by_uuid == nullptr || by_uuid(d.uuid.c_str(), &d.nvml) != NVML_SUCCESS) {
         d.nvml = nullptr;
         d.next_reconcile_ns.store(~std::uint64_t{0}, std::memory_order_relaxed);
-        log(log_level::info, "{}: NVML does not know this device; context memory is not reconciled",
-            d.uuid);
+        log(log_level::warn,
+            "{}: NVML does not know this device; context memory is not counted", d.uuid);
         return;
       }
     }
-    auto procs = helper_fn<decltype(&::nvmlDeviceGetComputeRunningProcesses_v3)>(
-        helper::nvmlDeviceGetComputeRunningProcesses_v3);
+    auto procs = helper_fn<processes_fn>(helper::nvmlDeviceGetComputeRunningProcesses_v3);
     if (procs == nullptr) return;
-    std::vector<nvmlProcessInfo_t> infos(k_nvml_process_batch);
-    unsigned n = static_cast<unsigned>(infos.size());
-    nvmlReturn_t r = procs(d.nvml, &n, infos.data());
-    if (r == NVML_ERROR_INSUFFICIENT_SIZE) {
-      infos.resize(n);
-      r = procs(d.nvml, &n, infos.data());
-    }
-    if (r != NVML_SUCCESS) return;
-    const auto self = static_cast<unsigned>(::getpid());
-    std::optional<std::uint64_t> measured;
-    for (unsigned i = 0; i < n; ++i) {
-      if (infos[i].pid == self) measured = infos[i].usedGpuMemory;
-    }
-    if (!measured) return;
     const int ordinal = static_cast<int>(&d - devices_.data());
+    if (nvml_pid_.load(std::memory_order_acquire) == 0) {
+      if (identify_attempts_ >= k_identify_attempts) return;
+      const identity id = identify(d, ordinal);
+      if (id != identity::known) {
+        d.next_reconcile_ns.store(now + k_retry_interval_ns, std::memory_order_relaxed);
+        if (id == identity::ambiguous && ++identify_attempts_ == k_identify_attempts) {
+          log(log_level::warn,
+              "cannot tell which of NVML's processes is this one (getpid() {}); context memory "
+              "is not counted",
+              ::getpid());
+        }
+        return;
+      }
+    }
+    const auto reading = read_processes(procs, d.nvml);
+    const auto measured = reading ? figure(*reading, nvml_pid()) : std::nullopt;
+    if (!measured) {
+      d.next_reconcile_ns.store(now + k_retry_interval_ns, std::memory_order_relaxed);
+      return;  // no context on this device yet
+    }
     const std::uint64_t want =
         uncounted_overhead(*measured, counted_[static_cast<std::size_t>(ordinal)].load());
     auto sl = slot();
@@ -396,18 +544,26 @@ void state::reconcile(device_info& d, bool force) noexcept {
       const std::uint64_t more = want - d.overhead;
       if (with_ledger([&](auto& l) { return l.try_reserve(*sl, d.index, more); })) {
         d.overhead = want;
+        d.pending.store(0, std::memory_order_relaxed);
         log(log_level::debug, "{}: uncounted driver memory now {}", d.uuid, human(want));
       } else {
-        log(log_level::warn, "{}: {} of driver memory (context, modules) does not fit the limit",
-            d.uuid, human(more));
+        if (d.pending.exchange(more, std::memory_order_relaxed) != more) {
+          log(log_level::warn,
+              "{}: {} of driver memory (context, modules) does not fit the limit; allocations "
+              "are refused until it does",
+              d.uuid, human(more));
+        }
       }
-    } else if (want < d.overhead) {
-      const std::uint64_t less = d.overhead - want;
-      with_ledger([&](auto& l) {
-        l.release(*sl, d.index, less);
-        return 0;
-      });
-      d.overhead = want;
+    } else {
+      d.pending.store(0, std::memory_order_relaxed);
+      if (want < d.overhead) {
+        const std::uint64_t less = d.overhead - want;
+        with_ledger([&](auto& l) {
+          l.release(*sl, d.index, less);
+          return 0;
+        });
+        d.overhead = want;
+      }
     }
   } catch (...) {
     // Reconciliation is best effort; the counted calls stay enforced.
@@ -426,6 +582,12 @@ bool state::reserve(int ordinal, std::uint64_t bytes, const char* call, charge& 
   auto sl = slot();
   if (!sl) return refuse(refusal::ledger, ordinal, bytes, call), false;
   reconcile(d, false);
+  if (d.pending.load(std::memory_order_relaxed) != 0) {
+    reconcile(d, true);
+    if (d.pending.load(std::memory_order_relaxed) != 0) {
+      return refuse(refusal::over_limit, ordinal, bytes, call), false;
+    }
+  }
   auto attempt = [&] {
     // The ledger's limit is the one in force: `gpuslice set-limit` changes it in a running
     // container (a tenant that can write the file could as well forge its use, so taking the
@@ -525,7 +687,8 @@ std::optional<memory_view> state::cuda_view(int ordinal, std::uint64_t card_tota
   device_info& d = devices_[static_cast<std::size_t>(ordinal)];
   if (!d.usable) return closed_view(card_total);
   reconcile(d, false);  // so the context's memory shows before the first allocation
-  const std::uint64_t used = with_ledger([&](auto& l) { return l.used(d.index); });
+  const std::uint64_t used = with_ledger([&](auto& l) { return l.used(d.index); }) +
+                            d.pending.load(std::memory_order_relaxed);
   const std::uint64_t limit = with_ledger([&](auto& l) { return l.limit(d.index); });
   return make_view(limit, used, card_total, card_free);
 }
@@ -535,6 +698,19 @@ std::optional<memory_view> state::nvml_view(nvmlDevice_t dev, std::uint64_t card
   auto get_uuid = helper_fn<decltype(&::nvmlDeviceGetUUID)>(helper::nvmlDeviceGetUUID);
   char uuid[NVML_DEVICE_UUID_V2_BUFFER_SIZE] = {};
   if (get_uuid == nullptr || get_uuid(dev, uuid, sizeof uuid) != NVML_SUCCESS) return std::nullopt;
+  if (!devices_ready_.load(std::memory_order_acquire)) {
+    // NVML alone (nvidia-smi, a launcher that forks CUDA workers) must not initialise CUDA: a
+    // driver that answers "not initialised" is left so.
+    auto get_count = helper_fn<decltype(&::cuDeviceGetCount)>(helper::cuDeviceGetCount);
+    int n = 0;
+    if (get_count == nullptr || get_count(&n) == CUDA_ERROR_NOT_INITIALIZED) {
+      try {
+        return nvml_only_view(uuid, card_total, card_free);
+      } catch (...) {
+        return closed_view(card_total);
+      }
+    }
+  }
   ensure_devices();
   for (int i = 0; i < device_count_; ++i) {
     if (devices_[static_cast<std::size_t>(i)].uuid == uuid) {
@@ -542,6 +718,35 @@ std::optional<memory_view> state::nvml_view(nvmlDevice_t dev, std::uint64_t card
     }
   }
   return std::nullopt;  // not visible to this container's CUDA: the driver's figures stand
+}
+
+// Before CUDA is initialised the shim cannot map NVML's devices to CUDA ordinals, so the view is
+// the ledger's record of the UUID (registered by any process of the container that used CUDA).
+// A device the ledger does not know yet is registered here when one limit applies to every
+// ordinal; with per-ordinal limits the view fails closed (the card's size, nothing free).
+std::optional<memory_view> state::nvml_only_view(const std::string& uuid, std::uint64_t card_total,
+                                                 std::uint64_t card_free) {
+  if (!config_error_.empty() || !ledger_error_.empty()) return closed_view(card_total);
+  auto idx = with_ledger([&](auto& l) { return l.find_device(uuid); });
+  if (!idx) {
+    const memory_limit& lim = config_.memory[0];
+    const bool uniform = std::all_of(config_.memory.begin(), config_.memory.end(), [&](const auto& m) {
+      return m.type == lim.type && m.bytes == lim.bytes && m.percent == lim.percent;
+    });
+    if (!uniform) {
+      log(log_level::info, "{}: per-device limits and CUDA not initialised: the device's ordinal "
+          "is unknown, so its NVML view is closed", uuid);
+      return closed_view(card_total);
+    }
+    const std::uint64_t limit = config_.oversubscribe && lim.type == memory_limit::kind::bytes
+                                    ? lim.bytes
+                                    : lim.resolve(card_total);
+    idx = with_ledger([&](auto& l) { return l.device(uuid, limit); });
+    if (!idx) return closed_view(card_total);
+  }
+  const int i = *idx;
+  return make_view(with_ledger([&](auto& l) { return l.limit(i); }),
+                   with_ledger([&](auto& l) { return l.used(i); }), card_total, card_free);
 }
 
 std::atomic<std::uint64_t>* state::rate_words(int index) noexcept {
@@ -592,8 +797,11 @@ void state::after_fork_child() noexcept {
   attached_.store(false, std::memory_order_relaxed);
   slot_ = memory::slot_handle{};
   for (auto& c : counted_) c.store(0, std::memory_order_relaxed);
+  nvml_pid_.store(0, std::memory_order_relaxed);  // the child is another process
+  identify_attempts_ = 0;
   for (device_info& d : devices_) {
     d.overhead = 0;
+    d.pending.store(0, std::memory_order_relaxed);
     d.next_reconcile_ns.store(0, std::memory_order_relaxed);
   }
   slot_mu_.unlock();

@@ -6,8 +6,9 @@
 ///   CLIENT_LOAD_PROC     dlsym of cuGetProcAddress_v2 only, everything else through it, as the
 ///                        CUDA 12/13 runtime does (per-thread-stream variants included)
 /// Modes (argv[1]): quota (default), visible P0 P1, overhead, bad_config, bad_ledger,
-/// oom_killer, legacy, over_limit_view. The limit is CUDA_DEVICE_MEMORY_LIMIT; the fake's size
-/// FAKE_CUDA_MEMORY.
+/// oom_killer, legacy, over_limit_view, nvml_only, mig. The limit is CUDA_DEVICE_MEMORY_LIMIT;
+/// the fake's size FAKE_CUDA_MEMORY. The physical invariant is read from the fake itself
+/// (fake_cuda_physical_used: what the fake driver really holds for this process).
 
 #include <nvml.h>
 #include <sys/wait.h>
@@ -159,6 +160,25 @@ driver load() {
 #else
 #error "define CLIENT_LOAD_DIRECT, CLIENT_LOAD_DLOPEN or CLIENT_LOAD_PROC"
 #endif
+
+/// What the fake driver really holds on physical device \p p for this process (context and
+/// allocations), read from the fake, not through the shim.
+std::uint64_t physical_used(int p) {
+  void* h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  CLIENT_REQUIRE(h != nullptr);
+  auto used = reinterpret_cast<std::uint64_t (*)(int)>(dlsym(h, "fake_cuda_physical_used"));
+  CLIENT_REQUIRE(used != nullptr);
+  return used(p);
+}
+
+/// True when the fake driver's cuInit ran in this process.
+bool cuda_initialised() {
+  void* h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  CLIENT_REQUIRE(h != nullptr);
+  auto init = reinterpret_cast<int (*)()>(dlsym(h, "fake_cuda_initialised"));
+  CLIENT_REQUIRE(init != nullptr);
+  return init() != 0;
+}
 
 std::uint64_t limit_bytes() {
   const std::uint64_t l = client::env_bytes("CUDA_DEVICE_MEMORY_LIMIT", 0);
@@ -438,19 +458,87 @@ int visible(const driver& d, int p0, int p1) {
   return client::finish(k_name);
 }
 
-/// Context memory (FAKE_CUDA_CONTEXT_BYTES) is reconciled from NVML and charged.
+/// Context memory (FAKE_CUDA_CONTEXT_BYTES) is reconciled from NVML and charged from the
+/// context's creation on, whatever pid NVML lists this process under (FAKE_NVML_PID_OFFSET), and
+/// never a neighbour's memory (FAKE_NVML_NEIGHBOUR_BYTES, one of them listed under this process's
+/// own getpid()). Physically: the fake never holds more than the limit, and what fits succeeds.
 int overhead(const driver& d) {
   const std::uint64_t limit = limit_bytes();
   const std::uint64_t ctx = client::env_bytes("FAKE_CUDA_CONTEXT_BYTES", 0);
   CLIENT_REQUIRE(ctx != 0 && ctx % k_chunk == 0);
   CLIENT_REQUIRE(d.init(0) == CUDA_SUCCESS);
+  client::stderr_capture log;
   use_device(d, 0);
+  // Shown as used from the context on, before any allocation, in both views.
   CLIENT_CHECK_EQ(free_now(d), limit - ctx);
+  CLIENT_CHECK_EQ(nvml_memory(0).used, ctx);
   std::vector<CUdeviceptr> held = fill(d);
+  const std::string lines = log.take();
   CLIENT_CHECK_EQ(held.size(), (limit - ctx) / k_chunk);
-  CLIENT_CHECK_EQ(nvml_memory(0).used, limit);
+  CLIENT_CHECK(physical_used(0) <= limit);
+  CLIENT_CHECK_EQ(physical_used(0), ctx + held.size() * k_chunk);
+  CLIENT_CHECK_EQ(nvml_memory(0).used, ctx + held.size() * k_chunk);
+  const std::uint64_t offset = client::env_bytes("FAKE_NVML_PID_OFFSET", 0);
+  if (offset != 0) {
+    // Identified under the host's pid, not getpid().
+    const std::string want = "NVML lists this process as pid " +
+                             std::to_string(static_cast<std::uint64_t>(getpid()) + offset) + " ";
+    CLIENT_CHECK(lines.find(want) != std::string::npos);
+  }
+  check_ledger(limit, ctx + held.size() * k_chunk);
   for (CUdeviceptr p : held) CLIENT_CHECK(d.free(p) == CUDA_SUCCESS);
   CLIENT_CHECK_EQ(free_now(d), limit - ctx);
+  return client::finish(k_name);
+}
+
+/// NVML alone never initialises CUDA, and still shows the limit; a child forked afterwards (a
+/// launcher's worker) initialises CUDA and gets the same quota, shared through the ledger.
+int nvml_only(const driver& d) {
+  const std::uint64_t limit = limit_bytes();
+  const nvmlMemory_v2_t v = nvml_memory(0);
+  CLIENT_CHECK(!cuda_initialised());
+  CLIENT_CHECK_EQ(v.total, limit);
+  CLIENT_CHECK_EQ(v.free, limit);
+  CLIENT_CHECK_EQ(v.used, 0u);
+  const pid_t child = fork();
+  CLIENT_REQUIRE(child >= 0);
+  if (child == 0) {
+    if (d.init(0) != CUDA_SUCCESS) _exit(3);
+    use_device(d, 0);
+    const std::vector<CUdeviceptr> held = fill(d);
+    const bool ok = held.size() == limit / k_chunk && physical_used(0) <= limit &&
+                    nvml_memory(0).used == held.size() * k_chunk;
+    _exit(ok && client::failures() == 0 ? 0 : 4);
+  }
+  int status = 0;
+  CLIENT_REQUIRE(waitpid(child, &status, 0) == child);
+  CLIENT_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  CLIENT_CHECK(!cuda_initialised());
+  return client::finish(k_name);
+}
+
+/// MIG devices: NVML spells their UUIDs "MIG-..." (FAKE_NVML_MIG=1); the ledger keys the device
+/// by that spelling, and NVML's views of it show the limit and the use.
+int mig(const driver& d) {
+  const std::uint64_t limit = limit_bytes();
+  CLIENT_REQUIRE(d.init(0) == CUDA_SUCCESS);
+  use_device(d, 0);
+  CUdeviceptr p = 0;
+  CLIENT_REQUIRE(d.alloc(&p, k_chunk) == CUDA_SUCCESS);
+  const nvmlMemory_v2_t v = nvml_memory(0);
+  CLIENT_CHECK_EQ(v.total, limit);
+  CLIENT_CHECK_EQ(v.used, k_chunk);
+  const char* path = std::getenv("CUDA_DEVICE_MEMORY_SHARED_CACHE");
+  CLIENT_REQUIRE(path != nullptr);
+  auto snap = gpuslice::memory::read_snapshot(path);
+  CLIENT_REQUIRE(snap.ok() && !snap->devices.empty());
+  CLIENT_CHECK(snap->devices[0].uuid == "MIG-5a1ce000-0000-4000-8000-0000000000a0");
+  CLIENT_CHECK_EQ(snap->devices[0].used, k_chunk);
+  std::vector<CUdeviceptr> held = fill(d);
+  CLIENT_CHECK_EQ(held.size() + 1, limit / k_chunk);
+  CLIENT_CHECK(physical_used(0) <= limit);
+  for (CUdeviceptr q : held) CLIENT_CHECK(d.free(q) == CUDA_SUCCESS);
+  CLIENT_CHECK(d.free(p) == CUDA_SUCCESS);
   return client::finish(k_name);
 }
 
@@ -578,6 +666,8 @@ int main(int argc, char** argv) {
   if (mode == "oom_killer") return oom_killer(d);
   if (mode == "legacy") return legacy(d);
   if (mode == "over_limit_view") return over_limit_view(d);
+  if (mode == "nvml_only") return nvml_only(d);
+  if (mode == "mig") return mig(d);
   std::fprintf(stdout, "unknown mode %s\n", argv[1]);
   return 2;
 }
