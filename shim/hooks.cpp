@@ -43,6 +43,31 @@ namespace {
 
 using gpuslice::log_level;
 
+/// Gives back a charge: a pooled allocation through its pool, anything else to the ledger.
+void give_back(state& s, const charge& c) noexcept {
+  if (c.pool != nullptr) {
+    s.pool_freed(c);
+  } else {
+    s.release(c);
+  }
+}
+
+/// Records \p c under \p key. An address the driver handed out again was freed behind the
+/// shim's back (its context was torn down): that old charge is given back, never orphaned.
+template <class Undo>
+CUresult record(state& s, alloc_table& table, std::uint64_t key, const charge& c, const char* name,
+                Undo undo) noexcept {
+  try {
+    if (auto displaced = table.insert(key, c)) give_back(s, *displaced);
+  } catch (...) {
+    undo();
+    give_back(s, c);
+    s.log(log_level::error, "{}: out of memory while recording the allocation; refused", name);
+    return CUDA_ERROR_OUT_OF_MEMORY;
+  }
+  return CUDA_SUCCESS;
+}
+
 /// Reserves \p estimate, runs \p call, settles the charge to \p actual() (the size the driver
 /// took), records it under \p key(); rolls everything back (undoing the allocation with
 /// \p undo) when any step fails.
@@ -66,16 +91,10 @@ CUresult counted_alloc(state& s, int ordinal, std::uint64_t estimate, const char
     s.release(c);
     return CUDA_ERROR_OUT_OF_MEMORY;
   }
-  try {
-    table.insert(key(), c);
-  } catch (...) {
-    undo();
-    s.release(c);
-    s.log(log_level::error, "{}: out of memory while recording the allocation; refused", name);
-    return CUDA_ERROR_OUT_OF_MEMORY;
-  }
-  return CUDA_SUCCESS;
+  return record(s, table, key(), c, name, undo);
 }
+
+
 
 /// Takes \p key's charge, runs \p call, and gives the charge back if the call succeeded (puts
 /// it back otherwise). Untracked keys pass through.
@@ -85,12 +104,12 @@ CUresult counted_free(state& s, alloc_table& table, std::uint64_t key, Call call
   const CUresult r = call();
   if (!c) return r;
   if (r == CUDA_SUCCESS) {
-    s.release(*c);
+    give_back(s, *c);
   } else {
     try {
-      table.insert(key, *c);
+      if (auto displaced = table.insert(key, *c)) give_back(s, *displaced);
     } catch (...) {
-      s.release(*c);  // cannot track it any more: give it back rather than leak quota
+      give_back(s, *c);  // cannot track it any more: give it back rather than leak quota
     }
   }
   return r;
@@ -132,30 +151,64 @@ std::uint64_t array_actual(state& s, Query query, Handle h, int ordinal, std::ui
   return query(&req, h, ordinal) == CUDA_SUCCESS ? static_cast<std::uint64_t>(req.size) : estimate;
 }
 
+/// A stream-ordered allocation from \p pool on \p ordinal: reserves the allocation's size while
+/// the driver runs, then charges the pool's reserve instead (state::settle_pool). Host-located
+/// pools are never charged.
+template <class Call, class Undo>
+CUresult pooled_alloc(state& s, int ordinal, CUmemoryPool pool, const char* name, CUdeviceptr* dptr,
+                      size_t bytes, Call call, Undo undo) {
+  if (s.pool_on_host(pool)) return call();
+  charge inflight;
+  if (!s.reserve(ordinal, bytes, name, inflight)) return CUDA_ERROR_OUT_OF_MEMORY;
+  const CUresult r = call();
+  if (r != CUDA_SUCCESS) {
+    s.release(inflight);
+    return r;
+  }
+  charge c = inflight;
+  c.bytes = bytes;
+  c.pool = pool;
+  if (!s.settle_pool(pool, bytes, inflight)) {
+    undo();
+    s.pool_freed(c);
+    s.trim_pools(ordinal);
+    return CUDA_ERROR_OUT_OF_MEMORY;
+  }
+  return record(s, s.pointers(), static_cast<std::uint64_t>(*dptr), c, name, undo);
+}
+
 CUresult mem_alloc_async(state& s, d::cuMemAllocAsync_fn real, const char* name, CUdeviceptr* dptr,
                          size_t bytes, CUstream stream) {
   int ordinal = 0;
-  if (dptr == nullptr) return real(dptr, bytes, stream);
+  if (dptr == nullptr || bytes == 0) return real(dptr, bytes, stream);
   if (CUresult r = s.stream_device(stream, &ordinal); r != CUDA_SUCCESS) return r;
+  auto undo = [&] {
+    auto free_async = s.real<d::cuMemFreeAsync_fn>(hook::cuMemFreeAsync);
+    if (free_async != nullptr) free_async(*dptr, stream);
+  };
+  // The device's current pool serves cuMemAllocAsync.
+  auto get_pool = s.helper_fn<decltype(&::cuDeviceGetMemPool)>(d::helper::cuDeviceGetMemPool);
+  CUmemoryPool pool = nullptr;
+  if (get_pool != nullptr && get_pool(&pool, ordinal) == CUDA_SUCCESS && pool != nullptr) {
+    return pooled_alloc(s, ordinal, pool, name, dptr, bytes,
+                        [&] { return real(dptr, bytes, stream); }, undo);
+  }
   return counted_alloc(
       s, ordinal, bytes, name, s.pointers(), [&] { return real(dptr, bytes, stream); },
-      [&] { return bytes; }, [&] { return static_cast<std::uint64_t>(*dptr); },
-      [&] {
-        auto free_async = s.real<d::cuMemFreeAsync_fn>(hook::cuMemFreeAsync);
-        if (free_async != nullptr) free_async(*dptr, stream);
-      });
+      [&] { return bytes; }, [&] { return static_cast<std::uint64_t>(*dptr); }, undo);
 }
 
 CUresult mem_alloc_pool(state& s, d::cuMemAllocFromPoolAsync_fn real, const char* name,
                         CUdeviceptr* dptr, size_t bytes, CUmemoryPool pool, CUstream stream) {
-  // The pool's device has no query; the stream's device is where stream-ordered memory for it
-  // is normally placed (a pool on another device is charged to the stream's device).
-  int ordinal = 0;
-  if (dptr == nullptr) return real(dptr, bytes, pool, stream);
-  if (CUresult r = s.stream_device(stream, &ordinal); r != CUDA_SUCCESS) return r;
-  return counted_alloc(
-      s, ordinal, bytes, name, s.pointers(), [&] { return real(dptr, bytes, pool, stream); },
-      [&] { return bytes; }, [&] { return static_cast<std::uint64_t>(*dptr); },
+  if (dptr == nullptr || pool == nullptr || bytes == 0) return real(dptr, bytes, pool, stream);
+  // A pool cuMemPoolCreate placed is charged to its device; another (a device's default pool)
+  // to the stream's device.
+  int ordinal = s.pool_ordinal(pool);
+  if (ordinal < 0) {
+    if (CUresult r = s.stream_device(stream, &ordinal); r != CUDA_SUCCESS) return r;
+  }
+  return pooled_alloc(
+      s, ordinal, pool, name, dptr, bytes, [&] { return real(dptr, bytes, pool, stream); },
       [&] {
         auto free_async = s.real<d::cuMemFreeAsync_fn>(hook::cuMemFreeAsync);
         if (free_async != nullptr) free_async(*dptr, stream);
@@ -368,6 +421,20 @@ GPUSLICE_SHIM_EXPORT CUresult cuMemFreeAsync(CUdeviceptr dptr, CUstream stream) 
 GPUSLICE_SHIM_EXPORT CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream stream) {
   GPUSLICE_PROLOGUE(cuMemFreeAsync_ptsz, CUDA_ERROR_NOT_FOUND, dptr, stream)
   return counted_free(s, s.pointers(), dptr, [&] { return real(dptr, stream); });
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuMemPoolCreate(CUmemoryPool* pool, const CUmemPoolProps* props) {
+  GPUSLICE_PROLOGUE(cuMemPoolCreate, CUDA_ERROR_NOT_FOUND, pool, props)
+  const CUresult r = real(pool, props);
+  if (r == CUDA_SUCCESS && pool != nullptr && props != nullptr) s.pool_created(*pool, *props);
+  return r;
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuMemPoolDestroy(CUmemoryPool pool) {
+  GPUSLICE_PROLOGUE(cuMemPoolDestroy, CUDA_ERROR_NOT_FOUND, pool)
+  const CUresult r = real(pool);
+  if (r == CUDA_SUCCESS) s.pool_destroyed(pool);
+  return r;
 }
 
 GPUSLICE_SHIM_EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle* handle, size_t size,

@@ -69,6 +69,8 @@ enum class library : std::uint8_t { cuda, nvml };
     decltype(&::cuMemAllocFromPoolAsync))                                                          \
   X(cuMemFreeAsync, "cuMemFreeAsync", 11020, legacy, cuda, decltype(&::cuMemFreeAsync))            \
   X(cuMemFreeAsync_ptsz, "cuMemFreeAsync", 11020, per_thread, cuda, decltype(&::cuMemFreeAsync))   \
+  X(cuMemPoolCreate, "cuMemPoolCreate", 11020, legacy, cuda, decltype(&::cuMemPoolCreate))         \
+  X(cuMemPoolDestroy, "cuMemPoolDestroy", 11020, legacy, cuda, decltype(&::cuMemPoolDestroy))      \
   X(cuMemCreate, "cuMemCreate", 10020, legacy, cuda, decltype(&::cuMemCreate))                     \
   X(cuMemRelease, "cuMemRelease", 10020, legacy, cuda, decltype(&::cuMemRelease))                  \
   X(cuArrayCreate_v2, "cuArrayCreate", 3020, legacy, cuda, decltype(&::cuArrayCreate_v2))          \
@@ -95,6 +97,9 @@ enum class library : std::uint8_t { cuda, nvml };
   X(cuArrayGetMemoryRequirements, cuda, decltype(&::cuArrayGetMemoryRequirements)) \
   X(cuMipmappedArrayGetMemoryRequirements, cuda,                                   \
     decltype(&::cuMipmappedArrayGetMemoryRequirements))                            \
+  X(cuDeviceGetMemPool, cuda, decltype(&::cuDeviceGetMemPool))                     \
+  X(cuMemPoolGetAttribute, cuda, decltype(&::cuMemPoolGetAttribute))               \
+  X(cuMemPoolTrimTo, cuda, decltype(&::cuMemPoolTrimTo))                           \
   X(nvmlInit_v2, nvml, decltype(&::nvmlInit_v2))                                   \
   X(nvmlDeviceGetHandleByUUID, nvml, decltype(&::nvmlDeviceGetHandleByUUID))       \
   X(nvmlDeviceGetUUID, nvml, decltype(&::nvmlDeviceGetUUID))                       \
@@ -152,14 +157,19 @@ struct charge {
   int ordinal = -1;         ///< CUDA device ordinal of this process
   int index = -1;           ///< ledger device index
   std::uint64_t bytes = 0;  ///< bytes reserved
+  /// A stream-ordered allocation's pool: then \p bytes are the allocation's size, and what is
+  /// charged is the pool's reserve (state::settle_pool), not the allocation.
+  CUmemoryPool pool = nullptr;
 };
 
 /// Live allocations of one kind (device pointers, arrays, VMM handles) and their charges:
 /// 64 shards, each a mutex and a hash map, so concurrent threads rarely share a lock.
 class alloc_table {
  public:
-  /// Records \p key. May throw std::bad_alloc. Thread-safe.
-  void insert(std::uint64_t key, const charge& c);
+  /// Records \p key; returns the charge it displaced (an allocation the driver freed without
+  /// the shim seeing it, whose address was reused), which the caller gives back. May throw
+  /// std::bad_alloc. Thread-safe.
+  std::optional<charge> insert(std::uint64_t key, const charge& c);
   /// Removes and returns \p key's charge. Thread-safe.
   std::optional<charge> take(std::uint64_t key) noexcept;
   /// Locks every shard (before fork). Thread-safe with respect to the other members.
@@ -229,12 +239,32 @@ class state {
 
   /// Reserves \p bytes on CUDA ordinal \p ordinal for \p call; on refusal logs one line (and
   /// with ACTIVE_OOM_KILLER ends the process). Returns false when refused.
+  /// A refusal first trims this process's pools on the device and tries again.
   bool reserve(int ordinal, std::uint64_t bytes, const char* call, charge& out) noexcept;
   /// Grows \p c by \p more bytes (after the driver reported a larger size). False if refused.
   bool reserve_more(charge& c, std::uint64_t more, const char* call) noexcept;
   /// Gives back \p bytes of \p c (the whole charge by default).
   void release(const charge& c) noexcept;
   void release(const charge& c, std::uint64_t bytes) noexcept;
+
+  // ---- stream-ordered pools: charged at their reserve, not at their allocations ----------
+
+  /// Records a pool cuMemPoolCreate made: where it lives decides whether it is charged.
+  void pool_created(CUmemoryPool pool, const CUmemPoolProps& props) noexcept;
+  /// After cuMemPoolDestroy: the driver gave back the pool's idle reserve.
+  void pool_destroyed(CUmemoryPool pool) noexcept;
+  /// True for a pool located on the host (never charged).
+  bool pool_on_host(CUmemoryPool pool) noexcept;
+  /// The ordinal of a pool cuMemPoolCreate placed on a device, or -1.
+  int pool_ordinal(CUmemoryPool pool) noexcept;
+  /// After an allocation of \p bytes from \p pool, for which \p inflight was reserved: the
+  /// pool's charge follows its reserve (from \p inflight first), and \p inflight is given back.
+  /// False when the reserve grew beyond what the limit admits (the caller undoes the allocation).
+  bool settle_pool(CUmemoryPool pool, std::uint64_t bytes, charge& inflight) noexcept;
+  /// After \p c (a pooled allocation) was freed.
+  void pool_freed(const charge& c) noexcept;
+  /// Trims this process's pools on \p ordinal to what their allocations need and settles them.
+  void trim_pools(int ordinal) noexcept;
 
   /// Live allocations by kind.
   alloc_table& pointers() noexcept { return pointers_; }
@@ -350,6 +380,17 @@ class state {
   alloc_table pointers_;
   alloc_table arrays_;
   alloc_table handles_;
+
+  /// A pool's charge: its reserve as last read, on its device.
+  struct pool_record {
+    bool host = false;         ///< located on the host: never charged
+    bool destroyed = false;    ///< destroyed with allocations outstanding
+    charge held;               ///< the reserve charged
+    std::uint64_t live = 0;    ///< bytes of this process's live allocations from it
+  };
+  void settle_locked(CUmemoryPool pool, pool_record& rec) noexcept;
+  std::mutex pools_mu_;  ///< guards pools_
+  std::unordered_map<CUmemoryPool, pool_record> pools_;
 };
 
 /// Per-thread re-entry guard: a hook that finds it held passes straight to the driver (the

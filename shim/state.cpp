@@ -100,10 +100,14 @@ std::string format_uuid(const CUuuid& u) {
 
 // ---- alloc_table ---------------------------------------------------------------------------
 
-void alloc_table::insert(std::uint64_t key, const charge& c) {
+std::optional<charge> alloc_table::insert(std::uint64_t key, const charge& c) {
   shard& s = pick(key);
   std::lock_guard<std::mutex> lock(s.mu);
-  s.map[key] = c;
+  auto [it, fresh] = s.map.try_emplace(key, c);
+  if (fresh) return std::nullopt;
+  const charge displaced = it->second;
+  it->second = c;
+  return displaced;
 }
 
 std::optional<charge> alloc_table::take(std::uint64_t key) noexcept {
@@ -599,6 +603,11 @@ bool state::reserve(int ordinal, std::uint64_t bytes, const char* call, charge& 
     reconcile(d, true);
     ok = attempt();
   }
+  if (!ok) {
+    // Pools keep freed memory up to their release threshold: give this process's back first.
+    trim_pools(ordinal);
+    ok = attempt();
+  }
   if (!ok) return refuse(refusal::over_limit, ordinal, bytes, call), false;
   counted_[static_cast<std::size_t>(ordinal)].fetch_add(bytes, std::memory_order_relaxed);
   out = charge{ordinal, d.index, bytes};
@@ -661,6 +670,134 @@ void state::refuse(refusal why, int ordinal, std::uint64_t bytes, const char* ca
   }
 }
 
+// ---- stream-ordered pools -------------------------------------------------------------------
+
+// A pool holds device memory beyond its live allocations: what they freed, up to its release
+// threshold, until a synchronisation or a trim (the CUDA headers: "When more than the release
+// threshold bytes of memory are held by the memory pool, the allocator will try to release
+// memory back to the OS on the next call to stream, event or context synchronize"). So a pool
+// is charged at its reserve (CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT), read after each allocation
+// from it and at each view, never at the sizes of its allocations; a free gives nothing back
+// until the reserve shrinks. Pools located on the host take no device memory and are never
+// charged. Precondition of settle_locked: pools_mu_ held.
+void state::settle_locked(CUmemoryPool pool, pool_record& rec) noexcept {
+  if (rec.host || rec.destroyed || rec.held.index < 0) return;
+  auto get = helper_fn<decltype(&::cuMemPoolGetAttribute)>(helper::cuMemPoolGetAttribute);
+  cuuint64_t reserved = 0;
+  if (get == nullptr || get(pool, CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT, &reserved) != CUDA_SUCCESS) {
+    return;
+  }
+  if (reserved < rec.held.bytes) {
+    const std::uint64_t less = rec.held.bytes - reserved;
+    release(rec.held, less);
+    rec.held.bytes -= less;
+  }
+}
+
+void state::pool_created(CUmemoryPool pool, const CUmemPoolProps& props) noexcept {
+  const CUmemLocationType where = props.location.type;
+  try {
+    std::lock_guard<std::mutex> lock(pools_mu_);
+    auto it = pools_.find(pool);
+    if (it != pools_.end()) {
+      // The handle of a pool the driver has since freed: its charge is no longer held.
+      release(it->second.held);
+      pools_.erase(it);
+    }
+    pool_record rec;
+    rec.host = where != CU_MEM_LOCATION_TYPE_DEVICE;
+    rec.held.ordinal = rec.host ? -1 : props.location.id;
+    pools_.emplace(pool, rec);
+  } catch (...) {
+    // Unrecorded: charged as a device pool of the allocating stream's device.
+  }
+}
+
+void state::pool_destroyed(CUmemoryPool pool) noexcept {
+  std::lock_guard<std::mutex> lock(pools_mu_);
+  auto it = pools_.find(pool);
+  if (it == pools_.end()) return;
+  pool_record& rec = it->second;
+  // The driver frees the idle reserve now and the rest as the allocations are freed.
+  if (rec.held.bytes > rec.live) {
+    release(rec.held, rec.held.bytes - rec.live);
+    rec.held.bytes = rec.live;
+  }
+  rec.destroyed = true;
+  if (rec.live == 0) pools_.erase(it);
+}
+
+bool state::pool_on_host(CUmemoryPool pool) noexcept {
+  std::lock_guard<std::mutex> lock(pools_mu_);
+  auto it = pools_.find(pool);
+  return it != pools_.end() && it->second.host;
+}
+
+int state::pool_ordinal(CUmemoryPool pool) noexcept {
+  std::lock_guard<std::mutex> lock(pools_mu_);
+  auto it = pools_.find(pool);
+  return it == pools_.end() || it->second.host ? -1 : it->second.held.ordinal;
+}
+
+bool state::settle_pool(CUmemoryPool pool, std::uint64_t bytes, charge& inflight) noexcept {
+  std::lock_guard<std::mutex> lock(pools_mu_);
+  pool_record* rec = nullptr;
+  try {
+    rec = &pools_[pool];
+  } catch (...) {
+    return false;
+  }
+  rec->held.ordinal = inflight.ordinal;
+  rec->held.index = inflight.index;
+  auto get = helper_fn<decltype(&::cuMemPoolGetAttribute)>(helper::cuMemPoolGetAttribute);
+  cuuint64_t reserved = 0;
+  if (get == nullptr || get(pool, CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT, &reserved) != CUDA_SUCCESS) {
+    reserved = rec->held.bytes + bytes;  // unknown: assume the pool grew by the allocation
+  }
+  rec->live += bytes;
+  bool ok = true;
+  if (reserved > rec->held.bytes) {
+    const std::uint64_t growth = reserved - rec->held.bytes;
+    const std::uint64_t from_inflight = std::min(growth, inflight.bytes);
+    inflight.bytes -= from_inflight;
+    rec->held.bytes += from_inflight;
+    if (growth > from_inflight) ok = reserve_more(rec->held, growth - from_inflight, "pool reserve");
+  } else if (reserved < rec->held.bytes) {
+    const std::uint64_t less = rec->held.bytes - reserved;
+    release(rec->held, less);
+    rec->held.bytes -= less;
+  }
+  release(inflight);
+  inflight.bytes = 0;
+  return ok;
+}
+
+void state::pool_freed(const charge& c) noexcept {
+  std::lock_guard<std::mutex> lock(pools_mu_);
+  auto it = pools_.find(c.pool);
+  if (it == pools_.end()) return;
+  pool_record& rec = it->second;
+  rec.live -= std::min(rec.live, c.bytes);
+  if (rec.destroyed) {
+    const std::uint64_t back = std::min(rec.held.bytes, c.bytes);
+    release(rec.held, back);
+    rec.held.bytes -= back;
+    if (rec.live == 0) pools_.erase(it);
+    return;
+  }
+  settle_locked(c.pool, rec);
+}
+
+void state::trim_pools(int ordinal) noexcept {
+  auto trim = helper_fn<decltype(&::cuMemPoolTrimTo)>(helper::cuMemPoolTrimTo);
+  if (trim == nullptr) return;
+  std::lock_guard<std::mutex> lock(pools_mu_);
+  for (auto& [pool, rec] : pools_) {
+    if (rec.host || rec.destroyed || rec.held.ordinal != ordinal || rec.held.bytes == 0) continue;
+    if (trim(pool, 0) == CUDA_SUCCESS) settle_locked(pool, rec);
+  }
+}
+
 CUresult state::current_device(int* ordinal) noexcept {
   auto get = helper_fn<decltype(&::cuCtxGetDevice)>(helper::cuCtxGetDevice);
   if (get == nullptr) return CUDA_ERROR_NOT_FOUND;
@@ -686,6 +823,13 @@ std::optional<memory_view> state::cuda_view(int ordinal, std::uint64_t card_tota
   if (ordinal < 0 || ordinal >= device_count_) return std::nullopt;
   device_info& d = devices_[static_cast<std::size_t>(ordinal)];
   if (!d.usable) return closed_view(card_total);
+  {
+    // Pools release memory at synchronisations the shim does not see: read their reserves.
+    std::lock_guard<std::mutex> lock(pools_mu_);
+    for (auto& [pool, rec] : pools_) {
+      if (rec.held.ordinal == ordinal) settle_locked(pool, rec);
+    }
+  }
   reconcile(d, false);  // so the context's memory shows before the first allocation
   const std::uint64_t used = with_ledger([&](auto& l) { return l.used(d.index); }) +
                             d.pending.load(std::memory_order_relaxed);
@@ -777,6 +921,7 @@ void state::write_line(log_level level, const std::string& msg) const noexcept {
 void state::before_fork() noexcept {
   devices_mu_.lock();
   slot_mu_.lock();
+  pools_mu_.lock();
   pointers_.lock_all();
   arrays_.lock_all();
   handles_.lock_all();
@@ -786,6 +931,7 @@ void state::after_fork_parent() noexcept {
   handles_.unlock_all();
   arrays_.unlock_all();
   pointers_.unlock_all();
+  pools_mu_.unlock();
   slot_mu_.unlock();
   devices_mu_.unlock();
 }
@@ -794,6 +940,8 @@ void state::after_fork_child() noexcept {
   handles_.reset_in_child();
   arrays_.reset_in_child();
   pointers_.reset_in_child();
+  pools_.clear();  // the parent's pools: the child's driver starts without them
+  pools_mu_.unlock();
   attached_.store(false, std::memory_order_relaxed);
   slot_ = memory::slot_handle{};
   for (auto& c : counted_) c.store(0, std::memory_order_relaxed);

@@ -325,6 +325,11 @@ int quota(const driver& d) {
     CUdeviceptr q = 0;
     CLIENT_CHECK(d.alloc_async(&q, limit, stream) == CUDA_ERROR_OUT_OF_MEMORY);
     CLIENT_CHECK(d.free_async(p, stream) == CUDA_SUCCESS);
+    // The pool keeps the freed memory until a synchronisation (release threshold 0).
+    CLIENT_CHECK_EQ(physical_used(0), 2 * k_mib);
+    CLIENT_CHECK_EQ(free_now(d), limit - 2 * k_mib);
+    CLIENT_CHECK(d.stream_sync(stream) == CUDA_SUCCESS);
+    CLIENT_CHECK_EQ(physical_used(0), 0u);
     CLIENT_CHECK_EQ(free_now(d), limit);
 
     CUmemPoolProps props{};
@@ -334,7 +339,9 @@ int quota(const driver& d) {
     CUmemoryPool pool = nullptr;
     CLIENT_REQUIRE(d.pool_create(&pool, &props) == CUDA_SUCCESS);
     CLIENT_CHECK(d.alloc_pool(&p, 3 * k_mib, pool, stream) == CUDA_SUCCESS);
-    CLIENT_CHECK_EQ(free_now(d), limit - 3 * k_mib);
+    // The pool reserves whole 2 MiB granules: 4 MiB are held, and charged.
+    CLIENT_CHECK_EQ(physical_used(0), 4 * k_mib);
+    CLIENT_CHECK_EQ(free_now(d), limit - 4 * k_mib);
     CLIENT_CHECK(d.alloc_pool(&q, limit, pool, stream) == CUDA_ERROR_OUT_OF_MEMORY);
     CLIENT_CHECK(d.free_async(p, stream) == CUDA_SUCCESS);
     CLIENT_CHECK(d.stream_sync(stream) == CUDA_SUCCESS);
@@ -488,6 +495,104 @@ int overhead(const driver& d) {
   check_ledger(limit, ctx + held.size() * k_chunk);
   for (CUdeviceptr p : held) CLIENT_CHECK(d.free(p) == CUDA_SUCCESS);
   CLIENT_CHECK_EQ(free_now(d), limit - ctx);
+  return client::finish(k_name);
+}
+
+/// Stream-ordered pools that keep what they free (a release threshold as high as PyTorch's
+/// cudaMallocAsync backend and RMM set): the pool's reserve stays charged until the pool gives it
+/// back; a refused reservation trims this process's pools first, so what fits still succeeds;
+/// pools located on the host are never charged. Physically: the fake never holds more than the
+/// limit at any step.
+int pools(const driver& d) {
+  const std::uint64_t limit = limit_bytes();
+  CLIENT_REQUIRE(d.init(0) == CUDA_SUCCESS);
+  use_device(d, 0);
+  void* h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  CLIENT_REQUIRE(h != nullptr);
+  auto set_attr =
+      reinterpret_cast<decltype(&cuMemPoolSetAttribute)>(dlsym(h, "cuMemPoolSetAttribute"));
+  auto default_pool =
+      reinterpret_cast<decltype(&cuDeviceGetDefaultMemPool)>(dlsym(h, "cuDeviceGetDefaultMemPool"));
+  CLIENT_REQUIRE(set_attr != nullptr && default_pool != nullptr);
+  CUmemoryPool pool = nullptr;
+  CLIENT_REQUIRE(default_pool(&pool, 0) == CUDA_SUCCESS);
+  cuuint64_t keep_all = ~cuuint64_t{0};
+  CLIENT_REQUIRE(set_attr(pool, CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, &keep_all) == CUDA_SUCCESS);
+  CUstream stream = nullptr;
+  CLIENT_REQUIRE(d.stream_create(&stream, 0) == CUDA_SUCCESS);
+
+  // Fill the quota through the pool, free everything, synchronise: the pool keeps it all.
+  std::vector<CUdeviceptr> held;
+  for (;;) {
+    CUdeviceptr p = 0;
+    if (d.alloc_async(&p, k_chunk, stream) != CUDA_SUCCESS) break;
+    held.push_back(p);
+    CLIENT_REQUIRE(held.size() < 100000);
+  }
+  CLIENT_CHECK_EQ(held.size(), limit / k_chunk);
+  CLIENT_CHECK(physical_used(0) <= limit);
+  for (CUdeviceptr p : held) CLIENT_CHECK(d.free_async(p, stream) == CUDA_SUCCESS);
+  CLIENT_CHECK(d.stream_sync(stream) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(physical_used(0), held.size() * k_chunk);  // kept by the pool
+  CLIENT_CHECK_EQ(free_now(d), limit - held.size() * k_chunk);
+
+  // Plain allocations now: the first refusal trims the pool, then all that fits succeeds.
+  std::vector<CUdeviceptr> plain;
+  for (;;) {
+    CUdeviceptr p = 0;
+    if (d.alloc(&p, k_chunk) != CUDA_SUCCESS) break;
+    plain.push_back(p);
+    CLIENT_CHECK(physical_used(0) <= limit);
+    CLIENT_REQUIRE(plain.size() < 100000);
+  }
+  CLIENT_CHECK_EQ(plain.size(), limit / k_chunk);
+  CLIENT_CHECK(physical_used(0) <= limit);
+  for (CUdeviceptr p : plain) CLIENT_CHECK(d.free(p) == CUDA_SUCCESS);
+
+  // Reused from the pool's reserve after a partial trim, the pool again fills the quota.
+  held.clear();
+  for (;;) {
+    CUdeviceptr p = 0;
+    if (d.alloc_async(&p, k_chunk, stream) != CUDA_SUCCESS) break;
+    held.push_back(p);
+    CLIENT_CHECK(physical_used(0) <= limit);
+    CLIENT_REQUIRE(held.size() < 100000);
+  }
+  CLIENT_CHECK_EQ(held.size(), limit / k_chunk);
+  for (CUdeviceptr p : held) CLIENT_CHECK(d.free_async(p, stream) == CUDA_SUCCESS);
+
+  // A pool on the host takes no device memory and is never charged.
+  CUmemPoolProps props{};
+  props.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+  props.location.type = CU_MEM_LOCATION_TYPE_HOST;
+  CUmemoryPool host_pool = nullptr;
+  CLIENT_REQUIRE(d.pool_create(&host_pool, &props) == CUDA_SUCCESS);
+  const std::uint64_t before = physical_used(0);
+  const std::uint64_t free_before = free_now(d);
+  CUdeviceptr hp = 0;
+  CLIENT_CHECK(d.alloc_pool(&hp, 2 * limit, host_pool, stream) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(physical_used(0), before);
+  CLIENT_CHECK_EQ(free_now(d), free_before);
+  CLIENT_CHECK(d.free_async(hp, stream) == CUDA_SUCCESS);
+  CLIENT_CHECK(d.stream_sync(stream) == CUDA_SUCCESS);
+  CLIENT_CHECK(d.pool_destroy(host_pool) == CUDA_SUCCESS);
+
+  // A created device pool: destroyed, its reserve is given back.
+  props.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  props.location.id = 0;
+  CUmemoryPool mine = nullptr;
+  CLIENT_REQUIRE(d.pool_create(&mine, &props) == CUDA_SUCCESS);
+  CLIENT_REQUIRE(set_attr(mine, CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, &keep_all) == CUDA_SUCCESS);
+  CUdeviceptr mp = 0;
+  CLIENT_CHECK(d.alloc_pool(&mp, k_chunk, mine, stream) == CUDA_SUCCESS);
+  CLIENT_CHECK(physical_used(0) <= limit);
+  CLIENT_CHECK(d.free_async(mp, stream) == CUDA_SUCCESS);
+  CLIENT_CHECK(d.stream_sync(stream) == CUDA_SUCCESS);
+  CLIENT_CHECK(d.pool_destroy(mine) == CUDA_SUCCESS);
+  CLIENT_CHECK(d.stream_destroy(stream) == CUDA_SUCCESS);
+  // Only the default pool's reserve is held and charged.
+  CLIENT_CHECK_EQ(limit - free_now(d), physical_used(0));
+  CLIENT_CHECK(physical_used(0) <= limit);
   return client::finish(k_name);
 }
 
@@ -667,6 +772,7 @@ int main(int argc, char** argv) {
   if (mode == "legacy") return legacy(d);
   if (mode == "over_limit_view") return over_limit_view(d);
   if (mode == "nvml_only") return nvml_only(d);
+  if (mode == "pools") return pools(d);
   if (mode == "mig") return mig(d);
   std::fprintf(stdout, "unknown mode %s\n", argv[1]);
   return 2;

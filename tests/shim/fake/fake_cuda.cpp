@@ -79,9 +79,20 @@ struct CUmipmappedArray_st {
   std::uint64_t bytes = 0;
   void* mem = nullptr;
 };
+/// A stream-ordered pool, as the CUDA 13 headers describe it: it reserves device memory as its
+/// allocations need it and keeps what they free, releasing the part above its release
+/// threshold at the next stream, event or context synchronisation, and down to a floor on
+/// cuMemPoolTrimTo. A pool located on the host takes no device memory. Guarded by st().mu.
 struct CUmemPoolHandle_st {
   int physical = 0;
   bool is_default = false;
+  bool host = false;             ///< located on the host: takes no device memory
+  bool destroyed = false;        ///< destroyed with allocations outstanding
+  std::uint64_t reserved = 0;    ///< device bytes the pool holds
+  std::uint64_t used = 0;        ///< bytes of its live allocations
+  std::uint64_t threshold = 0;   ///< CU_MEMPOOL_ATTR_RELEASE_THRESHOLD
+  std::uint64_t reserved_high = 0;
+  std::uint64_t used_high = 0;
 };
 struct CUctx_st {
   int ordinal = 0;
@@ -132,6 +143,7 @@ struct allocation {
   int physical = 0;
   std::uint64_t bytes = 0;
   std::uint64_t mapped = 0;  ///< bytes mapped with mmap; 0 for heap memory
+  CUmemPoolHandle_st* pool = nullptr;  ///< the pool it came from (its bytes are the pool's)
 };
 
 struct driver_state {
@@ -150,6 +162,11 @@ struct driver_state {
   CUmemGenericAllocationHandle next_handle = 1;
   CUctx_st* primary[k_max_fake_devices] = {};
   CUmemPoolHandle_st default_pool[k_max_fake_devices];
+  /// Each device's current pool (cuDeviceSetMemPool), which cuMemAllocAsync draws from.
+  CUmemPoolHandle_st* current_pool[k_max_fake_devices] = {};
+  /// Every pool, created ones included (kept reachable: a destroyed pool with outstanding
+  /// allocations lives until they are freed).
+  std::vector<CUmemPoolHandle_st*> pools;
   /// Loaded modules: the driver frees what a program never unloads at exit, so the fake keeps
   /// them reachable rather than leaked.
   std::map<CUmod_st*, std::unique_ptr<CUmod_st>> modules;
@@ -358,6 +375,15 @@ CUresult free_ptr(CUdeviceptr p) {
     if (it == st().allocs.end()) return CUDA_ERROR_INVALID_VALUE;
     a = it->second;
     st().allocs.erase(it);
+    if (a.pool != nullptr) {
+      // The pool keeps the memory for reuse; a destroyed pool gives it back as it comes.
+      a.pool->used -= a.bytes;
+      if (a.pool->destroyed && !a.pool->host) {
+        a.pool->reserved -= a.bytes;
+        give(a.physical, a.bytes);
+      }
+      a.bytes = 0;
+    }
   }
   if (a.mapped == 0) {
     std::free(reinterpret_cast<void*>(p));
@@ -366,6 +392,53 @@ CUresult free_ptr(CUdeviceptr p) {
   }
   give(a.physical, a.bytes);
   return CUDA_SUCCESS;
+}
+
+/// Allocates \p bytes from \p pool: from its idle reserve when that suffices, else the pool
+/// grows by the shortfall, rounded up to the VMM granularity, as far as the device has room.
+CUresult pool_alloc(CUmemPoolHandle_st* pool, std::uint64_t bytes, CUdeviceptr* out) {
+  if (out == nullptr || bytes == 0) return CUDA_ERROR_INVALID_VALUE;
+  void* m = map_bytes(bytes);
+  if (m == nullptr) return CUDA_ERROR_OUT_OF_MEMORY;
+  std::lock_guard<std::mutex> lock(st().mu);
+  if (pool->destroyed) {
+    munmap(m, bytes);
+    return CUDA_ERROR_INVALID_VALUE;
+  }
+  const std::uint64_t idle = pool->reserved - pool->used;
+  if (!pool->host && bytes > idle) {
+    const std::uint64_t grow = round_up(bytes - idle, k_vmm_granularity);
+    if (!take(pool->physical, grow)) {
+      munmap(m, bytes);
+      return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    pool->reserved += grow;
+  }
+  pool->used += bytes;
+  pool->reserved_high = std::max(pool->reserved_high, pool->reserved);
+  pool->used_high = std::max(pool->used_high, pool->used);
+  st().allocs[reinterpret_cast<std::uintptr_t>(m)] = allocation{pool->physical, bytes, bytes, pool};
+  *out = reinterpret_cast<CUdeviceptr>(m);
+  return CUDA_SUCCESS;
+}
+
+/// Gives back what \p pool holds above max(\p keep, its live bytes), in whole granules.
+/// Precondition: st().mu held.
+void pool_trim(CUmemPoolHandle_st* pool, std::uint64_t keep) {
+  if (pool->host) return;
+  const std::uint64_t floor = round_up(std::max(keep, pool->used), k_vmm_granularity);
+  if (pool->reserved <= floor) return;
+  give(pool->physical, pool->reserved - floor);
+  pool->reserved = floor;
+}
+
+/// A stream, event or context synchronisation: every pool holding more than its release
+/// threshold gives back what it can above it.
+void release_pools_at_sync() {
+  std::lock_guard<std::mutex> lock(st().mu);
+  for (CUmemPoolHandle_st* pool : st().pools) {
+    if (pool->reserved > pool->threshold) pool_trim(pool, pool->threshold);
+  }
 }
 
 CUresult ctx_physical(int* physical) {
@@ -446,6 +519,8 @@ void configure(driver_state& s) {
     make_uuid(p, s.devs[p].uuid);
     s.default_pool[p].physical = p;
     s.default_pool[p].is_default = true;
+    s.current_pool[p] = &s.default_pool[p];
+    s.pools.push_back(&s.default_pool[p]);
   }
   s.context_bytes = env_bytes("FAKE_CUDA_CONTEXT_BYTES", 0);
   if (const char* h = std::getenv("FAKE_CUDA_HOST_HEAP")) s.host_heap = std::strcmp(h, "1") == 0;
@@ -631,6 +706,7 @@ FAKE_EXPORT CUresult cuCtxSynchronize() {
   CUctx_st* c = current();
   if (c == nullptr) return CUDA_ERROR_INVALID_CONTEXT;
   if (c->default_stream != nullptr) drain(c->default_stream);
+  release_pools_at_sync();
   return CUDA_SUCCESS;
 }
 
@@ -742,13 +818,18 @@ CUresult stream_physical(CUstream h, int* p) {
 CUresult alloc_async(CUdeviceptr* dptr, size_t bytes, CUstream h) {
   int p = 0;
   if (CUresult r = stream_physical(h, &p); r != CUDA_SUCCESS) return r;
-  return alloc_on(p, bytes, dptr);
+  CUmemPoolHandle_st* pool = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(st().mu);
+    pool = st().current_pool[p];
+  }
+  return pool_alloc(pool, bytes, dptr);
 }
 CUresult alloc_pool_async(CUdeviceptr* dptr, size_t bytes, CUmemoryPool pool, CUstream h) {
   if (pool == nullptr) return CUDA_ERROR_INVALID_VALUE;
   int p = 0;
   if (CUresult r = stream_physical(h, &p); r != CUDA_SUCCESS) return r;
-  return alloc_on(pool->physical, bytes, dptr);
+  return pool_alloc(pool, bytes, dptr);
 }
 CUresult free_async(CUdeviceptr dptr, CUstream h) {
   int p = 0;
@@ -783,19 +864,114 @@ FAKE_EXPORT CUresult cuDeviceGetDefaultMemPool(CUmemoryPool* pool, CUdevice dev)
 
 FAKE_EXPORT CUresult cuMemPoolCreate(CUmemoryPool* pool, const CUmemPoolProps* props) {
   if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
-  if (pool == nullptr || props == nullptr || props->location.type != CU_MEM_LOCATION_TYPE_DEVICE ||
-      props->location.id < 0 || props->location.id >= st().visible_count) {
+  if (pool == nullptr || props == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  const CUmemLocationType where = props->location.type;
+  const bool host = where == CU_MEM_LOCATION_TYPE_HOST || where == CU_MEM_LOCATION_TYPE_HOST_NUMA;
+  if (!host && (where != CU_MEM_LOCATION_TYPE_DEVICE || props->location.id < 0 ||
+                props->location.id >= st().visible_count)) {
     return CUDA_ERROR_INVALID_VALUE;
   }
   auto* p = new CUmemPoolHandle_st;
-  p->physical = st().visible[props->location.id];
+  p->host = host;
+  p->physical = host ? 0 : st().visible[props->location.id];
+  std::lock_guard<std::mutex> lock(st().mu);
+  st().pools.push_back(p);
   *pool = p;
   return CUDA_SUCCESS;
 }
 
+/// As documented: with allocations outstanding the call returns at once and the pool's
+/// resources are released as they are freed.
 FAKE_EXPORT CUresult cuMemPoolDestroy(CUmemoryPool pool) {
   if (pool == nullptr || pool->is_default) return CUDA_ERROR_INVALID_VALUE;
-  delete pool;
+  std::lock_guard<std::mutex> lock(st().mu);
+  if (pool->destroyed) return CUDA_ERROR_INVALID_VALUE;
+  pool_trim(pool, 0);
+  pool->destroyed = true;
+  for (CUmemPoolHandle_st*& cur : st().current_pool) {
+    if (cur == pool) cur = &st().default_pool[pool->physical];
+  }
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuMemPoolTrimTo(CUmemoryPool pool, size_t keep) {
+  if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
+  if (pool == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  std::lock_guard<std::mutex> lock(st().mu);
+  pool_trim(pool, keep);
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuMemPoolSetAttribute(CUmemoryPool pool, CUmemPool_attribute attr,
+                                           void* value) {
+  if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
+  if (pool == nullptr || value == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  std::lock_guard<std::mutex> lock(st().mu);
+  switch (attr) {
+    case CU_MEMPOOL_ATTR_RELEASE_THRESHOLD:
+      std::memcpy(&pool->threshold, value, sizeof pool->threshold);
+      return CUDA_SUCCESS;
+    case CU_MEMPOOL_ATTR_REUSE_FOLLOW_EVENT_DEPENDENCIES:
+    case CU_MEMPOOL_ATTR_REUSE_ALLOW_OPPORTUNISTIC:
+    case CU_MEMPOOL_ATTR_REUSE_ALLOW_INTERNAL_DEPENDENCIES:
+      return CUDA_SUCCESS;  // reuse policies: the fake reuses freely
+    case CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH:
+    case CU_MEMPOOL_ATTR_USED_MEM_HIGH: {
+      cuuint64_t v = 0;
+      std::memcpy(&v, value, sizeof v);
+      if (v != 0) return CUDA_ERROR_INVALID_VALUE;  // high watermarks reset only to zero
+      (attr == CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH ? pool->reserved_high : pool->used_high) = 0;
+      return CUDA_SUCCESS;
+    }
+    default:
+      return CUDA_ERROR_INVALID_VALUE;
+  }
+}
+
+FAKE_EXPORT CUresult cuMemPoolGetAttribute(CUmemoryPool pool, CUmemPool_attribute attr,
+                                           void* value) {
+  if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
+  if (pool == nullptr || value == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  std::lock_guard<std::mutex> lock(st().mu);
+  cuuint64_t v = 0;
+  switch (attr) {
+    case CU_MEMPOOL_ATTR_RELEASE_THRESHOLD:
+      v = pool->threshold;
+      break;
+    case CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT:
+      v = pool->reserved;
+      break;
+    case CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH:
+      v = pool->reserved_high;
+      break;
+    case CU_MEMPOOL_ATTR_USED_MEM_CURRENT:
+      v = pool->used;
+      break;
+    case CU_MEMPOOL_ATTR_USED_MEM_HIGH:
+      v = pool->used_high;
+      break;
+    default:
+      return CUDA_ERROR_INVALID_VALUE;
+  }
+  std::memcpy(value, &v, sizeof v);
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuDeviceGetMemPool(CUmemoryPool* pool, CUdevice dev) {
+  if (CUresult r = check_ordinal(dev); r != CUDA_SUCCESS) return r;
+  if (pool == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  std::lock_guard<std::mutex> lock(st().mu);
+  *pool = st().current_pool[st().visible[dev]];
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuDeviceSetMemPool(CUdevice dev, CUmemoryPool pool) {
+  if (CUresult r = check_ordinal(dev); r != CUDA_SUCCESS) return r;
+  if (pool == nullptr || pool->host || pool->physical != st().visible[dev]) {
+    return CUDA_ERROR_INVALID_VALUE;
+  }
+  std::lock_guard<std::mutex> lock(st().mu);
+  st().current_pool[st().visible[dev]] = pool;
   return CUDA_SUCCESS;
 }
 
@@ -949,6 +1125,7 @@ CUresult stream_sync(CUstream h) {
   CUstream_st* s = resolve(h);
   if (s == nullptr) return CUDA_ERROR_INVALID_CONTEXT;
   drain(s);
+  release_pools_at_sync();
   return CUDA_SUCCESS;
 }
 CUresult stream_device(CUstream h, CUdevice* dev) {
@@ -1021,8 +1198,11 @@ FAKE_EXPORT CUresult cuEventQuery(CUevent e) {
 FAKE_EXPORT CUresult cuEventSynchronize(CUevent e) {
   if (e == nullptr) return CUDA_ERROR_INVALID_HANDLE;
   if (CUresult r = fake_capture_unsafe_call(); r != CUDA_SUCCESS) return r;
-  std::unique_lock<std::mutex> lock(e->mu);
-  e->cv.wait(lock, [&] { return e->done; });
+  {
+    std::unique_lock<std::mutex> lock(e->mu);
+    e->cv.wait(lock, [&] { return e->done; });
+  }
+  release_pools_at_sync();
   return CUDA_SUCCESS;
 }
 FAKE_EXPORT CUresult cuEventElapsedTime_v2(float* ms, CUevent a, CUevent b) {
@@ -1153,6 +1333,11 @@ const proc_entry k_procs[] = {
     {"cuDeviceGetDefaultMemPool", 11020, FAKE_FN(cuDeviceGetDefaultMemPool), nullptr},
     {"cuMemPoolCreate", 11020, FAKE_FN(cuMemPoolCreate), nullptr},
     {"cuMemPoolDestroy", 11020, FAKE_FN(cuMemPoolDestroy), nullptr},
+    {"cuMemPoolTrimTo", 11020, FAKE_FN(cuMemPoolTrimTo), nullptr},
+    {"cuMemPoolSetAttribute", 11020, FAKE_FN(cuMemPoolSetAttribute), nullptr},
+    {"cuMemPoolGetAttribute", 11020, FAKE_FN(cuMemPoolGetAttribute), nullptr},
+    {"cuDeviceGetMemPool", 11020, FAKE_FN(cuDeviceGetMemPool), nullptr},
+    {"cuDeviceSetMemPool", 11020, FAKE_FN(cuDeviceSetMemPool), nullptr},
     {"cuMemGetAllocationGranularity", 10020, FAKE_FN(cuMemGetAllocationGranularity), nullptr},
     {"cuMemCreate", 10020, FAKE_FN(cuMemCreate), nullptr},
     {"cuMemRelease", 10020, FAKE_FN(cuMemRelease), nullptr},
