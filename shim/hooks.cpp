@@ -446,16 +446,54 @@ GPUSLICE_SHIM_EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle* handle, 
       prop->location.type != CU_MEM_LOCATION_TYPE_DEVICE) {
     return real(handle, size, prop, flags);
   }
-  return counted_alloc(
+  const CUresult r = counted_alloc(
       s, prop->location.id, size, "cuMemCreate", s.handles(),
       [&] { return real(handle, size, prop, flags); }, [&] { return size; },
       [&] { return static_cast<std::uint64_t>(*handle); },
       [&] { s.real<d::cuMemRelease_fn>(hook::cuMemRelease)(*handle); });
+  if (r == CUDA_SUCCESS) s.vmm_created(*handle);
+  return r;
 }
 
+namespace {
+/// Gives back the charge of a VMM handle whose memory the driver freed.
+void vmm_freed(state& s, CUmemGenericAllocationHandle h) {
+  if (auto c = s.handles().take(h)) s.release(*c);
+}
+}  // namespace
+
+// A handle's memory is freed when it is both released and unmapped (state::vmm_released).
 GPUSLICE_SHIM_EXPORT CUresult cuMemRelease(CUmemGenericAllocationHandle handle) {
   GPUSLICE_PROLOGUE(cuMemRelease, CUDA_ERROR_NOT_FOUND, handle)
-  return counted_free(s, s.handles(), handle, [&] { return real(handle); });
+  const CUresult r = real(handle);
+  if (r == CUDA_SUCCESS && s.vmm_released(handle)) vmm_freed(s, handle);
+  return r;
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuMemRetainAllocationHandle(CUmemGenericAllocationHandle* handle,
+                                                          void* addr) {
+  GPUSLICE_PROLOGUE(cuMemRetainAllocationHandle, CUDA_ERROR_NOT_FOUND, handle, addr)
+  const CUresult r = real(handle, addr);
+  if (r == CUDA_SUCCESS && handle != nullptr) s.vmm_retained(*handle);
+  return r;
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset,
+                                       CUmemGenericAllocationHandle handle,
+                                       unsigned long long flags) {
+  GPUSLICE_PROLOGUE(cuMemMap, CUDA_ERROR_NOT_FOUND, ptr, size, offset, handle, flags)
+  const CUresult r = real(ptr, size, offset, handle, flags);
+  if (r == CUDA_SUCCESS) s.vmm_mapped(ptr, size, handle);
+  return r;
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuMemUnmap(CUdeviceptr ptr, size_t size) {
+  GPUSLICE_PROLOGUE(cuMemUnmap, CUDA_ERROR_NOT_FOUND, ptr, size)
+  const CUresult r = real(ptr, size);
+  if (r == CUDA_SUCCESS) {
+    for (CUmemGenericAllocationHandle h : s.vmm_unmapped(ptr, size)) vmm_freed(s, h);
+  }
+  return r;
 }
 
 GPUSLICE_SHIM_EXPORT CUresult cuArrayCreate_v2(CUarray* out, const CUDA_ARRAY_DESCRIPTOR* desc) {

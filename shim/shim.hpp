@@ -17,7 +17,9 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <map>
 #include <unordered_map>
+#include <vector>
 
 #include "gpuslice/config.hpp"
 #include "gpuslice/memory/ledger.hpp"
@@ -73,6 +75,10 @@ enum class library : std::uint8_t { cuda, nvml };
   X(cuMemPoolDestroy, "cuMemPoolDestroy", 11020, legacy, cuda, decltype(&::cuMemPoolDestroy))      \
   X(cuMemCreate, "cuMemCreate", 10020, legacy, cuda, decltype(&::cuMemCreate))                     \
   X(cuMemRelease, "cuMemRelease", 10020, legacy, cuda, decltype(&::cuMemRelease))                  \
+  X(cuMemRetainAllocationHandle, "cuMemRetainAllocationHandle", 11000, legacy, cuda,               \
+    decltype(&::cuMemRetainAllocationHandle))                                                      \
+  X(cuMemMap, "cuMemMap", 10020, legacy, cuda, decltype(&::cuMemMap))                              \
+  X(cuMemUnmap, "cuMemUnmap", 10020, legacy, cuda, decltype(&::cuMemUnmap))                        \
   X(cuArrayCreate_v2, "cuArrayCreate", 3020, legacy, cuda, decltype(&::cuArrayCreate_v2))          \
   X(cuArray3DCreate_v2, "cuArray3DCreate", 3020, legacy, cuda, decltype(&::cuArray3DCreate_v2))    \
   X(cuArrayDestroy, "cuArrayDestroy", 2000, legacy, cuda, decltype(&::cuArrayDestroy))             \
@@ -266,6 +272,20 @@ class state {
   /// Trims this process's pools on \p ordinal to what their allocations need and settles them.
   void trim_pools(int ordinal) noexcept;
 
+  // ---- VMM: physical memory lives until released and unmapped --------------------------
+
+  /// A charged cuMemCreate handle, with its one reference.
+  void vmm_created(CUmemGenericAllocationHandle h) noexcept;
+  /// After cuMemRetainAllocationHandle gave \p h: one more reference.
+  void vmm_retained(CUmemGenericAllocationHandle h) noexcept;
+  /// After cuMemRelease(\p h): true when the driver freed the memory (no reference and no
+  /// mapping left, or a handle the shim does not follow), so its charge is given back.
+  bool vmm_released(CUmemGenericAllocationHandle h) noexcept;
+  /// After cuMemMap.
+  void vmm_mapped(CUdeviceptr at, std::size_t size, CUmemGenericAllocationHandle h) noexcept;
+  /// After cuMemUnmap: the handles whose memory the driver freed (released and now unmapped).
+  std::vector<CUmemGenericAllocationHandle> vmm_unmapped(CUdeviceptr at, std::size_t size) noexcept;
+
   /// Live allocations by kind.
   alloc_table& pointers() noexcept { return pointers_; }
   alloc_table& arrays() noexcept { return arrays_; }
@@ -391,6 +411,16 @@ class state {
   void settle_locked(CUmemoryPool pool, pool_record& rec) noexcept;
   std::mutex pools_mu_;  ///< guards pools_
   std::unordered_map<CUmemoryPool, pool_record> pools_;
+
+  /// A charged VMM handle's references and mappings.
+  struct vmm_record {
+    int refs = 1;
+    int maps = 0;
+  };
+  std::mutex vmm_mu_;  ///< guards vmm_ and vmm_maps_
+  std::unordered_map<CUmemGenericAllocationHandle, vmm_record> vmm_;
+  /// Mappings of charged handles: start -> (size, handle).
+  std::map<CUdeviceptr, std::pair<std::size_t, CUmemGenericAllocationHandle>> vmm_maps_;
 };
 
 /// Per-thread re-entry guard: a hook that finds it held passes straight to the driver (the

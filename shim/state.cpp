@@ -798,6 +798,67 @@ void state::trim_pools(int ordinal) noexcept {
   }
 }
 
+// ---- VMM ---------------------------------------------------------------------------------
+
+// cuMemRelease documents that "the memory allocation will be freed when all outstanding mappings
+// to the memory are unmapped and when all outstanding references to the handle ... are also
+// released", so a charged handle keeps its charge until both hold (NVIDIA's vectorAddMMAP
+// releases its handles right after mapping them).
+void state::vmm_created(CUmemGenericAllocationHandle h) noexcept {
+  try {
+    std::lock_guard<std::mutex> lock(vmm_mu_);
+    vmm_[h] = vmm_record{};
+  } catch (...) {
+    // Unfollowed: the charge is given back at cuMemRelease, as before mappings were followed.
+  }
+}
+
+void state::vmm_retained(CUmemGenericAllocationHandle h) noexcept {
+  std::lock_guard<std::mutex> lock(vmm_mu_);
+  auto it = vmm_.find(h);
+  if (it != vmm_.end()) ++it->second.refs;
+}
+
+bool state::vmm_released(CUmemGenericAllocationHandle h) noexcept {
+  std::lock_guard<std::mutex> lock(vmm_mu_);
+  auto it = vmm_.find(h);
+  if (it == vmm_.end()) return true;
+  if (--it->second.refs > 0 || it->second.maps > 0) return false;
+  vmm_.erase(it);
+  return true;
+}
+
+void state::vmm_mapped(CUdeviceptr at, std::size_t size, CUmemGenericAllocationHandle h) noexcept {
+  try {
+    std::lock_guard<std::mutex> lock(vmm_mu_);
+    auto it = vmm_.find(h);
+    if (it == vmm_.end()) return;
+    vmm_maps_[at] = {size, h};
+    ++it->second.maps;
+  } catch (...) {
+  }
+}
+
+std::vector<CUmemGenericAllocationHandle> state::vmm_unmapped(CUdeviceptr at,
+                                                              std::size_t size) noexcept {
+  std::vector<CUmemGenericAllocationHandle> freed;
+  try {
+    std::lock_guard<std::mutex> lock(vmm_mu_);
+    for (auto m = vmm_maps_.lower_bound(at); m != vmm_maps_.end() && m->first < at + size;) {
+      const CUmemGenericAllocationHandle h = m->second.second;
+      m = vmm_maps_.erase(m);
+      auto it = vmm_.find(h);
+      if (it == vmm_.end()) continue;
+      if (--it->second.maps == 0 && it->second.refs == 0) {
+        vmm_.erase(it);
+        freed.push_back(h);
+      }
+    }
+  } catch (...) {
+  }
+  return freed;
+}
+
 CUresult state::current_device(int* ordinal) noexcept {
   auto get = helper_fn<decltype(&::cuCtxGetDevice)>(helper::cuCtxGetDevice);
   if (get == nullptr) return CUDA_ERROR_NOT_FOUND;
@@ -922,6 +983,7 @@ void state::before_fork() noexcept {
   devices_mu_.lock();
   slot_mu_.lock();
   pools_mu_.lock();
+  vmm_mu_.lock();
   pointers_.lock_all();
   arrays_.lock_all();
   handles_.lock_all();
@@ -931,6 +993,7 @@ void state::after_fork_parent() noexcept {
   handles_.unlock_all();
   arrays_.unlock_all();
   pointers_.unlock_all();
+  vmm_mu_.unlock();
   pools_mu_.unlock();
   slot_mu_.unlock();
   devices_mu_.unlock();
@@ -942,6 +1005,9 @@ void state::after_fork_child() noexcept {
   pointers_.reset_in_child();
   pools_.clear();  // the parent's pools: the child's driver starts without them
   pools_mu_.unlock();
+  vmm_.clear();
+  vmm_maps_.clear();
+  vmm_mu_.unlock();
   attached_.store(false, std::memory_order_relaxed);
   slot_ = memory::slot_handle{};
   for (auto& c : counted_) c.store(0, std::memory_order_relaxed);

@@ -596,6 +596,61 @@ int pools(const driver& d) {
   return client::finish(k_name);
 }
 
+/// VMM as NVIDIA's vectorAddMMAP sample uses it: handles released right after they are mapped
+/// keep their memory, and their charge, until unmapped; a handle retained from a mapping keeps it
+/// past the unmap until released again. Physically: the fake never holds more than the limit.
+int vmm(const driver& d) {
+  const std::uint64_t limit = limit_bytes();
+  CLIENT_REQUIRE(d.init(0) == CUDA_SUCCESS);
+  use_device(d, 0);
+  void* lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  CLIENT_REQUIRE(lib != nullptr);
+  auto reserve = reinterpret_cast<decltype(&cuMemAddressReserve)>(dlsym(lib, "cuMemAddressReserve"));
+  auto addr_free = reinterpret_cast<decltype(&cuMemAddressFree)>(dlsym(lib, "cuMemAddressFree"));
+  auto map = reinterpret_cast<decltype(&cuMemMap)>(dlsym(lib, "cuMemMap"));
+  auto unmap = reinterpret_cast<decltype(&cuMemUnmap)>(dlsym(lib, "cuMemUnmap"));
+  auto retain = reinterpret_cast<decltype(&cuMemRetainAllocationHandle)>(
+      dlsym(lib, "cuMemRetainAllocationHandle"));
+  CLIENT_REQUIRE(reserve && addr_free && map && unmap && retain);
+  constexpr std::size_t k_piece = 4 * k_vmm_granularity;  // 8 MiB
+  CUmemAllocationProp prop{};
+  prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+  prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  prop.location.id = 0;
+  CUdeviceptr va = 0;
+  CLIENT_REQUIRE(reserve(&va, 2 * k_piece, 0, 0, 0) == CUDA_SUCCESS);
+  CUmemGenericAllocationHandle h[2] = {};
+  for (int i = 0; i < 2; ++i) {
+    CLIENT_REQUIRE(d.mem_create(&h[i], k_piece, &prop, 0) == CUDA_SUCCESS);
+    CLIENT_REQUIRE(map(va + i * k_piece, k_piece, 0, h[i], 0) == CUDA_SUCCESS);
+    CLIENT_CHECK(d.mem_release(h[i]) == CUDA_SUCCESS);  // still mapped: the memory stays
+  }
+  CLIENT_CHECK_EQ(physical_used(0), 2 * k_piece);
+  CLIENT_CHECK_EQ(free_now(d), limit - 2 * k_piece);
+  std::vector<CUdeviceptr> held = fill(d);
+  CLIENT_CHECK_EQ(held.size(), (limit - 2 * k_piece) / k_chunk);
+  CLIENT_CHECK(physical_used(0) <= limit);
+  for (CUdeviceptr p : held) CLIENT_CHECK(d.free(p) == CUDA_SUCCESS);
+
+  // A handle retained from the second mapping outlives the unmap.
+  CUmemGenericAllocationHandle again = 0;
+  CLIENT_CHECK(retain(&again, reinterpret_cast<void*>(va + k_piece)) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(again, h[1]);
+  CLIENT_CHECK(unmap(va, 2 * k_piece) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(physical_used(0), k_piece);
+  CLIENT_CHECK_EQ(free_now(d), limit - k_piece);
+  held = fill(d);
+  CLIENT_CHECK_EQ(held.size(), (limit - k_piece) / k_chunk);
+  CLIENT_CHECK(physical_used(0) <= limit);
+  for (CUdeviceptr p : held) CLIENT_CHECK(d.free(p) == CUDA_SUCCESS);
+  CLIENT_CHECK(d.mem_release(again) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(physical_used(0), 0u);
+  CLIENT_CHECK_EQ(free_now(d), limit);
+  CLIENT_CHECK(addr_free(va, 2 * k_piece) == CUDA_SUCCESS);
+  check_ledger(limit, 0);
+  return client::finish(k_name);
+}
+
 /// NVML alone never initialises CUDA, and still shows the limit; a child forked afterwards (a
 /// launcher's worker) initialises CUDA and gets the same quota, shared through the ledger.
 int nvml_only(const driver& d) {
@@ -773,6 +828,7 @@ int main(int argc, char** argv) {
   if (mode == "over_limit_view") return over_limit_view(d);
   if (mode == "nvml_only") return nvml_only(d);
   if (mode == "pools") return pools(d);
+  if (mode == "vmm") return vmm(d);
   if (mode == "mig") return mig(d);
   std::fprintf(stdout, "unknown mode %s\n", argv[1]);
   return 2;

@@ -144,6 +144,14 @@ struct allocation {
   std::uint64_t bytes = 0;
   std::uint64_t mapped = 0;  ///< bytes mapped with mmap; 0 for heap memory
   CUmemPoolHandle_st* pool = nullptr;  ///< the pool it came from (its bytes are the pool's)
+  int refs = 1;  ///< VMM handles: unreleased references (cuMemCreate, cuMemRetainAllocationHandle)
+  int maps = 0;  ///< VMM handles: live mappings (cuMemMap)
+};
+
+/// A VMM mapping (cuMemMap): the handle whose memory backs [address, address + size).
+struct vmm_mapping {
+  CUmemGenericAllocationHandle handle = 0;
+  std::uint64_t size = 0;
 };
 
 struct driver_state {
@@ -160,6 +168,8 @@ struct driver_state {
   std::map<std::uintptr_t, allocation> allocs;
   std::map<CUmemGenericAllocationHandle, allocation> handles;
   CUmemGenericAllocationHandle next_handle = 1;
+  std::map<std::uintptr_t, std::uint64_t> reservations;  ///< cuMemAddressReserve: start -> size
+  std::map<std::uintptr_t, vmm_mapping> mappings;        ///< cuMemMap: start -> mapping
   CUctx_st* primary[k_max_fake_devices] = {};
   CUmemPoolHandle_st default_pool[k_max_fake_devices];
   /// Each device's current pool (cuDeviceSetMemPool), which cuMemAllocAsync draws from.
@@ -1007,17 +1017,112 @@ FAKE_EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle* handle, size_t si
   return CUDA_SUCCESS;
 }
 
+namespace {
+/// As cuMemRelease documents: "The memory allocation will be freed when all outstanding
+/// mappings to the memory are unmapped and when all outstanding references to the handle ...
+/// are also released." Precondition: st().mu held.
+void free_handle_if_unused(std::map<CUmemGenericAllocationHandle, allocation>::iterator it) {
+  if (it->second.refs > 0 || it->second.maps > 0) return;
+  if (it->second.physical >= 0) give(it->second.physical, it->second.bytes);
+  st().handles.erase(it);
+}
+}  // namespace
+
 FAKE_EXPORT CUresult cuMemRelease(CUmemGenericAllocationHandle handle) {
   if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
-  allocation a;
-  {
-    std::lock_guard<std::mutex> lock(st().mu);
-    auto it = st().handles.find(handle);
-    if (it == st().handles.end()) return CUDA_ERROR_INVALID_VALUE;
-    a = it->second;
-    st().handles.erase(it);
+  std::lock_guard<std::mutex> lock(st().mu);
+  auto it = st().handles.find(handle);
+  if (it == st().handles.end() || it->second.refs == 0) return CUDA_ERROR_INVALID_VALUE;
+  --it->second.refs;
+  free_handle_if_unused(it);
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuMemRetainAllocationHandle(CUmemGenericAllocationHandle* handle, void* addr) {
+  if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
+  if (handle == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  const auto a = reinterpret_cast<std::uintptr_t>(addr);
+  std::lock_guard<std::mutex> lock(st().mu);
+  auto m = st().mappings.upper_bound(a);
+  if (m == st().mappings.begin()) return CUDA_ERROR_INVALID_VALUE;
+  --m;
+  if (a >= m->first + m->second.size) return CUDA_ERROR_INVALID_VALUE;
+  ++st().handles.at(m->second.handle).refs;
+  *handle = m->second.handle;
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuMemAddressReserve(CUdeviceptr* ptr, size_t size, size_t alignment,
+                                         CUdeviceptr addr, unsigned long long flags) {
+  (void)alignment;
+  (void)addr;  // a hint only
+  if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
+  if (ptr == nullptr || size == 0 || size % k_vmm_granularity != 0 || flags != 0) {
+    return CUDA_ERROR_INVALID_VALUE;
   }
-  if (a.physical >= 0) give(a.physical, a.bytes);
+  void* m = mmap(nullptr, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (m == MAP_FAILED) return CUDA_ERROR_OUT_OF_MEMORY;
+  std::lock_guard<std::mutex> lock(st().mu);
+  st().reservations[reinterpret_cast<std::uintptr_t>(m)] = size;
+  *ptr = reinterpret_cast<CUdeviceptr>(m);
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuMemAddressFree(CUdeviceptr ptr, size_t size) {
+  if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
+  std::lock_guard<std::mutex> lock(st().mu);
+  auto it = st().reservations.find(static_cast<std::uintptr_t>(ptr));
+  if (it == st().reservations.end() || it->second != size) return CUDA_ERROR_INVALID_VALUE;
+  auto m = st().mappings.lower_bound(it->first);
+  if (m != st().mappings.end() && m->first < it->first + size) return CUDA_ERROR_INVALID_VALUE;
+  munmap(reinterpret_cast<void*>(ptr), size);
+  st().reservations.erase(it);
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset,
+                              CUmemGenericAllocationHandle handle, unsigned long long flags) {
+  if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
+  if (offset != 0 || flags != 0 || size == 0) return CUDA_ERROR_INVALID_VALUE;
+  const auto a = static_cast<std::uintptr_t>(ptr);
+  std::lock_guard<std::mutex> lock(st().mu);
+  auto h = st().handles.find(handle);
+  if (h == st().handles.end() || size > h->second.bytes) return CUDA_ERROR_INVALID_VALUE;
+  // Only on a reservation, and only where nothing is mapped.
+  auto res = st().reservations.upper_bound(a);
+  if (res == st().reservations.begin()) return CUDA_ERROR_INVALID_VALUE;
+  --res;
+  if (a + size > res->first + res->second) return CUDA_ERROR_INVALID_VALUE;
+  auto next = st().mappings.lower_bound(a);
+  if (next != st().mappings.end() && next->first < a + size) return CUDA_ERROR_INVALID_VALUE;
+  if (next != st().mappings.begin()) {
+    auto prev = std::prev(next);
+    if (prev->first + prev->second.size > a) return CUDA_ERROR_INVALID_VALUE;
+  }
+  st().mappings[a] = vmm_mapping{handle, size};
+  ++h->second.maps;
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuMemUnmap(CUdeviceptr ptr, size_t size) {
+  if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
+  const auto a = static_cast<std::uintptr_t>(ptr);
+  std::lock_guard<std::mutex> lock(st().mu);
+  auto first = st().mappings.find(a);
+  if (first == st().mappings.end()) return CUDA_ERROR_INVALID_VALUE;
+  // Whole mappings only: the range must end where a mapping ends.
+  auto last = first;
+  while (last != st().mappings.end() && last->first < a + size) ++last;
+  auto end_check = std::prev(last);
+  if (end_check->first + end_check->second.size != a + size) return CUDA_ERROR_INVALID_VALUE;
+  for (auto m = first; m != last;) {
+    auto h = st().handles.find(m->second.handle);
+    m = st().mappings.erase(m);
+    if (h != st().handles.end()) {
+      --h->second.maps;
+      free_handle_if_unused(h);
+    }
+  }
   return CUDA_SUCCESS;
 }
 
@@ -1341,6 +1446,11 @@ const proc_entry k_procs[] = {
     {"cuMemGetAllocationGranularity", 10020, FAKE_FN(cuMemGetAllocationGranularity), nullptr},
     {"cuMemCreate", 10020, FAKE_FN(cuMemCreate), nullptr},
     {"cuMemRelease", 10020, FAKE_FN(cuMemRelease), nullptr},
+    {"cuMemRetainAllocationHandle", 11000, FAKE_FN(cuMemRetainAllocationHandle), nullptr},
+    {"cuMemAddressReserve", 10020, FAKE_FN(cuMemAddressReserve), nullptr},
+    {"cuMemAddressFree", 10020, FAKE_FN(cuMemAddressFree), nullptr},
+    {"cuMemMap", 10020, FAKE_FN(cuMemMap), nullptr},
+    {"cuMemUnmap", 10020, FAKE_FN(cuMemUnmap), nullptr},
     {"cuArrayCreate", 3020, FAKE_FN(cuArrayCreate_v2), nullptr},
     {"cuArray3DCreate", 3020, FAKE_FN(cuArray3DCreate_v2), nullptr},
     {"cuArrayDestroy", 2000, FAKE_FN(cuArrayDestroy), nullptr},
