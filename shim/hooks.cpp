@@ -117,37 +117,108 @@ CUresult counted_free(state& s, alloc_table& table, std::uint64_t key, Call call
 
 std::uint64_t key_of(const void* p) { return reinterpret_cast<std::uintptr_t>(p); }
 
-/// Bytes per element of an array format, 0 for formats whose size only the driver knows.
-std::uint64_t element_bytes(CUarray_format f) {
+/// The texel layout of an array format with \p channels channels. Formats this table does not
+/// know (newer than CUDA 13) are taken at 16 bytes a texel, the largest a plain format has, so a
+/// new format is over-charged rather than free.
+gpuslice::shim::texel_layout layout_of(CUarray_format f, unsigned channels) {
+  const std::uint32_t n = std::max(channels, 1u);
   switch (f) {
     case CU_AD_FORMAT_UNSIGNED_INT8:
     case CU_AD_FORMAT_SIGNED_INT8:
-      return 1;
+      return {n};
     case CU_AD_FORMAT_UNSIGNED_INT16:
     case CU_AD_FORMAT_SIGNED_INT16:
     case CU_AD_FORMAT_HALF:
-      return 2;
+      return {2 * n};
     case CU_AD_FORMAT_UNSIGNED_INT32:
     case CU_AD_FORMAT_SIGNED_INT32:
     case CU_AD_FORMAT_FLOAT:
-      return 4;
+      return {4 * n};
+    // The normalised formats carry their channel count in the format.
+    case CU_AD_FORMAT_UNORM_INT8X1:
+    case CU_AD_FORMAT_SNORM_INT8X1:
+      return {1};
+    case CU_AD_FORMAT_UNORM_INT8X2:
+    case CU_AD_FORMAT_SNORM_INT8X2:
+    case CU_AD_FORMAT_UNORM_INT16X1:
+    case CU_AD_FORMAT_SNORM_INT16X1:
+      return {2};
+    case CU_AD_FORMAT_UNORM_INT8X4:
+    case CU_AD_FORMAT_SNORM_INT8X4:
+    case CU_AD_FORMAT_UNORM_INT16X2:
+    case CU_AD_FORMAT_SNORM_INT16X2:
+    case CU_AD_FORMAT_UNORM_INT_101010_2:
+      return {4};
+    case CU_AD_FORMAT_UNORM_INT16X4:
+    case CU_AD_FORMAT_SNORM_INT16X4:
+      return {8};
+    // Block compression: 4x4 texels per block of 8 (BC1, BC4) or 16 bytes.
+    case CU_AD_FORMAT_BC1_UNORM:
+    case CU_AD_FORMAT_BC1_UNORM_SRGB:
+    case CU_AD_FORMAT_BC4_UNORM:
+    case CU_AD_FORMAT_BC4_SNORM:
+      return {8, 4, 4};
+    case CU_AD_FORMAT_BC2_UNORM:
+    case CU_AD_FORMAT_BC2_UNORM_SRGB:
+    case CU_AD_FORMAT_BC3_UNORM:
+    case CU_AD_FORMAT_BC3_UNORM_SRGB:
+    case CU_AD_FORMAT_BC5_UNORM:
+    case CU_AD_FORMAT_BC5_SNORM:
+    case CU_AD_FORMAT_BC6H_UF16:
+    case CU_AD_FORMAT_BC6H_SF16:
+    case CU_AD_FORMAT_BC7_UNORM:
+    case CU_AD_FORMAT_BC7_UNORM_SRGB:
+      return {16, 4, 4};
+    // Video formats: the first plane's texel size, then the further planes over its rows.
+    case CU_AD_FORMAT_NV12:  // 8-bit 4:2:0
+      return {1, 1, 1, 3, 2};
+    case CU_AD_FORMAT_P010:  // 16-bit 4:2:0
+    case CU_AD_FORMAT_P016:
+      return {2, 1, 1, 3, 2};
+    case CU_AD_FORMAT_NV16:  // 8-bit 4:2:2
+      return {1, 1, 1, 2, 1};
+    case CU_AD_FORMAT_P210:  // 16-bit 4:2:2
+    case CU_AD_FORMAT_P216:
+      return {2, 1, 1, 2, 1};
+    case CU_AD_FORMAT_YUY2:  // packed 4:2:2, 8-bit
+      return {2};
+    case CU_AD_FORMAT_Y210:  // packed 4:2:2, 16-bit
+    case CU_AD_FORMAT_Y216:
+    case CU_AD_FORMAT_AYUV:
+    case CU_AD_FORMAT_Y410:
+      return {4};
+    case CU_AD_FORMAT_Y416:
+      return {8};
+    case CU_AD_FORMAT_Y444_PLANAR8:  // three full planes
+    case CU_AD_FORMAT_YUV444_8bit_SemiPlanar:
+      return {1, 1, 1, 3, 1};
+    case CU_AD_FORMAT_Y444_PLANAR10:
+    case CU_AD_FORMAT_YUV444_16bit_SemiPlanar:
+      return {2, 1, 1, 3, 1};
     default:
-      return 0;
+      return {16};
   }
 }
 
-/// A lower bound of an array's size from its descriptor (the driver pads rows further).
-std::uint64_t array_estimate(std::size_t w, std::size_t h, std::size_t depth, CUarray_format f,
-                             unsigned channels) {
-  return static_cast<std::uint64_t>(w) * std::max<std::size_t>(h, 1) *
-         std::max<std::size_t>(depth, 1) * element_bytes(f) * channels;
+/// The row alignment of arrays on \p ordinal (the driver's texture pitch alignment).
+std::uint64_t row_alignment(state& s, int ordinal) {
+  auto attr = s.helper_fn<decltype(&::cuDeviceGetAttribute)>(d::helper::cuDeviceGetAttribute);
+  int v = 0;
+  if (attr == nullptr ||
+      attr(&v, CU_DEVICE_ATTRIBUTE_TEXTURE_PITCH_ALIGNMENT, ordinal) != CUDA_SUCCESS || v <= 0) {
+    return 1;
+  }
+  return static_cast<std::uint64_t>(v);
 }
 
+/// An array's footprint: the driver's requirement query where it answers (only for arrays made
+/// with CUDA_ARRAY3D_DEFERRED_MAPPING, which the shim never charges, on current drivers), else
+/// the computed footprint. The driver's block-linear layout may pad further; reconciliation
+/// against NVML charges that difference (state::reconcile).
 template <class Handle, class Query>
-std::uint64_t array_actual(state& s, Query query, Handle h, int ordinal, std::uint64_t estimate) {
+std::uint64_t array_actual(Query query, Handle h, int ordinal, std::uint64_t estimate) {
   if (query == nullptr) return estimate;
   CUDA_ARRAY_MEMORY_REQUIREMENTS req{};
-  (void)s;
   return query(&req, h, ordinal) == CUDA_SUCCESS ? static_cast<std::uint64_t>(req.size) : estimate;
 }
 
@@ -502,12 +573,11 @@ GPUSLICE_SHIM_EXPORT CUresult cuArrayCreate_v2(CUarray* out, const CUDA_ARRAY_DE
   if (out == nullptr || desc == nullptr) return real(out, desc);
   if (CUresult r = s.current_device(&ordinal); r != CUDA_SUCCESS) return r;
   const std::uint64_t estimate =
-      array_estimate(desc->Width, desc->Height, 1, desc->Format, desc->NumChannels);
-  auto query = s.helper_fn<decltype(&::cuArrayGetMemoryRequirements)>(
-      d::helper::cuArrayGetMemoryRequirements);
+      gpuslice::shim::array_bytes(layout_of(desc->Format, desc->NumChannels), desc->Width,
+                                  desc->Height, 0, 1, false, row_alignment(s, ordinal));
   return counted_alloc(
       s, ordinal, estimate, "cuArrayCreate_v2", s.arrays(), [&] { return real(out, desc); },
-      [&] { return array_actual(s, query, *out, ordinal, estimate); }, [&] { return key_of(*out); },
+      [&] { return estimate; }, [&] { return key_of(*out); },
       [&] { s.real<d::cuArrayDestroy_fn>(hook::cuArrayDestroy)(*out); });
 }
 
@@ -517,13 +587,18 @@ GPUSLICE_SHIM_EXPORT CUresult cuArray3DCreate_v2(CUarray* out,
   int ordinal = 0;
   if (out == nullptr || desc == nullptr) return real(out, desc);
   if (CUresult r = s.current_device(&ordinal); r != CUDA_SUCCESS) return r;
+  // A deferred-mapping array takes no memory: what backs it comes from cuMemCreate, charged
+  // there, and mapped with cuMemMapArrayAsync.
+  if ((desc->Flags & CUDA_ARRAY3D_DEFERRED_MAPPING) != 0) return real(out, desc);
+  const bool layered = (desc->Flags & (CUDA_ARRAY3D_LAYERED | CUDA_ARRAY3D_CUBEMAP)) != 0;
   const std::uint64_t estimate =
-      array_estimate(desc->Width, desc->Height, desc->Depth, desc->Format, desc->NumChannels);
+      gpuslice::shim::array_bytes(layout_of(desc->Format, desc->NumChannels), desc->Width,
+                                  desc->Height, desc->Depth, 1, layered, row_alignment(s, ordinal));
   auto query = s.helper_fn<decltype(&::cuArrayGetMemoryRequirements)>(
       d::helper::cuArrayGetMemoryRequirements);
   return counted_alloc(
       s, ordinal, estimate, "cuArray3DCreate_v2", s.arrays(), [&] { return real(out, desc); },
-      [&] { return array_actual(s, query, *out, ordinal, estimate); }, [&] { return key_of(*out); },
+      [&] { return array_actual(query, *out, ordinal, estimate); }, [&] { return key_of(*out); },
       [&] { s.real<d::cuArrayDestroy_fn>(hook::cuArrayDestroy)(*out); });
 }
 
@@ -539,15 +614,18 @@ GPUSLICE_SHIM_EXPORT CUresult cuMipmappedArrayCreate(CUmipmappedArray* out,
   int ordinal = 0;
   if (out == nullptr || desc == nullptr) return real(out, desc, levels);
   if (CUresult r = s.current_device(&ordinal); r != CUDA_SUCCESS) return r;
-  // The base level is a lower bound; the driver's requirement query gives the whole chain.
-  const std::uint64_t estimate =
-      array_estimate(desc->Width, desc->Height, desc->Depth, desc->Format, desc->NumChannels);
+  if ((desc->Flags & CUDA_ARRAY3D_DEFERRED_MAPPING) != 0) return real(out, desc, levels);
+  const bool layered = (desc->Flags & (CUDA_ARRAY3D_LAYERED | CUDA_ARRAY3D_CUBEMAP)) != 0;
+  // The whole chain, every level padded.
+  const std::uint64_t estimate = gpuslice::shim::array_bytes(
+      layout_of(desc->Format, desc->NumChannels), desc->Width, desc->Height, desc->Depth, levels,
+      layered, row_alignment(s, ordinal));
   auto query = s.helper_fn<decltype(&::cuMipmappedArrayGetMemoryRequirements)>(
       d::helper::cuMipmappedArrayGetMemoryRequirements);
   return counted_alloc(
       s, ordinal, estimate, "cuMipmappedArrayCreate", s.arrays(),
       [&] { return real(out, desc, levels); },
-      [&] { return array_actual(s, query, *out, ordinal, estimate); }, [&] { return key_of(*out); },
+      [&] { return array_actual(query, *out, ordinal, estimate); }, [&] { return key_of(*out); },
       [&] { s.real<d::cuMipmappedArrayDestroy_fn>(hook::cuMipmappedArrayDestroy)(*out); });
 }
 

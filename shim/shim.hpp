@@ -104,6 +104,7 @@ enum class library : std::uint8_t { cuda, nvml };
   X(cuMipmappedArrayGetMemoryRequirements, cuda,                                   \
     decltype(&::cuMipmappedArrayGetMemoryRequirements))                            \
   X(cuDeviceGetMemPool, cuda, decltype(&::cuDeviceGetMemPool))                     \
+  X(cuDeviceGetAttribute, cuda, decltype(&::cuDeviceGetAttribute))                 \
   X(cuMemPoolGetAttribute, cuda, decltype(&::cuMemPoolGetAttribute))               \
   X(cuMemPoolTrimTo, cuda, decltype(&::cuMemPoolTrimTo))                           \
   X(nvmlInit_v2, nvml, decltype(&::nvmlInit_v2))                                   \

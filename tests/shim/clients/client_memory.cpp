@@ -651,6 +651,85 @@ int vmm(const driver& d) {
   return client::finish(k_name);
 }
 
+/// Arrays of every kind of format (normalised, block-compressed, video), layered mip chains and
+/// deferred-mapping arrays: what the shim charges is what the fake driver really holds for each,
+/// and arrays fill the quota exactly. The real driver's requirement query answers only for
+/// deferred-mapping arrays, as the fake's does.
+int arrays(const driver& d) {
+  const std::uint64_t limit = limit_bytes();
+  CLIENT_REQUIRE(d.init(0) == CUDA_SUCCESS);
+  use_device(d, 0);
+  const auto charged = [&] { return limit - free_now(d); };
+  const auto check_3d = [&](CUarray_format f, unsigned channels, size_t w, size_t h, size_t depth,
+                            unsigned flags, unsigned levels) {
+    CUDA_ARRAY3D_DESCRIPTOR desc{};
+    desc.Width = w;
+    desc.Height = h;
+    desc.Depth = depth;
+    desc.Format = f;
+    desc.NumChannels = channels;
+    desc.Flags = flags;
+    if (levels == 0) {
+      CUarray a = nullptr;
+      CLIENT_CHECK(d.array3d_create(&a, &desc) == CUDA_SUCCESS);
+      CLIENT_CHECK_EQ(charged(), physical_used(0));
+      CLIENT_CHECK(physical_used(0) != 0);
+      CLIENT_CHECK(d.array_destroy(a) == CUDA_SUCCESS);
+    } else {
+      CUmipmappedArray m = nullptr;
+      CLIENT_CHECK(d.mipmap_create(&m, &desc, levels) == CUDA_SUCCESS);
+      CLIENT_CHECK_EQ(charged(), physical_used(0));
+      CLIENT_CHECK(physical_used(0) != 0);
+      CLIENT_CHECK(d.mipmap_destroy(m) == CUDA_SUCCESS);
+    }
+    CLIENT_CHECK_EQ(charged(), 0u);
+  };
+  check_3d(CU_AD_FORMAT_UNORM_INT8X4, 1, 100, 10, 0, 0, 0);
+  check_3d(CU_AD_FORMAT_SNORM_INT16X2, 1, 300, 7, 5, 0, 0);
+  check_3d(CU_AD_FORMAT_BC1_UNORM, 1, 256, 256, 0, 0, 0);
+  check_3d(CU_AD_FORMAT_BC7_UNORM, 1, 1024, 1024, 0, 0, 9);
+  check_3d(CU_AD_FORMAT_NV12, 1, 640, 480, 0, 0, 0);
+  check_3d(CU_AD_FORMAT_FLOAT, 4, 64, 64, 6, CUDA_ARRAY3D_LAYERED, 7);  // 6 layers, full chain
+  check_3d(CU_AD_FORMAT_HALF, 2, 128, 128, 6, CUDA_ARRAY3D_CUBEMAP, 3);
+
+  // Deferred mapping: no memory of its own; only then does the requirement query answer.
+  void* lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  CLIENT_REQUIRE(lib != nullptr);
+  auto requirements = reinterpret_cast<decltype(&cuArrayGetMemoryRequirements)>(
+      dlsym(lib, "cuArrayGetMemoryRequirements"));
+  CLIENT_REQUIRE(requirements != nullptr);
+  CUDA_ARRAY3D_DESCRIPTOR desc{};
+  desc.Width = 512;
+  desc.Height = 512;
+  desc.Format = CU_AD_FORMAT_UNORM_INT8X4;
+  desc.NumChannels = 1;
+  desc.Flags = CUDA_ARRAY3D_DEFERRED_MAPPING;
+  CUarray deferred = nullptr;
+  CLIENT_CHECK(d.array3d_create(&deferred, &desc) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(physical_used(0), 0u);
+  CLIENT_CHECK_EQ(charged(), 0u);
+  CUDA_ARRAY_MEMORY_REQUIREMENTS req{};
+  CLIENT_CHECK(requirements(&req, deferred, 0) == CUDA_SUCCESS);
+  CLIENT_CHECK(req.size >= 512 * 512 * 4);
+  CLIENT_CHECK(d.array_destroy(deferred) == CUDA_SUCCESS);
+
+  // 1 MiB arrays (rows of 2048 bytes, 512 rows) fill the quota exactly.
+  desc.Flags = 0;
+  std::vector<CUarray> held;
+  for (;;) {
+    CUarray a = nullptr;
+    if (d.array3d_create(&a, &desc) != CUDA_SUCCESS) break;
+    held.push_back(a);
+    CLIENT_REQUIRE(held.size() < 100000);
+  }
+  CLIENT_CHECK_EQ(held.size(), limit / k_mib);
+  CLIENT_CHECK(physical_used(0) <= limit);
+  CLIENT_CHECK(requirements(&req, held.front(), 0) == CUDA_ERROR_INVALID_VALUE);
+  for (CUarray a : held) CLIENT_CHECK(d.array_destroy(a) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(charged(), 0u);
+  return client::finish(k_name);
+}
+
 /// NVML alone never initialises CUDA, and still shows the limit; a child forked afterwards (a
 /// launcher's worker) initialises CUDA and gets the same quota, shared through the ledger.
 int nvml_only(const driver& d) {
@@ -829,6 +908,7 @@ int main(int argc, char** argv) {
   if (mode == "nvml_only") return nvml_only(d);
   if (mode == "pools") return pools(d);
   if (mode == "vmm") return vmm(d);
+  if (mode == "arrays") return arrays(d);
   if (mode == "mig") return mig(d);
   std::fprintf(stdout, "unknown mode %s\n", argv[1]);
   return 2;

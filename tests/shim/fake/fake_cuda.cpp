@@ -72,11 +72,13 @@ struct CUmod_st {
 struct CUarray_st {
   int physical = 0;
   std::uint64_t bytes = 0;
+  bool deferred = false;  ///< CUDA_ARRAY3D_DEFERRED_MAPPING: holds no memory of its own
   void* mem = nullptr;
 };
 struct CUmipmappedArray_st {
   int physical = 0;
   std::uint64_t bytes = 0;
+  bool deferred = false;
   void* mem = nullptr;
 };
 /// A stream-ordered pool, as the CUDA 13 headers describe it: it reserves device memory as its
@@ -459,30 +461,75 @@ CUresult ctx_physical(int* physical) {
   return CUDA_SUCCESS;
 }
 
-std::uint64_t format_bytes(CUarray_format f) {
+/// An array format's texels: bytes per block of bw x bh texels, and the further planes of video
+/// formats as num/den times the first plane's rows. {0} for a format the fake refuses.
+struct texels {
+  std::uint64_t bytes = 0;
+  std::uint64_t bw = 1, bh = 1, num = 1, den = 1;
+};
+texels format_texels(CUarray_format f, unsigned channels) {
   switch (f) {
     case CU_AD_FORMAT_UNSIGNED_INT8:
     case CU_AD_FORMAT_SIGNED_INT8:
-      return 1;
+      return {1ull * channels};
     case CU_AD_FORMAT_UNSIGNED_INT16:
     case CU_AD_FORMAT_SIGNED_INT16:
     case CU_AD_FORMAT_HALF:
-      return 2;
+      return {2ull * channels};
     case CU_AD_FORMAT_UNSIGNED_INT32:
     case CU_AD_FORMAT_SIGNED_INT32:
     case CU_AD_FORMAT_FLOAT:
-      return 4;
+      return {4ull * channels};
+    case CU_AD_FORMAT_UNORM_INT8X1:
+    case CU_AD_FORMAT_SNORM_INT8X1:
+      return {1};
+    case CU_AD_FORMAT_UNORM_INT8X2:
+    case CU_AD_FORMAT_SNORM_INT8X2:
+    case CU_AD_FORMAT_UNORM_INT16X1:
+    case CU_AD_FORMAT_SNORM_INT16X1:
+      return {2};
+    case CU_AD_FORMAT_UNORM_INT8X4:
+    case CU_AD_FORMAT_SNORM_INT8X4:
+    case CU_AD_FORMAT_UNORM_INT16X2:
+    case CU_AD_FORMAT_SNORM_INT16X2:
+      return {4};
+    case CU_AD_FORMAT_UNORM_INT16X4:
+    case CU_AD_FORMAT_SNORM_INT16X4:
+      return {8};
+    case CU_AD_FORMAT_BC1_UNORM:
+    case CU_AD_FORMAT_BC4_UNORM:
+      return {8, 4, 4};
+    case CU_AD_FORMAT_BC2_UNORM:
+    case CU_AD_FORMAT_BC3_UNORM:
+    case CU_AD_FORMAT_BC7_UNORM:
+      return {16, 4, 4};
+    case CU_AD_FORMAT_NV12:
+      return {1, 1, 1, 3, 2};
     default:
-      return 0;
+      return {0};
   }
 }
 
-/// Bytes an array takes: rows padded to the pitch alignment, as the driver pads them.
-std::uint64_t array_bytes(std::size_t w, std::size_t h, std::size_t d, CUarray_format f,
-                          unsigned channels) {
-  const std::uint64_t elem = format_bytes(f) * channels;
-  return round_up(w * elem, k_pitch_alignment) * std::max<std::size_t>(h, 1) *
-         std::max<std::size_t>(d, 1);
+/// Bytes one level takes: rows of blocks padded to the pitch alignment.
+std::uint64_t level_bytes(const texels& t, std::uint64_t w, std::uint64_t h, std::uint64_t d) {
+  const std::uint64_t row = round_up((std::max<std::uint64_t>(w, 1) + t.bw - 1) / t.bw * t.bytes,
+                                     k_pitch_alignment);
+  const std::uint64_t rows = ((std::max<std::uint64_t>(h, 1) + t.bh - 1) / t.bh * t.num + t.den - 1) / t.den;
+  return row * rows * std::max<std::uint64_t>(d, 1);
+}
+
+/// Bytes an array takes over its mip chain: each level halves the dimensions, except a layered
+/// array's (or cubemap's) depth, its layer count.
+std::uint64_t array_bytes(const texels& t, std::uint64_t w, std::uint64_t h, std::uint64_t d,
+                          unsigned levels, bool layered) {
+  std::uint64_t bytes = 0;
+  for (unsigned l = 0; l < levels; ++l) {
+    bytes += level_bytes(t, w, h, d);
+    w = std::max<std::uint64_t>(w / 2, 1);
+    h = h == 0 ? 0 : std::max<std::uint64_t>(h / 2, 1);
+    if (!layered) d = d == 0 ? 0 : std::max<std::uint64_t>(d / 2, 1);
+  }
+  return bytes;
 }
 
 CUresult ctx_create(int ordinal, bool primary, CUctx_st** out) {
@@ -1129,30 +1176,35 @@ FAKE_EXPORT CUresult cuMemUnmap(CUdeviceptr ptr, size_t size) {
 // ---- arrays --------------------------------------------------------------------------------
 
 namespace {
+/// A deferred-mapping array takes no memory until memory is mapped into it (cuMemMapArrayAsync
+/// with a cuMemCreate handle, whose memory it is).
 template <class Handle>
-CUresult make_array(Handle* out, std::uint64_t bytes) {
+CUresult make_array(Handle* out, std::uint64_t bytes, bool deferred) {
   int p = 0;
   if (CUresult r = ctx_physical(&p); r != CUDA_SUCCESS) return r;
   if (out == nullptr || bytes == 0) return CUDA_ERROR_INVALID_VALUE;
-  if (!take(p, bytes)) return CUDA_ERROR_OUT_OF_MEMORY;
+  if (!deferred && !take(p, bytes)) return CUDA_ERROR_OUT_OF_MEMORY;
   using object = std::remove_pointer_t<Handle>;
   auto* a = new object;
   a->physical = p;
   a->bytes = bytes;
+  a->deferred = deferred;
   *out = a;
   return CUDA_SUCCESS;
 }
 template <class Handle>
 CUresult destroy_array(Handle a) {
   if (a == nullptr) return CUDA_ERROR_INVALID_HANDLE;
-  give(a->physical, a->bytes);
+  if (!a->deferred) give(a->physical, a->bytes);
   delete a;
   return CUDA_SUCCESS;
 }
+/// As documented: "If the CUDA array is not allocated with flag CUDA_ARRAY3D_DEFERRED_MAPPING
+/// CUDA_ERROR_INVALID_VALUE will be returned."
 template <class Handle>
 CUresult array_requirements(CUDA_ARRAY_MEMORY_REQUIREMENTS* req, Handle a, CUdevice dev) {
   if (CUresult r = check_ordinal(dev); r != CUDA_SUCCESS) return r;
-  if (req == nullptr || a == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  if (req == nullptr || a == nullptr || !a->deferred) return CUDA_ERROR_INVALID_VALUE;
   std::memset(req, 0, sizeof *req);
   req->size = a->bytes;
   req->alignment = k_pitch_alignment;
@@ -1161,17 +1213,23 @@ CUresult array_requirements(CUDA_ARRAY_MEMORY_REQUIREMENTS* req, Handle a, CUdev
 }  // namespace
 
 FAKE_EXPORT CUresult cuArrayCreate_v2(CUarray* out, const CUDA_ARRAY_DESCRIPTOR* d) {
-  if (d == nullptr || format_bytes(d->Format) == 0 || d->NumChannels == 0) {
-    return CUDA_ERROR_INVALID_VALUE;
-  }
-  return make_array(out, array_bytes(d->Width, d->Height, 1, d->Format, d->NumChannels));
+  if (d == nullptr || d->NumChannels == 0) return CUDA_ERROR_INVALID_VALUE;
+  const texels t = format_texels(d->Format, d->NumChannels);
+  if (t.bytes == 0) return CUDA_ERROR_INVALID_VALUE;
+  return make_array(out, array_bytes(t, d->Width, d->Height, 0, 1, false), false);
+}
+
+namespace {
+constexpr unsigned k_layers = CUDA_ARRAY3D_LAYERED | CUDA_ARRAY3D_CUBEMAP;
 }
 
 FAKE_EXPORT CUresult cuArray3DCreate_v2(CUarray* out, const CUDA_ARRAY3D_DESCRIPTOR* d) {
-  if (d == nullptr || format_bytes(d->Format) == 0 || d->NumChannels == 0) {
-    return CUDA_ERROR_INVALID_VALUE;
-  }
-  return make_array(out, array_bytes(d->Width, d->Height, d->Depth, d->Format, d->NumChannels));
+  if (d == nullptr || d->NumChannels == 0) return CUDA_ERROR_INVALID_VALUE;
+  const texels t = format_texels(d->Format, d->NumChannels);
+  if (t.bytes == 0) return CUDA_ERROR_INVALID_VALUE;
+  return make_array(out,
+                    array_bytes(t, d->Width, d->Height, d->Depth, 1, (d->Flags & k_layers) != 0),
+                    (d->Flags & CUDA_ARRAY3D_DEFERRED_MAPPING) != 0);
 }
 
 FAKE_EXPORT CUresult cuArrayDestroy(CUarray a) { return destroy_array(a); }
@@ -1183,18 +1241,12 @@ FAKE_EXPORT CUresult cuArrayGetMemoryRequirements(CUDA_ARRAY_MEMORY_REQUIREMENTS
 
 FAKE_EXPORT CUresult cuMipmappedArrayCreate(CUmipmappedArray* out, const CUDA_ARRAY3D_DESCRIPTOR* d,
                                             unsigned int levels) {
-  if (d == nullptr || format_bytes(d->Format) == 0 || d->NumChannels == 0 || levels == 0) {
-    return CUDA_ERROR_INVALID_VALUE;
-  }
-  std::uint64_t bytes = 0;
-  std::size_t w = d->Width, h = d->Height, z = d->Depth;
-  for (unsigned l = 0; l < levels; ++l) {
-    bytes += array_bytes(w, h, z, d->Format, d->NumChannels);
-    w = std::max<std::size_t>(w / 2, 1);
-    h = h == 0 ? 0 : std::max<std::size_t>(h / 2, 1);
-    z = z == 0 ? 0 : std::max<std::size_t>(z / 2, 1);
-  }
-  return make_array(out, bytes);
+  if (d == nullptr || d->NumChannels == 0 || levels == 0) return CUDA_ERROR_INVALID_VALUE;
+  const texels t = format_texels(d->Format, d->NumChannels);
+  if (t.bytes == 0) return CUDA_ERROR_INVALID_VALUE;
+  return make_array(
+      out, array_bytes(t, d->Width, d->Height, d->Depth, levels, (d->Flags & k_layers) != 0),
+      (d->Flags & CUDA_ARRAY3D_DEFERRED_MAPPING) != 0);
 }
 
 FAKE_EXPORT CUresult cuMipmappedArrayDestroy(CUmipmappedArray a) { return destroy_array(a); }
