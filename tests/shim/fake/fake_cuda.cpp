@@ -1452,6 +1452,9 @@ CUresult get_proc_v1(const char* symbol, void** pfn, int version, cuuint64_t fla
   return get_proc(symbol, pfn, version, flags, nullptr);
 }
 
+// The table names the deprecated legacy launch API too (the driver still resolves it).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
 const proc_entry k_procs[] = {
     {"cuInit", 2000, FAKE_FN(cuInit), nullptr},
     {"cuDriverGetVersion", 2020, FAKE_FN(cuDriverGetVersion), nullptr},
@@ -1546,6 +1549,7 @@ const proc_entry k_procs[] = {
     {"cuParamSetv", 2000, FAKE_FN(cuParamSetv), nullptr},
     {"cuMemAdvise", 12020, FAKE_FN(cuMemAdvise_v2), nullptr},
 };
+#pragma GCC diagnostic pop
 
 /// The driver's semantics: the newest variant introduced at or before \p version; with
 /// CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM its per-thread variant when it has one.

@@ -13,9 +13,14 @@ CUresult cuLaunchCooperativeKernel_ptsz(CUfunction f, unsigned gx, unsigned gy, 
                                         unsigned bx, unsigned by, unsigned bz, unsigned shared,
                                         CUstream s, void** params);
 CUresult cuGraphLaunch_ptsz(CUgraphExec exec, CUstream s);
+CUresult cuStreamIsCapturing_ptsz(CUstream s, CUstreamCaptureStatus* status);
 /// True when \p stream is being captured; then records a kernel node of \p f (keeping its first
 /// parameter, as graph nodes do) into the capture. Thread-safe.
 bool fake_capture_kernel(CUstream stream, CUfunction f, void** params);
+/// CUDA_SUCCESS when the calling thread may make a "potentially unsafe" call now; otherwise
+/// CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, and the captures that prohibit it are invalidated
+/// (cuThreadExchangeStreamCaptureMode's rules). Thread-safe.
+CUresult fake_capture_unsafe_call();
 /// True when \p stream is being captured; then records an event node into the capture.
 /// Thread-safe.
 bool fake_capture_event(CUstream stream);
