@@ -73,9 +73,11 @@ CUresult record(state& s, alloc_table& table, std::uint64_t key, const charge& c
 /// \p undo) when any step fails.
 template <class Call, class Actual, class Key, class Undo>
 CUresult counted_alloc(state& s, int ordinal, std::uint64_t estimate, const char* name,
-                       alloc_table& table, Call call, Actual actual, Key key, Undo undo) noexcept {
+                       alloc_table& table, Call call, Actual actual, Key key, Undo undo,
+                       CUcontext ctx = nullptr) noexcept {
   charge c;
   if (!s.reserve(ordinal, estimate, name, c)) return CUDA_ERROR_OUT_OF_MEMORY;
+  c.ctx = ctx;
   const CUresult r = call();
   if (r != CUDA_SUCCESS) {
     s.release(c);
@@ -116,6 +118,14 @@ CUresult counted_free(state& s, alloc_table& table, std::uint64_t key, Call call
 }
 
 std::uint64_t key_of(const void* p) { return reinterpret_cast<std::uintptr_t>(p); }
+
+/// The calling thread's current context (what a device pointer or array belongs to).
+CUcontext current_context(state& s) {
+  auto get = s.helper_fn<decltype(&::cuCtxGetCurrent)>(d::helper::cuCtxGetCurrent);
+  CUcontext ctx = nullptr;
+  if (get != nullptr && get(&ctx) != CUDA_SUCCESS) ctx = nullptr;
+  return ctx;
+}
 
 /// The texel layout of an array format with \p channels channels. Formats this table does not
 /// know (newer than CUDA 13) are taken at 16 bytes a texel, the largest a plain format has, so a
@@ -421,7 +431,7 @@ GPUSLICE_SHIM_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr* dptr, size_t bytes) {
       s, ordinal, bytes, "cuMemAlloc_v2", s.pointers(),
       [&] { return alloc_or_oversubscribe(s, real, dptr, bytes, ordinal); },
       [&] { return bytes; }, [&] { return static_cast<std::uint64_t>(*dptr); },
-      [&] { s.real<d::cuMemFree_v2_fn>(hook::cuMemFree_v2)(*dptr); });
+      [&] { s.real<d::cuMemFree_v2_fn>(hook::cuMemFree_v2)(*dptr); }, current_context(s));
 }
 
 GPUSLICE_SHIM_EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr* dptr, size_t* pitch, size_t width,
@@ -439,7 +449,7 @@ GPUSLICE_SHIM_EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr* dptr, size_t* pitc
       [&] { return real(dptr, pitch, width, height, element_bytes); },
       [&] { return static_cast<std::uint64_t>(*pitch) * height; },
       [&] { return static_cast<std::uint64_t>(*dptr); },
-      [&] { s.real<d::cuMemFree_v2_fn>(hook::cuMemFree_v2)(*dptr); });
+      [&] { s.real<d::cuMemFree_v2_fn>(hook::cuMemFree_v2)(*dptr); }, current_context(s));
 }
 
 GPUSLICE_SHIM_EXPORT CUresult cuMemAllocManaged(CUdeviceptr* dptr, size_t bytes,
@@ -453,7 +463,7 @@ GPUSLICE_SHIM_EXPORT CUresult cuMemAllocManaged(CUdeviceptr* dptr, size_t bytes,
       s, ordinal, bytes, "cuMemAllocManaged", s.pointers(),
       [&] { return real(dptr, bytes, flags); }, [&] { return bytes; },
       [&] { return static_cast<std::uint64_t>(*dptr); },
-      [&] { s.real<d::cuMemFree_v2_fn>(hook::cuMemFree_v2)(*dptr); });
+      [&] { s.real<d::cuMemFree_v2_fn>(hook::cuMemFree_v2)(*dptr); }, current_context(s));
 }
 
 GPUSLICE_SHIM_EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr) {
@@ -578,7 +588,7 @@ GPUSLICE_SHIM_EXPORT CUresult cuArrayCreate_v2(CUarray* out, const CUDA_ARRAY_DE
   return counted_alloc(
       s, ordinal, estimate, "cuArrayCreate_v2", s.arrays(), [&] { return real(out, desc); },
       [&] { return estimate; }, [&] { return key_of(*out); },
-      [&] { s.real<d::cuArrayDestroy_fn>(hook::cuArrayDestroy)(*out); });
+      [&] { s.real<d::cuArrayDestroy_fn>(hook::cuArrayDestroy)(*out); }, current_context(s));
 }
 
 GPUSLICE_SHIM_EXPORT CUresult cuArray3DCreate_v2(CUarray* out,
@@ -599,7 +609,7 @@ GPUSLICE_SHIM_EXPORT CUresult cuArray3DCreate_v2(CUarray* out,
   return counted_alloc(
       s, ordinal, estimate, "cuArray3DCreate_v2", s.arrays(), [&] { return real(out, desc); },
       [&] { return array_actual(query, *out, ordinal, estimate); }, [&] { return key_of(*out); },
-      [&] { s.real<d::cuArrayDestroy_fn>(hook::cuArrayDestroy)(*out); });
+      [&] { s.real<d::cuArrayDestroy_fn>(hook::cuArrayDestroy)(*out); }, current_context(s));
 }
 
 GPUSLICE_SHIM_EXPORT CUresult cuArrayDestroy(CUarray array) {
@@ -626,12 +636,72 @@ GPUSLICE_SHIM_EXPORT CUresult cuMipmappedArrayCreate(CUmipmappedArray* out,
       s, ordinal, estimate, "cuMipmappedArrayCreate", s.arrays(),
       [&] { return real(out, desc, levels); },
       [&] { return array_actual(query, *out, ordinal, estimate); }, [&] { return key_of(*out); },
-      [&] { s.real<d::cuMipmappedArrayDestroy_fn>(hook::cuMipmappedArrayDestroy)(*out); });
+      [&] { s.real<d::cuMipmappedArrayDestroy_fn>(hook::cuMipmappedArrayDestroy)(*out); },
+      current_context(s));
 }
 
 GPUSLICE_SHIM_EXPORT CUresult cuMipmappedArrayDestroy(CUmipmappedArray array) {
   GPUSLICE_PROLOGUE(cuMipmappedArrayDestroy, CUDA_ERROR_NOT_FOUND, array)
   return counted_free(s, s.arrays(), key_of(array), [&] { return real(array); });
+}
+
+// ---- context teardown: the driver frees the context's memory ---------------------------------
+
+GPUSLICE_SHIM_EXPORT CUresult cuCtxDestroy_v2(CUcontext ctx) {
+  GPUSLICE_PROLOGUE(cuCtxDestroy_v2, CUDA_ERROR_NOT_FOUND, ctx)
+  int ordinal = -1;
+  {
+    // The context's device, asked of the context itself.
+    auto push = s.helper_fn<decltype(&::cuCtxPushCurrent_v2)>(d::helper::cuCtxPushCurrent_v2);
+    auto pop = s.helper_fn<decltype(&::cuCtxPopCurrent_v2)>(d::helper::cuCtxPopCurrent_v2);
+    CUcontext popped = nullptr;
+    if (push != nullptr && pop != nullptr && ctx != nullptr && push(ctx) == CUDA_SUCCESS) {
+      if (s.current_device(&ordinal) != CUDA_SUCCESS) ordinal = -1;
+      pop(&popped);
+    }
+  }
+  const CUresult r = real(ctx);
+  if (r == CUDA_SUCCESS) s.context_gone(ctx, ordinal);
+  return r;
+}
+
+namespace {
+/// Runs \p call (a release or reset of \p dev's primary context) and gives back the charges of
+/// that context when the call tore it down.
+template <class Call>
+CUresult primary_teardown(state& s, CUdevice dev, Call call) {
+  auto get_state =
+      s.helper_fn<decltype(&::cuDevicePrimaryCtxGetState)>(d::helper::cuDevicePrimaryCtxGetState);
+  auto retain =
+      s.helper_fn<decltype(&::cuDevicePrimaryCtxRetain)>(d::helper::cuDevicePrimaryCtxRetain);
+  auto release = s.real<d::cuDevicePrimaryCtxRelease_v2_fn>(hook::cuDevicePrimaryCtxRelease_v2);
+  unsigned flags = 0;
+  int active = 0;
+  CUcontext primary = nullptr;
+  // The primary context's handle: retaining an active one creates nothing, and the release
+  // right after leaves its count as it was.
+  if (get_state != nullptr && retain != nullptr && release != nullptr &&
+      get_state(dev, &flags, &active) == CUDA_SUCCESS && active != 0 &&
+      retain(&primary, dev) == CUDA_SUCCESS) {
+    release(dev);
+  }
+  const CUresult r = call();
+  if (r == CUDA_SUCCESS && primary != nullptr && get_state(dev, &flags, &active) == CUDA_SUCCESS &&
+      active == 0) {
+    s.context_gone(primary, dev);
+  }
+  return r;
+}
+}  // namespace
+
+GPUSLICE_SHIM_EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev) {
+  GPUSLICE_PROLOGUE(cuDevicePrimaryCtxRelease_v2, CUDA_ERROR_NOT_FOUND, dev)
+  return primary_teardown(s, dev, [&] { return real(dev); });
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuDevicePrimaryCtxReset_v2(CUdevice dev) {
+  GPUSLICE_PROLOGUE(cuDevicePrimaryCtxReset_v2, CUDA_ERROR_NOT_FOUND, dev)
+  return primary_teardown(s, dev, [&] { return real(dev); });
 }
 
 // ---- dlsym -------------------------------------------------------------------------------------

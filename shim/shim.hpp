@@ -72,6 +72,11 @@ enum class library : std::uint8_t { cuda, nvml };
   X(cuMemFreeAsync, "cuMemFreeAsync", 11020, legacy, cuda, decltype(&::cuMemFreeAsync))            \
   X(cuMemFreeAsync_ptsz, "cuMemFreeAsync", 11020, per_thread, cuda, decltype(&::cuMemFreeAsync))   \
   X(cuMemPoolCreate, "cuMemPoolCreate", 11020, legacy, cuda, decltype(&::cuMemPoolCreate))         \
+  X(cuCtxDestroy_v2, "cuCtxDestroy", 4000, legacy, cuda, decltype(&::cuCtxDestroy_v2))             \
+  X(cuDevicePrimaryCtxRelease_v2, "cuDevicePrimaryCtxRelease", 11000, legacy, cuda,                \
+    decltype(&::cuDevicePrimaryCtxRelease_v2))                                                     \
+  X(cuDevicePrimaryCtxReset_v2, "cuDevicePrimaryCtxReset", 11000, legacy, cuda,                    \
+    decltype(&::cuDevicePrimaryCtxReset_v2))                                                       \
   X(cuMemPoolDestroy, "cuMemPoolDestroy", 11020, legacy, cuda, decltype(&::cuMemPoolDestroy))      \
   X(cuMemCreate, "cuMemCreate", 10020, legacy, cuda, decltype(&::cuMemCreate))                     \
   X(cuMemRelease, "cuMemRelease", 10020, legacy, cuda, decltype(&::cuMemRelease))                  \
@@ -105,6 +110,10 @@ enum class library : std::uint8_t { cuda, nvml };
     decltype(&::cuMipmappedArrayGetMemoryRequirements))                            \
   X(cuDeviceGetMemPool, cuda, decltype(&::cuDeviceGetMemPool))                     \
   X(cuDeviceGetAttribute, cuda, decltype(&::cuDeviceGetAttribute))                 \
+  X(cuDevicePrimaryCtxGetState, cuda, decltype(&::cuDevicePrimaryCtxGetState))     \
+  X(cuDevicePrimaryCtxRetain, cuda, decltype(&::cuDevicePrimaryCtxRetain))         \
+  X(cuCtxPushCurrent_v2, cuda, decltype(&::cuCtxPushCurrent_v2))                   \
+  X(cuCtxPopCurrent_v2, cuda, decltype(&::cuCtxPopCurrent_v2))                     \
   X(cuMemPoolGetAttribute, cuda, decltype(&::cuMemPoolGetAttribute))               \
   X(cuMemPoolTrimTo, cuda, decltype(&::cuMemPoolTrimTo))                           \
   X(nvmlInit_v2, nvml, decltype(&::nvmlInit_v2))                                   \
@@ -167,6 +176,8 @@ struct charge {
   /// A stream-ordered allocation's pool: then \p bytes are the allocation's size, and what is
   /// charged is the pool's reserve (state::settle_pool), not the allocation.
   CUmemoryPool pool = nullptr;
+  /// The context a device pointer or array was made in: its teardown frees it.
+  CUcontext ctx = nullptr;
 };
 
 /// Live allocations of one kind (device pointers, arrays, VMM handles) and their charges:
@@ -179,6 +190,8 @@ class alloc_table {
   std::optional<charge> insert(std::uint64_t key, const charge& c);
   /// Removes and returns \p key's charge. Thread-safe.
   std::optional<charge> take(std::uint64_t key) noexcept;
+  /// Removes and returns every charge made in \p ctx. May throw std::bad_alloc. Thread-safe.
+  std::vector<charge> take_context(CUcontext ctx);
   /// Locks every shard (before fork). Thread-safe with respect to the other members.
   void lock_all() noexcept;
   /// Unlocks every shard (after fork, in the parent).
@@ -286,6 +299,10 @@ class state {
   void vmm_mapped(CUdeviceptr at, std::size_t size, CUmemGenericAllocationHandle h) noexcept;
   /// After cuMemUnmap: the handles whose memory the driver freed (released and now unmapped).
   std::vector<CUmemGenericAllocationHandle> vmm_unmapped(CUdeviceptr at, std::size_t size) noexcept;
+
+  /// After the driver tore \p ctx down on \p ordinal: it freed the context's allocations, so
+  /// their charges are given back, and the context's own memory is measured again.
+  void context_gone(CUcontext ctx, int ordinal) noexcept;
 
   /// Live allocations by kind.
   alloc_table& pointers() noexcept { return pointers_; }

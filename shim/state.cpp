@@ -120,6 +120,22 @@ std::optional<charge> alloc_table::take(std::uint64_t key) noexcept {
   return c;
 }
 
+std::vector<charge> alloc_table::take_context(CUcontext ctx) {
+  std::vector<charge> out;
+  for (shard& s : shards_) {
+    std::lock_guard<std::mutex> lock(s.mu);
+    for (auto it = s.map.begin(); it != s.map.end();) {
+      if (it->second.ctx == ctx) {
+        out.push_back(it->second);
+        it = s.map.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  return out;
+}
+
 void alloc_table::lock_all() noexcept {
   for (shard& s : shards_) s.mu.lock();
 }
@@ -378,10 +394,11 @@ constexpr int k_identify_attempts = 8;
 /// Delay before the next attempt while this process is not identified or not yet listed.
 constexpr std::uint64_t k_retry_interval_ns = 20'000'000;
 
-/// One reading of NVML's compute processes of a device: (pid, bytes) for every process whose
-/// figure NVML knows.
+/// One reading of NVML's compute processes of a device: (pid, bytes), bytes k_not_available
+/// where NVML does not know the figure (some MIG and container setups).
 using process_reading = std::vector<std::pair<unsigned, std::uint64_t>>;
 using processes_fn = decltype(&::nvmlDeviceGetComputeRunningProcesses_v3);
+constexpr std::uint64_t k_not_available = static_cast<unsigned long long>(NVML_VALUE_NOT_AVAILABLE);
 
 std::optional<process_reading> read_processes(processes_fn procs, nvmlDevice_t dev) {
   std::vector<nvmlProcessInfo_t> infos(k_nvml_process_batch);
@@ -395,9 +412,7 @@ std::optional<process_reading> read_processes(processes_fn procs, nvmlDevice_t d
   if (r != NVML_SUCCESS) return std::nullopt;
   process_reading out;
   for (unsigned i = 0; i < n && i < infos.size(); ++i) {
-    if (infos[i].usedGpuMemory != static_cast<unsigned long long>(NVML_VALUE_NOT_AVAILABLE)) {
-      out.emplace_back(infos[i].pid, infos[i].usedGpuMemory);
-    }
+    out.emplace_back(infos[i].pid, infos[i].usedGpuMemory);
   }
   return out;
 }
@@ -477,8 +492,10 @@ state::identity state::identify(device_info& d, int ordinal) noexcept {
   if (!allocated || !before || !during || !after) return identity::not_now;
   std::vector<unsigned> movers;
   for (const auto& [pid, bytes] : *during) {
+    if (bytes == k_not_available) continue;
     const std::uint64_t was = figure(*before, pid).value_or(0);
     const std::uint64_t now = figure(*after, pid).value_or(0);
+    if (was == k_not_available || now == k_not_available) continue;
     if (bytes >= was + k_identify_probe && bytes >= now + k_identify_probe) movers.push_back(pid);
   }
   const unsigned hint = nspid_hint();
@@ -535,11 +552,14 @@ void state::reconcile(device_info& d, bool force) noexcept {
       }
     }
     const auto reading = read_processes(procs, d.nvml);
-    const auto measured = reading ? figure(*reading, nvml_pid()) : std::nullopt;
-    if (!measured) {
-      d.next_reconcile_ns.store(now + k_retry_interval_ns, std::memory_order_relaxed);
-      return;  // no context on this device yet
-    }
+    if (!reading) return;
+    // NVML lists a process on a device only while it has a context there: unlisted, this
+    // process holds nothing on it (no context yet, or its context was torn down).
+    const std::optional<std::uint64_t> measured = figure(*reading, nvml_pid()).value_or(0);
+    if (*measured == k_not_available) return;  // listed, but NVML does not know its memory
+    // Without a context here, look again at the next call: a context created meanwhile counts
+    // from its creation on, not from the next interval.
+    if (*measured == 0) d.next_reconcile_ns.store(0, std::memory_order_relaxed);
     const std::uint64_t want =
         uncounted_overhead(*measured, counted_[static_cast<std::size_t>(ordinal)].load());
     auto sl = slot();
@@ -795,6 +815,20 @@ void state::trim_pools(int ordinal) noexcept {
   for (auto& [pool, rec] : pools_) {
     if (rec.host || rec.destroyed || rec.held.ordinal != ordinal || rec.held.bytes == 0) continue;
     if (trim(pool, 0) == CUDA_SUCCESS) settle_locked(pool, rec);
+  }
+}
+
+void state::context_gone(CUcontext ctx, int ordinal) noexcept {
+  if (ctx == nullptr) return;
+  try {
+    for (alloc_table* t : {&pointers_, &arrays_}) {
+      for (const charge& c : t->take_context(ctx)) release(c);
+    }
+  } catch (...) {
+    log(log_level::error, "out of memory while giving back a destroyed context's charges");
+  }
+  if (ordinal >= 0 && ordinal < device_count_) {
+    devices_[static_cast<std::size_t>(ordinal)].next_reconcile_ns.store(0, std::memory_order_relaxed);
   }
 }
 

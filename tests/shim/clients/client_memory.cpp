@@ -730,6 +730,56 @@ int arrays(const driver& d) {
   return client::finish(k_name);
 }
 
+/// Context teardown (the last primary release, a primary reset, cuCtxDestroy) frees the
+/// context's memory in the driver: the charges go with it, so the next context gets the whole
+/// quota again, and its context memory is counted afresh.
+int teardown(const driver& d) {
+  const std::uint64_t limit = limit_bytes();
+  const std::uint64_t ctx_bytes = client::env_bytes("FAKE_CUDA_CONTEXT_BYTES", 0);
+  CLIENT_REQUIRE(ctx_bytes % k_chunk == 0);
+  CLIENT_REQUIRE(d.init(0) == CUDA_SUCCESS);
+  void* lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  CLIENT_REQUIRE(lib != nullptr);
+  auto release = reinterpret_cast<decltype(&cuDevicePrimaryCtxRelease_v2)>(
+      dlsym(lib, "cuDevicePrimaryCtxRelease_v2"));
+  auto reset = reinterpret_cast<decltype(&cuDevicePrimaryCtxReset_v2)>(
+      dlsym(lib, "cuDevicePrimaryCtxReset_v2"));
+  auto create = reinterpret_cast<decltype(&cuCtxCreate_v4)>(dlsym(lib, "cuCtxCreate_v4"));
+  auto destroy = reinterpret_cast<decltype(&cuCtxDestroy_v2)>(dlsym(lib, "cuCtxDestroy_v2"));
+  CLIENT_REQUIRE(release && reset && create && destroy);
+  const auto round = [&](const char* how) {
+    std::vector<CUdeviceptr> held = fill(d);
+    if (held.size() != (limit - ctx_bytes) / k_chunk) std::fprintf(stdout, "round: %s\n", how);
+    CLIENT_CHECK_EQ(held.size(), (limit - ctx_bytes) / k_chunk);
+    CLIENT_CHECK(physical_used(0) <= limit);
+    return held.size();
+  };
+  // The last primary release.
+  use_device(d, 0);
+  round("first context");
+  CLIENT_CHECK(release(0) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(physical_used(0), 0u);
+  CLIENT_CHECK_EQ(nvml_memory(0).used, 0u);
+  // A primary reset, with references still held.
+  use_device(d, 0);
+  round("after the last primary release");
+  CUcontext extra = nullptr;
+  CLIENT_REQUIRE(d.ctx_retain(&extra, 0) == CUDA_SUCCESS);  // two references now
+  CLIENT_CHECK(reset(0) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(physical_used(0), 0u);
+  CLIENT_CHECK_EQ(nvml_memory(0).used, 0u);
+  // cuCtxDestroy of a context of its own.
+  CUcontext own = nullptr;
+  CLIENT_REQUIRE(create(&own, nullptr, 0, 0) == CUDA_SUCCESS);
+  round("after a primary reset");
+  CLIENT_CHECK(destroy(own) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(physical_used(0), 0u);
+  CLIENT_CHECK_EQ(nvml_memory(0).used, 0u);
+  use_device(d, 0);
+  round("after cuCtxDestroy");
+  return client::finish(k_name);
+}
+
 /// NVML alone never initialises CUDA, and still shows the limit; a child forked afterwards (a
 /// launcher's worker) initialises CUDA and gets the same quota, shared through the ledger.
 int nvml_only(const driver& d) {
@@ -909,6 +959,7 @@ int main(int argc, char** argv) {
   if (mode == "pools") return pools(d);
   if (mode == "vmm") return vmm(d);
   if (mode == "arrays") return arrays(d);
+  if (mode == "teardown") return teardown(d);
   if (mode == "mig") return mig(d);
   std::fprintf(stdout, "unknown mode %s\n", argv[1]);
   return 2;

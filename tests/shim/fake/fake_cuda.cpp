@@ -148,6 +148,7 @@ struct allocation {
   CUmemPoolHandle_st* pool = nullptr;  ///< the pool it came from (its bytes are the pool's)
   int refs = 1;  ///< VMM handles: unreleased references (cuMemCreate, cuMemRetainAllocationHandle)
   int maps = 0;  ///< VMM handles: live mappings (cuMemMap)
+  CUctx_st* ctx = nullptr;  ///< the context a device pointer belongs to (freed with it)
 };
 
 /// A VMM mapping (cuMemMap): the handle whose memory backs [address, address + size).
@@ -374,7 +375,9 @@ CUresult alloc_on(int physical, std::uint64_t bytes, CUdeviceptr* out) {
     return CUDA_ERROR_OUT_OF_MEMORY;
   }
   std::lock_guard<std::mutex> lock(st().mu);
-  st().allocs[reinterpret_cast<std::uintptr_t>(m)] = allocation{physical, bytes, heap ? 0 : bytes};
+  allocation a{physical, bytes, heap ? 0 : bytes};
+  a.ctx = current();
+  st().allocs[reinterpret_cast<std::uintptr_t>(m)] = a;
   *out = reinterpret_cast<CUdeviceptr>(m);
   return CUDA_SUCCESS;
 }
@@ -545,8 +548,30 @@ CUresult ctx_create(int ordinal, bool primary, CUctx_st** out) {
   return CUDA_SUCCESS;
 }
 
+/// Tearing a context down frees the device memory allocated in it, as the driver does.
 void ctx_destroy(CUctx_st* c) {
   if (c->default_stream != nullptr) delete_stream(c->default_stream);
+  std::vector<std::pair<std::uintptr_t, allocation>> dead;
+  {
+    std::lock_guard<std::mutex> lock(st().mu);
+    for (auto it = st().allocs.begin(); it != st().allocs.end();) {
+      if (it->second.ctx == c && it->second.pool == nullptr) {
+        dead.emplace_back(*it);
+        it = st().allocs.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (const auto& [at, a] : dead) {
+    if (a.mapped == 0) {
+      std::free(reinterpret_cast<void*>(at));
+    } else {
+      munmap(reinterpret_cast<void*>(at), a.mapped);
+    }
+    give(a.physical, a.bytes);
+  }
+  t_ctx_stack.erase(std::remove(t_ctx_stack.begin(), t_ctx_stack.end(), c), t_ctx_stack.end());
   st().devs[c->physical].contexts.fetch_sub(1);
   give(c->physical, st().context_bytes);
   delete c;
@@ -697,6 +722,27 @@ FAKE_EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev) {
   return CUDA_SUCCESS;
 }
 
+/// Destroys the primary context whatever its reference count; a later retain makes a new one.
+FAKE_EXPORT CUresult cuDevicePrimaryCtxReset_v2(CUdevice dev) {
+  if (CUresult r = check_ordinal(dev); r != CUDA_SUCCESS) return r;
+  CUctx_st* dead = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(st().mu);
+    std::swap(dead, st().primary[dev]);
+  }
+  if (dead != nullptr) ctx_destroy(dead);
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuDevicePrimaryCtxGetState(CUdevice dev, unsigned int* flags, int* active) {
+  if (CUresult r = check_ordinal(dev); r != CUDA_SUCCESS) return r;
+  if (flags == nullptr || active == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  std::lock_guard<std::mutex> lock(st().mu);
+  *flags = 0;
+  *active = st().primary[dev] != nullptr ? 1 : 0;
+  return CUDA_SUCCESS;
+}
+
 FAKE_EXPORT CUresult cuCtxCreate_v4(CUcontext* pctx, CUctxCreateParams* params, unsigned int flags,
                                     CUdevice dev) {
   (void)params;
@@ -829,7 +875,9 @@ FAKE_EXPORT CUresult cuMemAllocManaged(CUdeviceptr* dptr, size_t bytes, unsigned
   void* m = map_bytes(bytes);
   if (m == nullptr) return CUDA_ERROR_OUT_OF_MEMORY;
   std::lock_guard<std::mutex> lock(st().mu);
-  st().allocs[reinterpret_cast<std::uintptr_t>(m)] = allocation{p, 0, bytes};
+  allocation a{p, 0, bytes};
+  a.ctx = current();
+  st().allocs[reinterpret_cast<std::uintptr_t>(m)] = a;
   *dptr = reinterpret_cast<CUdeviceptr>(m);
   return CUDA_SUCCESS;
 }
@@ -1469,6 +1517,8 @@ const proc_entry k_procs[] = {
     {"cuDeviceGetAttribute", 2000, FAKE_FN(cuDeviceGetAttribute), nullptr},
     {"cuDevicePrimaryCtxRetain", 7000, FAKE_FN(cuDevicePrimaryCtxRetain), nullptr},
     {"cuDevicePrimaryCtxRelease", 11000, FAKE_FN(cuDevicePrimaryCtxRelease_v2), nullptr},
+    {"cuDevicePrimaryCtxReset", 11000, FAKE_FN(cuDevicePrimaryCtxReset_v2), nullptr},
+    {"cuDevicePrimaryCtxGetState", 7000, FAKE_FN(cuDevicePrimaryCtxGetState), nullptr},
     {"cuCtxCreate", 12050, FAKE_FN(cuCtxCreate_v4), nullptr},
     {"cuCtxDestroy", 4000, FAKE_FN(cuCtxDestroy_v2), nullptr},
     {"cuCtxSetCurrent", 4000, FAKE_FN(cuCtxSetCurrent), nullptr},
