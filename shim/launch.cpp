@@ -303,6 +303,9 @@ class launch_control {
     g.percent = pct;
     if (region_) region_->update(g.tenant, cfg.priority, pct);
     const bool bypass = pct == 0 || cfg.policy == utilization_policy::disable;
+    // Launches that bypassed the limiter were never charged: the utilization they caused must
+    // not be read as a correction of the charges once the cap holds again.
+    if (!bypass && g.bypass.load(std::memory_order_relaxed)) g.limiter->restart_feedback(now_ns());
     g.bypass.store(bypass, std::memory_order_release);
     g.raw.store(raw, std::memory_order_release);
     refresh_fast_locked(s);
@@ -560,6 +563,7 @@ class launch_control {
     const auto span_ns = static_cast<std::int64_t>(prev - g.nvml_seen) * k_ns_per_us;
     g.nvml_seen = prev;
     if (first) return;  // the first answer only sets where the next one starts
+    if (g.bypass.load(std::memory_order_relaxed)) return;  // uncharged launches: nothing to correct
     g.limiter->utilization_sample(now - span_ns, now,
                                   static_cast<std::int64_t>(busy_us * k_ns_per_us));
   }

@@ -130,6 +130,39 @@ TEST_CASE("utilization above the charges raises the correction; agreement leaves
   CHECK(l.correction() == Approx(busy_per_charged).epsilon(0.05));
 }
 
+TEST_CASE("busy time of launches that bypassed admit() is not read as a correction",
+          "[rate][limiter]") {
+  local_rate_words w;
+  limiter_params p;
+  p.prior_kernel_ns = 1 * k_ms;
+  limiter l(w.words, force(90), p);
+  l.observe(1, 1 * k_ms, 0);
+  constexpr std::int64_t k_period = 100 * k_ms;
+  std::int64_t now = 0;
+  auto charged_period = [&] {
+    for (int i = 0; i < 40; ++i) l.admit(1, now + i * (k_period / 40));
+    now += k_period;
+    l.utilization_sample(now - k_period, now, 40 * k_ms);  // busy = charged
+  };
+  for (int period = 0; period < 10; ++period) charged_period();
+  REQUIRE(l.correction() == Approx(1.0).epsilon(0.05));
+  // The caller lets launches through without admit() (no cap) for a second, then caps again.
+  // The GPU was busy all that time; none of it was charged.
+  const bool restarted = GENERATE(false, true);
+  const std::int64_t uncapped_until = now + 10 * k_period;
+  if (restarted) l.restart_feedback(uncapped_until);
+  // A reading that spans the last charged period and the uncapped time: 40 ms charged, the
+  // GPU busy for 40 ms and then the whole second.
+  const std::int64_t charged_from = uncapped_until - 11 * k_period;
+  l.utilization_sample(charged_from, uncapped_until, 40 * k_ms + 10 * k_period);
+  INFO("restarted: " << restarted << ", correction " << l.correction());
+  if (restarted) {
+    CHECK(l.correction() == Approx(1.0).epsilon(0.05));  // the uncharged busy time is ignored
+  } else {
+    CHECK(l.correction() > 2.0);  // what the restart prevents: every charge inflated
+  }
+}
+
 TEST_CASE("a suspended launch is not charged and asks again", "[rate][limiter]") {
   local_rate_words w;
   limiter_params p;

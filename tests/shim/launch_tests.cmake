@@ -6,7 +6,7 @@ set(_launch_node ${CMAKE_CURRENT_BINARY_DIR}/ledgers/node-region)
 set(_force GPU_CORE_UTILIZATION_POLICY=force)
 
 # Every launch path holds its share of the fake device's busy time, at 30% and at 70%.
-foreach(path kernel ptsz ex ex_ptsz coop coop_ptsz multi graph graph_ptsz)
+foreach(path kernel ptsz ex ex_ptsz coop coop_ptsz multi graph graph_ptsz launch grid grid_async)
   gpuslice_shim_test(launch:share-${path}-30 shim_client_launch ARGS share ${path} 30
                      ENV ${_force} CUDA_DEVICE_SM_LIMIT=30 LEDGER)
 endforeach()
@@ -47,6 +47,12 @@ gpuslice_shim_test(launch:container-40 shim_client_launch ARGS container 40
 # Stream capture: recorded launches are neither admitted nor timed; the graph is capped.
 gpuslice_shim_test(launch:capture shim_client_launch ARGS capture
                    ENV ${_force} CUDA_DEVICE_SM_LIMIT=30 LEDGER)
+# The watcher's driver calls never invalidate a global-mode capture of another thread.
+gpuslice_shim_test(launch:capture-global shim_client_launch ARGS capture_global
+                   ENV ${_force} CUDA_DEVICE_SM_LIMIT=30 LEDGER)
+# No cap on two GPUs: the fast path asks the driver nothing per launch.
+gpuslice_shim_test(launch:nocap-devices shim_client_launch ARGS nocap_devices LEDGER
+                   ENV FAKE_CUDA_DEVICES=2)
 gpuslice_shim_test(launch:fork shim_client_launch ARGS fork
                    ENV ${_force} CUDA_DEVICE_SM_LIMIT=30 LEDGER)
 gpuslice_shim_test(launch:devices shim_client_launch ARGS devices LEDGER

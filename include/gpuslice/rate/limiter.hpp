@@ -49,6 +49,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <deque>
+#include <limits>
 #include <mutex>
 #include <string>
 #include <utility>
@@ -301,6 +302,7 @@ class sm_limiter {
     if (end_ns <= start_ns || busy_ns < 0) return;
     std::lock_guard<std::mutex> lock(feedback_mutex_);
     sweep_charges(end_ns);
+    if (start_ns < feedback_from_ns_) return;  // launches then were not charged
     std::int64_t charged = 0;
     for (const auto& [slot, raw] : history_) {
       const std::int64_t slot_end = (slot + 1) * detail::k_charge_slot_ns;
@@ -347,6 +349,17 @@ class sm_limiter {
     correction_.store(
         std::clamp(busy_avg_ / charged_avg_, params_.min_correction, params_.max_correction),
         std::memory_order_relaxed);
+  }
+
+  /// Restarts the utilization feedback at \p now: readings whose window begins earlier are
+  /// ignored and the integral term starts from zero; the learned costs and the correction
+  /// factor are kept. For a caller that let launches through without admit() (the shim with no
+  /// cap), whose busy time in those windows was never charged and would read as a huge
+  /// correction. Thread-safe (takes the feedback mutex).
+  void restart_feedback(std::int64_t now) {
+    std::lock_guard<std::mutex> lock(feedback_mutex_);
+    feedback_from_ns_ = std::max(feedback_from_ns_, now);
+    pending_error_ = 0.0;
   }
 
   /// The current correction factor (1 = the observed timings are right). Thread-safe.
@@ -490,6 +503,7 @@ class sm_limiter {
   std::int64_t next_slot_ = -1;
   std::deque<std::pair<std::int64_t, std::int64_t>> history_;
   double pending_error_ = 0.0;
+  std::int64_t feedback_from_ns_ = std::numeric_limits<std::int64_t>::min();
   double busy_avg_ = 0.0;
   double charged_avg_ = 0.0;
   bool have_average_ = false;

@@ -1333,7 +1333,9 @@ CUresult stream_sync(CUstream h) {
   release_pools_at_sync();
   return CUDA_SUCCESS;
 }
+std::atomic<std::uint64_t> g_stream_device_calls{0};
 CUresult stream_device(CUstream h, CUdevice* dev) {
+  g_stream_device_calls.fetch_add(1, std::memory_order_relaxed);
   if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
   CUstream_st* s = resolve(h);
   if (s == nullptr) return CUDA_ERROR_INVALID_CONTEXT;
@@ -1657,6 +1659,9 @@ FAKE_EXPORT int fake_cuda_initialised() {
 }
 FAKE_EXPORT void fake_cuda_physical_uuid(int p, unsigned char out[16]) {
   std::memcpy(out, configured().devs[p].uuid, 16);
+}
+FAKE_EXPORT std::uint64_t fake_cuda_stream_device_calls() {
+  return g_stream_device_calls.load(std::memory_order_relaxed);
 }
 FAKE_EXPORT std::uint64_t fake_cuda_physical_busy_us(int p) {
   return configured().devs[p].busy_us.load();

@@ -22,6 +22,7 @@
 
 #include <cuda.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <map>
@@ -233,6 +234,8 @@ std::map<CUstream, capture>& captures() {
 }
 /// The calling thread's capture interaction mode (cuThreadExchangeStreamCaptureMode).
 thread_local CUstreamCaptureMode t_capture_mode = CU_STREAM_CAPTURE_MODE_GLOBAL;
+/// Potentially unsafe calls made while a capture was in progress by threads in relaxed mode.
+std::atomic<std::uint64_t> g_relaxed_calls{0};
 }  // namespace
 
 FAKE_EXPORT CUresult cuThreadExchangeStreamCaptureMode(CUstreamCaptureMode* mode) {
@@ -246,9 +249,12 @@ FAKE_EXPORT CUresult cuThreadExchangeStreamCaptureMode(CUstreamCaptureMode* mode
 }
 
 CUresult fake_capture_unsafe_call() {
-  if (t_capture_mode == CU_STREAM_CAPTURE_MODE_RELAXED) return CUDA_SUCCESS;
   const std::thread::id self = std::this_thread::get_id();
   std::lock_guard<std::mutex> lock(g_capture_mu);
+  if (t_capture_mode == CU_STREAM_CAPTURE_MODE_RELAXED) {
+    if (!captures().empty()) g_relaxed_calls.fetch_add(1, std::memory_order_relaxed);
+    return CUDA_SUCCESS;
+  }
   bool prohibited = false;
   for (auto& [stream, c] : captures()) {
     const bool own = c.owner == self && c.mode != CU_STREAM_CAPTURE_MODE_RELAXED;
@@ -327,6 +333,10 @@ bool fake_capture_event(CUstream s) {
   if (it == captures().end()) return false;
   if (!it->second.invalidated) ++it->second.graph->other_nodes;
   return true;
+}
+
+FAKE_EXPORT std::uint64_t fake_capture_relaxed_calls() {
+  return g_relaxed_calls.load(std::memory_order_relaxed);
 }
 
 FAKE_EXPORT void fake_cuda_graph_nodes(CUgraph g, int* kernels, int* others) {
