@@ -26,6 +26,9 @@ namespace {
 /// Names of the driver libraries, opened at run time (never linked).
 constexpr const char* k_libcuda = "libcuda.so.1";
 constexpr const char* k_libnvml = "libnvidia-ml.so.1";
+/// The ledger of a container whose environment names none (as HAMi's libvgpu.so uses
+/// /tmp/cudevshr.cache): every process of the container sees the container's own /tmp.
+constexpr const char* k_default_ledger = "/tmp/gpuslice.ledger";
 /// Reconciliation with the driver's per-process figure happens at most this often per device.
 constexpr std::uint64_t k_reconcile_interval_ns = 1'000'000'000;
 /// Processes read per NVML query before growing the buffer.
@@ -199,26 +202,29 @@ void state::init() noexcept {
 
   if (config_error_.empty()) {
     try {
-      if (config_.shared_cache.empty()) {
-        local_.emplace(memory::in_memory_ledger::create());
-        log(log_level::info,
-            "{} is not set: limits hold per process only (processes do not share a ledger)",
-            env::shared_cache);
-      } else {
-        auto opened = memory::shared_ledger::open(memory::open_or_create, config_.shared_cache);
-        if (opened) {
-          shared_.emplace(std::move(*opened));
-          // The ledger asks for mode 0666 but the umask trims it; the owner widens it so every
-          // user of the container can open it (only the owner may, and only its own file).
-          struct stat st {};
-          if (::stat(config_.shared_cache.c_str(), &st) == 0 && st.st_uid == ::geteuid() &&
-              (st.st_mode & k_shared_write_bits) != k_shared_write_bits) {
-            ::chmod(config_.shared_cache.c_str(), (st.st_mode & 07777) | k_shared_write_bits);
-          }
-        } else {
-          ledger_error_ =
-              fmt::format("{}={}: {}", env::shared_cache, config_.shared_cache, opened.message());
+      // Never a ledger per process: without a path the container's processes share the
+      // default one, and a ledger that cannot be opened fails closed.
+      const bool named = !config_.shared_cache.empty();
+      const std::string path = named ? config_.shared_cache : std::string(k_default_ledger);
+      if (!named) {
+        log(log_level::info, "{} is not set: the container's processes share the ledger {}",
+            env::shared_cache, path);
+      }
+      auto opened = memory::shared_ledger::open(memory::open_or_create, path);
+      if (opened) {
+        shared_.emplace(std::move(*opened));
+        // The ledger asks for mode 0666 but the umask trims it; the owner widens it so every
+        // user of the container can open it (only the owner may, and only its own file).
+        struct stat st {};
+        if (::stat(path.c_str(), &st) == 0 && st.st_uid == ::geteuid() &&
+            (st.st_mode & k_shared_write_bits) != k_shared_write_bits) {
+          ::chmod(path.c_str(), (st.st_mode & 07777) | k_shared_write_bits);
         }
+      } else if (named) {
+        ledger_error_ = fmt::format("{}={}: {}", env::shared_cache, path, opened.message());
+      } else {
+        ledger_error_ = fmt::format("{} is not set and the default ledger {} cannot be used: {}",
+                                    env::shared_cache, path, opened.message());
       }
     } catch (...) {
       ledger_error_ = "the ledger could not be created (out of memory)";

@@ -952,6 +952,7 @@ int main(int argc, char** argv) {
   if (mode == "overhead") return overhead(d);
   if (mode == "bad_config") return fail_closed(d, "CUDA_DEVICE_MEMORY_LIMIT=");
   if (mode == "bad_ledger") return fail_closed(d, "CUDA_DEVICE_MEMORY_SHARED_CACHE=");
+  if (mode == "bad_default_ledger") return fail_closed(d, "the default ledger /tmp/gpuslice.ledger");
   if (mode == "oom_killer") return oom_killer(d);
   if (mode == "legacy") return legacy(d);
   if (mode == "over_limit_view") return over_limit_view(d);
