@@ -9,4 +9,8 @@ if ! why=$(env -u LD_PRELOAD unshare --pid --fork --mount-proc true 2>&1); then
   echo "skipped: unshare --pid --fork --mount-proc is not permitted here: $why"
   exit 77
 fi
-exec unshare --pid --fork --mount-proc "$@"
+preload=${LD_PRELOAD:-}
+# The preload reaches only the client, which runs as pid 2 under a shell as pid 1 (a container's
+# init; LeakSanitizer cannot run as pid 1).
+exec env -u LD_PRELOAD unshare --pid --fork --mount-proc sh -c \
+  'env LD_PRELOAD="$0" "$@"' "$preload" "$@"

@@ -192,7 +192,9 @@ driver_state*& state_ptr() {
 }
 driver_state& st() { return *state_ptr(); }
 
-thread_local std::vector<CUctx_st*> t_ctx_stack;
+// Initial-exec: in static TLS even when the fake is dlopen'd, where LeakSanitizer's scan of
+// dynamic TLS at exit crashes on this object.
+thread_local std::vector<CUctx_st*> t_ctx_stack __attribute__((tls_model("initial-exec")));
 
 /// After fork the child starts with a fresh, uninitialised driver, as a CUDA child must call
 /// cuInit again and cannot use the parent's contexts. The parent's state stays reachable.
