@@ -8,8 +8,11 @@
 # Details of every check go to $OUT (default build/gpu-out); a summary table is printed last.
 # Memory checks: a driver-API program is refused at the limit; the context's memory the shim
 # reconciles from NVML matches what the driver reports; torch.cuda.mem_get_info() is the limit;
-# PyTorch (plain and expandable segments) allocates until OutOfMemoryError at the limit, within
-# the counted context memory; nvidia-smi shows the limit. SM checks: a compute-bound kernel's
+# PyTorch (plain, expandable segments, and the cudaMallocAsync backend's stream-ordered pool)
+# allocates until OutOfMemoryError and the driver never holds more than the limit for it, context
+# included, then fills again after freeing; the same in a pid namespace of its own (as in a pod,
+# where NVML's pids are not the process's); nvidia-smi shows the limit. "What the driver holds" is
+# read from NVML without trusting any pid: every process's figure summed, minus the sum before. SM checks: a compute-bound kernel's
 # throughput at caps of 30 and 70, alone and as two co-located containers, graph launches and
 # cooperative kernels capped, the added host cost per cuLaunchKernel with no cap, and the
 # end-to-end slowdown of a PyTorch training loop with no cap.
@@ -61,13 +64,15 @@ limit=$((LIMIT_MIB * MIB))
 # ---- 1. driver API: refused at the limit ----------------------------------------------------
 if under_shim driver "$OUT/alloc_limit" "$CHUNK_MIB"; then
   allocated=$(val driver allocated); refusal=$(val driver refusal)
-  ctx=$(val driver context_bytes); view_total=$(val driver view_total)
-  # The shim charges the context, so allocations stop at limit - context, to the chunk.
+  ctx=$(val driver context_bytes); view_total=$(val driver view_total); held=$(val driver driver_held)
+  # The shim charges the context, so allocations stop at limit - context, to the chunk, and the
+  # driver holds no more than the limit for the process.
   if [ "$refusal" = 2 ] && [ "$view_total" = "$limit" ] && [ "$((allocated + ctx))" -le "$limit" ] \
-     && [ "$((allocated + ctx + CHUNK_MIB * MIB))" -gt "$limit" ]; then
-    record driver-api-limit PASS "allocated $((allocated / MIB)) MiB + context $((ctx / MIB)) MiB of ${LIMIT_MIB} MiB, then CUDA_ERROR_OUT_OF_MEMORY"
+     && [ "$((allocated + ctx + CHUNK_MIB * MIB))" -gt "$limit" ] && [ "${held:-0}" -gt 0 ] \
+     && [ "$held" -le "$limit" ]; then
+    record driver-api-limit PASS "allocated $((allocated / MIB)) MiB + context $((ctx / MIB)) MiB of ${LIMIT_MIB} MiB, then CUDA_ERROR_OUT_OF_MEMORY; the driver held $((held / MIB)) MiB"
   else
-    record driver-api-limit FAIL "allocated=$allocated context=$ctx refusal=$refusal view_total=$view_total limit=$limit"
+    record driver-api-limit FAIL "allocated=$allocated context=$ctx driver_held=$held refusal=$refusal view_total=$view_total limit=$limit"
   fi
 else
   record driver-api-limit FAIL "exit status $? (see $OUT/driver.err)"
@@ -92,31 +97,67 @@ else
 fi
 
 # ---- 3-5. PyTorch ------------------------------------------------------------------------------
+# torch_check NAME: the checks of one torch_limit.py run. Refused at the limit: the driver held no
+# more than the limit for the process (torch's reserve plus its context and modules, read from
+# NVML) and another two chunks would not have fitted; after freeing, chunks twice as large fill
+# the quota again (the allocator's cache or pool is given back first) within the limit.
+torch_check() {
+  local name=$1 refused reserved held refill refill_held refill_bytes first ctx
+  refused=$(val "$name" refused); reserved=$(val "$name" reserved); held=$(val "$name" driver_held)
+  refill=$(val "$name" refill_refused); refill_held=$(val "$name" refill_driver_held)
+  refill_bytes=$(val "$name" refill_tensor_bytes); first=$(val "$name" first_tensor_bytes)
+  ctx=$(( ${held:-0} - ${reserved:-0} ))
+  if [ "$refused" = OutOfMemoryError ] && [ "${held:-0}" -gt 0 ] && [ "$held" -le "$limit" ] \
+     && [ "$((held + 2 * CHUNK_MIB * MIB))" -gt "$limit" ] && [ "$refill" = OutOfMemoryError ] \
+     && [ "${refill_held:-0}" -le "$limit" ] && [ "$((refill_bytes + 4 * CHUNK_MIB * MIB))" -ge "$first" ]; then
+    record "$name" PASS "driver held $((held / MIB)) MiB of ${LIMIT_MIB} MiB (torch reserved $((reserved / MIB)) + context and modules $((ctx / MIB))), then OutOfMemoryError; refilled $((refill_bytes / MIB)) MiB holding $((refill_held / MIB)) MiB"
+  else
+    record "$name" FAIL "refused=$refused driver_held=$held reserved=$reserved refill=$refill refill_driver_held=$refill_held refill_bytes=$refill_bytes first=$first limit=$limit ($OUT/$name.err)"
+  fi
+}
 if "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
-  for mode in plain expandable; do
-    conf=""; [ "$mode" = expandable ] && conf="expandable_segments:True"
-    if PYTORCH_CUDA_ALLOC_CONF=$conf under_shim "torch-$mode" "$PY" "$root/tests/gpu/torch_limit.py" "$CHUNK_MIB"; then
-      total=$(val "torch-$mode" mem_get_info_total); refused=$(val "torch-$mode" refused)
-      reserved=$(val "torch-$mode" reserved)
-      ctx=$(sed -n 's/.*uncounted driver memory now [0-9.]* MiB (\([0-9]*\) bytes).*/\1/p' \
-            "$OUT/torch-$mode.err" | tail -1); ctx=${ctx:-0}
+  for mode in plain expandable async; do
+    conf=""
+    [ "$mode" = expandable ] && conf="expandable_segments:True"
+    [ "$mode" = async ] && conf="backend:cudaMallocAsync"
+    if PYTORCH_CUDA_ALLOC_CONF=$conf under_shim "torch-oom-$mode" "$PY" "$root/tests/gpu/torch_limit.py" "$CHUNK_MIB"; then
+      total=$(val "torch-oom-$mode" mem_get_info_total)
       [ "$mode" = plain ] && { [ "$total" = "$limit" ] \
         && record torch-mem-get-info PASS "total $((total / MIB)) MiB = limit" \
         || record torch-mem-get-info FAIL "mem_get_info total $total, limit $limit"; }
-      # Refused at the limit: what torch reserved plus the counted context memory fits the limit
-      # and another chunk would not have.
-      if [ "$refused" = OutOfMemoryError ] && [ "$((reserved + ctx))" -le "$limit" ] \
-         && [ "$((reserved + ctx + 2 * CHUNK_MIB * MIB))" -gt "$limit" ]; then
-        record "torch-oom-$mode" PASS "reserved $((reserved / MIB)) MiB + context $((ctx / MIB)) MiB of ${LIMIT_MIB} MiB, then OutOfMemoryError"
-      else
-        record "torch-oom-$mode" FAIL "refused=$refused reserved=$reserved context=$ctx limit=$limit"
-      fi
+      torch_check "torch-oom-$mode"
     else
-      record "torch-oom-$mode" FAIL "exit status $? (see $OUT/torch-$mode.err)"
+      record "torch-oom-$mode" FAIL "exit status $? (see $OUT/torch-oom-$mode.err)"
     fi
   done
 else
   record torch-mem-get-info SKIP "PyTorch with CUDA is not installed for $PY"
+fi
+
+# ---- 5b. pid namespace: NVML lists host pids, not the process's own -------------------------
+if env -u LD_PRELOAD unshare --pid --fork --mount-proc true 2>/dev/null; then
+  if under_shim pidns-driver unshare --pid --fork --mount-proc "$OUT/alloc_limit" "$CHUNK_MIB"; then
+    allocated=$(val pidns-driver allocated); ctx=$(val pidns-driver context_bytes)
+    held=$(val pidns-driver driver_held); refusal=$(val pidns-driver refusal)
+    who=$(grep -o 'NVML lists this process as pid [0-9]* (getpid() [0-9]*)' "$OUT/pidns-driver.err" | tail -1)
+    if [ "$refusal" = 2 ] && [ -n "$who" ] && [ "${held:-0}" -gt 0 ] && [ "$held" -le "$limit" ] \
+       && [ "$((allocated + ctx))" -le "$limit" ] && [ "$((allocated + ctx + CHUNK_MIB * MIB))" -gt "$limit" ]; then
+      record pidns-driver-api PASS "$who; allocated $((allocated / MIB)) MiB + context $((ctx / MIB)) MiB, the driver held $((held / MIB)) of ${LIMIT_MIB} MiB"
+    else
+      record pidns-driver-api FAIL "identity='$who' allocated=$allocated context=$ctx driver_held=$held refusal=$refusal ($OUT/pidns-driver.err)"
+    fi
+  else
+    record pidns-driver-api FAIL "exit status $? (see $OUT/pidns-driver.err)"
+  fi
+  if "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+    if under_shim torch-pidns unshare --pid --fork --mount-proc "$PY" "$root/tests/gpu/torch_limit.py" "$CHUNK_MIB"; then
+      torch_check torch-pidns
+    else
+      record torch-pidns FAIL "exit status $? (see $OUT/torch-pidns.err)"
+    fi
+  fi
+else
+  record pidns-driver-api SKIP "unshare --pid --fork --mount-proc is not permitted here"
 fi
 
 # ---- 6. nvidia-smi shows the limit -------------------------------------------------------------
