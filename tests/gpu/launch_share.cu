@@ -5,7 +5,9 @@
 //   launch_share calibrate                 iterations for a kernel of about k_target_ms, from the
 //                                          median of several timed launches after a warm-up
 //                                          (the first launch loads the module lazily)
-//   launch_share loop|graph|coop ITERS S   kernels per second over S seconds after a warm-up
+//   launch_share loop|graph|coop|grid ITERS S
+//                                          kernels per second over S seconds after a warm-up
+//                                          (grid: the legacy cuLaunchGridAsync)
 //   launch_share cost N [symbol|proc|runtime]
 //                                          host ns per launch of an empty kernel, the first
 //                                          batch (module load, the shim's set-up) left out:
@@ -16,6 +18,8 @@
 //                                          cuLaunchKernel (run without the shim)
 #include <cuda.h>
 #include <dlfcn.h>
+
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"  // the legacy launch API
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -182,8 +186,26 @@ int main(int argc, char** argv) {
     CHECK(cudaStreamEndCapture(stream, &g));
     CHECK(cudaGraphInstantiate(&exec, g, 0));
   }
+  CUfunction legacy = nullptr;
+  if (std::strcmp(mode, "grid") == 0) {
+    // The legacy API: parameters and block shape set on the function, then a 2D grid.
+    cudaFunction_t f;
+    CHECK(cudaGetFuncBySymbol(&f, reinterpret_cast<const void*>(&spin)));
+    legacy = reinterpret_cast<CUfunction>(f);
+    long long it = iters;
+    float* sk = sink;
+    CHECK(cuParamSetSize(legacy, sizeof it + sizeof sk));
+    CHECK(cuParamSetv(legacy, 0, &it, sizeof it));
+    CHECK(cuParamSetv(legacy, sizeof it, &sk, sizeof sk));
+    CHECK(cuFuncSetBlockShape(legacy, k_threads, 1, 1));
+  }
   auto launch = [&] {
     if (exec != nullptr) return cudaGraphLaunch(exec, stream);
+    if (legacy != nullptr) {
+      return cuLaunchGridAsync(legacy, grid, 1, reinterpret_cast<CUstream>(stream)) == CUDA_SUCCESS
+                 ? cudaSuccess
+                 : cudaErrorLaunchFailure;
+    }
     if (std::strcmp(mode, "coop") == 0) {
       return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(&spin), grid, k_threads,
                                          args, 0, stream);
