@@ -258,10 +258,24 @@ CUresult pooled_alloc(state& s, int ordinal, CUmemoryPool pool, const char* name
   return record(s, s.pointers(), static_cast<std::uint64_t>(*dptr), c, name, undo);
 }
 
+/// True when \p stream is being captured: stream-ordered calls on it then become graph nodes.
+/// Memory a graph allocates is the graph allocator's, reserved when the graph is launched or
+/// uploaded and measured from the driver (state::graph_memory_changed); at capture there is
+/// nothing to charge, so an aborted capture leaves no charge behind.
+bool capturing(state& s, CUstream stream, bool per_thread) {
+  auto is = per_thread ? s.helper_fn<decltype(&::cuStreamIsCapturing)>(
+                             d::helper::cuStreamIsCapturing_ptsz)
+                       : s.helper_fn<decltype(&::cuStreamIsCapturing)>(d::helper::cuStreamIsCapturing);
+  CUstreamCaptureStatus status = CU_STREAM_CAPTURE_STATUS_NONE;
+  return is != nullptr && is(stream, &status) == CUDA_SUCCESS &&
+         status != CU_STREAM_CAPTURE_STATUS_NONE;
+}
+
 CUresult mem_alloc_async(state& s, d::cuMemAllocAsync_fn real, const char* name, CUdeviceptr* dptr,
-                         size_t bytes, CUstream stream) {
+                         size_t bytes, CUstream stream, bool per_thread) {
   int ordinal = 0;
   if (dptr == nullptr || bytes == 0) return real(dptr, bytes, stream);
+  if (capturing(s, stream, per_thread)) return real(dptr, bytes, stream);
   if (CUresult r = s.stream_device(stream, &ordinal); r != CUDA_SUCCESS) return r;
   auto undo = [&] {
     auto free_async = s.real<d::cuMemFreeAsync_fn>(hook::cuMemFreeAsync);
@@ -280,8 +294,11 @@ CUresult mem_alloc_async(state& s, d::cuMemAllocAsync_fn real, const char* name,
 }
 
 CUresult mem_alloc_pool(state& s, d::cuMemAllocFromPoolAsync_fn real, const char* name,
-                        CUdeviceptr* dptr, size_t bytes, CUmemoryPool pool, CUstream stream) {
-  if (dptr == nullptr || pool == nullptr || bytes == 0) return real(dptr, bytes, pool, stream);
+                        CUdeviceptr* dptr, size_t bytes, CUmemoryPool pool, CUstream stream,
+                        bool per_thread) {
+  if (dptr == nullptr || pool == nullptr || bytes == 0 || capturing(s, stream, per_thread)) {
+    return real(dptr, bytes, pool, stream);
+  }
   // A pool cuMemPoolCreate placed is charged to its device; another (a device's default pool)
   // to the stream's device.
   int ordinal = s.pool_ordinal(pool);
@@ -473,35 +490,47 @@ GPUSLICE_SHIM_EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr) {
 
 GPUSLICE_SHIM_EXPORT CUresult cuMemAllocAsync(CUdeviceptr* dptr, size_t bytes, CUstream stream) {
   GPUSLICE_PROLOGUE(cuMemAllocAsync, CUDA_ERROR_NOT_FOUND, dptr, bytes, stream)
-  return mem_alloc_async(s, real, "cuMemAllocAsync", dptr, bytes, stream);
+  return mem_alloc_async(s, real, "cuMemAllocAsync", dptr, bytes, stream, false);
 }
 
 GPUSLICE_SHIM_EXPORT CUresult cuMemAllocAsync_ptsz(CUdeviceptr* dptr, size_t bytes,
                                                    CUstream stream) {
   GPUSLICE_PROLOGUE(cuMemAllocAsync_ptsz, CUDA_ERROR_NOT_FOUND, dptr, bytes, stream)
-  return mem_alloc_async(s, real, "cuMemAllocAsync_ptsz", dptr, bytes, stream);
+  return mem_alloc_async(s, real, "cuMemAllocAsync_ptsz", dptr, bytes, stream, true);
 }
 
 GPUSLICE_SHIM_EXPORT CUresult cuMemAllocFromPoolAsync(CUdeviceptr* dptr, size_t bytes,
                                                       CUmemoryPool pool, CUstream stream) {
   GPUSLICE_PROLOGUE(cuMemAllocFromPoolAsync, CUDA_ERROR_NOT_FOUND, dptr, bytes, pool, stream)
-  return mem_alloc_pool(s, real, "cuMemAllocFromPoolAsync", dptr, bytes, pool, stream);
+  return mem_alloc_pool(s, real, "cuMemAllocFromPoolAsync", dptr, bytes, pool, stream, false);
 }
 
 GPUSLICE_SHIM_EXPORT CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr* dptr, size_t bytes,
                                                            CUmemoryPool pool, CUstream stream) {
   GPUSLICE_PROLOGUE(cuMemAllocFromPoolAsync_ptsz, CUDA_ERROR_NOT_FOUND, dptr, bytes, pool, stream)
-  return mem_alloc_pool(s, real, "cuMemAllocFromPoolAsync_ptsz", dptr, bytes, pool, stream);
+  return mem_alloc_pool(s, real, "cuMemAllocFromPoolAsync_ptsz", dptr, bytes, pool, stream,
+                        true);
 }
 
+// A free captured into a graph happens when the graph runs: the charge stays until then (and
+// goes when the address is handed out again), never given back early.
 GPUSLICE_SHIM_EXPORT CUresult cuMemFreeAsync(CUdeviceptr dptr, CUstream stream) {
   GPUSLICE_PROLOGUE(cuMemFreeAsync, CUDA_ERROR_NOT_FOUND, dptr, stream)
+  if (capturing(s, stream, false)) return real(dptr, stream);
   return counted_free(s, s.pointers(), dptr, [&] { return real(dptr, stream); });
 }
 
 GPUSLICE_SHIM_EXPORT CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream stream) {
   GPUSLICE_PROLOGUE(cuMemFreeAsync_ptsz, CUDA_ERROR_NOT_FOUND, dptr, stream)
+  if (capturing(s, stream, true)) return real(dptr, stream);
   return counted_free(s, s.pointers(), dptr, [&] { return real(dptr, stream); });
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuDeviceGraphMemTrim(CUdevice dev) {
+  GPUSLICE_PROLOGUE(cuDeviceGraphMemTrim, CUDA_ERROR_NOT_FOUND, dev)
+  const CUresult r = real(dev);
+  if (r == CUDA_SUCCESS) s.graph_memory_changed(dev);
+  return r;
 }
 
 GPUSLICE_SHIM_EXPORT CUresult cuMemPoolCreate(CUmemoryPool* pool, const CUmemPoolProps* props) {

@@ -73,6 +73,8 @@ enum class library : std::uint8_t { cuda, nvml };
   X(cuMemFreeAsync_ptsz, "cuMemFreeAsync", 11020, per_thread, cuda, decltype(&::cuMemFreeAsync))   \
   X(cuMemPoolCreate, "cuMemPoolCreate", 11020, legacy, cuda, decltype(&::cuMemPoolCreate))         \
   X(cuCtxDestroy_v2, "cuCtxDestroy", 4000, legacy, cuda, decltype(&::cuCtxDestroy_v2))             \
+  X(cuDeviceGraphMemTrim, "cuDeviceGraphMemTrim", 11040, legacy, cuda,                             \
+    decltype(&::cuDeviceGraphMemTrim))                                                             \
   X(cuDevicePrimaryCtxRelease_v2, "cuDevicePrimaryCtxRelease", 11000, legacy, cuda,                \
     decltype(&::cuDevicePrimaryCtxRelease_v2))                                                     \
   X(cuDevicePrimaryCtxReset_v2, "cuDevicePrimaryCtxReset", 11000, legacy, cuda,                    \
@@ -299,6 +301,11 @@ class state {
   void vmm_mapped(CUdeviceptr at, std::size_t size, CUmemGenericAllocationHandle h) noexcept;
   /// After cuMemUnmap: the handles whose memory the driver freed (released and now unmapped).
   std::vector<CUmemGenericAllocationHandle> vmm_unmapped(CUdeviceptr at, std::size_t size) noexcept;
+
+  /// The graph allocator of \p ordinal may have grown (a graph with memory nodes was launched or
+  /// uploaded) or shrunk (cuDeviceGraphMemTrim): the next call measures the driver's memory
+  /// again rather than at the next interval. Thread-safe; one store.
+  void graph_memory_changed(int ordinal) noexcept;
 
   /// After the driver tore \p ctx down on \p ordinal: it freed the context's allocations, so
   /// their charges are given back, and the context's own memory is measured again.

@@ -630,8 +630,11 @@ bool state::reserve(int ordinal, std::uint64_t bytes, const char* call, charge& 
     ok = attempt();
   }
   if (!ok) {
-    // Pools keep freed memory up to their release threshold: give this process's back first.
+    // Pools keep freed memory up to their release threshold, and the graph allocator what graphs
+    // freed: give this process's back first, and measure again.
     trim_pools(ordinal);
+    auto graph_trim = real<decltype(&::cuDeviceGraphMemTrim)>(hook::cuDeviceGraphMemTrim);
+    if (graph_trim != nullptr && graph_trim(ordinal) == CUDA_SUCCESS) reconcile(d, true);
     ok = attempt();
   }
   if (!ok) return refuse(refusal::over_limit, ordinal, bytes, call), false;
@@ -821,6 +824,12 @@ void state::trim_pools(int ordinal) noexcept {
   for (auto& [pool, rec] : pools_) {
     if (rec.host || rec.destroyed || rec.held.ordinal != ordinal || rec.held.bytes == 0) continue;
     if (trim(pool, 0) == CUDA_SUCCESS) settle_locked(pool, rec);
+  }
+}
+
+void state::graph_memory_changed(int ordinal) noexcept {
+  if (ordinal >= 0 && ordinal < device_count_) {
+    devices_[static_cast<std::size_t>(ordinal)].next_reconcile_ns.store(0, std::memory_order_relaxed);
   }
 }
 

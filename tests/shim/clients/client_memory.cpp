@@ -780,6 +780,52 @@ int teardown(const driver& d) {
   return client::finish(k_name);
 }
 
+/// Stream capture: cuMemAllocAsync on a capturing stream makes a graph memory node, not memory
+/// (the graph allocator reserves it when the graph runs), so nothing is charged at capture and a
+/// capture that is never launched leaves no charge behind; a captured free of real memory keeps
+/// its charge, since the memory goes only when the graph runs. Charged = held, throughout.
+int capture(const driver& d) {
+  const std::uint64_t limit = limit_bytes();
+  CLIENT_REQUIRE(d.init(0) == CUDA_SUCCESS);
+  use_device(d, 0);
+  void* lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  CLIENT_REQUIRE(lib != nullptr);
+  auto begin = reinterpret_cast<decltype(&cuStreamBeginCapture_v2)>(
+      dlsym(lib, "cuStreamBeginCapture_v2"));
+  auto end = reinterpret_cast<decltype(&cuStreamEndCapture)>(dlsym(lib, "cuStreamEndCapture"));
+  auto destroy = reinterpret_cast<decltype(&cuGraphDestroy)>(dlsym(lib, "cuGraphDestroy"));
+  CLIENT_REQUIRE(begin && end && destroy);
+  const auto charged = [&] { return limit - free_now(d); };
+  CUstream stream = nullptr;
+  CLIENT_REQUIRE(d.stream_create(&stream, 0) == CUDA_SUCCESS);
+  CUdeviceptr real_mem = 0;
+  CLIENT_REQUIRE(d.alloc(&real_mem, k_chunk) == CUDA_SUCCESS);
+
+  CLIENT_REQUIRE(begin(stream, CU_STREAM_CAPTURE_MODE_RELAXED) == CUDA_SUCCESS);
+  CUdeviceptr node = 0, scratch = 0;
+  CLIENT_CHECK(d.alloc_async(&node, 2 * limit, stream) == CUDA_SUCCESS);  // a node, not memory
+  CLIENT_CHECK(d.alloc_async(&scratch, k_chunk, stream) == CUDA_SUCCESS);
+  CLIENT_CHECK(d.free_async(scratch, stream) == CUDA_SUCCESS);
+  CLIENT_CHECK(d.free_async(real_mem, stream) == CUDA_SUCCESS);  // freed when the graph runs
+  CLIENT_CHECK_EQ(physical_used(0), k_chunk);
+  CLIENT_CHECK_EQ(charged(), k_chunk);
+  CUgraph graph = nullptr;
+  CLIENT_CHECK(end(stream, &graph) == CUDA_SUCCESS);
+  CLIENT_CHECK(destroy(graph) == CUDA_SUCCESS);  // never launched
+  CLIENT_CHECK_EQ(physical_used(0), k_chunk);
+  CLIENT_CHECK_EQ(charged(), k_chunk);
+
+  // What fits still fits: nothing of the capture is charged.
+  std::vector<CUdeviceptr> held = fill(d);
+  CLIENT_CHECK_EQ(held.size(), limit / k_chunk - 1);
+  CLIENT_CHECK(physical_used(0) <= limit);
+  for (CUdeviceptr p : held) CLIENT_CHECK(d.free(p) == CUDA_SUCCESS);
+  CLIENT_CHECK(d.free(real_mem) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(charged(), 0u);
+  CLIENT_CHECK(d.stream_destroy(stream) == CUDA_SUCCESS);
+  return client::finish(k_name);
+}
+
 /// NVML alone never initialises CUDA, and still shows the limit; a child forked afterwards (a
 /// launcher's worker) initialises CUDA and gets the same quota, shared through the ledger.
 int nvml_only(const driver& d) {
@@ -961,6 +1007,7 @@ int main(int argc, char** argv) {
   if (mode == "vmm") return vmm(d);
   if (mode == "arrays") return arrays(d);
   if (mode == "teardown") return teardown(d);
+  if (mode == "capture") return capture(d);
   if (mode == "mig") return mig(d);
   std::fprintf(stdout, "unknown mode %s\n", argv[1]);
   return 2;

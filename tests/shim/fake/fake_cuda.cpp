@@ -922,9 +922,30 @@ CUresult stream_physical(CUstream h, int* p) {
   *p = s->physical;
   return CUDA_SUCCESS;
 }
+/// Stream-ordered calls on a capturing stream become graph nodes: an allocation gets an address
+/// that stays fixed for the graph (the fake reserves address space, no device memory; it does
+/// not run graph memory nodes), and a free of such an address is a free node.
+std::map<std::uintptr_t, std::uint64_t>& graph_addresses() {
+  static auto* m = new std::map<std::uintptr_t, std::uint64_t>;  // guarded by st().mu
+  return *m;
+}
+bool capturing(CUstream h) {
+  CUstreamCaptureStatus status = CU_STREAM_CAPTURE_STATUS_NONE;
+  return cuStreamIsCapturing(h, &status) == CUDA_SUCCESS && status != CU_STREAM_CAPTURE_STATUS_NONE;
+}
+CUresult capture_alloc(CUdeviceptr* dptr, size_t bytes) {
+  if (dptr == nullptr || bytes == 0) return CUDA_ERROR_INVALID_VALUE;
+  void* m = mmap(nullptr, bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (m == MAP_FAILED) return CUDA_ERROR_OUT_OF_MEMORY;
+  std::lock_guard<std::mutex> lock(st().mu);
+  graph_addresses()[reinterpret_cast<std::uintptr_t>(m)] = bytes;
+  *dptr = reinterpret_cast<CUdeviceptr>(m);
+  return CUDA_SUCCESS;
+}
 CUresult alloc_async(CUdeviceptr* dptr, size_t bytes, CUstream h) {
   int p = 0;
   if (CUresult r = stream_physical(h, &p); r != CUDA_SUCCESS) return r;
+  if (capturing(h)) return capture_alloc(dptr, bytes);
   CUmemPoolHandle_st* pool = nullptr;
   {
     std::lock_guard<std::mutex> lock(st().mu);
@@ -936,11 +957,23 @@ CUresult alloc_pool_async(CUdeviceptr* dptr, size_t bytes, CUmemoryPool pool, CU
   if (pool == nullptr) return CUDA_ERROR_INVALID_VALUE;
   int p = 0;
   if (CUresult r = stream_physical(h, &p); r != CUDA_SUCCESS) return r;
+  if (capturing(h)) return capture_alloc(dptr, bytes);
   return pool_alloc(pool, bytes, dptr);
 }
 CUresult free_async(CUdeviceptr dptr, CUstream h) {
   int p = 0;
   if (CUresult r = stream_physical(h, &p); r != CUDA_SUCCESS) return r;
+  {
+    std::lock_guard<std::mutex> lock(st().mu);
+    auto g = graph_addresses().find(static_cast<std::uintptr_t>(dptr));
+    if (g != graph_addresses().end()) {
+      // A free node of a graph allocation (or its free after the graph): no device memory.
+      munmap(reinterpret_cast<void*>(dptr), g->second);
+      graph_addresses().erase(g);
+      return CUDA_SUCCESS;
+    }
+  }
+  if (capturing(h)) return CUDA_SUCCESS;  // a free node: the memory goes when the graph runs
   return free_ptr(dptr);
 }
 }  // namespace
@@ -1000,6 +1033,19 @@ FAKE_EXPORT CUresult cuMemPoolDestroy(CUmemoryPool pool) {
   }
   return CUDA_SUCCESS;
 }
+
+/// The fake's graphs run no memory nodes, so its graph allocator never holds memory.
+FAKE_EXPORT CUresult cuDeviceGetGraphMemAttribute(CUdevice dev, CUgraphMem_attribute attr,
+                                                  void* value) {
+  if (CUresult r = check_ordinal(dev); r != CUDA_SUCCESS) return r;
+  if (value == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  const cuuint64_t zero = 0;
+  std::memcpy(value, &zero, sizeof zero);
+  (void)attr;
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuDeviceGraphMemTrim(CUdevice dev) { return check_ordinal(dev); }
 
 FAKE_EXPORT CUresult cuMemPoolTrimTo(CUmemoryPool pool, size_t keep) {
   if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
@@ -1548,6 +1594,8 @@ const proc_entry k_procs[] = {
     {"cuMemPoolCreate", 11020, FAKE_FN(cuMemPoolCreate), nullptr},
     {"cuMemPoolDestroy", 11020, FAKE_FN(cuMemPoolDestroy), nullptr},
     {"cuMemPoolTrimTo", 11020, FAKE_FN(cuMemPoolTrimTo), nullptr},
+    {"cuDeviceGetGraphMemAttribute", 11040, FAKE_FN(cuDeviceGetGraphMemAttribute), nullptr},
+    {"cuDeviceGraphMemTrim", 11040, FAKE_FN(cuDeviceGraphMemTrim), nullptr},
     {"cuMemPoolSetAttribute", 11020, FAKE_FN(cuMemPoolSetAttribute), nullptr},
     {"cuMemPoolGetAttribute", 11020, FAKE_FN(cuMemPoolGetAttribute), nullptr},
     {"cuDeviceGetMemPool", 11020, FAKE_FN(cuDeviceGetMemPool), nullptr},
