@@ -564,8 +564,12 @@ void state::reconcile(device_info& d, bool force) noexcept {
     const std::optional<std::uint64_t> measured = figure(*reading, nvml_pid()).value_or(0);
     if (*measured == k_not_available) return;  // listed, but NVML does not know its memory
     // Without a context here, look again at the next call: a context created meanwhile counts
-    // from its creation on, not from the next interval.
-    if (*measured == 0) d.next_reconcile_ns.store(0, std::memory_order_relaxed);
+    // from its creation on, not from the next interval. (Unlisted while holding counted memory
+    // is NVML lagging: look again shortly, not at every call.)
+    if (*measured == 0) {
+      const bool holds = counted_[static_cast<std::size_t>(ordinal)].load() != 0;
+      d.next_reconcile_ns.store(holds ? now + k_retry_interval_ns : 0, std::memory_order_relaxed);
+    }
     const std::uint64_t want =
         uncounted_overhead(*measured, counted_[static_cast<std::size_t>(ordinal)].load());
     auto sl = slot();
