@@ -96,8 +96,6 @@ CUresult counted_alloc(state& s, int ordinal, std::uint64_t estimate, const char
   return record(s, table, key(), c, name, undo);
 }
 
-
-
 /// Takes \p key's charge, runs \p call, and gives the charge back if the call succeeded (puts
 /// it back otherwise). Untracked keys pass through.
 template <class Call>
@@ -263,9 +261,9 @@ CUresult pooled_alloc(state& s, int ordinal, CUmemoryPool pool, const char* name
 /// uploaded and measured from the driver (state::graph_memory_changed); at capture there is
 /// nothing to charge, so an aborted capture leaves no charge behind.
 bool capturing(state& s, CUstream stream, bool per_thread) {
-  auto is = per_thread ? s.helper_fn<decltype(&::cuStreamIsCapturing)>(
-                             d::helper::cuStreamIsCapturing_ptsz)
-                       : s.helper_fn<decltype(&::cuStreamIsCapturing)>(d::helper::cuStreamIsCapturing);
+  auto is = per_thread
+                ? s.helper_fn<decltype(&::cuStreamIsCapturing)>(d::helper::cuStreamIsCapturing_ptsz)
+                : s.helper_fn<decltype(&::cuStreamIsCapturing)>(d::helper::cuStreamIsCapturing);
   CUstreamCaptureStatus status = CU_STREAM_CAPTURE_STATUS_NONE;
   return is != nullptr && is(stream, &status) == CUDA_SUCCESS &&
          status != CU_STREAM_CAPTURE_STATUS_NONE;
@@ -285,8 +283,8 @@ CUresult mem_alloc_async(state& s, d::cuMemAllocAsync_fn real, const char* name,
   auto get_pool = s.helper_fn<decltype(&::cuDeviceGetMemPool)>(d::helper::cuDeviceGetMemPool);
   CUmemoryPool pool = nullptr;
   if (get_pool != nullptr && get_pool(&pool, ordinal) == CUDA_SUCCESS && pool != nullptr) {
-    return pooled_alloc(s, ordinal, pool, name, dptr, bytes,
-                        [&] { return real(dptr, bytes, stream); }, undo);
+    return pooled_alloc(
+        s, ordinal, pool, name, dptr, bytes, [&] { return real(dptr, bytes, stream); }, undo);
   }
   return counted_alloc(
       s, ordinal, bytes, name, s.pointers(), [&] { return real(dptr, bytes, stream); },
@@ -316,8 +314,8 @@ CUresult mem_alloc_pool(state& s, d::cuMemAllocFromPoolAsync_fn real, const char
 /// The allocation of cuMemAlloc_v2. With CUDA_OVERSUBSCRIBE=true, an allocation the quota
 /// admitted but the card cannot hold becomes managed memory that prefers the device and stays
 /// mapped there (docs/oversubscription.md): it is charged to the quota like device memory.
-CUresult alloc_or_oversubscribe(state& s, d::cuMemAlloc_v2_fn real, CUdeviceptr* dptr,
-                                size_t bytes, int ordinal) {
+CUresult alloc_or_oversubscribe(state& s, d::cuMemAlloc_v2_fn real, CUdeviceptr* dptr, size_t bytes,
+                                int ordinal) {
   const CUresult r = real(dptr, bytes);
   if (r != CUDA_ERROR_OUT_OF_MEMORY || !s.configuration().oversubscribe) return r;
   auto managed = s.real<d::cuMemAllocManaged_fn>(hook::cuMemAllocManaged);
@@ -446,8 +444,8 @@ GPUSLICE_SHIM_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr* dptr, size_t bytes) {
   if (CUresult r = s.current_device(&ordinal); r != CUDA_SUCCESS) return r;
   return counted_alloc(
       s, ordinal, bytes, "cuMemAlloc_v2", s.pointers(),
-      [&] { return alloc_or_oversubscribe(s, real, dptr, bytes, ordinal); },
-      [&] { return bytes; }, [&] { return static_cast<std::uint64_t>(*dptr); },
+      [&] { return alloc_or_oversubscribe(s, real, dptr, bytes, ordinal); }, [&] { return bytes; },
+      [&] { return static_cast<std::uint64_t>(*dptr); },
       [&] { s.real<d::cuMemFree_v2_fn>(hook::cuMemFree_v2)(*dptr); }, current_context(s));
 }
 
@@ -508,8 +506,7 @@ GPUSLICE_SHIM_EXPORT CUresult cuMemAllocFromPoolAsync(CUdeviceptr* dptr, size_t 
 GPUSLICE_SHIM_EXPORT CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr* dptr, size_t bytes,
                                                            CUmemoryPool pool, CUstream stream) {
   GPUSLICE_PROLOGUE(cuMemAllocFromPoolAsync_ptsz, CUDA_ERROR_NOT_FOUND, dptr, bytes, pool, stream)
-  return mem_alloc_pool(s, real, "cuMemAllocFromPoolAsync_ptsz", dptr, bytes, pool, stream,
-                        true);
+  return mem_alloc_pool(s, real, "cuMemAllocFromPoolAsync_ptsz", dptr, bytes, pool, stream, true);
 }
 
 // A free captured into a graph happens when the graph runs: the charge stays until then (and

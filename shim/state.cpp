@@ -337,9 +337,10 @@ bool state::ensure_devices() noexcept {
       with_ledger([&](auto& l) {
         const std::uint64_t stored = l.limit(d.index);
         if (known && stored != d.limit) {
-          log(log_level::info, "device {} ({}): the ledger's limit {} applies, not {} from the "
-              "environment (set by another process or gpuslice set-limit)", i, d.uuid,
-              human(stored), human(d.limit));
+          log(log_level::info,
+              "device {} ({}): the ledger's limit {} applies, not {} from the "
+              "environment (set by another process or gpuslice set-limit)",
+              i, d.uuid, human(stored), human(d.limit));
         }
         // The SM share: 0 in the ledger means unset; the environment's cap is stored then.
         const std::uint32_t sm = config_.sm_percent[static_cast<std::size_t>(i)];
@@ -535,8 +536,8 @@ void state::reconcile(device_info& d, bool force) noexcept {
       if (by_uuid == nullptr || by_uuid(d.uuid.c_str(), &d.nvml) != NVML_SUCCESS) {
         d.nvml = nullptr;
         d.next_reconcile_ns.store(~std::uint64_t{0}, std::memory_order_relaxed);
-        log(log_level::warn,
-            "{}: NVML does not know this device; context memory is not counted", d.uuid);
+        log(log_level::warn, "{}: NVML does not know this device; context memory is not counted",
+            d.uuid);
         return;
       }
     }
@@ -717,7 +718,8 @@ void state::settle_locked(CUmemoryPool pool, pool_record& rec) noexcept {
   if (rec.host || rec.destroyed || rec.held.index < 0) return;
   auto get = helper_fn<decltype(&::cuMemPoolGetAttribute)>(helper::cuMemPoolGetAttribute);
   cuuint64_t reserved = 0;
-  if (get == nullptr || get(pool, CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT, &reserved) != CUDA_SUCCESS) {
+  if (get == nullptr ||
+      get(pool, CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT, &reserved) != CUDA_SUCCESS) {
     return;
   }
   if (reserved < rec.held.bytes) {
@@ -784,7 +786,8 @@ bool state::settle_pool(CUmemoryPool pool, std::uint64_t bytes, charge& inflight
   rec->held.index = inflight.index;
   auto get = helper_fn<decltype(&::cuMemPoolGetAttribute)>(helper::cuMemPoolGetAttribute);
   cuuint64_t reserved = 0;
-  if (get == nullptr || get(pool, CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT, &reserved) != CUDA_SUCCESS) {
+  if (get == nullptr ||
+      get(pool, CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT, &reserved) != CUDA_SUCCESS) {
     reserved = rec->held.bytes + bytes;  // unknown: assume the pool grew by the allocation
   }
   rec->live += bytes;
@@ -794,7 +797,8 @@ bool state::settle_pool(CUmemoryPool pool, std::uint64_t bytes, charge& inflight
     const std::uint64_t from_inflight = std::min(growth, inflight.bytes);
     inflight.bytes -= from_inflight;
     rec->held.bytes += from_inflight;
-    if (growth > from_inflight) ok = reserve_more(rec->held, growth - from_inflight, "pool reserve");
+    if (growth > from_inflight)
+      ok = reserve_more(rec->held, growth - from_inflight, "pool reserve");
   } else if (reserved < rec->held.bytes) {
     const std::uint64_t less = rec->held.bytes - reserved;
     release(rec->held, less);
@@ -833,7 +837,8 @@ void state::trim_pools(int ordinal) noexcept {
 
 void state::graph_memory_changed(int ordinal) noexcept {
   if (ordinal >= 0 && ordinal < device_count_) {
-    devices_[static_cast<std::size_t>(ordinal)].next_reconcile_ns.store(0, std::memory_order_relaxed);
+    devices_[static_cast<std::size_t>(ordinal)].next_reconcile_ns.store(0,
+                                                                        std::memory_order_relaxed);
   }
 }
 
@@ -847,7 +852,8 @@ void state::context_gone(CUcontext ctx, int ordinal) noexcept {
     log(log_level::error, "out of memory while giving back a destroyed context's charges");
   }
   if (ordinal >= 0 && ordinal < device_count_) {
-    devices_[static_cast<std::size_t>(ordinal)].next_reconcile_ns.store(0, std::memory_order_relaxed);
+    devices_[static_cast<std::size_t>(ordinal)].next_reconcile_ns.store(0,
+                                                                        std::memory_order_relaxed);
   }
 }
 
@@ -946,7 +952,7 @@ std::optional<memory_view> state::cuda_view(int ordinal, std::uint64_t card_tota
   }
   reconcile(d, false);  // so the context's memory shows before the first allocation
   const std::uint64_t used = with_ledger([&](auto& l) { return l.used(d.index); }) +
-                            d.pending.load(std::memory_order_relaxed);
+                             d.pending.load(std::memory_order_relaxed);
   const std::uint64_t limit = with_ledger([&](auto& l) { return l.limit(d.index); });
   return make_view(limit, used, card_total, card_free);
 }
@@ -988,12 +994,15 @@ std::optional<memory_view> state::nvml_only_view(const std::string& uuid, std::u
   auto idx = with_ledger([&](auto& l) { return l.find_device(uuid); });
   if (!idx) {
     const memory_limit& lim = config_.memory[0];
-    const bool uniform = std::all_of(config_.memory.begin(), config_.memory.end(), [&](const auto& m) {
-      return m.type == lim.type && m.bytes == lim.bytes && m.percent == lim.percent;
-    });
+    const bool uniform =
+        std::all_of(config_.memory.begin(), config_.memory.end(), [&](const auto& m) {
+          return m.type == lim.type && m.bytes == lim.bytes && m.percent == lim.percent;
+        });
     if (!uniform) {
-      log(log_level::info, "{}: per-device limits and CUDA not initialised: the device's ordinal "
-          "is unknown, so its NVML view is closed", uuid);
+      log(log_level::info,
+          "{}: per-device limits and CUDA not initialised: the device's ordinal "
+          "is unknown, so its NVML view is closed",
+          uuid);
       return closed_view(card_total);
     }
     const std::uint64_t limit = config_.oversubscribe && lim.type == memory_limit::kind::bytes

@@ -3,13 +3,13 @@
 
 #include "views.hpp"
 
+using gpuslice::shim::array_bytes;
 using gpuslice::shim::closed_view;
+using gpuslice::shim::level_bytes;
 using gpuslice::shim::make_view;
 using gpuslice::shim::settle;
-using gpuslice::shim::uncounted_overhead;
-using gpuslice::shim::array_bytes;
-using gpuslice::shim::level_bytes;
 using gpuslice::shim::texel_layout;
+using gpuslice::shim::uncounted_overhead;
 
 namespace {
 constexpr std::uint64_t k_gib = std::uint64_t{1} << 30;
@@ -82,8 +82,7 @@ TEST_CASE("an array's footprint pads rows and counts blocks, planes, levels and 
   constexpr texel_layout r8{1};
   CHECK(array_bytes(r8, 1024, 1024, 8, 3, false, 1) ==
         1024 * 1024 * 8 + 512 * 512 * 4 + 256 * 256 * 2);
-  CHECK(array_bytes(r8, 1024, 1024, 8, 3, true, 1) ==
-        (1024 * 1024 + 512 * 512 + 256 * 256) * 8);
+  CHECK(array_bytes(r8, 1024, 1024, 8, 3, true, 1) == (1024 * 1024 + 512 * 512 + 256 * 256) * 8);
   CHECK(array_bytes(r8, 4, 4, 0, 5, false, 1) == 16 + 4 + 1 + 1 + 1);
   // Zero levels means one.
   CHECK(array_bytes(r8, 4, 4, 0, 0, false, 1) == 16);

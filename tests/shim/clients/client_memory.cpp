@@ -605,7 +605,8 @@ int vmm(const driver& d) {
   use_device(d, 0);
   void* lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
   CLIENT_REQUIRE(lib != nullptr);
-  auto reserve = reinterpret_cast<decltype(&cuMemAddressReserve)>(dlsym(lib, "cuMemAddressReserve"));
+  auto reserve =
+      reinterpret_cast<decltype(&cuMemAddressReserve)>(dlsym(lib, "cuMemAddressReserve"));
   auto addr_free = reinterpret_cast<decltype(&cuMemAddressFree)>(dlsym(lib, "cuMemAddressFree"));
   auto map = reinterpret_cast<decltype(&cuMemMap)>(dlsym(lib, "cuMemMap"));
   auto unmap = reinterpret_cast<decltype(&cuMemUnmap)>(dlsym(lib, "cuMemUnmap"));
@@ -790,8 +791,8 @@ int capture(const driver& d) {
   use_device(d, 0);
   void* lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
   CLIENT_REQUIRE(lib != nullptr);
-  auto begin = reinterpret_cast<decltype(&cuStreamBeginCapture_v2)>(
-      dlsym(lib, "cuStreamBeginCapture_v2"));
+  auto begin =
+      reinterpret_cast<decltype(&cuStreamBeginCapture_v2)>(dlsym(lib, "cuStreamBeginCapture_v2"));
   auto end = reinterpret_cast<decltype(&cuStreamEndCapture)>(dlsym(lib, "cuStreamEndCapture"));
   auto destroy = reinterpret_cast<decltype(&cuGraphDestroy)>(dlsym(lib, "cuGraphDestroy"));
   CLIENT_REQUIRE(begin && end && destroy);
@@ -998,7 +999,8 @@ int main(int argc, char** argv) {
   if (mode == "overhead") return overhead(d);
   if (mode == "bad_config") return fail_closed(d, "CUDA_DEVICE_MEMORY_LIMIT=");
   if (mode == "bad_ledger") return fail_closed(d, "CUDA_DEVICE_MEMORY_SHARED_CACHE=");
-  if (mode == "bad_default_ledger") return fail_closed(d, "the default ledger /tmp/gpuslice.ledger");
+  if (mode == "bad_default_ledger")
+    return fail_closed(d, "the default ledger /tmp/gpuslice.ledger");
   if (mode == "oom_killer") return oom_killer(d);
   if (mode == "legacy") return legacy(d);
   if (mode == "over_limit_view") return over_limit_view(d);

@@ -62,10 +62,9 @@ void format_uuid(int p, char* out, unsigned len) {
   unsigned char u[16];
   fake_cuda_physical_uuid(p, u);
   const bool mig = env_u64("FAKE_NVML_MIG") == 1;
-  std::snprintf(out, len,
-                "%s-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-                mig ? "MIG" : "GPU", u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13],
-                u[14], u[15]);
+  std::snprintf(out, len, "%s-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+                mig ? "MIG" : "GPU", u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9],
+                u[10], u[11], u[12], u[13], u[14], u[15]);
 }
 }  // namespace
 
