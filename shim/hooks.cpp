@@ -258,7 +258,7 @@ CUresult pooled_alloc(state& s, int ordinal, CUmemoryPool pool, const char* name
 
 /// True when \p stream is being captured: stream-ordered calls on it then become graph nodes.
 /// Memory a graph allocates is the graph allocator's, reserved when the graph is launched or
-/// uploaded and measured from the driver (state::graph_memory_changed); at capture there is
+/// uploaded and measured from the driver (state::driver_memory_changed); at capture there is
 /// nothing to charge, so an aborted capture leaves no charge behind.
 bool capturing(state& s, CUstream stream, bool per_thread) {
   auto is = per_thread
@@ -526,7 +526,7 @@ GPUSLICE_SHIM_EXPORT CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream str
 GPUSLICE_SHIM_EXPORT CUresult cuDeviceGraphMemTrim(CUdevice dev) {
   GPUSLICE_PROLOGUE(cuDeviceGraphMemTrim, CUDA_ERROR_NOT_FOUND, dev)
   const CUresult r = real(dev);
-  if (r == CUDA_SUCCESS) s.graph_memory_changed(dev);
+  if (r == CUDA_SUCCESS) s.driver_memory_changed(dev);
   return r;
 }
 
@@ -669,6 +669,89 @@ GPUSLICE_SHIM_EXPORT CUresult cuMipmappedArrayCreate(CUmipmappedArray* out,
 GPUSLICE_SHIM_EXPORT CUresult cuMipmappedArrayDestroy(CUmipmappedArray array) {
   GPUSLICE_PROLOGUE(cuMipmappedArrayDestroy, CUDA_ERROR_NOT_FOUND, array)
   return counted_free(s, s.arrays(), key_of(array), [&] { return real(array); });
+}
+
+// ---- modules: their code and data take device memory the driver measures -------------------
+
+namespace {
+/// After a module load or unload in the current context: its device's memory is measured again
+/// at the next call (state::reconcile), so a module counts from its load on.
+void module_changed(state& s) {
+  int ordinal = -1;
+  if (s.current_device(&ordinal) == CUDA_SUCCESS) s.driver_memory_changed(ordinal);
+}
+}  // namespace
+
+GPUSLICE_SHIM_EXPORT CUresult cuModuleLoad(CUmodule* module, const char* fname) {
+  GPUSLICE_PROLOGUE(cuModuleLoad, CUDA_ERROR_NOT_FOUND, module, fname)
+  const CUresult r = real(module, fname);
+  if (r == CUDA_SUCCESS) module_changed(s);
+  return r;
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuModuleLoadData(CUmodule* module, const void* image) {
+  GPUSLICE_PROLOGUE(cuModuleLoadData, CUDA_ERROR_NOT_FOUND, module, image)
+  const CUresult r = real(module, image);
+  if (r == CUDA_SUCCESS) module_changed(s);
+  return r;
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuModuleLoadDataEx(CUmodule* module, const void* image,
+                                                 unsigned int n, CUjit_option* options,
+                                                 void** values) {
+  GPUSLICE_PROLOGUE(cuModuleLoadDataEx, CUDA_ERROR_NOT_FOUND, module, image, n, options, values)
+  const CUresult r = real(module, image, n, options, values);
+  if (r == CUDA_SUCCESS) module_changed(s);
+  return r;
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuModuleLoadFatBinary(CUmodule* module, const void* fatbin) {
+  GPUSLICE_PROLOGUE(cuModuleLoadFatBinary, CUDA_ERROR_NOT_FOUND, module, fatbin)
+  const CUresult r = real(module, fatbin);
+  if (r == CUDA_SUCCESS) module_changed(s);
+  return r;
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuModuleUnload(CUmodule module) {
+  GPUSLICE_PROLOGUE(cuModuleUnload, CUDA_ERROR_NOT_FOUND, module)
+  const CUresult r = real(module);
+  if (r == CUDA_SUCCESS) module_changed(s);
+  return r;
+}
+
+// A library is loaded into every context, lazily: every device is measured again.
+GPUSLICE_SHIM_EXPORT CUresult cuLibraryLoadData(CUlibrary* library, const void* code,
+                                                CUjit_option* jit_options, void** jit_values,
+                                                unsigned int jit_count,
+                                                CUlibraryOption* library_options,
+                                                void** library_values, unsigned int library_count) {
+  GPUSLICE_PROLOGUE(cuLibraryLoadData, CUDA_ERROR_NOT_FOUND, library, code, jit_options, jit_values,
+                    jit_count, library_options, library_values, library_count)
+  const CUresult r = real(library, code, jit_options, jit_values, jit_count, library_options,
+                          library_values, library_count);
+  if (r == CUDA_SUCCESS) s.driver_memory_changed(-1);
+  return r;
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuLibraryLoadFromFile(CUlibrary* library, const char* file,
+                                                    CUjit_option* jit_options, void** jit_values,
+                                                    unsigned int jit_count,
+                                                    CUlibraryOption* library_options,
+                                                    void** library_values,
+                                                    unsigned int library_count) {
+  GPUSLICE_PROLOGUE(cuLibraryLoadFromFile, CUDA_ERROR_NOT_FOUND, library, file, jit_options,
+                    jit_values, jit_count, library_options, library_values, library_count)
+  const CUresult r = real(library, file, jit_options, jit_values, jit_count, library_options,
+                          library_values, library_count);
+  if (r == CUDA_SUCCESS) s.driver_memory_changed(-1);
+  return r;
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuLibraryUnload(CUlibrary library) {
+  GPUSLICE_PROLOGUE(cuLibraryUnload, CUDA_ERROR_NOT_FOUND, library)
+  const CUresult r = real(library);
+  if (r == CUDA_SUCCESS) s.driver_memory_changed(-1);
+  return r;
 }
 
 // ---- context teardown: the driver frees the context's memory ---------------------------------

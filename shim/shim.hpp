@@ -75,6 +75,16 @@ enum class library : std::uint8_t { cuda, nvml };
   X(cuCtxDestroy_v2, "cuCtxDestroy", 4000, legacy, cuda, decltype(&::cuCtxDestroy_v2))             \
   X(cuDeviceGraphMemTrim, "cuDeviceGraphMemTrim", 11040, legacy, cuda,                             \
     decltype(&::cuDeviceGraphMemTrim))                                                             \
+  X(cuModuleLoad, "cuModuleLoad", 2000, legacy, cuda, decltype(&::cuModuleLoad))                   \
+  X(cuModuleLoadData, "cuModuleLoadData", 2000, legacy, cuda, decltype(&::cuModuleLoadData))       \
+  X(cuModuleLoadDataEx, "cuModuleLoadDataEx", 2010, legacy, cuda, decltype(&::cuModuleLoadDataEx)) \
+  X(cuModuleLoadFatBinary, "cuModuleLoadFatBinary", 2000, legacy, cuda,                           \
+    decltype(&::cuModuleLoadFatBinary))                                                            \
+  X(cuModuleUnload, "cuModuleUnload", 2000, legacy, cuda, decltype(&::cuModuleUnload))             \
+  X(cuLibraryLoadData, "cuLibraryLoadData", 12000, legacy, cuda, decltype(&::cuLibraryLoadData))   \
+  X(cuLibraryLoadFromFile, "cuLibraryLoadFromFile", 12000, legacy, cuda,                           \
+    decltype(&::cuLibraryLoadFromFile))                                                            \
+  X(cuLibraryUnload, "cuLibraryUnload", 12000, legacy, cuda, decltype(&::cuLibraryUnload))         \
   X(cuDevicePrimaryCtxRelease_v2, "cuDevicePrimaryCtxRelease", 11000, legacy, cuda,                \
     decltype(&::cuDevicePrimaryCtxRelease_v2))                                                     \
   X(cuDevicePrimaryCtxReset_v2, "cuDevicePrimaryCtxReset", 11000, legacy, cuda,                    \
@@ -302,10 +312,11 @@ class state {
   /// After cuMemUnmap: the handles whose memory the driver freed (released and now unmapped).
   std::vector<CUmemGenericAllocationHandle> vmm_unmapped(CUdeviceptr at, std::size_t size) noexcept;
 
-  /// The graph allocator of \p ordinal may have grown (a graph with memory nodes was launched or
-  /// uploaded) or shrunk (cuDeviceGraphMemTrim): the next call measures the driver's memory
-  /// again rather than at the next interval. Thread-safe; one store.
-  void graph_memory_changed(int ordinal) noexcept;
+  /// The driver's own memory on \p ordinal (every device for -1) may have changed: a module or
+  /// library was loaded or unloaded, a graph with memory nodes was launched or uploaded, or the
+  /// graph allocator was trimmed. The next call measures it again rather than at the next
+  /// interval. Thread-safe; a store per device.
+  void driver_memory_changed(int ordinal) noexcept;
 
   /// After the driver tore \p ctx down on \p ordinal: it freed the context's allocations, so
   /// their charges are given back, and the context's own memory is measured again.

@@ -835,10 +835,11 @@ void state::trim_pools(int ordinal) noexcept {
   }
 }
 
-void state::graph_memory_changed(int ordinal) noexcept {
-  if (ordinal >= 0 && ordinal < device_count_) {
-    devices_[static_cast<std::size_t>(ordinal)].next_reconcile_ns.store(0,
-                                                                        std::memory_order_relaxed);
+void state::driver_memory_changed(int ordinal) noexcept {
+  for (int i = 0; i < device_count_; ++i) {
+    if (ordinal < 0 || ordinal == i) {
+      devices_[static_cast<std::size_t>(i)].next_reconcile_ns.store(0, std::memory_order_relaxed);
+    }
   }
 }
 

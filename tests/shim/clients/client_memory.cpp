@@ -827,6 +827,42 @@ int capture(const driver& d) {
   return client::finish(k_name);
 }
 
+/// A module's code and data take device memory (FAKE_CUDA_MODULE_BYTES) that no allocation call
+/// shows: counted from its load on, given back at its unload. Charged = held, throughout.
+int modules(const driver& d) {
+  const std::uint64_t limit = limit_bytes();
+  const std::uint64_t ctx = client::env_bytes("FAKE_CUDA_CONTEXT_BYTES", 0);
+  const std::uint64_t mod = client::env_bytes("FAKE_CUDA_MODULE_BYTES", 0);
+  CLIENT_REQUIRE(mod != 0 && (ctx + mod) % k_chunk == 0);
+  CLIENT_REQUIRE(d.init(0) == CUDA_SUCCESS);
+  use_device(d, 0);
+  void* lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  CLIENT_REQUIRE(lib != nullptr);
+  auto load = reinterpret_cast<decltype(&cuModuleLoadData)>(dlsym(lib, "cuModuleLoadData"));
+  auto unload = reinterpret_cast<decltype(&cuModuleUnload)>(dlsym(lib, "cuModuleUnload"));
+  CLIENT_REQUIRE(load && unload);
+  CUdeviceptr first = 0;
+  CLIENT_REQUIRE(d.alloc(&first, k_chunk) == CUDA_SUCCESS);  // the context is measured
+  static const char k_image[] = "fake module";
+  CUmodule m = nullptr;
+  CLIENT_REQUIRE(load(&m, k_image) == CUDA_SUCCESS);
+  std::vector<CUdeviceptr> held = fill(d);
+  CLIENT_CHECK_EQ(held.size() + 1, (limit - ctx - mod) / k_chunk);
+  CLIENT_CHECK(physical_used(0) <= limit);
+  CLIENT_CHECK_EQ(limit - free_now(d), physical_used(0));
+  CLIENT_CHECK(d.free(held.back()) == CUDA_SUCCESS);
+  held.pop_back();
+  CLIENT_CHECK(unload(m) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(limit - free_now(d), physical_used(0));  // the module's memory is back
+  std::vector<CUdeviceptr> more = fill(d);
+  CLIENT_CHECK_EQ(held.size() + more.size() + 1, (limit - ctx) / k_chunk);
+  CLIENT_CHECK(physical_used(0) <= limit);
+  for (CUdeviceptr p : held) CLIENT_CHECK(d.free(p) == CUDA_SUCCESS);
+  for (CUdeviceptr p : more) CLIENT_CHECK(d.free(p) == CUDA_SUCCESS);
+  CLIENT_CHECK(d.free(first) == CUDA_SUCCESS);
+  return client::finish(k_name);
+}
+
 /// NVML alone never initialises CUDA, and still shows the limit; a child forked afterwards (a
 /// launcher's worker) initialises CUDA and gets the same quota, shared through the ledger.
 int nvml_only(const driver& d) {
@@ -1010,6 +1046,7 @@ int main(int argc, char** argv) {
   if (mode == "arrays") return arrays(d);
   if (mode == "teardown") return teardown(d);
   if (mode == "capture") return capture(d);
+  if (mode == "modules") return modules(d);
   if (mode == "mig") return mig(d);
   std::fprintf(stdout, "unknown mode %s\n", argv[1]);
   return 2;

@@ -10,6 +10,7 @@
 ///   FAKE_CUDA_MEMORY[_<p>]     total bytes of every (or physical) device, quantity grammar
 ///                              (default 1Gi)
 ///   FAKE_CUDA_CONTEXT_BYTES    device memory a context takes when created (default 0)
+///   FAKE_CUDA_MODULE_BYTES     device memory a module loaded in a context takes (default 0)
 ///   FAKE_CUDA_KERNEL_US        duration of a launched kernel in microseconds (default 100)
 ///                              (a kernel named fake_sleep_us runs for its first parameter's
 ///                              microseconds; one named fake_null queues nothing)
@@ -68,6 +69,9 @@ struct CUfunc_st {
 /// A module owns its functions, as in the driver: they live until the module is unloaded.
 struct CUmod_st {
   std::map<std::string, std::unique_ptr<CUfunc_st>> functions;
+  CUctx_st* ctx = nullptr;  ///< the context it was loaded in
+  int physical = 0;
+  std::uint64_t bytes = 0;  ///< device memory its code and data take (FAKE_CUDA_MODULE_BYTES)
 };
 struct CUarray_st {
   int physical = 0;
@@ -166,6 +170,7 @@ struct driver_state {
   int visible[k_max_fake_devices] = {};
   int visible_count = 0;
   std::uint64_t context_bytes = 0;
+  std::uint64_t module_bytes = 0;
   std::uint64_t kernel_us = k_default_kernel_us;
   bool host_heap = false;
   std::map<std::uintptr_t, allocation> allocs;
@@ -565,6 +570,15 @@ void ctx_destroy(CUctx_st* c) {
       }
     }
   }
+  {
+    std::lock_guard<std::mutex> lock(st().mu);
+    for (auto& [mod, owned] : st().modules) {
+      if (owned->ctx != c) continue;
+      give(owned->physical, owned->bytes);
+      owned->bytes = 0;
+      owned->ctx = nullptr;
+    }
+  }
   for (const auto& [at, a] : dead) {
     if (a.mapped == 0) {
       std::free(reinterpret_cast<void*>(at));
@@ -607,6 +621,7 @@ void configure(driver_state& s) {
     s.pools.push_back(&s.default_pool[p]);
   }
   s.context_bytes = env_bytes("FAKE_CUDA_CONTEXT_BYTES", 0);
+  s.module_bytes = env_bytes("FAKE_CUDA_MODULE_BYTES", 0);
   if (const char* h = std::getenv("FAKE_CUDA_HOST_HEAP")) s.host_heap = std::strcmp(h, "1") == 0;
   if (const char* k = std::getenv("FAKE_CUDA_KERNEL_US"))
     s.kernel_us = std::strtoull(k, nullptr, 10);
@@ -1469,10 +1484,18 @@ FAKE_EXPORT CUresult cuEventElapsedTime_v2(float* ms, CUevent a, CUevent b) {
   return CUDA_SUCCESS;
 }
 
+/// A module loaded in a context takes device memory there (its code and data), until unloaded
+/// or the context is torn down.
 FAKE_EXPORT CUresult cuModuleLoadData(CUmodule* m, const void* image) {
   if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
   if (m == nullptr || image == nullptr) return CUDA_ERROR_INVALID_VALUE;
   auto owned = std::make_unique<CUmod_st>();
+  if (CUctx_st* c = current(); c != nullptr && st().module_bytes != 0) {
+    if (!take(c->physical, st().module_bytes)) return CUDA_ERROR_OUT_OF_MEMORY;
+    owned->ctx = c;
+    owned->physical = c->physical;
+    owned->bytes = st().module_bytes;
+  }
   *m = owned.get();
   std::lock_guard<std::mutex> lock(st().mu);
   st().modules[owned.get()] = std::move(owned);
@@ -1480,7 +1503,11 @@ FAKE_EXPORT CUresult cuModuleLoadData(CUmodule* m, const void* image) {
 }
 FAKE_EXPORT CUresult cuModuleUnload(CUmodule m) {
   std::lock_guard<std::mutex> lock(st().mu);
-  return st().modules.erase(m) == 1 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+  auto it = st().modules.find(m);
+  if (it == st().modules.end()) return CUDA_ERROR_INVALID_HANDLE;
+  give(it->second->physical, it->second->bytes);
+  st().modules.erase(it);
+  return CUDA_SUCCESS;
 }
 FAKE_EXPORT CUresult cuModuleGetFunction(CUfunction* f, CUmodule m, const char* name) {
   if (f == nullptr || m == nullptr || name == nullptr) return CUDA_ERROR_INVALID_VALUE;
