@@ -433,11 +433,16 @@ std::optional<std::uint64_t> figure(const process_reading& r, unsigned pid) {
 }
 
 /// The outermost pid of this process in /proc/self/status's NSpid line when that line ends with
-/// getpid() (the /proc this process sees is consistent with it); 0 otherwise. With the host's
-/// /proc it is the host's pid; with a container's own /proc it is getpid() itself.
-unsigned nspid_hint() {
+/// getpid() (the /proc this process sees is consistent with it), and how many levels the line
+/// has; {0, 0} otherwise. With the host's /proc (several levels) it is the host's pid; with a
+/// container's own /proc (one level) it is getpid() itself, which is only a guess.
+struct nspid {
+  unsigned outer = 0;
+  std::size_t levels = 0;
+};
+nspid nspid_hint() {
   FILE* f = std::fopen("/proc/self/status", "re");
-  if (f == nullptr) return 0;
+  if (f == nullptr) return {};
   char line[512];
   std::vector<unsigned long> pids;
   while (std::fgets(line, sizeof line, f) != nullptr) {
@@ -453,8 +458,8 @@ unsigned nspid_hint() {
     break;
   }
   std::fclose(f);
-  if (pids.empty() || pids.back() != static_cast<unsigned long>(::getpid())) return 0;
-  return static_cast<unsigned>(pids.front());
+  if (pids.empty() || pids.back() != static_cast<unsigned long>(::getpid())) return {};
+  return {static_cast<unsigned>(pids.front()), pids.size()};
 }
 
 }  // namespace
@@ -505,17 +510,21 @@ state::identity state::identify(device_info& d, int ordinal) noexcept {
     if (was == k_not_available || now == k_not_available) continue;
     if (bytes >= was + k_identify_probe && bytes >= now + k_identify_probe) movers.push_back(pid);
   }
-  const unsigned hint = nspid_hint();
+  // The host's pid from NSpid settles a tie between movers; getpid() (a one-level NSpid) never
+  // does, since in a pid namespace it may be another process's host pid.
+  const nspid hint = nspid_hint();
+  const bool hint_moved =
+      hint.outer != 0 && std::find(movers.begin(), movers.end(), hint.outer) != movers.end();
   unsigned found = 0;
-  if (hint != 0 && std::find(movers.begin(), movers.end(), hint) != movers.end()) {
-    found = hint;
+  if (hint_moved && (hint.levels > 1 || movers.size() == 1)) {
+    found = hint.outer;
   } else if (movers.size() == 1) {
     found = movers.front();
   }
   if (found == 0) return identity::ambiguous;
   nvml_pid_.store(found, std::memory_order_release);
   log(log_level::info, "NVML lists this process as pid {} (getpid() {}), found by {}", found,
-      ::getpid(), found == hint ? "NSpid and verified" : "a probe allocation");
+      ::getpid(), hint_moved && found == hint.outer ? "NSpid and verified" : "a probe allocation");
   return identity::known;
 }
 

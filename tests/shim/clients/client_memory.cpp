@@ -171,6 +171,19 @@ std::uint64_t physical_used(int p) {
   return used(p);
 }
 
+/// This process's pid in the outermost namespace its /proc shows (NSpid's first field).
+std::uint64_t outer_pid() {
+  FILE* f = std::fopen("/proc/self/status", "re");
+  CLIENT_REQUIRE(f != nullptr);
+  char line[512];
+  std::uint64_t outer = static_cast<std::uint64_t>(getpid());
+  while (std::fgets(line, sizeof line, f) != nullptr) {
+    if (std::strncmp(line, "NSpid:", 6) == 0) outer = std::strtoull(line + 6, nullptr, 10);
+  }
+  std::fclose(f);
+  return outer;
+}
+
 /// True when the fake driver's cuInit ran in this process.
 bool cuda_initialised() {
   void* h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
@@ -485,12 +498,14 @@ int overhead(const driver& d) {
   CLIENT_CHECK(physical_used(0) <= limit);
   CLIENT_CHECK_EQ(physical_used(0), ctx + held.size() * k_chunk);
   CLIENT_CHECK_EQ(nvml_memory(0).used, ctx + held.size() * k_chunk);
-  const std::uint64_t offset = client::env_bytes("FAKE_NVML_PID_OFFSET", 0);
-  if (offset != 0) {
-    // Identified under the host's pid, not getpid().
-    const std::string want = "NVML lists this process as pid " +
-                             std::to_string(static_cast<std::uint64_t>(getpid()) + offset) + " ";
+  const std::uint64_t host = outer_pid() + client::env_bytes("FAKE_NVML_PID_OFFSET", 0);
+  if (host != static_cast<std::uint64_t>(getpid())) {
+    // Identified under the host's pid, not getpid(); by NSpid when the host's /proc shows it.
+    const std::string want = "NVML lists this process as pid " + std::to_string(host) + " ";
     CLIENT_CHECK(lines.find(want) != std::string::npos);
+    if (std::getenv("EXPECT_NSPID") != nullptr) {
+      CLIENT_CHECK(lines.find("found by NSpid and verified") != std::string::npos);
+    }
   }
   check_ledger(limit, ctx + held.size() * k_chunk);
   for (CUdeviceptr p : held) CLIENT_CHECK(d.free(p) == CUDA_SUCCESS);

@@ -6,13 +6,14 @@
 /// asked, neighbours that hold memory on the host.
 ///
 /// Environment of the fake (read at each call):
-///   FAKE_NVML_PID_OFFSET     NVML's pid of this process is getpid() + offset, as NVML lists the
-///                            host's pids for a process in a container's pid namespace (default
-///                            0: no namespace)
-///   FAKE_NVML_NEIGHBOUR_BYTES with a non-zero offset, two other host processes hold this many
-///                            bytes on every device: one whose host pid equals this process's
-///                            getpid() (pids of different namespaces collide), and the host pid
-///                            after this process's
+///   FAKE_NVML_PID_OFFSET     NVML's pid of this process is its outermost pid in /proc (NSpid's
+///                            first field: the host's pid where the host's /proc is mounted)
+///                            plus this offset, which stands for the levels a container's own
+///                            /proc hides (default 0)
+///   FAKE_NVML_NEIGHBOUR_BYTES when NVML's pid of this process is not getpid(), two other host
+///                            processes hold this many bytes on every device: one whose host pid
+///                            equals this process's getpid() (pids of different namespaces
+///                            collide), and the host pid after this process's
 ///   FAKE_NVML_MIG            1: devices are MIG devices, spelled "MIG-<uuid>" by NVML
 /// As with the real NVML, a process is listed on a device only while it has a context there,
 /// with its context plus its live allocations as usedGpuMemory.
@@ -53,10 +54,34 @@ std::uint64_t env_u64(const char* name) {
   return v == nullptr ? 0 : std::strtoull(v, nullptr, 10);
 }
 
-/// The pid NVML reports for the calling process (the host's pid).
-unsigned host_pid() {
-  return static_cast<unsigned>(getpid()) + static_cast<unsigned>(env_u64("FAKE_NVML_PID_OFFSET"));
+/// The calling process's pid in the outermost pid namespace this /proc shows: the first field of
+/// /proc/self/status's NSpid line (the host's pid under the host's /proc), else getpid().
+unsigned outer_pid() {
+  const auto self = static_cast<unsigned long>(getpid());
+  FILE* f = std::fopen("/proc/self/status", "re");
+  if (f == nullptr) return static_cast<unsigned>(self);
+  char line[512];
+  unsigned long outer = 0, last = 0;
+  while (std::fgets(line, sizeof line, f) != nullptr) {
+    if (std::strncmp(line, "NSpid:", 6) != 0) continue;
+    char* at = line + 6;
+    for (bool first = true;; first = false) {
+      char* end = nullptr;
+      const unsigned long v = std::strtoul(at, &end, 10);
+      if (end == at) break;
+      if (first) outer = v;
+      last = v;
+      at = end;
+    }
+    break;
+  }
+  std::fclose(f);
+  return static_cast<unsigned>(last == self && outer != 0 ? outer : self);
 }
+
+/// The pid NVML reports for the calling process: the host's. A /proc of the container's own
+/// namespace does not show it, so tests give the difference as FAKE_NVML_PID_OFFSET.
+unsigned host_pid() { return outer_pid() + static_cast<unsigned>(env_u64("FAKE_NVML_PID_OFFSET")); }
 
 void format_uuid(int p, char* out, unsigned len) {
   unsigned char u[16];
@@ -178,13 +203,14 @@ FAKE_EXPORT nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t d,
     rows[n].computeInstanceId = 0xFFFFFFFFu;
     ++n;
   };
-  const std::uint64_t offset = env_u64("FAKE_NVML_PID_OFFSET");
-  const std::uint64_t neighbour = env_u64("FAKE_NVML_NEIGHBOUR_BYTES");
-  if (offset != 0 && neighbour != 0) add(static_cast<unsigned>(getpid()), neighbour);
+  // Neighbours exist only where pids of two namespaces can collide.
+  const bool namespaced = host_pid() != static_cast<unsigned>(getpid());
+  const std::uint64_t neighbour = namespaced ? env_u64("FAKE_NVML_NEIGHBOUR_BYTES") : 0;
+  if (neighbour != 0) add(static_cast<unsigned>(getpid()), neighbour);
   if (fake_cuda_physical_contexts(d->physical) > 0) {
     add(host_pid(), fake_cuda_physical_used(d->physical));
   }
-  if (offset != 0 && neighbour != 0) add(host_pid() + 1, neighbour);
+  if (neighbour != 0) add(host_pid() + 1, neighbour);
   if (*count < n || (n != 0 && infos == nullptr)) {
     *count = n;
     return NVML_ERROR_INSUFFICIENT_SIZE;
