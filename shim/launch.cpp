@@ -246,9 +246,10 @@ class launch_control {
     refresh_fast_locked(s);
   }
 
-  /// True when the calling thread's next launch should be timed. Thread-safe.
-  bool sample_now() noexcept {
-    if ((t_launches++ % k_sample_every) != 0) return false;
+  /// True when the calling thread's next launch should be timed: one in k_sample_every, and
+  /// every one the limiter asks to \p learn from. Thread-safe.
+  bool sample_now(bool learn = false) noexcept {
+    if ((t_launches++ % k_sample_every) != 0 && !learn) return false;
     if (!timing_.load(std::memory_order_relaxed)) return false;
     return pending_.load(std::memory_order_relaxed) < k_max_pending_samples;
   }
@@ -668,12 +669,13 @@ bool capturing(state& s, CUstream stream, bool per_thread) noexcept {
          status != CU_STREAM_CAPTURE_STATUS_NONE;
 }
 
-/// Admits one launch of \p function on \p g: waits as the limiter says. Thread-safe.
-void admit(device_gate& g, std::uint64_t function) noexcept {
+/// Admits one launch of \p function on \p g: waits as the limiter says. True when the limiter
+/// asks for the launch to be timed (its function's cost is not learned yet). Thread-safe.
+bool admit(device_gate& g, std::uint64_t function) noexcept {
   for (;;) {
     const rate::admission a = g.limiter->admit(function, now_ns());
     if (a.wait_ns > 0) sleep_ns(a.wait_ns);
-    if (a.admitted) return;
+    if (a.admitted) return a.learn;
   }
 }
 
@@ -700,8 +702,8 @@ CUresult gated(state& s, CUstream stream, bool per_thread, std::uint64_t functio
     return launch();
   }
   if (capturing(s, stream, per_thread)) return launch();
-  admit(*g, function);
-  if (c.sample_now()) return c.timed(s, *g, function, stream, per_thread, launch);
+  const bool learn = admit(*g, function);
+  if (c.sample_now(learn)) return c.timed(s, *g, function, stream, per_thread, launch);
   return launch();
 }
 
@@ -808,11 +810,11 @@ GPUSLICE_SHIM_EXPORT CUresult cuLaunchCooperativeKernelMultiDevice(CUDA_LAUNCH_P
       continue;
     }
     const std::uint64_t function = d::id_of(list[i].function);
-    d::admit(*g, function);
+    const bool learn = d::admit(*g, function);
     // Entries whose stream is in the current context are timed; the others are charged their
     // device's typical cost (an event must belong to its stream's context).
     d::launch_control::open_sample o;
-    if (sample && c.begin_sample(s, *g, function, list[i].hStream, false, o)) {
+    if ((sample || learn) && c.begin_sample(s, *g, function, list[i].hStream, false, o)) {
       try {
         timed.push_back(o);
       } catch (...) {

@@ -14,6 +14,9 @@ foreach(path kernel graph coop)
   gpuslice_shim_test(launch:share-${path}-70 shim_client_launch ARGS share ${path} 70
                      ENV ${_force} CUDA_DEVICE_SM_LIMIT=70 LEDGER)
 endforeach()
+# 50 ms kernels, longer than the bucket holds, over a 5 s window.
+gpuslice_shim_test(launch:share-long-30 shim_client_launch ARGS long 30
+                   ENV ${_force} CUDA_DEVICE_SM_LIMIT=30 LEDGER)
 # Without the shim the storm takes the whole device: the share check can fail.
 gpuslice_shim_test(launch:share-without-shim shim_client_launch ARGS share kernel 30
                    ENV ${_force} CUDA_DEVICE_SM_LIMIT=30 NO_PRELOAD)

@@ -337,6 +337,7 @@ class gpu_simulation {
     std::int64_t duration_ns = 0;
     std::int64_t grid_blocks = 0;
     std::int64_t asked_at_ns = 0;
+    bool learn = false;  ///< the controller asked for this launch to be timed
   };
 
   struct tenant {
@@ -438,6 +439,7 @@ class gpu_simulation {
         return false;
       }
       t.pending.admitted = true;
+      t.pending.learn = a.learn;
       if (a.wait_ns > 0) {
         sleep_host(i, a.wait_ns);
         return false;
@@ -472,7 +474,10 @@ class gpu_simulation {
 
   void launch(std::size_t i) {
     tenant& t = *tenants_[i];
-    const bool timed = t.spec.observe_every > 0 && t.launches % t.spec.observe_every == 0;
+    // One launch in observe_every is timed, and (as the shim does) every launch whose function
+    // the limiter has not learned yet.
+    const bool timed = (t.spec.observe_every > 0 && t.launches % t.spec.observe_every == 0) ||
+                       (t.spec.observe_every > 0 && t.pending.learn);
     t.queue.push_back(kernel{t.pending.function, t.pending.duration_ns, -1, timed, now_});
     t.pending = {};
     ++t.launches;

@@ -6,6 +6,7 @@
 ///   share PATH PERCENT    a launch storm on one stream through PATH (kernel, ptsz, ex, ex_ptsz,
 ///                         coop, coop_ptsz, multi, graph, graph_ptsz, and the legacy launch,
 ///                         grid, grid_async) gets PERCENT +- 3 points
+///   long PERCENT          50 ms kernels hold PERCENT +- 3 over a 5 s window
 ///   threads PERCENT       four threads on four streams share one bucket: PERCENT together
 ///   container PERCENT     two processes of one container (one ledger): PERCENT together
 ///   capture               launches on a stream being captured are recorded, neither admitted
@@ -186,7 +187,9 @@ bool storm_until(const device_setup& d, const std::string& path, clock_type::tim
 /// Storms through \p path on another thread while this one measures, after a warm-up, the
 /// share of busy time (percent) over a fixed window of wall time: a launch that the limiter
 /// holds back (a suspended tenant) cannot stretch the window.
-double measured_share(const device_setup& d, const std::string& path, int threads = 1) {
+double measured_share(const device_setup& d, const std::string& path, int threads = 1,
+                      clock_type::duration warmup = k_warmup,
+                      clock_type::duration window = k_window) {
   std::atomic<bool> stop{false};
   std::atomic<bool> failed{false};
   std::vector<std::thread> storms;
@@ -211,10 +214,10 @@ double measured_share(const device_setup& d, const std::string& path, int thread
       if (t > 0) cuStreamDestroy(mine.stream);
     });
   }
-  std::this_thread::sleep_for(k_warmup);
+  std::this_thread::sleep_for(warmup);
   const std::uint64_t busy0 = fake_cuda_physical_busy_us(d.device);
   const auto t0 = clock_type::now();
-  std::this_thread::sleep_for(k_window);
+  std::this_thread::sleep_for(window);
   const std::uint64_t busy1 = fake_cuda_physical_busy_us(d.device);
   const auto t1 = clock_type::now();
   stop.store(true);
@@ -284,6 +287,19 @@ int scenario_share(const std::string& path, double expected) {
   const device_setup d = setup();
   check_share(measured_share(d, path), expected);
   return finish(d, "launch share");
+}
+
+int scenario_long(double expected) {
+  // 50 ms kernels: each is 1% of the 5 s window (the fake credits busy time when a kernel
+  // ends, so a window holds whole kernels), and one kernel is more than the bucket's 30 ms
+  // capacity. The storm queues up to 32 launches between syncs: beyond the first two, the
+  // limiter holds launches of the unlearned kernel until its first timing arrives.
+  constexpr std::uint64_t k_long_us = 50'000;
+  g_kernel_us = k_long_us;
+  const device_setup d = setup();
+  check_share(measured_share(d, "kernel", 1, std::chrono::seconds(1), std::chrono::seconds(5)),
+              expected);
+  return finish(d, "launch long");
 }
 
 int scenario_devices() {
@@ -621,6 +637,7 @@ int main(int argc, char** argv) {
   const std::string verb = argc > 1 ? argv[1] : "";
   if (verb == "share" && argc == 4) return scenario_share(argv[2], std::atof(argv[3]));
   if (verb == "threads" && argc == 3) return scenario_threads(std::atof(argv[2]));
+  if (verb == "long" && argc == 3) return scenario_long(std::atof(argv[2]));
   if (verb == "container" && argc == 3) return scenario_container(std::atof(argv[2]));
   if (verb == "peer") return scenario_peer();
   if (verb == "capture") return scenario_capture();
@@ -635,7 +652,7 @@ int main(int argc, char** argv) {
   if (verb == "refused") return scenario_refused();
   if (verb == "oversub" && argc == 3) return scenario_oversub(argv[2]);
   std::fprintf(stdout,
-               "usage: %s share PATH PERCENT | threads PERCENT | container PERCENT | set_limit | "
+               "usage: %s share PATH PERCENT | long PERCENT | threads PERCENT | container PERCENT | set_limit | "
                "capture | capture_global | devices | nocap_devices | fork | default | priority | "
                "refused | oversub managed|refused | tenant SECONDS\n",
                argv[0]);

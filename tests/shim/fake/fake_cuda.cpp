@@ -134,6 +134,8 @@ constexpr std::size_t k_vmm_granularity = std::size_t{2} << 20;
 /// Pitch alignment of cuMemAllocPitch and array size alignment (bytes).
 constexpr std::size_t k_pitch_alignment = 512;
 constexpr std::uint64_t k_default_kernel_us = 100;
+/// A running kernel's busy time is credited at least this often.
+constexpr std::chrono::microseconds k_busy_slice{1000};
 /// cuMemAllocPitch accepts these element sizes, as the driver does.
 constexpr unsigned k_pitch_elements[] = {4, 8, 16};
 
@@ -310,12 +312,20 @@ void stream_loop(CUstream_st* s) {
     lock.unlock();
     if (w.kernel_us != 0) {
       // Busy time is the time the kernel held the device, as a GPU counts it: the sleep's
-      // real length (the scheduler may stretch it), not the nominal duration.
-      const auto began = std::chrono::steady_clock::now();
-      std::this_thread::sleep_for(std::chrono::microseconds(w.kernel_us));
-      const auto held = std::chrono::duration_cast<std::chrono::microseconds>(
-          std::chrono::steady_clock::now() - began);
-      st().devs[s->physical].busy_us.fetch_add(static_cast<std::uint64_t>(held.count()));
+      // real length (the scheduler may stretch it), not the nominal duration. It is credited
+      // as the kernel runs, a slice at a time, as a GPU's utilization counters advance: a
+      // long kernel's time is not all counted in the sample period where it ends.
+      const auto end = std::chrono::steady_clock::now() + std::chrono::microseconds(w.kernel_us);
+      auto from = std::chrono::steady_clock::now();
+      for (;;) {
+        const auto left = std::chrono::duration_cast<std::chrono::microseconds>(end - from);
+        if (left.count() <= 0) break;
+        std::this_thread::sleep_for(std::min(left, k_busy_slice));
+        const auto now = std::chrono::steady_clock::now();
+        const auto held = std::chrono::duration_cast<std::chrono::microseconds>(now - from);
+        st().devs[s->physical].busy_us.fetch_add(static_cast<std::uint64_t>(held.count()));
+        from = now;
+      }
     }
     if (w.event != nullptr) {
       std::lock_guard<std::mutex> el(w.event->mu);
