@@ -770,12 +770,22 @@ int teardown(const driver& d) {
     CLIENT_CHECK(physical_used(0) <= limit);
     return held.size();
   };
-  // The last primary release.
+  // The last primary release, with an array made in the context.
   use_device(d, 0);
-  round("first context");
+  CUDA_ARRAY_DESCRIPTOR desc{};
+  desc.Width = 1024;
+  desc.Height = 1024;
+  desc.Format = CU_AD_FORMAT_UNSIGNED_INT8;
+  desc.NumChannels = 4;
+  CUarray array = nullptr;
+  CLIENT_REQUIRE(d.array_create(&array, &desc) == CUDA_SUCCESS);  // 4 MiB
+  std::vector<CUdeviceptr> first = fill(d);
+  CLIENT_CHECK_EQ(first.size() + 1, (limit - ctx_bytes) / k_chunk);
+  CLIENT_CHECK(physical_used(0) <= limit);
   CLIENT_CHECK(release(0) == CUDA_SUCCESS);
   CLIENT_CHECK_EQ(physical_used(0), 0u);
   CLIENT_CHECK_EQ(nvml_memory(0).used, 0u);
+  CLIENT_CHECK(d.array_destroy(array) == CUDA_SUCCESS);  // its memory went with the context
   // A primary reset, with references still held.
   use_device(d, 0);
   round("after the last primary release");

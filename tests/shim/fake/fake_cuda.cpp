@@ -39,6 +39,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -73,18 +74,16 @@ struct CUmod_st {
   int physical = 0;
   std::uint64_t bytes = 0;  ///< device memory its code and data take (FAKE_CUDA_MODULE_BYTES)
 };
-struct CUarray_st {
+/// What the two kinds of array share: their memory lives in the context they were made in.
+struct fake_array {
   int physical = 0;
   std::uint64_t bytes = 0;
-  bool deferred = false;  ///< CUDA_ARRAY3D_DEFERRED_MAPPING: holds no memory of its own
-  void* mem = nullptr;
+  bool deferred = false;    ///< CUDA_ARRAY3D_DEFERRED_MAPPING: holds no memory of its own
+  CUctx_st* ctx = nullptr;  ///< freed with it
+  bool freed = false;       ///< its context was torn down: the handle is dead
 };
-struct CUmipmappedArray_st {
-  int physical = 0;
-  std::uint64_t bytes = 0;
-  bool deferred = false;
-  void* mem = nullptr;
-};
+struct CUarray_st : fake_array {};
+struct CUmipmappedArray_st : fake_array {};
 /// A stream-ordered pool, as the CUDA 13 headers describe it: it reserves device memory as its
 /// allocations need it and keeps what they free, releasing the part above its release
 /// threshold at the next stream, event or context synchronisation, and down to a floor on
@@ -180,6 +179,7 @@ struct driver_state {
   CUmemGenericAllocationHandle next_handle = 1;
   std::map<std::uintptr_t, std::uint64_t> reservations;  ///< cuMemAddressReserve: start -> size
   std::map<std::uintptr_t, vmm_mapping> mappings;        ///< cuMemMap: start -> mapping
+  std::set<fake_array*> arrays;                          ///< live arrays, for teardown
   CUctx_st* primary[k_max_fake_devices] = {};
   CUmemPoolHandle_st default_pool[k_max_fake_devices];
   /// Each device's current pool (cuDeviceSetMemPool), which cuMemAllocAsync draws from.
@@ -587,6 +587,11 @@ void ctx_destroy(CUctx_st* c) {
       give(owned->physical, owned->bytes);
       owned->bytes = 0;
       owned->ctx = nullptr;
+    }
+    for (fake_array* a : st().arrays) {
+      if (a->ctx != c || a->freed) continue;
+      if (!a->deferred) give(a->physical, a->bytes);
+      a->freed = true;
     }
   }
   for (const auto& [at, a] : dead) {
@@ -1310,13 +1315,22 @@ CUresult make_array(Handle* out, std::uint64_t bytes, bool deferred) {
   a->physical = p;
   a->bytes = bytes;
   a->deferred = deferred;
+  a->ctx = current();
+  {
+    std::lock_guard<std::mutex> lock(st().mu);
+    st().arrays.insert(a);
+  }
   *out = a;
   return CUDA_SUCCESS;
 }
 template <class Handle>
 CUresult destroy_array(Handle a) {
   if (a == nullptr) return CUDA_ERROR_INVALID_HANDLE;
-  if (!a->deferred) give(a->physical, a->bytes);
+  {
+    std::lock_guard<std::mutex> lock(st().mu);
+    st().arrays.erase(a);
+  }
+  if (!a->deferred && !a->freed) give(a->physical, a->bytes);
   delete a;
   return CUDA_SUCCESS;
 }
