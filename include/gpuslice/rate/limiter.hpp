@@ -6,9 +6,10 @@
 ///
 /// The launch path, per device, for the shim (or any caller):
 ///   auto a = limiter.admit(function_id, now);   // a few atomic operations
-///   if (!a.admitted) { sleep(a.wait_ns); retry; }  // suspended: a high-priority tenant runs
+///   if (!a.admitted) { sleep(a.wait_ns); retry; }  // suspended, or waiting for a first timing
 ///   sleep(a.wait_ns); launch();                  // wait_ns == 0 on the fast path
-///   ... later, for a sample of launches: limiter.observe(function_id, measured_ns, now);
+///   ... later, for a sample of launches and every one flagged a.learn:
+///       limiter.observe(function_id, measured_ns, now);
 ///   ... periodically: limiter.utilization_sample(start_ns, end_ns, busy_ns);
 ///   ... when the node region changes: limiter.set_others_active(others, high_priority_others);
 /// launch_gate below does the first three lines for blocking callers. Every entry point that
@@ -29,7 +30,12 @@
 /// slices are corrected here); (3) an integral term charges the bucket the accumulated gap
 /// between utilization and charges, so the share holds over any window longer than the
 /// utilization signal's lag. Launches of a function charged before its first observation
-/// are forgiven in the bucket (no hole opens in the share while learning).
+/// are forgiven in the bucket (no hole opens in the share while learning); so that they
+/// cannot be many long kernels queued at once, a capped tenant has at most
+/// max_unlearned_in_flight of them admitted (flagged admission::learn, to be timed) and holds
+/// the next until the first timing arrives. A caller that let launches through without
+/// admit() (no cap) calls restart_feedback() when the cap returns, so the busy time of those
+/// uncharged launches is not taken for a correction.
 ///
 /// Policies: `force` is always capped; `default` is capped while another tenant is active on
 /// the device (set_others_active) and uncapped alone, draining the bucket on the way back
