@@ -149,7 +149,8 @@ if env -u LD_PRELOAD unshare --pid --fork --mount-proc true 2>/dev/null; then
   if under_shim pidns-driver unshare --pid --fork --mount-proc "$OUT/alloc_limit" "$CHUNK_MIB"; then
     allocated=$(val pidns-driver allocated); ctx=$(val pidns-driver context_bytes)
     held=$(val pidns-driver driver_held); refusal=$(val pidns-driver refusal)
-    who=$(grep -o 'NVML lists this process as pid [0-9]* (getpid() [0-9]*)' "$OUT/pidns-driver.err" | tail -1)
+    who=$({ grep -o 'NVML lists this process as pid [0-9]* (getpid() [0-9]*)' \
+            "$OUT/pidns-driver.err" || true; } | tail -1)
     if [ "$refusal" = 2 ] && [ -n "$who" ] && [ "${held:-0}" -gt 0 ] && [ "$held" -le "$limit" ] \
        && [ "$((allocated + ctx))" -le "$limit" ] && [ "$((allocated + ctx + CHUNK_MIB * MIB))" -gt "$limit" ]; then
       record pidns-driver-api PASS "$who; allocated $((allocated / MIB)) MiB + context $((ctx / MIB)) MiB, the driver held $((held / MIB)) of ${LIMIT_MIB} MiB"
