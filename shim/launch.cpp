@@ -18,7 +18,8 @@
 /// appearing in the ledger (a cap set on an uncapped process holds from then on). A launch on
 /// the fast path counts as activity on each of the process's devices in the node region.
 ///
-/// Learning: one launch in k_sample_every per thread (and the first) is bracketed by two
+/// Learning: one launch in k_sample_every per thread (and the first), and every launch of a
+/// kernel the limiter has not learned yet (admission::learn), is bracketed by two
 /// events recorded on its own stream; a watcher thread reads the elapsed time when the second
 /// event has completed and feeds it to the limiter. Recording events neither synchronises
 /// anything nor orders the program's streams against each other.

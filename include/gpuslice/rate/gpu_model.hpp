@@ -13,7 +13,8 @@
 /// launches them (launch_overhead_ns each), keeps at most streams_in_flight unfinished, and
 /// may think between launches or launch in bursts. Before each launch it asks its controller:
 ///  - gpuslice: our sm_limiter on its own bucket, fed the time a pair of events brackets (see
-///    below) for one launch in observe_every, NVML-style utilization samples, and the
+///    below) for one launch in observe_every and for each launch the limiter flags to learn
+///    from (as the shim does), NVML-style utilization samples, and the
 ///    peer-activity signal;
 ///  - reference: reference_controller, fed the same NVML-style samples every 120 ms and
 ///    charged grid blocks; it sleeps 10 ms when dry;
