@@ -1,5 +1,6 @@
 # Launches through the SM limiter on the fake driver (included by tests/shim/CMakeLists.txt,
-# after gpuslice_shim_test is defined). Each share test storms for about two seconds.
+# after gpuslice_shim_test is defined). Each share test storms for about two seconds (the 50 ms
+# kernels of share-long for six).
 gpuslice_shim_client(shim_client_launch SOURCES clients/client_launch.cpp LIBS gpuslice_fake_cuda)
 
 set(_launch_node ${CMAKE_CURRENT_BINARY_DIR}/ledgers/node-region)
