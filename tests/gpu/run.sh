@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Real-GPU checks of libgpuslice.so. Needs an NVIDIA GPU, its driver, and the CUDA toolkit
-# (headers, and lib64/stubs to link the driver-API program). Takes under 5 minutes.
+# (headers, and lib64/stubs to link the driver-API program). Takes about 7 minutes.
 #
 #   tests/gpu/run.sh                 builds the shim (cmake, a C++17 compiler, fmt, nvml.h)
 #   GPUSLICE_SHIM=path/libgpuslice.so tests/gpu/run.sh     uses a shim built elsewhere
