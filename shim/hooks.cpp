@@ -237,8 +237,13 @@ template <class Call, class Undo>
 CUresult pooled_alloc(state& s, int ordinal, CUmemoryPool pool, const char* name, CUdeviceptr* dptr,
                       size_t bytes, Call call, Undo undo) {
   if (s.pool_on_host(pool)) return call();
+  // A pool grows by whole granules (2 MiB on current GPUs), so the reservation covers the
+  // allocation rounded up to one: the driver never holds more than was reserved, even for the
+  // moment before the pool's reserve is read back.
+  constexpr std::uint64_t k_pool_granule = std::uint64_t{2} << 20;
+  const std::uint64_t worst = (bytes + k_pool_granule - 1) / k_pool_granule * k_pool_granule;
   charge inflight;
-  if (!s.reserve(ordinal, bytes, name, inflight)) return CUDA_ERROR_OUT_OF_MEMORY;
+  if (!s.reserve(ordinal, worst, name, inflight)) return CUDA_ERROR_OUT_OF_MEMORY;
   const CUresult r = call();
   if (r != CUDA_SUCCESS) {
     s.release(inflight);

@@ -425,6 +425,8 @@ class state {
   std::array<device_info, gpuslice::k_max_devices> devices_{};
   /// Bytes this process charged through counted calls, per ordinal (reconciliation).
   std::array<std::atomic<std::uint64_t>, gpuslice::k_max_devices> counted_{};
+  /// Changes of counted_ per ordinal: a reconciliation reading taken while it moved is not used.
+  std::array<std::atomic<std::uint64_t>, gpuslice::k_max_devices> churn_{};
   /// This process's pid in NVML's lists, 0 until verified (see identify()).
   std::atomic<unsigned> nvml_pid_{0};
   int identify_attempts_ = 0;  ///< guarded by devices_mu_

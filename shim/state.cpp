@@ -567,8 +567,18 @@ void state::reconcile(device_info& d, bool force) noexcept {
         return;
       }
     }
+    // A reading is used only if no counted charge changed while it was taken: the counted bytes
+    // never lag what the driver holds (charged before an allocation, given back after a free),
+    // so a quiet reading never takes another thread's allocation for driver memory.
+    auto& churn = churn_[static_cast<std::size_t>(ordinal)];
+    const std::uint64_t churn_before = churn.load(std::memory_order_acquire);
     const auto reading = read_processes(procs, d.nvml);
     if (!reading) return;
+    const std::uint64_t counted = counted_[static_cast<std::size_t>(ordinal)].load();
+    if (churn.load(std::memory_order_acquire) != churn_before) {
+      d.next_reconcile_ns.store(now + k_retry_interval_ns, std::memory_order_relaxed);
+      return;
+    }
     // NVML lists a process on a device only while it has a context there: unlisted, this
     // process holds nothing on it (no context yet, or its context was torn down).
     const std::optional<std::uint64_t> measured = figure(*reading, nvml_pid()).value_or(0);
@@ -577,11 +587,10 @@ void state::reconcile(device_info& d, bool force) noexcept {
     // from its creation on, not from the next interval. (Unlisted while holding counted memory
     // is NVML lagging: look again shortly, not at every call.)
     if (*measured == 0) {
-      const bool holds = counted_[static_cast<std::size_t>(ordinal)].load() != 0;
-      d.next_reconcile_ns.store(holds ? now + k_retry_interval_ns : 0, std::memory_order_relaxed);
+      d.next_reconcile_ns.store(counted != 0 ? now + k_retry_interval_ns : 0,
+                                std::memory_order_relaxed);
     }
-    const std::uint64_t want =
-        uncounted_overhead(*measured, counted_[static_cast<std::size_t>(ordinal)].load());
+    const std::uint64_t want = uncounted_overhead(*measured, counted);
     auto sl = slot();
     if (!sl) return;
     if (want > d.overhead) {
@@ -653,6 +662,7 @@ bool state::reserve(int ordinal, std::uint64_t bytes, const char* call, charge& 
   }
   if (!ok) return refuse(refusal::over_limit, ordinal, bytes, call), false;
   counted_[static_cast<std::size_t>(ordinal)].fetch_add(bytes, std::memory_order_relaxed);
+  churn_[static_cast<std::size_t>(ordinal)].fetch_add(1, std::memory_order_release);
   out = charge{ordinal, d.index, bytes};
   return true;
 }
@@ -665,6 +675,7 @@ bool state::reserve_more(charge& c, std::uint64_t more, const char* call) noexce
     return refuse(refusal::over_limit, c.ordinal, more, call), false;
   }
   counted_[static_cast<std::size_t>(c.ordinal)].fetch_add(more, std::memory_order_relaxed);
+  churn_[static_cast<std::size_t>(c.ordinal)].fetch_add(1, std::memory_order_release);
   c.bytes += more;
   return true;
 }
@@ -680,6 +691,7 @@ void state::release(const charge& c, std::uint64_t bytes) noexcept {
     return 0;
   });
   counted_[static_cast<std::size_t>(c.ordinal)].fetch_sub(bytes, std::memory_order_relaxed);
+  churn_[static_cast<std::size_t>(c.ordinal)].fetch_add(1, std::memory_order_release);
 }
 
 void state::refuse(refusal why, int ordinal, std::uint64_t bytes, const char* call) noexcept {
