@@ -10,6 +10,12 @@ if ! why=$(env -u LD_PRELOAD unshare --mount --fork sh -c "mount -t tmpfs -o $op
   echo "skipped: a private /tmp (unshare --mount, mount -t tmpfs) is not permitted here: $why"
   exit 77
 fi
+# A private /tmp hides what lies under the real one: a build tree there cannot be run.
+for path in "$1" $(echo "${LD_PRELOAD:-}:${LD_LIBRARY_PATH:-}" | tr ':' ' '); do
+  case "$path" in
+    /tmp/*) echo "skipped: $path lies under /tmp, which the private /tmp would hide"; exit 77 ;;
+  esac
+done
 preload=${LD_PRELOAD:-}
 # The preload reaches only the client, not unshare, mount or sh.
 exec env -u LD_PRELOAD unshare --mount --fork sh -c \

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <thread>
 #include <vector>
 
@@ -113,6 +114,12 @@ int main() {
     CLIENT_REQUIRE(read(k.report, &k.chunks, sizeof k.chunks) ==
                    static_cast<ssize_t>(sizeof k.chunks));
     total += k.chunks;
+  }
+  // The children hold everything until released, so the ledger's state now is their peak: make
+  // sure the watcher saw it at least once (fast children can finish before its first reading).
+  const int seen_before = samples.load();
+  for (int i = 0; i < 5000 && samples.load() <= seen_before; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   done.store(true);
   watcher.join();
