@@ -349,6 +349,9 @@ class state {
 
   /// The parsed configuration (defaults when it did not parse; see closed_reason()).
   const config& configuration() const noexcept { return config_; }
+  /// The ledger file in use: CUDA_DEVICE_MEMORY_SHARED_CACHE, or the default ledger when it is
+  /// unset (empty when the configuration did not parse). Set once at start-up; thread-safe.
+  const std::string& ledger_path() const noexcept { return ledger_path_; }
   /// Why the shim fails closed (invalid configuration or unusable ledger); empty when it does not.
   const std::string& closed_reason() const noexcept {
     return config_error_.empty() ? ledger_error_ : config_error_;
@@ -409,6 +412,7 @@ class state {
   config config_{};
   std::string config_error_;  ///< non-empty: fail closed
   std::string ledger_error_;  ///< non-empty: fail closed
+  std::string ledger_path_;   ///< the ledger file opened (or tried) at start-up
   std::optional<memory::shared_ledger> shared_;
   std::optional<memory::in_memory_ledger> local_;
 

@@ -206,6 +206,7 @@ void state::init() noexcept {
       // default one, and a ledger that cannot be opened fails closed.
       const bool named = !config_.shared_cache.empty();
       const std::string path = named ? config_.shared_cache : std::string(k_default_ledger);
+      ledger_path_ = path;
       if (!named) {
         log(log_level::info, "{} is not set: the container's processes share the ledger {}",
             env::shared_cache, path);
