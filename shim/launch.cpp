@@ -387,8 +387,11 @@ class launch_control {
                    [] { get().after_fork_child(); });
     const config& cfg = s.configuration();
     start_time_ = own_start_time();
+    // The container is its ledger file (named, or the default one), so every process that
+    // shares the quota counts as one tenant in the node region.
+    const std::string& ledger = s.ledger_path();
     struct stat st {};
-    if (!cfg.shared_cache.empty() && ::stat(cfg.shared_cache.c_str(), &st) == 0) {
+    if (!ledger.empty() && ::stat(ledger.c_str(), &st) == 0) {
       container_ = rate::container_key(static_cast<std::uint64_t>(st.st_dev),
                                        static_cast<std::uint64_t>(st.st_ino));
     } else {

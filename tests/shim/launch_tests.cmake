@@ -32,6 +32,17 @@ gpuslice_shim_test(launch:node-default shim_client_launch ARGS default LEDGER
 gpuslice_shim_test(launch:node-priority shim_client_launch ARGS priority LEDGER
                    ENV GPU_CORE_UTILIZATION_POLICY=default CUDA_DEVICE_SM_LIMIT=50
                        CUDA_TASK_PRIORITY=1 GPUSLICE_NODE_REGION=${_launch_node}-priority)
+# CUDA_DEVICE_MEMORY_SHARED_CACHE unset (a private /tmp holds the default ledger and the node
+# region): two processes of the container are one tenant of the region, alone, so uncapped.
+add_test(NAME shim:launch:container-default-ledger
+         COMMAND ${CMAKE_COMMAND} -E env --unset=CUDA_DEVICE_MEMORY_SHARED_CACHE ${_base_env}
+                 GPU_CORE_UTILIZATION_POLICY=default CUDA_DEVICE_SM_LIMIT=30
+                 GPUSLICE_NODE_REGION=/tmp/gpuslice-node-region LD_PRELOAD=${_preload}
+                 sh ${CMAKE_CURRENT_SOURCE_DIR}/in_private_tmp.sh
+                 $<TARGET_FILE:shim_client_launch> container_alone)
+set_tests_properties(shim:launch:container-default-ledger PROPERTIES LABELS shim
+                                                                     SKIP_RETURN_CODE 77
+                                                                     TIMEOUT 120)
 gpuslice_shim_test(launch:refused shim_client_launch ARGS refused
                    ENV CUDA_DEVICE_SM_LIMIT=thirty)
 

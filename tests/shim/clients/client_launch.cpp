@@ -9,6 +9,9 @@
 ///   long PERCENT          50 ms kernels hold PERCENT +- 3 over a 5 s window
 ///   threads PERCENT       four threads on four streams share one bucket: PERCENT together
 ///   container PERCENT     two processes of one container (one ledger): PERCENT together
+///   container_alone       CUDA_DEVICE_MEMORY_SHARED_CACHE unset, default policy, node region:
+///                         two processes of one container (the default ledger) are one tenant,
+///                         alone, so both run uncapped
 ///   capture               launches on a stream being captured are recorded, neither admitted
 ///                         nor timed; the captured graph holds its share when launched
 ///   capture_global        a global-mode capture stays open while the shim's watcher polls a
@@ -332,6 +335,32 @@ int scenario_peer() {
   return finish(d, "launch peer");
 }
 
+int scenario_container_alone() {
+  // The default policy with CUDA_DEVICE_MEMORY_SHARED_CACHE unset: this process and another of
+  // the same container (the default ledger) storm together. One tenant in the node region, and
+  // alone there: uncapped together. Each counted as a tenant of its own, they would cap each
+  // other at the container's share.
+  CLIENT_REQUIRE(std::getenv("CUDA_DEVICE_MEMORY_SHARED_CACHE") == nullptr);
+  const device_setup d = setup();
+  int fds[2];
+  CLIENT_REQUIRE(pipe(fds) == 0);
+  const pid_t peer = spawn_self({}, "peer", "", fds[1]);
+  close(fds[1]);
+  const double mine = measured_share(d, "kernel");
+  std::string out;
+  char buf[256];
+  for (ssize_t n; (n = read(fds[0], buf, sizeof buf)) > 0;)
+    out.append(buf, static_cast<std::size_t>(n));
+  close(fds[0]);
+  wait_tenant(peer);
+  const auto at = out.find("peer_share=");
+  CLIENT_REQUIRE(at != std::string::npos);
+  const double theirs = std::atof(out.c_str() + at + std::strlen("peer_share="));
+  std::fprintf(stdout, "container alone: %.2f%% + %.2f%% from the other process\n", mine, theirs);
+  CLIENT_CHECK(mine + theirs >= k_uncapped_floor);
+  return finish(d, "launch container_alone");
+}
+
 int scenario_container(double expected) {
   const device_setup d = setup();
   // Another process of the same container (same ledger, same bucket) storms at the same time;
@@ -639,6 +668,7 @@ int main(int argc, char** argv) {
   if (verb == "threads" && argc == 3) return scenario_threads(std::atof(argv[2]));
   if (verb == "long" && argc == 3) return scenario_long(std::atof(argv[2]));
   if (verb == "container" && argc == 3) return scenario_container(std::atof(argv[2]));
+  if (verb == "container_alone") return scenario_container_alone();
   if (verb == "peer") return scenario_peer();
   if (verb == "capture") return scenario_capture();
   if (verb == "capture_global") return scenario_capture_global();
@@ -652,7 +682,8 @@ int main(int argc, char** argv) {
   if (verb == "refused") return scenario_refused();
   if (verb == "oversub" && argc == 3) return scenario_oversub(argv[2]);
   std::fprintf(stdout,
-               "usage: %s share PATH PERCENT | long PERCENT | threads PERCENT | container PERCENT | set_limit | "
+               "usage: %s share PATH PERCENT | long PERCENT | threads PERCENT | container PERCENT | container_alone | "
+               "set_limit | "
                "capture | capture_global | devices | nocap_devices | fork | default | priority | "
                "refused | oversub managed|refused | tenant SECONDS\n",
                argv[0]);
