@@ -125,6 +125,60 @@ TEST_CASE("5 us kernels timed by events are not charged double", "[rate][model]"
   CHECK(hi <= 33);
 }
 
+TEST_CASE("50 ms kernels: co-located tenants at 30 and 70 hold from 3 s on, NVML once a second",
+          "[rate][model]") {
+  // Both time-sliced on one GPU, timed by events as the shim does (one launch in 32, and each
+  // unlearned one), NVML sampled once a second (and six times). Time-sliced behind the other's
+  // long kernels, each banks refill it must keep for when the other waits: the bucket holds
+  // two of its longest kernels while another tenant is active.
+  const std::uint64_t seed = GENERATE(1, 2, 3, 4);
+  const std::int64_t nvml = GENERATE(as<std::int64_t>{}, 1'000'000'000, 166'666'667);
+  gpu_spec gpu;
+  gpu.event_timing = true;
+  gpu.nvml_period_ns = nvml;
+  auto a = saturating(30, {{50 * k_ms, 0.0, 1.0, 0}});
+  auto b = saturating(70, {{1 * k_ms, 0.0, 3.0, 0}, {50 * k_ms, 0.0, 1.0, 0}});
+  a.observe_every = b.observe_every = 32;
+  model_options o;
+  o.duration_ns = 9 * k_s;
+  o.seed = seed;
+  auto r = run_gpu_model(gpu, {a, b}, o);
+  REQUIRE(r.ok());
+  const auto [alo, ahi] = window_range(*r, 0, k_s, 3 * k_s);
+  const auto [blo, bhi] = window_range(*r, 1, k_s, 3 * k_s);
+  INFO("seed " << seed << ", NVML every " << nvml / k_ms << " ms: 30: " << alo << ".." << ahi
+               << "  70: " << blo << ".." << bhi);
+  CHECK(alo >= 27);
+  CHECK(ahi <= 33);
+  CHECK(blo >= 67);
+  CHECK(bhi <= 73);
+  // Work-conserving: the two caps add up to the whole GPU, and it is kept busy.
+  CHECK(r->share_between(0, 3 * k_s, 9 * k_s) + r->share_between(1, 3 * k_s, 9 * k_s) >= 0.97);
+}
+
+TEST_CASE("50 ms kernels: a capped 30% tenant beside an uncapped one holds from 3 s on",
+          "[rate][model]") {
+  // Its events read its kernels at twice their length (the uncapped tenant's slices between);
+  // the utilization correction halves them by the second NVML sample, and the integral term
+  // must not then pay back the first seconds' shortfall on top of it.
+  const std::uint64_t seed = GENERATE(1, 2, 3, 4);
+  gpu_spec gpu;
+  gpu.event_timing = true;
+  gpu.nvml_period_ns = k_s;
+  auto a = saturating(30, {{50 * k_ms, 0.0, 1.0, 0}});
+  auto b = saturating(0, {{1 * k_ms, 0.0, 3.0, 0}, {50 * k_ms, 0.0, 1.0, 0}});
+  a.observe_every = b.observe_every = 32;
+  model_options o;
+  o.duration_ns = 9 * k_s;
+  o.seed = seed;
+  auto r = run_gpu_model(gpu, {a, b}, o);
+  REQUIRE(r.ok());
+  const auto [lo, hi] = window_range(*r, 0, k_s, 3 * k_s);
+  INFO("seed " << seed << ": " << lo << ".." << hi);
+  CHECK(lo >= 27);
+  CHECK(hi <= 33);
+}
+
 TEST_CASE("default policy: alone it takes the GPU, with company it is back at its cap",
           "[rate][model]") {
   auto a = saturating(30, {{1 * k_ms, 0.3, 1.0, 0}});

@@ -29,8 +29,10 @@
 /// over correction_horizon_ns, scales every charge (timings inflated by other contexts' time
 /// slices are corrected here); (3) an integral term charges the bucket the accumulated gap
 /// between utilization and charges, so the share holds over any window longer than the
-/// utilization signal's lag. Launches of a function charged before its first observation
-/// are forgiven in the bucket (no hole opens in the share while learning); so that they
+/// utilization signal's lag; its gap is taken against the updated correction, so nothing is
+/// paid back twice. While another tenant is active the bucket holds two of the tenant's
+/// longest kernels (time-sliced, it banks refill it spends when the other waits). Launches of
+/// a function charged before its first observation are forgiven in the bucket (no hole opens in the share while learning); so that they
 /// cannot be many long kernels queued at once, a capped tenant has at most
 /// max_unlearned_in_flight of them admitted (flagged admission::learn, to be timed) and holds
 /// the next until the first timing arrives. A caller that let launches through without
@@ -82,6 +84,14 @@ struct limiter_params {
   /// Bucket capacity: GPU time a tenant may save up while idle or while its launches queue
   /// behind other tenants' kernels (at most +3 pp on a 1 s window after an idle spell).
   std::int64_t burst_ns = 30'000'000;
+  /// While another tenant is active, the capacity is at least this many of the tenant's longest
+  /// kernel (its learned cost, corrected). Time-sliced behind the other's long kernels, a
+  /// tenant's own run at half speed and it banks refill, which it spends when the other waits
+  /// for its tokens; a bucket shorter than those spells loses it, and the GPU idles while both
+  /// wait (a 70% tenant beside a 30% one with 50 ms kernels got 54%). The price: after an idle
+  /// spell in company, a tenant may spend that much at once (two 50 ms kernels: +10 pp on a
+  /// 1 s window).
+  double burst_kernels = 2.0;
   /// Waits shorter than this are not handed out; the debt carries to the next launch, so the
   /// average is kept and nobody sleeps for less than a scheduler quantum.
   std::int64_t min_wait_ns = 100'000;
@@ -91,6 +101,10 @@ struct limiter_params {
   double estimate_weight = 0.125;
   /// Time constant of the utilization correction (how slowly it moves).
   std::int64_t correction_horizon_ns = 250'000'000;
+  /// The correction's time constant is at least this many of the longest kernel (corrected):
+  /// a window's edges split a long kernel differently in charges (filed when it may start) and
+  /// busy time (when it runs), so one window's ratio is off by up to a kernel.
+  double horizon_kernels = 40.0;
   /// Charge the bucket the difference between a timed launch's measured time and what it was
   /// charged (exact for timed launches; off when timings include other tenants' slices and
   /// the utilization correction alone should fix the scale).
@@ -274,6 +288,8 @@ class sm_limiter {
     note_mode(m, now);
     const std::int64_t ppm = capped_ppm();
     if (bucket_.share_ppm() != ppm) bucket_.set_share_ppm(ppm);  // priority peers changed
+    const std::int64_t burst = capacity();
+    if (bucket_.burst_ns() != burst) bucket_.set_burst_ns(burst);
     std::int64_t wait = bucket_.consume(scaled(raw), now);
     file_charge(raw, now + wait, now);
     if (wait < params_.min_wait_ns) wait = 0;  // the debt stays in the bucket
@@ -298,6 +314,9 @@ class sm_limiter {
       next = std::max<std::int64_t>(next, 1);
     }
     if (e != nullptr) e->estimate_ns.store(next, std::memory_order_relaxed);
+    if (next > longest_ns_.load(std::memory_order_relaxed)) {
+      longest_ns_.store(next, std::memory_order_relaxed);
+    }
     // The cost charged to functions not in the table follows all observations.
     const std::int64_t typical_before = typical_ns_.load(std::memory_order_relaxed);
     typical_ns_.store(typical_before + static_cast<std::int64_t>(
@@ -355,11 +374,30 @@ class sm_limiter {
     if (std::abs(busy - static_cast<double>(charged)) <= tolerance) {
       busy = static_cast<double>(charged);
     }
+    // The correction: busy time over charged time, averaged over the horizon (at least
+    // horizon_kernels of the longest kernel: see the parameter).
+    const double horizon = std::max(
+        static_cast<double>(params_.correction_horizon_ns),
+        params_.horizon_kernels * static_cast<double>(longest_ns_.load(std::memory_order_relaxed)) *
+            correction_.load(std::memory_order_relaxed));
+    const double weight = have_average_ ? std::min(1.0, window / horizon) : 1.0;
+    busy_avg_ += weight * (busy - busy_avg_);
+    charged_avg_ +=
+        weight * (static_cast<double>(std::max<std::int64_t>(charged, 0)) - charged_avg_);
+    have_average_ = true;
+    if (charged_avg_ > 0.0) {
+      correction_.store(
+          std::clamp(busy_avg_ / charged_avg_, params_.min_correction, params_.max_correction),
+          std::memory_order_relaxed);
+    }
     // Integral action: what the utilization says this process used beyond (or short of)
     // what it was charged accumulates, and a fraction of the accumulated gap is charged to
     // (or refunded from) the bucket at each sample. Over windows longer than the signal's lag
     // the share holds even when the timings are off (inflated by other tenants' time
-    // slices, say); window-edge noise, which cancels, is smoothed away.
+    // slices, say); window-edge noise, which cancels, is smoothed away. The gap is taken
+    // against the correction just updated: what the new correction explains is not also paid
+    // back (a tenant whose events read double for its first seconds would otherwise be
+    // refunded those seconds on top of the correction, and overshoot its cap by 5 pp).
     const double error = static_cast<double>(busy_ns) -
                          static_cast<double>(charged) * correction_.load(std::memory_order_relaxed);
     if (std::abs(error) > tolerance) pending_error_ += error;
@@ -370,17 +408,6 @@ class sm_limiter {
     } else {
       pending_error_ = 0.0;  // uncapped: nothing to make up
     }
-    const double weight =
-        have_average_ ? std::min(1.0, window / static_cast<double>(params_.correction_horizon_ns))
-                      : 1.0;
-    busy_avg_ += weight * (busy - busy_avg_);
-    charged_avg_ +=
-        weight * (static_cast<double>(std::max<std::int64_t>(charged, 0)) - charged_avg_);
-    have_average_ = true;
-    if (charged_avg_ <= 0.0) return;
-    correction_.store(
-        std::clamp(busy_avg_ / charged_avg_, params_.min_correction, params_.max_correction),
-        std::memory_order_relaxed);
   }
 
   /// Restarts the utilization feedback at \p now: readings whose window begins earlier are
@@ -445,6 +472,17 @@ class sm_limiter {
   }
 
   std::int64_t share_ppm() const noexcept { return share_ppm_.load(std::memory_order_relaxed); }
+
+  /// The bucket's capacity now: burst_ns, or burst_kernels of the longest kernel while another
+  /// tenant is active.
+  std::int64_t capacity() const noexcept {
+    if ((peers_.load(std::memory_order_relaxed) & detail::k_others_active) == 0) {
+      return params_.burst_ns;
+    }
+    const double longest = params_.burst_kernels *
+                           static_cast<double>(scaled(longest_ns_.load(std::memory_order_relaxed)));
+    return std::max(params_.burst_ns, static_cast<std::int64_t>(longest));
+  }
   std::int64_t yield_ppm() const noexcept { return yield_ppm_.load(std::memory_order_relaxed); }
 
   std::int64_t scaled(std::int64_t raw) const noexcept {
@@ -533,6 +571,8 @@ class sm_limiter {
   std::atomic<double> correction_{1.0};
   static_assert(std::atomic<double>::is_always_lock_free, "the correction is read per launch");
   std::atomic<std::int64_t> typical_ns_{params_.prior_kernel_ns};
+  /// The longest learned cost of any function (before correction).
+  std::atomic<std::int64_t> longest_ns_{0};
   std::array<function_entry, detail::k_function_slots> functions_{};
   std::array<std::atomic<std::int64_t>, detail::k_charge_slots> charges_{};
 

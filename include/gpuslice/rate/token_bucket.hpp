@@ -129,6 +129,11 @@ class shared_token_bucket {
   }
   /// The refill rate in parts per million. Thread-safe.
   std::int64_t share_ppm() const noexcept { return load(rate_word::share_ppm); }
+  /// Sets the capacity (clamped to >= 0); tokens above a smaller one are lost at the next use.
+  /// Thread-safe.
+  void set_burst_ns(std::int64_t burst) noexcept {
+    store(rate_word::burst_ns, std::max<std::int64_t>(burst, 0));
+  }
   /// The capacity in GPU-ns. Thread-safe.
   std::int64_t burst_ns() const noexcept { return load(rate_word::burst_ns); }
 
