@@ -682,8 +682,8 @@ int main(int argc, char** argv) {
   if (verb == "refused") return scenario_refused();
   if (verb == "oversub" && argc == 3) return scenario_oversub(argv[2]);
   std::fprintf(stdout,
-               "usage: %s share PATH PERCENT | long PERCENT | threads PERCENT | container PERCENT | container_alone | "
-               "set_limit | "
+               "usage: %s share PATH PERCENT | long PERCENT | threads PERCENT | container PERCENT "
+               "| container_alone | set_limit | "
                "capture | capture_global | devices | nocap_devices | fork | default | priority | "
                "refused | oversub managed|refused | tenant SECONDS\n",
                argv[0]);
