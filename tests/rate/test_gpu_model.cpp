@@ -179,6 +179,29 @@ TEST_CASE("50 ms kernels: a capped 30% tenant beside an uncapped one holds from 
   CHECK(hi <= 33);
 }
 
+TEST_CASE("50 ms kernels in company: what a tenant saved while idle is not spent over its cap",
+          "[rate][model]") {
+  // The bucket holds two long kernels while another tenant is active; a tenant back from an
+  // idle spell keeps only burst_ns of it (unclipped: 40% in its worst 1 s window).
+  const std::uint64_t seed = GENERATE(1, 2, 3, 4);
+  gpu_spec gpu;
+  gpu.event_timing = true;
+  gpu.nvml_period_ns = k_s;
+  auto a = saturating(30, {{50 * k_ms, 0.0, 1.0, 0}});
+  a.burst_kernels = 8;  // 8 launches, then 1.5 s idle
+  a.burst_gap_ns = 1500 * k_ms;
+  auto b = saturating(70, {{1 * k_ms, 0.0, 3.0, 0}, {50 * k_ms, 0.0, 1.0, 0}});
+  a.observe_every = b.observe_every = 32;
+  model_options o;
+  o.duration_ns = 12 * k_s;
+  o.seed = seed;
+  auto r = run_gpu_model(gpu, {a, b}, o);
+  REQUIRE(r.ok());
+  const auto [lo, hi] = window_range(*r, 0, k_s, 3 * k_s);
+  INFO("seed " << seed << ": " << lo << ".." << hi);
+  CHECK(hi <= 33);
+}
+
 TEST_CASE("default policy: alone it takes the GPU, with company it is back at its cap",
           "[rate][model]") {
   auto a = saturating(30, {{1 * k_ms, 0.3, 1.0, 0}});

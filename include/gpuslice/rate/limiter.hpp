@@ -92,6 +92,10 @@ struct limiter_params {
   /// spell in company, a tenant may spend that much at once (two 50 ms kernels: +10 pp on a
   /// 1 s window).
   double burst_kernels = 2.0;
+  /// A capped tenant that launched nothing for this many of its longest kernels was idle: on
+  /// its next launch it keeps at most burst_ns of what it saved. Its launches can wait for
+  /// in-flight kernels time-sliced with others' for a few kernels' length, never this long.
+  double idle_kernels = 8.0;
   /// Waits shorter than this are not handed out; the debt carries to the next launch, so the
   /// average is kept and nobody sleeps for less than a scheduler quantum.
   std::int64_t min_wait_ns = 100'000;
@@ -290,6 +294,14 @@ class sm_limiter {
     if (bucket_.share_ppm() != ppm) bucket_.set_share_ppm(ppm);  // priority peers changed
     const std::int64_t burst = capacity();
     if (bucket_.burst_ns() != burst) bucket_.set_burst_ns(burst);
+    // Back from an idle spell (no launch for idle_kernels of the longest kernel: longer than
+    // its launches wait behind others'), it keeps no more than burst_ns of what it saved.
+    const std::int64_t last = last_admit_ns_.exchange(now, std::memory_order_relaxed);
+    if (burst > params_.burst_ns &&
+        static_cast<double>(now - last) > params_.idle_kernels * static_cast<double>(burst) /
+                                               params_.burst_kernels) {
+      bucket_.clip(params_.burst_ns, now);
+    }
     std::int64_t wait = bucket_.consume(scaled(raw), now);
     file_charge(raw, now + wait, now);
     if (wait < params_.min_wait_ns) wait = 0;  // the debt stays in the bucket
@@ -573,6 +585,8 @@ class sm_limiter {
   std::atomic<std::int64_t> typical_ns_{params_.prior_kernel_ns};
   /// The longest learned cost of any function (before correction).
   std::atomic<std::int64_t> longest_ns_{0};
+  /// When the last capped launch was admitted.
+  std::atomic<std::int64_t> last_admit_ns_{0};
   std::array<function_entry, detail::k_function_slots> functions_{};
   std::array<std::atomic<std::int64_t>, detail::k_charge_slots> charges_{};
 

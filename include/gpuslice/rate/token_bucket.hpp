@@ -187,6 +187,17 @@ class shared_token_bucket {
     }
   }
 
+  /// Keeps at most \p tokens_ns of what the bucket holds at \p now (a debt is kept). Thread-
+  /// and process-safe.
+  void clip(std::int64_t tokens_ns, std::int64_t now) noexcept {
+    const std::int64_t floor = now - to_wall(std::max<std::int64_t>(tokens_ns, 0), share_ppm());
+    auto& zt = word(rate_word::zero_time);
+    std::uint64_t old = zt.load(std::memory_order_relaxed);
+    while (as_signed(old) < floor &&
+           !zt.compare_exchange_weak(old, as_unsigned(floor), std::memory_order_relaxed)) {
+    }
+  }
+
   /// Tokens available at \p now (negative while in debt). Thread-safe.
   std::int64_t available(std::int64_t now) const noexcept {
     const std::int64_t ppm = share_ppm();
