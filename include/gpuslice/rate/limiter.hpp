@@ -32,10 +32,10 @@
 /// utilization signal's lag; its gap is taken against the updated correction, so nothing is
 /// paid back twice. While another tenant is active the bucket holds two of the tenant's
 /// longest kernels (time-sliced, it banks refill it spends when the other waits). Launches of
-/// a function charged before its first observation are forgiven in the bucket (no hole opens in the share while learning); so that they
-/// cannot be many long kernels queued at once, a capped tenant has at most
-/// max_unlearned_in_flight of them admitted (flagged admission::learn, to be timed) and holds
-/// the next until the first timing arrives. A caller that let launches through without
+/// a function charged before its first observation are forgiven in the bucket (no hole opens in the
+/// share while learning); so that they cannot be many long kernels queued at once, a capped tenant
+/// has at most max_unlearned_in_flight of them admitted (flagged admission::learn, to be timed) and
+/// holds the next until the first timing arrives. A caller that let launches through without
 /// admit() (no cap) calls restart_feedback() when the cap returns, so the busy time of those
 /// uncharged launches is not taken for a correction.
 ///
@@ -273,8 +273,7 @@ class sm_limiter {
       return {params_.suspended_poll_ns, false};
     }
     auto* e = entry(function_id);
-    const bool learn =
-        e != nullptr && e->estimate_ns.load(std::memory_order_relaxed) <= 0;
+    const bool learn = e != nullptr && e->estimate_ns.load(std::memory_order_relaxed) <= 0;
     if (learn && m == limiter_mode::capped &&
         e->unlearned.load(std::memory_order_relaxed) >= params_.max_unlearned_in_flight) {
       const std::int64_t since = e->unlearned_since_ns.load(std::memory_order_relaxed);
@@ -298,8 +297,8 @@ class sm_limiter {
     // its launches wait behind others'), it keeps no more than burst_ns of what it saved.
     const std::int64_t last = last_admit_ns_.exchange(now, std::memory_order_relaxed);
     if (burst > params_.burst_ns &&
-        static_cast<double>(now - last) > params_.idle_kernels * static_cast<double>(burst) /
-                                               params_.burst_kernels) {
+        static_cast<double>(now - last) >
+            params_.idle_kernels * static_cast<double>(burst) / params_.burst_kernels) {
       bucket_.clip(params_.burst_ns, now);
     }
     std::int64_t wait = bucket_.consume(scaled(raw), now);
