@@ -548,15 +548,19 @@ class launch_control {
     std::array<nvmlProcessUtilizationSample_t, k_utilization_batch> samples{};
     unsigned n = static_cast<unsigned>(samples.size());
     if (util(g.nvml, samples.data(), &n, g.nvml_seen) != NVML_SUCCESS) return;
-    const auto self = static_cast<unsigned>(::getpid());
+    // This process as NVML lists it: the pid the memory side verified (the host's pid in a
+    // container's pid namespace), else getpid().
+    const unsigned verified = s.nvml_pid();
+    const auto self = verified != 0 ? verified : static_cast<unsigned>(::getpid());
     std::sort(samples.begin(), samples.begin() + n,
               [](const auto& a, const auto& b) { return a.timeStamp < b.timeStamp; });
     const bool first = g.nvml_seen == 0;
     unsigned long long prev = g.nvml_seen;
     double busy_us = 0.0;
     for (unsigned i = 0; i < n; ++i) {
-      // NVML lists this process's samples by its pid as NVML sees it: in a pid namespace it
-      // sees the host's pid, nothing matches and no correction is made.
+      // NVML lists this process's samples by its pid as NVML sees it: in a pid namespace,
+      // until the memory side has verified the host's pid, nothing matches and no correction
+      // is made.
       if (samples[i].pid != self || samples[i].timeStamp <= prev) continue;
       if (!first) {
         busy_us += static_cast<double>(samples[i].smUtil) / k_full_percent *
