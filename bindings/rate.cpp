@@ -123,6 +123,9 @@ rate::limiter_params to_params(const pb::dict& d) {
   using P = rate::limiter_params;
   static const setters<P> fields = {
       field("burst_ns", &P::burst_ns),
+      field("burst_kernels", &P::burst_kernels),
+      field("idle_kernels", &P::idle_kernels),
+      field("horizon_kernels", &P::horizon_kernels),
       field("min_wait_ns", &P::min_wait_ns),
       field("prior_kernel_ns", &P::prior_kernel_ns),
       field("estimate_weight", &P::estimate_weight),

@@ -43,14 +43,41 @@ namespace {
 
 using gpuslice::log_level;
 
+/// Gives back a charge: a pooled allocation through its pool, anything else to the ledger.
+void give_back(state& s, const charge& c) noexcept {
+  if (c.pool != nullptr) {
+    s.pool_freed(c);
+  } else {
+    s.release(c);
+  }
+}
+
+/// Records \p c under \p key. An address the driver handed out again was freed behind the
+/// shim's back (its context was torn down): that old charge is given back, never orphaned.
+template <class Undo>
+CUresult record(state& s, alloc_table& table, std::uint64_t key, const charge& c, const char* name,
+                Undo undo) noexcept {
+  try {
+    if (auto displaced = table.insert(key, c)) give_back(s, *displaced);
+  } catch (...) {
+    undo();
+    give_back(s, c);
+    s.log(log_level::error, "{}: out of memory while recording the allocation; refused", name);
+    return CUDA_ERROR_OUT_OF_MEMORY;
+  }
+  return CUDA_SUCCESS;
+}
+
 /// Reserves \p estimate, runs \p call, settles the charge to \p actual() (the size the driver
 /// took), records it under \p key(); rolls everything back (undoing the allocation with
 /// \p undo) when any step fails.
 template <class Call, class Actual, class Key, class Undo>
 CUresult counted_alloc(state& s, int ordinal, std::uint64_t estimate, const char* name,
-                       alloc_table& table, Call call, Actual actual, Key key, Undo undo) noexcept {
+                       alloc_table& table, Call call, Actual actual, Key key, Undo undo,
+                       CUcontext ctx = nullptr) noexcept {
   charge c;
   if (!s.reserve(ordinal, estimate, name, c)) return CUDA_ERROR_OUT_OF_MEMORY;
+  c.ctx = ctx;
   const CUresult r = call();
   if (r != CUDA_SUCCESS) {
     s.release(c);
@@ -66,15 +93,7 @@ CUresult counted_alloc(state& s, int ordinal, std::uint64_t estimate, const char
     s.release(c);
     return CUDA_ERROR_OUT_OF_MEMORY;
   }
-  try {
-    table.insert(key(), c);
-  } catch (...) {
-    undo();
-    s.release(c);
-    s.log(log_level::error, "{}: out of memory while recording the allocation; refused", name);
-    return CUDA_ERROR_OUT_OF_MEMORY;
-  }
-  return CUDA_SUCCESS;
+  return record(s, table, key(), c, name, undo);
 }
 
 /// Takes \p key's charge, runs \p call, and gives the charge back if the call succeeded (puts
@@ -85,12 +104,12 @@ CUresult counted_free(state& s, alloc_table& table, std::uint64_t key, Call call
   const CUresult r = call();
   if (!c) return r;
   if (r == CUDA_SUCCESS) {
-    s.release(*c);
+    give_back(s, *c);
   } else {
     try {
-      table.insert(key, *c);
+      if (auto displaced = table.insert(key, *c)) give_back(s, *displaced);
     } catch (...) {
-      s.release(*c);  // cannot track it any more: give it back rather than leak quota
+      give_back(s, *c);  // cannot track it any more: give it back rather than leak quota
     }
   }
   return r;
@@ -98,64 +117,199 @@ CUresult counted_free(state& s, alloc_table& table, std::uint64_t key, Call call
 
 std::uint64_t key_of(const void* p) { return reinterpret_cast<std::uintptr_t>(p); }
 
-/// Bytes per element of an array format, 0 for formats whose size only the driver knows.
-std::uint64_t element_bytes(CUarray_format f) {
+/// The calling thread's current context (what a device pointer or array belongs to).
+CUcontext current_context(state& s) {
+  auto get = s.helper_fn<decltype(&::cuCtxGetCurrent)>(d::helper::cuCtxGetCurrent);
+  CUcontext ctx = nullptr;
+  if (get != nullptr && get(&ctx) != CUDA_SUCCESS) ctx = nullptr;
+  return ctx;
+}
+
+/// The texel layout of an array format with \p channels channels. Formats this table does not
+/// know (newer than CUDA 13) are taken at 16 bytes a texel, the largest a plain format has, so a
+/// new format is over-charged rather than free.
+gpuslice::shim::texel_layout layout_of(CUarray_format f, unsigned channels) {
+  const std::uint32_t n = std::max(channels, 1u);
   switch (f) {
     case CU_AD_FORMAT_UNSIGNED_INT8:
     case CU_AD_FORMAT_SIGNED_INT8:
-      return 1;
+      return {n};
     case CU_AD_FORMAT_UNSIGNED_INT16:
     case CU_AD_FORMAT_SIGNED_INT16:
     case CU_AD_FORMAT_HALF:
-      return 2;
+      return {2 * n};
     case CU_AD_FORMAT_UNSIGNED_INT32:
     case CU_AD_FORMAT_SIGNED_INT32:
     case CU_AD_FORMAT_FLOAT:
-      return 4;
+      return {4 * n};
+    // The normalised formats carry their channel count in the format.
+    case CU_AD_FORMAT_UNORM_INT8X1:
+    case CU_AD_FORMAT_SNORM_INT8X1:
+      return {1};
+    case CU_AD_FORMAT_UNORM_INT8X2:
+    case CU_AD_FORMAT_SNORM_INT8X2:
+    case CU_AD_FORMAT_UNORM_INT16X1:
+    case CU_AD_FORMAT_SNORM_INT16X1:
+      return {2};
+    case CU_AD_FORMAT_UNORM_INT8X4:
+    case CU_AD_FORMAT_SNORM_INT8X4:
+    case CU_AD_FORMAT_UNORM_INT16X2:
+    case CU_AD_FORMAT_SNORM_INT16X2:
+    case CU_AD_FORMAT_UNORM_INT_101010_2:
+      return {4};
+    case CU_AD_FORMAT_UNORM_INT16X4:
+    case CU_AD_FORMAT_SNORM_INT16X4:
+      return {8};
+    // Block compression: 4x4 texels per block of 8 (BC1, BC4) or 16 bytes.
+    case CU_AD_FORMAT_BC1_UNORM:
+    case CU_AD_FORMAT_BC1_UNORM_SRGB:
+    case CU_AD_FORMAT_BC4_UNORM:
+    case CU_AD_FORMAT_BC4_SNORM:
+      return {8, 4, 4};
+    case CU_AD_FORMAT_BC2_UNORM:
+    case CU_AD_FORMAT_BC2_UNORM_SRGB:
+    case CU_AD_FORMAT_BC3_UNORM:
+    case CU_AD_FORMAT_BC3_UNORM_SRGB:
+    case CU_AD_FORMAT_BC5_UNORM:
+    case CU_AD_FORMAT_BC5_SNORM:
+    case CU_AD_FORMAT_BC6H_UF16:
+    case CU_AD_FORMAT_BC6H_SF16:
+    case CU_AD_FORMAT_BC7_UNORM:
+    case CU_AD_FORMAT_BC7_UNORM_SRGB:
+      return {16, 4, 4};
+    // Video formats: the first plane's texel size, then the further planes over its rows.
+    case CU_AD_FORMAT_NV12:  // 8-bit 4:2:0
+      return {1, 1, 1, 3, 2};
+    case CU_AD_FORMAT_P010:  // 16-bit 4:2:0
+    case CU_AD_FORMAT_P016:
+      return {2, 1, 1, 3, 2};
+    case CU_AD_FORMAT_NV16:  // 8-bit 4:2:2
+      return {1, 1, 1, 2, 1};
+    case CU_AD_FORMAT_P210:  // 16-bit 4:2:2
+    case CU_AD_FORMAT_P216:
+      return {2, 1, 1, 2, 1};
+    case CU_AD_FORMAT_YUY2:  // packed 4:2:2, 8-bit
+      return {2};
+    case CU_AD_FORMAT_Y210:  // packed 4:2:2, 16-bit
+    case CU_AD_FORMAT_Y216:
+    case CU_AD_FORMAT_AYUV:
+    case CU_AD_FORMAT_Y410:
+      return {4};
+    case CU_AD_FORMAT_Y416:
+      return {8};
+    case CU_AD_FORMAT_Y444_PLANAR8:  // three full planes
+    case CU_AD_FORMAT_YUV444_8bit_SemiPlanar:
+      return {1, 1, 1, 3, 1};
+    case CU_AD_FORMAT_Y444_PLANAR10:
+    case CU_AD_FORMAT_YUV444_16bit_SemiPlanar:
+      return {2, 1, 1, 3, 1};
     default:
-      return 0;
+      return {16};
   }
 }
 
-/// A lower bound of an array's size from its descriptor (the driver pads rows further).
-std::uint64_t array_estimate(std::size_t w, std::size_t h, std::size_t depth, CUarray_format f,
-                             unsigned channels) {
-  return static_cast<std::uint64_t>(w) * std::max<std::size_t>(h, 1) *
-         std::max<std::size_t>(depth, 1) * element_bytes(f) * channels;
+/// The row alignment of arrays on \p ordinal (the driver's texture pitch alignment).
+std::uint64_t row_alignment(state& s, int ordinal) {
+  auto attr = s.helper_fn<decltype(&::cuDeviceGetAttribute)>(d::helper::cuDeviceGetAttribute);
+  int v = 0;
+  if (attr == nullptr ||
+      attr(&v, CU_DEVICE_ATTRIBUTE_TEXTURE_PITCH_ALIGNMENT, ordinal) != CUDA_SUCCESS || v <= 0) {
+    return 1;
+  }
+  return static_cast<std::uint64_t>(v);
 }
 
+/// An array's footprint: the driver's requirement query where it answers (only for arrays made
+/// with CUDA_ARRAY3D_DEFERRED_MAPPING, which the shim never charges, on current drivers), else
+/// the computed footprint. The driver's block-linear layout may pad further; reconciliation
+/// against NVML charges that difference (state::reconcile).
 template <class Handle, class Query>
-std::uint64_t array_actual(state& s, Query query, Handle h, int ordinal, std::uint64_t estimate) {
+std::uint64_t array_actual(Query query, Handle h, int ordinal, std::uint64_t estimate) {
   if (query == nullptr) return estimate;
   CUDA_ARRAY_MEMORY_REQUIREMENTS req{};
-  (void)s;
   return query(&req, h, ordinal) == CUDA_SUCCESS ? static_cast<std::uint64_t>(req.size) : estimate;
 }
 
+/// A stream-ordered allocation from \p pool on \p ordinal: reserves the allocation's size while
+/// the driver runs, then charges the pool's reserve instead (state::settle_pool). Host-located
+/// pools are never charged.
+template <class Call, class Undo>
+CUresult pooled_alloc(state& s, int ordinal, CUmemoryPool pool, const char* name, CUdeviceptr* dptr,
+                      size_t bytes, Call call, Undo undo) {
+  if (s.pool_on_host(pool)) return call();
+  // A pool grows by whole granules (2 MiB on current GPUs), so the reservation covers the
+  // allocation rounded up to one: the driver never holds more than was reserved, even for the
+  // moment before the pool's reserve is read back.
+  constexpr std::uint64_t k_pool_granule = std::uint64_t{2} << 20;
+  const std::uint64_t worst = (bytes + k_pool_granule - 1) / k_pool_granule * k_pool_granule;
+  charge inflight;
+  if (!s.reserve(ordinal, worst, name, inflight)) return CUDA_ERROR_OUT_OF_MEMORY;
+  const CUresult r = call();
+  if (r != CUDA_SUCCESS) {
+    s.release(inflight);
+    return r;
+  }
+  charge c = inflight;
+  c.bytes = bytes;
+  c.pool = pool;
+  if (!s.settle_pool(pool, bytes, inflight)) {
+    undo();
+    s.pool_freed(c);
+    s.trim_pools(ordinal);
+    return CUDA_ERROR_OUT_OF_MEMORY;
+  }
+  return record(s, s.pointers(), static_cast<std::uint64_t>(*dptr), c, name, undo);
+}
+
+/// True when \p stream is being captured: stream-ordered calls on it then become graph nodes.
+/// Memory a graph allocates is the graph allocator's, reserved when the graph is launched or
+/// uploaded and measured from the driver (state::driver_memory_changed); at capture there is
+/// nothing to charge, so an aborted capture leaves no charge behind.
+bool capturing(state& s, CUstream stream, bool per_thread) {
+  auto is = per_thread
+                ? s.helper_fn<decltype(&::cuStreamIsCapturing)>(d::helper::cuStreamIsCapturing_ptsz)
+                : s.helper_fn<decltype(&::cuStreamIsCapturing)>(d::helper::cuStreamIsCapturing);
+  CUstreamCaptureStatus status = CU_STREAM_CAPTURE_STATUS_NONE;
+  return is != nullptr && is(stream, &status) == CUDA_SUCCESS &&
+         status != CU_STREAM_CAPTURE_STATUS_NONE;
+}
+
 CUresult mem_alloc_async(state& s, d::cuMemAllocAsync_fn real, const char* name, CUdeviceptr* dptr,
-                         size_t bytes, CUstream stream) {
+                         size_t bytes, CUstream stream, bool per_thread) {
   int ordinal = 0;
-  if (dptr == nullptr) return real(dptr, bytes, stream);
+  if (dptr == nullptr || bytes == 0) return real(dptr, bytes, stream);
+  if (capturing(s, stream, per_thread)) return real(dptr, bytes, stream);
   if (CUresult r = s.stream_device(stream, &ordinal); r != CUDA_SUCCESS) return r;
+  auto undo = [&] {
+    auto free_async = s.real<d::cuMemFreeAsync_fn>(hook::cuMemFreeAsync);
+    if (free_async != nullptr) free_async(*dptr, stream);
+  };
+  // The device's current pool serves cuMemAllocAsync.
+  auto get_pool = s.helper_fn<decltype(&::cuDeviceGetMemPool)>(d::helper::cuDeviceGetMemPool);
+  CUmemoryPool pool = nullptr;
+  if (get_pool != nullptr && get_pool(&pool, ordinal) == CUDA_SUCCESS && pool != nullptr) {
+    return pooled_alloc(
+        s, ordinal, pool, name, dptr, bytes, [&] { return real(dptr, bytes, stream); }, undo);
+  }
   return counted_alloc(
       s, ordinal, bytes, name, s.pointers(), [&] { return real(dptr, bytes, stream); },
-      [&] { return bytes; }, [&] { return static_cast<std::uint64_t>(*dptr); },
-      [&] {
-        auto free_async = s.real<d::cuMemFreeAsync_fn>(hook::cuMemFreeAsync);
-        if (free_async != nullptr) free_async(*dptr, stream);
-      });
+      [&] { return bytes; }, [&] { return static_cast<std::uint64_t>(*dptr); }, undo);
 }
 
 CUresult mem_alloc_pool(state& s, d::cuMemAllocFromPoolAsync_fn real, const char* name,
-                        CUdeviceptr* dptr, size_t bytes, CUmemoryPool pool, CUstream stream) {
-  // The pool's device has no query; the stream's device is where stream-ordered memory for it
-  // is normally placed (a pool on another device is charged to the stream's device).
-  int ordinal = 0;
-  if (dptr == nullptr) return real(dptr, bytes, pool, stream);
-  if (CUresult r = s.stream_device(stream, &ordinal); r != CUDA_SUCCESS) return r;
-  return counted_alloc(
-      s, ordinal, bytes, name, s.pointers(), [&] { return real(dptr, bytes, pool, stream); },
-      [&] { return bytes; }, [&] { return static_cast<std::uint64_t>(*dptr); },
+                        CUdeviceptr* dptr, size_t bytes, CUmemoryPool pool, CUstream stream,
+                        bool per_thread) {
+  if (dptr == nullptr || pool == nullptr || bytes == 0 || capturing(s, stream, per_thread)) {
+    return real(dptr, bytes, pool, stream);
+  }
+  // A pool cuMemPoolCreate placed is charged to its device; another (a device's default pool)
+  // to the stream's device.
+  int ordinal = s.pool_ordinal(pool);
+  if (ordinal < 0) {
+    if (CUresult r = s.stream_device(stream, &ordinal); r != CUDA_SUCCESS) return r;
+  }
+  return pooled_alloc(
+      s, ordinal, pool, name, dptr, bytes, [&] { return real(dptr, bytes, pool, stream); },
       [&] {
         auto free_async = s.real<d::cuMemFreeAsync_fn>(hook::cuMemFreeAsync);
         if (free_async != nullptr) free_async(*dptr, stream);
@@ -165,8 +319,8 @@ CUresult mem_alloc_pool(state& s, d::cuMemAllocFromPoolAsync_fn real, const char
 /// The allocation of cuMemAlloc_v2. With CUDA_OVERSUBSCRIBE=true, an allocation the quota
 /// admitted but the card cannot hold becomes managed memory that prefers the device and stays
 /// mapped there (docs/oversubscription.md): it is charged to the quota like device memory.
-CUresult alloc_or_oversubscribe(state& s, d::cuMemAlloc_v2_fn real, CUdeviceptr* dptr,
-                                size_t bytes, int ordinal) {
+CUresult alloc_or_oversubscribe(state& s, d::cuMemAlloc_v2_fn real, CUdeviceptr* dptr, size_t bytes,
+                                int ordinal) {
   const CUresult r = real(dptr, bytes);
   if (r != CUDA_ERROR_OUT_OF_MEMORY || !s.configuration().oversubscribe) return r;
   auto managed = s.real<d::cuMemAllocManaged_fn>(hook::cuMemAllocManaged);
@@ -295,9 +449,9 @@ GPUSLICE_SHIM_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr* dptr, size_t bytes) {
   if (CUresult r = s.current_device(&ordinal); r != CUDA_SUCCESS) return r;
   return counted_alloc(
       s, ordinal, bytes, "cuMemAlloc_v2", s.pointers(),
-      [&] { return alloc_or_oversubscribe(s, real, dptr, bytes, ordinal); },
-      [&] { return bytes; }, [&] { return static_cast<std::uint64_t>(*dptr); },
-      [&] { s.real<d::cuMemFree_v2_fn>(hook::cuMemFree_v2)(*dptr); });
+      [&] { return alloc_or_oversubscribe(s, real, dptr, bytes, ordinal); }, [&] { return bytes; },
+      [&] { return static_cast<std::uint64_t>(*dptr); },
+      [&] { s.real<d::cuMemFree_v2_fn>(hook::cuMemFree_v2)(*dptr); }, current_context(s));
 }
 
 GPUSLICE_SHIM_EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr* dptr, size_t* pitch, size_t width,
@@ -315,7 +469,7 @@ GPUSLICE_SHIM_EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr* dptr, size_t* pitc
       [&] { return real(dptr, pitch, width, height, element_bytes); },
       [&] { return static_cast<std::uint64_t>(*pitch) * height; },
       [&] { return static_cast<std::uint64_t>(*dptr); },
-      [&] { s.real<d::cuMemFree_v2_fn>(hook::cuMemFree_v2)(*dptr); });
+      [&] { s.real<d::cuMemFree_v2_fn>(hook::cuMemFree_v2)(*dptr); }, current_context(s));
 }
 
 GPUSLICE_SHIM_EXPORT CUresult cuMemAllocManaged(CUdeviceptr* dptr, size_t bytes,
@@ -329,7 +483,7 @@ GPUSLICE_SHIM_EXPORT CUresult cuMemAllocManaged(CUdeviceptr* dptr, size_t bytes,
       s, ordinal, bytes, "cuMemAllocManaged", s.pointers(),
       [&] { return real(dptr, bytes, flags); }, [&] { return bytes; },
       [&] { return static_cast<std::uint64_t>(*dptr); },
-      [&] { s.real<d::cuMemFree_v2_fn>(hook::cuMemFree_v2)(*dptr); });
+      [&] { s.real<d::cuMemFree_v2_fn>(hook::cuMemFree_v2)(*dptr); }, current_context(s));
 }
 
 GPUSLICE_SHIM_EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr) {
@@ -339,35 +493,60 @@ GPUSLICE_SHIM_EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr) {
 
 GPUSLICE_SHIM_EXPORT CUresult cuMemAllocAsync(CUdeviceptr* dptr, size_t bytes, CUstream stream) {
   GPUSLICE_PROLOGUE(cuMemAllocAsync, CUDA_ERROR_NOT_FOUND, dptr, bytes, stream)
-  return mem_alloc_async(s, real, "cuMemAllocAsync", dptr, bytes, stream);
+  return mem_alloc_async(s, real, "cuMemAllocAsync", dptr, bytes, stream, false);
 }
 
 GPUSLICE_SHIM_EXPORT CUresult cuMemAllocAsync_ptsz(CUdeviceptr* dptr, size_t bytes,
                                                    CUstream stream) {
   GPUSLICE_PROLOGUE(cuMemAllocAsync_ptsz, CUDA_ERROR_NOT_FOUND, dptr, bytes, stream)
-  return mem_alloc_async(s, real, "cuMemAllocAsync_ptsz", dptr, bytes, stream);
+  return mem_alloc_async(s, real, "cuMemAllocAsync_ptsz", dptr, bytes, stream, true);
 }
 
 GPUSLICE_SHIM_EXPORT CUresult cuMemAllocFromPoolAsync(CUdeviceptr* dptr, size_t bytes,
                                                       CUmemoryPool pool, CUstream stream) {
   GPUSLICE_PROLOGUE(cuMemAllocFromPoolAsync, CUDA_ERROR_NOT_FOUND, dptr, bytes, pool, stream)
-  return mem_alloc_pool(s, real, "cuMemAllocFromPoolAsync", dptr, bytes, pool, stream);
+  return mem_alloc_pool(s, real, "cuMemAllocFromPoolAsync", dptr, bytes, pool, stream, false);
 }
 
 GPUSLICE_SHIM_EXPORT CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr* dptr, size_t bytes,
                                                            CUmemoryPool pool, CUstream stream) {
   GPUSLICE_PROLOGUE(cuMemAllocFromPoolAsync_ptsz, CUDA_ERROR_NOT_FOUND, dptr, bytes, pool, stream)
-  return mem_alloc_pool(s, real, "cuMemAllocFromPoolAsync_ptsz", dptr, bytes, pool, stream);
+  return mem_alloc_pool(s, real, "cuMemAllocFromPoolAsync_ptsz", dptr, bytes, pool, stream, true);
 }
 
+// A free captured into a graph happens when the graph runs: the charge stays until then (and
+// goes when the address is handed out again), never given back early.
 GPUSLICE_SHIM_EXPORT CUresult cuMemFreeAsync(CUdeviceptr dptr, CUstream stream) {
   GPUSLICE_PROLOGUE(cuMemFreeAsync, CUDA_ERROR_NOT_FOUND, dptr, stream)
+  if (capturing(s, stream, false)) return real(dptr, stream);
   return counted_free(s, s.pointers(), dptr, [&] { return real(dptr, stream); });
 }
 
 GPUSLICE_SHIM_EXPORT CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream stream) {
   GPUSLICE_PROLOGUE(cuMemFreeAsync_ptsz, CUDA_ERROR_NOT_FOUND, dptr, stream)
+  if (capturing(s, stream, true)) return real(dptr, stream);
   return counted_free(s, s.pointers(), dptr, [&] { return real(dptr, stream); });
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuDeviceGraphMemTrim(CUdevice dev) {
+  GPUSLICE_PROLOGUE(cuDeviceGraphMemTrim, CUDA_ERROR_NOT_FOUND, dev)
+  const CUresult r = real(dev);
+  if (r == CUDA_SUCCESS) s.driver_memory_changed(dev);
+  return r;
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuMemPoolCreate(CUmemoryPool* pool, const CUmemPoolProps* props) {
+  GPUSLICE_PROLOGUE(cuMemPoolCreate, CUDA_ERROR_NOT_FOUND, pool, props)
+  const CUresult r = real(pool, props);
+  if (r == CUDA_SUCCESS && pool != nullptr && props != nullptr) s.pool_created(*pool, *props);
+  return r;
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuMemPoolDestroy(CUmemoryPool pool) {
+  GPUSLICE_PROLOGUE(cuMemPoolDestroy, CUDA_ERROR_NOT_FOUND, pool)
+  const CUresult r = real(pool);
+  if (r == CUDA_SUCCESS) s.pool_destroyed(pool);
+  return r;
 }
 
 GPUSLICE_SHIM_EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle* handle, size_t size,
@@ -379,16 +558,54 @@ GPUSLICE_SHIM_EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle* handle, 
       prop->location.type != CU_MEM_LOCATION_TYPE_DEVICE) {
     return real(handle, size, prop, flags);
   }
-  return counted_alloc(
+  const CUresult r = counted_alloc(
       s, prop->location.id, size, "cuMemCreate", s.handles(),
       [&] { return real(handle, size, prop, flags); }, [&] { return size; },
       [&] { return static_cast<std::uint64_t>(*handle); },
       [&] { s.real<d::cuMemRelease_fn>(hook::cuMemRelease)(*handle); });
+  if (r == CUDA_SUCCESS) s.vmm_created(*handle);
+  return r;
 }
 
+namespace {
+/// Gives back the charge of a VMM handle whose memory the driver freed.
+void vmm_freed(state& s, CUmemGenericAllocationHandle h) {
+  if (auto c = s.handles().take(h)) s.release(*c);
+}
+}  // namespace
+
+// A handle's memory is freed when it is both released and unmapped (state::vmm_released).
 GPUSLICE_SHIM_EXPORT CUresult cuMemRelease(CUmemGenericAllocationHandle handle) {
   GPUSLICE_PROLOGUE(cuMemRelease, CUDA_ERROR_NOT_FOUND, handle)
-  return counted_free(s, s.handles(), handle, [&] { return real(handle); });
+  const CUresult r = real(handle);
+  if (r == CUDA_SUCCESS && s.vmm_released(handle)) vmm_freed(s, handle);
+  return r;
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuMemRetainAllocationHandle(CUmemGenericAllocationHandle* handle,
+                                                          void* addr) {
+  GPUSLICE_PROLOGUE(cuMemRetainAllocationHandle, CUDA_ERROR_NOT_FOUND, handle, addr)
+  const CUresult r = real(handle, addr);
+  if (r == CUDA_SUCCESS && handle != nullptr) s.vmm_retained(*handle);
+  return r;
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset,
+                                       CUmemGenericAllocationHandle handle,
+                                       unsigned long long flags) {
+  GPUSLICE_PROLOGUE(cuMemMap, CUDA_ERROR_NOT_FOUND, ptr, size, offset, handle, flags)
+  const CUresult r = real(ptr, size, offset, handle, flags);
+  if (r == CUDA_SUCCESS) s.vmm_mapped(ptr, size, handle);
+  return r;
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuMemUnmap(CUdeviceptr ptr, size_t size) {
+  GPUSLICE_PROLOGUE(cuMemUnmap, CUDA_ERROR_NOT_FOUND, ptr, size)
+  const CUresult r = real(ptr, size);
+  if (r == CUDA_SUCCESS) {
+    for (CUmemGenericAllocationHandle h : s.vmm_unmapped(ptr, size)) vmm_freed(s, h);
+  }
+  return r;
 }
 
 GPUSLICE_SHIM_EXPORT CUresult cuArrayCreate_v2(CUarray* out, const CUDA_ARRAY_DESCRIPTOR* desc) {
@@ -397,13 +614,12 @@ GPUSLICE_SHIM_EXPORT CUresult cuArrayCreate_v2(CUarray* out, const CUDA_ARRAY_DE
   if (out == nullptr || desc == nullptr) return real(out, desc);
   if (CUresult r = s.current_device(&ordinal); r != CUDA_SUCCESS) return r;
   const std::uint64_t estimate =
-      array_estimate(desc->Width, desc->Height, 1, desc->Format, desc->NumChannels);
-  auto query = s.helper_fn<decltype(&::cuArrayGetMemoryRequirements)>(
-      d::helper::cuArrayGetMemoryRequirements);
+      gpuslice::shim::array_bytes(layout_of(desc->Format, desc->NumChannels), desc->Width,
+                                  desc->Height, 0, 1, false, row_alignment(s, ordinal));
   return counted_alloc(
       s, ordinal, estimate, "cuArrayCreate_v2", s.arrays(), [&] { return real(out, desc); },
-      [&] { return array_actual(s, query, *out, ordinal, estimate); }, [&] { return key_of(*out); },
-      [&] { s.real<d::cuArrayDestroy_fn>(hook::cuArrayDestroy)(*out); });
+      [&] { return estimate; }, [&] { return key_of(*out); },
+      [&] { s.real<d::cuArrayDestroy_fn>(hook::cuArrayDestroy)(*out); }, current_context(s));
 }
 
 GPUSLICE_SHIM_EXPORT CUresult cuArray3DCreate_v2(CUarray* out,
@@ -412,14 +628,19 @@ GPUSLICE_SHIM_EXPORT CUresult cuArray3DCreate_v2(CUarray* out,
   int ordinal = 0;
   if (out == nullptr || desc == nullptr) return real(out, desc);
   if (CUresult r = s.current_device(&ordinal); r != CUDA_SUCCESS) return r;
+  // A deferred-mapping array takes no memory: what backs it comes from cuMemCreate, charged
+  // there, and mapped with cuMemMapArrayAsync.
+  if ((desc->Flags & CUDA_ARRAY3D_DEFERRED_MAPPING) != 0) return real(out, desc);
+  const bool layered = (desc->Flags & (CUDA_ARRAY3D_LAYERED | CUDA_ARRAY3D_CUBEMAP)) != 0;
   const std::uint64_t estimate =
-      array_estimate(desc->Width, desc->Height, desc->Depth, desc->Format, desc->NumChannels);
+      gpuslice::shim::array_bytes(layout_of(desc->Format, desc->NumChannels), desc->Width,
+                                  desc->Height, desc->Depth, 1, layered, row_alignment(s, ordinal));
   auto query = s.helper_fn<decltype(&::cuArrayGetMemoryRequirements)>(
       d::helper::cuArrayGetMemoryRequirements);
   return counted_alloc(
       s, ordinal, estimate, "cuArray3DCreate_v2", s.arrays(), [&] { return real(out, desc); },
-      [&] { return array_actual(s, query, *out, ordinal, estimate); }, [&] { return key_of(*out); },
-      [&] { s.real<d::cuArrayDestroy_fn>(hook::cuArrayDestroy)(*out); });
+      [&] { return array_actual(query, *out, ordinal, estimate); }, [&] { return key_of(*out); },
+      [&] { s.real<d::cuArrayDestroy_fn>(hook::cuArrayDestroy)(*out); }, current_context(s));
 }
 
 GPUSLICE_SHIM_EXPORT CUresult cuArrayDestroy(CUarray array) {
@@ -434,21 +655,167 @@ GPUSLICE_SHIM_EXPORT CUresult cuMipmappedArrayCreate(CUmipmappedArray* out,
   int ordinal = 0;
   if (out == nullptr || desc == nullptr) return real(out, desc, levels);
   if (CUresult r = s.current_device(&ordinal); r != CUDA_SUCCESS) return r;
-  // The base level is a lower bound; the driver's requirement query gives the whole chain.
-  const std::uint64_t estimate =
-      array_estimate(desc->Width, desc->Height, desc->Depth, desc->Format, desc->NumChannels);
+  if ((desc->Flags & CUDA_ARRAY3D_DEFERRED_MAPPING) != 0) return real(out, desc, levels);
+  const bool layered = (desc->Flags & (CUDA_ARRAY3D_LAYERED | CUDA_ARRAY3D_CUBEMAP)) != 0;
+  // The whole chain, every level padded.
+  const std::uint64_t estimate = gpuslice::shim::array_bytes(
+      layout_of(desc->Format, desc->NumChannels), desc->Width, desc->Height, desc->Depth, levels,
+      layered, row_alignment(s, ordinal));
   auto query = s.helper_fn<decltype(&::cuMipmappedArrayGetMemoryRequirements)>(
       d::helper::cuMipmappedArrayGetMemoryRequirements);
   return counted_alloc(
       s, ordinal, estimate, "cuMipmappedArrayCreate", s.arrays(),
       [&] { return real(out, desc, levels); },
-      [&] { return array_actual(s, query, *out, ordinal, estimate); }, [&] { return key_of(*out); },
-      [&] { s.real<d::cuMipmappedArrayDestroy_fn>(hook::cuMipmappedArrayDestroy)(*out); });
+      [&] { return array_actual(query, *out, ordinal, estimate); }, [&] { return key_of(*out); },
+      [&] { s.real<d::cuMipmappedArrayDestroy_fn>(hook::cuMipmappedArrayDestroy)(*out); },
+      current_context(s));
 }
 
 GPUSLICE_SHIM_EXPORT CUresult cuMipmappedArrayDestroy(CUmipmappedArray array) {
   GPUSLICE_PROLOGUE(cuMipmappedArrayDestroy, CUDA_ERROR_NOT_FOUND, array)
   return counted_free(s, s.arrays(), key_of(array), [&] { return real(array); });
+}
+
+// ---- modules: their code and data take device memory the driver measures -------------------
+
+namespace {
+/// After a module load or unload in the current context: its device's memory is measured again
+/// at the next call (state::reconcile), so a module counts from its load on.
+void module_changed(state& s) {
+  int ordinal = -1;
+  if (s.current_device(&ordinal) == CUDA_SUCCESS) s.driver_memory_changed(ordinal);
+}
+}  // namespace
+
+GPUSLICE_SHIM_EXPORT CUresult cuModuleLoad(CUmodule* module, const char* fname) {
+  GPUSLICE_PROLOGUE(cuModuleLoad, CUDA_ERROR_NOT_FOUND, module, fname)
+  const CUresult r = real(module, fname);
+  if (r == CUDA_SUCCESS) module_changed(s);
+  return r;
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuModuleLoadData(CUmodule* module, const void* image) {
+  GPUSLICE_PROLOGUE(cuModuleLoadData, CUDA_ERROR_NOT_FOUND, module, image)
+  const CUresult r = real(module, image);
+  if (r == CUDA_SUCCESS) module_changed(s);
+  return r;
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuModuleLoadDataEx(CUmodule* module, const void* image,
+                                                 unsigned int n, CUjit_option* options,
+                                                 void** values) {
+  GPUSLICE_PROLOGUE(cuModuleLoadDataEx, CUDA_ERROR_NOT_FOUND, module, image, n, options, values)
+  const CUresult r = real(module, image, n, options, values);
+  if (r == CUDA_SUCCESS) module_changed(s);
+  return r;
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuModuleLoadFatBinary(CUmodule* module, const void* fatbin) {
+  GPUSLICE_PROLOGUE(cuModuleLoadFatBinary, CUDA_ERROR_NOT_FOUND, module, fatbin)
+  const CUresult r = real(module, fatbin);
+  if (r == CUDA_SUCCESS) module_changed(s);
+  return r;
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuModuleUnload(CUmodule module) {
+  GPUSLICE_PROLOGUE(cuModuleUnload, CUDA_ERROR_NOT_FOUND, module)
+  const CUresult r = real(module);
+  if (r == CUDA_SUCCESS) module_changed(s);
+  return r;
+}
+
+// A library is loaded into every context, lazily: every device is measured again.
+GPUSLICE_SHIM_EXPORT CUresult cuLibraryLoadData(CUlibrary* library, const void* code,
+                                                CUjit_option* jit_options, void** jit_values,
+                                                unsigned int jit_count,
+                                                CUlibraryOption* library_options,
+                                                void** library_values, unsigned int library_count) {
+  GPUSLICE_PROLOGUE(cuLibraryLoadData, CUDA_ERROR_NOT_FOUND, library, code, jit_options, jit_values,
+                    jit_count, library_options, library_values, library_count)
+  const CUresult r = real(library, code, jit_options, jit_values, jit_count, library_options,
+                          library_values, library_count);
+  if (r == CUDA_SUCCESS) s.driver_memory_changed(-1);
+  return r;
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuLibraryLoadFromFile(CUlibrary* library, const char* file,
+                                                    CUjit_option* jit_options, void** jit_values,
+                                                    unsigned int jit_count,
+                                                    CUlibraryOption* library_options,
+                                                    void** library_values,
+                                                    unsigned int library_count) {
+  GPUSLICE_PROLOGUE(cuLibraryLoadFromFile, CUDA_ERROR_NOT_FOUND, library, file, jit_options,
+                    jit_values, jit_count, library_options, library_values, library_count)
+  const CUresult r = real(library, file, jit_options, jit_values, jit_count, library_options,
+                          library_values, library_count);
+  if (r == CUDA_SUCCESS) s.driver_memory_changed(-1);
+  return r;
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuLibraryUnload(CUlibrary library) {
+  GPUSLICE_PROLOGUE(cuLibraryUnload, CUDA_ERROR_NOT_FOUND, library)
+  const CUresult r = real(library);
+  if (r == CUDA_SUCCESS) s.driver_memory_changed(-1);
+  return r;
+}
+
+// ---- context teardown: the driver frees the context's memory ---------------------------------
+
+GPUSLICE_SHIM_EXPORT CUresult cuCtxDestroy_v2(CUcontext ctx) {
+  GPUSLICE_PROLOGUE(cuCtxDestroy_v2, CUDA_ERROR_NOT_FOUND, ctx)
+  int ordinal = -1;
+  {
+    // The context's device, asked of the context itself.
+    auto push = s.helper_fn<decltype(&::cuCtxPushCurrent_v2)>(d::helper::cuCtxPushCurrent_v2);
+    auto pop = s.helper_fn<decltype(&::cuCtxPopCurrent_v2)>(d::helper::cuCtxPopCurrent_v2);
+    CUcontext popped = nullptr;
+    if (push != nullptr && pop != nullptr && ctx != nullptr && push(ctx) == CUDA_SUCCESS) {
+      if (s.current_device(&ordinal) != CUDA_SUCCESS) ordinal = -1;
+      pop(&popped);
+    }
+  }
+  const CUresult r = real(ctx);
+  if (r == CUDA_SUCCESS) s.context_gone(ctx, ordinal);
+  return r;
+}
+
+namespace {
+/// Runs \p call (a release or reset of \p dev's primary context) and gives back the charges of
+/// that context when the call tore it down.
+template <class Call>
+CUresult primary_teardown(state& s, CUdevice dev, Call call) {
+  auto get_state =
+      s.helper_fn<decltype(&::cuDevicePrimaryCtxGetState)>(d::helper::cuDevicePrimaryCtxGetState);
+  auto retain =
+      s.helper_fn<decltype(&::cuDevicePrimaryCtxRetain)>(d::helper::cuDevicePrimaryCtxRetain);
+  auto release = s.real<d::cuDevicePrimaryCtxRelease_v2_fn>(hook::cuDevicePrimaryCtxRelease_v2);
+  unsigned flags = 0;
+  int active = 0;
+  CUcontext primary = nullptr;
+  // The primary context's handle: retaining an active one creates nothing, and the release
+  // right after leaves its count as it was.
+  if (get_state != nullptr && retain != nullptr && release != nullptr &&
+      get_state(dev, &flags, &active) == CUDA_SUCCESS && active != 0 &&
+      retain(&primary, dev) == CUDA_SUCCESS) {
+    release(dev);
+  }
+  const CUresult r = call();
+  if (r == CUDA_SUCCESS && primary != nullptr && get_state(dev, &flags, &active) == CUDA_SUCCESS &&
+      active == 0) {
+    s.context_gone(primary, dev);
+  }
+  return r;
+}
+}  // namespace
+
+GPUSLICE_SHIM_EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev) {
+  GPUSLICE_PROLOGUE(cuDevicePrimaryCtxRelease_v2, CUDA_ERROR_NOT_FOUND, dev)
+  return primary_teardown(s, dev, [&] { return real(dev); });
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuDevicePrimaryCtxReset_v2(CUdevice dev) {
+  GPUSLICE_PROLOGUE(cuDevicePrimaryCtxReset_v2, CUDA_ERROR_NOT_FOUND, dev)
+  return primary_teardown(s, dev, [&] { return real(dev); });
 }
 
 // ---- dlsym -------------------------------------------------------------------------------------

@@ -1,19 +1,34 @@
 /// \file
 /// Every launch path through the SM limiter: cuLaunchKernel[_ptsz], cuLaunchKernelEx[_ptsz],
-/// cuLaunchCooperativeKernel[_ptsz], cuLaunchCooperativeKernelMultiDevice and cuGraphLaunch[_ptsz]
-/// are admitted by the device's sm_limiter before they reach the driver. Graphs are charged by
+/// cuLaunchCooperativeKernel[_ptsz], cuLaunchCooperativeKernelMultiDevice, cuGraphLaunch[_ptsz]
+/// and the legacy cuLaunch, cuLaunchGrid and cuLaunchGridAsync are admitted by the device's
+/// sm_limiter before they reach the driver. Graphs are charged by
 /// their own learned cost (the graph exec is the "function"), cooperative kernels like any other.
 ///
 /// Per device, the limiter's bucket lives in the container's ledger (its rate words), so every
 /// process of the container draws from one bucket. Its share is the ledger's SM field, which the
-/// first process stores from CUDA_DEVICE_SM_LIMIT and `gpuslice set-limit` changes: the launch
-/// path reads that field at every launch (one load from the shared mapping) and applies a change
-/// at once, so a new cap holds from the next launch on.
+/// first process stores from CUDA_DEVICE_SM_LIMIT and `gpuslice set-limit` changes: a launch on a
+/// capped device reads that field (one load from the shared mapping) and applies a change at
+/// once; the watcher reads it every tick for every device.
 ///
-/// Learning: one launch in k_sample_every per thread (and the first) is bracketed by two
+/// Fast path: while no visible device is capped, every launch checks one process-wide flag and
+/// calls the driver; it asks the driver nothing (not even which device the stream is on), so
+/// its cost does not grow with the number of GPUs. The flag is set once every visible device has
+/// its gate, none is capped and the watcher runs; the watcher clears it within one tick of a cap
+/// appearing in the ledger (a cap set on an uncapped process holds from then on). A launch on
+/// the fast path counts as activity on each of the process's devices in the node region.
+///
+/// Learning: one launch in k_sample_every per thread (and the first), and every launch of a
+/// kernel the limiter has not learned yet (admission::learn), is bracketed by two
 /// events recorded on its own stream; a watcher thread reads the elapsed time when the second
 /// event has completed and feeds it to the limiter. Recording events neither synchronises
-/// anything nor orders the program's streams against each other. The same thread feeds NVML's
+/// anything nor orders the program's streams against each other.
+///
+/// Stream capture: the watcher puts its own thread in CU_STREAM_CAPTURE_MODE_RELAXED before its
+/// first driver call. A "potentially unsafe" call (cuEventQuery) from a thread in the default
+/// global mode while another thread captures in global mode (torch.cuda.graph's default) would
+/// invalidate that capture; in relaxed mode it does not. Where the mode cannot be set, the
+/// watcher makes no driver call and no launch is timed. The same thread feeds NVML's
 /// per-process SM utilization as the slow correction, stamps this tenant active in the node
 /// region (GPUSLICE_NODE_REGION) and reads the other tenants' stamps.
 ///
@@ -70,6 +85,22 @@ constexpr std::int64_t k_ns_per_s = 1'000'000'000;
 
 /// The calling thread's launches, for sampling (initial-exec: no TLS call on the launch path).
 thread_local std::uint32_t t_launches __attribute__((tls_model("initial-exec"))) = 0;
+
+/// True while no visible device is capped, each has its gate and the watcher runs: launches go
+/// straight to the driver (see the file comment). Constant-initialised, so reading it is one
+/// load with no guard.
+std::atomic<bool> g_fast{false};
+/// A launch took the fast path since the watcher's last node-region stamp.
+std::atomic<bool> g_fast_launched{false};
+
+/// The fast path's test, made by every launch before anything else. Thread-safe.
+inline bool fast_path() noexcept {
+  if (!g_fast.load(std::memory_order_acquire)) return false;
+  if (!g_fast_launched.load(std::memory_order_relaxed)) {
+    g_fast_launched.store(true, std::memory_order_relaxed);
+  }
+  return true;
+}
 
 std::int64_t now_ns() noexcept { return rate::steady_clock_ns{}.now(); }
 
@@ -197,17 +228,30 @@ class launch_control {
     if (!restart_watcher_.load(std::memory_order_relaxed)) return;
     std::lock_guard<std::mutex> lock(mu_);
     if (!restart_watcher_.exchange(false, std::memory_order_relaxed)) return;
-    bool needed = region_.has_value();
-    for (auto& slot : gates_) {
-      const device_gate* g = slot.load(std::memory_order_relaxed);
-      needed = needed || (g != nullptr && !g->bypass.load(std::memory_order_relaxed));
-    }
+    bool needed = false;
+    for (auto& slot : gates_) needed = needed || slot.load(std::memory_order_relaxed) != nullptr;
     if (needed) start_watcher(s);
   }
 
-  /// True when the calling thread's next launch should be timed. Thread-safe.
-  bool sample_now() noexcept {
-    if ((t_launches++ % k_sample_every) != 0) return false;
+  /// After a launch on an uncapped device: creates the gates of the other visible devices and
+  /// turns the fast path on when none is capped. Does its work once. Thread-safe.
+  void try_fast(state& s) noexcept {
+    if (fast_tried_.load(std::memory_order_relaxed)) return;
+    if (fast_tried_.exchange(true, std::memory_order_relaxed)) return;
+    const int count = s.device_count();
+    for (int i = 0; i < count; ++i) {
+      if (gate(s, i) == nullptr) return;  // a device that refuses launches: no fast path
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    all_gates_ = true;
+    refresh_fast_locked(s);
+  }
+
+  /// True when the calling thread's next launch should be timed: one in k_sample_every, and
+  /// every one the limiter asks to \p learn from. Thread-safe.
+  bool sample_now(bool learn = false) noexcept {
+    if ((t_launches++ % k_sample_every) != 0 && !learn) return false;
+    if (!timing_.load(std::memory_order_relaxed)) return false;
     return pending_.load(std::memory_order_relaxed) < k_max_pending_samples;
   }
 
@@ -224,6 +268,7 @@ class launch_control {
     mu_.unlock();
   }
   void after_fork_child() noexcept {
+    g_fast.store(false, std::memory_order_relaxed);  // until the child's watcher runs
     samples_.clear();
     pool_.clear();
     pending_.store(0, std::memory_order_relaxed);
@@ -260,11 +305,26 @@ class launch_control {
     g.percent = pct;
     if (region_) region_->update(g.tenant, cfg.priority, pct);
     const bool bypass = pct == 0 || cfg.policy == utilization_policy::disable;
+    // Launches that bypassed the limiter were never charged: the utilization they caused must
+    // not be read as a correction of the charges once the cap holds again.
+    if (!bypass && g.bypass.load(std::memory_order_relaxed)) g.limiter->restart_feedback(now_ns());
     g.bypass.store(bypass, std::memory_order_release);
     g.raw.store(raw, std::memory_order_release);
-    if (!bypass) start_watcher(s);
+    refresh_fast_locked(s);
     s.log(log_level::info, "device {}: SM share {}", g.ordinal,
           pct == 0 ? std::string("unlimited") : fmt::format("{}%", pct));
+  }
+
+  /// Turns the fast path on when every visible device has its gate, none is capped and the
+  /// watcher runs; off otherwise. Holds mu_.
+  void refresh_fast_locked(state& s) noexcept {
+    bool fast = all_gates_ && watcher_started_ && !restart_watcher_.load(std::memory_order_relaxed);
+    const int count = s.device_count();
+    for (int i = 0; fast && i < count; ++i) {
+      const device_gate* g = gates_[static_cast<std::size_t>(i)].load(std::memory_order_relaxed);
+      fast = g != nullptr && g->bypass.load(std::memory_order_relaxed);
+    }
+    g_fast.store(fast, std::memory_order_release);
   }
 
   device_gate* create_gate(state& s, int ordinal) noexcept {
@@ -304,9 +364,9 @@ class launch_control {
       }
       device_gate* made = g.release();
       slot.store(made, std::memory_order_release);
-      // The watcher learns costs for a capped device and keeps the node-region stamps; a
-      // process with neither has nothing for it to do (a later cap starts it).
-      if (region_ || !made->bypass.load(std::memory_order_relaxed)) start_watcher(s);
+      // The watcher learns costs for a capped device, keeps the node-region stamps and notices
+      // a cap set on an uncapped device (the fast path reads nothing per launch).
+      start_watcher(s);
       return made;
     } catch (...) {
       s.log(log_level::error, "device {}: out of memory while preparing its limiter", ordinal);
@@ -327,8 +387,11 @@ class launch_control {
                    [] { get().after_fork_child(); });
     const config& cfg = s.configuration();
     start_time_ = own_start_time();
+    // The container is its ledger file (named, or the default one), so every process that
+    // shares the quota counts as one tenant in the node region.
+    const std::string& ledger = s.ledger_path();
     struct stat st {};
-    if (!cfg.shared_cache.empty() && ::stat(cfg.shared_cache.c_str(), &st) == 0) {
+    if (!ledger.empty() && ::stat(ledger.c_str(), &st) == 0) {
       container_ = rate::container_key(static_cast<std::uint64_t>(st.st_dev),
                                        static_cast<std::uint64_t>(st.st_ino));
     } else {
@@ -379,18 +442,21 @@ class launch_control {
   void watch() noexcept {
     reentry_guard guard;
     state& s = state::get();
+    relax_capture_mode(s);
     std::int64_t next_utilization = now_ns() + k_utilization_period_ns;
     for (;;) {
       sleep_ns(k_tick_ns);
       const std::int64_t now = now_ns();
-      collect(s);
+      if (timing_.load(std::memory_order_relaxed)) collect(s);
       std::vector<device_gate*> gates;
       {
         std::lock_guard<std::mutex> lock(mu_);
         for (auto& slot : gates_) {
           if (device_gate* g = slot.load(std::memory_order_relaxed)) gates.push_back(g);
         }
+        const bool fast_launched = g_fast_launched.exchange(false, std::memory_order_relaxed);
         for (device_gate* g : gates) {
+          if (fast_launched) g->launched.store(true, std::memory_order_relaxed);
           // A process that only waits still sees a new cap (for its node-region record).
           const std::uint32_t raw = s.ledger_sm_limit(g->index);
           if (raw != g->raw.load(std::memory_order_relaxed)) apply_locked(s, *g, raw);
@@ -402,12 +468,29 @@ class launch_control {
           const auto p = region_->peers(g->tenant, now);
           g->limiter->set_others_active(p.others_active, p.high_others_active);
         }
+        refresh_fast_locked(s);
       }
       if (now >= next_utilization) {
         next_utilization = now + k_utilization_period_ns;
         for (device_gate* g : gates) utilization(s, *g, now);
       }
     }
+  }
+
+  /// Puts the watcher's thread in relaxed stream-capture mode, so that its driver calls never
+  /// invalidate a global-mode capture of the program's; where that fails, launches are no longer
+  /// timed and the watcher makes no driver call. Watcher only, once.
+  void relax_capture_mode(state& s) noexcept {
+    auto exchange = s.helper_fn<decltype(&::cuThreadExchangeStreamCaptureMode)>(
+        helper::cuThreadExchangeStreamCaptureMode);
+    CUstreamCaptureMode mode = CU_STREAM_CAPTURE_MODE_RELAXED;
+    const CUresult r = exchange != nullptr ? exchange(&mode) : CUDA_ERROR_NOT_FOUND;
+    if (r == CUDA_SUCCESS) return;
+    timing_.store(false, std::memory_order_relaxed);
+    s.log(log_level::warn,
+          "cuThreadExchangeStreamCaptureMode failed ({}): kernel costs are not timed, so that "
+          "the limiter's watcher never invalidates a stream capture",
+          static_cast<int>(r));
   }
 
   /// Feeds completed timed launches to their limiters. Watcher only.
@@ -420,6 +503,7 @@ class launch_control {
       std::lock_guard<std::mutex> lock(samples_mu_);
       batch.swap(samples_);
     }
+    if (batch.empty()) return;  // no driver call when there is nothing to read
     std::vector<pending_sample> keep;
     for (const pending_sample& p : batch) {
       if (query == nullptr || elapsed == nullptr || set_ctx == nullptr ||
@@ -464,15 +548,19 @@ class launch_control {
     std::array<nvmlProcessUtilizationSample_t, k_utilization_batch> samples{};
     unsigned n = static_cast<unsigned>(samples.size());
     if (util(g.nvml, samples.data(), &n, g.nvml_seen) != NVML_SUCCESS) return;
-    const auto self = static_cast<unsigned>(::getpid());
+    // This process as NVML lists it: the pid the memory side verified (the host's pid in a
+    // container's pid namespace), else getpid().
+    const unsigned verified = s.nvml_pid();
+    const auto self = verified != 0 ? verified : static_cast<unsigned>(::getpid());
     std::sort(samples.begin(), samples.begin() + n,
               [](const auto& a, const auto& b) { return a.timeStamp < b.timeStamp; });
     const bool first = g.nvml_seen == 0;
     unsigned long long prev = g.nvml_seen;
     double busy_us = 0.0;
     for (unsigned i = 0; i < n; ++i) {
-      // NVML lists this process's samples by its pid as NVML sees it: in a pid namespace it
-      // sees the host's pid, nothing matches and no correction is made.
+      // NVML lists this process's samples by its pid as NVML sees it: in a pid namespace,
+      // until the memory side has verified the host's pid, nothing matches and no correction
+      // is made.
       if (samples[i].pid != self || samples[i].timeStamp <= prev) continue;
       if (!first) {
         busy_us += static_cast<double>(samples[i].smUtil) / k_full_percent *
@@ -484,6 +572,7 @@ class launch_control {
     const auto span_ns = static_cast<std::int64_t>(prev - g.nvml_seen) * k_ns_per_us;
     g.nvml_seen = prev;
     if (first) return;  // the first answer only sets where the next one starts
+    if (g.bypass.load(std::memory_order_relaxed)) return;  // uncharged launches: nothing to correct
     g.limiter->utilization_sample(now - span_ns, now,
                                   static_cast<std::int64_t>(busy_us * k_ns_per_us));
   }
@@ -545,6 +634,9 @@ class launch_control {
   std::uint64_t container_ = 0;
   std::uint64_t start_time_ = 0;
   std::atomic<bool> restart_watcher_{false};
+  std::atomic<bool> fast_tried_{false};  ///< try_fast() ran
+  bool all_gates_ = false;               ///< every visible device has its gate; under mu_
+  std::atomic<bool> timing_{true};       ///< launches may be timed (the watcher reads events)
 
   std::mutex samples_mu_;
   std::vector<pending_sample> samples_;
@@ -585,12 +677,13 @@ bool capturing(state& s, CUstream stream, bool per_thread) noexcept {
          status != CU_STREAM_CAPTURE_STATUS_NONE;
 }
 
-/// Admits one launch of \p function on \p g: waits as the limiter says. Thread-safe.
-void admit(device_gate& g, std::uint64_t function) noexcept {
+/// Admits one launch of \p function on \p g: waits as the limiter says. True when the limiter
+/// asks for the launch to be timed (its function's cost is not learned yet). Thread-safe.
+bool admit(device_gate& g, std::uint64_t function) noexcept {
   for (;;) {
     const rate::admission a = g.limiter->admit(function, now_ns());
     if (a.wait_ns > 0) sleep_ns(a.wait_ns);
-    if (a.admitted) return;
+    if (a.admitted) return a.learn;
   }
 }
 
@@ -612,11 +705,13 @@ CUresult gated(state& s, CUstream stream, bool per_thread, std::uint64_t functio
   if (!g->launched.load(std::memory_order_relaxed)) {
     g->launched.store(true, std::memory_order_relaxed);
   }
-  if (g->bypass.load(std::memory_order_acquire) || capturing(s, stream, per_thread)) {
+  if (g->bypass.load(std::memory_order_acquire)) {
+    c.try_fast(s);
     return launch();
   }
-  admit(*g, function);
-  if (c.sample_now()) return c.timed(s, *g, function, stream, per_thread, launch);
+  if (capturing(s, stream, per_thread)) return launch();
+  const bool learn = admit(*g, function);
+  if (c.sample_now(learn)) return c.timed(s, *g, function, stream, per_thread, launch);
   return launch();
 }
 
@@ -630,11 +725,13 @@ using d::hook;
 using d::reentry_guard;
 using d::state;
 
-/// Finds the real function and passes re-entrant calls straight through.
+/// Finds the real function, takes the fast path when no device is capped and passes re-entrant
+/// calls straight through.
 #define GPUSLICE_LAUNCH_PROLOGUE(sym, ...)          \
   state& s = state::get();                          \
   const auto real = s.real<d::sym##_fn>(hook::sym); \
   if (real == nullptr) return CUDA_ERROR_NOT_FOUND; \
+  if (d::fast_path()) return real(__VA_ARGS__);     \
   reentry_guard guard;                              \
   if (!guard.first()) return real(__VA_ARGS__);
 
@@ -721,11 +818,11 @@ GPUSLICE_SHIM_EXPORT CUresult cuLaunchCooperativeKernelMultiDevice(CUDA_LAUNCH_P
       continue;
     }
     const std::uint64_t function = d::id_of(list[i].function);
-    d::admit(*g, function);
+    const bool learn = d::admit(*g, function);
     // Entries whose stream is in the current context are timed; the others are charged their
     // device's typical cost (an event must belong to its stream's context).
     d::launch_control::open_sample o;
-    if (sample && c.begin_sample(s, *g, function, list[i].hStream, false, o)) {
+    if ((sample || learn) && c.begin_sample(s, *g, function, list[i].hStream, false, o)) {
       try {
         timed.push_back(o);
       } catch (...) {
@@ -746,4 +843,24 @@ GPUSLICE_SHIM_EXPORT CUresult cuGraphLaunch(CUgraphExec exec, CUstream stream) {
 GPUSLICE_SHIM_EXPORT CUresult cuGraphLaunch_ptsz(CUgraphExec exec, CUstream stream) {
   GPUSLICE_LAUNCH_PROLOGUE(cuGraphLaunch_ptsz, exec, stream)
   return d::gated(s, stream, true, d::id_of(exec), [&] { return real(exec, stream); });
+}
+
+// The legacy launches: parameters were set with cuParamSet*, the grid is 2D, and cuLaunch and
+// cuLaunchGrid run on the legacy default stream.
+GPUSLICE_SHIM_EXPORT CUresult cuLaunch(CUfunction f) {
+  GPUSLICE_LAUNCH_PROLOGUE(cuLaunch, f)
+  return d::gated(s, nullptr, false, d::id_of(f), [&] { return real(f); });
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuLaunchGrid(CUfunction f, int grid_width, int grid_height) {
+  GPUSLICE_LAUNCH_PROLOGUE(cuLaunchGrid, f, grid_width, grid_height)
+  return d::gated(s, nullptr, false, d::id_of(f),
+                  [&] { return real(f, grid_width, grid_height); });
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuLaunchGridAsync(CUfunction f, int grid_width, int grid_height,
+                                                CUstream stream) {
+  GPUSLICE_LAUNCH_PROLOGUE(cuLaunchGridAsync, f, grid_width, grid_height, stream)
+  return d::gated(s, stream, false, d::id_of(f),
+                  [&] { return real(f, grid_width, grid_height, stream); });
 }

@@ -1,7 +1,7 @@
 #pragma once
 /// \file
 /// The launch paths of libgpuslice.so: the entry points that start GPU work (kernels, cooperative
-/// kernels, graphs), which the SM limiter admits, and the driver functions the launch path uses
+/// kernels, graphs, the legacy cuLaunch family), which the SM limiter admits, and the driver functions the launch path uses
 /// to time a sample of launches. Included by shim.hpp, after cuda.h and nvml.h; the hooks are
 /// defined in launch.cpp.
 
@@ -26,9 +26,10 @@ CUresult cuEventRecord_ptsz(CUevent event, CUstream stream);
 CUresult cuStreamIsCapturing_ptsz(CUstream stream, CUstreamCaptureStatus* status);
 }
 
-// cuLaunchCooperativeKernelMultiDevice is deprecated, yet programs built against older toolkits
-// still call it and the driver still exports it: the shim must admit it like any launch, so it
-// names it (its hook table takes the function's address) without the deprecation warning.
+// cuLaunchCooperativeKernelMultiDevice and the legacy cuLaunch, cuLaunchGrid and
+// cuLaunchGridAsync are deprecated, yet programs built against older toolkits still call them and
+// the driver still exports them: the shim must admit them like any launch, so it names them (its
+// hook table takes their addresses) without the deprecation warning.
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
 
 /// Launch entry points the limiter admits, in the form of GPUSLICE_HOOKS in shim.hpp.
@@ -46,7 +47,10 @@ CUresult cuStreamIsCapturing_ptsz(CUstream stream, CUstreamCaptureStatus* status
   X(cuLaunchCooperativeKernelMultiDevice, "cuLaunchCooperativeKernelMultiDevice", 9000, legacy, \
     cuda, decltype(&::cuLaunchCooperativeKernelMultiDevice))                                    \
   X(cuGraphLaunch, "cuGraphLaunch", 10000, legacy, cuda, decltype(&::cuGraphLaunch))            \
-  X(cuGraphLaunch_ptsz, "cuGraphLaunch", 10000, per_thread, cuda, decltype(&::cuGraphLaunch_ptsz))
+  X(cuGraphLaunch_ptsz, "cuGraphLaunch", 10000, per_thread, cuda, decltype(&::cuGraphLaunch_ptsz)) \
+  X(cuLaunch, "cuLaunch", 2000, legacy, cuda, decltype(&::cuLaunch))                            \
+  X(cuLaunchGrid, "cuLaunchGrid", 2000, legacy, cuda, decltype(&::cuLaunchGrid))                \
+  X(cuLaunchGridAsync, "cuLaunchGridAsync", 2000, legacy, cuda, decltype(&::cuLaunchGridAsync))
 
 /// Driver and NVML functions the launch path calls without hooking them, in the form of
 /// GPUSLICE_HELPERS in shim.hpp.
@@ -62,4 +66,6 @@ CUresult cuStreamIsCapturing_ptsz(CUstream stream, CUstreamCaptureStatus* status
   X(cuMemAdvise_v2, cuda, decltype(&::cuMemAdvise_v2))                     \
   X(cuStreamIsCapturing, cuda, decltype(&::cuStreamIsCapturing))           \
   X(cuStreamIsCapturing_ptsz, cuda, decltype(&::cuStreamIsCapturing_ptsz)) \
+  X(cuThreadExchangeStreamCaptureMode, cuda,                               \
+    decltype(&::cuThreadExchangeStreamCaptureMode))                        \
   X(nvmlDeviceGetProcessUtilization, nvml, decltype(&::nvmlDeviceGetProcessUtilization))

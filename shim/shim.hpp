@@ -17,7 +17,9 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <map>
 #include <unordered_map>
+#include <vector>
 
 #include "gpuslice/config.hpp"
 #include "gpuslice/memory/ledger.hpp"
@@ -69,8 +71,31 @@ enum class library : std::uint8_t { cuda, nvml };
     decltype(&::cuMemAllocFromPoolAsync))                                                          \
   X(cuMemFreeAsync, "cuMemFreeAsync", 11020, legacy, cuda, decltype(&::cuMemFreeAsync))            \
   X(cuMemFreeAsync_ptsz, "cuMemFreeAsync", 11020, per_thread, cuda, decltype(&::cuMemFreeAsync))   \
+  X(cuMemPoolCreate, "cuMemPoolCreate", 11020, legacy, cuda, decltype(&::cuMemPoolCreate))         \
+  X(cuCtxDestroy_v2, "cuCtxDestroy", 4000, legacy, cuda, decltype(&::cuCtxDestroy_v2))             \
+  X(cuDeviceGraphMemTrim, "cuDeviceGraphMemTrim", 11040, legacy, cuda,                             \
+    decltype(&::cuDeviceGraphMemTrim))                                                             \
+  X(cuModuleLoad, "cuModuleLoad", 2000, legacy, cuda, decltype(&::cuModuleLoad))                   \
+  X(cuModuleLoadData, "cuModuleLoadData", 2000, legacy, cuda, decltype(&::cuModuleLoadData))       \
+  X(cuModuleLoadDataEx, "cuModuleLoadDataEx", 2010, legacy, cuda, decltype(&::cuModuleLoadDataEx)) \
+  X(cuModuleLoadFatBinary, "cuModuleLoadFatBinary", 2000, legacy, cuda,                           \
+    decltype(&::cuModuleLoadFatBinary))                                                            \
+  X(cuModuleUnload, "cuModuleUnload", 2000, legacy, cuda, decltype(&::cuModuleUnload))             \
+  X(cuLibraryLoadData, "cuLibraryLoadData", 12000, legacy, cuda, decltype(&::cuLibraryLoadData))   \
+  X(cuLibraryLoadFromFile, "cuLibraryLoadFromFile", 12000, legacy, cuda,                           \
+    decltype(&::cuLibraryLoadFromFile))                                                            \
+  X(cuLibraryUnload, "cuLibraryUnload", 12000, legacy, cuda, decltype(&::cuLibraryUnload))         \
+  X(cuDevicePrimaryCtxRelease_v2, "cuDevicePrimaryCtxRelease", 11000, legacy, cuda,                \
+    decltype(&::cuDevicePrimaryCtxRelease_v2))                                                     \
+  X(cuDevicePrimaryCtxReset_v2, "cuDevicePrimaryCtxReset", 11000, legacy, cuda,                    \
+    decltype(&::cuDevicePrimaryCtxReset_v2))                                                       \
+  X(cuMemPoolDestroy, "cuMemPoolDestroy", 11020, legacy, cuda, decltype(&::cuMemPoolDestroy))      \
   X(cuMemCreate, "cuMemCreate", 10020, legacy, cuda, decltype(&::cuMemCreate))                     \
   X(cuMemRelease, "cuMemRelease", 10020, legacy, cuda, decltype(&::cuMemRelease))                  \
+  X(cuMemRetainAllocationHandle, "cuMemRetainAllocationHandle", 11000, legacy, cuda,               \
+    decltype(&::cuMemRetainAllocationHandle))                                                      \
+  X(cuMemMap, "cuMemMap", 10020, legacy, cuda, decltype(&::cuMemMap))                              \
+  X(cuMemUnmap, "cuMemUnmap", 10020, legacy, cuda, decltype(&::cuMemUnmap))                        \
   X(cuArrayCreate_v2, "cuArrayCreate", 3020, legacy, cuda, decltype(&::cuArrayCreate_v2))          \
   X(cuArray3DCreate_v2, "cuArray3DCreate", 3020, legacy, cuda, decltype(&::cuArray3DCreate_v2))    \
   X(cuArrayDestroy, "cuArrayDestroy", 2000, legacy, cuda, decltype(&::cuArrayDestroy))             \
@@ -95,6 +120,14 @@ enum class library : std::uint8_t { cuda, nvml };
   X(cuArrayGetMemoryRequirements, cuda, decltype(&::cuArrayGetMemoryRequirements)) \
   X(cuMipmappedArrayGetMemoryRequirements, cuda,                                   \
     decltype(&::cuMipmappedArrayGetMemoryRequirements))                            \
+  X(cuDeviceGetMemPool, cuda, decltype(&::cuDeviceGetMemPool))                     \
+  X(cuDeviceGetAttribute, cuda, decltype(&::cuDeviceGetAttribute))                 \
+  X(cuDevicePrimaryCtxGetState, cuda, decltype(&::cuDevicePrimaryCtxGetState))     \
+  X(cuDevicePrimaryCtxRetain, cuda, decltype(&::cuDevicePrimaryCtxRetain))         \
+  X(cuCtxPushCurrent_v2, cuda, decltype(&::cuCtxPushCurrent_v2))                   \
+  X(cuCtxPopCurrent_v2, cuda, decltype(&::cuCtxPopCurrent_v2))                     \
+  X(cuMemPoolGetAttribute, cuda, decltype(&::cuMemPoolGetAttribute))               \
+  X(cuMemPoolTrimTo, cuda, decltype(&::cuMemPoolTrimTo))                           \
   X(nvmlInit_v2, nvml, decltype(&::nvmlInit_v2))                                   \
   X(nvmlDeviceGetHandleByUUID, nvml, decltype(&::nvmlDeviceGetHandleByUUID))       \
   X(nvmlDeviceGetUUID, nvml, decltype(&::nvmlDeviceGetUUID))                       \
@@ -152,16 +185,25 @@ struct charge {
   int ordinal = -1;         ///< CUDA device ordinal of this process
   int index = -1;           ///< ledger device index
   std::uint64_t bytes = 0;  ///< bytes reserved
+  /// A stream-ordered allocation's pool: then \p bytes are the allocation's size, and what is
+  /// charged is the pool's reserve (state::settle_pool), not the allocation.
+  CUmemoryPool pool = nullptr;
+  /// The context a device pointer or array was made in: its teardown frees it.
+  CUcontext ctx = nullptr;
 };
 
 /// Live allocations of one kind (device pointers, arrays, VMM handles) and their charges:
 /// 64 shards, each a mutex and a hash map, so concurrent threads rarely share a lock.
 class alloc_table {
  public:
-  /// Records \p key. May throw std::bad_alloc. Thread-safe.
-  void insert(std::uint64_t key, const charge& c);
+  /// Records \p key; returns the charge it displaced (an allocation the driver freed without
+  /// the shim seeing it, whose address was reused), which the caller gives back. May throw
+  /// std::bad_alloc. Thread-safe.
+  std::optional<charge> insert(std::uint64_t key, const charge& c);
   /// Removes and returns \p key's charge. Thread-safe.
   std::optional<charge> take(std::uint64_t key) noexcept;
+  /// Removes and returns every charge made in \p ctx. May throw std::bad_alloc. Thread-safe.
+  std::vector<charge> take_context(CUcontext ctx);
   /// Locks every shard (before fork). Thread-safe with respect to the other members.
   void lock_all() noexcept;
   /// Unlocks every shard (after fork, in the parent).
@@ -188,9 +230,12 @@ struct device_info {
   int index = -1;                ///< ledger device index
   std::uint64_t limit = 0;       ///< bytes from the environment (the ledger's is in force)
   std::uint64_t card_total = 0;  ///< bytes the card has
-  std::string uuid;              ///< "GPU-..." as NVML spells it
+  std::string uuid;              ///< "GPU-..." or "MIG-..." as NVML spells it: the ledger's key
   nvmlDevice_t nvml = nullptr;   ///< NVML handle for reconciliation, when found
   std::uint64_t overhead = 0;    ///< uncounted driver memory charged (context, modules)
+  /// Uncounted driver memory that did not fit the limit: reservations are refused until it
+  /// does (the driver holds it whether or not the ledger can).
+  std::atomic<std::uint64_t> pending{0};
   std::atomic<std::uint64_t> next_reconcile_ns{0};  ///< read without the lock
 };
 
@@ -226,12 +271,56 @@ class state {
 
   /// Reserves \p bytes on CUDA ordinal \p ordinal for \p call; on refusal logs one line (and
   /// with ACTIVE_OOM_KILLER ends the process). Returns false when refused.
+  /// A refusal first trims this process's pools on the device and tries again.
   bool reserve(int ordinal, std::uint64_t bytes, const char* call, charge& out) noexcept;
   /// Grows \p c by \p more bytes (after the driver reported a larger size). False if refused.
   bool reserve_more(charge& c, std::uint64_t more, const char* call) noexcept;
   /// Gives back \p bytes of \p c (the whole charge by default).
   void release(const charge& c) noexcept;
   void release(const charge& c, std::uint64_t bytes) noexcept;
+
+  // ---- stream-ordered pools: charged at their reserve, not at their allocations ----------
+
+  /// Records a pool cuMemPoolCreate made: where it lives decides whether it is charged.
+  void pool_created(CUmemoryPool pool, const CUmemPoolProps& props) noexcept;
+  /// After cuMemPoolDestroy: the driver gave back the pool's idle reserve.
+  void pool_destroyed(CUmemoryPool pool) noexcept;
+  /// True for a pool located on the host (never charged).
+  bool pool_on_host(CUmemoryPool pool) noexcept;
+  /// The ordinal of a pool cuMemPoolCreate placed on a device, or -1.
+  int pool_ordinal(CUmemoryPool pool) noexcept;
+  /// After an allocation of \p bytes from \p pool, for which \p inflight was reserved: the
+  /// pool's charge follows its reserve (from \p inflight first), and \p inflight is given back.
+  /// False when the reserve grew beyond what the limit admits (the caller undoes the allocation).
+  bool settle_pool(CUmemoryPool pool, std::uint64_t bytes, charge& inflight) noexcept;
+  /// After \p c (a pooled allocation) was freed.
+  void pool_freed(const charge& c) noexcept;
+  /// Trims this process's pools on \p ordinal to what their allocations need and settles them.
+  void trim_pools(int ordinal) noexcept;
+
+  // ---- VMM: physical memory lives until released and unmapped --------------------------
+
+  /// A charged cuMemCreate handle, with its one reference.
+  void vmm_created(CUmemGenericAllocationHandle h) noexcept;
+  /// After cuMemRetainAllocationHandle gave \p h: one more reference.
+  void vmm_retained(CUmemGenericAllocationHandle h) noexcept;
+  /// After cuMemRelease(\p h): true when the driver freed the memory (no reference and no
+  /// mapping left, or a handle the shim does not follow), so its charge is given back.
+  bool vmm_released(CUmemGenericAllocationHandle h) noexcept;
+  /// After cuMemMap.
+  void vmm_mapped(CUdeviceptr at, std::size_t size, CUmemGenericAllocationHandle h) noexcept;
+  /// After cuMemUnmap: the handles whose memory the driver freed (released and now unmapped).
+  std::vector<CUmemGenericAllocationHandle> vmm_unmapped(CUdeviceptr at, std::size_t size) noexcept;
+
+  /// The driver's own memory on \p ordinal (every device for -1) may have changed: a module or
+  /// library was loaded or unloaded, a graph with memory nodes was launched or uploaded, or the
+  /// graph allocator was trimmed. The next call measures it again rather than at the next
+  /// interval. Thread-safe; a store per device.
+  void driver_memory_changed(int ordinal) noexcept;
+
+  /// After the driver tore \p ctx down on \p ordinal: it freed the context's allocations, so
+  /// their charges are given back, and the context's own memory is measured again.
+  void context_gone(CUcontext ctx, int ordinal) noexcept;
 
   /// Live allocations by kind.
   alloc_table& pointers() noexcept { return pointers_; }
@@ -247,14 +336,22 @@ class state {
   /// device is unknown to the shim (the caller passes the driver's figures through).
   std::optional<memory_view> cuda_view(int ordinal, std::uint64_t card_total,
                                        std::uint64_t card_free) noexcept;
-  /// The same for an NVML device handle.
+  /// The same for an NVML device handle. Never initialises CUDA: before the application has,
+  /// the view comes from the ledger's record of the UUID.
   std::optional<memory_view> nvml_view(nvmlDevice_t dev, std::uint64_t card_total,
                                        std::uint64_t card_free) noexcept;
+
+  /// The pid NVML lists this process under (the host's pid in a container's pid namespace),
+  /// once verified by identify(); 0 while unknown. Thread-safe.
+  unsigned nvml_pid() const noexcept { return nvml_pid_.load(std::memory_order_acquire); }
 
   // ---- for the launch path and live limit changes (launch.cpp; all thread-safe) ----------
 
   /// The parsed configuration (defaults when it did not parse; see closed_reason()).
   const config& configuration() const noexcept { return config_; }
+  /// The ledger file in use: CUDA_DEVICE_MEMORY_SHARED_CACHE, or the default ledger when it is
+  /// unset (empty when the configuration did not parse). Set once at start-up; thread-safe.
+  const std::string& ledger_path() const noexcept { return ledger_path_; }
   /// Why the shim fails closed (invalid configuration or unusable ledger); empty when it does not.
   const std::string& closed_reason() const noexcept {
     return config_error_.empty() ? ledger_error_ : config_error_;
@@ -298,6 +395,10 @@ class state {
   bool ensure_devices() noexcept;
   std::optional<memory::slot_handle> slot() noexcept;
   void reconcile(device_info& d, bool force) noexcept;
+  enum class identity { known, not_now, ambiguous };
+  identity identify(device_info& d, int ordinal) noexcept;
+  std::optional<memory_view> nvml_only_view(const std::string& uuid, std::uint64_t card_total,
+                                            std::uint64_t card_free);
   void refuse(refusal why, int ordinal, std::uint64_t bytes, const char* call) noexcept;
   void write_line(log_level level, const std::string& msg) const noexcept;
   memory::shared_ledger* shared() noexcept { return shared_ ? &*shared_ : nullptr; }
@@ -311,6 +412,7 @@ class state {
   config config_{};
   std::string config_error_;  ///< non-empty: fail closed
   std::string ledger_error_;  ///< non-empty: fail closed
+  std::string ledger_path_;   ///< the ledger file opened (or tried) at start-up
   std::optional<memory::shared_ledger> shared_;
   std::optional<memory::in_memory_ledger> local_;
 
@@ -327,6 +429,11 @@ class state {
   std::array<device_info, gpuslice::k_max_devices> devices_{};
   /// Bytes this process charged through counted calls, per ordinal (reconciliation).
   std::array<std::atomic<std::uint64_t>, gpuslice::k_max_devices> counted_{};
+  /// Changes of counted_ per ordinal: a reconciliation reading taken while it moved is not used.
+  std::array<std::atomic<std::uint64_t>, gpuslice::k_max_devices> churn_{};
+  /// This process's pid in NVML's lists, 0 until verified (see identify()).
+  std::atomic<unsigned> nvml_pid_{0};
+  int identify_attempts_ = 0;  ///< guarded by devices_mu_
 
   std::mutex slot_mu_;
   std::atomic<bool> attached_{false};
@@ -335,6 +442,27 @@ class state {
   alloc_table pointers_;
   alloc_table arrays_;
   alloc_table handles_;
+
+  /// A pool's charge: its reserve as last read, on its device.
+  struct pool_record {
+    bool host = false;         ///< located on the host: never charged
+    bool destroyed = false;    ///< destroyed with allocations outstanding
+    charge held;               ///< the reserve charged
+    std::uint64_t live = 0;    ///< bytes of this process's live allocations from it
+  };
+  void settle_locked(CUmemoryPool pool, pool_record& rec) noexcept;
+  std::mutex pools_mu_;  ///< guards pools_
+  std::unordered_map<CUmemoryPool, pool_record> pools_;
+
+  /// A charged VMM handle's references and mappings.
+  struct vmm_record {
+    int refs = 1;
+    int maps = 0;
+  };
+  std::mutex vmm_mu_;  ///< guards vmm_ and vmm_maps_
+  std::unordered_map<CUmemGenericAllocationHandle, vmm_record> vmm_;
+  /// Mappings of charged handles: start -> (size, handle).
+  std::map<CUdeviceptr, std::pair<std::size_t, CUmemGenericAllocationHandle>> vmm_maps_;
 };
 
 /// Per-thread re-entry guard: a hook that finds it held passes straight to the driver (the

@@ -54,4 +54,43 @@ constexpr std::uint64_t uncounted_overhead(std::uint64_t driver_figure,
   return driver_figure > counted ? driver_figure - counted : 0;
 }
 
+/// How an array format lays its texels out: \p block_bytes per block of \p block_w x \p block_h
+/// texels (1 x 1 for plain formats, 4 x 4 for BC compression), and the further planes of video
+/// formats as a factor \p rows_num / \p rows_den over the rows of the first (NV12: 3/2).
+struct texel_layout {
+  std::uint32_t block_bytes = 0;
+  std::uint32_t block_w = 1;
+  std::uint32_t block_h = 1;
+  std::uint32_t rows_num = 1;
+  std::uint32_t rows_den = 1;
+};
+
+/// Bytes of one level of \p w x \p h x \p d texels (0 for h or d: a 1D or 2D array) with every
+/// row of blocks padded to \p row_align bytes. Pure, thread-safe.
+constexpr std::uint64_t level_bytes(const texel_layout& t, std::uint64_t w, std::uint64_t h,
+                                    std::uint64_t d, std::uint64_t row_align) noexcept {
+  const std::uint64_t bw = (std::max<std::uint64_t>(w, 1) + t.block_w - 1) / t.block_w;
+  const std::uint64_t bh = (std::max<std::uint64_t>(h, 1) + t.block_h - 1) / t.block_h;
+  const std::uint64_t align = std::max<std::uint64_t>(row_align, 1);
+  const std::uint64_t row = (bw * t.block_bytes + align - 1) / align * align;
+  const std::uint64_t rows = (bh * t.rows_num + t.rows_den - 1) / t.rows_den;
+  return row * rows * std::max<std::uint64_t>(d, 1);
+}
+
+/// An array's footprint over its whole mip chain of \p levels (at least 1): each level halves
+/// width, height and depth, never below 1, except that the depth of a \p layered array (its
+/// layers, or cubemap faces) keeps its count. Pure, thread-safe.
+constexpr std::uint64_t array_bytes(const texel_layout& t, std::uint64_t w, std::uint64_t h,
+                                    std::uint64_t d, unsigned levels, bool layered,
+                                    std::uint64_t row_align) noexcept {
+  std::uint64_t total = 0;
+  for (unsigned l = 0; l < std::max(levels, 1u); ++l) {
+    total += level_bytes(t, w, h, d, row_align);
+    w = std::max<std::uint64_t>(w / 2, 1);
+    h = h == 0 ? 0 : std::max<std::uint64_t>(h / 2, 1);
+    if (!layered) d = d == 0 ? 0 : std::max<std::uint64_t>(d / 2, 1);
+  }
+  return total;
+}
+
 }  // namespace gpuslice::shim

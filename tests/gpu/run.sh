@@ -1,22 +1,35 @@
 #!/usr/bin/env bash
 # Real-GPU checks of libgpuslice.so. Needs an NVIDIA GPU, its driver, and the CUDA toolkit
-# (headers, and lib64/stubs to link the driver-API program). Takes under 5 minutes.
+# (headers, and lib64/stubs to link the driver-API program). Takes about 7 minutes.
 #
 #   tests/gpu/run.sh                 builds the shim (cmake, a C++17 compiler, fmt, nvml.h)
 #   GPUSLICE_SHIM=path/libgpuslice.so tests/gpu/run.sh     uses a shim built elsewhere
 #
-# Details of every check go to $OUT (default build/gpu-out); a summary table is printed last.
+# Details of every check go to $OUT (default build/gpu-out); a summary table is printed last and
+# written to $OUT/summary.txt, and everything under $OUT is packed into $OUT/all.tgz on any exit
+# (a device that sends back only a few files still sends back all of it).
 # Memory checks: a driver-API program is refused at the limit; the context's memory the shim
 # reconciles from NVML matches what the driver reports; torch.cuda.mem_get_info() is the limit;
-# PyTorch (plain and expandable segments) allocates until OutOfMemoryError at the limit, within
-# the counted context memory; nvidia-smi shows the limit. SM checks: a compute-bound kernel's
-# throughput at caps of 30 and 70, alone and as two co-located containers, graph launches and
-# cooperative kernels capped, the added host cost per cuLaunchKernel with no cap, and the
-# end-to-end slowdown of a PyTorch training loop with no cap.
+# PyTorch (plain, expandable segments, and the cudaMallocAsync backend's stream-ordered pool)
+# allocates until OutOfMemoryError and the driver never holds more than the limit for it, context
+# included, then fills again after freeing; the same in a pid namespace of its own (as in a pod,
+# where NVML's pids are not the process's); nvidia-smi shows the limit. "What the driver holds" is
+# read from NVML without trusting any pid: every process's figure summed, minus the sum before. SM checks: a compute-bound kernel's
+# throughput at caps of 30 and 70, alone and as two co-located containers, graph launches,
+# cooperative kernels and the legacy cuLaunchGridAsync capped, the kernel the calibration sized,
+# the added host cost per launch with no cap (first batch left out), a torch.cuda.graph capture
+# in global mode that survives the shim's watcher and whose replays are capped, and the
+# end-to-end slowdown of a PyTorch training loop with no cap against the bare runs' own spread.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 OUT=${OUT:-$root/build/gpu-out}
 mkdir -p "$OUT"
+# Packs $OUT into $OUT/all.tgz however the script ends (a failed command under set -e too).
+pack_out() {
+  tar -czf "$OUT/.all.tgz.part" -C "$OUT" --exclude=all.tgz --exclude=.all.tgz.part . \
+    2>/dev/null && mv "$OUT/.all.tgz.part" "$OUT/all.tgz"
+}
+trap pack_out EXIT
 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 PY=${PYTHON:-python3}
 MIB=$((1024 * 1024))
@@ -55,19 +68,21 @@ under_shim() {
     CUDA_DEVICE_MEMORY_SHARED_CACHE="$OUT/$name.ledger" GPUSLICE_LOG=debug "$@" \
     >"$OUT/$name.out" 2>"$OUT/$name.err"
 }
-val() { sed -n "s/^$2=//p" "$OUT/$1.out" | tail -1; }
+val() { { sed -n "s/^$2=//p" "$OUT/$1.out" 2>/dev/null || true; } | tail -1; }
 limit=$((LIMIT_MIB * MIB))
 
 # ---- 1. driver API: refused at the limit ----------------------------------------------------
 if under_shim driver "$OUT/alloc_limit" "$CHUNK_MIB"; then
   allocated=$(val driver allocated); refusal=$(val driver refusal)
-  ctx=$(val driver context_bytes); view_total=$(val driver view_total)
-  # The shim charges the context, so allocations stop at limit - context, to the chunk.
+  ctx=$(val driver context_bytes); view_total=$(val driver view_total); held=$(val driver driver_held)
+  # The shim charges the context, so allocations stop at limit - context, to the chunk, and the
+  # driver holds no more than the limit for the process.
   if [ "$refusal" = 2 ] && [ "$view_total" = "$limit" ] && [ "$((allocated + ctx))" -le "$limit" ] \
-     && [ "$((allocated + ctx + CHUNK_MIB * MIB))" -gt "$limit" ]; then
-    record driver-api-limit PASS "allocated $((allocated / MIB)) MiB + context $((ctx / MIB)) MiB of ${LIMIT_MIB} MiB, then CUDA_ERROR_OUT_OF_MEMORY"
+     && [ "$((allocated + ctx + CHUNK_MIB * MIB))" -gt "$limit" ] && [ "${held:-0}" -gt 0 ] \
+     && [ "$held" -le "$limit" ]; then
+    record driver-api-limit PASS "allocated $((allocated / MIB)) MiB + context $((ctx / MIB)) MiB of ${LIMIT_MIB} MiB, then CUDA_ERROR_OUT_OF_MEMORY; the driver held $((held / MIB)) MiB"
   else
-    record driver-api-limit FAIL "allocated=$allocated context=$ctx refusal=$refusal view_total=$view_total limit=$limit"
+    record driver-api-limit FAIL "allocated=$allocated context=$ctx driver_held=$held refusal=$refusal view_total=$view_total limit=$limit"
   fi
 else
   record driver-api-limit FAIL "exit status $? (see $OUT/driver.err)"
@@ -92,31 +107,68 @@ else
 fi
 
 # ---- 3-5. PyTorch ------------------------------------------------------------------------------
+# torch_check NAME: the checks of one torch_limit.py run. Refused at the limit: the driver held no
+# more than the limit for the process (torch's reserve plus its context and modules, read from
+# NVML) and another two chunks would not have fitted; after freeing, chunks twice as large fill
+# the quota again (the allocator's cache or pool is given back first) within the limit.
+torch_check() {
+  local name=$1 refused reserved held refill refill_held refill_bytes first ctx
+  refused=$(val "$name" refused); reserved=$(val "$name" reserved); held=$(val "$name" driver_held)
+  refill=$(val "$name" refill_refused); refill_held=$(val "$name" refill_driver_held)
+  refill_bytes=$(val "$name" refill_tensor_bytes); first=$(val "$name" first_tensor_bytes)
+  ctx=$(( ${held:-0} - ${reserved:-0} ))
+  if [ "$refused" = OutOfMemoryError ] && [ "${held:-0}" -gt 0 ] && [ "$held" -le "$limit" ] \
+     && [ "$((held + 2 * CHUNK_MIB * MIB))" -gt "$limit" ] && [ "$refill" = OutOfMemoryError ] \
+     && [ "${refill_held:-0}" -le "$limit" ] && [ "$((refill_bytes + 4 * CHUNK_MIB * MIB))" -ge "$first" ]; then
+    record "$name" PASS "driver held $((held / MIB)) MiB of ${LIMIT_MIB} MiB (torch reserved $((reserved / MIB)) + context and modules $((ctx / MIB))), then OutOfMemoryError; refilled $((refill_bytes / MIB)) MiB holding $((refill_held / MIB)) MiB"
+  else
+    record "$name" FAIL "refused=$refused driver_held=$held reserved=$reserved refill=$refill refill_driver_held=$refill_held refill_bytes=$refill_bytes first=$first limit=$limit ($OUT/$name.err)"
+  fi
+}
 if "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
-  for mode in plain expandable; do
-    conf=""; [ "$mode" = expandable ] && conf="expandable_segments:True"
-    if PYTORCH_CUDA_ALLOC_CONF=$conf under_shim "torch-$mode" "$PY" "$root/tests/gpu/torch_limit.py" "$CHUNK_MIB"; then
-      total=$(val "torch-$mode" mem_get_info_total); refused=$(val "torch-$mode" refused)
-      reserved=$(val "torch-$mode" reserved)
-      ctx=$(sed -n 's/.*uncounted driver memory now [0-9.]* MiB (\([0-9]*\) bytes).*/\1/p' \
-            "$OUT/torch-$mode.err" | tail -1); ctx=${ctx:-0}
+  for mode in plain expandable async; do
+    conf=""
+    [ "$mode" = expandable ] && conf="expandable_segments:True"
+    [ "$mode" = async ] && conf="backend:cudaMallocAsync"
+    if PYTORCH_CUDA_ALLOC_CONF=$conf under_shim "torch-oom-$mode" "$PY" "$root/tests/gpu/torch_limit.py" "$CHUNK_MIB"; then
+      total=$(val "torch-oom-$mode" mem_get_info_total)
       [ "$mode" = plain ] && { [ "$total" = "$limit" ] \
         && record torch-mem-get-info PASS "total $((total / MIB)) MiB = limit" \
         || record torch-mem-get-info FAIL "mem_get_info total $total, limit $limit"; }
-      # Refused at the limit: what torch reserved plus the counted context memory fits the limit
-      # and another chunk would not have.
-      if [ "$refused" = OutOfMemoryError ] && [ "$((reserved + ctx))" -le "$limit" ] \
-         && [ "$((reserved + ctx + 2 * CHUNK_MIB * MIB))" -gt "$limit" ]; then
-        record "torch-oom-$mode" PASS "reserved $((reserved / MIB)) MiB + context $((ctx / MIB)) MiB of ${LIMIT_MIB} MiB, then OutOfMemoryError"
-      else
-        record "torch-oom-$mode" FAIL "refused=$refused reserved=$reserved context=$ctx limit=$limit"
-      fi
+      torch_check "torch-oom-$mode"
     else
-      record "torch-oom-$mode" FAIL "exit status $? (see $OUT/torch-$mode.err)"
+      record "torch-oom-$mode" FAIL "exit status $? (see $OUT/torch-oom-$mode.err)"
     fi
   done
 else
   record torch-mem-get-info SKIP "PyTorch with CUDA is not installed for $PY"
+fi
+
+# ---- 5b. pid namespace: NVML lists host pids, not the process's own -------------------------
+if env -u LD_PRELOAD unshare --pid --fork --mount-proc true 2>/dev/null; then
+  if under_shim pidns-driver unshare --pid --fork --mount-proc "$OUT/alloc_limit" "$CHUNK_MIB"; then
+    allocated=$(val pidns-driver allocated); ctx=$(val pidns-driver context_bytes)
+    held=$(val pidns-driver driver_held); refusal=$(val pidns-driver refusal)
+    who=$({ grep -o 'NVML lists this process as pid [0-9]* (getpid() [0-9]*)' \
+            "$OUT/pidns-driver.err" || true; } | tail -1)
+    if [ "$refusal" = 2 ] && [ -n "$who" ] && [ "${held:-0}" -gt 0 ] && [ "$held" -le "$limit" ] \
+       && [ "$((allocated + ctx))" -le "$limit" ] && [ "$((allocated + ctx + CHUNK_MIB * MIB))" -gt "$limit" ]; then
+      record pidns-driver-api PASS "$who; allocated $((allocated / MIB)) MiB + context $((ctx / MIB)) MiB, the driver held $((held / MIB)) of ${LIMIT_MIB} MiB"
+    else
+      record pidns-driver-api FAIL "identity='$who' allocated=$allocated context=$ctx driver_held=$held refusal=$refusal ($OUT/pidns-driver.err)"
+    fi
+  else
+    record pidns-driver-api FAIL "exit status $? (see $OUT/pidns-driver.err)"
+  fi
+  if "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+    if under_shim torch-pidns unshare --pid --fork --mount-proc "$PY" "$root/tests/gpu/torch_limit.py" "$CHUNK_MIB"; then
+      torch_check torch-pidns
+    else
+      record torch-pidns FAIL "exit status $? (see $OUT/torch-pidns.err)"
+    fi
+  fi
+else
+  record pidns-driver-api SKIP "unshare --pid --fork --mount-proc is not permitted here"
 fi
 
 # ---- 6. nvidia-smi shows the limit -------------------------------------------------------------
@@ -137,9 +189,16 @@ fi
 # A compute-bound kernel (one block per SM, about 2 ms) launched back to back; the share is its
 # throughput relative to the same program uncapped, alone. Target: within SHARE_TOL points.
 SHARE_TOL=5
-# The median of column $2 of file $1 (three rows of "bare shimmed"); empty when a row is short.
+# The calibrated kernel must be about 2 ms: a kernel of a few us measures launch overhead, not
+# the SM share (the first launch loads the module lazily; calibrate warms up and takes a median).
+KERNEL_MS_MIN=1; KERNEL_MS_MAX=4
+# The median of column $2 of file $1 (rows of "bare shimmed"); empty when no row is complete.
 median_of() {
-  awk 'NF == 2' "$1" | cut -d' ' -f"$2" | sort -g | awk '{ v[NR] = $1 } END { if (NR == 3) print v[2] }'
+  awk 'NF == 2' "$1" | cut -d' ' -f"$2" | sort -g | awk '{ v[NR] = $1 } END { if (NR > 0) print v[int((NR + 1) / 2)] }'
+}
+# max - min of column $2 of file $1.
+spread_of() {
+  awk -v c="$2" 'NF == 2 { v = $c; if (n == 0 || v < lo) lo = v; if (n == 0 || v > hi) hi = v; n++ } END { if (n > 0) printf "%.2f", hi - lo }' "$1"
 }
 SHARE_SECONDS=4
 NVCC=${NVCC:-$CUDA_HOME/bin/nvcc}
@@ -158,6 +217,10 @@ if "$NVCC" -O2 -o "$OUT/launch_share" "$root/tests/gpu/launch_share.cu" \
   share_check() {
     local check=$1 name=$2 target=$3 rate pct
     rate=$(val "$name" rate)
+    if [ -z "$rate" ]; then
+      record "$check" FAIL "no rate: $OUT/$name.out $OUT/$name.err"
+      return
+    fi
     pct=$(awk -v r="$rate" -v b="$base_rate" 'BEGIN { printf "%.1f", 100 * r / b }')
     if awk -v p="$pct" -v t="$target" -v e="$SHARE_TOL" 'BEGIN { exit !((p - t) <= e && (t - p) <= e) }'; then
       record "$check" PASS "$pct% of the uncapped throughput (target $target%)"
@@ -166,9 +229,18 @@ if "$NVCC" -O2 -o "$OUT/launch_share" "$root/tests/gpu/launch_share.cu" \
     fi
   }
   "$OUT/launch_share" calibrate >"$OUT/calibrate.out" 2>&1 || true
-  iters=$(val calibrate iters)
-  "$OUT/launch_share" loop "$iters" "$SHARE_SECONDS" >"$OUT/uncapped.out" 2>"$OUT/uncapped.err" || true
-  base_rate=$(val uncapped rate)
+  iters=$(val calibrate iters); kernel_ms=$(val calibrate kernel_ms)
+  if [ -n "$kernel_ms" ] && awk -v k="$kernel_ms" -v a="$KERNEL_MS_MIN" -v b="$KERNEL_MS_MAX" \
+       'BEGIN { exit !(k >= a && k <= b) }'; then
+    record sm-calibration PASS "kernel of $kernel_ms ms ($iters iterations)"
+  else
+    record sm-calibration FAIL "kernel of ${kernel_ms:-?} ms, expected $KERNEL_MS_MIN..$KERNEL_MS_MAX ($OUT/calibrate.out)"
+  fi
+  base_rate=""
+  if [ -n "$iters" ]; then
+    "$OUT/launch_share" loop "$iters" "$SHARE_SECONDS" >"$OUT/uncapped.out" 2>"$OUT/uncapped.err" || true
+    base_rate=$(val uncapped rate)
+  fi
   if [ -n "$base_rate" ]; then
     for cap in 30 70; do
       launch_run "alone-$cap" "$cap" loop "$iters" "$SHARE_SECONDS" || true
@@ -177,58 +249,98 @@ if "$NVCC" -O2 -o "$OUT/launch_share" "$root/tests/gpu/launch_share.cu" \
     # Two co-located containers, 30 and 70, at the same time.
     launch_run pair-30 30 loop "$iters" "$SHARE_SECONDS" & p30=$!
     launch_run pair-70 70 loop "$iters" "$SHARE_SECONDS" & p70=$!
-    wait "$p30" "$p70" || true
+    wait "$p30" || true; wait "$p70" || true
     share_check sm-share-pair-30 pair-30 30
     share_check sm-share-pair-70 pair-70 70
-    # Graph launches and cooperative kernels are capped too.
-    for path in graph coop; do
+    # Graph launches, cooperative kernels and the legacy cuLaunchGridAsync are capped too.
+    for path in graph coop grid; do
       launch_run "$path-30" 30 "$path" "$iters" "$SHARE_SECONDS" || true
       share_check "sm-share-$path-30" "$path-30" 30
     done
   else
-    record sm-share-alone-30 FAIL "uncapped run failed: $OUT/uncapped.out $OUT/uncapped.err"
+    record sm-share-alone-30 FAIL "uncapped run failed: $OUT/calibrate.out $OUT/uncapped.out $OUT/uncapped.err"
   fi
-  # Host cost of one cuLaunchKernel: bare, and through the shim with no cap set.
-  # Three alternating rounds; medians.
-  LAUNCHES=200000
-  : >"$OUT/cost.txt"
-  for round in 1 2 3; do
-    "$OUT/launch_share" cost "$LAUNCHES" >"$OUT/cost-bare.out" 2>&1 || true
-    launch_run cost-shim 0 cost "$LAUNCHES" || true
-    echo "$(val cost-bare ns_per_launch) $(val cost-shim ns_per_launch)" >>"$OUT/cost.txt"
+  # Host cost of one launch, bare and through the shim with no cap set: cuLaunchKernel as linked
+  # and cudaLaunchKernel (the runtime's route through cuGetProcAddress). The first batch (module
+  # load, first-use set-up) is left out and reported apart; five alternating rounds, medians.
+  # On an H200 two bare runs of 2,000,000 launches differed by 112 ns (3712 and 3600), so a
+  # difference within the bare runs' own spread passes (the detail gives both).
+  LAUNCHES=500000; COST_ROUNDS=5; COST_TARGET_NS=20
+  for how in symbol runtime; do
+    : >"$OUT/cost-$how.txt"
+    for round in $(seq "$COST_ROUNDS"); do
+      "$OUT/launch_share" cost "$LAUNCHES" "$how" >"$OUT/cost-bare-$how-$round.out" 2>&1 || true
+      launch_run "cost-shim-$how-$round" 0 cost "$LAUNCHES" "$how" || true
+      echo "$(val "cost-bare-$how-$round" ns_per_launch) $(val "cost-shim-$how-$round" ns_per_launch)" \
+        >>"$OUT/cost-$how.txt"
+    done
+    bare=$(median_of "$OUT/cost-$how.txt" 1); shimmed=$(median_of "$OUT/cost-$how.txt" 2)
+    noise=$(spread_of "$OUT/cost-$how.txt" 1)
+    first=$(val "cost-shim-$how-1" first_batch_us)
+    check=launch-cost; [ "$how" = runtime ] && check=launch-cost-runtime
+    if [ -n "$bare" ] && [ -n "$shimmed" ]; then
+      added=$(awk -v a="$shimmed" -v b="$bare" 'BEGIN { printf "%.1f", a - b }')
+      detail="+$added ns per launch ($bare -> $shimmed ns, medians of $COST_ROUNDS; bare runs spread $noise ns; first batch under the shim ${first:-?} us), target <= $COST_TARGET_NS or within the bare spread"
+      awk -v d="$added" -v t="$COST_TARGET_NS" -v n="${noise:-0}" 'BEGIN { exit !(d <= t || d <= n) }' \
+        && record "$check" PASS "$detail" || record "$check" FAIL "$detail"
+    else
+      record "$check" FAIL "see $OUT/cost-bare-$how-*.out and $OUT/cost-shim-$how-*.err"
+    fi
   done
-  bare=$(median_of "$OUT/cost.txt" 1); shimmed=$(median_of "$OUT/cost.txt" 2)
-  if [ -n "$bare" ] && [ -n "$shimmed" ]; then
-    added=$(awk -v a="$shimmed" -v b="$bare" 'BEGIN { printf "%.1f", a - b }')
-    awk -v d="$added" 'BEGIN { exit !(d <= 20) }' \
-      && record launch-cost PASS "+$added ns per cuLaunchKernel ($bare -> $shimmed ns), target <= 20" \
-      || record launch-cost FAIL "+$added ns per cuLaunchKernel ($bare -> $shimmed ns), target <= 20"
-  else
-    record launch-cost FAIL "see $OUT/cost-bare.out and $OUT/cost-shim.err"
-  fi
 else
   record sm-share-alone-30 FAIL "nvcc failed: $OUT/nvcc.log"
 fi
 
-# ---- 12. PyTorch training loop, no cap: end-to-end slowdown -------------------------------------
+# ---- 12. torch.cuda.graph under the shim: the capture survives, replays are capped -------------
+GRAPH_SECONDS=3
+if "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+  "$PY" "$root/tests/gpu/launch_graph.py" "$GRAPH_SECONDS" >"$OUT/graph-bare.out" 2>&1 || true
+  rm -f "$OUT/graph-shim.ledger"
+  env LD_PRELOAD="$SHIM" CUDA_DEVICE_SM_LIMIT=30 GPU_CORE_UTILIZATION_POLICY=force \
+    CUDA_DEVICE_MEMORY_SHARED_CACHE="$OUT/graph-shim.ledger" \
+    "$PY" "$root/tests/gpu/launch_graph.py" "$GRAPH_SECONDS" >"$OUT/graph-shim.out" 2>&1 || true
+  if [ "$(val graph-shim captured)" = 1 ]; then
+    record torch-graph-capture PASS "global-mode capture survived the shim's watcher (cap 30)"
+  else
+    record torch-graph-capture FAIL "captured=$(val graph-shim captured) $(val graph-shim error) ($OUT/graph-shim.out; bare: captured=$(val graph-bare captured))"
+  fi
+  gb=$(val graph-bare replays_per_s); gs=$(val graph-shim replays_per_s)
+  if [ -n "$gb" ] && [ -n "$gs" ]; then
+    pct=$(awk -v r="$gs" -v b="$gb" 'BEGIN { printf "%.1f", 100 * r / b }')
+    awk -v p="$pct" -v e="$SHARE_TOL" 'BEGIN { exit !((p - 30) <= e && (30 - p) <= e) }' \
+      && record torch-graph-replay-30 PASS "$pct% of the bare replay rate (target 30%)" \
+      || record torch-graph-replay-30 FAIL "$pct% of the bare replay rate (target 30% +- $SHARE_TOL)"
+  else
+    record torch-graph-replay-30 FAIL "no replay rate: $OUT/graph-bare.out $OUT/graph-shim.out"
+  fi
+else
+  record torch-graph-capture SKIP "PyTorch with CUDA is not installed for $PY"
+fi
+
+# ---- 13. PyTorch training loop, no cap: end-to-end slowdown -------------------------------------
+# Five alternating rounds of 1000 steps. A 600-step run varies by about 10% between two bare
+# runs on an H200, so the slowdown passes when it is under 1% or under the bare runs' own
+# spread (the detail says which).
+E2E_ROUNDS=5; E2E_STEPS=1000
 if "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
   : >"$OUT/torch-e2e.txt"
-  for round in 1 2 3; do
-    "$PY" "$root/tests/gpu/launch_torch.py" >"$OUT/e2e-bare-$round.out" 2>&1 || true
+  for round in $(seq "$E2E_ROUNDS"); do
+    "$PY" "$root/tests/gpu/launch_torch.py" "$E2E_STEPS" >"$OUT/e2e-bare-$round.out" 2>&1 || true
     rm -f "$OUT/e2e.ledger"
     env LD_PRELOAD="$SHIM" CUDA_DEVICE_MEMORY_SHARED_CACHE="$OUT/e2e.ledger" \
-      "$PY" "$root/tests/gpu/launch_torch.py" >"$OUT/e2e-shim-$round.out" 2>&1 || true
+      "$PY" "$root/tests/gpu/launch_torch.py" "$E2E_STEPS" >"$OUT/e2e-shim-$round.out" 2>&1 || true
     echo "$(val "e2e-bare-$round" seconds) $(val "e2e-shim-$round" seconds)" >>"$OUT/torch-e2e.txt"
   done
-  # Medians of three alternating rounds.
   bare=$(median_of "$OUT/torch-e2e.txt" 1); shimmed=$(median_of "$OUT/torch-e2e.txt" 2)
-  slow=""
-  [ -n "$bare" ] && [ -n "$shimmed" ] \
-    && slow=$(awk -v s="$shimmed" -v b="$bare" 'BEGIN { printf "%.2f", 100 * (s - b) / b }')
-  if [ -n "$slow" ] && awk -v p="$slow" 'BEGIN { exit !(p < 1) }'; then
-    record torch-e2e-slowdown PASS "$slow% slower under the shim, no cap (median of 3; target < 1%)"
+  slow=""; noise=""
+  if [ -n "$bare" ] && [ -n "$shimmed" ]; then
+    slow=$(awk -v s="$shimmed" -v b="$bare" 'BEGIN { printf "%.2f", 100 * (s - b) / b }')
+    noise=$(awk -v d="$(spread_of "$OUT/torch-e2e.txt" 1)" -v b="$bare" 'BEGIN { printf "%.2f", 100 * d / b }')
+  fi
+  if [ -n "$slow" ] && awk -v p="$slow" -v n="$noise" 'BEGIN { exit !(p < 1 || p < n) }'; then
+    record torch-e2e-slowdown PASS "$slow% slower under the shim, no cap (medians of $E2E_ROUNDS; bare runs spread $noise%; target < 1% or within that spread)"
   else
-    record torch-e2e-slowdown FAIL "${slow:-?}% slower under the shim (target < 1%; $OUT/torch-e2e.txt)"
+    record torch-e2e-slowdown FAIL "${slow:-?}% slower under the shim (bare runs spread ${noise:-?}%; target < 1%; $OUT/torch-e2e.txt)"
   fi
 else
   record torch-e2e-slowdown SKIP "PyTorch with CUDA is not installed for $PY"
@@ -236,11 +348,15 @@ fi
 
 # ---- summary (last) ----------------------------------------------------------------------------
 failed=0
-printf '\n%-22s %-5s %s\n' check result detail
-printf '%-22s %-5s %s\n' ---------------------- ----- ------
+{
+  printf '\n%-22s %-5s %s\n' check result detail
+  printf '%-22s %-5s %s\n' ---------------------- ----- ------
+  for i in "${!names[@]}"; do
+    printf '%-22s %-5s %s\n' "${names[$i]}" "${results[$i]}" "${details[$i]}"
+  done
+  echo "details: $OUT (all of it packed in $OUT/all.tgz)"
+} | tee "$OUT/summary.txt"
 for i in "${!names[@]}"; do
-  printf '%-22s %-5s %s\n' "${names[$i]}" "${results[$i]}" "${details[$i]}"
-  [ "${results[$i]}" = FAIL ] && failed=$((failed + 1))
+  if [ "${results[$i]}" = FAIL ]; then failed=$((failed + 1)); fi
 done
-echo "details: $OUT"
 exit $((failed > 0))

@@ -130,6 +130,39 @@ TEST_CASE("utilization above the charges raises the correction; agreement leaves
   CHECK(l.correction() == Approx(busy_per_charged).epsilon(0.05));
 }
 
+TEST_CASE("busy time of launches that bypassed admit() is not read as a correction",
+          "[rate][limiter]") {
+  local_rate_words w;
+  limiter_params p;
+  p.prior_kernel_ns = 1 * k_ms;
+  limiter l(w.words, force(90), p);
+  l.observe(1, 1 * k_ms, 0);
+  constexpr std::int64_t k_period = 100 * k_ms;
+  std::int64_t now = 0;
+  auto charged_period = [&] {
+    for (int i = 0; i < 40; ++i) l.admit(1, now + i * (k_period / 40));
+    now += k_period;
+    l.utilization_sample(now - k_period, now, 40 * k_ms);  // busy = charged
+  };
+  for (int period = 0; period < 10; ++period) charged_period();
+  REQUIRE(l.correction() == Approx(1.0).epsilon(0.05));
+  // The caller lets launches through without admit() (no cap) for a second, then caps again.
+  // The GPU was busy all that time; none of it was charged.
+  const bool restarted = GENERATE(false, true);
+  const std::int64_t uncapped_until = now + 10 * k_period;
+  if (restarted) l.restart_feedback(uncapped_until);
+  // A reading that spans the last charged period and the uncapped time: 40 ms charged, the
+  // GPU busy for 40 ms and then the whole second.
+  const std::int64_t charged_from = uncapped_until - 11 * k_period;
+  l.utilization_sample(charged_from, uncapped_until, 40 * k_ms + 10 * k_period);
+  INFO("restarted: " << restarted << ", correction " << l.correction());
+  if (restarted) {
+    CHECK(l.correction() == Approx(1.0).epsilon(0.05));  // the uncharged busy time is ignored
+  } else {
+    CHECK(l.correction() > 2.0);  // what the restart prevents: every charge inflated
+  }
+}
+
 TEST_CASE("a suspended launch is not charged and asks again", "[rate][limiter]") {
   local_rate_words w;
   limiter_params p;
@@ -160,11 +193,44 @@ TEST_CASE("turning capped drains what was saved while uncapped", "[rate][limiter
   limiter_params p;
   p.prior_kernel_ns = 1 * k_ms;
   limiter l(w.words, {50, utilization_policy::default_policy, task_priority::low}, p);
+  l.observe(1, 1 * k_ms, 0);  // the cost is known: 1 ms
   for (int i = 0; i < 100; ++i) CHECK(l.admit(1, i * k_ms).wait_ns == 0);  // alone
   CHECK(l.bucket().available(100 * k_ms) == p.burst_ns);
   l.set_others_active(true);
   // Without the drain the first 30 launches would ride on the saved burst.
   CHECK(l.admit(1, 100 * k_ms).wait_ns == 2 * k_ms);
+}
+
+TEST_CASE("a capped tenant waits for an unlearned function's first timing", "[rate][limiter]") {
+  local_rate_words w;
+  limiter_params p;
+  p.prior_kernel_ns = 100 * k_us;
+  limiter l(w.words, force(30), p);
+  // Launches of a function never observed are flagged to be timed; two may be in flight.
+  for (std::int64_t i = 0; i < p.max_unlearned_in_flight; ++i) {
+    const admission a = l.admit(7, i);
+    CHECK(a.admitted);
+    CHECK(a.learn);
+  }
+  // The next waits, uncharged, for the first timing (50 ms kernels queued deep would
+  // otherwise run at the prior's 100 us).
+  const std::int64_t charged = l.bucket().charged_ns();
+  admission held = l.admit(7, 10 * k_ms);
+  CHECK_FALSE(held.admitted);
+  CHECK(held.wait_ns == p.learn_poll_ns);
+  CHECK(l.bucket().charged_ns() == charged);
+  // Once timed, launches go ahead at the learned cost, no longer flagged.
+  l.observe(7, 50 * k_ms, 60 * k_ms);
+  held = l.admit(7, 60 * k_ms);
+  CHECK(held.admitted);
+  CHECK_FALSE(held.learn);
+  CHECK(l.estimate_ns(7) == 50 * k_ms);
+  // A function whose timing never comes (the caller cannot time it) goes ahead after the
+  // timeout, as before.
+  const std::int64_t t0 = 100 * k_ms;
+  for (int i = 0; i < 2; ++i) CHECK(l.admit(8, t0).admitted);
+  CHECK_FALSE(l.admit(8, t0 + p.learn_timeout_ns - 1).admitted);
+  CHECK(l.admit(8, t0 + p.learn_timeout_ns).admitted);
 }
 
 TEST_CASE("refused shared words fail closed", "[rate][limiter]") {
@@ -200,6 +266,7 @@ TEST_CASE("launch_gate feeds readings, waits as told and launches", "[rate][limi
   limiter_params p;
   p.prior_kernel_ns = 1 * k_ms;
   limiter l(w.words, force(20), p, clock);
+  l.observe(1, 1 * k_ms, 0);  // the cost is known: 1 ms
   scripted_utilization source;
   source.add_constant(0, 50 * k_ms, 10 * k_ms, 0.2);
   recording_sink sink{clock, 0, {}};

@@ -147,3 +147,28 @@ TEST_CASE("a caller that honours the waits gets exactly the share", "[rate][buck
   CHECK(static_cast<double>(used) <= expected + static_cast<double>(cost));
   CHECK(static_cast<double>(used) >= expected - static_cast<double>(calls));
 }
+
+TEST_CASE("a larger capacity keeps more; clip keeps at most a given amount and any debt",
+          "[rate][bucket]") {
+  local_rate_words w;
+  shared_token_bucket<> b(w.words);
+  REQUIRE(b.attach(k_half, 10 * k_ms, 0).ok());
+  // Idle for 1 s at 50%: 500 ms earned, 10 ms kept.
+  CHECK(b.available(1000 * k_ms) == 10 * k_ms);
+  b.set_burst_ns(100 * k_ms);
+  CHECK(b.burst_ns() == 100 * k_ms);
+  CHECK(b.available(1000 * k_ms) == 100 * k_ms);
+  b.set_burst_ns(-5);
+  CHECK(b.burst_ns() == 0);
+  b.set_burst_ns(100 * k_ms);
+  // Back from idle: keep at most 10 ms of the 100 saved.
+  b.clip(10 * k_ms, 1000 * k_ms);
+  CHECK(b.available(1000 * k_ms) == 10 * k_ms);
+  // Clipping above what it holds changes nothing.
+  b.clip(50 * k_ms, 1000 * k_ms);
+  CHECK(b.available(1000 * k_ms) == 10 * k_ms);
+  // A debt is kept: 30 ms charged with 10 held leaves 20 owed (40 ms of wall at 50%).
+  CHECK(b.consume(30 * k_ms, 1000 * k_ms) == 40 * k_ms);
+  b.clip(10 * k_ms, 1000 * k_ms);
+  CHECK(b.available(1000 * k_ms) == -20 * k_ms);
+}

@@ -1,12 +1,13 @@
 # Launches through the SM limiter on the fake driver (included by tests/shim/CMakeLists.txt,
-# after gpuslice_shim_test is defined). Each share test storms for about two seconds.
+# after gpuslice_shim_test is defined). Each share test storms for about two seconds (the 50 ms
+# kernels of share-long for six).
 gpuslice_shim_client(shim_client_launch SOURCES clients/client_launch.cpp LIBS gpuslice_fake_cuda)
 
 set(_launch_node ${CMAKE_CURRENT_BINARY_DIR}/ledgers/node-region)
 set(_force GPU_CORE_UTILIZATION_POLICY=force)
 
 # Every launch path holds its share of the fake device's busy time, at 30% and at 70%.
-foreach(path kernel ptsz ex ex_ptsz coop coop_ptsz multi graph graph_ptsz)
+foreach(path kernel ptsz ex ex_ptsz coop coop_ptsz multi graph graph_ptsz launch grid grid_async)
   gpuslice_shim_test(launch:share-${path}-30 shim_client_launch ARGS share ${path} 30
                      ENV ${_force} CUDA_DEVICE_SM_LIMIT=30 LEDGER)
 endforeach()
@@ -14,6 +15,9 @@ foreach(path kernel graph coop)
   gpuslice_shim_test(launch:share-${path}-70 shim_client_launch ARGS share ${path} 70
                      ENV ${_force} CUDA_DEVICE_SM_LIMIT=70 LEDGER)
 endforeach()
+# 50 ms kernels, longer than the bucket holds, over a 5 s window.
+gpuslice_shim_test(launch:share-long-30 shim_client_launch ARGS long 30
+                   ENV ${_force} CUDA_DEVICE_SM_LIMIT=30 LEDGER)
 # Without the shim the storm takes the whole device: the share check can fail.
 gpuslice_shim_test(launch:share-without-shim shim_client_launch ARGS share kernel 30
                    ENV ${_force} CUDA_DEVICE_SM_LIMIT=30 NO_PRELOAD)
@@ -28,6 +32,17 @@ gpuslice_shim_test(launch:node-default shim_client_launch ARGS default LEDGER
 gpuslice_shim_test(launch:node-priority shim_client_launch ARGS priority LEDGER
                    ENV GPU_CORE_UTILIZATION_POLICY=default CUDA_DEVICE_SM_LIMIT=50
                        CUDA_TASK_PRIORITY=1 GPUSLICE_NODE_REGION=${_launch_node}-priority)
+# CUDA_DEVICE_MEMORY_SHARED_CACHE unset (a private /tmp holds the default ledger and the node
+# region): two processes of the container are one tenant of the region, alone, so uncapped.
+add_test(NAME shim:launch:container-default-ledger
+         COMMAND ${CMAKE_COMMAND} -E env --unset=CUDA_DEVICE_MEMORY_SHARED_CACHE ${_base_env}
+                 GPU_CORE_UTILIZATION_POLICY=default CUDA_DEVICE_SM_LIMIT=30
+                 GPUSLICE_NODE_REGION=/tmp/gpuslice-node-region LD_PRELOAD=${_preload}
+                 sh ${CMAKE_CURRENT_SOURCE_DIR}/in_private_tmp.sh
+                 $<TARGET_FILE:shim_client_launch> container_alone)
+set_tests_properties(shim:launch:container-default-ledger PROPERTIES LABELS shim
+                                                                     SKIP_RETURN_CODE 77
+                                                                     TIMEOUT 120)
 gpuslice_shim_test(launch:refused shim_client_launch ARGS refused
                    ENV CUDA_DEVICE_SM_LIMIT=thirty)
 
@@ -47,6 +62,12 @@ gpuslice_shim_test(launch:container-40 shim_client_launch ARGS container 40
 # Stream capture: recorded launches are neither admitted nor timed; the graph is capped.
 gpuslice_shim_test(launch:capture shim_client_launch ARGS capture
                    ENV ${_force} CUDA_DEVICE_SM_LIMIT=30 LEDGER)
+# The watcher's driver calls never invalidate a global-mode capture of another thread.
+gpuslice_shim_test(launch:capture-global shim_client_launch ARGS capture_global
+                   ENV ${_force} CUDA_DEVICE_SM_LIMIT=30 LEDGER)
+# No cap on two GPUs: the fast path asks the driver nothing per launch.
+gpuslice_shim_test(launch:nocap-devices shim_client_launch ARGS nocap_devices LEDGER
+                   ENV FAKE_CUDA_DEVICES=2)
 gpuslice_shim_test(launch:fork shim_client_launch ARGS fork
                    ENV ${_force} CUDA_DEVICE_SM_LIMIT=30 LEDGER)
 gpuslice_shim_test(launch:devices shim_client_launch ARGS devices LEDGER

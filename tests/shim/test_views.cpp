@@ -3,9 +3,12 @@
 
 #include "views.hpp"
 
+using gpuslice::shim::array_bytes;
 using gpuslice::shim::closed_view;
+using gpuslice::shim::level_bytes;
 using gpuslice::shim::make_view;
 using gpuslice::shim::settle;
+using gpuslice::shim::texel_layout;
 using gpuslice::shim::uncounted_overhead;
 
 namespace {
@@ -60,4 +63,27 @@ TEST_CASE("uncounted driver memory is the driver's figure minus the counted byte
   CHECK(uncounted_overhead(300, 200) == 100);
   CHECK(uncounted_overhead(200, 300) == 0);  // reservations the driver has not taken yet
   CHECK(uncounted_overhead(0, 0) == 0);
+}
+
+TEST_CASE("an array's footprint pads rows and counts blocks, planes, levels and layers",
+          "[shim][views]") {
+  constexpr texel_layout float4{16};
+  // 100 texels of 16 bytes = 1600 bytes, padded to 2048; 10 rows.
+  CHECK(level_bytes(float4, 100, 10, 0, 512) == 2048 * 10);
+  // 1D: one row.
+  CHECK(level_bytes(float4, 100, 0, 0, 512) == 2048);
+  // BC1: 8 bytes per 4x4 block; 10x10 texels are 3x3 blocks.
+  constexpr texel_layout bc1{8, 4, 4};
+  CHECK(level_bytes(bc1, 10, 10, 0, 1) == 8 * 3 * 3);
+  // NV12: a luma plane and a chroma plane of half the rows.
+  constexpr texel_layout nv12{1, 1, 1, 3, 2};
+  CHECK(level_bytes(nv12, 512, 64, 0, 512) == 512 * 96);
+  // A mip chain halves every dimension down to 1; a layered one keeps its layers.
+  constexpr texel_layout r8{1};
+  CHECK(array_bytes(r8, 1024, 1024, 8, 3, false, 1) ==
+        1024 * 1024 * 8 + 512 * 512 * 4 + 256 * 256 * 2);
+  CHECK(array_bytes(r8, 1024, 1024, 8, 3, true, 1) == (1024 * 1024 + 512 * 512 + 256 * 256) * 8);
+  CHECK(array_bytes(r8, 4, 4, 0, 5, false, 1) == 16 + 4 + 1 + 1 + 1);
+  // Zero levels means one.
+  CHECK(array_bytes(r8, 4, 4, 0, 0, false, 1) == 16);
 }

@@ -12,13 +12,23 @@
 /// A tenant: a host thread that picks kernels from a mix (duration, jitter, grid size),
 /// launches them (launch_overhead_ns each), keeps at most streams_in_flight unfinished, and
 /// may think between launches or launch in bursts. Before each launch it asks its controller:
-///  - gpuslice: our sm_limiter on its own bucket, fed the completion time (end minus first
-///    start, as events measure it, other tenants' slices included) of one launch in
-///    observe_every, NVML-style utilization samples, and the peer-activity signal;
+///  - gpuslice: our sm_limiter on its own bucket, fed the time a pair of events brackets (see
+///    below) for one launch in observe_every and for each launch the limiter flags to learn
+///    from (as the shim does), NVML-style utilization samples, and the
+///    peer-activity signal;
 ///  - reference: reference_controller, fed the same NVML-style samples every 120 ms and
 ///    charged grid blocks; it sleeps 10 ms when dry;
 ///  - none: launches freely.
 /// Sleeps end sleep_overshoot_ns late, as real sleeps do.
+///
+/// Event timing (gpu_spec::event_timing), as the shim measures a launch: a start event is recorded on the stream
+/// event_lead_ns before the kernel is submitted, and an end event after it. The start event
+/// completes when the stream reaches it: at its record time if the tenant's stream was idle,
+/// else when the tenant's previous kernel ended. So a timed launch reads as
+/// end - max(launch - event_lead_ns, previous kernel's end): other tenants' slices included
+/// and, on an idle stream, the submission gap too. A 5 us kernel launched on an idle stream
+/// with a 3 us gap reads as 8 us: the limiter must not charge what events say without the
+/// utilization correction.
 ///
 /// NVML-style utilization: every nvml_period_ns each tenant's busy time in the period is
 /// reported as an integer percent; the reference controller reads the latest one.
@@ -88,6 +98,12 @@ struct gpu_spec {
   std::int64_t timeslice_ns = 2'000'000;
   /// Host time per launch.
   std::int64_t launch_overhead_ns = 3'000;
+  /// How a timed launch reads: false, from its kernel's first start to its end (what a
+  /// profiler sees); true, as a pair of events brackets it (see the file comment).
+  bool event_timing = false;
+  /// With event_timing: host time between recording a timed launch's start event and
+  /// submitting the kernel (the start event's lead over the kernel on an idle stream).
+  std::int64_t event_lead_ns = 3'000;
   /// How late a sleep ends.
   std::int64_t sleep_overshoot_ns = 50'000;
   /// Period of the NVML-style per-process utilization samples.
@@ -179,8 +195,10 @@ inline error spec_error(const std::string& what, const std::string& expected) {
 inline result<bool> validate(const gpu_spec& gpu, const std::vector<tenant_spec>& tenants,
                              const model_options& opt) {
   if (gpu.sm_count < 1) return spec_error("sm_count=" + std::to_string(gpu.sm_count), ">= 1");
-  if (gpu.timeslice_ns < 0 || gpu.launch_overhead_ns < 0 || gpu.sleep_overshoot_ns < 0) {
-    return spec_error("timeslice_ns, launch_overhead_ns, sleep_overshoot_ns", ">= 0");
+  if (gpu.timeslice_ns < 0 || gpu.launch_overhead_ns < 0 || gpu.sleep_overshoot_ns < 0 ||
+      gpu.event_lead_ns < 0) {
+    return spec_error("timeslice_ns, launch_overhead_ns, sleep_overshoot_ns, event_lead_ns",
+                      ">= 0");
   }
   if (gpu.nvml_period_ns < 1'000'000) {
     return spec_error("nvml_period_ns=" + std::to_string(gpu.nvml_period_ns), ">= 1 ms");
@@ -310,6 +328,7 @@ class gpu_simulation {
     std::int64_t remaining_ns;
     std::int64_t first_start_ns;
     bool timed;
+    std::int64_t launched_ns;  ///< when the host submitted it
   };
 
   struct pending_launch {
@@ -319,6 +338,7 @@ class gpu_simulation {
     std::int64_t duration_ns = 0;
     std::int64_t grid_blocks = 0;
     std::int64_t asked_at_ns = 0;
+    bool learn = false;  ///< the controller asked for this launch to be timed
   };
 
   struct tenant {
@@ -333,6 +353,7 @@ class gpu_simulation {
     pending_launch pending;
     bool host_blocked = false;
     std::int64_t busy_ns = 0;  // credited (finished slices)
+    std::int64_t last_end_ns = std::numeric_limits<std::int64_t>::min() / 2;  // previous kernel
     std::int64_t busy_at_nvml_ns = 0;
     std::int64_t last_util_percent = -1;
     std::int64_t last_ask_ns = std::numeric_limits<std::int64_t>::min() / 2;
@@ -419,6 +440,7 @@ class gpu_simulation {
         return false;
       }
       t.pending.admitted = true;
+      t.pending.learn = a.learn;
       if (a.wait_ns > 0) {
         sleep_host(i, a.wait_ns);
         return false;
@@ -453,8 +475,11 @@ class gpu_simulation {
 
   void launch(std::size_t i) {
     tenant& t = *tenants_[i];
-    const bool timed = t.spec.observe_every > 0 && t.launches % t.spec.observe_every == 0;
-    t.queue.push_back(kernel{t.pending.function, t.pending.duration_ns, -1, timed});
+    // One launch in observe_every is timed, and (as the shim does) every launch whose function
+    // the limiter has not learned yet.
+    const bool timed = (t.spec.observe_every > 0 && t.launches % t.spec.observe_every == 0) ||
+                       (t.spec.observe_every > 0 && t.pending.learn);
+    t.queue.push_back(kernel{t.pending.function, t.pending.duration_ns, -1, timed, now_});
     t.pending = {};
     ++t.launches;
     if (running_ < 0) start_next(i, false);
@@ -508,8 +533,13 @@ class gpu_simulation {
     if (k.remaining_ns <= 0) {
       finished = true;
       if (k.timed && t.limiter) {
-        t.limiter->observe(k.function, now_ - k.first_start_ns, now_);
+        // The start event completed when the stream reached it (see the file comment).
+        const std::int64_t start =
+            gpu_.event_timing ? std::max(k.launched_ns - gpu_.event_lead_ns, t.last_end_ns)
+                              : k.first_start_ns;
+        t.limiter->observe(k.function, now_ - start, now_);
       }
+      t.last_end_ns = now_;
       t.queue.pop_front();
       if (t.host_blocked) {
         t.host_blocked = false;

@@ -6,9 +6,10 @@
 ///
 /// The launch path, per device, for the shim (or any caller):
 ///   auto a = limiter.admit(function_id, now);   // a few atomic operations
-///   if (!a.admitted) { sleep(a.wait_ns); retry; }  // suspended: a high-priority tenant runs
+///   if (!a.admitted) { sleep(a.wait_ns); retry; }  // suspended, or waiting for a first timing
 ///   sleep(a.wait_ns); launch();                  // wait_ns == 0 on the fast path
-///   ... later, for a sample of launches: limiter.observe(function_id, measured_ns, now);
+///   ... later, for a sample of launches and every one flagged a.learn:
+///       limiter.observe(function_id, measured_ns, now);
 ///   ... periodically: limiter.utilization_sample(start_ns, end_ns, busy_ns);
 ///   ... when the node region changes: limiter.set_others_active(others, high_priority_others);
 /// launch_gate below does the first three lines for blocking callers. Every entry point that
@@ -28,8 +29,15 @@
 /// over correction_horizon_ns, scales every charge (timings inflated by other contexts' time
 /// slices are corrected here); (3) an integral term charges the bucket the accumulated gap
 /// between utilization and charges, so the share holds over any window longer than the
-/// utilization signal's lag. Launches of a function charged before its first observation
-/// are forgiven in the bucket (no hole opens in the share while learning).
+/// utilization signal's lag; its gap is taken against the updated correction, so nothing is
+/// paid back twice. While another tenant is active the bucket holds two of the tenant's
+/// longest kernels (time-sliced, it banks refill it spends when the other waits). Launches of
+/// a function charged before its first observation are forgiven in the bucket (no hole opens in the
+/// share while learning); so that they cannot be many long kernels queued at once, a capped tenant
+/// has at most max_unlearned_in_flight of them admitted (flagged admission::learn, to be timed) and
+/// holds the next until the first timing arrives. A caller that let launches through without
+/// admit() (no cap) calls restart_feedback() when the cap returns, so the busy time of those
+/// uncharged launches is not taken for a correction.
 ///
 /// Policies: `force` is always capped; `default` is capped while another tenant is active on
 /// the device (set_others_active) and uncapped alone, draining the bucket on the way back
@@ -49,6 +57,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <deque>
+#include <limits>
 #include <mutex>
 #include <string>
 #include <utility>
@@ -75,6 +84,18 @@ struct limiter_params {
   /// Bucket capacity: GPU time a tenant may save up while idle or while its launches queue
   /// behind other tenants' kernels (at most +3 pp on a 1 s window after an idle spell).
   std::int64_t burst_ns = 30'000'000;
+  /// While another tenant is active, the capacity is at least this many of the tenant's longest
+  /// kernel (its learned cost, corrected). Time-sliced behind the other's long kernels, a
+  /// tenant's own run at half speed and it banks refill, which it spends when the other waits
+  /// for its tokens; a bucket shorter than those spells loses it, and the GPU idles while both
+  /// wait (a 70% tenant beside a 30% one with 50 ms kernels got 54%). The price: after an idle
+  /// spell in company, a tenant may spend that much at once (two 50 ms kernels: +10 pp on a
+  /// 1 s window).
+  double burst_kernels = 2.0;
+  /// A capped tenant that launched nothing for this many of its longest kernels was idle: on
+  /// its next launch it keeps at most burst_ns of what it saved. Its launches can wait for
+  /// in-flight kernels time-sliced with others' for a few kernels' length, never this long.
+  double idle_kernels = 8.0;
   /// Waits shorter than this are not handed out; the debt carries to the next launch, so the
   /// average is kept and nobody sleeps for less than a scheduler quantum.
   std::int64_t min_wait_ns = 100'000;
@@ -84,6 +105,10 @@ struct limiter_params {
   double estimate_weight = 0.125;
   /// Time constant of the utilization correction (how slowly it moves).
   std::int64_t correction_horizon_ns = 250'000'000;
+  /// The correction's time constant is at least this many of the longest kernel (corrected):
+  /// a window's edges split a long kernel differently in charges (filed when it may start) and
+  /// busy time (when it runs), so one window's ratio is off by up to a kernel.
+  double horizon_kernels = 40.0;
   /// Charge the bucket the difference between a timed launch's measured time and what it was
   /// charged (exact for timed launches; off when timings include other tenants' slices and
   /// the utilization correction alone should fix the scale).
@@ -101,6 +126,16 @@ struct limiter_params {
   /// A utilization sample is used only when the charges or the busy time in its window reach
   /// this fraction of the window (below it, quantisation noise dominates).
   double min_sample_fraction = 0.005;
+  /// Launches of a function not yet observed that a capped tenant may have in flight; more
+  /// wait, uncharged, for its first timing (each is flagged admission::learn, to be timed).
+  /// Without it, kernels queued deep before the first one completes run at the prior's
+  /// charge: 32 launches of a 50 ms kernel are 1.6 s of GPU charged 3.2 ms.
+  std::int64_t max_unlearned_in_flight = 2;
+  /// How long launches wait for a function's first timing before going ahead anyway (the
+  /// caller may be unable to time any launch).
+  std::int64_t learn_timeout_ns = 1'000'000'000;
+  /// Wait handed to a launch that waits for its function's first timing before it asks again.
+  std::int64_t learn_poll_ns = 1'000'000;
   /// Wait handed to a suspended (low-priority, yielding) tenant before it asks again.
   std::int64_t suspended_poll_ns = 10'000'000;
   /// Share of a low-priority tenant while a high-priority one is active: 0 suspends it
@@ -122,6 +157,8 @@ struct admission {
   std::int64_t wait_ns = 0;
   /// True: launch after wait_ns. False: suspended, nothing was charged, ask again.
   bool admitted = true;
+  /// The launch's function has no learned cost yet: time this launch if you can.
+  bool learn = false;
 };
 
 /// How the limiter treats launches right now.
@@ -235,19 +272,39 @@ class sm_limiter {
       note_mode(m, now);
       return {params_.suspended_poll_ns, false};
     }
-    const std::int64_t raw = charge_estimate(function_id);
+    auto* e = entry(function_id);
+    const bool learn = e != nullptr && e->estimate_ns.load(std::memory_order_relaxed) <= 0;
+    if (learn && m == limiter_mode::capped &&
+        e->unlearned.load(std::memory_order_relaxed) >= params_.max_unlearned_in_flight) {
+      const std::int64_t since = e->unlearned_since_ns.load(std::memory_order_relaxed);
+      if (since != 0 && now - since < params_.learn_timeout_ns) {
+        note_mode(m, now);
+        return {params_.learn_poll_ns, false, true};  // wait for its first timing
+      }
+    }
+    const std::int64_t raw = charge_estimate(e, now);
     if (m == limiter_mode::uncapped) {
       note_mode(m, now);
       file_charge(raw, now, now);
-      return {0, true};
+      return {0, true, learn};
     }
     note_mode(m, now);
     const std::int64_t ppm = capped_ppm();
     if (bucket_.share_ppm() != ppm) bucket_.set_share_ppm(ppm);  // priority peers changed
+    const std::int64_t burst = capacity();
+    if (bucket_.burst_ns() != burst) bucket_.set_burst_ns(burst);
+    // Back from an idle spell (no launch for idle_kernels of the longest kernel: longer than
+    // its launches wait behind others'), it keeps no more than burst_ns of what it saved.
+    const std::int64_t last = last_admit_ns_.exchange(now, std::memory_order_relaxed);
+    if (burst > params_.burst_ns &&
+        static_cast<double>(now - last) >
+            params_.idle_kernels * static_cast<double>(burst) / params_.burst_kernels) {
+      bucket_.clip(params_.burst_ns, now);
+    }
     std::int64_t wait = bucket_.consume(scaled(raw), now);
     file_charge(raw, now + wait, now);
     if (wait < params_.min_wait_ns) wait = 0;  // the debt stays in the bucket
-    return {wait, true};
+    return {wait, true, learn};
   }
   /// admit() at the clock's now.
   admission admit(std::uint64_t function_id) noexcept { return admit(function_id, clock_.now()); }
@@ -268,6 +325,9 @@ class sm_limiter {
       next = std::max<std::int64_t>(next, 1);
     }
     if (e != nullptr) e->estimate_ns.store(next, std::memory_order_relaxed);
+    if (next > longest_ns_.load(std::memory_order_relaxed)) {
+      longest_ns_.store(next, std::memory_order_relaxed);
+    }
     // The cost charged to functions not in the table follows all observations.
     const std::int64_t typical_before = typical_ns_.load(std::memory_order_relaxed);
     typical_ns_.store(typical_before + static_cast<std::int64_t>(
@@ -279,7 +339,10 @@ class sm_limiter {
     // timeline still records them, as the utilization they caused is real.
     // The first observation settles every launch charged the prior, however many there were.
     std::int64_t unlearned = 0;
-    if (e != nullptr && old <= 0) unlearned = e->unlearned.exchange(0, std::memory_order_relaxed);
+    if (e != nullptr && old <= 0) {
+      unlearned = e->unlearned.exchange(0, std::memory_order_relaxed);
+      e->unlearned_since_ns.store(0, std::memory_order_relaxed);
+    }
     const std::int64_t charged = old > 0 ? old : typical_before;
     const std::int64_t delta = measured_ns - charged;
     file_charge(delta * std::max<std::int64_t>(unlearned, 1), now, now, false);
@@ -301,6 +364,7 @@ class sm_limiter {
     if (end_ns <= start_ns || busy_ns < 0) return;
     std::lock_guard<std::mutex> lock(feedback_mutex_);
     sweep_charges(end_ns);
+    if (start_ns < feedback_from_ns_) return;  // launches then were not charged
     std::int64_t charged = 0;
     for (const auto& [slot, raw] : history_) {
       const std::int64_t slot_end = (slot + 1) * detail::k_charge_slot_ns;
@@ -321,11 +385,30 @@ class sm_limiter {
     if (std::abs(busy - static_cast<double>(charged)) <= tolerance) {
       busy = static_cast<double>(charged);
     }
+    // The correction: busy time over charged time, averaged over the horizon (at least
+    // horizon_kernels of the longest kernel: see the parameter).
+    const double horizon = std::max(
+        static_cast<double>(params_.correction_horizon_ns),
+        params_.horizon_kernels * static_cast<double>(longest_ns_.load(std::memory_order_relaxed)) *
+            correction_.load(std::memory_order_relaxed));
+    const double weight = have_average_ ? std::min(1.0, window / horizon) : 1.0;
+    busy_avg_ += weight * (busy - busy_avg_);
+    charged_avg_ +=
+        weight * (static_cast<double>(std::max<std::int64_t>(charged, 0)) - charged_avg_);
+    have_average_ = true;
+    if (charged_avg_ > 0.0) {
+      correction_.store(
+          std::clamp(busy_avg_ / charged_avg_, params_.min_correction, params_.max_correction),
+          std::memory_order_relaxed);
+    }
     // Integral action: what the utilization says this process used beyond (or short of)
     // what it was charged accumulates, and a fraction of the accumulated gap is charged to
     // (or refunded from) the bucket at each sample. Over windows longer than the signal's lag
     // the share holds even when the timings are off (inflated by other tenants' time
-    // slices, say); window-edge noise, which cancels, is smoothed away.
+    // slices, say); window-edge noise, which cancels, is smoothed away. The gap is taken
+    // against the correction just updated: what the new correction explains is not also paid
+    // back (a tenant whose events read double for its first seconds would otherwise be
+    // refunded those seconds on top of the correction, and overshoot its cap by 5 pp).
     const double error = static_cast<double>(busy_ns) -
                          static_cast<double>(charged) * correction_.load(std::memory_order_relaxed);
     if (std::abs(error) > tolerance) pending_error_ += error;
@@ -336,17 +419,17 @@ class sm_limiter {
     } else {
       pending_error_ = 0.0;  // uncapped: nothing to make up
     }
-    const double weight =
-        have_average_ ? std::min(1.0, window / static_cast<double>(params_.correction_horizon_ns))
-                      : 1.0;
-    busy_avg_ += weight * (busy - busy_avg_);
-    charged_avg_ +=
-        weight * (static_cast<double>(std::max<std::int64_t>(charged, 0)) - charged_avg_);
-    have_average_ = true;
-    if (charged_avg_ <= 0.0) return;
-    correction_.store(
-        std::clamp(busy_avg_ / charged_avg_, params_.min_correction, params_.max_correction),
-        std::memory_order_relaxed);
+  }
+
+  /// Restarts the utilization feedback at \p now: readings whose window begins earlier are
+  /// ignored and the integral term starts from zero; the learned costs and the correction
+  /// factor are kept. For a caller that let launches through without admit() (the shim with no
+  /// cap), whose busy time in those windows was never charged and would read as a huge
+  /// correction. Thread-safe (takes the feedback mutex).
+  void restart_feedback(std::int64_t now) {
+    std::lock_guard<std::mutex> lock(feedback_mutex_);
+    feedback_from_ns_ = std::max(feedback_from_ns_, now);
+    pending_error_ = 0.0;
   }
 
   /// The current correction factor (1 = the observed timings are right). Thread-safe.
@@ -359,12 +442,15 @@ class sm_limiter {
   }
 
  private:
-  /// The cost to charge a launch of \p function_id; counts launches charged the prior.
-  std::int64_t charge_estimate(std::uint64_t function_id) noexcept {
-    auto* e = entry(function_id);
+  struct function_entry;
+  /// The cost to charge a launch of the function of entry \p e (null: not in the table) at
+  /// \p now; counts launches charged the prior, and when the first of them was.
+  std::int64_t charge_estimate(function_entry* e, std::int64_t now) noexcept {
     const std::int64_t v = e != nullptr ? e->estimate_ns.load(std::memory_order_relaxed) : 0;
     if (v > 0) return v;
-    if (e != nullptr) e->unlearned.fetch_add(1, std::memory_order_relaxed);
+    if (e != nullptr && e->unlearned.fetch_add(1, std::memory_order_relaxed) == 0) {
+      e->unlearned_since_ns.store(std::max<std::int64_t>(now, 1), std::memory_order_relaxed);
+    }
     return typical_ns_.load(std::memory_order_relaxed);
   }
 
@@ -382,6 +468,8 @@ class sm_limiter {
     std::atomic<std::int64_t> estimate_ns{0};
     /// Launches charged the prior (before the first observation) not yet observed.
     std::atomic<std::int64_t> unlearned{0};
+    /// When the first of them was admitted (0: none).
+    std::atomic<std::int64_t> unlearned_since_ns{0};
   };
 
   std::int64_t capped_ppm() const noexcept {
@@ -395,6 +483,17 @@ class sm_limiter {
   }
 
   std::int64_t share_ppm() const noexcept { return share_ppm_.load(std::memory_order_relaxed); }
+
+  /// The bucket's capacity now: burst_ns, or burst_kernels of the longest kernel while another
+  /// tenant is active.
+  std::int64_t capacity() const noexcept {
+    if ((peers_.load(std::memory_order_relaxed) & detail::k_others_active) == 0) {
+      return params_.burst_ns;
+    }
+    const double longest = params_.burst_kernels *
+                           static_cast<double>(scaled(longest_ns_.load(std::memory_order_relaxed)));
+    return std::max(params_.burst_ns, static_cast<std::int64_t>(longest));
+  }
   std::int64_t yield_ppm() const noexcept { return yield_ppm_.load(std::memory_order_relaxed); }
 
   std::int64_t scaled(std::int64_t raw) const noexcept {
@@ -483,6 +582,10 @@ class sm_limiter {
   std::atomic<double> correction_{1.0};
   static_assert(std::atomic<double>::is_always_lock_free, "the correction is read per launch");
   std::atomic<std::int64_t> typical_ns_{params_.prior_kernel_ns};
+  /// The longest learned cost of any function (before correction).
+  std::atomic<std::int64_t> longest_ns_{0};
+  /// When the last capped launch was admitted.
+  std::atomic<std::int64_t> last_admit_ns_{0};
   std::array<function_entry, detail::k_function_slots> functions_{};
   std::array<std::atomic<std::int64_t>, detail::k_charge_slots> charges_{};
 
@@ -490,6 +593,7 @@ class sm_limiter {
   std::int64_t next_slot_ = -1;
   std::deque<std::pair<std::int64_t, std::int64_t>> history_;
   double pending_error_ = 0.0;
+  std::int64_t feedback_from_ns_ = std::numeric_limits<std::int64_t>::min();
   double busy_avg_ = 0.0;
   double charged_avg_ = 0.0;
   bool have_average_ = false;

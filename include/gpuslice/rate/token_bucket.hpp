@@ -155,6 +155,11 @@ class shared_token_bucket {
   }
   /// The refill rate in parts per million. Thread-safe.
   std::int64_t share_ppm() const noexcept { return load(rate_word::share_ppm); }
+  /// Sets the capacity (clamped to >= 0); tokens above a smaller one are lost at the next use.
+  /// Thread-safe.
+  void set_burst_ns(std::int64_t burst) noexcept {
+    store(rate_word::burst_ns, std::max<std::int64_t>(burst, 0));
+  }
   /// The capacity in GPU-ns. Thread-safe.
   std::int64_t burst_ns() const noexcept { return load(rate_word::burst_ns); }
 
@@ -205,6 +210,17 @@ class shared_token_bucket {
     std::uint64_t old = zt.load(std::memory_order_relaxed);
     while (as_signed(old) < now &&
            !zt.compare_exchange_weak(old, as_unsigned(now), std::memory_order_relaxed)) {
+    }
+  }
+
+  /// Keeps at most \p tokens_ns of what the bucket holds at \p now (a debt is kept). Thread-
+  /// and process-safe.
+  void clip(std::int64_t tokens_ns, std::int64_t now) noexcept {
+    const std::int64_t floor = now - to_wall(std::max<std::int64_t>(tokens_ns, 0), share_ppm());
+    auto& zt = word(rate_word::zero_time);
+    std::uint64_t old = zt.load(std::memory_order_relaxed);
+    while (as_signed(old) < floor &&
+           !zt.compare_exchange_weak(old, as_unsigned(floor), std::memory_order_relaxed)) {
     }
   }
 

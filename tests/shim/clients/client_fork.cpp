@@ -2,13 +2,15 @@
 /// Several processes share one ledger file under the shim: children made by fork() each get
 /// their own slot, together they never exceed the limit, and the quota of a child killed with
 /// SIGKILL comes back to the parent after a reap. Linked against the fake libcuda.so.1 and run
-/// under LD_PRELOAD=libgpuslice.so with CUDA_DEVICE_MEMORY_SHARED_CACHE set.
+/// under LD_PRELOAD=libgpuslice.so with CUDA_DEVICE_MEMORY_SHARED_CACHE set, or unset: then the
+/// processes share the documented default ledger, /tmp/gpuslice.ledger.
 
 #include <signal.h>
 #include <sys/wait.h>
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <thread>
 #include <vector>
 
@@ -61,8 +63,8 @@ void use_device0() {
 }  // namespace
 
 int main() {
-  const char* path = std::getenv("CUDA_DEVICE_MEMORY_SHARED_CACHE");
-  CLIENT_REQUIRE(path != nullptr);
+  const char* named = std::getenv("CUDA_DEVICE_MEMORY_SHARED_CACHE");
+  const char* path = named != nullptr ? named : "/tmp/gpuslice.ledger";
   const std::uint64_t limit = client::env_bytes("CUDA_DEVICE_MEMORY_LIMIT", 0);
   CLIENT_REQUIRE(limit % k_chunk == 0);
 
@@ -112,6 +114,12 @@ int main() {
     CLIENT_REQUIRE(read(k.report, &k.chunks, sizeof k.chunks) ==
                    static_cast<ssize_t>(sizeof k.chunks));
     total += k.chunks;
+  }
+  // The children hold everything until released, so the ledger's state now is their peak: make
+  // sure the watcher saw it at least once (fast children can finish before its first reading).
+  const int seen_before = samples.load();
+  for (int i = 0; i < 5000 && samples.load() <= seen_before; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   done.store(true);
   watcher.join();

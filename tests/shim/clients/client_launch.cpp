@@ -4,15 +4,26 @@
 /// its stream workers held the device) over a window of wall time.
 ///
 ///   share PATH PERCENT    a launch storm on one stream through PATH (kernel, ptsz, ex, ex_ptsz,
-///                         coop, coop_ptsz, multi, graph, graph_ptsz) gets PERCENT +- 3 points
+///                         coop, coop_ptsz, multi, graph, graph_ptsz, and the legacy launch,
+///                         grid, grid_async) gets PERCENT +- 3 points
+///   long PERCENT          50 ms kernels hold PERCENT +- 3 over a 5 s window
 ///   threads PERCENT       four threads on four streams share one bucket: PERCENT together
 ///   container PERCENT     two processes of one container (one ledger): PERCENT together
+///   container_alone       CUDA_DEVICE_MEMORY_SHARED_CACHE unset, default policy, node region:
+///                         two processes of one container (the default ledger) are one tenant,
+///                         alone, so both run uncapped
 ///   capture               launches on a stream being captured are recorded, neither admitted
 ///                         nor timed; the captured graph holds its share when launched
+///   capture_global        a global-mode capture stays open while the shim's watcher polls a
+///                         timed launch of another thread: the capture survives (and a thread
+///                         of the program's own in global mode would have invalidated it)
+///   nocap_devices         two GPUs, no cap: both run uncapped and the launch path asks the
+///                         driver nothing (no cuStreamGetDevice per launch)
 ///   devices               two GPUs, caps 70 and 30: each launch charged to its own device
 ///   fork                  a forked child learns its own kernels' cost and holds the share
 ///   set_limit             a forked process changes the ledger's SM and memory limits while
-///                         this one launches; the new limits hold in this process
+///                         this one launches; the new limits hold in this process, and a cap
+///                         set again after "no cap" holds too
 ///   default               with GPU_CORE_UTILIZATION_POLICY=default and a node region, a lone
 ///                         tenant runs uncapped, is capped while a second container launches
 ///                         on the GPU, and runs uncapped again once it stops
@@ -145,10 +156,25 @@ CUresult launch(const device_setup& d, const std::string& path) {
     p.kernelParams = params;
     return cuLaunchCooperativeKernelMultiDevice(&p, 1, 0);
   }
+  if (path == "launch" || path == "grid" || path == "grid_async") {
+    // The legacy API: parameters set on the function first; cuLaunch and cuLaunchGrid run on
+    // the legacy default stream.
+    CUresult r = cuParamSetv(d.sleep, 0, &us, sizeof us);
+    if (r != CUDA_SUCCESS) return r;
+    if (path == "launch") return cuLaunch(d.sleep);
+    if (path == "grid") return cuLaunchGrid(d.sleep, 1, 1);
+    return cuLaunchGridAsync(d.sleep, 1, 1, d.stream);
+  }
   if (path == "graph") return cuGraphLaunch(d.graph, d.stream);
   if (path == "graph_ptsz") return cuGraphLaunch_ptsz(d.graph, d.stream);
   std::fprintf(stdout, "unknown launch path %s\n", path.c_str());
   std::_Exit(2);
+}
+
+/// The stream \p path's launches run on (the legacy launches without a stream argument run on
+/// the legacy default stream), which a storm synchronises.
+CUstream stream_of(const device_setup& d, const std::string& path) {
+  return path == "launch" || path == "grid" ? nullptr : d.stream;
 }
 
 /// Launches through \p path until \p until; returns false if a launch failed.
@@ -156,7 +182,7 @@ bool storm_until(const device_setup& d, const std::string& path, clock_type::tim
   int n = 0;
   while (clock_type::now() < until) {
     if (launch(d, path) != CUDA_SUCCESS) return false;
-    if (++n % k_sync_every == 0) cuStreamSynchronize(d.stream);
+    if (++n % k_sync_every == 0) cuStreamSynchronize(stream_of(d, path));
   }
   return true;
 }
@@ -164,7 +190,9 @@ bool storm_until(const device_setup& d, const std::string& path, clock_type::tim
 /// Storms through \p path on another thread while this one measures, after a warm-up, the
 /// share of busy time (percent) over a fixed window of wall time: a launch that the limiter
 /// holds back (a suspended tenant) cannot stretch the window.
-double measured_share(const device_setup& d, const std::string& path, int threads = 1) {
+double measured_share(const device_setup& d, const std::string& path, int threads = 1,
+                      clock_type::duration warmup = k_warmup,
+                      clock_type::duration window = k_window) {
   std::atomic<bool> stop{false};
   std::atomic<bool> failed{false};
   std::vector<std::thread> storms;
@@ -183,16 +211,16 @@ double measured_share(const device_setup& d, const std::string& path, int thread
           failed.store(true);
           break;
         }
-        if (++n % k_sync_every == 0) cuStreamSynchronize(mine.stream);
+        if (++n % k_sync_every == 0) cuStreamSynchronize(stream_of(mine, path));
       }
-      cuStreamSynchronize(mine.stream);
+      cuStreamSynchronize(stream_of(mine, path));
       if (t > 0) cuStreamDestroy(mine.stream);
     });
   }
-  std::this_thread::sleep_for(k_warmup);
+  std::this_thread::sleep_for(warmup);
   const std::uint64_t busy0 = fake_cuda_physical_busy_us(d.device);
   const auto t0 = clock_type::now();
-  std::this_thread::sleep_for(k_window);
+  std::this_thread::sleep_for(window);
   const std::uint64_t busy1 = fake_cuda_physical_busy_us(d.device);
   const auto t1 = clock_type::now();
   stop.store(true);
@@ -264,6 +292,19 @@ int scenario_share(const std::string& path, double expected) {
   return finish(d, "launch share");
 }
 
+int scenario_long(double expected) {
+  // 50 ms kernels: each is 1% of the 5 s window (the fake credits busy time when a kernel
+  // ends, so a window holds whole kernels), and one kernel is more than the bucket's 30 ms
+  // capacity. The storm queues up to 32 launches between syncs: beyond the first two, the
+  // limiter holds launches of the unlearned kernel until its first timing arrives.
+  constexpr std::uint64_t k_long_us = 50'000;
+  g_kernel_us = k_long_us;
+  const device_setup d = setup();
+  check_share(measured_share(d, "kernel", 1, std::chrono::seconds(1), std::chrono::seconds(5)),
+              expected);
+  return finish(d, "launch long");
+}
+
 int scenario_devices() {
   // Two GPUs with their own caps (CUDA_DEVICE_SM_LIMIT_<i>): each launch is admitted on its
   // stream's device, by that device's bucket.
@@ -292,6 +333,32 @@ int scenario_peer() {
   const device_setup d = setup();
   std::fprintf(stdout, "peer_share=%.3f\n", measured_share(d, "kernel"));
   return finish(d, "launch peer");
+}
+
+int scenario_container_alone() {
+  // The default policy with CUDA_DEVICE_MEMORY_SHARED_CACHE unset: this process and another of
+  // the same container (the default ledger) storm together. One tenant in the node region, and
+  // alone there: uncapped together. Each counted as a tenant of its own, they would cap each
+  // other at the container's share.
+  CLIENT_REQUIRE(std::getenv("CUDA_DEVICE_MEMORY_SHARED_CACHE") == nullptr);
+  const device_setup d = setup();
+  int fds[2];
+  CLIENT_REQUIRE(pipe(fds) == 0);
+  const pid_t peer = spawn_self({}, "peer", "", fds[1]);
+  close(fds[1]);
+  const double mine = measured_share(d, "kernel");
+  std::string out;
+  char buf[256];
+  for (ssize_t n; (n = read(fds[0], buf, sizeof buf)) > 0;)
+    out.append(buf, static_cast<std::size_t>(n));
+  close(fds[0]);
+  wait_tenant(peer);
+  const auto at = out.find("peer_share=");
+  CLIENT_REQUIRE(at != std::string::npos);
+  const double theirs = std::atof(out.c_str() + at + std::strlen("peer_share="));
+  std::fprintf(stdout, "container alone: %.2f%% + %.2f%% from the other process\n", mine, theirs);
+  CLIENT_CHECK(mine + theirs >= k_uncapped_floor);
+  return finish(d, "launch container_alone");
 }
 
 int scenario_container(double expected) {
@@ -342,6 +409,102 @@ int scenario_capture() {
   check_share(measured_share(captured, "graph"), 30.0);
   CLIENT_CHECK(cuGraphExecDestroy(captured.graph) == CUDA_SUCCESS);
   return finish(d, "launch capture");
+}
+
+int scenario_capture_global() {
+  device_setup d = setup();
+  CUstream side = nullptr;
+  CLIENT_REQUIRE(cuStreamCreate(&side, 0) == CUDA_SUCCESS);
+  // A kernel that stays unfinished through each capture below, launched as the first launch of
+  // a fresh thread: the shim times it, and its watcher polls the end event (cuEventQuery, a
+  // "potentially unsafe" call) every tick until it completes.
+  constexpr std::uint64_t k_side_us = 600'000;
+  constexpr auto k_hold = std::chrono::milliseconds(150);  // 15 watcher ticks
+  auto side_launch = [&] {
+    std::thread t([&] {
+      cuCtxSetCurrent(d.ctx);
+      std::uint64_t us = k_side_us;
+      void* params[1] = {&us};
+      CLIENT_CHECK(cuLaunchKernel(d.sleep, 1, 1, 1, 1, 1, 1, 0, side, params, nullptr) ==
+                   CUDA_SUCCESS);
+    });
+    t.join();
+  };
+
+  // The model bites: a thread of the program in the default global mode that queries an event
+  // while this thread captures in global mode invalidates the capture.
+  {
+    CUevent e = nullptr;
+    CLIENT_REQUIRE(cuEventCreate(&e, 0) == CUDA_SUCCESS);
+    CLIENT_REQUIRE(cuEventRecord(e, side) == CUDA_SUCCESS);
+    CLIENT_REQUIRE(cuStreamBeginCapture(d.stream, CU_STREAM_CAPTURE_MODE_GLOBAL) == CUDA_SUCCESS);
+    CUresult queried = CUDA_SUCCESS;
+    std::thread q([&] { queried = cuEventQuery(e); });
+    q.join();
+    CLIENT_CHECK(queried == CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+    CUgraph g = nullptr;
+    CLIENT_CHECK(cuStreamEndCapture(d.stream, &g) == CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+    CLIENT_CHECK(cuEventSynchronize(e) == CUDA_SUCCESS);
+    CLIENT_CHECK(cuEventDestroy(e) == CUDA_SUCCESS);
+  }
+
+  // The shim's watcher polls its timed launch through a whole global-mode capture.
+  side_launch();
+  const std::uint64_t relaxed0 = fake_capture_relaxed_calls();
+  constexpr int k_captured = 4;
+  CLIENT_REQUIRE(cuStreamBeginCapture(d.stream, CU_STREAM_CAPTURE_MODE_GLOBAL) == CUDA_SUCCESS);
+  for (int i = 0; i < k_captured; ++i) CLIENT_CHECK(launch(d, "kernel") == CUDA_SUCCESS);
+  std::this_thread::sleep_for(k_hold);
+  CUstreamCaptureStatus status = CU_STREAM_CAPTURE_STATUS_NONE;
+  CLIENT_CHECK(cuStreamIsCapturing(d.stream, &status) == CUDA_SUCCESS);
+  CLIENT_CHECK(status == CU_STREAM_CAPTURE_STATUS_ACTIVE);
+  CUgraph g = nullptr;
+  CLIENT_REQUIRE(cuStreamEndCapture(d.stream, &g) == CUDA_SUCCESS);
+  // The watcher did query during the capture (in relaxed mode): the capture was at risk.
+  const std::uint64_t relaxed = fake_capture_relaxed_calls() - relaxed0;
+  std::fprintf(stdout, "watcher queries during the capture: %llu\n",
+               static_cast<unsigned long long>(relaxed));
+  CLIENT_CHECK(relaxed > 0);
+  int kernels = 0;
+  int others = 0;
+  fake_cuda_graph_nodes(g, &kernels, &others);
+  CLIENT_CHECK_EQ(kernels, k_captured);
+  CUgraphExec exec = nullptr;
+  CLIENT_REQUIRE(cuGraphInstantiate(&exec, g, 0) == CUDA_SUCCESS);
+  CLIENT_CHECK(cuGraphLaunch(exec, d.stream) == CUDA_SUCCESS);
+  CLIENT_CHECK(cuStreamSynchronize(d.stream) == CUDA_SUCCESS);
+  CLIENT_CHECK(cuGraphExecDestroy(exec) == CUDA_SUCCESS);
+  CLIENT_CHECK(cuGraphDestroy(g) == CUDA_SUCCESS);
+  CLIENT_CHECK(cuStreamSynchronize(side) == CUDA_SUCCESS);
+  CLIENT_CHECK(cuStreamDestroy(side) == CUDA_SUCCESS);
+  return finish(d, "launch capture_global");
+}
+
+int scenario_nocap_devices() {
+  // No cap on either of two GPUs: each storm runs uncapped, and once the fast path is on the
+  // launch path asks the driver nothing, not even which device a stream is on.
+  const device_setup d0 = setup(0);
+  const device_setup d1 = setup(1);
+  CLIENT_CHECK(launch(d0, "kernel") == CUDA_SUCCESS);
+  CLIENT_CHECK(launch(d1, "kernel") == CUDA_SUCCESS);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // the watcher runs
+  const std::uint64_t asked0 = fake_cuda_stream_device_calls();
+  double s0 = 0.0;
+  std::thread other([&] {
+    cuCtxSetCurrent(d0.ctx);
+    s0 = measured_share(d0, "kernel");
+  });
+  cuCtxSetCurrent(d1.ctx);
+  const double s1 = measured_share(d1, "kernel");
+  other.join();
+  const std::uint64_t asked = fake_cuda_stream_device_calls() - asked0;
+  std::fprintf(stdout, "cuStreamGetDevice calls during the storms: %llu\n",
+               static_cast<unsigned long long>(asked));
+  CLIENT_CHECK(s0 >= k_uncapped_floor);
+  CLIENT_CHECK(s1 >= k_uncapped_floor);
+  CLIENT_CHECK_EQ(asked, 0u);
+  CLIENT_CHECK(finish(d0, "launch nocap_devices (0)") == 0);
+  return finish(d1, "launch nocap_devices");
 }
 
 int scenario_fork() {
@@ -401,6 +564,11 @@ int scenario_set_limit() {
   change(100, k_new_limit);
   const double uncapped = measured_share(d, "kernel");
   CLIENT_CHECK(uncapped >= k_uncapped_floor);
+
+  // Uncapped, launches take the fast path and read nothing per launch: the watcher must see
+  // the new cap in the ledger and hold it.
+  change(30, k_new_limit);
+  check_share(measured_share(d, "kernel"), 30.0);
   return finish(d, "launch set_limit");
 }
 
@@ -498,9 +666,13 @@ int main(int argc, char** argv) {
   const std::string verb = argc > 1 ? argv[1] : "";
   if (verb == "share" && argc == 4) return scenario_share(argv[2], std::atof(argv[3]));
   if (verb == "threads" && argc == 3) return scenario_threads(std::atof(argv[2]));
+  if (verb == "long" && argc == 3) return scenario_long(std::atof(argv[2]));
   if (verb == "container" && argc == 3) return scenario_container(std::atof(argv[2]));
+  if (verb == "container_alone") return scenario_container_alone();
   if (verb == "peer") return scenario_peer();
   if (verb == "capture") return scenario_capture();
+  if (verb == "capture_global") return scenario_capture_global();
+  if (verb == "nocap_devices") return scenario_nocap_devices();
   if (verb == "devices") return scenario_devices();
   if (verb == "fork") return scenario_fork();
   if (verb == "set_limit") return scenario_set_limit();
@@ -510,8 +682,9 @@ int main(int argc, char** argv) {
   if (verb == "refused") return scenario_refused();
   if (verb == "oversub" && argc == 3) return scenario_oversub(argv[2]);
   std::fprintf(stdout,
-               "usage: %s share PATH PERCENT | threads PERCENT | container PERCENT | set_limit | "
-               "capture | devices | fork | default | priority | "
+               "usage: %s share PATH PERCENT | long PERCENT | threads PERCENT | container PERCENT "
+               "| container_alone | set_limit | "
+               "capture | capture_global | devices | nocap_devices | fork | default | priority | "
                "refused | oversub managed|refused | tenant SECONDS\n",
                argv[0]);
   return 2;

@@ -6,8 +6,9 @@
 ///   CLIENT_LOAD_PROC     dlsym of cuGetProcAddress_v2 only, everything else through it, as the
 ///                        CUDA 12/13 runtime does (per-thread-stream variants included)
 /// Modes (argv[1]): quota (default), visible P0 P1, overhead, bad_config, bad_ledger,
-/// oom_killer, legacy, over_limit_view. The limit is CUDA_DEVICE_MEMORY_LIMIT; the fake's size
-/// FAKE_CUDA_MEMORY.
+/// oom_killer, legacy, over_limit_view, nvml_only, mig. The limit is CUDA_DEVICE_MEMORY_LIMIT;
+/// the fake's size FAKE_CUDA_MEMORY. The physical invariant is read from the fake itself
+/// (fake_cuda_physical_used: what the fake driver really holds for this process).
 
 #include <nvml.h>
 #include <sys/wait.h>
@@ -160,6 +161,38 @@ driver load() {
 #error "define CLIENT_LOAD_DIRECT, CLIENT_LOAD_DLOPEN or CLIENT_LOAD_PROC"
 #endif
 
+/// What the fake driver really holds on physical device \p p for this process (context and
+/// allocations), read from the fake, not through the shim.
+std::uint64_t physical_used(int p) {
+  void* h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  CLIENT_REQUIRE(h != nullptr);
+  auto used = reinterpret_cast<std::uint64_t (*)(int)>(dlsym(h, "fake_cuda_physical_used"));
+  CLIENT_REQUIRE(used != nullptr);
+  return used(p);
+}
+
+/// This process's pid in the outermost namespace its /proc shows (NSpid's first field).
+std::uint64_t outer_pid() {
+  FILE* f = std::fopen("/proc/self/status", "re");
+  CLIENT_REQUIRE(f != nullptr);
+  char line[512];
+  std::uint64_t outer = static_cast<std::uint64_t>(getpid());
+  while (std::fgets(line, sizeof line, f) != nullptr) {
+    if (std::strncmp(line, "NSpid:", 6) == 0) outer = std::strtoull(line + 6, nullptr, 10);
+  }
+  std::fclose(f);
+  return outer;
+}
+
+/// True when the fake driver's cuInit ran in this process.
+bool cuda_initialised() {
+  void* h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  CLIENT_REQUIRE(h != nullptr);
+  auto init = reinterpret_cast<int (*)()>(dlsym(h, "fake_cuda_initialised"));
+  CLIENT_REQUIRE(init != nullptr);
+  return init() != 0;
+}
+
 std::uint64_t limit_bytes() {
   const std::uint64_t l = client::env_bytes("CUDA_DEVICE_MEMORY_LIMIT", 0);
   CLIENT_REQUIRE(l != 0);
@@ -305,6 +338,11 @@ int quota(const driver& d) {
     CUdeviceptr q = 0;
     CLIENT_CHECK(d.alloc_async(&q, limit, stream) == CUDA_ERROR_OUT_OF_MEMORY);
     CLIENT_CHECK(d.free_async(p, stream) == CUDA_SUCCESS);
+    // The pool keeps the freed memory until a synchronisation (release threshold 0).
+    CLIENT_CHECK_EQ(physical_used(0), 2 * k_mib);
+    CLIENT_CHECK_EQ(free_now(d), limit - 2 * k_mib);
+    CLIENT_CHECK(d.stream_sync(stream) == CUDA_SUCCESS);
+    CLIENT_CHECK_EQ(physical_used(0), 0u);
     CLIENT_CHECK_EQ(free_now(d), limit);
 
     CUmemPoolProps props{};
@@ -314,7 +352,9 @@ int quota(const driver& d) {
     CUmemoryPool pool = nullptr;
     CLIENT_REQUIRE(d.pool_create(&pool, &props) == CUDA_SUCCESS);
     CLIENT_CHECK(d.alloc_pool(&p, 3 * k_mib, pool, stream) == CUDA_SUCCESS);
-    CLIENT_CHECK_EQ(free_now(d), limit - 3 * k_mib);
+    // The pool reserves whole 2 MiB granules: 4 MiB are held, and charged.
+    CLIENT_CHECK_EQ(physical_used(0), 4 * k_mib);
+    CLIENT_CHECK_EQ(free_now(d), limit - 4 * k_mib);
     CLIENT_CHECK(d.alloc_pool(&q, limit, pool, stream) == CUDA_ERROR_OUT_OF_MEMORY);
     CLIENT_CHECK(d.free_async(p, stream) == CUDA_SUCCESS);
     CLIENT_CHECK(d.stream_sync(stream) == CUDA_SUCCESS);
@@ -438,19 +478,464 @@ int visible(const driver& d, int p0, int p1) {
   return client::finish(k_name);
 }
 
-/// Context memory (FAKE_CUDA_CONTEXT_BYTES) is reconciled from NVML and charged.
+/// Context memory (FAKE_CUDA_CONTEXT_BYTES) is reconciled from NVML and charged from the
+/// context's creation on, whatever pid NVML lists this process under (FAKE_NVML_PID_OFFSET), and
+/// never a neighbour's memory (FAKE_NVML_NEIGHBOUR_BYTES, one of them listed under this process's
+/// own getpid()). Physically: the fake never holds more than the limit, and what fits succeeds.
 int overhead(const driver& d) {
   const std::uint64_t limit = limit_bytes();
   const std::uint64_t ctx = client::env_bytes("FAKE_CUDA_CONTEXT_BYTES", 0);
   CLIENT_REQUIRE(ctx != 0 && ctx % k_chunk == 0);
   CLIENT_REQUIRE(d.init(0) == CUDA_SUCCESS);
+  client::stderr_capture log;
   use_device(d, 0);
+  // Shown as used from the context on, before any allocation, in both views.
   CLIENT_CHECK_EQ(free_now(d), limit - ctx);
+  CLIENT_CHECK_EQ(nvml_memory(0).used, ctx);
   std::vector<CUdeviceptr> held = fill(d);
+  const std::string lines = log.take();
   CLIENT_CHECK_EQ(held.size(), (limit - ctx) / k_chunk);
-  CLIENT_CHECK_EQ(nvml_memory(0).used, limit);
+  CLIENT_CHECK(physical_used(0) <= limit);
+  CLIENT_CHECK_EQ(physical_used(0), ctx + held.size() * k_chunk);
+  CLIENT_CHECK_EQ(nvml_memory(0).used, ctx + held.size() * k_chunk);
+  const std::uint64_t host = outer_pid() + client::env_bytes("FAKE_NVML_PID_OFFSET", 0);
+  if (host != static_cast<std::uint64_t>(getpid())) {
+    // Identified under the host's pid, not getpid(); by NSpid when the host's /proc shows it.
+    const std::string want = "NVML lists this process as pid " + std::to_string(host) + " ";
+    CLIENT_CHECK(lines.find(want) != std::string::npos);
+    if (std::getenv("EXPECT_NSPID") != nullptr) {
+      CLIENT_CHECK(lines.find("found by NSpid and verified") != std::string::npos);
+    }
+  }
+  check_ledger(limit, ctx + held.size() * k_chunk);
   for (CUdeviceptr p : held) CLIENT_CHECK(d.free(p) == CUDA_SUCCESS);
   CLIENT_CHECK_EQ(free_now(d), limit - ctx);
+  return client::finish(k_name);
+}
+
+/// Stream-ordered pools that keep what they free (a release threshold as high as PyTorch's
+/// cudaMallocAsync backend and RMM set): the pool's reserve stays charged until the pool gives it
+/// back; a refused reservation trims this process's pools first, so what fits still succeeds;
+/// pools located on the host are never charged. Physically: the fake never holds more than the
+/// limit at any step.
+int pools(const driver& d) {
+  const std::uint64_t limit = limit_bytes();
+  CLIENT_REQUIRE(d.init(0) == CUDA_SUCCESS);
+  use_device(d, 0);
+  void* h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  CLIENT_REQUIRE(h != nullptr);
+  auto set_attr =
+      reinterpret_cast<decltype(&cuMemPoolSetAttribute)>(dlsym(h, "cuMemPoolSetAttribute"));
+  auto default_pool =
+      reinterpret_cast<decltype(&cuDeviceGetDefaultMemPool)>(dlsym(h, "cuDeviceGetDefaultMemPool"));
+  CLIENT_REQUIRE(set_attr != nullptr && default_pool != nullptr);
+  CUmemoryPool pool = nullptr;
+  CLIENT_REQUIRE(default_pool(&pool, 0) == CUDA_SUCCESS);
+  cuuint64_t keep_all = ~cuuint64_t{0};
+  CLIENT_REQUIRE(set_attr(pool, CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, &keep_all) == CUDA_SUCCESS);
+  CUstream stream = nullptr;
+  CLIENT_REQUIRE(d.stream_create(&stream, 0) == CUDA_SUCCESS);
+
+  // Fill the quota through the pool, free everything, synchronise: the pool keeps it all.
+  std::vector<CUdeviceptr> held;
+  for (;;) {
+    CUdeviceptr p = 0;
+    if (d.alloc_async(&p, k_chunk, stream) != CUDA_SUCCESS) break;
+    held.push_back(p);
+    CLIENT_REQUIRE(held.size() < 100000);
+  }
+  CLIENT_CHECK_EQ(held.size(), limit / k_chunk);
+  CLIENT_CHECK(physical_used(0) <= limit);
+  for (CUdeviceptr p : held) CLIENT_CHECK(d.free_async(p, stream) == CUDA_SUCCESS);
+  CLIENT_CHECK(d.stream_sync(stream) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(physical_used(0), held.size() * k_chunk);  // kept by the pool
+  CLIENT_CHECK_EQ(free_now(d), limit - held.size() * k_chunk);
+
+  // Plain allocations now: the first refusal trims the pool, then all that fits succeeds.
+  std::vector<CUdeviceptr> plain;
+  for (;;) {
+    CUdeviceptr p = 0;
+    if (d.alloc(&p, k_chunk) != CUDA_SUCCESS) break;
+    plain.push_back(p);
+    CLIENT_CHECK(physical_used(0) <= limit);
+    CLIENT_REQUIRE(plain.size() < 100000);
+  }
+  CLIENT_CHECK_EQ(plain.size(), limit / k_chunk);
+  CLIENT_CHECK(physical_used(0) <= limit);
+  for (CUdeviceptr p : plain) CLIENT_CHECK(d.free(p) == CUDA_SUCCESS);
+
+  // Reused from the pool's reserve after a partial trim, the pool again fills the quota.
+  held.clear();
+  for (;;) {
+    CUdeviceptr p = 0;
+    if (d.alloc_async(&p, k_chunk, stream) != CUDA_SUCCESS) break;
+    held.push_back(p);
+    CLIENT_CHECK(physical_used(0) <= limit);
+    CLIENT_REQUIRE(held.size() < 100000);
+  }
+  CLIENT_CHECK_EQ(held.size(), limit / k_chunk);
+  for (CUdeviceptr p : held) CLIENT_CHECK(d.free_async(p, stream) == CUDA_SUCCESS);
+
+  // A pool on the host takes no device memory and is never charged.
+  CUmemPoolProps props{};
+  props.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+  props.location.type = CU_MEM_LOCATION_TYPE_HOST;
+  CUmemoryPool host_pool = nullptr;
+  CLIENT_REQUIRE(d.pool_create(&host_pool, &props) == CUDA_SUCCESS);
+  const std::uint64_t before = physical_used(0);
+  const std::uint64_t free_before = free_now(d);
+  CUdeviceptr hp = 0;
+  CLIENT_CHECK(d.alloc_pool(&hp, 2 * limit, host_pool, stream) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(physical_used(0), before);
+  CLIENT_CHECK_EQ(free_now(d), free_before);
+  CLIENT_CHECK(d.free_async(hp, stream) == CUDA_SUCCESS);
+  CLIENT_CHECK(d.stream_sync(stream) == CUDA_SUCCESS);
+  CLIENT_CHECK(d.pool_destroy(host_pool) == CUDA_SUCCESS);
+
+  // A created device pool: destroyed, its reserve is given back.
+  props.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  props.location.id = 0;
+  CUmemoryPool mine = nullptr;
+  CLIENT_REQUIRE(d.pool_create(&mine, &props) == CUDA_SUCCESS);
+  CLIENT_REQUIRE(set_attr(mine, CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, &keep_all) == CUDA_SUCCESS);
+  CUdeviceptr mp = 0;
+  CLIENT_CHECK(d.alloc_pool(&mp, k_chunk, mine, stream) == CUDA_SUCCESS);
+  CLIENT_CHECK(physical_used(0) <= limit);
+  CLIENT_CHECK(d.free_async(mp, stream) == CUDA_SUCCESS);
+  CLIENT_CHECK(d.stream_sync(stream) == CUDA_SUCCESS);
+  CLIENT_CHECK(d.pool_destroy(mine) == CUDA_SUCCESS);
+  CLIENT_CHECK(d.stream_destroy(stream) == CUDA_SUCCESS);
+  // Only the default pool's reserve is held and charged.
+  CLIENT_CHECK_EQ(limit - free_now(d), physical_used(0));
+  CLIENT_CHECK(physical_used(0) <= limit);
+  return client::finish(k_name);
+}
+
+/// VMM as NVIDIA's vectorAddMMAP sample uses it: handles released right after they are mapped
+/// keep their memory, and their charge, until unmapped; a handle retained from a mapping keeps it
+/// past the unmap until released again. Physically: the fake never holds more than the limit.
+int vmm(const driver& d) {
+  const std::uint64_t limit = limit_bytes();
+  CLIENT_REQUIRE(d.init(0) == CUDA_SUCCESS);
+  use_device(d, 0);
+  void* lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  CLIENT_REQUIRE(lib != nullptr);
+  auto reserve =
+      reinterpret_cast<decltype(&cuMemAddressReserve)>(dlsym(lib, "cuMemAddressReserve"));
+  auto addr_free = reinterpret_cast<decltype(&cuMemAddressFree)>(dlsym(lib, "cuMemAddressFree"));
+  auto map = reinterpret_cast<decltype(&cuMemMap)>(dlsym(lib, "cuMemMap"));
+  auto unmap = reinterpret_cast<decltype(&cuMemUnmap)>(dlsym(lib, "cuMemUnmap"));
+  auto retain = reinterpret_cast<decltype(&cuMemRetainAllocationHandle)>(
+      dlsym(lib, "cuMemRetainAllocationHandle"));
+  CLIENT_REQUIRE(reserve && addr_free && map && unmap && retain);
+  constexpr std::size_t k_piece = 4 * k_vmm_granularity;  // 8 MiB
+  CUmemAllocationProp prop{};
+  prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+  prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  prop.location.id = 0;
+  CUdeviceptr va = 0;
+  CLIENT_REQUIRE(reserve(&va, 2 * k_piece, 0, 0, 0) == CUDA_SUCCESS);
+  CUmemGenericAllocationHandle h[2] = {};
+  for (int i = 0; i < 2; ++i) {
+    CLIENT_REQUIRE(d.mem_create(&h[i], k_piece, &prop, 0) == CUDA_SUCCESS);
+    CLIENT_REQUIRE(map(va + i * k_piece, k_piece, 0, h[i], 0) == CUDA_SUCCESS);
+    CLIENT_CHECK(d.mem_release(h[i]) == CUDA_SUCCESS);  // still mapped: the memory stays
+  }
+  CLIENT_CHECK_EQ(physical_used(0), 2 * k_piece);
+  CLIENT_CHECK_EQ(free_now(d), limit - 2 * k_piece);
+  std::vector<CUdeviceptr> held = fill(d);
+  CLIENT_CHECK_EQ(held.size(), (limit - 2 * k_piece) / k_chunk);
+  CLIENT_CHECK(physical_used(0) <= limit);
+  for (CUdeviceptr p : held) CLIENT_CHECK(d.free(p) == CUDA_SUCCESS);
+
+  // A handle retained from the second mapping outlives the unmap.
+  CUmemGenericAllocationHandle again = 0;
+  CLIENT_CHECK(retain(&again, reinterpret_cast<void*>(va + k_piece)) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(again, h[1]);
+  CLIENT_CHECK(unmap(va, 2 * k_piece) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(physical_used(0), k_piece);
+  CLIENT_CHECK_EQ(free_now(d), limit - k_piece);
+  held = fill(d);
+  CLIENT_CHECK_EQ(held.size(), (limit - k_piece) / k_chunk);
+  CLIENT_CHECK(physical_used(0) <= limit);
+  for (CUdeviceptr p : held) CLIENT_CHECK(d.free(p) == CUDA_SUCCESS);
+  CLIENT_CHECK(d.mem_release(again) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(physical_used(0), 0u);
+  CLIENT_CHECK_EQ(free_now(d), limit);
+  CLIENT_CHECK(addr_free(va, 2 * k_piece) == CUDA_SUCCESS);
+  check_ledger(limit, 0);
+  return client::finish(k_name);
+}
+
+/// Arrays of every kind of format (normalised, block-compressed, video), layered mip chains and
+/// deferred-mapping arrays: what the shim charges is what the fake driver really holds for each,
+/// and arrays fill the quota exactly. The real driver's requirement query answers only for
+/// deferred-mapping arrays, as the fake's does.
+int arrays(const driver& d) {
+  const std::uint64_t limit = limit_bytes();
+  CLIENT_REQUIRE(d.init(0) == CUDA_SUCCESS);
+  use_device(d, 0);
+  const auto charged = [&] { return limit - free_now(d); };
+  const auto check_3d = [&](CUarray_format f, unsigned channels, size_t w, size_t h, size_t depth,
+                            unsigned flags, unsigned levels) {
+    CUDA_ARRAY3D_DESCRIPTOR desc{};
+    desc.Width = w;
+    desc.Height = h;
+    desc.Depth = depth;
+    desc.Format = f;
+    desc.NumChannels = channels;
+    desc.Flags = flags;
+    if (levels == 0) {
+      CUarray a = nullptr;
+      CLIENT_CHECK(d.array3d_create(&a, &desc) == CUDA_SUCCESS);
+      CLIENT_CHECK_EQ(charged(), physical_used(0));
+      CLIENT_CHECK(physical_used(0) != 0);
+      CLIENT_CHECK(d.array_destroy(a) == CUDA_SUCCESS);
+    } else {
+      CUmipmappedArray m = nullptr;
+      CLIENT_CHECK(d.mipmap_create(&m, &desc, levels) == CUDA_SUCCESS);
+      CLIENT_CHECK_EQ(charged(), physical_used(0));
+      CLIENT_CHECK(physical_used(0) != 0);
+      CLIENT_CHECK(d.mipmap_destroy(m) == CUDA_SUCCESS);
+    }
+    CLIENT_CHECK_EQ(charged(), 0u);
+  };
+  check_3d(CU_AD_FORMAT_UNORM_INT8X4, 1, 100, 10, 0, 0, 0);
+  check_3d(CU_AD_FORMAT_SNORM_INT16X2, 1, 300, 7, 5, 0, 0);
+  check_3d(CU_AD_FORMAT_BC1_UNORM, 1, 256, 256, 0, 0, 0);
+  check_3d(CU_AD_FORMAT_BC7_UNORM, 1, 1024, 1024, 0, 0, 9);
+  check_3d(CU_AD_FORMAT_NV12, 1, 640, 480, 0, 0, 0);
+  check_3d(CU_AD_FORMAT_FLOAT, 4, 64, 64, 6, CUDA_ARRAY3D_LAYERED, 7);  // 6 layers, full chain
+  check_3d(CU_AD_FORMAT_HALF, 2, 128, 128, 6, CUDA_ARRAY3D_CUBEMAP, 3);
+
+  // Deferred mapping: no memory of its own; only then does the requirement query answer.
+  void* lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  CLIENT_REQUIRE(lib != nullptr);
+  auto requirements = reinterpret_cast<decltype(&cuArrayGetMemoryRequirements)>(
+      dlsym(lib, "cuArrayGetMemoryRequirements"));
+  CLIENT_REQUIRE(requirements != nullptr);
+  CUDA_ARRAY3D_DESCRIPTOR desc{};
+  desc.Width = 512;
+  desc.Height = 512;
+  desc.Format = CU_AD_FORMAT_UNORM_INT8X4;
+  desc.NumChannels = 1;
+  desc.Flags = CUDA_ARRAY3D_DEFERRED_MAPPING;
+  CUarray deferred = nullptr;
+  CLIENT_CHECK(d.array3d_create(&deferred, &desc) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(physical_used(0), 0u);
+  CLIENT_CHECK_EQ(charged(), 0u);
+  CUDA_ARRAY_MEMORY_REQUIREMENTS req{};
+  CLIENT_CHECK(requirements(&req, deferred, 0) == CUDA_SUCCESS);
+  CLIENT_CHECK(req.size >= 512 * 512 * 4);
+  CLIENT_CHECK(d.array_destroy(deferred) == CUDA_SUCCESS);
+
+  // 1 MiB arrays (rows of 2048 bytes, 512 rows) fill the quota exactly.
+  desc.Flags = 0;
+  std::vector<CUarray> held;
+  for (;;) {
+    CUarray a = nullptr;
+    if (d.array3d_create(&a, &desc) != CUDA_SUCCESS) break;
+    held.push_back(a);
+    CLIENT_REQUIRE(held.size() < 100000);
+  }
+  CLIENT_CHECK_EQ(held.size(), limit / k_mib);
+  CLIENT_CHECK(physical_used(0) <= limit);
+  CLIENT_CHECK(requirements(&req, held.front(), 0) == CUDA_ERROR_INVALID_VALUE);
+  for (CUarray a : held) CLIENT_CHECK(d.array_destroy(a) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(charged(), 0u);
+  return client::finish(k_name);
+}
+
+/// Context teardown (the last primary release, a primary reset, cuCtxDestroy) frees the
+/// context's memory in the driver: the charges go with it, so the next context gets the whole
+/// quota again, and its context memory is counted afresh.
+int teardown(const driver& d) {
+  const std::uint64_t limit = limit_bytes();
+  const std::uint64_t ctx_bytes = client::env_bytes("FAKE_CUDA_CONTEXT_BYTES", 0);
+  CLIENT_REQUIRE(ctx_bytes % k_chunk == 0);
+  CLIENT_REQUIRE(d.init(0) == CUDA_SUCCESS);
+  void* lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  CLIENT_REQUIRE(lib != nullptr);
+  auto release = reinterpret_cast<decltype(&cuDevicePrimaryCtxRelease_v2)>(
+      dlsym(lib, "cuDevicePrimaryCtxRelease_v2"));
+  auto reset = reinterpret_cast<decltype(&cuDevicePrimaryCtxReset_v2)>(
+      dlsym(lib, "cuDevicePrimaryCtxReset_v2"));
+  auto create = reinterpret_cast<decltype(&cuCtxCreate_v4)>(dlsym(lib, "cuCtxCreate_v4"));
+  auto destroy = reinterpret_cast<decltype(&cuCtxDestroy_v2)>(dlsym(lib, "cuCtxDestroy_v2"));
+  CLIENT_REQUIRE(release && reset && create && destroy);
+  const auto round = [&](const char* how) {
+    std::vector<CUdeviceptr> held = fill(d);
+    if (held.size() != (limit - ctx_bytes) / k_chunk) std::fprintf(stdout, "round: %s\n", how);
+    CLIENT_CHECK_EQ(held.size(), (limit - ctx_bytes) / k_chunk);
+    CLIENT_CHECK(physical_used(0) <= limit);
+    return held.size();
+  };
+  // The last primary release, with an array made in the context.
+  use_device(d, 0);
+  CUDA_ARRAY_DESCRIPTOR desc{};
+  desc.Width = 1024;
+  desc.Height = 1024;
+  desc.Format = CU_AD_FORMAT_UNSIGNED_INT8;
+  desc.NumChannels = 4;
+  CUarray array = nullptr;
+  CLIENT_REQUIRE(d.array_create(&array, &desc) == CUDA_SUCCESS);  // 4 MiB
+  std::vector<CUdeviceptr> first = fill(d);
+  CLIENT_CHECK_EQ(first.size() + 1, (limit - ctx_bytes) / k_chunk);
+  CLIENT_CHECK(physical_used(0) <= limit);
+  CLIENT_CHECK(release(0) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(physical_used(0), 0u);
+  CLIENT_CHECK_EQ(nvml_memory(0).used, 0u);
+  CLIENT_CHECK(d.array_destroy(array) == CUDA_SUCCESS);  // its memory went with the context
+  // A primary reset, with references still held.
+  use_device(d, 0);
+  round("after the last primary release");
+  CUcontext extra = nullptr;
+  CLIENT_REQUIRE(d.ctx_retain(&extra, 0) == CUDA_SUCCESS);  // two references now
+  CLIENT_CHECK(reset(0) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(physical_used(0), 0u);
+  CLIENT_CHECK_EQ(nvml_memory(0).used, 0u);
+  // cuCtxDestroy of a context of its own.
+  CUcontext own = nullptr;
+  CLIENT_REQUIRE(create(&own, nullptr, 0, 0) == CUDA_SUCCESS);
+  round("after a primary reset");
+  CLIENT_CHECK(destroy(own) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(physical_used(0), 0u);
+  CLIENT_CHECK_EQ(nvml_memory(0).used, 0u);
+  use_device(d, 0);
+  round("after cuCtxDestroy");
+  return client::finish(k_name);
+}
+
+/// Stream capture: cuMemAllocAsync on a capturing stream makes a graph memory node, not memory
+/// (the graph allocator reserves it when the graph runs), so nothing is charged at capture and a
+/// capture that is never launched leaves no charge behind; a captured free of real memory keeps
+/// its charge, since the memory goes only when the graph runs. Charged = held, throughout.
+int capture(const driver& d) {
+  const std::uint64_t limit = limit_bytes();
+  CLIENT_REQUIRE(d.init(0) == CUDA_SUCCESS);
+  use_device(d, 0);
+  void* lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  CLIENT_REQUIRE(lib != nullptr);
+  auto begin =
+      reinterpret_cast<decltype(&cuStreamBeginCapture_v2)>(dlsym(lib, "cuStreamBeginCapture_v2"));
+  auto end = reinterpret_cast<decltype(&cuStreamEndCapture)>(dlsym(lib, "cuStreamEndCapture"));
+  auto destroy = reinterpret_cast<decltype(&cuGraphDestroy)>(dlsym(lib, "cuGraphDestroy"));
+  CLIENT_REQUIRE(begin && end && destroy);
+  const auto charged = [&] { return limit - free_now(d); };
+  CUstream stream = nullptr;
+  CLIENT_REQUIRE(d.stream_create(&stream, 0) == CUDA_SUCCESS);
+  CUdeviceptr real_mem = 0;
+  CLIENT_REQUIRE(d.alloc(&real_mem, k_chunk) == CUDA_SUCCESS);
+
+  CLIENT_REQUIRE(begin(stream, CU_STREAM_CAPTURE_MODE_RELAXED) == CUDA_SUCCESS);
+  CUdeviceptr node = 0, scratch = 0;
+  CLIENT_CHECK(d.alloc_async(&node, 2 * limit, stream) == CUDA_SUCCESS);  // a node, not memory
+  CLIENT_CHECK(d.alloc_async(&scratch, k_chunk, stream) == CUDA_SUCCESS);
+  CLIENT_CHECK(d.free_async(scratch, stream) == CUDA_SUCCESS);
+  CLIENT_CHECK(d.free_async(real_mem, stream) == CUDA_SUCCESS);  // freed when the graph runs
+  CLIENT_CHECK_EQ(physical_used(0), k_chunk);
+  CLIENT_CHECK_EQ(charged(), k_chunk);
+  CUgraph graph = nullptr;
+  CLIENT_CHECK(end(stream, &graph) == CUDA_SUCCESS);
+  CLIENT_CHECK(destroy(graph) == CUDA_SUCCESS);  // never launched
+  CLIENT_CHECK_EQ(physical_used(0), k_chunk);
+  CLIENT_CHECK_EQ(charged(), k_chunk);
+
+  // What fits still fits: nothing of the capture is charged.
+  std::vector<CUdeviceptr> held = fill(d);
+  CLIENT_CHECK_EQ(held.size(), limit / k_chunk - 1);
+  CLIENT_CHECK(physical_used(0) <= limit);
+  for (CUdeviceptr p : held) CLIENT_CHECK(d.free(p) == CUDA_SUCCESS);
+  CLIENT_CHECK(d.free(real_mem) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(charged(), 0u);
+  CLIENT_CHECK(d.stream_destroy(stream) == CUDA_SUCCESS);
+  return client::finish(k_name);
+}
+
+/// A module's code and data take device memory (FAKE_CUDA_MODULE_BYTES) that no allocation call
+/// shows: counted from its load on, given back at its unload. Charged = held, throughout.
+int modules(const driver& d) {
+  const std::uint64_t limit = limit_bytes();
+  const std::uint64_t ctx = client::env_bytes("FAKE_CUDA_CONTEXT_BYTES", 0);
+  const std::uint64_t mod = client::env_bytes("FAKE_CUDA_MODULE_BYTES", 0);
+  CLIENT_REQUIRE(mod != 0 && (ctx + mod) % k_chunk == 0);
+  CLIENT_REQUIRE(d.init(0) == CUDA_SUCCESS);
+  use_device(d, 0);
+  void* lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  CLIENT_REQUIRE(lib != nullptr);
+  auto load = reinterpret_cast<decltype(&cuModuleLoadData)>(dlsym(lib, "cuModuleLoadData"));
+  auto unload = reinterpret_cast<decltype(&cuModuleUnload)>(dlsym(lib, "cuModuleUnload"));
+  CLIENT_REQUIRE(load && unload);
+  CUdeviceptr first = 0;
+  CLIENT_REQUIRE(d.alloc(&first, k_chunk) == CUDA_SUCCESS);  // the context is measured
+  static const char k_image[] = "fake module";
+  CUmodule m = nullptr;
+  CLIENT_REQUIRE(load(&m, k_image) == CUDA_SUCCESS);
+  std::vector<CUdeviceptr> held = fill(d);
+  CLIENT_CHECK_EQ(held.size() + 1, (limit - ctx - mod) / k_chunk);
+  CLIENT_CHECK(physical_used(0) <= limit);
+  CLIENT_CHECK_EQ(limit - free_now(d), physical_used(0));
+  CLIENT_CHECK(d.free(held.back()) == CUDA_SUCCESS);
+  held.pop_back();
+  CLIENT_CHECK(unload(m) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(limit - free_now(d), physical_used(0));  // the module's memory is back
+  std::vector<CUdeviceptr> more = fill(d);
+  CLIENT_CHECK_EQ(held.size() + more.size() + 1, (limit - ctx) / k_chunk);
+  CLIENT_CHECK(physical_used(0) <= limit);
+  for (CUdeviceptr p : held) CLIENT_CHECK(d.free(p) == CUDA_SUCCESS);
+  for (CUdeviceptr p : more) CLIENT_CHECK(d.free(p) == CUDA_SUCCESS);
+  CLIENT_CHECK(d.free(first) == CUDA_SUCCESS);
+  return client::finish(k_name);
+}
+
+/// NVML alone never initialises CUDA, and still shows the limit; a child forked afterwards (a
+/// launcher's worker) initialises CUDA and gets the same quota, shared through the ledger.
+int nvml_only(const driver& d) {
+  const std::uint64_t limit = limit_bytes();
+  const nvmlMemory_v2_t v = nvml_memory(0);
+  CLIENT_CHECK(!cuda_initialised());
+  CLIENT_CHECK_EQ(v.total, limit);
+  CLIENT_CHECK_EQ(v.free, limit);
+  CLIENT_CHECK_EQ(v.used, 0u);
+  const pid_t child = fork();
+  CLIENT_REQUIRE(child >= 0);
+  if (child == 0) {
+    if (d.init(0) != CUDA_SUCCESS) _exit(3);
+    use_device(d, 0);
+    const std::vector<CUdeviceptr> held = fill(d);
+    const bool ok = held.size() == limit / k_chunk && physical_used(0) <= limit &&
+                    nvml_memory(0).used == held.size() * k_chunk;
+    _exit(ok && client::failures() == 0 ? 0 : 4);
+  }
+  int status = 0;
+  CLIENT_REQUIRE(waitpid(child, &status, 0) == child);
+  CLIENT_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  CLIENT_CHECK(!cuda_initialised());
+  return client::finish(k_name);
+}
+
+/// MIG devices: NVML spells their UUIDs "MIG-..." (FAKE_NVML_MIG_UUIDS=1); the ledger keys the device
+/// by that spelling, and NVML's views of it show the limit and the use.
+int mig(const driver& d) {
+  const std::uint64_t limit = limit_bytes();
+  CLIENT_REQUIRE(d.init(0) == CUDA_SUCCESS);
+  use_device(d, 0);
+  CUdeviceptr p = 0;
+  CLIENT_REQUIRE(d.alloc(&p, k_chunk) == CUDA_SUCCESS);
+  const nvmlMemory_v2_t v = nvml_memory(0);
+  CLIENT_CHECK_EQ(v.total, limit);
+  CLIENT_CHECK_EQ(v.used, k_chunk);
+  const char* path = std::getenv("CUDA_DEVICE_MEMORY_SHARED_CACHE");
+  CLIENT_REQUIRE(path != nullptr);
+  auto snap = gpuslice::memory::read_snapshot(path);
+  CLIENT_REQUIRE(snap.ok() && !snap->devices.empty());
+  CLIENT_CHECK(snap->devices[0].uuid == "MIG-5a1ce000-0000-4000-8000-0000000000a0");
+  CLIENT_CHECK_EQ(snap->devices[0].used, k_chunk);
+  std::vector<CUdeviceptr> held = fill(d);
+  CLIENT_CHECK_EQ(held.size() + 1, limit / k_chunk);
+  CLIENT_CHECK(physical_used(0) <= limit);
+  for (CUdeviceptr q : held) CLIENT_CHECK(d.free(q) == CUDA_SUCCESS);
+  CLIENT_CHECK(d.free(p) == CUDA_SUCCESS);
   return client::finish(k_name);
 }
 
@@ -575,9 +1060,19 @@ int main(int argc, char** argv) {
   if (mode == "overhead") return overhead(d);
   if (mode == "bad_config") return fail_closed(d, "CUDA_DEVICE_MEMORY_LIMIT=");
   if (mode == "bad_ledger") return fail_closed(d, "CUDA_DEVICE_MEMORY_SHARED_CACHE=");
+  if (mode == "bad_default_ledger")
+    return fail_closed(d, "the default ledger /tmp/gpuslice.ledger");
   if (mode == "oom_killer") return oom_killer(d);
   if (mode == "legacy") return legacy(d);
   if (mode == "over_limit_view") return over_limit_view(d);
+  if (mode == "nvml_only") return nvml_only(d);
+  if (mode == "pools") return pools(d);
+  if (mode == "vmm") return vmm(d);
+  if (mode == "arrays") return arrays(d);
+  if (mode == "teardown") return teardown(d);
+  if (mode == "capture") return capture(d);
+  if (mode == "modules") return modules(d);
+  if (mode == "mig") return mig(d);
   std::fprintf(stdout, "unknown mode %s\n", argv[1]);
   return 2;
 }

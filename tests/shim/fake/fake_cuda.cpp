@@ -10,6 +10,7 @@
 ///   FAKE_CUDA_MEMORY[_<p>]     total bytes of every (or physical) device, quantity grammar
 ///                              (default 1Gi)
 ///   FAKE_CUDA_CONTEXT_BYTES    device memory a context takes when created (default 0)
+///   FAKE_CUDA_MODULE_BYTES     device memory a module loaded in a context takes (default 0)
 ///   FAKE_CUDA_KERNEL_US        duration of a launched kernel in microseconds (default 100)
 ///                              (a kernel named fake_sleep_us runs for its first parameter's
 ///                              microseconds; one named fake_null queues nothing)
@@ -38,6 +39,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -68,20 +70,34 @@ struct CUfunc_st {
 /// A module owns its functions, as in the driver: they live until the module is unloaded.
 struct CUmod_st {
   std::map<std::string, std::unique_ptr<CUfunc_st>> functions;
+  CUctx_st* ctx = nullptr;  ///< the context it was loaded in
+  int physical = 0;
+  std::uint64_t bytes = 0;  ///< device memory its code and data take (FAKE_CUDA_MODULE_BYTES)
 };
-struct CUarray_st {
+/// What the two kinds of array share: their memory lives in the context they were made in.
+struct fake_array {
   int physical = 0;
   std::uint64_t bytes = 0;
-  void* mem = nullptr;
+  bool deferred = false;    ///< CUDA_ARRAY3D_DEFERRED_MAPPING: holds no memory of its own
+  CUctx_st* ctx = nullptr;  ///< freed with it
+  bool freed = false;       ///< its context was torn down: the handle is dead
 };
-struct CUmipmappedArray_st {
-  int physical = 0;
-  std::uint64_t bytes = 0;
-  void* mem = nullptr;
-};
+struct CUarray_st : fake_array {};
+struct CUmipmappedArray_st : fake_array {};
+/// A stream-ordered pool, as the CUDA 13 headers describe it: it reserves device memory as its
+/// allocations need it and keeps what they free, releasing the part above its release
+/// threshold at the next stream, event or context synchronisation, and down to a floor on
+/// cuMemPoolTrimTo. A pool located on the host takes no device memory. Guarded by st().mu.
 struct CUmemPoolHandle_st {
   int physical = 0;
   bool is_default = false;
+  bool host = false;             ///< located on the host: takes no device memory
+  bool destroyed = false;        ///< destroyed with allocations outstanding
+  std::uint64_t reserved = 0;    ///< device bytes the pool holds
+  std::uint64_t used = 0;        ///< bytes of its live allocations
+  std::uint64_t threshold = 0;   ///< CU_MEMPOOL_ATTR_RELEASE_THRESHOLD
+  std::uint64_t reserved_high = 0;
+  std::uint64_t used_high = 0;
 };
 struct CUctx_st {
   int ordinal = 0;
@@ -117,12 +133,15 @@ constexpr std::size_t k_vmm_granularity = std::size_t{2} << 20;
 /// Pitch alignment of cuMemAllocPitch and array size alignment (bytes).
 constexpr std::size_t k_pitch_alignment = 512;
 constexpr std::uint64_t k_default_kernel_us = 100;
+/// A running kernel's busy time is credited at least this often.
+constexpr std::chrono::microseconds k_busy_slice{1000};
 /// cuMemAllocPitch accepts these element sizes, as the driver does.
 constexpr unsigned k_pitch_elements[] = {4, 8, 16};
 
 struct device {
   std::uint64_t total = k_default_total;
   std::atomic<std::uint64_t> used{0};
+  std::atomic<int> contexts{0};  ///< live contexts (NVML lists a process only while it has one)
   std::atomic<std::uint64_t> busy_us{0};
   unsigned char uuid[16] = {};
 };
@@ -131,23 +150,43 @@ struct allocation {
   int physical = 0;
   std::uint64_t bytes = 0;
   std::uint64_t mapped = 0;  ///< bytes mapped with mmap; 0 for heap memory
+  CUmemPoolHandle_st* pool = nullptr;  ///< the pool it came from (its bytes are the pool's)
+  int refs = 1;  ///< VMM handles: unreleased references (cuMemCreate, cuMemRetainAllocationHandle)
+  int maps = 0;  ///< VMM handles: live mappings (cuMemMap)
+  CUctx_st* ctx = nullptr;  ///< the context a device pointer belongs to (freed with it)
+};
+
+/// A VMM mapping (cuMemMap): the handle whose memory backs [address, address + size).
+struct vmm_mapping {
+  CUmemGenericAllocationHandle handle = 0;
+  std::uint64_t size = 0;
 };
 
 struct driver_state {
   std::mutex mu;
-  bool initialised = false;
+  bool configured = false;   ///< the environment was read (the fake NVML may ask before cuInit)
+  bool initialised = false;  ///< cuInit succeeded: what the driver API checks
   int physical_count = 1;
   device devs[k_max_fake_devices];
   int visible[k_max_fake_devices] = {};
   int visible_count = 0;
   std::uint64_t context_bytes = 0;
+  std::uint64_t module_bytes = 0;
   std::uint64_t kernel_us = k_default_kernel_us;
   bool host_heap = false;
   std::map<std::uintptr_t, allocation> allocs;
   std::map<CUmemGenericAllocationHandle, allocation> handles;
   CUmemGenericAllocationHandle next_handle = 1;
+  std::map<std::uintptr_t, std::uint64_t> reservations;  ///< cuMemAddressReserve: start -> size
+  std::map<std::uintptr_t, vmm_mapping> mappings;        ///< cuMemMap: start -> mapping
+  std::set<fake_array*> arrays;                          ///< live arrays, for teardown
   CUctx_st* primary[k_max_fake_devices] = {};
   CUmemPoolHandle_st default_pool[k_max_fake_devices];
+  /// Each device's current pool (cuDeviceSetMemPool), which cuMemAllocAsync draws from.
+  CUmemPoolHandle_st* current_pool[k_max_fake_devices] = {};
+  /// Every pool, created ones included (kept reachable: a destroyed pool with outstanding
+  /// allocations lives until they are freed).
+  std::vector<CUmemPoolHandle_st*> pools;
   /// Loaded modules: the driver frees what a program never unloads at exit, so the fake keeps
   /// them reachable rather than leaked.
   std::map<CUmod_st*, std::unique_ptr<CUmod_st>> modules;
@@ -160,7 +199,9 @@ driver_state*& state_ptr() {
 }
 driver_state& st() { return *state_ptr(); }
 
-thread_local std::vector<CUctx_st*> t_ctx_stack;
+// Initial-exec: in static TLS even when the fake is dlopen'd, where LeakSanitizer's scan of
+// dynamic TLS at exit crashes on this object.
+thread_local std::vector<CUctx_st*> t_ctx_stack __attribute__((tls_model("initial-exec")));
 
 /// After fork the child starts with a fresh, uninitialised driver, as a CUDA child must call
 /// cuInit again and cannot use the parent's contexts. The parent's state stays reachable.
@@ -271,12 +312,20 @@ void stream_loop(CUstream_st* s) {
     lock.unlock();
     if (w.kernel_us != 0) {
       // Busy time is the time the kernel held the device, as a GPU counts it: the sleep's
-      // real length (the scheduler may stretch it), not the nominal duration.
-      const auto began = std::chrono::steady_clock::now();
-      std::this_thread::sleep_for(std::chrono::microseconds(w.kernel_us));
-      const auto held = std::chrono::duration_cast<std::chrono::microseconds>(
-          std::chrono::steady_clock::now() - began);
-      st().devs[s->physical].busy_us.fetch_add(static_cast<std::uint64_t>(held.count()));
+      // real length (the scheduler may stretch it), not the nominal duration. It is credited
+      // as the kernel runs, a slice at a time, as a GPU's utilization counters advance: a
+      // long kernel's time is not all counted in the sample period where it ends.
+      const auto end = std::chrono::steady_clock::now() + std::chrono::microseconds(w.kernel_us);
+      auto from = std::chrono::steady_clock::now();
+      for (;;) {
+        const auto left = std::chrono::duration_cast<std::chrono::microseconds>(end - from);
+        if (left.count() <= 0) break;
+        std::this_thread::sleep_for(std::min(left, k_busy_slice));
+        const auto now = std::chrono::steady_clock::now();
+        const auto held = std::chrono::duration_cast<std::chrono::microseconds>(now - from);
+        st().devs[s->physical].busy_us.fetch_add(static_cast<std::uint64_t>(held.count()));
+        from = now;
+      }
     }
     if (w.event != nullptr) {
       std::lock_guard<std::mutex> el(w.event->mu);
@@ -343,7 +392,9 @@ CUresult alloc_on(int physical, std::uint64_t bytes, CUdeviceptr* out) {
     return CUDA_ERROR_OUT_OF_MEMORY;
   }
   std::lock_guard<std::mutex> lock(st().mu);
-  st().allocs[reinterpret_cast<std::uintptr_t>(m)] = allocation{physical, bytes, heap ? 0 : bytes};
+  allocation a{physical, bytes, heap ? 0 : bytes};
+  a.ctx = current();
+  st().allocs[reinterpret_cast<std::uintptr_t>(m)] = a;
   *out = reinterpret_cast<CUdeviceptr>(m);
   return CUDA_SUCCESS;
 }
@@ -356,6 +407,15 @@ CUresult free_ptr(CUdeviceptr p) {
     if (it == st().allocs.end()) return CUDA_ERROR_INVALID_VALUE;
     a = it->second;
     st().allocs.erase(it);
+    if (a.pool != nullptr) {
+      // The pool keeps the memory for reuse; a destroyed pool gives it back as it comes.
+      a.pool->used -= a.bytes;
+      if (a.pool->destroyed && !a.pool->host) {
+        a.pool->reserved -= a.bytes;
+        give(a.physical, a.bytes);
+      }
+      a.bytes = 0;
+    }
   }
   if (a.mapped == 0) {
     std::free(reinterpret_cast<void*>(p));
@@ -366,6 +426,53 @@ CUresult free_ptr(CUdeviceptr p) {
   return CUDA_SUCCESS;
 }
 
+/// Allocates \p bytes from \p pool: from its idle reserve when that suffices, else the pool
+/// grows by the shortfall, rounded up to the VMM granularity, as far as the device has room.
+CUresult pool_alloc(CUmemPoolHandle_st* pool, std::uint64_t bytes, CUdeviceptr* out) {
+  if (out == nullptr || bytes == 0) return CUDA_ERROR_INVALID_VALUE;
+  void* m = map_bytes(bytes);
+  if (m == nullptr) return CUDA_ERROR_OUT_OF_MEMORY;
+  std::lock_guard<std::mutex> lock(st().mu);
+  if (pool->destroyed) {
+    munmap(m, bytes);
+    return CUDA_ERROR_INVALID_VALUE;
+  }
+  const std::uint64_t idle = pool->reserved - pool->used;
+  if (!pool->host && bytes > idle) {
+    const std::uint64_t grow = round_up(bytes - idle, k_vmm_granularity);
+    if (!take(pool->physical, grow)) {
+      munmap(m, bytes);
+      return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    pool->reserved += grow;
+  }
+  pool->used += bytes;
+  pool->reserved_high = std::max(pool->reserved_high, pool->reserved);
+  pool->used_high = std::max(pool->used_high, pool->used);
+  st().allocs[reinterpret_cast<std::uintptr_t>(m)] = allocation{pool->physical, bytes, bytes, pool};
+  *out = reinterpret_cast<CUdeviceptr>(m);
+  return CUDA_SUCCESS;
+}
+
+/// Gives back what \p pool holds above max(\p keep, its live bytes), in whole granules.
+/// Precondition: st().mu held.
+void pool_trim(CUmemPoolHandle_st* pool, std::uint64_t keep) {
+  if (pool->host) return;
+  const std::uint64_t floor = round_up(std::max(keep, pool->used), k_vmm_granularity);
+  if (pool->reserved <= floor) return;
+  give(pool->physical, pool->reserved - floor);
+  pool->reserved = floor;
+}
+
+/// A stream, event or context synchronisation: every pool holding more than its release
+/// threshold gives back what it can above it.
+void release_pools_at_sync() {
+  std::lock_guard<std::mutex> lock(st().mu);
+  for (CUmemPoolHandle_st* pool : st().pools) {
+    if (pool->reserved > pool->threshold) pool_trim(pool, pool->threshold);
+  }
+}
+
 CUresult ctx_physical(int* physical) {
   if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
   CUctx_st* c = current();
@@ -374,30 +481,75 @@ CUresult ctx_physical(int* physical) {
   return CUDA_SUCCESS;
 }
 
-std::uint64_t format_bytes(CUarray_format f) {
+/// An array format's texels: bytes per block of bw x bh texels, and the further planes of video
+/// formats as num/den times the first plane's rows. {0} for a format the fake refuses.
+struct texels {
+  std::uint64_t bytes = 0;
+  std::uint64_t bw = 1, bh = 1, num = 1, den = 1;
+};
+texels format_texels(CUarray_format f, unsigned channels) {
   switch (f) {
     case CU_AD_FORMAT_UNSIGNED_INT8:
     case CU_AD_FORMAT_SIGNED_INT8:
-      return 1;
+      return {1ull * channels};
     case CU_AD_FORMAT_UNSIGNED_INT16:
     case CU_AD_FORMAT_SIGNED_INT16:
     case CU_AD_FORMAT_HALF:
-      return 2;
+      return {2ull * channels};
     case CU_AD_FORMAT_UNSIGNED_INT32:
     case CU_AD_FORMAT_SIGNED_INT32:
     case CU_AD_FORMAT_FLOAT:
-      return 4;
+      return {4ull * channels};
+    case CU_AD_FORMAT_UNORM_INT8X1:
+    case CU_AD_FORMAT_SNORM_INT8X1:
+      return {1};
+    case CU_AD_FORMAT_UNORM_INT8X2:
+    case CU_AD_FORMAT_SNORM_INT8X2:
+    case CU_AD_FORMAT_UNORM_INT16X1:
+    case CU_AD_FORMAT_SNORM_INT16X1:
+      return {2};
+    case CU_AD_FORMAT_UNORM_INT8X4:
+    case CU_AD_FORMAT_SNORM_INT8X4:
+    case CU_AD_FORMAT_UNORM_INT16X2:
+    case CU_AD_FORMAT_SNORM_INT16X2:
+      return {4};
+    case CU_AD_FORMAT_UNORM_INT16X4:
+    case CU_AD_FORMAT_SNORM_INT16X4:
+      return {8};
+    case CU_AD_FORMAT_BC1_UNORM:
+    case CU_AD_FORMAT_BC4_UNORM:
+      return {8, 4, 4};
+    case CU_AD_FORMAT_BC2_UNORM:
+    case CU_AD_FORMAT_BC3_UNORM:
+    case CU_AD_FORMAT_BC7_UNORM:
+      return {16, 4, 4};
+    case CU_AD_FORMAT_NV12:
+      return {1, 1, 1, 3, 2};
     default:
-      return 0;
+      return {0};
   }
 }
 
-/// Bytes an array takes: rows padded to the pitch alignment, as the driver pads them.
-std::uint64_t array_bytes(std::size_t w, std::size_t h, std::size_t d, CUarray_format f,
-                          unsigned channels) {
-  const std::uint64_t elem = format_bytes(f) * channels;
-  return round_up(w * elem, k_pitch_alignment) * std::max<std::size_t>(h, 1) *
-         std::max<std::size_t>(d, 1);
+/// Bytes one level takes: rows of blocks padded to the pitch alignment.
+std::uint64_t level_bytes(const texels& t, std::uint64_t w, std::uint64_t h, std::uint64_t d) {
+  const std::uint64_t row = round_up((std::max<std::uint64_t>(w, 1) + t.bw - 1) / t.bw * t.bytes,
+                                     k_pitch_alignment);
+  const std::uint64_t rows = ((std::max<std::uint64_t>(h, 1) + t.bh - 1) / t.bh * t.num + t.den - 1) / t.den;
+  return row * rows * std::max<std::uint64_t>(d, 1);
+}
+
+/// Bytes an array takes over its mip chain: each level halves the dimensions, except a layered
+/// array's (or cubemap's) depth, its layer count.
+std::uint64_t array_bytes(const texels& t, std::uint64_t w, std::uint64_t h, std::uint64_t d,
+                          unsigned levels, bool layered) {
+  std::uint64_t bytes = 0;
+  for (unsigned l = 0; l < levels; ++l) {
+    bytes += level_bytes(t, w, h, d);
+    w = std::max<std::uint64_t>(w / 2, 1);
+    h = h == 0 ? 0 : std::max<std::uint64_t>(h / 2, 1);
+    if (!layered) d = d == 0 ? 0 : std::max<std::uint64_t>(d / 2, 1);
+  }
+  return bytes;
 }
 
 CUresult ctx_create(int ordinal, bool primary, CUctx_st** out) {
@@ -408,12 +560,50 @@ CUresult ctx_create(int ordinal, bool primary, CUctx_st** out) {
   c->physical = p;
   c->primary = primary;
   c->refs = 1;
+  st().devs[p].contexts.fetch_add(1);
   *out = c;
   return CUDA_SUCCESS;
 }
 
+/// Tearing a context down frees the device memory allocated in it, as the driver does.
 void ctx_destroy(CUctx_st* c) {
   if (c->default_stream != nullptr) delete_stream(c->default_stream);
+  std::vector<std::pair<std::uintptr_t, allocation>> dead;
+  {
+    std::lock_guard<std::mutex> lock(st().mu);
+    for (auto it = st().allocs.begin(); it != st().allocs.end();) {
+      if (it->second.ctx == c && it->second.pool == nullptr) {
+        dead.emplace_back(*it);
+        it = st().allocs.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  {
+    std::lock_guard<std::mutex> lock(st().mu);
+    for (auto& [mod, owned] : st().modules) {
+      if (owned->ctx != c) continue;
+      give(owned->physical, owned->bytes);
+      owned->bytes = 0;
+      owned->ctx = nullptr;
+    }
+    for (fake_array* a : st().arrays) {
+      if (a->ctx != c || a->freed) continue;
+      if (!a->deferred) give(a->physical, a->bytes);
+      a->freed = true;
+    }
+  }
+  for (const auto& [at, a] : dead) {
+    if (a.mapped == 0) {
+      std::free(reinterpret_cast<void*>(at));
+    } else {
+      munmap(reinterpret_cast<void*>(at), a.mapped);
+    }
+    give(a.physical, a.bytes);
+  }
+  t_ctx_stack.erase(std::remove(t_ctx_stack.begin(), t_ctx_stack.end(), c), t_ctx_stack.end());
+  st().devs[c->physical].contexts.fetch_sub(1);
   give(c->physical, st().context_bytes);
   delete c;
 }
@@ -422,11 +612,10 @@ void ctx_destroy(CUctx_st* c) {
 
 // ---- initialisation, devices -------------------------------------------------------------------
 
-FAKE_EXPORT CUresult cuInit(unsigned int flags) {
-  if (flags != 0) return CUDA_ERROR_INVALID_VALUE;
-  driver_state& s = st();
-  std::lock_guard<std::mutex> lock(s.mu);
-  if (s.initialised) return CUDA_SUCCESS;
+namespace {
+/// Reads the fake's environment once. Precondition: st().mu held.
+void configure(driver_state& s) {
+  if (s.configured) return;
   static std::once_flag at_fork;
   std::call_once(at_fork, [] { pthread_atfork(nullptr, nullptr, reset_in_child); });
   if (const char* n = std::getenv("FAKE_CUDA_DEVICES")) {
@@ -443,12 +632,31 @@ FAKE_EXPORT CUresult cuInit(unsigned int flags) {
     make_uuid(p, s.devs[p].uuid);
     s.default_pool[p].physical = p;
     s.default_pool[p].is_default = true;
+    s.current_pool[p] = &s.default_pool[p];
+    s.pools.push_back(&s.default_pool[p]);
   }
   s.context_bytes = env_bytes("FAKE_CUDA_CONTEXT_BYTES", 0);
+  s.module_bytes = env_bytes("FAKE_CUDA_MODULE_BYTES", 0);
   if (const char* h = std::getenv("FAKE_CUDA_HOST_HEAP")) s.host_heap = std::strcmp(h, "1") == 0;
   if (const char* k = std::getenv("FAKE_CUDA_KERNEL_US"))
     s.kernel_us = std::strtoull(k, nullptr, 10);
   parse_visible(s);
+  s.configured = true;
+}
+/// The configured state, without initialising the driver API (what NVML reads).
+driver_state& configured() {
+  driver_state& s = st();
+  std::lock_guard<std::mutex> lock(s.mu);
+  configure(s);
+  return s;
+}
+}  // namespace
+
+FAKE_EXPORT CUresult cuInit(unsigned int flags) {
+  if (flags != 0) return CUDA_ERROR_INVALID_VALUE;
+  driver_state& s = st();
+  std::lock_guard<std::mutex> lock(s.mu);
+  configure(s);
   s.initialised = true;
   return CUDA_SUCCESS;
 }
@@ -546,6 +754,27 @@ FAKE_EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev) {
   return CUDA_SUCCESS;
 }
 
+/// Destroys the primary context whatever its reference count; a later retain makes a new one.
+FAKE_EXPORT CUresult cuDevicePrimaryCtxReset_v2(CUdevice dev) {
+  if (CUresult r = check_ordinal(dev); r != CUDA_SUCCESS) return r;
+  CUctx_st* dead = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(st().mu);
+    std::swap(dead, st().primary[dev]);
+  }
+  if (dead != nullptr) ctx_destroy(dead);
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuDevicePrimaryCtxGetState(CUdevice dev, unsigned int* flags, int* active) {
+  if (CUresult r = check_ordinal(dev); r != CUDA_SUCCESS) return r;
+  if (flags == nullptr || active == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  std::lock_guard<std::mutex> lock(st().mu);
+  *flags = 0;
+  *active = st().primary[dev] != nullptr ? 1 : 0;
+  return CUDA_SUCCESS;
+}
+
 FAKE_EXPORT CUresult cuCtxCreate_v4(CUcontext* pctx, CUctxCreateParams* params, unsigned int flags,
                                     CUdevice dev) {
   (void)params;
@@ -612,6 +841,7 @@ FAKE_EXPORT CUresult cuCtxSynchronize() {
   CUctx_st* c = current();
   if (c == nullptr) return CUDA_ERROR_INVALID_CONTEXT;
   if (c->default_stream != nullptr) drain(c->default_stream);
+  release_pools_at_sync();
   return CUDA_SUCCESS;
 }
 
@@ -677,7 +907,9 @@ FAKE_EXPORT CUresult cuMemAllocManaged(CUdeviceptr* dptr, size_t bytes, unsigned
   void* m = map_bytes(bytes);
   if (m == nullptr) return CUDA_ERROR_OUT_OF_MEMORY;
   std::lock_guard<std::mutex> lock(st().mu);
-  st().allocs[reinterpret_cast<std::uintptr_t>(m)] = allocation{p, 0, bytes};
+  allocation a{p, 0, bytes};
+  a.ctx = current();
+  st().allocs[reinterpret_cast<std::uintptr_t>(m)] = a;
   *dptr = reinterpret_cast<CUdeviceptr>(m);
   return CUDA_SUCCESS;
 }
@@ -720,20 +952,58 @@ CUresult stream_physical(CUstream h, int* p) {
   *p = s->physical;
   return CUDA_SUCCESS;
 }
+/// Stream-ordered calls on a capturing stream become graph nodes: an allocation gets an address
+/// that stays fixed for the graph (the fake reserves address space, no device memory; it does
+/// not run graph memory nodes), and a free of such an address is a free node.
+std::map<std::uintptr_t, std::uint64_t>& graph_addresses() {
+  static auto* m = new std::map<std::uintptr_t, std::uint64_t>;  // guarded by st().mu
+  return *m;
+}
+bool capturing(CUstream h) {
+  CUstreamCaptureStatus status = CU_STREAM_CAPTURE_STATUS_NONE;
+  return cuStreamIsCapturing(h, &status) == CUDA_SUCCESS && status != CU_STREAM_CAPTURE_STATUS_NONE;
+}
+CUresult capture_alloc(CUdeviceptr* dptr, size_t bytes) {
+  if (dptr == nullptr || bytes == 0) return CUDA_ERROR_INVALID_VALUE;
+  void* m = mmap(nullptr, bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (m == MAP_FAILED) return CUDA_ERROR_OUT_OF_MEMORY;
+  std::lock_guard<std::mutex> lock(st().mu);
+  graph_addresses()[reinterpret_cast<std::uintptr_t>(m)] = bytes;
+  *dptr = reinterpret_cast<CUdeviceptr>(m);
+  return CUDA_SUCCESS;
+}
 CUresult alloc_async(CUdeviceptr* dptr, size_t bytes, CUstream h) {
   int p = 0;
   if (CUresult r = stream_physical(h, &p); r != CUDA_SUCCESS) return r;
-  return alloc_on(p, bytes, dptr);
+  if (capturing(h)) return capture_alloc(dptr, bytes);
+  CUmemPoolHandle_st* pool = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(st().mu);
+    pool = st().current_pool[p];
+  }
+  return pool_alloc(pool, bytes, dptr);
 }
 CUresult alloc_pool_async(CUdeviceptr* dptr, size_t bytes, CUmemoryPool pool, CUstream h) {
   if (pool == nullptr) return CUDA_ERROR_INVALID_VALUE;
   int p = 0;
   if (CUresult r = stream_physical(h, &p); r != CUDA_SUCCESS) return r;
-  return alloc_on(pool->physical, bytes, dptr);
+  if (capturing(h)) return capture_alloc(dptr, bytes);
+  return pool_alloc(pool, bytes, dptr);
 }
 CUresult free_async(CUdeviceptr dptr, CUstream h) {
   int p = 0;
   if (CUresult r = stream_physical(h, &p); r != CUDA_SUCCESS) return r;
+  {
+    std::lock_guard<std::mutex> lock(st().mu);
+    auto g = graph_addresses().find(static_cast<std::uintptr_t>(dptr));
+    if (g != graph_addresses().end()) {
+      // A free node of a graph allocation (or its free after the graph): no device memory.
+      munmap(reinterpret_cast<void*>(dptr), g->second);
+      graph_addresses().erase(g);
+      return CUDA_SUCCESS;
+    }
+  }
+  if (capturing(h)) return CUDA_SUCCESS;  // a free node: the memory goes when the graph runs
   return free_ptr(dptr);
 }
 }  // namespace
@@ -764,19 +1034,127 @@ FAKE_EXPORT CUresult cuDeviceGetDefaultMemPool(CUmemoryPool* pool, CUdevice dev)
 
 FAKE_EXPORT CUresult cuMemPoolCreate(CUmemoryPool* pool, const CUmemPoolProps* props) {
   if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
-  if (pool == nullptr || props == nullptr || props->location.type != CU_MEM_LOCATION_TYPE_DEVICE ||
-      props->location.id < 0 || props->location.id >= st().visible_count) {
+  if (pool == nullptr || props == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  const CUmemLocationType where = props->location.type;
+  const bool host = where == CU_MEM_LOCATION_TYPE_HOST || where == CU_MEM_LOCATION_TYPE_HOST_NUMA;
+  if (!host && (where != CU_MEM_LOCATION_TYPE_DEVICE || props->location.id < 0 ||
+                props->location.id >= st().visible_count)) {
     return CUDA_ERROR_INVALID_VALUE;
   }
   auto* p = new CUmemPoolHandle_st;
-  p->physical = st().visible[props->location.id];
+  p->host = host;
+  p->physical = host ? 0 : st().visible[props->location.id];
+  std::lock_guard<std::mutex> lock(st().mu);
+  st().pools.push_back(p);
   *pool = p;
   return CUDA_SUCCESS;
 }
 
+/// As documented: with allocations outstanding the call returns at once and the pool's
+/// resources are released as they are freed.
 FAKE_EXPORT CUresult cuMemPoolDestroy(CUmemoryPool pool) {
   if (pool == nullptr || pool->is_default) return CUDA_ERROR_INVALID_VALUE;
-  delete pool;
+  std::lock_guard<std::mutex> lock(st().mu);
+  if (pool->destroyed) return CUDA_ERROR_INVALID_VALUE;
+  pool_trim(pool, 0);
+  pool->destroyed = true;
+  for (CUmemPoolHandle_st*& cur : st().current_pool) {
+    if (cur == pool) cur = &st().default_pool[pool->physical];
+  }
+  return CUDA_SUCCESS;
+}
+
+/// The fake's graphs run no memory nodes, so its graph allocator never holds memory.
+FAKE_EXPORT CUresult cuDeviceGetGraphMemAttribute(CUdevice dev, CUgraphMem_attribute attr,
+                                                  void* value) {
+  if (CUresult r = check_ordinal(dev); r != CUDA_SUCCESS) return r;
+  if (value == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  const cuuint64_t zero = 0;
+  std::memcpy(value, &zero, sizeof zero);
+  (void)attr;
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuDeviceGraphMemTrim(CUdevice dev) { return check_ordinal(dev); }
+
+FAKE_EXPORT CUresult cuMemPoolTrimTo(CUmemoryPool pool, size_t keep) {
+  if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
+  if (pool == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  std::lock_guard<std::mutex> lock(st().mu);
+  pool_trim(pool, keep);
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuMemPoolSetAttribute(CUmemoryPool pool, CUmemPool_attribute attr,
+                                           void* value) {
+  if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
+  if (pool == nullptr || value == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  std::lock_guard<std::mutex> lock(st().mu);
+  switch (attr) {
+    case CU_MEMPOOL_ATTR_RELEASE_THRESHOLD:
+      std::memcpy(&pool->threshold, value, sizeof pool->threshold);
+      return CUDA_SUCCESS;
+    case CU_MEMPOOL_ATTR_REUSE_FOLLOW_EVENT_DEPENDENCIES:
+    case CU_MEMPOOL_ATTR_REUSE_ALLOW_OPPORTUNISTIC:
+    case CU_MEMPOOL_ATTR_REUSE_ALLOW_INTERNAL_DEPENDENCIES:
+      return CUDA_SUCCESS;  // reuse policies: the fake reuses freely
+    case CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH:
+    case CU_MEMPOOL_ATTR_USED_MEM_HIGH: {
+      cuuint64_t v = 0;
+      std::memcpy(&v, value, sizeof v);
+      if (v != 0) return CUDA_ERROR_INVALID_VALUE;  // high watermarks reset only to zero
+      (attr == CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH ? pool->reserved_high : pool->used_high) = 0;
+      return CUDA_SUCCESS;
+    }
+    default:
+      return CUDA_ERROR_INVALID_VALUE;
+  }
+}
+
+FAKE_EXPORT CUresult cuMemPoolGetAttribute(CUmemoryPool pool, CUmemPool_attribute attr,
+                                           void* value) {
+  if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
+  if (pool == nullptr || value == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  std::lock_guard<std::mutex> lock(st().mu);
+  cuuint64_t v = 0;
+  switch (attr) {
+    case CU_MEMPOOL_ATTR_RELEASE_THRESHOLD:
+      v = pool->threshold;
+      break;
+    case CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT:
+      v = pool->reserved;
+      break;
+    case CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH:
+      v = pool->reserved_high;
+      break;
+    case CU_MEMPOOL_ATTR_USED_MEM_CURRENT:
+      v = pool->used;
+      break;
+    case CU_MEMPOOL_ATTR_USED_MEM_HIGH:
+      v = pool->used_high;
+      break;
+    default:
+      return CUDA_ERROR_INVALID_VALUE;
+  }
+  std::memcpy(value, &v, sizeof v);
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuDeviceGetMemPool(CUmemoryPool* pool, CUdevice dev) {
+  if (CUresult r = check_ordinal(dev); r != CUDA_SUCCESS) return r;
+  if (pool == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  std::lock_guard<std::mutex> lock(st().mu);
+  *pool = st().current_pool[st().visible[dev]];
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuDeviceSetMemPool(CUdevice dev, CUmemoryPool pool) {
+  if (CUresult r = check_ordinal(dev); r != CUDA_SUCCESS) return r;
+  if (pool == nullptr || pool->host || pool->physical != st().visible[dev]) {
+    return CUDA_ERROR_INVALID_VALUE;
+  }
+  std::lock_guard<std::mutex> lock(st().mu);
+  st().current_pool[st().visible[dev]] = pool;
   return CUDA_SUCCESS;
 }
 
@@ -812,47 +1190,156 @@ FAKE_EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle* handle, size_t si
   return CUDA_SUCCESS;
 }
 
+namespace {
+/// As cuMemRelease documents: "The memory allocation will be freed when all outstanding
+/// mappings to the memory are unmapped and when all outstanding references to the handle ...
+/// are also released." Precondition: st().mu held.
+void free_handle_if_unused(std::map<CUmemGenericAllocationHandle, allocation>::iterator it) {
+  if (it->second.refs > 0 || it->second.maps > 0) return;
+  if (it->second.physical >= 0) give(it->second.physical, it->second.bytes);
+  st().handles.erase(it);
+}
+}  // namespace
+
 FAKE_EXPORT CUresult cuMemRelease(CUmemGenericAllocationHandle handle) {
   if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
-  allocation a;
-  {
-    std::lock_guard<std::mutex> lock(st().mu);
-    auto it = st().handles.find(handle);
-    if (it == st().handles.end()) return CUDA_ERROR_INVALID_VALUE;
-    a = it->second;
-    st().handles.erase(it);
+  std::lock_guard<std::mutex> lock(st().mu);
+  auto it = st().handles.find(handle);
+  if (it == st().handles.end() || it->second.refs == 0) return CUDA_ERROR_INVALID_VALUE;
+  --it->second.refs;
+  free_handle_if_unused(it);
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuMemRetainAllocationHandle(CUmemGenericAllocationHandle* handle, void* addr) {
+  if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
+  if (handle == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  const auto a = reinterpret_cast<std::uintptr_t>(addr);
+  std::lock_guard<std::mutex> lock(st().mu);
+  auto m = st().mappings.upper_bound(a);
+  if (m == st().mappings.begin()) return CUDA_ERROR_INVALID_VALUE;
+  --m;
+  if (a >= m->first + m->second.size) return CUDA_ERROR_INVALID_VALUE;
+  ++st().handles.at(m->second.handle).refs;
+  *handle = m->second.handle;
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuMemAddressReserve(CUdeviceptr* ptr, size_t size, size_t alignment,
+                                         CUdeviceptr addr, unsigned long long flags) {
+  (void)alignment;
+  (void)addr;  // a hint only
+  if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
+  if (ptr == nullptr || size == 0 || size % k_vmm_granularity != 0 || flags != 0) {
+    return CUDA_ERROR_INVALID_VALUE;
   }
-  if (a.physical >= 0) give(a.physical, a.bytes);
+  void* m = mmap(nullptr, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (m == MAP_FAILED) return CUDA_ERROR_OUT_OF_MEMORY;
+  std::lock_guard<std::mutex> lock(st().mu);
+  st().reservations[reinterpret_cast<std::uintptr_t>(m)] = size;
+  *ptr = reinterpret_cast<CUdeviceptr>(m);
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuMemAddressFree(CUdeviceptr ptr, size_t size) {
+  if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
+  std::lock_guard<std::mutex> lock(st().mu);
+  auto it = st().reservations.find(static_cast<std::uintptr_t>(ptr));
+  if (it == st().reservations.end() || it->second != size) return CUDA_ERROR_INVALID_VALUE;
+  auto m = st().mappings.lower_bound(it->first);
+  if (m != st().mappings.end() && m->first < it->first + size) return CUDA_ERROR_INVALID_VALUE;
+  munmap(reinterpret_cast<void*>(ptr), size);
+  st().reservations.erase(it);
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset,
+                              CUmemGenericAllocationHandle handle, unsigned long long flags) {
+  if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
+  if (offset != 0 || flags != 0 || size == 0) return CUDA_ERROR_INVALID_VALUE;
+  const auto a = static_cast<std::uintptr_t>(ptr);
+  std::lock_guard<std::mutex> lock(st().mu);
+  auto h = st().handles.find(handle);
+  if (h == st().handles.end() || size > h->second.bytes) return CUDA_ERROR_INVALID_VALUE;
+  // Only on a reservation, and only where nothing is mapped.
+  auto res = st().reservations.upper_bound(a);
+  if (res == st().reservations.begin()) return CUDA_ERROR_INVALID_VALUE;
+  --res;
+  if (a + size > res->first + res->second) return CUDA_ERROR_INVALID_VALUE;
+  auto next = st().mappings.lower_bound(a);
+  if (next != st().mappings.end() && next->first < a + size) return CUDA_ERROR_INVALID_VALUE;
+  if (next != st().mappings.begin()) {
+    auto prev = std::prev(next);
+    if (prev->first + prev->second.size > a) return CUDA_ERROR_INVALID_VALUE;
+  }
+  st().mappings[a] = vmm_mapping{handle, size};
+  ++h->second.maps;
+  return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuMemUnmap(CUdeviceptr ptr, size_t size) {
+  if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
+  const auto a = static_cast<std::uintptr_t>(ptr);
+  std::lock_guard<std::mutex> lock(st().mu);
+  auto first = st().mappings.find(a);
+  if (first == st().mappings.end()) return CUDA_ERROR_INVALID_VALUE;
+  // Whole mappings only: the range must end where a mapping ends.
+  auto last = first;
+  while (last != st().mappings.end() && last->first < a + size) ++last;
+  auto end_check = std::prev(last);
+  if (end_check->first + end_check->second.size != a + size) return CUDA_ERROR_INVALID_VALUE;
+  for (auto m = first; m != last;) {
+    auto h = st().handles.find(m->second.handle);
+    m = st().mappings.erase(m);
+    if (h != st().handles.end()) {
+      --h->second.maps;
+      free_handle_if_unused(h);
+    }
+  }
   return CUDA_SUCCESS;
 }
 
 // ---- arrays --------------------------------------------------------------------------------
 
 namespace {
+/// A deferred-mapping array takes no memory until memory is mapped into it (cuMemMapArrayAsync
+/// with a cuMemCreate handle, whose memory it is).
 template <class Handle>
-CUresult make_array(Handle* out, std::uint64_t bytes) {
+CUresult make_array(Handle* out, std::uint64_t bytes, bool deferred) {
   int p = 0;
   if (CUresult r = ctx_physical(&p); r != CUDA_SUCCESS) return r;
   if (out == nullptr || bytes == 0) return CUDA_ERROR_INVALID_VALUE;
-  if (!take(p, bytes)) return CUDA_ERROR_OUT_OF_MEMORY;
+  if (!deferred && !take(p, bytes)) return CUDA_ERROR_OUT_OF_MEMORY;
   using object = std::remove_pointer_t<Handle>;
   auto* a = new object;
   a->physical = p;
   a->bytes = bytes;
+  a->deferred = deferred;
+  a->ctx = current();
+  {
+    std::lock_guard<std::mutex> lock(st().mu);
+    st().arrays.insert(a);
+  }
   *out = a;
   return CUDA_SUCCESS;
 }
 template <class Handle>
 CUresult destroy_array(Handle a) {
   if (a == nullptr) return CUDA_ERROR_INVALID_HANDLE;
-  give(a->physical, a->bytes);
+  {
+    std::lock_guard<std::mutex> lock(st().mu);
+    st().arrays.erase(a);
+  }
+  if (!a->deferred && !a->freed) give(a->physical, a->bytes);
   delete a;
   return CUDA_SUCCESS;
 }
+/// As documented: "If the CUDA array is not allocated with flag CUDA_ARRAY3D_DEFERRED_MAPPING
+/// CUDA_ERROR_INVALID_VALUE will be returned."
 template <class Handle>
 CUresult array_requirements(CUDA_ARRAY_MEMORY_REQUIREMENTS* req, Handle a, CUdevice dev) {
   if (CUresult r = check_ordinal(dev); r != CUDA_SUCCESS) return r;
-  if (req == nullptr || a == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  if (req == nullptr || a == nullptr || !a->deferred) return CUDA_ERROR_INVALID_VALUE;
   std::memset(req, 0, sizeof *req);
   req->size = a->bytes;
   req->alignment = k_pitch_alignment;
@@ -861,17 +1348,23 @@ CUresult array_requirements(CUDA_ARRAY_MEMORY_REQUIREMENTS* req, Handle a, CUdev
 }  // namespace
 
 FAKE_EXPORT CUresult cuArrayCreate_v2(CUarray* out, const CUDA_ARRAY_DESCRIPTOR* d) {
-  if (d == nullptr || format_bytes(d->Format) == 0 || d->NumChannels == 0) {
-    return CUDA_ERROR_INVALID_VALUE;
-  }
-  return make_array(out, array_bytes(d->Width, d->Height, 1, d->Format, d->NumChannels));
+  if (d == nullptr || d->NumChannels == 0) return CUDA_ERROR_INVALID_VALUE;
+  const texels t = format_texels(d->Format, d->NumChannels);
+  if (t.bytes == 0) return CUDA_ERROR_INVALID_VALUE;
+  return make_array(out, array_bytes(t, d->Width, d->Height, 0, 1, false), false);
+}
+
+namespace {
+constexpr unsigned k_layers = CUDA_ARRAY3D_LAYERED | CUDA_ARRAY3D_CUBEMAP;
 }
 
 FAKE_EXPORT CUresult cuArray3DCreate_v2(CUarray* out, const CUDA_ARRAY3D_DESCRIPTOR* d) {
-  if (d == nullptr || format_bytes(d->Format) == 0 || d->NumChannels == 0) {
-    return CUDA_ERROR_INVALID_VALUE;
-  }
-  return make_array(out, array_bytes(d->Width, d->Height, d->Depth, d->Format, d->NumChannels));
+  if (d == nullptr || d->NumChannels == 0) return CUDA_ERROR_INVALID_VALUE;
+  const texels t = format_texels(d->Format, d->NumChannels);
+  if (t.bytes == 0) return CUDA_ERROR_INVALID_VALUE;
+  return make_array(out,
+                    array_bytes(t, d->Width, d->Height, d->Depth, 1, (d->Flags & k_layers) != 0),
+                    (d->Flags & CUDA_ARRAY3D_DEFERRED_MAPPING) != 0);
 }
 
 FAKE_EXPORT CUresult cuArrayDestroy(CUarray a) { return destroy_array(a); }
@@ -883,18 +1376,12 @@ FAKE_EXPORT CUresult cuArrayGetMemoryRequirements(CUDA_ARRAY_MEMORY_REQUIREMENTS
 
 FAKE_EXPORT CUresult cuMipmappedArrayCreate(CUmipmappedArray* out, const CUDA_ARRAY3D_DESCRIPTOR* d,
                                             unsigned int levels) {
-  if (d == nullptr || format_bytes(d->Format) == 0 || d->NumChannels == 0 || levels == 0) {
-    return CUDA_ERROR_INVALID_VALUE;
-  }
-  std::uint64_t bytes = 0;
-  std::size_t w = d->Width, h = d->Height, z = d->Depth;
-  for (unsigned l = 0; l < levels; ++l) {
-    bytes += array_bytes(w, h, z, d->Format, d->NumChannels);
-    w = std::max<std::size_t>(w / 2, 1);
-    h = h == 0 ? 0 : std::max<std::size_t>(h / 2, 1);
-    z = z == 0 ? 0 : std::max<std::size_t>(z / 2, 1);
-  }
-  return make_array(out, bytes);
+  if (d == nullptr || d->NumChannels == 0 || levels == 0) return CUDA_ERROR_INVALID_VALUE;
+  const texels t = format_texels(d->Format, d->NumChannels);
+  if (t.bytes == 0) return CUDA_ERROR_INVALID_VALUE;
+  return make_array(
+      out, array_bytes(t, d->Width, d->Height, d->Depth, levels, (d->Flags & k_layers) != 0),
+      (d->Flags & CUDA_ARRAY3D_DEFERRED_MAPPING) != 0);
 }
 
 FAKE_EXPORT CUresult cuMipmappedArrayDestroy(CUmipmappedArray a) { return destroy_array(a); }
@@ -930,9 +1417,12 @@ CUresult stream_sync(CUstream h) {
   CUstream_st* s = resolve(h);
   if (s == nullptr) return CUDA_ERROR_INVALID_CONTEXT;
   drain(s);
+  release_pools_at_sync();
   return CUDA_SUCCESS;
 }
+std::atomic<std::uint64_t> g_stream_device_calls{0};
 CUresult stream_device(CUstream h, CUdevice* dev) {
+  g_stream_device_calls.fetch_add(1, std::memory_order_relaxed);
   if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
   CUstream_st* s = resolve(h);
   if (s == nullptr) return CUDA_ERROR_INVALID_CONTEXT;
@@ -995,13 +1485,18 @@ FAKE_EXPORT CUresult cuEventRecord(CUevent e, CUstream s) { return event_record(
 FAKE_EXPORT CUresult cuEventRecord_ptsz(CUevent e, CUstream s) { return event_record(e, s); }
 FAKE_EXPORT CUresult cuEventQuery(CUevent e) {
   if (e == nullptr) return CUDA_ERROR_INVALID_HANDLE;
+  if (CUresult r = fake_capture_unsafe_call(); r != CUDA_SUCCESS) return r;
   std::lock_guard<std::mutex> lock(e->mu);
   return e->done ? CUDA_SUCCESS : CUDA_ERROR_NOT_READY;
 }
 FAKE_EXPORT CUresult cuEventSynchronize(CUevent e) {
   if (e == nullptr) return CUDA_ERROR_INVALID_HANDLE;
-  std::unique_lock<std::mutex> lock(e->mu);
-  e->cv.wait(lock, [&] { return e->done; });
+  if (CUresult r = fake_capture_unsafe_call(); r != CUDA_SUCCESS) return r;
+  {
+    std::unique_lock<std::mutex> lock(e->mu);
+    e->cv.wait(lock, [&] { return e->done; });
+  }
+  release_pools_at_sync();
   return CUDA_SUCCESS;
 }
 FAKE_EXPORT CUresult cuEventElapsedTime_v2(float* ms, CUevent a, CUevent b) {
@@ -1013,10 +1508,18 @@ FAKE_EXPORT CUresult cuEventElapsedTime_v2(float* ms, CUevent a, CUevent b) {
   return CUDA_SUCCESS;
 }
 
+/// A module loaded in a context takes device memory there (its code and data), until unloaded
+/// or the context is torn down.
 FAKE_EXPORT CUresult cuModuleLoadData(CUmodule* m, const void* image) {
   if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
   if (m == nullptr || image == nullptr) return CUDA_ERROR_INVALID_VALUE;
   auto owned = std::make_unique<CUmod_st>();
+  if (CUctx_st* c = current(); c != nullptr && st().module_bytes != 0) {
+    if (!take(c->physical, st().module_bytes)) return CUDA_ERROR_OUT_OF_MEMORY;
+    owned->ctx = c;
+    owned->physical = c->physical;
+    owned->bytes = st().module_bytes;
+  }
   *m = owned.get();
   std::lock_guard<std::mutex> lock(st().mu);
   st().modules[owned.get()] = std::move(owned);
@@ -1024,7 +1527,11 @@ FAKE_EXPORT CUresult cuModuleLoadData(CUmodule* m, const void* image) {
 }
 FAKE_EXPORT CUresult cuModuleUnload(CUmodule m) {
   std::lock_guard<std::mutex> lock(st().mu);
-  return st().modules.erase(m) == 1 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+  auto it = st().modules.find(m);
+  if (it == st().modules.end()) return CUDA_ERROR_INVALID_HANDLE;
+  give(it->second->physical, it->second->bytes);
+  st().modules.erase(it);
+  return CUDA_SUCCESS;
 }
 FAKE_EXPORT CUresult cuModuleGetFunction(CUfunction* f, CUmodule m, const char* name) {
   if (f == nullptr || m == nullptr || name == nullptr) return CUDA_ERROR_INVALID_VALUE;
@@ -1094,6 +1601,9 @@ CUresult get_proc_v1(const char* symbol, void** pfn, int version, cuuint64_t fla
   return get_proc(symbol, pfn, version, flags, nullptr);
 }
 
+// The table names the deprecated legacy launch API too (the driver still resolves it).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
 const proc_entry k_procs[] = {
     {"cuInit", 2000, FAKE_FN(cuInit), nullptr},
     {"cuDriverGetVersion", 2020, FAKE_FN(cuDriverGetVersion), nullptr},
@@ -1108,6 +1618,8 @@ const proc_entry k_procs[] = {
     {"cuDeviceGetAttribute", 2000, FAKE_FN(cuDeviceGetAttribute), nullptr},
     {"cuDevicePrimaryCtxRetain", 7000, FAKE_FN(cuDevicePrimaryCtxRetain), nullptr},
     {"cuDevicePrimaryCtxRelease", 11000, FAKE_FN(cuDevicePrimaryCtxRelease_v2), nullptr},
+    {"cuDevicePrimaryCtxReset", 11000, FAKE_FN(cuDevicePrimaryCtxReset_v2), nullptr},
+    {"cuDevicePrimaryCtxGetState", 7000, FAKE_FN(cuDevicePrimaryCtxGetState), nullptr},
     {"cuCtxCreate", 12050, FAKE_FN(cuCtxCreate_v4), nullptr},
     {"cuCtxDestroy", 4000, FAKE_FN(cuCtxDestroy_v2), nullptr},
     {"cuCtxSetCurrent", 4000, FAKE_FN(cuCtxSetCurrent), nullptr},
@@ -1132,9 +1644,21 @@ const proc_entry k_procs[] = {
     {"cuDeviceGetDefaultMemPool", 11020, FAKE_FN(cuDeviceGetDefaultMemPool), nullptr},
     {"cuMemPoolCreate", 11020, FAKE_FN(cuMemPoolCreate), nullptr},
     {"cuMemPoolDestroy", 11020, FAKE_FN(cuMemPoolDestroy), nullptr},
+    {"cuMemPoolTrimTo", 11020, FAKE_FN(cuMemPoolTrimTo), nullptr},
+    {"cuDeviceGetGraphMemAttribute", 11040, FAKE_FN(cuDeviceGetGraphMemAttribute), nullptr},
+    {"cuDeviceGraphMemTrim", 11040, FAKE_FN(cuDeviceGraphMemTrim), nullptr},
+    {"cuMemPoolSetAttribute", 11020, FAKE_FN(cuMemPoolSetAttribute), nullptr},
+    {"cuMemPoolGetAttribute", 11020, FAKE_FN(cuMemPoolGetAttribute), nullptr},
+    {"cuDeviceGetMemPool", 11020, FAKE_FN(cuDeviceGetMemPool), nullptr},
+    {"cuDeviceSetMemPool", 11020, FAKE_FN(cuDeviceSetMemPool), nullptr},
     {"cuMemGetAllocationGranularity", 10020, FAKE_FN(cuMemGetAllocationGranularity), nullptr},
     {"cuMemCreate", 10020, FAKE_FN(cuMemCreate), nullptr},
     {"cuMemRelease", 10020, FAKE_FN(cuMemRelease), nullptr},
+    {"cuMemRetainAllocationHandle", 11000, FAKE_FN(cuMemRetainAllocationHandle), nullptr},
+    {"cuMemAddressReserve", 10020, FAKE_FN(cuMemAddressReserve), nullptr},
+    {"cuMemAddressFree", 10020, FAKE_FN(cuMemAddressFree), nullptr},
+    {"cuMemMap", 10020, FAKE_FN(cuMemMap), nullptr},
+    {"cuMemUnmap", 10020, FAKE_FN(cuMemUnmap), nullptr},
     {"cuArrayCreate", 3020, FAKE_FN(cuArrayCreate_v2), nullptr},
     {"cuArray3DCreate", 3020, FAKE_FN(cuArray3DCreate_v2), nullptr},
     {"cuArrayDestroy", 2000, FAKE_FN(cuArrayDestroy), nullptr},
@@ -1168,9 +1692,17 @@ const proc_entry k_procs[] = {
     {"cuGraphLaunch", 10000, FAKE_FN(cuGraphLaunch), FAKE_FN(cuGraphLaunch_ptsz)},
     {"cuStreamBeginCapture", 10010, FAKE_FN(cuStreamBeginCapture_v2), nullptr},
     {"cuStreamEndCapture", 10000, FAKE_FN(cuStreamEndCapture), nullptr},
-    {"cuStreamIsCapturing", 10000, FAKE_FN(cuStreamIsCapturing), nullptr},
+    {"cuStreamIsCapturing", 10000, FAKE_FN(cuStreamIsCapturing), FAKE_FN(cuStreamIsCapturing_ptsz)},
+    {"cuThreadExchangeStreamCaptureMode", 10010, FAKE_FN(cuThreadExchangeStreamCaptureMode),
+     nullptr},
+    {"cuLaunch", 2000, FAKE_FN(cuLaunch), nullptr},
+    {"cuLaunchGrid", 2000, FAKE_FN(cuLaunchGrid), nullptr},
+    {"cuLaunchGridAsync", 2000, FAKE_FN(cuLaunchGridAsync), nullptr},
+    {"cuParamSetSize", 2000, FAKE_FN(cuParamSetSize), nullptr},
+    {"cuParamSetv", 2000, FAKE_FN(cuParamSetv), nullptr},
     {"cuMemAdvise", 12020, FAKE_FN(cuMemAdvise_v2), nullptr},
 };
+#pragma GCC diagnostic pop
 
 /// The driver's semantics: the newest variant introduced at or before \p version; with
 /// CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM its per-thread variant when it has one.
@@ -1215,23 +1747,23 @@ FAKE_EXPORT CUresult cuGetProcAddress(const char* symbol, void** pfn, int versio
 
 // ---- what the fake NVML reads ------------------------------------------------------------------
 
-FAKE_EXPORT int fake_cuda_physical_count() {
-  cuInit(0);
-  return st().physical_count;
-}
-FAKE_EXPORT std::uint64_t fake_cuda_physical_total(int p) {
-  cuInit(0);
-  return st().devs[p].total;
-}
+FAKE_EXPORT int fake_cuda_physical_count() { return configured().physical_count; }
+FAKE_EXPORT std::uint64_t fake_cuda_physical_total(int p) { return configured().devs[p].total; }
 FAKE_EXPORT std::uint64_t fake_cuda_physical_used(int p) {
-  cuInit(0);
-  return st().devs[p].used.load();
+  return configured().devs[p].used.load();
+}
+FAKE_EXPORT int fake_cuda_physical_contexts(int p) { return configured().devs[p].contexts.load(); }
+FAKE_EXPORT int fake_cuda_initialised() {
+  driver_state& s = st();
+  std::lock_guard<std::mutex> lock(s.mu);
+  return s.initialised ? 1 : 0;
 }
 FAKE_EXPORT void fake_cuda_physical_uuid(int p, unsigned char out[16]) {
-  cuInit(0);
-  std::memcpy(out, st().devs[p].uuid, 16);
+  std::memcpy(out, configured().devs[p].uuid, 16);
+}
+FAKE_EXPORT std::uint64_t fake_cuda_stream_device_calls() {
+  return g_stream_device_calls.load(std::memory_order_relaxed);
 }
 FAKE_EXPORT std::uint64_t fake_cuda_physical_busy_us(int p) {
-  cuInit(0);
-  return st().devs[p].busy_us.load();
+  return configured().devs[p].busy_us.load();
 }

@@ -14,6 +14,11 @@ std::uint64_t fake_cuda_physical_total(int p);
 /// Bytes this process holds on physical device \p p (allocations and context overhead).
 /// Thread-safe.
 std::uint64_t fake_cuda_physical_used(int p);
+/// Live contexts of this process on physical device \p p. Thread-safe.
+int fake_cuda_physical_contexts(int p);
+/// 1 when cuInit succeeded in this process (reading the devices above never initialises the
+/// driver API, as NVML does not). Thread-safe.
+int fake_cuda_initialised();
 /// The 16 UUID bytes of physical device \p p. Thread-safe.
 void fake_cuda_physical_uuid(int p, unsigned char out[16]);
 /// Microseconds of kernel time this process ran on physical device \p p. Thread-safe.

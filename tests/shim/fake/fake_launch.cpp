@@ -1,7 +1,17 @@
 /// \file
 /// The fake driver's other launch paths, built into the same libcuda.so.1 as fake_cuda.cpp:
-/// cuLaunchKernelEx, cooperative launches (single and multi-device), graphs of kernel nodes
-/// (create, add kernel node, instantiate, launch, destroy) and cuMemAdvise. Every path ends in the
+/// cuLaunchKernelEx, cooperative launches (single and multi-device), the legacy cuLaunch,
+/// cuLaunchGrid and cuLaunchGridAsync (with cuParamSetv/cuParamSetSize), graphs of kernel nodes
+/// (create, add kernel node, instantiate, launch, destroy), stream capture and cuMemAdvise.
+///
+/// Stream capture follows cuThreadExchangeStreamCaptureMode's documentation in cuda.h: a thread
+/// in the default global mode that makes a "potentially unsafe" call (here cuEventQuery and
+/// cuEventSynchronize) while it has a capture of its own not begun in relaxed mode, or while
+/// another thread has a capture begun in global mode, is refused with
+/// CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED and the capture is invalidated: cuStreamIsCapturing
+/// reports it INVALIDATED and cuStreamEndCapture fails with CUDA_ERROR_STREAM_CAPTURE_INVALIDATED.
+/// A thread in thread-local mode ignores other threads' captures; one in relaxed mode is never
+/// refused. Every path ends in the
 /// fake's own cuLaunchKernel (bound inside the library by -Bsymbolic, so an interposer never sees
 /// these internal calls), whose stream workers "run" each kernel for its duration and add it to
 /// the device's busy time: the accounting the share tests read.
@@ -12,10 +22,12 @@
 
 #include <cuda.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <thread>
 #include <vector>
 
 #include "fake_driver.hpp"
@@ -101,6 +113,61 @@ FAKE_EXPORT CUresult cuLaunchCooperativeKernelMultiDevice(CUDA_LAUNCH_PARAMS* li
   return CUDA_SUCCESS;
 }
 
+// ---- legacy launches -------------------------------------------------------------------------
+
+namespace {
+/// Parameters set with cuParamSetv for the legacy launches: function -> bytes, as the driver
+/// keeps them with the function.
+std::mutex g_param_mu;
+std::map<CUfunction, std::vector<unsigned char>>& legacy_params() {
+  static auto* m = new std::map<CUfunction, std::vector<unsigned char>>;  // used at exit
+  return *m;
+}
+/// A legacy launch of \p f on \p s: the first 8 parameter bytes, when set, are its first
+/// parameter (what fake_sleep_us reads).
+CUresult legacy_launch(CUfunction f, int gw, int gh, CUstream s) {
+  if (f == nullptr) return CUDA_ERROR_INVALID_HANDLE;
+  if (gw <= 0 || gh <= 0) return CUDA_ERROR_INVALID_VALUE;
+  std::uint64_t arg = 0;
+  bool has_arg = false;
+  {
+    std::lock_guard<std::mutex> lock(g_param_mu);
+    auto it = legacy_params().find(f);
+    if (it != legacy_params().end() && it->second.size() >= sizeof arg) {
+      std::memcpy(&arg, it->second.data(), sizeof arg);
+      has_arg = true;
+    }
+  }
+  void* params[1] = {&arg};
+  return cuLaunchKernel(f, static_cast<unsigned>(gw), static_cast<unsigned>(gh), 1, 1, 1, 1, 0, s,
+                        has_arg ? params : nullptr, nullptr);
+}
+}  // namespace
+
+FAKE_EXPORT CUresult cuParamSetSize(CUfunction f, unsigned int bytes) {
+  if (f == nullptr) return CUDA_ERROR_INVALID_HANDLE;
+  std::lock_guard<std::mutex> lock(g_param_mu);
+  legacy_params()[f].resize(bytes);
+  return CUDA_SUCCESS;
+}
+FAKE_EXPORT CUresult cuParamSetv(CUfunction f, int offset, void* ptr, unsigned int bytes) {
+  if (f == nullptr) return CUDA_ERROR_INVALID_HANDLE;
+  if (offset < 0 || (ptr == nullptr && bytes != 0)) return CUDA_ERROR_INVALID_VALUE;
+  std::lock_guard<std::mutex> lock(g_param_mu);
+  auto& p = legacy_params()[f];
+  const std::size_t end = static_cast<std::size_t>(offset) + bytes;
+  if (p.size() < end) p.resize(end);
+  if (bytes != 0) std::memcpy(p.data() + offset, ptr, bytes);
+  return CUDA_SUCCESS;
+}
+FAKE_EXPORT CUresult cuLaunch(CUfunction f) { return legacy_launch(f, 1, 1, nullptr); }
+FAKE_EXPORT CUresult cuLaunchGrid(CUfunction f, int gw, int gh) {
+  return legacy_launch(f, gw, gh, nullptr);
+}
+FAKE_EXPORT CUresult cuLaunchGridAsync(CUfunction f, int gw, int gh, CUstream s) {
+  return legacy_launch(f, gw, gh, s);
+}
+
 FAKE_EXPORT CUresult cuGraphCreate(CUgraph* g, unsigned flags) {
   if (g == nullptr || flags != 0) return CUDA_ERROR_INVALID_VALUE;
   *g = new CUgraph_st;
@@ -153,21 +220,68 @@ FAKE_EXPORT CUresult cuGraphLaunch_ptsz(CUgraphExec exec, CUstream s) {
 // ---- stream capture ------------------------------------------------------------------------
 
 namespace {
+/// One capture sequence in progress.
+struct capture {
+  CUgraph graph = nullptr;
+  CUstreamCaptureMode mode = CU_STREAM_CAPTURE_MODE_GLOBAL;
+  std::thread::id owner;     ///< the thread that began it
+  bool invalidated = false;  ///< a prohibited call was made while it ran
+};
 std::mutex g_capture_mu;
-std::map<CUstream, CUgraph>& captures() {
-  static auto* m = new std::map<CUstream, CUgraph>;  // never destroyed: used at exit
+std::map<CUstream, capture>& captures() {
+  static auto* m = new std::map<CUstream, capture>;  // never destroyed: used at exit
   return *m;
 }
+/// The calling thread's capture interaction mode (cuThreadExchangeStreamCaptureMode).
+thread_local CUstreamCaptureMode t_capture_mode = CU_STREAM_CAPTURE_MODE_GLOBAL;
+/// Potentially unsafe calls made while a capture was in progress by threads in relaxed mode.
+std::atomic<std::uint64_t> g_relaxed_calls{0};
 }  // namespace
 
-FAKE_EXPORT CUresult cuStreamBeginCapture_v2(CUstream s, CUstreamCaptureMode) {
+FAKE_EXPORT CUresult cuThreadExchangeStreamCaptureMode(CUstreamCaptureMode* mode) {
+  if (mode == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  if (*mode != CU_STREAM_CAPTURE_MODE_GLOBAL && *mode != CU_STREAM_CAPTURE_MODE_THREAD_LOCAL &&
+      *mode != CU_STREAM_CAPTURE_MODE_RELAXED) {
+    return CUDA_ERROR_INVALID_VALUE;
+  }
+  std::swap(*mode, t_capture_mode);
+  return CUDA_SUCCESS;
+}
+
+CUresult fake_capture_unsafe_call() {
+  const std::thread::id self = std::this_thread::get_id();
+  std::lock_guard<std::mutex> lock(g_capture_mu);
+  if (t_capture_mode == CU_STREAM_CAPTURE_MODE_RELAXED) {
+    if (!captures().empty()) g_relaxed_calls.fetch_add(1, std::memory_order_relaxed);
+    return CUDA_SUCCESS;
+  }
+  bool prohibited = false;
+  for (auto& [stream, c] : captures()) {
+    const bool own = c.owner == self && c.mode != CU_STREAM_CAPTURE_MODE_RELAXED;
+    const bool global = t_capture_mode == CU_STREAM_CAPTURE_MODE_GLOBAL && c.owner != self &&
+                        c.mode == CU_STREAM_CAPTURE_MODE_GLOBAL;
+    if (own || global) {
+      c.invalidated = true;
+      prohibited = true;
+    }
+  }
+  return prohibited ? CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED : CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuStreamBeginCapture_v2(CUstream s, CUstreamCaptureMode mode) {
   if (s == nullptr || s == CU_STREAM_LEGACY || s == CU_STREAM_PER_THREAD) {
     return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
   }
+  if (mode != CU_STREAM_CAPTURE_MODE_GLOBAL && mode != CU_STREAM_CAPTURE_MODE_THREAD_LOCAL &&
+      mode != CU_STREAM_CAPTURE_MODE_RELAXED) {
+    return CUDA_ERROR_INVALID_VALUE;
+  }
   std::lock_guard<std::mutex> lock(g_capture_mu);
-  auto [it, fresh] = captures().emplace(s, nullptr);
+  auto [it, fresh] = captures().emplace(s, capture{});
   if (!fresh) return CUDA_ERROR_ILLEGAL_STATE;
-  it->second = new CUgraph_st;
+  it->second.graph = new CUgraph_st;
+  it->second.mode = mode;
+  it->second.owner = std::this_thread::get_id();
   return CUDA_SUCCESS;
 }
 FAKE_EXPORT CUresult cuStreamEndCapture(CUstream s, CUgraph* g) {
@@ -175,15 +289,23 @@ FAKE_EXPORT CUresult cuStreamEndCapture(CUstream s, CUgraph* g) {
   std::lock_guard<std::mutex> lock(g_capture_mu);
   auto it = captures().find(s);
   if (it == captures().end()) return CUDA_ERROR_ILLEGAL_STATE;
-  *g = it->second;
+  const capture c = it->second;
   captures().erase(it);
+  if (c.invalidated) {
+    delete c.graph;
+    *g = nullptr;
+    return CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
+  }
+  *g = c.graph;
   return CUDA_SUCCESS;
 }
 FAKE_EXPORT CUresult cuStreamIsCapturing(CUstream s, CUstreamCaptureStatus* status) {
   if (status == nullptr) return CUDA_ERROR_INVALID_VALUE;
   std::lock_guard<std::mutex> lock(g_capture_mu);
-  *status =
-      captures().count(s) != 0 ? CU_STREAM_CAPTURE_STATUS_ACTIVE : CU_STREAM_CAPTURE_STATUS_NONE;
+  auto it = captures().find(s);
+  *status = it == captures().end()  ? CU_STREAM_CAPTURE_STATUS_NONE
+            : it->second.invalidated ? CU_STREAM_CAPTURE_STATUS_INVALIDATED
+                                     : CU_STREAM_CAPTURE_STATUS_ACTIVE;
   return CUDA_SUCCESS;
 }
 FAKE_EXPORT CUresult cuStreamIsCapturing_ptsz(CUstream s, CUstreamCaptureStatus* status) {
@@ -194,13 +316,14 @@ bool fake_capture_kernel(CUstream s, CUfunction f, void** params) {
   std::lock_guard<std::mutex> lock(g_capture_mu);
   auto it = captures().find(s);
   if (it == captures().end()) return false;
+  if (it->second.invalidated) return true;  // recorded nowhere: the capture is void
   kernel_node n;
   n.f = f;
   if (params != nullptr && params[0] != nullptr) {
     n.has_arg = true;
     std::memcpy(&n.arg, params[0], sizeof n.arg);
   }
-  it->second->nodes.push_back(n);
+  it->second.graph->nodes.push_back(n);
   return true;
 }
 
@@ -208,8 +331,12 @@ bool fake_capture_event(CUstream s) {
   std::lock_guard<std::mutex> lock(g_capture_mu);
   auto it = captures().find(s);
   if (it == captures().end()) return false;
-  ++it->second->other_nodes;
+  if (!it->second.invalidated) ++it->second.graph->other_nodes;
   return true;
+}
+
+FAKE_EXPORT std::uint64_t fake_capture_relaxed_calls() {
+  return g_relaxed_calls.load(std::memory_order_relaxed);
 }
 
 FAKE_EXPORT void fake_cuda_graph_nodes(CUgraph g, int* kernels, int* others) {

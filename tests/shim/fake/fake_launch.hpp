@@ -6,6 +6,8 @@
 
 #include <cuda.h>
 
+#include <cstdint>
+
 extern "C" {
 CUresult cuLaunchKernelEx_ptsz(const CUlaunchConfig* config, CUfunction f, void** params,
                                void** extra);
@@ -13,9 +15,19 @@ CUresult cuLaunchCooperativeKernel_ptsz(CUfunction f, unsigned gx, unsigned gy, 
                                         unsigned bx, unsigned by, unsigned bz, unsigned shared,
                                         CUstream s, void** params);
 CUresult cuGraphLaunch_ptsz(CUgraphExec exec, CUstream s);
+CUresult cuStreamIsCapturing_ptsz(CUstream s, CUstreamCaptureStatus* status);
 /// True when \p stream is being captured; then records a kernel node of \p f (keeping its first
 /// parameter, as graph nodes do) into the capture. Thread-safe.
 bool fake_capture_kernel(CUstream stream, CUfunction f, void** params);
+/// CUDA_SUCCESS when the calling thread may make a "potentially unsafe" call now; otherwise
+/// CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, and the captures that prohibit it are invalidated
+/// (cuThreadExchangeStreamCaptureMode's rules). Thread-safe.
+CUresult fake_capture_unsafe_call();
+/// Potentially unsafe calls that threads in relaxed mode made while a capture was in progress
+/// (allowed). Thread-safe.
+std::uint64_t fake_capture_relaxed_calls();
+/// cuStreamGetDevice calls so far (what a launch path asks the driver). Thread-safe.
+std::uint64_t fake_cuda_stream_device_calls();
 /// True when \p stream is being captured; then records an event node into the capture.
 /// Thread-safe.
 bool fake_capture_event(CUstream stream);

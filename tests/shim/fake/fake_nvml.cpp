@@ -2,7 +2,8 @@
 /// A test double of NVML, built as libnvidia-ml.so.1 next to the fake libcuda.so.1. It sees the
 /// same physical devices as the fake driver (in physical order: NVML ignores
 /// CUDA_VISIBLE_DEVICES, as the real one does) and reports this process's memory use and kernel
-/// time. Only the calling process appears in the process lists: fake devices are per process.
+/// time. Fake devices are per process, so the process lists show the calling process and, when
+/// asked, neighbours that hold memory on the host.
 ///
 /// FAKE_NVML_FAULTS names a file the fake re-reads on every call, so a test changes a running
 /// process's GPUs by rewriting it. Each line is one fault:
@@ -15,6 +16,19 @@
 /// as 1g.5gb (5 GiB of memory); "-" leaves an index empty. As the real NVML, such a device
 /// reports 7 as its maximum MIG device count and NVML_ERROR_NOT_FOUND for the empty indices;
 /// a MIG device is named "<parent name> MIG <profile>" with a "MIG-" UUID.
+///
+/// Environment of the fake (read at each call):
+///   FAKE_NVML_PID_OFFSET     NVML's pid of this process is its outermost pid in /proc (NSpid's
+///                            first field: the host's pid where the host's /proc is mounted)
+///                            plus this offset, which stands for the levels a container's own
+///                            /proc hides (default 0)
+///   FAKE_NVML_NEIGHBOUR_BYTES when NVML's pid of this process is not getpid(), two other host
+///                            processes hold this many bytes on every device: one whose host pid
+///                            equals this process's getpid() (pids of different namespaces
+///                            collide), and the host pid after this process's
+///   FAKE_NVML_MIG_UUIDS      1: devices are MIG devices, spelled "MIG-<uuid>" by NVML
+/// As with the real NVML, a process is listed on a device only while it has a context there,
+/// with its context plus its live allocations as usedGpuMemory.
 
 #include <nvml.h>
 #include <unistd.h>
@@ -135,13 +149,47 @@ nvmlReturn_t check(nvmlDevice_t d) {
   return NVML_SUCCESS;
 }
 
+std::uint64_t env_u64(const char* name) {
+  const char* v = std::getenv(name);
+  return v == nullptr ? 0 : std::strtoull(v, nullptr, 10);
+}
+
+/// The calling process's pid in the outermost pid namespace this /proc shows: the first field of
+/// /proc/self/status's NSpid line (the host's pid under the host's /proc), else getpid().
+unsigned outer_pid() {
+  const auto self = static_cast<unsigned long>(getpid());
+  FILE* f = std::fopen("/proc/self/status", "re");
+  if (f == nullptr) return static_cast<unsigned>(self);
+  char line[512];
+  unsigned long outer = 0, last = 0;
+  while (std::fgets(line, sizeof line, f) != nullptr) {
+    if (std::strncmp(line, "NSpid:", 6) != 0) continue;
+    char* at = line + 6;
+    for (bool first = true;; first = false) {
+      char* end = nullptr;
+      const unsigned long v = std::strtoul(at, &end, 10);
+      if (end == at) break;
+      if (first) outer = v;
+      last = v;
+      at = end;
+    }
+    break;
+  }
+  std::fclose(f);
+  return static_cast<unsigned>(last == self && outer != 0 ? outer : self);
+}
+
+/// The pid NVML reports for the calling process: the host's. A /proc of the container's own
+/// namespace does not show it, so tests give the difference as FAKE_NVML_PID_OFFSET.
+unsigned host_pid() { return outer_pid() + static_cast<unsigned>(env_u64("FAKE_NVML_PID_OFFSET")); }
+
 void format_uuid(int p, char* out, unsigned len) {
   unsigned char u[16];
   fake_cuda_physical_uuid(p, u);
-  std::snprintf(out, len,
-                "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0],
-                u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13],
-                u[14], u[15]);
+  const bool mig = env_u64("FAKE_NVML_MIG_UUIDS") == 1;
+  std::snprintf(out, len, "%s-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+                mig ? "MIG" : "GPU", u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9],
+                u[10], u[11], u[12], u[13], u[14], u[15]);
 }
 }  // namespace
 
@@ -267,19 +315,29 @@ FAKE_EXPORT nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t d,
                                                                  nvmlProcessInfo_t* infos) {
   if (nvmlReturn_t r = check(d); r != NVML_SUCCESS) return r;
   if (count == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
-  const std::uint64_t used = fake_cuda_physical_used(d->physical);
-  const unsigned n = used == 0 ? 0 : 1;
+  nvmlProcessInfo_t rows[3] = {};
+  unsigned n = 0;
+  const auto add = [&](unsigned pid, std::uint64_t bytes) {
+    rows[n].pid = pid;
+    rows[n].usedGpuMemory = bytes;
+    rows[n].gpuInstanceId = 0xFFFFFFFFu;
+    rows[n].computeInstanceId = 0xFFFFFFFFu;
+    ++n;
+  };
+  // Neighbours exist only where pids of two namespaces can collide.
+  const bool namespaced = host_pid() != static_cast<unsigned>(getpid());
+  const std::uint64_t neighbour = namespaced ? env_u64("FAKE_NVML_NEIGHBOUR_BYTES") : 0;
+  if (neighbour != 0) add(static_cast<unsigned>(getpid()), neighbour);
+  if (fake_cuda_physical_contexts(d->physical) > 0) {
+    add(host_pid(), fake_cuda_physical_used(d->physical));
+  }
+  if (neighbour != 0) add(host_pid() + 1, neighbour);
   if (*count < n || (n != 0 && infos == nullptr)) {
     *count = n;
     return NVML_ERROR_INSUFFICIENT_SIZE;
   }
   *count = n;
-  if (n != 0) {
-    infos[0].pid = static_cast<unsigned>(getpid());
-    infos[0].usedGpuMemory = used;
-    infos[0].gpuInstanceId = 0xFFFFFFFFu;
-    infos[0].computeInstanceId = 0xFFFFFFFFu;
-  }
+  std::copy(rows, rows + n, infos);
   return NVML_SUCCESS;
 }
 FAKE_EXPORT nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t d,
@@ -306,7 +364,7 @@ FAKE_EXPORT nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t d,
   const std::int64_t prev_at = last_at.exchange(now);
   const std::int64_t span = prev_at == 0 ? 0 : now - prev_at;
   constexpr unsigned k_percent = 100;
-  samples[0].pid = static_cast<unsigned>(getpid());
+  samples[0].pid = host_pid();
   samples[0].timeStamp = static_cast<unsigned long long>(now);
   samples[0].smUtil =
       span <= 0
