@@ -19,24 +19,7 @@ namespace {
 constexpr std::uint64_t k_kib = 1024;
 const std::string k_uuid = "GPU-11111111-2222-3333-4444-555555555555";
 
-/// A block of shared anonymous memory that survives fork (results and flags of children).
-template <class T>
-struct shared_block {
-  T* p;
-  explicit shared_block(std::size_t n = 1)
-      : p(static_cast<T*>(::mmap(nullptr, sizeof(T) * n, PROT_READ | PROT_WRITE,
-                                 MAP_SHARED | MAP_ANONYMOUS, -1, 0))),
-        n_(n) {
-    REQUIRE(p != MAP_FAILED);
-    for (std::size_t i = 0; i < n; ++i) new (p + i) T{};
-  }
-  ~shared_block() { ::munmap(p, sizeof(T) * n_); }
-  shared_block(const shared_block&) = delete;
-  shared_block& operator=(const shared_block&) = delete;
-
- private:
-  std::size_t n_;
-};
+using gpuslice::memory::test::shared_block;
 
 /// Per-child results written into shared memory.
 struct child_report {

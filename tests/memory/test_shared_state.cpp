@@ -50,24 +50,7 @@ constexpr int k_cannot_set_up = 77;
 using fake_ledger = m::basic_ledger<m::heap_storage<>, gpuslice::testing::stepped_clock,
                                     gpuslice::testing::fake_liveness>;
 
-/// A block of shared anonymous memory that survives fork.
-template <class T>
-struct shared_block {
-  T* p;
-  explicit shared_block(std::size_t n = 1)
-      : p(static_cast<T*>(::mmap(nullptr, sizeof(T) * n, PROT_READ | PROT_WRITE,
-                                 MAP_SHARED | MAP_ANONYMOUS, -1, 0))),
-        n_(n) {
-    REQUIRE(p != MAP_FAILED);
-    for (std::size_t i = 0; i < n; ++i) new (p + i) T{};
-  }
-  ~shared_block() { ::munmap(p, sizeof(T) * n_); }
-  shared_block(const shared_block&) = delete;
-  shared_block& operator=(const shared_block&) = delete;
-
- private:
-  std::size_t n_;
-};
+using gpuslice::memory::test::shared_block;
 
 /// A child that sleeps until killed; returns its pid.
 pid_t sleeper() {

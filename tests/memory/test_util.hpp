@@ -1,9 +1,12 @@
 #pragma once
 // Helpers for the ledger tests: pid-named temp files, forked children that always _exit, and
 // small file edits.
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <catch2/catch.hpp>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -11,6 +14,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -104,5 +108,24 @@ inline long env_or(const char* name, long fallback) {
   const char* v = std::getenv(name);
   return v != nullptr && *v != '\0' ? std::strtol(v, nullptr, 10) : fallback;
 }
+
+/// A block of shared anonymous memory that survives fork (results and flags of children).
+template <class T>
+struct shared_block {
+  T* p;
+  explicit shared_block(std::size_t n = 1)
+      : p(static_cast<T*>(::mmap(nullptr, sizeof(T) * n, PROT_READ | PROT_WRITE,
+                                 MAP_SHARED | MAP_ANONYMOUS, -1, 0))),
+        n_(n) {
+    REQUIRE(p != MAP_FAILED);
+    for (std::size_t i = 0; i < n; ++i) new (p + i) T{};
+  }
+  ~shared_block() { ::munmap(p, sizeof(T) * n_); }
+  shared_block(const shared_block&) = delete;
+  shared_block& operator=(const shared_block&) = delete;
+
+ private:
+  std::size_t n_;
+};
 
 }  // namespace gpuslice::memory::test

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpuslice.traces import NodeTable, PodTable
+from sim_tables import tables
 
 sim = importlib.import_module("gpuslice.simulation")
 pytest.importorskip("scipy")
@@ -23,22 +23,6 @@ NODE_HEADER = "sn,cpu_milli,memory_mib,gpu,model\n"
 POD_HEADER = ("name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,"
               "creation_time,deletion_time,scheduled_time\n")
 
-
-def tables(node_rows, pod_rows):
-    nodes = NodeTable(sn=np.array([f"n{i:03d}" for i in range(len(node_rows))]),
-                      cpu_milli=np.array([r[0] for r in node_rows], dtype=np.int64),
-                      memory_mib=np.array([r[1] for r in node_rows], dtype=np.int64),
-                      gpu=np.array([r[2] for r in node_rows], dtype=np.int64),
-                      model=np.array([r[3] for r in node_rows]))
-    pods = PodTable(name=np.array([f"p{i:04d}" for i in range(len(pod_rows))]),
-                    cpu_milli=np.array([r[0] for r in pod_rows], dtype=np.int64),
-                    memory_mib=np.array([r[1] for r in pod_rows], dtype=np.int64),
-                    num_gpu=np.array([r[2] for r in pod_rows], dtype=np.int64),
-                    gpu_milli=np.array([r[3] for r in pod_rows], dtype=np.int64),
-                    gpu_spec=np.array([r[4] for r in pod_rows]),
-                    creation_time=np.zeros(len(pod_rows), dtype=np.int64),
-                    deletion_time=np.ones(len(pod_rows), dtype=np.int64))
-    return nodes, pods
 
 
 def test_bound_sees_that_an_810_pod_spoils_a_gpu():
