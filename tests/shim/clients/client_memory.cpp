@@ -976,7 +976,9 @@ int graph_memory(const driver& d) {
   CLIENT_CHECK_EQ(reserved(), 40 * k_mib);
   CLIENT_CHECK_EQ(charged(), physical_used(0));
   held_ok("launched again");
-  CLIENT_CHECK(d.free_async(kept, stream) == CUDA_SUCCESS);
+  CLIENT_CHECK(d.free(kept) == CUDA_SUCCESS);  // cuMemFree frees a graph allocation too
+  CLIENT_CHECK_EQ(graph_mem(CU_GRAPH_MEM_ATTR_USED_MEM_CURRENT), 0u);
+  CLIENT_CHECK_EQ(d.free(kept), CUDA_ERROR_INVALID_VALUE);  // once
   CLIENT_REQUIRE(begin(stream, CU_STREAM_CAPTURE_MODE_RELAXED) == CUDA_SUCCESS);
   CUdeviceptr huge = 0;
   CLIENT_CHECK(d.alloc_async(&huge, 2 * total_now(d) + (std::uint64_t{2} << 30), stream) ==

@@ -399,12 +399,46 @@ CUresult alloc_on(int physical, std::uint64_t bytes, CUdeviceptr* out) {
   return CUDA_SUCCESS;
 }
 
+/// Stream-ordered calls on a capturing stream become graph nodes: an allocation gets an address
+/// that stays fixed for the graph (address space only) and becomes an allocation node, and a
+/// free of a graph address is a free node. The graph allocator backs them (see
+/// fake_cuda_graph_mem below).
+struct graph_address {
+  int physical = 0;
+  std::uint64_t bytes = 0;
+  bool live = false;  ///< allocated by a graph launch and not freed yet
+};
+std::map<std::uintptr_t, graph_address>& graph_addresses() {
+  static auto* m = new std::map<std::uintptr_t, graph_address>;  // guarded by st().mu
+  return *m;
+}
+/// The graph allocator of each physical device, as cuda.h documents it: memory for a graph's
+/// allocation nodes is reserved when the graph is launched or uploaded, kept after the graph's
+/// frees for later launches, and given back only by cuDeviceGraphMemTrim. Guarded by st().mu.
+struct graph_allocator {
+  std::uint64_t reserved = 0;  ///< device bytes it holds (counted in the device's used)
+  std::uint64_t used = 0;      ///< bytes of live graph allocations
+  std::uint64_t reserved_high = 0;
+  std::uint64_t used_high = 0;
+};
+graph_allocator g_graph_mem[k_max_fake_devices];
+/// The free (cuMemFree, or cuMemFreeAsync outside a capture) of graph allocation \p p after its
+/// graph ran: the memory goes back to the graph allocator, whose reserve stays until
+/// cuDeviceGraphMemTrim. Caller holds st().mu.
+CUresult free_graph_allocation(CUdeviceptr p) {
+  auto g = graph_addresses().find(static_cast<std::uintptr_t>(p));
+  if (g == graph_addresses().end() || !g->second.live) return CUDA_ERROR_INVALID_VALUE;
+  g->second.live = false;
+  g_graph_mem[g->second.physical].used -= g->second.bytes;
+  return CUDA_SUCCESS;
+}
+
 CUresult free_ptr(CUdeviceptr p) {
   allocation a;
   {
     std::lock_guard<std::mutex> lock(st().mu);
     auto it = st().allocs.find(static_cast<std::uintptr_t>(p));
-    if (it == st().allocs.end()) return CUDA_ERROR_INVALID_VALUE;
+    if (it == st().allocs.end()) return free_graph_allocation(p);
     a = it->second;
     st().allocs.erase(it);
     if (a.pool != nullptr) {
@@ -952,29 +986,6 @@ CUresult stream_physical(CUstream h, int* p) {
   *p = s->physical;
   return CUDA_SUCCESS;
 }
-/// Stream-ordered calls on a capturing stream become graph nodes: an allocation gets an address
-/// that stays fixed for the graph (address space only) and becomes an allocation node, and a
-/// free of a graph address is a free node. The graph allocator backs them (see
-/// fake_cuda_graph_mem below).
-struct graph_address {
-  int physical = 0;
-  std::uint64_t bytes = 0;
-  bool live = false;  ///< allocated by a graph launch and not freed yet
-};
-std::map<std::uintptr_t, graph_address>& graph_addresses() {
-  static auto* m = new std::map<std::uintptr_t, graph_address>;  // guarded by st().mu
-  return *m;
-}
-/// The graph allocator of each physical device, as cuda.h documents it: memory for a graph's
-/// allocation nodes is reserved when the graph is launched or uploaded, kept after the graph's
-/// frees for later launches, and given back only by cuDeviceGraphMemTrim. Guarded by st().mu.
-struct graph_allocator {
-  std::uint64_t reserved = 0;  ///< device bytes it holds (counted in the device's used)
-  std::uint64_t used = 0;      ///< bytes of live graph allocations
-  std::uint64_t reserved_high = 0;
-  std::uint64_t used_high = 0;
-};
-graph_allocator g_graph_mem[k_max_fake_devices];
 bool capturing(CUstream h) {
   CUstreamCaptureStatus status = CU_STREAM_CAPTURE_STATUS_NONE;
   return cuStreamIsCapturing(h, &status) == CUDA_SUCCESS && status != CU_STREAM_CAPTURE_STATUS_NONE;
@@ -1012,21 +1023,12 @@ CUresult alloc_pool_async(CUdeviceptr* dptr, size_t bytes, CUmemoryPool pool, CU
 CUresult free_async(CUdeviceptr dptr, CUstream h) {
   int p = 0;
   if (CUresult r = stream_physical(h, &p); r != CUDA_SUCCESS) return r;
-  bool graph = false;
-  {
-    std::lock_guard<std::mutex> lock(st().mu);
-    auto g = graph_addresses().find(static_cast<std::uintptr_t>(dptr));
-    graph = g != graph_addresses().end();
-    if (graph && !capturing(h)) {
-      // The free of a graph allocation after its graph ran: the memory goes back to the graph
-      // allocator (its reserve stays until cuDeviceGraphMemTrim).
-      if (!g->second.live) return CUDA_ERROR_INVALID_VALUE;
-      g->second.live = false;
-      g_graph_mem[g->second.physical].used -= g->second.bytes;
-      return CUDA_SUCCESS;
-    }
-  }
   if (capturing(h)) {  // a free node: the memory goes back when the graph runs
+    bool graph = false;
+    {
+      std::lock_guard<std::mutex> lock(st().mu);
+      graph = graph_addresses().count(static_cast<std::uintptr_t>(dptr)) != 0;
+    }
     if (graph) fake_capture_mem_node(h, dptr, false);
     return CUDA_SUCCESS;
   }
