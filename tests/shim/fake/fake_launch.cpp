@@ -49,7 +49,7 @@ struct kernel_node {
 
 struct CUgraph_st {
   std::vector<kernel_node> nodes;
-  int other_nodes = 0;  ///< event and memory nodes a capture recorded
+  int other_nodes = 0;              ///< event and memory nodes a capture recorded
   std::vector<CUdeviceptr> allocs;  ///< allocation nodes: their fixed addresses
   std::vector<CUdeviceptr> frees;   ///< free nodes
 };
@@ -215,8 +215,8 @@ FAKE_EXPORT CUresult cuGraphExecDestroy(CUgraphExec exec) {
 /// more on the device when it holds too little) before any node runs.
 FAKE_EXPORT CUresult cuGraphLaunch(CUgraphExec exec, CUstream s) {
   if (exec == nullptr) return CUDA_ERROR_INVALID_VALUE;
-  if (CUresult r = fake_cuda_graph_mem(exec->allocs.data(), exec->allocs.size(),
-                                       exec->frees.data(), exec->frees.size(), true);
+  if (CUresult r = fake_cuda_graph_mem(exec->allocs.data(), exec->allocs.size(), exec->frees.data(),
+                                       exec->frees.size(), true);
       r != CUDA_SUCCESS) {
     return r;
   }
