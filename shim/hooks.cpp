@@ -535,6 +535,22 @@ GPUSLICE_SHIM_EXPORT CUresult cuDeviceGraphMemTrim(CUdevice dev) {
   return r;
 }
 
+// Uploading a graph reserves its memory nodes' memory in the graph allocator: measured at the
+// next call, as after a launch (launch.cpp).
+GPUSLICE_SHIM_EXPORT CUresult cuGraphUpload(CUgraphExec exec, CUstream stream) {
+  GPUSLICE_PROLOGUE(cuGraphUpload, CUDA_ERROR_NOT_FOUND, exec, stream)
+  const CUresult r = real(exec, stream);
+  if (r == CUDA_SUCCESS) s.driver_memory_changed(-1);
+  return r;
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuGraphUpload_ptsz(CUgraphExec exec, CUstream stream) {
+  GPUSLICE_PROLOGUE(cuGraphUpload_ptsz, CUDA_ERROR_NOT_FOUND, exec, stream)
+  const CUresult r = real(exec, stream);
+  if (r == CUDA_SUCCESS) s.driver_memory_changed(-1);
+  return r;
+}
+
 GPUSLICE_SHIM_EXPORT CUresult cuMemPoolCreate(CUmemoryPool* pool, const CUmemPoolProps* props) {
   GPUSLICE_PROLOGUE(cuMemPoolCreate, CUDA_ERROR_NOT_FOUND, pool, props)
   const CUresult r = real(pool, props);

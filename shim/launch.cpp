@@ -835,14 +835,30 @@ GPUSLICE_SHIM_EXPORT CUresult cuLaunchCooperativeKernelMultiDevice(CUDA_LAUNCH_P
   return r;
 }
 
-GPUSLICE_SHIM_EXPORT CUresult cuGraphLaunch(CUgraphExec exec, CUstream stream) {
+namespace {
+CUresult graph_launch(CUgraphExec exec, CUstream stream) {
   GPUSLICE_LAUNCH_PROLOGUE(cuGraphLaunch, exec, stream)
   return d::gated(s, stream, false, d::id_of(exec), [&] { return real(exec, stream); });
 }
-
-GPUSLICE_SHIM_EXPORT CUresult cuGraphLaunch_ptsz(CUgraphExec exec, CUstream stream) {
+CUresult graph_launch_ptsz(CUgraphExec exec, CUstream stream) {
   GPUSLICE_LAUNCH_PROLOGUE(cuGraphLaunch_ptsz, exec, stream)
   return d::gated(s, stream, true, d::id_of(exec), [&] { return real(exec, stream); });
+}
+}  // namespace
+
+// A graph with memory nodes takes its memory from the graph allocator when it is launched; the
+// driver keeps that reserve after the graph's frees. Every device measures its driver memory
+// again at its next call (a relaxed store each: the fast path's cost stays that of the launch).
+GPUSLICE_SHIM_EXPORT CUresult cuGraphLaunch(CUgraphExec exec, CUstream stream) {
+  const CUresult r = graph_launch(exec, stream);
+  if (r == CUDA_SUCCESS) state::get().driver_memory_changed(-1);
+  return r;
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuGraphLaunch_ptsz(CUgraphExec exec, CUstream stream) {
+  const CUresult r = graph_launch_ptsz(exec, stream);
+  if (r == CUDA_SUCCESS) state::get().driver_memory_changed(-1);
+  return r;
 }
 
 // The legacy launches: parameters were set with cuParamSet*, the grid is 2D, and cuLaunch and

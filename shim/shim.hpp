@@ -75,6 +75,8 @@ enum class library : std::uint8_t { cuda, nvml };
   X(cuCtxDestroy_v2, "cuCtxDestroy", 4000, legacy, cuda, decltype(&::cuCtxDestroy_v2))             \
   X(cuDeviceGraphMemTrim, "cuDeviceGraphMemTrim", 11040, legacy, cuda,                             \
     decltype(&::cuDeviceGraphMemTrim))                                                             \
+  X(cuGraphUpload, "cuGraphUpload", 11010, legacy, cuda, decltype(&::cuGraphUpload))               \
+  X(cuGraphUpload_ptsz, "cuGraphUpload", 11010, per_thread, cuda, decltype(&::cuGraphUpload))       \
   X(cuModuleLoad, "cuModuleLoad", 2000, legacy, cuda, decltype(&::cuModuleLoad))                   \
   X(cuModuleLoadData, "cuModuleLoadData", 2000, legacy, cuda, decltype(&::cuModuleLoadData))       \
   X(cuModuleLoadDataEx, "cuModuleLoadDataEx", 2010, legacy, cuda, decltype(&::cuModuleLoadDataEx)) \

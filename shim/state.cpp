@@ -635,9 +635,17 @@ bool state::reserve(int ordinal, std::uint64_t bytes, const char* call, charge& 
   device_info& d = devices_[static_cast<std::size_t>(ordinal)];
   auto sl = slot();
   if (!sl) return refuse(refusal::ledger, ordinal, bytes, call), false;
+  // Pools keep freed memory up to their release threshold, and the graph allocator what graphs
+  // reserved (kept after their frees): this process's is given back before a refusal.
+  auto trim_driver_caches = [&] {
+    trim_pools(ordinal);
+    auto graph_trim = real<decltype(&::cuDeviceGraphMemTrim)>(hook::cuDeviceGraphMemTrim);
+    if (graph_trim != nullptr && graph_trim(ordinal) == CUDA_SUCCESS) reconcile(d, true);
+  };
   reconcile(d, false);
   if (d.pending.load(std::memory_order_relaxed) != 0) {
     reconcile(d, true);
+    if (d.pending.load(std::memory_order_relaxed) != 0) trim_driver_caches();
     if (d.pending.load(std::memory_order_relaxed) != 0) {
       return refuse(refusal::over_limit, ordinal, bytes, call), false;
     }
@@ -654,11 +662,7 @@ bool state::reserve(int ordinal, std::uint64_t bytes, const char* call, charge& 
     ok = attempt();
   }
   if (!ok) {
-    // Pools keep freed memory up to their release threshold, and the graph allocator what graphs
-    // freed: give this process's back first, and measure again.
-    trim_pools(ordinal);
-    auto graph_trim = real<decltype(&::cuDeviceGraphMemTrim)>(hook::cuDeviceGraphMemTrim);
-    if (graph_trim != nullptr && graph_trim(ordinal) == CUDA_SUCCESS) reconcile(d, true);
+    trim_driver_caches();
     ok = attempt();
   }
   if (!ok) return refuse(refusal::over_limit, ordinal, bytes, call), false;

@@ -6,7 +6,8 @@
 ///   CLIENT_LOAD_PROC     dlsym of cuGetProcAddress_v2 only, everything else through it, as the
 ///                        CUDA 12/13 runtime does (per-thread-stream variants included)
 /// Modes (argv[1]): quota (default), visible P0 P1, overhead, bad_config, bad_ledger,
-/// oom_killer, legacy, over_limit_view, nvml_only, mig. The limit is CUDA_DEVICE_MEMORY_LIMIT;
+/// oom_killer, legacy, over_limit_view, nvml_only, mig, pools, vmm, arrays, teardown, capture,
+/// graph_memory, modules. The limit is CUDA_DEVICE_MEMORY_LIMIT;
 /// the fake's size FAKE_CUDA_MEMORY. The physical invariant is read from the fake itself
 /// (fake_cuda_physical_used: what the fake driver really holds for this process).
 
@@ -852,6 +853,156 @@ int capture(const driver& d) {
   return client::finish(k_name);
 }
 
+/// Graph memory, as cuda.h documents it: a graph's allocation nodes get their memory from the
+/// graph allocator when the graph is uploaded or launched; the driver keeps that reserve after
+/// the graph's frees, for later launches, and gives it back only on cuDeviceGraphMemTrim. The
+/// shim counts it from the upload or launch on (context included): what the driver holds for
+/// this process never exceeds the limit, an allocation that would put it over beside the
+/// reserve is refused (after the shim trimmed what no live graph allocation uses), and after
+/// cuDeviceGraphMemTrim the memory is usable again.
+int graph_memory(const driver& d) {
+  const std::uint64_t limit = limit_bytes();
+  const std::uint64_t ctx = client::env_bytes("FAKE_CUDA_CONTEXT_BYTES", 0);
+  CLIENT_REQUIRE(limit == 64 * k_mib && ctx == 8 * k_mib);
+  CLIENT_REQUIRE(d.init(0) == CUDA_SUCCESS);
+  use_device(d, 0);
+  void* lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  CLIENT_REQUIRE(lib != nullptr);
+  auto fn = [&](auto& f, const char* name) {
+    f = reinterpret_cast<std::remove_reference_t<decltype(f)>>(dlsym(lib, name));
+    CLIENT_REQUIRE(f != nullptr);
+  };
+  decltype(&cuStreamBeginCapture_v2) begin = nullptr;
+  decltype(&cuStreamEndCapture) end = nullptr;
+  decltype(&cuGraphInstantiateWithFlags) instantiate = nullptr;
+  decltype(&cuGraphDestroy) graph_destroy = nullptr;
+  decltype(&cuGraphExecDestroy) exec_destroy = nullptr;
+  decltype(&cuGraphLaunch) launch = nullptr;
+  decltype(&cuGraphUpload) upload = nullptr;
+  decltype(&cuDeviceGraphMemTrim) trim = nullptr;
+  decltype(&cuDeviceGetGraphMemAttribute) attribute = nullptr;
+  fn(begin, "cuStreamBeginCapture_v2");
+  fn(end, "cuStreamEndCapture");
+  fn(instantiate, "cuGraphInstantiateWithFlags");
+  fn(graph_destroy, "cuGraphDestroy");
+  fn(exec_destroy, "cuGraphExecDestroy");
+  fn(launch, "cuGraphLaunch");
+  fn(upload, "cuGraphUpload");
+  fn(trim, "cuDeviceGraphMemTrim");
+  fn(attribute, "cuDeviceGetGraphMemAttribute");
+  const auto graph_mem = [&](CUgraphMem_attribute a) {
+    cuuint64_t v = 0;
+    CLIENT_CHECK(attribute(0, a, &v) == CUDA_SUCCESS);
+    return static_cast<std::uint64_t>(v);
+  };
+  const auto reserved = [&] { return graph_mem(CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT); };
+  const auto charged = [&] { return limit - free_now(d); };
+  const auto held_ok = [&](const char* when) {
+    const std::uint64_t held = physical_used(0);
+    std::fprintf(stdout, "%s: driver holds %llu MiB, charged %llu MiB, graph reserve %llu MiB\n",
+                 when, static_cast<unsigned long long>(held / k_mib),
+                 static_cast<unsigned long long>(charged() / k_mib),
+                 static_cast<unsigned long long>(reserved() / k_mib));
+    CLIENT_CHECK(held <= limit);
+  };
+  CUstream stream = nullptr;
+  CLIENT_REQUIRE(d.stream_create(&stream, 0) == CUDA_SUCCESS);
+  CUdeviceptr first = 0;
+  CLIENT_REQUIRE(d.alloc(&first, k_chunk) == CUDA_SUCCESS);  // the context is measured
+
+  // A graph that allocates 32 MiB it leaves live and 8 MiB it frees itself: 40 MiB of reserve.
+  CLIENT_REQUIRE(begin(stream, CU_STREAM_CAPTURE_MODE_RELAXED) == CUDA_SUCCESS);
+  CUdeviceptr kept = 0, scratch = 0;
+  CLIENT_CHECK(d.alloc_async(&kept, 32 * k_mib, stream) == CUDA_SUCCESS);
+  CLIENT_CHECK(d.alloc_async(&scratch, 8 * k_mib, stream) == CUDA_SUCCESS);
+  CLIENT_CHECK(d.free_async(scratch, stream) == CUDA_SUCCESS);
+  CUgraph graph = nullptr;
+  CLIENT_REQUIRE(end(stream, &graph) == CUDA_SUCCESS);
+  CUgraphExec exec = nullptr;
+  CLIENT_REQUIRE(instantiate(&exec, graph, 0) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(physical_used(0), ctx + k_chunk);  // nothing reserved before upload
+  CLIENT_CHECK_EQ(reserved(), 0u);
+
+  // Uploaded: the reserve is held and charged from the next call on.
+  CLIENT_REQUIRE(upload(exec, stream) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(reserved(), 40 * k_mib);
+  CLIENT_CHECK_EQ(physical_used(0), ctx + k_chunk + 40 * k_mib);
+  CLIENT_CHECK_EQ(charged(), physical_used(0));
+  held_ok("uploaded");
+  // No graph allocation is live: the shim trims the reserve to make room rather than refuse.
+  CUdeviceptr big = 0;
+  CLIENT_CHECK(d.alloc(&big, 24 * k_mib) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(reserved(), 0u);
+  held_ok("24 MiB beside an upload");
+  CLIENT_CHECK(d.free(big) == CUDA_SUCCESS);
+
+  // Launched: the graph's 32 MiB allocation is live, its reserve 40 MiB.
+  CLIENT_REQUIRE(launch(exec, stream) == CUDA_SUCCESS);
+  CLIENT_CHECK(d.stream_sync(stream) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(reserved(), 40 * k_mib);
+  CLIENT_CHECK_EQ(graph_mem(CU_GRAPH_MEM_ATTR_USED_MEM_CURRENT), 32 * k_mib);
+  CLIENT_CHECK_EQ(physical_used(0), ctx + k_chunk + 40 * k_mib);
+  CLIENT_CHECK_EQ(charged(), physical_used(0));
+  held_ok("launched");
+  // 24 MiB more cannot fit beside the live 32 MiB: refused, the unused 8 MiB trimmed.
+  CLIENT_CHECK_EQ(d.alloc(&big, 24 * k_mib), CUDA_ERROR_OUT_OF_MEMORY);
+  CLIENT_CHECK_EQ(reserved(), 32 * k_mib);
+  held_ok("24 MiB refused beside a live graph allocation");
+  std::vector<CUdeviceptr> held = fill(d);
+  CLIENT_CHECK_EQ(held.size(), (limit - ctx - k_chunk - 32 * k_mib) / k_chunk);
+  held_ok("filled beside a live graph allocation");
+  for (CUdeviceptr p : held) CLIENT_CHECK(d.free(p) == CUDA_SUCCESS);
+
+  // Freed after the graph: the driver keeps the reserve, and the shim keeps counting it.
+  CLIENT_CHECK(d.free_async(kept, stream) == CUDA_SUCCESS);
+  CLIENT_CHECK(d.stream_sync(stream) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(graph_mem(CU_GRAPH_MEM_ATTR_USED_MEM_CURRENT), 0u);
+  CLIENT_CHECK_EQ(reserved(), 32 * k_mib);
+  CLIENT_CHECK_EQ(physical_used(0), ctx + k_chunk + 32 * k_mib);
+  CLIENT_CHECK_EQ(charged(), physical_used(0));
+  // Trimmed: the memory is usable again.
+  CLIENT_CHECK(trim(0) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(reserved(), 0u);
+  CLIENT_CHECK_EQ(physical_used(0), ctx + k_chunk);
+  CLIENT_CHECK(d.alloc(&big, 24 * k_mib) == CUDA_SUCCESS);
+  held = fill(d);
+  CLIENT_CHECK_EQ(held.size(), (limit - ctx - k_chunk - 24 * k_mib) / k_chunk);
+  held_ok("filled after a trim");
+  for (CUdeviceptr p : held) CLIENT_CHECK(d.free(p) == CUDA_SUCCESS);
+  CLIENT_CHECK(d.free(big) == CUDA_SUCCESS);
+
+  // A launch reserves again; a graph the device cannot hold is refused by the driver.
+  CLIENT_REQUIRE(launch(exec, stream) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(reserved(), 40 * k_mib);
+  CLIENT_CHECK_EQ(charged(), physical_used(0));
+  held_ok("launched again");
+  CLIENT_CHECK(d.free(kept) == CUDA_SUCCESS);  // cuMemFree frees a graph allocation too
+  CLIENT_CHECK_EQ(graph_mem(CU_GRAPH_MEM_ATTR_USED_MEM_CURRENT), 0u);
+  CLIENT_CHECK_EQ(d.free(kept), CUDA_ERROR_INVALID_VALUE);  // once
+  CLIENT_REQUIRE(begin(stream, CU_STREAM_CAPTURE_MODE_RELAXED) == CUDA_SUCCESS);
+  CUdeviceptr huge = 0;
+  CLIENT_CHECK(d.alloc_async(&huge, 2 * total_now(d) + (std::uint64_t{2} << 30), stream) ==
+               CUDA_SUCCESS);
+  CUgraph too_big = nullptr;
+  CLIENT_REQUIRE(end(stream, &too_big) == CUDA_SUCCESS);
+  CUgraphExec too_big_exec = nullptr;
+  CLIENT_REQUIRE(instantiate(&too_big_exec, too_big, 0) == CUDA_SUCCESS);
+  const std::uint64_t before = physical_used(0);
+  CLIENT_CHECK_EQ(launch(too_big_exec, stream), CUDA_ERROR_OUT_OF_MEMORY);
+  CLIENT_CHECK_EQ(physical_used(0), before);
+  CLIENT_CHECK(exec_destroy(too_big_exec) == CUDA_SUCCESS);
+  CLIENT_CHECK(graph_destroy(too_big) == CUDA_SUCCESS);
+
+  CLIENT_CHECK(exec_destroy(exec) == CUDA_SUCCESS);
+  CLIENT_CHECK(graph_destroy(graph) == CUDA_SUCCESS);
+  CLIENT_CHECK(trim(0) == CUDA_SUCCESS);
+  CLIENT_CHECK(d.free(first) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(physical_used(0), ctx);
+  CLIENT_CHECK_EQ(charged(), ctx);
+  CLIENT_CHECK(d.stream_destroy(stream) == CUDA_SUCCESS);
+  return client::finish(k_name);
+}
+
 /// A module's code and data take device memory (FAKE_CUDA_MODULE_BYTES) that no allocation call
 /// shows: counted from its load on, given back at its unload. Charged = held, throughout.
 int modules(const driver& d) {
@@ -1071,6 +1222,7 @@ int main(int argc, char** argv) {
   if (mode == "arrays") return arrays(d);
   if (mode == "teardown") return teardown(d);
   if (mode == "capture") return capture(d);
+  if (mode == "graph_memory") return graph_memory(d);
   if (mode == "modules") return modules(d);
   if (mode == "mig") return mig(d);
   std::fprintf(stdout, "unknown mode %s\n", argv[1]);

@@ -399,12 +399,46 @@ CUresult alloc_on(int physical, std::uint64_t bytes, CUdeviceptr* out) {
   return CUDA_SUCCESS;
 }
 
+/// Stream-ordered calls on a capturing stream become graph nodes: an allocation gets an address
+/// that stays fixed for the graph (address space only) and becomes an allocation node, and a
+/// free of a graph address is a free node. The graph allocator backs them (see
+/// fake_cuda_graph_mem below).
+struct graph_address {
+  int physical = 0;
+  std::uint64_t bytes = 0;
+  bool live = false;  ///< allocated by a graph launch and not freed yet
+};
+std::map<std::uintptr_t, graph_address>& graph_addresses() {
+  static auto* m = new std::map<std::uintptr_t, graph_address>;  // guarded by st().mu
+  return *m;
+}
+/// The graph allocator of each physical device, as cuda.h documents it: memory for a graph's
+/// allocation nodes is reserved when the graph is launched or uploaded, kept after the graph's
+/// frees for later launches, and given back only by cuDeviceGraphMemTrim. Guarded by st().mu.
+struct graph_allocator {
+  std::uint64_t reserved = 0;  ///< device bytes it holds (counted in the device's used)
+  std::uint64_t used = 0;      ///< bytes of live graph allocations
+  std::uint64_t reserved_high = 0;
+  std::uint64_t used_high = 0;
+};
+graph_allocator g_graph_mem[k_max_fake_devices];
+/// The free (cuMemFree, or cuMemFreeAsync outside a capture) of graph allocation \p p after its
+/// graph ran: the memory goes back to the graph allocator, whose reserve stays until
+/// cuDeviceGraphMemTrim. Caller holds st().mu.
+CUresult free_graph_allocation(CUdeviceptr p) {
+  auto g = graph_addresses().find(static_cast<std::uintptr_t>(p));
+  if (g == graph_addresses().end() || !g->second.live) return CUDA_ERROR_INVALID_VALUE;
+  g->second.live = false;
+  g_graph_mem[g->second.physical].used -= g->second.bytes;
+  return CUDA_SUCCESS;
+}
+
 CUresult free_ptr(CUdeviceptr p) {
   allocation a;
   {
     std::lock_guard<std::mutex> lock(st().mu);
     auto it = st().allocs.find(static_cast<std::uintptr_t>(p));
-    if (it == st().allocs.end()) return CUDA_ERROR_INVALID_VALUE;
+    if (it == st().allocs.end()) return free_graph_allocation(p);
     a = it->second;
     st().allocs.erase(it);
     if (a.pool != nullptr) {
@@ -952,30 +986,26 @@ CUresult stream_physical(CUstream h, int* p) {
   *p = s->physical;
   return CUDA_SUCCESS;
 }
-/// Stream-ordered calls on a capturing stream become graph nodes: an allocation gets an address
-/// that stays fixed for the graph (the fake reserves address space, no device memory; it does
-/// not run graph memory nodes), and a free of such an address is a free node.
-std::map<std::uintptr_t, std::uint64_t>& graph_addresses() {
-  static auto* m = new std::map<std::uintptr_t, std::uint64_t>;  // guarded by st().mu
-  return *m;
-}
 bool capturing(CUstream h) {
   CUstreamCaptureStatus status = CU_STREAM_CAPTURE_STATUS_NONE;
   return cuStreamIsCapturing(h, &status) == CUDA_SUCCESS && status != CU_STREAM_CAPTURE_STATUS_NONE;
 }
-CUresult capture_alloc(CUdeviceptr* dptr, size_t bytes) {
+CUresult capture_alloc(CUdeviceptr* dptr, size_t bytes, CUstream h, int p) {
   if (dptr == nullptr || bytes == 0) return CUDA_ERROR_INVALID_VALUE;
   void* m = mmap(nullptr, bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (m == MAP_FAILED) return CUDA_ERROR_OUT_OF_MEMORY;
-  std::lock_guard<std::mutex> lock(st().mu);
-  graph_addresses()[reinterpret_cast<std::uintptr_t>(m)] = bytes;
   *dptr = reinterpret_cast<CUdeviceptr>(m);
+  {
+    std::lock_guard<std::mutex> lock(st().mu);
+    graph_addresses()[reinterpret_cast<std::uintptr_t>(m)] = graph_address{p, bytes, false};
+  }
+  fake_capture_mem_node(h, *dptr, true);
   return CUDA_SUCCESS;
 }
 CUresult alloc_async(CUdeviceptr* dptr, size_t bytes, CUstream h) {
   int p = 0;
   if (CUresult r = stream_physical(h, &p); r != CUDA_SUCCESS) return r;
-  if (capturing(h)) return capture_alloc(dptr, bytes);
+  if (capturing(h)) return capture_alloc(dptr, bytes, h, p);
   CUmemPoolHandle_st* pool = nullptr;
   {
     std::lock_guard<std::mutex> lock(st().mu);
@@ -987,23 +1017,21 @@ CUresult alloc_pool_async(CUdeviceptr* dptr, size_t bytes, CUmemoryPool pool, CU
   if (pool == nullptr) return CUDA_ERROR_INVALID_VALUE;
   int p = 0;
   if (CUresult r = stream_physical(h, &p); r != CUDA_SUCCESS) return r;
-  if (capturing(h)) return capture_alloc(dptr, bytes);
+  if (capturing(h)) return capture_alloc(dptr, bytes, h, p);
   return pool_alloc(pool, bytes, dptr);
 }
 CUresult free_async(CUdeviceptr dptr, CUstream h) {
   int p = 0;
   if (CUresult r = stream_physical(h, &p); r != CUDA_SUCCESS) return r;
-  {
-    std::lock_guard<std::mutex> lock(st().mu);
-    auto g = graph_addresses().find(static_cast<std::uintptr_t>(dptr));
-    if (g != graph_addresses().end()) {
-      // A free node of a graph allocation (or its free after the graph): no device memory.
-      munmap(reinterpret_cast<void*>(dptr), g->second);
-      graph_addresses().erase(g);
-      return CUDA_SUCCESS;
+  if (capturing(h)) {  // a free node: the memory goes back when the graph runs
+    bool graph = false;
+    {
+      std::lock_guard<std::mutex> lock(st().mu);
+      graph = graph_addresses().count(static_cast<std::uintptr_t>(dptr)) != 0;
     }
+    if (graph) fake_capture_mem_node(h, dptr, false);
+    return CUDA_SUCCESS;
   }
-  if (capturing(h)) return CUDA_SUCCESS;  // a free node: the memory goes when the graph runs
   return free_ptr(dptr);
 }
 }  // namespace
@@ -1064,18 +1092,83 @@ FAKE_EXPORT CUresult cuMemPoolDestroy(CUmemoryPool pool) {
   return CUDA_SUCCESS;
 }
 
-/// The fake's graphs run no memory nodes, so its graph allocator never holds memory.
 FAKE_EXPORT CUresult cuDeviceGetGraphMemAttribute(CUdevice dev, CUgraphMem_attribute attr,
                                                   void* value) {
   if (CUresult r = check_ordinal(dev); r != CUDA_SUCCESS) return r;
   if (value == nullptr) return CUDA_ERROR_INVALID_VALUE;
-  const cuuint64_t zero = 0;
-  std::memcpy(value, &zero, sizeof zero);
-  (void)attr;
+  std::lock_guard<std::mutex> lock(st().mu);
+  const graph_allocator& g = g_graph_mem[st().visible[dev]];
+  cuuint64_t v = 0;
+  switch (attr) {
+    case CU_GRAPH_MEM_ATTR_USED_MEM_CURRENT: v = g.used; break;
+    case CU_GRAPH_MEM_ATTR_USED_MEM_HIGH: v = g.used_high; break;
+    case CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT: v = g.reserved; break;
+    case CU_GRAPH_MEM_ATTR_RESERVED_MEM_HIGH: v = g.reserved_high; break;
+    default: return CUDA_ERROR_INVALID_VALUE;
+  }
+  std::memcpy(value, &v, sizeof v);
   return CUDA_SUCCESS;
 }
 
-FAKE_EXPORT CUresult cuDeviceGraphMemTrim(CUdevice dev) { return check_ordinal(dev); }
+/// Gives back what the graph allocator holds beyond its live allocations.
+FAKE_EXPORT CUresult cuDeviceGraphMemTrim(CUdevice dev) {
+  if (CUresult r = check_ordinal(dev); r != CUDA_SUCCESS) return r;
+  std::lock_guard<std::mutex> lock(st().mu);
+  const int p = st().visible[dev];
+  graph_allocator& g = g_graph_mem[p];
+  give(p, g.reserved - g.used);
+  g.reserved = g.used;
+  return CUDA_SUCCESS;
+}
+
+/// A launch (\p run) or upload of a graph whose allocation nodes are \p allocs and free nodes
+/// \p frees: the graph allocator of each device grows to hold its live allocations plus the
+/// graph's, or the call fails with CUDA_ERROR_OUT_OF_MEMORY and nothing changes. A launch then
+/// makes the graph's allocations live and frees what its free nodes free. Relaunching a graph
+/// whose allocations are still live fails with CUDA_ERROR_INVALID_VALUE, as the driver refuses.
+CUresult fake_cuda_graph_mem(const CUdeviceptr* allocs, std::size_t n_allocs,
+                             const CUdeviceptr* frees, std::size_t n_frees, bool run) {
+  if (n_allocs == 0 && n_frees == 0) return CUDA_SUCCESS;
+  std::lock_guard<std::mutex> lock(st().mu);
+  std::uint64_t want[k_max_fake_devices] = {};
+  for (std::size_t i = 0; i < n_allocs; ++i) {
+    auto it = graph_addresses().find(static_cast<std::uintptr_t>(allocs[i]));
+    if (it == graph_addresses().end()) return CUDA_ERROR_INVALID_VALUE;
+    if (it->second.live && run) return CUDA_ERROR_INVALID_VALUE;
+    want[it->second.physical] += it->second.bytes;
+  }
+  std::uint64_t grown[k_max_fake_devices] = {};
+  for (int p = 0; p < k_max_fake_devices; ++p) {
+    graph_allocator& g = g_graph_mem[p];
+    const std::uint64_t need = g.used + want[p];
+    if (need <= g.reserved) continue;
+    if (!take(p, need - g.reserved)) {
+      for (int q = 0; q < p; ++q) {
+        give(q, grown[q]);
+        g_graph_mem[q].reserved -= grown[q];
+      }
+      return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    grown[p] = need - g.reserved;
+    g.reserved = need;
+    g.reserved_high = std::max(g.reserved_high, g.reserved);
+  }
+  if (!run) return CUDA_SUCCESS;
+  for (std::size_t i = 0; i < n_allocs; ++i) {
+    graph_address& a = graph_addresses()[static_cast<std::uintptr_t>(allocs[i])];
+    a.live = true;
+    graph_allocator& g = g_graph_mem[a.physical];
+    g.used += a.bytes;
+    g.used_high = std::max(g.used_high, g.used);
+  }
+  for (std::size_t i = 0; i < n_frees; ++i) {
+    auto it = graph_addresses().find(static_cast<std::uintptr_t>(frees[i]));
+    if (it == graph_addresses().end() || !it->second.live) continue;
+    it->second.live = false;
+    g_graph_mem[it->second.physical].used -= it->second.bytes;
+  }
+  return CUDA_SUCCESS;
+}
 
 FAKE_EXPORT CUresult cuMemPoolTrimTo(CUmemoryPool pool, size_t keep) {
   if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
@@ -1690,6 +1783,7 @@ const proc_entry k_procs[] = {
     {"cuGraphInstantiate", 11040, FAKE_FN(cuGraphInstantiateWithFlags), nullptr},
     {"cuGraphExecDestroy", 10000, FAKE_FN(cuGraphExecDestroy), nullptr},
     {"cuGraphLaunch", 10000, FAKE_FN(cuGraphLaunch), FAKE_FN(cuGraphLaunch_ptsz)},
+    {"cuGraphUpload", 11010, FAKE_FN(cuGraphUpload), FAKE_FN(cuGraphUpload_ptsz)},
     {"cuStreamBeginCapture", 10010, FAKE_FN(cuStreamBeginCapture_v2), nullptr},
     {"cuStreamEndCapture", 10000, FAKE_FN(cuStreamEndCapture), nullptr},
     {"cuStreamIsCapturing", 10000, FAKE_FN(cuStreamIsCapturing), FAKE_FN(cuStreamIsCapturing_ptsz)},

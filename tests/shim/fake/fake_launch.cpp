@@ -2,7 +2,8 @@
 /// The fake driver's other launch paths, built into the same libcuda.so.1 as fake_cuda.cpp:
 /// cuLaunchKernelEx, cooperative launches (single and multi-device), the legacy cuLaunch,
 /// cuLaunchGrid and cuLaunchGridAsync (with cuParamSetv/cuParamSetSize), graphs of kernel nodes
-/// (create, add kernel node, instantiate, launch, destroy), stream capture and cuMemAdvise.
+/// (create, add kernel node, instantiate, launch, upload, destroy; memory nodes from capture),
+/// stream capture and cuMemAdvise.
 ///
 /// Stream capture follows cuThreadExchangeStreamCaptureMode's documentation in cuda.h: a thread
 /// in the default global mode that makes a "potentially unsafe" call (here cuEventQuery and
@@ -48,10 +49,14 @@ struct kernel_node {
 
 struct CUgraph_st {
   std::vector<kernel_node> nodes;
-  int other_nodes = 0;  ///< event nodes a capture recorded (not run by the fake)
+  int other_nodes = 0;              ///< event and memory nodes a capture recorded
+  std::vector<CUdeviceptr> allocs;  ///< allocation nodes: their fixed addresses
+  std::vector<CUdeviceptr> frees;   ///< free nodes
 };
 struct CUgraphExec_st {
   std::vector<kernel_node> nodes;
+  std::vector<CUdeviceptr> allocs;
+  std::vector<CUdeviceptr> frees;
 };
 struct CUgraphNode_st {
   int unused = 0;
@@ -198,7 +203,7 @@ FAKE_EXPORT CUresult cuGraphInstantiateWithFlags(CUgraphExec* exec, CUgraph g,
                                                  unsigned long long flags) {
   (void)flags;
   if (exec == nullptr || g == nullptr) return CUDA_ERROR_INVALID_VALUE;
-  *exec = new CUgraphExec_st{g->nodes};
+  *exec = new CUgraphExec_st{g->nodes, g->allocs, g->frees};
   return CUDA_SUCCESS;
 }
 FAKE_EXPORT CUresult cuGraphExecDestroy(CUgraphExec exec) {
@@ -206,8 +211,15 @@ FAKE_EXPORT CUresult cuGraphExecDestroy(CUgraphExec exec) {
   delete exec;
   return CUDA_SUCCESS;
 }
+/// A graph's allocation nodes take their memory from the graph allocator at launch (reserving
+/// more on the device when it holds too little) before any node runs.
 FAKE_EXPORT CUresult cuGraphLaunch(CUgraphExec exec, CUstream s) {
   if (exec == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  if (CUresult r = fake_cuda_graph_mem(exec->allocs.data(), exec->allocs.size(), exec->frees.data(),
+                                       exec->frees.size(), true);
+      r != CUDA_SUCCESS) {
+    return r;
+  }
   for (const kernel_node& n : exec->nodes) {
     if (CUresult r = launch_node(n, s); r != CUDA_SUCCESS) return r;
   }
@@ -215,6 +227,16 @@ FAKE_EXPORT CUresult cuGraphLaunch(CUgraphExec exec, CUstream s) {
 }
 FAKE_EXPORT CUresult cuGraphLaunch_ptsz(CUgraphExec exec, CUstream s) {
   return cuGraphLaunch(exec, s);
+}
+/// Uploading reserves what the graph's allocation nodes need, so a later launch takes no more.
+FAKE_EXPORT CUresult cuGraphUpload(CUgraphExec exec, CUstream s) {
+  (void)s;
+  if (exec == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  return fake_cuda_graph_mem(exec->allocs.data(), exec->allocs.size(), exec->frees.data(),
+                             exec->frees.size(), false);
+}
+FAKE_EXPORT CUresult cuGraphUpload_ptsz(CUgraphExec exec, CUstream s) {
+  return cuGraphUpload(exec, s);
 }
 
 // ---- stream capture ------------------------------------------------------------------------
@@ -324,6 +346,18 @@ bool fake_capture_kernel(CUstream s, CUfunction f, void** params) {
     std::memcpy(&n.arg, params[0], sizeof n.arg);
   }
   it->second.graph->nodes.push_back(n);
+  return true;
+}
+
+bool fake_capture_mem_node(CUstream s, CUdeviceptr p, bool alloc) {
+  std::lock_guard<std::mutex> lock(g_capture_mu);
+  auto it = captures().find(s);
+  if (it == captures().end()) return false;
+  if (!it->second.invalidated) {
+    CUgraph_st& g = *it->second.graph;
+    (alloc ? g.allocs : g.frees).push_back(p);
+    ++g.other_nodes;
+  }
   return true;
 }
 

@@ -6,6 +6,7 @@
 
 #include <cuda.h>
 
+#include <cstddef>
 #include <cstdint>
 
 extern "C" {
@@ -15,6 +16,7 @@ CUresult cuLaunchCooperativeKernel_ptsz(CUfunction f, unsigned gx, unsigned gy, 
                                         unsigned bx, unsigned by, unsigned bz, unsigned shared,
                                         CUstream s, void** params);
 CUresult cuGraphLaunch_ptsz(CUgraphExec exec, CUstream s);
+CUresult cuGraphUpload_ptsz(CUgraphExec exec, CUstream s);
 CUresult cuStreamIsCapturing_ptsz(CUstream s, CUstreamCaptureStatus* status);
 /// True when \p stream is being captured; then records a kernel node of \p f (keeping its first
 /// parameter, as graph nodes do) into the capture. Thread-safe.
@@ -31,6 +33,13 @@ std::uint64_t fake_cuda_stream_device_calls();
 /// True when \p stream is being captured; then records an event node into the capture.
 /// Thread-safe.
 bool fake_capture_event(CUstream stream);
+/// True when \p stream is being captured; then records an allocation node (\p alloc) or a free
+/// node of graph address \p p into the capture. Thread-safe.
+bool fake_capture_mem_node(CUstream stream, CUdeviceptr p, bool alloc);
+/// The graph allocator's part of a launch (\p run) or an upload of a graph with allocation
+/// nodes \p allocs and free nodes \p frees (fake_cuda.cpp). Thread-safe.
+CUresult fake_cuda_graph_mem(const CUdeviceptr* allocs, std::size_t n_allocs,
+                             const CUdeviceptr* frees, std::size_t n_frees, bool run);
 /// Kernel nodes and other nodes of graph \p g (for tests of what a capture recorded).
 /// Thread-safe with respect to launches.
 void fake_cuda_graph_nodes(CUgraph g, int* kernels, int* others);
