@@ -42,6 +42,7 @@
 #include <cstdint>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "../fake/fake_driver.hpp"
@@ -335,13 +336,9 @@ int scenario_peer() {
   return finish(d, "launch peer");
 }
 
-int scenario_container_alone() {
-  // The default policy with CUDA_DEVICE_MEMORY_SHARED_CACHE unset: this process and another of
-  // the same container (the default ledger) storm together. One tenant in the node region, and
-  // alone there: uncapped together. Each counted as a tenant of its own, they would cap each
-  // other at the container's share.
-  CLIENT_REQUIRE(std::getenv("CUDA_DEVICE_MEMORY_SHARED_CACHE") == nullptr);
-  const device_setup d = setup();
+/// Storms beside another process of the same container (spawned as "peer"), which reports its
+/// own share on a pipe: {this process's share, the peer's}.
+std::pair<double, double> shares_with_peer(const device_setup& d) {
   int fds[2];
   CLIENT_REQUIRE(pipe(fds) == 0);
   const pid_t peer = spawn_self({}, "peer", "", fds[1]);
@@ -356,6 +353,17 @@ int scenario_container_alone() {
   const auto at = out.find("peer_share=");
   CLIENT_REQUIRE(at != std::string::npos);
   const double theirs = std::atof(out.c_str() + at + std::strlen("peer_share="));
+  return {mine, theirs};
+}
+
+int scenario_container_alone() {
+  // The default policy with CUDA_DEVICE_MEMORY_SHARED_CACHE unset: this process and another of
+  // the same container (the default ledger) storm together. One tenant in the node region, and
+  // alone there: uncapped together. Each counted as a tenant of its own, they would cap each
+  // other at the container's share.
+  CLIENT_REQUIRE(std::getenv("CUDA_DEVICE_MEMORY_SHARED_CACHE") == nullptr);
+  const device_setup d = setup();
+  const auto [mine, theirs] = shares_with_peer(d);
   std::fprintf(stdout, "container alone: %.2f%% + %.2f%% from the other process\n", mine, theirs);
   CLIENT_CHECK(mine + theirs >= k_uncapped_floor);
   return finish(d, "launch container_alone");
@@ -365,20 +373,7 @@ int scenario_container(double expected) {
   const device_setup d = setup();
   // Another process of the same container (same ledger, same bucket) storms at the same time;
   // the two shares add up to the container's.
-  int fds[2];
-  CLIENT_REQUIRE(pipe(fds) == 0);
-  const pid_t peer = spawn_self({}, "peer", "", fds[1]);
-  close(fds[1]);
-  const double mine = measured_share(d, "kernel");
-  std::string out;
-  char buf[256];
-  for (ssize_t n; (n = read(fds[0], buf, sizeof buf)) > 0;)
-    out.append(buf, static_cast<std::size_t>(n));
-  close(fds[0]);
-  wait_tenant(peer);
-  const auto at = out.find("peer_share=");
-  CLIENT_REQUIRE(at != std::string::npos);
-  const double theirs = std::atof(out.c_str() + at + std::strlen("peer_share="));
+  const auto [mine, theirs] = shares_with_peer(d);
   std::fprintf(stdout, "container: %.2f%% + %.2f%% from the other process\n", mine, theirs);
   check_share(mine + theirs, expected);
   CLIENT_CHECK(mine > 0.0 && theirs > 0.0);
