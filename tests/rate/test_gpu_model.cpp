@@ -28,13 +28,36 @@ tenant_spec saturating(double pct, std::vector<kernel_spec> kernels) {
 }
 
 model_result run(const std::vector<tenant_spec>& tenants, std::int64_t seconds,
-                 controller_kind c = controller_kind::gpuslice, gpu_spec gpu = {}) {
+                 controller_kind c = controller_kind::gpuslice, gpu_spec gpu = {},
+                 std::uint64_t seed = model_options{}.seed) {
   model_options o;
   o.duration_ns = seconds * k_s;
   o.controller = c;
+  o.seed = seed;
   auto r = run_gpu_model(gpu, tenants, o);
   REQUIRE(r.ok());
   return std::move(r).value();
+}
+
+/// The GPU as the shim sees it: kernels timed by events, NVML sampled every \p nvml_ns.
+gpu_spec event_timed(std::int64_t nvml_ns) {
+  gpu_spec gpu;
+  gpu.event_timing = true;
+  gpu.nvml_period_ns = nvml_ns;
+  return gpu;
+}
+
+/// A tenant of 50 ms kernels, and one mixing 1 ms and 50 ms kernels; both time one launch in
+/// 32, as the shim does.
+tenant_spec long_kernels(double pct) {
+  auto t = saturating(pct, {{50 * k_ms, 0.0, 1.0, 0}});
+  t.observe_every = 32;
+  return t;
+}
+tenant_spec mixed_long_kernels(double pct) {
+  auto t = saturating(pct, {{1 * k_ms, 0.0, 3.0, 0}, {50 * k_ms, 0.0, 1.0, 0}});
+  t.observe_every = 32;
+  return t;
 }
 
 /// Smallest and largest share (percent) of tenant t over windows of \p window that start at
@@ -133,19 +156,10 @@ TEST_CASE("50 ms kernels: co-located tenants at 30 and 70 hold from 3 s on, NVML
   // two of its longest kernels while another tenant is active.
   const std::uint64_t seed = GENERATE(1, 2, 3, 4);
   const std::int64_t nvml = GENERATE(as<std::int64_t>{}, 1'000'000'000, 166'666'667);
-  gpu_spec gpu;
-  gpu.event_timing = true;
-  gpu.nvml_period_ns = nvml;
-  auto a = saturating(30, {{50 * k_ms, 0.0, 1.0, 0}});
-  auto b = saturating(70, {{1 * k_ms, 0.0, 3.0, 0}, {50 * k_ms, 0.0, 1.0, 0}});
-  a.observe_every = b.observe_every = 32;
-  model_options o;
-  o.duration_ns = 9 * k_s;
-  o.seed = seed;
-  auto r = run_gpu_model(gpu, {a, b}, o);
-  REQUIRE(r.ok());
-  const auto [alo, ahi] = window_range(*r, 0, k_s, 3 * k_s);
-  const auto [blo, bhi] = window_range(*r, 1, k_s, 3 * k_s);
+  const auto r = run({long_kernels(30), mixed_long_kernels(70)}, 9, controller_kind::gpuslice,
+                     event_timed(nvml), seed);
+  const auto [alo, ahi] = window_range(r, 0, k_s, 3 * k_s);
+  const auto [blo, bhi] = window_range(r, 1, k_s, 3 * k_s);
   INFO("seed " << seed << ", NVML every " << nvml / k_ms << " ms: 30: " << alo << ".." << ahi
                << "  70: " << blo << ".." << bhi);
   CHECK(alo >= 27);
@@ -153,7 +167,7 @@ TEST_CASE("50 ms kernels: co-located tenants at 30 and 70 hold from 3 s on, NVML
   CHECK(blo >= 67);
   CHECK(bhi <= 73);
   // Work-conserving: the two caps add up to the whole GPU, and it is kept busy.
-  CHECK(r->share_between(0, 3 * k_s, 9 * k_s) + r->share_between(1, 3 * k_s, 9 * k_s) >= 0.97);
+  CHECK(r.share_between(0, 3 * k_s, 9 * k_s) + r.share_between(1, 3 * k_s, 9 * k_s) >= 0.97);
 }
 
 TEST_CASE("50 ms kernels: a capped 30% tenant beside an uncapped one holds from 3 s on",
@@ -162,18 +176,9 @@ TEST_CASE("50 ms kernels: a capped 30% tenant beside an uncapped one holds from 
   // the utilization correction halves them by the second NVML sample, and the integral term
   // must not then pay back the first seconds' shortfall on top of it.
   const std::uint64_t seed = GENERATE(1, 2, 3, 4);
-  gpu_spec gpu;
-  gpu.event_timing = true;
-  gpu.nvml_period_ns = k_s;
-  auto a = saturating(30, {{50 * k_ms, 0.0, 1.0, 0}});
-  auto b = saturating(0, {{1 * k_ms, 0.0, 3.0, 0}, {50 * k_ms, 0.0, 1.0, 0}});
-  a.observe_every = b.observe_every = 32;
-  model_options o;
-  o.duration_ns = 9 * k_s;
-  o.seed = seed;
-  auto r = run_gpu_model(gpu, {a, b}, o);
-  REQUIRE(r.ok());
-  const auto [lo, hi] = window_range(*r, 0, k_s, 3 * k_s);
+  const auto r = run({long_kernels(30), mixed_long_kernels(0)}, 9, controller_kind::gpuslice,
+                     event_timed(k_s), seed);
+  const auto [lo, hi] = window_range(r, 0, k_s, 3 * k_s);
   INFO("seed " << seed << ": " << lo << ".." << hi);
   CHECK(lo >= 27);
   CHECK(hi <= 33);
@@ -184,20 +189,12 @@ TEST_CASE("50 ms kernels in company: what a tenant saved while idle is not spent
   // The bucket holds two long kernels while another tenant is active; a tenant back from an
   // idle spell keeps only burst_ns of it (unclipped: 40% in its worst 1 s window).
   const std::uint64_t seed = GENERATE(1, 2, 3, 4);
-  gpu_spec gpu;
-  gpu.event_timing = true;
-  gpu.nvml_period_ns = k_s;
-  auto a = saturating(30, {{50 * k_ms, 0.0, 1.0, 0}});
+  auto a = long_kernels(30);
   a.burst_kernels = 8;  // 8 launches, then 1.5 s idle
   a.burst_gap_ns = 1500 * k_ms;
-  auto b = saturating(70, {{1 * k_ms, 0.0, 3.0, 0}, {50 * k_ms, 0.0, 1.0, 0}});
-  a.observe_every = b.observe_every = 32;
-  model_options o;
-  o.duration_ns = 12 * k_s;
-  o.seed = seed;
-  auto r = run_gpu_model(gpu, {a, b}, o);
-  REQUIRE(r.ok());
-  const auto [lo, hi] = window_range(*r, 0, k_s, 3 * k_s);
+  const auto r =
+      run({a, mixed_long_kernels(70)}, 12, controller_kind::gpuslice, event_timed(k_s), seed);
+  const auto [lo, hi] = window_range(r, 0, k_s, 3 * k_s);
   INFO("seed " << seed << ": " << lo << ".." << hi);
   CHECK(hi <= 33);
 }
