@@ -175,6 +175,74 @@ TEST_CASE("sfgd ranks by the exact fragment change, not the truncated sigmoid", 
   CHECK(s.schedule(c, pod(0, 1, 10)).node == 0);
 }
 
+namespace {
+/// The same scheduler twice over two copies of one cluster: one scoring every node, the other
+/// through the node index (every class above a 1/n share indexed, n the node count).
+struct scan_beside_index {
+  openb_cluster a, b;
+  std::vector<std::string> no_specs;
+  frag_model model_a, model_b;
+  frag_tracker ta, tb;
+  go_rand ra, rb;
+  openb_scheduler<go_rand> scan, indexed;
+
+  scan_beside_index(const std::vector<openb_node_spec>& specs, const std::vector<openb_pod>& kinds,
+                    int model_count, std::int64_t seed, openb_policy policy, sfgd_knobs knobs = {})
+      : a(specs),
+        b(specs),
+        no_specs(kinds.size()),
+        model_a(openb_typical_pods(kinds, no_specs), model_count),
+        model_b(openb_typical_pods(kinds, no_specs), model_count),
+        ta(model_a, a),
+        tb(model_b, b),
+        ra(seed),
+        rb(seed),
+        scan(policy, ranks(specs.size()), &ta, &ra, kinds.size()),
+        indexed(policy, ranks(specs.size()), &tb, &rb, kinds.size()) {
+    scan.set_sfgd_knobs(knobs);
+    indexed.set_sfgd_knobs(knobs);
+    indexed.enable_index(1);  // the default share needs more nodes
+  }
+
+  /// Node ranks in a fixed shuffled order.
+  static std::vector<std::int32_t> ranks(std::size_t n) {
+    std::vector<std::int32_t> r(n);
+    for (std::size_t i = 0; i < n; ++i) r[i] = static_cast<std::int32_t>((i * 7) % n);
+    return r;
+  }
+
+  /// Decides pod p of class c both ways, requires the same node and GPUs, and binds it in both
+  /// when it fits somewhere.
+  openb_placement place(const openb_pod& p, std::int32_t c) {
+    const auto x = scan.schedule(a, p, c);
+    const auto y = indexed.schedule(b, p, c);
+    REQUIRE(x.node == y.node);
+    REQUIRE(x.gpus == y.gpus);
+    if (x.node >= 0) {
+      const auto node = static_cast<std::size_t>(x.node);
+      a.bind(node, p, x.gpus);
+      b.bind(node, p, y.gpus);
+      changed(node);
+    }
+    return x;
+  }
+
+  /// Removes a running pod from both copies.
+  void remove(std::size_t node, const openb_pod& p, gpu_mask gpus) {
+    a.unbind(node, p, gpus);
+    b.unbind(node, p, gpus);
+    changed(node);
+  }
+
+ private:
+  void changed(std::size_t node) {
+    ta.update(a, node);
+    tb.update(b, node);
+    indexed.node_changed(node);
+  }
+};
+}  // namespace
+
 TEST_CASE("the node index chooses exactly as scoring every node", "[sim][score]") {
   // 40 nodes of four shapes; pods of five classes (one typed to model 1, one memory-heavy), so
   // the index must skip nodes that fail the full filter.
@@ -188,42 +256,17 @@ TEST_CASE("the node index chooses exactly as scoring every node", "[sim][score]"
   kinds[4].types = 0b10;
   for (auto policy : {openb_policy::fgd, openb_policy::sfgd, openb_policy::dotprod,
                       openb_policy::gpuclustering, openb_policy::gpupacking}) {
-    openb_cluster a(specs);
-    openb_cluster b(specs);
-    const std::vector<std::string> no_specs(kinds.size());
-    frag_model model_a(openb_typical_pods(kinds, no_specs), 2);
-    frag_model model_b(openb_typical_pods(kinds, no_specs), 2);
-    frag_tracker ta(model_a, a);
-    frag_tracker tb(model_b, b);
-    go_rand ra(3);
-    go_rand rb(3);
-    std::vector<std::int32_t> ranks(specs.size());
-    for (std::size_t i = 0; i < ranks.size(); ++i)
-      ranks[i] = static_cast<std::int32_t>((i * 7) % 40);
-    openb_scheduler<go_rand> scan(policy, ranks, &ta, &ra, kinds.size());
-    openb_scheduler<go_rand> indexed(policy, ranks, &tb, &rb, kinds.size());
-    indexed.enable_index(1);  // index every class above a 1/40 share (the default needs more nodes)
+    scan_beside_index t(specs, kinds, 2, 3, policy);
     go_rand pick(11);
     int placed = 0;
     for (int k = 0; k < 600; ++k) {
       const auto c = static_cast<std::int32_t>(pick.intn(static_cast<std::int64_t>(kinds.size())));
-      const openb_pod& p = kinds[static_cast<std::size_t>(c)];
-      const auto x = scan.schedule(a, p, c);
-      const auto y = indexed.schedule(b, p, c);
       INFO("decision " << k << " class " << c);
-      REQUIRE(x.node == y.node);
-      REQUIRE(x.gpus == y.gpus);
-      if (x.node < 0) continue;
-      ++placed;
-      a.bind(static_cast<std::size_t>(x.node), p, x.gpus);
-      b.bind(static_cast<std::size_t>(y.node), p, y.gpus);
-      ta.update(a, static_cast<std::size_t>(x.node));
-      tb.update(b, static_cast<std::size_t>(y.node));
-      indexed.node_changed(static_cast<std::size_t>(y.node));
+      if (t.place(kinds[static_cast<std::size_t>(c)], c).node >= 0) ++placed;
     }
     CHECK(placed > 100);
-    CHECK(indexed.indexed_classes() >= 3);
-    CHECK(scan.indexed_classes() == 0);
+    CHECK(t.indexed.indexed_classes() >= 3);
+    CHECK(t.scan.indexed_classes() == 0);
   }
 }
 
@@ -251,23 +294,7 @@ TEST_CASE("the node index chooses exactly as scoring every node under departures
         variant{openb_policy::sfgd, ties}, variant{openb_policy::dotprod, {}},
         variant{openb_policy::gpuclustering, {}}, variant{openb_policy::gpupacking, {}}}) {
     INFO("policy " << openb_policy_name(v.policy) << " pack " << v.knobs.pack);
-    openb_cluster a(specs);
-    openb_cluster b(specs);
-    const std::vector<std::string> no_specs(kinds.size());
-    frag_model model_a(openb_typical_pods(kinds, no_specs), 3);
-    frag_model model_b(openb_typical_pods(kinds, no_specs), 3);
-    frag_tracker ta(model_a, a);
-    frag_tracker tb(model_b, b);
-    go_rand ra(5);
-    go_rand rb(5);
-    std::vector<std::int32_t> ranks(specs.size());
-    for (std::size_t i = 0; i < ranks.size(); ++i)
-      ranks[i] = static_cast<std::int32_t>((i * 7) % specs.size());
-    openb_scheduler<go_rand> scan(v.policy, ranks, &ta, &ra, kinds.size());
-    openb_scheduler<go_rand> indexed(v.policy, ranks, &tb, &rb, kinds.size());
-    scan.set_sfgd_knobs(v.knobs);
-    indexed.set_sfgd_knobs(v.knobs);
-    indexed.enable_index(1);
+    scan_beside_index t(specs, kinds, 3, 5, v.policy, v.knobs);
     struct running {
       std::size_t node;
       openb_pod pod;
@@ -282,11 +309,7 @@ TEST_CASE("the node index chooses exactly as scoring every node under departures
         const auto at = static_cast<std::size_t>(pick.intn(static_cast<std::int64_t>(live.size())));
         const running r = live[at];
         live.erase(live.begin() + static_cast<std::ptrdiff_t>(at));
-        a.unbind(r.node, r.pod, r.gpus);
-        b.unbind(r.node, r.pod, r.gpus);
-        ta.update(a, r.node);
-        tb.update(b, r.node);
-        indexed.node_changed(r.node);
+        t.remove(r.node, r.pod, r.gpus);
         ++departed;
         continue;
       }
@@ -297,23 +320,14 @@ TEST_CASE("the node index chooses exactly as scoring every node under departures
         p.typed = true;
         p.types = pick.intn(2) == 0 ? 0b010 : 0b101;
       }
-      const auto x = scan.schedule(a, p, c);
-      const auto y = indexed.schedule(b, p, c);
       INFO("step " << k << " class " << c);
-      REQUIRE(x.node == y.node);
-      REQUIRE(x.gpus == y.gpus);
+      const auto x = t.place(p, c);
       if (x.node < 0) continue;
       ++placed;
-      const auto node = static_cast<std::size_t>(x.node);
-      a.bind(node, p, x.gpus);
-      b.bind(node, p, y.gpus);
-      ta.update(a, node);
-      tb.update(b, node);
-      indexed.node_changed(node);
-      live.push_back(running{node, p, x.gpus});
+      live.push_back(running{static_cast<std::size_t>(x.node), p, x.gpus});
     }
     CHECK(placed > 1000);
     CHECK(departed > 500);
-    CHECK(indexed.indexed_classes() == kinds.size());
+    CHECK(t.indexed.indexed_classes() == kinds.size());
   }
 }
