@@ -374,13 +374,13 @@ class launch_control {
     }
   }
 
-  /// Opens the node region and computes this container's key. Holds mu_.
   /// This process's start time, as the ledger records it (0 when /proc cannot tell).
   static std::uint64_t own_start_time() noexcept {
     const memory::proc_liveness live;
     return live.probe(live.self_pid()).start_time;
   }
 
+  /// Opens the node region and computes this container's key. Holds mu_.
   void init_once(state& s) {
     once_ = true;
     pthread_atfork([] { get().before_fork(); }, [] { get().after_fork_parent(); },
