@@ -31,6 +31,7 @@
 #include "gpuslice/memory/ledger.hpp"
 #include "gpuslice/memory/region.hpp"
 #include "gpuslice/rate/token_bucket.hpp"
+#include "metrics.hpp"
 #include "nvml.hpp"
 
 namespace gpuslice::monitor {
@@ -226,31 +227,13 @@ class exporter {
 
 namespace detail {
 
-/// A label value escaped for the text format (backslash, double quote, newline).
-inline std::string escape(std::string_view v) {
-  std::string out;
-  for (const char c : v) {
-    if (c == '\\') {
-      out += "\\\\";
-    } else if (c == '"') {
-      out += "\\\"";
-    } else if (c == '\n') {
-      out += "\\n";
-    } else {
-      out += c;
-    }
-  }
-  return out;
-}
-
 /// Accumulates one family at a time: "# HELP", "# TYPE", then samples.
 class writer {
  public:
   using labels = std::vector<std::pair<std::string, std::string>>;
 
   void family(std::string_view name, std::string_view type, std::string_view help) {
-    out_ += "# HELP " + std::string(name) + " " + std::string(help) + "\n";
-    out_ += "# TYPE " + std::string(name) + " " + std::string(type) + "\n";
+    gpuslice::metrics::header(out_, name, type, help);
     name_ = name;
   }
   void sample(const labels& l, double v, std::string_view suffix = {}) {
@@ -260,7 +243,7 @@ class writer {
       out_ += '{';
       for (std::size_t i = 0; i < l.size(); ++i) {
         if (i != 0) out_ += ',';
-        out_ += l[i].first + "=\"" + escape(l[i].second) + "\"";
+        out_ += l[i].first + "=\"" + gpuslice::metrics::escape_label(l[i].second) + "\"";
       }
       out_ += '}';
     }
