@@ -18,6 +18,7 @@ import grpc
 import pytest
 
 from kubelet import Kubelet
+from waiting import wait_for
 
 PLUGIN = os.environ.get("GPUSLICE_DEVICE_PLUGIN", "")
 FAKE_DIR = os.environ.get("GPUSLICE_FAKE_NVML_DIR", "")
@@ -34,14 +35,6 @@ SPLIT = 10
 GIB = 1 << 30
 
 
-def wait_for(pred, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Node:

@@ -13,6 +13,7 @@ Needs the programs and the fakes from the CMake build (examples:scheduler:e2e se
 from __future__ import annotations
 
 import base64
+import functools
 import http.client
 import json
 import os
@@ -23,13 +24,13 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from kubelet import Kubelet
+import waiting
 
 ENV = {k: os.environ.get(k, "") for k in
        ["GPUSLICE_EXTENDER", "GPUSLICE_WEBHOOK", "GPUSLICE_DEVICE_PLUGIN", "GPUSLICE_MONITOR",
@@ -40,6 +41,7 @@ pytestmark = pytest.mark.skipif(not all(ENV.values()) or not shutil.which("opens
 TIMEOUT_S = 30
 MIB = 1 << 20
 REGISTER = "hami.io/node-nvidia-register"
+wait_for = functools.partial(waiting.wait_for, timeout=TIMEOUT_S)
 
 # The process in the container: the CUDA driver API through ctypes, resolved in the global
 # scope so the preloaded shim answers first, as it does for any dynamically linked program.
@@ -66,14 +68,6 @@ WORKLOAD = textwrap.dedent("""
 """)
 
 
-def wait_for(pred, what, timeout=TIMEOUT_S):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def first_line(proc) -> str:

@@ -7,6 +7,7 @@ kube-scheduler's shapes (k8s.io/kube-scheduler/extender/v1, nodeCacheCapable).""
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import os
@@ -17,12 +18,15 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import waiting
+
 EXTENDER = os.environ.get("GPUSLICE_EXTENDER", "")
 pytestmark = pytest.mark.skipif(not EXTENDER, reason="GPUSLICE_EXTENDER not set")
 
 REGISTER = "hami.io/node-nvidia-register"
 ALLOCATED = "hami.io/vgpu-devices-allocated"
 START_TIMEOUT_S = 30  # generous: sanitizer builds on a loaded machine
+wait_for = functools.partial(waiting.wait_for, timeout=START_TIMEOUT_S)
 CLIENT_TIMEOUT_S = 20
 # kube-scheduler's httpTimeout in examples/extender/scheduler-config.yaml.
 SCHEDULER_HTTP_TIMEOUT_S = 5
@@ -84,13 +88,6 @@ class Extender:
         return err
 
 
-def wait_for(pred, what: str, timeout: float = START_TIMEOUT_S):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def filter_args(pod: dict, names: list[str]) -> dict:
