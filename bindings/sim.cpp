@@ -141,8 +141,14 @@ fit::openb_custom_scorer wrap_scorer(::pybind11::object scorer) {
   opt.node_index = node_index;
   for (const auto& kv : knobs) {
     const auto key = ::pybind11::cast<std::string>(kv.first);
-    if (key == "strand") {
-      opt.knobs.strand = ::pybind11::cast<double>(kv.second);
+    double* weight = key == "strand"         ? &opt.knobs.strand
+                     : key == "reserve"      ? &opt.knobs.reserve
+                     : key == "reserve_fill" ? &opt.knobs.reserve_fill
+                     : key == "reserve_big"  ? &opt.knobs.reserve_big
+                     : key == "reserve_cpu"  ? &opt.knobs.reserve_cpu
+                                             : nullptr;
+    if (weight != nullptr) {
+      *weight = ::pybind11::cast<double>(kv.second);
       continue;
     }
     const bool on = ::pybind11::cast<bool>(kv.second);
@@ -153,7 +159,9 @@ fit::openb_custom_scorer wrap_scorer(::pybind11::object scorer) {
     } else if (key == "cpu_fit") {
       opt.knobs.cpu_fit = on;
     } else {
-      throw ::pybind11::value_error("knob '" + key + "': expected exact, pack, cpu_fit or strand");
+      throw ::pybind11::value_error("knob '" + key +
+                                    "': expected exact, pack, cpu_fit, strand, reserve, "
+                                    "reserve_fill, reserve_big or reserve_cpu");
     }
   }
   if (!scorer.is_none()) {
@@ -219,6 +227,8 @@ fit::openb_custom_scorer wrap_scorer(::pybind11::object scorer) {
   out["tuned_pods"] = rec.tuned_pods;
   out["removed_pods"] = rec.removed_pods;
   out["departures"] = rec.departures;
+  out["held_back"] = rec.held_back;
+  out["first_held_back_arrived"] = rec.first_held_back_arrived;
   if (experiment == "replay") {
     const sim::replay_measures rm = sim::measure_replay(rec);
     ::pybind11::dict d;
@@ -338,8 +348,8 @@ void bind_sim(::pybind11::module_& m) {
   m.def("run_experiment", &run, "workload"_a, "policy"_a, "experiment"_a = "fillup", "seed"_a = 42,
         "load"_a = sim::k_default_load, "scorer"_a = ::pybind11::none(),
         "knobs"_a = ::pybind11::dict(), "compress"_a = 1.0, "node_index"_a = true,
-        "Run one experiment; knobs switch parts of sfgd (exact, pack, cpu_fit: bool; strand: "
-        "weight); compress divides a replay's inter-arrival times; node_index=False scores every "
+        "Run one experiment; knobs switch parts of sfgd and rsfgd (exact, pack, cpu_fit: bool; "
+        "strand, reserve, reserve_fill, reserve_big, reserve_cpu: numbers); compress divides a replay's inter-arrival times; node_index=False scores every "
         "node in every decision (fgd, sfgd, dotprod, gpuclustering, gpupacking: same "
         "placements); the GIL is released for the "
         "built-in policies. scorer(pod, cluster, "

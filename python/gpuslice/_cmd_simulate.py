@@ -144,16 +144,18 @@ def _fillup_table(results, policies, workload, source, args, seeds, wall, bounds
     for x in TABLE_FRAG_POINTS:
         table.add_column(f"frag rate % @{x}%", justify="right")
     table.add_column("failed pods", justify="right")
+    table.add_column("of which held back", justify="right")
     table.add_column("CPU s/run", justify="right")
     alloc = {x: summarise(results, "alloc_ratio_pct", x) for x in TABLE_ALLOC_POINTS}
     frag = {x: summarise(results, "frag_rate_pct", x) for x in TABLE_FRAG_POINTS}
     for policy in policies:
         runs = [r for r in results if r["policy"] == policy]
         failed = sum(sum(r["failed_pods"].values()) for r in runs) / len(runs)
+        held = sum(r["pods"]["held_back"] for r in runs) / len(runs)
         secs = sum(r["cpu_s"] for r in runs) / len(runs)
         table.add_row(policy, *[_fmt(alloc[x][policy], args.quartiles) for x in TABLE_ALLOC_POINTS],
                       *[_fmt(frag[x][policy], args.quartiles) for x in TABLE_FRAG_POINTS],
-                      f"{failed:.0f}", f"{secs:.3f}")
+                      f"{failed:.0f}", f"{held:.0f}" if held else "", f"{secs:.3f}")
     last = int(round(args.load * 100))
     for label, values in (bounds or {}).items():
         cells = ["—"] * (len(TABLE_ALLOC_POINTS) + len(TABLE_FRAG_POINTS))
@@ -163,7 +165,7 @@ def _fillup_table(results, policies, workload, source, args, seeds, wall, bounds
                 mean = sum(ok) / len(ok)
                 std = math.sqrt(sum((v - mean) ** 2 for v in ok) / len(ok))
                 cells[TABLE_ALLOC_POINTS.index(last)] = f"{mean:.2f} ± {std:.2f}"
-        table.add_row(f"[dim]{label}[/dim]", *cells, "—", "—")
+        table.add_row(f"[dim]{label}[/dim]", *cells, "—", "—", "—")
     return table
 
 

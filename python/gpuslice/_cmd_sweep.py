@@ -106,6 +106,8 @@ def summarise(runs: list[dict], bounds: list[dict], traces: list[str],
                 [milestone_value(r, "frag_rate_pct", FRAG_POINT) for r in rs])
             row[f"unallocated_gpus_{last_pct}"], row[f"unallocated_gpus_{last_pct}_std"] = \
                 _mean_std([milestone_value(r, "unallocated_gpus", last_pct) for r in rs])
+            row["held_back"], row["held_back_std"] = _mean_std(
+                [float(r["pods"]["held_back"]) for r in rs])
             row["winner"] = False
             rows.append(row)
         key = f"alloc_pct_{last_pct}" if last_pct in ALLOC_POINTS else "alloc_pct_130"
@@ -222,13 +224,15 @@ def run(args: argparse.Namespace) -> int:
                                f"{len(policies)} policies x {len(seeds)} seeds, fill-up to "
                                f"{args.load:g}"),
                   caption=escape(f"mean ± std over seeds; * = most allocated at {last_pct}%; "
-                                 f"{len(runs)} runs in {wall:.1f} s"))
+                                 "held back = pods per run that a node could hold but the "
+                                 f"policy turned away; {len(runs)} runs in {wall:.1f} s"))
     table.add_column("pod list", no_wrap=True)
     table.add_column("policy", no_wrap=True)
     for x in ALLOC_POINTS:
         table.add_column(f"alloc % @{x}%", justify="right")
     table.add_column(f"frag rate % @{FRAG_POINT}%", justify="right")
     table.add_column(f"unalloc GPUs @{last_pct}%", justify="right")
+    table.add_column("held back", justify="right")
 
     def cell(row, key):
         v = row.get(key, float("nan"))
@@ -244,14 +248,15 @@ def run(args: argparse.Namespace) -> int:
                      f"bound, no failure <{BOUND_PLACED_BEFORE_PCT:g}%")
             table.add_row(name, f"[dim]{label}[/dim]",
                           *(["—", cell(row, "alloc_pct_last")] if last_pct == 130 else
-                            ["—", "—"]), "—", "—")
+                            ["—", "—"]), "—", "—", "—")
             continue
         mark = "*" if row["winner"] else ""
         style = "bold" if row["winner"] else None
         table.add_row(name, f"{row['policy']}{mark}",
                       *[cell(row, f"alloc_pct_{x}") for x in ALLOC_POINTS],
                       cell(row, f"frag_rate_pct_{FRAG_POINT}"),
-                      cell(row, f"unallocated_gpus_{last_pct}"), style=style,
+                      cell(row, f"unallocated_gpus_{last_pct}"),
+                      f"{row['held_back']:.0f}" if row["held_back"] else "", style=style,
                       end_section=False)
     out.print(table)
     if "fgd" in policies:

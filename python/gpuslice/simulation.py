@@ -29,10 +29,13 @@ from .workload import generate
 
 #: Every built-in policy, in the order tables show them.
 POLICIES: tuple[str, ...] = tuple(_core.policy_names)
-#: The policy this package adds (stranding-aware FGD, docs/placement.md).
-NEW_POLICIES: tuple[str, ...] = ("sfgd",)
-#: Parts of sfgd that ``knobs`` can switch (docs/placement.md, the ablation).
-SFGD_KNOBS: tuple[str, ...] = ("exact", "pack", "cpu_fit", "strand")
+#: The policies this package adds (docs/placement.md): stranding-aware FGD, which places every
+#: pod that fits somewhere, and rsfgd, which holds sliver-making pods back from the last whole
+#: GPUs.
+NEW_POLICIES: tuple[str, ...] = ("sfgd", "rsfgd")
+#: Parts of sfgd and rsfgd that ``knobs`` can switch (docs/placement.md, the ablations).
+SFGD_KNOBS: tuple[str, ...] = ("exact", "pack", "cpu_fit", "strand", "reserve", "reserve_fill",
+                               "reserve_big", "reserve_cpu")
 #: The six policies of the FGD paper.
 PAPER_POLICIES: tuple[str, ...] = ("random", "dotprod", "gpuclustering", "gpupacking", "bestfit",
                                    "fgd")
@@ -113,7 +116,8 @@ def _shape(raw: dict, policy: str, seed: int, experiment: str, load: float, wall
         "milestones": milestones,
         "failed_pods": dict(raw["failed_pods"]),
         "pods": {"trace": raw["trace_pods"], "sampled": raw["tuned_pods"],
-                 "removed": raw["removed_pods"], "departed": raw["departures"]},
+                 "removed": raw["removed_pods"], "departed": raw["departures"],
+                 "held_back": raw["held_back"]},
         "events": raw["events"],
         **({"replay": dict(raw["replay"])} if "replay" in raw else {}),
     }
@@ -124,7 +128,8 @@ def run_one(workload: _core.Workload, policy: str | Scorer = "fgd", experiment: 
             compress: float = 1.0) -> dict:
     """One run on a prepared workload. A callable policy is a custom scorer (slow path: it is
     called once per pod that has more than one feasible node). knobs switch parts of sfgd
-    (SFGD_KNOBS: exact, pack, cpu_fit as bools, strand as a weight) for its ablation.
+    and rsfgd (SFGD_KNOBS: exact, pack, cpu_fit as bools; strand, reserve, reserve_fill,
+    reserve_big, reserve_cpu as numbers) for their ablations.
     compress divides a replay's inter-arrival times (durations kept), to load the cluster;
     a replay's result has a ``replay`` dict of its measures (REPLAY_MEASURES)."""
     if experiment not in EXPERIMENTS:

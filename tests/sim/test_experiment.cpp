@@ -167,12 +167,52 @@ TEST_CASE(
   CHECK(discretise(sfgd).alloc_pct[130] > discretise(fgd).alloc_pct[130]);
 }
 
+TEST_CASE("rsfgd on the real trace: sfgd until whole GPUs run short, then holds slivers back",
+          "[sim][experiment]") {
+  const prepared_workload* w = real_trace("openb_pod_list_default.csv");
+  if (w == nullptr) return;
+  run_options o;
+  o.seed = 44;
+  o.policy = fit::openb_policy::sfgd;
+  const auto sfgd = run_fillup(*w, o);
+  CHECK(sfgd.held_back == 0);
+  o.policy = fit::openb_policy::rsfgd;
+  const auto rsfgd = run_fillup(*w, o);
+  // Pod for pod as sfgd up to the first hold-back, which comes once a quarter of the GPUs
+  // are left whole (not before half the capacity has arrived).
+  REQUIRE(rsfgd.held_back > 0);
+  const std::int64_t capacity = w->total_gpus() * fit::k_openb_gpu_milli;
+  CHECK(rsfgd.first_held_back_arrived > capacity / 2);
+  std::size_t k = 0;
+  while (rsfgd.arrived[k] < rsfgd.first_held_back_arrived) {
+    REQUIRE(rsfgd.node[k] == sfgd.node[k]);
+    ++k;
+  }
+  CHECK(rsfgd.node[k] < 0);
+  // Held-back pods are failed sharing pods; they buy allocation at the end.
+  CHECK(rsfgd.failed[1] >= rsfgd.held_back);
+  CHECK(rsfgd.allocated.back() > sfgd.allocated.back());
+  // reserve 0 is sfgd.
+  o.knobs.reserve = 0;
+  const auto none = run_fillup(*w, o);
+  CHECK(none.node == sfgd.node);
+  CHECK(none.held_back == 0);
+  // In the replay a held-back pod waits instead, and starts after a departure.
+  o.knobs = fit::sfgd_knobs{};
+  o.compress = 30000;
+  const auto replay = run_replay(*w, o);
+  REQUIRE(replay.ok());
+  CHECK(replay->held_back > 0);
+  CHECK(replay->waited > 0);
+}
+
 TEST_CASE("the node index leaves fill-up and replay placements unchanged on the real trace",
           "[sim][experiment]") {
   const prepared_workload* w = real_trace("openb_pod_list_default.csv");
   if (w == nullptr) return;
-  for (auto policy : {fit::openb_policy::fgd, fit::openb_policy::sfgd, fit::openb_policy::dotprod,
-                      fit::openb_policy::gpuclustering, fit::openb_policy::gpupacking}) {
+  for (auto policy : {fit::openb_policy::fgd, fit::openb_policy::sfgd, fit::openb_policy::rsfgd,
+                      fit::openb_policy::dotprod, fit::openb_policy::gpuclustering,
+                      fit::openb_policy::gpupacking}) {
     INFO("policy " << fit::openb_policy_name(policy));
     run_options o;
     o.seed = 43;

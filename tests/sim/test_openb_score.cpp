@@ -176,6 +176,181 @@ TEST_CASE("sfgd ranks by the exact fragment change, not the truncated sigmoid", 
 }
 
 namespace {
+/// A cluster of one-GPU nodes with `cpu` milli-CPU each, all but the last `whole` GPUs taken by
+/// whole-GPU pods of 2000 milli-CPU.
+openb_cluster mostly_full(int nodes, int whole, std::int64_t cpu) {
+  openb_cluster c(std::vector<openb_node_spec>(static_cast<std::size_t>(nodes),
+                                               openb_node_spec{cpu, 1000, 1, 0}));
+  for (int i = 0; i < nodes - whole; ++i) c.bind(static_cast<std::size_t>(i), pod(2000, 1, 1000), 1);
+  return c;
+}
+std::vector<std::int32_t> identity_ranks(std::size_t n) {
+  std::vector<std::int32_t> r(n);
+  for (std::size_t i = 0; i < n; ++i) r[i] = static_cast<std::int32_t>(i);
+  return r;
+}
+/// Typical pods: mostly whole GPUs, then 810-milli pods (nothing fits their 190 sliver), and
+/// 470-milli pods (which fit the 530 a 470 pod leaves).
+std::vector<openb_pod> whole_and_slivers() {
+  std::vector<openb_pod> kinds(6, pod(2000, 1, 1000));
+  kinds.insert(kinds.end(), 3, pod(2000, 1, 810));
+  kinds.insert(kinds.end(), 2, pod(2000, 1, 470));
+  return kinds;
+}
+}  // namespace
+
+TEST_CASE("rsfgd keeps the last whole GPUs from pods that would leave an unusable sliver",
+          "[sim][score]") {
+  auto model = typical_of(whole_and_slivers());
+  const openb_pod sliver = pod(2000, 1, 810);
+  // 8 GPUs, 1 whole (12.5% < 25%), CPU to spare.
+  openb_cluster c = mostly_full(8, 1, 64000);
+  REQUIRE(c.whole_free_gpus() == 1);
+  frag_tracker t(model, c);
+  go_rand rng(1);
+  openb_scheduler<go_rand> sfgd(openb_policy::sfgd, identity_ranks(8), &t, &rng, 1);
+  CHECK(sfgd.schedule(c, sliver).node == 7);
+  CHECK_FALSE(sfgd.last_held_back());
+  openb_scheduler<go_rand> r(openb_policy::rsfgd, identity_ranks(8), &t, &rng, 1);
+  CHECK(r.schedule(c, sliver).node < 0);
+  CHECK(r.last_held_back());
+  CHECK(r.held_back() == 1);
+  // Whole-GPU pods and pods whose remainder typical pods fill are never held back.
+  CHECK(r.schedule(c, pod(2000, 1, 1000)).node == 7);
+  CHECK(r.schedule(c, pod(2000, 1, 470)).node == 7);
+  CHECK_FALSE(r.last_held_back());
+  CHECK(r.held_back() == 1);
+  // Enough whole GPUs (1 of 8 is at least 10%): placed.
+  sfgd_knobs k;
+  k.reserve = 0.1;
+  r.set_sfgd_knobs(k);
+  CHECK(r.schedule(c, sliver).node == 7);
+  // reserve 0 is sfgd.
+  k.reserve = 0;
+  r.set_sfgd_knobs(k);
+  CHECK(r.schedule(c, sliver).node == 7);
+  // sfgd holds back when given a reserve.
+  k.reserve = 0.25;
+  sfgd.set_sfgd_knobs(k);
+  CHECK(sfgd.schedule(c, sliver).node < 0);
+  CHECK(sfgd.last_held_back());
+}
+
+TEST_CASE("rsfgd places the pod where holding the GPU back would gain nothing", "[sim][score]") {
+  const openb_pod sliver = pod(2000, 1, 810);
+  go_rand rng(1);
+  SECTION("a GPU that is not whole takes it: nothing to keep") {
+    auto model = typical_of(whole_and_slivers());
+    openb_cluster c = mostly_full(8, 1, 64000);
+    c.unbind(0, pod(2000, 1, 1000), 1);
+    c.bind(0, pod(2000, 1, 100), 1);  // node 0: 900 free, not whole
+    frag_tracker t(model, c);
+    openb_scheduler<go_rand> r(openb_policy::rsfgd, identity_ranks(8), &t, &rng, 1);
+    CHECK(r.schedule(c, sliver).node == 0);
+    CHECK_FALSE(r.last_held_back());
+  }
+  SECTION("no typical pod would use the whole GPU better") {
+    std::vector<openb_pod> kinds(6, pod(2000, 1, 810));
+    kinds.insert(kinds.end(), 2, pod(2000, 1, 470));
+    auto model = typical_of(kinds);
+    openb_cluster c = mostly_full(8, 1, 64000);
+    frag_tracker t(model, c);
+    openb_scheduler<go_rand> r(openb_policy::rsfgd, identity_ranks(8), &t, &rng, 1);
+    CHECK(r.schedule(c, sliver).node == 7);
+  }
+  SECTION("the node's CPU could not feed the pods that would use the GPU better") {
+    auto model = typical_of(whole_and_slivers());
+    std::vector<openb_node_spec> specs(8, openb_node_spec{64000, 1000, 1, 0});
+    specs[7].cpu = 2000;  // the whole GPU's node: after no pod, 2000 left; whole pods need 2000
+    openb_cluster c(specs);
+    for (std::size_t i = 0; i < 7; ++i) c.bind(i, pod(2000, 1, 1000), 1);
+    frag_tracker t(model, c);
+    openb_scheduler<go_rand> r(openb_policy::rsfgd, identity_ranks(8), &t, &rng, 1);
+    // 2000 left: the whole-GPU typical pods (2000) fit, so it is held back ...
+    CHECK(r.schedule(c, sliver).node < 0);
+    // ... but not once a CPU-only pod has taken some of it.
+    c.bind(7, pod(500, 0, 0), 0);
+    t.update(c, 7);
+    CHECK(r.schedule(c, pod(1500, 1, 810)).node == 7);
+  }
+  SECTION("the cluster runs short of CPU, not GPU") {
+    auto model = typical_of(whole_and_slivers());
+    // Free GPU 1000 milli needs 2 x 2 x 1000 = 4000 milli-CPU free in the cluster to hold back.
+    openb_cluster c = mostly_full(8, 1, 2000);
+    REQUIRE(c.cpu_left() == 2000);
+    frag_tracker t(model, c);
+    openb_scheduler<go_rand> r(openb_policy::rsfgd, identity_ranks(8), &t, &rng, 1);
+    CHECK(r.schedule(c, sliver).node == 7);
+  }
+  SECTION("a typed pod counts the whole GPUs of its models only") {
+    auto model = frag_model(
+        openb_typical_pods(whole_and_slivers(), std::vector<std::string>(11)), 2);
+    // Model 0: 8 GPUs, 1 whole (12.5%); model 1: 8 GPUs, all whole.
+    std::vector<openb_node_spec> specs(16, openb_node_spec{64000, 1000, 1, 0});
+    for (std::size_t i = 8; i < 16; ++i) specs[i].model = 1;
+    openb_cluster c(specs);
+    for (std::size_t i = 0; i < 7; ++i) c.bind(i, pod(2000, 1, 1000), 1);
+    CHECK(c.whole_free_gpus(1U) == std::pair<std::int64_t, std::int64_t>{1, 8});
+    CHECK(c.whole_free_gpus(2U) == std::pair<std::int64_t, std::int64_t>{8, 8});
+    frag_tracker t(model, c);
+    openb_scheduler<go_rand> r(openb_policy::rsfgd, identity_ranks(16), &t, &rng, 1);
+    openb_pod typed = sliver;
+    typed.typed = true;
+    typed.types = 1U;  // model 0 only: its last whole GPU is kept
+    CHECK(r.schedule(c, typed).node < 0);
+    CHECK(r.last_held_back());
+    // Untyped: 9 of 16 whole, no reservation in force.
+    CHECK(r.schedule(c, sliver).node >= 0);
+  }
+}
+
+TEST_CASE("the cluster's whole-GPU and free-CPU counts follow every bind and unbind",
+          "[sim][score]") {
+  std::vector<openb_node_spec> specs = {{32000, 1000, 4, 0}, {16000, 1000, 2, 1},
+                                        {8000, 1000, 0, -1}, {64000, 1000, 8, 1}};
+  openb_cluster c(specs);
+  go_rand rng(5);
+  struct bound {
+    std::size_t node;
+    openb_pod p;
+    gpu_mask mask;
+  };
+  std::vector<bound> live;
+  for (int step = 0; step < 400; ++step) {
+    if (!live.empty() && rng.intn(3) == 0) {
+      const auto k = static_cast<std::size_t>(rng.intn(static_cast<std::int64_t>(live.size())));
+      c.unbind(live[k].node, live[k].p, live[k].mask);
+      live.erase(live.begin() + static_cast<std::ptrdiff_t>(k));
+    } else {
+      const auto i = static_cast<std::size_t>(rng.intn(4));
+      const openb_node& n = c.node(i);
+      const int gpus = n.gpus > 0 ? 1 : 0;
+      const openb_pod p =
+          pod(100 * (1 + rng.intn(10)), gpus, gpus * 50 * (1 + static_cast<int>(rng.intn(20))));
+      if (!openb_feasible(n, p)) continue;
+      const gpu_mask mask = p.n > 0 ? openb_select_best(n, p) : gpu_mask{0};
+      c.bind(i, p, mask);
+      live.push_back({i, p, mask});
+    }
+    std::int64_t whole = 0, cpu = 0;
+    std::array<std::int64_t, 2> by_model{};
+    for (const auto& n : c.nodes()) {
+      cpu += n.cpu_left();
+      for (int g = 0; g < n.gpus; ++g) {
+        const bool w = n.free[static_cast<std::size_t>(g)] == k_openb_gpu_milli;
+        whole += w;
+        if (w) by_model[static_cast<std::size_t>(n.model)] += 1;
+      }
+    }
+    REQUIRE(c.whole_free_gpus() == whole);
+    REQUIRE(c.cpu_left() == cpu);
+    REQUIRE(c.whole_free_gpus(1U).first == by_model[0]);
+    REQUIRE(c.whole_free_gpus(2U).first == by_model[1]);
+    REQUIRE(c.whole_free_gpus(3U) == std::pair<std::int64_t, std::int64_t>{whole, 14});
+  }
+}
+
+namespace {
 /// The same scheduler twice over two copies of one cluster: one scoring every node, the other
 /// through the node index (every class above a 1/n share indexed, n the node count).
 struct scan_beside_index {

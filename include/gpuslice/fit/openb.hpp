@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace gpuslice::fit {
@@ -204,6 +205,17 @@ class openb_cluster {
       for (int i = 0; i < n.gpus; ++i) n.free[static_cast<std::size_t>(i)] = k_openb_gpu_milli;
       n.free_total = n.gpus * k_openb_gpu_milli;
       total_gpus_ += n.gpus;
+      whole_free_ += n.gpus;
+      if (s.model >= 0 && s.model < k_openb_max_models) {
+        const auto k = static_cast<std::size_t>(s.model);
+        if (model_gpus_.size() <= k) {
+          model_gpus_.resize(k + 1, 0);
+          model_whole_free_.resize(k + 1, 0);
+        }
+        model_gpus_[k] += n.gpus;
+        model_whole_free_[k] += n.gpus;
+      }
+      cpu_left_ += n.cpu_left();
       nodes_.push_back(n);
     }
   }
@@ -218,6 +230,21 @@ class openb_cluster {
   std::int64_t total_gpus() const noexcept { return total_gpus_; }
   /// Sum of allocated milli-GPU (U in §8).
   std::int64_t allocated_milli() const noexcept { return allocated_; }
+  /// Sum of the nodes' free milli-CPU.
+  std::int64_t cpu_left() const noexcept { return cpu_left_; }
+  /// GPUs with nothing allocated on them.
+  std::int64_t whole_free_gpus() const noexcept { return whole_free_; }
+  /// GPUs with nothing allocated on them, and all GPUs, on the nodes whose model is in the mask.
+  std::pair<std::int64_t, std::int64_t> whole_free_gpus(std::uint64_t models) const noexcept {
+    std::pair<std::int64_t, std::int64_t> out{0, 0};
+    for (std::size_t k = 0; k < model_gpus_.size(); ++k) {
+      if ((models >> k) & 1U) {
+        out.first += model_whole_free_[k];
+        out.second += model_gpus_[k];
+      }
+    }
+    return out;
+  }
 
   /// Binds pod to node i on the GPUs of mask (each loses m milli). Precondition: feasible and
   /// mask valid for the pod. Not thread-safe.
@@ -233,12 +260,18 @@ class openb_cluster {
   void apply(std::size_t i, const openb_pod& pod, gpu_mask mask, int sign) noexcept {
     openb_node& n = nodes_[i];
     n.cpu_used += sign * pod.cpu;
+    cpu_left_ -= sign * pod.cpu;
     n.mem_used += sign * pod.mem;
     n.pods += sign;
     for (int g = 0; g < n.gpus; ++g) {
       if ((mask >> g) & 1U) {
+        const int was = n.free[static_cast<std::size_t>(g)] == k_openb_gpu_milli;
         n.free[static_cast<std::size_t>(g)] =
             static_cast<std::int16_t>(n.free[static_cast<std::size_t>(g)] - sign * pod.m);
+        const int is = n.free[static_cast<std::size_t>(g)] == k_openb_gpu_milli;
+        whole_free_ += is - was;
+        if (n.model >= 0 && static_cast<std::size_t>(n.model) < model_whole_free_.size())
+          model_whole_free_[static_cast<std::size_t>(n.model)] += is - was;
         n.free_total -= sign * pod.m;
         n.gpu_bindings += sign;
         allocated_ += sign * pod.m;
@@ -255,6 +288,10 @@ class openb_cluster {
   std::vector<openb_node> nodes_;
   std::int64_t total_gpus_ = 0;
   std::int64_t allocated_ = 0;
+  std::int64_t whole_free_ = 0;
+  std::int64_t cpu_left_ = 0;
+  std::vector<std::int64_t> model_gpus_;        // GPUs per model id
+  std::vector<std::int64_t> model_whole_free_;  // GPUs with nothing allocated, per model id
 };
 
 /// Splits a gpu_spec on '|', drops empty tokens and re-joins with '|' (§1: T kept verbatim).

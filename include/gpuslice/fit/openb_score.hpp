@@ -40,13 +40,17 @@ enum class openb_policy : std::uint8_t {
   spread,
   binpack,
   sfgd,    ///< stranding-aware FGD: exact fragment change plus GPU stranded by lack of CPU
+  rsfgd,   ///< sfgd that holds whole GPUs back from sharing pods that would strand a sliver
   custom,  ///< scores from a user-supplied function, GPUs by "best"
 };
 
 /// Names of the built-in policies, in enum order.
-inline constexpr std::array<std::string_view, 9> k_openb_policy_names = {
+inline constexpr std::array<std::string_view, 10> k_openb_policy_names = {
     "random", "dotprod", "gpuclustering", "gpupacking", "bestfit",
-    "fgd",    "spread",  "binpack",       "sfgd"};
+    "fgd",    "spread",  "binpack",       "sfgd",       "rsfgd"};
+
+/// rsfgd's reservation threshold (sfgd_knobs::reserve): a quarter of the GPUs a pod may use.
+inline constexpr double k_rsfgd_reserve = 0.25;
 
 /// The parts of sfgd (stranding-aware FGD), each of which can be switched for its ablation.
 /// The defaults are the policy; {exact=false, pack=false, cpu_fit=false, strand=0} chooses
@@ -69,6 +73,24 @@ struct sfgd_knobs {
   /// below one typical pod's request; this term sees it as soon as the CPU left cannot fill
   /// the GPUs left.
   double strand = 1.0;
+  /// The reservation (rsfgd): while fewer than this fraction of the GPUs a sharing pod may use
+  /// (all of them, or the models its gpu_spec names) are entirely free, the pod is not placed
+  /// on an entirely free GPU if the sliver it would leave there is one that few typical pods
+  /// fit (reserve_fill), pods that would use the whole GPU better are common (reserve_big) and
+  /// GPU, not CPU, is what the cluster runs short of (reserve_cpu). It is held back instead
+  /// (fails in the fill-up, waits in the replay), so that the GPU stays whole for a pod that
+  /// uses all of it. Negative: the policy's default (0 for sfgd, k_rsfgd_reserve for rsfgd);
+  /// 0 = never hold back.
+  double reserve = -1.0;
+  /// A sliver of w milli is one that few typical pods fit when the typical GPU pods with at
+  /// most w milli per GPU weigh less than this fraction of all typical GPU pods.
+  double reserve_fill = 0.05;
+  /// Hold back only when the typical one-GPU pods that need more than the pod and fit the
+  /// node's free CPU and model weigh at least this fraction of all typical GPU pods.
+  double reserve_big = 0.3;
+  /// Hold back only while the cluster's free CPU could feed this multiple of its free GPU
+  /// milli at the typical GPU pods' milli-CPU per milli-GPU.
+  double reserve_cpu = 2.0;
 };
 
 /// The policy's name ("custom" for custom).
@@ -217,7 +239,7 @@ class openb_scheduler {
     if (policy_ == openb_policy::fgd && class_count > 0) {
       cache_.assign(class_count * ranks_.size(), cached{});
     }
-    if (policy_ == openb_policy::sfgd && class_count > 0) {
+    if ((policy_ == openb_policy::sfgd || policy_ == openb_policy::rsfgd) && class_count > 0) {
       fp_cache_.assign(class_count * ranks_.size(), fp_cached{});
     }
   }
@@ -238,7 +260,7 @@ class openb_scheduler {
   /// pod's memory, on the feasible set or on random draws) or without pod classes. Not
   /// thread-safe.
   void enable_index(std::uint64_t nodes_per_update = k_index_nodes_per_update) {
-    index_on_ = (policy_ == openb_policy::fgd || policy_ == openb_policy::sfgd ||
+    index_on_ = (policy_ == openb_policy::fgd || sfgd_like() ||
                  policy_ == openb_policy::dotprod || policy_ == openb_policy::gpuclustering ||
                  policy_ == openb_policy::gpupacking) &&
                 class_count_ > 0;
@@ -260,9 +282,91 @@ class openb_scheduler {
   void set_sfgd_knobs(const sfgd_knobs& k) noexcept { knobs_ = k; }
 
   /// One cycle for pod against the cluster's current state; binds nothing. pod_class indexes
-  /// the FGD score cache (-1: no caching). Not thread-safe.
+  /// the FGD score cache (-1: no caching). node < 0 when no node can hold the pod, or when
+  /// the reservation holds it back (last_held_back()); may_hold_back = false turns the
+  /// reservation off for this cycle (a replay's retry of a pod that already waited). Not
+  /// thread-safe.
   openb_placement schedule(const openb_cluster& cluster, const openb_pod& pod,
-                           std::int32_t pod_class = -1) {
+                           std::int32_t pod_class = -1, bool may_hold_back = true) {
+    last_held_back_ = false;
+    openb_placement out = schedule_unreserved(cluster, pod, pod_class);
+    if (out.node >= 0 && may_hold_back && holds_back(cluster, pod, out)) {
+      last_held_back_ = true;
+      ++held_back_;
+      return {};
+    }
+    return out;
+  }
+
+  /// True when the last schedule() found a node but the reservation held the pod back.
+  bool last_held_back() const noexcept { return last_held_back_; }
+  /// Pods the reservation held back so far.
+  std::uint64_t held_back() const noexcept { return held_back_; }
+  /// The feasible nodes of the last cycle (not filled by a decision the index answered).
+  const std::vector<std::uint32_t>& feasible() const noexcept { return feasible_; }
+
+ private:
+  // The reservation (sfgd_knobs::reserve) applied to the placement out the policy chose.
+  bool holds_back(const openb_cluster& cluster, const openb_pod& pod, const openb_placement& out) {
+    if (!sfgd_like() || pod.kind() != openb_pod_kind::sharing || pod.m <= 0) return false;
+    const double reserve = knobs_.reserve >= 0 ? knobs_.reserve
+                           : policy_ == openb_policy::rsfgd ? k_rsfgd_reserve
+                                                            : 0.0;
+    if (reserve <= 0) return false;
+    const auto [whole, all] = cluster.whole_free_gpus(pod.typed ? pod.types : ~std::uint64_t{0});
+    if (static_cast<double>(whole) >= reserve * static_cast<double>(all)) return false;
+    const openb_node& node = cluster.node(static_cast<std::size_t>(out.node));
+    int g = 0;
+    while (g < node.gpus && ((out.gpus >> g) & 1U) == 0) ++g;
+    if (g >= node.gpus || node.free[static_cast<std::size_t>(g)] != k_openb_gpu_milli) return false;
+    if (fill_share(k_openb_gpu_milli - pod.m) >= knobs_.reserve_fill) return false;
+    if (big_share(pod.m, node.cpu_left(), node.model) < knobs_.reserve_big) return false;
+    const auto free_gpu = static_cast<double>(cluster.total_gpus() * k_openb_gpu_milli -
+                                              cluster.allocated_milli());
+    return static_cast<double>(cluster.cpu_left()) >=
+           knobs_.reserve_cpu * cpu_per_milli() * free_gpu;
+  }
+
+  // Weight share of the typical GPU pods whose per-GPU request fits a sliver of w milli.
+  double fill_share(int w) {
+    if (fill_share_.empty()) {
+      fill_share_.assign(k_openb_gpu_milli + 1, 0.0);
+      double all = 0;
+      for (const auto& t : frag_->model().typical().pods) {
+        if (t.m <= 0 || t.n <= 0) continue;
+        all += static_cast<double>(t.count);
+        fill_share_[static_cast<std::size_t>(t.m)] += static_cast<double>(t.count);
+      }
+      double run = 0;
+      for (auto& v : fill_share_) {
+        run += v;
+        v = all > 0 ? run / all : 0;
+      }
+    }
+    return fill_share_[static_cast<std::size_t>(std::clamp(w, 0, k_openb_gpu_milli))];
+  }
+
+  // Weight share of the typical GPU pods that would use a whole GPU of this node better than a
+  // pod of m milli: one GPU of more than m milli, at most cpu_left milli-CPU, the node's model.
+  double big_share(int m, std::int64_t cpu_left, int model) const {
+    double all = 0;
+    double big = 0;
+    for (const auto& t : frag_->model().typical().pods) {
+      if (t.m <= 0 || t.n <= 0) continue;
+      all += static_cast<double>(t.count);
+      const bool model_ok = !t.typed || (model >= 0 && ((t.types >> model) & 1U) != 0);
+      if (t.n == 1 && t.m > m && t.cpu <= cpu_left && model_ok) big += static_cast<double>(t.count);
+    }
+    return all > 0 ? big / all : 0;
+  }
+
+  bool sfgd_like() const noexcept {
+    return policy_ == openb_policy::sfgd || policy_ == openb_policy::rsfgd;
+  }
+
+  // The policy's choice, before the reservation.
+  openb_placement schedule_unreserved(const openb_cluster& cluster, const openb_pod& pod,
+                                      std::int32_t pod_class) {
     if (index_on_ && pod_class >= 0 && static_cast<std::size_t>(pod_class) < class_count_) {
       std::int32_t pick = -1;
       if (indexed_choice(cluster, pod, pod_class, pick))
@@ -289,6 +393,7 @@ class openb_scheduler {
           pick = choose_custom(cluster, pod);
           break;
         case openb_policy::sfgd:
+        case openb_policy::rsfgd:
           pick = choose_sfgd(nodes, pod, pod_class, fgd_gpu);
           break;
         default:
@@ -299,10 +404,6 @@ class openb_scheduler {
     return place(cluster, pod, pod_class, static_cast<std::int32_t>(pick), fgd_gpu);
   }
 
-  /// The feasible nodes of the last cycle (not filled by a decision the index answered).
-  const std::vector<std::uint32_t>& feasible() const noexcept { return feasible_; }
-
- private:
   // The GPUs of the chosen node (pick < 0: unschedulable).
   openb_placement place(const openb_cluster& cluster, const openb_pod& pod, std::int32_t pod_class,
                         std::int32_t pick, int fgd_gpu) {
@@ -327,6 +428,7 @@ class openb_scheduler {
         }
         break;
       case openb_policy::sfgd:
+      case openb_policy::rsfgd:
         if (pod.kind() == openb_pod_kind::sharing && pod.m > 0) {
           if (fgd_gpu < 0)
             fgd_gpu = sfgd_delta(node, static_cast<std::size_t>(pick), pod, pod_class).second;
@@ -435,7 +537,7 @@ class openb_scheduler {
 
   // sfgd's pack and cpu_fit knobs break ties of a by b and c.
   bool index_ties() const noexcept {
-    return policy_ == openb_policy::sfgd && (knobs_.pack || knobs_.cpu_fit);
+    return sfgd_like() && (knobs_.pack || knobs_.cpu_fit);
   }
 
   // Does x come before y in a class's order? An empty entry comes last.
@@ -521,6 +623,7 @@ class openb_scheduler {
         k.a = fgd_compute(n, j, pod).first;
         break;
       case openb_policy::sfgd:
+      case openb_policy::rsfgd:
         k.a = sfgd_compute(n, j, pod).first;
         k.b = knobs_.pack ? n.free_total - pod.gpu_request() : 0;
         k.c = knobs_.cpu_fit ? n.cpu_left() - pod.cpu : 0;
@@ -850,7 +953,7 @@ class openb_scheduler {
   }
 
   // denom x the GPU milli a node strands: free GPU beyond what its free CPU can feed.
-  std::int64_t stranded(std::int64_t cpu_left, std::int64_t free_total) {
+  double cpu_per_milli() {
     if (cpu_per_milli_ < 0) {
       double cpu = 0;
       double gpu = 0;
@@ -861,7 +964,11 @@ class openb_scheduler {
       }
       cpu_per_milli_ = gpu > 0 ? cpu / gpu : 0;
     }
-    if (cpu_per_milli_ <= 0) return 0;
+    return cpu_per_milli_;
+  }
+
+  std::int64_t stranded(std::int64_t cpu_left, std::int64_t free_total) {
+    if (cpu_per_milli() <= 0) return 0;
     const double fed = static_cast<double>(std::max<std::int64_t>(cpu_left, 0)) / cpu_per_milli_;
     const double s = std::max(0.0, static_cast<double>(free_total) - fed);
     return static_cast<std::int64_t>(knobs_.strand * s *
@@ -935,6 +1042,9 @@ class openb_scheduler {
   std::size_t tree_size_ = 0;
   sfgd_knobs knobs_;
   double cpu_per_milli_ = -1;  ///< typical GPU pods' milli-CPU per milli-GPU; -1 = not yet
+  std::vector<double> fill_share_;  ///< fill_share(w) by w; empty = not yet
+  bool last_held_back_ = false;
+  std::uint64_t held_back_ = 0;
   std::vector<fp_cached> fp_cache_;
   std::vector<std::int32_t> ranks_;
   frag_tracker* frag_;

@@ -154,6 +154,9 @@ inline run_record run_fillup(const prepared_workload& w, const run_options& opt)
       sched.node_changed(static_cast<std::size_t>(p.node));
     } else {
       ++r.failed[static_cast<std::size_t>(pod.kind())];
+      if (sched.last_held_back()) {
+        if (r.held_back++ == 0) r.first_held_back_arrived = arrived;
+      }
     }
     detail::record_event(r, cluster, frag, idx, p.node, p.gpus, arrived);
   }
@@ -162,9 +165,10 @@ inline run_record run_fillup(const prepared_workload& w, const run_options& opt)
 
 /// Runs a time-driven replay. Pods arrive in creation_time order (name order among equals), at
 /// first + (creation - first) / opt.compress, and run for their own deletion - creation. A pod
-/// that fits nowhere waits; it is retried, in arrival order with the other waiting pods,
-/// whenever a pod departs from a node it would fit on, and gives up (fails) at the time it
-/// would have finished. Departures due at or before an arrival happen first. An event is
+/// that fits nowhere, or that the policy holds back on arrival (rsfgd), waits; it is retried,
+/// in arrival order with the other waiting pods, whenever a pod departs from a node it would
+/// fit on (and is then never held back again), and gives up (fails) at the time it would have
+/// finished. Departures due at or before an arrival happen first. An event is
 /// recorded at every arrival, start after waiting, departure and give-up (run_record::time and
 /// ::kind). Node ranks come from Seed(seed) then Perm(N). Fails when a pod has no times or
 /// compress is not positive. Thread-safe as run_fillup.
@@ -270,7 +274,7 @@ inline result<run_record> run_replay(const prepared_workload& w, const run_optio
         const waiting q = queue[k];
         const auto i = static_cast<std::size_t>(q.pod);
         if (fit::openb_feasible(cluster.node(static_cast<std::size_t>(d.node)), pods[i])) {
-          const fit::openb_placement p = sched.schedule(cluster, pods[i], classes[i]);
+          const fit::openb_placement p = sched.schedule(cluster, pods[i], classes[i], false);
           if (p.node >= 0) {
             start(q.pod, p, d.end);
             ++r.waited;
@@ -296,6 +300,7 @@ inline result<run_record> run_replay(const prepared_workload& w, const run_optio
       start(idx, p, t);
       record(idx, p.node, p.gpus, t, replay_event::arrived_started);
     } else {
+      r.held_back += sched.last_held_back() ? 1 : 0;
       queue.push_back(waiting{idx, t, t + duration(i)});
       record(idx, -1, 0, t, replay_event::arrived_waiting);
     }

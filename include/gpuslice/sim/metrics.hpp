@@ -47,6 +47,10 @@ struct run_record {
   std::int64_t tuned_pods = 0;           ///< pods added by sampling (fill-up)
   std::int64_t removed_pods = 0;         ///< pods removed by tune-down (fill-up)
   std::int64_t departures = 0;           ///< pods that departed (replay)
+  /// Pods the policy held back although a node could hold them (rsfgd's reservation): they
+  /// fail in the fill-up, and wait in the replay (counted at arrival).
+  std::int64_t held_back = 0;
+  std::int64_t first_held_back_arrived = -1;  ///< fill-up: A_k at the first one; -1 = none
   std::vector<double> time;              ///< replay: event time in seconds (empty in fill-up)
   std::vector<std::uint8_t> kind;        ///< replay: replay_event of each event
   std::int64_t waited = 0;               ///< replay: pods placed after waiting
