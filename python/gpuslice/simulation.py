@@ -117,7 +117,11 @@ def _shape(raw: dict, policy: str, seed: int, experiment: str, load: float, wall
         "failed_pods": dict(raw["failed_pods"]),
         "pods": {"trace": raw["trace_pods"], "sampled": raw["tuned_pods"],
                  "removed": raw["removed_pods"], "departed": raw["departures"],
-                 "held_back": raw["held_back"]},
+                 "held_back": raw["held_back"],
+                 # arrived milli-GPU at the first pod held back (fill-up), None if none
+                 "first_held_back_arrived_milli": (raw["first_held_back_arrived"]
+                                                   if raw["first_held_back_arrived"] >= 0
+                                                   else None)},
         "events": raw["events"],
         **({"replay": dict(raw["replay"])} if "replay" in raw else {}),
     }
