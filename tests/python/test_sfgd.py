@@ -45,11 +45,16 @@ pod_row = st.one_of(
     st.tuples(st.integers(0, 32000), st.integers(0, 16384), st.integers(1, 8),
               st.integers(1000, 1500), st.sampled_from(["", "A", "B"])),
 )
-knobs = st.fixed_dictionaries({"exact": st.booleans(), "pack": st.booleans(),
-                               "cpu_fit": st.booleans(),
-                               "strand": st.sampled_from([0.0, 0.5, 1.0, 3.0]),
-                               # -1: the policy's own (none for sfgd, a quarter for rsfgd)
-                               "reserve": st.sampled_from([-1.0, 0.0, 0.5, 1.0])})
+knobs = st.builds(
+    lambda base, tests: {**base, **tests},
+    st.fixed_dictionaries({"exact": st.booleans(), "pack": st.booleans(),
+                           "cpu_fit": st.booleans(),
+                           "strand": st.sampled_from([0.0, 0.5, 1.0, 3.0]),
+                           # -1: the policy's own (none for sfgd, a quarter for rsfgd)
+                           "reserve": st.sampled_from([-1.0, 0.0, 0.5, 1.0, 1.0])}),
+    # rsfgd's own tests, or none of them: then nearly every sharing pod that would open a
+    # whole GPU is held back once whole GPUs are short
+    st.sampled_from([{}] + 3 * [{"reserve_fill": 1.01, "reserve_big": 0.0, "reserve_cpu": 0.0}]))
 
 
 @pytest.mark.parametrize("policy", ["sfgd", "rsfgd"])
