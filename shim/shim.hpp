@@ -473,6 +473,9 @@ class state {
     bool used = false;
   };
   void settle_locked(CUmemoryPool pool, pool_record& rec) noexcept;
+  /// Reads the reserves of this process's pools on \p ordinal (lock order: devices_mu_, then
+  /// pools_mu_, never the reverse).
+  void settle_pools(int ordinal) noexcept;
   std::mutex pools_mu_;  ///< guards pools_
   std::unordered_map<CUmemoryPool, pool_record> pools_;
 

@@ -587,6 +587,10 @@ void state::reconcile(device_info& d, bool force, bool wait) noexcept {
         return;
       }
     }
+    // Pools give memory back at synchronisations the shim does not see: their reserves are read
+    // first, or a charge the driver no longer holds would be taken for counted memory, and the
+    // driver's own memory under-charged once that charge went.
+    settle_pools(ordinal);
     // A reading is used only if no counted charge changed while it was taken: the counted bytes
     // never lag what the driver holds (charged before an allocation, given back after a free),
     // so a quiet reading never takes another thread's allocation for driver memory.
@@ -786,6 +790,13 @@ void state::settle_locked(CUmemoryPool pool, pool_record& rec) noexcept {
     const std::uint64_t less = rec.held.bytes - reserved;
     release(rec.held, less);
     rec.held.bytes -= less;
+  }
+}
+
+void state::settle_pools(int ordinal) noexcept {
+  std::lock_guard<std::mutex> lock(pools_mu_);
+  for (auto& [pool, rec] : pools_) {
+    if (rec.held.ordinal == ordinal) settle_locked(pool, rec);
   }
 }
 
@@ -1030,13 +1041,7 @@ std::optional<memory_view> state::cuda_view(int ordinal, std::uint64_t card_tota
   if (ordinal < 0 || ordinal >= device_count_) return std::nullopt;
   device_info& d = devices_[static_cast<std::size_t>(ordinal)];
   if (!d.usable) return closed_view(card_total);
-  {
-    // Pools release memory at synchronisations the shim does not see: read their reserves.
-    std::lock_guard<std::mutex> lock(pools_mu_);
-    for (auto& [pool, rec] : pools_) {
-      if (rec.held.ordinal == ordinal) settle_locked(pool, rec);
-    }
-  }
+  settle_pools(ordinal);  // pools release memory at synchronisations the shim does not see
   reconcile_due(d);  // so the context's memory shows before the first allocation
   const std::uint64_t used = with_ledger([&](auto& l) { return l.used(d.index); }) +
                              d.pending.load(std::memory_order_relaxed);

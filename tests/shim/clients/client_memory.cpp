@@ -1005,11 +1005,14 @@ int graph_memory(const driver& d) {
 
 /// The driver's own memory for a pool's first use in a context (FAKE_CUDA_POOL_BYTES: outside
 /// the pool's reserve, shown only by NVML and cuMemGetInfo; 70 MiB on an H200), with a context
-/// the size of PyTorch's (FAKE_CUDA_CONTEXT_BYTES, 518 MiB on an H200): 64 MiB tensors from
-/// cuMemAllocAsync in a tight loop until refused, as PyTorch's cudaMallocAsync backend fills a
-/// quota, well within the shim's reconciliation interval. Three rounds: the default pool, the
-/// default pool again in a new context after a primary reset (which gives the driver's memory
-/// back and takes it again), and a created pool beside the default pool's kept reserve.
+/// the size of PyTorch's (FAKE_CUDA_CONTEXT_BYTES, 518 MiB on an H200): 64 MiB tensors in a
+/// tight loop until refused, as PyTorch's cudaMallocAsync backend fills a quota, well within the
+/// shim's reconciliation interval. Rounds: the default pool; after a primary reset (which gives
+/// the driver's memory back), plain allocations while the shim still charges the reserve the
+/// default pool released at a synchronisation (a reconciliation that took that stale charge for
+/// counted memory would under-charge the context once the charge went); the default pool in the
+/// new context, which takes the driver's memory again; a created pool beside the default pool's
+/// kept reserve.
 /// Physically, after every allocation: what the fake holds for this process never exceeds the
 /// limit, and a refusal comes only when the next tensor would not fit.
 int pool_first_use(const driver& d) {
@@ -1025,15 +1028,18 @@ int pool_first_use(const driver& d) {
       dlsym(lib, "cuDevicePrimaryCtxReset_v2"));
   auto set_attr =
       reinterpret_cast<decltype(&cuMemPoolSetAttribute)>(dlsym(lib, "cuMemPoolSetAttribute"));
-  CLIENT_REQUIRE(reset != nullptr && set_attr != nullptr);
-  // Fills through \p alloc; checks the invariant after every allocation; frees all at the end.
-  const auto fill_round = [&](const char* round, CUstream stream, auto alloc) {
+  auto default_pool = reinterpret_cast<decltype(&cuDeviceGetDefaultMemPool)>(
+      dlsym(lib, "cuDeviceGetDefaultMemPool"));
+  CLIENT_REQUIRE(reset != nullptr && set_attr != nullptr && default_pool != nullptr);
+  // Fills through \p alloc, checking the invariant after every allocation; frees all through
+  // \p release at the end. Returns how many fitted.
+  const auto fill_round = [&](const char* round, auto alloc, auto release) {
     std::vector<CUdeviceptr> held;
     std::uint64_t peak = 0;
-    bool reported = false;
+    std::size_t over = 0;  // allocations after which the driver held more than the limit
     for (;;) {
       CUdeviceptr p = 0;
-      const CUresult r = alloc(&p, stream);
+      const CUresult r = alloc(&p);
       if (r != CUDA_SUCCESS) {
         CLIENT_CHECK_EQ(r, CUDA_ERROR_OUT_OF_MEMORY);
         break;
@@ -1042,51 +1048,61 @@ int pool_first_use(const driver& d) {
       CLIENT_REQUIRE(held.size() < 100000);
       const std::uint64_t now = physical_used(0);
       peak = std::max(peak, now);
-      if (now > limit && !reported) {
-        std::fprintf(stdout, "%s: allocation %zu: the driver holds %llu MiB, limit %llu MiB\n",
+      if (now > limit && over++ == 0) {
+        std::fprintf(stdout, "%s: after allocation %zu the driver holds %llu MiB, limit %llu MiB\n",
                      round, held.size(), static_cast<unsigned long long>(now / k_mib),
                      static_cast<unsigned long long>(limit / k_mib));
-        reported = true;
       }
-      CLIENT_CHECK(now <= limit);
     }
     const std::uint64_t at_refusal = physical_used(0);
     std::fprintf(stdout, "%s: %zu tensors, peak %llu MiB held, %llu MiB at the refusal\n", round,
                  held.size(), static_cast<unsigned long long>(peak / k_mib),
                  static_cast<unsigned long long>(at_refusal / k_mib));
+    CLIENT_CHECK_EQ(over, 0u);
     CLIENT_CHECK(peak <= limit);
     CLIENT_CHECK(at_refusal + k_tensor > limit);  // what fits is not refused
     CLIENT_CHECK_EQ(nvml_memory(0).used, at_refusal);
     CLIENT_CHECK_EQ(limit - free_now(d), at_refusal);  // charged = held
-    for (CUdeviceptr p : held) CLIENT_CHECK(d.free_async(p, stream) == CUDA_SUCCESS);
-    CLIENT_CHECK(d.stream_sync(stream) == CUDA_SUCCESS);
+    for (CUdeviceptr p : held) CLIENT_CHECK(release(p) == CUDA_SUCCESS);
     return held.size();
   };
-  const auto from_default = [&](CUdeviceptr* p, CUstream s) {
-    return d.alloc_async(p, k_tensor, s);
-  };
+  CUstream stream = nullptr;
+  const auto from_default = [&](CUdeviceptr* p) { return d.alloc_async(p, k_tensor, stream); };
+  const auto free_async = [&](CUdeviceptr p) { return d.free_async(p, stream); };
   const std::uint64_t fits = (limit - ctx - own) / k_tensor;
 
-  // The default pool, in the primary context.
+  // The default pool, in the primary context. It gives back what was freed at the
+  // synchronisation (its release threshold is 0), which the shim does not see.
   use_device(d, 0);
-  CUstream stream = nullptr;
   CLIENT_REQUIRE(d.stream_create(&stream, 0) == CUDA_SUCCESS);
-  CLIENT_CHECK_EQ(fill_round("default pool", stream, from_default), fits);
+  CLIENT_CHECK_EQ(fill_round("default pool", from_default, free_async), fits);
+  CLIENT_CHECK(d.stream_sync(stream) == CUDA_SUCCESS);
   CLIENT_CHECK(d.stream_destroy(stream) == CUDA_SUCCESS);
 
-  // A primary reset gives the context's memory back, the pool's own included; the new context
-  // takes it again at the pool's first use there.
+  // A primary reset gives the context's memory back, the pool's own included.
   CLIENT_CHECK(reset(0) == CUDA_SUCCESS);
   CLIENT_CHECK_EQ(physical_used(0), 0u);
   use_device(d, 0);
+  // Each allocation followed by cuMemGetInfo, as a program watching its free memory does: the
+  // view reads the pools' reserves, so the released one stops being charged there.
+  const std::size_t plain = fill_round(
+      "plain allocations in a new context",
+      [&](CUdeviceptr* p) {
+        const CUresult r = d.alloc(p, k_tensor);
+        CLIENT_CHECK(free_now(d) <= limit);
+        return r;
+      },
+      [&](CUdeviceptr p) { return d.free(p); });
+  CLIENT_CHECK_EQ(plain, (limit - ctx) / k_tensor);
+
+  // The new context's first pool use takes the driver's memory again.
   CLIENT_REQUIRE(d.stream_create(&stream, 0) == CUDA_SUCCESS);
-  CLIENT_CHECK_EQ(fill_round("default pool after a primary reset", stream, from_default), fits);
+  CLIENT_CHECK_EQ(fill_round("default pool in a new context", from_default, free_async), fits);
+  CLIENT_CHECK(d.stream_sync(stream) == CUDA_SUCCESS);
 
   // A created device pool, beside the default pool's kept reserve.
   CUmemoryPool def = nullptr;
-  auto default_pool =
-      reinterpret_cast<decltype(&cuDeviceGetDefaultMemPool)>(dlsym(lib, "cuDeviceGetDefaultMemPool"));
-  CLIENT_REQUIRE(default_pool != nullptr && default_pool(&def, 0) == CUDA_SUCCESS);
+  CLIENT_REQUIRE(default_pool(&def, 0) == CUDA_SUCCESS);
   cuuint64_t keep_all = ~cuuint64_t{0};
   CLIENT_REQUIRE(set_attr(def, CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, &keep_all) == CUDA_SUCCESS);
   CUdeviceptr kept = 0;
@@ -1099,11 +1115,11 @@ int pool_first_use(const driver& d) {
   props.location.id = 0;
   CUmemoryPool mine = nullptr;
   CLIENT_REQUIRE(d.pool_create(&mine, &props) == CUDA_SUCCESS);
-  const std::size_t created =
-      fill_round("created pool", stream, [&](CUdeviceptr* p, CUstream s) {
-        return d.alloc_pool(p, k_tensor, mine, s);
-      });
+  const std::size_t created = fill_round(
+      "created pool", [&](CUdeviceptr* p) { return d.alloc_pool(p, k_tensor, mine, stream); },
+      free_async);
   CLIENT_CHECK(created >= 1);
+  CLIENT_CHECK(d.stream_sync(stream) == CUDA_SUCCESS);
   CLIENT_CHECK(d.pool_destroy(mine) == CUDA_SUCCESS);
   CLIENT_CHECK(d.stream_destroy(stream) == CUDA_SUCCESS);
   CLIENT_CHECK(physical_used(0) <= limit);
