@@ -381,12 +381,14 @@ std::optional<memory::slot_handle> state::slot() noexcept {
 // ---- accounting ----------------------------------------------------------------------------
 
 // Context and module memory. The driver takes device memory that no allocation call shows: the
-// context (created by the runtime on first use), loaded modules, and slack kept by memory pools.
+// context (created by the runtime on first use), loaded modules, its own memory for a pool's
+// first use in a context, and slack kept by memory pools.
 // Method: NVML's per-process figure for this process on the device (usedGpuMemory from
 // nvmlDeviceGetComputeRunningProcesses) minus the bytes this process charged through counted
-// calls is that uncounted memory. It is charged to this process's slot as "overhead", measured
-// at the first counted call or view on a device with a context, at most once per
-// k_reconcile_interval_ns after that, and again before a reservation is refused (the overhead
+// calls (pool reserves read just before) is that uncounted memory. It is charged to this
+// process's slot as "overhead", measured at the first counted call or view on a device with a
+// context, at most once per k_reconcile_interval_ns after that, at once after a pool's first
+// allocation in a context (measure_now), and again before a reservation is refused (the overhead
 // may have shrunk). Overhead that does not fit the limit is held as pending: reservations are
 // refused until it fits, since the driver holds that memory whether the ledger can or not.
 //
