@@ -532,7 +532,8 @@ state::identity state::identify(device_info& d, int ordinal) noexcept {
 }
 
 void state::reconcile_due(device_info& d) noexcept {
-  if (d.measured.load(std::memory_order_acquire) < d.measure_asked.load(std::memory_order_acquire)) {
+  if (d.measured.load(std::memory_order_acquire) <
+      d.measure_asked.load(std::memory_order_acquire)) {
     reconcile(d, true, true);
   } else {
     reconcile(d, false);
@@ -629,8 +630,8 @@ void state::reconcile(device_info& d, bool force, bool wait) noexcept {
       } else {
         if (d.pending.exchange(more, std::memory_order_relaxed) != more) {
           log(log_level::warn,
-              "{}: {} of driver memory (context, modules, pools) does not fit the limit; allocations "
-              "are refused until it does",
+              "{}: {} of driver memory (context, modules, pools) does not fit the limit; "
+              "allocations are refused until it does",
               d.uuid, human(more));
         }
       }
@@ -1043,8 +1044,10 @@ std::optional<memory_view> state::cuda_view(int ordinal, std::uint64_t card_tota
   if (ordinal < 0 || ordinal >= device_count_) return std::nullopt;
   device_info& d = devices_[static_cast<std::size_t>(ordinal)];
   if (!d.usable) return closed_view(card_total);
-  settle_pools(ordinal);  // pools release memory at synchronisations the shim does not see
-  reconcile_due(d);  // so the context's memory shows before the first allocation
+  // Pools release memory at synchronisations the shim does not see: their reserves are read, and
+  // the context's memory shows before the first allocation.
+  settle_pools(ordinal);
+  reconcile_due(d);
   const std::uint64_t used = with_ledger([&](auto& l) { return l.used(d.index); }) +
                              d.pending.load(std::memory_order_relaxed);
   const std::uint64_t limit = with_ledger([&](auto& l) { return l.limit(d.index); });
