@@ -232,7 +232,9 @@ std::uint64_t array_actual(Query query, Handle h, int ordinal, std::uint64_t est
 
 /// A stream-ordered allocation from \p pool on \p ordinal: reserves the allocation's size while
 /// the driver runs, then charges the pool's reserve instead (state::settle_pool). Host-located
-/// pools are never charged.
+/// pools are never charged. A pool's first allocation in a context also makes the driver take
+/// memory of its own, measured before this returns (state::measure_now); if that does not fit,
+/// the allocation is undone and refused.
 template <class Call, class Undo>
 CUresult pooled_alloc(state& s, int ordinal, CUmemoryPool pool, const char* name, CUdeviceptr* dptr,
                       size_t bytes, Call call, Undo undo) {
@@ -252,7 +254,9 @@ CUresult pooled_alloc(state& s, int ordinal, CUmemoryPool pool, const char* name
   charge c = inflight;
   c.bytes = bytes;
   c.pool = pool;
-  if (!s.settle_pool(pool, bytes, inflight)) {
+  bool first_use = false;
+  if (!s.settle_pool(pool, bytes, inflight, first_use) ||
+      (first_use && !s.measure_now(ordinal, bytes, name))) {
     undo();
     s.pool_freed(c);
     s.trim_pools(ordinal);

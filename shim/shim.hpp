@@ -239,6 +239,10 @@ struct device_info {
   /// does (the driver holds it whether or not the ledger can).
   std::atomic<std::uint64_t> pending{0};
   std::atomic<std::uint64_t> next_reconcile_ns{0};  ///< read without the lock
+  /// Measurements asked for by measure_now(), and the last one a reading answered: while
+  /// measured < asked, the next reservation or view measures first, waiting for the lock.
+  std::atomic<std::uint64_t> measure_asked{0};
+  std::atomic<std::uint64_t> measured{0};  ///< written with devices_mu_ held
 };
 
 /// A reservation that was refused, and why, for the one log line.
@@ -294,7 +298,10 @@ class state {
   /// After an allocation of \p bytes from \p pool, for which \p inflight was reserved: the
   /// pool's charge follows its reserve (from \p inflight first), and \p inflight is given back.
   /// False when the reserve grew beyond what the limit admits (the caller undoes the allocation).
-  bool settle_pool(CUmemoryPool pool, std::uint64_t bytes, charge& inflight) noexcept;
+  /// \p first_use is set when this was the pool's first allocation since it was created or its
+  /// device's context was torn down (see measure_now).
+  bool settle_pool(CUmemoryPool pool, std::uint64_t bytes, charge& inflight,
+                   bool& first_use) noexcept;
   /// After \p c (a pooled allocation) was freed.
   void pool_freed(const charge& c) noexcept;
   /// Trims this process's pools on \p ordinal to what their allocations need and settles them.
@@ -319,6 +326,14 @@ class state {
   /// graph allocator was trimmed. The next call measures it again rather than at the next
   /// interval. Thread-safe; a store per device.
   void driver_memory_changed(int ordinal) noexcept;
+
+  /// The driver may have just taken memory of its own on \p ordinal that no call shows (a pool's
+  /// first use in a context: 70 MiB on an H200): measures it now, waiting for another thread's
+  /// reconciliation rather than skipping, and if this reading is lost (counted memory moved
+  /// while it was taken) makes the next reservation or view measure before it proceeds. False
+  /// when the driver's memory does not fit the limit: then this refusal of \p bytes for \p call
+  /// is logged (and the OOM killer acts), and the caller undoes its allocation.
+  bool measure_now(int ordinal, std::uint64_t bytes, const char* call) noexcept;
 
   /// After the driver tore \p ctx down on \p ordinal: it freed the context's allocations, so
   /// their charges are given back, and the context's own memory is measured again.
@@ -396,7 +411,9 @@ class state {
   bool load_nvml() noexcept;
   bool ensure_devices() noexcept;
   std::optional<memory::slot_handle> slot() noexcept;
-  void reconcile(device_info& d, bool force) noexcept;
+  void reconcile(device_info& d, bool force, bool wait = false) noexcept;
+  /// reconcile(d, false), or a waiting, forced one while a measure_now() is unanswered.
+  void reconcile_due(device_info& d) noexcept;
   enum class identity { known, not_now, ambiguous };
   identity identify(device_info& d, int ordinal) noexcept;
   std::optional<memory_view> nvml_only_view(const std::string& uuid, std::uint64_t card_total,
@@ -451,8 +468,14 @@ class state {
     bool destroyed = false;    ///< destroyed with allocations outstanding
     charge held;               ///< the reserve charged
     std::uint64_t live = 0;    ///< bytes of this process's live allocations from it
+    /// Allocated from since its creation or its device's last context teardown: the driver
+    /// takes memory of its own at a pool's first use in a context (state::measure_now).
+    bool used = false;
   };
   void settle_locked(CUmemoryPool pool, pool_record& rec) noexcept;
+  /// Reads the reserves of this process's pools on \p ordinal (lock order: devices_mu_, then
+  /// pools_mu_, never the reverse).
+  void settle_pools(int ordinal) noexcept;
   std::mutex pools_mu_;  ///< guards pools_
   std::unordered_map<CUmemoryPool, pool_record> pools_;
 

@@ -381,12 +381,14 @@ std::optional<memory::slot_handle> state::slot() noexcept {
 // ---- accounting ----------------------------------------------------------------------------
 
 // Context and module memory. The driver takes device memory that no allocation call shows: the
-// context (created by the runtime on first use), loaded modules, and slack kept by memory pools.
+// context (created by the runtime on first use), loaded modules, its own memory for a pool's
+// first use in a context, and slack kept by memory pools.
 // Method: NVML's per-process figure for this process on the device (usedGpuMemory from
 // nvmlDeviceGetComputeRunningProcesses) minus the bytes this process charged through counted
-// calls is that uncounted memory. It is charged to this process's slot as "overhead", measured
-// at the first counted call or view on a device with a context, at most once per
-// k_reconcile_interval_ns after that, and again before a reservation is refused (the overhead
+// calls (pool reserves read just before) is that uncounted memory. It is charged to this
+// process's slot as "overhead", measured at the first counted call or view on a device with a
+// context, at most once per k_reconcile_interval_ns after that, at once after a pool's first
+// allocation in a context (measure_now), and again before a reservation is refused (the overhead
 // may have shrunk). Overhead that does not fit the limit is held as pending: reservations are
 // refused until it fits, since the driver holds that memory whether the ledger can or not.
 //
@@ -529,15 +531,34 @@ state::identity state::identify(device_info& d, int ordinal) noexcept {
   return identity::known;
 }
 
-void state::reconcile(device_info& d, bool force) noexcept {
+void state::reconcile_due(device_info& d) noexcept {
+  if (d.measured.load(std::memory_order_acquire) <
+      d.measure_asked.load(std::memory_order_acquire)) {
+    reconcile(d, true, true);
+  } else {
+    reconcile(d, false);
+  }
+}
+
+void state::reconcile(device_info& d, bool force, bool wait) noexcept {
   const std::uint64_t now = coarse_now_ns();
   if (!force && now < d.next_reconcile_ns.load(std::memory_order_relaxed)) return;
   if (!load_nvml()) {
     d.next_reconcile_ns.store(~std::uint64_t{0}, std::memory_order_relaxed);
+    d.measured.store(d.measure_asked.load(std::memory_order_acquire), std::memory_order_release);
     return;
   }
-  std::unique_lock<std::mutex> lock(devices_mu_, std::try_to_lock);
-  if (!lock.owns_lock()) return;  // another thread is reconciling
+  std::unique_lock<std::mutex> lock(devices_mu_, std::defer_lock);
+  if (wait) {
+    lock.lock();
+  } else if (!lock.try_lock()) {
+    return;  // another thread is reconciling
+  }
+  // A measurement asked for before this point is answered by a reading taken after it; one
+  // that cannot be taken at all (no NVML figure for this process) is answered by giving up.
+  const std::uint64_t asked = d.measure_asked.load(std::memory_order_acquire);
+  if (wait && d.measured.load(std::memory_order_relaxed) >= asked) return;  // read meanwhile
+  const auto answered = [&] { d.measured.store(asked, std::memory_order_release); };
   d.next_reconcile_ns.store(now + k_reconcile_interval_ns, std::memory_order_relaxed);
   try {
     if (d.nvml == nullptr) {
@@ -546,16 +567,17 @@ void state::reconcile(device_info& d, bool force) noexcept {
       if (by_uuid == nullptr || by_uuid(d.uuid.c_str(), &d.nvml) != NVML_SUCCESS) {
         d.nvml = nullptr;
         d.next_reconcile_ns.store(~std::uint64_t{0}, std::memory_order_relaxed);
+        answered();
         log(log_level::warn, "{}: NVML does not know this device; context memory is not counted",
             d.uuid);
         return;
       }
     }
     auto procs = helper_fn<processes_fn>(helper::nvmlDeviceGetComputeRunningProcesses_v3);
-    if (procs == nullptr) return;
+    if (procs == nullptr) return answered();
     const int ordinal = static_cast<int>(&d - devices_.data());
     if (nvml_pid_.load(std::memory_order_acquire) == 0) {
-      if (identify_attempts_ >= k_identify_attempts) return;
+      if (identify_attempts_ >= k_identify_attempts) return answered();
       const identity id = identify(d, ordinal);
       if (id != identity::known) {
         d.next_reconcile_ns.store(now + k_retry_interval_ns, std::memory_order_relaxed);
@@ -568,13 +590,17 @@ void state::reconcile(device_info& d, bool force) noexcept {
         return;
       }
     }
+    // Pools give memory back at synchronisations the shim does not see: their reserves are read
+    // first, or a charge the driver no longer holds would be taken for counted memory, and the
+    // driver's own memory under-charged once that charge went.
+    settle_pools(ordinal);
     // A reading is used only if no counted charge changed while it was taken: the counted bytes
     // never lag what the driver holds (charged before an allocation, given back after a free),
     // so a quiet reading never takes another thread's allocation for driver memory.
     auto& churn = churn_[static_cast<std::size_t>(ordinal)];
     const std::uint64_t churn_before = churn.load(std::memory_order_acquire);
     const auto reading = read_processes(procs, d.nvml);
-    if (!reading) return;
+    if (!reading) return answered();  // NVML failed: the interval tries again
     const std::uint64_t counted = counted_[static_cast<std::size_t>(ordinal)].load();
     if (churn.load(std::memory_order_acquire) != churn_before) {
       d.next_reconcile_ns.store(now + k_retry_interval_ns, std::memory_order_relaxed);
@@ -583,7 +609,7 @@ void state::reconcile(device_info& d, bool force) noexcept {
     // NVML lists a process on a device only while it has a context there: unlisted, this
     // process holds nothing on it (no context yet, or its context was torn down).
     const std::optional<std::uint64_t> measured = figure(*reading, nvml_pid()).value_or(0);
-    if (*measured == k_not_available) return;  // listed, but NVML does not know its memory
+    if (*measured == k_not_available) return answered();  // listed, but NVML knows no figure
     // Without a context here, look again at the next call: a context created meanwhile counts
     // from its creation on, not from the next interval. (Unlisted while holding counted memory
     // is NVML lagging: look again shortly, not at every call.)
@@ -594,6 +620,7 @@ void state::reconcile(device_info& d, bool force) noexcept {
     const std::uint64_t want = uncounted_overhead(*measured, counted);
     auto sl = slot();
     if (!sl) return;
+    answered();
     if (want > d.overhead) {
       const std::uint64_t more = want - d.overhead;
       if (with_ledger([&](auto& l) { return l.try_reserve(*sl, d.index, more); })) {
@@ -603,8 +630,8 @@ void state::reconcile(device_info& d, bool force) noexcept {
       } else {
         if (d.pending.exchange(more, std::memory_order_relaxed) != more) {
           log(log_level::warn,
-              "{}: {} of driver memory (context, modules) does not fit the limit; allocations "
-              "are refused until it does",
+              "{}: {} of driver memory (context, modules, pools) does not fit the limit; "
+              "allocations are refused until it does",
               d.uuid, human(more));
         }
       }
@@ -642,7 +669,7 @@ bool state::reserve(int ordinal, std::uint64_t bytes, const char* call, charge& 
     auto graph_trim = real<decltype(&::cuDeviceGraphMemTrim)>(hook::cuDeviceGraphMemTrim);
     if (graph_trim != nullptr && graph_trim(ordinal) == CUDA_SUCCESS) reconcile(d, true);
   };
-  reconcile(d, false);
+  reconcile_due(d);
   if (d.pending.load(std::memory_order_relaxed) != 0) {
     reconcile(d, true);
     if (d.pending.load(std::memory_order_relaxed) != 0) trim_driver_caches();
@@ -769,6 +796,13 @@ void state::settle_locked(CUmemoryPool pool, pool_record& rec) noexcept {
   }
 }
 
+void state::settle_pools(int ordinal) noexcept {
+  std::lock_guard<std::mutex> lock(pools_mu_);
+  for (auto& [pool, rec] : pools_) {
+    if (rec.held.ordinal == ordinal) settle_locked(pool, rec);
+  }
+}
+
 void state::pool_created(CUmemoryPool pool, const CUmemPoolProps& props) noexcept {
   const CUmemLocationType where = props.location.type;
   try {
@@ -814,7 +848,8 @@ int state::pool_ordinal(CUmemoryPool pool) noexcept {
   return it == pools_.end() || it->second.host ? -1 : it->second.held.ordinal;
 }
 
-bool state::settle_pool(CUmemoryPool pool, std::uint64_t bytes, charge& inflight) noexcept {
+bool state::settle_pool(CUmemoryPool pool, std::uint64_t bytes, charge& inflight,
+                        bool& first_use) noexcept {
   std::lock_guard<std::mutex> lock(pools_mu_);
   pool_record* rec = nullptr;
   try {
@@ -822,6 +857,8 @@ bool state::settle_pool(CUmemoryPool pool, std::uint64_t bytes, charge& inflight
   } catch (...) {
     return false;
   }
+  first_use = !rec->used;
+  rec->used = true;
   rec->held.ordinal = inflight.ordinal;
   rec->held.index = inflight.index;
   auto get = helper_fn<decltype(&::cuMemPoolGetAttribute)>(helper::cuMemPoolGetAttribute);
@@ -895,7 +932,30 @@ void state::context_gone(CUcontext ctx, int ordinal) noexcept {
   if (ordinal >= 0 && ordinal < device_count_) {
     devices_[static_cast<std::size_t>(ordinal)].next_reconcile_ns.store(0,
                                                                         std::memory_order_relaxed);
+    // The driver gave back what it took for its pools in the context: a new one takes it again.
+    std::lock_guard<std::mutex> lock(pools_mu_);
+    for (auto& [pool, rec] : pools_) {
+      if (rec.held.ordinal == ordinal) rec.used = false;
+    }
   }
+}
+
+// The driver takes memory of its own, outside every pool's reserve, the first time a pool backs
+// an allocation in a context: measured on an H200 (driver 580, CUDA 13) as 70 MiB beside a 518
+// MiB context at the first cuMemAllocAsync of PyTorch's cudaMallocAsync backend, kept for the
+// life of the context. A program that fills its quota within the reconciliation interval would
+// otherwise go over the limit by that much before the next reading, so the first allocation
+// from each pool in a context measures at once, before its call returns; later ones cost no
+// NVML call.
+bool state::measure_now(int ordinal, std::uint64_t bytes, const char* call) noexcept {
+  if (ordinal < 0 || ordinal >= device_count_) return true;
+  device_info& d = devices_[static_cast<std::size_t>(ordinal)];
+  if (!d.usable) return true;
+  d.measure_asked.fetch_add(1, std::memory_order_acq_rel);
+  reconcile(d, true, true);
+  if (d.pending.load(std::memory_order_relaxed) == 0) return true;
+  refuse(refusal::over_limit, ordinal, bytes, call);
+  return false;
 }
 
 // ---- VMM ---------------------------------------------------------------------------------
@@ -984,14 +1044,10 @@ std::optional<memory_view> state::cuda_view(int ordinal, std::uint64_t card_tota
   if (ordinal < 0 || ordinal >= device_count_) return std::nullopt;
   device_info& d = devices_[static_cast<std::size_t>(ordinal)];
   if (!d.usable) return closed_view(card_total);
-  {
-    // Pools release memory at synchronisations the shim does not see: read their reserves.
-    std::lock_guard<std::mutex> lock(pools_mu_);
-    for (auto& [pool, rec] : pools_) {
-      if (rec.held.ordinal == ordinal) settle_locked(pool, rec);
-    }
-  }
-  reconcile(d, false);  // so the context's memory shows before the first allocation
+  // Pools release memory at synchronisations the shim does not see: their reserves are read, and
+  // the context's memory shows before the first allocation.
+  settle_pools(ordinal);
+  reconcile_due(d);
   const std::uint64_t used = with_ledger([&](auto& l) { return l.used(d.index); }) +
                              d.pending.load(std::memory_order_relaxed);
   const std::uint64_t limit = with_ledger([&](auto& l) { return l.limit(d.index); });
@@ -1120,6 +1176,8 @@ void state::after_fork_child() noexcept {
     d.overhead = 0;
     d.pending.store(0, std::memory_order_relaxed);
     d.next_reconcile_ns.store(0, std::memory_order_relaxed);
+    d.measure_asked.store(0, std::memory_order_relaxed);
+    d.measured.store(0, std::memory_order_relaxed);
   }
   slot_mu_.unlock();
   devices_mu_.unlock();

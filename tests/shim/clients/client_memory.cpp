@@ -7,7 +7,7 @@
 ///                        CUDA 12/13 runtime does (per-thread-stream variants included)
 /// Modes (argv[1]): quota (default), visible P0 P1, overhead, bad_config, bad_ledger,
 /// oom_killer, legacy, over_limit_view, nvml_only, mig, pools, vmm, arrays, teardown, capture,
-/// graph_memory, modules. The limit is CUDA_DEVICE_MEMORY_LIMIT;
+/// graph_memory, modules, pool_first_use. The limit is CUDA_DEVICE_MEMORY_LIMIT;
 /// the fake's size FAKE_CUDA_MEMORY. The physical invariant is read from the fake itself
 /// (fake_cuda_physical_used: what the fake driver really holds for this process).
 
@@ -1003,6 +1003,130 @@ int graph_memory(const driver& d) {
   return client::finish(k_name);
 }
 
+/// The driver's own memory for a pool's first use in a context (FAKE_CUDA_POOL_BYTES: outside
+/// the pool's reserve, shown only by NVML and cuMemGetInfo; 70 MiB on an H200), with a context
+/// the size of PyTorch's (FAKE_CUDA_CONTEXT_BYTES, 518 MiB on an H200): 64 MiB tensors in a
+/// tight loop until refused, as PyTorch's cudaMallocAsync backend fills a quota, well within the
+/// shim's reconciliation interval. Rounds: the default pool; after a primary reset (which gives
+/// the driver's memory back), plain allocations while the shim still charges the reserve the
+/// default pool released at a synchronisation (a reconciliation that took that stale charge for
+/// counted memory would under-charge the context once the charge went); the default pool in the
+/// new context, which takes the driver's memory again; a created pool beside the default pool's
+/// kept reserve.
+/// Physically, after every allocation: what the fake holds for this process never exceeds the
+/// limit, and a refusal comes only when the next tensor would not fit.
+int pool_first_use(const driver& d) {
+  const std::uint64_t limit = limit_bytes();
+  const std::uint64_t ctx = client::env_bytes("FAKE_CUDA_CONTEXT_BYTES", 0);
+  const std::uint64_t own = client::env_bytes("FAKE_CUDA_POOL_BYTES", 0);
+  constexpr std::uint64_t k_tensor = 64 * k_mib;
+  CLIENT_REQUIRE(own != 0 && ctx + own + k_tensor <= limit);
+  CLIENT_REQUIRE(d.init(0) == CUDA_SUCCESS);
+  void* lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  CLIENT_REQUIRE(lib != nullptr);
+  auto reset = reinterpret_cast<decltype(&cuDevicePrimaryCtxReset_v2)>(
+      dlsym(lib, "cuDevicePrimaryCtxReset_v2"));
+  auto set_attr =
+      reinterpret_cast<decltype(&cuMemPoolSetAttribute)>(dlsym(lib, "cuMemPoolSetAttribute"));
+  auto default_pool = reinterpret_cast<decltype(&cuDeviceGetDefaultMemPool)>(
+      dlsym(lib, "cuDeviceGetDefaultMemPool"));
+  CLIENT_REQUIRE(reset != nullptr && set_attr != nullptr && default_pool != nullptr);
+  // Fills through \p alloc, checking the invariant after every allocation; frees all through
+  // \p release at the end. Returns how many fitted.
+  const auto fill_round = [&](const char* round, auto alloc, auto release) {
+    std::vector<CUdeviceptr> held;
+    std::uint64_t peak = 0;
+    std::size_t over = 0;  // allocations after which the driver held more than the limit
+    for (;;) {
+      CUdeviceptr p = 0;
+      const CUresult r = alloc(&p);
+      if (r != CUDA_SUCCESS) {
+        CLIENT_CHECK_EQ(r, CUDA_ERROR_OUT_OF_MEMORY);
+        break;
+      }
+      held.push_back(p);
+      CLIENT_REQUIRE(held.size() < 100000);
+      const std::uint64_t now = physical_used(0);
+      peak = std::max(peak, now);
+      if (now > limit && over++ == 0) {
+        std::fprintf(stdout, "%s: after allocation %zu the driver holds %llu MiB, limit %llu MiB\n",
+                     round, held.size(), static_cast<unsigned long long>(now / k_mib),
+                     static_cast<unsigned long long>(limit / k_mib));
+      }
+    }
+    const std::uint64_t at_refusal = physical_used(0);
+    std::fprintf(stdout, "%s: %zu tensors, peak %llu MiB held, %llu MiB at the refusal\n", round,
+                 held.size(), static_cast<unsigned long long>(peak / k_mib),
+                 static_cast<unsigned long long>(at_refusal / k_mib));
+    CLIENT_CHECK_EQ(over, 0u);
+    CLIENT_CHECK(peak <= limit);
+    CLIENT_CHECK(at_refusal + k_tensor > limit);  // what fits is not refused
+    CLIENT_CHECK_EQ(nvml_memory(0).used, at_refusal);
+    CLIENT_CHECK_EQ(limit - free_now(d), at_refusal);  // charged = held
+    for (CUdeviceptr p : held) CLIENT_CHECK(release(p) == CUDA_SUCCESS);
+    return held.size();
+  };
+  CUstream stream = nullptr;
+  const auto from_default = [&](CUdeviceptr* p) { return d.alloc_async(p, k_tensor, stream); };
+  const auto free_async = [&](CUdeviceptr p) { return d.free_async(p, stream); };
+  const std::uint64_t fits = (limit - ctx - own) / k_tensor;
+
+  // The default pool, in the primary context. It gives back what was freed at the
+  // synchronisation (its release threshold is 0), which the shim does not see.
+  use_device(d, 0);
+  CLIENT_REQUIRE(d.stream_create(&stream, 0) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(fill_round("default pool", from_default, free_async), fits);
+  CLIENT_CHECK(d.stream_sync(stream) == CUDA_SUCCESS);
+  CLIENT_CHECK(d.stream_destroy(stream) == CUDA_SUCCESS);
+
+  // A primary reset gives the context's memory back, the pool's own included.
+  CLIENT_CHECK(reset(0) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(physical_used(0), 0u);
+  use_device(d, 0);
+  // Each allocation followed by cuMemGetInfo, as a program watching its free memory does: the
+  // view reads the pools' reserves, so the released one stops being charged there.
+  const std::size_t plain = fill_round(
+      "plain allocations in a new context",
+      [&](CUdeviceptr* p) {
+        const CUresult r = d.alloc(p, k_tensor);
+        CLIENT_CHECK(free_now(d) <= limit);
+        return r;
+      },
+      [&](CUdeviceptr p) { return d.free(p); });
+  CLIENT_CHECK_EQ(plain, (limit - ctx) / k_tensor);
+
+  // The new context's first pool use takes the driver's memory again.
+  CLIENT_REQUIRE(d.stream_create(&stream, 0) == CUDA_SUCCESS);
+  CLIENT_CHECK_EQ(fill_round("default pool in a new context", from_default, free_async), fits);
+  CLIENT_CHECK(d.stream_sync(stream) == CUDA_SUCCESS);
+
+  // A created device pool, beside the default pool's kept reserve.
+  CUmemoryPool def = nullptr;
+  CLIENT_REQUIRE(default_pool(&def, 0) == CUDA_SUCCESS);
+  cuuint64_t keep_all = ~cuuint64_t{0};
+  CLIENT_REQUIRE(set_attr(def, CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, &keep_all) == CUDA_SUCCESS);
+  CUdeviceptr kept = 0;
+  CLIENT_REQUIRE(d.alloc_async(&kept, k_tensor, stream) == CUDA_SUCCESS);
+  CLIENT_CHECK(d.free_async(kept, stream) == CUDA_SUCCESS);
+  CLIENT_CHECK(d.stream_sync(stream) == CUDA_SUCCESS);
+  CUmemPoolProps props{};
+  props.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+  props.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  props.location.id = 0;
+  CUmemoryPool mine = nullptr;
+  CLIENT_REQUIRE(d.pool_create(&mine, &props) == CUDA_SUCCESS);
+  const std::size_t created = fill_round(
+      "created pool", [&](CUdeviceptr* p) { return d.alloc_pool(p, k_tensor, mine, stream); },
+      free_async);
+  CLIENT_CHECK(created >= 1);
+  CLIENT_CHECK(d.stream_sync(stream) == CUDA_SUCCESS);
+  CLIENT_CHECK(d.pool_destroy(mine) == CUDA_SUCCESS);
+  CLIENT_CHECK(d.stream_destroy(stream) == CUDA_SUCCESS);
+  CLIENT_CHECK(physical_used(0) <= limit);
+  CLIENT_CHECK_EQ(limit - free_now(d), physical_used(0));
+  return client::finish(k_name);
+}
+
 /// A module's code and data take device memory (FAKE_CUDA_MODULE_BYTES) that no allocation call
 /// shows: counted from its load on, given back at its unload. Charged = held, throughout.
 int modules(const driver& d) {
@@ -1224,6 +1348,7 @@ int main(int argc, char** argv) {
   if (mode == "capture") return capture(d);
   if (mode == "graph_memory") return graph_memory(d);
   if (mode == "modules") return modules(d);
+  if (mode == "pool_first_use") return pool_first_use(d);
   if (mode == "mig") return mig(d);
   std::fprintf(stdout, "unknown mode %s\n", argv[1]);
   return 2;

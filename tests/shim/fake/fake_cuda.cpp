@@ -11,6 +11,18 @@
 ///                              (default 1Gi)
 ///   FAKE_CUDA_CONTEXT_BYTES    device memory a context takes when created (default 0)
 ///   FAKE_CUDA_MODULE_BYTES     device memory a module loaded in a context takes (default 0)
+///   FAKE_CUDA_POOL_BYTES       device memory the driver takes for itself the first time a pool
+///                              located on the device backs an allocation in a context (default
+///                              0): outside every pool's reserve, so cuMemPoolGetAttribute never
+///                              shows it, but in cuMemGetInfo's free and NVML's per-process
+///                              figure like context memory; kept until the context is torn down.
+///                              Measured on an H200 (driver 580, CUDA 13) with PyTorch's
+///                              cudaMallocAsync backend: the default pool's first allocation made
+///                              the process's NVML figure grow 70 MiB beyond the pool's reserve,
+///                              for the life of the context. Only the default pool was measured;
+///                              the fake takes it for each device pool (the default one and every
+///                              created one) at its first use in each context, the assumption that
+///                              hides the most memory from an interposer.
 ///   FAKE_CUDA_KERNEL_US        duration of a launched kernel in microseconds (default 100)
 ///                              (a kernel named fake_sleep_us runs for its first parameter's
 ///                              microseconds; one named fake_null queues nothing)
@@ -105,6 +117,9 @@ struct CUctx_st {
   bool primary = false;
   int refs = 0;
   CUstream_st* default_stream = nullptr;
+  /// Device pools that backed an allocation in this context: each took FAKE_CUDA_POOL_BYTES on
+  /// its device, given back at the context's teardown. Guarded by st().mu.
+  std::vector<CUmemPoolHandle_st*> pools_used;
 };
 
 /// A stream: a FIFO of work run by one worker thread.
@@ -172,6 +187,7 @@ struct driver_state {
   int visible_count = 0;
   std::uint64_t context_bytes = 0;
   std::uint64_t module_bytes = 0;
+  std::uint64_t pool_bytes = 0;  ///< FAKE_CUDA_POOL_BYTES
   std::uint64_t kernel_us = k_default_kernel_us;
   bool host_heap = false;
   std::map<std::uintptr_t, allocation> allocs;
@@ -460,9 +476,12 @@ CUresult free_ptr(CUdeviceptr p) {
   return CUDA_SUCCESS;
 }
 
-/// Allocates \p bytes from \p pool: from its idle reserve when that suffices, else the pool
-/// grows by the shortfall, rounded up to the VMM granularity, as far as the device has room.
-CUresult pool_alloc(CUmemPoolHandle_st* pool, std::uint64_t bytes, CUdeviceptr* out) {
+/// Allocates \p bytes from \p pool for a stream of \p ctx: from its idle reserve when that
+/// suffices, else the pool grows by the shortfall, rounded up to the VMM granularity, as far as
+/// the device has room. A device pool's first allocation in \p ctx also takes
+/// FAKE_CUDA_POOL_BYTES for the driver itself, outside the pool's reserve.
+CUresult pool_alloc(CUmemPoolHandle_st* pool, CUctx_st* ctx, std::uint64_t bytes,
+                    CUdeviceptr* out) {
   if (out == nullptr || bytes == 0) return CUDA_ERROR_INVALID_VALUE;
   void* m = map_bytes(bytes);
   if (m == nullptr) return CUDA_ERROR_OUT_OF_MEMORY;
@@ -471,15 +490,19 @@ CUresult pool_alloc(CUmemPoolHandle_st* pool, std::uint64_t bytes, CUdeviceptr* 
     munmap(m, bytes);
     return CUDA_ERROR_INVALID_VALUE;
   }
+  const bool first_use =
+      !pool->host && ctx != nullptr && st().pool_bytes != 0 &&
+      std::find(ctx->pools_used.begin(), ctx->pools_used.end(), pool) == ctx->pools_used.end();
+  const std::uint64_t own = first_use ? st().pool_bytes : 0;
   const std::uint64_t idle = pool->reserved - pool->used;
-  if (!pool->host && bytes > idle) {
-    const std::uint64_t grow = round_up(bytes - idle, k_vmm_granularity);
-    if (!take(pool->physical, grow)) {
-      munmap(m, bytes);
-      return CUDA_ERROR_OUT_OF_MEMORY;
-    }
-    pool->reserved += grow;
+  const std::uint64_t grow =
+      !pool->host && bytes > idle ? round_up(bytes - idle, k_vmm_granularity) : 0;
+  if (grow + own != 0 && !take(pool->physical, grow + own)) {
+    munmap(m, bytes);
+    return CUDA_ERROR_OUT_OF_MEMORY;
   }
+  pool->reserved += grow;
+  if (first_use) ctx->pools_used.push_back(pool);
   pool->used += bytes;
   pool->reserved_high = std::max(pool->reserved_high, pool->reserved);
   pool->used_high = std::max(pool->used_high, pool->used);
@@ -627,6 +650,8 @@ void ctx_destroy(CUctx_st* c) {
       if (!a->deferred) give(a->physical, a->bytes);
       a->freed = true;
     }
+    for (CUmemPoolHandle_st* pool : c->pools_used) give(pool->physical, st().pool_bytes);
+    c->pools_used.clear();
   }
   for (const auto& [at, a] : dead) {
     if (a.mapped == 0) {
@@ -671,6 +696,7 @@ void configure(driver_state& s) {
   }
   s.context_bytes = env_bytes("FAKE_CUDA_CONTEXT_BYTES", 0);
   s.module_bytes = env_bytes("FAKE_CUDA_MODULE_BYTES", 0);
+  s.pool_bytes = env_bytes("FAKE_CUDA_POOL_BYTES", 0);
   if (const char* h = std::getenv("FAKE_CUDA_HOST_HEAP")) s.host_heap = std::strcmp(h, "1") == 0;
   if (const char* k = std::getenv("FAKE_CUDA_KERNEL_US"))
     s.kernel_us = std::strtoull(k, nullptr, 10);
@@ -979,11 +1005,12 @@ FAKE_EXPORT CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t n) {
 }
 
 namespace {
-CUresult stream_physical(CUstream h, int* p) {
+CUresult stream_physical(CUstream h, int* p, CUctx_st** ctx = nullptr) {
   if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
   CUstream_st* s = resolve(h);
   if (s == nullptr) return CUDA_ERROR_INVALID_CONTEXT;
   *p = s->physical;
+  if (ctx != nullptr) *ctx = s->ctx;
   return CUDA_SUCCESS;
 }
 bool capturing(CUstream h) {
@@ -1004,21 +1031,23 @@ CUresult capture_alloc(CUdeviceptr* dptr, size_t bytes, CUstream h, int p) {
 }
 CUresult alloc_async(CUdeviceptr* dptr, size_t bytes, CUstream h) {
   int p = 0;
-  if (CUresult r = stream_physical(h, &p); r != CUDA_SUCCESS) return r;
+  CUctx_st* ctx = nullptr;
+  if (CUresult r = stream_physical(h, &p, &ctx); r != CUDA_SUCCESS) return r;
   if (capturing(h)) return capture_alloc(dptr, bytes, h, p);
   CUmemPoolHandle_st* pool = nullptr;
   {
     std::lock_guard<std::mutex> lock(st().mu);
     pool = st().current_pool[p];
   }
-  return pool_alloc(pool, bytes, dptr);
+  return pool_alloc(pool, ctx, bytes, dptr);
 }
 CUresult alloc_pool_async(CUdeviceptr* dptr, size_t bytes, CUmemoryPool pool, CUstream h) {
   if (pool == nullptr) return CUDA_ERROR_INVALID_VALUE;
   int p = 0;
-  if (CUresult r = stream_physical(h, &p); r != CUDA_SUCCESS) return r;
+  CUctx_st* ctx = nullptr;
+  if (CUresult r = stream_physical(h, &p, &ctx); r != CUDA_SUCCESS) return r;
   if (capturing(h)) return capture_alloc(dptr, bytes, h, p);
-  return pool_alloc(pool, bytes, dptr);
+  return pool_alloc(pool, ctx, bytes, dptr);
 }
 CUresult free_async(CUdeviceptr dptr, CUstream h) {
   int p = 0;

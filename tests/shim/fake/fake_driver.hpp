@@ -11,8 +11,8 @@ extern "C" {
 int fake_cuda_physical_count();
 /// Total bytes of physical device \p p. Thread-safe.
 std::uint64_t fake_cuda_physical_total(int p);
-/// Bytes this process holds on physical device \p p (allocations and context overhead).
-/// Thread-safe.
+/// Bytes this process holds on physical device \p p: allocations, pool reserves and the
+/// driver's own memory (contexts, modules, first pool uses). Thread-safe.
 std::uint64_t fake_cuda_physical_used(int p);
 /// Live contexts of this process on physical device \p p. Thread-safe.
 int fake_cuda_physical_contexts(int p);

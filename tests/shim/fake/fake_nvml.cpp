@@ -28,7 +28,8 @@
 ///                            collide), and the host pid after this process's
 ///   FAKE_NVML_MIG_UUIDS      1: devices are MIG devices, spelled "MIG-<uuid>" by NVML
 /// As with the real NVML, a process is listed on a device only while it has a context there,
-/// with its context plus its live allocations as usedGpuMemory.
+/// with all the fake driver holds for it as usedGpuMemory: its context, modules, the driver's own
+/// pool memory (FAKE_CUDA_POOL_BYTES) and its allocations and pool reserves.
 
 #include <nvml.h>
 #include <unistd.h>
