@@ -24,12 +24,19 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 OUT=${OUT:-$root/build/gpu-out}
 mkdir -p "$OUT"
-# Packs $OUT into $OUT/all.tgz however the script ends (a failed command under set -e too).
+# Packs $OUT into $OUT/all.tgz however the script ends (a failed command under set -e too), and
+# keeps the script's exit status. The archive is written outside $OUT and moved in: GNU tar exits
+# 1 ("file changed as we read it") when a file appears in the folder it is reading.
 pack_out() {
-  tar -czf "$OUT/.all.tgz.part" -C "$OUT" --exclude=all.tgz --exclude=.all.tgz.part . \
-    2>/dev/null && mv "$OUT/.all.tgz.part" "$OUT/all.tgz"
+  local tmp
+  tmp=$(mktemp "${TMPDIR:-/tmp}/gpuslice-gpu-out.XXXXXX") || return 0
+  if tar -czf "$tmp" -C "$OUT" --exclude=all.tgz . 2>/dev/null; then
+    mv "$tmp" "$OUT/all.tgz"
+  else
+    rm -f "$tmp"
+  fi
 }
-trap pack_out EXIT
+trap 'status=$?; pack_out || true; exit "$status"' EXIT
 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 PY=${PYTHON:-python3}
 MIB=$((1024 * 1024))
