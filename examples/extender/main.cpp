@@ -38,6 +38,7 @@
 #include <vector>
 
 #include "apiserver.hpp"
+#include "cli.hpp"
 #include "extender.hpp"
 #include "gpuslice/version.hpp"
 #include "http.hpp"
@@ -50,6 +51,9 @@ namespace fit = gpuslice::fit;
 namespace kube = gpuslice::kube;
 namespace ext = gpuslice::extender;
 namespace api = gpuslice::kube;
+namespace cli = gpuslice::cli;
+
+constexpr std::string_view k_program = "gpuslice_extender";
 using kube::json;
 using kube::read_json;
 
@@ -112,13 +116,6 @@ ext::binder apiserver_binder(std::shared_ptr<api::api_client> api,
   };
 }
 
-/// Parses a non-negative integer flag value of at most \p max.
-bool number(std::string_view flag, const std::string& value, std::uint64_t max,
-            std::uint64_t& out) {
-  if (fit::detail::parse_uint(value, max, out)) return true;
-  fmt::print(stderr, "gpuslice_extender: {} {}: expected an integer 0..{}\n", flag, value, max);
-  return false;
-}
 
 }  // namespace
 
@@ -150,6 +147,10 @@ int main(int argc, char** argv) {
       return k_exit_usage;
     }
     const std::string value = argv[++i];
+    if (auto applied = cli::config_flag(k_program, arg, value, cfg)) {
+      if (!*applied) return k_exit_usage;
+      continue;
+    }
     std::uint64_t n = 0;
     if (arg == "--nodes") {
       nodes_path = value;
@@ -160,7 +161,7 @@ int main(int argc, char** argv) {
     } else if (arg == "--listen") {
       listen = value;
     } else if (arg == "--port") {
-      if (!number(arg, value, k_max_port, n)) return k_exit_usage;
+      if (!cli::number(k_program, arg, value, k_max_port, n)) return k_exit_usage;
       port = static_cast<int>(n);
     } else if (arg == "--node-policy") {
       policy.node = value;
@@ -170,27 +171,10 @@ int main(int argc, char** argv) {
       apiserver = value;
     } else if (arg == "--bind-timeout-ms") {
       constexpr std::uint64_t k_max_ms = 60000;
-      if (!number(arg, value, k_max_ms, n) || n == 0) return k_exit_usage;
+      if (!cli::number(k_program, arg, value, k_max_ms, n) || n == 0) return k_exit_usage;
       bind_timeout_ms = static_cast<long>(n);
-    } else if (arg == "--resource-name") {
-      cfg.resource_count = value;
-    } else if (arg == "--resource-mem") {
-      cfg.resource_memory = value;
-    } else if (arg == "--resource-mem-percentage") {
-      cfg.resource_memory_percent = value;
-    } else if (arg == "--resource-cores") {
-      cfg.resource_cores = value;
-    } else if (arg == "--default-gpu-num") {
-      if (!number(arg, value, 1024, n)) return k_exit_usage;
-      cfg.default_gpu_num = static_cast<std::uint32_t>(n);
-    } else if (arg == "--default-mem") {
-      if (!number(arg, value, fit::k_int32_max, n)) return k_exit_usage;
-      cfg.default_memory = n;
-    } else if (arg == "--default-cores") {
-      if (!number(arg, value, fit::k_max_percent, n)) return k_exit_usage;
-      cfg.default_cores = static_cast<std::uint32_t>(n);
     } else if (arg == "--memory-factor") {
-      if (!number(arg, value, fit::k_int32_max, n) || n == 0) return k_exit_usage;
+      if (!cli::number(k_program, arg, value, fit::k_int32_max, n) || n == 0) return k_exit_usage;
       cfg.memory_factor = static_cast<std::uint32_t>(n);
     } else {
       fmt::print(stderr, "gpuslice_extender: unknown option {}\n{}", arg, k_usage);

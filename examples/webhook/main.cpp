@@ -23,13 +23,16 @@
 #include <string_view>
 #include <thread>
 
+#include "cli.hpp"
 #include "gpuslice/version.hpp"
 #include "webhook.hpp"
 
 namespace {
 
-namespace fit = gpuslice::fit;
 namespace wh = gpuslice::webhook;
+namespace cli = gpuslice::cli;
+
+constexpr std::string_view k_program = "gpuslice_webhook";
 
 constexpr int k_exit_input = 1;
 constexpr int k_exit_usage = 2;
@@ -48,13 +51,6 @@ constexpr std::string_view k_usage =
     "[--default-cores PERCENT] [--resource-name NAME] [--resource-mem NAME] "
     "[--resource-mem-percentage NAME] [--resource-cores NAME] [--resource-priority NAME] "
     "[--verbose]\n";
-
-bool number(std::string_view flag, const std::string& value, std::uint64_t max,
-            std::uint64_t& out) {
-  if (fit::detail::parse_uint(value, max, out)) return true;
-  fmt::print(stderr, "gpuslice_webhook: {} {}: expected an integer 0..{}\n", flag, value, max);
-  return false;
-}
 
 }  // namespace
 
@@ -78,6 +74,10 @@ int main(int argc, char** argv) {
       return k_exit_usage;
     }
     const std::string value = argv[++i];
+    if (auto applied = cli::config_flag(k_program, arg, value, s.cfg)) {
+      if (!*applied) return k_exit_usage;
+      continue;
+    }
     std::uint64_t n = 0;
     if (arg == "--cert") {
       cert = value;
@@ -86,27 +86,10 @@ int main(int argc, char** argv) {
     } else if (arg == "--listen") {
       listen = value;
     } else if (arg == "--port") {
-      if (!number(arg, value, k_max_port, n)) return k_exit_usage;
+      if (!cli::number(k_program, arg, value, k_max_port, n)) return k_exit_usage;
       port = static_cast<int>(n);
     } else if (arg == "--scheduler-name") {
       s.scheduler_name = value;
-    } else if (arg == "--default-gpu-num") {
-      if (!number(arg, value, 1024, n)) return k_exit_usage;
-      s.cfg.default_gpu_num = static_cast<std::uint32_t>(n);
-    } else if (arg == "--default-mem") {
-      if (!number(arg, value, fit::k_int32_max, n)) return k_exit_usage;
-      s.cfg.default_memory = n;
-    } else if (arg == "--default-cores") {
-      if (!number(arg, value, fit::k_max_percent, n)) return k_exit_usage;
-      s.cfg.default_cores = static_cast<std::uint32_t>(n);
-    } else if (arg == "--resource-name") {
-      s.cfg.resource_count = value;
-    } else if (arg == "--resource-mem") {
-      s.cfg.resource_memory = value;
-    } else if (arg == "--resource-mem-percentage") {
-      s.cfg.resource_memory_percent = value;
-    } else if (arg == "--resource-cores") {
-      s.cfg.resource_cores = value;
     } else if (arg == "--resource-priority") {
       s.cfg.resource_priority = value;
     } else {
