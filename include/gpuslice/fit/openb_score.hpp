@@ -313,7 +313,11 @@ class openb_scheduler {
                            : policy_ == openb_policy::rsfgd ? k_rsfgd_reserve
                                                             : 0.0;
     if (reserve <= 0) return false;
-    const auto [whole, all] = cluster.whole_free_gpus(pod.typed ? pod.types : ~std::uint64_t{0});
+    // An untyped pod may use every GPU, those of nodes with no model too.
+    const auto [whole, all] =
+        pod.typed ? cluster.whole_free_gpus(pod.types)
+                  : std::pair<std::int64_t, std::int64_t>{cluster.whole_free_gpus(),
+                                                          cluster.total_gpus()};
     if (static_cast<double>(whole) >= reserve * static_cast<double>(all)) return false;
     const openb_node& node = cluster.node(static_cast<std::size_t>(out.node));
     int g = 0;
