@@ -349,7 +349,8 @@ void bind_sim(::pybind11::module_& m) {
         "load"_a = sim::k_default_load, "scorer"_a = ::pybind11::none(),
         "knobs"_a = ::pybind11::dict(), "compress"_a = 1.0, "node_index"_a = true,
         "Run one experiment; knobs switch parts of sfgd and rsfgd (exact, pack, cpu_fit: bool; "
-        "strand, reserve, reserve_fill, reserve_big, reserve_cpu: numbers); compress divides a replay's inter-arrival times; node_index=False scores every "
+        "strand, reserve, reserve_fill, reserve_big, reserve_cpu: numbers); compress divides a "
+        "replay's inter-arrival times; node_index=False scores every "
         "node in every decision (fgd, sfgd, dotprod, gpuclustering, gpupacking: same "
         "placements); the GIL is released for the "
         "built-in policies. scorer(pod, cluster, "

@@ -116,7 +116,6 @@ ext::binder apiserver_binder(std::shared_ptr<api::api_client> api,
   };
 }
 
-
 }  // namespace
 
 int main(int argc, char** argv) {

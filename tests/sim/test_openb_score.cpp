@@ -181,7 +181,8 @@ namespace {
 openb_cluster mostly_full(int nodes, int whole, std::int64_t cpu) {
   openb_cluster c(std::vector<openb_node_spec>(static_cast<std::size_t>(nodes),
                                                openb_node_spec{cpu, 1000, 1, 0}));
-  for (int i = 0; i < nodes - whole; ++i) c.bind(static_cast<std::size_t>(i), pod(2000, 1, 1000), 1);
+  for (int i = 0; i < nodes - whole; ++i)
+    c.bind(static_cast<std::size_t>(i), pod(2000, 1, 1000), 1);
   return c;
 }
 std::vector<std::int32_t> identity_ranks(std::size_t n) {
@@ -283,8 +284,8 @@ TEST_CASE("rsfgd places the pod where holding the GPU back would gain nothing", 
     CHECK(r.schedule(c, sliver).node == 7);
   }
   SECTION("a typed pod counts the whole GPUs of its models only") {
-    auto model = frag_model(
-        openb_typical_pods(whole_and_slivers(), std::vector<std::string>(11)), 2);
+    auto model =
+        frag_model(openb_typical_pods(whole_and_slivers(), std::vector<std::string>(11)), 2);
     // Model 0: 8 GPUs, 1 whole (12.5%); model 1: 8 GPUs, all whole.
     std::vector<openb_node_spec> specs(16, openb_node_spec{64000, 1000, 1, 0});
     for (std::size_t i = 8; i < 16; ++i) specs[i].model = 1;
@@ -306,8 +307,8 @@ TEST_CASE("rsfgd places the pod where holding the GPU back would gain nothing", 
 
 TEST_CASE("the cluster's whole-GPU and free-CPU counts follow every bind and unbind",
           "[sim][score]") {
-  std::vector<openb_node_spec> specs = {{32000, 1000, 4, 0}, {16000, 1000, 2, 1},
-                                        {8000, 1000, 0, -1}, {64000, 1000, 8, 1}};
+  std::vector<openb_node_spec> specs = {
+      {32000, 1000, 4, 0}, {16000, 1000, 2, 1}, {8000, 1000, 0, -1}, {64000, 1000, 8, 1}};
   openb_cluster c(specs);
   go_rand rng(5);
   struct bound {

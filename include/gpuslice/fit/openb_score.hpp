@@ -260,9 +260,8 @@ class openb_scheduler {
   /// pod's memory, on the feasible set or on random draws) or without pod classes. Not
   /// thread-safe.
   void enable_index(std::uint64_t nodes_per_update = k_index_nodes_per_update) {
-    index_on_ = (policy_ == openb_policy::fgd || sfgd_like() ||
-                 policy_ == openb_policy::dotprod || policy_ == openb_policy::gpuclustering ||
-                 policy_ == openb_policy::gpupacking) &&
+    index_on_ = (policy_ == openb_policy::fgd || sfgd_like() || policy_ == openb_policy::dotprod ||
+                 policy_ == openb_policy::gpuclustering || policy_ == openb_policy::gpupacking) &&
                 class_count_ > 0;
     nodes_per_update_ = nodes_per_update;
     if (index_on_) index_.assign(class_count_, class_index{});
@@ -309,15 +308,14 @@ class openb_scheduler {
   // The reservation (sfgd_knobs::reserve) applied to the placement out the policy chose.
   bool holds_back(const openb_cluster& cluster, const openb_pod& pod, const openb_placement& out) {
     if (!sfgd_like() || pod.kind() != openb_pod_kind::sharing || pod.m <= 0) return false;
-    const double reserve = knobs_.reserve >= 0 ? knobs_.reserve
+    const double reserve = knobs_.reserve >= 0              ? knobs_.reserve
                            : policy_ == openb_policy::rsfgd ? k_rsfgd_reserve
                                                             : 0.0;
     if (reserve <= 0) return false;
     // An untyped pod may use every GPU, those of nodes with no model too.
-    const auto [whole, all] =
-        pod.typed ? cluster.whole_free_gpus(pod.types)
-                  : std::pair<std::int64_t, std::int64_t>{cluster.whole_free_gpus(),
-                                                          cluster.total_gpus()};
+    const auto [whole, all] = pod.typed ? cluster.whole_free_gpus(pod.types)
+                                        : std::pair<std::int64_t, std::int64_t>{
+                                              cluster.whole_free_gpus(), cluster.total_gpus()};
     if (static_cast<double>(whole) >= reserve * static_cast<double>(all)) return false;
     const openb_node& node = cluster.node(static_cast<std::size_t>(out.node));
     int g = 0;
@@ -325,8 +323,8 @@ class openb_scheduler {
     if (g >= node.gpus || node.free[static_cast<std::size_t>(g)] != k_openb_gpu_milli) return false;
     if (fill_share(k_openb_gpu_milli - pod.m) >= knobs_.reserve_fill) return false;
     if (big_share(pod.m, node.cpu_left(), node.model) < knobs_.reserve_big) return false;
-    const auto free_gpu = static_cast<double>(cluster.total_gpus() * k_openb_gpu_milli -
-                                              cluster.allocated_milli());
+    const auto free_gpu =
+        static_cast<double>(cluster.total_gpus() * k_openb_gpu_milli - cluster.allocated_milli());
     return static_cast<double>(cluster.cpu_left()) >=
            knobs_.reserve_cpu * cpu_per_milli() * free_gpu;
   }
@@ -540,9 +538,7 @@ class openb_scheduler {
   }
 
   // sfgd's pack and cpu_fit knobs break ties of a by b and c.
-  bool index_ties() const noexcept {
-    return sfgd_like() && (knobs_.pack || knobs_.cpu_fit);
-  }
+  bool index_ties() const noexcept { return sfgd_like() && (knobs_.pack || knobs_.cpu_fit); }
 
   // Does x come before y in a class's order? An empty entry comes last.
   bool index_before(const class_index& ci, const index_slot& x,
@@ -1045,7 +1041,7 @@ class openb_scheduler {
   std::size_t spec_count_ = 0;
   std::size_t tree_size_ = 0;
   sfgd_knobs knobs_;
-  double cpu_per_milli_ = -1;  ///< typical GPU pods' milli-CPU per milli-GPU; -1 = not yet
+  double cpu_per_milli_ = -1;       ///< typical GPU pods' milli-CPU per milli-GPU; -1 = not yet
   std::vector<double> fill_share_;  ///< fill_share(w) by w; empty = not yet
   bool last_held_back_ = false;
   std::uint64_t held_back_ = 0;

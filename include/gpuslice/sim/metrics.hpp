@@ -51,12 +51,12 @@ struct run_record {
   /// fail in the fill-up, and wait in the replay (counted at arrival).
   std::int64_t held_back = 0;
   std::int64_t first_held_back_arrived = -1;  ///< fill-up: A_k at the first one; -1 = none
-  std::vector<double> time;              ///< replay: event time in seconds (empty in fill-up)
-  std::vector<std::uint8_t> kind;        ///< replay: replay_event of each event
-  std::int64_t waited = 0;               ///< replay: pods placed after waiting
-  double wait_total_s = 0;               ///< replay: their summed wait
-  double first_arrival_s = 0;            ///< replay: time of the first arrival
-  double last_arrival_s = 0;             ///< replay: time of the last arrival
+  std::vector<double> time;                   ///< replay: event time in seconds (empty in fill-up)
+  std::vector<std::uint8_t> kind;             ///< replay: replay_event of each event
+  std::int64_t waited = 0;                    ///< replay: pods placed after waiting
+  double wait_total_s = 0;                    ///< replay: their summed wait
+  double first_arrival_s = 0;                 ///< replay: time of the first arrival
+  double last_arrival_s = 0;                  ///< replay: time of the last arrival
 
   /// Reserves room for n events.
   void reserve(std::size_t n) {
