@@ -239,7 +239,7 @@ class openb_scheduler {
     if (policy_ == openb_policy::fgd && class_count > 0) {
       cache_.assign(class_count * ranks_.size(), cached{});
     }
-    if ((policy_ == openb_policy::sfgd || policy_ == openb_policy::rsfgd) && class_count > 0) {
+    if (sfgd_like() && class_count > 0) {
       fp_cache_.assign(class_count * ranks_.size(), fp_cached{});
     }
   }
@@ -952,7 +952,7 @@ class openb_scheduler {
     return knobs_.exact ? before - after : sigmoid_score(before, after, frag_->model().denom());
   }
 
-  // denom x the GPU milli a node strands: free GPU beyond what its free CPU can feed.
+  // The typical GPU pods' mean milli-CPU per milli-GPU (computed once).
   double cpu_per_milli() {
     if (cpu_per_milli_ < 0) {
       double cpu = 0;
@@ -967,6 +967,7 @@ class openb_scheduler {
     return cpu_per_milli_;
   }
 
+  // denom x the GPU milli a node strands: free GPU beyond what its free CPU can feed.
   std::int64_t stranded(std::int64_t cpu_left, std::int64_t free_total) {
     if (cpu_per_milli() <= 0) return 0;
     const double fed = static_cast<double>(std::max<std::int64_t>(cpu_left, 0)) / cpu_per_milli_;
