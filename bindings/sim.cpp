@@ -4,6 +4,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -142,6 +143,7 @@ fit::openb_custom_scorer wrap_scorer(::pybind11::object scorer) {
   for (const auto& kv : knobs) {
     const auto key = ::pybind11::cast<std::string>(kv.first);
     double* weight = key == "strand"         ? &opt.knobs.strand
+                     : key == "host"         ? &opt.knobs.host
                      : key == "reserve"      ? &opt.knobs.reserve
                      : key == "reserve_fill" ? &opt.knobs.reserve_fill
                      : key == "reserve_big"  ? &opt.knobs.reserve_big
@@ -160,7 +162,7 @@ fit::openb_custom_scorer wrap_scorer(::pybind11::object scorer) {
       opt.knobs.cpu_fit = on;
     } else {
       throw ::pybind11::value_error("knob '" + key +
-                                    "': expected exact, pack, cpu_fit, strand, reserve, "
+                                    "': expected exact, pack, cpu_fit, strand, host, reserve, "
                                     "reserve_fill, reserve_big or reserve_cpu");
     }
   }
@@ -213,11 +215,16 @@ fit::openb_custom_scorer wrap_scorer(::pybind11::object scorer) {
   m["frag_amount_pct"] = to_numpy(ms.frag_amount_pct);
   m["frag_rate_pct"] = to_numpy(ms.frag_rate_pct);
   m["unallocated_gpus"] = to_numpy(ms.unallocated_gpus);
-  ::pybind11::dict failed;
-  failed["cpu"] = rec.failed[0];
-  failed["sharing"] = rec.failed[1];
-  failed["whole"] = rec.failed[2];
-  failed["multi"] = rec.failed[3];
+  // Counts by pod kind under the names the Python side uses (fit::openb_pod_kind order).
+  const auto by_kind = [](const std::array<std::int64_t, 4>& v) {
+    ::pybind11::dict d;
+    d["cpu"] = v[0];
+    d["sharing"] = v[1];
+    d["whole"] = v[2];
+    d["multi"] = v[3];
+    return d;
+  };
+  ::pybind11::dict failed = by_kind(rec.failed);
   ::pybind11::dict out;
   out["events"] = events;
   out["milestones"] = m;
@@ -229,6 +236,10 @@ fit::openb_custom_scorer wrap_scorer(::pybind11::object scorer) {
   out["departures"] = rec.departures;
   out["held_back"] = rec.held_back;
   out["first_held_back_arrived"] = rec.first_held_back_arrived;
+  out["attempted_pods"] = by_kind(rec.attempted);
+  out["refused_fitting"] = rec.refused_fitting;
+  out["first_failed_arrived"] = rec.first_failed_arrived;
+  out["first_failed_arrived_by_kind"] = by_kind(rec.first_failed_arrived_by_kind);
   if (experiment == "replay") {
     const sim::replay_measures rm = sim::measure_replay(rec);
     ::pybind11::dict d;
@@ -345,16 +356,17 @@ void bind_sim(::pybind11::module_& m) {
           [](const sim::prepared_workload& w) { return w.typical().pods.size(); },
           "Typical pods the fragmentation measure uses (PLACEMENT-SPEC §3).");
 
-  m.def("run_experiment", &run, "workload"_a, "policy"_a, "experiment"_a = "fillup", "seed"_a = 42,
-        "load"_a = sim::k_default_load, "scorer"_a = ::pybind11::none(),
-        "knobs"_a = ::pybind11::dict(), "compress"_a = 1.0, "node_index"_a = true,
-        "Run one experiment; knobs switch parts of sfgd and rsfgd (exact, pack, cpu_fit: bool; "
-        "strand, reserve, reserve_fill, reserve_big, reserve_cpu: numbers); compress divides a "
-        "replay's inter-arrival times; node_index=False scores every "
-        "node in every decision (fgd, sfgd, dotprod, gpuclustering, gpupacking: same "
-        "placements); the GIL is released for the "
-        "built-in policies. scorer(pod, cluster, "
-        "feasible) -> one integer score per feasible node replaces the policy.");
+  m.def(
+      "run_experiment", &run, "workload"_a, "policy"_a, "experiment"_a = "fillup", "seed"_a = 42,
+      "load"_a = sim::k_default_load, "scorer"_a = ::pybind11::none(),
+      "knobs"_a = ::pybind11::dict(), "compress"_a = 1.0, "node_index"_a = true,
+      "Run one experiment; knobs switch parts of sfgd and rsfgd (exact, pack, cpu_fit: bool; "
+      "strand, host, reserve, reserve_fill, reserve_big, reserve_cpu: numbers); compress divides a "
+      "replay's inter-arrival times; node_index=False scores every "
+      "node in every decision (fgd, sfgd, dotprod, gpuclustering, gpupacking: same "
+      "placements); the GIL is released for the "
+      "built-in policies. scorer(pod, cluster, "
+      "feasible) -> one integer score per feasible node replaces the policy.");
   m.def(
       "fillup_plan",
       [](const std::shared_ptr<sim::prepared_workload>& w, std::int64_t seed, double load) {

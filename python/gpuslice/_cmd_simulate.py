@@ -22,7 +22,7 @@ POLL_S = 0.05
 
 
 # Console width used when stdout is not a terminal (a pipe, a CI log).
-_PIPE_WIDTH = 150
+_PIPE_WIDTH = 230
 
 def parse_seeds(text: str) -> list[int]:
     """'42-51' -> 42..51; '1,5,9' -> those; '7' -> [7]."""
@@ -126,46 +126,80 @@ def _run_grid(workload, policies, seeds, args, console) -> list[dict]:
     return [results[i] for i in range(len(pairs))]
 
 
+def _mean(values: list[float | None]) -> float:
+    """Mean of the values that are not None; NaN when none is."""
+    v = [x for x in values if x is not None]
+    return sum(v) / len(v) if v else float("nan")
+
+
+def _fair_cells(runs: list[dict]) -> list[str]:
+    """The fair-comparison cells of one policy's runs: fitting pods refused (mean per run),
+    arrived load at the first failure (mean over the runs that failed one; "none" when no run
+    failed a pod), and acceptance by pod kind (placed / attempted, mean over seeds)."""
+    refused = sum(r["pods"]["refused_fitting"] for r in runs) / len(runs)
+    firsts = [r["first_failure_pct"] for r in runs]
+    first = _mean(firsts)
+    never = sum(1 for x in firsts if x is None)
+    first_cell = ("none" if math.isnan(first) else
+                  f"{first:.1f}" + (f" ({never} none)" if never else ""))
+    cells = [f"{refused:.0f}" if refused == int(refused) else f"{refused:.1f}", first_cell]
+    for kind in ("sharing", "whole", "multi", "cpu"):
+        acc = _mean([r["acceptance_pct"][kind] for r in runs])
+        cells.append("—" if math.isnan(acc) else f"{acc:.1f}")
+    return cells
+
+
 def _fillup_table(results, policies, workload, source, args, seeds, wall, bounds=None):
     from rich.markup import escape
     from rich.table import Table
 
-    from .simulation import summarise
+    from .simulation import ADMISSION_POLICIES, POD_KIND_LABELS, summarise
 
     title = (f"gpuslice simulate: {args.experiment}, {source}, {workload.node_count} nodes, "
              f"{workload.total_gpus} GPUs, {workload.pod_count} pods, load {args.load:g}, "
              f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}")
     stat = "median [q1, q3]" if args.quartiles else "mean ± std"
-    table = Table(title=escape(title),
-                  caption=escape(f"{stat} over seeds; {len(results)} runs in {wall:.1f} s"))
+    table = Table(title=escape(title), caption=escape(
+        f"{stat} over seeds; refused fitting = pods per run turned away while a node could "
+        "hold them; 1st fail = arrived load % at the first failed pod; accept % = placed / "
+        f"arrived by pod kind; admission control is ranked apart; {len(results)} runs in "
+        f"{wall:.1f} s"))
     table.add_column("policy", no_wrap=True)
     for x in TABLE_ALLOC_POINTS:
         table.add_column(f"alloc % @{x}%", justify="right")
-    for x in TABLE_FRAG_POINTS:
-        table.add_column(f"frag rate % @{x}%", justify="right")
-    table.add_column("failed pods", justify="right")
-    table.add_column("of which held back", justify="right")
+    table.add_column("refused fitting", justify="right")
+    table.add_column("1st fail @load %", justify="right")
+    for kind in ("sharing", "whole", "multi", "cpu"):
+        table.add_column(f"accept % {POD_KIND_LABELS[kind]}", justify="right")
+    table.add_column(f"frag rate % @{TABLE_FRAG_POINTS[-1]}%", justify="right")
     table.add_column("CPU s/run", justify="right")
     alloc = {x: summarise(results, "alloc_ratio_pct", x) for x in TABLE_ALLOC_POINTS}
-    frag = {x: summarise(results, "frag_rate_pct", x) for x in TABLE_FRAG_POINTS}
-    for policy in policies:
+    frag = summarise(results, "frag_rate_pct", TABLE_FRAG_POINTS[-1])
+    placement = [p for p in policies if p not in ADMISSION_POLICIES]
+    admission = [p for p in policies if p in ADMISSION_POLICIES]
+
+    def row(policy: str, label: str) -> None:
         runs = [r for r in results if r["policy"] == policy]
-        failed = sum(sum(r["failed_pods"].values()) for r in runs) / len(runs)
-        held = sum(r["pods"]["held_back"] for r in runs) / len(runs)
         secs = sum(r["cpu_s"] for r in runs) / len(runs)
-        table.add_row(policy, *[_fmt(alloc[x][policy], args.quartiles) for x in TABLE_ALLOC_POINTS],
-                      *[_fmt(frag[x][policy], args.quartiles) for x in TABLE_FRAG_POINTS],
-                      f"{failed:.0f}", f"{held:.0f}" if held else "", f"{secs:.3f}")
+        table.add_row(label, *[_fmt(alloc[x][policy], args.quartiles) for x in TABLE_ALLOC_POINTS],
+                      *_fair_cells(runs), _fmt(frag[policy], args.quartiles), f"{secs:.3f}")
+
+    for policy in placement:
+        row(policy, policy)
     last = int(round(args.load * 100))
     for label, values in (bounds or {}).items():
-        cells = ["—"] * (len(TABLE_ALLOC_POINTS) + len(TABLE_FRAG_POINTS))
+        cells = ["—"] * len(TABLE_ALLOC_POINTS)
         if last in TABLE_ALLOC_POINTS:
             ok = [v for v in values if not math.isnan(v)]
             if len(ok) == len(values) and ok:
                 mean = sum(ok) / len(ok)
                 std = math.sqrt(sum((v - mean) ** 2 for v in ok) / len(ok))
                 cells[TABLE_ALLOC_POINTS.index(last)] = f"{mean:.2f} ± {std:.2f}"
-        table.add_row(f"[dim]{label}[/dim]", *cells, "—", "—", "—")
+        table.add_row(f"[dim]{label}[/dim]", *cells, *["—"] * 8)
+    if admission:
+        table.add_section()
+        for policy in admission:
+            row(policy, f"{policy} (admission control)")
     return table
 
 
@@ -173,30 +207,47 @@ def _replay_table(results, policies, workload, source, args, seeds, wall):
     from rich.markup import escape
     from rich.table import Table
 
-    from .simulation import summarise_replay
+    from .simulation import ADMISSION_POLICIES, POD_KIND_LABELS, summarise_replay
 
     title = (f"gpuslice simulate: replay, {source}, {workload.node_count} nodes, "
              f"{workload.total_gpus} GPUs, {workload.pod_count} pods, inter-arrival times / "
              f"{args.compress:g}, {len(seeds)} seed{'s' if len(seeds) != 1 else ''}")
     span_h = results[0]["replay"]["span_s"] / 3600 if results else 0.0
     table = Table(title=escape(title), caption=escape(
-        f"mean ± std over seeds, over the {span_h:.1f} h from first to last arrival; "
+        f"mean ± std over seeds, over the {span_h:.1f} h from first to last arrival; waited = "
+        "started after waiting; gave up = waited until its own end; refused fitting = sent to "
+        "wait on arrival while a node could hold it; accept % = started / arrived by pod kind; "
         f"{len(results)} runs in {wall:.1f} s"))
     table.add_column("policy", no_wrap=True)
     columns = [("alloc % mean", "alloc_mean_pct", 2), ("alloc % peak", "alloc_peak_pct", 2),
                ("frag rate % mean", "frag_rate_mean_pct", 2),
                ("frag rate % peak", "frag_rate_peak_pct", 2), ("waited pods", "waited_pods", 1),
-               ("mean wait s", "wait_mean_s", 1), ("failed pods", "failed_pods", 1)]
+               ("mean wait s", "wait_mean_s", 1), ("gave up pods", "failed_pods", 1)]
     for name, _, _ in columns:
         table.add_column(name, justify="right")
+    table.add_column("refused fitting", justify="right")
+    for kind in ("sharing", "whole", "multi", "cpu"):
+        table.add_column(f"accept % {POD_KIND_LABELS[kind]}", justify="right")
     stats = {key: summarise_replay(results, key) for _, key, _ in columns}
-    for policy in policies:
+    placement = [p for p in policies if p not in ADMISSION_POLICIES]
+    admission = [p for p in policies if p in ADMISSION_POLICIES]
+
+    def row(policy: str, label: str) -> None:
         cells = []
         for _, key, digits in columns:
             st = stats[key][policy]
             cells.append(f"{st['mean']:.{digits}f}" if st["std"] == 0 else
                          f"{st['mean']:.{digits}f} ± {st['std']:.{digits}f}")
-        table.add_row(policy, *cells)
+        runs = [r for r in results if r["policy"] == policy]
+        fair = _fair_cells(runs)
+        table.add_row(label, *cells, fair[0], *fair[2:])
+
+    for policy in placement:
+        row(policy, policy)
+    if admission:
+        table.add_section()
+        for policy in admission:
+            row(policy, f"{policy} (admission control)")
     return table
 
 

@@ -25,7 +25,7 @@ BOUND_PLACED_BEFORE_PCT = 90.0
 #: How often the main thread refreshes the progress bar.
 POLL_S = 0.1
 #: Console width used when stdout is not a terminal.
-_PIPE_WIDTH = 130
+_PIPE_WIDTH = 230
 
 
 def trace_name(path: Path) -> str:
@@ -90,7 +90,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 def summarise(runs: list[dict], bounds: list[dict], traces: list[str],
               policies: list[str], last_pct: int) -> list[dict]:
     """Per (trace, policy): mean and std over seeds of the table's measures, and the winner."""
-    from .simulation import milestone_value
+    from .simulation import ADMISSION_POLICIES, POD_KINDS, milestone_value
 
     out = []
     for trace in traces:
@@ -108,10 +108,25 @@ def summarise(runs: list[dict], bounds: list[dict], traces: list[str],
                 _mean_std([milestone_value(r, "unallocated_gpus", last_pct) for r in rs])
             row["held_back"], row["held_back_std"] = _mean_std(
                 [float(r["pods"]["held_back"]) for r in rs])
+            row["refused_fitting"], row["refused_fitting_std"] = _mean_std(
+                [float(r["pods"]["refused_fitting"]) for r in rs])
+            # Mean over the seeds whose run failed a pod; none_failed counts the others.
+            firsts = [r["first_failure_pct"] for r in rs]
+            row["first_failure_pct"], row["first_failure_pct_std"] = _mean_std(
+                [x for x in firsts if x is not None])
+            row["first_failure_none"] = sum(1 for x in firsts if x is None)
+            for kind in POD_KINDS:
+                fk = [r["first_failure_pct_by_kind"][kind] for r in rs]
+                row[f"first_failure_pct_{kind}"] = _mean_std([x for x in fk if x is not None])[0]
+                acc = [r["acceptance_pct"][kind] for r in rs]
+                row[f"accept_pct_{kind}"] = _mean_std([x for x in acc if x is not None])[0]
+            row["admission"] = policy in ADMISSION_POLICIES
             row["winner"] = False
             rows.append(row)
         key = f"alloc_pct_{last_pct}" if last_pct in ALLOC_POINTS else "alloc_pct_130"
-        scored = [r for r in rows if not math.isnan(r.get(key, float("nan")))]
+        # Admission control is never ranked with the placement policies: it can buy
+        # allocation by refusing pods that fit.
+        scored = [r for r in rows if not r["admission"] and not math.isnan(r.get(key, float("nan")))]
         if scored:
             best = max(r[key] for r in scored)
             for r in scored:
@@ -150,7 +165,8 @@ def run(args: argparse.Namespace) -> int:
                                TextColumn, TimeElapsedColumn, TimeRemainingColumn)
     from rich.table import Table
 
-    from .simulation import PAPER_SEEDS, prepare, read_nodes, read_pods, run_one, to_json
+    from .simulation import (ADMISSION_POLICIES, PAPER_SEEDS, POD_KIND_LABELS, prepare,
+                             read_nodes, read_pods, run_one, to_json)
 
     folder = Path(args.pods_dir)
     if not folder.is_dir():
@@ -220,27 +236,57 @@ def run(args: argparse.Namespace) -> int:
     bounds.sort(key=lambda b: (traces.index(b["trace"]), b["seed"]))
     summary = summarise(runs, bounds, traces, policies, last_pct)
 
-    table = Table(title=escape(f"gpuslice sweep: {folder}, {len(traces)} pod lists x "
-                               f"{len(policies)} policies x {len(seeds)} seeds, fill-up to "
-                               f"{args.load:g}"),
-                  caption=escape(f"mean ± std over seeds; * = most allocated at {last_pct}%; "
-                                 "held back = pods per run that a node could hold but the "
-                                 f"policy turned away; {len(runs)} runs in {wall:.1f} s"))
-    table.add_column("pod list", no_wrap=True)
-    table.add_column("policy", no_wrap=True)
-    for x in ALLOC_POINTS:
-        table.add_column(f"alloc % @{x}%", justify="right")
-    table.add_column(f"frag rate % @{FRAG_POINT}%", justify="right")
-    table.add_column(f"unalloc GPUs @{last_pct}%", justify="right")
-    table.add_column("held back", justify="right")
+    placement = [p for p in policies if p not in ADMISSION_POLICIES]
+    admission = [p for p in policies if p in ADMISSION_POLICIES]
 
     def cell(row, key):
         v = row.get(key, float("nan"))
         return "—" if math.isnan(v) else f"{v:.2f} ± {row[key + '_std']:.2f}"
 
+    def short(row, key, digits=1):
+        v = row.get(key, float("nan"))
+        return "—" if math.isnan(v) else f"{v:.{digits}f}"
+
+    def first_fail(row):
+        if row["first_failure_none"] == len(row["seeds"]):
+            return "none"
+        more = f" ({row['first_failure_none']} none)" if row["first_failure_none"] else ""
+        return short(row, "first_failure_pct") + more
+
+    def fair_columns(table):
+        table.add_column("refused fitting", justify="right")
+        table.add_column("1st fail @load %", justify="right")
+        for kind in ("sharing", "whole", "multi", "cpu"):
+            table.add_column(f"accept % {POD_KIND_LABELS[kind]}", justify="right")
+
+    def fair_cells(row):
+        return [short(row, "refused_fitting"), first_fail(row),
+                *[short(row, f"accept_pct_{k}") for k in ("sharing", "whole", "multi", "cpu")]]
+
+    table = Table(title=escape(f"gpuslice sweep: {folder}, {len(traces)} pod lists x "
+                               f"{len(placement)} placement policies x {len(seeds)} seeds, "
+                               f"fill-up to {args.load:g}"),
+                  caption=escape(f"mean ± std over seeds; * = most allocated at {last_pct}% "
+                                 "among placement policies; refused fitting = pods per run "
+                                 "turned away while a node could hold them; 1st fail = arrived "
+                                 "load % at the first failed pod (mean over the seeds that "
+                                 "failed one); accept % = placed / arrived by pod kind; "
+                                 f"{len(runs)} runs in {wall:.1f} s"))
+    table.add_column("pod list", no_wrap=True)
+    table.add_column("policy", no_wrap=True)
+    for x in ALLOC_POINTS:
+        table.add_column(f"alloc % @{x}%", justify="right")
+    fair_columns(table)
+    table.add_column(f"frag rate % @{FRAG_POINT}%", justify="right")
+    table.add_column(f"unalloc GPUs @{last_pct}%", justify="right")
+
     previous = None
     for row in summary:
+        if row["policy"] in admission:
+            continue
         first = row["trace"] != previous
+        if first and previous is not None:
+            table.add_section()
         previous = row["trace"]
         name = row["trace"] if first else ""
         if row["policy"].startswith("bound:"):
@@ -248,27 +294,55 @@ def run(args: argparse.Namespace) -> int:
                      f"bound, no failure <{BOUND_PLACED_BEFORE_PCT:g}%")
             table.add_row(name, f"[dim]{label}[/dim]",
                           *(["—", cell(row, "alloc_pct_last")] if last_pct == 130 else
-                            ["—", "—"]), "—", "—", "—")
+                            ["—", "—"]), *["—"] * 6, "—", "—")
             continue
         mark = "*" if row["winner"] else ""
         style = "bold" if row["winner"] else None
         table.add_row(name, f"{row['policy']}{mark}",
-                      *[cell(row, f"alloc_pct_{x}") for x in ALLOC_POINTS],
+                      *[cell(row, f"alloc_pct_{x}") for x in ALLOC_POINTS], *fair_cells(row),
                       cell(row, f"frag_rate_pct_{FRAG_POINT}"),
-                      cell(row, f"unallocated_gpus_{last_pct}"),
-                      f"{row['held_back']:.0f}" if row["held_back"] else "", style=style,
-                      end_section=False)
-    out.print(table)
+                      cell(row, f"unallocated_gpus_{last_pct}"), style=style)
+    if placement:
+        out.print(table)
+    if admission:
+        # Admission control holds fitting pods back to keep whole GPUs for later ones: its
+        # allocation is shown beside the refusals that bought it, in a table of its own.
+        adm = Table(title=escape(f"admission control (not ranked with the placement policies): "
+                                 f"{', '.join(admission)}, {len(traces)} pod lists x "
+                                 f"{len(seeds)} seeds"),
+                    caption=escape("held back = pods per run the policy turned away although "
+                                   "a node could hold them (its own count); refused fitting = "
+                                   "the same, checked by the filter"))
+        adm.add_column("pod list", no_wrap=True)
+        adm.add_column("policy", no_wrap=True)
+        for x in ALLOC_POINTS:
+            adm.add_column(f"alloc % @{x}%", justify="right")
+        fair_columns(adm)
+        adm.add_column("held back", justify="right")
+        for row in summary:
+            if row["policy"] not in admission:
+                continue
+            adm.add_row(row["trace"], row["policy"],
+                        *[cell(row, f"alloc_pct_{x}") for x in ALLOC_POINTS], *fair_cells(row),
+                        short(row, "held_back", 0))
+        out.print(adm)
     if "fgd" in policies:
-        for p in policies:
+        for p in placement:
             if p == "fgd":
                 continue
             key = f"alloc_pct_{last_pct}" if last_pct in ALLOC_POINTS else "alloc_pct_130"
-            mine = {r["trace"]: r[key] for r in summary if r["policy"] == p}
-            fgd = {r["trace"]: r[key] for r in summary if r["policy"] == "fgd"}
-            wins = sum(1 for t in traces if mine[t] > fgd[t])
+            mine = {r["trace"]: r for r in summary if r["policy"] == p}
+            fgd = {r["trace"]: r for r in summary if r["policy"] == "fgd"}
+            wins = sum(1 for t in traces if mine[t][key] > fgd[t][key])
             out.print(f"{p} allocates more than fgd at {last_pct}% on {wins} of "
                       f"{len(traces)} pod lists")
+            # At least fgd's figure at every allocation point, on which lists.
+            below = [t for t in traces if any(mine[t][f"alloc_pct_{x}"] < fgd[t][f"alloc_pct_{x}"]
+                                              for x in ALLOC_POINTS)]
+            points = " and ".join(f"{x}%" for x in ALLOC_POINTS)
+            out.print(f"{p} allocates at least fgd's figure at {points} on "
+                      f"{len(traces) - len(below)} of {len(traces)} pod lists"
+                      + (f"; below on {', '.join(below)}" if below else ""))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"pods_dir": str(folder), "nodes": str(node_file), "load": args.load,

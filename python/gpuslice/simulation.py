@@ -34,11 +34,21 @@ POLICIES: tuple[str, ...] = tuple(_core.policy_names)
 #: GPUs.
 NEW_POLICIES: tuple[str, ...] = ("sfgd", "rsfgd")
 #: Parts of sfgd and rsfgd that ``knobs`` can switch (docs/placement.md, the ablations).
-SFGD_KNOBS: tuple[str, ...] = ("exact", "pack", "cpu_fit", "strand", "reserve", "reserve_fill",
-                               "reserve_big", "reserve_cpu")
+SFGD_KNOBS: tuple[str, ...] = ("exact", "pack", "cpu_fit", "strand", "host", "reserve",
+                               "reserve_fill", "reserve_big", "reserve_cpu")
 #: The six policies of the FGD paper.
 PAPER_POLICIES: tuple[str, ...] = ("random", "dotprod", "gpuclustering", "gpupacking", "bestfit",
                                    "fgd")
+#: Policies that are admission control rather than placement: they may turn away a pod that
+#: a node could hold (rsfgd holds sliver-making pods back from the last whole GPUs), so their
+#: allocation is not comparable with the placement policies' and tables rank them apart.
+ADMISSION_POLICIES: tuple[str, ...] = ("rsfgd",)
+#: Pod kinds as results name them: CPU-only, sharing (one GPU, part of it), one whole GPU,
+#: several whole GPUs.
+POD_KINDS: tuple[str, ...] = ("cpu", "sharing", "whole", "multi")
+#: How tables label the pod kinds.
+POD_KIND_LABELS: dict[str, str] = {"sharing": "sharing", "whole": "1 GPU", "multi": "multi-GPU",
+                                   "cpu": "CPU-only"}
 #: Experiments by name.
 EXPERIMENTS: tuple[str, ...] = ("fillup", "replay")
 #: The paper's fill-up target, as a multiple of GPU capacity.
@@ -91,9 +101,19 @@ def _nan_to_none(x: float) -> float | None:
     return None if math.isnan(x) else float(x)
 
 
+def _load_pct(arrived_milli: int, capacity_milli: int) -> float | None:
+    """Arrived load in percent of GPU capacity; None for the core's -1 (never happened)."""
+    if arrived_milli < 0 or capacity_milli <= 0:
+        return None
+    return 100.0 * arrived_milli / capacity_milli
+
+
 def _shape(raw: dict, policy: str, seed: int, experiment: str, load: float, wall: float,
            cpu: float) -> dict:
     ms = raw["milestones"]
+    capacity = int(raw["total_gpus"]) * 1000
+    attempted = {k: int(v) for k, v in raw["attempted_pods"].items()}
+    failed = {k: int(v) for k, v in raw["failed_pods"].items()}
     milestones = [
         {
             "arrived_pct": x,
@@ -110,14 +130,26 @@ def _shape(raw: dict, policy: str, seed: int, experiment: str, load: float, wall
         "seed": seed,
         "experiment": experiment,
         "load": load,
-        "gpu_capacity_milli": int(raw["total_gpus"]) * 1000,
+        "gpu_capacity_milli": capacity,
         "wall_s": wall,
         "cpu_s": cpu,
         "milestones": milestones,
-        "failed_pods": dict(raw["failed_pods"]),
+        "failed_pods": failed,
+        # placed / attempted by kind, in percent (None: no pod of that kind arrived)
+        "acceptance_pct": {k: (100.0 * (attempted[k] - failed[k]) / attempted[k]
+                               if attempted[k] else None) for k in POD_KINDS},
+        # fill-up: arrived load (percent of GPU capacity) at the first failed pod, overall and
+        # by kind; None where none failed (always None in a replay: load there is not arrived)
+        "first_failure_pct": _load_pct(int(raw["first_failed_arrived"]), capacity),
+        "first_failure_pct_by_kind": {
+            k: _load_pct(int(raw["first_failed_arrived_by_kind"][k]), capacity)
+            for k in POD_KINDS},
         "pods": {"trace": raw["trace_pods"], "sampled": raw["tuned_pods"],
                  "removed": raw["removed_pods"], "departed": raw["departures"],
-                 "held_back": raw["held_back"],
+                 "held_back": raw["held_back"], "attempted": attempted,
+                 # refused while some node could hold them (the filter's verdict, checked
+                 # apart from the policy): failed in the fill-up, sent to wait in the replay
+                 "refused_fitting": int(raw["refused_fitting"]),
                  # arrived milli-GPU at the first pod held back (fill-up), None if none
                  "first_held_back_arrived_milli": (raw["first_held_back_arrived"]
                                                    if raw["first_held_back_arrived"] >= 0
@@ -132,7 +164,7 @@ def run_one(workload: _core.Workload, policy: str | Scorer = "fgd", experiment: 
             compress: float = 1.0) -> dict:
     """One run on a prepared workload. A callable policy is a custom scorer (slow path: it is
     called once per pod that has more than one feasible node). knobs switch parts of sfgd
-    and rsfgd (SFGD_KNOBS: exact, pack, cpu_fit as bools; strand, reserve, reserve_fill,
+    and rsfgd (SFGD_KNOBS: exact, pack, cpu_fit as bools; strand, host, reserve, reserve_fill,
     reserve_big, reserve_cpu as numbers) for their ablations.
     compress divides a replay's inter-arrival times (durations kept), to load the cluster;
     a replay's result has a ``replay`` dict of its measures (REPLAY_MEASURES)."""

@@ -98,6 +98,7 @@ def test_never_overcommits_and_refuses_a_pod_that_fits_only_by_holding_it_back(
     allocated = ev["allocated_milli"][-1] if len(ev["allocated_milli"]) else 0
     assert allocated == sum(row[2] * MILLI for row in node_rows) - sum(map(sum, free))
     assert turned_away == r["pods"]["held_back"]
+    assert turned_away == r["pods"]["refused_fitting"]
     if kn["reserve"] == 0 or (policy == "sfgd" and kn["reserve"] < 0):
         assert turned_away == 0
 
@@ -126,7 +127,7 @@ def test_sfgd_and_rsfgd_allocate_at_least_fgd_on_the_embedded_default():
     sfgd = next(r for r in results if r["policy"] == "sfgd" and r["seed"] == 42)
     assert np.array_equal(as_sfgd["events"]["node"], sfgd["events"]["node"])
     # FGD's own knobs turn sfgd back into FGD, placement for placement.
-    as_fgd = sim.run_one(w, "sfgd", seed=42, knobs={"exact": False, "strand": 0})
+    as_fgd = sim.run_one(w, "sfgd", seed=42, knobs={"exact": False, "strand": 0, "host": 0})
     fgd = next(r for r in results if r["policy"] == "fgd" and r["seed"] == 42)
     assert np.array_equal(as_fgd["events"]["node"], fgd["events"]["node"])
     assert np.array_equal(as_fgd["events"]["gpus"], fgd["events"]["gpus"])

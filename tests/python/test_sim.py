@@ -298,7 +298,7 @@ def test_cli_replay_on_the_embedded_default(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "replay" in out.stdout
     for column in ("alloc % mean", "alloc % peak", "frag rate % peak", "waited pods",
-                   "failed pods"):
+                   "gave up pods", "refused fitting", "accept % sharing"):
         assert column in out.stdout
     assert "—" not in out.stdout
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -158,6 +158,7 @@ TEST_CASE(
   o.policy = fit::openb_policy::sfgd;
   o.knobs.exact = false;
   o.knobs.strand = 0;
+  o.knobs.host = 0;
   const auto as_fgd = run_fillup(*w, o);
   CHECK(as_fgd.node == fgd.node);
   CHECK(as_fgd.allocated == fgd.allocated);
@@ -189,8 +190,11 @@ TEST_CASE("rsfgd on the real trace: sfgd until whole GPUs run short, then holds 
     ++k;
   }
   CHECK(rsfgd.node[k] < 0);
-  // Held-back pods are failed sharing pods; they buy allocation at the end.
+  // Held-back pods are failed sharing pods; they buy allocation at the end. The filter,
+  // checked apart from the policy, finds a node for each of them: refused while fitting.
   CHECK(rsfgd.failed[1] >= rsfgd.held_back);
+  CHECK(rsfgd.refused_fitting == rsfgd.held_back);
+  CHECK(sfgd.refused_fitting == 0);
   CHECK(rsfgd.allocated.back() > sfgd.allocated.back());
   // reserve 0 is sfgd.
   o.knobs.reserve = 0;
@@ -204,6 +208,76 @@ TEST_CASE("rsfgd on the real trace: sfgd until whole GPUs run short, then holds 
   REQUIRE(replay.ok());
   CHECK(replay->held_back > 0);
   CHECK(replay->waited > 0);
+  CHECK(replay->refused_fitting == replay->held_back);
+}
+
+TEST_CASE("fair metrics: attempts and failures by kind, first failure, fitting pods refused",
+          "[sim][experiment]") {
+  // Typed pods compete only within their kind, so the outcome does not depend on the order:
+  // two 2-GPU pods for the one 2-GPU node of A (one fails), three 400-milli pods for the one
+  // GPU of C (one fails), one whole pod for B's GPU, CPU-only pods (always fit).
+  std::vector<trace_node> nodes = {trace_node{"a", 64000, 1 << 20, 2, "A"},
+                                   trace_node{"b", 64000, 1 << 20, 1, "B"},
+                                   trace_node{"c", 64000, 1 << 20, 1, "C"}};
+  std::vector<trace_pod> pods = {tp("m1", 1000, 2, 1000), tp("m2", 1000, 2, 1000),
+                                 tp("s1", 1000, 1, 400),  tp("s2", 1000, 1, 400),
+                                 tp("s3", 1000, 1, 400),  tp("w1", 1000, 1, 1000),
+                                 tp("c1", 1000, 0, 0)};
+  for (auto& p : pods)
+    p.gpu_spec = p.num_gpu == 0 ? "" : p.name[0] == 'm' ? "A" : p.name[0] == 's' ? "C" : "B";
+  auto w = prepared_workload::make(nodes, pods);
+  REQUIRE(w.ok());
+  for (std::size_t p = 0; p < fit::k_openb_policy_names.size(); ++p) {
+    run_options o;
+    o.policy = static_cast<fit::openb_policy>(p);
+    INFO(fit::openb_policy_name(o.policy));
+    // 6200 milli requested on 4 GPUs; 1.6x leaves no room for another GPU pod, so sampling
+    // adds CPU-only pods only.
+    o.load = 1.6;
+    for (std::int64_t seed : {1, 2, 3}) {
+      o.seed = seed;
+      const auto r = run_fillup(*w, o);
+      const auto cpu = static_cast<std::size_t>(fit::openb_pod_kind::cpu_only);
+      const auto sharing = static_cast<std::size_t>(fit::openb_pod_kind::sharing);
+      const auto whole = static_cast<std::size_t>(fit::openb_pod_kind::whole);
+      const auto multi = static_cast<std::size_t>(fit::openb_pod_kind::multi);
+      CHECK(r.attempted[multi] == 2);
+      CHECK(r.attempted[sharing] == 3);
+      CHECK(r.attempted[whole] == 1);
+      CHECK(r.attempted[cpu] == 1 + r.tuned_pods);
+      CHECK(r.failed == std::array<std::int64_t, 4>{0, 1, 0, 1});
+      CHECK(r.refused_fitting == 0);
+      // The first failure is the first event without a node, by kind too.
+      std::size_t k = 0;
+      while (r.node[k] >= 0) ++k;
+      CHECK(r.first_failed_arrived == r.arrived[k]);
+      for (std::size_t kind : {sharing, multi}) {
+        k = 0;
+        while (r.node[k] >= 0 || static_cast<std::size_t>(
+                                     w->pods()[static_cast<std::size_t>(r.pod[k])].kind()) != kind)
+          ++k;
+        CHECK(r.first_failed_arrived_by_kind[kind] == r.arrived[k]);
+      }
+      CHECK(r.first_failed_arrived_by_kind[whole] == -1);
+      CHECK(r.first_failed_arrived_by_kind[cpu] == -1);
+    }
+  }
+  // Five 500-milli pods on two GPUs: any placement holds four, so the fifth fails at 125%.
+  std::vector<trace_node> two = {trace_node{"n", 64000, 1 << 20, 2, "A"}};
+  std::vector<trace_pod> halves;
+  for (int i = 0; i < 5; ++i) halves.push_back(tp("h" + std::to_string(i), 1000, 1, 500));
+  auto h = prepared_workload::make(two, halves);
+  REQUIRE(h.ok());
+  for (std::size_t p = 0; p < fit::k_openb_policy_names.size(); ++p) {
+    run_options o;
+    o.policy = static_cast<fit::openb_policy>(p);
+    INFO(fit::openb_policy_name(o.policy));
+    const auto r = run_fillup(*h, o);
+    CHECK(r.attempted[1] == 5);
+    CHECK(r.failed[1] == 1);
+    CHECK(r.first_failed_arrived == 2500);
+    CHECK(r.refused_fitting == 0);
+  }
 }
 
 TEST_CASE("the node index leaves fill-up and replay placements unchanged on the real trace",
@@ -296,6 +370,8 @@ TEST_CASE("replay: departures free resources, waiting pods start when a node fre
     CHECK(r->waited == 3);
     CHECK(r->wait_total_s == Approx(5 + 15 + 5));
     CHECK(r->failed == std::array<std::int64_t, 4>{});
+    CHECK(r->attempted == std::array<std::int64_t, 4>{0, 1, 3, 0});
+    CHECK(r->refused_fitting == 0);  // each waiting pod found the only GPU taken
     const replay_measures m = measure_replay(*r);
     // Load phase 0..40: full from 0 to 10 and from 10 to 25 and from 25 to 40 except the
     // instants between a departure and the start it allows.

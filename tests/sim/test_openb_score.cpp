@@ -152,6 +152,7 @@ TEST_CASE("sfgd keeps CPU where GPUs still need it; FGD sees no difference", "[s
   sfgd_knobs as_fgd;
   as_fgd.exact = false;
   as_fgd.strand = 0;
+  as_fgd.host = 0;
   s.set_sfgd_knobs(as_fgd);
   CHECK(s.schedule(c, cpu_pod).node == 0);
 }
@@ -506,4 +507,51 @@ TEST_CASE("the node index chooses exactly as scoring every node under departures
     CHECK(departed > 500);
     CHECK(t.indexed.indexed_classes() == kinds.size());
   }
+}
+
+TEST_CASE("sfgd's host pressure keeps a scarce model's GPUs for the pods typed to it",
+          "[sim][score]") {
+  // Model 0 (X) has one GPU, model 1 (Y) four. Typical pods: four untyped, one typed to X and
+  // two typed to Y, all 500 milli. FGD's measure counts a node's free GPU as fragment for the
+  // typed pods that cannot use its model: two Y-typed against X's GPU, one X-typed against
+  // each Y GPU, so filling X looks like the larger decrease. X's pods have one GPU to go to,
+  // Y's four: per GPU, X is the dearer.
+  std::vector<openb_pod> pods(4, pod(0, 1, 500));
+  std::vector<std::string> specs(4);
+  openb_pod on_x = pod(0, 1, 500);
+  on_x.typed = true;
+  on_x.types = 0b01;
+  openb_pod on_y = pod(0, 1, 500);
+  on_y.typed = true;
+  on_y.types = 0b10;
+  pods.push_back(on_x);
+  specs.emplace_back("X");
+  pods.insert(pods.end(), 2, on_y);
+  specs.insert(specs.end(), 2, "Y");
+  frag_model model(openb_typical_pods(pods, specs), 2);
+  REQUIRE(model.typical().pods.size() == 3);
+  std::vector<openb_node_spec> nodes = {openb_node_spec{8000, 100, 1, 0}};
+  nodes.insert(nodes.end(), 4, openb_node_spec{8000, 100, 1, 1});
+  openb_cluster c(nodes);
+  frag_tracker t(model, c);
+  go_rand rng(1);
+  const std::vector<std::int32_t> ranks = {0, 1, 2, 3, 4};
+  // Without the term, sfgd fills X first: its decrease is 500 x 2 against Y's 500 x 1.
+  openb_scheduler<go_rand> plain(openb_policy::sfgd, ranks, &t, &rng);
+  sfgd_knobs off;
+  off.host = 0;
+  plain.set_sfgd_knobs(off);
+  CHECK(plain.schedule(c, pod(0, 1, 500)).node == 0);
+  // Demand shares 4/7, 1/7, 2/7 of 5 GPUs; capacities 5, 1 and 4 GPUs. Per milli, X's GPU
+  // weighs 4/7 + 5/7 and a Y GPU 4/7 + 5/14 (times denom 7): X costs 2.5 denominators more
+  // than Y per milli, which outweighs FGD's one.
+  openb_scheduler<go_rand> s(openb_policy::sfgd, ranks, &t, &rng);
+  sfgd_knobs on;
+  on.host = 1;
+  s.set_sfgd_knobs(on);
+  CHECK(s.schedule(c, pod(0, 1, 500)).node == 1);
+  CHECK(s.sfgd_delta(c.node(0), 0, pod(0, 1, 500)).first == 2 * 500 - (4 + 5) * 500);
+  CHECK(s.sfgd_delta(c.node(1), 1, pod(0, 1, 500)).first == 1 * 500 - (8 + 5) * 500 / 2);
+  // A pod typed to X has only X: the term never refuses it.
+  CHECK(s.schedule(c, on_x).node == 0);
 }

@@ -53,8 +53,8 @@ inline constexpr std::array<std::string_view, 10> k_openb_policy_names = {
 inline constexpr double k_rsfgd_reserve = 0.25;
 
 /// The parts of sfgd (stranding-aware FGD), each of which can be switched for its ablation.
-/// The defaults are the policy; {exact=false, pack=false, cpu_fit=false, strand=0} chooses
-/// exactly as FGD does.
+/// The defaults are the policy; {exact=false, pack=false, cpu_fit=false, strand=0, host=0}
+/// chooses exactly as FGD does.
 struct sfgd_knobs {
   /// Rank nodes by the exact change of the fragment amount (an integer in units of 1/denom
   /// milli-GPU) instead of FGD's trunc(100 * sigmoid(change / 1000)), which ties every change
@@ -73,6 +73,15 @@ struct sfgd_knobs {
   /// below one typical pod's request; this term sees it as soon as the CPU left cannot fill
   /// the GPUs left.
   double strand = 1.0;
+  /// Weight of the host-pressure term: each node's free GPU counts, in its fragment, with a
+  /// negative weight: the sum over the typical GPU pods the empty node could host (model, GPU
+  /// count, and CPU for multi-GPU pods) of each one's share of the typical GPU demand over its
+  /// hosts' share of the cluster's GPUs, times denom. A class every node can host adds the
+  /// same to every node and changes no choice; one that few nodes can host (typed to a scarce
+  /// model, or a multi-GPU pod that needs more CPU than most nodes have) makes its hosts' GPUs
+  /// dearer, so that other pods fill them last. FGD's measure sees such a class only through
+  /// its weight, not through how few GPUs can serve it. 0 = off; 1 in the policy.
+  double host = 1.0;
   /// The reservation (rsfgd): while fewer than this fraction of the GPUs a sharing pod may use
   /// (all of them, or the models its gpu_spec names) are entirely free, the pod is not placed
   /// on an entirely free GPU if the sliver it would leave there is one that few typical pods
@@ -366,9 +375,55 @@ class openb_scheduler {
     return policy_ == openb_policy::sfgd || policy_ == openb_policy::rsfgd;
   }
 
+  // Host pressure of every node (sfgd_knobs::host), in units of 1/denom per milli-GPU; once.
+  void host_pressure_init(const openb_cluster& cluster) {
+    if (!host_pressure_.empty() || knobs_.host <= 0 || !sfgd_like()) return;
+    const auto& nodes = cluster.nodes();
+    const auto& typical = frag_->model().typical().pods;
+    // Could the empty node host a pod of class t? Its model and GPU count, and for a
+    // multi-GPU class its CPU, which must come from that one node. A one-GPU class's CPU is
+    // left out: counting it made the CPU-rich nodes dear and cost allocation on the cpu lists.
+    const auto hosts = [](const typical_pod& t, const openb_node& n) {
+      if (n.gpus < t.n || (t.n > 1 && t.cpu > n.cpu_alloc)) return false;
+      return !t.typed || (n.model >= 0 && ((t.types >> n.model) & 1U) != 0);
+    };
+    std::vector<double> capacity(typical.size(), 0.0);
+    for (std::size_t k = 0; k < typical.size(); ++k) {
+      const auto& t = typical[k];
+      if (t.m <= 0 || t.n <= 0) continue;
+      for (const auto& n : nodes) {
+        if (hosts(t, n)) capacity[k] += static_cast<double>(n.gpus) * k_openb_gpu_milli;
+      }
+    }
+    // Class k's share of the typical GPU demand over its hosts' share of the GPUs: 1 when its
+    // hosts can take it in proportion, more when they are few for it.
+    double demand = 0;
+    for (const auto& t : typical) demand += static_cast<double>(t.count) * t.n * std::max(t.m, 0);
+    const double total = static_cast<double>(cluster.total_gpus()) * k_openb_gpu_milli;
+    host_pressure_.assign(nodes.size(), 0.0);
+    if (demand <= 0) return;
+    const auto denom = static_cast<double>(frag_->model().denom());
+    for (std::size_t i = 0; i < nodes.size(); ++i) {
+      double p = 0;
+      for (std::size_t k = 0; k < typical.size(); ++k) {
+        const auto& t = typical[k];
+        if (capacity[k] <= 0 || !hosts(t, nodes[i])) continue;
+        p += static_cast<double>(t.count) * t.n * t.m / demand * total / capacity[k];
+      }
+      host_pressure_[i] = knobs_.host * denom * p;
+    }
+  }
+
+  // The host-pressure term of node i with `free_total` milli-GPU free (0 when off).
+  std::int64_t host_term(std::size_t i, std::int64_t free_total) const noexcept {
+    if (host_pressure_.empty()) return 0;
+    return -std::llround(host_pressure_[i] * static_cast<double>(free_total));
+  }
+
   // The policy's choice, before the reservation.
   openb_placement schedule_unreserved(const openb_cluster& cluster, const openb_pod& pod,
                                       std::int32_t pod_class) {
+    host_pressure_init(cluster);
     if (index_on_ && pod_class >= 0 && static_cast<std::size_t>(pod_class) < class_count_) {
       std::int32_t pick = -1;
       if (indexed_choice(cluster, pod, pod_class, pick))
@@ -976,20 +1031,19 @@ class openb_scheduler {
                                      static_cast<double>(frag_->model().denom()));
   }
 
-  std::int64_t sfgd_amount(std::int64_t cpu_left, const std::int16_t* f, const openb_node& node) {
+  std::int64_t sfgd_amount(std::int64_t cpu_left, const std::int16_t* f, const openb_node& node,
+                           std::size_t i) {
     std::int64_t a = frag_->model().amount(cpu_left, f, node.gpus, node.model);
-    if (knobs_.strand > 0) {
-      std::int64_t total = 0;
-      for (int g = 0; g < node.gpus; ++g) total += f[g];
-      a += stranded(cpu_left, total);
-    }
-    return a;
+    std::int64_t total = 0;
+    for (int g = 0; g < node.gpus; ++g) total += f[g];
+    if (knobs_.strand > 0) a += stranded(cpu_left, total);
+    return a + host_term(i, total);
   }
 
   std::pair<std::int64_t, int> sfgd_compute(const openb_node& node, std::size_t i,
                                             const openb_pod& pod) {
-    const std::int64_t before =
-        frag_->node(i) + (knobs_.strand > 0 ? stranded(node.cpu_left(), node.free_total) : 0);
+    std::int64_t before = frag_->node(i) + host_term(i, node.free_total);
+    if (knobs_.strand > 0) before += stranded(node.cpu_left(), node.free_total);
     const std::int64_t cpu_after = node.cpu_left() - pod.cpu;
     std::array<std::int16_t, k_openb_max_gpus> f = node.free;
     if (pod.kind() != openb_pod_kind::sharing || pod.m == 0) {
@@ -1004,7 +1058,7 @@ class openb_scheduler {
           }
         }
       }
-      return {sfgd_key(before, sfgd_amount(cpu_after, f.data(), node)), -1};
+      return {sfgd_key(before, sfgd_amount(cpu_after, f.data(), node, i)), -1};
     }
     // Sharing pod: the GPU with the best key; ties to the least free milli (pack) or the
     // lowest index. Equal free values leave equal states, so each value is scored once.
@@ -1018,7 +1072,7 @@ class openb_scheduler {
       for (int k = 0; k < g; ++k) seen = seen || node.free[static_cast<std::size_t>(k)] == v;
       if (seen) continue;
       f[gi] = static_cast<std::int16_t>(v - pod.m);
-      const std::int64_t key = sfgd_key(before, sfgd_amount(cpu_after, f.data(), node));
+      const std::int64_t key = sfgd_key(before, sfgd_amount(cpu_after, f.data(), node, i));
       f[gi] = v;
       if (best_gpu < 0 || key > best ||
           (key == best && knobs_.pack && v < node.free[static_cast<std::size_t>(best_gpu)])) {
@@ -1042,8 +1096,9 @@ class openb_scheduler {
   std::size_t spec_count_ = 0;
   std::size_t tree_size_ = 0;
   sfgd_knobs knobs_;
-  double cpu_per_milli_ = -1;       ///< typical GPU pods' milli-CPU per milli-GPU; -1 = not yet
-  std::vector<double> fill_share_;  ///< fill_share(w) by w; empty = not yet
+  double cpu_per_milli_ = -1;          ///< typical GPU pods' milli-CPU per milli-GPU; -1 = not yet
+  std::vector<double> fill_share_;     ///< fill_share(w) by w; empty = not yet
+  std::vector<double> host_pressure_;  ///< host x pressure by node; empty = off
   bool last_held_back_ = false;
   std::uint64_t held_back_ = 0;
   std::vector<fp_cached> fp_cache_;

@@ -119,6 +119,13 @@ inline void record_event(run_record& r, const fit::openb_cluster& cluster,
                                  : std::numeric_limits<double>::quiet_NaN());
 }
 
+/// True when some node of the cluster passes the filter for pod (whatever a policy chose).
+inline bool any_node_fits(const fit::openb_cluster& cluster, const fit::openb_pod& pod) noexcept {
+  const auto& nodes = cluster.nodes();
+  return std::any_of(nodes.begin(), nodes.end(),
+                     [&](const fit::openb_node& n) { return fit::openb_feasible(n, pod); });
+}
+
 }  // namespace detail
 
 /// Runs the fill-up experiment (§7, §8 per-event metrics). Pods never depart; failed pods are
@@ -146,6 +153,8 @@ inline run_record run_fillup(const prepared_workload& w, const run_options& opt)
   for (const std::int32_t idx : plan.order) {
     const auto& pod = pods[static_cast<std::size_t>(idx)];
     arrived += pod.gpu_request();
+    const auto kind = static_cast<std::size_t>(pod.kind());
+    ++r.attempted[kind];
     const fit::openb_placement p =
         sched.schedule(cluster, pod, classes[static_cast<std::size_t>(idx)]);
     if (p.node >= 0) {
@@ -153,7 +162,10 @@ inline run_record run_fillup(const prepared_workload& w, const run_options& opt)
       frag.update(cluster, static_cast<std::size_t>(p.node));
       sched.node_changed(static_cast<std::size_t>(p.node));
     } else {
-      ++r.failed[static_cast<std::size_t>(pod.kind())];
+      ++r.failed[kind];
+      if (r.first_failed_arrived < 0) r.first_failed_arrived = arrived;
+      if (r.first_failed_arrived_by_kind[kind] < 0) r.first_failed_arrived_by_kind[kind] = arrived;
+      if (detail::any_node_fits(cluster, pod)) ++r.refused_fitting;
       if (sched.last_held_back()) {
         if (r.held_back++ == 0) r.first_held_back_arrived = arrived;
       }
@@ -295,12 +307,14 @@ inline result<run_record> run_replay(const prepared_workload& w, const run_optio
     expire(t);
     const auto& pod = pods[i];
     arrived += pod.gpu_request();
+    ++r.attempted[static_cast<std::size_t>(pod.kind())];
     const fit::openb_placement p = sched.schedule(cluster, pod, classes[i]);
     if (p.node >= 0) {
       start(idx, p, t);
       record(idx, p.node, p.gpus, t, replay_event::arrived_started);
     } else {
       r.held_back += sched.last_held_back() ? 1 : 0;
+      if (detail::any_node_fits(cluster, pod)) ++r.refused_fitting;
       queue.push_back(waiting{idx, t, t + duration(i)});
       record(idx, -1, 0, t, replay_event::arrived_waiting);
     }

@@ -42,11 +42,21 @@ struct run_record {
   std::vector<double> frag_milli;        ///< F_k in milli-GPU, rounded to 2 decimals
   std::vector<double> frag_rate;         ///< 100 F_k / idle_k, rounded to 2 decimals; NaN if idle 0
   std::array<std::int64_t, 4> failed{};  ///< failed (fill-up) or gave-up (replay) pods by kind
-  std::int64_t total_gpus = 0;           ///< GPUs in the cluster
-  std::int64_t trace_pods = 0;           ///< pods taken from the trace
-  std::int64_t tuned_pods = 0;           ///< pods added by sampling (fill-up)
-  std::int64_t removed_pods = 0;         ///< pods removed by tune-down (fill-up)
-  std::int64_t departures = 0;           ///< pods that departed (replay)
+  /// Pods attempted, by kind (fit::openb_pod_kind): every pod of the fill-up once, every
+  /// arrival of the replay once. Acceptance of a kind = 1 - failed / attempted.
+  std::array<std::int64_t, 4> attempted{};
+  /// Pods refused while some node could hold them, by the filter alone, checked independently
+  /// of the policy: failed (fill-up) or sent to wait on arrival (replay) although a node was
+  /// feasible. A placement policy refuses none; admission control (rsfgd) does.
+  std::int64_t refused_fitting = 0;
+  /// Fill-up: A_k at the first failed pod, overall and by kind; -1 = none failed.
+  std::int64_t first_failed_arrived = -1;
+  std::array<std::int64_t, 4> first_failed_arrived_by_kind{-1, -1, -1, -1};
+  std::int64_t total_gpus = 0;    ///< GPUs in the cluster
+  std::int64_t trace_pods = 0;    ///< pods taken from the trace
+  std::int64_t tuned_pods = 0;    ///< pods added by sampling (fill-up)
+  std::int64_t removed_pods = 0;  ///< pods removed by tune-down (fill-up)
+  std::int64_t departures = 0;    ///< pods that departed (replay)
   /// Pods the policy held back although a node could hold them (rsfgd's reservation): they
   /// fail in the fill-up, and wait in the replay (counted at arrival).
   std::int64_t held_back = 0;
