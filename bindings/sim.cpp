@@ -149,6 +149,10 @@ fit::openb_custom_scorer wrap_scorer(::pybind11::object scorer) {
                      : key == "reserve_big"  ? &opt.knobs.reserve_big
                      : key == "reserve_cpu"  ? &opt.knobs.reserve_cpu
                                              : nullptr;
+    if (key == "host_all") {
+      opt.host_all_classes = ::pybind11::cast<bool>(kv.second);
+      continue;
+    }
     if (weight != nullptr) {
       *weight = ::pybind11::cast<double>(kv.second);
       continue;
@@ -161,9 +165,10 @@ fit::openb_custom_scorer wrap_scorer(::pybind11::object scorer) {
     } else if (key == "cpu_fit") {
       opt.knobs.cpu_fit = on;
     } else {
-      throw ::pybind11::value_error("knob '" + key +
-                                    "': expected exact, pack, cpu_fit, strand, host, reserve, "
-                                    "reserve_fill, reserve_big or reserve_cpu");
+      throw ::pybind11::value_error(
+          "knob '" + key +
+          "': expected exact, pack, cpu_fit, host_all, strand, host, reserve, "
+          "reserve_fill, reserve_big or reserve_cpu");
     }
   }
   if (!scorer.is_none()) {
@@ -360,7 +365,8 @@ void bind_sim(::pybind11::module_& m) {
       "run_experiment", &run, "workload"_a, "policy"_a, "experiment"_a = "fillup", "seed"_a = 42,
       "load"_a = sim::k_default_load, "scorer"_a = ::pybind11::none(),
       "knobs"_a = ::pybind11::dict(), "compress"_a = 1.0, "node_index"_a = true,
-      "Run one experiment; knobs switch parts of sfgd and rsfgd (exact, pack, cpu_fit: bool; "
+      "Run one experiment; knobs switch parts of sfgd and rsfgd (exact, pack, cpu_fit, host_all: "
+      "bool; "
       "strand, host, reserve, reserve_fill, reserve_big, reserve_cpu: numbers); compress divides a "
       "replay's inter-arrival times; node_index=False scores every "
       "node in every decision (fgd, sfgd, dotprod, gpuclustering, gpupacking: same "

@@ -34,8 +34,8 @@ POLICIES: tuple[str, ...] = tuple(_core.policy_names)
 #: GPUs.
 NEW_POLICIES: tuple[str, ...] = ("sfgd", "rsfgd")
 #: Parts of sfgd and rsfgd that ``knobs`` can switch (docs/placement.md, the ablations).
-SFGD_KNOBS: tuple[str, ...] = ("exact", "pack", "cpu_fit", "strand", "host", "reserve",
-                               "reserve_fill", "reserve_big", "reserve_cpu")
+SFGD_KNOBS: tuple[str, ...] = ("exact", "pack", "cpu_fit", "host_all", "strand", "host",
+                               "reserve", "reserve_fill", "reserve_big", "reserve_cpu")
 #: The six policies of the FGD paper.
 PAPER_POLICIES: tuple[str, ...] = ("random", "dotprod", "gpuclustering", "gpupacking", "bestfit",
                                    "fgd")
@@ -164,8 +164,8 @@ def run_one(workload: _core.Workload, policy: str | Scorer = "fgd", experiment: 
             compress: float = 1.0) -> dict:
     """One run on a prepared workload. A callable policy is a custom scorer (slow path: it is
     called once per pod that has more than one feasible node). knobs switch parts of sfgd
-    and rsfgd (SFGD_KNOBS: exact, pack, cpu_fit as bools; strand, host, reserve, reserve_fill,
-    reserve_big, reserve_cpu as numbers) for their ablations.
+    and rsfgd (SFGD_KNOBS: exact, pack, cpu_fit, host_all as bools; strand, host, reserve,
+    reserve_fill, reserve_big, reserve_cpu as numbers) for their ablations.
     compress divides a replay's inter-arrival times (durations kept), to load the cluster;
     a replay's result has a ``replay`` dict of its measures (REPLAY_MEASURES)."""
     if experiment not in EXPERIMENTS:

@@ -555,3 +555,22 @@ TEST_CASE("sfgd's host pressure keeps a scarce model's GPUs for the pods typed t
   // A pod typed to X has only X: the term never refuses it.
   CHECK(s.schedule(c, on_x).node == 0);
 }
+
+TEST_CASE("sfgd's host pressure can weigh the rare pod classes the typical pods leave out",
+          "[sim][score]") {
+  // Two 8-GPU nodes, 128 and 96 cores; the typical pods are one-GPU pods that both can host,
+  // so their pressure is the same on both and the rank decides.
+  auto model = typical_of(std::vector<openb_pod>(10, pod(0, 1, 1000)));
+  openb_cluster c({openb_node_spec{128000, 100, 8, 0}, openb_node_spec{96000, 100, 8, 0}});
+  frag_tracker t(model, c);
+  go_rand rng(1);
+  openb_scheduler<go_rand> typical_only(openb_policy::sfgd, {0, 1}, &t, &rng, 1);
+  CHECK(typical_only.schedule(c, pod(0, 1, 1000)).node == 0);
+  // One 8-GPU pod asking 120,000 milli-CPU, too rare to be typical, fits only the first node:
+  // counted among the host classes, it makes that node's GPUs dearer.
+  std::vector<openb_pod> all(10, pod(0, 1, 1000));
+  all.push_back(pod(120000, 8, 1000));
+  openb_scheduler<go_rand> s(openb_policy::sfgd, {0, 1}, &t, &rng, 1);
+  s.set_host_classes(openb_typical_pods(all, std::vector<std::string>(all.size()), 100));
+  CHECK(s.schedule(c, pod(0, 1, 1000)).node == 1);
+}

@@ -288,6 +288,10 @@ class openb_scheduler {
 
   /// Sets the parts of sfgd in use (its ablation); the defaults are the policy.
   void set_sfgd_knobs(const sfgd_knobs& k) noexcept { knobs_ = k; }
+  /// Sets the pod classes the host pressure weighs (sfgd_knobs::host): every class of the
+  /// workload with its count, where the typical pods (the default) leave out the rare ones
+  /// (openb_typical_pods with threshold 100 gives them all). Call before the first schedule().
+  void set_host_classes(typical_pods classes) { host_classes_ = std::move(classes); }
 
   /// One cycle for pod against the cluster's current state; binds nothing. pod_class indexes
   /// the FGD score cache (-1: no caching). node < 0 when no node can hold the pod, or when
@@ -379,7 +383,8 @@ class openb_scheduler {
   void host_pressure_init(const openb_cluster& cluster) {
     if (!host_pressure_.empty() || knobs_.host <= 0 || !sfgd_like()) return;
     const auto& nodes = cluster.nodes();
-    const auto& typical = frag_->model().typical().pods;
+    const auto& typical =
+        host_classes_.pods.empty() ? frag_->model().typical().pods : host_classes_.pods;
     // Could the empty node host a pod of class t? Its model and GPU count, and for a
     // multi-GPU class its CPU, which must come from that one node. A one-GPU class's CPU is
     // left out: counting it made the CPU-rich nodes dear and cost allocation on the cpu lists.
@@ -1099,6 +1104,7 @@ class openb_scheduler {
   double cpu_per_milli_ = -1;          ///< typical GPU pods' milli-CPU per milli-GPU; -1 = not yet
   std::vector<double> fill_share_;     ///< fill_share(w) by w; empty = not yet
   std::vector<double> host_pressure_;  ///< host x pressure by node; empty = off
+  typical_pods host_classes_;          ///< classes the host pressure weighs; empty = typical
   bool last_held_back_ = false;
   std::uint64_t held_back_ = 0;
   std::vector<fp_cached> fp_cache_;

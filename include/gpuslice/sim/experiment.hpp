@@ -41,7 +41,16 @@ struct run_options {
   /// per-class node index (identical placements; see openb_scheduler::enable_index). Off:
   /// score every node every time.
   bool node_index = true;
+  /// sfgd and rsfgd: the host pressure weighs every pod class of the workload, rare ones too,
+  /// instead of the typical pods only.
+  bool host_all_classes = true;
 };
+
+/// Every pod class (cpu, m, n, gpu_spec) of the workload with its count. Pure.
+inline fit::typical_pods all_classes(const prepared_workload& w) {
+  constexpr int every_class_pct = 100;
+  return fit::openb_typical_pods(w.pods(), w.specs(), every_class_pct);
+}
 
 /// The fill-up submission order and node ranks (§7 steps 3-7), drawn from one Go source.
 struct fillup_plan {
@@ -140,6 +149,7 @@ inline run_record run_fillup(const prepared_workload& w, const run_options& opt)
   fit::openb_scheduler<go_rand> sched(opt.policy, plan.ranks, &frag, &rng, w.class_count());
   if (opt.custom) sched.set_custom(opt.custom);
   sched.set_sfgd_knobs(opt.knobs);
+  if (opt.host_all_classes) sched.set_host_classes(all_classes(w));
   if (opt.node_index) sched.enable_index();
   run_record r;
   r.total_gpus = cluster.total_gpus();
@@ -210,6 +220,7 @@ inline result<run_record> run_replay(const prepared_workload& w, const run_optio
   fit::openb_scheduler<go_rand> sched(opt.policy, ranks, &frag, &rng, w.class_count());
   if (opt.custom) sched.set_custom(opt.custom);
   sched.set_sfgd_knobs(opt.knobs);
+  if (opt.host_all_classes) sched.set_host_classes(all_classes(w));
   if (opt.node_index) sched.enable_index();
   run_record r;
   r.total_gpus = cluster.total_gpus();
