@@ -126,7 +126,8 @@ def summarise(runs: list[dict], bounds: list[dict], traces: list[str],
         key = f"alloc_pct_{last_pct}" if last_pct in ALLOC_POINTS else "alloc_pct_130"
         # Admission control is never ranked with the placement policies: it can buy
         # allocation by refusing pods that fit.
-        scored = [r for r in rows if not r["admission"] and not math.isnan(r.get(key, float("nan")))]
+        scored = [r for r in rows
+                  if not r["admission"] and not math.isnan(r.get(key, float("nan")))]
         if scored:
             best = max(r[key] for r in scored)
             for r in scored:
