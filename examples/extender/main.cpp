@@ -20,9 +20,11 @@
 // the pod and creates its v1.Binding, within --bind-timeout-ms in all (below kube-scheduler's
 // httpTimeout).
 //
-// --auth-token-file FILE: every verb needs the file's token, as the URL prefix kube-scheduler's
-// extender urlPrefix sends (https://svc:8888/TOKEN) or as a bearer header; GET /state, /metrics,
-// /healthz and /readyz stay open. --leader-elect: replicas share a coordination.k8s.io/v1 Lease
+// --tls-cert/--tls-key serve HTTPS (kube-scheduler's enableHTTPS with tlsConfig.caFile), which
+// keeps the token off the wire. --auth-token-file FILE: every verb needs the file's token, as the
+// URL prefix kube-scheduler's extender urlPrefix sends (https://svc:8888/TOKEN) or as a bearer
+// header; GET /state, /metrics, /healthz and /readyz stay open. --leader-elect: replicas share a
+// coordination.k8s.io/v1 Lease
 // (--lease-namespace, --lease-name, --lease-duration-s); only the holder binds and releases, and
 // only its /readyz answers 200, so a Service routes to it. With an API server, a pod that no node
 // fits or whose bind fails gets a Warning Event (reasons FilteringFailed, BindingFailed, as HAMi).
@@ -97,7 +99,8 @@ constexpr std::string_view k_usage =
     "[--resource-mem NAME] "
     "[--resource-mem-percentage NAME] [--resource-cores NAME] [--default-gpu-num N] "
     "[--default-mem MIB] [--default-cores PERCENT] [--memory-factor N] "
-    "[--auth-token-file FILE] [--leader-elect [--lease-namespace NS] [--lease-name NAME] "
+    "[--auth-token-file FILE] [--tls-cert FILE --tls-key FILE] [--leader-elect [--lease-namespace "
+    "NS] [--lease-name NAME] "
     "[--lease-duration-s S] [--identity ID]] [--verbose]\n";
 
 /// Leader election defaults: client-go's lease duration, and its retry period as a fraction.
@@ -479,7 +482,7 @@ int main(int argc, char** argv) {
   int port = k_default_port;
   bool verbose = false;
   long bind_timeout_ms = k_default_bind_timeout_ms;
-  std::string kubeconfig, kube_context;
+  std::string kubeconfig, kube_context, tls_cert, tls_key;
   std::string token_file, lease_ns = "kube-system", lease_name = "gpuslice-extender", identity;
   bool leader_elect = false;
   long lease_duration_s = k_default_lease_duration_s;
@@ -538,6 +541,10 @@ int main(int argc, char** argv) {
       kubeconfig = value;
     } else if (arg == "--context") {
       kube_context = value;
+    } else if (arg == "--tls-cert") {
+      tls_cert = value;
+    } else if (arg == "--tls-key") {
+      tls_key = value;
     } else if (arg == "--auth-token-file") {
       token_file = value;
     } else if (arg == "--lease-namespace") {
@@ -616,6 +623,27 @@ int main(int argc, char** argv) {
     auto t = read_token(token_file);
     if (!t) return fail(t.message());
     routes.token = std::move(*t);
+  }
+  // The serving certificate and key are checked before the cluster is read.
+  std::unique_ptr<httplib::Server> server;
+  if (!tls_cert.empty() || !tls_key.empty()) {
+    if (tls_cert.empty() || tls_key.empty()) {
+      fmt::print(stderr, "gpuslice_extender: expected --tls-cert and --tls-key together\n{}",
+                 k_usage);
+      return k_exit_usage;
+    }
+#ifdef CPPHTTPLIB_OPENSSL_SUPPORT
+    auto tls = std::make_unique<httplib::SSLServer>(tls_cert.c_str(), tls_key.c_str());
+    if (!tls->is_valid()) {
+      return fail(tls_cert + ", " + tls_key +
+                  ": cannot load the certificate and its key (expected PEM files that match)");
+    }
+    server = std::move(tls);
+#else
+    return fail("--tls-cert: HTTPS needs cpp-httplib built with OpenSSL");
+#endif
+  } else {
+    server = std::make_unique<httplib::Server>();
   }
   if (identity.empty()) {
     char host[256] = {};
@@ -767,7 +795,7 @@ int main(int argc, char** argv) {
     informers.emplace_back([&] { elector->run(cancel_election); });
   }
 
-  httplib::Server svr;
+  httplib::Server& svr = *server;
   ext::configure(svr);
   ext::install_routes(svr, service, verbose, routes);
 
@@ -794,10 +822,10 @@ int main(int argc, char** argv) {
           ? "watched through " + (in_cluster ? std::string("the in-cluster API server") : apiserver)
           : "from " + nodes_path;
   fmt::print(
-      "gpuslice {} extender: serving {} nodes on http://{}:{} (node policy {}, GPU "
+      "gpuslice {} extender: serving {} nodes on {}://{}:{} (node policy {}, GPU "
       "policy {}, nodes {}, bind {}{}{})\n",
-      GPUSLICE_VERSION_STRING, service.size(), listen, port, policy.node, policy.gpu, source,
-      client ? "through the API server" : "in memory only",
+      GPUSLICE_VERSION_STRING, service.size(), tls_cert.empty() ? "http" : "https", listen, port,
+      policy.node, policy.gpu, source, client ? "through the API server" : "in memory only",
       routes.token.empty() ? "" : ", verbs need the token",
       leader_elect ? ", leader election on lease " + lease_ns + "/" + lease_name + " as " + identity
                    : std::string());

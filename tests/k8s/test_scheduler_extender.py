@@ -11,7 +11,9 @@ import functools
 import http.client
 import json
 import os
+import re
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -55,8 +57,9 @@ class Extender:
         self.proc = subprocess.Popen([EXTENDER, "--listen", "127.0.0.1", "--port", "0", *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
-        assert "on http://127.0.0.1:" in line, line + self.proc.stderr.read()
-        self.port = int(line.split("on http://127.0.0.1:")[1].split()[0])
+        served = re.search(r"on https?://127\.0\.0\.1:(\d+)", line)
+        assert served, line + self.proc.stderr.read()
+        self.port = int(served.group(1))
 
     def request(self, method: str, path: str, body=None, timeout=CLIENT_TIMEOUT_S):
         c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
@@ -533,3 +536,44 @@ users:
                        capture_output=True, text=True, timeout=START_TIMEOUT_S)
     assert r.returncode != 0
     assert r.stderr == f'gpuslice_extender: kubeconfig {kc}: contexts: no context named "prod"\n'
+
+
+def test_tls_serving_keeps_the_token_off_the_wire(fake_apiserver, tmp_path):
+    api = fake_apiserver
+    api.add_node("gpu-1", annotations={REGISTER: registration("GPU-1-", 2)})
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                           "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                           "-keyout", str(key), "-out", str(cert)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip("openssl cannot make a certificate")
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    ext = Extender("--apiserver", api.url, "--auth-token-file", str(token_file),
+                   "--tls-cert", str(cert), "--tls-key", str(key))
+    try:
+        # kube-scheduler's enableHTTPS with tlsConfig.caFile: the server's certificate verified.
+        ctx = ssl.create_default_context(cafile=str(cert))
+        pod = api.add_pod("over-tls", containers=[gpu_container()])
+        c = http.client.HTTPSConnection("127.0.0.1", ext.port, timeout=CLIENT_TIMEOUT_S,
+                                        context=ctx)
+        c.request("POST", f"/{TOKEN}/filter", body=json.dumps(filter_args(pod, ["gpu-1"])))
+        r = c.getresponse()
+        assert r.status == 200 and json.loads(r.read())["NodeNames"] == ["gpu-1"]
+        c.request("GET", "/readyz")
+        r = c.getresponse()
+        assert (r.status, r.read()) == (200, b"ok")
+        c.close()
+        # Plain HTTP gets no answer.
+        with pytest.raises((http.client.HTTPException, OSError)):
+            ext.request("GET", "/healthz", timeout=2)
+    finally:
+        ext.close()
+    # A key that does not match is refused with one line.
+    other = tmp_path / "other.key"
+    subprocess.run(["openssl", "genrsa", "-out", str(other), "2048"], capture_output=True,
+                   check=True)
+    r = subprocess.run([EXTENDER, "--nodes", os.devnull, "--tls-cert", str(cert), "--tls-key",
+                        str(other)], capture_output=True, text=True, timeout=START_TIMEOUT_S)
+    assert r.returncode != 0
+    assert r.stderr.startswith(f"gpuslice_extender: {cert}, {other}: "), r.stderr
