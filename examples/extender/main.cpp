@@ -55,6 +55,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "apiserver.hpp"
@@ -114,6 +115,11 @@ constexpr double k_renew_deadline_fraction = 2.0 / 3.0;
 /// Events waiting to be posted; more are dropped (counted on stderr), so a flood of failing
 /// pods never grows memory or delays the verbs.
 constexpr std::size_t k_max_pending_events = 1000;
+/// An Event repeated (same pod, reason and message) within this window is not posted again
+/// (client-go's event correlator aggregates within 10 minutes).
+constexpr auto k_event_repeat_window = std::chrono::minutes(10);
+/// Events remembered for that; the memory is cleared when it fills.
+constexpr std::size_t k_max_recent_events = 10000;
 /// The component named as the source of Events.
 constexpr std::string_view k_component = "gpuslice-extender";
 /// Longest Event message (the API server refuses messages over 1 KiB in events.k8s.io).
@@ -352,6 +358,17 @@ class event_recorder {
                {"reportingComponent", k_component},
                {"reportingInstance", k_component}};
     std::lock_guard lock(mu_);
+    // The same reason and message about the same pod again within the window is not posted:
+    // kube-scheduler retries an unschedulable pod, and each retry would add an Event.
+    const auto now_steady = std::chrono::steady_clock::now();
+    const std::string key = pod.uid + '\n' + pod.key() + '\n' + std::string(reason) + '\n' +
+                            ev["message"].get_ref<const std::string&>();
+    if (const auto seen = recent_.find(key);
+        seen != recent_.end() && now_steady - seen->second < k_event_repeat_window) {
+      return;
+    }
+    if (recent_.size() >= k_max_recent_events) recent_.clear();
+    recent_[key] = now_steady;
     if (queue_.size() >= k_max_pending_events) {
       ++dropped_;
       return;
@@ -383,6 +400,7 @@ class event_recorder {
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::pair<std::string, json>> queue_;
+  std::unordered_map<std::string, std::chrono::steady_clock::time_point> recent_;
   std::size_t dropped_ = 0;
   bool done_ = false;
   std::thread worker_;

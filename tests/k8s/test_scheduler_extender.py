@@ -491,6 +491,9 @@ def test_a_pod_that_fits_nowhere_or_fails_to_bind_gets_an_event(cluster):
     assert e["message"].startswith("no available node, 2 nodes do not meet: ")
     assert "gpu-1: gpuslice: " in e["message"] and "broken: gpuslice: node skipped" in e["message"]
     assert e["source"]["component"] == "gpuslice-extender"
+    # kube-scheduler's retry of the same pod, failing the same way, adds no second Event (the
+    # BindingFailed Event below is posted after it would have been).
+    assert ext.post("/filter", filter_args(pod, ["gpu-1", "broken"]))["NodeNames"] == []
 
     # A pod that fits gets no event; a failed bind gets BindingFailed with bind's error.
     ok = api.add_pod("fits", containers=[gpu_container()])
@@ -501,6 +504,7 @@ def test_a_pod_that_fits_nowhere_or_fails_to_bind_gets_an_event(cluster):
     bound = wait_for(lambda: [e for e in api.objects("events")
                               if e["involvedObject"]["name"] == "fits"], "a BindingFailed event")
     assert [(e["reason"], e["message"]) for e in bound] == [("BindingFailed", err)]
+    assert len([e for e in api.objects("events") if e["involvedObject"]["name"] == "too-big"]) == 1
 
 
 def test_kubeconfig_runs_the_extender_outside_the_cluster(fake_apiserver, tmp_path):
