@@ -10,6 +10,8 @@
 ///                                file (re-read on every request, as bound tokens rotate) and
 ///                                its CA bundle; HTTPS with certificate verification.
 ///     config_from_url(url)       "http://127.0.0.1:port" (tests) or "https://host:port".
+///     load_kubeconfig(file)      kubeconfig.hpp: a kubeconfig's context (server, CA, client
+///                                certificate and key, or token), outside the cluster.
 ///   api_client(cfg, deadline)    thread-safe: every call opens its own connection.
 ///     get(path)                  -> result<json>
 ///     list(path, list_options)   -> result<list_result>{items (array), resource_version}
@@ -27,9 +29,10 @@
 ///     merge_patch(path, json)    PATCH application/merge-patch+json -> result<json>
 ///     json_patch(path, json)     PATCH application/json-patch+json (RFC 6902) -> result<json>
 ///     post(path, json)           POST (e.g. pods/binding) -> result<json>
+///     put(path, json)            PUT (an update, e.g. of a Lease) -> result<json>
 ///     request(method, path, body, content type, deadline)   the general form of the above
 ///   Paths: pods_path(ns), pod_path(ns, name), binding_path(ns, name), nodes_path(),
-///   node_path(name); url_encode() for query values.
+///   node_path(name), lease_path(ns, name), events_path(ns); url_encode() for query values.
 ///
 /// Errors are values: result<T> with a one-line message "METHOD path: what happened". An
 /// error the API server answered carries std::error_code{status, http_category()}, so
@@ -128,10 +131,13 @@ inline int http_status(const error& e) noexcept {
 
 /// Where the API server is and how to authenticate to it. A plain value.
 struct api_config {
-  std::string url;         ///< "http://host:port" or "https://host:port", no trailing slash
-  std::string token;       ///< bearer token used when token_file is empty (may be empty)
-  std::string token_file;  ///< file holding the bearer token, re-read on every request
-  std::string ca_file;     ///< PEM CA bundle for https (empty: the system's)
+  std::string url;               ///< "http://host:port" or "https://host:port", no trailing slash
+  std::string token;             ///< bearer token used when token_file is empty (may be empty)
+  std::string token_file;        ///< file holding the bearer token, re-read on every request
+  std::string ca_file;           ///< PEM CA bundle for https (empty: the system's)
+  std::string client_cert_file;  ///< PEM client certificate for https (empty: none)
+  std::string client_key_file;   ///< its PEM private key
+  bool insecure_skip_tls_verify = false;  ///< kubeconfig's insecure-skip-tls-verify
 };
 
 /// A configuration for \p url ("http://127.0.0.1:8080", "https://10.0.0.1:6443"); an optional
@@ -225,6 +231,16 @@ inline std::string nodes_path() { return "/api/v1/nodes"; }
 /// One node.
 inline std::string node_path(std::string_view name) {
   return nodes_path() + "/" + std::string(name);
+}
+
+/// A coordination.k8s.io/v1 Lease (leader election).
+inline std::string lease_path(std::string_view ns, std::string_view name) {
+  return "/apis/coordination.k8s.io/v1/namespaces/" + std::string(ns) + "/leases/" +
+         std::string(name);
+}
+/// The core/v1 Events of namespace \p ns (POST one to record it).
+inline std::string events_path(std::string_view ns) {
+  return "/api/v1/namespaces/" + std::string(ns) + "/events";
 }
 
 /// Selectors and version of a LIST (and of the WATCH that follows it).
@@ -358,7 +374,7 @@ class api_client {
     std::string target = path + query(opt.selectors, true) +
                          "&timeoutSeconds=" + std::to_string(opt.timeout_seconds);
     if (opt.allow_bookmarks) target += "&allowWatchBookmarks=true";
-    httplib::Client cli(cfg_.url);
+    httplib::Client cli(cfg_.url, cfg_.client_cert_file, cfg_.client_key_file);
     prepare(cli, deadline_);
     cli.set_read_timeout(opt.idle_timeout);
     if (cancel != nullptr && !cancel->attach(&cli)) {
@@ -527,6 +543,12 @@ class api_client {
     return request("POST", path, body.dump(), "application/json", deadline);
   }
 
+  /// PUT \p body to \p path (an update; a stale metadata.resourceVersion is a 409).
+  result<json> put(const std::string& path, const json& body,
+                   std::chrono::milliseconds deadline = {}) const {
+    return request("PUT", path, body.dump(), "application/json", deadline);
+  }
+
   /// Sends \p method \p path (with \p body of \p content_type when not empty) and parses the
   /// 2xx reply as JSON (an empty reply is null). \p deadline 0 means the client's default.
   result<json> request(const std::string& method, const std::string& path, const std::string& body,
@@ -535,7 +557,7 @@ class api_client {
     using clock = std::chrono::steady_clock;
     if (deadline.count() <= 0) deadline = deadline_;
     const auto until = clock::now() + deadline;
-    httplib::Client cli(cfg_.url);
+    httplib::Client cli(cfg_.url, cfg_.client_cert_file, cfg_.client_key_file);
     prepare(cli, deadline);
     httplib::Request req;
     req.method = method;
@@ -628,7 +650,7 @@ class api_client {
     cli.set_keep_alive(false);
 #ifdef CPPHTTPLIB_OPENSSL_SUPPORT
     if (!cfg_.ca_file.empty()) cli.set_ca_cert_path(cfg_.ca_file);
-    cli.enable_server_certificate_verification(true);
+    cli.enable_server_certificate_verification(!cfg_.insecure_skip_tls_verify);
 #endif
   }
 

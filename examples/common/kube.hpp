@@ -513,10 +513,36 @@ inline bool wants_gpu(const fit::pod_request& pod) noexcept {
   return false;
 }
 
+/// status.allocatable[\p resource] of \p node when the node states it: nullopt when absent
+/// (a hand-written node, or one no device plugin ever served), an error when not a quantity.
+/// Pure, thread-safe.
+inline result<std::optional<std::int64_t>> allocatable(const json& node,
+                                                       std::string_view resource) {
+  const json* status = detail::member(node, "status");
+  const json* alloc = status != nullptr ? detail::member(*status, "allocatable") : nullptr;
+  const json* q = alloc != nullptr ? detail::member(*alloc, resource) : nullptr;
+  if (q == nullptr) return std::optional<std::int64_t>();
+  if (q->is_number_integer()) return std::optional<std::int64_t>(q->get<std::int64_t>());
+  if (!q->is_string()) {
+    return make_error(errc::invalid_value, "status.allocatable[" + std::string(resource) +
+                                               "]: expected a quantity string");
+  }
+  auto v = parse_quantity(q->get_ref<const std::string&>());
+  if (!v) {
+    return error{v.code(), "status.allocatable[" + std::string(resource) + "]: " + v.message()};
+  }
+  return std::optional<std::int64_t>(*v);
+}
+
 /// A Node object as a fit::node: its name and the GPUs of its registration annotation (none
 /// when the annotation is absent: not a GPU node). CPU and host memory are left at 0, so the
-/// fit engine only judges GPUs (kube-scheduler checks CPU and memory itself). Pure, thread-safe.
-inline result<fit::node> node_from_json(const json& node) {
+/// fit engine only judges GPUs (kube-scheduler checks CPU and memory itself).
+/// A node whose status.allocatable[\p count_resource] is 0 while it has a registration is an
+/// error (it offers no GPUs): its device plugin is gone, and kubelet zeroes the resource, while
+/// the registration annotation it wrote stays behind. HAMi's scheduler drops such a node's
+/// devices in its periodic health check. Pure, thread-safe.
+inline result<fit::node> node_from_json(const json& node,
+                                        std::string_view count_resource = k_resource_gpu) {
   fit::node n;
   const json* meta = detail::member(node, "metadata");
   n.name = meta != nullptr ? detail::string_at(*meta, "name") : std::string();
@@ -525,6 +551,13 @@ inline result<fit::node> node_from_json(const json& node) {
   }
   const json* reg = detail::annotation(node, k_node_register);
   if (reg == nullptr) return n;
+  auto count = allocatable(node, count_resource);
+  if (!count) return error{count.code(), "node " + n.name + ": " + count.message()};
+  if (*count && **count <= 0) {
+    return make_error(errc::not_found,
+                      "node " + n.name + ": status.allocatable[" + std::string(count_resource) +
+                          "] is 0: its device plugin is gone; no GPUs offered until it is back");
+  }
   if (!reg->is_string()) {
     return make_error(
         errc::invalid_value,
@@ -567,10 +600,11 @@ struct node_list {
 /// Each Node of \p node_items (a NodeList's items) as a fit::node, in order. A Node that does
 /// not map (a malformed registration) is skipped, its reason prefixed by \p source (the file the
 /// list came from), so one bad node never leaves every GPU pod unschedulable. Pure, thread-safe.
-inline node_list nodes_from_items(const json& node_items, const std::string& source) {
+inline node_list nodes_from_items(const json& node_items, const std::string& source,
+                                  std::string_view count_resource = k_resource_gpu) {
   node_list out;
   for (const json& n : node_items) {
-    auto node = node_from_json(n);
+    auto node = node_from_json(n, count_resource);
     if (!node) {
       out.skipped.push_back(source + ": " + node.message() + " (node skipped)");
       continue;

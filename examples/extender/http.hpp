@@ -6,6 +6,11 @@
 ///   GET  /state                                node device usage and bindings
 ///   GET  /metrics                              Prometheus text
 ///   GET  /healthz                              "ok"
+///   GET  /readyz                               "ok", or 503 on a replica that is not the leader
+/// With a token (route_options), the verbs change state (filter caches the pod that bind then
+/// places), so each needs the token: as the URL prefix, POST /TOKEN/bind (kube-scheduler's
+/// extender urlPrefix can carry it; it has no field for a header), or as an
+/// `Authorization: Bearer TOKEN` header. The GET endpoints stay open.
 /// Every connection gets its own thread (up to k_max_connection_threads), so idle keep-alive
 /// connections, however many a client keeps, never hold back another connection's request.
 
@@ -102,10 +107,54 @@ inline void configure(httplib::Server& svr) {
   svr.set_tcp_nodelay(true);
 }
 
-/// Routes the verbs to \p s, which must outlive the server. With \p verbose every request is
-/// logged to stderr; otherwise only those answered with an error status. Not thread-safe: call
-/// before listening.
-inline void install_routes(httplib::Server& svr, service& s, bool verbose) {
+/// HTTP status of a path the server does not have (a URL prefix when no token is set).
+inline constexpr int k_not_found = 404;
+/// HTTP status of a verb refused for want of the token.
+inline constexpr int k_unauthorized = 401;
+/// HTTP status of /bind and /release on a replica that is not the leader, and of its /readyz.
+inline constexpr int k_unavailable = 503;
+
+/// Who may call the verbs, and what to do with their replies. A plain value; the functions are
+/// called from the server's threads, so each must be thread-safe.
+struct route_options {
+  /// When not empty, every verb needs this token (URL prefix or bearer header).
+  std::string token;
+  /// When set and answering false, /bind and /release are refused (503) and /readyz is 503.
+  std::function<bool()> is_leader;
+  /// When set, called after each verb with its name ("filter", "bind"...), the request body and
+  /// the reply (e.g. to record an Event for a pod that cannot be placed).
+  std::function<void(std::string_view verb, const std::string& body, const reply& r)> on_reply;
+};
+
+namespace detail {
+/// \p a == \p b in time that depends only on their lengths (a token is not found byte by byte).
+/// Pure, thread-safe.
+inline bool same_secret(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  unsigned diff = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    diff |=
+        static_cast<unsigned>(static_cast<unsigned char>(a[i]) ^ static_cast<unsigned char>(b[i]));
+  }
+  return diff == 0;
+}
+
+/// True when \p req carries \p token as its URL prefix \p prefix or its bearer header.
+inline bool authenticated(const httplib::Request& req, std::string_view prefix,
+                          std::string_view token) {
+  if (token.empty()) return prefix.empty();
+  if (!prefix.empty()) return same_secret(prefix, token);
+  constexpr std::string_view k_bearer = "Bearer ";
+  const std::string auth = req.get_header_value("Authorization");
+  return auth.size() > k_bearer.size() && auth.compare(0, k_bearer.size(), k_bearer) == 0 &&
+         same_secret(std::string_view(auth).substr(k_bearer.size()), token);
+}
+}  // namespace detail
+
+/// Routes the verbs to \p s, which must outlive the server, as \p opt says. With \p verbose every
+/// request is logged to stderr; otherwise only those answered with an error status. Not
+/// thread-safe: call before listening.
+inline void install_routes(httplib::Server& svr, service& s, bool verbose, route_options opt = {}) {
   auto send = [verbose](std::string_view verb, const httplib::Request& req, httplib::Response& res,
                         const reply& r) {
     res.status = r.status;
@@ -115,17 +164,53 @@ inline void install_routes(httplib::Server& svr, service& s, bool verbose) {
                  r.status, r.status != k_ok ? r.body : std::string());
     }
   };
-  svr.Post("/filter", [&s, send](const httplib::Request& req, httplib::Response& res) {
-    send("filter", req, res, s.filter(req.body));
-  });
-  svr.Post("/prioritize", [&s, send](const httplib::Request& req, httplib::Response& res) {
-    send("prioritize", req, res, s.prioritize(req.body));
-  });
-  svr.Post("/bind", [&s, send](const httplib::Request& req, httplib::Response& res) {
-    send("bind", req, res, s.bind(req.body));
-  });
-  svr.Post("/release", [&s, send](const httplib::Request& req, httplib::Response& res) {
-    send("release", req, res, s.release(req.body));
+  // "/filter", or "/PREFIX/filter" where the prefix is the token.
+  svr.Post(R"((?:/([^/]+))?/(filter|prioritize|bind|release))",
+           [&s, send, opt](const httplib::Request& req, httplib::Response& res) {
+             const std::string prefix = req.matches[1].str();
+             const std::string verb = req.matches[2].str();
+             if (!opt.token.empty() || !prefix.empty()) {
+               if (!detail::authenticated(req, prefix, opt.token)) {
+                 if (opt.token.empty()) {  // a path this server does not have
+                   res.status = k_not_found;
+                   return;
+                 }
+                 send(verb, req, res,
+                      reply{k_unauthorized,
+                            json{{"Error",
+                                  "gpuslice: unauthenticated: expected the extender's token as "
+                                  "the URL prefix (/TOKEN/" +
+                                      verb + ") or an Authorization: Bearer header"}}
+                                .dump()});
+                 return;
+               }
+             }
+             const bool changes_cluster = verb == "bind" || verb == "release";
+             if (changes_cluster && opt.is_leader && !opt.is_leader()) {
+               send(verb, req, res,
+                    reply{k_unavailable,
+                          json{{"Error", "gpuslice: this replica is not the leader; " + verb +
+                                             " goes to the leader (route by /readyz)"}}
+                              .dump()});
+               return;
+             }
+             reply r;
+             if (verb == "filter") {
+               r = s.filter(req.body);
+             } else if (verb == "prioritize") {
+               r = s.prioritize(req.body);
+             } else if (verb == "bind") {
+               r = s.bind(req.body);
+             } else {
+               r = s.release(req.body);
+             }
+             send(verb, req, res, r);
+             if (opt.on_reply) opt.on_reply(verb, req.body, r);
+           });
+  svr.Get("/readyz", [opt](const httplib::Request&, httplib::Response& res) {
+    const bool ready = !opt.is_leader || opt.is_leader();
+    res.status = ready ? k_ok : k_unavailable;
+    res.set_content(ready ? "ok" : "not the leader", "text/plain");
   });
   svr.Get("/state", [&s](const httplib::Request&, httplib::Response& res) {
     res.set_content(s.state(), "application/json");

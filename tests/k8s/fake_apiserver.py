@@ -22,6 +22,8 @@ It models the documented behaviour of kube-apiserver that gpuslice's programs re
 * ``PUT`` (update) with a stale ``metadata.resourceVersion``: 409 Conflict.
 * ``POST .../pods/{name}/binding`` with a Binding: sets ``spec.nodeName``; a pod already bound
   is a 409. ``POST .../pods`` creates (409 AlreadyExists); ``DELETE`` removes.
+* ``coordination.k8s.io/v1`` Leases (``/apis/coordination.k8s.io/v1/namespaces/{ns}/leases``)
+  and core/v1 Events (``/api/v1/namespaces/{ns}/events``) as pods are: create, get, PUT, list.
 * HTTPS with ``tls=(cert, key)``; every request's ``Authorization`` header is recorded.
 * Errors are Status objects (``{"kind":"Status","code":..,"reason":..,"message":..}``).
 
@@ -265,8 +267,10 @@ class FakeAPIServer:
 
     def __init__(self, history: int = 1000, watch_gone_status: int = 200,
                  bookmark_interval: Optional[float] = None,
-                 tls: Optional[tuple[str, str]] = None):
-        """``tls``: (certificate file, key file) to serve HTTPS, as kube-apiserver does."""
+                 tls: Optional[tuple[str, str]] = None, client_ca: Optional[str] = None):
+        """``tls``: (certificate file, key file) to serve HTTPS, as kube-apiserver does.
+        ``client_ca``: with ``tls``, client certificates this CA signed are accepted (optional,
+        as kube-apiserver's --client-ca-file); each request records the certificate's CN."""
         self._lock = threading.Condition()
         self._objects: dict[tuple[str, str, str], dict] = {}  # (kind, ns, name) -> object
         self._events: list[tuple[int, str, str, dict]] = []   # (rv, kind, type, object)
@@ -289,6 +293,9 @@ class FakeAPIServer:
             import ssl
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.load_cert_chain(tls[0], tls[1])
+            if client_ca is not None:
+                ctx.verify_mode = ssl.CERT_OPTIONAL
+                ctx.load_verify_locations(client_ca)
             self._httpd.socket = ctx.wrap_socket(self._httpd.socket, server_side=True)
             self.scheme = "https"
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True,
@@ -362,8 +369,8 @@ class FakeAPIServer:
         meta = obj.setdefault("metadata", {})
         if not meta.get("name"):
             raise ApiError(422, f"{kind}: metadata.name: Required value")
-        ns = meta.setdefault("namespace", "default") if kind == "pods" else ""
-        if kind == "nodes":
+        ns = meta.setdefault("namespace", "default") if kind in _NAMESPACED else ""
+        if kind not in _NAMESPACED:
             meta.pop("namespace", None)
         key = (kind, ns, meta["name"])
         with self._lock:
@@ -372,8 +379,8 @@ class FakeAPIServer:
             meta.setdefault("uid", str(uuid.uuid4()))
             meta.setdefault("creationTimestamp", time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                time.gmtime()))
-            obj.setdefault("apiVersion", "v1")
-            obj.setdefault("kind", "Pod" if kind == "pods" else "Node")
+            obj.setdefault("apiVersion", _KINDS[kind][0])
+            obj.setdefault("kind", _KINDS[kind][1])
             self._objects[key] = obj
             return self._bump(kind, "ADDED", obj)
 
@@ -530,7 +537,31 @@ _ROUTES = [
     (re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<name>[^/]+)$"), "pods", True),
     (re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<name>[^/]+)/binding$"),
      "binding", True),
+    # Leader election's Leases and core/v1 Events: create, get, update (PUT with the
+    # resourceVersion read), list and watch, as for pods.
+    (re.compile(r"^/apis/coordination\.k8s\.io/v1/namespaces/(?P<ns>[^/]+)/leases$"), "leases",
+     False),
+    (re.compile(r"^/apis/coordination\.k8s\.io/v1/namespaces/(?P<ns>[^/]+)/leases/(?P<name>[^/]+)$"),
+     "leases", True),
+    (re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/events$"), "events", False),
+    (re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/events/(?P<name>[^/]+)$"), "events", True),
 ]
+
+# Each kind's apiVersion and Kind; the namespaced kinds.
+_KINDS = {"nodes": ("v1", "Node"), "pods": ("v1", "Pod"),
+          "leases": ("coordination.k8s.io/v1", "Lease"), "events": ("v1", "Event")}
+_NAMESPACED = {"pods", "leases", "events"}
+
+
+def _client_cn(conn) -> str:
+    """The CN of the TLS client certificate of ``conn``, or "" (plain HTTP, or none sent)."""
+    getpeercert = getattr(conn, "getpeercert", None)
+    cert = getpeercert() if getpeercert is not None else None
+    for rdn in (cert or {}).get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return value
+    return ""
 
 
 def _make_handler(server: FakeAPIServer):
@@ -562,7 +593,8 @@ def _make_handler(server: FakeAPIServer):
             parts = urlsplit(self.path)
             q = {k: v[-1] for k, v in parse_qs(parts.query).items()}
             server.requests.append({"method": method, "path": parts.path, "query": q,
-                                    "authorization": self.headers.get("Authorization", "")})
+                                    "authorization": self.headers.get("Authorization", ""),
+                                    "client_cn": _client_cn(self.connection)})
             record: Optional[dict] = None
             try:
                 body = self._body() if method in ("PATCH", "PUT", "POST") else None
@@ -618,8 +650,8 @@ def _make_handler(server: FakeAPIServer):
                             self._watch(kind, ns, q)
                             return None, None
                         items, rv, _ = server._list(kind, ns, q)
-                        return 200, {"kind": "PodList" if kind == "pods" else "NodeList",
-                                     "apiVersion": "v1", "metadata": {"resourceVersion": str(rv)},
+                        return 200, {"kind": _KINDS[kind][1] + "List",
+                                     "apiVersion": _KINDS[kind][0], "metadata": {"resourceVersion": str(rv)},
                                      "items": items}
                     if method == "POST":
                         if not isinstance(body, dict):
@@ -765,12 +797,15 @@ def _make_handler(server: FakeAPIServer):
 
 def main() -> None:
     """Serves until stdin closes; prints the URL first (for tests in other languages).
-    ``--tls CERT KEY`` serves HTTPS."""
+    ``--tls CERT KEY`` serves HTTPS; ``--client-ca CA`` after it accepts client certificates."""
     import sys
     tls = None
-    if len(sys.argv) == 4 and sys.argv[1] == "--tls":
+    client_ca = None
+    if len(sys.argv) >= 4 and sys.argv[1] == "--tls":
         tls = (sys.argv[2], sys.argv[3])
-    with FakeAPIServer(tls=tls) as server:
+    if len(sys.argv) == 6 and sys.argv[4] == "--client-ca":
+        client_ca = sys.argv[5]
+    with FakeAPIServer(tls=tls, client_ca=client_ca) as server:
         print(server.url, flush=True)
         sys.stdin.read()
 

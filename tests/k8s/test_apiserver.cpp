@@ -11,12 +11,15 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "apiserver.hpp"
+#include "kubeconfig.hpp"
 
 extern char** environ;
 
@@ -382,4 +385,152 @@ TEST_CASE("in cluster: HTTPS with the service account's CA and a token re-read p
   REQUIRE_FALSE(refused.ok());
   CHECK(refused.message().find("GET /api/v1/nodes: ") == 0);
   CHECK(gpuslice::kube::http_status(refused.err()) == 0);
+}
+
+TEST_CASE("a kubeconfig's YAML subset parses as kubectl and kind write it", "[apiserver]") {
+  const std::string text = R"(apiVersion: v1
+clusters:
+- cluster:
+    certificate-authority-data: QUJD
+    server: https://127.0.0.1:6443   # kind's port
+  name: kind-kind
+contexts:
+- context:
+    cluster: kind-kind
+    user: "kind-kind"
+  name: kind-kind
+- name: other
+  context:
+    cluster: 'it''s'
+    user: u
+current-context: kind-kind
+kind: Config
+preferences: {}
+users:
+  - name: kind-kind
+    user:
+      token: "a#b"
+      insecure: true
+)";
+  auto doc = gpuslice::kube::parse_kubeconfig_yaml(text, "kc");
+  REQUIRE(doc.ok());
+  CHECK((*doc)["clusters"][0]["cluster"]["server"] == "https://127.0.0.1:6443");
+  CHECK((*doc)["clusters"][0]["name"] == "kind-kind");
+  CHECK((*doc)["contexts"][0]["context"]["user"] == "kind-kind");
+  CHECK((*doc)["contexts"][1]["context"]["cluster"] == "it's");
+  CHECK((*doc)["contexts"][1]["name"] == "other");
+  CHECK((*doc)["current-context"] == "kind-kind");
+  CHECK((*doc)["preferences"] == json::object());
+  CHECK((*doc)["users"][0]["user"]["token"] == "a#b");
+  CHECK((*doc)["users"][0]["user"]["insecure"] == true);
+  CHECK(gpuslice::kube::parse_kubeconfig_yaml(R"({"current-context":"x"})", "kc")
+            ->at("current-context") == "x");
+  // What the subset does not cover is one line naming the file and line.
+  auto block = gpuslice::kube::parse_kubeconfig_yaml("a: b\nc: |\n  text\n", "kc");
+  REQUIRE_FALSE(block.ok());
+  CHECK(block.message().rfind("kc:2: a block scalar", 0) == 0);
+  auto tab = gpuslice::kube::parse_kubeconfig_yaml("a:\n\tb: c\n", "kc");
+  REQUIRE_FALSE(tab.ok());
+  CHECK(tab.message().rfind("kc:2: a tab", 0) == 0);
+}
+
+namespace {
+/// A certificate for \p cn signed by dir/ca.pem (made here when absent), as name.pem/name.key.
+bool make_signed(const std::string& dir, const std::string& name, const std::string& cn,
+                 const std::string& ext) {
+  const std::string d = dir + "/";
+  const std::string cmd =
+      "cd " + dir + " && ( [ -f ca.pem ] || openssl req -x509 -newkey rsa:2048 -nodes -days 1 " +
+      "-subj /CN=test-ca -keyout ca.key -out ca.pem ) >/dev/null 2>&1 && " +
+      "openssl req -newkey rsa:2048 -nodes -subj /CN=" + cn + " -keyout " + name + ".key -out " +
+      name + ".csr >/dev/null 2>&1 && printf '" + ext + "' > " + name + ".ext && " +
+      "openssl x509 -req -in " + name + ".csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 " +
+      "-extfile " + name + ".ext -out " + name + ".pem >/dev/null 2>&1";
+  return std::system(cmd.c_str()) == 0;
+}
+
+std::string base64_of(const std::string& path) {
+  FILE* p = popen(("openssl base64 -A -in " + path).c_str(), "r");
+  REQUIRE(p != nullptr);
+  std::string out;
+  char buf[4096];
+  while (std::fgets(buf, sizeof buf, p) != nullptr) out += buf;
+  pclose(p);
+  return out;
+}
+}  // namespace
+
+TEST_CASE("a kubeconfig's context reaches the API server with a client certificate or a token",
+          "[apiserver]") {
+  temp_dir d;
+  if (!make_signed(d.path, "server", "127.0.0.1", "subjectAltName=IP:127.0.0.1") ||
+      !make_signed(d.path, "client", "gpuslice-extender", "extendedKeyUsage=clientAuth")) {
+    WARN("openssl is missing: the kubeconfig case is not run");
+    return;
+  }
+  fake_server s(
+      {"--tls", d.path + "/server.pem", d.path + "/server.key", "--client-ca", d.path + "/ca.pem"});
+  REQUIRE(s.url().rfind("https://127.0.0.1:", 0) == 0);
+  const std::string data = d.path + "/data";
+  REQUIRE(std::system(("mkdir -m 700 " + data).c_str()) == 0);
+  const std::string kc = d.path + "/kubeconfig";
+  write_file(kc,
+             "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n"
+             "    server: " +
+                 s.url() + "\n    certificate-authority-data: " + base64_of(d.path + "/ca.pem") +
+                 "\n- name: by-path\n  cluster:\n    server: " + s.url() +
+                 "\n    certificate-authority: ca.pem\n"
+                 "users:\n- name: cert\n  user:\n    client-certificate-data: " +
+                 base64_of(d.path + "/client.pem") +
+                 "\n    client-key-data: " + base64_of(d.path + "/client.key") +
+                 "\n- name: tok\n  user:\n    token: sekret\n"
+                 "- name: plugin\n  user:\n    exec:\n      command: aws\n"
+                 "contexts:\n- name: with-cert\n  context: {cluster: c}\n"
+                 "current-context: with-cert\n");
+  // A flow mapping other than {} is outside the subset: one line naming the place.
+  auto flow = gpuslice::kube::load_kubeconfig(kc, data);
+  REQUIRE_FALSE(flow.ok());
+  CHECK(flow.message().find("kubeconfig " + kc + ":") == 0);
+
+  std::string text;
+  {
+    std::ifstream f(kc);
+    std::ostringstream ss;
+    ss << f.rdbuf();
+    text = ss.str();
+  }
+  text = text.substr(0, text.find("contexts:")) +
+         "contexts:\n- name: with-cert\n  context:\n    cluster: c\n    user: cert\n"
+         "- name: with-token\n  context:\n    cluster: by-path\n    user: tok\n"
+         "- name: with-plugin\n  context:\n    cluster: c\n    user: plugin\n"
+         "current-context: with-cert\n";
+  write_file(kc, text);
+
+  auto cert = gpuslice::kube::load_kubeconfig(kc, data);
+  REQUIRE(cert.ok());
+  CHECK(cert->url == s.url());
+  CHECK(cert->client_cert_file == data + "/client.crt");
+  REQUIRE(api_client(*cert, 5000ms).get("/api/v1/nodes").ok());
+
+  auto tok = gpuslice::kube::load_kubeconfig(kc, data, "with-token");
+  REQUIRE(tok.ok());
+  CHECK(tok->ca_file == d.path + "/ca.pem");  // relative to the kubeconfig's directory
+  const api_client by_token(*tok, 5000ms);
+  REQUIRE(by_token.get("/api/v1/pods").ok());
+  auto reqs = by_token.get("/fake/requests");
+  REQUIRE(reqs.ok());
+  REQUIRE(reqs->size() == 2);
+  CHECK((*reqs)[0]["client_cn"] == "gpuslice-extender");
+  CHECK((*reqs)[0]["authorization"] == "");
+  CHECK((*reqs)[1]["client_cn"] == "");
+  CHECK((*reqs)[1]["authorization"] == "Bearer sekret");
+
+  auto plugin = gpuslice::kube::load_kubeconfig(kc, data, "with-plugin");
+  REQUIRE_FALSE(plugin.ok());
+  CHECK(plugin.message() == "kubeconfig " + kc +
+                                ": user plugin: exec is not supported; expected token, "
+                                "tokenFile or client-certificate and client-key");
+  auto missing = gpuslice::kube::load_kubeconfig(kc, data, "nowhere");
+  REQUIRE_FALSE(missing.ok());
+  CHECK(missing.message() == "kubeconfig " + kc + ": contexts: no context named \"nowhere\"");
 }

@@ -11,8 +11,11 @@ import functools
 import http.client
 import json
 import os
+import re
 import socket
+import ssl
 import subprocess
+import threading
 import time
 
 import pytest
@@ -54,8 +57,9 @@ class Extender:
         self.proc = subprocess.Popen([EXTENDER, "--listen", "127.0.0.1", "--port", "0", *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
-        assert "on http://127.0.0.1:" in line, line + self.proc.stderr.read()
-        self.port = int(line.split("on http://127.0.0.1:")[1].split()[0])
+        served = re.search(r"on https?://127\.0\.0\.1:(\d+)", line)
+        assert served, line + self.proc.stderr.read()
+        self.port = int(served.group(1))
 
     def request(self, method: str, path: str, body=None, timeout=CLIENT_TIMEOUT_S):
         c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
@@ -86,6 +90,11 @@ class Extender:
         self.proc.terminate()
         _, err = self.proc.communicate(timeout=START_TIMEOUT_S)
         return err
+
+    def kill(self) -> None:
+        """Ends it at once (SIGKILL): no clean shutdown."""
+        self.proc.kill()
+        self.proc.communicate(timeout=START_TIMEOUT_S)
 
 
 
@@ -204,26 +213,56 @@ def test_bind_against_a_hung_api_server_answers_within_the_scheduler_timeout(clu
     assert api.get("pods", "p3")["spec"].get("nodeName", "") == ""
 
 
+IDLE_CONNECTIONS = 128
+REQUESTS_AMONG_IDLE = 32
+# Every request among the idle connections is answered within this (kube-scheduler's httpTimeout
+# is 5 s, and the extender holds an idle connection for as long).
+ANSWER_BOUND_S = 4
+
+
 def test_idle_keep_alive_connections_never_starve_a_request(cluster):
-    _, ext = cluster
-    # Many kept-alive connections, each idle after one request (more than any fixed pool).
+    api, ext = cluster
+    pod = api.add_pod("among-idle", containers=[gpu_container()])
+    # Many kept-alive connections, each idle after one request, as kube-scheduler's HTTP client
+    # keeps them (far more than any fixed worker pool).
     idle = []
-    for _ in range(40):
-        s = socket.create_connection(("127.0.0.1", ext.port), timeout=CLIENT_TIMEOUT_S)
-        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
-        reply = b""
-        while not reply.endswith(b"\r\n\r\nok"):
-            chunk = s.recv(4096)
-            assert chunk, reply
-            reply += chunk
-        idle.append(s)
     try:
-        # The extender holds an idle connection for 5 s; an answer inside that proves no idle
-        # connection held the request back.
-        start = time.monotonic()
-        status, body = ext.request("GET", "/healthz", timeout=4)
-        assert (status, body) == (200, "ok")
-        assert time.monotonic() - start < 4
+        for _ in range(IDLE_CONNECTIONS):
+            s = socket.create_connection(("127.0.0.1", ext.port), timeout=CLIENT_TIMEOUT_S)
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
+            reply = b""
+            while not reply.endswith(b"\r\n\r\nok"):
+                chunk = s.recv(4096)
+                assert chunk, reply
+                reply += chunk
+            idle.append(s)
+        # Real requests, some at once, each on a fresh connection: all answered within the bound.
+        results: list = []
+        lock = threading.Lock()
+
+        def one(i: int) -> None:
+            start = time.monotonic()
+            try:
+                if i % 2:
+                    status, body = ext.request("GET", "/healthz", timeout=ANSWER_BOUND_S)
+                    ok = (status, body) == (200, "ok")
+                else:
+                    status, body = ext.request("POST", "/filter", filter_args(pod, ["gpu-1"]),
+                                               timeout=ANSWER_BOUND_S)
+                    ok = status == 200 and json.loads(body)["NodeNames"] == ["gpu-1"]
+            except OSError as e:
+                ok, body = False, repr(e)
+            with lock:
+                results.append((ok, time.monotonic() - start, body))
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(REQUESTS_AMONG_IDLE)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        failed = [r for r in results if not r[0] or r[1] >= ANSWER_BOUND_S]
+        assert len(results) == REQUESTS_AMONG_IDLE
+        assert not failed, f"{len(failed)} of {REQUESTS_AMONG_IDLE} not answered in time: {failed[:3]}"
     finally:
         for s in idle:
             s.close()
@@ -281,3 +320,264 @@ def test_bad_inputs_a_missing_pod_and_a_patch_conflict(cluster):
     # Malformed bodies: a 400 naming what was expected.
     status, text = ext.request("POST", "/bind", None)
     assert status == 400 and "ExtenderBindingArgs" in text
+
+
+def test_a_node_whose_device_plugin_is_gone_offers_no_gpus(cluster):
+    api, ext = cluster
+    # kubelet zeroes the allocatable count when the device plugin goes; the registration stays.
+    api.update("nodes", "gpu-1",
+               lambda n: n["status"].update({"allocatable": {"nvidia.com/gpu": "20", "cpu": "8"}}))
+    pod = api.add_pod("after-plugin", containers=[gpu_container()])
+    wait_for(lambda: ext.post("/filter", filter_args(pod, ["gpu-1"]))["NodeNames"] == ["gpu-1"],
+             "gpu-1 with its plugin")
+    api.update("nodes", "gpu-1",
+               lambda n: n["status"]["allocatable"].update({"nvidia.com/gpu": "0"}))
+
+    def refused():
+        r = ext.post("/filter", filter_args(pod, ["gpu-1"]))
+        return not r["NodeNames"] and r["FailedAndUnresolvableNodes"].get("gpu-1")
+    why = wait_for(refused, "gpu-1 refused once its plugin is gone")
+    assert "allocatable[nvidia.com/gpu] is 0" in why and "device plugin is gone" in why
+    # A pod without GPUs still goes there; the plugin's return brings the GPUs back.
+    cpu_pod = api.add_pod("cpu-only", containers=[{"name": "main"}])
+    assert ext.post("/filter", filter_args(cpu_pod, ["gpu-1"]))["NodeNames"] == ["gpu-1"]
+    api.update("nodes", "gpu-1",
+               lambda n: n["status"]["allocatable"].update({"nvidia.com/gpu": "20"}))
+    wait_for(lambda: ext.post("/filter", filter_args(pod, ["gpu-1"]))["NodeNames"] == ["gpu-1"],
+             "gpu-1 with its plugin back")
+
+
+def test_a_configured_resource_name_is_the_one_checked(fake_apiserver):
+    api = fake_apiserver
+    api.add_node("gpu-1", annotations={REGISTER: registration("GPU-1-", 2)},
+                 status={"allocatable": {"nvidia.com/gpu": "0", "example.com/vgpu": "0"}})
+    ext = Extender("--apiserver", api.url, "--resource-name", "example.com/vgpu")
+    try:
+        limits = {"example.com/vgpu": "1"}
+        pod = api.add_pod("named", containers=[{"name": "main", "resources": {"limits": limits}}])
+        r = ext.post("/filter", filter_args(pod, ["gpu-1"]))
+        assert r["NodeNames"] == []
+        assert "allocatable[nvidia.com/gpu] is 0" in r["FailedAndUnresolvableNodes"]["gpu-1"]
+        # Only the configured name counts: nvidia.com/gpu at 0 does not matter.
+        api.update("nodes", "gpu-1",
+                   lambda n: n["status"]["allocatable"].update({"example.com/vgpu": "20"}))
+        wait_for(lambda: ext.post("/filter", filter_args(pod, ["gpu-1"]))["NodeNames"] ==
+                 ["gpu-1"], "gpu-1 with the configured resource")
+    finally:
+        ext.close()
+
+
+TOKEN = "s3cret-token-0123456789abcdef"
+
+
+def test_verbs_need_the_token_and_reads_stay_open(fake_apiserver, tmp_path):
+    api = fake_apiserver
+    api.add_node("gpu-1", annotations={REGISTER: registration("GPU-1-", 2)})
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    ext = Extender("--apiserver", api.url, "--auth-token-file", str(token_file))
+    try:
+        pod = api.add_pod("guarded", containers=[gpu_container()])
+        for verb, body in (("filter", filter_args(pod, ["gpu-1"])),
+                           ("prioritize", filter_args(pod, ["gpu-1"])),
+                           ("bind", bind_args(pod, "gpu-1")), ("release", bind_args(pod, "gpu-1"))):
+            for path in (f"/{verb}", f"/wrong-token-0123456789/{verb}"):
+                status, text = ext.request("POST", path, body)
+                assert status == 401, (path, text)
+                assert "unauthenticated" in json.loads(text)["Error"]
+        assert api.get("pods", "guarded")["spec"].get("nodeName", "") == ""
+        assert ext.usage("gpu-1") == [0, 0]
+        # Reads stay open.
+        for path in ("/healthz", "/readyz", "/state", "/metrics"):
+            assert ext.request("GET", path)[0] == 200, path
+        # kube-scheduler's urlPrefix carries the token; a bearer header does too.
+        assert ext.post(f"/{TOKEN}/filter", filter_args(pod, ["gpu-1"]))["NodeNames"] == ["gpu-1"]
+        assert ext.post(f"/{TOKEN}/bind", bind_args(pod, "gpu-1"))["Error"] == ""
+        assert api.get("pods", "guarded")["spec"]["nodeName"] == "gpu-1"
+        c = http.client.HTTPConnection("127.0.0.1", ext.port, timeout=CLIENT_TIMEOUT_S)
+        c.request("POST", "/filter", body=json.dumps(filter_args(pod, ["gpu-1"])),
+                  headers={"Authorization": f"Bearer {TOKEN}"})
+        assert c.getresponse().status == 200
+        c.close()
+    finally:
+        ext.close()
+
+
+def test_a_token_file_that_is_missing_or_weak_is_refused(tmp_path):
+    weak = tmp_path / "weak"
+    weak.write_text("short\n")
+    for path in (str(tmp_path / "missing"), str(weak)):
+        r = subprocess.run([EXTENDER, "--nodes", os.devnull, "--auth-token-file", path],
+                           capture_output=True, text=True, timeout=START_TIMEOUT_S)
+        assert r.returncode != 0
+        assert r.stderr.startswith(f"gpuslice_extender: {path}: "), r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+LEASE_S = 2
+
+
+def ready(ext: Extender) -> bool:
+    try:
+        return ext.request("GET", "/readyz", timeout=2)[0] == 200
+    except OSError:
+        return False
+
+
+def test_two_replicas_elect_one_leader_and_the_follower_takes_over(fake_apiserver):
+    api = fake_apiserver
+    api.add_node("gpu-1", annotations={REGISTER: registration("GPU-1-", 2)})
+    args = ("--apiserver", api.url, "--leader-elect", "--lease-namespace", "gpuslice",
+            "--lease-duration-s", str(LEASE_S))
+    a = Extender(*args, "--identity", "replica-a")
+    b = Extender(*args, "--identity", "replica-b")
+    try:
+        wait_for(lambda: ready(a) or ready(b), "a leader")
+        time.sleep(LEASE_S / 2)  # the other replica tries at least once meanwhile
+        assert ready(a) != ready(b), "exactly one leader"
+        leader, follower = (a, b) if ready(a) else (b, a)
+        lease = api.get("leases", "gpuslice-extender", namespace="gpuslice")
+        assert lease["spec"]["holderIdentity"] == ("replica-a" if leader is a else "replica-b")
+        assert lease["spec"]["leaseDurationSeconds"] == LEASE_S
+
+        # The follower filters but neither binds nor releases.
+        pod = api.add_pod("elected", containers=[gpu_container()])
+        assert follower.post("/filter", filter_args(pod, ["gpu-1"]))["NodeNames"] == ["gpu-1"]
+        status, text = follower.request("POST", "/bind", bind_args(pod, "gpu-1"))
+        assert status == 503 and "not the leader" in json.loads(text)["Error"]
+        assert api.get("pods", "elected")["spec"].get("nodeName", "") == ""
+
+        # The leader dies without giving the lease up: the follower takes over once it expires.
+        leader.kill()
+        start = time.monotonic()
+        wait_for(lambda: ready(follower), "the follower to take over")
+        assert time.monotonic() - start < 5 * LEASE_S  # the lease's duration and a few tries
+        lease = api.get("leases", "gpuslice-extender", namespace="gpuslice")
+        assert lease["spec"]["holderIdentity"] == ("replica-b" if leader is a else "replica-a")
+        assert lease["spec"]["leaseTransitions"] >= 1
+        assert follower.post("/filter", filter_args(pod, ["gpu-1"]))["NodeNames"] == ["gpu-1"]
+        assert follower.post("/bind", bind_args(pod, "gpu-1"))["Error"] == ""
+        assert api.get("pods", "elected")["spec"]["nodeName"] == "gpu-1"
+
+        # A new replica while the lease is held stays a follower; a clean stop hands over at once.
+        c = Extender(*args, "--identity", "replica-c")
+        try:
+            time.sleep(LEASE_S)
+            assert not ready(c)
+            assert "released the lease" in follower.close()
+            wait_for(lambda: ready(c), "replica-c after the holder released the lease",
+                     timeout=3 * LEASE_S)
+        finally:
+            c.close()
+    finally:
+        for e in (a, b):
+            if e.proc.poll() is None:
+                e.close()
+
+
+def test_a_pod_that_fits_nowhere_or_fails_to_bind_gets_an_event(cluster):
+    api, ext = cluster
+    pod = api.add_pod("too-big", containers=[gpu_container(mem="40000")])
+    r = ext.post("/filter", filter_args(pod, ["gpu-1", "broken"]))
+    assert r["NodeNames"] == []
+    ev = wait_for(lambda: [e for e in api.objects("events")
+                           if e["involvedObject"]["name"] == "too-big"], "a FilteringFailed event")
+    assert len(ev) == 1
+    e = ev[0]
+    assert e["metadata"]["namespace"] == "default"
+    assert e["involvedObject"]["kind"] == "Pod"
+    assert e["involvedObject"]["uid"] == pod["metadata"]["uid"]
+    assert (e["type"], e["reason"]) == ("Warning", "FilteringFailed")
+    assert e["message"].startswith("no available node, 2 nodes do not meet: ")
+    assert "gpu-1: gpuslice: " in e["message"] and "broken: gpuslice: node skipped" in e["message"]
+    assert e["source"]["component"] == "gpuslice-extender"
+    # kube-scheduler's retry of the same pod, failing the same way, adds no second Event (the
+    # BindingFailed Event below is posted after it would have been).
+    assert ext.post("/filter", filter_args(pod, ["gpu-1", "broken"]))["NodeNames"] == []
+
+    # A pod that fits gets no event; a failed bind gets BindingFailed with bind's error.
+    ok = api.add_pod("fits", containers=[gpu_container()])
+    assert ext.post("/filter", filter_args(ok, ["gpu-1"]))["NodeNames"] == ["gpu-1"]
+    api.fault(method="POST", path="/pods/fits/binding", status=409, message="already bound")
+    err = ext.post("/bind", bind_args(ok, "gpu-1"))["Error"]
+    assert err
+    bound = wait_for(lambda: [e for e in api.objects("events")
+                              if e["involvedObject"]["name"] == "fits"], "a BindingFailed event")
+    assert [(e["reason"], e["message"]) for e in bound] == [("BindingFailed", err)]
+    assert len([e for e in api.objects("events") if e["involvedObject"]["name"] == "too-big"]) == 1
+
+
+def test_kubeconfig_runs_the_extender_outside_the_cluster(fake_apiserver, tmp_path):
+    api = fake_apiserver
+    api.add_node("gpu-1", annotations={REGISTER: registration("GPU-1-", 2)})
+    kc = tmp_path / "kubeconfig"
+    kc.write_text(f"""apiVersion: v1
+kind: Config
+clusters:
+- cluster:
+    server: {api.url}
+  name: fake
+contexts:
+- context:
+    cluster: fake
+    user: operator
+  name: fake
+current-context: fake
+users:
+- name: operator
+  user:
+    token: operator-token
+""")
+    ext = Extender("--kubeconfig", str(kc))
+    try:
+        assert ext.usage("gpu-1") == [0, 0]
+        listed = [r for r in api.requests if r["path"] == "/api/v1/nodes"]
+        assert listed and all(r["authorization"] == "Bearer operator-token" for r in listed)
+    finally:
+        ext.close()
+    # A context that is not there: one line naming the file and what is missing.
+    r = subprocess.run([EXTENDER, "--kubeconfig", str(kc), "--context", "prod"],
+                       capture_output=True, text=True, timeout=START_TIMEOUT_S)
+    assert r.returncode != 0
+    assert r.stderr == f'gpuslice_extender: kubeconfig {kc}: contexts: no context named "prod"\n'
+
+
+def test_tls_serving_keeps_the_token_off_the_wire(fake_apiserver, tmp_path):
+    api = fake_apiserver
+    api.add_node("gpu-1", annotations={REGISTER: registration("GPU-1-", 2)})
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                           "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                           "-keyout", str(key), "-out", str(cert)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip("openssl cannot make a certificate")
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    ext = Extender("--apiserver", api.url, "--auth-token-file", str(token_file),
+                   "--tls-cert", str(cert), "--tls-key", str(key))
+    try:
+        # kube-scheduler's enableHTTPS with tlsConfig.caFile: the server's certificate verified.
+        ctx = ssl.create_default_context(cafile=str(cert))
+        pod = api.add_pod("over-tls", containers=[gpu_container()])
+        c = http.client.HTTPSConnection("127.0.0.1", ext.port, timeout=CLIENT_TIMEOUT_S,
+                                        context=ctx)
+        c.request("POST", f"/{TOKEN}/filter", body=json.dumps(filter_args(pod, ["gpu-1"])))
+        r = c.getresponse()
+        assert r.status == 200 and json.loads(r.read())["NodeNames"] == ["gpu-1"]
+        c.request("GET", "/readyz")
+        r = c.getresponse()
+        assert (r.status, r.read()) == (200, b"ok")
+        c.close()
+        # Plain HTTP gets no answer.
+        with pytest.raises((http.client.HTTPException, OSError)):
+            ext.request("GET", "/healthz", timeout=2)
+    finally:
+        ext.close()
+    # A key that does not match is refused with one line.
+    other = tmp_path / "other.key"
+    subprocess.run(["openssl", "genrsa", "-out", str(other), "2048"], capture_output=True,
+                   check=True)
+    r = subprocess.run([EXTENDER, "--nodes", os.devnull, "--tls-cert", str(cert), "--tls-key",
+                        str(other)], capture_output=True, text=True, timeout=START_TIMEOUT_S)
+    assert r.returncode != 0
+    assert r.stderr.startswith(f"gpuslice_extender: {cert}, {other}: "), r.stderr
