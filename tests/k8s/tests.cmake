@@ -23,6 +23,10 @@ if(Python3_Interpreter_FOUND)
     list(APPEND _k8s_env "GPUSLICE_DEVICE_PLUGIN=$<TARGET_FILE:gpuslice_device_plugin>"
          "GPUSLICE_FAKE_NVML_DIR=$<TARGET_FILE_DIR:gpuslice_fake_nvml>")
   endif()
+  if(TARGET gpuslice_dra_plugin AND TARGET gpuslice_fake_nvml)
+    list(APPEND _k8s_env "GPUSLICE_DRA_PLUGIN=$<TARGET_FILE:gpuslice_dra_plugin>"
+         "GPUSLICE_FAKE_NVML_DIR=$<TARGET_FILE_DIR:gpuslice_fake_nvml>")
+  endif()
   if(TARGET gpuslice_monitor)
     list(APPEND _k8s_env "GPUSLICE_MONITOR=$<TARGET_FILE:gpuslice_monitor>")
   endif()
@@ -48,6 +52,7 @@ if(Python3_Interpreter_FOUND)
                    ${CMAKE_CURRENT_LIST_DIR}/test_fake_apiserver.py
                    ${CMAKE_CURRENT_LIST_DIR}/test_device_plugin.py
                    ${CMAKE_CURRENT_LIST_DIR}/test_monitor.py
+                   ${CMAKE_CURRENT_LIST_DIR}/test_dra_plugin.py
            WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
   set_tests_properties(k8s:pytest PROPERTIES LABELS k8s TIMEOUT 300
                        ENVIRONMENT "${_k8s_env};PYTHONPATH=${PROJECT_SOURCE_DIR}/python")
