@@ -15,6 +15,16 @@ if(TARGET PkgConfig::GPUSLICE_HTTPLIB AND nlohmann_json_FOUND AND Python3_Interp
   endif()
 endif()
 
+# The DRA plugin's decisions (examples/dra-plugin/driver.hpp), where the plugin is built.
+if(TARGET gpuslice_dra_plugin)
+  gpuslice_add_test(test_k8s_dra_driver SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_dra_driver.cpp
+                    LIBS nlohmann_json::nlohmann_json LABELS k8s)
+  if(TARGET test_k8s_dra_driver)
+    target_include_directories(test_k8s_dra_driver PRIVATE ${PROJECT_SOURCE_DIR}/examples/common
+                               ${PROJECT_SOURCE_DIR}/examples/dra-plugin)
+  endif()
+endif()
+
 # The Python suites: the fake API server's own tests always; the device plugin's (a kubelet-
 # shaped gRPC client, the fake API server, the fake NVML) when the plugin and the fake exist.
 if(Python3_Interpreter_FOUND)
