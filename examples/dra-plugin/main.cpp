@@ -603,11 +603,20 @@ int main(int argc, char** argv) {
   });
   slice_publisher publisher(d, extras.driver_version);
   std::thread slices([&] {
+    const std::chrono::milliseconds resync(s.resync_interval_ms);
+    const std::chrono::milliseconds first_retry(s.watch_interval_ms);
+    std::chrono::milliseconds retry = first_retry;
     auto next = std::chrono::steady_clock::now();
     while (!g_stop.load()) {
       if (changed.exchange(false) || std::chrono::steady_clock::now() >= next) {
-        if (!publisher.publish()) changed.store(true);  // retried at the next step
-        next = std::chrono::steady_clock::now() + std::chrono::milliseconds(s.resync_interval_ms);
+        if (publisher.publish()) {
+          retry = first_retry;
+          next = std::chrono::steady_clock::now() + resync;
+        } else {
+          // A refusal that lasts (RBAC, an API server down) is retried less and less often.
+          next = std::chrono::steady_clock::now() + retry;
+          retry = std::min(retry * 2, resync);
+        }
       }
       nap(std::min<std::chrono::milliseconds>(std::chrono::milliseconds(s.resync_interval_ms),
                                               std::chrono::milliseconds(s.watch_interval_ms)));

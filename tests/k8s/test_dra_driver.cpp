@@ -145,6 +145,12 @@ TEST_CASE("a share's consumed capacity becomes the shim's limits") {
                Catch::Contains("device \"gpu-9\" is not a device of node n1"));
     CHECK_THAT(std::get<std::string>(dra::claim_shares(claim("u2", other), ref, g, s)),
                Catch::Contains("deleted and created again"));
+    auto sick = g;
+    sick[0].healthy = false;
+    sick[0].why_unhealthy = "XID 79";
+    CHECK_THAT(std::get<std::string>(dra::claim_shares(
+                   claim("u1", share_result({{"memory", "1Gi"}, {"cores", "1"}})), ref, sick, s)),
+               Catch::Contains("device gpu-0 (GPU-0) is unhealthy (XID 79)"));
   }
 }
 

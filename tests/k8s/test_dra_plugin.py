@@ -25,7 +25,6 @@ import tempfile
 import textwrap
 import uuid
 
-import grpc
 import pytest
 
 from dra_kubelet import DRAKubelet, claim_ref
@@ -59,7 +58,7 @@ def quantity(text) -> int:
 class Node:
     """One node: kubelet's directories, the DRA kubelet client and the plugin on the fake NVML."""
 
-    def __init__(self, api, gpus=2, memory="16Gi", extra_env=None):
+    def __init__(self, api, gpus=2, memory="16Gi", extra_env=None, args=()):
         self.api = api
         # unix socket paths must stay short
         self.dir = tempfile.mkdtemp(prefix="gsdra", dir="/tmp")
@@ -76,6 +75,7 @@ class Node:
                         FAKE_CUDA_MEMORY=memory, FAKE_NVML_FAULTS=self.faults, **(extra_env or {}))
         self.env.pop("NODE_NAME", None)
         self.kubelet = DRAKubelet(self.registry)
+        self.args = list(args)
         self.proc = None
         self.start()
 
@@ -84,7 +84,7 @@ class Node:
             [PLUGIN, "--node-name", "n1", "--api-server", self.api.url, "--registry-dir",
              self.registry, "--plugin-dir", self.plugin_dir, "--cdi-dir", self.cdi,
              "--host-hook-path", self.hook, "--health-interval-ms", "100",
-             "--resync-interval-ms", "500", "--watch-interval-ms", "50"],
+             "--resync-interval-ms", "500", "--watch-interval-ms", "50", *self.args],
             env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
     def stop(self, sig=signal.SIGTERM) -> str:
@@ -246,6 +246,24 @@ def test_the_slices_follow_the_gpus_health_and_go_with_the_plugin(node):
     err = node.stop()
     assert node.slices() == [], err
     assert not os.path.exists(os.path.join(node.registry, DRIVER + "-reg.sock"))
+
+
+def test_with_the_mixed_mig_strategy_a_mig_mode_gpu_is_published_as_its_mig_devices(
+        fake_apiserver):
+    node = Node(fake_apiserver, extra_env={"FAKE_NVML_MIG": "0:1g.5gb,2g.10gb"},
+                args=["--mig-strategy", "mixed"])
+    try:
+        devices = wait_for(node.devices, "the devices")
+        assert [d["name"] for d in devices] == ["gpu-0-mig-0", "gpu-0-mig-1", "gpu-1"]
+        mig = devices[1]
+        assert mig["attributes"]["type"] == {"string": "mig"}
+        assert mig["attributes"]["profile"] == {"string": "2g.10gb"}
+        assert mig["attributes"]["uuid"]["string"].startswith("MIG-")
+        assert mig["attributes"]["parentUUID"]["string"].startswith("GPU-")
+        assert quantity(mig["capacity"]["memory"]["value"]) == 10 * GIB
+        assert devices[2]["attributes"]["type"] == {"string": "gpu"}
+    finally:
+        node.close()
 
 
 # ---------------------------------------------------------------- prepare and unprepare
