@@ -369,8 +369,8 @@ class FakeAPIServer:
         meta = obj.setdefault("metadata", {})
         if not meta.get("name"):
             raise ApiError(422, f"{kind}: metadata.name: Required value")
-        ns = meta.setdefault("namespace", "default") if kind in _NAMESPACED else ""
-        if kind not in _NAMESPACED:
+        ns = meta.setdefault("namespace", "default") if _namespaced(kind) else ""
+        if not _namespaced(kind):
             meta.pop("namespace", None)
         key = (kind, ns, meta["name"])
         with self._lock:
@@ -379,8 +379,9 @@ class FakeAPIServer:
             meta.setdefault("uid", str(uuid.uuid4()))
             meta.setdefault("creationTimestamp", time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                time.gmtime()))
-            obj.setdefault("apiVersion", _KINDS[kind][0])
-            obj.setdefault("kind", _KINDS[kind][1])
+            obj.setdefault("apiVersion", _API_VERSION.get(kind, "v1"))
+            obj.setdefault("kind", _kind_name(kind))
+            _validate(kind, obj)
             self._objects[key] = obj
             return self._bump(kind, "ADDED", obj)
 
@@ -406,9 +407,17 @@ class FakeAPIServer:
         obj.update(copy.deepcopy(extra))
         return self._create("pods", obj)
 
+    def add_claim(self, name: str, namespace: str = "default", requests: Optional[list] = None,
+                  **extra) -> dict:
+        """A resource.k8s.io/v1 ResourceClaim with ``requests`` (spec.devices.requests)."""
+        obj = {"metadata": {"name": name, "namespace": namespace},
+               "spec": {"devices": {"requests": copy.deepcopy(requests or [])}}, "status": {}}
+        obj.update(copy.deepcopy(extra))
+        return self._create("resourceclaims", obj)
+
     def get(self, kind: str, name: str, namespace: str = "") -> Optional[dict]:
         """A copy of the object, or None."""
-        ns = namespace or ("default" if kind == "pods" else "")
+        ns = namespace or ("default" if _namespaced(kind) else "")
         with self._lock:
             o = self._objects.get((kind, ns, name))
             return copy.deepcopy(o) if o is not None else None
@@ -416,14 +425,14 @@ class FakeAPIServer:
     def update(self, kind: str, name: str, fn: Callable[[dict], None],
                namespace: str = "") -> dict:
         """Applies ``fn`` to the stored object (a server-side change: MODIFIED, new version)."""
-        ns = namespace or ("default" if kind == "pods" else "")
+        ns = namespace or ("default" if _namespaced(kind) else "")
         with self._lock:
             obj = self._objects[(kind, ns, name)]
             fn(obj)
             return self._bump(kind, "MODIFIED", obj)
 
     def delete(self, kind: str, name: str, namespace: str = "") -> dict:
-        ns = namespace or ("default" if kind == "pods" else "")
+        ns = namespace or ("default" if _namespaced(kind) else "")
         with self._lock:
             obj = self._objects.pop((kind, ns, name), None)
             if obj is None:
@@ -496,6 +505,7 @@ class FakeAPIServer:
             for k in ("uid", "creationTimestamp", "namespace"):
                 if k in obj["metadata"]:
                     new["metadata"][k] = obj["metadata"][k]
+            _validate(kind, new)
             self._objects[(kind, ns, name)] = new
             return self._bump(kind, "MODIFIED", new)
 
@@ -516,6 +526,74 @@ class FakeAPIServer:
             self._bump("pods", "MODIFIED", obj)
         return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                 "code": 201}
+
+
+# ---------------------------------------------------------------- resource.k8s.io/v1 (DRA)
+#
+# ResourceSlices (cluster-scoped) and ResourceClaims (namespaced) of Dynamic Resource
+# Allocation, as https://kubernetes.io/docs/reference/kubernetes-api/workload-resources/ and
+# staging/src/k8s.io/api/resource/v1/types.go describe them: list (field selectors
+# spec.nodeName, spec.driver and spec.pool.name on slices), get, create, update (PUT), patch,
+# delete and watch, plus a claim's status subresource. A slice is validated as the API server
+# does for the limits a driver must respect: a driver and a pool, at most 128 devices, each a
+# DNS label with at most 32 attributes and capacities together (422 otherwise). Tests create
+# claims with ``add_claim`` and allocate them as the scheduler would with ``update``.
+
+_DRA = "/apis/resource.k8s.io/v1"
+_KINDS = {"pods": "Pod", "nodes": "Node", "resourceslices": "ResourceSlice",
+          "resourceclaims": "ResourceClaim"}
+_API_VERSION = {"resourceslices": "resource.k8s.io/v1", "resourceclaims": "resource.k8s.io/v1"}
+_NAMESPACED = {"pods", "resourceclaims"}
+_FIELDS["spec.driver"] = lambda o: o.get("spec", {}).get("driver", "")
+_FIELDS["spec.pool.name"] = lambda o: (o.get("spec", {}).get("pool") or {}).get("name", "")
+SLICE_MAX_DEVICES = 128
+SLICE_MAX_ATTRIBUTES_AND_CAPACITIES = 32
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def _namespaced(kind: str) -> bool:
+    return kind in _NAMESPACED
+
+
+def _kind_name(kind: str) -> str:
+    return _KINDS.get(kind, "Node")
+
+
+def _validate(kind: str, obj: dict) -> None:
+    """The API server's validation of a ResourceSlice's limits; ApiError(422) when violated."""
+    if kind != "resourceslices":
+        return
+    spec = obj.get("spec")
+    if not isinstance(spec, dict) or not spec.get("driver"):
+        raise ApiError(422, "ResourceSlice: spec.driver: Required value")
+    pool = spec.get("pool")
+    if not isinstance(pool, dict) or not pool.get("name") or \
+            not isinstance(pool.get("resourceSliceCount"), int) or \
+            pool["resourceSliceCount"] < 1 or not isinstance(pool.get("generation", 0), int):
+        raise ApiError(422, "ResourceSlice: spec.pool: name, generation and a resourceSliceCount "
+                       "of at least 1 are required")
+    devices = spec.get("devices") or []
+    if len(devices) > SLICE_MAX_DEVICES:
+        raise ApiError(422, f"ResourceSlice: spec.devices: Too many: {len(devices)}: must have "
+                       f"at most {SLICE_MAX_DEVICES} items")
+    for i, d in enumerate(devices):
+        name = d.get("name", "") if isinstance(d, dict) else ""
+        if not _DNS_LABEL.fullmatch(name):
+            raise ApiError(422, f"ResourceSlice: spec.devices[{i}].name: Invalid value: {name!r}")
+        n = len(d.get("attributes") or {}) + len(d.get("capacity") or {})
+        if n > SLICE_MAX_ATTRIBUTES_AND_CAPACITIES:
+            raise ApiError(422, f"ResourceSlice: spec.devices[{i}]: Too many: {n}: must have at "
+                           f"most {SLICE_MAX_ATTRIBUTES_AND_CAPACITIES} attributes and capacities")
+
+
+_ROUTES_DRA = [
+    (re.compile(rf"^{_DRA}/resourceslices$"), "resourceslices", False),
+    (re.compile(rf"^{_DRA}/resourceslices/(?P<name>[^/]+)$"), "resourceslices", True),
+    (re.compile(rf"^{_DRA}/resourceclaims$"), "resourceclaims", False),
+    (re.compile(rf"^{_DRA}/namespaces/(?P<ns>[^/]+)/resourceclaims$"), "resourceclaims", False),
+    (re.compile(rf"^{_DRA}/namespaces/(?P<ns>[^/]+)/resourceclaims/(?P<name>[^/]+)(/status)?$"),
+     "resourceclaims", True),
+]
 
 
 def _matcher(kind: str, ns: Optional[str], q: dict) -> Callable[[dict], bool]:
@@ -545,12 +623,12 @@ _ROUTES = [
      "leases", True),
     (re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/events$"), "events", False),
     (re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/events/(?P<name>[^/]+)$"), "events", True),
-]
+] + _ROUTES_DRA
 
 # Each kind's apiVersion and Kind; the namespaced kinds.
-_KINDS = {"nodes": ("v1", "Node"), "pods": ("v1", "Pod"),
-          "leases": ("coordination.k8s.io/v1", "Lease"), "events": ("v1", "Event")}
-_NAMESPACED = {"pods", "leases", "events"}
+_KINDS.update({"leases": "Lease", "events": "Event"})
+_API_VERSION["leases"] = "coordination.k8s.io/v1"
+_NAMESPACED.update({"leases", "events"})
 
 
 def _client_cn(conn) -> str:
@@ -650,8 +728,9 @@ def _make_handler(server: FakeAPIServer):
                             self._watch(kind, ns, q)
                             return None, None
                         items, rv, _ = server._list(kind, ns, q)
-                        return 200, {"kind": _KINDS[kind][1] + "List",
-                                     "apiVersion": _KINDS[kind][0], "metadata": {"resourceVersion": str(rv)},
+                        return 200, {"kind": _kind_name(kind) + "List",
+                                     "apiVersion": _API_VERSION.get(kind, "v1"),
+                                     "metadata": {"resourceVersion": str(rv)},
                                      "items": items}
                     if method == "POST":
                         if not isinstance(body, dict):
@@ -762,7 +841,7 @@ def _make_handler(server: FakeAPIServer):
                     if bookmarks and time.monotonic() >= next_bookmark:
                         next_bookmark = time.monotonic() + server.bookmark_interval
                         self._chunk({"type": "BOOKMARK", "object": {
-                            "kind": "Pod" if kind == "pods" else "Node", "apiVersion": "v1",
+                            "kind": _kind_name(kind), "apiVersion": _API_VERSION.get(kind, "v1"),
                             "metadata": {"resourceVersion": str(max(since, last))}}})
                     if time.monotonic() >= end:
                         break

@@ -15,12 +15,26 @@ if(TARGET PkgConfig::GPUSLICE_HTTPLIB AND nlohmann_json_FOUND AND Python3_Interp
   endif()
 endif()
 
+# The DRA plugin's decisions (examples/dra-plugin/driver.hpp), where the plugin is built.
+if(TARGET gpuslice_dra_plugin)
+  gpuslice_add_test(test_k8s_dra_driver SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_dra_driver.cpp
+                    LIBS nlohmann_json::nlohmann_json LABELS k8s)
+  if(TARGET test_k8s_dra_driver)
+    target_include_directories(test_k8s_dra_driver PRIVATE ${PROJECT_SOURCE_DIR}/examples/common
+                               ${PROJECT_SOURCE_DIR}/examples/dra-plugin)
+  endif()
+endif()
+
 # The Python suites: the fake API server's own tests always; the device plugin's (a kubelet-
 # shaped gRPC client, the fake API server, the fake NVML) when the plugin and the fake exist.
 if(Python3_Interpreter_FOUND)
   set(_k8s_env "")
   if(TARGET gpuslice_device_plugin AND TARGET gpuslice_fake_nvml)
     list(APPEND _k8s_env "GPUSLICE_DEVICE_PLUGIN=$<TARGET_FILE:gpuslice_device_plugin>"
+         "GPUSLICE_FAKE_NVML_DIR=$<TARGET_FILE_DIR:gpuslice_fake_nvml>")
+  endif()
+  if(TARGET gpuslice_dra_plugin AND TARGET gpuslice_fake_nvml)
+    list(APPEND _k8s_env "GPUSLICE_DRA_PLUGIN=$<TARGET_FILE:gpuslice_dra_plugin>"
          "GPUSLICE_FAKE_NVML_DIR=$<TARGET_FILE_DIR:gpuslice_fake_nvml>")
   endif()
   if(TARGET gpuslice_monitor)
@@ -48,6 +62,7 @@ if(Python3_Interpreter_FOUND)
                    ${CMAKE_CURRENT_LIST_DIR}/test_fake_apiserver.py
                    ${CMAKE_CURRENT_LIST_DIR}/test_device_plugin.py
                    ${CMAKE_CURRENT_LIST_DIR}/test_monitor.py
+                   ${CMAKE_CURRENT_LIST_DIR}/test_dra_plugin.py
            WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
   set_tests_properties(k8s:pytest PROPERTIES LABELS k8s TIMEOUT 300
                        ENVIRONMENT "${_k8s_env};PYTHONPATH=${PROJECT_SOURCE_DIR}/python")
