@@ -43,6 +43,9 @@ inline constexpr std::uint32_t k_default_slots = 10;
 inline constexpr std::string_view k_default_mode = "hami-core";
 /// Largest percentage a request may name.
 inline constexpr std::uint32_t k_max_percent = 100;
+/// Largest compute a registration may give one GPU, in percent: HAMi's device plugin registers
+/// `deviceCoreScaling * 100` (150 with a scaling of 1.5), and no scaling beyond 100 is sane.
+inline constexpr std::uint32_t k_max_registered_cores = 10000;
 /// HAMi counts device memory in whole MiB; a percentage resolves to whole MiB.
 inline constexpr std::uint64_t k_memory_unit = std::uint64_t{1} << 20;
 
