@@ -49,6 +49,22 @@ TEST_CASE("a card registered with more than 100% compute shares it out (deviceCo
   CHECK(why == reason::exclusive_conflict);
 }
 
+TEST_CASE("a card registered with less than 100% compute: a request of all of it shares",
+          "[fit][hami]") {
+  // deviceCoreScaling 0.5 registers devcore 50. HAMi's exclusivity rule needs Totalcore == 100,
+  // so a 50-core request fits beside a task that holds no compute; 100 cores never fit.
+  device d = fixtures::gpu("GPU-a", 16);
+  d.cores_total = 500;
+  d.slots_used = 1;  // a task with memory only
+  reason why{};
+  const share half = resolve(fixtures::req(1, 1, 50), d.memory_total, d.cores_total);
+  CHECK_FALSE(half.needs_idle);
+  CHECK(device_fits(d, half, true, true, why));
+  const share whole = resolve(fixtures::req(1, 1, 100), d.memory_total, d.cores_total);
+  CHECK_FALSE(device_fits(d, whole, true, true, why));
+  CHECK(why == reason::insufficient_cores);
+}
+
 TEST_CASE("a card reporting more used than it has is full; the core refuses such a node",
           "[fit][hami]") {
   // HAMi "fit fail: card overused": Used >= Count is CardTimeSlicingExhausted; memory and cores

@@ -168,7 +168,9 @@ inline share resolve(const container_request& r, std::uint64_t memory_total,
     if (pct == k_max_percent) s.memory = memory_total;
   }
   s.cores = std::min(r.cores, k_milli_per_gpu);
-  s.needs_idle = r.idle_only || (s.cores != 0 && s.cores >= cores_total);
+  // HAMi: a request of a whole card's compute is exclusive on a card registered with exactly
+  // 100 (Totalcore == 100 && Coresreq == 100); on a scaled card it is a share like any other.
+  s.needs_idle = r.idle_only || (s.cores == k_milli_per_gpu && cores_total == k_milli_per_gpu);
   return s;
 }
 
