@@ -5,7 +5,8 @@ set -euo pipefail
 
 APT_PACKAGES=(cmake ninja-build g++ clang libclang-rt-14-dev catch2 libfmt-dev libbenchmark-dev
               libcpp-httplib-dev nlohmann-json3-dev
-              libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc libssl-dev openssl)
+              libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc libssl-dev openssl
+              libyaml-cpp-dev)
 PY_PACKAGES=(scikit-build-core pybind11 nvidia-nvml-dev numpy pytest hypothesis rich matplotlib
              grpcio grpcio-tools prometheus_client pyyaml scipy)
 

@@ -46,6 +46,10 @@ constexpr auto k_register_deadline = 5s;
 constexpr auto k_stream_poll = 100ms;
 /// How long a stopping server waits for streams to end before cancelling them.
 constexpr auto k_shutdown_grace = 1s;
+/// Releasing HAMi's node lock: attempts, and the first pause between them (doubling), as
+/// HAMi's nodelock package retries.
+constexpr int k_lock_attempts = 5;
+constexpr auto k_lock_retry_first = 100ms;
 /// How long one NVML event wait blocks (bounds how fast the XID thread notices a stop).
 constexpr unsigned k_xid_wait_ms = 200;
 
@@ -144,7 +148,9 @@ v1beta1::ListAndWatchResponse device_list(const dp::resource& res, const std::ve
       auto* d = r.add_devices();
       d->set_id(id);
       d->set_health(g.healthy ? "Healthy" : "Unhealthy");
-      d->mutable_topology()->add_nodes()->set_id(g.numa);
+      // Only on request, as in HAMi: with the GPU's NUMA node reported, a TopologyManager
+      // policy of restricted or single-numa-node rejects pods whose CPUs sit elsewhere.
+      if (s.enable_numa_topology) d->mutable_topology()->add_nodes()->set_id(g.numa);
     }
   }
   return r;
@@ -285,6 +291,7 @@ class plugin_service final : public v1beta1::DevicePlugin::Service {
       }
       log("allocated {} container(s) of pod {}{}", plan.grants.size(), ref.key(),
           plan.done ? " (bind-phase=success)" : "");
+      if (plan.done) release_node_lock(ref);
       return grpc::Status::OK;
     }
     return refuse(grpc::StatusCode::ABORTED, "the pod kept changing; kubelet will retry");
@@ -335,6 +342,36 @@ class plugin_service final : public v1beta1::DevicePlugin::Service {
     auto r =
         c_.api.merge_patch(kube::pod_path(ref.name_space, ref.name), dp::failure_patch(reason));
     if (!r) log("cannot mark pod {} failed: {}", ref.key(), r.message());
+    release_node_lock(ref);
+  }
+
+  /// Releases HAMi's node lock held for \p ref once its allocation ended (HAMi's scheduler
+  /// places nothing else on the node while it is held), retrying as HAMi does.
+  void release_node_lock(const kube::pod_ref& ref) {
+    const std::string path = kube::node_path(c_.settings.node_name);
+    auto wait = k_lock_retry_first;
+    std::string last;
+    for (int attempt = 0; attempt < k_lock_attempts; ++attempt) {
+      if (attempt != 0) {
+        std::this_thread::sleep_for(wait);
+        wait *= 2;
+      }
+      auto node = c_.api.get(path);
+      if (!node) {
+        last = node.message();
+        continue;
+      }
+      auto patch = dp::node_lock_release_patch(*node, ref);
+      if (!patch) return;  // no lock, or another pod's
+      auto r = c_.api.merge_patch(path, *patch);
+      if (r) {
+        log("released node lock {} of pod {}", dp::k_node_lock, ref.key());
+        return;
+      }
+      last = r.message();
+    }
+    log("cannot release node lock {} of pod {} on node {}: {}", dp::k_node_lock, ref.key(),
+        c_.settings.node_name, last);
   }
 
   core& c_;
@@ -416,10 +453,17 @@ void nap(std::chrono::milliseconds d) {
 void register_node(core& c, std::string& last_error) {
   const auto gpus = c.state.snapshot();
   std::vector<dp::gpu> listed(gpus.begin(), gpus.end());
-  const std::string encoded =
-      gpuslice::fit::encode_node_devices(dp::registered_devices(listed, c.settings));
-  auto node = c.api.get(kube::node_path(c.settings.node_name));
+  const auto encoded_or =
+      dp::encode_registration(dp::registered_devices(listed, c.settings), c.settings);
   std::string err;
+  if (!encoded_or) {
+    err = encoded_or.message();
+    if (err != last_error) log("node registration: {}", err);
+    last_error = err;
+    return;
+  }
+  const std::string& encoded = *encoded_or;
+  auto node = c.api.get(kube::node_path(c.settings.node_name));
   if (!node) {
     err = node.message();
   } else if (auto patch = dp::registration_patch(*node, encoded, std::time(nullptr))) {
@@ -472,6 +516,10 @@ int main(int argc, char** argv) {
   for (const auto& g : *listed) {
     if (g.uuid.empty()) {
       log("GPU {} has no UUID ({}); not advertised", g.index, g.why_unhealthy);
+      continue;
+    }
+    if (dp::filtered_out(s, g.index, g.uuid)) {
+      log("GPU {} ({}) is in this node's filterdevices; not advertised", g.index, g.uuid);
       continue;
     }
     dp::gpu x{g.index,         g.uuid,        g.name, g.memory_total, g.numa, g.healthy,

@@ -137,7 +137,10 @@ class nvml {
         g.name = name;
       }
       nvmlMemory_t m{};
-      if (const nvmlReturn_t r = memory_(d, &m); r != NVML_SUCCESS) {
+      if (const nvmlReturn_t r = memory_(d, &m); r == NVML_ERROR_NOT_SUPPORTED) {
+        // Unified memory (GB10 and the like): NVML cannot size it; memory_total stays 0 and the
+        // device plugin registers its preconfigured figure, as HAMi's does.
+      } else if (r != NVML_SUCCESS) {
         if (g.healthy) fail("nvmlDeviceGetMemoryInfo", r);
       } else {
         g.memory_total = m.total;

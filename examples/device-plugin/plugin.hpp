@@ -26,6 +26,10 @@
 #include <string_view>
 #include <vector>
 
+#ifdef GPUSLICE_HAVE_YAML_CPP
+#include <yaml-cpp/yaml.h>
+#endif
+
 #include "apiserver.hpp"
 #include "gpuslice/fit/codec.hpp"
 #include "gpuslice/fit/model.hpp"
@@ -54,6 +58,15 @@ inline constexpr double k_max_scaling = 100.0;
 inline constexpr std::string_view k_cache_file = "gpuslice.cache";
 /// The node region file name inside the region directory.
 inline constexpr std::string_view k_region_file = "node.region";
+/// Where HAMi's chart mounts the device plugin's per-node configuration (`nodeconfig`).
+inline constexpr std::string_view k_default_node_config = "/config/config.json";
+/// HAMi's node lock: its scheduler sets it on a node while a pod's devices are allocated there,
+/// and the device plugin releases it when the allocation ends (succeeded or failed).
+inline constexpr std::string_view k_node_lock = "hami.io/mutex.lock";
+/// The separator of the lock's value "<RFC 3339 time>,<namespace>,<pod name>".
+inline constexpr char k_node_lock_sep = ',';
+/// Largest preconfigured device memory (MiB): HAMi's devmem is a Go int32.
+inline constexpr long long k_max_device_memory_mib = 2147483647;
 
 /// What the device plugin runs with. A plain value.
 struct settings {
@@ -63,6 +76,9 @@ struct settings {
   double device_core_scaling = 1.0;
   std::string mig_strategy = "none";
   bool disable_core_limit = false;
+  bool enable_numa_topology = false;                  ///< ListAndWatch reports each GPU's NUMA node
+  std::uint64_t preconfigured_device_memory_mib = 0;  ///< memory of a GPU NVML cannot size
+  std::string lib_cuda_log_level;                     ///< LIBCUDA_LOG_LEVEL in containers
   std::string resource_name = "nvidia.com/gpu";
   std::string resource_memory_name = "nvidia.com/gpumem";
   std::string resource_core_name = "nvidia.com/gpucores";
@@ -78,6 +94,14 @@ struct settings {
   int register_interval_ms = 30000;  ///< how often the registration is checked (written on change)
   int health_interval_ms = 5000;     ///< how often NVML is probed
   int watch_interval_ms = 1000;      ///< how often kubelet's socket is checked for a restart
+  /// The registration annotation's encoding: HAMi's JSON (read by HAMi 2.8 and later), or the
+  /// colon form HAMi's schedulers before 2.8 read.
+  std::string registration_encoding = "json";
+  /// HAMi's per-node overrides (`nodeconfig`); read when it exists unless named explicitly.
+  std::string node_config = std::string(k_default_node_config);
+  bool node_config_explicit = false;      ///< --node-config given: a missing file is an error
+  std::vector<std::string> filter_uuids;  ///< nodeconfig filterdevices: GPUs left out, by uuid
+  std::vector<unsigned> filter_indices;   ///< ... and by index
 };
 
 namespace detail {
@@ -145,9 +169,30 @@ inline std::optional<error> apply(settings& s, std::string_view key, const std::
     s.mig_strategy = v;
     return std::nullopt;
   }
-  if (key == "disablecorelimit") {
+  auto boolean = [&](bool& out) -> std::optional<error> {
     if (v != "true" && v != "false") return bad(where, v, "true or false");
-    s.disable_core_limit = v == "true";
+    out = v == "true";
+    return std::nullopt;
+  };
+  // HAMi's chart writes disableCoreLimit in its YAML and disablecorelimit in its flags.
+  if (key == "disablecorelimit" || key == "disableCoreLimit") return boolean(s.disable_core_limit);
+  if (key == "enableNumaTopology") return boolean(s.enable_numa_topology);
+  if (key == "preConfiguredDeviceMemory") {
+    return integer(0, k_max_device_memory_mib, s.preconfigured_device_memory_mib,
+                   "MiB, 0 (use NVML's figure) to 2147483647");
+  }
+  if (key == "libCudaLogLevel") {
+    if (!v.empty() && (v.size() != 1 || v[0] < '0' || v[0] > '4')) {
+      return bad(where, v, "a log level from 0 to 4, or empty");
+    }
+    s.lib_cuda_log_level = v;
+    return std::nullopt;
+  }
+  if (key == "registrationEncoding") {
+    if (v != "json" && v != "legacy") {
+      return bad(where, v, "json (HAMi 2.8 and later) or legacy (HAMi before 2.8)");
+    }
+    s.registration_encoding = v;
     return std::nullopt;
   }
   if (key == "resourceCountName") return name(s.resource_name);
@@ -208,6 +253,10 @@ inline constexpr flag_key k_flags[] = {
     {"--device-cores-scaling", "deviceCoreScaling", false},
     {"--mig-strategy", "migStrategy", false},
     {"--disable-core-limit", "disablecorelimit", true},
+    {"--enable-numa-topology", "enableNumaTopology", true},
+    {"--preconfigured-device-memory", "preConfiguredDeviceMemory", false},
+    {"--lib-cuda-log-level", "libCudaLogLevel", false},
+    {"--registration-encoding", "registrationEncoding", false},
     {"--resource-name", "resourceCountName", false},
     {"--resource-memory-name", "resourceMemoryName", false},
     {"--resource-core-name", "resourceCoreName", false},
@@ -229,9 +278,14 @@ inline constexpr flag_key k_flags[] = {
 /// The usage text.
 inline std::string usage() {
   std::string u =
-      "usage: gpuslice-device-plugin [--config FILE] [--FLAG VALUE | --FLAG=VALUE]...\n"
-      "  --config FILE                 JSON with HAMi's keys (top level or under \"nvidia\");\n"
-      "                                flags given after it override it\n";
+      "usage: gpuslice-device-plugin [--config-file FILE] [--node-config FILE] "
+      "[--FLAG VALUE | --FLAG=VALUE]...\n"
+      "  --config-file FILE (or --config)  HAMi's device configuration, JSON or YAML (the\n"
+      "                                chart's device-config.yaml): keys under \"nvidia\" or at\n"
+      "                                the top level\n"
+      "  --node-config FILE            HAMi's per-node overrides (`nodeconfig`, the chart's\n"
+      "                                config.json; default /config/config.json when it exists)\n"
+      "  Precedence: flags, then this node's nodeconfig entry, then the config files.\n";
   for (const auto& f : detail::k_flags) {
     u += "  " + std::string(f.flag) + (f.boolean ? "[=true|false]" : " VALUE") + "  (" +
          std::string(f.key) + ")\n";
@@ -240,45 +294,111 @@ inline std::string usage() {
   return u;
 }
 
-/// Reads the JSON config file \p path: HAMi's keys at the top level or under "nvidia". Keys it
-/// does not know (the scheduler's, in a shared ConfigMap) are returned in \p ignored.
-inline std::optional<error> apply_config_file(settings& s, const std::string& path,
-                                              std::vector<std::string>& ignored) {
+namespace detail {
+
+#ifdef GPUSLICE_HAVE_YAML_CPP
+/// A YAML node as JSON: mappings are objects, sequences arrays, scalars strings (YAML 1.1's
+/// capitalised booleans spelled as JSON's), null null.
+inline json yaml_to_json(const YAML::Node& n) {
+  switch (n.Type()) {
+    case YAML::NodeType::Map: {
+      json o = json::object();
+      for (const auto& kv : n) o[kv.first.as<std::string>()] = yaml_to_json(kv.second);
+      return o;
+    }
+    case YAML::NodeType::Sequence: {
+      json a = json::array();
+      for (const auto& e : n) a.push_back(yaml_to_json(e));
+      return a;
+    }
+    case YAML::NodeType::Scalar: {
+      std::string v = n.Scalar();
+      if (n.Tag() != "!") {  // plain (unquoted) scalars only
+        if (v == "True" || v == "TRUE") v = "true";
+        if (v == "False" || v == "FALSE") v = "false";
+      }
+      return v;
+    }
+    default:
+      return nullptr;
+  }
+}
+#endif
+
+/// Reads \p path as a JSON object, or (when built with yaml-cpp) a YAML mapping. \p flag names
+/// the option that named the file in errors.
+inline result<json> read_config_object(const std::string& path, const std::string& flag) {
   std::ifstream f(path);
   if (!f) {
     return make_error(errc::not_found,
-                      "--config " + path + ": cannot read: " + std::strerror(errno));
+                      flag + " " + path + ": cannot read: " + std::strerror(errno));
   }
   std::stringstream text;
   text << f.rdbuf();
   json j = json::parse(text.str(), nullptr, false);
-  if (j.is_discarded() || !j.is_object()) {
-    return make_error(errc::invalid_value,
-                      "--config " + path + ": expected a JSON object of HAMi's settings");
+#ifdef GPUSLICE_HAVE_YAML_CPP
+  if (j.is_discarded()) {
+    try {
+      j = yaml_to_json(YAML::Load(text.str()));
+    } catch (const YAML::Exception& e) {
+      return make_error(errc::invalid_value,
+                        flag + " " + path + ": not JSON, and not YAML (" + e.what() + ")");
+    }
   }
-  const json* obj = &j;
-  if (j.contains("nvidia")) {
-    if (!j["nvidia"].is_object()) {
+  constexpr const char* k_expected = "expected a JSON object or YAML mapping of HAMi's settings";
+#else
+  constexpr const char* k_expected =
+      "expected a JSON object of HAMi's settings (this build reads no YAML: it was built "
+      "without yaml-cpp)";
+#endif
+  if (j.is_discarded() || !j.is_object()) {
+    return make_error(errc::invalid_value, flag + " " + path + ": " + k_expected);
+  }
+  return j;
+}
+
+/// The text form apply() takes of a config value.
+inline std::string text_of(const json& value) {
+  if (value.is_string()) return value.get<std::string>();
+  if (value.is_boolean()) return value.get<bool>() ? "true" : "false";
+  if (value.is_number_integer()) return std::to_string(value.get<long long>());
+  if (value.is_number()) {
+    std::ostringstream o;
+    o << value.get<double>();
+    return o.str();
+  }
+  return value.dump();
+}
+
+/// ASCII lower case (Go's encoding/json matches keys case-insensitively).
+inline std::string lower(std::string_view s) {
+  std::string out(s);
+  for (char& c : out) {
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  }
+  return out;
+}
+
+}  // namespace detail
+
+/// Applies the config file \p path: HAMi's keys at the top level or under "nvidia" (the other
+/// vendors' sections of HAMi's device-config.yaml are not read). Keys it does not know (the
+/// scheduler's, in a shared ConfigMap) are returned in \p ignored; null values are unset.
+inline std::optional<error> apply_config_file(settings& s, const std::string& path,
+                                              std::vector<std::string>& ignored,
+                                              const std::string& flag = "--config-file") {
+  auto j = detail::read_config_object(path, flag);
+  if (!j) return std::move(j).err();
+  const json* obj = &*j;
+  if (j->contains("nvidia")) {
+    if (!(*j)["nvidia"].is_object()) {
       return make_error(errc::invalid_value, path + ": nvidia: expected an object");
     }
-    obj = &j["nvidia"];
+    obj = &(*j)["nvidia"];
   }
   for (const auto& [key, value] : obj->items()) {
-    std::string v;
-    if (value.is_string()) {
-      v = value.get<std::string>();
-    } else if (value.is_boolean()) {
-      v = value.get<bool>() ? "true" : "false";
-    } else if (value.is_number_integer()) {
-      v = std::to_string(value.get<long long>());
-    } else if (value.is_number()) {
-      std::ostringstream o;
-      o << value.get<double>();
-      v = o.str();
-    } else {
-      v = value.dump();
-    }
-    auto e = detail::apply(s, key, v, path + ": " + key);
+    if (value.is_null()) continue;
+    auto e = detail::apply(s, key, detail::text_of(value), path + ": " + key);
     if (e && e->code == make_error_code(errc::not_found)) {
       ignored.push_back(key);
     } else if (e) {
@@ -288,12 +408,104 @@ inline std::optional<error> apply_config_file(settings& s, const std::string& pa
   return std::nullopt;
 }
 
-/// Parses the command line (argv[1..]) and NODE_NAME. Errors are one line naming the flag or
-/// file, the value and the expectation. \p ignored gets config keys that were not used.
+/// Applies the entry of HAMi's per-node configuration file \p path (`{"nodeconfig": [{"name":
+/// NODE, ...}]}`) that names \p s.node_name, as HAMi's device plugin does: the split count,
+/// the scalings, the preconfigured device memory, the CUDA log level, NUMA topology and the
+/// devices to leave out (`filterdevices`) override the config file. `operatingmode` must be
+/// hami-core (the interposer's mode; gpuslice has no mig or mps mode). Keys HAMi reads there
+/// but gpuslice has no use for (`enablegetpreferredallocation`: gpuslice always offers a
+/// preferred allocation) and keys HAMi does not read there (`migstrategy`) go to \p ignored.
+inline std::optional<error> apply_node_config(settings& s, const std::string& path,
+                                              std::vector<std::string>& ignored) {
+  auto j = detail::read_config_object(path, "--node-config");
+  if (!j) return std::move(j).err();
+  const json* list = nullptr;
+  for (const auto& [k, v] : j->items()) {
+    if (detail::lower(k) == "nodeconfig") list = &v;
+  }
+  if (list == nullptr || list->is_null()) return std::nullopt;
+  if (!list->is_array()) {
+    return make_error(errc::invalid_value, path + ": nodeconfig: expected a list of nodes");
+  }
+  static constexpr std::pair<std::string_view, std::string_view> k_keys[] = {
+      {"devicesplitcount", "deviceSplitCount"},
+      {"devicememoryscaling", "deviceMemoryScaling"},
+      {"devicecorescaling", "deviceCoreScaling"},
+      {"preconfigureddevicememory", "preConfiguredDeviceMemory"},
+      {"libcudaloglevel", "libCudaLogLevel"},
+      {"enablenumatopology", "enableNumaTopology"},
+  };
+  for (std::size_t i = 0; i < list->size(); ++i) {
+    const json& entry = (*list)[i];
+    const std::string at = path + ": nodeconfig[" + std::to_string(i) + "]";
+    if (!entry.is_object()) return make_error(errc::invalid_value, at + ": expected an object");
+    std::string name;
+    for (const auto& [k, v] : entry.items()) {
+      if (detail::lower(k) == "name" && v.is_string()) name = v.get<std::string>();
+    }
+    if (name != s.node_name) continue;
+    for (const auto& [k, v] : entry.items()) {
+      const std::string key = detail::lower(k);
+      const std::string where = at + " (" + name + "): " + k;
+      if (key == "name" || v.is_null()) continue;
+      if (key == "operatingmode") {
+        const std::string mode = detail::text_of(v);
+        if (!mode.empty() && mode != k_mode) {
+          return detail::bad(where, mode,
+                             "hami-core (gpuslice shares GPUs through its interposer; it has no "
+                             "mig or mps mode)");
+        }
+        continue;
+      }
+      if (key == "filterdevices") {
+        if (!v.is_object()) return make_error(errc::invalid_value, where + ": expected an object");
+        for (const auto& [fk, fv] : v.items()) {
+          const std::string f = detail::lower(fk);
+          if (fv.is_null()) continue;
+          if ((f != "uuid" && f != "index") || !fv.is_array()) {
+            return make_error(errc::invalid_value,
+                              where + "." + fk + ": expected uuid or index, a list");
+          }
+          for (const json& x : fv) {
+            if (f == "uuid" && x.is_string() && !x.get<std::string>().empty()) {
+              s.filter_uuids.push_back(x.get<std::string>());
+            } else if (f == "index" && x.is_number_unsigned()) {
+              s.filter_indices.push_back(x.get<unsigned>());
+            } else {
+              return detail::bad(where + "." + fk, x.dump(),
+                                 f == "uuid" ? "a GPU uuid" : "a GPU index (0, 1, ...)");
+            }
+          }
+        }
+        continue;
+      }
+      const auto it = std::find_if(std::begin(k_keys), std::end(k_keys),
+                                   [&](const auto& m) { return m.first == key; });
+      if (it == std::end(k_keys)) {
+        ignored.push_back(k);
+        continue;
+      }
+      if (auto e = detail::apply(s, it->second, detail::text_of(v), where)) return e;
+    }
+  }
+  return std::nullopt;
+}
+
+/// Parses the command line (argv[1..]) and NODE_NAME. The config files come first, then this
+/// node's nodeconfig entry, then the flags (whatever their order on the command line). Errors
+/// are one line naming the flag or file, the value and the expectation. \p ignored gets config
+/// keys that were not used.
 inline result<settings> parse_settings(const std::vector<std::string>& args,
                                        std::vector<std::string>& ignored) {
   settings s;
   if (const char* n = std::getenv("NODE_NAME"); n != nullptr && *n != '\0') s.node_name = n;
+  struct given {
+    std::string flag;
+    std::string_view key;
+    std::string value;
+  };
+  std::vector<given> flags;
+  std::vector<std::pair<std::string, std::string>> files;  // flag, path
   for (std::size_t i = 0; i < args.size(); ++i) {
     std::string a = args[i];
     std::string value;
@@ -303,14 +515,18 @@ inline result<settings> parse_settings(const std::vector<std::string>& args,
       a = a.substr(0, eq);
       has_value = true;
     }
-    if (a == "--config") {
+    if (a == "--config" || a == "--config-file" || a == "--node-config") {
       if (!has_value) {
-        if (i + 1 >= args.size()) {
-          return make_error(errc::invalid_value, "--config: expected a file name");
-        }
+        if (i + 1 >= args.size())
+          return make_error(errc::invalid_value, a + ": expected a file name");
         value = args[++i];
       }
-      if (auto e = apply_config_file(s, value, ignored)) return std::move(*e);
+      if (a == "--node-config") {
+        s.node_config = value;
+        s.node_config_explicit = true;
+      } else {
+        files.emplace_back(a, value);
+      }
       continue;
     }
     const detail::flag_key* f = nullptr;
@@ -330,13 +546,37 @@ inline result<settings> parse_settings(const std::vector<std::string>& args,
         value = args[++i];
       }
     }
-    if (auto e = detail::apply(s, f->key, value, a)) return std::move(*e);
+    flags.push_back({a, f->key, value});
+  }
+  // The node's name decides which nodeconfig entry applies: settle it first.
+  for (const auto& f : flags) {
+    if (f.key == "nodeName") {
+      if (auto e = detail::apply(s, f.key, f.value, f.flag)) return std::move(*e);
+    }
+  }
+  for (const auto& [flag, path] : files) {
+    if (auto e = apply_config_file(s, path, ignored, flag)) return std::move(*e);
   }
   if (s.node_name.empty()) {
     return make_error(errc::invalid_value,
                       "node name: expected --node-name or NODE_NAME (the pod's spec.nodeName)");
   }
+  std::error_code ec;
+  if (s.node_config_explicit || std::filesystem::exists(s.node_config, ec)) {
+    if (auto e = apply_node_config(s, s.node_config, ignored)) return std::move(*e);
+  }
+  for (const auto& f : flags) {
+    if (auto e = detail::apply(s, f.key, f.value, f.flag)) return std::move(*e);
+  }
   return s;
+}
+
+/// Whether HAMi's `filterdevices` leaves \p index / \p uuid out (neither advertised nor
+/// registered).
+inline bool filtered_out(const settings& s, unsigned index, const std::string& uuid) {
+  return std::find(s.filter_indices.begin(), s.filter_indices.end(), index) !=
+             s.filter_indices.end() ||
+         std::find(s.filter_uuids.begin(), s.filter_uuids.end(), uuid) != s.filter_uuids.end();
 }
 
 // ---- devices ------------------------------------------------------------------------------------
@@ -421,7 +661,8 @@ inline std::string uuid_of_virtual(std::string_view id) {
 inline std::string gpu_type(const gpu& g) { return "NVIDIA-" + g.name; }
 
 /// The registration of \p gpus with \p s's split count and scalings, as fit devices (memory
-/// and cores scaled, rounded down).
+/// and cores scaled, rounded down). A GPU NVML cannot size takes preConfiguredDeviceMemory, and
+/// without it is left out (HAMi's rule).
 inline std::vector<fit::device> registered_devices(const std::vector<gpu>& gpus,
                                                    const settings& s) {
   std::vector<fit::device> out;
@@ -434,7 +675,12 @@ inline std::vector<fit::device> registered_devices(const std::vector<gpu>& gpus,
     d.numa = g.numa;
     d.healthy = g.healthy;
     d.slots_total = s.device_split_count;
-    const auto mib = static_cast<double>(g.memory_total / fit::k_bytes_per_mib);
+    // A GPU NVML cannot size (unified memory) registers the configured figure, as in HAMi.
+    const std::uint64_t bytes = g.memory_total != 0
+                                    ? g.memory_total
+                                    : s.preconfigured_device_memory_mib * fit::k_bytes_per_mib;
+    if (bytes == 0) continue;  // unsized, none preconfigured: HAMi skips it too
+    const auto mib = static_cast<double>(bytes / fit::k_bytes_per_mib);
     d.memory_total = static_cast<std::uint64_t>(std::floor(mib * s.device_memory_scaling)) *
                      fit::k_bytes_per_mib;
     d.cores_total = static_cast<std::uint32_t>(
@@ -443,6 +689,13 @@ inline std::vector<fit::device> registered_devices(const std::vector<gpu>& gpus,
     out.push_back(std::move(d));
   }
   return out;
+}
+
+/// The registration annotation's value for \p devices in \p s's encoding.
+inline result<std::string> encode_registration(const std::vector<fit::device>& devices,
+                                               const settings& s) {
+  if (s.registration_encoding == "legacy") return fit::encode_node_devices_legacy(devices);
+  return fit::encode_node_devices(devices);
 }
 
 /// "YYYY-MM-DD HH:MM:SS" in UTC (Go's time.DateTime layout, which HAMi's handshake uses).
@@ -629,6 +882,7 @@ inline std::variant<allocation_plan, allocate_error> plan_allocation(
     g.envs["GPUSLICE_NODE_REGION"] =
         s.container_hook_path + "/region/" + std::string(k_region_file);
     if (s.disable_core_limit) g.envs["GPU_CORE_UTILIZATION_POLICY"] = "disable";
+    if (!s.lib_cuda_log_level.empty()) g.envs["LIBCUDA_LOG_LEVEL"] = s.lib_cuda_log_level;
     if (s.device_memory_scaling > 1.0) g.envs["CUDA_OVERSUBSCRIBE"] = "true";
     // CUDA_TASK_PRIORITY from the container's priority resource.
     const json* res = kube::detail::member(c, "resources");
@@ -688,6 +942,30 @@ inline json failure_patch(const std::string& reason) {
                {{"annotations",
                  {{std::string(kube::k_bind_phase), std::string(k_bind_failed)},
                   {std::string(k_bind_failure_reason), reason}}}}}};
+}
+
+/// The merge patch that releases HAMi's node lock (k_node_lock) on \p node after the
+/// allocation of \p pod ended, as HAMi's ReleaseNodeLock writes it: the annotation removed,
+/// with the node's resourceVersion as a precondition. Nothing when the node holds no lock, or
+/// holds another pod's ("<time>,<namespace>,<name>" naming another pod); a lock in the older
+/// form (a bare time, no owner) is released. Pure, thread-safe.
+inline std::optional<json> node_lock_release_patch(const json& node, const kube::pod_ref& pod) {
+  const json* lock = kube::detail::annotation(node, k_node_lock);
+  if (lock == nullptr) return std::nullopt;
+  const std::string value = lock->is_string() ? lock->get<std::string>() : std::string();
+  const std::string owner =
+      std::string(1, k_node_lock_sep) + pod.name_space + k_node_lock_sep + pod.name;
+  const bool has_owner = value.find(k_node_lock_sep) != std::string::npos;
+  if (has_owner && (value.size() < owner.size() ||
+                    value.compare(value.size() - owner.size(), owner.size(), owner) != 0)) {
+    return std::nullopt;
+  }
+  json meta = {{"annotations", {{std::string(k_node_lock), nullptr}}}};
+  if (const json* m = kube::detail::member(node, "metadata")) {
+    const std::string rv = kube::detail::string_at(*m, "resourceVersion");
+    if (!rv.empty()) meta["resourceVersion"] = rv;
+  }
+  return json{{"metadata", meta}};
 }
 
 /// Creates the container's cache directory fresh (a new container starts with a new ledger, as

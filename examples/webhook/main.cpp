@@ -1,5 +1,5 @@
-// gpuslice_webhook: a mutating admission webhook (AdmissionReview v1 over HTTPS) that gives GPU
-// pods the gpuslice scheduler and HAMi's defaults. See webhook.hpp for the rules and
+// gpuslice_webhook: a mutating admission webhook (AdmissionReview v1 or v1beta1 over HTTPS) that
+// gives GPU pods the gpuslice scheduler and HAMi's defaults. See webhook.hpp for the rules and
 // examples/deploy/webhook.yaml for the Service and MutatingWebhookConfiguration.
 //
 //   gpuslice_webhook --cert tls.crt --key tls.key [--listen 0.0.0.0] [--port 8443]
@@ -8,8 +8,8 @@
 //                    [--resource-name NAME] [--resource-mem NAME] [--resource-mem-percentage NAME]
 //                    [--resource-cores NAME] [--resource-priority NAME] [--verbose]
 //
-// POST /mutate answers an AdmissionReview; GET /healthz "ok". --port 0 picks a free port; the
-// first line on stdout names the address served. SIGINT and SIGTERM stop it.
+// POST /mutate (or /webhook, HAMi's path) answers an AdmissionReview; GET /healthz "ok". --port 0
+// picks a free port; the first line on stdout names the address served. SIGINT and SIGTERM stop it.
 #include <fmt/core.h>
 #include <httplib.h>
 #include <pthread.h>
@@ -120,7 +120,7 @@ int main(int argc, char** argv) {
   svr.set_payload_max_length(k_max_body_bytes);
   svr.set_read_timeout(k_io_timeout_s, 0);
   svr.set_write_timeout(k_io_timeout_s, 0);
-  svr.Post("/mutate", [&s, verbose](const httplib::Request& req, httplib::Response& res) {
+  auto mutate = [&s, verbose](const httplib::Request& req, httplib::Response& res) {
     auto out = wh::review(req.body, s);
     if (!out) {
       res.status = k_http_bad_request;
@@ -135,7 +135,9 @@ int main(int argc, char** argv) {
                  out->message.empty() ? "" : ": " + out->message);
     }
     res.set_content(out->review.dump(), "application/json");
-  });
+  };
+  svr.Post("/mutate", mutate);
+  svr.Post("/webhook", mutate);  // HAMi's path, for a configuration written for HAMi
   svr.Get("/healthz", [](const httplib::Request&, httplib::Response& res) {
     res.set_content("ok", "text/plain");
   });

@@ -1,13 +1,17 @@
 #pragma once
 /// \file
 /// The mutating admission webhook's decision, without the HTTPS server: an AdmissionReview
-/// (admission.k8s.io/v1) in, an AdmissionReview with the response out. For a Pod that asks for
-/// GPUs it applies HAMi's webhook rules (kube::config):
+/// (admission.k8s.io/v1 or v1beta1) in, an AdmissionReview with the response out. For a Pod that
+/// asks for GPUs it applies HAMi's webhook rules (kube::config):
 ///   - gpumem, gpumem-percentage or gpucores without nvidia.com/gpu: defaultGPUNum GPUs;
 ///   - no gpucores and (no memory, or gpumem-percentage 100): gpucores 100 (the card alone);
 ///   - otherwise a missing gpucores is defaultCores, a missing memory is defaultMem (when set);
 ///   - the priority resource (nvidia.com/priority) becomes CUDA_TASK_PRIORITY in the env;
-///   - spec.schedulerName becomes the configured scheduler (when empty or default-scheduler).
+///   - spec.schedulerName becomes the configured scheduler (when empty or default-scheduler);
+///   - a GPU pod with a privileged container, or with spec.nodeName set, is refused (HAMi's
+///     reasons: "container NAME is privileged", "pod has node assigned").
+/// A pod that names another scheduler, or is labelled hami.io/webhook=ignore, is left untouched.
+/// A review is answered in the version it came in (admission.k8s.io/v1 or v1beta1).
 /// Values HAMi refuses (gpumem-percentage outside 0..100, a numa-bind that is not a boolean, an
 /// unknown scheduler policy, bad scoring weights, a malformed quantity) are refused with one line
 /// naming the pod, the container and the field. The answer carries a JSONPatch (RFC 6902). A
@@ -27,6 +31,13 @@ using json = nlohmann::json;
 
 /// kube-scheduler's default name: a pod naming it (or none) is moved to ours.
 inline constexpr std::string_view k_default_scheduler = "default-scheduler";
+/// The AdmissionReview versions answered, each in its own version.
+inline constexpr std::string_view k_admission_v1 = "admission.k8s.io/v1";
+inline constexpr std::string_view k_admission_v1beta1 = "admission.k8s.io/v1beta1";
+/// The label (on a pod, or on a namespace through the configuration's namespaceSelector) that
+/// keeps the webhook away, as in HAMi.
+inline constexpr std::string_view k_ignore_label = "hami.io/webhook";
+inline constexpr std::string_view k_ignore_value = "ignore";
 /// The environment variable HAMi-core (and libgpuslice.so) reads for the task priority.
 inline constexpr std::string_view k_priority_env = "CUDA_TASK_PRIORITY";
 /// HTTP-ish status codes carried in a refusal's Status.
@@ -195,6 +206,27 @@ inline result<bool> mutate_pod(json& pod, const settings& s) {
     }
   }
   if (!gpu) return false;
+  // HAMi's webhook refusals, with its reasons: a privileged container sees every GPU of the
+  // node whatever its share, and a pod placed by hand bypasses the scheduler's accounting.
+  for (const char* field : {"initContainers", "containers"}) {
+    const json* list = kube::detail::member(pod["spec"], field);
+    if (list == nullptr) continue;
+    for (const json& c : *list) {
+      const json* sc = c.is_object() ? kube::detail::member(c, "securityContext") : nullptr;
+      const json* priv = sc != nullptr ? kube::detail::member(*sc, "privileged") : nullptr;
+      if (priv != nullptr && priv->is_boolean() && priv->get<bool>()) {
+        return make_error(errc::invalid_value,
+                          where + ": container " + kube::detail::string_at(c, "name", "?") +
+                              " is privileged (a privileged container sees every GPU of its "
+                              "node, beyond its share)");
+      }
+    }
+  }
+  if (const std::string node = kube::detail::string_at(pod["spec"], "nodeName"); !node.empty()) {
+    return make_error(errc::invalid_value,
+                      where + ": pod has node assigned (spec.nodeName " + node +
+                          "): a GPU pod is placed by the scheduler, which accounts for its share");
+  }
   json& spec = pod["spec"];
   const std::string current = kube::detail::string_at(spec, "schedulerName");
   if (current.empty() || current == k_default_scheduler) spec["schedulerName"] = s.scheduler_name;
@@ -217,6 +249,15 @@ inline result<outcome> review(std::string_view body, const settings& s) {
   const std::string uid = req != nullptr ? kube::detail::string_at(*req, "uid") : "";
   if (req == nullptr || !req->is_object() || uid.empty()) {
     return make_error(errc::invalid_value, "AdmissionReview: expected a request object with a uid");
+  }
+  // The API server reads the answer in the version it asked in (HAMi's chart asks v1beta1).
+  std::string version = kube::detail::string_at(in, "apiVersion");
+  if (version.empty()) version = std::string(k_admission_v1);
+  if (version != k_admission_v1 && version != k_admission_v1beta1) {
+    return make_error(errc::invalid_value, "AdmissionReview: apiVersion " +
+                                               ::gpuslice::detail::quoted(version) + ": expected " +
+                                               std::string(k_admission_v1) + " or " +
+                                               std::string(k_admission_v1beta1));
   }
   outcome out;
   json response = {{"uid", uid}, {"allowed", true}};
@@ -250,8 +291,20 @@ inline result<outcome> review(std::string_view body, const settings& s) {
         !pod["metadata"].contains("namespace")) {
       pod["metadata"]["namespace"] = *ns;
     }
+    const json* meta = kube::detail::member(pod, "metadata");
+    const json* labels = meta != nullptr ? kube::detail::member(*meta, "labels") : nullptr;
+    const std::string scheduler =
+        pod["spec"].is_object() ? kube::detail::string_at(pod["spec"], "schedulerName") : "";
     json mutated = pod;
-    auto gpu = mutate_pod(mutated, s);
+    result<bool> gpu = false;
+    if (labels != nullptr && kube::detail::string_at(*labels, k_ignore_label) == k_ignore_value) {
+      // HAMi's objectSelector leaves these pods out; the same when the configuration has none.
+    } else if (!scheduler.empty() && scheduler != k_default_scheduler &&
+               scheduler != s.scheduler_name) {
+      // Another scheduler places this pod: HAMi's webhook leaves it as it is.
+    } else {
+      gpu = mutate_pod(mutated, s);
+    }
     if (!gpu) {
       refuse(k_status_forbidden, "gpuslice webhook: " + gpu.message());
     } else {
@@ -264,8 +317,7 @@ inline result<outcome> review(std::string_view body, const settings& s) {
       }
     }
   }
-  out.review = {
-      {"apiVersion", "admission.k8s.io/v1"}, {"kind", "AdmissionReview"}, {"response", response}};
+  out.review = {{"apiVersion", version}, {"kind", "AdmissionReview"}, {"response", response}};
   return out;
 }
 

@@ -149,6 +149,72 @@ TEST_CASE("webhook: chart keys, priority, and a scheduler chosen by the user",
   CHECK(patched(mine, *kept)["spec"]["schedulerName"] == "my-scheduler");
   CHECK(patched(mine, *kept)["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpumem"] ==
         "100");
+  // HAMi leaves a pod that names another scheduler as it is: no defaults (gpucores 20) either.
+  CHECK(kept->allowed);
+  CHECK_FALSE(kept->mutated);
+  CHECK_FALSE(kept->review["response"].contains("patch"));
+}
+
+TEST_CASE("webhook: HAMi's refusals of privileged GPU containers and pods with a node",
+          "[examples][webhook]") {
+  json priv = pod_with({{"nvidia.com/gpu", "1"}});
+  priv["spec"]["initContainers"] = json::array(
+      {{{"name", "setup"}, {"image", "x"}, {"securityContext", {{"privileged", true}}}}});
+  auto o = webhook::review(review_of(priv).dump(), webhook::settings{});
+  REQUIRE(o);
+  CHECK_FALSE(o->allowed);
+  CHECK(o->review["response"]["status"]["code"] == 403);
+  CHECK_THAT(o->message, Catch::Contains("container setup is privileged"));
+  CHECK_FALSE(o->review["response"].contains("patch"));
+  // privileged: false, or a privileged pod without GPUs: admitted
+  priv["spec"]["initContainers"][0]["securityContext"]["privileged"] = false;
+  CHECK(webhook::review(review_of(priv).dump(), webhook::settings{})->allowed);
+  json cpu_priv = pod_with({{"cpu", "1"}});
+  cpu_priv["spec"]["containers"][0]["securityContext"] = {{"privileged", true}};
+  CHECK(webhook::review(review_of(cpu_priv).dump(), webhook::settings{})->allowed);
+
+  json placed = pod_with({{"nvidia.com/gpumem", "1000"}});
+  placed["spec"]["nodeName"] = "n1";
+  auto p = webhook::review(review_of(placed).dump(), webhook::settings{});
+  REQUIRE(p);
+  CHECK_FALSE(p->allowed);
+  CHECK_THAT(p->message, Catch::Contains("pod has node assigned") && Catch::Contains("n1"));
+  json cpu_placed = pod_with({{"cpu", "1"}});
+  cpu_placed["spec"]["nodeName"] = "n1";
+  CHECK(webhook::review(review_of(cpu_placed).dump(), webhook::settings{})->allowed);
+}
+
+TEST_CASE("webhook: pods labelled hami.io/webhook=ignore are left untouched",
+          "[examples][webhook]") {
+  json pod = pod_with({{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem-percentage", "101"}});
+  pod["metadata"]["labels"] = {{"hami.io/webhook", "ignore"}};
+  auto o = webhook::review(review_of(pod).dump(), webhook::settings{});
+  REQUIRE(o);
+  CHECK(o->allowed);
+  CHECK_FALSE(o->mutated);
+  // any other value: the rules apply (here, a refusal)
+  pod["metadata"]["labels"]["hami.io/webhook"] = "yes";
+  CHECK_FALSE(webhook::review(review_of(pod).dump(), webhook::settings{})->allowed);
+}
+
+TEST_CASE("webhook: a review is answered in its own version", "[examples][webhook]") {
+  json pod = pod_with({{"nvidia.com/gpu", "1"}});
+  for (const char* version : {"admission.k8s.io/v1beta1", "admission.k8s.io/v1"}) {
+    INFO(version);
+    json in = review_of(pod);
+    in["apiVersion"] = version;
+    auto o = webhook::review(in.dump(), webhook::settings{});
+    REQUIRE(o);
+    CHECK(o->review["apiVersion"] == version);
+    CHECK(o->review["kind"] == "AdmissionReview");
+    CHECK(o->review["response"]["uid"] == "req-1");
+    CHECK(patched(pod, *o)["spec"]["schedulerName"] == "gpuslice-scheduler");
+  }
+  json odd = review_of(pod);
+  odd["apiVersion"] = "admission.k8s.io/v2";
+  auto e = webhook::review(odd.dump(), webhook::settings{});
+  REQUIRE_FALSE(e);
+  CHECK_THAT(e.message(), Catch::StartsWith("AdmissionReview: apiVersion \"admission.k8s.io/v2\""));
 }
 
 TEST_CASE("webhook: values HAMi refuses are refused with one clear line", "[examples][webhook]") {
@@ -209,4 +275,19 @@ TEST_CASE("webhook: malformed reviews; fail open or closed", "[examples][webhook
   REQUIRE(o);
   CHECK(o->allowed);
   CHECK_THAT(o->review["response"]["warnings"][0].get<std::string>(), Catch::Contains("fail open"));
+}
+
+TEST_CASE("gpumem-percentage above 100: the webhook refuses, the scheduler path clamps",
+          "[examples][webhook][hami]") {
+  // HAMi's webhook admits 0..100 only; its scheduler (GenerateResourceRequests) clamps a pod
+  // that never met the webhook to 100. The extender and the controller read pods through
+  // kube::pod_request_from_json, and do the same.
+  json pod = pod_with({{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem-percentage", "150"}});
+  CHECK_FALSE(webhook::review(review_of(pod).dump(), webhook::settings{})->allowed);
+  pod["metadata"]["namespace"] = "team";
+  auto req = kube::pod_request_from_json(pod);
+  REQUIRE(req);
+  REQUIRE(req->containers.size() == 1);
+  CHECK(req->containers[0].memory_percent == 100);
+  CHECK(req->containers[0].count == 1);
 }

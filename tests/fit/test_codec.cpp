@@ -112,6 +112,47 @@ TEST_CASE("node registration: the colon form", "[fit][codec]") {
   CHECK_FALSE((*d)[1].healthy);
 }
 
+TEST_CASE("node registration: compute scaled above one card, as HAMi's plugin registers it",
+          "[fit][codec]") {
+  // HAMi's device plugin registers devcore = deviceCoreScaling * 100 (150 with 1.5).
+  auto j = decode_node_devices(R"([{"id":"GPU-a","count":10,"devmem":1024,"devcore":150}])");
+  REQUIRE(j.ok());
+  CHECK((*j)[0].cores_total == 1500);
+  auto c = decode_node_devices("GPU-a,10,1024,200,NVIDIA-T4,0,true,0,hami-core:");
+  REQUIRE(c.ok());
+  CHECK((*c)[0].cores_total == 2000);
+}
+
+TEST_CASE("node registration: the colon form HAMi's schedulers before 2.8 read", "[fit][codec]") {
+  std::vector<device> devs(2);
+  devs[0].uuid = "GPU-a";
+  devs[0].type = "NVIDIA-Tesla T4";
+  devs[0].memory_total = 15 * k_gib;
+  devs[0].cores_total = 1500;
+  devs[0].mode = "hami-core";
+  devs[1] = devs[0];
+  devs[1].uuid = "GPU-b";
+  devs[1].index = 1;
+  devs[1].numa = 1;
+  devs[1].healthy = false;
+  auto text = encode_node_devices_legacy(devs);
+  REQUIRE(text.ok());
+  CHECK(*text ==
+        "GPU-a,10,15360,150,NVIDIA-Tesla T4,0,true,0,hami-core:"
+        "GPU-b,10,15360,150,NVIDIA-Tesla T4,1,false,1,hami-core:");
+  auto back = decode_node_devices(*text);
+  REQUIRE(back.ok());
+  REQUIRE(back->size() == 2);
+  CHECK((*back)[1].uuid == "GPU-b");
+  CHECK((*back)[1].numa == 1);
+  CHECK((*back)[1].cores_total == 1500);
+  CHECK_FALSE((*back)[1].healthy);
+  devs[1].type = "NVIDIA,T4";
+  auto bad = encode_node_devices_legacy(devs);
+  REQUIRE_FALSE(bad.ok());
+  CHECK_THAT(bad.message(), Catch::Contains("device 1 type \"NVIDIA,T4\""));
+}
+
 TEST_CASE("node registration: malformed input is one clear line", "[fit][codec]") {
   struct row {
     const char* text;
@@ -123,7 +164,7 @@ TEST_CASE("node registration: malformed input is one clear line", "[fit][codec]"
       {"[{]", "expected \"key\": value"},
       {R"([{"id":"a","devmem":-1}])", "\"devmem\""},
       {R"([{"id":"a","devmem":1.5}])", "\"devmem\""},
-      {R"([{"id":"a","devcore":101}])", "\"devcore\""},
+      {R"([{"id":"a","devcore":10001}])", "\"devcore\""},
       {R"([{"id":"a","health":"yes"}])", "true or false"},
       {R"([{"count":1}])", "missing \"id\""},
       {R"([{"id":"a"}] x)", "trailing characters"},
@@ -133,6 +174,7 @@ TEST_CASE("node registration: malformed input is one clear line", "[fit][codec]"
       {"GPU-a,10,100:", "expected ID,COUNT"},
       {"GPU-a,x,1,100,T,0,true:", "expected integers"},
       {"GPU-a,1,1,100,T,0,maybe:", "health \"maybe\""},
+      {"GPU-a,1,1,10001,T,0,true:", "expected integers"},
   };
   for (const auto& r : rows) {
     auto d = decode_node_devices(r.text);

@@ -474,6 +474,10 @@ def test_settings_from_a_config_file_and_flags(fake_apiserver, tmp_path):
     (["--api-server", "localhost:80"], "expected http://host:port"),
     (["--no-such-flag"], '"--no-such-flag": unknown flag'),
     (["--config", "/nonexistent.json"], "--config /nonexistent.json: cannot read"),
+    (["--config-file", "/nonexistent.yaml"], "--config-file /nonexistent.yaml: cannot read"),
+    (["--node-config", "/nonexistent.json"], "--node-config /nonexistent.json: cannot read"),
+    (["--registration-encoding", "xml"], '--registration-encoding "xml": expected json'),
+    (["--lib-cuda-log-level", "9"], '--lib-cuda-log-level "9": expected a log level'),
 ])
 def test_bad_settings_get_one_clear_line(args, expected):
     env = dict(os.environ, LD_LIBRARY_PATH=FAKE_DIR)
@@ -498,3 +502,190 @@ def test_bad_config_values_name_the_file_and_key(tmp_path):
     r = subprocess.run([PLUGIN], capture_output=True, text=True, timeout=30,
                        env={k: v for k, v in os.environ.items() if k != "NODE_NAME"})
     assert r.returncode == 2 and "expected --node-name or NODE_NAME" in r.stderr
+
+
+LOCK = "hami.io/mutex.lock"
+
+
+def lock_node(api, value):
+    api.update("nodes", "n1", lambda o: o["metadata"].setdefault("annotations", {}).update(
+        {LOCK: value}))
+
+
+def node_lock(api):
+    return api.get("nodes", "n1")["metadata"].get("annotations", {}).get(LOCK)
+
+
+def test_allocate_releases_hamis_node_lock(node, fake_apiserver):
+    """HAMi's scheduler locks the node while a pod's devices are allocated; its device plugin
+    releases the lock when the allocation ends, succeeded or failed (nodelock.ReleaseNodeLock:
+    the annotation set to null, the node's resourceVersion as a precondition)."""
+    api = fake_apiserver
+    with node.kubelet.plugin() as client:
+        stream, first = first_list(client)
+        stream.cancel()
+        u0, u1 = uuids_of(first)
+        # two containers: the lock stays until the last one has its devices
+        gpu_pod(api, "p", [("a", [(u0, 1024, 10)]), ("b", [(u1, 1024, 10)])])
+        lock_node(api, "2026-01-01T00:00:00Z,default,p")
+        client.allocate([f"{u0}-0"])
+        assert node_lock(api) == "2026-01-01T00:00:00Z,default,p"
+        client.allocate([f"{u1}-0"])
+        assert node_lock(api) is None
+        release = [m for m in node.node_patches() if LOCK in json.dumps(m["body"])]
+        assert len(release) == 1
+        assert release[0]["body"]["metadata"]["annotations"] == {LOCK: None}
+        assert release[0]["body"]["metadata"]["resourceVersion"]
+        assert release[0]["content_type"] == "application/merge-patch+json"
+        api.delete("pods", "p")
+
+        # a failed allocation releases it too
+        gpu_pod(api, "bad", [("c", [(u0, 1024, 10)])])
+        lock_node(api, "2026-01-01T00:00:00Z,default,bad")
+        with pytest.raises(grpc.RpcError):
+            client.allocate([f"{u0}-0", f"{u0}-1"])
+        assert api.get("pods", "bad")["metadata"]["annotations"][PHASE] == "failed"
+        assert node_lock(api) is None
+        api.delete("pods", "bad")
+
+        # another pod's lock is not ours to release; HAMi's older bare-time lock is
+        gpu_pod(api, "q", [("c", [(u0, 1024, 10)])])
+        lock_node(api, "2026-01-01T00:00:00Z,default,other")
+        client.allocate([f"{u0}-0"])
+        assert node_lock(api) == "2026-01-01T00:00:00Z,default,other"
+        api.delete("pods", "q")
+        gpu_pod(api, "r", [("c", [(u0, 1024, 10)])])
+        lock_node(api, "2026-01-01T00:00:00Z")
+        client.allocate([f"{u0}-0"])
+        assert node_lock(api) is None
+
+
+def test_numa_topology_only_when_enabled(fake_apiserver):
+    for args, want in (([], False), (["--enable-numa-topology"], True)):
+        n = Node(fake_apiserver, args=args, devices=1)
+        try:
+            with n.kubelet.plugin() as client:
+                stream, first = first_list(client)
+                stream.cancel()
+            assert len(first.devices) == SPLIT
+            assert all(d.HasField("topology") == want for d in first.devices), args
+            if want:
+                assert all([x.ID for x in d.topology.nodes] == [0] for d in first.devices)
+        finally:
+            assert n.close() == 0
+
+
+DEVICE_CONFIG_YAML = """\
+nvidia:
+  resourceCountName: nvidia.com/gpu
+  resourceMemoryName: nvidia.com/gpumem
+  resourceMemoryPercentageName: nvidia.com/gpumem-percentage
+  resourceCoreName: nvidia.com/gpucores
+  resourcePriorityName: nvidia.com/priority
+  overwriteEnv: false
+  defaultMemory: 0
+  defaultCores: 0
+  defaultGPUNum: 1
+  preConfiguredDeviceMemory: 0
+  memoryFactor: 1
+  deviceSplitCount: 10
+  deviceMemoryScaling: 1
+  deviceCoreScaling: 1
+  enableNumaTopology: false
+  gpuCorePolicy: default
+  libCudaLogLevel: 2
+  runtimeClassName: ""
+  migProfileAllowlist:
+  - models: [ "A30" ]
+    profiles: [ "1g.6gb", "2g.12gb", "4g.24gb" ]
+cambricon:
+  resourceCountName: cambricon.com/vmlu
+"""
+
+
+def test_hamis_yaml_configuration_and_nodeconfig_unchanged(fake_apiserver, tmp_path):
+    """The chart's device-config.yaml (--config-file) and its per-node config.json (nodeconfig,
+    Go's case-insensitive keys): this node's entry overrides the file, another node's does not,
+    and flags override both."""
+    cfg = tmp_path / "device-config.yaml"
+    cfg.write_text(DEVICE_CONFIG_YAML)
+    nodes = tmp_path / "config.json"
+    nodes.write_text(json.dumps({"nodeconfig": [
+        {"name": "n2", "devicesplitcount": 7},
+        {"name": "n1", "operatingmode": "hami-core", "devicesplitcount": 4,
+         "devicememoryscaling": 2, "deviceCoreScaling": 1.5, "preconfigureddevicememory": 0,
+         "enablenumatopology": True, "migstrategy": "none",
+         "filterdevices": {"uuid": [], "index": [1]}, "enablegetpreferredallocation": False}]}))
+    n = Node(fake_apiserver, args=["--config-file", str(cfg), "--node-config", str(nodes),
+                                   "--device-memory-scaling", "1.5"], devices=2)
+    try:
+        with n.kubelet.plugin() as client:
+            stream, first = first_list(client)
+            stream.cancel()
+            assert len(first.devices) == 4  # GPU 1 filtered out; split 4 from nodeconfig
+            assert all(d.HasField("topology") for d in first.devices)
+            (u0,) = uuids_of(first)
+            (d,) = wait_for(n.registration, what="registration")
+            assert (d["id"], d["count"], d["devmem"], d["devcore"]) == (u0, 4, 24 * 1024, 150)
+            gpu_pod(fake_apiserver, "p", [("c", [(u0, 1024, 10)])])
+            env = dict(client.allocate([f"{u0}-0"]).container_responses[0].envs)
+            assert env["LIBCUDA_LOG_LEVEL"] == "2"
+            assert env["CUDA_OVERSUBSCRIBE"] == "true"
+    finally:
+        assert n.close() == 0
+    assert any("filterdevices" in line for line in n.log)
+
+
+def test_pre_2_8_registration_encoding(fake_apiserver):
+    """HAMi's schedulers before 2.8 read the colon form (device.DecodeNodeDevices); 2.8 changed
+    the device plugin to JSON (device.MarshalNodeDevices)."""
+    n = Node(fake_apiserver, args=["--registration-encoding", "legacy",
+                                   "--device-cores-scaling", "2"], devices=2)
+    try:
+        def raw():
+            ann = fake_apiserver.get("nodes", "n1")["metadata"].get("annotations", {})
+            return ann.get(REGISTER)
+        text = wait_for(raw, what="the registration annotation")
+        entries = text.split(":")
+        assert entries[-1] == "" and len(entries) == 3
+        for i, e in enumerate(entries[:2]):
+            f = e.split(",")
+            assert len(f) == 9
+            assert f[0].startswith("GPU-")
+            assert f[1:] == [str(SPLIT), str(16 * 1024), "200", f"NVIDIA-Fake GPU {i}", "0",
+                             "true", str(i), "hami-core"]
+    finally:
+        assert n.close() == 0
+
+
+@pytest.mark.parametrize("node_config, expected", [
+    ({"nodeconfig": [{"name": "n1", "operatingmode": "mps"}]}, 'operatingmode "mps": expected '
+     "hami-core"),
+    ({"nodeconfig": [{"name": "n1", "devicesplitcount": 0}]},
+     'nodeconfig[0] (n1): devicesplitcount "0": expected an integer from 1'),
+    ({"nodeconfig": [{"name": "n1", "filterdevices": {"index": ["a"]}}]},
+     "filterdevices.index"),
+    ({"nodeconfig": {"name": "n1"}}, "nodeconfig: expected a list"),
+])
+def test_bad_node_config_is_one_clear_line(tmp_path, node_config, expected):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(node_config))
+    r = subprocess.run([PLUGIN, "--node-name", "n1", "--node-config", str(path)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], r.stderr
+
+
+def test_preconfigured_device_memory_sizes_a_gpu_nvml_cannot(fake_apiserver):
+    """HAMi's preConfiguredDeviceMemory (MiB) registers a GPU whose memory NVML does not size
+    (unified memory); without it such a GPU is not registered."""
+    for args, want in (([], [16 * 1024]), (["--preconfigured-device-memory", "8192"],
+                                           [16 * 1024, 8192])):
+        n = Node(fake_apiserver, args=args, devices=2, env={"FAKE_CUDA_MEMORY_1": "0"})
+        try:
+            devs = wait_for(n.registration, what="registration")
+            assert [d["devmem"] for d in devs] == want
+        finally:
+            assert n.close() == 0
+        fake_apiserver.update("nodes", "n1", lambda o: o["metadata"].update(annotations={}))

@@ -43,11 +43,11 @@ class Webhook:
         self.port = int(line.split("on https://127.0.0.1:")[1].split()[0])
         self.ctx = ssl.create_default_context(cafile=crt)
 
-    def post(self, body: str) -> tuple[int, dict]:
+    def post(self, body: str, path: str = "/mutate") -> tuple[int, dict]:
         c = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=TIMEOUT_S,
                                         context=self.ctx)
         try:
-            c.request("POST", "/mutate", body=body, headers={"Content-Type": "application/json"})
+            c.request("POST", path, body=body, headers={"Content-Type": "application/json"})
             r = c.getresponse()
             return r.status, json.loads(r.read())
         finally:
@@ -92,6 +92,25 @@ def test_admission_over_https(tmp_path):
         assert status == 400 and "AdmissionReview" in out["error"]
     finally:
         assert "refused" in w.close()
+
+
+def test_hamis_path_and_v1beta1_review(tmp_path):
+    """HAMi's chart calls /webhook with admission.k8s.io/v1beta1 reviews; the answer comes back
+    in v1beta1."""
+    crt, key = make_certificate(tmp_path)
+    w = Webhook(crt, key)
+    try:
+        pod = {"metadata": {"name": "p"},
+               "spec": {"containers": [{"name": "main", "resources": {"limits": {
+                   "nvidia.com/gpu": "1"}}}]}}
+        body = json.loads(review(pod))
+        body["apiVersion"] = "admission.k8s.io/v1beta1"
+        status, out = w.post(json.dumps(body), "/webhook")
+        assert status == 200
+        assert out["apiVersion"] == "admission.k8s.io/v1beta1"
+        assert out["response"]["allowed"] is True and out["response"]["uid"] == "u-1"
+    finally:
+        w.close()
 
 
 def test_a_missing_certificate_is_one_clear_line(tmp_path):

@@ -428,6 +428,32 @@ inline std::string encode_node_devices(const std::vector<device>& devices) {
   return out;
 }
 
+/// Encodes devices in the colon form HAMi's device plugins wrote, and its schedulers read,
+/// before HAMi 2.8 (`ID,COUNT,DEVMEM,DEVCORE,TYPE,NUMA,HEALTH,INDEX,MODE:` per device; the
+/// numbers as in encode_node_devices). Fails when a uuid, type or mode is empty where HAMi needs
+/// it, or holds `,` or `:`. Pure, thread-safe.
+inline result<std::string> encode_node_devices_legacy(const std::vector<device>& devices) {
+  std::string out;
+  for (const auto& d : devices) {
+    for (const auto& [field, value] : {std::pair<const char*, const std::string*>{"uuid", &d.uuid},
+                                       {"type", &d.type},
+                                       {"mode", &d.mode}}) {
+      if ((value->empty() && value != &d.mode) || value->find_first_of(",:") != std::string::npos) {
+        return detail::codec_error("node registration (legacy form)",
+                                   std::string("device ") + std::to_string(d.index) + " " + field +
+                                       " " + detail::excerpt(*value) +
+                                       ": expected a non-empty value without , or :");
+      }
+    }
+    out += d.uuid + ',' + std::to_string(d.slots_total) + ',' +
+           std::to_string(d.memory_total / k_bytes_per_mib) + ',' +
+           std::to_string(d.cores_total / (k_milli_per_gpu / k_cores_per_gpu)) + ',' + d.type +
+           ',' + std::to_string(d.numa) + ',' + (d.healthy ? "true" : "false") + ',' +
+           std::to_string(d.index) + ',' + d.mode + ':';
+  }
+  return out;
+}
+
 namespace detail {
 
 inline result<std::vector<device>> decode_node_json(std::string_view text) {
@@ -463,9 +489,10 @@ inline result<std::vector<device>> decode_node_json(std::string_view text) {
             if (!r.string(s)) return fail(elem, "field " + excerpt(key) + ": expected a string");
             (key == "id" ? d.uuid : key == "type" ? d.type : d.mode) = std::move(s);
           } else if (key == "index" || key == "count" || key == "devcore") {
-            if (!integer(0, key == "devcore" ? k_max_percent : i32, v)) {
+            if (!integer(0, key == "devcore" ? k_max_registered_cores : i32, v)) {
               return fail(elem, "field " + excerpt(key) + ": expected an integer 0.." +
-                                    (key == "devcore" ? std::string("100") : "2^31-1"));
+                                    (key == "devcore" ? std::to_string(k_max_registered_cores)
+                                                      : std::string("2^31-1")));
             }
             if (key == "index") d.index = static_cast<std::uint32_t>(v);
             if (key == "count") d.slots_total = static_cast<std::uint32_t>(v);
@@ -537,11 +564,12 @@ inline result<std::vector<device>> decode_node_legacy(std::string_view text) {
     std::int64_t numa = 0;
     if (f[0].empty()) return codec_error(where, "empty device id");
     if (!parse_uint(f[1], k_int32_max, count) || !parse_uint(f[2], k_int32_max, mem) ||
-        !parse_uint(f[3], k_max_percent, core) ||
+        !parse_uint(f[3], k_max_registered_cores, core) ||
         !parse_int(f[5], -static_cast<std::int64_t>(k_int32_max) - 1,
                    static_cast<std::int64_t>(k_int32_max), numa)) {
-      return codec_error(
-          where, excerpt(item) + ": expected integers COUNT, DEVMEM (MiB), DEVCORE (0..100), NUMA");
+      return codec_error(where, excerpt(item) +
+                                    ": expected integers COUNT, DEVMEM (MiB), DEVCORE (0.." +
+                                    std::to_string(k_max_registered_cores) + "), NUMA");
     }
     if (f[6] != "true" && f[6] != "false") {
       return codec_error(where, "health " + excerpt(f[6]) + ": expected true or false");

@@ -43,6 +43,9 @@ inline constexpr std::uint32_t k_default_slots = 10;
 inline constexpr std::string_view k_default_mode = "hami-core";
 /// Largest percentage a request may name.
 inline constexpr std::uint32_t k_max_percent = 100;
+/// Largest compute a registration may give one GPU, in percent: HAMi's device plugin registers
+/// `deviceCoreScaling * 100` (150 with a scaling of 1.5), and no scaling beyond 100 is sane.
+inline constexpr std::uint32_t k_max_registered_cores = 10000;
 /// HAMi counts device memory in whole MiB; a percentage resolves to whole MiB.
 inline constexpr std::uint64_t k_memory_unit = std::uint64_t{1} << 20;
 
@@ -165,7 +168,9 @@ inline share resolve(const container_request& r, std::uint64_t memory_total,
     if (pct == k_max_percent) s.memory = memory_total;
   }
   s.cores = std::min(r.cores, k_milli_per_gpu);
-  s.needs_idle = r.idle_only || (s.cores != 0 && s.cores >= cores_total);
+  // HAMi: a request of a whole card's compute is exclusive on a card registered with exactly
+  // 100 (Totalcore == 100 && Coresreq == 100); on a scaled card it is a share like any other.
+  s.needs_idle = r.idle_only || (s.cores == k_milli_per_gpu && cores_total == k_milli_per_gpu);
   return s;
 }
 
