@@ -264,6 +264,11 @@ TEST_CASE("the histogram decays, stays bounded and splits multi-container pods",
     const request_class ca = class_of(a, 2000);
     CHECK(ca.memory_mib == 2048);
     CHECK(ca.gpus == 1);
+    // All the cores and no memory amount is the whole card: the bare class.
+    container_request all = fixtures::req(1, 0, 100);
+    CHECK(class_of(all, 0) == cold_start_class());
+    all.memory_percent = 50;
+    CHECK(class_of(all, 0).cores == 1000);
   }
   SECTION("a seed replaces the prior and is kept to max_classes") {
     workload_histogram h({2, 0.0});
@@ -321,6 +326,9 @@ TEST_CASE("the workload file reads back what it writes, and names bad lines", "[
     CHECK(again->at(i).cls == v[i].cls);
     CHECK(again->at(i).weight == v[i].weight);
   }
+  // Weights keep 6 significant digits.
+  const std::string rounded = format_workload({{request_class{}, 2.0 / 3}});
+  CHECK(rounded.substr(rounded.find('\n') + 1) == "0.666667,1,,,0,\n");
 
   auto error_of = [](const std::string& t) {
     auto r = parse_workload(t, "w.csv");

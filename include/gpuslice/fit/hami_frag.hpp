@@ -96,14 +96,16 @@ struct weighted_class {
 /// sharing pods onto GPUs already shared and keeps whole GPUs whole until pods are seen.
 inline request_class cold_start_class() { return request_class{}; }
 
-/// The class of one container of a pod: memory rounded up to whole MiB, an exclusive or bare
-/// container as the whole card, \p cpu the pod's milli-CPU share. Pure, thread-safe.
+/// The class of one container of a pod: memory rounded up to whole MiB; an exclusive or bare
+/// container, or one of all the cores and no memory amount, as the whole card (the bare class);
+/// \p cpu the pod's milli-CPU share. Pure, thread-safe.
 inline request_class class_of(const container_request& c, std::uint64_t cpu) {
   request_class k;
   k.gpus = c.count;
   k.cpu = cpu;
   if (c.count == 0) return k;
-  if (!c.exclusive && !is_bare(c)) {
+  const bool all_cores = c.cores >= k_milli_per_gpu && c.memory == 0 && c.memory_percent == 0;
+  if (!c.exclusive && !is_bare(c) && !all_cores) {
     k.memory_mib = (c.memory + k_memory_unit - 1) / k_memory_unit;
     k.memory_percent = c.memory != 0 ? 0 : std::min(c.memory_percent, k_max_percent);
     k.cores = std::min(c.cores, k_milli_per_gpu);
@@ -196,9 +198,13 @@ bool frag_parse_uint(std::string_view s, T& out) noexcept {
   return r.ec == std::errc{} && r.ptr == s.data() + s.size();
 }
 
+/// Significant digits of a weight in the workload file.
+inline constexpr int k_weight_digits = 6;
+
 inline std::string frag_format_double(double v) {
   char buf[32];
-  const auto r = std::to_chars(buf, buf + sizeof(buf), v);
+  const auto r =
+      std::to_chars(buf, buf + sizeof(buf), v, std::chars_format::general, k_weight_digits);
   return std::string(buf, r.ptr);
 }
 
@@ -307,8 +313,8 @@ inline result<std::vector<weighted_class>> read_workload(const std::string& path
   return parse_workload(text.str(), path);
 }
 
-/// The workload in the file format (k_workload_header first): what parse_workload() reads
-/// back into the same classes and weights. Pure, thread-safe.
+/// The workload in the file format (k_workload_header first): parse_workload() reads back the
+/// same classes, with weights to 6 significant digits. Pure, thread-safe.
 inline std::string format_workload(const std::vector<weighted_class>& classes) {
   std::string out(k_workload_header);
   out += '\n';
