@@ -466,3 +466,84 @@ TEST_CASE("the scorer is safe under concurrent fit() calls", "[fit][hami_frag]")
   for (auto& t : threads) t.join();
   for (std::size_t g : got) CHECK(g == want->node);
 }
+
+TEST_CASE("the scores equal the change of the directly computed fragment", "[fit][hami_frag]") {
+  // Random nodes and workloads; the scorer's per-node memo, its reuse across cycles and its
+  // measuring of equal GPU states once must give what amount() computes from scratch.
+  const std::uint64_t seed = GENERATE(11, 12, 13);
+  std::mt19937_64 rng(seed);
+  auto uniform = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  std::vector<weighted_class> classes;
+  for (int k = 0; k < 12; ++k) {
+    request_class c;
+    c.gpus = static_cast<std::uint32_t>(uniform(0, 9) == 0 ? 2 : 1);
+    if (uniform(0, 2) == 0) {
+      c.memory_percent = static_cast<std::uint32_t>(uniform(1, 10) * 10);
+    } else {
+      c.memory_mib = static_cast<std::uint64_t>(uniform(1, 16)) * 1024;
+    }
+    c.cores = static_cast<std::uint32_t>(uniform(0, 10) * 50);
+    c.cpu = static_cast<std::uint64_t>(uniform(0, 8)) * 1000;
+    if (uniform(0, 5) == 0) c.use_types = {"T4"};
+    classes.push_back({c, static_cast<double>(uniform(1, 20))});
+  }
+  const auto w = std::make_shared<const target_workload>(classes);
+  std::vector<node> nodes;
+  for (int i = 0; i < 24; ++i) {
+    node n = node_of("n" + std::to_string(i), static_cast<std::size_t>(uniform(1, 8)),
+                     uniform(0, 1) == 0 ? 16 : 32, uniform(0, 2) == 0 ? "NVIDIA T4" : "V100");
+    n.cpu_total = static_cast<std::uint64_t>(uniform(8, 64)) * 1000;
+    n.cpu_used = static_cast<std::uint64_t>(uniform(0, 6)) * 1000;
+    for (auto& d : n.devices) {
+      const int quarters = uniform(0, 4);
+      d.slots_used = quarters == 0 ? 0 : static_cast<std::uint32_t>(uniform(1, 3));
+      d.memory_used = d.memory_total / 4 * static_cast<std::uint64_t>(quarters);
+      d.cores_used = static_cast<std::uint32_t>(quarters * uniform(0, 250));
+    }
+    nodes.push_back(n);
+  }
+  const cluster c = make_cluster(nodes);
+  for (int k = 0; k < 12; ++k) {
+    container_request a = fixtures::req(static_cast<std::uint32_t>(uniform(1, 2)),
+                                        static_cast<std::uint64_t>(uniform(1, 8)));
+    a.cores = static_cast<std::uint32_t>(uniform(0, 4) * 100);
+    a.cpu = static_cast<std::uint64_t>(uniform(0, 4)) * 1000;
+    pod_request p = fixtures::pod({a});
+    if (uniform(0, 2) == 0) p.containers.push_back(fixtures::req(1, 2));  // two GPU containers
+    for (frag_policy policy : {frag_policy::fgd, frag_policy::sfgd}) {
+      const hami_frag_scorer s = hami_frag_scorer(w, policy).for_pod(p);
+      fit_options opt;
+      opt.report_nodes = true;
+      auto all = c.fit(p, s, opt);
+      REQUIRE(all.ok());
+      // Every feasible node: the score it gets in the whole cluster is the direct change of
+      // its fragment with the GPUs it would get on its own.
+      for (const auto& r : all->nodes) {
+        if (!r.feasible) continue;
+        const node& before = c.nodes()[r.node];
+        auto d = gpuslice::fit::fit(std::vector<node>{before}, p, s);
+        REQUIRE(d.ok());
+        REQUIRE(d->placed);
+        node after = before;
+        for (const auto& [position, take] :
+             cluster::collapse(d->containers, after.devices.size())) {
+          after.devices[position].slots_used += take.slots;
+          after.devices[position].memory_used += take.memory;
+          after.devices[position].cores_used += take.cores;
+        }
+        const std::uint64_t cpu = before.cpu_total - before.cpu_used;
+        const double change = s.amount(before, cpu) - s.amount(after, cpu - s.pod_cpu());
+        INFO("seed " << seed << ", pod " << k << ", " << frag_policy_name(policy) << ", node "
+                     << before.name);
+        CHECK(r.score == d->score);
+        if (policy == frag_policy::sfgd) {
+          CHECK(r.score == Approx(change).margin(1e-3));
+        } else {
+          // fgd scores the change rounded to a thousandth of a milli-GPU.
+          const double rounded = std::round(change * 1000.0) / 1000.0;
+          CHECK(r.score == std::trunc(100.0 / (1.0 + std::exp(-rounded / 1000.0))));
+        }
+      }
+    }
+  }
+}

@@ -23,6 +23,12 @@
 /// where r is the workload's mean milli-CPU per milli-GPU (GPU classes, weighted by p_t, a
 /// class's milli-GPU being the value of its share on the node's first usable card).
 ///
+/// The scores: sfgd's node score is the decrease of F + S, in milli-GPU rounded to a thousandth
+/// (so that equal changes reached by different sums tie, and ties go by node name as the fit
+/// engine orders them); fgd's is FGD's trunc(100 * sigmoid(decrease of F / 1000)). A GPU's score
+/// is the same with only that GPU taking the share. Free capacity is summed in integer units of
+/// 1e-6 milli-GPU, so equal node states give bit-equal amounts.
+///
 /// Units: memory in request classes is MiB (HAMi's gpumem), cores milli-GPU (HAMi's gpucores
 /// percent * 10), CPU milli-CPU. Standard library (and the fit engine) only.
 
@@ -41,6 +47,7 @@
 #include <string_view>
 #include <system_error>
 #include <tuple>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -114,36 +121,48 @@ inline request_class class_of(const container_request& c, std::uint64_t cpu) {
   return k;
 }
 
+/// A list of request classes in a fixed order, shared by the workloads that weigh the same
+/// classes (a scorer's per-node memo depends on the classes, not on their weights). Immutable.
+struct workload_classes {
+  std::vector<request_class> classes;
+  std::vector<container_request> requests;  ///< classes[j].request()
+
+  /// The list of \p classes.
+  static std::shared_ptr<const workload_classes> of(std::vector<request_class> classes) {
+    auto set = std::make_shared<workload_classes>();
+    for (const auto& c : classes) set->requests.push_back(c.request());
+    set->classes = std::move(classes);
+    return set;
+  }
+};
+
 /// The target workload at one moment: request classes with their probabilities. Immutable
 /// after construction, so scorers share it across threads.
 class target_workload {
  public:
-  /// The workload of \p classes: those of positive weight, equal classes merged, heaviest
-  /// first (equal weights in class order). No class of positive weight: the cold start (one
-  /// whole GPU), and is_cold_start() is true.
+  /// The workload of \p classes: those of positive weight, equal classes merged. No class of
+  /// positive weight: the cold start (one whole GPU), and is_cold_start() is true.
   explicit target_workload(std::vector<weighted_class> classes) {
     std::sort(classes.begin(), classes.end(),
               [](const weighted_class& a, const weighted_class& b) { return a.cls < b.cls; });
+    std::vector<request_class> kept;
+    std::vector<double> weights;
     for (auto& c : classes) {
       if (!(c.weight > 0) || !std::isfinite(c.weight)) continue;
-      if (!classes_.empty() && classes_.back().cls == c.cls) {
-        classes_.back().weight += c.weight;
+      if (!kept.empty() && kept.back() == c.cls) {
+        weights.back() += c.weight;
       } else {
-        classes_.push_back(std::move(c));
+        kept.push_back(std::move(c.cls));
+        weights.push_back(c.weight);
       }
     }
-    if (classes_.empty()) {
-      cold_ = true;
-      classes_.push_back(weighted_class{cold_start_class(), 1.0});
-    }
-    std::stable_sort(
-        classes_.begin(), classes_.end(),
-        [](const weighted_class& a, const weighted_class& b) { return a.weight > b.weight; });
-    for (const auto& c : classes_) total_ += c.weight;
-    for (const auto& c : classes_) {
-      requests_.push_back(c.cls.request());
-      p_.push_back(c.weight / total_);
-    }
+    init(workload_classes::of(std::move(kept)), std::move(weights));
+  }
+
+  /// The workload of \p set with \p weights (one per class, in the set's order; a negative or
+  /// non-finite weight counts 0). All weights 0: the cold start.
+  target_workload(std::shared_ptr<const workload_classes> set, std::vector<double> weights) {
+    init(std::move(set), std::move(weights));
   }
 
   /// The cold-start workload.
@@ -151,23 +170,50 @@ class target_workload {
     return std::make_shared<const target_workload>(std::vector<weighted_class>{});
   }
 
-  /// The classes, heaviest first, with their weights.
-  const std::vector<weighted_class>& classes() const noexcept { return classes_; }
-  /// Number of classes.
-  std::size_t size() const noexcept { return classes_.size(); }
-  /// The probability of class i (weights over their sum).
-  double probability(std::size_t i) const noexcept { return p_[i]; }
-  /// The per-container request of class i.
-  const container_request& request(std::size_t i) const noexcept { return requests_[i]; }
+  /// The classes of positive weight, heaviest first (equal weights in the set's order).
+  const std::vector<weighted_class>& classes() const noexcept { return sorted_; }
+  /// Number of classes of positive weight.
+  std::size_t size() const noexcept { return sorted_.size(); }
+  /// The probability of classes()[i] (weights over their sum).
+  double probability(std::size_t i) const noexcept { return sorted_[i].weight / total_; }
   /// The sum of the weights.
   double total_weight() const noexcept { return total_; }
   /// True when no class was given: the cold-start prior stands in.
   bool is_cold_start() const noexcept { return cold_; }
 
+  /// The classes in the set's order (with those of weight 0), as the measure walks them.
+  const workload_classes& set() const noexcept { return *set_; }
+  /// The shared class list.
+  const std::shared_ptr<const workload_classes>& set_ptr() const noexcept { return set_; }
+  /// The probability of set().classes[j].
+  double set_probability(std::size_t j) const noexcept { return p_[j]; }
+
  private:
-  std::vector<weighted_class> classes_;
-  std::vector<container_request> requests_;
+  void init(std::shared_ptr<const workload_classes> set, std::vector<double> weights) {
+    weights.resize(set ? set->classes.size() : 0, 0.0);
+    for (double& w : weights) {
+      if (!(w > 0) || !std::isfinite(w)) w = 0;
+      total_ += w;
+    }
+    if (!(total_ > 0)) {
+      cold_ = true;
+      set = workload_classes::of({cold_start_class()});
+      weights.assign(1, 1.0);
+      total_ = 1.0;
+    }
+    set_ = std::move(set);
+    for (std::size_t j = 0; j < weights.size(); ++j) {
+      p_.push_back(weights[j] / total_);
+      if (weights[j] > 0) sorted_.push_back(weighted_class{set_->classes[j], weights[j]});
+    }
+    std::stable_sort(
+        sorted_.begin(), sorted_.end(),
+        [](const weighted_class& a, const weighted_class& b) { return a.weight > b.weight; });
+  }
+
+  std::shared_ptr<const workload_classes> set_;
   std::vector<double> p_;
+  std::vector<weighted_class> sorted_;
   double total_ = 0;
   bool cold_ = false;
 };
@@ -375,6 +421,7 @@ class workload_histogram {
     const target_workload merged(std::move(classes));
     std::lock_guard<std::mutex> lock(mu_);
     entries_.clear();
+    set_.reset();
     scale_ = 1.0;
     if (!merged.is_cold_start()) {
       for (const auto& c : merged.classes()) {
@@ -428,6 +475,7 @@ class workload_histogram {
         return;
       }
     }
+    set_.reset();  // the class list changes
     if (entries_.size() < opt_.max_classes) {
       entries_.push_back(weighted_class{c, add});
     } else {
@@ -444,9 +492,14 @@ class workload_histogram {
   std::shared_ptr<const target_workload> snapshot() const {
     std::lock_guard<std::mutex> lock(mu_);
     if (!cached_) {
-      std::vector<weighted_class> now = entries_;
-      for (auto& e : now) e.weight /= scale_;
-      cached_ = std::make_shared<const target_workload>(std::move(now));
+      if (!set_) {
+        std::vector<request_class> list;
+        for (const auto& e : entries_) list.push_back(e.cls);
+        set_ = workload_classes::of(std::move(list));
+      }
+      std::vector<double> now;
+      for (const auto& e : entries_) now.push_back(e.weight / scale_);
+      cached_ = std::make_shared<const target_workload>(set_, std::move(now));
     }
     return cached_;
   }
@@ -466,7 +519,8 @@ class workload_histogram {
   histogram_options opt_;
   double growth_ = 1.0;
   mutable std::mutex mu_;
-  std::vector<weighted_class> entries_;  // weight * scale_
+  std::vector<weighted_class> entries_;                  // weight * scale_
+  mutable std::shared_ptr<const workload_classes> set_;  // entries_' classes, while unchanged
   double scale_ = 1.0;
   std::uint64_t observations_ = 0;
   std::uint64_t evictions_ = 0;
@@ -477,6 +531,9 @@ class workload_histogram {
 
 /// Milli-GPU in one whole GPU, the unit of the measure.
 inline constexpr double k_frag_gpu_milli = 1000.0;
+/// The measure's integer unit: free capacity is counted in millionths of a milli-GPU, so that
+/// sums are exact and equal node states give bit-equal amounts (FGD's ties depend on it).
+inline constexpr double k_frag_units_per_milli = 1e6;
 
 namespace detail {
 
@@ -504,8 +561,8 @@ inline frag_gpu frag_view(const device& d) noexcept {
   return g;
 }
 
-/// v(g) of the file comment: free capacity in milli-GPU.
-inline double frag_free(const frag_gpu& g) noexcept {
+/// v(g) of the file comment, in k_frag_units_per_milli units.
+inline std::int64_t frag_free(const frag_gpu& g) noexcept {
   if (!g.healthy || g.cordoned) return 0;
   double sum = 0;
   int dims = 0;
@@ -519,13 +576,13 @@ inline double frag_free(const frag_gpu& g) noexcept {
     sum += static_cast<double>(g.cores_total - used) / static_cast<double>(g.cores_total);
     ++dims;
   }
-  return dims == 0 ? 0.0 : k_frag_gpu_milli * sum / dims;
+  return dims == 0 ? 0 : std::llround(k_frag_units_per_milli * k_frag_gpu_milli * sum / dims);
 }
 
-/// The value in milli-GPU of class i's share on a card like \p g.
+/// The value in milli-GPU of set class i's share on a card like \p g.
 inline double frag_share_value(const target_workload& w, std::size_t i,
                                const frag_gpu& g) noexcept {
-  const share s = resolve(w.request(i), g.memory_total, g.cores_total);
+  const share s = resolve(w.set().requests[i], g.memory_total, g.cores_total);
   double sum = 0;
   int dims = 0;
   if (g.memory_total > 0) {
@@ -543,23 +600,24 @@ inline double frag_share_value(const target_workload& w, std::size_t i,
 
 /// F and L of GPUs \p g[0..n) with \p cpu_free milli-CPU, against \p w.
 struct frag_parts {
-  double frag = 0;  ///< F, milli-GPU
-  double free = 0;  ///< L, milli-GPU
+  double frag = 0;        ///< F, units
+  std::int64_t free = 0;  ///< L, units
 };
 
 inline frag_parts frag_amount(const frag_gpu* g, std::size_t n, std::uint64_t cpu_free,
-                              const target_workload& w, double* value_scratch) {
+                              const target_workload& w, std::int64_t* value_scratch) {
   frag_parts out;
   for (std::size_t i = 0; i < n; ++i) {
     value_scratch[i] = frag_free(g[i]);
     out.free += value_scratch[i];
   }
   double usable = 0;  // sum over hosted classes of p_t * (free capacity t can use)
-  for (std::size_t t = 0; t < w.size(); ++t) {
-    const container_request& r = w.request(t);
+  const workload_classes& set = w.set();
+  for (std::size_t t = 0; t < set.requests.size(); ++t) {
+    const container_request& r = set.requests[t];
     if (r.count == 0 || cpu_free < r.cpu) continue;  // a class of no GPU uses none of L
     std::uint32_t fit = 0;
-    double used = 0;
+    std::int64_t used = 0;
     const bool any_type = r.use_types.empty();
     for (std::size_t i = 0; i < n; ++i) {
       if (!g[i].healthy || g[i].cordoned) continue;
@@ -571,9 +629,9 @@ inline frag_parts frag_amount(const frag_gpu* g, std::size_t n, std::uint64_t cp
         used += value_scratch[i];
       }
     }
-    if (fit >= r.count) usable += w.probability(t) * used;
+    if (fit >= r.count) usable += w.set_probability(t) * static_cast<double>(used);
   }
-  out.frag = out.free - usable;
+  out.frag = static_cast<double>(out.free) - usable;
   return out;
 }
 
@@ -582,13 +640,13 @@ inline frag_parts frag_amount(const frag_gpu* g, std::size_t n, std::uint64_t cp
 inline double frag_cpu_per_milli(const target_workload& w, const frag_gpu& card) noexcept {
   double cpu = 0;
   double gpu = 0;
-  for (std::size_t t = 0; t < w.size(); ++t) {
-    const container_request& r = w.request(t);
+  for (std::size_t t = 0; t < w.set().requests.size(); ++t) {
+    const container_request& r = w.set().requests[t];
     if (r.count == 0) continue;
     const double m = frag_share_value(w, t, card);
     if (m <= 0) continue;
-    cpu += w.probability(t) * static_cast<double>(r.cpu);
-    gpu += w.probability(t) * r.count * m;
+    cpu += w.set_probability(t) * static_cast<double>(r.cpu);
+    gpu += w.set_probability(t) * r.count * m;
   }
   return gpu > 0 ? cpu / gpu : 0.0;
 }
@@ -597,7 +655,7 @@ inline double frag_cpu_per_milli(const target_workload& w, const frag_gpu& card)
 
 /// A GPU's free capacity v(g) in milli-GPU (the file comment). Pure, thread-safe.
 inline double gpu_free_milli(const device& d) noexcept {
-  return detail::frag_free(detail::frag_view(d));
+  return static_cast<double>(detail::frag_free(detail::frag_view(d))) / k_frag_units_per_milli;
 }
 
 /// F(N): node \p n's fragment in milli-GPU against \p w, with \p cpu_free milli-CPU free (the
@@ -610,8 +668,9 @@ inline double node_frag_milli(const node& n, const target_workload& w,
   std::vector<detail::frag_gpu> g;
   g.reserve(n.devices.size());
   for (const auto& d : n.devices) g.push_back(detail::frag_view(d));
-  std::vector<double> values(g.size());
-  return detail::frag_amount(g.data(), g.size(), cpu_free, w, values.data()).frag;
+  std::vector<std::int64_t> values(g.size());
+  return detail::frag_amount(g.data(), g.size(), cpu_free, w, values.data()).frag /
+         k_frag_units_per_milli;
 }
 
 // ---- the scorers --------------------------------------------------------------------------
@@ -642,10 +701,122 @@ inline bool frag_policy_from_name(std::string_view name, frag_policy& out) noexc
   return false;
 }
 
+namespace detail {
+
+/// One node's state against one class list, computed once and reused by every score of the
+/// node in a cycle, and by later cycles while the node and the class list are unchanged (the
+/// weights may change): per GPU its free value, per class its share, on which GPUs it fits,
+/// how many and their free value. A score then costs O(classes x changed GPUs) instead of
+/// O(classes x GPUs), and GPUs left in equal states are measured once per cycle.
+struct frag_memo {
+  std::shared_ptr<const workload_classes> set;  ///< held, so its address is never reused
+  const node* n = nullptr;
+  std::uint64_t cpu_free = 0;
+  std::vector<frag_gpu> gpus;        ///< the node's GPUs (types point into *n)
+  std::vector<std::int64_t> values;  ///< v(g), units
+  std::int64_t free = 0;             ///< L, units
+  bool uniform = true;               ///< every GPU has the same totals and type
+  std::vector<share> shares;         ///< [t] when uniform, else [t * gpus + g]
+  std::vector<char> type_ok;         ///< as shares
+  std::vector<char> fits;            ///< [t * gpus + g], in the node's state
+  std::vector<std::uint32_t> count;  ///< [t] GPUs t fits
+  std::vector<std::int64_t> usable;  ///< [t] their free value, units
+
+  /// Values that depend on the weights, the pod's CPU and the policy too.
+  std::shared_ptr<const target_workload> w;  ///< held, as set
+  double cpu_per_milli = 0;                  ///< r (0: no stranding)
+  double before_fgd = 0;                     ///< F at cpu_free, units
+  double before_sfgd = 0;                    ///< F + S at cpu_free, units
+  /// Amounts already measured for this workload: one GPU in a given state, at a given CPU.
+  struct measured {
+    std::size_t position;
+    frag_gpu after;
+    std::uint64_t cpu_free;
+    bool strand;
+    double amount;
+  };
+  std::vector<measured> seen;
+
+  std::size_t at(std::size_t t, std::size_t g) const noexcept {
+    return uniform ? t : t * gpus.size() + g;
+  }
+
+  /// True when this memo is of \p nd (same object, same content) against \p s.
+  bool matches(const workload_classes* s, const node& nd) const noexcept {
+    if (set.get() != s || n != &nd || gpus.size() != nd.devices.size()) return false;
+    if (cpu_free != (nd.cpu_total >= nd.cpu_used ? nd.cpu_total - nd.cpu_used : 0)) return false;
+    for (std::size_t i = 0; i < gpus.size(); ++i) {
+      const frag_gpu& g = gpus[i];
+      const device& d = nd.devices[i];
+      if (g.slots_used != d.slots_used || g.memory_used != d.memory_used ||
+          g.cores_used != d.cores_used || g.slots_total != d.slots_total ||
+          g.memory_total != d.memory_total || g.cores_total != d.cores_total ||
+          g.healthy != d.healthy || g.cordoned != d.cordoned || g.type != &d.type ||
+          *g.type != d.type) {
+        return false;
+      }
+    }
+    return true;
+  }
+
+  /// Rebuilds the memo for node \p nd against \p s.
+  void build(const std::shared_ptr<const workload_classes>& s, const node& nd) {
+    set = s;
+    n = &nd;
+    w.reset();
+    seen.clear();
+    const std::size_t G = nd.devices.size();
+    const std::size_t K = s->requests.size();
+    cpu_free = nd.cpu_total >= nd.cpu_used ? nd.cpu_total - nd.cpu_used : 0;
+    gpus.resize(G);
+    values.resize(G);
+    free = 0;
+    uniform = true;
+    for (std::size_t i = 0; i < G; ++i) {
+      gpus[i] = frag_view(nd.devices[i]);
+      values[i] = frag_free(gpus[i]);
+      free += values[i];
+      uniform = uniform && (i == 0 || (gpus[i].memory_total == gpus[0].memory_total &&
+                                       gpus[i].cores_total == gpus[0].cores_total &&
+                                       *gpus[i].type == *gpus[0].type));
+    }
+    const std::size_t per_class = uniform ? 1 : G;
+    shares.resize(K * per_class);
+    type_ok.resize(K * per_class);
+    fits.resize(K * G);
+    count.assign(K, 0);
+    usable.assign(K, 0);
+    for (std::size_t t = 0; t < K; ++t) {
+      const container_request& r = s->requests[t];
+      for (std::size_t i = 0; i < G; ++i) {
+        const frag_gpu& g = gpus[i];
+        if (i < per_class) {
+          shares[at(t, i)] = resolve(r, g.memory_total, g.cores_total);
+          type_ok[at(t, i)] = r.use_types.empty() || type_allowed(r, *g.type) ? 1 : 0;
+        }
+        reason why{};
+        const bool ok = r.count > 0 && g.healthy && !g.cordoned &&
+                        device_fits(g, shares[at(t, i)], type_ok[at(t, i)] != 0, true, why);
+        fits[t * G + i] = ok ? 1 : 0;
+        if (ok) {
+          ++count[t];
+          usable[t] += values[i];
+        }
+      }
+    }
+  }
+};
+
+/// Most nodes whose memos one thread keeps (beyond it they are all dropped and rebuilt).
+inline constexpr std::size_t k_frag_memo_nodes = std::size_t{1} << 16;
+
+}  // namespace detail
+
 /// FGD and sfgd in the fit engine's scorer shape (score.hpp): the node whose fragment falls
 /// most when the pod is placed, and on it the GPUs whose own placement makes it fall most
 /// (lower index on ties). The pod's CPU is part of the measure, so use for_pod() per pod.
-/// Immutable (it shares an immutable workload): thread-safe for concurrent fit() calls.
+/// Immutable (it shares an immutable workload; each thread keeps its own memo of the last
+/// node scored): thread-safe for concurrent fit() calls.
 class hami_frag_scorer {
  public:
   static constexpr bool k_needs_allocation = true;
@@ -671,92 +842,200 @@ class hami_frag_scorer {
   frag_policy policy() const noexcept { return policy_; }
   std::uint64_t pod_cpu() const noexcept { return cpu_; }
 
-  /// The node's fragment (F, plus S for sfgd) in milli-GPU with \p cpu_free milli-CPU free.
+  /// The node's fragment (F, plus S for sfgd) in milli-GPU with \p cpu_free milli-CPU free,
+  /// computed directly (the reference for the scores, which reuse a per-node memo).
   double amount(const node& n, std::uint64_t cpu_free) const {
-    scratch& s = buffers(n);
-    for (std::size_t i = 0; i < n.devices.size(); ++i) s.gpus[i] = detail::frag_view(n.devices[i]);
-    return amount_of(s, cpu_free);
+    std::vector<detail::frag_gpu> g;
+    for (const auto& d : n.devices) g.push_back(detail::frag_view(d));
+    std::vector<std::int64_t> values(g.size());
+    const detail::frag_parts p =
+        detail::frag_amount(g.data(), g.size(), cpu_free, *w_, values.data());
+    if (policy_ == frag_policy::fgd) return p.frag / k_frag_units_per_milli;
+    double r = 0;
+    for (const auto& x : g) {
+      if (x.healthy && !x.cordoned) {
+        r = detail::frag_cpu_per_milli(*w_, x);
+        break;
+      }
+    }
+    return (p.frag + k_strand * stranded(p.free, cpu_free, r)) / k_frag_units_per_milli;
   }
 
   /// The decrease of the node's fragment when the candidate's allocation is placed (fgd: its
   /// truncated sigmoid score, 0..100).
   double node_score(const candidate& c) const {
     const node& n = c.target;
-    const std::uint64_t cpu_before = cpu_free(n);
-    const std::uint64_t cpu_after = cpu_before >= cpu_ ? cpu_before - cpu_ : 0;
-    scratch& s = buffers(n);
-    for (std::size_t i = 0; i < n.devices.size(); ++i) s.gpus[i] = detail::frag_view(n.devices[i]);
-    const double before = amount_of(s, cpu_before);
+    detail::frag_memo& m = memo(n);
+    changes& ch = scratch();
+    ch.clear();
     if (c.allocation != nullptr) {
       for (const auto& [position, take] : cluster::collapse(*c.allocation, n.devices.size())) {
-        detail::frag_gpu& g = s.gpus[position];
+        detail::frag_gpu g = m.gpus[position];
         g.slots_used += take.slots;
         g.memory_used += take.memory;
         g.cores_used += take.cores;
+        ch.emplace_back(position, g);
       }
     }
-    return key(before, amount_of(s, cpu_after));
+    return key(before(m), amount_with(m, cpu_after(m), ch));
   }
 
   /// The decrease of the node's fragment when only this GPU takes the share (fgd: its
   /// truncated sigmoid score).
   double gpu_score(const node& n, const device_state& d, const share& sh) const {
-    const std::uint64_t cpu_before = cpu_free(n);
-    const std::uint64_t cpu_after = cpu_before >= cpu_ ? cpu_before - cpu_ : 0;
-    scratch& s = buffers(n);
-    for (std::size_t i = 0; i < n.devices.size(); ++i) s.gpus[i] = detail::frag_view(n.devices[i]);
-    detail::frag_gpu& g = s.gpus[d.position];
-    g.slots_used = d.slots_used;
-    g.memory_used = d.memory_used;
-    g.cores_used = d.cores_used;
-    const double before = amount_of(s, cpu_before);
+    detail::frag_memo& m = memo(n);
+    detail::frag_gpu g = m.gpus[d.position];
+    changes& ch = scratch();
+    ch.clear();
+    double was = before(m);
+    if (g.slots_used != d.slots_used || g.memory_used != d.memory_used ||
+        g.cores_used != d.cores_used) {
+      // An earlier container of the pod took part of this GPU: measure from there.
+      g.slots_used = d.slots_used;
+      g.memory_used = d.memory_used;
+      g.cores_used = d.cores_used;
+      ch.emplace_back(d.position, g);
+      was = amount_with(m, m.cpu_free, ch);
+      ch.clear();
+    }
     g.slots_used += 1;
     g.memory_used += sh.memory;
     g.cores_used += sh.cores;
-    return key(before, amount_of(s, cpu_after));
+    ch.emplace_back(d.position, g);
+    return key(was, amount_with(m, cpu_after(m), ch));
   }
 
   bool topology() const noexcept { return false; }
 
  private:
-  struct scratch {
-    std::vector<detail::frag_gpu> gpus;
-    std::vector<double> values;
-  };
+  using changes = std::vector<std::pair<std::size_t, detail::frag_gpu>>;
 
-  static scratch& buffers(const node& n) {
-    thread_local scratch s;
-    s.gpus.resize(n.devices.size());
-    s.values.resize(n.devices.size());
-    return s;
+  static changes& scratch() {
+    thread_local changes c;
+    return c;
   }
 
-  static std::uint64_t cpu_free(const node& n) noexcept {
-    return n.cpu_total >= n.cpu_used ? n.cpu_total - n.cpu_used : 0;
-  }
-
-  double amount_of(scratch& s, std::uint64_t cpu_free) const {
-    const detail::frag_parts p =
-        detail::frag_amount(s.gpus.data(), s.gpus.size(), cpu_free, *w_, s.values.data());
-    if (policy_ == frag_policy::fgd) return p.frag;
-    return p.frag + k_strand * stranded(s, p.free, cpu_free);
-  }
-
-  // S(N): free milli-GPU beyond what the free CPU can feed at the workload's ratio.
-  double stranded(const scratch& s, double free, std::uint64_t cpu_free) const {
-    for (const auto& g : s.gpus) {
-      if (!g.healthy || g.cordoned) continue;
-      const double r = detail::frag_cpu_per_milli(*w_, g);
-      if (r <= 0) return 0;
-      return std::max(0.0, free - static_cast<double>(cpu_free) / r);
+  /// The calling thread's memo of \p n: rebuilt when the node's state or the class list
+  /// changed, its weight-dependent part when the workload changed.
+  detail::frag_memo& memo(const node& n) const {
+    thread_local std::unordered_map<const node*, detail::frag_memo> memos;
+    if (memos.size() >= detail::k_frag_memo_nodes && memos.find(&n) == memos.end()) {
+      memos.clear();
     }
-    return 0;
+    detail::frag_memo& m = memos[&n];
+    if (!m.matches(w_->set_ptr().get(), n)) m.build(w_->set_ptr(), n);
+    if (m.w != w_) {
+      m.w = w_;
+      m.seen.clear();
+      m.cpu_per_milli = 0;
+      for (const auto& g : m.gpus) {
+        if (g.healthy && !g.cordoned) {
+          m.cpu_per_milli = detail::frag_cpu_per_milli(*w_, g);
+          break;
+        }
+      }
+      const changes none;
+      m.before_fgd = measure(m, m.cpu_free, none, false);
+      m.before_sfgd = measure(m, m.cpu_free, none, true);
+    }
+    return m;
   }
 
-  double key(double before, double after) const noexcept {
-    if (policy_ == frag_policy::sfgd) return before - after;
+  double before(const detail::frag_memo& m) const noexcept {
+    return policy_ == frag_policy::fgd ? m.before_fgd : m.before_sfgd;
+  }
+
+  std::uint64_t cpu_after(const detail::frag_memo& m) const noexcept {
+    return m.cpu_free >= cpu_ ? m.cpu_free - cpu_ : 0;
+  }
+
+  static bool same_state(const detail::frag_gpu& a, const detail::frag_gpu& b) noexcept {
+    return a.slots_used == b.slots_used && a.memory_used == b.memory_used &&
+           a.cores_used == b.cores_used;
+  }
+
+  /// F (+ S for sfgd) of the memo's node with the GPUs in \p ch replaced and \p cpu_free. One
+  /// changed GPU: GPUs of equal totals and type in equal states give equal amounts, so each
+  /// state is measured once.
+  double amount_with(detail::frag_memo& m, std::uint64_t cpu_free, const changes& ch) const {
+    const bool strand = policy_ == frag_policy::sfgd;
+    if (ch.size() != 1) return measure(m, cpu_free, ch, strand);
+    const std::size_t p = ch[0].first;
+    const detail::frag_gpu& g = ch[0].second;
+    for (const auto& e : m.seen) {
+      if (e.cpu_free == cpu_free && e.strand == strand && same_state(e.after, g) &&
+          (e.position == p || (m.uniform && same_state(m.gpus[e.position], m.gpus[p]) &&
+                               m.gpus[e.position].healthy == m.gpus[p].healthy &&
+                               m.gpus[e.position].cordoned == m.gpus[p].cordoned))) {
+        return e.amount;
+      }
+    }
+    const double a = measure(m, cpu_free, ch, strand);
+    constexpr std::size_t k_seen_max = 64;
+    if (m.seen.size() < k_seen_max) m.seen.push_back({p, g, cpu_free, strand, a});
+    return a;
+  }
+
+  static double measure(const detail::frag_memo& m, std::uint64_t cpu_free, const changes& ch,
+                        bool strand) {
+    const workload_classes& set = *m.set;
+    const target_workload& w = *m.w;
+    const std::size_t G = m.gpus.size();
+    std::int64_t free = m.free;
+    constexpr std::size_t k_inline = 16;
+    std::int64_t inline_values[k_inline];
+    std::vector<std::int64_t> heap_values;
+    std::int64_t* values = inline_values;
+    if (ch.size() > k_inline) {
+      heap_values.resize(ch.size());
+      values = heap_values.data();
+    }
+    for (std::size_t k = 0; k < ch.size(); ++k) {
+      values[k] = detail::frag_free(ch[k].second);
+      free += values[k] - m.values[ch[k].first];
+    }
+    double usable = 0;
+    for (std::size_t t = 0; t < set.requests.size(); ++t) {
+      const container_request& r = set.requests[t];
+      if (r.count == 0 || cpu_free < r.cpu) continue;
+      std::uint32_t count = m.count[t];
+      std::int64_t used = m.usable[t];
+      for (std::size_t k = 0; k < ch.size(); ++k) {
+        const std::size_t i = ch[k].first;
+        if (m.fits[t * G + i] != 0) {
+          --count;
+          used -= m.values[i];
+        }
+        const detail::frag_gpu& g = ch[k].second;
+        reason why{};
+        if (g.healthy && !g.cordoned &&
+            device_fits(g, m.shares[m.at(t, i)], m.type_ok[m.at(t, i)] != 0, true, why)) {
+          ++count;
+          used += values[k];
+        }
+      }
+      if (count >= r.count) usable += w.set_probability(t) * static_cast<double>(used);
+    }
+    const double frag = static_cast<double>(free) - usable;
+    return strand ? frag + k_strand * stranded(free, cpu_free, m.cpu_per_milli) : frag;
+  }
+
+  /// S(N) in units: free capacity beyond what \p cpu_free can feed at \p r milli-CPU per
+  /// milli-GPU.
+  static double stranded(std::int64_t free, std::uint64_t cpu_free, double r) noexcept {
+    if (r <= 0) return 0;
+    return std::max(0.0, static_cast<double>(free) -
+                             static_cast<double>(cpu_free) / r * k_frag_units_per_milli);
+  }
+
+  double key(double was, double now) const noexcept {
+    // Rounded to a thousandth of a milli-GPU: equal changes reached by different sums of
+    // weighted amounts then compare equal, and ties go to the node name as the engine orders.
+    constexpr double k_grain = 1e3;  // units
+    const double milli = std::round((was - now) / k_grain) * k_grain / k_frag_units_per_milli;
+    if (policy_ == frag_policy::sfgd) return milli;
     constexpr double k_max_score = 100.0;
-    const double x = (before - after) / k_frag_gpu_milli;
+    const double x = milli / k_frag_gpu_milli;
     return std::trunc(k_max_score * (1.0 / (1.0 + std::exp(-x))));
   }
 
