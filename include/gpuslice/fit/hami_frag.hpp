@@ -868,7 +868,16 @@ class hami_frag_scorer {
     detail::frag_memo& m = memo(n);
     changes& ch = scratch();
     ch.clear();
-    if (c.allocation != nullptr) {
+    if (c.allocation != nullptr && c.allocation->size() == 1) {
+      // One container: its GPUs, each once, one slot each (what collapse() would give).
+      for (const device_grant& take : c.allocation->front().devices) {
+        detail::frag_gpu g = m.gpus[take.device];
+        g.slots_used += 1;
+        g.memory_used += take.memory;
+        g.cores_used += take.cores;
+        ch.emplace_back(take.device, g);
+      }
+    } else if (c.allocation != nullptr) {
       for (const auto& [position, take] : cluster::collapse(*c.allocation, n.devices.size())) {
         detail::frag_gpu g = m.gpus[position];
         g.slots_used += take.slots;
@@ -919,10 +928,14 @@ class hami_frag_scorer {
   /// changed, its weight-dependent part when the workload changed.
   detail::frag_memo& memo(const node& n) const {
     thread_local std::unordered_map<const node*, detail::frag_memo> memos;
-    if (memos.size() >= detail::k_frag_memo_nodes && memos.find(&n) == memos.end()) {
-      memos.clear();
+    thread_local detail::frag_memo* last = nullptr;  // the engine scores a node's GPUs in a row
+    if (last == nullptr || last->n != &n) {
+      if (memos.size() >= detail::k_frag_memo_nodes && memos.find(&n) == memos.end()) {
+        memos.clear();
+      }
+      last = &memos[&n];  // references into an unordered_map stay valid until it is cleared
     }
-    detail::frag_memo& m = memos[&n];
+    detail::frag_memo& m = *last;
     if (!m.matches(w_->set_ptr().get(), n)) m.build(w_->set_ptr(), n);
     if (m.w != w_) {
       m.w = w_;
