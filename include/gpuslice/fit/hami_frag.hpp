@@ -1,7 +1,8 @@
 #pragma once
 /// \file
 /// GPU fragmentation for HAMi's request model, the target workload it is measured against, and
-/// the fgd and sfgd scorers built on it (docs/placement.md, "FGD for HAMi's request model").
+/// the fgd and sfgd scorers built on it (docs/placement.md, "FGD and sfgd for HAMi's request
+/// model").
 ///
 /// The measure. A GPU's free capacity is one number in milli-GPU: the mean, over memory and
 /// cores, of the free fraction of the card times 1000:
@@ -37,7 +38,6 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <cstdio>
 #include <fstream>
 #include <limits>
 #include <memory>
@@ -401,10 +401,11 @@ struct histogram_options {
 };
 
 /// The target workload learned online: a decayed histogram of request classes in bounded
-/// memory. Every observation adds 1 to its class and multiplies every other weight by the
-/// decay (2^(-1/half_life)); a new class beyond max_classes replaces the lightest. Until a pod
-/// is observed or a seed given, the snapshot is the cold start (one whole GPU). All methods
-/// are thread-safe (one mutex; snapshot() shares an immutable copy until the next change).
+/// memory. Every observation (a pod) multiplies every weight by the decay (2^(-1/half_life))
+/// and adds 1 to the pod's class (1/k to each of a pod's k GPU containers); a new class beyond
+/// max_classes replaces the lightest. Until a pod is observed or a seed given, the snapshot is
+/// the cold start (one whole GPU). All methods are thread-safe (one mutex; snapshot() shares
+/// an immutable copy until the next change).
 class workload_histogram {
  public:
   explicit workload_histogram(histogram_options o = {}) : opt_(o) {
@@ -434,7 +435,7 @@ class workload_histogram {
 
   /// Observes one pod: each GPU container (init containers aside) a class of weight 1/k for k
   /// such containers, each with the pod's milli-CPU / k; a pod of no GPU is a class of 0 GPUs.
-  /// Thread-safe.
+  /// One observation: the other weights decay once. Thread-safe.
   void observe(const pod_request& pod) {
     std::uint64_t cpu = 0;
     std::size_t k = 0;
@@ -442,50 +443,27 @@ class workload_histogram {
       cpu += c.cpu;
       k += (c.count > 0 && !c.init) ? 1 : 0;
     }
+    std::vector<request_class> seen;
     if (k == 0) {
       request_class none;
       none.gpus = 0;
       none.cpu = cpu;
-      observe(none);
-      return;
+      seen.push_back(std::move(none));
     }
     for (const auto& c : pod.containers) {
-      if (c.count == 0 || c.init) continue;
-      observe(class_of(c, cpu / k), 1.0 / static_cast<double>(k));
+      if (c.count > 0 && !c.init) seen.push_back(class_of(c, cpu / k));
     }
+    std::lock_guard<std::mutex> lock(mu_);
+    tick();
+    for (const auto& c : seen) add(c, 1.0 / static_cast<double>(seen.size()));
   }
 
-  /// Observes \p weight pods of class \p c. Thread-safe.
+  /// Observes \p weight pods of class \p c (one observation). Thread-safe.
   void observe(const request_class& c, double weight = 1.0) {
     if (!(weight > 0) || !std::isfinite(weight)) return;
     std::lock_guard<std::mutex> lock(mu_);
-    ++observations_;
-    // Weights are stored as weight * scale_; growing scale_ decays every stored weight at once.
-    scale_ *= growth_;
-    constexpr double k_rescale_at = 1e100;
-    if (scale_ > k_rescale_at) {
-      for (auto& e : entries_) e.weight /= scale_;
-      scale_ = 1.0;
-    }
-    const double add = weight * scale_;
-    for (auto& e : entries_) {
-      if (e.cls == c) {
-        e.weight += add;
-        cached_.reset();
-        return;
-      }
-    }
-    set_.reset();  // the class list changes
-    if (entries_.size() < opt_.max_classes) {
-      entries_.push_back(weighted_class{c, add});
-    } else {
-      auto lightest = std::min_element(
-          entries_.begin(), entries_.end(),
-          [](const weighted_class& a, const weighted_class& b) { return a.weight < b.weight; });
-      *lightest = weighted_class{c, add};
-      ++evictions_;
-    }
-    cached_.reset();
+    tick();
+    add(c, weight);
   }
 
   /// The workload now (weights decayed to the present). Thread-safe.
@@ -504,7 +482,7 @@ class workload_histogram {
     return cached_;
   }
 
-  /// Pods (or classes) observed so far. Thread-safe.
+  /// Observations so far (pods, or classes observed directly). Thread-safe.
   std::uint64_t observations() const {
     std::lock_guard<std::mutex> lock(mu_);
     return observations_;
@@ -516,6 +494,40 @@ class workload_histogram {
   }
 
  private:
+  // One observation: decays every stored weight at once by growing scale_ (weights are
+  // stored times scale_). Caller holds mu_.
+  void tick() {
+    ++observations_;
+    scale_ *= growth_;
+    constexpr double k_rescale_at = 1e100;
+    if (scale_ > k_rescale_at) {
+      for (auto& e : entries_) e.weight /= scale_;
+      scale_ = 1.0;
+    }
+  }
+
+  // Adds \p weight to class \p c, evicting the lightest class when full. Caller holds mu_.
+  void add(const request_class& c, double weight) {
+    cached_.reset();
+    const double stored = weight * scale_;
+    for (auto& e : entries_) {
+      if (e.cls == c) {
+        e.weight += stored;
+        return;
+      }
+    }
+    set_.reset();  // the class list changes
+    if (entries_.size() < opt_.max_classes) {
+      entries_.push_back(weighted_class{c, stored});
+      return;
+    }
+    auto lightest = std::min_element(
+        entries_.begin(), entries_.end(),
+        [](const weighted_class& x, const weighted_class& y) { return x.weight < y.weight; });
+    *lightest = weighted_class{c, stored};
+    ++evictions_;
+  }
+
   histogram_options opt_;
   double growth_ = 1.0;
   mutable std::mutex mu_;
