@@ -748,6 +748,7 @@ struct frag_memo {
     double amount;
   };
   std::vector<measured> seen;
+  std::size_t seen_next = 0;  ///< the ring's next slot once it is full
 
   std::size_t at(std::size_t t, std::size_t g) const noexcept {
     return uniform ? t : t * gpus.size() + g;
@@ -777,6 +778,7 @@ struct frag_memo {
     n = &nd;
     w.reset();
     seen.clear();
+    seen_next = 0;
     const std::size_t G = nd.devices.size();
     const std::size_t K = s->requests.size();
     cpu_free = nd.cpu_total >= nd.cpu_used ? nd.cpu_total - nd.cpu_used : 0;
@@ -952,6 +954,7 @@ class hami_frag_scorer {
     if (m.w != w_) {
       m.w = w_;
       m.seen.clear();
+      m.seen_next = 0;
       m.cpu_per_milli = 0;
       for (const auto& g : m.gpus) {
         if (g.healthy && !g.cordoned) {
@@ -996,8 +999,15 @@ class hami_frag_scorer {
       }
     }
     const double a = measure(m, cpu_free, ch, strand);
-    constexpr std::size_t k_seen_max = 64;
-    if (m.seen.size() < k_seen_max) m.seen.push_back({p, g, cpu_free, strand, a});
+    // A short ring: one cycle scores at most a node's distinct GPU states, and the node score
+    // then finds its GPU's; a long list would cost a full scan at every miss.
+    constexpr std::size_t k_seen_max = 16;
+    if (m.seen.size() < k_seen_max) {
+      m.seen.push_back({p, g, cpu_free, strand, a});
+    } else {
+      m.seen[m.seen_next] = {p, g, cpu_free, strand, a};
+    }
+    m.seen_next = (m.seen_next + 1) % k_seen_max;
     return a;
   }
 
