@@ -1,0 +1,151 @@
+/// \file
+/// This process's pid in NVML's lists (the host's pid inside a container's pid namespace), found
+/// by a probe allocation and verified before any NVML figure is used. See shim.hpp.
+
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "state_internal.hpp"
+
+namespace gpuslice::shim::detail {
+
+// NVML lists host pids, so inside a container's pid namespace getpid() is not NVML's name for
+// this process, and may be another process's. identify() finds the name and verifies it before
+// any figure is used: see there.
+namespace {
+
+/// Processes read per NVML query before growing the buffer.
+constexpr unsigned k_nvml_process_batch = 64;
+/// Bytes of the probe allocation identify() makes.
+constexpr std::uint64_t k_identify_probe = std::uint64_t{4} << 20;
+
+}  // namespace
+
+std::optional<process_reading> read_processes(processes_fn procs, nvmlDevice_t dev) {
+  std::vector<nvmlProcessInfo_t> infos(k_nvml_process_batch);
+  unsigned n = static_cast<unsigned>(infos.size());
+  nvmlReturn_t r = procs(dev, &n, infos.data());
+  if (r == NVML_ERROR_INSUFFICIENT_SIZE) {
+    infos.resize(n + k_nvml_process_batch);  // room for processes that start meanwhile
+    n = static_cast<unsigned>(infos.size());
+    r = procs(dev, &n, infos.data());
+  }
+  if (r != NVML_SUCCESS) return std::nullopt;
+  process_reading out;
+  for (unsigned i = 0; i < n && i < infos.size(); ++i) {
+    out.emplace_back(infos[i].pid, infos[i].usedGpuMemory);
+  }
+  return out;
+}
+
+/// \p pid's bytes in \p r, or nullopt when NVML does not list it.
+std::optional<std::uint64_t> figure(const process_reading& r, unsigned pid) {
+  for (const auto& [p, bytes] : r) {
+    if (p == pid) return bytes;
+  }
+  return std::nullopt;
+}
+
+namespace {
+
+/// The outermost pid of this process in /proc/self/status's NSpid line when that line ends with
+/// getpid() (the /proc this process sees is consistent with it), and how many levels the line
+/// has; {0, 0} otherwise. With the host's /proc (several levels) it is the host's pid; with a
+/// container's own /proc (one level) it is getpid() itself, which is only a guess.
+struct nspid {
+  unsigned outer = 0;
+  std::size_t levels = 0;
+};
+nspid nspid_hint() {
+  FILE* f = std::fopen("/proc/self/status", "re");
+  if (f == nullptr) return {};
+  char line[512];
+  std::vector<unsigned long> pids;
+  while (std::fgets(line, sizeof line, f) != nullptr) {
+    if (std::strncmp(line, "NSpid:", 6) != 0) continue;
+    char* at = line + 6;
+    for (;;) {
+      char* end = nullptr;
+      const unsigned long v = std::strtoul(at, &end, 10);
+      if (end == at) break;
+      pids.push_back(v);
+      at = end;
+    }
+    break;
+  }
+  std::fclose(f);
+  if (pids.empty() || pids.back() != static_cast<unsigned long>(::getpid())) return {};
+  return {static_cast<unsigned>(pids.front()), pids.size()};
+}
+
+}  // namespace
+
+// How this process's NVML pid is found, in any pid namespace: with a context current on the
+// device, a probe of k_identify_probe bytes is allocated and freed (reserved in the ledger first,
+// so it never exceeds the quota; in relaxed capture mode, so it never disturbs a capture), with
+// NVML's process list read before, during and after. Only a pid whose figure rose by the probe
+// and fell back by it can be this process. The NSpid hint (the host's pid, when the host's /proc
+// is visible) is taken if it is among those; otherwise the one such pid, if there is exactly one.
+// Anything else (another process allocated and freed the same amount at the same moment) is
+// ambiguous and tried again later: another process's memory is never charged.
+state::identity state::identify(device_info& d, int ordinal) noexcept {
+  auto procs = helper_fn<processes_fn>(helper::nvmlDeviceGetComputeRunningProcesses_v3);
+  auto alloc = real<decltype(&::cuMemAlloc_v2)>(hook::cuMemAlloc_v2);
+  auto free_fn = real<decltype(&::cuMemFree_v2)>(hook::cuMemFree_v2);
+  int current = -1;
+  if (procs == nullptr || alloc == nullptr || free_fn == nullptr ||
+      current_device(&current) != CUDA_SUCCESS || current != ordinal) {
+    return identity::not_now;  // the probe needs this device's context current
+  }
+  auto sl = slot();
+  if (!sl || !with_ledger([&](auto& l) { return l.try_reserve(*sl, d.index, k_identify_probe); })) {
+    return identity::not_now;
+  }
+  // Looked up here, not in the helper table: identify() runs a few times per process at most.
+  auto exchange = reinterpret_cast<decltype(&::cuThreadExchangeStreamCaptureMode)>(
+      libcuda_ == nullptr ? nullptr : real_dlsym(libcuda_, "cuThreadExchangeStreamCaptureMode"));
+  CUstreamCaptureMode mode = CU_STREAM_CAPTURE_MODE_RELAXED;
+  const bool relaxed = exchange != nullptr && exchange(&mode) == CUDA_SUCCESS;
+  const auto before = read_processes(procs, d.nvml);
+  CUdeviceptr probe = 0;
+  const bool allocated = alloc(&probe, k_identify_probe) == CUDA_SUCCESS;
+  const auto during = read_processes(procs, d.nvml);
+  if (allocated) free_fn(probe);
+  const auto after = read_processes(procs, d.nvml);
+  if (relaxed) exchange(&mode);
+  with_ledger([&](auto& l) {
+    l.release(*sl, d.index, k_identify_probe);
+    return 0;
+  });
+  if (!allocated || !before || !during || !after) return identity::not_now;
+  std::vector<unsigned> movers;
+  for (const auto& [pid, bytes] : *during) {
+    if (bytes == k_not_available) continue;
+    const std::uint64_t was = figure(*before, pid).value_or(0);
+    const std::uint64_t now = figure(*after, pid).value_or(0);
+    if (was == k_not_available || now == k_not_available) continue;
+    if (bytes >= was + k_identify_probe && bytes >= now + k_identify_probe) movers.push_back(pid);
+  }
+  // The host's pid from NSpid settles a tie between movers; getpid() (a one-level NSpid) never
+  // does, since in a pid namespace it may be another process's host pid.
+  const nspid hint = nspid_hint();
+  const bool hint_moved =
+      hint.outer != 0 && std::find(movers.begin(), movers.end(), hint.outer) != movers.end();
+  unsigned found = 0;
+  if (hint_moved && (hint.levels > 1 || movers.size() == 1)) {
+    found = hint.outer;
+  } else if (movers.size() == 1) {
+    found = movers.front();
+  }
+  if (found == 0) return identity::ambiguous;
+  nvml_pid_.store(found, std::memory_order_release);
+  log(log_level::info, "NVML lists this process as pid {} (getpid() {}), found by {}", found,
+      ::getpid(), hint_moved && found == hint.outer ? "NSpid and verified" : "a probe allocation");
+  return identity::known;
+}
+
+}  // namespace gpuslice::shim::detail
