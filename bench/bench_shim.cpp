@@ -6,6 +6,11 @@
 //
 // Paths: GPUSLICE_SHIM_PATH and GPUSLICE_FAKE_CUDA_DIR, compiled in by bench/shim.cmake or
 // given in the environment. The shim runs with a shared ledger file, as in a container.
+//
+// GPUSLICE_BENCH_NVML says how NVML is there for the shim: unset or "none", absent; "listed",
+// the fake NVML lists this process with its figure; "no_figure", "unlisted" and
+// "no_permission", the fake answers so (FAKE_NVML_PROCESSES): the shim must not read NVML on
+// the counted calls whatever it answers.
 
 #include <benchmark/benchmark.h>
 #include <dlfcn.h>
@@ -57,6 +62,19 @@ setup& the_setup() {
     setenv("CUDA_DEVICE_MEMORY_SHARED_CACHE", out.ledger.c_str(), 1);
     gpuslice_bench::libraries libs;
     if (!gpuslice_bench::open_libraries(paths, "bench_shim", libs)) return out;
+    const char* nvml = std::getenv("GPUSLICE_BENCH_NVML");
+    const std::string answer = nvml == nullptr ? "none" : nvml;
+    if (answer != "none") {
+      if (answer != "listed") setenv("FAKE_NVML_PROCESSES", answer.c_str(), 1);
+      // Loaded by path before the shim's first call: the shim's dlopen("libnvidia-ml.so.1") then
+      // finds this one.
+      if (dlopen((paths.fake_dir + "/libnvidia-ml.so.1").c_str(), RTLD_NOW | RTLD_GLOBAL) ==
+          nullptr) {
+        std::fprintf(stderr, "bench_shim: %s\n", dlerror());
+        return out;
+      }
+    }
+    std::printf("NVML for the shim: %s\n", answer.c_str());
     for (auto [h, ep] : {std::pair{libs.fake, &out.direct}, std::pair{libs.shim, &out.shim}}) {
       ep->alloc = reinterpret_cast<alloc_fn>(dlsym(h, "cuMemAlloc_v2"));
       ep->free = reinterpret_cast<free_fn>(dlsym(h, "cuMemFree_v2"));

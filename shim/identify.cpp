@@ -2,8 +2,6 @@
 /// This process's pid in NVML's lists (the host's pid inside a container's pid namespace), found
 /// by a probe allocation and verified before any NVML figure is used. See shim.hpp.
 
-#include <dlfcn.h>
-
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -20,8 +18,10 @@ namespace {
 
 /// Processes read per NVML query before growing the buffer.
 constexpr unsigned k_nvml_process_batch = 64;
-/// Bytes of the probe allocation identify() makes.
+/// Bytes of the probe allocations identify() makes: the first, then the second beside it (two
+/// sizes, each a whole number of the driver's 2 MiB granules, so each step is exact).
 constexpr std::uint64_t k_identify_probe = std::uint64_t{4} << 20;
+constexpr std::uint64_t k_identify_second_probe = std::uint64_t{2} << 20;
 
 }  // namespace
 
@@ -85,13 +85,17 @@ nspid nspid_hint() {
 }  // namespace
 
 // How this process's NVML pid is found, in any pid namespace: with a context current on the
-// device, a probe of k_identify_probe bytes is allocated and freed (reserved in the ledger first,
-// so it never exceeds the quota; in relaxed capture mode, so it never disturbs a capture), with
-// NVML's process list read before, during and after. Only a pid whose figure rose by the probe
-// and fell back by it can be this process. The NSpid hint (the host's pid, when the host's /proc
-// is visible) is taken if it is among those; otherwise the one such pid, if there is exactly one.
-// Anything else (another process allocated and freed the same amount at the same moment) is
-// ambiguous and tried again later: another process's memory is never charged.
+// device and no counted change of this process in flight (reconcile() holds them off), two probes
+// are allocated one after the other and both freed (reserved in the ledger first, so they never
+// exceed the quota; in relaxed capture mode, so they never disturb a capture), with NVML's process
+// list read before, after each allocation and after the frees. Only a pid whose figure rose by
+// exactly the first probe, then by exactly both, and fell back exactly to where it was can be this
+// process: a neighbour that allocates and frees the probe's size at the same moment still fails
+// the second step. The NSpid hint (the host's pid, when the host's /proc is visible) is taken if
+// it is among those; otherwise the one such pid, if there is exactly one. Anything else is
+// ambiguous and tried again later, with backoff: another process's memory is never charged.
+// The pid is verified again whenever a reading contradicts this process's counted bytes
+// (reconcile()).
 state::identity state::identify(device_info& d, int ordinal) noexcept {
   auto procs = helper_fn<processes_fn>(helper::nvmlDeviceGetComputeRunningProcesses_v3);
   auto alloc = real<decltype(&::cuMemAlloc_v2)>(hook::cuMemAlloc_v2);
@@ -101,34 +105,42 @@ state::identity state::identify(device_info& d, int ordinal) noexcept {
       current_device(&current) != CUDA_SUCCESS || current != ordinal) {
     return identity::not_now;  // the probe needs this device's context current
   }
+  constexpr std::uint64_t k_both = k_identify_probe + k_identify_second_probe;
   auto sl = slot();
-  if (!sl || !with_ledger([&](auto& l) { return l.try_reserve(*sl, d.index, k_identify_probe); })) {
+  if (!sl || !with_ledger([&](auto& l) { return l.try_reserve(*sl, d.index, k_both); })) {
     return identity::not_now;
   }
-  // Looked up here, not in the helper table: identify() runs a few times per process at most.
-  auto exchange = reinterpret_cast<decltype(&::cuThreadExchangeStreamCaptureMode)>(
-      libcuda_ == nullptr ? nullptr : real_dlsym(libcuda_, "cuThreadExchangeStreamCaptureMode"));
+  auto exchange = helper_fn<decltype(&::cuThreadExchangeStreamCaptureMode)>(
+      helper::cuThreadExchangeStreamCaptureMode);
   CUstreamCaptureMode mode = CU_STREAM_CAPTURE_MODE_RELAXED;
   const bool relaxed = exchange != nullptr && exchange(&mode) == CUDA_SUCCESS;
   const auto before = read_processes(procs, d.nvml);
-  CUdeviceptr probe = 0;
-  const bool allocated = alloc(&probe, k_identify_probe) == CUDA_SUCCESS;
-  const auto during = read_processes(procs, d.nvml);
-  if (allocated) free_fn(probe);
+  CUdeviceptr first = 0, second = 0;
+  const bool first_made = alloc(&first, k_identify_probe) == CUDA_SUCCESS;
+  const auto during_first = read_processes(procs, d.nvml);
+  const bool second_made = first_made && alloc(&second, k_identify_second_probe) == CUDA_SUCCESS;
+  const auto during_both = read_processes(procs, d.nvml);
+  if (second_made) free_fn(second);
+  if (first_made) free_fn(first);
   const auto after = read_processes(procs, d.nvml);
   if (relaxed) exchange(&mode);
   with_ledger([&](auto& l) {
-    l.release(*sl, d.index, k_identify_probe);
+    l.release(*sl, d.index, k_both);
     return 0;
   });
-  if (!allocated || !before || !during || !after) return identity::not_now;
+  if (!second_made || !before || !during_first || !during_both || !after) {
+    return identity::not_now;
+  }
   std::vector<unsigned> movers;
-  for (const auto& [pid, bytes] : *during) {
-    if (bytes == k_not_available) continue;
-    const std::uint64_t was = figure(*before, pid).value_or(0);
-    const std::uint64_t now = figure(*after, pid).value_or(0);
-    if (was == k_not_available || now == k_not_available) continue;
-    if (bytes >= was + k_identify_probe && bytes >= now + k_identify_probe) movers.push_back(pid);
+  for (const auto& [pid, was] : *before) {
+    if (was == k_not_available) continue;
+    const auto one = figure(*during_first, pid);
+    const auto two = figure(*during_both, pid);
+    const auto now = figure(*after, pid);
+    if (one && two && now && *one == was + k_identify_probe && *two == was + k_both &&
+        *now == was) {
+      movers.push_back(pid);
+    }
   }
   // The host's pid from NSpid settles a tie between movers; getpid() (a one-level NSpid) never
   // does, since in a pid namespace it may be another process's host pid.
@@ -142,9 +154,12 @@ state::identity state::identify(device_info& d, int ordinal) noexcept {
     found = movers.front();
   }
   if (found == 0) return identity::ambiguous;
-  nvml_pid_.store(found, std::memory_order_release);
-  log(log_level::info, "NVML lists this process as pid {} (getpid() {}), found by {}", found,
-      ::getpid(), hint_moved && found == hint.outer ? "NSpid and verified" : "a probe allocation");
+  const unsigned was = nvml_pid_.exchange(found, std::memory_order_acq_rel);
+  if (was != found) {
+    log(log_level::info, "NVML lists this process as pid {} (getpid() {}), found by {}", found,
+        ::getpid(),
+        hint_moved && found == hint.outer ? "NSpid and verified" : "a probe allocation");
+  }
   return identity::known;
 }
 

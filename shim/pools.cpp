@@ -85,6 +85,22 @@ int state::pool_ordinal(CUmemoryPool pool) noexcept {
   return it == pools_.end() || it->second.host ? -1 : it->second.held.ordinal;
 }
 
+int state::pool_device(CUmemoryPool pool) noexcept {
+  if (const int known = pool_ordinal(pool); known >= 0) return known;
+  auto default_pool =
+      helper_fn<decltype(&::cuDeviceGetDefaultMemPool)>(helper::cuDeviceGetDefaultMemPool);
+  auto current_pool = helper_fn<decltype(&::cuDeviceGetMemPool)>(helper::cuDeviceGetMemPool);
+  const int n = device_count();
+  for (int i = 0; i < n; ++i) {
+    CUmemoryPool p = nullptr;
+    if ((default_pool != nullptr && default_pool(&p, i) == CUDA_SUCCESS && p == pool) ||
+        (current_pool != nullptr && current_pool(&p, i) == CUDA_SUCCESS && p == pool)) {
+      return i;
+    }
+  }
+  return -1;
+}
+
 bool state::settle_pool(CUmemoryPool pool, std::uint64_t bytes, charge& inflight,
                         bool& first_use) noexcept {
   std::lock_guard<std::mutex> lock(pools_mu_);

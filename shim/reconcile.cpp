@@ -2,6 +2,10 @@
 /// Reconciliation: the driver's own memory on a device (contexts, modules, the first use of a
 /// pool), measured from NVML's per-process figure and charged as overhead. See shim.hpp.
 
+#include <sched.h>
+
+#include <algorithm>
+
 #include "state_internal.hpp"
 
 namespace gpuslice::shim::detail {
@@ -27,9 +31,44 @@ void state::reconcile_due(device_info& d) noexcept {
   }
 }
 
+namespace {
+/// Longest a reading waits for this process's counted changes in flight to end (a large
+/// allocation takes milliseconds on a real driver); past it the reading is tried again later.
+constexpr std::uint64_t k_quiet_wait_ns = 50'000'000;
+}  // namespace
+
+bool state::quiesce(device_info& d) noexcept {
+  d.reading.store(true, std::memory_order_seq_cst);
+  const std::uint64_t until = coarse_now_ns() + k_quiet_wait_ns;
+  while (d.in_flight.load(std::memory_order_seq_cst) != 0) {
+    if (coarse_now_ns() > until) {
+      unquiesce(d);
+      return false;
+    }
+    sched_yield();
+  }
+  return true;
+}
+
+void state::unquiesce(device_info& d) noexcept {
+  d.reading.store(false, std::memory_order_release);
+}
+
+// NVML is read at most once per device per k_reconcile_interval_ns whatever it answers (a figure,
+// none, this process not listed, an error): each reading moves the next one an interval on
+// before NVML is asked. Earlier readings happen only on events (a context made or torn down, a
+// module loaded, a pool's first use, a refusal, at most one per k_retry_interval_ns) and while
+// this process is still to be identified, with a delay that doubles up to the interval. No
+// counted call reads NVML or looks a symbol up otherwise: its cost is two loads and a compare.
 void state::reconcile(device_info& d, bool force, bool wait) noexcept {
   const std::uint64_t now = coarse_now_ns();
   if (!force && now < d.next_reconcile_ns.load(std::memory_order_relaxed)) return;
+  // A refusal asks for a reading at once, but a process refused in a loop does not read NVML
+  // at every call.
+  if (force && !wait &&
+      now < d.last_read_ns.load(std::memory_order_relaxed) + k_retry_interval_ns) {
+    return;
+  }
   if (!load_nvml()) {
     d.next_reconcile_ns.store(~std::uint64_t{0}, std::memory_order_relaxed);
     d.measured.store(d.measure_asked.load(std::memory_order_acquire), std::memory_order_release);
@@ -47,6 +86,7 @@ void state::reconcile(device_info& d, bool force, bool wait) noexcept {
   if (wait && d.measured.load(std::memory_order_relaxed) >= asked) return;  // read meanwhile
   const auto answered = [&] { d.measured.store(asked, std::memory_order_release); };
   d.next_reconcile_ns.store(now + k_reconcile_interval_ns, std::memory_order_relaxed);
+  d.last_read_ns.store(now, std::memory_order_relaxed);
   try {
     if (d.nvml == nullptr) {
       auto by_uuid =
@@ -63,48 +103,73 @@ void state::reconcile(device_info& d, bool force, bool wait) noexcept {
     auto procs = helper_fn<processes_fn>(helper::nvmlDeviceGetComputeRunningProcesses_v3);
     if (procs == nullptr) return answered();
     const int ordinal = static_cast<int>(&d - devices_.data());
+    // Nothing this process counts changes while the reading is taken: a reservation charged
+    // but not yet made by the driver (a module load during a large cuMemAlloc in another
+    // thread) would otherwise be taken for memory the driver gave back.
+    if (!quiesce(d)) {
+      d.next_reconcile_ns.store(now + k_retry_interval_ns, std::memory_order_relaxed);
+      return;
+    }
+    struct reopen {
+      state* s;
+      device_info* d;
+      ~reopen() { s->unquiesce(*d); }
+    } reopen_on_exit{this, &d};
+    const auto retry_later = [&] {
+      identify_backoff_ns_ = identify_backoff_ns_ == 0
+                                 ? k_retry_interval_ns
+                                 : std::min(identify_backoff_ns_ * 2, k_reconcile_interval_ns);
+      d.next_reconcile_ns.store(now + identify_backoff_ns_, std::memory_order_relaxed);
+    };
     if (nvml_pid_.load(std::memory_order_acquire) == 0) {
-      if (identify_attempts_ >= k_identify_attempts) return answered();
       const identity id = identify(d, ordinal);
       if (id != identity::known) {
-        d.next_reconcile_ns.store(now + k_retry_interval_ns, std::memory_order_relaxed);
+        retry_later();
         if (id == identity::ambiguous && ++identify_attempts_ == k_identify_attempts) {
           log(log_level::warn,
-              "cannot tell which of NVML's processes is this one (getpid() {}); context memory "
-              "is not counted",
-              ::getpid());
+              "cannot tell yet which of NVML's processes is this one (getpid() {}); context "
+              "memory is not counted until it can (trying again every {} ms at most)",
+              ::getpid(), k_reconcile_interval_ns / 1'000'000);
         }
-        return;
+        return answered();
       }
+      identify_backoff_ns_ = 0;
     }
     // Pools give memory back at synchronisations the shim does not see: their reserves are read
     // first, or a charge the driver no longer holds would be taken for counted memory, and the
     // driver's own memory under-charged once that charge went.
     settle_pools(ordinal);
-    // A reading is used only if no counted charge changed while it was taken: the counted bytes
-    // never lag what the driver holds (charged before an allocation, given back after a free),
-    // so a quiet reading never takes another thread's allocation for driver memory.
-    auto& churn = churn_[static_cast<std::size_t>(ordinal)];
-    const std::uint64_t churn_before = churn.load(std::memory_order_acquire);
     const auto reading = read_processes(procs, d.nvml);
     if (!reading) return answered();  // NVML failed: the interval tries again
     const std::uint64_t counted = counted_[static_cast<std::size_t>(ordinal)].load();
-    if (churn.load(std::memory_order_acquire) != churn_before) {
-      d.next_reconcile_ns.store(now + k_retry_interval_ns, std::memory_order_relaxed);
-      return;
-    }
     // NVML lists a process on a device only while it has a context there: unlisted, this
-    // process holds nothing on it (no context yet, or its context was torn down).
-    const std::optional<std::uint64_t> measured = figure(*reading, nvml_pid()).value_or(0);
-    if (*measured == k_not_available) return answered();  // listed, but NVML knows no figure
-    // Without a context here, look again at the next call: a context created meanwhile counts
-    // from its creation on, not from the next interval. (Unlisted while holding counted memory
-    // is NVML lagging: look again shortly, not at every call.)
-    if (*measured == 0) {
-      d.next_reconcile_ns.store(counted != 0 ? now + k_retry_interval_ns : 0,
-                                std::memory_order_relaxed);
+    // process holds nothing on it (no context yet, or its context was torn down). A context
+    // made later asks for a reading itself (context_made).
+    const std::optional<std::uint64_t> listed = figure(*reading, nvml_pid());
+    std::uint64_t measured = listed.value_or(0);
+    if (measured == k_not_available) return answered();  // listed, but NVML knows no figure
+    // Quiet, the driver holds at least what this process counted. A reading below that is
+    // not this process's: the pid is verified again with the probe, and the figures taken
+    // under a wrong pid are dropped.
+    if (counted != 0 && measured < counted) {
+      const unsigned was = nvml_pid();
+      const identity id = identify(d, ordinal);
+      if (id != identity::known || nvml_pid() == was) {
+        nvml_pid_.store(0, std::memory_order_release);
+        log(log_level::warn,
+            "{}: NVML's figure for pid {} ({}) is below what this process counts ({}): it is "
+            "not this process; identifying again",
+            d.uuid, was, human(measured), human(counted));
+        drop_overhead(d);
+        retry_later();
+        return answered();
+      }
+      const auto again = read_processes(procs, d.nvml);
+      if (!again) return answered();
+      measured = figure(*again, nvml_pid()).value_or(0);
+      if (measured == k_not_available) return answered();
     }
-    const std::uint64_t want = uncounted_overhead(*measured, counted);
+    const std::uint64_t want = uncounted_overhead(measured, counted);
     auto sl = slot();
     if (!sl) return;
     answered();
@@ -136,6 +201,25 @@ void state::reconcile(device_info& d, bool force, bool wait) noexcept {
   } catch (...) {
     // Reconciliation is best effort; the counted calls stay enforced.
   }
+}
+
+void state::drop_overhead(device_info& d) noexcept {
+  d.pending.store(0, std::memory_order_relaxed);
+  if (d.overhead == 0) return;
+  if (auto sl = slot()) {
+    with_ledger([&](auto& l) {
+      l.release(*sl, d.index, d.overhead);
+      return 0;
+    });
+  }
+  d.overhead = 0;
+}
+
+void state::context_made(int ordinal) noexcept {
+  if (ordinal < 0 || ordinal >= gpuslice::k_max_devices) return;
+  device_info& d = devices_[static_cast<std::size_t>(ordinal)];
+  d.measure_asked.fetch_add(1, std::memory_order_acq_rel);
+  d.next_reconcile_ns.store(0, std::memory_order_relaxed);
 }
 
 void state::driver_memory_changed(int ordinal) noexcept {

@@ -5,6 +5,7 @@
 
 #include <dlfcn.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -391,11 +392,15 @@ bool state::reserve(int ordinal, std::uint64_t bytes, const char* call, charge& 
   auto trim_driver_caches = [&] {
     trim_pools(ordinal);
     auto graph_trim = real<decltype(&::cuDeviceGraphMemTrim)>(hook::cuDeviceGraphMemTrim);
-    if (graph_trim != nullptr && graph_trim(ordinal) == CUDA_SUCCESS) reconcile(d, true);
+    if (graph_trim != nullptr && graph_trim(ordinal) == CUDA_SUCCESS) {
+      driver_memory_changed(ordinal);  // the graph allocator gave memory back: read it now
+      reconcile(d, false);
+    }
   };
   reconcile_due(d);
   if (d.pending.load(std::memory_order_relaxed) != 0) {
-    reconcile(d, true);
+    retry_pending(d);  // other processes may have freed room: no NVML reading needed
+    if (d.pending.load(std::memory_order_relaxed) != 0) reconcile(d, true);
     if (d.pending.load(std::memory_order_relaxed) != 0) trim_driver_caches();
     if (d.pending.load(std::memory_order_relaxed) != 0) {
       return refuse(refusal::over_limit, ordinal, bytes, call), false;
@@ -405,7 +410,10 @@ bool state::reserve(int ordinal, std::uint64_t bytes, const char* call, charge& 
     // The ledger's limit is the one in force: `gpuslice set-limit` changes it in a running
     // container (a tenant that can write the file could as well forge its use, so taking the
     // limit from the environment here would protect nothing).
-    return with_ledger([&](auto& l) { return l.try_reserve(*sl, d.index, bytes); });
+    change_begin(ordinal);
+    const bool granted = with_ledger([&](auto& l) { return l.try_reserve(*sl, d.index, bytes); });
+    if (!granted) change_end(ordinal);  // refusal paths below take readings
+    return granted;
   };
   bool ok = attempt();
   if (!ok) {
@@ -434,6 +442,39 @@ bool state::reserve_more(charge& c, std::uint64_t more, const char* call) noexce
   churn_[static_cast<std::size_t>(c.ordinal)].fetch_add(1, std::memory_order_release);
   c.bytes += more;
   return true;
+}
+
+void state::retry_pending(device_info& d) noexcept {
+  std::lock_guard<std::mutex> lock(devices_mu_);
+  const std::uint64_t more = d.pending.load(std::memory_order_relaxed);
+  auto sl = slot();
+  if (more == 0 || !sl) return;
+  if (with_ledger([&](auto& l) { return l.try_reserve(*sl, d.index, more); })) {
+    d.overhead += more;
+    d.pending.store(0, std::memory_order_relaxed);
+  }
+}
+
+// A reading of NVML is used against the counted bytes, so it must not be taken while a counted
+// change is half done (charged and not yet made by the driver, or freed by the driver and not
+// yet given back). Dekker's handshake on two words, both sides sequentially consistent: a change
+// counts itself in, then looks for a reading; a reading raises its flag, then looks for changes.
+// At least one of them sees the other, so a reading never overlaps a change, and the hot path
+// pays two uncontended atomic operations.
+void state::change_begin(int ordinal) noexcept {
+  if (ordinal < 0 || ordinal >= gpuslice::k_max_devices) return;
+  device_info& d = devices_[static_cast<std::size_t>(ordinal)];
+  for (;;) {
+    d.in_flight.fetch_add(1, std::memory_order_seq_cst);
+    if (!d.reading.load(std::memory_order_seq_cst)) return;
+    d.in_flight.fetch_sub(1, std::memory_order_seq_cst);
+    while (d.reading.load(std::memory_order_acquire)) sched_yield();
+  }
+}
+
+void state::change_end(int ordinal) noexcept {
+  if (ordinal < 0 || ordinal >= gpuslice::k_max_devices) return;
+  devices_[static_cast<std::size_t>(ordinal)].in_flight.fetch_sub(1, std::memory_order_seq_cst);
 }
 
 void state::release(const charge& c) noexcept { release(c, c.bytes); }
@@ -654,7 +695,11 @@ void state::after_fork_child() noexcept {
     d.next_reconcile_ns.store(0, std::memory_order_relaxed);
     d.measure_asked.store(0, std::memory_order_relaxed);
     d.measured.store(0, std::memory_order_relaxed);
+    d.last_read_ns.store(0, std::memory_order_relaxed);
+    d.in_flight.store(0, std::memory_order_relaxed);  // the parent's threads are not here
+    d.reading.store(false, std::memory_order_relaxed);
   }
+  identify_backoff_ns_ = 0;
   slot_mu_.unlock();
   devices_mu_.unlock();
 }
