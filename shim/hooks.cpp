@@ -859,31 +859,35 @@ GPUSLICE_SHIM_EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext* pctx, CUdevice
   int active = 0;
   const bool existed = get_state != nullptr && get_state(dev, &flags, &active) == CUDA_SUCCESS &&
                        active != 0;
+  const auto before = existed ? std::nullopt : s.processes_before_context(dev);
   const CUresult r = real(pctx, dev);
-  if (r == CUDA_SUCCESS && !existed) s.context_made(dev);
+  if (r == CUDA_SUCCESS && !existed) s.context_made_after(dev, before);
   return r;
 }
 
 GPUSLICE_SHIM_EXPORT CUresult cuCtxCreate_v2(CUcontext* pctx, unsigned int flags, CUdevice dev) {
   GPUSLICE_PROLOGUE(cuCtxCreate_v2, CUDA_ERROR_NOT_FOUND, pctx, flags, dev)
+  const auto before = s.processes_before_context(dev);
   const CUresult r = real(pctx, flags, dev);
-  if (r == CUDA_SUCCESS) s.context_made(dev);
+  if (r == CUDA_SUCCESS) s.context_made_after(dev, before);
   return r;
 }
 
 GPUSLICE_SHIM_EXPORT CUresult cuCtxCreate_v3(CUcontext* pctx, CUexecAffinityParam* params,
                                              int num_params, unsigned int flags, CUdevice dev) {
   GPUSLICE_PROLOGUE(cuCtxCreate_v3, CUDA_ERROR_NOT_FOUND, pctx, params, num_params, flags, dev)
+  const auto before = s.processes_before_context(dev);
   const CUresult r = real(pctx, params, num_params, flags, dev);
-  if (r == CUDA_SUCCESS) s.context_made(dev);
+  if (r == CUDA_SUCCESS) s.context_made_after(dev, before);
   return r;
 }
 
 GPUSLICE_SHIM_EXPORT CUresult cuCtxCreate_v4(CUcontext* pctx, CUctxCreateParams* params,
                                              unsigned int flags, CUdevice dev) {
   GPUSLICE_PROLOGUE(cuCtxCreate_v4, CUDA_ERROR_NOT_FOUND, pctx, params, flags, dev)
+  const auto before = s.processes_before_context(dev);
   const CUresult r = real(pctx, params, flags, dev);
-  if (r == CUDA_SUCCESS) s.context_made(dev);
+  if (r == CUDA_SUCCESS) s.context_made_after(dev, before);
   return r;
 }
 

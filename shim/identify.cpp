@@ -163,4 +163,70 @@ state::identity state::identify(device_info& d, int ordinal) noexcept {
   return identity::known;
 }
 
+nvmlDevice_t state::nvml_handle(device_info& d) noexcept {
+  if (d.nvml != nullptr) return d.nvml;
+  auto by_uuid =
+      helper_fn<decltype(&::nvmlDeviceGetHandleByUUID)>(helper::nvmlDeviceGetHandleByUUID);
+  if (by_uuid == nullptr || by_uuid(d.uuid.c_str(), &d.nvml) != NVML_SUCCESS) d.nvml = nullptr;
+  return d.nvml;
+}
+
+// A process that has no context on a device is not in NVML's list of it; making its first
+// context there adds it. A pid that appears across the call is this process's when it is the
+// only one (or the NSpid hint's host pid): no probe allocation is needed, so a process that
+// starts while the container's quota is full is identified too. Processes that start at the
+// same moment make it ambiguous, and the probe is left to do it.
+std::optional<process_reading> state::processes_before_context(int ordinal) noexcept {
+  if (nvml_pid() != 0 || !load_nvml() || !ensure_devices() || ordinal < 0 ||
+      ordinal >= device_count_) {
+    return std::nullopt;
+  }
+  auto procs = helper_fn<processes_fn>(helper::nvmlDeviceGetComputeRunningProcesses_v3);
+  if (procs == nullptr) return std::nullopt;
+  try {
+    std::lock_guard<std::mutex> lock(devices_mu_);
+    device_info& d = devices_[static_cast<std::size_t>(ordinal)];
+    if (!d.usable || nvml_handle(d) == nullptr) return std::nullopt;
+    return read_processes(procs, d.nvml);
+  } catch (...) {
+    return std::nullopt;
+  }
+}
+
+void state::context_made_after(int ordinal, const std::optional<process_reading>& before) noexcept {
+  context_made(ordinal);
+  if (!before || nvml_pid() != 0) return;
+  auto procs = helper_fn<processes_fn>(helper::nvmlDeviceGetComputeRunningProcesses_v3);
+  try {
+    std::lock_guard<std::mutex> lock(devices_mu_);
+    device_info& d = devices_[static_cast<std::size_t>(ordinal)];
+    if (procs == nullptr || d.nvml == nullptr) return;
+    const auto after = read_processes(procs, d.nvml);
+    if (!after) return;
+    std::vector<unsigned> added;
+    for (const auto& [pid, bytes] : *after) {
+      if (!figure(*before, pid)) added.push_back(pid);
+    }
+    const nspid hint = nspid_hint();
+    const bool hint_added =
+        hint.outer != 0 && std::find(added.begin(), added.end(), hint.outer) != added.end();
+    unsigned found = 0;
+    if (hint_added && (hint.levels > 1 || added.size() == 1)) {
+      found = hint.outer;
+    } else if (added.size() == 1) {
+      found = added.front();
+    }
+    unsigned none = 0;
+    if (found != 0 && nvml_pid_.compare_exchange_strong(none, found, std::memory_order_acq_rel)) {
+      identify_backoff_ns_ = 0;
+      log(log_level::info, "NVML lists this process as pid {} (getpid() {}), found by {}", found,
+          ::getpid(),
+          hint_added && found == hint.outer ? "NSpid and verified as its first context appeared"
+                                            : "its first context appearing in NVML's list");
+    }
+  } catch (...) {
+    // The probe identifies the process later.
+  }
+}
+
 }  // namespace gpuslice::shim::detail

@@ -34,6 +34,7 @@ void state::settle_locked(CUmemoryPool pool, pool_record& rec) noexcept {
 }
 
 void state::settle_pools(int ordinal) noexcept {
+  if (pool_count_.load(std::memory_order_acquire) == 0) return;
   std::lock_guard<std::mutex> lock(pools_mu_);
   for (auto& [pool, rec] : pools_) {
     if (rec.held.ordinal == ordinal) settle_locked(pool, rec);
@@ -49,11 +50,13 @@ void state::pool_created(CUmemoryPool pool, const CUmemPoolProps& props) noexcep
       // The handle of a pool the driver has since freed: its charge is no longer held.
       release(it->second.held);
       pools_.erase(it);
+      pool_count_.store(pools_.size(), std::memory_order_release);
     }
     pool_record rec;
     rec.host = where != CU_MEM_LOCATION_TYPE_DEVICE;
     rec.held.ordinal = rec.host ? -1 : props.location.id;
     pools_.emplace(pool, rec);
+    pool_count_.store(pools_.size(), std::memory_order_release);
   } catch (...) {
     // Unrecorded: charged as a device pool of the allocating stream's device.
   }
@@ -71,6 +74,7 @@ void state::pool_destroyed(CUmemoryPool pool) noexcept {
   }
   rec.destroyed = true;
   if (rec.live == 0) pools_.erase(it);
+  pool_count_.store(pools_.size(), std::memory_order_release);
 }
 
 bool state::pool_on_host(CUmemoryPool pool) noexcept {
@@ -107,6 +111,7 @@ bool state::settle_pool(CUmemoryPool pool, std::uint64_t bytes, charge& inflight
   pool_record* rec = nullptr;
   try {
     rec = &pools_[pool];
+    pool_count_.store(pools_.size(), std::memory_order_release);
   } catch (...) {
     return false;
   }
@@ -150,6 +155,7 @@ void state::pool_freed(const charge& c) noexcept {
     release(rec.held, back);
     rec.held.bytes -= back;
     if (rec.live == 0) pools_.erase(it);
+    pool_count_.store(pools_.size(), std::memory_order_release);
     return;
   }
   settle_locked(c.pool, rec);

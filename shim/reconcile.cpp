@@ -88,17 +88,12 @@ void state::reconcile(device_info& d, bool force, bool wait) noexcept {
   d.next_reconcile_ns.store(now + k_reconcile_interval_ns, std::memory_order_relaxed);
   d.last_read_ns.store(now, std::memory_order_relaxed);
   try {
-    if (d.nvml == nullptr) {
-      auto by_uuid =
-          helper_fn<decltype(&::nvmlDeviceGetHandleByUUID)>(helper::nvmlDeviceGetHandleByUUID);
-      if (by_uuid == nullptr || by_uuid(d.uuid.c_str(), &d.nvml) != NVML_SUCCESS) {
-        d.nvml = nullptr;
-        d.next_reconcile_ns.store(~std::uint64_t{0}, std::memory_order_relaxed);
-        answered();
-        log(log_level::warn, "{}: NVML does not know this device; context memory is not counted",
-            d.uuid);
-        return;
-      }
+    if (nvml_handle(d) == nullptr) {
+      d.next_reconcile_ns.store(~std::uint64_t{0}, std::memory_order_relaxed);
+      answered();
+      log(log_level::warn, "{}: NVML does not know this device; context memory is not counted",
+          d.uuid);
+      return;
     }
     auto procs = helper_fn<processes_fn>(helper::nvmlDeviceGetComputeRunningProcesses_v3);
     if (procs == nullptr) return answered();
@@ -179,6 +174,15 @@ void state::reconcile(device_info& d, bool force, bool wait) noexcept {
         d.overhead = want;
         d.pending.store(0, std::memory_order_relaxed);
         log(log_level::debug, "{}: uncounted driver memory now {}", d.uuid, human(want));
+      } else if (with_ledger([&](auto& l) { return l.charge_held(*sl, d.index, more); })) {
+        // The driver holds it whether or not it fits: charged where the container's other
+        // processes see it, so none of them is granted this memory again.
+        d.overhead = want;
+        d.pending.store(0, std::memory_order_relaxed);
+        log(log_level::warn,
+            "{}: {} of driver memory (context, modules, pools) does not fit the limit; it is "
+            "charged, and allocations on the device are refused until it fits",
+            d.uuid, human(more));
       } else {
         if (d.pending.exchange(more, std::memory_order_relaxed) != more) {
           log(log_level::warn,
@@ -263,7 +267,9 @@ bool state::measure_now(int ordinal, std::uint64_t bytes, const char* call) noex
   if (!d.usable) return true;
   d.measure_asked.fetch_add(1, std::memory_order_acq_rel);
   reconcile(d, true, true);
-  if (d.pending.load(std::memory_order_relaxed) == 0) return true;
+  // Over the limit (driver memory charged although it did not fit, or held as pending).
+  const bool over = with_ledger([&](auto& l) { return l.used(d.index) > l.limit(d.index); });
+  if (d.pending.load(std::memory_order_relaxed) == 0 && !over) return true;
   refuse(refusal::over_limit, ordinal, bytes, call);
   return false;
 }

@@ -369,6 +369,18 @@ class state {
   /// retain): the next reservation or view on it measures the driver's memory before it
   /// proceeds, so a context counts from its creation on. Thread-safe.
   void context_made(int ordinal) noexcept;
+  /// Before the driver makes a context on \p ordinal while this process is not identified yet:
+  /// NVML's process list, for context_made_after() to find the pid that the context adds.
+  /// nullopt when NVML cannot be read or the pid is known. Thread-safe.
+  std::optional<std::vector<std::pair<unsigned, std::uint64_t>>> processes_before_context(
+      int ordinal) noexcept;
+  /// After the context was made: if exactly one pid appeared in NVML's list since \p before
+  /// (or the NSpid hint's host pid did), it is this process's, found without a probe
+  /// allocation, so a process identifies itself even when its quota is full. Then
+  /// context_made(). Thread-safe.
+  void context_made_after(
+      int ordinal,
+      const std::optional<std::vector<std::pair<unsigned, std::uint64_t>>>& before) noexcept;
 
   /// After the driver tore \p ctx down on \p ordinal: it freed the context's allocations, so
   /// their charges are given back, and the context's own memory is measured again.
@@ -458,6 +470,9 @@ class state {
   void unquiesce(device_info& d) noexcept;
   /// Charges \p d's pending driver memory if the ledger has room for it now (takes devices_mu_).
   void retry_pending(device_info& d) noexcept;
+  /// With devices_mu_ held: \p d's NVML handle, looked up on first use (null if NVML does not
+  /// know the device).
+  nvmlDevice_t nvml_handle(device_info& d) noexcept;
   /// With devices_mu_ held: gives back \p d's overhead and pending (taken under a wrong pid).
   void drop_overhead(device_info& d) noexcept;
   std::optional<memory_view> nvml_only_view(const std::string& uuid, std::uint64_t card_total,
@@ -492,8 +507,6 @@ class state {
   std::array<device_info, gpuslice::k_max_devices> devices_{};
   /// Bytes this process charged through counted calls, per ordinal (reconciliation).
   std::array<std::atomic<std::uint64_t>, gpuslice::k_max_devices> counted_{};
-  /// Changes of counted_ per ordinal: a reconciliation reading taken while it moved is not used.
-  std::array<std::atomic<std::uint64_t>, gpuslice::k_max_devices> churn_{};
   /// This process's pid in NVML's lists, 0 until verified (see identify()).
   std::atomic<unsigned> nvml_pid_{0};
   int identify_attempts_ = 0;  ///< identification attempts that failed; guarded by devices_mu_
@@ -524,6 +537,8 @@ class state {
   /// pools_mu_, never the reverse).
   void settle_pools(int ordinal) noexcept;
   std::mutex pools_mu_;  ///< guards pools_
+  /// pools_.size(), read without the lock: a view of a process without pools takes no lock.
+  std::atomic<std::size_t> pool_count_{0};
   std::unordered_map<CUmemoryPool, pool_record> pools_;
 
   /// A charged VMM handle's references and mappings.

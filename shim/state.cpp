@@ -426,7 +426,6 @@ bool state::reserve(int ordinal, std::uint64_t bytes, const char* call, charge& 
   }
   if (!ok) return refuse(refusal::over_limit, ordinal, bytes, call), false;
   counted_[static_cast<std::size_t>(ordinal)].fetch_add(bytes, std::memory_order_relaxed);
-  churn_[static_cast<std::size_t>(ordinal)].fetch_add(1, std::memory_order_release);
   out = charge{ordinal, d.index, bytes};
   return true;
 }
@@ -439,7 +438,6 @@ bool state::reserve_more(charge& c, std::uint64_t more, const char* call) noexce
     return refuse(refusal::over_limit, c.ordinal, more, call), false;
   }
   counted_[static_cast<std::size_t>(c.ordinal)].fetch_add(more, std::memory_order_relaxed);
-  churn_[static_cast<std::size_t>(c.ordinal)].fetch_add(1, std::memory_order_release);
   c.bytes += more;
   return true;
 }
@@ -488,7 +486,6 @@ void state::release(const charge& c, std::uint64_t bytes) noexcept {
     return 0;
   });
   counted_[static_cast<std::size_t>(c.ordinal)].fetch_sub(bytes, std::memory_order_relaxed);
-  churn_[static_cast<std::size_t>(c.ordinal)].fetch_add(1, std::memory_order_release);
 }
 
 void state::refuse(refusal why, int ordinal, std::uint64_t bytes, const char* call) noexcept {
@@ -680,6 +677,7 @@ void state::after_fork_child() noexcept {
   arrays_.reset_in_child();
   pointers_.reset_in_child();
   pools_.clear();  // the parent's pools: the child's driver starts without them
+  pool_count_.store(0, std::memory_order_relaxed);
   pools_mu_.unlock();
   vmm_.clear();
   vmm_maps_.clear();

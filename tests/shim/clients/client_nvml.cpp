@@ -12,8 +12,13 @@
 ///               thread loads modules (which ask for a reading) and reads the view: no reading
 ///               taken meanwhile gives the context's memory back, so the ledger never holds less
 ///               than the driver does
+///   shared_over a process fills the quota, then another of the container (this program again,
+///               as "late_context") makes its context, which does not fit: the first must not be
+///               granted that memory again when it frees some, since the driver holds it
 ///   pool_device device 0's default pool serves an allocation on a stream of device 1 (cuda.h
 ///               allows it): device 0, whose memory the pool holds, is charged, not device 1
+
+#include <sys/wait.h>
 
 #include <chrono>
 #include <random>
@@ -201,6 +206,67 @@ int in_flight(const char* path) {
   return client::finish("client_nvml in_flight");
 }
 
+/// The other process of shared_over: makes its context (FAKE_CUDA_CONTEXT_BYTES), has it
+/// measured, says so on stdout, and holds it until its stdin closes.
+int late_context() {
+  start();
+  std::size_t free_b = 0, total_b = 0;
+  CLIENT_REQUIRE(cuMemGetInfo_v2(&free_b, &total_b) == CUDA_SUCCESS);
+  CLIENT_REQUIRE(write(STDOUT_FILENO, "m", 1) == 1);
+  char c = 0;
+  while (read(STDIN_FILENO, &c, 1) > 0) {
+  }
+  return 0;
+}
+
+int shared_over(const char* self) {
+  const std::uint64_t limit = client::env_bytes("CUDA_DEVICE_MEMORY_LIMIT", 0);
+  const std::uint64_t ctx = client::env_bytes("FAKE_CUDA_CONTEXT_BYTES", 0);
+  constexpr std::uint64_t k_chunk = std::uint64_t{4} << 20;
+  start();
+  std::vector<CUdeviceptr> held;
+  for (CUdeviceptr p = 0; cuMemAlloc_v2(&p, k_chunk) == CUDA_SUCCESS;) held.push_back(p);
+  CLIENT_REQUIRE(!held.empty());
+  int to_child[2], from_child[2];
+  CLIENT_REQUIRE(pipe(to_child) == 0 && pipe(from_child) == 0);
+  const pid_t child = fork();
+  CLIENT_REQUIRE(child >= 0);
+  if (child == 0) {
+    dup2(to_child[0], STDIN_FILENO);
+    dup2(from_child[1], STDOUT_FILENO);
+    close(to_child[1]);
+    close(from_child[0]);
+    execl(self, self, "late_context", static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  close(to_child[0]);
+  close(from_child[1]);
+  char c = 0;
+  CLIENT_REQUIRE(read(from_child[0], &c, 1) == 1);  // its context is measured
+  // Two chunks freed here: the other process's context holds them now (it took them beyond the
+  // limit, which a context cannot be refused), so nothing more may be granted.
+  for (int i = 0; i < 2 && !held.empty(); ++i) {
+    CLIENT_CHECK(cuMemFree_v2(held.back()) == CUDA_SUCCESS);
+    held.pop_back();
+  }
+  CUdeviceptr again = 0;
+  const CUresult r = cuMemAlloc_v2(&again, k_chunk);
+  if (r == CUDA_SUCCESS) held.push_back(again);
+  // The driver holds this process's memory and the other's context.
+  const std::uint64_t both = fake_cuda_physical_used(0) + ctx;
+  std::printf("both processes hold %llu of %llu bytes; the allocation after the frees: %d\n",
+              static_cast<unsigned long long>(both), static_cast<unsigned long long>(limit),
+              static_cast<int>(r));
+  CLIENT_CHECK(both <= limit);
+  CLIENT_CHECK(r == CUDA_ERROR_OUT_OF_MEMORY);
+  close(to_child[1]);
+  int status = 0;
+  CLIENT_CHECK(waitpid(child, &status, 0) == child && WIFEXITED(status) &&
+               WEXITSTATUS(status) == 0);
+  for (CUdeviceptr p : held) CLIENT_CHECK(cuMemFree_v2(p) == CUDA_SUCCESS);
+  return client::finish("client_nvml shared_over");
+}
+
 int pool_device(const char* path) {
   constexpr std::uint64_t k_bytes = std::uint64_t{16} << 20;
   CLIENT_REQUIRE(cuInit(0) == CUDA_SUCCESS);
@@ -238,8 +304,11 @@ int main(int argc, char** argv) {
   if (mode == "churn") return churn(path);
   if (mode == "in_flight") return in_flight(path);
   if (mode == "pool_device") return pool_device(path);
-  std::fprintf(stdout,
-               "client_nvml: unknown scenario '%.*s' (quiet, churn, in_flight or pool_device)\n",
-               static_cast<int>(mode.size()), mode.data());
+  if (mode == "shared_over") return shared_over(argv[0]);
+  if (mode == "late_context") return late_context();
+  std::fprintf(
+      stdout,
+      "client_nvml: unknown scenario '%.*s' (quiet, churn, in_flight, pool_device, shared_over)\n",
+      static_cast<int>(mode.size()), mode.data());
   return 2;
 }
