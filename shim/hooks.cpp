@@ -848,6 +848,36 @@ GPUSLICE_SHIM_EXPORT CUresult cuDevicePrimaryCtxReset_v2(CUdevice dev) {
   return primary_teardown(s, dev, true, [&] { return real(dev); });
 }
 
+// ---- synchronisation: pools give memory beyond their release threshold back ----------------
+
+GPUSLICE_SHIM_EXPORT CUresult cuCtxSynchronize() {
+  GPUSLICE_PROLOGUE(cuCtxSynchronize, CUDA_ERROR_NOT_FOUND)
+  const CUresult r = real();
+  if (r == CUDA_SUCCESS) s.synchronised();
+  return r;
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuStreamSynchronize(CUstream stream) {
+  GPUSLICE_PROLOGUE(cuStreamSynchronize, CUDA_ERROR_NOT_FOUND, stream)
+  const CUresult r = real(stream);
+  if (r == CUDA_SUCCESS) s.synchronised();
+  return r;
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuStreamSynchronize_ptsz(CUstream stream) {
+  GPUSLICE_PROLOGUE(cuStreamSynchronize_ptsz, CUDA_ERROR_NOT_FOUND, stream)
+  const CUresult r = real(stream);
+  if (r == CUDA_SUCCESS) s.synchronised();
+  return r;
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuEventSynchronize(CUevent event) {
+  GPUSLICE_PROLOGUE(cuEventSynchronize, CUDA_ERROR_NOT_FOUND, event)
+  const CUresult r = real(event);
+  if (r == CUDA_SUCCESS) s.synchronised();
+  return r;
+}
+
 // ---- context creation: the driver takes the context's memory ----------------------------------
 
 GPUSLICE_SHIM_EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext* pctx, CUdevice dev) {

@@ -41,6 +41,12 @@ void state::settle_pools(int ordinal) noexcept {
   }
 }
 
+void state::synchronised() noexcept {
+  if (pool_count_.load(std::memory_order_acquire) == 0) return;
+  std::lock_guard<std::mutex> lock(pools_mu_);
+  for (auto& [pool, rec] : pools_) settle_locked(pool, rec);
+}
+
 void state::pool_created(CUmemoryPool pool, const CUmemPoolProps& props) noexcept {
   const CUmemLocationType where = props.location.type;
   try {

@@ -78,6 +78,12 @@ enum class library : std::uint8_t { cuda, nvml };
   X(cuMemFreeAsync_ptsz, "cuMemFreeAsync", 11020, per_thread, cuda, decltype(&::cuMemFreeAsync))   \
   X(cuMemPoolCreate, "cuMemPoolCreate", 11020, legacy, cuda, decltype(&::cuMemPoolCreate))         \
   X(cuCtxDestroy_v2, "cuCtxDestroy", 4000, legacy, cuda, decltype(&::cuCtxDestroy_v2))             \
+  X(cuCtxSynchronize, "cuCtxSynchronize", 2000, legacy, cuda, decltype(&::cuCtxSynchronize))       \
+  X(cuStreamSynchronize, "cuStreamSynchronize", 2000, legacy, cuda,                                \
+    decltype(&::cuStreamSynchronize))                                                              \
+  X(cuStreamSynchronize_ptsz, "cuStreamSynchronize", 7000, per_thread, cuda,                       \
+    decltype(&::cuStreamSynchronize))                                                              \
+  X(cuEventSynchronize, "cuEventSynchronize", 2000, legacy, cuda, decltype(&::cuEventSynchronize)) \
   X(cuCtxCreate_v2, "cuCtxCreate", 3020, legacy, cuda, ctx_create_v2_fn)                           \
   X(cuCtxCreate_v3, "cuCtxCreate", 11040, legacy, cuda, ctx_create_v3_fn)                          \
   X(cuCtxCreate_v4, "cuCtxCreate", 12050, legacy, cuda, decltype(&::cuCtxCreate_v4))               \
@@ -334,6 +340,11 @@ class state {
                    bool& first_use) noexcept;
   /// After \p c (a pooled allocation) was freed.
   void pool_freed(const charge& c) noexcept;
+  /// After a stream, event or context synchronisation: the driver may have given pools' memory
+  /// beyond their release threshold back (cuda.h), so every pool's reserve is read and what it
+  /// gave back stops being charged at once, not at this process's next call (an idle process
+  /// would otherwise keep it charged, and its neighbours would be refused). Thread-safe.
+  void synchronised() noexcept;
   /// Trims this process's pools on \p ordinal to what their allocations need and settles them.
   void trim_pools(int ordinal) noexcept;
 

@@ -15,13 +15,22 @@
 ///   shared_over a process fills the quota, then another of the container (this program again,
 ///               as "late_context") makes its context, which does not fit: the first must not be
 ///               granted that memory again when it frees some, since the driver holds it
+///   idle_pool   another process of the container ("pool_then_idle") allocates from a pool
+///               that keeps nothing, frees, synchronises and idles: what its pool gave back is
+///               granted to this process, never refused while it is free
+///   entry_points CUDA 13's versioned entry points through cuGetProcAddress_v2: cuCtxCreate
+///               answers with the shim's cuCtxCreate_v4, whose context is charged from its
+///               creation on (not at the next interval); cuMemAdvise, cuMemPrefetchAsync and
+///               cuDeviceGetUuid answer with the driver's _v2 functions, which then work
 ///   pool_device device 0's default pool serves an allocation on a stream of device 1 (cuda.h
 ///               allows it): device 0, whose memory the pool holds, is charged, not device 1
 
 #include <sys/wait.h>
 
 #include <chrono>
+#include <cstring>
 #include <random>
+#include <string>
 #include <string_view>
 #include <thread>
 #include <vector>
@@ -267,6 +276,111 @@ int shared_over(const char* self) {
   return client::finish("client_nvml shared_over");
 }
 
+/// The other process of idle_pool: allocates \p bytes from its default pool (release threshold
+/// 0), frees them, synchronises its stream (the driver gives the reserve back there), says so on
+/// stdout, and idles until its stdin closes.
+int pool_then_idle() {
+  const std::uint64_t bytes = client::env_bytes("CLIENT_POOL_BYTES", 0);
+  start();
+  CUstream stream = nullptr;
+  CLIENT_REQUIRE(cuStreamCreate(&stream, 0) == CUDA_SUCCESS);
+  CUdeviceptr p = 0;
+  CLIENT_REQUIRE(cuMemAllocAsync(&p, bytes, stream) == CUDA_SUCCESS);
+  CLIENT_REQUIRE(cuMemFreeAsync(p, stream) == CUDA_SUCCESS);
+  CLIENT_REQUIRE(cuStreamSynchronize(stream) == CUDA_SUCCESS);
+  CLIENT_REQUIRE(fake_cuda_physical_used(0) == 0);  // the driver gave it all back
+  CLIENT_REQUIRE(write(STDOUT_FILENO, "s", 1) == 1);
+  char c = 0;
+  while (read(STDIN_FILENO, &c, 1) > 0) {
+  }
+  return 0;
+}
+
+int idle_pool(const char* self) {
+  const std::uint64_t limit = client::env_bytes("CUDA_DEVICE_MEMORY_LIMIT", 0);
+  int to_child[2], from_child[2];
+  CLIENT_REQUIRE(pipe(to_child) == 0 && pipe(from_child) == 0);
+  const pid_t child = fork();
+  CLIENT_REQUIRE(child >= 0);
+  if (child == 0) {
+    dup2(to_child[0], STDIN_FILENO);
+    dup2(from_child[1], STDOUT_FILENO);
+    close(to_child[1]);
+    close(from_child[0]);
+    execl(self, self, "pool_then_idle", static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  close(to_child[0]);
+  close(from_child[1]);
+  char c = 0;
+  CLIENT_REQUIRE(read(from_child[0], &c, 1) == 1);
+  start();
+  // The whole quota is free: the other process holds nothing on the device.
+  CUdeviceptr all = 0;
+  const CUresult r = cuMemAlloc_v2(&all, limit);
+  std::printf("the whole quota after the other process's pool gave its reserve back: %d\n",
+              static_cast<int>(r));
+  CLIENT_CHECK(r == CUDA_SUCCESS);
+  if (r == CUDA_SUCCESS) CLIENT_CHECK(cuMemFree_v2(all) == CUDA_SUCCESS);
+  close(to_child[1]);
+  int status = 0;
+  CLIENT_CHECK(waitpid(child, &status, 0) == child && WIFEXITED(status) &&
+               WEXITSTATUS(status) == 0);
+  return client::finish("client_nvml idle_pool");
+}
+
+int entry_points(const char* path) {
+  constexpr int k_cuda13 = 13000;
+  const std::uint64_t ctx_bytes = client::env_bytes("FAKE_CUDA_CONTEXT_BYTES", 0);
+  const CUcontext primary = start();
+  std::size_t free_b = 0, total_b = 0;
+  CLIENT_REQUIRE(cuMemGetInfo_v2(&free_b, &total_b) == CUDA_SUCCESS);  // the primary measured
+  const auto lookup = [](const char* name) {
+    void* fn = nullptr;
+    CUdriverProcAddressQueryResult found = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
+    const CUresult r =
+        cuGetProcAddress_v2(name, &fn, k_cuda13, CU_GET_PROC_ADDRESS_DEFAULT, &found);
+    return r == CUDA_SUCCESS && found == CU_GET_PROC_ADDRESS_SUCCESS ? fn : nullptr;
+  };
+  void* fake = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
+  CLIENT_REQUIRE(fake != nullptr);
+  // The driver's own versioned functions, passed through.
+  for (const char* v2 : {"cuMemAdvise_v2", "cuMemPrefetchAsync_v2", "cuDeviceGetUuid_v2"}) {
+    const std::string base(v2, std::strlen(v2) - 3);
+    CLIENT_CHECK(lookup(base.c_str()) == dlsym(fake, v2));
+  }
+  auto advise = reinterpret_cast<decltype(&cuMemAdvise_v2)>(lookup("cuMemAdvise"));
+  auto prefetch = reinterpret_cast<decltype(&cuMemPrefetchAsync_v2)>(lookup("cuMemPrefetchAsync"));
+  auto uuid = reinterpret_cast<decltype(&cuDeviceGetUuid_v2)>(lookup("cuDeviceGetUuid"));
+  CLIENT_REQUIRE(advise != nullptr && prefetch != nullptr && uuid != nullptr);
+  CUdeviceptr p = 0;
+  CLIENT_REQUIRE(cuMemAllocManaged(&p, 1 << 20, CU_MEM_ATTACH_GLOBAL) == CUDA_SUCCESS);
+  CUmemLocation dev0{};
+  dev0.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  dev0.id = 0;
+  CLIENT_CHECK(advise(p, 1 << 20, CU_MEM_ADVISE_SET_PREFERRED_LOCATION, dev0) == CUDA_SUCCESS);
+  CLIENT_CHECK(prefetch(p, 1 << 20, dev0, 0, nullptr) == CUDA_SUCCESS);
+  CUuuid u{};
+  CLIENT_CHECK(uuid(&u, 0) == CUDA_SUCCESS);
+  CLIENT_CHECK(cuMemFree_v2(p) == CUDA_SUCCESS);
+  // cuCtxCreate is the shim's: a second context on the device counts at the next call.
+  void* const create_fn = lookup("cuCtxCreate");
+  CLIENT_REQUIRE(create_fn != nullptr);
+  CLIENT_CHECK(create_fn == dlsym(RTLD_DEFAULT, "cuCtxCreate_v4"));
+  auto create = reinterpret_cast<decltype(&cuCtxCreate_v4)>(create_fn);
+  CUcontext second = nullptr;
+  CLIENT_REQUIRE(create(&second, nullptr, 0, 0) == CUDA_SUCCESS);
+  CLIENT_REQUIRE(cuMemGetInfo_v2(&free_b, &total_b) == CUDA_SUCCESS);
+  std::printf("two contexts: the driver holds %llu, the ledger %llu\n",
+              static_cast<unsigned long long>(fake_cuda_physical_used(0)),
+              static_cast<unsigned long long>(ledger_used(path)));
+  CLIENT_CHECK_EQ(fake_cuda_physical_used(0), 2 * ctx_bytes);
+  CLIENT_CHECK_EQ(ledger_used(path), fake_cuda_physical_used(0));
+  CLIENT_CHECK(cuCtxDestroy_v2(second) == CUDA_SUCCESS);
+  CLIENT_CHECK(cuCtxSetCurrent(primary) == CUDA_SUCCESS);
+  return client::finish("client_nvml entry_points");
+}
+
 int pool_device(const char* path) {
   constexpr std::uint64_t k_bytes = std::uint64_t{16} << 20;
   CLIENT_REQUIRE(cuInit(0) == CUDA_SUCCESS);
@@ -306,9 +420,12 @@ int main(int argc, char** argv) {
   if (mode == "pool_device") return pool_device(path);
   if (mode == "shared_over") return shared_over(argv[0]);
   if (mode == "late_context") return late_context();
-  std::fprintf(
-      stdout,
-      "client_nvml: unknown scenario '%.*s' (quiet, churn, in_flight, pool_device, shared_over)\n",
-      static_cast<int>(mode.size()), mode.data());
+  if (mode == "idle_pool") return idle_pool(argv[0]);
+  if (mode == "entry_points") return entry_points(path);
+  if (mode == "pool_then_idle") return pool_then_idle();
+  std::fprintf(stdout,
+               "client_nvml: unknown scenario '%.*s' (quiet, churn, in_flight, pool_device, "
+               "shared_over, idle_pool, entry_points)\n",
+               static_cast<int>(mode.size()), mode.data());
   return 2;
 }

@@ -1837,6 +1837,7 @@ const proc_entry k_procs[] = {
     {"cuParamSetSize", 2000, FAKE_FN(cuParamSetSize), nullptr},
     {"cuParamSetv", 2000, FAKE_FN(cuParamSetv), nullptr},
     {"cuMemAdvise", 12020, FAKE_FN(cuMemAdvise_v2), nullptr},
+    {"cuMemPrefetchAsync", 12020, FAKE_FN(cuMemPrefetchAsync_v2), nullptr},
 };
 #pragma GCC diagnostic pop
 
