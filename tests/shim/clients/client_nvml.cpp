@@ -2,8 +2,9 @@
 /// How the shim uses NVML's per-process figure, on the fake driver (linked against the fake
 /// libcuda.so.1; the fake libnvidia-ml.so.1 is opened to read its query counter). Scenarios:
 ///   quiet       NVML answers as FAKE_NVML_PROCESSES says (a figure, none, this process not
-///               listed, NO_PERMISSION): thousands of counted calls and views read NVML's process
-///               list no more often than identification's backoff and the interval allow
+///               listed, NO_PERMISSION), from the start or (CLIENT_NVML_LATER) once identified:
+///               thousands of counted calls and views read NVML's process list no more often
+///               than identification's backoff and the interval allow
 ///   churn       threads allocate and free while neighbours (FAKE_NVML_NEIGHBOUR_*) churn exactly
 ///               the probe's size: the process is identified as itself, never as a neighbour,
 ///               what the driver holds never exceeds the limit, and at the end the ledger holds
@@ -22,10 +23,13 @@
 ///               answers with the shim's cuCtxCreate_v4, whose context is charged from its
 ///               creation on (not at the next interval); cuMemAdvise, cuMemPrefetchAsync and
 ///               cuDeviceGetUuid answer with the driver's _v2 functions, which then work
+///   first_alloc for bench/shim_startup.py: prints the nanoseconds from CLIENT_T0_NS
+///               (CLOCK_MONOTONIC, set by whoever started it) to its first allocation
 ///   pool_device device 0's default pool serves an allocation on a stream of device 1 (cuda.h
 ///               allows it): device 0, whose memory the pool holds, is charged, not device 1
 
 #include <sys/wait.h>
+#include <time.h>
 
 #include <chrono>
 #include <cstring>
@@ -74,6 +78,13 @@ int quiet() {
   const int k_calls = 5000;
   const auto k_least = std::chrono::milliseconds(1200);
   start();
+  // CLIENT_NVML_LATER: NVML answers so only once this process is identified and measured (a
+  // process whose context NVML stops listing, or whose figure it stops reporting).
+  if (const char* later = std::getenv("CLIENT_NVML_LATER")) {
+    CUdeviceptr p = 0;
+    CLIENT_REQUIRE(cuMemAlloc_v2(&p, 4096) == CUDA_SUCCESS && cuMemFree_v2(p) == CUDA_SUCCESS);
+    setenv("FAKE_NVML_PROCESSES", later, 1);
+  }
   const queries_fn queries = nvml_queries();
   const auto t0 = std::chrono::steady_clock::now();
   const unsigned long long q0 = queries();
@@ -381,6 +392,21 @@ int entry_points(const char* path) {
   return client::finish("client_nvml entry_points");
 }
 
+int first_alloc() {
+  const char* t0 = std::getenv("CLIENT_T0_NS");
+  CLIENT_REQUIRE(t0 != nullptr);
+  start();
+  CUdeviceptr p = 0;
+  CLIENT_REQUIRE(cuMemAlloc_v2(&p, std::size_t{1} << 20) == CUDA_SUCCESS);
+  timespec now{};
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  const long long ns = static_cast<long long>(now.tv_sec) * 1'000'000'000LL + now.tv_nsec -
+                       std::strtoll(t0, nullptr, 10);
+  std::printf("first_alloc_ns=%lld\n", ns);
+  CLIENT_CHECK(cuMemFree_v2(p) == CUDA_SUCCESS);
+  return client::failures() == 0 ? 0 : 1;
+}
+
 int pool_device(const char* path) {
   constexpr std::uint64_t k_bytes = std::uint64_t{16} << 20;
   CLIENT_REQUIRE(cuInit(0) == CUDA_SUCCESS);
@@ -412,6 +438,7 @@ int pool_device(const char* path) {
 
 int main(int argc, char** argv) {
   const std::string_view mode = argc > 1 ? argv[1] : "";
+  if (mode == "first_alloc") return first_alloc();  // also runs without the shim
   const char* path = std::getenv("CUDA_DEVICE_MEMORY_SHARED_CACHE");
   CLIENT_REQUIRE(path != nullptr);
   if (mode == "quiet") return quiet();
