@@ -887,8 +887,8 @@ GPUSLICE_SHIM_EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext* pctx, CUdevice
       s.helper_fn<decltype(&::cuDevicePrimaryCtxGetState)>(d::helper::cuDevicePrimaryCtxGetState);
   unsigned flags = 0;
   int active = 0;
-  const bool existed = get_state != nullptr && get_state(dev, &flags, &active) == CUDA_SUCCESS &&
-                       active != 0;
+  const bool existed =
+      get_state != nullptr && get_state(dev, &flags, &active) == CUDA_SUCCESS && active != 0;
   const auto before = existed ? std::nullopt : s.processes_before_context(dev);
   const CUresult r = real(pctx, dev);
   if (r == CUDA_SUCCESS && !existed) s.context_made_after(dev, before);

@@ -346,9 +346,8 @@ FAKE_EXPORT nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t d,
   const bool namespaced = host_pid() != static_cast<unsigned>(getpid());
   const std::uint64_t neighbour = namespaced ? env_u64("FAKE_NVML_NEIGHBOUR_BYTES") : 0;
   // A churning neighbour holds its churn at every other query, in step with the calls.
-  const std::uint64_t churn = g_process_queries.load() % 2 == 0
-                                  ? env_u64("FAKE_NVML_NEIGHBOUR_CHURN")
-                                  : 0;
+  const std::uint64_t churn =
+      g_process_queries.load() % 2 == 0 ? env_u64("FAKE_NVML_NEIGHBOUR_CHURN") : 0;
   if (neighbour != 0) add(static_cast<unsigned>(getpid()), neighbour + churn);
   if (fake_cuda_physical_contexts(d->physical) > 0 && how != "unlisted") {
     add(host_pid(), how == "no_figure" ? static_cast<unsigned long long>(NVML_VALUE_NOT_AVAILABLE)
