@@ -6,6 +6,12 @@
 //
 // Paths: GPUSLICE_SHIM_PATH and GPUSLICE_FAKE_CUDA_DIR, compiled in by bench/shim.cmake or
 // given in the environment. The shim runs with a shared ledger file, as in a container.
+//
+// GPUSLICE_BENCH_NVML says how NVML is there for the shim: unset or "none", absent; "listed",
+// the fake NVML lists this process with its figure; "no_figure", "unlisted" and
+// "no_permission", the fake answers so (FAKE_NVML_PROCESSES): the shim must not read NVML on
+// the counted calls whatever it answers. A "_later" suffix ("unlisted_later") lets the fake list
+// this process with its figure until the shim has identified and measured it, then answer so.
 
 #include <benchmark/benchmark.h>
 #include <dlfcn.h>
@@ -57,6 +63,23 @@ setup& the_setup() {
     setenv("CUDA_DEVICE_MEMORY_SHARED_CACHE", out.ledger.c_str(), 1);
     gpuslice_bench::libraries libs;
     if (!gpuslice_bench::open_libraries(paths, "bench_shim", libs)) return out;
+    const char* nvml = std::getenv("GPUSLICE_BENCH_NVML");
+    const std::string answer = nvml == nullptr ? "none" : nvml;
+    const std::string k_later = "_later";
+    const bool later = answer.size() > k_later.size() &&
+                       answer.compare(answer.size() - k_later.size(), k_later.size(), k_later) == 0;
+    const std::string how = later ? answer.substr(0, answer.size() - k_later.size()) : answer;
+    if (answer != "none") {
+      if (how != "listed" && !later) setenv("FAKE_NVML_PROCESSES", how.c_str(), 1);
+      // Loaded by path before the shim's first call: the shim's dlopen("libnvidia-ml.so.1")
+      // then finds this one.
+      if (dlopen((paths.fake_dir + "/libnvidia-ml.so.1").c_str(), RTLD_NOW | RTLD_GLOBAL) ==
+          nullptr) {
+        std::fprintf(stderr, "bench_shim: %s\n", dlerror());
+        return out;
+      }
+    }
+    std::printf("NVML for the shim: %s\n", answer.c_str());
     for (auto [h, ep] : {std::pair{libs.fake, &out.direct}, std::pair{libs.shim, &out.shim}}) {
       ep->alloc = reinterpret_cast<alloc_fn>(dlsym(h, "cuMemAlloc_v2"));
       ep->free = reinterpret_cast<free_fn>(dlsym(h, "cuMemFree_v2"));
@@ -64,6 +87,14 @@ setup& the_setup() {
     }
     out.ok = out.direct.alloc && out.shim.alloc && out.direct.alloc != out.shim.alloc &&
              gpuslice_bench::start_context(libs.fake);
+    if (out.ok && later) {
+      // Identified and measured while listed; NVML answers the other way from then on.
+      cu_deviceptr p = 0;
+      std::size_t free_b = 0, total_b = 0;
+      out.ok = out.shim.alloc(&p, k_alloc_bytes) == k_success && out.shim.free(p) == k_success &&
+               out.shim.info(&free_b, &total_b) == k_success;
+      setenv("FAKE_NVML_PROCESSES", how.c_str(), 1);
+    }
     return out;
   }();
   return s;

@@ -77,6 +77,7 @@ CUresult counted_alloc(state& s, int ordinal, std::uint64_t estimate, const char
                        CUcontext ctx = nullptr) noexcept {
   charge c;
   if (!s.reserve(ordinal, estimate, name, c)) return CUDA_ERROR_OUT_OF_MEMORY;
+  d::change_scope in_flight(s, ordinal);  // no reading is taken until the charge is settled
   c.ctx = ctx;
   const CUresult r = call();
   if (r != CUDA_SUCCESS) {
@@ -101,8 +102,12 @@ CUresult counted_alloc(state& s, int ordinal, std::uint64_t estimate, const char
 template <class Call>
 CUresult counted_free(state& s, alloc_table& table, std::uint64_t key, Call call) noexcept {
   const auto c = table.take(key);
+  if (!c) return call();
+  // From the driver's free until the charge is given back, a reading would see less memory
+  // than is counted: none is taken meanwhile.
+  s.change_begin(c->ordinal);
+  d::change_scope in_flight(s, c->ordinal);
   const CUresult r = call();
-  if (!c) return r;
   if (r == CUDA_SUCCESS) {
     give_back(s, *c);
   } else {
@@ -246,6 +251,7 @@ CUresult pooled_alloc(state& s, int ordinal, CUmemoryPool pool, const char* name
   const std::uint64_t worst = (bytes + k_pool_granule - 1) / k_pool_granule * k_pool_granule;
   charge inflight;
   if (!s.reserve(ordinal, worst, name, inflight)) return CUDA_ERROR_OUT_OF_MEMORY;
+  d::change_scope in_flight(s, ordinal);
   const CUresult r = call();
   if (r != CUDA_SUCCESS) {
     s.release(inflight);
@@ -255,8 +261,9 @@ CUresult pooled_alloc(state& s, int ordinal, CUmemoryPool pool, const char* name
   c.bytes = bytes;
   c.pool = pool;
   bool first_use = false;
-  if (!s.settle_pool(pool, bytes, inflight, first_use) ||
-      (first_use && !s.measure_now(ordinal, bytes, name))) {
+  const bool settled = s.settle_pool(pool, bytes, inflight, first_use);
+  in_flight.end();  // measure_now takes a reading, which waits for no change in flight
+  if (!settled || (first_use && !s.measure_now(ordinal, bytes, name))) {
     undo();
     s.pool_freed(c);
     s.trim_pools(ordinal);
@@ -308,7 +315,7 @@ CUresult mem_alloc_pool(state& s, d::cuMemAllocFromPoolAsync_fn real, const char
   }
   // A pool cuMemPoolCreate placed is charged to its device; another (a device's default pool)
   // to the stream's device.
-  int ordinal = s.pool_ordinal(pool);
+  int ordinal = s.pool_device(pool);
   if (ordinal < 0) {
     if (CUresult r = s.stream_device(stream, &ordinal); r != CUDA_SUCCESS) return r;
   }
@@ -803,7 +810,7 @@ namespace {
 /// Runs \p call (a release or reset of \p dev's primary context) and gives back the charges of
 /// that context when the call tore it down.
 template <class Call>
-CUresult primary_teardown(state& s, CUdevice dev, Call call) {
+CUresult primary_teardown(state& s, CUdevice dev, bool destroys, Call call) {
   auto get_state =
       s.helper_fn<decltype(&::cuDevicePrimaryCtxGetState)>(d::helper::cuDevicePrimaryCtxGetState);
   auto retain =
@@ -820,8 +827,11 @@ CUresult primary_teardown(state& s, CUdevice dev, Call call) {
     release(dev);
   }
   const CUresult r = call();
-  if (r == CUDA_SUCCESS && primary != nullptr && get_state(dev, &flags, &active) == CUDA_SUCCESS &&
-      active == 0) {
+  // cuDevicePrimaryCtxReset "destroy[s] all allocations" of the context whatever the state
+  // reports afterwards (another thread may have retained it again meanwhile); a release tears
+  // it down only when that was the last reference.
+  if (r == CUDA_SUCCESS && primary != nullptr &&
+      (destroys || (get_state(dev, &flags, &active) == CUDA_SUCCESS && active == 0))) {
     s.context_gone(primary, dev);
   }
   return r;
@@ -830,12 +840,85 @@ CUresult primary_teardown(state& s, CUdevice dev, Call call) {
 
 GPUSLICE_SHIM_EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev) {
   GPUSLICE_PROLOGUE(cuDevicePrimaryCtxRelease_v2, CUDA_ERROR_NOT_FOUND, dev)
-  return primary_teardown(s, dev, [&] { return real(dev); });
+  return primary_teardown(s, dev, false, [&] { return real(dev); });
 }
 
 GPUSLICE_SHIM_EXPORT CUresult cuDevicePrimaryCtxReset_v2(CUdevice dev) {
   GPUSLICE_PROLOGUE(cuDevicePrimaryCtxReset_v2, CUDA_ERROR_NOT_FOUND, dev)
-  return primary_teardown(s, dev, [&] { return real(dev); });
+  return primary_teardown(s, dev, true, [&] { return real(dev); });
+}
+
+// ---- synchronisation: pools give memory beyond their release threshold back ----------------
+
+GPUSLICE_SHIM_EXPORT CUresult cuCtxSynchronize() {
+  GPUSLICE_PROLOGUE(cuCtxSynchronize, CUDA_ERROR_NOT_FOUND)
+  const CUresult r = real();
+  if (r == CUDA_SUCCESS) s.synchronised();
+  return r;
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuStreamSynchronize(CUstream stream) {
+  GPUSLICE_PROLOGUE(cuStreamSynchronize, CUDA_ERROR_NOT_FOUND, stream)
+  const CUresult r = real(stream);
+  if (r == CUDA_SUCCESS) s.synchronised();
+  return r;
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuStreamSynchronize_ptsz(CUstream stream) {
+  GPUSLICE_PROLOGUE(cuStreamSynchronize_ptsz, CUDA_ERROR_NOT_FOUND, stream)
+  const CUresult r = real(stream);
+  if (r == CUDA_SUCCESS) s.synchronised();
+  return r;
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuEventSynchronize(CUevent event) {
+  GPUSLICE_PROLOGUE(cuEventSynchronize, CUDA_ERROR_NOT_FOUND, event)
+  const CUresult r = real(event);
+  if (r == CUDA_SUCCESS) s.synchronised();
+  return r;
+}
+
+// ---- context creation: the driver takes the context's memory ----------------------------------
+
+GPUSLICE_SHIM_EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext* pctx, CUdevice dev) {
+  GPUSLICE_PROLOGUE(cuDevicePrimaryCtxRetain, CUDA_ERROR_NOT_FOUND, pctx, dev)
+  // Only the first retain makes the context; later ones count a reference.
+  auto get_state =
+      s.helper_fn<decltype(&::cuDevicePrimaryCtxGetState)>(d::helper::cuDevicePrimaryCtxGetState);
+  unsigned flags = 0;
+  int active = 0;
+  const bool existed =
+      get_state != nullptr && get_state(dev, &flags, &active) == CUDA_SUCCESS && active != 0;
+  const auto before = existed ? std::nullopt : s.processes_before_context(dev);
+  const CUresult r = real(pctx, dev);
+  if (r == CUDA_SUCCESS && !existed) s.context_made_after(dev, before);
+  return r;
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuCtxCreate_v2(CUcontext* pctx, unsigned int flags, CUdevice dev) {
+  GPUSLICE_PROLOGUE(cuCtxCreate_v2, CUDA_ERROR_NOT_FOUND, pctx, flags, dev)
+  const auto before = s.processes_before_context(dev);
+  const CUresult r = real(pctx, flags, dev);
+  if (r == CUDA_SUCCESS) s.context_made_after(dev, before);
+  return r;
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuCtxCreate_v3(CUcontext* pctx, CUexecAffinityParam* params,
+                                             int num_params, unsigned int flags, CUdevice dev) {
+  GPUSLICE_PROLOGUE(cuCtxCreate_v3, CUDA_ERROR_NOT_FOUND, pctx, params, num_params, flags, dev)
+  const auto before = s.processes_before_context(dev);
+  const CUresult r = real(pctx, params, num_params, flags, dev);
+  if (r == CUDA_SUCCESS) s.context_made_after(dev, before);
+  return r;
+}
+
+GPUSLICE_SHIM_EXPORT CUresult cuCtxCreate_v4(CUcontext* pctx, CUctxCreateParams* params,
+                                             unsigned int flags, CUdevice dev) {
+  GPUSLICE_PROLOGUE(cuCtxCreate_v4, CUDA_ERROR_NOT_FOUND, pctx, params, flags, dev)
+  const auto before = s.processes_before_context(dev);
+  const CUresult r = real(pctx, params, flags, dev);
+  if (r == CUDA_SUCCESS) s.context_made_after(dev, before);
+  return r;
 }
 
 // ---- dlsym -------------------------------------------------------------------------------------

@@ -45,6 +45,11 @@ using get_proc_v1_fn = CUresult (*)(const char*, void**, int, cuuint64_t);
 using get_proc_v2_fn = CUresult (*)(const char*, void**, int, cuuint64_t,
                                     CUdriverProcAddressQueryResult*);
 
+/// cuCtxCreate_v2 and _v3, which CUDA 13's cuda.h declares only for the driver's own build.
+using ctx_create_v2_fn = CUresult (*)(CUcontext*, unsigned int, CUdevice);
+using ctx_create_v3_fn = CUresult (*)(CUcontext*, CUexecAffinityParam*, int, unsigned int,
+                                      CUdevice);
+
 /// Which default stream an entry point's variant uses (cuGetProcAddress flags select it).
 enum class stream_kind : std::uint8_t { legacy, per_thread };
 /// Which library provides the real function.
@@ -73,6 +78,17 @@ enum class library : std::uint8_t { cuda, nvml };
   X(cuMemFreeAsync_ptsz, "cuMemFreeAsync", 11020, per_thread, cuda, decltype(&::cuMemFreeAsync))   \
   X(cuMemPoolCreate, "cuMemPoolCreate", 11020, legacy, cuda, decltype(&::cuMemPoolCreate))         \
   X(cuCtxDestroy_v2, "cuCtxDestroy", 4000, legacy, cuda, decltype(&::cuCtxDestroy_v2))             \
+  X(cuCtxSynchronize, "cuCtxSynchronize", 2000, legacy, cuda, decltype(&::cuCtxSynchronize))       \
+  X(cuStreamSynchronize, "cuStreamSynchronize", 2000, legacy, cuda,                                \
+    decltype(&::cuStreamSynchronize))                                                              \
+  X(cuStreamSynchronize_ptsz, "cuStreamSynchronize", 7000, per_thread, cuda,                       \
+    decltype(&::cuStreamSynchronize))                                                              \
+  X(cuEventSynchronize, "cuEventSynchronize", 2000, legacy, cuda, decltype(&::cuEventSynchronize)) \
+  X(cuCtxCreate_v2, "cuCtxCreate", 3020, legacy, cuda, ctx_create_v2_fn)                           \
+  X(cuCtxCreate_v3, "cuCtxCreate", 11040, legacy, cuda, ctx_create_v3_fn)                          \
+  X(cuCtxCreate_v4, "cuCtxCreate", 12050, legacy, cuda, decltype(&::cuCtxCreate_v4))               \
+  X(cuDevicePrimaryCtxRetain, "cuDevicePrimaryCtxRetain", 7000, legacy, cuda,                      \
+    decltype(&::cuDevicePrimaryCtxRetain))                                                         \
   X(cuDeviceGraphMemTrim, "cuDeviceGraphMemTrim", 11040, legacy, cuda,                             \
     decltype(&::cuDeviceGraphMemTrim))                                                             \
   X(cuGraphUpload, "cuGraphUpload", 11010, legacy, cuda, decltype(&::cuGraphUpload))               \
@@ -123,6 +139,7 @@ enum class library : std::uint8_t { cuda, nvml };
   X(cuMipmappedArrayGetMemoryRequirements, cuda,                                   \
     decltype(&::cuMipmappedArrayGetMemoryRequirements))                            \
   X(cuDeviceGetMemPool, cuda, decltype(&::cuDeviceGetMemPool))                     \
+  X(cuDeviceGetDefaultMemPool, cuda, decltype(&::cuDeviceGetDefaultMemPool))       \
   X(cuDeviceGetAttribute, cuda, decltype(&::cuDeviceGetAttribute))                 \
   X(cuDevicePrimaryCtxGetState, cuda, decltype(&::cuDevicePrimaryCtxGetState))     \
   X(cuDevicePrimaryCtxRetain, cuda, decltype(&::cuDevicePrimaryCtxRetain))         \
@@ -239,10 +256,17 @@ struct device_info {
   /// does (the driver holds it whether or not the ledger can).
   std::atomic<std::uint64_t> pending{0};
   std::atomic<std::uint64_t> next_reconcile_ns{0};  ///< read without the lock
+  std::atomic<std::uint64_t> last_read_ns{0};       ///< when NVML was last asked
   /// Measurements asked for by measure_now(), and the last one a reading answered: while
   /// measured < asked, the next reservation or view measures first, waiting for the lock.
   std::atomic<std::uint64_t> measure_asked{0};
   std::atomic<std::uint64_t> measured{0};  ///< written with devices_mu_ held
+  /// Counted changes of this process's memory on the device in flight: charged but not yet
+  /// made by the driver, or made by the driver but not yet given back. A reading of NVML is
+  /// taken only while there are none (state::change_begin).
+  std::atomic<std::uint32_t> in_flight{0};
+  /// A reading is waiting for quiet: changes that begin meanwhile wait until it is taken.
+  std::atomic<bool> reading{false};
 };
 
 /// A reservation that was refused, and why, for the one log line.
@@ -276,11 +300,19 @@ class state {
   // ---- accounting (all thread-safe) -----------------------------------------------------
 
   /// Reserves \p bytes on CUDA ordinal \p ordinal for \p call; on refusal logs one line (and
-  /// with ACTIVE_OOM_KILLER ends the process). Returns false when refused.
+  /// with ACTIVE_OOM_KILLER ends the process). Returns false when refused; when it returns true
+  /// a change is in flight on \p ordinal until the caller's change_end().
   /// A refusal first trims this process's pools on the device and tries again.
   bool reserve(int ordinal, std::uint64_t bytes, const char* call, charge& out) noexcept;
   /// Grows \p c by \p more bytes (after the driver reported a larger size). False if refused.
   bool reserve_more(charge& c, std::uint64_t more, const char* call) noexcept;
+  /// Begins a counted change of this process's memory on \p ordinal: waits while a reading of
+  /// NVML is being taken, then holds readings off until change_end(). reserve() begins one when
+  /// it succeeds; the caller ends it once the driver's call has returned and its charge is
+  /// settled. Never call reconcile paths (measure_now) while holding one. Thread-safe.
+  void change_begin(int ordinal) noexcept;
+  /// Ends a change change_begin() (or a successful reserve()) began. Thread-safe.
+  void change_end(int ordinal) noexcept;
   /// Gives back \p bytes of \p c (the whole charge by default).
   void release(const charge& c) noexcept;
   void release(const charge& c, std::uint64_t bytes) noexcept;
@@ -295,6 +327,10 @@ class state {
   bool pool_on_host(CUmemoryPool pool) noexcept;
   /// The ordinal of a pool cuMemPoolCreate placed on a device, or -1.
   int pool_ordinal(CUmemoryPool pool) noexcept;
+  /// The device whose memory \p pool holds: where cuMemPoolCreate placed it, else the device
+  /// whose default or current pool it is (cuda.h lets a stream of another device allocate from
+  /// it); -1 when the shim cannot tell. Thread-safe.
+  int pool_device(CUmemoryPool pool) noexcept;
   /// After an allocation of \p bytes from \p pool, for which \p inflight was reserved: the
   /// pool's charge follows its reserve (from \p inflight first), and \p inflight is given back.
   /// False when the reserve grew beyond what the limit admits (the caller undoes the allocation).
@@ -304,6 +340,11 @@ class state {
                    bool& first_use) noexcept;
   /// After \p c (a pooled allocation) was freed.
   void pool_freed(const charge& c) noexcept;
+  /// After a stream, event or context synchronisation: the driver may have given pools' memory
+  /// beyond their release threshold back (cuda.h), so every pool's reserve is read and what it
+  /// gave back stops being charged at once, not at this process's next call (an idle process
+  /// would otherwise keep it charged, and its neighbours would be refused). Thread-safe.
+  void synchronised() noexcept;
   /// Trims this process's pools on \p ordinal to what their allocations need and settles them.
   void trim_pools(int ordinal) noexcept;
 
@@ -334,6 +375,23 @@ class state {
   /// when the driver's memory does not fit the limit: then this refusal of \p bytes for \p call
   /// is logged (and the OOM killer acts), and the caller undoes its allocation.
   bool measure_now(int ordinal, std::uint64_t bytes, const char* call) noexcept;
+
+  /// After the driver made a context on \p ordinal (cuCtxCreate, a primary context's first
+  /// retain): the next reservation or view on it measures the driver's memory before it
+  /// proceeds, so a context counts from its creation on. Thread-safe.
+  void context_made(int ordinal) noexcept;
+  /// Before the driver makes a context on \p ordinal while this process is not identified yet:
+  /// NVML's process list, for context_made_after() to find the pid that the context adds.
+  /// nullopt when NVML cannot be read or the pid is known. Thread-safe.
+  std::optional<std::vector<std::pair<unsigned, std::uint64_t>>> processes_before_context(
+      int ordinal) noexcept;
+  /// After the context was made: if exactly one pid appeared in NVML's list since \p before
+  /// (or the NSpid hint's host pid did), it is this process's, found without a probe
+  /// allocation, so a process identifies itself even when its quota is full. Then
+  /// context_made(). Thread-safe.
+  void context_made_after(
+      int ordinal,
+      const std::optional<std::vector<std::pair<unsigned, std::uint64_t>>>& before) noexcept;
 
   /// After the driver tore \p ctx down on \p ordinal: it freed the context's allocations, so
   /// their charges are given back, and the context's own memory is measured again.
@@ -416,6 +474,18 @@ class state {
   void reconcile_due(device_info& d) noexcept;
   enum class identity { known, not_now, ambiguous };
   identity identify(device_info& d, int ordinal) noexcept;
+  /// With devices_mu_ held: stops new counted changes on \p d and waits for those in flight;
+  /// false (and changes allowed again) when they do not end within k_quiet_wait_ns.
+  bool quiesce(device_info& d) noexcept;
+  /// Allows counted changes on \p d again.
+  void unquiesce(device_info& d) noexcept;
+  /// Charges \p d's pending driver memory if the ledger has room for it now (takes devices_mu_).
+  void retry_pending(device_info& d) noexcept;
+  /// With devices_mu_ held: \p d's NVML handle, looked up on first use (null if NVML does not
+  /// know the device).
+  nvmlDevice_t nvml_handle(device_info& d) noexcept;
+  /// With devices_mu_ held: gives back \p d's overhead and pending (taken under a wrong pid).
+  void drop_overhead(device_info& d) noexcept;
   std::optional<memory_view> nvml_only_view(const std::string& uuid, std::uint64_t card_total,
                                             std::uint64_t card_free);
   void refuse(refusal why, int ordinal, std::uint64_t bytes, const char* call) noexcept;
@@ -448,11 +518,12 @@ class state {
   std::array<device_info, gpuslice::k_max_devices> devices_{};
   /// Bytes this process charged through counted calls, per ordinal (reconciliation).
   std::array<std::atomic<std::uint64_t>, gpuslice::k_max_devices> counted_{};
-  /// Changes of counted_ per ordinal: a reconciliation reading taken while it moved is not used.
-  std::array<std::atomic<std::uint64_t>, gpuslice::k_max_devices> churn_{};
   /// This process's pid in NVML's lists, 0 until verified (see identify()).
   std::atomic<unsigned> nvml_pid_{0};
-  int identify_attempts_ = 0;  ///< guarded by devices_mu_
+  int identify_attempts_ = 0;  ///< identification attempts that failed; guarded by devices_mu_
+  /// Delay before the next identification attempt, doubling from k_retry_interval_ns to
+  /// k_reconcile_interval_ns; guarded by devices_mu_.
+  std::uint64_t identify_backoff_ns_ = 0;
 
   std::mutex slot_mu_;
   std::atomic<bool> attached_{false};
@@ -477,6 +548,8 @@ class state {
   /// pools_mu_, never the reverse).
   void settle_pools(int ordinal) noexcept;
   std::mutex pools_mu_;  ///< guards pools_
+  /// pools_.size(), read without the lock: a view of a process without pools takes no lock.
+  std::atomic<std::size_t> pool_count_{0};
   std::unordered_map<CUmemoryPool, pool_record> pools_;
 
   /// A charged VMM handle's references and mappings.
@@ -506,6 +579,25 @@ class reentry_guard {
  private:
   static thread_local bool held_ __attribute__((tls_model("initial-exec")));
   bool first_;
+};
+
+/// Ends a counted change when the hook is done (or earlier, with end()).
+class change_scope {
+ public:
+  /// Adopts a change already begun (by a successful state::reserve) on \p ordinal.
+  change_scope(state& s, int ordinal) noexcept : s_(&s), ordinal_(ordinal) {}
+  ~change_scope() { end(); }
+  change_scope(const change_scope&) = delete;
+  change_scope& operator=(const change_scope&) = delete;
+  /// Ends the change now (idempotent).
+  void end() noexcept {
+    if (s_ != nullptr) s_->change_end(ordinal_);
+    s_ = nullptr;
+  }
+
+ private:
+  state* s_;
+  int ordinal_;
 };
 
 /// Formats 16 UUID bytes the way NVML spells a GPU: "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx".

@@ -1,9 +1,11 @@
 /// \file
-/// The shim's state: configuration, the ledger, the devices by UUID, the allocation tables and
-/// the accounting rules. See shim.hpp for the contract of each member.
+/// The shim's state: configuration, the ledger, the devices by UUID, the allocation tables,
+/// reservations and views. Identification (identify.cpp), reconciliation (reconcile.cpp) and
+/// pools and VMM handles (pools.cpp) live beside it. See shim.hpp for each member's contract.
 
 #include <dlfcn.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -15,7 +17,7 @@
 #include <cstring>
 #include <vector>
 
-#include "shim.hpp"
+#include "state_internal.hpp"
 
 extern char** environ;
 
@@ -29,23 +31,11 @@ constexpr const char* k_libnvml = "libnvidia-ml.so.1";
 /// The ledger of a container whose environment names none (as HAMi's libvgpu.so uses
 /// /tmp/cudevshr.cache): every process of the container sees the container's own /tmp.
 constexpr const char* k_default_ledger = "/tmp/gpuslice.ledger";
-/// Reconciliation with the driver's per-process figure happens at most this often per device.
-constexpr std::uint64_t k_reconcile_interval_ns = 1'000'000'000;
-/// Processes read per NVML query before growing the buffer.
-constexpr unsigned k_nvml_process_batch = 64;
 /// Prefixes of the environment variables the configuration may read.
 constexpr std::string_view k_env_prefixes[] = {"CUDA_", "GPU_", "ACTIVE_", "LIBCUDA_", "GPUSLICE_"};
 /// Group and other write bits a ledger file needs so every user of the container can use it.
 constexpr mode_t k_shared_write_bits = S_IRGRP | S_IWGRP | S_IROTH | S_IWOTH;
 constexpr double k_mib = 1024.0 * 1024.0;
-
-std::uint64_t coarse_now_ns() noexcept {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-  constexpr std::uint64_t k_ns_per_s = 1'000'000'000;
-  return static_cast<std::uint64_t>(ts.tv_sec) * k_ns_per_s +
-         static_cast<std::uint64_t>(ts.tv_nsec);
-}
 
 env_map read_environment() {
   env_map vars;
@@ -62,10 +52,6 @@ env_map read_environment() {
     }
   }
   return vars;
-}
-
-std::string human(std::uint64_t bytes) {
-  return fmt::format("{:.1f} MiB ({} bytes)", static_cast<double>(bytes) / k_mib, bytes);
 }
 
 const char* level_name(log_level l) noexcept {
@@ -89,6 +75,18 @@ void fork_parent() { state::get().after_fork_parent(); }
 void fork_child() { state::get().after_fork_child(); }
 
 }  // namespace
+
+std::uint64_t coarse_now_ns() noexcept {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  constexpr std::uint64_t k_ns_per_s = 1'000'000'000;
+  return static_cast<std::uint64_t>(ts.tv_sec) * k_ns_per_s +
+         static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
+std::string human(std::uint64_t bytes) {
+  return fmt::format("{:.1f} MiB ({} bytes)", static_cast<double>(bytes) / k_mib, bytes);
+}
 
 thread_local bool reentry_guard::held_ = false;
 
@@ -378,279 +376,6 @@ std::optional<memory::slot_handle> state::slot() noexcept {
   return slot_;
 }
 
-// ---- accounting ----------------------------------------------------------------------------
-
-// Context and module memory. The driver takes device memory that no allocation call shows: the
-// context (created by the runtime on first use), loaded modules, its own memory for a pool's
-// first use in a context, and slack kept by memory pools.
-// Method: NVML's per-process figure for this process on the device (usedGpuMemory from
-// nvmlDeviceGetComputeRunningProcesses) minus the bytes this process charged through counted
-// calls (pool reserves read just before) is that uncounted memory. It is charged to this
-// process's slot as "overhead", measured at the first counted call or view on a device with a
-// context, at most once per k_reconcile_interval_ns after that, at once after a pool's first
-// allocation in a context (measure_now), and again before a reservation is refused (the overhead
-// may have shrunk). Overhead that does not fit the limit is held as pending: reservations are
-// refused until it fits, since the driver holds that memory whether the ledger can or not.
-//
-// NVML lists host pids, so inside a container's pid namespace getpid() is not NVML's name for
-// this process, and may be another process's. identify() finds the name and verifies it before
-// any figure is used: see there.
-namespace {
-
-/// Bytes of the probe allocation identify() makes.
-constexpr std::uint64_t k_identify_probe = std::uint64_t{4} << 20;
-/// Probes made before giving up (each one only when NVML's readings were ambiguous).
-constexpr int k_identify_attempts = 8;
-/// Delay before the next attempt while this process is not identified or not yet listed.
-constexpr std::uint64_t k_retry_interval_ns = 20'000'000;
-
-/// One reading of NVML's compute processes of a device: (pid, bytes), bytes k_not_available
-/// where NVML does not know the figure (some MIG and container setups).
-using process_reading = std::vector<std::pair<unsigned, std::uint64_t>>;
-using processes_fn = decltype(&::nvmlDeviceGetComputeRunningProcesses_v3);
-constexpr std::uint64_t k_not_available = static_cast<unsigned long long>(NVML_VALUE_NOT_AVAILABLE);
-
-std::optional<process_reading> read_processes(processes_fn procs, nvmlDevice_t dev) {
-  std::vector<nvmlProcessInfo_t> infos(k_nvml_process_batch);
-  unsigned n = static_cast<unsigned>(infos.size());
-  nvmlReturn_t r = procs(dev, &n, infos.data());
-  if (r == NVML_ERROR_INSUFFICIENT_SIZE) {
-    infos.resize(n + k_nvml_process_batch);  // room for processes that start meanwhile
-    n = static_cast<unsigned>(infos.size());
-    r = procs(dev, &n, infos.data());
-  }
-  if (r != NVML_SUCCESS) return std::nullopt;
-  process_reading out;
-  for (unsigned i = 0; i < n && i < infos.size(); ++i) {
-    out.emplace_back(infos[i].pid, infos[i].usedGpuMemory);
-  }
-  return out;
-}
-
-/// \p pid's bytes in \p r, or nullopt when NVML does not list it.
-std::optional<std::uint64_t> figure(const process_reading& r, unsigned pid) {
-  for (const auto& [p, bytes] : r) {
-    if (p == pid) return bytes;
-  }
-  return std::nullopt;
-}
-
-/// The outermost pid of this process in /proc/self/status's NSpid line when that line ends with
-/// getpid() (the /proc this process sees is consistent with it), and how many levels the line
-/// has; {0, 0} otherwise. With the host's /proc (several levels) it is the host's pid; with a
-/// container's own /proc (one level) it is getpid() itself, which is only a guess.
-struct nspid {
-  unsigned outer = 0;
-  std::size_t levels = 0;
-};
-nspid nspid_hint() {
-  FILE* f = std::fopen("/proc/self/status", "re");
-  if (f == nullptr) return {};
-  char line[512];
-  std::vector<unsigned long> pids;
-  while (std::fgets(line, sizeof line, f) != nullptr) {
-    if (std::strncmp(line, "NSpid:", 6) != 0) continue;
-    char* at = line + 6;
-    for (;;) {
-      char* end = nullptr;
-      const unsigned long v = std::strtoul(at, &end, 10);
-      if (end == at) break;
-      pids.push_back(v);
-      at = end;
-    }
-    break;
-  }
-  std::fclose(f);
-  if (pids.empty() || pids.back() != static_cast<unsigned long>(::getpid())) return {};
-  return {static_cast<unsigned>(pids.front()), pids.size()};
-}
-
-}  // namespace
-
-// How this process's NVML pid is found, in any pid namespace: with a context current on the
-// device, a probe of k_identify_probe bytes is allocated and freed (reserved in the ledger first,
-// so it never exceeds the quota; in relaxed capture mode, so it never disturbs a capture), with
-// NVML's process list read before, during and after. Only a pid whose figure rose by the probe
-// and fell back by it can be this process. The NSpid hint (the host's pid, when the host's /proc
-// is visible) is taken if it is among those; otherwise the one such pid, if there is exactly one.
-// Anything else (another process allocated and freed the same amount at the same moment) is
-// ambiguous and tried again later: another process's memory is never charged.
-state::identity state::identify(device_info& d, int ordinal) noexcept {
-  auto procs = helper_fn<processes_fn>(helper::nvmlDeviceGetComputeRunningProcesses_v3);
-  auto alloc = real<decltype(&::cuMemAlloc_v2)>(hook::cuMemAlloc_v2);
-  auto free_fn = real<decltype(&::cuMemFree_v2)>(hook::cuMemFree_v2);
-  int current = -1;
-  if (procs == nullptr || alloc == nullptr || free_fn == nullptr ||
-      current_device(&current) != CUDA_SUCCESS || current != ordinal) {
-    return identity::not_now;  // the probe needs this device's context current
-  }
-  auto sl = slot();
-  if (!sl || !with_ledger([&](auto& l) { return l.try_reserve(*sl, d.index, k_identify_probe); })) {
-    return identity::not_now;
-  }
-  // Looked up here, not in the helper table: identify() runs a few times per process at most.
-  auto exchange = reinterpret_cast<decltype(&::cuThreadExchangeStreamCaptureMode)>(
-      libcuda_ == nullptr ? nullptr : real_dlsym(libcuda_, "cuThreadExchangeStreamCaptureMode"));
-  CUstreamCaptureMode mode = CU_STREAM_CAPTURE_MODE_RELAXED;
-  const bool relaxed = exchange != nullptr && exchange(&mode) == CUDA_SUCCESS;
-  const auto before = read_processes(procs, d.nvml);
-  CUdeviceptr probe = 0;
-  const bool allocated = alloc(&probe, k_identify_probe) == CUDA_SUCCESS;
-  const auto during = read_processes(procs, d.nvml);
-  if (allocated) free_fn(probe);
-  const auto after = read_processes(procs, d.nvml);
-  if (relaxed) exchange(&mode);
-  with_ledger([&](auto& l) {
-    l.release(*sl, d.index, k_identify_probe);
-    return 0;
-  });
-  if (!allocated || !before || !during || !after) return identity::not_now;
-  std::vector<unsigned> movers;
-  for (const auto& [pid, bytes] : *during) {
-    if (bytes == k_not_available) continue;
-    const std::uint64_t was = figure(*before, pid).value_or(0);
-    const std::uint64_t now = figure(*after, pid).value_or(0);
-    if (was == k_not_available || now == k_not_available) continue;
-    if (bytes >= was + k_identify_probe && bytes >= now + k_identify_probe) movers.push_back(pid);
-  }
-  // The host's pid from NSpid settles a tie between movers; getpid() (a one-level NSpid) never
-  // does, since in a pid namespace it may be another process's host pid.
-  const nspid hint = nspid_hint();
-  const bool hint_moved =
-      hint.outer != 0 && std::find(movers.begin(), movers.end(), hint.outer) != movers.end();
-  unsigned found = 0;
-  if (hint_moved && (hint.levels > 1 || movers.size() == 1)) {
-    found = hint.outer;
-  } else if (movers.size() == 1) {
-    found = movers.front();
-  }
-  if (found == 0) return identity::ambiguous;
-  nvml_pid_.store(found, std::memory_order_release);
-  log(log_level::info, "NVML lists this process as pid {} (getpid() {}), found by {}", found,
-      ::getpid(), hint_moved && found == hint.outer ? "NSpid and verified" : "a probe allocation");
-  return identity::known;
-}
-
-void state::reconcile_due(device_info& d) noexcept {
-  if (d.measured.load(std::memory_order_acquire) <
-      d.measure_asked.load(std::memory_order_acquire)) {
-    reconcile(d, true, true);
-  } else {
-    reconcile(d, false);
-  }
-}
-
-void state::reconcile(device_info& d, bool force, bool wait) noexcept {
-  const std::uint64_t now = coarse_now_ns();
-  if (!force && now < d.next_reconcile_ns.load(std::memory_order_relaxed)) return;
-  if (!load_nvml()) {
-    d.next_reconcile_ns.store(~std::uint64_t{0}, std::memory_order_relaxed);
-    d.measured.store(d.measure_asked.load(std::memory_order_acquire), std::memory_order_release);
-    return;
-  }
-  std::unique_lock<std::mutex> lock(devices_mu_, std::defer_lock);
-  if (wait) {
-    lock.lock();
-  } else if (!lock.try_lock()) {
-    return;  // another thread is reconciling
-  }
-  // A measurement asked for before this point is answered by a reading taken after it; one
-  // that cannot be taken at all (no NVML figure for this process) is answered by giving up.
-  const std::uint64_t asked = d.measure_asked.load(std::memory_order_acquire);
-  if (wait && d.measured.load(std::memory_order_relaxed) >= asked) return;  // read meanwhile
-  const auto answered = [&] { d.measured.store(asked, std::memory_order_release); };
-  d.next_reconcile_ns.store(now + k_reconcile_interval_ns, std::memory_order_relaxed);
-  try {
-    if (d.nvml == nullptr) {
-      auto by_uuid =
-          helper_fn<decltype(&::nvmlDeviceGetHandleByUUID)>(helper::nvmlDeviceGetHandleByUUID);
-      if (by_uuid == nullptr || by_uuid(d.uuid.c_str(), &d.nvml) != NVML_SUCCESS) {
-        d.nvml = nullptr;
-        d.next_reconcile_ns.store(~std::uint64_t{0}, std::memory_order_relaxed);
-        answered();
-        log(log_level::warn, "{}: NVML does not know this device; context memory is not counted",
-            d.uuid);
-        return;
-      }
-    }
-    auto procs = helper_fn<processes_fn>(helper::nvmlDeviceGetComputeRunningProcesses_v3);
-    if (procs == nullptr) return answered();
-    const int ordinal = static_cast<int>(&d - devices_.data());
-    if (nvml_pid_.load(std::memory_order_acquire) == 0) {
-      if (identify_attempts_ >= k_identify_attempts) return answered();
-      const identity id = identify(d, ordinal);
-      if (id != identity::known) {
-        d.next_reconcile_ns.store(now + k_retry_interval_ns, std::memory_order_relaxed);
-        if (id == identity::ambiguous && ++identify_attempts_ == k_identify_attempts) {
-          log(log_level::warn,
-              "cannot tell which of NVML's processes is this one (getpid() {}); context memory "
-              "is not counted",
-              ::getpid());
-        }
-        return;
-      }
-    }
-    // Pools give memory back at synchronisations the shim does not see: their reserves are read
-    // first, or a charge the driver no longer holds would be taken for counted memory, and the
-    // driver's own memory under-charged once that charge went.
-    settle_pools(ordinal);
-    // A reading is used only if no counted charge changed while it was taken: the counted bytes
-    // never lag what the driver holds (charged before an allocation, given back after a free),
-    // so a quiet reading never takes another thread's allocation for driver memory.
-    auto& churn = churn_[static_cast<std::size_t>(ordinal)];
-    const std::uint64_t churn_before = churn.load(std::memory_order_acquire);
-    const auto reading = read_processes(procs, d.nvml);
-    if (!reading) return answered();  // NVML failed: the interval tries again
-    const std::uint64_t counted = counted_[static_cast<std::size_t>(ordinal)].load();
-    if (churn.load(std::memory_order_acquire) != churn_before) {
-      d.next_reconcile_ns.store(now + k_retry_interval_ns, std::memory_order_relaxed);
-      return;
-    }
-    // NVML lists a process on a device only while it has a context there: unlisted, this
-    // process holds nothing on it (no context yet, or its context was torn down).
-    const std::optional<std::uint64_t> measured = figure(*reading, nvml_pid()).value_or(0);
-    if (*measured == k_not_available) return answered();  // listed, but NVML knows no figure
-    // Without a context here, look again at the next call: a context created meanwhile counts
-    // from its creation on, not from the next interval. (Unlisted while holding counted memory
-    // is NVML lagging: look again shortly, not at every call.)
-    if (*measured == 0) {
-      d.next_reconcile_ns.store(counted != 0 ? now + k_retry_interval_ns : 0,
-                                std::memory_order_relaxed);
-    }
-    const std::uint64_t want = uncounted_overhead(*measured, counted);
-    auto sl = slot();
-    if (!sl) return;
-    answered();
-    if (want > d.overhead) {
-      const std::uint64_t more = want - d.overhead;
-      if (with_ledger([&](auto& l) { return l.try_reserve(*sl, d.index, more); })) {
-        d.overhead = want;
-        d.pending.store(0, std::memory_order_relaxed);
-        log(log_level::debug, "{}: uncounted driver memory now {}", d.uuid, human(want));
-      } else {
-        if (d.pending.exchange(more, std::memory_order_relaxed) != more) {
-          log(log_level::warn,
-              "{}: {} of driver memory (context, modules, pools) does not fit the limit; "
-              "allocations are refused until it does",
-              d.uuid, human(more));
-        }
-      }
-    } else {
-      d.pending.store(0, std::memory_order_relaxed);
-      if (want < d.overhead) {
-        const std::uint64_t less = d.overhead - want;
-        with_ledger([&](auto& l) {
-          l.release(*sl, d.index, less);
-          return 0;
-        });
-        d.overhead = want;
-      }
-    }
-  } catch (...) {
-    // Reconciliation is best effort; the counted calls stay enforced.
-  }
-}
-
 bool state::reserve(int ordinal, std::uint64_t bytes, const char* call, charge& out) noexcept {
   if (!config_error_.empty()) return refuse(refusal::config, ordinal, bytes, call), false;
   if (!ledger_error_.empty()) return refuse(refusal::ledger, ordinal, bytes, call), false;
@@ -667,11 +392,15 @@ bool state::reserve(int ordinal, std::uint64_t bytes, const char* call, charge& 
   auto trim_driver_caches = [&] {
     trim_pools(ordinal);
     auto graph_trim = real<decltype(&::cuDeviceGraphMemTrim)>(hook::cuDeviceGraphMemTrim);
-    if (graph_trim != nullptr && graph_trim(ordinal) == CUDA_SUCCESS) reconcile(d, true);
+    if (graph_trim != nullptr && graph_trim(ordinal) == CUDA_SUCCESS) {
+      driver_memory_changed(ordinal);  // the graph allocator gave memory back: read it now
+      reconcile(d, false);
+    }
   };
   reconcile_due(d);
   if (d.pending.load(std::memory_order_relaxed) != 0) {
-    reconcile(d, true);
+    retry_pending(d);  // other processes may have freed room: no NVML reading needed
+    if (d.pending.load(std::memory_order_relaxed) != 0) reconcile(d, true);
     if (d.pending.load(std::memory_order_relaxed) != 0) trim_driver_caches();
     if (d.pending.load(std::memory_order_relaxed) != 0) {
       return refuse(refusal::over_limit, ordinal, bytes, call), false;
@@ -681,7 +410,10 @@ bool state::reserve(int ordinal, std::uint64_t bytes, const char* call, charge& 
     // The ledger's limit is the one in force: `gpuslice set-limit` changes it in a running
     // container (a tenant that can write the file could as well forge its use, so taking the
     // limit from the environment here would protect nothing).
-    return with_ledger([&](auto& l) { return l.try_reserve(*sl, d.index, bytes); });
+    change_begin(ordinal);
+    const bool granted = with_ledger([&](auto& l) { return l.try_reserve(*sl, d.index, bytes); });
+    if (!granted) change_end(ordinal);  // refusal paths below take readings
+    return granted;
   };
   bool ok = attempt();
   if (!ok) {
@@ -694,7 +426,6 @@ bool state::reserve(int ordinal, std::uint64_t bytes, const char* call, charge& 
   }
   if (!ok) return refuse(refusal::over_limit, ordinal, bytes, call), false;
   counted_[static_cast<std::size_t>(ordinal)].fetch_add(bytes, std::memory_order_relaxed);
-  churn_[static_cast<std::size_t>(ordinal)].fetch_add(1, std::memory_order_release);
   out = charge{ordinal, d.index, bytes};
   return true;
 }
@@ -707,9 +438,41 @@ bool state::reserve_more(charge& c, std::uint64_t more, const char* call) noexce
     return refuse(refusal::over_limit, c.ordinal, more, call), false;
   }
   counted_[static_cast<std::size_t>(c.ordinal)].fetch_add(more, std::memory_order_relaxed);
-  churn_[static_cast<std::size_t>(c.ordinal)].fetch_add(1, std::memory_order_release);
   c.bytes += more;
   return true;
+}
+
+void state::retry_pending(device_info& d) noexcept {
+  std::lock_guard<std::mutex> lock(devices_mu_);
+  const std::uint64_t more = d.pending.load(std::memory_order_relaxed);
+  auto sl = slot();
+  if (more == 0 || !sl) return;
+  if (with_ledger([&](auto& l) { return l.try_reserve(*sl, d.index, more); })) {
+    d.overhead += more;
+    d.pending.store(0, std::memory_order_relaxed);
+  }
+}
+
+// A reading of NVML is used against the counted bytes, so it must not be taken while a counted
+// change is half done (charged and not yet made by the driver, or freed by the driver and not
+// yet given back). Dekker's handshake on two words, both sides sequentially consistent: a change
+// counts itself in, then looks for a reading; a reading raises its flag, then looks for changes.
+// At least one of them sees the other, so a reading never overlaps a change, and the hot path
+// pays two uncontended atomic operations.
+void state::change_begin(int ordinal) noexcept {
+  if (ordinal < 0 || ordinal >= gpuslice::k_max_devices) return;
+  device_info& d = devices_[static_cast<std::size_t>(ordinal)];
+  for (;;) {
+    d.in_flight.fetch_add(1, std::memory_order_seq_cst);
+    if (!d.reading.load(std::memory_order_seq_cst)) return;
+    d.in_flight.fetch_sub(1, std::memory_order_seq_cst);
+    while (d.reading.load(std::memory_order_acquire)) sched_yield();
+  }
+}
+
+void state::change_end(int ordinal) noexcept {
+  if (ordinal < 0 || ordinal >= gpuslice::k_max_devices) return;
+  devices_[static_cast<std::size_t>(ordinal)].in_flight.fetch_sub(1, std::memory_order_seq_cst);
 }
 
 void state::release(const charge& c) noexcept { release(c, c.bytes); }
@@ -723,7 +486,6 @@ void state::release(const charge& c, std::uint64_t bytes) noexcept {
     return 0;
   });
   counted_[static_cast<std::size_t>(c.ordinal)].fetch_sub(bytes, std::memory_order_relaxed);
-  churn_[static_cast<std::size_t>(c.ordinal)].fetch_add(1, std::memory_order_release);
 }
 
 void state::refuse(refusal why, int ordinal, std::uint64_t bytes, const char* call) noexcept {
@@ -769,254 +531,6 @@ void state::refuse(refusal why, int ordinal, std::uint64_t bytes, const char* ca
         env::oom_killer, ::getpid(), ordinal);
     ::kill(::getpid(), SIGKILL);
   }
-}
-
-// ---- stream-ordered pools -------------------------------------------------------------------
-
-// A pool holds device memory beyond its live allocations: what they freed, up to its release
-// threshold, until a synchronisation or a trim (the CUDA headers: "When more than the release
-// threshold bytes of memory are held by the memory pool, the allocator will try to release
-// memory back to the OS on the next call to stream, event or context synchronize"). So a pool
-// is charged at its reserve (CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT), read after each allocation
-// from it and at each view, never at the sizes of its allocations; a free gives nothing back
-// until the reserve shrinks. Pools located on the host take no device memory and are never
-// charged. Precondition of settle_locked: pools_mu_ held.
-void state::settle_locked(CUmemoryPool pool, pool_record& rec) noexcept {
-  if (rec.host || rec.destroyed || rec.held.index < 0) return;
-  auto get = helper_fn<decltype(&::cuMemPoolGetAttribute)>(helper::cuMemPoolGetAttribute);
-  cuuint64_t reserved = 0;
-  if (get == nullptr ||
-      get(pool, CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT, &reserved) != CUDA_SUCCESS) {
-    return;
-  }
-  if (reserved < rec.held.bytes) {
-    const std::uint64_t less = rec.held.bytes - reserved;
-    release(rec.held, less);
-    rec.held.bytes -= less;
-  }
-}
-
-void state::settle_pools(int ordinal) noexcept {
-  std::lock_guard<std::mutex> lock(pools_mu_);
-  for (auto& [pool, rec] : pools_) {
-    if (rec.held.ordinal == ordinal) settle_locked(pool, rec);
-  }
-}
-
-void state::pool_created(CUmemoryPool pool, const CUmemPoolProps& props) noexcept {
-  const CUmemLocationType where = props.location.type;
-  try {
-    std::lock_guard<std::mutex> lock(pools_mu_);
-    auto it = pools_.find(pool);
-    if (it != pools_.end()) {
-      // The handle of a pool the driver has since freed: its charge is no longer held.
-      release(it->second.held);
-      pools_.erase(it);
-    }
-    pool_record rec;
-    rec.host = where != CU_MEM_LOCATION_TYPE_DEVICE;
-    rec.held.ordinal = rec.host ? -1 : props.location.id;
-    pools_.emplace(pool, rec);
-  } catch (...) {
-    // Unrecorded: charged as a device pool of the allocating stream's device.
-  }
-}
-
-void state::pool_destroyed(CUmemoryPool pool) noexcept {
-  std::lock_guard<std::mutex> lock(pools_mu_);
-  auto it = pools_.find(pool);
-  if (it == pools_.end()) return;
-  pool_record& rec = it->second;
-  // The driver frees the idle reserve now and the rest as the allocations are freed.
-  if (rec.held.bytes > rec.live) {
-    release(rec.held, rec.held.bytes - rec.live);
-    rec.held.bytes = rec.live;
-  }
-  rec.destroyed = true;
-  if (rec.live == 0) pools_.erase(it);
-}
-
-bool state::pool_on_host(CUmemoryPool pool) noexcept {
-  std::lock_guard<std::mutex> lock(pools_mu_);
-  auto it = pools_.find(pool);
-  return it != pools_.end() && it->second.host;
-}
-
-int state::pool_ordinal(CUmemoryPool pool) noexcept {
-  std::lock_guard<std::mutex> lock(pools_mu_);
-  auto it = pools_.find(pool);
-  return it == pools_.end() || it->second.host ? -1 : it->second.held.ordinal;
-}
-
-bool state::settle_pool(CUmemoryPool pool, std::uint64_t bytes, charge& inflight,
-                        bool& first_use) noexcept {
-  std::lock_guard<std::mutex> lock(pools_mu_);
-  pool_record* rec = nullptr;
-  try {
-    rec = &pools_[pool];
-  } catch (...) {
-    return false;
-  }
-  first_use = !rec->used;
-  rec->used = true;
-  rec->held.ordinal = inflight.ordinal;
-  rec->held.index = inflight.index;
-  auto get = helper_fn<decltype(&::cuMemPoolGetAttribute)>(helper::cuMemPoolGetAttribute);
-  cuuint64_t reserved = 0;
-  if (get == nullptr ||
-      get(pool, CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT, &reserved) != CUDA_SUCCESS) {
-    reserved = rec->held.bytes + bytes;  // unknown: assume the pool grew by the allocation
-  }
-  rec->live += bytes;
-  bool ok = true;
-  if (reserved > rec->held.bytes) {
-    const std::uint64_t growth = reserved - rec->held.bytes;
-    const std::uint64_t from_inflight = std::min(growth, inflight.bytes);
-    inflight.bytes -= from_inflight;
-    rec->held.bytes += from_inflight;
-    if (growth > from_inflight)
-      ok = reserve_more(rec->held, growth - from_inflight, "pool reserve");
-  } else if (reserved < rec->held.bytes) {
-    const std::uint64_t less = rec->held.bytes - reserved;
-    release(rec->held, less);
-    rec->held.bytes -= less;
-  }
-  release(inflight);
-  inflight.bytes = 0;
-  return ok;
-}
-
-void state::pool_freed(const charge& c) noexcept {
-  std::lock_guard<std::mutex> lock(pools_mu_);
-  auto it = pools_.find(c.pool);
-  if (it == pools_.end()) return;
-  pool_record& rec = it->second;
-  rec.live -= std::min(rec.live, c.bytes);
-  if (rec.destroyed) {
-    const std::uint64_t back = std::min(rec.held.bytes, c.bytes);
-    release(rec.held, back);
-    rec.held.bytes -= back;
-    if (rec.live == 0) pools_.erase(it);
-    return;
-  }
-  settle_locked(c.pool, rec);
-}
-
-void state::trim_pools(int ordinal) noexcept {
-  auto trim = helper_fn<decltype(&::cuMemPoolTrimTo)>(helper::cuMemPoolTrimTo);
-  if (trim == nullptr) return;
-  std::lock_guard<std::mutex> lock(pools_mu_);
-  for (auto& [pool, rec] : pools_) {
-    if (rec.host || rec.destroyed || rec.held.ordinal != ordinal || rec.held.bytes == 0) continue;
-    if (trim(pool, 0) == CUDA_SUCCESS) settle_locked(pool, rec);
-  }
-}
-
-void state::driver_memory_changed(int ordinal) noexcept {
-  for (int i = 0; i < device_count_; ++i) {
-    if (ordinal < 0 || ordinal == i) {
-      devices_[static_cast<std::size_t>(i)].next_reconcile_ns.store(0, std::memory_order_relaxed);
-    }
-  }
-}
-
-void state::context_gone(CUcontext ctx, int ordinal) noexcept {
-  if (ctx == nullptr) return;
-  try {
-    for (alloc_table* t : {&pointers_, &arrays_}) {
-      for (const charge& c : t->take_context(ctx)) release(c);
-    }
-  } catch (...) {
-    log(log_level::error, "out of memory while giving back a destroyed context's charges");
-  }
-  if (ordinal >= 0 && ordinal < device_count_) {
-    devices_[static_cast<std::size_t>(ordinal)].next_reconcile_ns.store(0,
-                                                                        std::memory_order_relaxed);
-    // The driver gave back what it took for its pools in the context: a new one takes it again.
-    std::lock_guard<std::mutex> lock(pools_mu_);
-    for (auto& [pool, rec] : pools_) {
-      if (rec.held.ordinal == ordinal) rec.used = false;
-    }
-  }
-}
-
-// The driver takes memory of its own, outside every pool's reserve, the first time a pool backs
-// an allocation in a context: measured on an H200 (driver 580, CUDA 13) as 70 MiB beside a 518
-// MiB context at the first cuMemAllocAsync of PyTorch's cudaMallocAsync backend, kept for the
-// life of the context. A program that fills its quota within the reconciliation interval would
-// otherwise go over the limit by that much before the next reading, so the first allocation
-// from each pool in a context measures at once, before its call returns; later ones cost no
-// NVML call.
-bool state::measure_now(int ordinal, std::uint64_t bytes, const char* call) noexcept {
-  if (ordinal < 0 || ordinal >= device_count_) return true;
-  device_info& d = devices_[static_cast<std::size_t>(ordinal)];
-  if (!d.usable) return true;
-  d.measure_asked.fetch_add(1, std::memory_order_acq_rel);
-  reconcile(d, true, true);
-  if (d.pending.load(std::memory_order_relaxed) == 0) return true;
-  refuse(refusal::over_limit, ordinal, bytes, call);
-  return false;
-}
-
-// ---- VMM ---------------------------------------------------------------------------------
-
-// cuMemRelease documents that "the memory allocation will be freed when all outstanding mappings
-// to the memory are unmapped and when all outstanding references to the handle ... are also
-// released", so a charged handle keeps its charge until both hold (NVIDIA's vectorAddMMAP
-// releases its handles right after mapping them).
-void state::vmm_created(CUmemGenericAllocationHandle h) noexcept {
-  try {
-    std::lock_guard<std::mutex> lock(vmm_mu_);
-    vmm_[h] = vmm_record{};
-  } catch (...) {
-    // Unfollowed: the charge is given back at cuMemRelease, as before mappings were followed.
-  }
-}
-
-void state::vmm_retained(CUmemGenericAllocationHandle h) noexcept {
-  std::lock_guard<std::mutex> lock(vmm_mu_);
-  auto it = vmm_.find(h);
-  if (it != vmm_.end()) ++it->second.refs;
-}
-
-bool state::vmm_released(CUmemGenericAllocationHandle h) noexcept {
-  std::lock_guard<std::mutex> lock(vmm_mu_);
-  auto it = vmm_.find(h);
-  if (it == vmm_.end()) return true;
-  if (--it->second.refs > 0 || it->second.maps > 0) return false;
-  vmm_.erase(it);
-  return true;
-}
-
-void state::vmm_mapped(CUdeviceptr at, std::size_t size, CUmemGenericAllocationHandle h) noexcept {
-  try {
-    std::lock_guard<std::mutex> lock(vmm_mu_);
-    auto it = vmm_.find(h);
-    if (it == vmm_.end()) return;
-    vmm_maps_[at] = {size, h};
-    ++it->second.maps;
-  } catch (...) {
-  }
-}
-
-std::vector<CUmemGenericAllocationHandle> state::vmm_unmapped(CUdeviceptr at,
-                                                              std::size_t size) noexcept {
-  std::vector<CUmemGenericAllocationHandle> freed;
-  try {
-    std::lock_guard<std::mutex> lock(vmm_mu_);
-    for (auto m = vmm_maps_.lower_bound(at); m != vmm_maps_.end() && m->first < at + size;) {
-      const CUmemGenericAllocationHandle h = m->second.second;
-      m = vmm_maps_.erase(m);
-      auto it = vmm_.find(h);
-      if (it == vmm_.end()) continue;
-      if (--it->second.maps == 0 && it->second.refs == 0) {
-        vmm_.erase(it);
-        freed.push_back(h);
-      }
-    }
-  } catch (...) {
-  }
-  return freed;
 }
 
 CUresult state::current_device(int* ordinal) noexcept {
@@ -1163,6 +677,7 @@ void state::after_fork_child() noexcept {
   arrays_.reset_in_child();
   pointers_.reset_in_child();
   pools_.clear();  // the parent's pools: the child's driver starts without them
+  pool_count_.store(0, std::memory_order_relaxed);
   pools_mu_.unlock();
   vmm_.clear();
   vmm_maps_.clear();
@@ -1178,7 +693,11 @@ void state::after_fork_child() noexcept {
     d.next_reconcile_ns.store(0, std::memory_order_relaxed);
     d.measure_asked.store(0, std::memory_order_relaxed);
     d.measured.store(0, std::memory_order_relaxed);
+    d.last_read_ns.store(0, std::memory_order_relaxed);
+    d.in_flight.store(0, std::memory_order_relaxed);  // the parent's threads are not here
+    d.reading.store(false, std::memory_order_relaxed);
   }
+  identify_backoff_ns_ = 0;
   slot_mu_.unlock();
   devices_mu_.unlock();
 }

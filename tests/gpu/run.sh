@@ -147,6 +147,28 @@ if "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'
       record "torch-oom-$mode" FAIL "exit status $? (see $OUT/torch-oom-$mode.err)"
     fi
   done
+  # JAX-style preallocation: one allocation of all that mem_get_info() reports fits, and then
+  # nothing more; a second context (cuCtxCreate_v4) is charged from its creation on.
+  if under_shim torch-prealloc "$PY" "$root/tests/gpu/torch_prealloc.py"; then
+    pre=$(val torch-prealloc prealloc); extra=$(val torch-prealloc extra)
+    held=$(val torch-prealloc driver_held); bytes=$(val torch-prealloc prealloc_bytes)
+    if [ "$pre" = ok ] && [ "$extra" = OutOfMemoryError ] && [ "${held:-0}" -gt 0 ] \
+       && [ "$held" -le "$limit" ]; then
+      record torch-prealloc PASS "one allocation of $((bytes / MIB)) MiB fitted, 2 MiB more refused; the driver held $((held / MIB)) of ${LIMIT_MIB} MiB"
+    else
+      record torch-prealloc FAIL "prealloc=$pre extra=$extra driver_held=$held bytes=$bytes ($OUT/torch-prealloc.err)"
+    fi
+    grew=$(val torch-prealloc second_context_bytes); drop=$(val torch-prealloc free_drop)
+    if [ "$(val torch-prealloc second_context)" = 0 ] && [ "${grew:-0}" -gt 0 ] \
+       && [ "$(( ${drop:-0} - grew ))" -le "$((RECONCILE_SLACK_MIB * MIB))" ] \
+       && [ "$(( grew - ${drop:-0} ))" -le "$((RECONCILE_SLACK_MIB * MIB))" ]; then
+      record second-context PASS "a second context took $((grew / MIB)) MiB; the view dropped $((drop / MIB)) MiB at once"
+    else
+      record second-context FAIL "second_context=$(val torch-prealloc second_context) grew=$grew drop=$drop ($OUT/torch-prealloc.err)"
+    fi
+  else
+    record torch-prealloc FAIL "exit status $? (see $OUT/torch-prealloc.err)"
+  fi
 else
   record torch-mem-get-info SKIP "PyTorch with CUDA is not installed for $PY"
 fi

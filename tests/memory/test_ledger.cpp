@@ -95,6 +95,30 @@ TEST_CASE("reserve never goes over the limit and release gives back", "[ledger]"
   CHECK(l.used(d) == 400);
 }
 
+TEST_CASE("memory the driver holds is charged beyond the limit and refuses everyone", "[ledger]") {
+  gpuslice::testing::fake_liveness procs(1, 10);
+  auto l = fake_ledger::create(gpuslice::testing::stepped_clock{}, procs);
+  const int d = *l.device(k_uuid0, 1000);
+  procs.start(2, 20);
+  auto me = *l.attach();
+  auto other = *l.attach_as(2, 20);
+  REQUIRE(l.try_reserve(other, d, 900));
+  CHECK_FALSE(l.try_reserve(me, d, 300));
+  CHECK(l.charge_held(me, d, 300));  // a context that does not fit: counted all the same
+  CHECK(l.used(d) == 1200);
+  CHECK(l.slot_used(me, d) == 300);
+  l.release(other, d, 200);
+  CHECK_FALSE(l.try_reserve(other, d, 1));  // 1000 in use: the other process sees it
+  l.release(other, d, 100);
+  CHECK(l.try_reserve(other, d, 100));
+  CHECK(l.used(d) == 1000);
+  // Bad arguments fail closed and charge nothing.
+  CHECK_FALSE(l.charge_held(me, 5, 1));
+  CHECK_FALSE(l.charge_held(m::slot_handle{}, d, 1));
+  CHECK_FALSE(l.charge_held(me, d, ~std::uint64_t{0}));
+  CHECK(l.used(d) == 1000);
+}
+
 TEST_CASE("releasing more than the slot holds gives back only what it holds", "[ledger]") {
   gpuslice::testing::fake_liveness procs(1, 10);
   auto l = fake_ledger::create(gpuslice::testing::stepped_clock{}, procs);

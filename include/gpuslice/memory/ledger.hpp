@@ -704,6 +704,37 @@ class basic_ledger {
     return reserve_once(h, device, bytes);
   }
 
+  /// Charges \p bytes on \p device to \p slot whether or not they fit the limit: memory the
+  /// driver already holds (a context, a module) is counted where every process of the
+  /// container sees it, so the device's use may then exceed its limit and every reservation is
+  /// refused until it is back under. False on bad arguments, a reaped slot or a corrupted
+  /// ledger. Thread-safe.
+  bool charge_held(slot_handle h, int device, std::uint64_t bytes) noexcept {
+    if (!h.valid() || !ready_device(device) || bytes == 0 || bytes > k_max_bytes) return false;
+    const lane_ref l = lane_for(h);
+    if (l.lane == nullptr) return false;
+    auto& d = dev(device);
+    begin(l);
+    auto cur = d.used.load(std::memory_order_relaxed);
+    for (;;) {
+      if ((cur & k_gate_bit) != 0) {
+        end(l);
+        if (!wait_gate(device, k_gate_wait_ns)) return false;
+        begin(l);
+        cur = d.used.load(std::memory_order_relaxed);
+        continue;
+      }
+      if (bytes > k_max_bytes - cur) {
+        end(l);
+        return false;
+      }
+      if (d.used.compare_exchange_weak(cur, cur + bytes, std::memory_order_acq_rel)) break;
+    }
+    charge(l, device, bytes);
+    end(l);
+    return true;
+  }
+
   /// Gives back \p bytes on \p device that \p slot reserved; asking for more than the process
   /// holds gives back what it holds, so a caller's mistake never frees another process's
   /// quota. Lock-free while no reap is in progress (then it waits for the reaper, whose death

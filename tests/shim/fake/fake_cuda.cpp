@@ -28,6 +28,9 @@
 ///                              microseconds; one named fake_null queues nothing)
 ///   FAKE_CUDA_HOST_HEAP        1: device memory from the C heap instead of fresh mappings, so
 ///                              an allocation costs what malloc does (for benchmarks)
+///   FAKE_CUDA_SLOW_ALLOC       "<bytes>:<us>": cuMemAlloc of at least <bytes> works <us>
+///                              microseconds before the memory is taken, as a large allocation
+///                              takes milliseconds on a real driver (default: none)
 ///   CUDA_VISIBLE_DEVICES       honoured like the driver: indices or UUID prefixes, any order
 ///
 /// Each process has its own fake devices (nothing is shared between processes): the ledger, not
@@ -190,6 +193,8 @@ struct driver_state {
   std::uint64_t pool_bytes = 0;  ///< FAKE_CUDA_POOL_BYTES
   std::uint64_t kernel_us = k_default_kernel_us;
   bool host_heap = false;
+  std::uint64_t slow_alloc_bytes = 0;  ///< FAKE_CUDA_SLOW_ALLOC
+  std::uint64_t slow_alloc_us = 0;
   std::map<std::uintptr_t, allocation> allocs;
   std::map<CUmemGenericAllocationHandle, allocation> handles;
   CUmemGenericAllocationHandle next_handle = 1;
@@ -698,6 +703,11 @@ void configure(driver_state& s) {
   s.module_bytes = env_bytes("FAKE_CUDA_MODULE_BYTES", 0);
   s.pool_bytes = env_bytes("FAKE_CUDA_POOL_BYTES", 0);
   if (const char* h = std::getenv("FAKE_CUDA_HOST_HEAP")) s.host_heap = std::strcmp(h, "1") == 0;
+  if (const char* slow = std::getenv("FAKE_CUDA_SLOW_ALLOC")) {
+    char* end = nullptr;
+    s.slow_alloc_bytes = std::strtoull(slow, &end, 10);
+    if (end != nullptr && *end == ':') s.slow_alloc_us = std::strtoull(end + 1, nullptr, 10);
+  }
   if (const char* k = std::getenv("FAKE_CUDA_KERNEL_US"))
     s.kernel_us = std::strtoull(k, nullptr, 10);
   parse_visible(s);
@@ -920,6 +930,9 @@ FAKE_EXPORT CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total_bytes) {
 FAKE_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr* dptr, size_t bytes) {
   int p = 0;
   if (CUresult r = ctx_physical(&p); r != CUDA_SUCCESS) return r;
+  if (st().slow_alloc_us != 0 && bytes >= st().slow_alloc_bytes) {
+    std::this_thread::sleep_for(std::chrono::microseconds(st().slow_alloc_us));
+  }
   return alloc_on(p, bytes, dptr);
 }
 
@@ -1824,6 +1837,7 @@ const proc_entry k_procs[] = {
     {"cuParamSetSize", 2000, FAKE_FN(cuParamSetSize), nullptr},
     {"cuParamSetv", 2000, FAKE_FN(cuParamSetv), nullptr},
     {"cuMemAdvise", 12020, FAKE_FN(cuMemAdvise_v2), nullptr},
+    {"cuMemPrefetchAsync", 12020, FAKE_FN(cuMemPrefetchAsync_v2), nullptr},
 };
 #pragma GCC diagnostic pop
 

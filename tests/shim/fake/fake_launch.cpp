@@ -389,6 +389,19 @@ FAKE_EXPORT CUresult cuMemAdvise_v2(CUdeviceptr p, size_t bytes, CUmem_advise wh
   return CUDA_SUCCESS;
 }
 
+/// CUDA 13's cuMemPrefetchAsync (a location and flags instead of a device): nothing to move in
+/// the fake, so it checks its arguments and succeeds.
+FAKE_EXPORT CUresult cuMemPrefetchAsync_v2(CUdeviceptr p, size_t bytes, CUmemLocation where,
+                                           unsigned int flags, CUstream stream) {
+  (void)stream;
+  if (p == 0 || bytes == 0 || flags != 0) return CUDA_ERROR_INVALID_VALUE;
+  if (where.type != CU_MEM_LOCATION_TYPE_DEVICE && where.type != CU_MEM_LOCATION_TYPE_HOST &&
+      where.type != CU_MEM_LOCATION_TYPE_HOST_NUMA) {
+    return CUDA_ERROR_INVALID_VALUE;
+  }
+  return CUDA_SUCCESS;
+}
+
 FAKE_EXPORT int fake_cuda_advice(CUdeviceptr p, int* preferred, int* accessed_by) {
   std::lock_guard<std::mutex> lock(g_advice_mu);
   auto it = advices().find(p);

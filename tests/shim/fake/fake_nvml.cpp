@@ -26,7 +26,14 @@
 ///                            processes hold this many bytes on every device: one whose host pid
 ///                            equals this process's getpid() (pids of different namespaces
 ///                            collide), and the host pid after this process's
+///   FAKE_NVML_NEIGHBOUR_CHURN those neighbours allocate and free this many bytes over and over:
+///                            every other query shows them holding it on top (default 0)
 ///   FAKE_NVML_MIG_UUIDS      1: devices are MIG devices, spelled "MIG-<uuid>" by NVML
+///   FAKE_NVML_PROCESSES      how nvmlDeviceGetComputeRunningProcesses_v3 answers, each way nvml.h
+///                            allows: unset, this process is listed with its figure; "no_figure",
+///                            listed with usedGpuMemory NVML_VALUE_NOT_AVAILABLE (as under WDDM);
+///                            "unlisted", not listed although it has a context; "no_permission",
+///                            NVML_ERROR_NO_PERMISSION for the whole call (MIG without privileges)
 /// As with the real NVML, a process is listed on a device only while it has a context there,
 /// with all the fake driver holds for it as usedGpuMemory: its context, modules, the driver's own
 /// pool memory (FAKE_CUDA_POOL_BYTES) and its allocations and pool reserves.
@@ -44,6 +51,7 @@
 #include <mutex>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -102,6 +110,7 @@ std::uint64_t mig_bytes(const std::string& profile) {
              : std::strtoull(profile.c_str() + dot + 1, nullptr, 10) * (std::uint64_t{1} << 30);
 }
 std::atomic<int> g_init_count{0};
+std::atomic<unsigned long long> g_process_queries{0};
 
 /// One line of the FAKE_NVML_FAULTS file.
 struct fault_line {
@@ -311,11 +320,19 @@ FAKE_EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t d, nvmlMemory_v
   m->free = m->total - m->used;
   return NVML_SUCCESS;
 }
+/// Calls of nvmlDeviceGetComputeRunningProcesses_v3 in this process, for tests that bound how
+/// often the shim reads NVML (a test-double internal, not an NVML name). Thread-safe.
+FAKE_EXPORT unsigned long long fake_nvml_process_queries() { return g_process_queries.load(); }
+
 FAKE_EXPORT nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t d,
                                                                  unsigned int* count,
                                                                  nvmlProcessInfo_t* infos) {
+  g_process_queries.fetch_add(1);
   if (nvmlReturn_t r = check(d); r != NVML_SUCCESS) return r;
   if (count == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
+  const char* mode = std::getenv("FAKE_NVML_PROCESSES");
+  const std::string_view how = mode == nullptr ? "" : mode;
+  if (how == "no_permission") return NVML_ERROR_NO_PERMISSION;
   nvmlProcessInfo_t rows[3] = {};
   unsigned n = 0;
   const auto add = [&](unsigned pid, std::uint64_t bytes) {
@@ -328,11 +345,15 @@ FAKE_EXPORT nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t d,
   // Neighbours exist only where pids of two namespaces can collide.
   const bool namespaced = host_pid() != static_cast<unsigned>(getpid());
   const std::uint64_t neighbour = namespaced ? env_u64("FAKE_NVML_NEIGHBOUR_BYTES") : 0;
-  if (neighbour != 0) add(static_cast<unsigned>(getpid()), neighbour);
-  if (fake_cuda_physical_contexts(d->physical) > 0) {
-    add(host_pid(), fake_cuda_physical_used(d->physical));
+  // A churning neighbour holds its churn at every other query, in step with the calls.
+  const std::uint64_t churn =
+      g_process_queries.load() % 2 == 0 ? env_u64("FAKE_NVML_NEIGHBOUR_CHURN") : 0;
+  if (neighbour != 0) add(static_cast<unsigned>(getpid()), neighbour + churn);
+  if (fake_cuda_physical_contexts(d->physical) > 0 && how != "unlisted") {
+    add(host_pid(), how == "no_figure" ? static_cast<unsigned long long>(NVML_VALUE_NOT_AVAILABLE)
+                                       : fake_cuda_physical_used(d->physical));
   }
-  if (neighbour != 0) add(host_pid() + 1, neighbour);
+  if (neighbour != 0) add(host_pid() + 1, neighbour + churn);
   if (*count < n || (n != 0 && infos == nullptr)) {
     *count = n;
     return NVML_ERROR_INSUFFICIENT_SIZE;
