@@ -108,6 +108,15 @@ class Cluster:
         os.makedirs(self.kubelet_dir)
         api.add_node("n1")
         self.kubelet = Kubelet(self.kubelet_dir)
+        try:
+            self.start_programs(tmp)
+        except BaseException as e:
+            # A program that did not come up (one missing a library, say) says why.
+            errors = self.close()
+            raise AssertionError(f"the programs did not start: {e}\n{errors}") from e
+
+    def start_programs(self, tmp):
+        api = self.api
         fake = ENV["GPUSLICE_FAKE_NVML_DIR"]
         self.fake_env = dict(os.environ, LD_LIBRARY_PATH=fake, FAKE_CUDA_DEVICES="2",
                              FAKE_CUDA_MEMORY="16Gi")
@@ -167,6 +176,7 @@ class Cluster:
     def start(self, args, env=None, line=True, user=NON_ROOT, mounts=()):
         """Starts a program: from the build, or in the image's container (its own environment
         plus env, the host's network, mounts at the same paths)."""
+        program = args[0]
         if IMAGE:
             wrap = BUILDAH + ["run", "--isolation", "chroot", "--network", "host",
                               "--user", user]
@@ -179,18 +189,23 @@ class Cluster:
             env = dict({k: v for k, v in os.environ.items() if k != "NODE_NAME"}, **env)
         p = subprocess.Popen(args, env=env, stdout=subprocess.PIPE if line else subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
+        p.program = program
         self.procs.append(p)
         p.banner = first_line(p) if line else ""
         return p
 
-    def close(self):
+    def close(self) -> str:
+        """Stops everything; returns what the programs wrote to stderr."""
+        errors = []
         for p in reversed(self.procs):
             p.send_signal(signal.SIGTERM)
-            p.communicate(timeout=TIMEOUT_S)
+            _, err = p.communicate(timeout=TIMEOUT_S)
+            errors.append(f"{p.program}: {err or ''}".strip())
         self.kubelet.stop()
         if self.container:
             subprocess.run(BUILDAH + ["rm", self.container], capture_output=True, timeout=120)
         shutil.rmtree(self.dir, ignore_errors=True)
+        return "\n".join(errors)
 
     # -- the control plane's calls
     def admit(self, pod: dict) -> dict:
