@@ -8,9 +8,8 @@ APT_PACKAGES=(cmake ninja-build g++ clang libclang-rt-14-dev catch2 libfmt-dev l
               libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc libssl-dev openssl)
 # The image (image/Containerfile, built by scripts/image.sh): the C++ packages its builder stage
 # installs for the programs and the shim (python3: the shim's CMake asks for it, and it unpacks
-# the CUDA headers' wheels), and
-# the daemonless tools that build and run it. `deps.sh --image-build-packages` prints the first
-# list for the Containerfile and installs nothing.
+# the CUDA headers' wheels), and the daemonless tools that build and run it.
+# `deps.sh --image-build-packages` prints the first list for the Containerfile, installs nothing.
 IMAGE_BUILD_PACKAGES=(cmake ninja-build g++ pkg-config ccache python3 libfmt-dev
                       libcpp-httplib-dev nlohmann-json3-dev libgrpc++-dev libprotobuf-dev
                       protobuf-compiler protobuf-compiler-grpc libssl-dev)
