@@ -7,6 +7,23 @@ APT_PACKAGES=(cmake ninja-build g++ clang libclang-rt-14-dev catch2 libfmt-dev l
               libcpp-httplib-dev nlohmann-json3-dev
               libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc libssl-dev openssl
               libyaml-cpp-dev)
+# The image (image/Containerfile, built by scripts/image.sh): the C++ packages its builder stage
+# installs for the programs and the shim (python3: the shim's CMake asks for it, and it unpacks
+# the CUDA headers' wheels), and the daemonless tools that build and run it.
+# `deps.sh --image-build-packages` prints the first list for the Containerfile, installs nothing.
+IMAGE_BUILD_PACKAGES=(cmake ninja-build g++ pkg-config ccache python3 libfmt-dev
+                      libcpp-httplib-dev nlohmann-json3-dev libgrpc++-dev libprotobuf-dev
+                      protobuf-compiler protobuf-compiler-grpc libssl-dev libyaml-cpp-dev)
+if [ "${1:-}" = "--image-build-packages" ]; then
+  echo "${IMAGE_BUILD_PACKAGES[*]}"
+  exit 0
+fi
+APT_PACKAGES+=(pkg-config ccache buildah podman mmdebstrap)
+# `kubectl kustomize` renders examples/deploy's overlays (tests/k8s/test_deploy.py). It needs
+# kubectl 1.21 or later (kustomize v4+): Debian 12 has none (its kubernetes-client is 1.20), so
+# it is not installed here; this project's build machines come with one.
+command -v kubectl >/dev/null ||
+  echo "deps: kubectl not found: tests/k8s/test_deploy.py needs kubectl 1.21 or later (kustomize v4+)"
 PY_PACKAGES=(scikit-build-core pybind11 nvidia-nvml-dev numpy pytest hypothesis rich matplotlib
              grpcio grpcio-tools prometheus_client pyyaml scipy)
 

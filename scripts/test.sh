@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test: installs dependencies, builds with warnings as errors, runs ctest (consumer
-# projects included), pytest, the ASan+UBSan build, the TSan build of the concurrent tests and
-# a short libFuzzer run. Exits non-zero on the first failure.
+# projects included), pytest, builds the image and runs the end-to-end flow from it, the
+# ASan+UBSan build, the TSan build of the concurrent tests and a short libFuzzer run. Exits
+# non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -25,6 +26,22 @@ PIP_ROOT_USER_ACTION=ignore "$PY" -m pip install -q --disable-pip-version-check 
   --no-build-isolation .
 (cd "$root" && "$PY" -m pytest -q -p no:cacheprovider)
 ctest --test-dir build/ci -R '^k8s:pytest$' --timeout 600
+
+step "image: scripts/image.sh, then the end-to-end flow with the programs from the image"
+# The pod asking for nvidia.com/gpumem 3000, from admission to a process that sees 3000 MiB, with
+# the webhook, extender, device plugin, exporter and shim of the image (a library missing from
+# it fails here); only the fake driver comes from build/ci, as ctest's e2e test names it.
+scripts/image.sh
+fake_nvml=$(ctest --test-dir build/ci -R '^examples:scheduler:e2e$' --show-only=json-v1 |
+  "$PY" -c 'import json, sys
+for t in json.load(sys.stdin)["tests"]:
+    for p in t.get("properties", []):
+        if p["name"] == "ENVIRONMENT":
+            print(*[e.split("=", 1)[1] for e in p["value"] if e.startswith("GPUSLICE_FAKE_NVML_DIR=")])')
+[ -n "$fake_nvml" ] || { echo "test.sh: no GPUSLICE_FAKE_NVML_DIR in build/ci's examples:scheduler:e2e: expected the fake driver to be built" >&2; exit 1; }
+GPUSLICE_IMAGE=$(scripts/image.sh --print-tag) GPUSLICE_FAKE_NVML_DIR=$fake_nvml \
+  "$PY" -m pytest -q -p no:cacheprovider -c pyproject.toml --rootdir . \
+  tests/k8s/test_e2e_scheduling.py
 
 step "ASan+UBSan build and ctest"
 cmake -S . -B build/asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DGPUSLICE_WERROR=ON \

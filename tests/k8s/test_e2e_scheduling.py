@@ -8,7 +8,13 @@ sees 3000 MiB and is refused beyond it, and the exporter shows its usage and lim
 pod lands as the GPU policy (spread) says, and deleting the first gives its share back to the
 next filter.
 
-Needs the programs and the fakes from the CMake build (examples:scheduler:e2e sets them)."""
+Needs the programs and the fakes from the CMake build (examples:scheduler:e2e sets them). With
+GPUSLICE_IMAGE naming an image built by scripts/image.sh, the webhook, the extender, the device
+plugin and the exporter run from that image instead (`buildah run --isolation chroot`, on the
+host's network, as the users the manifests give them), and the shim the process preloads is the
+image's, copied onto the host's hook directory as the DaemonSet's init container does; only the
+fake driver (GPUSLICE_FAKE_NVML_DIR) comes from the build, mounted in as the NVIDIA runtime
+mounts the real one. A library missing from the image then fails this test."""
 
 from __future__ import annotations
 
@@ -35,9 +41,21 @@ import waiting
 ENV = {k: os.environ.get(k, "") for k in
        ["GPUSLICE_EXTENDER", "GPUSLICE_WEBHOOK", "GPUSLICE_DEVICE_PLUGIN", "GPUSLICE_MONITOR",
         "GPUSLICE_FAKE_NVML_DIR", "GPUSLICE_SHIM"]}
-pytestmark = pytest.mark.skipif(not all(ENV.values()) or not shutil.which("openssl"),
+IMAGE = os.environ.get("GPUSLICE_IMAGE", "")
+if IMAGE:  # the programs and the shim come from the image, under their names in it
+    ENV.update(GPUSLICE_EXTENDER="gpuslice_extender", GPUSLICE_WEBHOOK="gpuslice_webhook",
+               GPUSLICE_DEVICE_PLUGIN="gpuslice-device-plugin",
+               GPUSLICE_MONITOR="gpuslice-monitor", GPUSLICE_SHIM="(from the image)")
+# Asked for by GPUSLICE_IMAGE (scripts/test.sh), the test runs or fails: it is never skipped.
+NEEDS = all(ENV.values()) and shutil.which("openssl")
+pytestmark = pytest.mark.skipif(not IMAGE and not NEEDS,
                                 reason="needs the programs, the shim and the fake driver "
-                                       "(run through ctest examples:scheduler:e2e)")
+                                       "(run through ctest examples:scheduler:e2e, or "
+                                       "GPUSLICE_IMAGE and GPUSLICE_FAKE_NVML_DIR)")
+BUILDAH = ["buildah", "--storage-driver", "vfs"]
+# The image's shim, where the device plugin's Allocate mounts it from (image/Containerfile).
+IMAGE_SHIM = "/usr/local/vgpu/libgpuslice.so"
+NON_ROOT = "65532:65532"  # the image's user, which the manifests run all but the plugin as
 TIMEOUT_S = 30
 MIB = 1 << 20
 REGISTER = "hami.io/node-nvidia-register"
@@ -82,6 +100,7 @@ class Cluster:
     def __init__(self, api, tmp):
         self.api = api
         self.procs = []
+        self.container = ""  # the image's working container, in image mode
         # unix socket paths must stay short
         self.dir = tempfile.mkdtemp(prefix="gse2e", dir="/tmp")
         self.kubelet_dir = os.path.join(self.dir, "k")
@@ -89,14 +108,31 @@ class Cluster:
         os.makedirs(self.kubelet_dir)
         api.add_node("n1")
         self.kubelet = Kubelet(self.kubelet_dir)
+        try:
+            self.start_programs(tmp)
+        except BaseException as e:
+            # A program that did not come up (one missing a library, say) says why.
+            errors = self.close()
+            raise AssertionError(f"the programs did not start: {e}\n{errors}") from e
+
+    def start_programs(self, tmp):
+        api = self.api
         fake = ENV["GPUSLICE_FAKE_NVML_DIR"]
         self.fake_env = dict(os.environ, LD_LIBRARY_PATH=fake, FAKE_CUDA_DEVICES="2",
                              FAKE_CUDA_MEMORY="16Gi")
         self.fake_env.pop("NODE_NAME", None)
+        if IMAGE:
+            self.from_image(tmp)
+            self.shim = os.path.join(self.hook, "libgpuslice.so")
+        else:
+            self.shim = ENV["GPUSLICE_SHIM"]
+        fake_only = {k: self.fake_env[k] for k in
+                     ["LD_LIBRARY_PATH", "FAKE_CUDA_DEVICES", "FAKE_CUDA_MEMORY"]}
         self.plugin = self.start([ENV["GPUSLICE_DEVICE_PLUGIN"], "--node-name", "n1",
                                   "--api-server", api.url, "--kubelet-dir", self.kubelet_dir,
                                   "--host-hook-path", self.hook, "--register-interval-ms", "100",
-                                  "--watch-interval-ms", "50"], env=self.fake_env, line=False)
+                                  "--watch-interval-ms", "50"], env=fake_only, line=False,
+                                 user="0:0", mounts=[self.dir, fake])
         self.kubelet.wait_registrations(1)
         # The webhook, with a certificate made as examples/deploy/README.md says.
         crt, key = str(tmp / "tls.crt"), str(tmp / "tls.key")
@@ -104,8 +140,9 @@ class Cluster:
                         "-keyout", key, "-out", crt, "-subj", "/CN=gpuslice-webhook",
                         "-addext", "subjectAltName=IP:127.0.0.1"], check=True,
                        capture_output=True)
+        os.chmod(key, 0o644)  # the webhook's user reads it, as from its Secret volume
         webhook = self.start([ENV["GPUSLICE_WEBHOOK"], "--cert", crt, "--key", key,
-                              "--listen", "127.0.0.1", "--port", "0"])
+                              "--listen", "127.0.0.1", "--port", "0"], mounts=[str(tmp)])
         self.webhook_port = int(webhook.banner.split("https://127.0.0.1:")[1].split()[0])
         self.tls = ssl.create_default_context(cafile=crt)
         extender = self.start([ENV["GPUSLICE_EXTENDER"], "--apiserver", api.url, "--listen",
@@ -113,22 +150,62 @@ class Cluster:
         self.extender_port = int(extender.banner.split("http://127.0.0.1:")[1].split()[0])
         monitor = self.start([ENV["GPUSLICE_MONITOR"], "--ledger-dir",
                               os.path.join(self.hook, "containers"), "--listen", "127.0.0.1:0",
-                              "--node-name", "n1", "--api-server", api.url, "--no-nvml"])
+                              "--node-name", "n1", "--api-server", api.url, "--no-nvml"],
+                             mounts=[self.dir])
         self.monitor_port = int(monitor.banner)
 
-    def start(self, args, env=None, line=True):
+    def from_image(self, tmp):
+        """A working container of the image; its shim installed on the host's hook directory
+        by the init container's commands (examples/deploy/base/node.yaml)."""
+        made = subprocess.run(BUILDAH + ["from", "--pull-never", IMAGE], capture_output=True,
+                              text=True, timeout=300)
+        assert made.returncode == 0, f"buildah from {IMAGE}: {made.stderr}"
+        self.container = made.stdout.strip().splitlines()[-1]
+        # Read by the programs' non-root user, as hostPath and Secret volumes are.
+        os.chmod(self.dir, 0o755)
+        os.chmod(tmp, 0o755)
+        os.makedirs(self.hook)
+        subprocess.run(BUILDAH + ["run", "--isolation", "chroot", "--user", "0:0", "-v",
+                                  f"{self.hook}:/host/usr/local/vgpu", self.container, "--",
+                                  "sh", "-c",
+                                  f"cp {IMAGE_SHIM} /host/usr/local/vgpu/libgpuslice.so.new && "
+                                  "mv -f /host/usr/local/vgpu/libgpuslice.so.new "
+                                  "/host/usr/local/vgpu/libgpuslice.so"],
+                       check=True, timeout=120)
+
+    def start(self, args, env=None, line=True, user=NON_ROOT, mounts=()):
+        """Starts a program: from the build, or in the image's container (its own environment
+        plus env, the host's network, mounts at the same paths)."""
+        program = args[0]
+        if IMAGE:
+            wrap = BUILDAH + ["run", "--isolation", "chroot", "--network", "host",
+                              "--user", user]
+            for k, v in (env or {}).items():
+                wrap += ["--env", f"{k}={v}"]
+            for m in mounts:
+                wrap += ["-v", f"{m}:{m}"]
+            args, env = wrap + [self.container, "--"] + args, None
+        elif env is not None:
+            env = dict({k: v for k, v in os.environ.items() if k != "NODE_NAME"}, **env)
         p = subprocess.Popen(args, env=env, stdout=subprocess.PIPE if line else subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
+        p.program = program
         self.procs.append(p)
         p.banner = first_line(p) if line else ""
         return p
 
-    def close(self):
+    def close(self) -> str:
+        """Stops everything; returns what the programs wrote to stderr."""
+        errors = []
         for p in reversed(self.procs):
             p.send_signal(signal.SIGTERM)
-            p.communicate(timeout=TIMEOUT_S)
+            _, err = p.communicate(timeout=TIMEOUT_S)
+            errors.append(f"{p.program}: {err or ''}".strip())
         self.kubelet.stop()
+        if self.container:
+            subprocess.run(BUILDAH + ["rm", self.container], capture_output=True, timeout=120)
         shutil.rmtree(self.dir, ignore_errors=True)
+        return "\n".join(errors)
 
     # -- the control plane's calls
     def admit(self, pod: dict) -> dict:
@@ -253,7 +330,7 @@ def test_a_pod_from_admission_to_a_process_held_to_its_share(cluster):
                 return m.host_path + path[len(m.container_path):]
         return path
     proc_env = dict(cluster.fake_env, **{k: host(v) for k, v in env.items()},
-                    CUDA_VISIBLE_DEVICES=chosen, LD_PRELOAD=ENV["GPUSLICE_SHIM"])
+                    CUDA_VISIBLE_DEVICES=chosen, LD_PRELOAD=cluster.shim)
     proc = subprocess.Popen([sys.executable, "-c", WORKLOAD], env=proc_env,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)

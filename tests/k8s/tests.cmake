@@ -63,6 +63,7 @@ if(Python3_Interpreter_FOUND)
                    ${CMAKE_CURRENT_LIST_DIR}/test_device_plugin.py
                    ${CMAKE_CURRENT_LIST_DIR}/test_monitor.py
                    ${CMAKE_CURRENT_LIST_DIR}/test_dra_plugin.py
+                   ${CMAKE_CURRENT_LIST_DIR}/test_grafana_dashboard.py
            WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
   set_tests_properties(k8s:pytest PROPERTIES LABELS k8s TIMEOUT 300
                        ENVIRONMENT "${_k8s_env};PYTHONPATH=${PROJECT_SOURCE_DIR}/python")
