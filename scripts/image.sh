@@ -71,15 +71,13 @@ python3 -m pip download -q --disable-pip-version-check --no-deps --require-hashe
   -r image/cuda-headers.txt -d image/wheels
 
 # ---- 3. the image ----------------------------------------------------------------------------
-revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 source_url=$(git config --get remote.origin.url 2>/dev/null || echo unknown)
 BUD=(buildah "${STORE[@]}" bud --isolation chroot --layers --force-rm -f image/Containerfile
      --build-arg "BUILDER_BASE=$base" --build-arg "RUNTIME_BASE=$base"
      --build-arg "BUILD_PACKAGES=$(scripts/deps.sh --image-build-packages)")
 build_start=$SECONDS
 "${BUD[@]}" --target builder -t localhost/gpuslice-build-cache:latest .
-"${BUD[@]}" --build-arg "VERSION=$version" --build-arg "REVISION=$revision" \
-  --build-arg "SOURCE=$source_url" -t "$tag" .
+"${BUD[@]}" --build-arg "VERSION=$version" --build-arg "SOURCE=$source_url" -t "$tag" .
 build_s=$((SECONDS - build_start))
 
 # Layers of earlier builds that nothing names any more (vfs copies whole trees: they add up).
