@@ -1,6 +1,6 @@
 // gpuslice_webhook: a mutating admission webhook (AdmissionReview v1 or v1beta1 over HTTPS) that
 // gives GPU pods the gpuslice scheduler and HAMi's defaults. See webhook.hpp for the rules and
-// examples/deploy/webhook.yaml for the Service and MutatingWebhookConfiguration.
+// examples/deploy/base/webhook.yaml for the Service and MutatingWebhookConfiguration.
 //
 //   gpuslice_webhook --cert tls.crt --key tls.key [--listen 0.0.0.0] [--port 8443]
 //                    [--scheduler-name gpuslice-scheduler] [--fail-open]
