@@ -6,8 +6,9 @@
 ///               (not only the best one, so kube-scheduler's own scoring still applies), and a
 ///               reason per failed node; nodes that no eviction could make fit go to
 ///               FailedAndUnresolvableNodes, so kube-scheduler does not preempt for them.
-///   prioritize  ExtenderArgs -> HostPriorityList: the fit engine's node score of each node,
-///               scaled to 0..10 (MaxExtenderPriority) over the feasible candidates.
+///   prioritize  ExtenderArgs -> HostPriorityList: the fit engine's choice among the feasible
+///               candidates gets 10 (MaxExtenderPriority), every other node 0..9 by its node
+///               score, so kube-scheduler's argmax is the fit engine's (see prioritize()).
 ///   bind        ExtenderBindingArgs -> ExtenderBindingResult: places the pod's GPUs on the
 ///               chosen node, reserves them in memory, and hands the binding (with HAMi's
 ///               annotations) to the binder, which a deployment points at the API server.
@@ -18,11 +19,13 @@
 ///
 /// State follows the cluster: nodes (HAMi's registration annotation, the device cordon) and the
 /// pods that hold GPUs are given as objects (from a file at start, or an API-server list+watch)
-/// through replace_nodes/upsert_node/delete_node and replace_pods/upsert_pod/delete_pod; the fit
-/// cluster is rebuilt from them when they change. A node whose annotation does not parse, or a
-/// pod that names a GPU its node lacks, is skipped with its reason (in FailedNodes, /state and
-/// the metrics), never aborting anything. Bindings made here count at once, before the watch
-/// reports them; deleting the pod gives its share back.
+/// through replace_nodes/upsert_node/delete_node and replace_pods/upsert_pod/delete_pod. Each
+/// event changes only what it touches: a pod event the devices of its node, a node event that
+/// node (and the pods bound to it); a filter or prioritize then costs what the fit engine costs,
+/// whatever the cluster's history. A list (replace_*) replaces everything. A node whose annotation
+/// does not parse, or a pod that names a GPU its node lacks, is skipped with its reason (in
+/// FailedNodes, /state and the metrics), never aborting anything. Bindings made here count at once,
+/// before the watch reports them; deleting the pod gives its share back.
 
 #include <algorithm>
 #include <chrono>
@@ -41,6 +44,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -101,11 +105,13 @@ class service {
       if (auto e = fit::validate(n)) return std::move(*e);
     }
     auto svc = std::unique_ptr<service>(new service(scorer, pod_cache, std::move(cfg)));
+    std::unique_lock lock(svc->mu_);
     for (auto& n : nodes) {
       std::string name = n.name;
-      svc->nodes_.insert_or_assign(std::move(name), node_entry{std::move(n), {}});
+      node_entry e;
+      e.node = std::move(n);
+      svc->set_node_locked(name, std::move(e));
     }
-    svc->rebuild();
     return svc;
   }
 
@@ -120,34 +126,39 @@ class service {
   /// Replaces every node with the Node objects of \p items (a list's items). Thread-safe.
   void replace_nodes(const json& items) {
     std::unique_lock lock(mu_);
-    nodes_.clear();
+    std::map<std::string, bool> listed;
     if (items.is_array()) {
-      for (const json& n : items) upsert_node_locked(n);
+      for (const json& n : items) listed[upsert_node_locked(n)] = true;
     }
-    dirty_ = true;
+    std::vector<std::string> gone;
+    for (const auto& [name, e] : nodes_) {
+      if (listed.count(name) == 0) gone.push_back(name);
+    }
+    for (const auto& name : gone) erase_node_locked(name);
   }
   /// Adds or updates one Node object (a malformed one is kept as skipped, with its reason).
   /// Thread-safe.
   void upsert_node(const json& node) {
     std::unique_lock lock(mu_);
     upsert_node_locked(node);
-    dirty_ = true;
   }
   /// Removes a node. Thread-safe.
   void delete_node(const std::string& name) {
     std::unique_lock lock(mu_);
-    nodes_.erase(name);
-    dirty_ = true;
+    erase_node_locked(name);
   }
   /// Replaces every pod holding GPUs with those of \p items, keeping bindings made here whose
   /// pods the list does not show bound yet. Thread-safe.
   void replace_pods(const json& items) {
     std::unique_lock lock(mu_);
-    std::unordered_map<std::string, held_entry> kept;
-    for (auto& [uid, h] : held_) {
-      if (h.own) kept.emplace(uid, std::move(h));
+    std::vector<std::string> dropped;
+    for (const auto& [uid, h] : held_) {
+      if (!h.own) dropped.push_back(uid);
     }
-    held_ = std::move(kept);
+    for (const auto& uid : dropped) drop_locked(uid);
+    for (auto it = pod_skips_.begin(); it != pod_skips_.end();) {
+      it = held_.count(it->first) == 0 ? pod_skips_.erase(it) : std::next(it);
+    }
     std::unordered_map<std::string, bool> listed;
     if (items.is_array()) {
       for (const json& p : items) {
@@ -156,23 +167,23 @@ class service {
       }
     }
     // A pod bound here that the list no longer shows was deleted meanwhile.
-    for (auto it = held_.begin(); it != held_.end();) {
-      it = it->second.own && listed.count(it->first) == 0 ? held_.erase(it) : std::next(it);
+    dropped.clear();
+    for (const auto& [uid, h] : held_) {
+      if (h.own && listed.count(uid) == 0) dropped.push_back(uid);
     }
-    dirty_ = true;
+    for (const auto& uid : dropped) drop_locked(uid);
   }
   /// Adds or updates one Pod object: a bound pod with HAMi's devices annotation holds its GPUs;
   /// a finished pod, or a bound one without the annotation, holds none. Thread-safe.
   void upsert_pod(const json& pod) {
     std::unique_lock lock(mu_);
     upsert_pod_locked(pod);
-    dirty_ = true;
   }
   /// A deleted pod gives its GPUs back. Thread-safe.
   void delete_pod(const json& pod) {
     const std::string uid = kube::pod_identity(pod).uid;
     std::unique_lock lock(mu_);
-    if (held_.erase(uid) != 0) dirty_ = true;
+    drop_locked(uid);
     pod_skips_.erase(uid);
   }
 
@@ -273,7 +284,14 @@ class service {
     return {k_ok, out.dump()};
   }
 
-  /// The prioritize verb. Thread-safe.
+  /// The prioritize verb. The fit engine's choice among the feasible candidates (the best node
+  /// score; on a tie, the first name, as the fit engine breaks ties) gets k_max_priority; every
+  /// other feasible node gets 0..k_max_priority - 1 by its score, linearly from the worst to the
+  /// best. A plain 0..10 rescale would round nodes within a tenth of the range of the best to 10
+  /// too, and kube-scheduler picks at random among equal totals, so it would often not place as
+  /// the fit engine does. kube-scheduler adds extender scores times weight * 10 to its plugins'
+  /// scores, so with the other scores equal on the candidates (docs/placement.md says how to
+  /// deploy) its choice is the fit engine's. Thread-safe.
   reply prioritize(std::string_view body) {
     auto a = parse_args(body);
     if (!a) {
@@ -287,17 +305,28 @@ class service {
       remember(a->pod, *a->request, a->scorer);
       const evaluation ev = evaluate(*a);
       double lo = std::numeric_limits<double>::infinity(), hi = -lo;
-      for (const auto& c : ev.candidates) {
-        if (!c.feasible) continue;
-        lo = std::min(lo, c.score);
-        hi = std::max(hi, c.score);
-      }
+      std::size_t best = scores.size();
       for (std::size_t i = 0; i < scores.size(); ++i) {
         const auto& c = ev.candidates[i];
         if (!c.feasible) continue;
-        scores[i] = hi > lo ? static_cast<std::int64_t>(
-                                  (c.score - lo) * static_cast<double>(k_max_priority) / (hi - lo))
-                            : k_max_priority;
+        lo = std::min(lo, c.score);
+        hi = std::max(hi, c.score);
+        if (best == scores.size() || c.score > ev.candidates[best].score ||
+            (c.score == ev.candidates[best].score && a->names[i] < a->names[best])) {
+          best = i;
+        }
+      }
+      constexpr std::int64_t k_runner_up = k_max_priority - 1;
+      for (std::size_t i = 0; i < scores.size(); ++i) {
+        const auto& c = ev.candidates[i];
+        if (!c.feasible) continue;
+        if (i == best) {
+          scores[i] = k_max_priority;
+        } else {
+          scores[i] = hi > lo ? static_cast<std::int64_t>(
+                                    (c.score - lo) * static_cast<double>(k_runner_up) / (hi - lo))
+                              : k_runner_up;
+        }
       }
     }
     for (std::size_t i = 0; i < scores.size(); ++i) {
@@ -330,10 +359,12 @@ class service {
   /// Every node's device usage, the skipped nodes and pods, and the recorded bindings, as JSON.
   /// Thread-safe.
   std::string state() {
-    ensure_built();
     std::shared_lock lock(mu_);
     json nodes = json::array();
-    for (const auto& n : cluster_.nodes()) {
+    for (const auto& [name, e] : nodes_) {
+      const auto at = index_.find(name);
+      if (at == index_.end()) continue;
+      const fit::node& n = cluster_.nodes()[at->second];
       json devices = json::array();
       for (const auto& d : n.devices) {
         devices.push_back(json{{"uuid", d.uuid},
@@ -367,7 +398,6 @@ class service {
 
   /// The Prometheus text exposition. Thread-safe.
   std::string metrics() {
-    ensure_built();
     std::string out;
     metrics::header(out, "gpuslice_extender_filter_duration_seconds", "histogram",
                     "Time to answer a filter request.");
@@ -401,7 +431,10 @@ class service {
     };
     for (std::size_t f = 0; f < std::size(fam); ++f) {
       metrics::header(out, fam[f].name, "gauge", fam[f].help);
-      for (const auto& n : cluster_.nodes()) {
+      for (const auto& [name, e] : nodes_) {
+        const auto at = index_.find(name);
+        if (at == index_.end()) continue;
+        const fit::node& n = cluster_.nodes()[at->second];
         for (const auto& d : n.devices) {
           const std::string base = "node=\"" + metrics::escape_label(n.name) + "\",device_uuid=\"" +
                                    metrics::escape_label(d.uuid) + "\",device_index=\"" +
@@ -437,7 +470,6 @@ class service {
 
   /// Number of nodes served (skipped ones excluded). Thread-safe.
   std::size_t size() {
-    ensure_built();
     std::shared_lock lock(mu_);
     return cluster_.size();
   }
@@ -463,14 +495,27 @@ class service {
     std::vector<candidate_result> candidates;
   };
 
+  /// What the held pods charged to one device add up to (uncapped, so taking one off is exact).
+  struct held_sum {
+    std::uint64_t slots = 0, memory = 0, cores = 0;
+  };
+
   struct node_entry {
-    fit::node node;    ///< capacity (and any usage given at make)
-    std::string skip;  ///< why the node is skipped; empty when it is served
+    fit::node node;              ///< capacity (and any usage given at make)
+    std::string skip;            ///< why the node is skipped; empty when it is served
+    std::vector<held_sum> held;  ///< per device position: the charged pods' sums
   };
 
   struct held_entry {
     kube::bound_pod pod;
-    bool own = false;  ///< bound here (kept until the API server shows it, deleted or released)
+    bool own = false;      ///< bound here (kept until the API server shows it, deleted or released)
+    bool charged = false;  ///< counted in its node's sums (else it is in pod_skips_)
+    std::vector<std::size_t> positions;  ///< per pod.devices: the device position charged
+  };
+
+  /// What a namespace's held pods hold, for its quotas.
+  struct ns_use {
+    std::uint64_t memory_mib = 0, cores = 0;
   };
 
   struct remembered {
@@ -511,12 +556,9 @@ class service {
     const std::uint64_t want_mem = std::max(app_mem, init_mem);
     const std::uint64_t want_cores = std::max(app_cores, init_cores);
     std::uint64_t used_mem = 0, used_cores = 0;
-    for (const auto& [uid, h] : held_) {
-      if (h.pod.ref.name_space != ns) continue;
-      for (const auto& d : h.pod.devices) {
-        used_mem += d.memory / fit::k_bytes_per_mib;
-        used_cores += milli_to_cores(d.cores);
-      }
+    if (const auto u = ns_used_.find(ns); u != ns_used_.end()) {
+      used_mem = u->second.memory_mib;
+      used_cores = u->second.cores;
     }
     for (const auto& [name, q] : it->second) {
       if (q.memory_mib && used_mem + want_mem > *q.memory_mib) {
@@ -547,21 +589,254 @@ class service {
     return {k_bad_request, json{{"Error", message}}.dump()};
   }
 
+  /// Adds or updates the Node object \p node; returns its name ("" when it has none).
   /// Caller holds mu_ exclusively.
-  void upsert_node_locked(const json& node) {
+  std::string upsert_node_locked(const json& node) {
     auto n = kube::node_from_json(node);
     const json* meta = kube::detail::member(node, "metadata");
-    const std::string name = meta != nullptr ? kube::detail::string_at(*meta, "name") : "";
-    if (name.empty()) return;  // nothing to key it by
+    std::string name = meta != nullptr ? kube::detail::string_at(*meta, "name") : "";
+    if (name.empty()) return name;  // nothing to key it by
+    node_entry e;
     if (!n) {
-      nodes_.insert_or_assign(name, node_entry{fit::node{name, 0, 0, 0, 0, {}, {}}, n.message()});
+      e.node = fit::node{name, 0, 0, 0, 0, {}, {}};
+      e.skip = n.message();
+    } else if (auto bad = fit::validate(*n)) {
+      e.node = fit::node{name, 0, 0, 0, 0, {}, {}};
+      e.skip = bad->message;
+    } else {
+      e.node = std::move(*n);
+    }
+    set_node_locked(name, std::move(e));
+    return name;
+  }
+
+  static bool same_devices(const fit::device& a, const fit::device& b) {
+    return a.uuid == b.uuid && a.index == b.index && a.type == b.type && a.numa == b.numa &&
+           a.healthy == b.healthy && a.cordoned == b.cordoned && a.slots_total == b.slots_total &&
+           a.slots_used == b.slots_used && a.memory_total == b.memory_total &&
+           a.memory_used == b.memory_used && a.cores_total == b.cores_total &&
+           a.cores_used == b.cores_used && a.mode == b.mode;
+  }
+  static bool same_node(const fit::node& a, const fit::node& b) {
+    if (a.cpu_total != b.cpu_total || a.cpu_used != b.cpu_used ||
+        a.memory_total != b.memory_total || a.memory_used != b.memory_used ||
+        a.devices.size() != b.devices.size() || !(a.links == b.links)) {
+      return false;
+    }
+    for (std::size_t i = 0; i < a.devices.size(); ++i) {
+      if (!same_devices(a.devices[i], b.devices[i])) return false;
+    }
+    return true;
+  }
+
+  /// Sets node \p name to \p e (served when e.skip is empty): a node that did not change is left
+  /// as it is (HAMi's device plugin rewrites its handshake annotation every few seconds); one
+  /// that did is replaced in the fit cluster at its position and the pods bound to it are
+  /// charged again. Costs what the node and its pods cost. Caller holds mu_ exclusively.
+  void set_node_locked(const std::string& name, node_entry e) {
+    const auto it = nodes_.find(name);
+    const bool was_served = it != nodes_.end() && it->second.skip.empty();
+    const bool served = e.skip.empty();
+    if (was_served && served && same_node(it->second.node, e.node)) return;
+    if (it != nodes_.end() && !was_served && !served) {
+      it->second.skip = std::move(e.skip);
       return;
     }
-    if (auto e = fit::validate(*n)) {
-      nodes_.insert_or_assign(name, node_entry{fit::node{name, 0, 0, 0, 0, {}, {}}, e->message});
+    if (was_served) uncharge_node_locked(name);
+    node_entry& slot = nodes_.insert_or_assign(name, std::move(e)).first->second;
+    const auto at = index_.find(name);
+    if (!served) {
+      if (at != index_.end()) remove_position_locked(at->second);
+      charge_node_locked(name);  // marks its pods skipped, with the reason
       return;
     }
-    nodes_.insert_or_assign(name, node_entry{std::move(*n), {}});
+    slot.held.assign(slot.node.devices.size(), held_sum{});
+    charge_node_locked(name);
+    if (at == index_.end()) {
+      auto pos = cluster_.add_node(usage_of(slot));
+      if (!pos) {  // validated above; kept for safety
+        failures_.add("internal");
+        slot.skip = pos.message();
+        return;
+      }
+      index_.emplace(name, *pos);
+    } else {
+      write_node_locked(name, slot, at->second);
+    }
+  }
+
+  /// Removes node \p name: its pods stay held but uncharged (skipped until it comes back).
+  /// Caller holds mu_ exclusively.
+  void erase_node_locked(const std::string& name) {
+    const auto it = nodes_.find(name);
+    if (it == nodes_.end()) return;
+    if (it->second.skip.empty()) uncharge_node_locked(name);
+    nodes_.erase(it);
+    if (const auto at = index_.find(name); at != index_.end()) remove_position_locked(at->second);
+    charge_node_locked(name);  // marks its pods skipped, with the reason
+  }
+
+  /// Removes the cluster's node at \p pos, keeping index_ right for the node that moves there.
+  /// Caller holds mu_ exclusively.
+  void remove_position_locked(std::size_t pos) {
+    index_.erase(cluster_.nodes()[pos].name);
+    cluster_.remove_node(pos);
+    if (pos < cluster_.size()) index_[cluster_.nodes()[pos].name] = pos;
+  }
+
+  /// The node of entry \p e with its held pods charged: per device, the given usage plus what
+  /// the pods hold, capped at the total (kube::charge's rule: an over-reported card is full).
+  static fit::node usage_of(const node_entry& e) {
+    fit::node n = e.node;
+    for (std::size_t p = 0; p < n.devices.size() && p < e.held.size(); ++p) {
+      fit::device& d = n.devices[p];
+      const held_sum& h = e.held[p];
+      d.slots_used = static_cast<std::uint32_t>(
+          std::min<std::uint64_t>(d.slots_total, std::uint64_t{d.slots_used} + h.slots));
+      d.memory_used = std::min<std::uint64_t>(d.memory_total, d.memory_used + h.memory);
+      d.cores_used = static_cast<std::uint32_t>(
+          std::min<std::uint64_t>(d.cores_total, std::uint64_t{d.cores_used} + h.cores));
+    }
+    return n;
+  }
+
+  /// Writes node \p name's usage into the fit cluster at \p pos. Caller holds mu_ exclusively.
+  void write_node_locked(const std::string& name, const node_entry& e, std::size_t pos) {
+    if (auto r = cluster_.replace_node(pos, usage_of(e)); !r) {  // validated; kept for safety
+      failures_.add("internal");
+      (void)name;
+    }
+  }
+
+  /// Writes the served node \p name's usage into the fit cluster. Caller holds mu_ exclusively.
+  void refresh_node_locked(const std::string& name) {
+    const auto it = nodes_.find(name);
+    const auto at = index_.find(name);
+    if (it == nodes_.end() || at == index_.end()) return;
+    write_node_locked(name, it->second, at->second);
+  }
+
+  /// Charges held pod \p uid to its node's sums when the node is served and has its GPUs;
+  /// otherwise records why it is skipped (kube::charge's words). Does not write the fit cluster.
+  /// Caller holds mu_ exclusively.
+  void charge_locked(const std::string& uid, held_entry& h) {
+    h.charged = false;
+    h.positions.clear();
+    const auto it = nodes_.find(h.pod.node);
+    if (it == nodes_.end() || !it->second.skip.empty()) {
+      std::vector<fit::node> none;
+      pod_skips_[uid] = kube::charge(none, h.pod).message();
+      return;
+    }
+    node_entry& e = it->second;
+    for (const auto& d : h.pod.devices) {
+      std::size_t p = 0;
+      while (p < e.node.devices.size() && e.node.devices[p].uuid != d.uuid) ++p;
+      if (p == e.node.devices.size()) {
+        std::vector<fit::node> one{fit::node{e.node.name, 0, 0, 0, 0, e.node.devices, {}}};
+        pod_skips_[uid] = kube::charge(one, h.pod).message();
+        h.positions.clear();
+        return;
+      }
+      h.positions.push_back(p);
+    }
+    for (std::size_t i = 0; i < h.positions.size(); ++i) {
+      held_sum& s = e.held[h.positions[i]];
+      s.slots += h.pod.devices[i].slots;
+      s.memory += h.pod.devices[i].memory;
+      s.cores += h.pod.devices[i].cores;
+    }
+    h.charged = true;
+    pod_skips_.erase(uid);
+  }
+
+  /// Takes held pod \p uid off its node's sums (when charged). Does not write the fit cluster.
+  /// Caller holds mu_ exclusively.
+  void uncharge_locked(held_entry& h) {
+    if (!h.charged) return;
+    h.charged = false;
+    const auto it = nodes_.find(h.pod.node);
+    if (it == nodes_.end()) return;
+    node_entry& e = it->second;
+    for (std::size_t i = 0; i < h.positions.size(); ++i) {
+      if (h.positions[i] >= e.held.size()) continue;
+      held_sum& s = e.held[h.positions[i]];
+      s.slots -= h.pod.devices[i].slots;
+      s.memory -= h.pod.devices[i].memory;
+      s.cores -= h.pod.devices[i].cores;
+    }
+    h.positions.clear();
+  }
+
+  /// Charges every pod bound to node \p name (after the node changed). Caller holds mu_
+  /// exclusively.
+  void charge_node_locked(const std::string& name) {
+    const auto on = pods_on_.find(name);
+    if (on == pods_on_.end()) return;
+    for (const auto& uid : on->second) {
+      const auto h = held_.find(uid);
+      if (h != held_.end()) charge_locked(uid, h->second);
+    }
+  }
+
+  /// Takes every pod bound to node \p name off it (before the node changes). Caller holds mu_
+  /// exclusively.
+  void uncharge_node_locked(const std::string& name) {
+    const auto on = pods_on_.find(name);
+    if (on == pods_on_.end()) return;
+    for (const auto& uid : on->second) {
+      const auto h = held_.find(uid);
+      if (h != held_.end()) uncharge_locked(h->second);
+    }
+  }
+
+  /// Holds pod \p uid as \p h (replacing what it held): charges its node, its namespace's quota
+  /// use, and writes the node. Caller holds mu_ exclusively.
+  void hold_locked(const std::string& uid, held_entry h) {
+    drop_locked(uid);
+    held_entry& slot = held_.emplace(uid, std::move(h)).first->second;
+    pods_on_[slot.pod.node].insert(uid);
+    account_locked(slot.pod, true);
+    charge_locked(uid, slot);
+    if (slot.charged) refresh_node_locked(slot.pod.node);
+  }
+
+  /// Stops holding pod \p uid: its node and namespace get its share back. Returns whether it
+  /// was held. Caller holds mu_ exclusively.
+  bool drop_locked(const std::string& uid) {
+    const auto it = held_.find(uid);
+    if (it == held_.end()) return false;
+    held_entry& h = it->second;
+    const bool charged = h.charged;
+    uncharge_locked(h);
+    if (charged) refresh_node_locked(h.pod.node);
+    account_locked(h.pod, false);
+    if (const auto on = pods_on_.find(h.pod.node); on != pods_on_.end()) {
+      on->second.erase(uid);
+      if (on->second.empty()) pods_on_.erase(on);
+    }
+    pod_skips_.erase(uid);
+    held_.erase(it);
+    return true;
+  }
+
+  /// Adds (or takes back) what \p pod holds to its namespace's quota use. Caller holds mu_
+  /// exclusively.
+  void account_locked(const kube::bound_pod& pod, bool add) {
+    std::uint64_t mem = 0, cores = 0;
+    for (const auto& d : pod.devices) {
+      mem += d.memory / fit::k_bytes_per_mib;
+      cores += milli_to_cores(d.cores);
+    }
+    ns_use& u = ns_used_[pod.ref.name_space];
+    if (add) {
+      u.memory_mib += mem;
+      u.cores += cores;
+    } else {
+      u.memory_mib -= mem;
+      u.cores -= cores;
+      if (u.memory_mib == 0 && u.cores == 0) ns_used_.erase(pod.ref.name_space);
+    }
   }
 
   /// Caller holds mu_ exclusively.
@@ -570,12 +845,14 @@ class service {
     if (ref.uid.empty()) return;
     auto held = kube::bound_pod_from_json(pod);
     if (!held) {
+      drop_locked(ref.uid);
       pod_skips_[ref.uid] = held.message();
-      held_.erase(ref.uid);
       return;
     }
     if (*held) {
-      held_.insert_or_assign(ref.uid, held_entry{std::move(**held), false});
+      held_entry h;
+      h.pod = std::move(**held);
+      hold_locked(ref.uid, std::move(h));
       return;
     }
     // Holds nothing: finished, or bound without devices. A pod still waiting for its node keeps
@@ -585,43 +862,9 @@ class service {
     const json* status = kube::detail::member(pod, "status");
     const std::string phase = status != nullptr ? kube::detail::string_at(*status, "phase") : "";
     if (bound || phase == "Succeeded" || phase == "Failed") {
-      held_.erase(ref.uid);
+      drop_locked(ref.uid);
       pod_skips_.erase(ref.uid);
     }
-  }
-
-  /// Rebuilds the cluster from the nodes and held pods when they changed.
-  void ensure_built() {
-    {
-      std::shared_lock lock(mu_);
-      if (!dirty_) return;
-    }
-    std::unique_lock lock(mu_);
-    if (dirty_) rebuild();
-  }
-
-  /// Caller holds mu_ exclusively (or is the constructor).
-  void rebuild() {
-    std::vector<fit::node> nodes;
-    for (const auto& [name, e] : nodes_) {
-      if (e.skip.empty()) nodes.push_back(e.node);
-    }
-    for (auto it = pod_skips_.begin(); it != pod_skips_.end();) {
-      it = held_.count(it->first) != 0 ? pod_skips_.erase(it) : std::next(it);
-    }
-    for (const auto& [uid, h] : held_) {
-      auto charged = kube::charge(nodes, h.pod);
-      if (!charged) pod_skips_[uid] = charged.message();
-    }
-    auto c = fit::cluster::make(std::move(nodes));
-    if (!c) {  // validated node by node above; charge() keeps usage within totals
-      failures_.add("internal");
-      return;
-    }
-    cluster_ = std::move(*c);
-    index_.clear();
-    for (std::size_t i = 0; i < cluster_.size(); ++i) index_.emplace(cluster_.nodes()[i].name, i);
-    dirty_ = false;
   }
 
   /// Nodes that came as objects in the request (nodeCacheCapable: false) and are new, or were
@@ -640,7 +883,6 @@ class service {
     if (fresh.empty()) return;
     std::unique_lock lock(mu_);
     for (const json* n : fresh) upsert_node_locked(*n);
-    dirty_ = true;
   }
 
   result<args> parse_args(std::string_view body) const {
@@ -687,7 +929,6 @@ class service {
 
   /// The fit report restricted to the request's candidates, in request order.
   evaluation evaluate(const args& a) {
-    ensure_built();
     evaluation ev;
     ev.candidates.resize(a.names.size());
     fit::fit_options opt;
@@ -792,7 +1033,6 @@ class service {
                                               "): not seen by filter; expected filter before bind");
     }
     if (kube::wants_gpu(req->request)) {
-      ensure_built();
       bool known = false;
       {
         std::shared_lock lock(mu_);
@@ -801,13 +1041,11 @@ class service {
       if (!known && node_fetcher_) {
         if (auto node = node_fetcher_("", b.node)) {
           upsert_node(*node);
-          ensure_built();
         }
       }
     }
     {
       std::unique_lock lock(mu_);
-      if (dirty_) rebuild();
       if (const auto it = held_.find(b.pod.uid); it != held_.end() && it->second.own) {
         return result_error("already_bound",
                             "pod " + b.pod.key() + ": already bound to " + it->second.pod.node);
@@ -837,15 +1075,16 @@ class service {
         d->node = at->second;
         auto devices = kube::devices_annotation(n, *d);
         if (!devices) return result_error("encode", devices.message());
-        if (auto r = cluster_.reserve(*d); !r) return result_error("reserve", r.message());
         b.devices = std::move(*devices);
-        kube::bound_pod held;
-        held.ref = b.pod;
-        held.node = b.node;
+        held_entry held;
+        held.pod.ref = b.pod;
+        held.pod.node = b.node;
+        held.own = true;
         for (const auto& [pos, t] : fit::cluster::collapse(d->containers, n.devices.size())) {
-          held.devices.push_back({n.devices[pos].uuid, t.slots, t.memory, t.cores});
+          held.pod.devices.push_back({n.devices[pos].uuid, t.slots, t.memory, t.cores});
         }
-        held_.insert_or_assign(b.pod.uid, held_entry{std::move(held), true});
+        // The decision fits the node's current usage, so charging it is what reserve() does.
+        hold_locked(b.pod.uid, std::move(held));
       }
       record(b);
     }
@@ -871,7 +1110,7 @@ class service {
 
   /// Returns a pod's GPUs and forgets its binding. Caller holds mu_ exclusively.
   void unreserve_locked(const std::string& uid) {
-    if (held_.erase(uid) != 0) dirty_ = true;
+    drop_locked(uid);
     if (bindings_.erase(uid) != 0) {
       const auto it = std::find(binding_order_.begin(), binding_order_.end(), uid);
       if (it != binding_order_.end()) binding_order_.erase(it);
@@ -881,9 +1120,11 @@ class service {
   mutable std::shared_mutex mu_;             ///< guards everything below up to the pod cache
   std::map<std::string, node_entry> nodes_;  ///< by name
   std::unordered_map<std::string, held_entry> held_;  ///< pods holding GPUs, by uid
-  std::map<std::string, std::string> pod_skips_;      ///< uid -> why it is not charged
+  /// node name -> uids of the held pods bound to it (the node may be unknown or skipped)
+  std::unordered_map<std::string, std::unordered_set<std::string>> pods_on_;
+  std::unordered_map<std::string, ns_use> ns_used_;  ///< namespace -> what its pods hold
+  std::map<std::string, std::string> pod_skips_;     ///< uid -> why it is not charged
   std::map<std::string, std::map<std::string, quota_entry>> quotas_;  ///< namespace -> name ->
-  bool dirty_ = false;  ///< cluster_ is older than the above
   fit::cluster cluster_;
   std::unordered_map<std::string, std::size_t> index_;  ///< node name -> position in cluster_
   std::unordered_map<std::string, binding> bindings_;   ///< by pod uid, for state()
