@@ -30,6 +30,7 @@
 
 #include "gpuslice/fit/codec.hpp"
 #include "gpuslice/fit/fit.hpp"
+#include "gpuslice/fit/hami_frag.hpp"
 #include "gpuslice/fit/model.hpp"
 #include "gpuslice/result.hpp"
 
@@ -802,6 +803,25 @@ inline result<fit::hami_scorer> pod_scorer(const json& pod, const fit::hami_scor
     w = *parsed;
   }
   return fit::hami_scorer(node_policy, gpu_policy, w);
+}
+
+/// Every node policy a program accepts: HAMi's two and the fragmentation policies.
+inline constexpr std::string_view k_node_policy_choices = "binpack, spread, fgd or sfgd";
+
+/// The fragmentation policy (fit/hami_frag.hpp) a node policy name names: "fgd" or "sfgd";
+/// none for HAMi's binpack and spread and for unknown names. Pure, thread-safe.
+inline std::optional<fit::frag_policy> frag_policy_of(std::string_view node_policy) noexcept {
+  fit::frag_policy p{};
+  if (fit::frag_policy_from_name(node_policy, p)) return p;
+  return std::nullopt;
+}
+
+/// True when \p pod's annotations name a node policy (`hami.io/node-scheduler-policy`). Under
+/// fgd or sfgd such a pod is placed by the HAMi policy it names. Pure, thread-safe.
+inline bool names_node_policy(const json& pod) {
+  const json* meta = detail::member(pod, "metadata");
+  const json* ann = meta != nullptr ? detail::member(*meta, "annotations") : nullptr;
+  return ann != nullptr && ann->contains(k_node_policy);
 }
 
 }  // namespace gpuslice::kube

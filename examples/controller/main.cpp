@@ -3,20 +3,29 @@
 //
 //   kubectl get nodes -o json > nodes.json
 //   kubectl get pods -A -o json > pods.json
-//   gpuslice_controller --nodes nodes.json --pods pods.json [--node-policy binpack|spread]
-//                       [--gpu-policy spread|binpack|topology]
+//   gpuslice_controller --nodes nodes.json --pods pods.json
+//                       [--node-policy binpack|spread|fgd|sfgd]
+//                       [--gpu-policy spread|binpack|topology] [--workload FILE]
 //
 // Pods already bound (spec.nodeName and a devices annotation) are charged to their GPUs first;
 // pending pods are then placed in file order, each seeing the ones before it. The program only
 // reads and prints: applying the annotations and the binding is the caller's step.
+//
+// fgd and sfgd (include/gpuslice/fit/hami_frag.hpp) choose the node and its GPUs by the change
+// of the GPU fragment against a target workload: the --workload file's classes if given (the
+// cold start, one whole GPU, if not), learned further from every bound pod and then every
+// pending pod as it is placed. A pod whose annotation names a node policy gets that HAMi policy.
+// The learned workload is printed last, in the --workload file format.
 #include <fmt/core.h>
 
 #include <cstdio>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "gpuslice/fit/fit.hpp"
+#include "gpuslice/fit/hami_frag.hpp"
 #include "gpuslice/version.hpp"
 #include "json_file.hpp"
 #include "kube.hpp"
@@ -33,7 +42,8 @@ constexpr int k_exit_usage = 2;
 
 constexpr std::string_view k_usage =
     "usage: gpuslice_controller --nodes NODES.json --pods PODS.json "
-    "[--node-policy binpack|spread] [--gpu-policy spread|binpack|topology]\n";
+    "[--node-policy binpack|spread|fgd|sfgd] [--gpu-policy spread|binpack|topology] "
+    "[--workload FILE]\n";
 
 int fail(const std::string& message) {
   fmt::print(stderr, "gpuslice_controller: {}\n", message);
@@ -43,7 +53,7 @@ int fail(const std::string& message) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string nodes_path, pods_path;
+  std::string nodes_path, pods_path, workload_path;
   kube::policy_names policy;
   for (int i = 1; i < argc; ++i) {
     const std::string_view arg = argv[i];
@@ -64,6 +74,8 @@ int main(int argc, char** argv) {
       policy.node = value;
     } else if (arg == "--gpu-policy") {
       policy.gpu = value;
+    } else if (arg == "--workload") {
+      workload_path = value;
     } else {
       fmt::print(stderr, "gpuslice_controller: unknown option {}\n{}", arg, k_usage);
       return k_exit_usage;
@@ -73,8 +85,21 @@ int main(int argc, char** argv) {
     fmt::print(stderr, "gpuslice_controller: --nodes and --pods are required\n{}", k_usage);
     return k_exit_usage;
   }
-  auto scorer = kube::scorer_from_names(policy);
+  // fgd and sfgd: HAMi's scorer (binpack nodes) stays for pods that name a node policy.
+  const std::optional<fit::frag_policy> frag = kube::frag_policy_of(policy.node);
+  if (!frag && policy.node != "binpack" && policy.node != "spread") {
+    return fail("node policy \"" + policy.node + "\": expected " +
+                std::string(kube::k_node_policy_choices));
+  }
+  auto scorer = kube::scorer_from_names(frag ? kube::policy_names{"binpack", policy.gpu} : policy);
   if (!scorer) return fail(scorer.message());
+  fit::workload_histogram workload;
+  if (!workload_path.empty()) {
+    if (!frag) return fail("--workload needs --node-policy fgd or sfgd");
+    auto seed = fit::read_workload(workload_path);
+    if (!seed) return fail(seed.message());
+    workload.seed(std::move(*seed));
+  }
 
   auto node_doc = read_json(nodes_path);
   if (!node_doc) return fail(node_doc.message());
@@ -101,6 +126,7 @@ int main(int argc, char** argv) {
                  charged.message());
     } else if (*charged) {
       ++bound;
+      if (auto r = kube::pod_request_from_json(p); r && kube::wants_gpu(*r)) workload.observe(*r);
     }
     if (kube::is_pending(p)) pending.push_back(&p);
   }
@@ -111,7 +137,7 @@ int main(int argc, char** argv) {
       "gpuslice {} controller: {} nodes, {} GPUs, {} bound pods charged, {} pending pods; "
       "node policy {}, GPU policy {}\n",
       GPUSLICE_VERSION_STRING, cluster->size(), gpus, bound, pending.size(), policy.node,
-      policy.gpu);
+      frag ? policy.node : policy.gpu);
 
   fit::fit_options opt;
   opt.report_nodes = true;
@@ -127,12 +153,17 @@ int main(int argc, char** argv) {
       fmt::print("pod {}: asks for no GPU, left to kube-scheduler\n", ref.key());
       continue;
     }
+    const bool by_frag = frag && !kube::names_node_policy(*p);
     auto pod_scorer = kube::pod_scorer(*p, *scorer);
-    if (!pod_scorer) {
+    if (!by_frag && !pod_scorer) {
       fmt::print("pod {}: invalid request: {}\n", ref.key(), pod_scorer.message());
       continue;
     }
-    auto d = cluster->fit(*request, *pod_scorer, opt);
+    if (by_frag) workload.observe(*request);
+    auto d = by_frag ? cluster->fit(
+                           *request,
+                           fit::hami_frag_scorer(workload.snapshot(), *frag).for_pod(*request), opt)
+                     : cluster->fit(*request, *pod_scorer, opt);
     if (!d) {
       fmt::print("pod {}: invalid request: {}\n", ref.key(), d.message());
       continue;
@@ -159,5 +190,14 @@ int main(int argc, char** argv) {
     fmt::print("  {}: {}\n", kube::k_devices_to_allocate, *devices);
   }
   fmt::print("placed {} of {} pending pods\n", placed, pending.size());
+  if (frag) {
+    const auto learned = workload.snapshot();
+    if (learned->is_cold_start()) {
+      fmt::print("target workload: the cold start (one whole GPU)\n");
+    } else {
+      fmt::print("target workload: {} classes\n{}", learned->size(),
+                 fit::format_workload(learned->classes()));
+    }
+  }
   return 0;
 }

@@ -38,6 +38,29 @@ if(TARGET gpuslice_controller AND NOT GPUSLICE_SANITIZE STREQUAL "thread")
                    "-DSTDERR_REGEX=^gpuslice_controller: [^\n]*bind.json: expected a NodeList or a JSON array\n$"
                    -P ${_compare})
   set_tests_properties(examples:controller:bad-input PROPERTIES LABELS examples TIMEOUT 120)
+  # fgd and sfgd: from the cold start, and seeded from a workload file (which changes where
+  # pods go); a bad workload file is one line naming file:line.
+  foreach(policy fgd sfgd)
+    add_test(NAME examples:controller:${policy}
+             COMMAND ${CMAKE_COMMAND}
+                     "-DCOMMAND=$<TARGET_FILE:gpuslice_controller>|${_controller_args}|--node-policy|${policy}"
+                     -DEXPECTED=${_data}/controller_${policy}.expected
+                     -DVERSION=${PROJECT_VERSION} -P ${_compare})
+    set_tests_properties(examples:controller:${policy} PROPERTIES LABELS examples TIMEOUT 120)
+  endforeach()
+  add_test(NAME examples:controller:sfgd-workload
+           COMMAND ${CMAKE_COMMAND}
+                   "-DCOMMAND=$<TARGET_FILE:gpuslice_controller>|${_controller_args}|--node-policy|sfgd|--workload|${_data}/workload_seed.csv"
+                   -DEXPECTED=${_data}/controller_sfgd_workload.expected
+                   -DVERSION=${PROJECT_VERSION} -P ${_compare})
+  set_tests_properties(examples:controller:sfgd-workload PROPERTIES LABELS examples TIMEOUT 120)
+  add_test(NAME examples:controller:bad-workload
+           COMMAND ${CMAKE_COMMAND}
+                   "-DCOMMAND=$<TARGET_FILE:gpuslice_controller>|${_controller_args}|--node-policy|sfgd|--workload|${_data}/workload_bad.csv"
+                   -DEXPECTED=${_data}/empty.expected -DEXIT_CODE=1
+                   "-DSTDERR_REGEX=^gpuslice_controller: [^\n]*workload_bad.csv:3: memory \"4000MB\"; expected MiB, or a percentage from 1% to 100%\n$"
+                   -P ${_compare})
+  set_tests_properties(examples:controller:bad-workload PROPERTIES LABELS examples TIMEOUT 120)
 endif()
 
 # The quota demo on the fake driver: under the shim with a 256 MiB limit it sees 256 MiB and
