@@ -100,6 +100,8 @@ class Extender:
     """The extender program following \\p apiserver; stopped by close()."""
 
     def __init__(self, binary: str, apiserver: str, policy: str):
+        # HAMi's GPU policy that matches the simulator's GPU choice (binpack: best fit, spread:
+        # worst fit); fgd and sfgd choose the GPUs by their own score.
         gpu_policy = "binpack" if policy == "binpack" else "spread"
         self.log = tempfile.TemporaryFile(mode="w+")  # a pipe nobody reads could fill and block
         self.proc = subprocess.Popen(
@@ -118,14 +120,18 @@ class Extender:
         self.port = int(line.split("on http://127.0.0.1:")[1].split()[0])
         self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=HTTP_TIMEOUT_S)
 
-    def post(self, path: str, body: dict) -> Any:
-        self.conn.request("POST", path, json.dumps(body, separators=(",", ":")),
-                          {"Content-Type": "application/json"})
+    def post(self, path: str, body: dict) -> tuple[Any, float]:
+        """The answer and the seconds from sending the encoded request to reading the answer
+        (this client's JSON encoding and decoding excluded)."""
+        text = json.dumps(body, separators=(",", ":"))
+        t0 = time.perf_counter()
+        self.conn.request("POST", path, text, {"Content-Type": "application/json"})
         r = self.conn.getresponse()
         data = r.read()
+        took = time.perf_counter() - t0
         if r.status != 200:
             raise RuntimeError(f"{path}: HTTP {r.status}: {data[:200]!r}")
-        return json.loads(data)
+        return json.loads(data), took
 
     def get(self, path: str) -> str:
         self.conn.request("GET", path)
@@ -235,22 +241,19 @@ def replay(args: argparse.Namespace) -> dict:
                 chosen = -1
                 if fits.size:
                     cand = [names[c] for c in fits]
-                    t0 = time.perf_counter()
-                    fr = ext.post("/filter", {"Pod": pod, "NodeNames": cand})
-                    t1 = time.perf_counter()
-                    times["filter"].append(t1 - t0)
+                    fr, took = ext.post("/filter", {"Pod": pod, "NodeNames": cand})
+                    times["filter"].append(took)
                     passed = fr.get("NodeNames") or []
                     if passed:
-                        pr = ext.post("/prioritize", {"Pod": pod, "NodeNames": passed})
-                        t2 = time.perf_counter()
-                        times["prioritize"].append(t2 - t1)
+                        pr, took = ext.post("/prioritize", {"Pod": pod, "NodeNames": passed})
+                        times["prioritize"].append(took)
                         top = max(h["Score"] for h in pr)
                         tops = [h["Host"] for h in pr if h["Score"] == top]
                         ties += 1 if len(tops) > 1 and n > 0 else 0
                         host = min(tops)
-                        br = ext.post("/bind", {"PodName": name, "PodNamespace": "default",
-                                                "PodUID": uid, "Node": host})
-                        times["bind"].append(time.perf_counter() - t2)
+                        br, took = ext.post("/bind", {"PodName": name, "PodNamespace": "default",
+                                                      "PodUID": uid, "Node": host})
+                        times["bind"].append(took)
                         if br.get("Error"):
                             raise RuntimeError(f"bind {name} -> {host}: {br['Error']}")
                         chosen = index[host]
@@ -262,6 +265,10 @@ def replay(args: argparse.Namespace) -> dict:
                 else:
                     failed += 1
                 arrived[k], allocated[k] = a_sum, u_sum
+                if args.progress and (k + 1) % args.progress == 0:
+                    print(f"replay_extender: {k + 1}/{len(order)} pods, "
+                          f"{(k + 1) / (time.perf_counter() - start):.0f} pods/s",
+                          file=sys.stderr, flush=True)
                 want = int(sim_node[k])
                 if reps == 1:
                     live_trace = node_of[chosen] if chosen >= 0 else -1
@@ -269,6 +276,7 @@ def replay(args: argparse.Namespace) -> dict:
                         want >= 0 and chosen >= 0 and pos_of_trace[live_trace] == want) else 0
             wall = time.perf_counter() - start
             state = json.loads(ext.get("/state"))
+            server = server_side(ext.get("/metrics"))
         finally:
             ext.close()
     held = sum(d["cores_used_percent"] * PERCENT_PER_MILLI
@@ -288,7 +296,30 @@ def replay(args: argparse.Namespace) -> dict:
         "sim_alloc_pct": {x: sim_ms.get(x) for x in (100, 130)} if reps == 1 else None,
         "same_node_as_sim": same if reps == 1 else None,
         "extender_held_milli": int(held), "replay_allocated_milli": int(u_sum),
+        "server_ms": server,
     }
+    return out
+
+
+def server_side(metrics: str) -> dict[str, dict[str, float]]:
+    """The extender's own filter and bind times from its /metrics histograms: the mean and the
+    upper bound of the bucket that holds the 99th percentile, in ms."""
+    out: dict[str, dict[str, float]] = {}
+    for verb in ("filter", "bind"):
+        name = f"gpuslice_extender_{verb}_duration_seconds"
+        buckets: list[tuple[float, float]] = []
+        total = count = 0.0
+        for line in metrics.splitlines():
+            if line.startswith(name + "_bucket{le=\""):
+                le = line.split('le="')[1].split('"')[0]
+                buckets.append((math.inf if le == "+Inf" else float(le), float(line.split()[-1])))
+            elif line.startswith(name + "_sum"):
+                total = float(line.split()[-1])
+            elif line.startswith(name + "_count"):
+                count = float(line.split()[-1])
+        p99 = next((le for le, c in buckets if count and c >= 0.99 * count), math.nan)
+        out[verb] = {"mean": 1000.0 * total / count if count else math.nan,
+                     "p99_bucket": 1000.0 * p99}
     return out
 
 
@@ -298,13 +329,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="the built gpuslice_extender (default: $GPUSLICE_EXTENDER)")
     p.add_argument("--nodes", default=str(DATA / "openb_node_list_gpu_node.csv"))
     p.add_argument("--pods", default=str(DATA / "openb_pod_list_default.csv"))
-    p.add_argument("--policy", default="binpack", choices=["binpack", "spread"])
+    p.add_argument("--policy", default="binpack", choices=["binpack", "spread", "fgd", "sfgd"])
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--load", type=float, default=1.3)
     p.add_argument("--replicate", type=int, default=1, help="copies of the node list")
     p.add_argument("--limit-nodes", type=int, default=0, help="first N nodes of the list only")
     p.add_argument("--limit-pods", type=int, default=0, help="first N pods of the order only")
     p.add_argument("--json", default="", help="write the result here")
+    p.add_argument("--progress", type=int, default=0, help="a line on stderr every N pods")
     args = p.parse_args(argv)
     if not args.extender or not os.access(args.extender, os.X_OK):
         print("replay_extender: --extender: expected the built gpuslice_extender "

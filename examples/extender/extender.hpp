@@ -46,9 +46,11 @@
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include "gpuslice/fit/fit.hpp"
+#include "gpuslice/fit/hami_frag.hpp"
 #include "gpuslice/result.hpp"
 #include "kube.hpp"
 #include "metrics.hpp"
@@ -68,6 +70,10 @@ inline constexpr std::size_t k_max_bindings = 65536;
 inline constexpr int k_bad_request = 400;
 /// HTTP status of a verb that answered (its body may still carry an Error).
 inline constexpr int k_ok = 200;
+
+/// The scorers a pod can be placed by, visited in every fit call: a new policy is one more
+/// alternative here (and where scorer_for() picks it).
+using node_scorer = std::variant<fit::hami_scorer, fit::hami_frag_scorer>;
 
 /// A verb's answer: an HTTP status and a JSON body.
 struct reply {
@@ -120,6 +126,14 @@ class service {
   /// Sets how unknown pods and nodes are looked up. Not thread-safe: call before serving.
   void set_pod_fetcher(fetcher f) { pod_fetcher_ = std::move(f); }
   void set_node_fetcher(fetcher f) { node_fetcher_ = std::move(f); }
+  /// Places pods by FGD or sfgd (fit/hami_frag.hpp) against the workload learned from the pods
+  /// seen (bound ones from the watch, and each bind here), seeded by \p seed when given; a pod
+  /// whose annotation names a node policy keeps HAMi's scorer. Not thread-safe: call before
+  /// serving.
+  void set_frag_policy(fit::frag_policy p, std::vector<fit::weighted_class> seed = {}) {
+    frag_ = p;
+    if (!seed.empty()) workload_.seed(std::move(seed));
+  }
 
   // ---- state updates ---------------------------------------------------------------------
 
@@ -152,7 +166,9 @@ class service {
   void replace_pods(const json& items) {
     std::unique_lock lock(mu_);
     std::vector<std::string> dropped;
+    std::unordered_set<std::string> known;  // learned from already
     for (const auto& [uid, h] : held_) {
+      known.insert(uid);
       if (!h.own) dropped.push_back(uid);
     }
     for (const auto& uid : dropped) drop_locked(uid);
@@ -162,8 +178,9 @@ class service {
     std::unordered_map<std::string, bool> listed;
     if (items.is_array()) {
       for (const json& p : items) {
-        upsert_pod_locked(p);
-        listed[kube::pod_identity(p).uid] = true;
+        const std::string uid = kube::pod_identity(p).uid;
+        upsert_pod_locked(p, known.count(uid) == 0);
+        listed[uid] = true;
       }
     }
     // A pod bound here that the list no longer shows was deleted meanwhile.
@@ -399,6 +416,24 @@ class service {
   /// The Prometheus text exposition. Thread-safe.
   std::string metrics() {
     std::string out;
+    if (frag_) {
+      // The learned target workload: one sample per request class, its weight as the value.
+      metrics::header(out, "gpuslice_extender_workload_class_weight", "gauge",
+                      "Weight of each request class in the target workload fgd/sfgd place "
+                      "against (line of the --workload format: weight,gpus,memory,cores,cpu,"
+                      "types).");
+      const auto w = workload_.snapshot();
+      for (const auto& c : w->classes()) {
+        std::string line = fit::format_workload({c});
+        while (!line.empty() && line.front() == '#') line.erase(0, line.find('\n') + 1);
+        while (!line.empty() && (line.back() == '\n')) line.pop_back();
+        const auto comma = line.find(',');
+        const std::string cls = comma == std::string::npos ? line : line.substr(comma + 1);
+        out += "gpuslice_extender_workload_class_weight{policy=\"" +
+               std::string(fit::frag_policy_name(*frag_)) + "\",class=\"" +
+               metrics::escape_label(cls) + "\"} " + std::to_string(c.weight) + "\n";
+      }
+    }
     metrics::header(out, "gpuslice_extender_filter_duration_seconds", "histogram",
                     "Time to answer a filter request.");
     filter_latency_.render(out, "gpuslice_extender_filter_duration_seconds", "");
@@ -478,7 +513,7 @@ class service {
   struct args {
     kube::pod_ref pod;
     result<fit::pod_request> request = fit::pod_request{};
-    fit::hami_scorer scorer;
+    node_scorer scorer;
     std::vector<std::string> names;  ///< candidate node names, in request order
     json body;
     const json* nodes = nullptr;  ///< Nodes.items when the request carried node objects
@@ -520,7 +555,7 @@ class service {
 
   struct remembered {
     fit::pod_request request;
-    fit::hami_scorer scorer;
+    node_scorer scorer;
   };
 
   /// One ResourceQuota's GPU limits.
@@ -839,8 +874,9 @@ class service {
     }
   }
 
-  /// Caller holds mu_ exclusively.
-  void upsert_pod_locked(const json& pod) {
+  /// Caller holds mu_ exclusively. A bound pod not held before teaches the fgd/sfgd workload
+  /// when \p learn.
+  void upsert_pod_locked(const json& pod, bool learn = true) {
     const kube::pod_ref ref = kube::pod_identity(pod);
     if (ref.uid.empty()) return;
     auto held = kube::bound_pod_from_json(pod);
@@ -850,6 +886,11 @@ class service {
       return;
     }
     if (*held) {
+      if (frag_ && learn && held_.count(ref.uid) == 0) {
+        if (auto r = kube::pod_request_from_json(pod, cfg_); r && kube::wants_gpu(*r)) {
+          workload_.observe(*r);
+        }
+      }
       held_entry h;
       h.pod = std::move(**held);
       hold_locked(ref.uid, std::move(h));
@@ -885,6 +926,17 @@ class service {
     for (const json* n : fresh) upsert_node_locked(*n);
   }
 
+  /// The scorer of Pod \p pod: FGD/sfgd against the learned workload under set_frag_policy
+  /// (unless the pod names a node policy), else HAMi's, with the pod's annotations.
+  result<node_scorer> scorer_for(const json& pod, const result<fit::pod_request>& request) const {
+    if (frag_ && request && !kube::names_node_policy(pod)) {
+      return node_scorer{fit::hami_frag_scorer(workload_.snapshot(), *frag_).for_pod(*request)};
+    }
+    auto sc = kube::pod_scorer(pod, scorer_);
+    if (!sc) return std::move(sc).err();
+    return node_scorer{*sc};
+  }
+
   result<args> parse_args(std::string_view body) const {
     args a;
     a.body = json::parse(body, nullptr, /*allow_exceptions=*/false);
@@ -897,9 +949,9 @@ class service {
     if (pod == nullptr || !pod->is_object()) return fail("expected a Pod object");
     a.pod = kube::pod_identity(*pod);
     a.request = kube::pod_request_from_json(*pod, cfg_);
-    auto scorer = kube::pod_scorer(*pod, scorer_);
+    auto scorer = scorer_for(*pod, a.request);
     if (scorer) {
-      a.scorer = *scorer;
+      a.scorer = std::move(*scorer);
     } else if (a.request) {
       a.request = std::move(scorer).err();
     }
@@ -934,7 +986,8 @@ class service {
     fit::fit_options opt;
     opt.report_nodes = true;
     std::shared_lock lock(mu_);
-    auto d = cluster_.fit(*a.request, a.scorer, opt);
+    auto d =
+        std::visit([&](const auto& sc) { return cluster_.fit(*a.request, sc, opt); }, a.scorer);
     for (std::size_t i = 0; i < a.names.size(); ++i) {
       candidate_result& c = ev.candidates[i];
       const auto at = index_.find(a.names[i]);
@@ -972,8 +1025,7 @@ class service {
     return ev;
   }
 
-  void remember(const kube::pod_ref& pod, const fit::pod_request& req,
-                const fit::hami_scorer& scorer) {
+  void remember(const kube::pod_ref& pod, const fit::pod_request& req, const node_scorer& scorer) {
     if (pod.uid.empty()) return;
     std::lock_guard lock(cache_mu_);
     auto [it, added] = pods_.insert_or_assign(pod.uid, remembered{req, scorer});
@@ -1022,10 +1074,10 @@ class service {
       // Not seen by filter here (another replica filtered it, or it aged out): read the pod.
       if (auto pod = pod_fetcher_(b.pod.name_space, b.pod.name)) {
         auto r = kube::pod_request_from_json(*pod, cfg_);
-        auto sc = kube::pod_scorer(*pod, scorer_);
         if (!r) return result_error("invalid_request", "pod " + b.pod.key() + ": " + r.message());
+        auto sc = scorer_for(*pod, r);
         if (!sc) return result_error("invalid_request", sc.message());
-        req = remembered{std::move(*r), *sc};
+        req = remembered{std::move(*r), std::move(*sc)};
       }
     }
     if (!req) {
@@ -1065,7 +1117,9 @@ class service {
             !over.empty()) {
           return result_error("quota", "pod " + b.pod.key() + ": " + over);
         }
-        auto d = fit::fit(std::vector<fit::node>{n}, req->request, req->scorer);
+        auto d = std::visit(
+            [&](const auto& sc) { return fit::fit(std::vector<fit::node>{n}, req->request, sc); },
+            req->scorer);
         if (!d) return result_error("invalid_request", "pod " + b.pod.key() + ": " + d.message());
         if (!d->placed) {
           return result_error("no_longer_fits", "pod " + b.pod.key() + " no longer fits node " +
@@ -1085,6 +1139,7 @@ class service {
         }
         // The decision fits the node's current usage, so charging it is what reserve() does.
         hold_locked(b.pod.uid, std::move(held));
+        if (frag_) workload_.observe(req->request);
       }
       record(b);
     }
@@ -1131,6 +1186,8 @@ class service {
   std::deque<std::string> binding_order_;
 
   const fit::hami_scorer scorer_;
+  std::optional<fit::frag_policy> frag_;  ///< set: pods are placed by FGD or sfgd
+  fit::workload_histogram workload_;      ///< the target workload (thread-safe itself)
   const kube::config cfg_;
   binder binder_;
   fetcher pod_fetcher_, node_fetcher_;

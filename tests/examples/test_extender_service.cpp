@@ -392,3 +392,34 @@ TEST_CASE("prioritize gives 10 to the fit engine's choice alone, ties broken by 
   CHECK(r == json::parse(
                  R"([{"Host":"n2","Score":9},{"Host":"n1","Score":9},{"Host":"n0","Score":10}])"));
 }
+
+TEST_CASE("under sfgd the extender places by the fragment and learns the workload it serves",
+          "[examples]") {
+  auto made = extender::service::make({}, fit::hami_scorer{});
+  REQUIRE(made);
+  auto& s = *made;
+  s->set_frag_policy(fit::frag_policy::sfgd);
+  // Cold start (one whole GPU): nothing learned yet, so /metrics shows the bare class.
+  CHECK_THAT(s->metrics(),
+             Catch::Contains("gpuslice_extender_workload_class_weight{policy=\"sfgd\""));
+  // n0 has one GPU half used, n1 two empty ones: a half-GPU pod on n0's free half leaves both of
+  // n1's GPUs whole, which every other placement would not.
+  s->upsert_node(gpu_node("n0", 1, 16384));
+  s->upsert_node(gpu_node("n1", 2, 16384));
+  s->upsert_pod(held_pod("held", "n0", "n0-g0,NVIDIA,8192,50:;"));
+  json args = json::parse(read_file(data("filter_names.json")));
+  args["Pod"]["spec"]["containers"][0]["resources"]["limits"] = {
+      {"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem", "8192"}, {"nvidia.com/gpucores", "50"}};
+  args["NodeNames"] = json::array({"n1", "n0"});
+  const json r = body(s->prioritize(args.dump()));
+  CHECK(r == json::parse(R"([{"Host":"n1","Score":0},{"Host":"n0","Score":10}])"));
+  REQUIRE(body(s->filter(args.dump()))["NodeNames"].size() == 2);
+  const std::string uid = args["Pod"]["metadata"]["uid"];
+  const json b = {{"PodName", "p"}, {"PodNamespace", "default"}, {"PodUID", uid}, {"Node", "n0"}};
+  CHECK(body(s->bind(b.dump()))["Error"] == "");
+  // The bound pod was learned (the watched one names no request): 8192 MiB and 50%, and the
+  // cold start's whole-GPU class is gone.
+  const std::string m = s->metrics();
+  CHECK_THAT(m, Catch::Contains("class=\"1,8192,500m,0,\"} 1"));
+  CHECK_THAT(m, !Catch::Contains("class=\"1,,,0,\""));
+}

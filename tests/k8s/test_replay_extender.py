@@ -40,7 +40,7 @@ def test_replay_places_every_pod_and_the_extender_holds_what_was_placed(policy):
     args = argparse.Namespace(
         extender=EXTENDER, nodes=str(OPENB / "openb_node_list_gpu_node.csv"),
         pods=str(OPENB / "openb_pod_list_default.csv"), policy=policy, seed=42, load=1.3,
-        replicate=1, limit_nodes=NODES, limit_pods=PODS, json="")
+        replicate=1, limit_nodes=NODES, limit_pods=PODS, json="", progress=0)
     out = tool.replay(args)
     assert out["nodes"] == NODES and out["pods"] == PODS
     # The extender's state, kept by watch events while the pods were scheduled, holds exactly
