@@ -17,15 +17,16 @@
 ///               families (hami_gpu_memory_allocated_bytes, ...).
 /// Malformed JSON, or JSON of the wrong shape, is a 400 whose body says what was expected.
 ///
-/// State follows the cluster: nodes (HAMi's registration annotation, the device cordon) and the
-/// pods that hold GPUs are given as objects (from a file at start, or an API-server list+watch)
-/// through replace_nodes/upsert_node/delete_node and replace_pods/upsert_pod/delete_pod. Each
-/// event changes only what it touches: a pod event the devices of its node, a node event that
-/// node (and the pods bound to it); a filter or prioritize then costs what the fit engine costs,
-/// whatever the cluster's history. A list (replace_*) replaces everything. A node whose annotation
-/// does not parse, or a pod that names a GPU its node lacks, is skipped with its reason (in
-/// FailedNodes, /state and the metrics), never aborting anything. Bindings made here count at once,
-/// before the watch reports them; deleting the pod gives its share back.
+/// State follows the cluster: nodes (HAMi's registration annotation, the device cordon, the
+/// allocatable CPU and memory) and the bound pods (their GPUs, CPU and memory) are given as objects
+/// (from a file at start, or an API-server list+watch) through
+/// replace_nodes/upsert_node/delete_node and replace_pods/upsert_pod/delete_pod. Each event changes
+/// only what it touches: a pod event the devices of its node, a node event that node (and the pods
+/// bound to it); a filter or prioritize then costs what the fit engine costs, whatever the
+/// cluster's history. A list (replace_*) replaces everything. A node whose annotation does not
+/// parse, or a pod that names a GPU its node lacks, is skipped with its reason (in FailedNodes,
+/// /state and the metrics), never aborting anything. Bindings made here count at once, before the
+/// watch reports them; deleting the pod gives its share back.
 
 #include <algorithm>
 #include <chrono>
@@ -75,6 +76,102 @@ inline constexpr int k_ok = 200;
 /// alternative here (and where scorer_for() picks it).
 using node_scorer = std::variant<fit::hami_scorer, fit::hami_frag_scorer>;
 
+/// CPU (milli-CPU) or memory (bytes) a node or pod is taken to have when it does not say: so
+/// much that it never limits (a node listed without status.allocatable, or given with 0).
+inline constexpr std::uint64_t k_unbounded = std::uint64_t{1} << 62;
+
+namespace detail {
+
+/// A CPU quantity in milli-CPU ("4", "1.5", "250m"), as resource.Quantity.MilliValue(); nullopt
+/// when it does not parse. Pure, thread-safe.
+inline std::optional<std::uint64_t> cpu_milli(const json& v) {
+  std::string text = v.is_string() ? v.get<std::string>() : v.dump();
+  if (text.empty()) return std::nullopt;
+  if (text.back() == 'm') {
+    text.pop_back();
+  } else if (::gpuslice::detail::is_digit(text.back()) || text.back() == '.') {
+    text += 'k';  // thousands of cores are milli-cores, fractions included
+  } else {
+    auto q = kube::parse_quantity(text);
+    if (!q) return std::nullopt;
+    constexpr std::uint64_t k_milli = 1000;
+    return static_cast<std::uint64_t>(*q) * k_milli;
+  }
+  auto q = kube::parse_quantity(text);
+  if (!q) return std::nullopt;
+  return static_cast<std::uint64_t>(*q);
+}
+
+/// A memory quantity in bytes; nullopt when it does not parse. Pure, thread-safe.
+inline std::optional<std::uint64_t> memory_bytes(const json& v) {
+  auto q = kube::parse_quantity(v.is_string() ? v.get<std::string>() : v.dump());
+  if (!q) return std::nullopt;
+  return static_cast<std::uint64_t>(*q);
+}
+
+/// A Node's status.allocatable CPU and memory (k_unbounded for what it does not give).
+inline std::pair<std::uint64_t, std::uint64_t> allocatable(const json& node) {
+  const json* status = kube::detail::member(node, "status");
+  const json* alloc = status != nullptr ? kube::detail::member(*status, "allocatable") : nullptr;
+  std::uint64_t cpu = k_unbounded, mem = k_unbounded;
+  if (alloc != nullptr) {
+    if (const json* c = kube::detail::member(*alloc, "cpu")) cpu = cpu_milli(*c).value_or(cpu);
+    if (const json* m = kube::detail::member(*alloc, "memory")) {
+      mem = memory_bytes(*m).value_or(mem);
+    }
+  }
+  return {cpu == 0 ? k_unbounded : cpu, mem == 0 ? k_unbounded : mem};
+}
+
+/// What a Pod asks of its node's CPU (milli) and memory (bytes), as kube-scheduler counts it:
+/// the app containers' requests (their limits where a request is absent, as the API server
+/// defaults them) added up, or the largest init container's, whichever is larger. Pure,
+/// thread-safe.
+inline std::pair<std::uint64_t, std::uint64_t> pod_cpu_memory(const json& pod) {
+  const json* spec = kube::detail::member(pod, "spec");
+  auto of = [](const json& c) {
+    std::uint64_t cpu = 0, mem = 0;
+    const json* res = kube::detail::member(c, "resources");
+    for (const char* kind : {"limits", "requests"}) {  // requests win over limits
+      const json* r = res != nullptr ? kube::detail::member(*res, kind) : nullptr;
+      if (r == nullptr || !r->is_object()) continue;
+      if (const json* v = kube::detail::member(*r, "cpu")) cpu = cpu_milli(*v).value_or(cpu);
+      if (const json* v = kube::detail::member(*r, "memory")) {
+        mem = memory_bytes(*v).value_or(mem);
+      }
+    }
+    return std::pair<std::uint64_t, std::uint64_t>{cpu, mem};
+  };
+  std::uint64_t cpu = 0, mem = 0, init_cpu = 0, init_mem = 0;
+  if (spec != nullptr) {
+    if (const json* cs = kube::detail::member(*spec, "containers"); cs && cs->is_array()) {
+      for (const json& c : *cs) {
+        const auto [c_cpu, c_mem] = of(c);
+        cpu += c_cpu;
+        mem += c_mem;
+      }
+    }
+    if (const json* cs = kube::detail::member(*spec, "initContainers"); cs && cs->is_array()) {
+      for (const json& c : *cs) {
+        const auto [c_cpu, c_mem] = of(c);
+        init_cpu = std::max(init_cpu, c_cpu);
+        init_mem = std::max(init_mem, c_mem);
+      }
+    }
+  }
+  return {std::max(cpu, init_cpu), std::max(mem, init_mem)};
+}
+
+/// Adds \p pod's CPU and memory to its request (the fit engine sums them over containers).
+inline void add_cpu_memory(const json& pod, fit::pod_request& req) {
+  if (req.containers.empty()) return;
+  const auto [cpu, mem] = pod_cpu_memory(pod);
+  req.containers.front().cpu += cpu;
+  req.containers.front().host_memory += mem;
+}
+
+}  // namespace detail
+
 /// A verb's answer: an HTTP status and a JSON body.
 struct reply {
   int status = k_ok;
@@ -116,6 +213,8 @@ class service {
       std::string name = n.name;
       node_entry e;
       e.node = std::move(n);
+      if (e.node.cpu_total == 0) e.node.cpu_total = k_unbounded;  // not given: not checked
+      if (e.node.memory_total == 0) e.node.memory_total = k_unbounded;
       svc->set_node_locked(name, std::move(e));
     }
     return svc;
@@ -273,9 +372,6 @@ class service {
     if (!a->request) {
       failures_.add("invalid_request");
       for (const auto& n : a->names) unresolvable[n] = "gpuslice: " + a->request.message();
-    } else if (!kube::wants_gpu(*a->request)) {
-      remember(a->pod, *a->request, a->scorer);
-      for (std::size_t i = 0; i < a->names.size(); ++i) pass(i);
     } else {
       remember(a->pod, *a->request, a->scorer);
       const evaluation ev = evaluate(*a);
@@ -318,7 +414,7 @@ class service {
     adopt_nodes(*a);
     json out = json::array();
     std::vector<std::int64_t> scores(a->names.size(), 0);
-    if (a->request && kube::wants_gpu(*a->request)) {
+    if (a->request) {
       remember(a->pod, *a->request, a->scorer);
       const evaluation ev = evaluate(*a);
       double lo = std::numeric_limits<double>::infinity(), hi = -lo;
@@ -536,13 +632,15 @@ class service {
   };
 
   struct node_entry {
-    fit::node node;              ///< capacity (and any usage given at make)
-    std::string skip;            ///< why the node is skipped; empty when it is served
-    std::vector<held_sum> held;  ///< per device position: the charged pods' sums
+    fit::node node;                     ///< capacity (and any usage given at make)
+    std::string skip;                   ///< why the node is skipped; empty when it is served
+    std::vector<held_sum> held;         ///< per device position: the charged pods' sums
+    std::uint64_t cpu = 0, memory = 0;  ///< the charged pods' CPU (milli) and memory (bytes)
   };
 
   struct held_entry {
     kube::bound_pod pod;
+    std::uint64_t cpu = 0, memory = 0;  ///< what the pod asks of its node's CPU and memory
     bool own = false;      ///< bound here (kept until the API server shows it, deleted or released)
     bool charged = false;  ///< counted in its node's sums (else it is in pod_skips_)
     std::vector<std::size_t> positions;  ///< per pod.devices: the device position charged
@@ -640,6 +738,7 @@ class service {
       e.skip = bad->message;
     } else {
       e.node = std::move(*n);
+      std::tie(e.node.cpu_total, e.node.memory_total) = detail::allocatable(node);
     }
     set_node_locked(name, std::move(e));
     return name;
@@ -686,6 +785,7 @@ class service {
       return;
     }
     slot.held.assign(slot.node.devices.size(), held_sum{});
+    slot.cpu = slot.memory = 0;
     charge_node_locked(name);
     if (at == index_.end()) {
       auto pos = cluster_.add_node(usage_of(slot));
@@ -723,6 +823,8 @@ class service {
   /// the pods hold, capped at the total (kube::charge's rule: an over-reported card is full).
   static fit::node usage_of(const node_entry& e) {
     fit::node n = e.node;
+    n.cpu_used = std::min(n.cpu_total, n.cpu_used + e.cpu);
+    n.memory_used = std::min(n.memory_total, n.memory_used + e.memory);
     for (std::size_t p = 0; p < n.devices.size() && p < e.held.size(); ++p) {
       fit::device& d = n.devices[p];
       const held_sum& h = e.held[p];
@@ -781,6 +883,8 @@ class service {
       s.memory += h.pod.devices[i].memory;
       s.cores += h.pod.devices[i].cores;
     }
+    e.cpu += h.cpu;
+    e.memory += h.memory;
     h.charged = true;
     pod_skips_.erase(uid);
   }
@@ -800,6 +904,8 @@ class service {
       s.memory -= h.pod.devices[i].memory;
       s.cores -= h.pod.devices[i].cores;
     }
+    e.cpu -= h.cpu;
+    e.memory -= h.memory;
     h.positions.clear();
   }
 
@@ -885,24 +991,33 @@ class service {
       pod_skips_[ref.uid] = held.message();
       return;
     }
-    if (*held) {
-      if (frag_ && learn && held_.count(ref.uid) == 0) {
+    const json* spec = kube::detail::member(pod, "spec");
+    const std::string node = spec != nullptr ? kube::detail::string_at(*spec, "nodeName") : "";
+    const json* status = kube::detail::member(pod, "status");
+    const std::string phase = status != nullptr ? kube::detail::string_at(*status, "phase") : "";
+    const bool finished = phase == "Succeeded" || phase == "Failed";
+    const auto [cpu, memory] = detail::pod_cpu_memory(pod);
+    if (*held || (!node.empty() && !finished && (cpu != 0 || memory != 0))) {
+      if (*held && frag_ && learn && held_.count(ref.uid) == 0) {
         if (auto r = kube::pod_request_from_json(pod, cfg_); r && kube::wants_gpu(*r)) {
           workload_.observe(*r);
         }
       }
       held_entry h;
-      h.pod = std::move(**held);
+      if (*held) {
+        h.pod = std::move(**held);
+      } else {  // bound without GPUs: it holds its node's CPU and memory
+        h.pod.ref = ref;
+        h.pod.node = node;
+      }
+      h.cpu = cpu;
+      h.memory = memory;
       hold_locked(ref.uid, std::move(h));
       return;
     }
     // Holds nothing: finished, or bound without devices. A pod still waiting for its node keeps
     // what a bind here reserved (the watch shows the annotations before the binding).
-    const json* spec = kube::detail::member(pod, "spec");
-    const bool bound = spec != nullptr && !kube::detail::string_at(*spec, "nodeName").empty();
-    const json* status = kube::detail::member(pod, "status");
-    const std::string phase = status != nullptr ? kube::detail::string_at(*status, "phase") : "";
-    if (bound || phase == "Succeeded" || phase == "Failed") {
+    if (!node.empty() || finished) {
       drop_locked(ref.uid);
       pod_skips_.erase(ref.uid);
     }
@@ -949,6 +1064,7 @@ class service {
     if (pod == nullptr || !pod->is_object()) return fail("expected a Pod object");
     a.pod = kube::pod_identity(*pod);
     a.request = kube::pod_request_from_json(*pod, cfg_);
+    if (a.request) detail::add_cpu_memory(*pod, *a.request);
     auto scorer = scorer_for(*pod, a.request);
     if (scorer) {
       a.scorer = std::move(*scorer);
@@ -992,6 +1108,10 @@ class service {
       candidate_result& c = ev.candidates[i];
       const auto at = index_.find(a.names[i]);
       if (at == index_.end()) {
+        if (a.request && !kube::wants_gpu(*a.request)) {  // kube-scheduler checked its CPU
+          c.feasible = true;
+          continue;
+        }
         c.unresolvable = true;
         const auto skipped = nodes_.find(a.names[i]);
         c.why = skipped != nodes_.end() && !skipped->second.skip.empty()
@@ -1075,6 +1195,7 @@ class service {
       if (auto pod = pod_fetcher_(b.pod.name_space, b.pod.name)) {
         auto r = kube::pod_request_from_json(*pod, cfg_);
         if (!r) return result_error("invalid_request", "pod " + b.pod.key() + ": " + r.message());
+        detail::add_cpu_memory(*pod, *r);
         auto sc = scorer_for(*pod, r);
         if (!sc) return result_error("invalid_request", sc.message());
         req = remembered{std::move(*r), std::move(*sc)};
@@ -1102,8 +1223,10 @@ class service {
         return result_error("already_bound",
                             "pod " + b.pod.key() + ": already bound to " + it->second.pod.node);
       }
-      if (kube::wants_gpu(req->request)) {
-        const auto at = index_.find(b.node);
+      const bool gpu = kube::wants_gpu(req->request);
+      const auto at = index_.find(b.node);
+      // A pod without GPUs on a node the extender knows holds its CPU and memory there.
+      if (gpu || at != index_.end()) {
         if (at == index_.end()) {
           const auto skipped = nodes_.find(b.node);
           return result_error("node_unknown",
@@ -1113,7 +1236,7 @@ class service {
                                        : std::string("not registered")));
         }
         const fit::node& n = cluster_.nodes()[at->second];
-        if (const std::string over = quota_excess(b.pod.name_space, req->request, n);
+        if (const std::string over = gpu ? quota_excess(b.pod.name_space, req->request, n) : "";
             !over.empty()) {
           return result_error("quota", "pod " + b.pod.key() + ": " + over);
         }
@@ -1127,10 +1250,14 @@ class service {
                                                     fit::format_reasons(d->reasons));
         }
         d->node = at->second;
-        auto devices = kube::devices_annotation(n, *d);
-        if (!devices) return result_error("encode", devices.message());
-        b.devices = std::move(*devices);
+        if (gpu) {
+          auto devices = kube::devices_annotation(n, *d);
+          if (!devices) return result_error("encode", devices.message());
+          b.devices = std::move(*devices);
+        }
         held_entry held;
+        held.cpu = d->cpu;
+        held.memory = d->host_memory;
         held.pod.ref = b.pod;
         held.pod.node = b.node;
         held.own = true;
@@ -1139,7 +1266,7 @@ class service {
         }
         // The decision fits the node's current usage, so charging it is what reserve() does.
         hold_locked(b.pod.uid, std::move(held));
-        if (frag_) workload_.observe(req->request);
+        if (frag_ && gpu) workload_.observe(req->request);
       }
       record(b);
     }

@@ -3,7 +3,8 @@
 // KubeSchedulerConfiguration that wires it in.
 //
 //   gpuslice_extender [--nodes nodes.json [--pods pods.json]] [--apiserver URL | --in-cluster]
-//                     [--listen 127.0.0.1] [--port 8888] [--node-policy binpack|spread]
+//                     [--listen 127.0.0.1] [--port 8888]
+//                     [--node-policy binpack|spread|fgd|sfgd [--workload FILE]]
 //                     [--gpu-policy spread|binpack|topology-aware[,mutex,numa]]
 //                     [--bind-timeout-ms 3000] [HAMi chart keys] [--verbose]
 //

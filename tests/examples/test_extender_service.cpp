@@ -142,15 +142,21 @@ TEST_CASE("an invalid GPU request fails every node as unresolvable, with the rea
         "expected at most 2147483647");
 }
 
-TEST_CASE("a pod without GPUs passes every candidate untouched", "[examples]") {
+TEST_CASE("a pod without GPUs passes every node with the CPU for it, scored by the policy",
+          "[examples]") {
   auto s = example_tests::sample_service();
   json args = json::parse(read_file(data("filter_names.json")));
   args["Pod"]["spec"]["containers"][0]["resources"] = {{"limits", {{"cpu", "2"}}}};
   args["NodeNames"].push_back("unknown-node");
   const json r = body(s->filter(args.dump()));
   CHECK(r["NodeNames"] == json::array({"gpu-a", "gpu-b", "cpu-c", "unknown-node"}));
+  // Binpack: gpu-a, whose GPU holds a pod, is the fit engine's choice; a node the extender does
+  // not know passes (kube-scheduler checked its CPU) and scores nothing.
   const json p = body(s->prioritize(args.dump()));
-  for (const auto& h : p) CHECK(h["Score"] == 0);
+  REQUIRE(p.size() == 4);
+  CHECK(p[0] == json{{"Host", "gpu-a"}, {"Score", 10}});
+  for (std::size_t i = 1; i < 4; ++i) CHECK(p[i]["Score"].get<int>() < 10);
+  CHECK(p[3]["Score"] == 0);
 }
 
 TEST_CASE("malformed bodies get a 400 with a message, never a crash", "[examples]") {
@@ -296,6 +302,7 @@ TEST_CASE("state kept by events equals a rebuild from the same objects, for rand
       if (what <= 1) {  // a node joins or changes: size, memory, GPUs renamed, or malformed
         const std::string name = node_name(pick(k_nodes));
         json n = gpu_node(name, 1 + pick(4), pick(2) == 0 ? 16384 : 32768, pick(3) == 0 ? 1 : 0);
+        if (pick(2) == 0) n["status"] = {{"allocatable", {{"cpu", std::to_string(2 + pick(6))}}}};
         if (pick(8) == 0) n["metadata"]["annotations"]["hami.io/node-nvidia-register"] = "[{";
         if (pick(6) == 0 && nodes.count(name) != 0) n = nodes[name];  // unchanged (handshake)
         nodes[name] = n;
@@ -307,7 +314,12 @@ TEST_CASE("state kept by events equals a rebuild from the same objects, for rand
       } else if (what <= 6) {  // a pod is bound, changes, finishes, or is malformed
         const std::string uid = "p" + std::to_string(pick(k_pods));
         const std::string node = pick(9) == 0 ? "ghost" : node_name(pick(k_nodes));
-        json p = held_pod(uid, node, random_devices(node));
+        json p = held_pod(uid, node, pick(5) == 0 ? "" : random_devices(node));
+        if (pick(2) == 0) {  // its CPU: held too, GPUs or not
+          p["spec"]["containers"] = json::array(
+              {{{"name", "main"},
+                {"resources", {{"requests", {{"cpu", std::to_string(500 * pick(5)) + "m"}}}}}}});
+        }
         if (pick(8) == 0) p["status"]["phase"] = "Succeeded";
         if (pick(10) == 0) p["metadata"]["annotations"]["hami.io/vgpu-devices-allocated"] = "x,";
         // Still pending (nodeName is set once and never changes, so only a pod not bound yet).
@@ -356,7 +368,8 @@ TEST_CASE("state kept by events equals a rebuild from the same objects, for rand
       const json kept = usage_state(*live), rebuilt = usage_state(**fresh);
       INFO("patch from the kept state to the rebuilt one: " << json::diff(kept, rebuilt).dump());
       REQUIRE(kept == rebuilt);
-      json probe = probe_args;
+      json probe = probe_args;  // asks for CPU too, so the nodes' CPU sums count
+      probe["Pod"]["spec"]["containers"][0]["resources"]["requests"] = {{"cpu", "1500m"}};
       probe["NodeNames"] = json::array();
       for (const auto& [name, n] : nodes) probe["NodeNames"].push_back(name);
       REQUIRE(body(live->filter(probe.dump())) == body((*fresh)->filter(probe.dump())));
@@ -422,4 +435,41 @@ TEST_CASE("under sfgd the extender places by the fragment and learns the workloa
   const std::string m = s->metrics();
   CHECK_THAT(m, Catch::Contains("class=\"1,8192,500m,0,\"} 1"));
   CHECK_THAT(m, !Catch::Contains("class=\"1,,,0,\""));
+}
+
+TEST_CASE("pods hold their node's CPU and memory, CPU-only ones included", "[examples]") {
+  auto made = extender::service::make({}, fit::hami_scorer{});
+  REQUIRE(made);
+  auto& s = *made;
+  json small = gpu_node("small", 1, 16384);
+  small["status"] = {{"allocatable", {{"cpu", "4"}, {"memory", "8Gi"}}}};
+  s->upsert_node(small);
+  s->upsert_node(gpu_node("big", 1, 16384));  // no allocatable: CPU not checked
+  json cpu_pod = held_pod("cpu-only", "small", "");
+  cpu_pod["metadata"]["annotations"] = json::object();
+  cpu_pod["spec"]["containers"] = json::array(
+      {{{"name", "main"}, {"resources", {{"requests", {{"cpu", "3500m"}, {"memory", "1Gi"}}}}}}});
+  s->upsert_pod(cpu_pod);
+  json args = json::parse(read_file(data("filter_names.json")));
+  args["Pod"]["spec"]["containers"][0]["resources"]["requests"] = {{"cpu", "1"}};
+  args["NodeNames"] = json::array({"small", "big"});
+  json r = body(s->filter(args.dump()));
+  CHECK(r["NodeNames"] == json::array({"big"}));
+  CHECK_THAT(r["FailedNodes"]["small"].get<std::string>(), Catch::Contains("CPU"));
+  // The pod finishes: its CPU is free again, for GPU pods and CPU-only ones alike.
+  cpu_pod["status"]["phase"] = "Succeeded";
+  s->upsert_pod(cpu_pod);
+  CHECK(body(s->filter(args.dump()))["NodeNames"] == json::array({"small", "big"}));
+  json cpu_args = args;
+  cpu_args["Pod"]["spec"]["containers"][0]["resources"] = {{"requests", {{"cpu", "3"}}}};
+  cpu_args["Pod"]["metadata"]["uid"] = "cpu-2";
+  CHECK(body(s->filter(cpu_args.dump()))["NodeNames"] == json::array({"small", "big"}));
+  const json b = {
+      {"PodName", "cpu-2"}, {"PodNamespace", "default"}, {"PodUID", "cpu-2"}, {"Node", "small"}};
+  CHECK(body(s->bind(b.dump()))["Error"] == "");
+  CHECK(json::parse(s->state())["bindings"][0]["hami.io/vgpu-devices-to-allocate"] == "");
+  // 3 of 4 CPUs held by the bind: the GPU pod asking 1 still fits, a second one would not.
+  CHECK(body(s->filter(args.dump()))["NodeNames"] == json::array({"small", "big"}));
+  cpu_args["Pod"]["metadata"]["uid"] = "cpu-3";
+  CHECK(body(s->filter(cpu_args.dump()))["NodeNames"] == json::array({"big"}));
 }
