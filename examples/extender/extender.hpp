@@ -6,8 +6,9 @@
 ///               (not only the best one, so kube-scheduler's own scoring still applies), and a
 ///               reason per failed node; nodes that no eviction could make fit go to
 ///               FailedAndUnresolvableNodes, so kube-scheduler does not preempt for them.
-///   prioritize  ExtenderArgs -> HostPriorityList: the fit engine's node score of each node,
-///               scaled to 0..10 (MaxExtenderPriority) over the feasible candidates.
+///   prioritize  ExtenderArgs -> HostPriorityList: the fit engine's choice among the feasible
+///               candidates gets 10 (MaxExtenderPriority), every other node 0..9 by its node
+///               score, so kube-scheduler's argmax is the fit engine's (see prioritize()).
 ///   bind        ExtenderBindingArgs -> ExtenderBindingResult: places the pod's GPUs on the
 ///               chosen node, reserves them in memory, and hands the binding (with HAMi's
 ///               annotations) to the binder, which a deployment points at the API server.
@@ -16,13 +17,16 @@
 ///               families (hami_gpu_memory_allocated_bytes, ...).
 /// Malformed JSON, or JSON of the wrong shape, is a 400 whose body says what was expected.
 ///
-/// State follows the cluster: nodes (HAMi's registration annotation, the device cordon) and the
-/// pods that hold GPUs are given as objects (from a file at start, or an API-server list+watch)
-/// through replace_nodes/upsert_node/delete_node and replace_pods/upsert_pod/delete_pod; the fit
-/// cluster is rebuilt from them when they change. A node whose annotation does not parse, or a
-/// pod that names a GPU its node lacks, is skipped with its reason (in FailedNodes, /state and
-/// the metrics), never aborting anything. Bindings made here count at once, before the watch
-/// reports them; deleting the pod gives its share back.
+/// State follows the cluster: nodes (HAMi's registration annotation, the device cordon, the
+/// allocatable CPU and memory) and the bound pods (their GPUs, CPU and memory) are given as objects
+/// (from a file at start, or an API-server list+watch) through
+/// replace_nodes/upsert_node/delete_node and replace_pods/upsert_pod/delete_pod. Each event changes
+/// only what it touches: a pod event the devices of its node, a node event that node (and the pods
+/// bound to it); a filter or prioritize then costs what the fit engine costs, whatever the
+/// cluster's history. A list (replace_*) replaces everything. A node whose annotation does not
+/// parse, or a pod that names a GPU its node lacks, is skipped with its reason (in FailedNodes,
+/// /state and the metrics), never aborting anything. Bindings made here count at once, before the
+/// watch reports them; deleting the pod gives its share back.
 
 #include <algorithm>
 #include <chrono>
@@ -41,10 +45,13 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include "gpuslice/fit/fit.hpp"
+#include "gpuslice/fit/hami_frag.hpp"
 #include "gpuslice/result.hpp"
 #include "kube.hpp"
 #include "metrics.hpp"
@@ -64,6 +71,106 @@ inline constexpr std::size_t k_max_bindings = 65536;
 inline constexpr int k_bad_request = 400;
 /// HTTP status of a verb that answered (its body may still carry an Error).
 inline constexpr int k_ok = 200;
+
+/// The scorers a pod can be placed by, visited in every fit call: a new policy is one more
+/// alternative here (and where scorer_for() picks it).
+using node_scorer = std::variant<fit::hami_scorer, fit::hami_frag_scorer>;
+
+/// CPU (milli-CPU) or memory (bytes) a node or pod is taken to have when it does not say: so
+/// much that it never limits (a node listed without status.allocatable, or given with 0).
+inline constexpr std::uint64_t k_unbounded = std::uint64_t{1} << 62;
+
+namespace detail {
+
+/// A CPU quantity in milli-CPU ("4", "1.5", "250m"), as resource.Quantity.MilliValue(); nullopt
+/// when it does not parse. Pure, thread-safe.
+inline std::optional<std::uint64_t> cpu_milli(const json& v) {
+  std::string text = v.is_string() ? v.get<std::string>() : v.dump();
+  if (text.empty()) return std::nullopt;
+  if (text.back() == 'm') {
+    text.pop_back();
+  } else if (::gpuslice::detail::is_digit(text.back()) || text.back() == '.') {
+    text += 'k';  // thousands of cores are milli-cores, fractions included
+  } else {
+    auto q = kube::parse_quantity(text);
+    if (!q) return std::nullopt;
+    constexpr std::uint64_t k_milli = 1000;
+    return static_cast<std::uint64_t>(*q) * k_milli;
+  }
+  auto q = kube::parse_quantity(text);
+  if (!q) return std::nullopt;
+  return static_cast<std::uint64_t>(*q);
+}
+
+/// A memory quantity in bytes; nullopt when it does not parse. Pure, thread-safe.
+inline std::optional<std::uint64_t> memory_bytes(const json& v) {
+  auto q = kube::parse_quantity(v.is_string() ? v.get<std::string>() : v.dump());
+  if (!q) return std::nullopt;
+  return static_cast<std::uint64_t>(*q);
+}
+
+/// A Node's status.allocatable CPU and memory (k_unbounded for what it does not give).
+inline std::pair<std::uint64_t, std::uint64_t> allocatable(const json& node) {
+  const json* status = kube::detail::member(node, "status");
+  const json* alloc = status != nullptr ? kube::detail::member(*status, "allocatable") : nullptr;
+  std::uint64_t cpu = k_unbounded, mem = k_unbounded;
+  if (alloc != nullptr) {
+    if (const json* c = kube::detail::member(*alloc, "cpu")) cpu = cpu_milli(*c).value_or(cpu);
+    if (const json* m = kube::detail::member(*alloc, "memory")) {
+      mem = memory_bytes(*m).value_or(mem);
+    }
+  }
+  return {cpu == 0 ? k_unbounded : cpu, mem == 0 ? k_unbounded : mem};
+}
+
+/// What a Pod asks of its node's CPU (milli) and memory (bytes), as kube-scheduler counts it:
+/// the app containers' requests (their limits where a request is absent, as the API server
+/// defaults them) added up, or the largest init container's, whichever is larger. Pure,
+/// thread-safe.
+inline std::pair<std::uint64_t, std::uint64_t> pod_cpu_memory(const json& pod) {
+  const json* spec = kube::detail::member(pod, "spec");
+  auto of = [](const json& c) {
+    std::uint64_t cpu = 0, mem = 0;
+    const json* res = kube::detail::member(c, "resources");
+    for (const char* kind : {"limits", "requests"}) {  // requests win over limits
+      const json* r = res != nullptr ? kube::detail::member(*res, kind) : nullptr;
+      if (r == nullptr || !r->is_object()) continue;
+      if (const json* v = kube::detail::member(*r, "cpu")) cpu = cpu_milli(*v).value_or(cpu);
+      if (const json* v = kube::detail::member(*r, "memory")) {
+        mem = memory_bytes(*v).value_or(mem);
+      }
+    }
+    return std::pair<std::uint64_t, std::uint64_t>{cpu, mem};
+  };
+  std::uint64_t cpu = 0, mem = 0, init_cpu = 0, init_mem = 0;
+  if (spec != nullptr) {
+    if (const json* cs = kube::detail::member(*spec, "containers"); cs && cs->is_array()) {
+      for (const json& c : *cs) {
+        const auto [c_cpu, c_mem] = of(c);
+        cpu += c_cpu;
+        mem += c_mem;
+      }
+    }
+    if (const json* cs = kube::detail::member(*spec, "initContainers"); cs && cs->is_array()) {
+      for (const json& c : *cs) {
+        const auto [c_cpu, c_mem] = of(c);
+        init_cpu = std::max(init_cpu, c_cpu);
+        init_mem = std::max(init_mem, c_mem);
+      }
+    }
+  }
+  return {std::max(cpu, init_cpu), std::max(mem, init_mem)};
+}
+
+/// Adds \p pod's CPU and memory to its request (the fit engine sums them over containers).
+inline void add_cpu_memory(const json& pod, fit::pod_request& req) {
+  if (req.containers.empty()) return;
+  const auto [cpu, mem] = pod_cpu_memory(pod);
+  req.containers.front().cpu += cpu;
+  req.containers.front().host_memory += mem;
+}
+
+}  // namespace detail
 
 /// A verb's answer: an HTTP status and a JSON body.
 struct reply {
@@ -101,11 +208,15 @@ class service {
       if (auto e = fit::validate(n)) return std::move(*e);
     }
     auto svc = std::unique_ptr<service>(new service(scorer, pod_cache, std::move(cfg)));
+    std::unique_lock lock(svc->mu_);
     for (auto& n : nodes) {
       std::string name = n.name;
-      svc->nodes_.insert_or_assign(std::move(name), node_entry{std::move(n), {}});
+      node_entry e;
+      e.node = std::move(n);
+      if (e.node.cpu_total == 0) e.node.cpu_total = k_unbounded;  // not given: not checked
+      if (e.node.memory_total == 0) e.node.memory_total = k_unbounded;
+      svc->set_node_locked(name, std::move(e));
     }
-    svc->rebuild();
     return svc;
   }
 
@@ -114,65 +225,81 @@ class service {
   /// Sets how unknown pods and nodes are looked up. Not thread-safe: call before serving.
   void set_pod_fetcher(fetcher f) { pod_fetcher_ = std::move(f); }
   void set_node_fetcher(fetcher f) { node_fetcher_ = std::move(f); }
+  /// Places pods by FGD or sfgd (fit/hami_frag.hpp) against the workload learned from the pods
+  /// seen (bound ones from the watch, and each bind here), seeded by \p seed when given; a pod
+  /// whose annotation names a node policy keeps HAMi's scorer. Not thread-safe: call before
+  /// serving.
+  void set_frag_policy(fit::frag_policy p, std::vector<fit::weighted_class> seed = {}) {
+    frag_ = p;
+    if (!seed.empty()) workload_.seed(std::move(seed));
+  }
 
   // ---- state updates ---------------------------------------------------------------------
 
   /// Replaces every node with the Node objects of \p items (a list's items). Thread-safe.
   void replace_nodes(const json& items) {
     std::unique_lock lock(mu_);
-    nodes_.clear();
+    std::map<std::string, bool> listed;
     if (items.is_array()) {
-      for (const json& n : items) upsert_node_locked(n);
+      for (const json& n : items) listed[upsert_node_locked(n)] = true;
     }
-    dirty_ = true;
+    std::vector<std::string> gone;
+    for (const auto& [name, e] : nodes_) {
+      if (listed.count(name) == 0) gone.push_back(name);
+    }
+    for (const auto& name : gone) erase_node_locked(name);
   }
   /// Adds or updates one Node object (a malformed one is kept as skipped, with its reason).
   /// Thread-safe.
   void upsert_node(const json& node) {
     std::unique_lock lock(mu_);
     upsert_node_locked(node);
-    dirty_ = true;
   }
   /// Removes a node. Thread-safe.
   void delete_node(const std::string& name) {
     std::unique_lock lock(mu_);
-    nodes_.erase(name);
-    dirty_ = true;
+    erase_node_locked(name);
   }
   /// Replaces every pod holding GPUs with those of \p items, keeping bindings made here whose
   /// pods the list does not show bound yet. Thread-safe.
   void replace_pods(const json& items) {
     std::unique_lock lock(mu_);
-    std::unordered_map<std::string, held_entry> kept;
-    for (auto& [uid, h] : held_) {
-      if (h.own) kept.emplace(uid, std::move(h));
+    std::vector<std::string> dropped;
+    std::unordered_set<std::string> known;  // learned from already
+    for (const auto& [uid, h] : held_) {
+      known.insert(uid);
+      if (!h.own) dropped.push_back(uid);
     }
-    held_ = std::move(kept);
+    for (const auto& uid : dropped) drop_locked(uid);
+    for (auto it = pod_skips_.begin(); it != pod_skips_.end();) {
+      it = held_.count(it->first) == 0 ? pod_skips_.erase(it) : std::next(it);
+    }
     std::unordered_map<std::string, bool> listed;
     if (items.is_array()) {
       for (const json& p : items) {
-        upsert_pod_locked(p);
-        listed[kube::pod_identity(p).uid] = true;
+        const std::string uid = kube::pod_identity(p).uid;
+        upsert_pod_locked(p, known.count(uid) == 0);
+        listed[uid] = true;
       }
     }
     // A pod bound here that the list no longer shows was deleted meanwhile.
-    for (auto it = held_.begin(); it != held_.end();) {
-      it = it->second.own && listed.count(it->first) == 0 ? held_.erase(it) : std::next(it);
+    dropped.clear();
+    for (const auto& [uid, h] : held_) {
+      if (h.own && listed.count(uid) == 0) dropped.push_back(uid);
     }
-    dirty_ = true;
+    for (const auto& uid : dropped) drop_locked(uid);
   }
   /// Adds or updates one Pod object: a bound pod with HAMi's devices annotation holds its GPUs;
   /// a finished pod, or a bound one without the annotation, holds none. Thread-safe.
   void upsert_pod(const json& pod) {
     std::unique_lock lock(mu_);
     upsert_pod_locked(pod);
-    dirty_ = true;
   }
   /// A deleted pod gives its GPUs back. Thread-safe.
   void delete_pod(const json& pod) {
     const std::string uid = kube::pod_identity(pod).uid;
     std::unique_lock lock(mu_);
-    if (held_.erase(uid) != 0) dirty_ = true;
+    drop_locked(uid);
     pod_skips_.erase(uid);
   }
 
@@ -245,9 +372,6 @@ class service {
     if (!a->request) {
       failures_.add("invalid_request");
       for (const auto& n : a->names) unresolvable[n] = "gpuslice: " + a->request.message();
-    } else if (!kube::wants_gpu(*a->request)) {
-      remember(a->pod, *a->request, a->scorer);
-      for (std::size_t i = 0; i < a->names.size(); ++i) pass(i);
     } else {
       remember(a->pod, *a->request, a->scorer);
       const evaluation ev = evaluate(*a);
@@ -273,7 +397,14 @@ class service {
     return {k_ok, out.dump()};
   }
 
-  /// The prioritize verb. Thread-safe.
+  /// The prioritize verb. The fit engine's choice among the feasible candidates (the best node
+  /// score; on a tie, the first name, as the fit engine breaks ties) gets k_max_priority; every
+  /// other feasible node gets 0..k_max_priority - 1 by its score, linearly from the worst to the
+  /// best. A plain 0..10 rescale would round nodes within a tenth of the range of the best to 10
+  /// too, and kube-scheduler picks at random among equal totals, so it would often not place as
+  /// the fit engine does. kube-scheduler adds extender scores times weight * 10 to its plugins'
+  /// scores, so with the other scores equal on the candidates (docs/placement.md says how to
+  /// deploy) its choice is the fit engine's. Thread-safe.
   reply prioritize(std::string_view body) {
     auto a = parse_args(body);
     if (!a) {
@@ -283,21 +414,32 @@ class service {
     adopt_nodes(*a);
     json out = json::array();
     std::vector<std::int64_t> scores(a->names.size(), 0);
-    if (a->request && kube::wants_gpu(*a->request)) {
+    if (a->request) {
       remember(a->pod, *a->request, a->scorer);
       const evaluation ev = evaluate(*a);
       double lo = std::numeric_limits<double>::infinity(), hi = -lo;
-      for (const auto& c : ev.candidates) {
-        if (!c.feasible) continue;
-        lo = std::min(lo, c.score);
-        hi = std::max(hi, c.score);
-      }
+      std::size_t best = scores.size();
       for (std::size_t i = 0; i < scores.size(); ++i) {
         const auto& c = ev.candidates[i];
         if (!c.feasible) continue;
-        scores[i] = hi > lo ? static_cast<std::int64_t>(
-                                  (c.score - lo) * static_cast<double>(k_max_priority) / (hi - lo))
-                            : k_max_priority;
+        lo = std::min(lo, c.score);
+        hi = std::max(hi, c.score);
+        if (best == scores.size() || c.score > ev.candidates[best].score ||
+            (c.score == ev.candidates[best].score && a->names[i] < a->names[best])) {
+          best = i;
+        }
+      }
+      constexpr std::int64_t k_runner_up = k_max_priority - 1;
+      for (std::size_t i = 0; i < scores.size(); ++i) {
+        const auto& c = ev.candidates[i];
+        if (!c.feasible) continue;
+        if (i == best) {
+          scores[i] = k_max_priority;
+        } else {
+          scores[i] = hi > lo ? static_cast<std::int64_t>(
+                                    (c.score - lo) * static_cast<double>(k_runner_up) / (hi - lo))
+                              : k_runner_up;
+        }
       }
     }
     for (std::size_t i = 0; i < scores.size(); ++i) {
@@ -330,10 +472,12 @@ class service {
   /// Every node's device usage, the skipped nodes and pods, and the recorded bindings, as JSON.
   /// Thread-safe.
   std::string state() {
-    ensure_built();
     std::shared_lock lock(mu_);
     json nodes = json::array();
-    for (const auto& n : cluster_.nodes()) {
+    for (const auto& [name, e] : nodes_) {
+      const auto at = index_.find(name);
+      if (at == index_.end()) continue;
+      const fit::node& n = cluster_.nodes()[at->second];
       json devices = json::array();
       for (const auto& d : n.devices) {
         devices.push_back(json{{"uuid", d.uuid},
@@ -367,8 +511,25 @@ class service {
 
   /// The Prometheus text exposition. Thread-safe.
   std::string metrics() {
-    ensure_built();
     std::string out;
+    if (frag_) {
+      // The learned target workload: one sample per request class, its weight as the value.
+      metrics::header(out, "gpuslice_extender_workload_class_weight", "gauge",
+                      "Weight of each request class in the target workload fgd/sfgd place "
+                      "against (line of the --workload format: weight,gpus,memory,cores,cpu,"
+                      "types).");
+      const auto w = workload_.snapshot();
+      for (const auto& c : w->classes()) {
+        std::string line = fit::format_workload({c});
+        while (!line.empty() && line.front() == '#') line.erase(0, line.find('\n') + 1);
+        while (!line.empty() && (line.back() == '\n')) line.pop_back();
+        const auto comma = line.find(',');
+        const std::string cls = comma == std::string::npos ? line : line.substr(comma + 1);
+        out += "gpuslice_extender_workload_class_weight{policy=\"" +
+               std::string(fit::frag_policy_name(*frag_)) + "\",class=\"" +
+               metrics::escape_label(cls) + "\"} " + std::to_string(c.weight) + "\n";
+      }
+    }
     metrics::header(out, "gpuslice_extender_filter_duration_seconds", "histogram",
                     "Time to answer a filter request.");
     filter_latency_.render(out, "gpuslice_extender_filter_duration_seconds", "");
@@ -401,7 +562,10 @@ class service {
     };
     for (std::size_t f = 0; f < std::size(fam); ++f) {
       metrics::header(out, fam[f].name, "gauge", fam[f].help);
-      for (const auto& n : cluster_.nodes()) {
+      for (const auto& [name, e] : nodes_) {
+        const auto at = index_.find(name);
+        if (at == index_.end()) continue;
+        const fit::node& n = cluster_.nodes()[at->second];
         for (const auto& d : n.devices) {
           const std::string base = "node=\"" + metrics::escape_label(n.name) + "\",device_uuid=\"" +
                                    metrics::escape_label(d.uuid) + "\",device_index=\"" +
@@ -437,7 +601,6 @@ class service {
 
   /// Number of nodes served (skipped ones excluded). Thread-safe.
   std::size_t size() {
-    ensure_built();
     std::shared_lock lock(mu_);
     return cluster_.size();
   }
@@ -446,7 +609,7 @@ class service {
   struct args {
     kube::pod_ref pod;
     result<fit::pod_request> request = fit::pod_request{};
-    fit::hami_scorer scorer;
+    node_scorer scorer;
     std::vector<std::string> names;  ///< candidate node names, in request order
     json body;
     const json* nodes = nullptr;  ///< Nodes.items when the request carried node objects
@@ -463,19 +626,34 @@ class service {
     std::vector<candidate_result> candidates;
   };
 
+  /// What the held pods charged to one device add up to (uncapped, so taking one off is exact).
+  struct held_sum {
+    std::uint64_t slots = 0, memory = 0, cores = 0;
+  };
+
   struct node_entry {
-    fit::node node;    ///< capacity (and any usage given at make)
-    std::string skip;  ///< why the node is skipped; empty when it is served
+    fit::node node;                     ///< capacity (and any usage given at make)
+    std::string skip;                   ///< why the node is skipped; empty when it is served
+    std::vector<held_sum> held;         ///< per device position: the charged pods' sums
+    std::uint64_t cpu = 0, memory = 0;  ///< the charged pods' CPU (milli) and memory (bytes)
   };
 
   struct held_entry {
     kube::bound_pod pod;
-    bool own = false;  ///< bound here (kept until the API server shows it, deleted or released)
+    std::uint64_t cpu = 0, memory = 0;  ///< what the pod asks of its node's CPU and memory
+    bool own = false;      ///< bound here (kept until the API server shows it, deleted or released)
+    bool charged = false;  ///< counted in its node's sums (else it is in pod_skips_)
+    std::vector<std::size_t> positions;  ///< per pod.devices: the device position charged
+  };
+
+  /// What a namespace's held pods hold, for its quotas.
+  struct ns_use {
+    std::uint64_t memory_mib = 0, cores = 0;
   };
 
   struct remembered {
     fit::pod_request request;
-    fit::hami_scorer scorer;
+    node_scorer scorer;
   };
 
   /// One ResourceQuota's GPU limits.
@@ -511,12 +689,9 @@ class service {
     const std::uint64_t want_mem = std::max(app_mem, init_mem);
     const std::uint64_t want_cores = std::max(app_cores, init_cores);
     std::uint64_t used_mem = 0, used_cores = 0;
-    for (const auto& [uid, h] : held_) {
-      if (h.pod.ref.name_space != ns) continue;
-      for (const auto& d : h.pod.devices) {
-        used_mem += d.memory / fit::k_bytes_per_mib;
-        used_cores += milli_to_cores(d.cores);
-      }
+    if (const auto u = ns_used_.find(ns); u != ns_used_.end()) {
+      used_mem = u->second.memory_mib;
+      used_cores = u->second.cores;
     }
     for (const auto& [name, q] : it->second) {
       if (q.memory_mib && used_mem + want_mem > *q.memory_mib) {
@@ -547,81 +722,305 @@ class service {
     return {k_bad_request, json{{"Error", message}}.dump()};
   }
 
+  /// Adds or updates the Node object \p node; returns its name ("" when it has none).
   /// Caller holds mu_ exclusively.
-  void upsert_node_locked(const json& node) {
+  std::string upsert_node_locked(const json& node) {
     auto n = kube::node_from_json(node);
     const json* meta = kube::detail::member(node, "metadata");
-    const std::string name = meta != nullptr ? kube::detail::string_at(*meta, "name") : "";
-    if (name.empty()) return;  // nothing to key it by
+    std::string name = meta != nullptr ? kube::detail::string_at(*meta, "name") : "";
+    if (name.empty()) return name;  // nothing to key it by
+    node_entry e;
     if (!n) {
-      nodes_.insert_or_assign(name, node_entry{fit::node{name, 0, 0, 0, 0, {}, {}}, n.message()});
-      return;
+      e.node = fit::node{name, 0, 0, 0, 0, {}, {}};
+      e.skip = n.message();
+    } else if (auto bad = fit::validate(*n)) {
+      e.node = fit::node{name, 0, 0, 0, 0, {}, {}};
+      e.skip = bad->message;
+    } else {
+      e.node = std::move(*n);
+      std::tie(e.node.cpu_total, e.node.memory_total) = detail::allocatable(node);
     }
-    if (auto e = fit::validate(*n)) {
-      nodes_.insert_or_assign(name, node_entry{fit::node{name, 0, 0, 0, 0, {}, {}}, e->message});
-      return;
-    }
-    nodes_.insert_or_assign(name, node_entry{std::move(*n), {}});
+    set_node_locked(name, std::move(e));
+    return name;
   }
 
+  static bool same_devices(const fit::device& a, const fit::device& b) {
+    return a.uuid == b.uuid && a.index == b.index && a.type == b.type && a.numa == b.numa &&
+           a.healthy == b.healthy && a.cordoned == b.cordoned && a.slots_total == b.slots_total &&
+           a.slots_used == b.slots_used && a.memory_total == b.memory_total &&
+           a.memory_used == b.memory_used && a.cores_total == b.cores_total &&
+           a.cores_used == b.cores_used && a.mode == b.mode;
+  }
+  static bool same_node(const fit::node& a, const fit::node& b) {
+    if (a.cpu_total != b.cpu_total || a.cpu_used != b.cpu_used ||
+        a.memory_total != b.memory_total || a.memory_used != b.memory_used ||
+        a.devices.size() != b.devices.size() || !(a.links == b.links)) {
+      return false;
+    }
+    for (std::size_t i = 0; i < a.devices.size(); ++i) {
+      if (!same_devices(a.devices[i], b.devices[i])) return false;
+    }
+    return true;
+  }
+
+  /// Sets node \p name to \p e (served when e.skip is empty): a node that did not change is left
+  /// as it is (HAMi's device plugin rewrites its handshake annotation every few seconds); one
+  /// that did is replaced in the fit cluster at its position and the pods bound to it are
+  /// charged again. Costs what the node and its pods cost. Caller holds mu_ exclusively.
+  void set_node_locked(const std::string& name, node_entry e) {
+    const auto it = nodes_.find(name);
+    const bool was_served = it != nodes_.end() && it->second.skip.empty();
+    const bool served = e.skip.empty();
+    if (was_served && served && same_node(it->second.node, e.node)) return;
+    if (it != nodes_.end() && !was_served && !served) {
+      it->second.skip = std::move(e.skip);
+      return;
+    }
+    if (was_served) uncharge_node_locked(name);
+    node_entry& slot = nodes_.insert_or_assign(name, std::move(e)).first->second;
+    const auto at = index_.find(name);
+    if (!served) {
+      if (at != index_.end()) remove_position_locked(at->second);
+      charge_node_locked(name);  // marks its pods skipped, with the reason
+      return;
+    }
+    slot.held.assign(slot.node.devices.size(), held_sum{});
+    slot.cpu = slot.memory = 0;
+    charge_node_locked(name);
+    if (at == index_.end()) {
+      auto pos = cluster_.add_node(usage_of(slot));
+      if (!pos) {  // validated above; kept for safety
+        failures_.add("internal");
+        slot.skip = pos.message();
+        return;
+      }
+      index_.emplace(name, *pos);
+    } else {
+      write_node_locked(name, slot, at->second);
+    }
+  }
+
+  /// Removes node \p name: its pods stay held but uncharged (skipped until it comes back).
   /// Caller holds mu_ exclusively.
-  void upsert_pod_locked(const json& pod) {
+  void erase_node_locked(const std::string& name) {
+    const auto it = nodes_.find(name);
+    if (it == nodes_.end()) return;
+    if (it->second.skip.empty()) uncharge_node_locked(name);
+    nodes_.erase(it);
+    if (const auto at = index_.find(name); at != index_.end()) remove_position_locked(at->second);
+    charge_node_locked(name);  // marks its pods skipped, with the reason
+  }
+
+  /// Removes the cluster's node at \p pos, keeping index_ right for the node that moves there.
+  /// Caller holds mu_ exclusively.
+  void remove_position_locked(std::size_t pos) {
+    index_.erase(cluster_.nodes()[pos].name);
+    cluster_.remove_node(pos);
+    if (pos < cluster_.size()) index_[cluster_.nodes()[pos].name] = pos;
+  }
+
+  /// The node of entry \p e with its held pods charged: per device, the given usage plus what
+  /// the pods hold, capped at the total (kube::charge's rule: an over-reported card is full).
+  static fit::node usage_of(const node_entry& e) {
+    fit::node n = e.node;
+    n.cpu_used = std::min(n.cpu_total, n.cpu_used + e.cpu);
+    n.memory_used = std::min(n.memory_total, n.memory_used + e.memory);
+    for (std::size_t p = 0; p < n.devices.size() && p < e.held.size(); ++p) {
+      fit::device& d = n.devices[p];
+      const held_sum& h = e.held[p];
+      d.slots_used = static_cast<std::uint32_t>(
+          std::min<std::uint64_t>(d.slots_total, std::uint64_t{d.slots_used} + h.slots));
+      d.memory_used = std::min<std::uint64_t>(d.memory_total, d.memory_used + h.memory);
+      d.cores_used = static_cast<std::uint32_t>(
+          std::min<std::uint64_t>(d.cores_total, std::uint64_t{d.cores_used} + h.cores));
+    }
+    return n;
+  }
+
+  /// Writes node \p name's usage into the fit cluster at \p pos. Caller holds mu_ exclusively.
+  void write_node_locked(const std::string& name, const node_entry& e, std::size_t pos) {
+    if (auto r = cluster_.replace_node(pos, usage_of(e)); !r) {  // validated; kept for safety
+      failures_.add("internal");
+      (void)name;
+    }
+  }
+
+  /// Writes the served node \p name's usage into the fit cluster. Caller holds mu_ exclusively.
+  void refresh_node_locked(const std::string& name) {
+    const auto it = nodes_.find(name);
+    const auto at = index_.find(name);
+    if (it == nodes_.end() || at == index_.end()) return;
+    write_node_locked(name, it->second, at->second);
+  }
+
+  /// Charges held pod \p uid to its node's sums when the node is served and has its GPUs;
+  /// otherwise records why it is skipped (kube::charge's words). Does not write the fit cluster.
+  /// Caller holds mu_ exclusively.
+  void charge_locked(const std::string& uid, held_entry& h) {
+    h.charged = false;
+    h.positions.clear();
+    const auto it = nodes_.find(h.pod.node);
+    if (it == nodes_.end() || !it->second.skip.empty()) {
+      std::vector<fit::node> none;
+      pod_skips_[uid] = kube::charge(none, h.pod).message();
+      return;
+    }
+    node_entry& e = it->second;
+    for (const auto& d : h.pod.devices) {
+      std::size_t p = 0;
+      while (p < e.node.devices.size() && e.node.devices[p].uuid != d.uuid) ++p;
+      if (p == e.node.devices.size()) {
+        std::vector<fit::node> one{fit::node{e.node.name, 0, 0, 0, 0, e.node.devices, {}}};
+        pod_skips_[uid] = kube::charge(one, h.pod).message();
+        h.positions.clear();
+        return;
+      }
+      h.positions.push_back(p);
+    }
+    for (std::size_t i = 0; i < h.positions.size(); ++i) {
+      held_sum& s = e.held[h.positions[i]];
+      s.slots += h.pod.devices[i].slots;
+      s.memory += h.pod.devices[i].memory;
+      s.cores += h.pod.devices[i].cores;
+    }
+    e.cpu += h.cpu;
+    e.memory += h.memory;
+    h.charged = true;
+    pod_skips_.erase(uid);
+  }
+
+  /// Takes held pod \p uid off its node's sums (when charged). Does not write the fit cluster.
+  /// Caller holds mu_ exclusively.
+  void uncharge_locked(held_entry& h) {
+    if (!h.charged) return;
+    h.charged = false;
+    const auto it = nodes_.find(h.pod.node);
+    if (it == nodes_.end()) return;
+    node_entry& e = it->second;
+    for (std::size_t i = 0; i < h.positions.size(); ++i) {
+      if (h.positions[i] >= e.held.size()) continue;
+      held_sum& s = e.held[h.positions[i]];
+      s.slots -= h.pod.devices[i].slots;
+      s.memory -= h.pod.devices[i].memory;
+      s.cores -= h.pod.devices[i].cores;
+    }
+    e.cpu -= h.cpu;
+    e.memory -= h.memory;
+    h.positions.clear();
+  }
+
+  /// Charges every pod bound to node \p name (after the node changed). Caller holds mu_
+  /// exclusively.
+  void charge_node_locked(const std::string& name) {
+    const auto on = pods_on_.find(name);
+    if (on == pods_on_.end()) return;
+    for (const auto& uid : on->second) {
+      const auto h = held_.find(uid);
+      if (h != held_.end()) charge_locked(uid, h->second);
+    }
+  }
+
+  /// Takes every pod bound to node \p name off it (before the node changes). Caller holds mu_
+  /// exclusively.
+  void uncharge_node_locked(const std::string& name) {
+    const auto on = pods_on_.find(name);
+    if (on == pods_on_.end()) return;
+    for (const auto& uid : on->second) {
+      const auto h = held_.find(uid);
+      if (h != held_.end()) uncharge_locked(h->second);
+    }
+  }
+
+  /// Holds pod \p uid as \p h (replacing what it held): charges its node, its namespace's quota
+  /// use, and writes the node. Caller holds mu_ exclusively.
+  void hold_locked(const std::string& uid, held_entry h) {
+    drop_locked(uid);
+    held_entry& slot = held_.emplace(uid, std::move(h)).first->second;
+    pods_on_[slot.pod.node].insert(uid);
+    account_locked(slot.pod, true);
+    charge_locked(uid, slot);
+    if (slot.charged) refresh_node_locked(slot.pod.node);
+  }
+
+  /// Stops holding pod \p uid: its node and namespace get its share back. Returns whether it
+  /// was held. Caller holds mu_ exclusively.
+  bool drop_locked(const std::string& uid) {
+    const auto it = held_.find(uid);
+    if (it == held_.end()) return false;
+    held_entry& h = it->second;
+    const bool charged = h.charged;
+    uncharge_locked(h);
+    if (charged) refresh_node_locked(h.pod.node);
+    account_locked(h.pod, false);
+    if (const auto on = pods_on_.find(h.pod.node); on != pods_on_.end()) {
+      on->second.erase(uid);
+      if (on->second.empty()) pods_on_.erase(on);
+    }
+    pod_skips_.erase(uid);
+    held_.erase(it);
+    return true;
+  }
+
+  /// Adds (or takes back) what \p pod holds to its namespace's quota use. Caller holds mu_
+  /// exclusively.
+  void account_locked(const kube::bound_pod& pod, bool add) {
+    std::uint64_t mem = 0, cores = 0;
+    for (const auto& d : pod.devices) {
+      mem += d.memory / fit::k_bytes_per_mib;
+      cores += milli_to_cores(d.cores);
+    }
+    ns_use& u = ns_used_[pod.ref.name_space];
+    if (add) {
+      u.memory_mib += mem;
+      u.cores += cores;
+    } else {
+      u.memory_mib -= mem;
+      u.cores -= cores;
+      if (u.memory_mib == 0 && u.cores == 0) ns_used_.erase(pod.ref.name_space);
+    }
+  }
+
+  /// Caller holds mu_ exclusively. A bound pod not held before teaches the fgd/sfgd workload
+  /// when \p learn.
+  void upsert_pod_locked(const json& pod, bool learn = true) {
     const kube::pod_ref ref = kube::pod_identity(pod);
     if (ref.uid.empty()) return;
     auto held = kube::bound_pod_from_json(pod);
     if (!held) {
+      drop_locked(ref.uid);
       pod_skips_[ref.uid] = held.message();
-      held_.erase(ref.uid);
       return;
     }
-    if (*held) {
-      held_.insert_or_assign(ref.uid, held_entry{std::move(**held), false});
+    const json* spec = kube::detail::member(pod, "spec");
+    const std::string node = spec != nullptr ? kube::detail::string_at(*spec, "nodeName") : "";
+    const json* status = kube::detail::member(pod, "status");
+    const std::string phase = status != nullptr ? kube::detail::string_at(*status, "phase") : "";
+    const bool finished = phase == "Succeeded" || phase == "Failed";
+    const auto [cpu, memory] = detail::pod_cpu_memory(pod);
+    if (*held || (!node.empty() && !finished && (cpu != 0 || memory != 0))) {
+      if (*held && frag_ && learn && held_.count(ref.uid) == 0) {
+        if (auto r = kube::pod_request_from_json(pod, cfg_); r && kube::wants_gpu(*r)) {
+          workload_.observe(*r);
+        }
+      }
+      held_entry h;
+      if (*held) {
+        h.pod = std::move(**held);
+      } else {  // bound without GPUs: it holds its node's CPU and memory
+        h.pod.ref = ref;
+        h.pod.node = node;
+      }
+      h.cpu = cpu;
+      h.memory = memory;
+      hold_locked(ref.uid, std::move(h));
       return;
     }
     // Holds nothing: finished, or bound without devices. A pod still waiting for its node keeps
     // what a bind here reserved (the watch shows the annotations before the binding).
-    const json* spec = kube::detail::member(pod, "spec");
-    const bool bound = spec != nullptr && !kube::detail::string_at(*spec, "nodeName").empty();
-    const json* status = kube::detail::member(pod, "status");
-    const std::string phase = status != nullptr ? kube::detail::string_at(*status, "phase") : "";
-    if (bound || phase == "Succeeded" || phase == "Failed") {
-      held_.erase(ref.uid);
+    if (!node.empty() || finished) {
+      drop_locked(ref.uid);
       pod_skips_.erase(ref.uid);
     }
-  }
-
-  /// Rebuilds the cluster from the nodes and held pods when they changed.
-  void ensure_built() {
-    {
-      std::shared_lock lock(mu_);
-      if (!dirty_) return;
-    }
-    std::unique_lock lock(mu_);
-    if (dirty_) rebuild();
-  }
-
-  /// Caller holds mu_ exclusively (or is the constructor).
-  void rebuild() {
-    std::vector<fit::node> nodes;
-    for (const auto& [name, e] : nodes_) {
-      if (e.skip.empty()) nodes.push_back(e.node);
-    }
-    for (auto it = pod_skips_.begin(); it != pod_skips_.end();) {
-      it = held_.count(it->first) != 0 ? pod_skips_.erase(it) : std::next(it);
-    }
-    for (const auto& [uid, h] : held_) {
-      auto charged = kube::charge(nodes, h.pod);
-      if (!charged) pod_skips_[uid] = charged.message();
-    }
-    auto c = fit::cluster::make(std::move(nodes));
-    if (!c) {  // validated node by node above; charge() keeps usage within totals
-      failures_.add("internal");
-      return;
-    }
-    cluster_ = std::move(*c);
-    index_.clear();
-    for (std::size_t i = 0; i < cluster_.size(); ++i) index_.emplace(cluster_.nodes()[i].name, i);
-    dirty_ = false;
   }
 
   /// Nodes that came as objects in the request (nodeCacheCapable: false) and are new, or were
@@ -640,7 +1039,17 @@ class service {
     if (fresh.empty()) return;
     std::unique_lock lock(mu_);
     for (const json* n : fresh) upsert_node_locked(*n);
-    dirty_ = true;
+  }
+
+  /// The scorer of Pod \p pod: FGD/sfgd against the learned workload under set_frag_policy
+  /// (unless the pod names a node policy), else HAMi's, with the pod's annotations.
+  result<node_scorer> scorer_for(const json& pod, const result<fit::pod_request>& request) const {
+    if (frag_ && request && !kube::names_node_policy(pod)) {
+      return node_scorer{fit::hami_frag_scorer(workload_.snapshot(), *frag_).for_pod(*request)};
+    }
+    auto sc = kube::pod_scorer(pod, scorer_);
+    if (!sc) return std::move(sc).err();
+    return node_scorer{*sc};
   }
 
   result<args> parse_args(std::string_view body) const {
@@ -655,9 +1064,10 @@ class service {
     if (pod == nullptr || !pod->is_object()) return fail("expected a Pod object");
     a.pod = kube::pod_identity(*pod);
     a.request = kube::pod_request_from_json(*pod, cfg_);
-    auto scorer = kube::pod_scorer(*pod, scorer_);
+    if (a.request) detail::add_cpu_memory(*pod, *a.request);
+    auto scorer = scorer_for(*pod, a.request);
     if (scorer) {
-      a.scorer = *scorer;
+      a.scorer = std::move(*scorer);
     } else if (a.request) {
       a.request = std::move(scorer).err();
     }
@@ -687,17 +1097,21 @@ class service {
 
   /// The fit report restricted to the request's candidates, in request order.
   evaluation evaluate(const args& a) {
-    ensure_built();
     evaluation ev;
     ev.candidates.resize(a.names.size());
     fit::fit_options opt;
     opt.report_nodes = true;
     std::shared_lock lock(mu_);
-    auto d = cluster_.fit(*a.request, a.scorer, opt);
+    auto d =
+        std::visit([&](const auto& sc) { return cluster_.fit(*a.request, sc, opt); }, a.scorer);
     for (std::size_t i = 0; i < a.names.size(); ++i) {
       candidate_result& c = ev.candidates[i];
       const auto at = index_.find(a.names[i]);
       if (at == index_.end()) {
+        if (a.request && !kube::wants_gpu(*a.request)) {  // kube-scheduler checked its CPU
+          c.feasible = true;
+          continue;
+        }
         c.unresolvable = true;
         const auto skipped = nodes_.find(a.names[i]);
         c.why = skipped != nodes_.end() && !skipped->second.skip.empty()
@@ -731,8 +1145,7 @@ class service {
     return ev;
   }
 
-  void remember(const kube::pod_ref& pod, const fit::pod_request& req,
-                const fit::hami_scorer& scorer) {
+  void remember(const kube::pod_ref& pod, const fit::pod_request& req, const node_scorer& scorer) {
     if (pod.uid.empty()) return;
     std::lock_guard lock(cache_mu_);
     auto [it, added] = pods_.insert_or_assign(pod.uid, remembered{req, scorer});
@@ -781,10 +1194,11 @@ class service {
       // Not seen by filter here (another replica filtered it, or it aged out): read the pod.
       if (auto pod = pod_fetcher_(b.pod.name_space, b.pod.name)) {
         auto r = kube::pod_request_from_json(*pod, cfg_);
-        auto sc = kube::pod_scorer(*pod, scorer_);
         if (!r) return result_error("invalid_request", "pod " + b.pod.key() + ": " + r.message());
+        detail::add_cpu_memory(*pod, *r);
+        auto sc = scorer_for(*pod, r);
         if (!sc) return result_error("invalid_request", sc.message());
-        req = remembered{std::move(*r), *sc};
+        req = remembered{std::move(*r), std::move(*sc)};
       }
     }
     if (!req) {
@@ -792,7 +1206,6 @@ class service {
                                               "): not seen by filter; expected filter before bind");
     }
     if (kube::wants_gpu(req->request)) {
-      ensure_built();
       bool known = false;
       {
         std::shared_lock lock(mu_);
@@ -801,19 +1214,19 @@ class service {
       if (!known && node_fetcher_) {
         if (auto node = node_fetcher_("", b.node)) {
           upsert_node(*node);
-          ensure_built();
         }
       }
     }
     {
       std::unique_lock lock(mu_);
-      if (dirty_) rebuild();
       if (const auto it = held_.find(b.pod.uid); it != held_.end() && it->second.own) {
         return result_error("already_bound",
                             "pod " + b.pod.key() + ": already bound to " + it->second.pod.node);
       }
-      if (kube::wants_gpu(req->request)) {
-        const auto at = index_.find(b.node);
+      const bool gpu = kube::wants_gpu(req->request);
+      const auto at = index_.find(b.node);
+      // A pod without GPUs on a node the extender knows holds its CPU and memory there.
+      if (gpu || at != index_.end()) {
         if (at == index_.end()) {
           const auto skipped = nodes_.find(b.node);
           return result_error("node_unknown",
@@ -823,11 +1236,13 @@ class service {
                                        : std::string("not registered")));
         }
         const fit::node& n = cluster_.nodes()[at->second];
-        if (const std::string over = quota_excess(b.pod.name_space, req->request, n);
+        if (const std::string over = gpu ? quota_excess(b.pod.name_space, req->request, n) : "";
             !over.empty()) {
           return result_error("quota", "pod " + b.pod.key() + ": " + over);
         }
-        auto d = fit::fit(std::vector<fit::node>{n}, req->request, req->scorer);
+        auto d = std::visit(
+            [&](const auto& sc) { return fit::fit(std::vector<fit::node>{n}, req->request, sc); },
+            req->scorer);
         if (!d) return result_error("invalid_request", "pod " + b.pod.key() + ": " + d.message());
         if (!d->placed) {
           return result_error("no_longer_fits", "pod " + b.pod.key() + " no longer fits node " +
@@ -835,17 +1250,23 @@ class service {
                                                     fit::format_reasons(d->reasons));
         }
         d->node = at->second;
-        auto devices = kube::devices_annotation(n, *d);
-        if (!devices) return result_error("encode", devices.message());
-        if (auto r = cluster_.reserve(*d); !r) return result_error("reserve", r.message());
-        b.devices = std::move(*devices);
-        kube::bound_pod held;
-        held.ref = b.pod;
-        held.node = b.node;
-        for (const auto& [pos, t] : fit::cluster::collapse(d->containers, n.devices.size())) {
-          held.devices.push_back({n.devices[pos].uuid, t.slots, t.memory, t.cores});
+        if (gpu) {
+          auto devices = kube::devices_annotation(n, *d);
+          if (!devices) return result_error("encode", devices.message());
+          b.devices = std::move(*devices);
         }
-        held_.insert_or_assign(b.pod.uid, held_entry{std::move(held), true});
+        held_entry held;
+        held.cpu = d->cpu;
+        held.memory = d->host_memory;
+        held.pod.ref = b.pod;
+        held.pod.node = b.node;
+        held.own = true;
+        for (const auto& [pos, t] : fit::cluster::collapse(d->containers, n.devices.size())) {
+          held.pod.devices.push_back({n.devices[pos].uuid, t.slots, t.memory, t.cores});
+        }
+        // The decision fits the node's current usage, so charging it is what reserve() does.
+        hold_locked(b.pod.uid, std::move(held));
+        if (frag_ && gpu) workload_.observe(req->request);
       }
       record(b);
     }
@@ -871,7 +1292,7 @@ class service {
 
   /// Returns a pod's GPUs and forgets its binding. Caller holds mu_ exclusively.
   void unreserve_locked(const std::string& uid) {
-    if (held_.erase(uid) != 0) dirty_ = true;
+    drop_locked(uid);
     if (bindings_.erase(uid) != 0) {
       const auto it = std::find(binding_order_.begin(), binding_order_.end(), uid);
       if (it != binding_order_.end()) binding_order_.erase(it);
@@ -881,15 +1302,19 @@ class service {
   mutable std::shared_mutex mu_;             ///< guards everything below up to the pod cache
   std::map<std::string, node_entry> nodes_;  ///< by name
   std::unordered_map<std::string, held_entry> held_;  ///< pods holding GPUs, by uid
-  std::map<std::string, std::string> pod_skips_;      ///< uid -> why it is not charged
+  /// node name -> uids of the held pods bound to it (the node may be unknown or skipped)
+  std::unordered_map<std::string, std::unordered_set<std::string>> pods_on_;
+  std::unordered_map<std::string, ns_use> ns_used_;  ///< namespace -> what its pods hold
+  std::map<std::string, std::string> pod_skips_;     ///< uid -> why it is not charged
   std::map<std::string, std::map<std::string, quota_entry>> quotas_;  ///< namespace -> name ->
-  bool dirty_ = false;  ///< cluster_ is older than the above
   fit::cluster cluster_;
   std::unordered_map<std::string, std::size_t> index_;  ///< node name -> position in cluster_
   std::unordered_map<std::string, binding> bindings_;   ///< by pod uid, for state()
   std::deque<std::string> binding_order_;
 
   const fit::hami_scorer scorer_;
+  std::optional<fit::frag_policy> frag_;  ///< set: pods are placed by FGD or sfgd
+  fit::workload_histogram workload_;      ///< the target workload (thread-safe itself)
   const kube::config cfg_;
   binder binder_;
   fetcher pod_fetcher_, node_fetcher_;

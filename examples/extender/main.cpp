@@ -4,7 +4,8 @@
 //
 //   gpuslice_extender [--nodes nodes.json [--pods pods.json]]
 //                     [--apiserver URL | --in-cluster | --kubeconfig FILE [--context NAME]]
-//                     [--listen 127.0.0.1] [--port 8888] [--node-policy binpack|spread]
+//                     [--listen 127.0.0.1] [--port 8888]
+//                     [--node-policy binpack|spread|fgd|sfgd [--workload FILE]]
 //                     [--gpu-policy spread|binpack|topology-aware[,mutex,numa]]
 //                     [--bind-timeout-ms 3000] [HAMi chart keys] [--verbose]
 //
@@ -95,7 +96,8 @@ constexpr std::string_view k_usage =
     "usage: gpuslice_extender [--nodes NODES.json [--pods PODS.json]] "
     "[--apiserver URL | --in-cluster | --kubeconfig FILE [--context NAME]] [--listen ADDR] "
     "[--port N] "
-    "[--node-policy binpack|spread] [--gpu-policy binpack|spread|topology-aware[,mutex][,numa]] "
+    "[--node-policy binpack|spread|fgd|sfgd] [--workload FILE] "
+    "[--gpu-policy binpack|spread|topology-aware[,mutex][,numa]] "
     "[--bind-timeout-ms MS] [--quotas QUOTAS.json] [--watch-quotas] [--resource-name NAME] "
     "[--resource-mem NAME] "
     "[--resource-mem-percentage NAME] [--resource-cores NAME] [--default-gpu-num N] "
@@ -495,6 +497,7 @@ gpuslice::result<std::string> read_token(const std::string& path) {
 
 int main(int argc, char** argv) {
   std::string nodes_path, pods_path, quotas_path, listen = "127.0.0.1", apiserver;
+  std::string workload_path;  // --workload: seeds fgd/sfgd's target workload
   bool watch_quotas = false;
   bool in_cluster = false;
   int port = k_default_port;
@@ -549,6 +552,8 @@ int main(int argc, char** argv) {
       policy.node = value;
     } else if (arg == "--gpu-policy") {
       policy.gpu = value;
+    } else if (arg == "--workload") {
+      workload_path = value;
     } else if (arg == "--apiserver") {
       apiserver = value;
     } else if (arg == "--bind-timeout-ms") {
@@ -598,7 +603,15 @@ int main(int argc, char** argv) {
                k_usage);
     return k_exit_usage;
   }
-  auto scorer = kube::scorer_from_names(policy);
+  // fgd and sfgd place by fit/hami_frag.hpp; HAMi's scorer (binpack nodes) stays for pods
+  // that name a node policy.
+  const std::optional<fit::frag_policy> frag = kube::frag_policy_of(policy.node);
+  if (!frag && policy.node != "binpack" && policy.node != "spread") {
+    return fail("--node-policy " + policy.node + ": expected " +
+                std::string(kube::k_node_policy_choices));
+  }
+  if (!workload_path.empty() && !frag) return fail("--workload needs --node-policy fgd or sfgd");
+  auto scorer = kube::scorer_from_names(frag ? kube::policy_names{"binpack", policy.gpu} : policy);
   if (!scorer) return fail(scorer.message());
   cfg.mutex = kube::parse_gpu_policy(policy.gpu)->mutex;  // valid: scorer_from_names read it
 
@@ -672,6 +685,15 @@ int main(int argc, char** argv) {
   auto svc = ext::service::make({}, *scorer, ext::k_default_pod_cache, cfg);
   if (!svc) return fail(svc.message());
   ext::service& service = **svc;
+  if (frag) {
+    std::vector<fit::weighted_class> seed;
+    if (!workload_path.empty()) {
+      auto w = fit::read_workload(workload_path);
+      if (!w) return fail(w.message());
+      seed = std::move(*w);
+    }
+    service.set_frag_policy(*frag, std::move(seed));
+  }
   if (!nodes_path.empty()) {
     auto node_doc = read_json(nodes_path);
     if (!node_doc) return fail(node_doc.message());

@@ -108,12 +108,17 @@ if(TARGET gpuslice_extender AND Python3_Interpreter_FOUND)
   if(TARGET gpuslice_monitor)
     list(APPEND _sched_env "GPUSLICE_MONITOR=$<TARGET_FILE:gpuslice_monitor>")
   endif()
+  # The replay tool's test plays openb through the extender: it needs the _core module.
+  if(TARGET _core AND GPUSLICE_SANITIZE STREQUAL "")
+    list(APPEND _sched_env "GPUSLICE_CORE_MODULE=$<TARGET_FILE:_core>")
+  endif()
   add_test(NAME examples:scheduler:pytest
            COMMAND ${Python3_EXECUTABLE} -m pytest -q -p no:cacheprovider
                    -c ${PROJECT_SOURCE_DIR}/pyproject.toml --rootdir ${PROJECT_SOURCE_DIR}
                    ${PROJECT_SOURCE_DIR}/tests/k8s/test_scheduler_extender.py
                    ${PROJECT_SOURCE_DIR}/tests/k8s/test_scheduler_webhook.py
                    ${PROJECT_SOURCE_DIR}/tests/k8s/test_deploy.py
+                   ${PROJECT_SOURCE_DIR}/tests/k8s/test_replay_extender.py
            WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
   set_tests_properties(examples:scheduler:pytest PROPERTIES LABELS "examples;k8s" TIMEOUT 300
                        ENVIRONMENT "${_sched_env}")

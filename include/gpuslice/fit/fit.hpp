@@ -143,6 +143,58 @@ class cluster {
   /// Undoes reserve() of the same decision. Not thread-safe.
   result<bool> release(const decision& d) { return apply(d, false); }
 
+  // ---- incremental changes (a live scheduler follows its cluster node by node) ---------------
+  // Each costs what the node costs (plus one pass over the nodes' ranks when the set of names
+  // changes), never a rebuild; decisions stay as a rebuild from the same nodes would make them,
+  // since ties are broken by name, not by position.
+
+  /// Appends \p n (checked as make does) at position size(). Not thread-safe.
+  result<std::size_t> add_node(node n) {
+    if (auto e = validate(n)) return std::move(*e);
+    std::size_t rank = 0;  // (name, position) order: the new node is last among equal names
+    for (const auto& other : nodes_) rank += other.name <= n.name ? 1 : 0;
+    for (auto& t : node_hot_) t.rank += t.rank >= rank ? 1 : 0;
+    nodes_.push_back(std::move(n));
+    node_hot_.emplace_back();
+    node_hot_.back().rank = rank;
+    lay_out(nodes_.size() - 1);
+    return nodes_.size() - 1;
+  }
+
+  /// Replaces the node at position \p i (capacity, devices and usage) with \p n, checked as
+  /// make does; its position and rank stay (the name is expected to stay too). A refused node
+  /// changes nothing. Not thread-safe.
+  result<bool> replace_node(std::size_t i, node n) {
+    if (i >= nodes_.size()) return make_error(errc::out_of_range, "no node at that position");
+    if (auto e = validate(n)) return std::move(*e);
+    const bool same_layout = n.devices.size() == node_hot_[i].count;
+    nodes_[i] = std::move(n);
+    if (same_layout) {
+      write_devices(i);
+    } else {
+      garbage_ += node_hot_[i].count;
+      lay_out(i);
+    }
+    return true;
+  }
+
+  /// Removes the node at position \p i; the last node moves to position i (callers that map
+  /// names to positions update the moved one). Not thread-safe.
+  void remove_node(std::size_t i) {
+    if (i >= nodes_.size()) return;
+    const std::size_t rank = node_hot_[i].rank;
+    garbage_ += node_hot_[i].count;
+    const std::size_t last = nodes_.size() - 1;
+    if (i != last) {
+      nodes_[i] = std::move(nodes_[last]);
+      node_hot_[i] = node_hot_[last];
+    }
+    nodes_.pop_back();
+    node_hot_.pop_back();
+    for (auto& t : node_hot_) t.rank -= t.rank > rank ? 1 : 0;
+    if (garbage_ > hot_.size() / 2) compact();
+  }
+
  private:
   explicit cluster(std::vector<node> nodes) : nodes_(std::move(nodes)) {
     std::map<std::string, std::uint32_t> ids;
@@ -174,6 +226,57 @@ class cluster {
       return nodes_[a].name != nodes_[b].name ? nodes_[a].name < nodes_[b].name : a < b;
     });
     for (std::size_t r = 0; r < order.size(); ++r) node_hot_[order[r]].rank = r;
+  }
+
+  /// Interned id of device type \p type (types are few; a new one is appended).
+  std::uint32_t intern(const std::string& type) {
+    for (std::size_t t = 0; t < types_.size(); ++t) {
+      if (types_[t] == type) return static_cast<std::uint32_t>(t);
+    }
+    types_.push_back(type);
+    return static_cast<std::uint32_t>(types_.size() - 1);
+  }
+
+  /// Gives node \p i a fresh range at the end of hot_ and fills it.
+  void lay_out(std::size_t i) {
+    node_hot_[i].first = hot_.size();
+    node_hot_[i].count = nodes_[i].devices.size();
+    hot_.resize(hot_.size() + nodes_[i].devices.size());
+    write_devices(i);
+    if (garbage_ > hot_.size() / 2) compact();
+  }
+
+  /// Copies node \p i's devices (capacity and usage) into its range of hot_.
+  void write_devices(std::size_t i) {
+    const node& n = nodes_[i];
+    for (std::size_t p = 0; p < n.devices.size(); ++p) {
+      const auto& d = n.devices[p];
+      device_state& h = hot_[node_hot_[i].first + p];
+      h = device_state{};
+      h.position = p;
+      h.index = d.index;
+      h.numa = d.numa;
+      h.type = intern(d.type);
+      h.healthy = d.healthy;
+      h.cordoned = d.cordoned;
+      h.slots_total = d.slots_total;
+      h.memory_total = d.memory_total;
+      h.cores_total = d.cores_total;
+    }
+    recompute(i);
+  }
+
+  /// Drops the ranges of removed or relaid nodes from hot_, keeping node order.
+  void compact() {
+    std::vector<device_state> packed;
+    packed.reserve(hot_.size() - garbage_);
+    for (auto& t : node_hot_) {
+      const auto first = hot_.begin() + static_cast<std::ptrdiff_t>(t.first);
+      t.first = packed.size();
+      packed.insert(packed.end(), first, first + static_cast<std::ptrdiff_t>(t.count));
+    }
+    hot_ = std::move(packed);
+    garbage_ = 0;
   }
 
   /// Copies node \p i's usage into the compact state and recomputes its sums.
@@ -632,6 +735,7 @@ class cluster {
   std::vector<detail::node_hot> node_hot_;
   std::vector<device_state> hot_;   ///< every device's state, node after node
   std::vector<std::string> types_;  ///< interned device types
+  std::size_t garbage_ = 0;         ///< entries of hot_ no node uses (until compact())
 };
 
 template <class Scorer>
