@@ -187,9 +187,18 @@ def test_the_scheduler_reaches_the_extender_and_names_the_webhooks_scheduler(dm)
     names = {p["schedulerName"] for p in dm.sched_config["profiles"]}
     assert flags(wh)["--scheduler-name"] == dm.config["schedulerName"]
     assert dm.config["schedulerName"] in names
-    managed = {r["name"] for r in extender["managedResources"]}
-    assert managed == {dm.config["resourceName"], dm.config["resourceMem"],
-                       dm.config["resourceMemPercentage"], dm.config["resourceCores"]}
+    # Every pod of the profile goes to the extender (CPU-only pods are placed by its policy),
+    # and kube-scheduler leaves the GPU resources to it.
+    assert "managedResources" not in extender
+    assert extender["weight"] > 10 * 10
+    (profile,) = [p for p in dm.sched_config["profiles"]
+                  if p["schedulerName"] == dm.config["schedulerName"]]
+    (fit_args,) = [c["args"] for c in profile["pluginConfig"] if c["name"] == "NodeResourcesFit"]
+    assert set(fit_args["ignoredResources"]) == {
+        dm.config["resourceName"], dm.config["resourceMem"],
+        dm.config["resourceMemPercentage"], dm.config["resourceCores"]}
+    disabled = {p["name"] for p in profile["plugins"]["score"]["disabled"]}
+    assert {"NodeResourcesFit", "NodeResourcesBalancedAllocation"} <= disabled
     # The kube-scheduler container reads the config where the ConfigMap is mounted.
     w, ks = [(w, c) for w, c in dm.containers() if c["name"] == "kube-scheduler"][0]
     path = [a.split("=", 1)[1] for a in ks["command"] if a.startswith("--config=")][0]
