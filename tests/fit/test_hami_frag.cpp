@@ -617,6 +617,11 @@ TEST_CASE("on the proportional mapping fgd and sfgd place as openb's fgd and sfg
   std::vector<std::int32_t> ranks(oc.size());
   for (std::size_t i = 0; i < ranks.size(); ++i) ranks[i] = static_cast<std::int32_t>(i);
   openb_scheduler<gpuslice::sim::go_rand> os(policy, ranks, &tracker, &go);
+  // hami_frag's sfgd is FGD's fragment plus the stranded GPU; the simulator's sfgd also weighs
+  // host pressure (sfgd_knobs::host), which hami_frag does not model: compare without it.
+  sfgd_knobs strand_only;
+  strand_only.host = 0;
+  if (policy == openb_policy::sfgd) os.set_sfgd_knobs(strand_only);
   const frag_policy hp = policy == openb_policy::fgd ? frag_policy::fgd : frag_policy::sfgd;
 
   std::int64_t denom_total = 0;
