@@ -351,7 +351,8 @@ TEST_CASE("state kept by events equals a rebuild from the same objects, for rand
                         {"Node", passed[pick(static_cast<int>(passed.size()))]}};
         REQUIRE(body(live->bind(b.dump()))["Error"] == "");
         std::string devices;
-        for (const auto& x : json::parse(live->state())["bindings"]) {
+        const json state = json::parse(live->state());  // alive for the loop below
+        for (const auto& x : state["bindings"]) {
           if (x["uid"] == uid) devices = x["hami.io/vgpu-devices-to-allocate"];
         }
         json p = held_pod(uid, b["Node"], devices);
