@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "api.grpc.pb.h"
+#include "node_host.hpp"
 #include "nvml.hpp"
 #include "plugin.hpp"
 
@@ -36,6 +37,7 @@ namespace {
 
 namespace dp = gpuslice::device_plugin;
 namespace kube = gpuslice::kube;
+namespace node_host = gpuslice::node_host;
 using namespace std::chrono_literals;
 
 /// The API version this plugin speaks.
@@ -53,9 +55,8 @@ constexpr auto k_lock_retry_first = 100ms;
 /// How long one NVML event wait blocks (bounds how fast the XID thread notices a stop).
 constexpr unsigned k_xid_wait_ms = 200;
 
-std::atomic<bool> g_stop{false};
-
-extern "C" void on_signal(int) { g_stop.store(true); }
+using node_host::g_stop;
+using node_host::nap;
 
 template <class... Args>
 void log(fmt::format_string<Args...> f, Args&&... args) {
@@ -267,7 +268,7 @@ class plugin_service final : public v1beta1::DevicePlugin::Service {
       }
       auto& plan = std::get<dp::allocation_plan>(planned);
       for (const auto& g : plan.grants) {
-        if (auto e = dp::prepare_cache_dir(g.cache_dir)) {
+        if (auto e = node_host::fresh_shared_dir(g.cache_dir)) {
           const std::string m = "pod " + ref.key() + ": cache directory " + *e;
           mark_failed(ref, m);
           return refuse(grpc::StatusCode::INTERNAL, m);
@@ -441,14 +442,6 @@ std::string register_with_kubelet(const dp::settings& s, const dp::resource& res
   return {};
 }
 
-/// Sleeps \p d in short steps, returning early on stop.
-void nap(std::chrono::milliseconds d) {
-  const auto until = std::chrono::steady_clock::now() + d;
-  while (!g_stop.load() && std::chrono::steady_clock::now() < until) {
-    std::this_thread::sleep_for(std::min<std::chrono::milliseconds>(d, 20ms));
-  }
-}
-
 /// Writes the registration annotation when it differs from the node's; true when written.
 void register_node(core& c, std::string& last_error) {
   const auto gpus = c.state.snapshot();
@@ -535,24 +528,12 @@ int main(int argc, char** argv) {
   std::error_code ec;
   std::filesystem::create_directories(s.host_hook_path + "/region", ec);
   std::filesystem::create_directories(s.host_hook_path + "/containers", ec);
-  {
-    std::ofstream preload(s.host_hook_path + "/ld.so.preload");
-    preload << s.container_hook_path << "/libgpuslice.so\n";
-    if (!preload) {
-      log("{}/ld.so.preload: cannot write", s.host_hook_path);
-      return 1;
-    }
+  if (auto e = node_host::write_preload(s.host_hook_path, s.container_hook_path)) {
+    log("{}", *e);
+    return 1;
   }
-  if (!std::filesystem::exists(s.host_hook_path + "/libgpuslice.so")) {
-    log("{}/libgpuslice.so is missing: containers will start without the limits' enforcement "
-        "until it is installed there",
-        s.host_hook_path);
-  }
-
-  struct sigaction sa {};
-  sa.sa_handler = on_signal;
-  sigaction(SIGTERM, &sa, nullptr);
-  sigaction(SIGINT, &sa, nullptr);
+  if (auto w = node_host::missing_shim(s.host_hook_path)) log("{}", *w);
+  node_host::install_stop_signals();
 
   const std::vector<dp::resource> served = dp::resources(gpus, s);
   core c{s, kube::api_client(*api_cfg), node_state(std::move(gpus)), {}};

@@ -8,7 +8,6 @@
 /// Everything here is plain data in, plain data out (thread-safe, pure) except the functions
 /// that take an api_client, which talk to the API server.
 
-#include <sys/stat.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -966,18 +965,6 @@ inline std::optional<json> node_lock_release_patch(const json& node, const kube:
     if (!rv.empty()) meta["resourceVersion"] = rv;
   }
   return json{{"metadata", meta}};
-}
-
-/// Creates the container's cache directory fresh (a new container starts with a new ledger, as
-/// HAMi does) and world-writable, so processes under any user can share it.
-inline std::optional<std::string> prepare_cache_dir(const std::string& dir) {
-  std::error_code ec;
-  std::filesystem::remove_all(dir, ec);
-  std::filesystem::create_directories(dir, ec);
-  if (ec) return dir + ": " + ec.message();
-  constexpr mode_t k_world_writable = 0777;
-  if (::chmod(dir.c_str(), k_world_writable) != 0) return dir + ": chmod: " + std::strerror(errno);
-  return std::nullopt;
 }
 
 }  // namespace gpuslice::device_plugin

@@ -645,18 +645,6 @@ inline result<checkpoint> decode_checkpoint(const std::string& text, const std::
   return cp;
 }
 
-/// Makes a claim's ledger directory (fresh, world-writable so processes of any user share it).
-/// An error message, or nullopt.
-inline std::optional<std::string> make_ledger_dir(const std::string& dir) {
-  std::error_code ec;
-  std::filesystem::remove_all(dir, ec);
-  std::filesystem::create_directories(dir, ec);
-  if (ec) return dir + ": " + ec.message();
-  constexpr mode_t k_world_writable = 0777;
-  if (::chmod(dir.c_str(), k_world_writable) != 0) return dir + ": chmod: " + std::strerror(errno);
-  return std::nullopt;
-}
-
 /// Removes what preparing \p c made: its CDI spec file and its ledger directory. Missing files
 /// are not an error (a repeated unprepare). An error message, or nullopt.
 inline std::optional<std::string> remove_prepared(const prepared_claim& c) {

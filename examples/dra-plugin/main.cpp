@@ -35,6 +35,7 @@
 #include "dra_v1.grpc.pb.h"
 #include "dra_v1beta1.grpc.pb.h"
 #include "driver.hpp"
+#include "node_host.hpp"
 #include "nvml.hpp"
 #include "registration.grpc.pb.h"
 
@@ -42,6 +43,7 @@ namespace {
 
 namespace dra = gpuslice::dra;
 namespace kube = gpuslice::kube;
+namespace node_host = gpuslice::node_host;
 namespace reg = pluginregistration;
 namespace dra_v1 = k8s::io::kubelet::pkg::apis::dra::v1;
 namespace dra_v1beta1 = k8s::io::kubelet::pkg::apis::dra::v1beta1;
@@ -55,9 +57,8 @@ constexpr const char* k_service_v1beta1 = "v1beta1.DRAPlugin";
 /// How long a stopping server waits for calls to end.
 constexpr auto k_shutdown_grace = 1s;
 
-std::atomic<bool> g_stop{false};
-
-extern "C" void on_signal(int) { g_stop.store(true); }
+using node_host::g_stop;
+using node_host::nap;
 
 template <class... Args>
 void log(fmt::format_string<Args...> f, Args&&... args) {
@@ -204,7 +205,7 @@ class driver {
     }
     dra::prepared_claim c{ref, std::get<std::vector<dra::share>>(shares),
                           dra::cdi_spec_path(s_, ref.uid), dra::ledger_dir(s_, ref.uid)};
-    std::optional<std::string> err = dra::make_ledger_dir(c.ledger_dir);
+    std::optional<std::string> err = node_host::fresh_shared_dir(c.ledger_dir);
     if (!err) err = dra::detail::write_atomically(c.cdi_spec, dra::cdi_spec(c, s_).dump(2));
     if (!err) {
       cp_[ref.uid] = c;
@@ -502,14 +503,6 @@ class slice_publisher {
   std::string last_error_;
 };
 
-/// Sleeps \p d in short steps, returning early on stop.
-void nap(std::chrono::milliseconds d) {
-  const auto until = std::chrono::steady_clock::now() + d;
-  while (!g_stop.load() && std::chrono::steady_clock::now() < until) {
-    std::this_thread::sleep_for(std::min<std::chrono::milliseconds>(d, 20ms));
-  }
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -569,24 +562,12 @@ int main(int argc, char** argv) {
   std::vector<std::string> uuids;
   for (const auto& g : *listed) uuids.push_back(g.uuid);
   const nvml_extras extras = read_extras(s.nvml_library, uuids);
-  {
-    std::ofstream preload(s.host_hook_path + "/ld.so.preload");
-    preload << s.container_hook_path << "/libgpuslice.so\n";
-    if (!preload) {
-      log("{}/ld.so.preload: cannot write", s.host_hook_path);
-      return 1;
-    }
+  if (auto e = node_host::write_preload(s.host_hook_path, s.container_hook_path)) {
+    log("{}", *e);
+    return 1;
   }
-  if (!std::filesystem::exists(s.host_hook_path + "/libgpuslice.so")) {
-    log("{}/libgpuslice.so is missing: containers will start without the limits' enforcement "
-        "until it is installed there",
-        s.host_hook_path);
-  }
-
-  struct sigaction sa {};
-  sa.sa_handler = on_signal;
-  sigaction(SIGTERM, &sa, nullptr);
-  sigaction(SIGINT, &sa, nullptr);
+  if (auto w = node_host::missing_shim(s.host_hook_path)) log("{}", *w);
+  node_host::install_stop_signals();
 
   driver d(s, kube::api_client(*api_cfg), std::move(cp));
   d.set_devices(devices_of(*listed, s, extras));
