@@ -20,7 +20,7 @@
 #include <vector>
 
 #include "gpuslice/fit/fit.hpp"
-#include "openb_nodes.hpp"
+#include "openb_cluster.hpp"
 
 namespace {
 
@@ -30,8 +30,6 @@ constexpr std::uint64_t k_gib = std::uint64_t{1} << 30;
 constexpr std::uint32_t k_seed = 2023;
 /// Requests cycled through by the single-GPU benchmarks.
 constexpr std::size_t k_request_mix = 256;
-/// Share of GPU memory pre-filled before measuring, so nodes are neither empty nor full.
-constexpr double k_prefill_fraction = 0.5;
 /// NVLink-like classes on an 8-GPU board: same pair, same quad, across quads.
 constexpr std::int32_t k_link_pair = 100, k_link_quad = 50, k_link_far = 10;
 constexpr std::size_t k_board = 8;
@@ -48,54 +46,14 @@ link_matrix nvlink_board() {
   return m;
 }
 
-std::optional<std::vector<node>> load_nodes(const std::string& path) {
-  auto rows = gpuslice_bench::read_openb_rows(path);
-  if (!rows) return std::nullopt;
-  std::vector<node> nodes;
-  for (const auto& row : *rows) {
-    node n;
-    n.name = row.sn;
-    n.cpu_total = row.cpu_milli;
-    n.memory_total = row.memory_mib << 20;
-    const auto count = row.gpus;
-    for (unsigned long i = 0; i < count; ++i) {
-      device d;
-      d.uuid = row.sn + "-gpu" + std::to_string(i);
-      d.index = static_cast<std::uint32_t>(i);
-      d.type = row.model;
-      d.numa = static_cast<std::int32_t>(i * 2 / std::max<unsigned long>(count, 1));
-      d.memory_total = gpuslice_bench::model_memory(row.model);
-      n.devices.push_back(d);
-    }
-    if (count == k_board) n.links = nvlink_board();
-    nodes.push_back(std::move(n));
-  }
-  return nodes;
-}
-
-/// The openb cluster, half filled with random fractional pods (deterministic).
+/// The openb cluster, half filled with random fractional pods (deterministic); 8-GPU nodes get
+/// NVLink-like boards.
 std::optional<cluster> make_cluster() {
-  auto nodes = load_nodes(g_nodes_path);
+  auto nodes = gpuslice_bench::openb_fit_nodes(g_nodes_path, [](node& n) {
+    if (n.devices.size() == k_board) n.links = nvlink_board();
+  });
   if (!nodes) return std::nullopt;
-  auto c = cluster::make(std::move(*nodes));
-  if (!c) return std::nullopt;
-  std::mt19937 rng(k_seed);
-  double total = 0, used = 0;
-  for (const auto& n : c->nodes()) {
-    for (const auto& d : n.devices) total += static_cast<double>(d.memory_total);
-  }
-  while (used < k_prefill_fraction * total) {
-    container_request r;
-    r.count = 1;
-    r.memory = (1 + rng() % 12) * k_gib;
-    r.cores_percent(10 * (1 + rng() % 5));
-    r.cpu = 1000 * (1 + rng() % 8);
-    auto d = c->fit(pod_request{{r}}, hami_scorer(hami_policy::spread, gpu_policy::spread));
-    if (!d || !d->placed) break;
-    (void)c->reserve(*d);
-    used += static_cast<double>(r.memory);
-  }
-  return std::move(c).value();
+  return gpuslice_bench::half_filled(std::move(*nodes), k_seed);
 }
 
 std::vector<pod_request> fractional_requests() {

@@ -23,7 +23,7 @@
 
 #include "gpuslice/fit/fit.hpp"
 #include "gpuslice/fit/hami_frag.hpp"
-#include "openb_nodes.hpp"
+#include "openb_cluster.hpp"
 
 namespace {
 
@@ -33,49 +33,13 @@ constexpr std::uint64_t k_gib = std::uint64_t{1} << 30;
 constexpr std::uint32_t k_seed = 2023;
 /// Requests cycled through by the decisions, and observed into the workload.
 constexpr std::size_t k_request_mix = 256;
-/// Share of GPU memory pre-filled before measuring.
-constexpr double k_prefill_fraction = 0.5;
 
 std::string g_nodes_path;
 
 std::optional<cluster> make_cluster() {
-  auto rows = gpuslice_bench::read_openb_rows(g_nodes_path);
-  if (!rows) return std::nullopt;
-  std::vector<node> nodes;
-  for (const auto& row : *rows) {
-    node n;
-    n.name = row.sn;
-    n.cpu_total = row.cpu_milli;
-    n.memory_total = row.memory_mib << 20;
-    for (unsigned long i = 0; i < row.gpus; ++i) {
-      device d;
-      d.uuid = row.sn + "-gpu" + std::to_string(i);
-      d.index = static_cast<std::uint32_t>(i);
-      d.type = row.model;
-      d.memory_total = gpuslice_bench::model_memory(row.model);
-      n.devices.push_back(d);
-    }
-    nodes.push_back(std::move(n));
-  }
-  auto c = cluster::make(std::move(nodes));
-  if (!c) return std::nullopt;
-  std::mt19937 rng(k_seed);
-  double total = 0, used = 0;
-  for (const auto& n : c->nodes()) {
-    for (const auto& d : n.devices) total += static_cast<double>(d.memory_total);
-  }
-  while (used < k_prefill_fraction * total) {
-    container_request r;
-    r.count = 1;
-    r.memory = (1 + rng() % 12) * k_gib;
-    r.cores_percent(10 * (1 + rng() % 5));
-    r.cpu = 1000 * (1 + rng() % 8);
-    auto d = c->fit(pod_request{{r}}, hami_scorer(hami_policy::spread, gpu_policy::spread));
-    if (!d || !d->placed) break;
-    (void)c->reserve(*d);
-    used += static_cast<double>(r.memory);
-  }
-  return std::move(c).value();
+  auto nodes = gpuslice_bench::openb_fit_nodes(g_nodes_path);
+  if (!nodes) return std::nullopt;
+  return gpuslice_bench::half_filled(std::move(*nodes), k_seed);
 }
 
 const cluster* shared_cluster(benchmark::State& state) {
