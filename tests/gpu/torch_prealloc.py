@@ -9,40 +9,9 @@ process grew. One "key=value" per line; driver_held is NVML's figures summed ove
 minus the sum before (no pid needed), as in torch_limit.py."""
 import ctypes
 
+from nvml_held import gpu_process_bytes, nvml_library
+
 MIB = 1 << 20
-NVML_VALUE_NOT_AVAILABLE = (1 << 64) - 1
-
-
-class _ProcessInfo(ctypes.Structure):  # nvmlProcessInfo_t (v2/v3 layout)
-    _fields_ = [("pid", ctypes.c_uint), ("usedGpuMemory", ctypes.c_ulonglong),
-                ("gpuInstanceId", ctypes.c_uint), ("computeInstanceId", ctypes.c_uint)]
-
-
-def nvml_library():
-    lib = ctypes.CDLL("libnvidia-ml.so.1")
-    if lib.nvmlInit_v2() != 0:
-        raise RuntimeError("nvmlInit_v2 failed")
-    return lib
-
-
-def gpu_process_bytes(lib):
-    """NVML's usedGpuMemory summed over every compute process of every GPU."""
-    count = ctypes.c_uint(0)
-    if lib.nvmlDeviceGetCount_v2(ctypes.byref(count)) != 0:
-        raise RuntimeError("nvmlDeviceGetCount_v2 failed")
-    total = 0
-    for i in range(count.value):
-        dev = ctypes.c_void_p()
-        if lib.nvmlDeviceGetHandleByIndex_v2(i, ctypes.byref(dev)) != 0:
-            raise RuntimeError(f"nvmlDeviceGetHandleByIndex_v2({i}) failed")
-        n = ctypes.c_uint(256)
-        infos = (_ProcessInfo * 256)()
-        if lib.nvmlDeviceGetComputeRunningProcesses_v3(dev, ctypes.byref(n), infos) != 0:
-            raise RuntimeError("nvmlDeviceGetComputeRunningProcesses_v3 failed")
-        total += sum(p.usedGpuMemory for p in infos[:n.value]
-                     if p.usedGpuMemory != NVML_VALUE_NOT_AVAILABLE)
-    return total
-
 
 nvml = nvml_library()
 baseline = gpu_process_bytes(nvml)
