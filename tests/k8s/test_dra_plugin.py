@@ -22,11 +22,11 @@ import signal
 import subprocess
 import sys
 import tempfile
-import textwrap
 import uuid
 
 import pytest
 
+import cuda_workload
 from dra_kubelet import DRAKubelet, claim_ref
 import waiting
 
@@ -419,21 +419,8 @@ def test_bad_flags_and_a_bad_checkpoint_stop_the_plugin_with_one_line(fake_apise
 
 # ---------------------------------------------------------------- end to end
 
-# The process in the container: the CUDA driver API through ctypes, resolved in the global
-# scope so the preloaded shim answers first, as it does for any dynamically linked program.
-WORKLOAD = textwrap.dedent("""
-    import ctypes, sys
-    ctypes.CDLL("libcuda.so.1", mode=ctypes.RTLD_GLOBAL)
-    cu = ctypes.CDLL(None)
-    def ok(r, what):
-        if r != 0:
-            sys.exit(f"{what}: CUresult {r}")
-    ok(cu.cuInit(0), "cuInit")
-    dev, ctx, total = ctypes.c_int(), ctypes.c_void_p(), ctypes.c_size_t()
-    ok(cu.cuDeviceGet(ctypes.byref(dev), 0), "cuDeviceGet")
-    ok(cu.cuDeviceTotalMem_v2(ctypes.byref(total), dev), "cuDeviceTotalMem")
-    ok(cu.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev), "cuDevicePrimaryCtxRetain")
-    ok(cu.cuCtxSetCurrent(ctx), "cuCtxSetCurrent")
+# The process in the container (cuda_workload.PRELUDE), then the test's own lines.
+WORKLOAD = cuda_workload.script("""
     held = ctypes.c_uint64()
     print("total_mib", total.value >> 20,
           "alloc_2000", cu.cuMemAlloc_v2(ctypes.byref(held), ctypes.c_size_t(2000 << 20)),

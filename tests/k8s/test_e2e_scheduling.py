@@ -29,12 +29,12 @@ import ssl
 import subprocess
 import sys
 import tempfile
-import textwrap
 import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import cuda_workload
 from kubelet import Kubelet
 import waiting
 
@@ -61,21 +61,8 @@ MIB = 1 << 20
 REGISTER = "hami.io/node-nvidia-register"
 wait_for = functools.partial(waiting.wait_for, timeout=TIMEOUT_S)
 
-# The process in the container: the CUDA driver API through ctypes, resolved in the global
-# scope so the preloaded shim answers first, as it does for any dynamically linked program.
-WORKLOAD = textwrap.dedent("""
-    import ctypes, sys
-    ctypes.CDLL("libcuda.so.1", mode=ctypes.RTLD_GLOBAL)
-    cu = ctypes.CDLL(None)
-    def ok(r, what):
-        if r != 0:
-            sys.exit(f"{what}: CUresult {r}")
-    ok(cu.cuInit(0), "cuInit")
-    dev, ctx, total = ctypes.c_int(), ctypes.c_void_p(), ctypes.c_size_t()
-    ok(cu.cuDeviceGet(ctypes.byref(dev), 0), "cuDeviceGet")
-    ok(cu.cuDeviceTotalMem_v2(ctypes.byref(total), dev), "cuDeviceTotalMem")
-    ok(cu.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev), "cuDevicePrimaryCtxRetain")
-    ok(cu.cuCtxSetCurrent(ctx), "cuCtxSetCurrent")
+# The process in the container (cuda_workload.PRELUDE), then the test's own lines.
+WORKLOAD = cuda_workload.script("""
     print("total_mib", total.value >> 20, flush=True)
     held = ctypes.c_uint64()
     print("alloc_2000", cu.cuMemAlloc_v2(ctypes.byref(held), ctypes.c_size_t(2000 << 20)),
