@@ -235,9 +235,15 @@ class alloc_table {
   static constexpr std::size_t k_shards = 64;
   static constexpr unsigned k_shard_shift = 58;  // top 6 bits of the mixed key pick a shard
   static constexpr std::uint64_t k_mix = 0x9E3779B97F4A7C15ULL;  // Fibonacci hashing
+  using map_type = std::unordered_map<std::uint64_t, charge>;
+  /// Nodes a shard keeps from its takes for its next inserts, so the usual allocate-then-free
+  /// pattern costs no heap allocation on the counted path.
+  static constexpr std::size_t k_spare_nodes = 4;
   struct alignas(64) shard {
     std::mutex mu;
-    std::unordered_map<std::uint64_t, charge> map;
+    map_type map;
+    std::array<map_type::node_type, k_spare_nodes> spare;
+    std::size_t spares = 0;
   };
   shard& pick(std::uint64_t key) noexcept { return shards_[(key * k_mix) >> k_shard_shift]; }
   std::array<shard, k_shards> shards_;

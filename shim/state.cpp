@@ -104,10 +104,21 @@ std::string format_uuid(const CUuuid& u) {
 std::optional<charge> alloc_table::insert(std::uint64_t key, const charge& c) {
   shard& s = pick(key);
   std::lock_guard<std::mutex> lock(s.mu);
-  auto [it, fresh] = s.map.try_emplace(key, c);
-  if (fresh) return std::nullopt;
-  const charge displaced = it->second;
-  it->second = c;
+  if (s.spares == 0) {
+    auto [it, fresh] = s.map.try_emplace(key, c);
+    if (fresh) return std::nullopt;
+    const charge displaced = it->second;
+    it->second = c;
+    return displaced;
+  }
+  map_type::node_type& node = s.spare[--s.spares];
+  node.key() = key;
+  node.mapped() = c;
+  auto r = s.map.insert(std::move(node));
+  if (r.inserted) return std::nullopt;
+  s.spare[s.spares++] = std::move(r.node);  // not used: kept for the next insert
+  const charge displaced = r.position->second;
+  r.position->second = c;
   return displaced;
 }
 
@@ -117,7 +128,11 @@ std::optional<charge> alloc_table::take(std::uint64_t key) noexcept {
   auto it = s.map.find(key);
   if (it == s.map.end()) return std::nullopt;
   charge c = it->second;
-  s.map.erase(it);
+  if (s.spares < k_spare_nodes) {
+    s.spare[s.spares++] = s.map.extract(it);
+  } else {
+    s.map.erase(it);
+  }
   return c;
 }
 
@@ -148,6 +163,8 @@ void alloc_table::unlock_all() noexcept {
 void alloc_table::reset_in_child() noexcept {
   for (shard& s : shards_) {
     s.map.clear();
+    for (auto& node : s.spare) node = map_type::node_type{};
+    s.spares = 0;
     s.mu.unlock();
   }
 }

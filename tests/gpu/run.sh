@@ -397,6 +397,32 @@ else
   record torch-e2e-slowdown SKIP "PyTorch with CUDA is not installed for $PY"
 fi
 
+# ---- VMM stacks: NCCL's host memory and llama.cpp's VMM pool ----------------------------------
+# Host-located cuMemCreate (vLLM/NCCL) succeeds with the quota full and leaves the view as it was;
+# a pool grown by granules (llama.cpp) stops at the limit less the context, to the granule, with
+# CUDA_ERROR_OUT_OF_MEMORY (2), and its unmap gives it all back.
+if cc -O2 -o "$OUT/vmm_stacks" "$root/tests/gpu/vmm_stacks.c" -I"$CUDA_HOME/include" \
+     -L"$CUDA_HOME/lib64/stubs" -lcuda >>"$OUT/cc.log" 2>&1 \
+   && under_shim vmm-stacks "$OUT/vmm_stacks" "$CHUNK_MIB"; then
+  hc=$(val vmm-stacks host_create); hn=$(val vmm-stacks host_numa_create)
+  fb=$(val vmm-stacks view_free_before); fa=$(val vmm-stacks view_free_after)
+  if [ "$hc" = 0 ] && [ "$hn" = 0 ] && [ "$fb" = "$fa" ]; then
+    record vmm-host-memory PASS "host and host-NUMA cuMemCreate beyond the limit with the quota full; view unchanged"
+  else
+    record vmm-host-memory FAIL "host_create=$hc host_numa_create=$hn view_free $fb -> $fa"
+  fi
+  pool=$(val vmm-stacks vmm_pool); ref=$(val vmm-stacks vmm_refusal); ctx=$(val vmm-stacks context)
+  gran=$(val vmm-stacks granularity); endf=$(val vmm-stacks vmm_view_free_end)
+  if [ "$ref" = 2 ] && [ "$((pool + ctx))" -le "$limit" ] \
+     && [ "$((pool + ctx + gran))" -gt "$limit" ] && [ "$endf" = "$((limit - ctx))" ]; then
+    record vmm-llama-pool PASS "grew $((pool / MIB)) MiB + context $((ctx / MIB)) MiB of ${LIMIT_MIB} MiB by granules, then CUDA_ERROR_OUT_OF_MEMORY"
+  else
+    record vmm-llama-pool FAIL "pool=$pool context=$ctx granularity=$gran refusal=$ref free_end=$endf limit=$limit"
+  fi
+else
+  record vmm-stacks FAIL "build or run failed ($OUT/cc.log, $OUT/vmm-stacks.err)"
+fi
+
 # ---- summary (last) ----------------------------------------------------------------------------
 failed=0
 {

@@ -711,28 +711,7 @@ class basic_ledger {
   /// ledger. Thread-safe.
   bool charge_held(slot_handle h, int device, std::uint64_t bytes) noexcept {
     if (!h.valid() || !ready_device(device) || bytes == 0 || bytes > k_max_bytes) return false;
-    const lane_ref l = lane_for(h);
-    if (l.lane == nullptr) return false;
-    auto& d = dev(device);
-    begin(l);
-    auto cur = d.used.load(std::memory_order_relaxed);
-    for (;;) {
-      if ((cur & k_gate_bit) != 0) {
-        end(l);
-        if (!wait_gate(device, k_gate_wait_ns)) return false;
-        begin(l);
-        cur = d.used.load(std::memory_order_relaxed);
-        continue;
-      }
-      if (bytes > k_max_bytes - cur) {
-        end(l);
-        return false;
-      }
-      if (d.used.compare_exchange_weak(cur, cur + bytes, std::memory_order_acq_rel)) break;
-    }
-    charge(l, device, bytes);
-    end(l);
-    return true;
+    return add_used(h, device, bytes, false);
   }
 
   /// Gives back \p bytes on \p device that \p slot reserved; asking for more than the process
@@ -1072,11 +1051,20 @@ class basic_ledger {
   }
 
   bool reserve_once(slot_handle h, int device, std::uint64_t bytes) noexcept {
+    return add_used(h, device, bytes, true);
+  }
+
+  /// Adds \p bytes to \p device's use and to \p h's slot, through the device's gate and one
+  /// compare-and-swap loop: with \p within_limit only while the total stays at or below the
+  /// device's limit, else while it stays representable (memory the driver already holds).
+  /// False on a reaped slot (fail closed), a gate that stays closed, or no room.
+  bool add_used(slot_handle h, int device, std::uint64_t bytes, bool within_limit) noexcept {
     const lane_ref l = lane_for(h);
-    if (l.lane == nullptr) return false;  // the slot was reaped: fail closed
+    if (l.lane == nullptr) return false;
     auto& d = dev(device);
     begin(l);
-    const auto lim = std::min(d.limit.load(std::memory_order_acquire), k_max_bytes);
+    const auto cap =
+        within_limit ? std::min(d.limit.load(std::memory_order_acquire), k_max_bytes) : k_max_bytes;
     auto cur = d.used.load(std::memory_order_relaxed);
     for (;;) {
       if ((cur & k_gate_bit) != 0) {
@@ -1086,7 +1074,7 @@ class basic_ledger {
         cur = d.used.load(std::memory_order_relaxed);
         continue;
       }
-      if (cur > lim || bytes > lim - cur) {
+      if (cur > cap || bytes > cap - cur) {
         end(l);
         return false;
       }

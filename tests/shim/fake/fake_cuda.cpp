@@ -193,6 +193,10 @@ struct driver_state {
   std::uint64_t pool_bytes = 0;  ///< FAKE_CUDA_POOL_BYTES
   std::uint64_t kernel_us = k_default_kernel_us;
   bool host_heap = false;
+  /// FAKE_CUDA_RESET_RETAINED=1: another thread retains the primary context right after each
+  /// cuDevicePrimaryCtxReset, so cuDevicePrimaryCtxGetState reports it active again (a race the
+  /// driver allows; the reset destroyed the allocations all the same).
+  bool reset_retained = false;
   std::uint64_t slow_alloc_bytes = 0;  ///< FAKE_CUDA_SLOW_ALLOC
   std::uint64_t slow_alloc_us = 0;
   std::map<std::uintptr_t, allocation> allocs;
@@ -703,6 +707,8 @@ void configure(driver_state& s) {
   s.module_bytes = env_bytes("FAKE_CUDA_MODULE_BYTES", 0);
   s.pool_bytes = env_bytes("FAKE_CUDA_POOL_BYTES", 0);
   if (const char* h = std::getenv("FAKE_CUDA_HOST_HEAP")) s.host_heap = std::strcmp(h, "1") == 0;
+  if (const char* r = std::getenv("FAKE_CUDA_RESET_RETAINED"))
+    s.reset_retained = std::strcmp(r, "1") == 0;
   if (const char* slow = std::getenv("FAKE_CUDA_SLOW_ALLOC")) {
     char* end = nullptr;
     s.slow_alloc_bytes = std::strtoull(slow, &end, 10);
@@ -833,6 +839,11 @@ FAKE_EXPORT CUresult cuDevicePrimaryCtxReset_v2(CUdevice dev) {
     std::swap(dead, st().primary[dev]);
   }
   if (dead != nullptr) ctx_destroy(dead);
+  if (st().reset_retained) {
+    std::lock_guard<std::mutex> lock(st().mu);
+    CUctx_st*& prim = st().primary[dev];
+    if (prim == nullptr) (void)ctx_create(dev, true, &prim);
+  }
   return CUDA_SUCCESS;
 }
 
@@ -1307,7 +1318,17 @@ FAKE_EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle* handle, size_t si
       size % k_vmm_granularity != 0 || prop->type != CU_MEM_ALLOCATION_TYPE_PINNED) {
     return CUDA_ERROR_INVALID_VALUE;
   }
-  if (prop->location.type != CU_MEM_LOCATION_TYPE_DEVICE) {
+  // cuda.h: HOST ignores the id and must request no shareable handle; HOST_NUMA names a NUMA
+  // node (0 where there is no NUMA); HOST_NUMA_CURRENT is refused with INVALID_VALUE.
+  const CUmemLocationType where = prop->location.type;
+  if (where == CU_MEM_LOCATION_TYPE_HOST_NUMA_CURRENT ||
+      (where == CU_MEM_LOCATION_TYPE_HOST && prop->requestedHandleTypes != 0) ||
+      (where == CU_MEM_LOCATION_TYPE_HOST_NUMA && prop->location.id < 0) ||
+      (where != CU_MEM_LOCATION_TYPE_DEVICE && where != CU_MEM_LOCATION_TYPE_HOST &&
+       where != CU_MEM_LOCATION_TYPE_HOST_NUMA)) {
+    return CUDA_ERROR_INVALID_VALUE;
+  }
+  if (where != CU_MEM_LOCATION_TYPE_DEVICE) {
     // Host-located physical memory: takes no device memory.
     std::lock_guard<std::mutex> lock(st().mu);
     *handle = st().next_handle++;
@@ -1432,6 +1453,32 @@ FAKE_EXPORT CUresult cuMemUnmap(CUdeviceptr ptr, size_t size) {
     }
   }
   return CUDA_SUCCESS;
+}
+
+/// As cuda.h documents: the range must be wholly mapped, and each descriptor names a device (a
+/// host location only with a host-located mapping, which the fake does not check further).
+FAKE_EXPORT CUresult cuMemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAccessDesc* desc,
+                                    size_t count) {
+  if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
+  if (size == 0 || desc == nullptr || count == 0) return CUDA_ERROR_INVALID_VALUE;
+  for (size_t i = 0; i < count; ++i) {
+    const CUmemLocation& at = desc[i].location;
+    if (at.type == CU_MEM_LOCATION_TYPE_DEVICE && (at.id < 0 || at.id >= st().visible_count)) {
+      return CUDA_ERROR_INVALID_DEVICE;
+    }
+  }
+  const auto a = static_cast<std::uintptr_t>(ptr);
+  std::lock_guard<std::mutex> lock(st().mu);
+  // Mappings must cover [a, a + size) without a gap.
+  auto m = st().mappings.upper_bound(a);
+  if (m == st().mappings.begin()) return CUDA_ERROR_INVALID_VALUE;
+  --m;
+  std::uintptr_t covered = a;
+  for (; m != st().mappings.end() && covered < a + size; ++m) {
+    if (m->first > covered || m->first + m->second.size <= covered) return CUDA_ERROR_INVALID_VALUE;
+    covered = m->first + m->second.size;
+  }
+  return covered >= a + size ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
 }
 
 // ---- arrays --------------------------------------------------------------------------------
@@ -1794,6 +1841,7 @@ const proc_entry k_procs[] = {
     {"cuMemAddressFree", 10020, FAKE_FN(cuMemAddressFree), nullptr},
     {"cuMemMap", 10020, FAKE_FN(cuMemMap), nullptr},
     {"cuMemUnmap", 10020, FAKE_FN(cuMemUnmap), nullptr},
+    {"cuMemSetAccess", 10020, FAKE_FN(cuMemSetAccess), nullptr},
     {"cuArrayCreate", 3020, FAKE_FN(cuArrayCreate_v2), nullptr},
     {"cuArray3DCreate", 3020, FAKE_FN(cuArray3DCreate_v2), nullptr},
     {"cuArrayDestroy", 2000, FAKE_FN(cuArrayDestroy), nullptr},
