@@ -253,7 +253,7 @@ inline conversion convert(json& pod, const kube::config& cfg, const options& o,
                             cfg.resource_memory + " in MiB); left on HAMi's path");
         return out;
       }
-      if (cores <= 0 || cores > k_whole_percent) {
+      if (cores <= 0) {
         out.notes.push_back(cw + ": no " + cfg.resource_cores +
                             " (a claim that asks no cores takes the whole device's); left on "
                             "HAMi's path");

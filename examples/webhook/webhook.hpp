@@ -11,6 +11,8 @@
 ///   - a GPU pod with a privileged container, or with spec.nodeName set, is refused (HAMi's
 ///     reasons: "container NAME is privileged", "pod has node assigned").
 /// A pod that names another scheduler, or is labelled hami.io/webhook=ignore, is left untouched.
+/// With settings::dra on (off by default), the GPU pods it selects then become ResourceClaims
+/// for gpuslice-dra-plugin (dra.hpp): outcome::templates lists the templates they name.
 /// A review is answered in the version it came in (admission.k8s.io/v1 or v1beta1).
 /// Values HAMi refuses (gpumem-percentage outside 0..100, a numa-bind that is not a boolean, an
 /// unknown scheduler policy, bad scoring weights, a malformed quantity) are refused with one line
