@@ -149,6 +149,16 @@ fit::openb_custom_scorer wrap_scorer(::pybind11::object scorer) {
                      : key == "reserve_big"  ? &opt.knobs.reserve_big
                      : key == "reserve_cpu"  ? &opt.knobs.reserve_cpu
                                              : nullptr;
+    if (key == "dra_nodes_pct") {
+      constexpr int all_pct = 100;
+      const int pct = ::pybind11::cast<int>(kv.second);
+      if (pct < 0 || pct > all_pct) {
+        throw ::pybind11::value_error("knob dra_nodes_pct " + std::to_string(pct) +
+                                      ": expected 0 (kube-scheduler's adaptive default) to 100");
+      }
+      opt.dra_nodes_pct = pct;
+      continue;
+    }
     if (key == "host_all") {
       opt.host_all_classes = ::pybind11::cast<bool>(kv.second);
       continue;
@@ -168,7 +178,7 @@ fit::openb_custom_scorer wrap_scorer(::pybind11::object scorer) {
       throw ::pybind11::value_error(
           "knob '" + key +
           "': expected exact, pack, cpu_fit, host_all, strand, host, reserve, "
-          "reserve_fill, reserve_big or reserve_cpu");
+          "reserve_fill, reserve_big, reserve_cpu or dra_nodes_pct");
     }
   }
   if (!scorer.is_none()) {

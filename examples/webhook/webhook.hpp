@@ -11,6 +11,8 @@
 ///   - a GPU pod with a privileged container, or with spec.nodeName set, is refused (HAMi's
 ///     reasons: "container NAME is privileged", "pod has node assigned").
 /// A pod that names another scheduler, or is labelled hami.io/webhook=ignore, is left untouched.
+/// With settings::dra on (off by default), the GPU pods it selects then become ResourceClaims
+/// for gpuslice-dra-plugin (dra.hpp): outcome::templates lists the templates they name.
 /// A review is answered in the version it came in (admission.k8s.io/v1 or v1beta1).
 /// Values HAMi refuses (gpumem-percentage outside 0..100, a numa-bind that is not a boolean, an
 /// unknown scheduler policy, bad scoring weights, a malformed quantity) are refused with one line
@@ -22,7 +24,9 @@
 #include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
+#include <vector>
 
+#include "dra.hpp"
 #include "kube.hpp"
 
 namespace gpuslice::webhook {
@@ -49,6 +53,7 @@ struct settings {
   kube::config cfg;                                   ///< resource names and defaults
   std::string scheduler_name = "gpuslice-scheduler";  ///< schedulerName
   bool fail_open = false;  ///< a review whose object is unreadable: allow (true) or refuse
+  dra::options dra;        ///< which GPU pods become ResourceClaims (dra.hpp); off by default
 };
 
 /// Standard base64 (RFC 4648) of \p in, as AdmissionResponse.patch carries it. Pure.
@@ -88,6 +93,10 @@ struct outcome {
   bool allowed = true;
   bool mutated = false;  ///< a patch was attached
   std::string message;   ///< why it was refused (or why an unreadable review was let through)
+  /// DRA mode: the ResourceClaimTemplates the mutated pod names, for the caller to create
+  /// before answering (dra.hpp).
+  std::vector<json> templates;
+  bool dry_run = false;  ///< request.dryRun: create nothing
 };
 
 namespace detail {
@@ -260,6 +269,9 @@ inline result<outcome> review(std::string_view body, const settings& s) {
                                                std::string(k_admission_v1beta1));
   }
   outcome out;
+  if (const json* dry = kube::detail::member(*req, "dryRun"); dry != nullptr && dry->is_boolean()) {
+    out.dry_run = dry->get<bool>();
+  }
   json response = {{"uid", uid}, {"allowed", true}};
   auto refuse = [&](int code, const std::string& message) {
     out.allowed = false;
@@ -304,6 +316,14 @@ inline result<outcome> review(std::string_view body, const settings& s) {
       // Another scheduler places this pod: HAMi's webhook leaves it as it is.
     } else {
       gpu = mutate_pod(mutated, s);
+      if (gpu && *gpu && dra::selected(mutated, s.dra)) {
+        dra::conversion conv = dra::convert(mutated, s.cfg, s.dra, scheduler);
+        out.templates = std::move(conv.templates);
+        for (const std::string& note : conv.notes) {
+          if (!response.contains("warnings")) response["warnings"] = json::array();
+          response["warnings"].push_back("gpuslice webhook: " + note);
+        }
+      }
     }
     if (!gpu) {
       refuse(k_status_forbidden, "gpuslice webhook: " + gpu.message());

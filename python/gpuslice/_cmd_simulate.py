@@ -76,6 +76,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bound", action="store_true",
                    help="fill-up: add rows with offline upper bounds on the allocation at the "
                    "last load point, from the same arrivals (docs/placement.md; needs scipy)")
+    p.add_argument("--dra-nodes-pct", type=int, metavar="PCT", default=None,
+                   help="dra: kube-scheduler's percentageOfNodesToScore (default 0: its "
+                   "adaptive default; 100: score every node)")
     p.add_argument("--json", metavar="FILE", help="write one object per (policy, seed)")
     p.add_argument("--plot", metavar="FILE", help="write a PNG of allocation vs arrived load")
     p.set_defaults(func=run)
@@ -101,7 +104,10 @@ def _run_grid(workload, policies, seeds, args, console) -> list[dict]:
     progress = None
     task = None
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(run_one, workload, p, args.experiment, args.load, s, None,
+        knobs = None
+        if getattr(args, "dra_nodes_pct", None) is not None:
+            knobs = {"dra_nodes_pct": args.dra_nodes_pct}
+        futures = {pool.submit(run_one, workload, p, args.experiment, args.load, s, knobs,
                                args.compress): i
                    for i, (p, s) in enumerate(pairs)}
         pending = set(futures)

@@ -36,6 +36,13 @@ NEW_POLICIES: tuple[str, ...] = ("sfgd", "rsfgd")
 #: Parts of sfgd and rsfgd that ``knobs`` can switch (docs/placement.md, the ablations).
 SFGD_KNOBS: tuple[str, ...] = ("exact", "pack", "cpu_fit", "host_all", "strand", "host",
                                "reserve", "reserve_fill", "reserve_big", "reserve_cpu")
+#: Kubernetes' own placement: kube-scheduler's default scoring with DRA's structured-parameters
+#: allocator (first fit over devices, capacity rounded up by the request policy), the baseline
+#: an operator gets without gpuslice's scheduler (docs/placement.md). A placement policy: it
+#: refuses only pods that do not fit under its rules.
+DRA_POLICIES: tuple[str, ...] = ("dra",)
+#: The dra policy's knob: percentageOfNodesToScore (0 = kube-scheduler's adaptive default).
+DRA_KNOBS: tuple[str, ...] = ("dra_nodes_pct",)
 #: The six policies of the FGD paper.
 PAPER_POLICIES: tuple[str, ...] = ("random", "dotprod", "gpuclustering", "gpupacking", "bestfit",
                                    "fgd")
@@ -165,7 +172,8 @@ def run_one(workload: _core.Workload, policy: str | Scorer = "fgd", experiment: 
     """One run on a prepared workload. A callable policy is a custom scorer (slow path: it is
     called once per pod that has more than one feasible node). knobs switch parts of sfgd
     and rsfgd (SFGD_KNOBS: exact, pack, cpu_fit, host_all as bools; strand, host, reserve,
-    reserve_fill, reserve_big, reserve_cpu as numbers) for their ablations.
+    reserve_fill, reserve_big, reserve_cpu as numbers) for their ablations, and dra's
+    percentageOfNodesToScore (DRA_KNOBS: dra_nodes_pct, 0 = adaptive, 100 = every node).
     compress divides a replay's inter-arrival times (durations kept), to load the cluster;
     a replay's result has a ``replay`` dict of its measures (REPLAY_MEASURES)."""
     if experiment not in EXPERIMENTS:

@@ -117,6 +117,7 @@ if(TARGET gpuslice_extender AND Python3_Interpreter_FOUND)
                    -c ${PROJECT_SOURCE_DIR}/pyproject.toml --rootdir ${PROJECT_SOURCE_DIR}
                    ${PROJECT_SOURCE_DIR}/tests/k8s/test_scheduler_extender.py
                    ${PROJECT_SOURCE_DIR}/tests/k8s/test_scheduler_webhook.py
+                   ${PROJECT_SOURCE_DIR}/tests/k8s/test_webhook_dra.py
                    ${PROJECT_SOURCE_DIR}/tests/k8s/test_deploy.py
                    ${PROJECT_SOURCE_DIR}/tests/k8s/test_replay_extender.py
            WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})

@@ -291,3 +291,142 @@ TEST_CASE("gpumem-percentage above 100: the webhook refuses, the scheduler path 
   CHECK(req->containers[0].memory_percent == 100);
   CHECK(req->containers[0].count == 1);
 }
+
+namespace {
+
+webhook::settings dra_settings(webhook::dra::mode m) {
+  webhook::settings s;
+  s.dra.which = m;
+  return s;
+}
+
+json answer(const json& pod, const webhook::settings& s, webhook::outcome& o) {
+  auto out = webhook::review(review_of(pod).dump(), s);
+  REQUIRE(out);
+  o = *out;
+  REQUIRE(o.allowed);
+  return patched(pod, o);
+}
+
+}  // namespace
+
+TEST_CASE("webhook DRA mode: HAMi's requests become a claim from a generated template",
+          "[examples][webhook][dra]") {
+  const json pod = pod_with({{"nvidia.com/gpu", "1"},
+                             {"nvidia.com/gpumem", "3000"},
+                             {"nvidia.com/gpucores", "30"},
+                             {"cpu", "2"}},
+                            {{"gpuslice.dev/dra", "true"}});
+  webhook::outcome o;
+  const json after = answer(pod, dra_settings(webhook::dra::mode::annotated), o);
+  // The extended resources are gone, everything else kept; the container names the claim.
+  const json& res = after["spec"]["containers"][0]["resources"];
+  CHECK(res["limits"] == json{{"cpu", "2"}});
+  CHECK(res["claims"] == json::array({{{"name", "gpuslice-0"}}}));
+  CHECK(after["spec"]["resourceClaims"] ==
+        json::array(
+            {{{"name", "gpuslice-0"}, {"resourceClaimTemplateName", "gpuslice-1x-3000mi-30c"}}}));
+  CHECK_FALSE(after["spec"].contains("schedulerName"));  // kube-scheduler allocates claims
+  REQUIRE(o.templates.size() == 1);
+  const json& t = o.templates[0];
+  CHECK(t["kind"] == "ResourceClaimTemplate");
+  CHECK(t["apiVersion"] == "resource.k8s.io/v1");
+  CHECK(t["metadata"] == json{{"name", "gpuslice-1x-3000mi-30c"}, {"namespace", "team"}});
+  const json& req = t["spec"]["spec"]["devices"]["requests"][0];
+  CHECK(req["name"] == "gpu");
+  CHECK(req["exactly"]["deviceClassName"] == "gpuslice");
+  CHECK(req["exactly"]["count"] == 1);
+  CHECK(req["exactly"]["capacity"]["requests"] == json{{"memory", "3000Mi"}, {"cores", "30"}});
+  CHECK_FALSE(t["spec"]["spec"]["devices"].contains("constraints"));
+  CHECK_FALSE(o.dry_run);
+}
+
+TEST_CASE("webhook DRA mode: whole cards, several GPUs, types, init containers",
+          "[examples][webhook][dra]") {
+  // Two whole GPUs (HAMi's rules give them gpucores 100) of an A100 or H100, not one uuid.
+  json pod = pod_with({{"nvidia.com/gpu", "2"}}, {{"nvidia.com/use-gputype", "A100, H100"},
+                                                  {"nvidia.com/nouse-gpuuuid", "GPU-1"}});
+  pod["spec"]["initContainers"] = json::array(
+      {{{"name", "warm"},
+        {"resources",
+         {{"requests", {{"nvidia.com/gpumem", "1024"}, {"nvidia.com/gpucores", "5"}}}}}}});
+  webhook::outcome o;
+  const json after = answer(pod, dra_settings(webhook::dra::mode::all), o);
+  REQUIRE(o.templates.size() == 2);
+  const json& init = o.templates[0];
+  const json& main = o.templates[1];
+  CHECK(after["spec"]["initContainers"][0]["resources"] ==
+        json{{"claims", json::array({{{"name", "gpuslice-init-0"}}})}});
+  CHECK(after["spec"]["resourceClaims"].size() == 2);
+  const std::string mname = main["metadata"]["name"];
+  CHECK(mname.rfind("gpuslice-2x-allmem-100c-", 0) == 0);  // plus the selectors' digest
+  CHECK(init["metadata"]["name"].get<std::string>().rfind("gpuslice-1x-1024mi-5c-", 0) == 0);
+  const json& devices = main["spec"]["spec"]["devices"];
+  // No memory asked: the request policy's default, the whole card.
+  CHECK(devices["requests"][0]["exactly"]["capacity"]["requests"] == json{{"cores", "100"}});
+  CHECK(devices["requests"][0]["exactly"]["count"] == 2);
+  CHECK(devices["constraints"] == json::array({{{"requests", json::array({"gpu"})},
+                                                {"distinctAttribute", "gpu.gpuslice.dev/uuid"}}}));
+  const json& sel = devices["requests"][0]["exactly"]["selectors"];
+  REQUIRE(sel.size() == 2);
+  CHECK(sel[0]["cel"]["expression"] ==
+        "device.attributes[\"gpu.gpuslice.dev\"].productName.contains(\"A100\") || "
+        "device.attributes[\"gpu.gpuslice.dev\"].productName.contains(\"H100\")");
+  CHECK(sel[1]["cel"]["expression"] ==
+        "!(device.attributes[\"gpu.gpuslice.dev\"].uuid == \"GPU-1\")");
+  // The same request names the same template: creating it twice is harmless.
+  webhook::outcome again;
+  (void)answer(pod, dra_settings(webhook::dra::mode::all), again);
+  CHECK(again.templates == o.templates);
+}
+
+TEST_CASE(
+    "webhook DRA mode: off by default, opt-in or opt-out per pod, HAMi's path kept where "
+    "a claim cannot say it",
+    "[examples][webhook][dra]") {
+  const json limits = {
+      {"nvidia.com/gpu", "1"}, {"nvidia.com/gpucores", "30"}, {"nvidia.com/gpumem", "2000"}};
+  webhook::outcome o;
+  // Off (the default): HAMi's path, whatever the annotation.
+  json after = answer(pod_with(limits, {{"gpuslice.dev/dra", "true"}}), webhook::settings{}, o);
+  CHECK(after["spec"]["schedulerName"] == "gpuslice-scheduler");
+  CHECK(o.templates.empty());
+  // Annotated mode without the annotation: HAMi's path.
+  after = answer(pod_with(limits), dra_settings(webhook::dra::mode::annotated), o);
+  CHECK(after["spec"]["containers"][0]["resources"]["limits"] == limits);
+  CHECK(o.templates.empty());
+  // All mode, opted out.
+  after = answer(pod_with(limits, {{"gpuslice.dev/dra", "false"}}),
+                 dra_settings(webhook::dra::mode::all), o);
+  CHECK(o.templates.empty());
+  CHECK(after["spec"]["schedulerName"] == "gpuslice-scheduler");
+  // A share of an unknown card, no cores, numa-bind: HAMi's path, with a warning that says why.
+  const std::vector<std::pair<json, json>> kept = {
+      {{{"nvidia.com/gpu", "1"},
+        {"nvidia.com/gpumem-percentage", "50"},
+        {"nvidia.com/gpucores", "30"}},
+       json::object()},
+      {{{"nvidia.com/gpu", "1"}, {"nvidia.com/gpumem", "2000"}}, json::object()},
+      {limits, {{"nvidia.com/numa-bind", "true"}}},
+  };
+  const std::vector<std::string> why = {"gpumem-percentage 50 is a share", "no nvidia.com/gpucores",
+                                        "numa-bind has no DRA equivalent"};
+  for (std::size_t k = 0; k < kept.size(); ++k) {
+    INFO(why[k]);
+    after =
+        answer(pod_with(kept[k].first, kept[k].second), dra_settings(webhook::dra::mode::all), o);
+    CHECK(o.templates.empty());
+    CHECK(after["spec"]["schedulerName"] == "gpuslice-scheduler");
+    CHECK(after["spec"]["containers"][0]["resources"].contains("limits"));
+    const json& warnings = o.review["response"]["warnings"];
+    REQUIRE(warnings.size() == 1);
+    CHECK(warnings[0].get<std::string>().find(why[k]) != std::string::npos);
+  }
+  // A dry run is reported, so that the caller creates nothing.
+  json r = review_of(pod_with(limits));
+  r["request"]["dryRun"] = true;
+  auto dry = webhook::review(r.dump(), dra_settings(webhook::dra::mode::all));
+  REQUIRE(dry);
+  CHECK(dry->dry_run);
+  CHECK(dry->templates.size() == 1);
+}

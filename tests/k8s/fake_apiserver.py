@@ -630,6 +630,17 @@ _KINDS.update({"leases": "Lease", "events": "Event"})
 _API_VERSION["leases"] = "coordination.k8s.io/v1"
 _NAMESPACED.update({"leases", "events"})
 
+# ResourceClaimTemplates (resource.k8s.io/v1, namespaced), which the webhook's DRA mode creates.
+_ROUTES += [
+    (re.compile(rf"^{_DRA}/namespaces/(?P<ns>[^/]+)/resourceclaimtemplates$"),
+     "resourceclaimtemplates", False),
+    (re.compile(rf"^{_DRA}/namespaces/(?P<ns>[^/]+)/resourceclaimtemplates/(?P<name>[^/]+)$"),
+     "resourceclaimtemplates", True),
+]
+_KINDS["resourceclaimtemplates"] = "ResourceClaimTemplate"
+_API_VERSION["resourceclaimtemplates"] = "resource.k8s.io/v1"
+_NAMESPACED.add("resourceclaimtemplates")
+
 
 def _client_cn(conn) -> str:
     """The CN of the TLS client certificate of ``conn``, or "" (plain HTTP, or none sent)."""

@@ -41,13 +41,14 @@ enum class openb_policy : std::uint8_t {
   binpack,
   sfgd,    ///< stranding-aware FGD: exact fragment change plus GPU stranded by lack of CPU
   rsfgd,   ///< sfgd that holds whole GPUs back from sharing pods that would strand a sliver
+  dra,     ///< kube-scheduler's default placement of DRA claims (fit/dra_sched.hpp)
   custom,  ///< scores from a user-supplied function, GPUs by "best"
 };
 
 /// Names of the built-in policies, in enum order.
-inline constexpr std::array<std::string_view, 10> k_openb_policy_names = {
-    "random", "dotprod", "gpuclustering", "gpupacking", "bestfit",
-    "fgd",    "spread",  "binpack",       "sfgd",       "rsfgd"};
+inline constexpr std::array<std::string_view, 11> k_openb_policy_names = {
+    "random", "dotprod", "gpuclustering", "gpupacking", "bestfit", "fgd",
+    "spread", "binpack", "sfgd",          "rsfgd",      "dra"};
 
 /// rsfgd's reservation threshold (sfgd_knobs::reserve): a quarter of the GPUs a pod may use.
 inline constexpr double k_rsfgd_reserve = 0.25;

@@ -10,10 +10,12 @@
 #include <functional>
 #include <limits>
 #include <numeric>
+#include <optional>
 #include <queue>
 #include <utility>
 #include <vector>
 
+#include "gpuslice/fit/dra_sched.hpp"
 #include "gpuslice/fit/frag.hpp"
 #include "gpuslice/fit/openb.hpp"
 #include "gpuslice/fit/openb_score.hpp"
@@ -44,6 +46,8 @@ struct run_options {
   /// sfgd and rsfgd: the host pressure weighs every pod class of the workload, rare ones too,
   /// instead of the typical pods only.
   bool host_all_classes = true;
+  /// dra: kube-scheduler's percentageOfNodesToScore (0 = its adaptive default, 100 = all).
+  int dra_nodes_pct = 0;
 };
 
 /// Every pod class (cpu, m, n, gpu_spec) of the workload with its count. Pure.
@@ -128,6 +132,18 @@ inline void record_event(run_record& r, const fit::openb_cluster& cluster,
                                  : std::numeric_limits<double>::quiet_NaN());
 }
 
+/// The dra policy's scheduler for a run, empty for every other policy.
+inline std::optional<fit::dra_scheduler> make_dra(const prepared_workload& w,
+                                                  const run_options& opt,
+                                                  const std::vector<std::int32_t>& ranks,
+                                                  const fit::openb_cluster& cluster) {
+  if (opt.policy != fit::openb_policy::dra) return std::nullopt;
+  fit::dra_options d;
+  for (const auto& m : w.models()) d.card_mib.push_back(fit::dra_card_mib(m));
+  d.nodes_pct = opt.dra_nodes_pct;
+  return fit::dra_scheduler(ranks, std::move(d), cluster);
+}
+
 /// True when some node of the cluster passes the filter for pod (whatever a policy chose).
 inline bool any_node_fits(const fit::openb_cluster& cluster, const fit::openb_pod& pod) noexcept {
   const auto& nodes = cluster.nodes();
@@ -151,6 +167,7 @@ inline run_record run_fillup(const prepared_workload& w, const run_options& opt)
   sched.set_sfgd_knobs(opt.knobs);
   if (opt.host_all_classes) sched.set_host_classes(all_classes(w));
   if (opt.node_index) sched.enable_index();
+  auto dra = detail::make_dra(w, opt, plan.ranks, cluster);
   run_record r;
   r.total_gpus = cluster.total_gpus();
   r.trace_pods = plan.trace_pods;
@@ -166,9 +183,14 @@ inline run_record run_fillup(const prepared_workload& w, const run_options& opt)
     const auto kind = static_cast<std::size_t>(pod.kind());
     ++r.attempted[kind];
     const fit::openb_placement p =
-        sched.schedule(cluster, pod, classes[static_cast<std::size_t>(idx)]);
+        dra ? dra->schedule(cluster, pod)
+            : sched.schedule(cluster, pod, classes[static_cast<std::size_t>(idx)]);
     if (p.node >= 0) {
       cluster.bind(static_cast<std::size_t>(p.node), pod, p.gpus);
+      if (dra) {
+        dra->bound(static_cast<std::size_t>(p.node), pod, p.gpus,
+                   cluster.node(static_cast<std::size_t>(p.node)));
+      }
       frag.update(cluster, static_cast<std::size_t>(p.node));
       sched.node_changed(static_cast<std::size_t>(p.node));
     } else {
@@ -222,6 +244,7 @@ inline result<run_record> run_replay(const prepared_workload& w, const run_optio
   sched.set_sfgd_knobs(opt.knobs);
   if (opt.host_all_classes) sched.set_host_classes(all_classes(w));
   if (opt.node_index) sched.enable_index();
+  auto dra = detail::make_dra(w, opt, ranks, cluster);
   run_record r;
   r.total_gpus = cluster.total_gpus();
   r.trace_pods = static_cast<std::int64_t>(pods.size());
@@ -261,6 +284,10 @@ inline result<run_record> run_replay(const prepared_workload& w, const run_optio
   const auto start = [&](std::int32_t idx, const fit::openb_placement& p, double t) {
     const auto i = static_cast<std::size_t>(idx);
     cluster.bind(static_cast<std::size_t>(p.node), pods[i], p.gpus);
+    if (dra) {
+      dra->bound(static_cast<std::size_t>(p.node), pods[i], p.gpus,
+                 cluster.node(static_cast<std::size_t>(p.node)));
+    }
     frag.update(cluster, static_cast<std::size_t>(p.node));
     sched.node_changed(static_cast<std::size_t>(p.node));
     running.push(live{t + duration(i), idx, p.node, p.gpus});
@@ -288,6 +315,10 @@ inline result<run_record> run_replay(const prepared_workload& w, const run_optio
       expire(d.end);
       cluster.unbind(static_cast<std::size_t>(d.node), pods[static_cast<std::size_t>(d.pod)],
                      d.gpus);
+      if (dra) {
+        dra->unbound(static_cast<std::size_t>(d.node), pods[static_cast<std::size_t>(d.pod)],
+                     d.gpus, cluster.node(static_cast<std::size_t>(d.node)));
+      }
       frag.update(cluster, static_cast<std::size_t>(d.node));
       sched.node_changed(static_cast<std::size_t>(d.node));
       ++r.departures;
@@ -297,7 +328,8 @@ inline result<run_record> run_replay(const prepared_workload& w, const run_optio
         const waiting q = queue[k];
         const auto i = static_cast<std::size_t>(q.pod);
         if (fit::openb_feasible(cluster.node(static_cast<std::size_t>(d.node)), pods[i])) {
-          const fit::openb_placement p = sched.schedule(cluster, pods[i], classes[i], false);
+          const fit::openb_placement p = dra ? dra->schedule(cluster, pods[i])
+                                             : sched.schedule(cluster, pods[i], classes[i], false);
           if (p.node >= 0) {
             start(q.pod, p, d.end);
             ++r.waited;
@@ -319,7 +351,8 @@ inline result<run_record> run_replay(const prepared_workload& w, const run_optio
     const auto& pod = pods[i];
     arrived += pod.gpu_request();
     ++r.attempted[static_cast<std::size_t>(pod.kind())];
-    const fit::openb_placement p = sched.schedule(cluster, pod, classes[i]);
+    const fit::openb_placement p =
+        dra ? dra->schedule(cluster, pod) : sched.schedule(cluster, pod, classes[i]);
     if (p.node >= 0) {
       start(idx, p, t);
       record(idx, p.node, p.gpus, t, replay_event::arrived_started);
