@@ -20,12 +20,13 @@ yaml = pytest.importorskip("yaml")
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "examples" / "deploy"
-VARIANTS = ["base", "overlays/hami", "overlays/fail-closed"]
+VARIANTS = ["base", "overlays/hami", "overlays/fail-closed", "overlays/dra"]
 PROGRAMS = {
     "gpuslice_extender": os.environ.get("GPUSLICE_EXTENDER", ""),
     "gpuslice_webhook": os.environ.get("GPUSLICE_WEBHOOK", ""),
     "gpuslice-device-plugin": os.environ.get("GPUSLICE_DEVICE_PLUGIN", ""),
     "gpuslice-monitor": os.environ.get("GPUSLICE_MONITOR", ""),
+    "gpuslice-dra-plugin": os.environ.get("GPUSLICE_DRA_PLUGIN", ""),
 }
 # HAMi's chart defaults (charts/hami/values.yaml; the chart is installed in kube-system).
 HAMI = {"namespace": "kube-system", "schedulerName": "hami-scheduler",
@@ -140,7 +141,7 @@ def test_every_object_names_a_namespace_that_exists(dm):
     created = {d["metadata"]["name"] for d in dm.objects("Namespace")}
     assert "kube-system" not in created
     cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding",
-                      "MutatingWebhookConfiguration"}
+                      "MutatingWebhookConfiguration", "DeviceClass"}
     for d in dm.docs:
         assert d["apiVersion"] and d["metadata"]["name"], d
         if d["kind"] not in cluster_scoped:
@@ -312,6 +313,8 @@ def test_every_flag_in_the_manifests_is_in_the_programs_help(dm, program):
     help_text = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=30).stdout
     known = set(re.findall(r"--[a-z][a-z0-9-]*", help_text))
     assert known, help_text
+    if program == "gpuslice-dra-plugin" and not dm.objects("DeviceClass"):
+        return  # a variant without the DRA driver
     _, c = dm.container(program)
     for flag in flags(c):
         assert flag in known, f"{program}: {flag} not in its --help"
@@ -429,12 +432,43 @@ def test_the_hami_overlay_takes_hamis_names():
     assert dm.sched_config["extenders"] == base.sched_config["extenders"]
 
 
-def test_programs_run_as_non_root_except_the_device_plugin(dm):
+def test_the_dra_overlay_lets_the_webhook_make_claims_and_ships_the_driver():
+    dm = rendered("overlays/dra")
+    _, wh = dm.container("gpuslice_webhook")
+    f = flags(wh)
+    assert f["--dra"] == "annotated" and f["--in-cluster"] == "true"
+    assert f["--fail-open"] == "true"  # the base's choice stays
+    (cfg,) = dm.objects("MutatingWebhookConfiguration")
+    # The webhook creates templates (skipped on a dry run): None would be a false promise.
+    assert cfg["webhooks"][0]["sideEffects"] == "NoneOnDryRun"
+    # What the webhook creates, in any namespace, its service account may create.
+    roles = {r["metadata"]["name"]: r for r in dm.objects("ClusterRole")}
+    (bound,) = [b for b in dm.objects("ClusterRoleBinding")
+                if {"kind": "ServiceAccount", "name": wh_account(dm),
+                    "namespace": "gpuslice-system"} in b["subjects"]]
+    rules = roles[bound["roleRef"]["name"]]["rules"]
+    assert any("resource.k8s.io" in r["apiGroups"] and "resourceclaimtemplates" in r["resources"]
+               and "create" in r["verbs"] for r in rules)
+    # The claims name the DeviceClass the driver's overlay ships, which selects its driver.
+    (dc,) = dm.objects("DeviceClass")
+    assert dc["metadata"]["name"] == "gpuslice"
+    (ds,) = [w for w, c in dm.containers() if c["name"] == "dra-plugin"]
+    assert ds["kind"] == "DaemonSet"
+    # The base's objects are all there, unchanged in number.
+    assert len(dm.docs) > len(rendered("base").docs)
+
+
+def wh_account(dm) -> str:
+    (w,) = [w for w, c in dm.containers() if c["name"] == "webhook"]
+    return w["spec"]["template"]["spec"]["serviceAccountName"]
+
+
+def test_programs_run_as_non_root_except_the_node_plugins(dm):
     for w, c in dm.containers():
         pod = w["spec"]["template"]["spec"].get("securityContext", {})
         sc = dict(pod, **c.get("securityContext", {}))
-        if c["name"] in ("device-plugin", "install-shim"):
-            assert sc.get("runAsUser") == 0, c["name"]  # kubelet's socket, the host directory
+        if c["name"] in ("device-plugin", "dra-plugin", "install-shim"):
+            assert sc.get("runAsUser") == 0, c["name"]  # kubelet's sockets, the host directory
         else:
             assert sc.get("runAsNonRoot") is True and sc.get("runAsUser", 0) != 0, c["name"]
             assert sc.get("allowPrivilegeEscalation") is False, c["name"]
