@@ -24,20 +24,20 @@
 /// where r is the workload's mean milli-CPU per milli-GPU (GPU classes, weighted by p_t, a
 /// class's milli-GPU being the value of its share on the node's first usable card).
 ///
-/// and, as openb's sfgd_knobs::host, the host pressure H(N) = -P(N) * L(N): each class t that
-/// the node could host when empty (count_t GPUs that take its share on an empty card, of its
-/// type; for a multi-GPU class, the node's CPU too) adds its share of the GPU demand over its
-/// hosts' share of the cluster's GPUs,
+/// sfgd also adds, as openb's sfgd_knobs::host, the host pressure H(N) = -P(N) * L(N): each
+/// class t that the node could host when empty (count_t GPUs that take its share on an empty
+/// card, of its type; for a multi-GPU class, the node's CPU too) adds its share of the GPU
+/// demand over its hosts' share of the cluster's GPUs,
 ///     P(N) = sum over t hosted of (p_t n_t m_t / sum_u p_u n_u m_u) * (GPUs / GPUs hosting t)
 /// (m_t: the value of t's share on the cards that host it). A class every node hosts adds the
 /// same to every node; one that few nodes host makes their GPUs dearer, so other pods fill them
 /// last. It needs the cluster's GPUs (gpu_inventory); a scorer without one leaves H out.
 ///
-/// The scores: sfgd's node score is the decrease of F + S + H, in milli-GPU rounded to a thousandth
-/// (so that equal changes reached by different sums tie, and ties go by node name as the fit
-/// engine orders them); fgd's is FGD's trunc(100 * sigmoid(decrease of F / 1000)). A GPU's score
-/// is the same with only that GPU taking the share. Free capacity is summed in integer units of
-/// 1e-6 milli-GPU, so equal node states give bit-equal amounts.
+/// The scores: sfgd's node score is the decrease of F + S + H, in milli-GPU rounded to a
+/// thousandth (so that equal changes reached by different sums tie, and ties go by node name as
+/// the fit engine orders them); fgd's is FGD's trunc(100 * sigmoid(decrease of F / 1000)). A
+/// GPU's score is the same with only that GPU taking the share. Free capacity is summed in
+/// integer units of 1e-6 milli-GPU, so equal node states give bit-equal amounts.
 ///
 /// Units: memory in request classes is MiB (HAMi's gpumem), cores milli-GPU (HAMi's gpucores
 /// percent * 10), CPU milli-CPU. Standard library (and the fit engine) only.
