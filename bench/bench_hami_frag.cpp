@@ -114,13 +114,16 @@ std::shared_ptr<const target_workload> learned(std::size_t classes) {
 }
 
 // args: policy (0 fgd, 1 sfgd), classes, warm (1: memos stay valid; 0: a new class list each
-// decision)
+// decision), host (1: sfgd's host pressure over the cluster's GPU inventory)
 void BM_frag(benchmark::State& state) {
   const frag_policy policy = state.range(0) == 0 ? frag_policy::fgd : frag_policy::sfgd;
   const auto w = learned(static_cast<std::size_t>(state.range(1)));
   const bool warm = state.range(2) != 0;
+  const cluster* c = shared_cluster(state);
+  const auto inventory =
+      state.range(3) != 0 && c != nullptr ? gpu_inventory::of(c->nodes()) : nullptr;
   run(state, [&](const pod_request& p) {
-    if (warm) return hami_frag_scorer(w, policy).for_pod(p);
+    if (warm) return hami_frag_scorer(w, policy, 0, inventory).for_pod(p);
     // Same classes and weights, new class list: no memo matches.
     std::vector<double> weights;
     for (std::size_t j = 0; j < w->set().classes.size(); ++j) {
@@ -128,15 +131,17 @@ void BM_frag(benchmark::State& state) {
     }
     auto fresh = std::make_shared<const target_workload>(workload_classes::of(w->set().classes),
                                                          std::move(weights));
-    return hami_frag_scorer(fresh, policy).for_pod(p);
+    return hami_frag_scorer(fresh, policy, 0, inventory).for_pod(p);
   });
 }
 BENCHMARK(BM_frag)
-    ->Args({0, 32, 1})
-    ->Args({1, 32, 1})
-    ->Args({1, 8, 1})
-    ->Args({1, 32, 0})
-    ->ArgNames({"sfgd", "classes", "warm"})
+    ->Args({0, 32, 1, 0})
+    ->Args({1, 32, 1, 0})
+    ->Args({1, 32, 1, 1})
+    ->Args({1, 8, 1, 0})
+    ->Args({1, 32, 0, 0})
+    ->Args({1, 32, 0, 1})
+    ->ArgNames({"sfgd", "classes", "warm", "host"})
     ->Unit(benchmark::kMicrosecond);
 
 void BM_binpack_allocate_everywhere(benchmark::State& state) {

@@ -141,6 +141,9 @@ int main(int argc, char** argv) {
 
   fit::fit_options opt;
   opt.report_nodes = true;
+  // sfgd's host pressure weighs the cluster's GPUs (reservations change no node's kind).
+  const auto inventory =
+      frag && *frag == fit::frag_policy::sfgd ? fit::gpu_inventory::of(cluster->nodes()) : nullptr;
   std::size_t placed = 0;
   for (const json* p : pending) {
     const kube::pod_ref ref = kube::pod_identity(*p);
@@ -160,10 +163,13 @@ int main(int argc, char** argv) {
       continue;
     }
     if (by_frag) workload.observe(*request);
-    auto d = by_frag ? cluster->fit(
-                           *request,
-                           fit::hami_frag_scorer(workload.snapshot(), *frag).for_pod(*request), opt)
-                     : cluster->fit(*request, *pod_scorer, opt);
+    auto d =
+        by_frag
+            ? cluster->fit(
+                  *request,
+                  fit::hami_frag_scorer(workload.snapshot(), *frag, 0, inventory).for_pod(*request),
+                  opt)
+            : cluster->fit(*request, *pod_scorer, opt);
     if (!d) {
       fmt::print("pod {}: invalid request: {}\n", ref.key(), d.message());
       continue;

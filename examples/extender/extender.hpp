@@ -29,6 +29,7 @@
 /// watch reports them; deleting the pod gives its share back.
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -772,6 +773,7 @@ class service {
     const bool was_served = it != nodes_.end() && it->second.skip.empty();
     const bool served = e.skip.empty();
     if (was_served && served && same_node(it->second.node, e.node)) return;
+    inventory_stale_ = true;
     if (it != nodes_.end() && !was_served && !served) {
       it->second.skip = std::move(e.skip);
       return;
@@ -814,6 +816,7 @@ class service {
   /// Removes the cluster's node at \p pos, keeping index_ right for the node that moves there.
   /// Caller holds mu_ exclusively.
   void remove_position_locked(std::size_t pos) {
+    inventory_stale_ = true;
     index_.erase(cluster_.nodes()[pos].name);
     cluster_.remove_node(pos);
     if (pos < cluster_.size()) index_[cluster_.nodes()[pos].name] = pos;
@@ -1045,11 +1048,25 @@ class service {
   /// (unless the pod names a node policy), else HAMi's, with the pod's annotations.
   result<node_scorer> scorer_for(const json& pod, const result<fit::pod_request>& request) const {
     if (frag_ && request && !kube::names_node_policy(pod)) {
-      return node_scorer{fit::hami_frag_scorer(workload_.snapshot(), *frag_).for_pod(*request)};
+      return node_scorer{
+          fit::hami_frag_scorer(workload_.snapshot(), *frag_, 0,
+                                *frag_ == fit::frag_policy::sfgd ? inventory() : nullptr)
+              .for_pod(*request)};
     }
     auto sc = kube::pod_scorer(pod, scorer_);
     if (!sc) return std::move(sc).err();
     return node_scorer{*sc};
+  }
+
+  /// The served nodes' GPUs for sfgd's host pressure, rebuilt after a node was added, changed or
+  /// removed. Takes mu_ shared: the caller must not hold it.
+  std::shared_ptr<const fit::gpu_inventory> inventory() const {
+    std::lock_guard<std::mutex> guard(inventory_mu_);
+    if (inventory_stale_.exchange(false) || !inventory_) {
+      std::shared_lock lock(mu_);
+      inventory_ = fit::gpu_inventory::of(cluster_.nodes());
+    }
+    return inventory_;
   }
 
   result<args> parse_args(std::string_view body) const {
@@ -1315,6 +1332,9 @@ class service {
   const fit::hami_scorer scorer_;
   std::optional<fit::frag_policy> frag_;  ///< set: pods are placed by FGD or sfgd
   fit::workload_histogram workload_;      ///< the target workload (thread-safe itself)
+  mutable std::mutex inventory_mu_;       ///< guards inventory_ (taken before mu_, never after)
+  mutable std::shared_ptr<const fit::gpu_inventory> inventory_;
+  mutable std::atomic<bool> inventory_stale_{true};  ///< set under mu_ when the nodes change
   const kube::config cfg_;
   binder binder_;
   fetcher pod_fetcher_, node_fetcher_;

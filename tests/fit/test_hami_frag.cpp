@@ -439,6 +439,45 @@ TEST_CASE("sfgd counts GPU that the node's CPU can no longer feed", "[fit][hami_
   CHECK(cl.nodes()[sfgd->node].name == "b");
 }
 
+TEST_CASE("sfgd's host pressure makes dear the GPUs of the few nodes that host a class",
+          "[fit][hami_frag]") {
+  // Half a card, once typed to T4 and once of any type, equally likely. Two 1-GPU nodes: a T4
+  // hosts both, a V100 only the untyped one. Each class asks half the GPU demand; the typed
+  // one has half the cluster's GPUs to go to (coefficient 0.5 * 2000 / 1000 = 1), the untyped
+  // one all of them (0.5 * 2000 / 2000 = 0.5). So P(T4) = 1.5, P(V100) = 0.5.
+  request_class typed;
+  typed.memory_percent = 50;
+  typed.cores = 500;
+  typed.use_types = {"T4"};
+  request_class any = typed;
+  any.use_types.clear();
+  const auto w = std::make_shared<const target_workload>(
+      std::vector<weighted_class>{{typed, 1.0}, {any, 1.0}});
+  const node t4 = node_of("t4", 1, 16, "NVIDIA T4");
+  const node v100 = node_of("v100", 1, 16, "V100");
+  const auto inventory = gpu_inventory::of({t4, v100});
+  CHECK(inventory->gpus() == 2);
+  CHECK(inventory->kinds() == 2);
+  const hami_frag_scorer s(w, frag_policy::sfgd, 0, inventory);
+  CHECK(s.pressure(t4) == Approx(1.5));
+  CHECK(s.pressure(v100) == Approx(0.5));
+  // H(N) = -P(N) * L(N) enters the amount: the empty V100 has F = 500 (the typed class cannot
+  // use it) and H = -500; the empty T4 F = 0 and H = -1500.
+  CHECK(s.amount(v100, v100.cpu_total) == Approx(0.0).margin(1e-6));
+  CHECK(s.amount(t4, t4.cpu_total) == Approx(-1500.0));
+  // fgd and a scorer without an inventory weigh none.
+  CHECK(hami_frag_scorer(w, frag_policy::fgd, 0, inventory).pressure(t4) == 0.0);
+  CHECK(hami_frag_scorer(w, frag_policy::sfgd).pressure(t4) == 0.0);
+  // A GPU that no class's share fits on (a 4 GiB card for a 6 GiB class) hosts nothing.
+  request_class big;
+  big.memory_mib = 6144;
+  const auto wb = std::make_shared<const target_workload>(std::vector<weighted_class>{{big, 1.0}});
+  const node small = node_of("small", 1, 4, "V100");
+  const hami_frag_scorer sb(wb, frag_policy::sfgd, 0, gpu_inventory::of({small, v100}));
+  CHECK(sb.pressure(small) == 0.0);
+  CHECK(sb.pressure(v100) == Approx(2.0));  // all the demand on half the GPUs
+}
+
 TEST_CASE("the scorer is safe under concurrent fit() calls", "[fit][hami_frag]") {
   std::vector<node> nodes;
   for (int i = 0; i < 16; ++i) {
@@ -510,6 +549,7 @@ TEST_CASE("the scores equal the change of the directly computed fragment", "[fit
     nodes.push_back(n);
   }
   const cluster c = make_cluster(nodes);
+  const auto inventory = gpu_inventory::of(nodes);
   for (int k = 0; k < 12; ++k) {
     container_request a = fixtures::req(static_cast<std::uint32_t>(uniform(1, 2)),
                                         static_cast<std::uint64_t>(uniform(1, 8)));
@@ -518,7 +558,11 @@ TEST_CASE("the scores equal the change of the directly computed fragment", "[fit
     pod_request p = fixtures::pod({a});
     if (uniform(0, 2) == 0) p.containers.push_back(fixtures::req(1, 2));  // two GPU containers
     for (frag_policy policy : {frag_policy::fgd, frag_policy::sfgd}) {
-      const hami_frag_scorer s = hami_frag_scorer(w, policy).for_pod(p);
+      // sfgd with the host pressure of the cluster's GPUs.
+      const hami_frag_scorer s =
+          hami_frag_scorer(w, policy, 0, policy == frag_policy::sfgd ? inventory : nullptr)
+              .for_pod(p);
+      CHECK(s.host_pressure() == (policy == frag_policy::sfgd));
       fit_options opt;
       opt.report_nodes = true;
       auto all = c.fit(p, s, opt);
@@ -617,11 +661,9 @@ TEST_CASE("on the proportional mapping fgd and sfgd place as openb's fgd and sfg
   std::vector<std::int32_t> ranks(oc.size());
   for (std::size_t i = 0; i < ranks.size(); ++i) ranks[i] = static_cast<std::int32_t>(i);
   openb_scheduler<gpuslice::sim::go_rand> os(policy, ranks, &tracker, &go);
-  // hami_frag's sfgd is FGD's fragment plus the stranded GPU; the simulator's sfgd also weighs
-  // host pressure (sfgd_knobs::host), which hami_frag does not model: compare without it.
-  sfgd_knobs strand_only;
-  strand_only.host = 0;
-  if (policy == openb_policy::sfgd) os.set_sfgd_knobs(strand_only);
+  // The simulator's sfgd as it is (stranded GPU and host pressure); hami_frag's sees the
+  // cluster's GPUs through an inventory of the nodes.
+  const auto inventory = gpu_inventory::of(nodes);
   const frag_policy hp = policy == openb_policy::fgd ? frag_policy::fgd : frag_policy::sfgd;
 
   std::int64_t denom_total = 0;
@@ -641,7 +683,7 @@ TEST_CASE("on the proportional mapping fgd and sfgd place as openb's fgd and sfg
     o.types = t.types;
     const pod_request r = request_of_openb(o);
     const openb_placement want = os.schedule(oc, o);
-    auto got = hc.fit(r, hami_frag_scorer(w, hp).for_pod(r));
+    auto got = hc.fit(r, hami_frag_scorer(w, hp, 0, inventory).for_pod(r));
     REQUIRE(got.ok());
     INFO("seed " << seed << ", " << openb_policy_name(policy) << ", pod " << k);
     REQUIRE(got->placed == (want.node >= 0));
@@ -658,9 +700,9 @@ TEST_CASE("on the proportional mapping fgd and sfgd place as openb's fgd and sfg
       }
       CHECK(int{mine} == int{want.gpus});
     } else if (policy == openb_policy::sfgd) {
-      // Our rounding, plus openb's truncation of the stranded term to whole units (before and
-      // after: up to 2 units).
-      const double grain = 2e-3 * static_cast<double>(model.denom()) + 2;
+      // Our rounding, plus openb's truncation of the stranded term and rounding of the host
+      // term to whole units (before and after: up to 4 units).
+      const double grain = 2e-3 * static_cast<double>(model.denom()) + 4;
       CHECK(std::abs(static_cast<double>(os.sfgd_delta(oc.node(h), h, o).first -
                                          os.sfgd_delta(oc.node(b), b, o).first)) <= grain);
     } else {

@@ -24,11 +24,20 @@
 /// where r is the workload's mean milli-CPU per milli-GPU (GPU classes, weighted by p_t, a
 /// class's milli-GPU being the value of its share on the node's first usable card).
 ///
-/// The scores: sfgd's node score is the decrease of F + S, in milli-GPU rounded to a thousandth
-/// (so that equal changes reached by different sums tie, and ties go by node name as the fit
-/// engine orders them); fgd's is FGD's trunc(100 * sigmoid(decrease of F / 1000)). A GPU's score
-/// is the same with only that GPU taking the share. Free capacity is summed in integer units of
-/// 1e-6 milli-GPU, so equal node states give bit-equal amounts.
+/// sfgd also adds, as openb's sfgd_knobs::host, the host pressure H(N) = -P(N) * L(N): each
+/// class t that the node could host when empty (count_t GPUs that take its share on an empty
+/// card, of its type; for a multi-GPU class, the node's CPU too) adds its share of the GPU
+/// demand over its hosts' share of the cluster's GPUs,
+///     P(N) = sum over t hosted of (p_t n_t m_t / sum_u p_u n_u m_u) * (GPUs / GPUs hosting t)
+/// (m_t: the value of t's share on the cards that host it). A class every node hosts adds the
+/// same to every node; one that few nodes host makes their GPUs dearer, so other pods fill them
+/// last. It needs the cluster's GPUs (gpu_inventory); a scorer without one leaves H out.
+///
+/// The scores: sfgd's node score is the decrease of F + S + H, in milli-GPU rounded to a
+/// thousandth (so that equal changes reached by different sums tie, and ties go by node name as
+/// the fit engine orders them); fgd's is FGD's trunc(100 * sigmoid(decrease of F / 1000)). A
+/// GPU's score is the same with only that GPU taking the share. Free capacity is summed in
+/// integer units of 1e-6 milli-GPU, so equal node states give bit-equal amounts.
 ///
 /// Units: memory in request classes is MiB (HAMi's gpumem), cores milli-GPU (HAMi's gpucores
 /// percent * 10), CPU milli-CPU. Standard library (and the fit engine) only.
@@ -40,6 +49,7 @@
 #include <cstdint>
 #include <fstream>
 #include <limits>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <sstream>
@@ -663,7 +673,159 @@ inline double frag_cpu_per_milli(const target_workload& w, const frag_gpu& card)
   return gpu > 0 ? cpu / gpu : 0.0;
 }
 
+/// Could node \p n, empty, host a pod of request \p r (the host pressure's test)? \p fitting
+/// receives the GPUs that take its share on an empty card and \p value the sum of the share's
+/// value on them (milli-GPU). Pure, thread-safe.
+inline bool frag_hosts(const container_request& r, const node& n, std::uint32_t& fitting,
+                       double& value) {
+  fitting = 0;
+  value = 0;
+  if (r.count == 0) return false;
+  for (const device& d : n.devices) {
+    if (!d.healthy || d.cordoned) continue;
+    frag_gpu g = frag_view(d);
+    g.slots_used = 0;
+    g.memory_used = 0;
+    g.cores_used = 0;
+    const share s = resolve(r, g.memory_total, g.cores_total);
+    const bool type_ok = r.use_types.empty() || type_allowed(r, d.type);
+    reason why{};
+    if (!device_fits(g, s, type_ok, true, why)) continue;
+    ++fitting;
+    double sum = 0;
+    int dims = 0;
+    if (g.memory_total > 0) {
+      sum += static_cast<double>(std::min(s.memory, g.memory_total)) /
+             static_cast<double>(g.memory_total);
+      ++dims;
+    }
+    if (g.cores_total > 0) {
+      sum += static_cast<double>(std::min(s.cores, g.cores_total)) /
+             static_cast<double>(g.cores_total);
+      ++dims;
+    }
+    value += dims == 0 ? 0.0 : k_frag_gpu_milli * sum / dims;
+  }
+  return fitting >= r.count && (r.count <= 1 || r.cpu <= n.cpu_total);
+}
+
+/// What the host pressure needs of the cluster for one class list: per class, the milli-GPU of
+/// the GPUs that host it and the mean value of its share there; and all GPUs' milli-GPU.
+struct host_capacity {
+  std::vector<double> capacity;  ///< [t] milli-GPU of the GPUs hosting class t
+  std::vector<double> milli;     ///< [t] value of t's share on them (0: no host)
+  double total = 0;              ///< milli-GPU of every usable GPU
+};
+
 }  // namespace detail
+
+/// The cluster's GPUs as sfgd's host pressure weighs them: nodes grouped by what decides which
+/// request classes an empty node could host (its CPU and, per usable GPU, type and totals).
+/// Immutable apart from a cache of the last class list's capacities: thread-safe to share.
+class gpu_inventory {
+ public:
+  /// The inventory of \p nodes (their usage is ignored).
+  explicit gpu_inventory(const std::vector<node>& nodes) {
+    std::map<std::string, std::size_t> at;
+    for (const node& n : nodes) {
+      node empty;
+      empty.cpu_total = n.cpu_total;
+      std::string key = std::to_string(n.cpu_total);
+      for (const device& d : n.devices) {
+        if (!d.healthy || d.cordoned) continue;
+        device e;
+        e.type = d.type;
+        e.slots_total = d.slots_total;
+        e.memory_total = d.memory_total;
+        e.cores_total = d.cores_total;
+        e.mode = d.mode;
+        key += '|' + d.type + ',' + d.mode + ',' + std::to_string(d.slots_total) + ',' +
+               std::to_string(d.memory_total) + ',' + std::to_string(d.cores_total);
+        empty.devices.push_back(std::move(e));
+        gpus_ += 1;
+      }
+      const auto [it, fresh] = at.emplace(std::move(key), kinds_.size());
+      if (fresh) kinds_.push_back({std::move(empty), 0});
+      kinds_[it->second].nodes += 1;
+    }
+  }
+  /// The shared inventory of \p nodes.
+  static std::shared_ptr<const gpu_inventory> of(const std::vector<node>& nodes) {
+    return std::make_shared<const gpu_inventory>(nodes);
+  }
+
+  /// Usable GPUs (healthy, not cordoned) of all nodes.
+  std::uint64_t gpus() const noexcept { return gpus_; }
+  /// Distinct kinds of node.
+  std::size_t kinds() const noexcept { return kinds_.size(); }
+
+  /// The capacities of \p set's classes (cached for the last set). Thread-safe.
+  std::shared_ptr<const detail::host_capacity> capacity(
+      const std::shared_ptr<const workload_classes>& set) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (cached_set_ == set && cached_) return cached_;
+    auto c = std::make_shared<detail::host_capacity>();
+    const std::size_t k = set->requests.size();
+    c->capacity.assign(k, 0.0);
+    c->milli.assign(k, 0.0);
+    c->total = static_cast<double>(gpus_) * k_frag_gpu_milli;
+    for (std::size_t t = 0; t < k; ++t) {
+      double value = 0;
+      for (const kind& x : kinds_) {
+        std::uint32_t fitting = 0;
+        double v = 0;
+        if (!detail::frag_hosts(set->requests[t], x.empty, fitting, v)) continue;
+        c->capacity[t] += static_cast<double>(x.nodes) * fitting * k_frag_gpu_milli;
+        value += static_cast<double>(x.nodes) * v;
+      }
+      if (c->capacity[t] > 0) c->milli[t] = value * k_frag_gpu_milli / c->capacity[t];
+    }
+    cached_set_ = set;
+    cached_ = c;
+    return c;
+  }
+
+  /// Per class of \p w's set, its term of P(N) for a node that hosts it: the class's share of
+  /// the GPU demand over its hosts' share of the GPUs (0 for a class of no GPU or no host).
+  /// Cached for the last workload, so that the scorers of one workload share it (and the
+  /// per-node values computed from it). Thread-safe.
+  std::shared_ptr<const std::vector<double>> coefficients(
+      const std::shared_ptr<const target_workload>& w) const {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (coef_w_ == w && coef_) return coef_;
+    }
+    const auto cap = capacity(w->set_ptr());
+    const std::size_t k = w->set().requests.size();
+    double demand = 0;
+    for (std::size_t t = 0; t < k; ++t) {
+      demand += w->set_probability(t) * w->set().requests[t].count * cap->milli[t];
+    }
+    auto coef = std::make_shared<std::vector<double>>(k, 0.0);
+    for (std::size_t t = 0; t < k && demand > 0; ++t) {
+      if (cap->capacity[t] <= 0) continue;
+      (*coef)[t] = w->set_probability(t) * w->set().requests[t].count * cap->milli[t] / demand *
+                   cap->total / cap->capacity[t];
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    coef_w_ = w;
+    coef_ = coef;
+    return coef;
+  }
+
+ private:
+  struct kind {
+    node empty;  ///< the kind's node, nothing used, usable GPUs only
+    std::size_t nodes = 0;
+  };
+  std::vector<kind> kinds_;
+  std::uint64_t gpus_ = 0;
+  mutable std::mutex mu_;
+  mutable std::shared_ptr<const workload_classes> cached_set_;
+  mutable std::shared_ptr<const detail::host_capacity> cached_;
+  mutable std::shared_ptr<const target_workload> coef_w_;
+  mutable std::shared_ptr<const std::vector<double>> coef_;
+};
 
 /// A GPU's free capacity v(g) in milli-GPU (the file comment). Pure, thread-safe.
 inline double gpu_free_milli(const device& d) noexcept {
@@ -724,6 +886,7 @@ struct frag_memo {
   std::shared_ptr<const workload_classes> set;  ///< held, so its address is never reused
   const node* n = nullptr;
   std::uint64_t cpu_free = 0;
+  std::uint64_t cpu_total = 0;       ///< the node's (a multi-GPU class's host test reads it)
   std::vector<frag_gpu> gpus;        ///< the node's GPUs (types point into *n)
   std::vector<std::int64_t> values;  ///< v(g), units
   std::int64_t free = 0;             ///< L, units
@@ -733,12 +896,17 @@ struct frag_memo {
   std::vector<char> fits;            ///< [t * gpus + g], in the node's state
   std::vector<std::uint32_t> count;  ///< [t] GPUs t fits
   std::vector<std::int64_t> usable;  ///< [t] their free value, units
+  std::vector<char> hosts;           ///< [t] the node, empty, could host t (frag_hosts)
 
   /// Values that depend on the weights, the pod's CPU and the policy too.
   std::shared_ptr<const target_workload> w;  ///< held, as set
   double cpu_per_milli = 0;                  ///< r (0: no stranding)
   double before_fgd = 0;                     ///< F at cpu_free, units
-  double before_sfgd = 0;                    ///< F + S at cpu_free, units
+  double before_sfgd = 0;                    ///< F + S + H at cpu_free, units
+  /// The host-pressure coefficients the weight-dependent values were computed with (held, so
+  /// the address is never reused), and P(N) from them (0: none).
+  std::shared_ptr<const std::vector<double>> coef;
+  double pressure = 0;
   /// Amounts already measured for this workload: one GPU in a given state, at a given CPU.
   struct measured {
     std::size_t position;
@@ -758,6 +926,7 @@ struct frag_memo {
   bool matches(const workload_classes* s, const node& nd) const noexcept {
     if (set.get() != s || n != &nd || gpus.size() != nd.devices.size()) return false;
     if (cpu_free != (nd.cpu_total >= nd.cpu_used ? nd.cpu_total - nd.cpu_used : 0)) return false;
+    if (cpu_total != nd.cpu_total) return false;
     for (std::size_t i = 0; i < gpus.size(); ++i) {
       const frag_gpu& g = gpus[i];
       const device& d = nd.devices[i];
@@ -782,6 +951,7 @@ struct frag_memo {
     const std::size_t G = nd.devices.size();
     const std::size_t K = s->requests.size();
     cpu_free = nd.cpu_total >= nd.cpu_used ? nd.cpu_total - nd.cpu_used : 0;
+    cpu_total = nd.cpu_total;
     gpus.resize(G);
     values.resize(G);
     free = 0;
@@ -800,8 +970,12 @@ struct frag_memo {
     fits.resize(K * G);
     count.assign(K, 0);
     usable.assign(K, 0);
+    hosts.assign(K, 0);
     for (std::size_t t = 0; t < K; ++t) {
       const container_request& r = s->requests[t];
+      std::uint32_t fitting = 0;
+      double value = 0;
+      hosts[t] = frag_hosts(r, nd, fitting, value) ? 1 : 0;
       for (std::size_t i = 0; i < G; ++i) {
         const frag_gpu& g = gpus[i];
         if (i < per_class) {
@@ -839,16 +1013,41 @@ class hami_frag_scorer {
 
   /// The cold-start workload, sfgd.
   hami_frag_scorer() : hami_frag_scorer(target_workload::cold_start()) {}
-  /// A scorer against \p w (null: the cold start) for a pod of \p pod_cpu milli-CPU.
+  /// sfgd's weight of the host pressure H(N), as openb's sfgd_knobs::host.
+  static constexpr double k_host = 1.0;
+
+  /// A scorer against \p w (null: the cold start) for a pod of \p pod_cpu milli-CPU. sfgd
+  /// weighs the host pressure of \p inventory's GPUs (null: no host pressure).
   explicit hami_frag_scorer(std::shared_ptr<const target_workload> w,
-                            frag_policy p = frag_policy::sfgd, std::uint64_t pod_cpu = 0)
-      : w_(w ? std::move(w) : target_workload::cold_start()), policy_(p), cpu_(pod_cpu) {}
+                            frag_policy p = frag_policy::sfgd, std::uint64_t pod_cpu = 0,
+                            std::shared_ptr<const gpu_inventory> inventory = nullptr)
+      : w_(w ? std::move(w) : target_workload::cold_start()), policy_(p), cpu_(pod_cpu) {
+    if (policy_ == frag_policy::sfgd && inventory) coef_ = inventory->coefficients(w_);
+  }
 
   /// This scorer for \p pod (its milli-CPU summed over containers, as the filter sums it).
   hami_frag_scorer for_pod(const pod_request& pod) const {
     std::uint64_t cpu = 0;
     for (const auto& c : pod.containers) cpu += c.cpu;
-    return hami_frag_scorer(w_, policy_, cpu);
+    hami_frag_scorer s = *this;
+    s.cpu_ = cpu;
+    return s;
+  }
+
+  /// True when sfgd weighs host pressure (it was given an inventory).
+  bool host_pressure() const noexcept { return coef_ != nullptr; }
+  /// P(N) of node \p n (0 without host pressure): H(N) = -k_host * P(N) * L(N).
+  double pressure(const node& n) const {
+    if (!coef_) return 0;
+    double p = 0;
+    for (std::size_t t = 0; t < coef_->size(); ++t) {
+      std::uint32_t fitting = 0;
+      double value = 0;
+      if ((*coef_)[t] != 0 && detail::frag_hosts(w_->set().requests[t], n, fitting, value)) {
+        p += (*coef_)[t];
+      }
+    }
+    return p;
   }
 
   const target_workload& workload() const noexcept { return *w_; }
@@ -872,7 +1071,9 @@ class hami_frag_scorer {
         break;
       }
     }
-    return (p.frag + k_strand * stranded(p.free, cpu_free, r)) / k_frag_units_per_milli;
+    return (p.frag + k_strand * stranded(p.free, cpu_free, r) -
+            k_host * pressure(n) * static_cast<double>(p.free)) /
+           k_frag_units_per_milli;
   }
 
   /// The decrease of the node's fragment when the candidate's allocation is placed (fgd: its
@@ -951,8 +1152,15 @@ class hami_frag_scorer {
     }
     detail::frag_memo& m = *last;
     if (!m.matches(w_->set_ptr().get(), n)) m.build(w_->set_ptr(), n);
-    if (m.w != w_) {
+    if (m.w != w_ || m.coef != coef_) {
       m.w = w_;
+      m.coef = coef_;
+      m.pressure = 0;
+      if (coef_) {
+        for (std::size_t t = 0; t < coef_->size(); ++t) {
+          if (m.hosts[t] != 0) m.pressure += (*coef_)[t];
+        }
+      }
       m.seen.clear();
       m.seen_next = 0;
       m.cpu_per_milli = 0;
@@ -1052,7 +1260,9 @@ class hami_frag_scorer {
       if (count >= r.count) usable += w.set_probability(t) * static_cast<double>(used);
     }
     const double frag = static_cast<double>(free) - usable;
-    return strand ? frag + k_strand * stranded(free, cpu_free, m.cpu_per_milli) : frag;
+    if (!strand) return frag;
+    return frag + k_strand * stranded(free, cpu_free, m.cpu_per_milli) -
+           k_host * m.pressure * static_cast<double>(free);
   }
 
   /// S(N) in units: free capacity beyond what \p cpu_free can feed at \p r milli-CPU per
@@ -1077,6 +1287,7 @@ class hami_frag_scorer {
   std::shared_ptr<const target_workload> w_;
   frag_policy policy_ = frag_policy::sfgd;
   std::uint64_t cpu_ = 0;
+  std::shared_ptr<const std::vector<double>> coef_;  ///< host pressure per class; null = none
 };
 
 }  // namespace gpuslice::fit
