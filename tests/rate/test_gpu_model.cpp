@@ -360,3 +360,41 @@ TEST_CASE("every run lands within 3 points: caps 10-70, kernels 1-100 ms, hardwa
     CHECK(share <= cap + 3);
   }
 }
+
+TEST_CASE("one container's processes of 50 ms and 1 ms kernels keep one capacity and the share",
+          "[rate][model][container]") {
+  // Two processes of one container at a 30% cap draw from one bucket (the ledger's rate words),
+  // beside a 70% tenant. Each claims the capacity its own kernels need (two of its longest in
+  // company): the container's is the largest claimed, so the 1 ms process no longer sets it
+  // back to 30 ms between the 50 ms process's launches, which lost what that one banked.
+  const std::uint64_t seed = GENERATE(1, 2, 3, 4);
+  auto a = long_kernels(30);
+  a.container = 1;
+  auto b = saturating(30, {{1 * k_ms, 0.2, 1.0, 0}});
+  b.observe_every = 32;
+  b.container = 1;
+  const auto r = run({a, b, mixed_long_kernels(70)}, 9, controller_kind::gpuslice,
+                     event_timed(166'666'667), seed);
+  // Never back at the 1 ms process's 30 ms from 2 s on (a timing inflated by the other's time
+  // slices may raise it at first: a lapsed claim comes down by a quarter per stale period),
+  // and from 5 s on one capacity: two of the container's longest kernels, corrected.
+  const auto range_from = [&](std::int64_t t) {
+    const auto& c = r.capacity_ns[0];
+    return std::minmax_element(c.begin() + static_cast<std::ptrdiff_t>(t / r.step_ns), c.end());
+  };
+  const auto [lo2, hi2] = range_from(2 * k_s);
+  const auto [lo5, hi5] = range_from(5 * k_s);
+  INFO("seed " << seed << ": capacity from 2 s " << *lo2 / k_ms << ".." << *hi2 / k_ms
+               << " ms, from 5 s " << *lo5 / k_ms << ".." << *hi5 / k_ms << " ms");
+  CHECK(*lo2 >= 2 * 45 * k_ms);
+  CHECK(*hi5 <= *lo5 + *lo5 / 20);  // within 5%: the correction moves it a little
+  CHECK(*hi5 <= 2 * 60 * k_ms);
+  CHECK(r.capacity_ns[1] == r.capacity_ns[0]);  // one bucket
+  // The share over 3..9 s: the container's two processes together, and the other tenant.
+  const double container =
+      100 * (r.share_between(0, 3 * k_s, 9 * k_s) + r.share_between(1, 3 * k_s, 9 * k_s));
+  const double other = 100 * r.share_between(2, 3 * k_s, 9 * k_s);
+  INFO("container " << container << "%, other " << other << "%");
+  CHECK(container == Approx(30).margin(1.5));
+  CHECK(other == Approx(70).margin(1.5));
+}

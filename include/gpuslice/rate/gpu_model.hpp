@@ -94,6 +94,10 @@ struct tenant_spec {
   /// The limiter is told that another tenant is active whatever the others do: the shim
   /// without a node region (GPUSLICE_NODE_REGION unset) cannot tell that it is alone.
   bool assume_company = false;
+  /// Tenants with the same container id >= 0 are processes of one container: they draw from
+  /// one bucket (the first one's words, as the ledger's rate words are shared) and count as
+  /// one tenant in each other's peer signal. -1: a container of its own.
+  std::int64_t container = -1;
 };
 
 /// The modelled GPU and host.
@@ -161,6 +165,8 @@ struct model_result {
   /// Per tenant: kernels launched, and total wall time spent waiting for admission.
   std::vector<std::int64_t> launches;
   std::vector<std::int64_t> waited_ns;
+  /// capacity_ns[t][k]: the capacity of tenant t's bucket at times_ns[k] (gpuslice controller).
+  std::vector<std::vector<std::int64_t>> capacity_ns;
 
   /// Tenant \p t's share over [from_ns, to_ns); both are multiples of step_ns within the run.
   double share_between(std::size_t t, std::int64_t from_ns, std::int64_t to_ns) const {
@@ -291,8 +297,16 @@ class gpu_simulation {
       const double share = t.spec.share_percent;
       const bool limited = share > 0.0 && share < 100.0;
       if (opt.controller == controller_kind::gpuslice) {
+        // Processes of one container share the first one's words.
+        auto* words = t.words.words;
+        for (std::size_t j = 0; j < i && t.spec.container >= 0; ++j) {
+          if (tenants_[j]->spec.container == t.spec.container) {
+            words = tenants_[j]->words.words;
+            break;
+          }
+        }
         t.limiter = std::make_unique<limiter_type>(
-            t.words.words, limiter_settings{share, t.spec.policy, t.spec.priority}, opt.params,
+            words, limiter_settings{share, t.spec.policy, t.spec.priority}, opt.params,
             model_clock{&now_});
       } else if (opt.controller == controller_kind::reference && limited) {
         t.reference = std::make_unique<reference_controller>(
@@ -306,6 +320,7 @@ class gpu_simulation {
     model_result out;
     out.step_ns = opt_.sample_step_ns;
     out.busy_ns.assign(n, {});
+    out.capacity_ns.assign(n, {});
     for (std::size_t i = 0; i < n; ++i) {
       const tenant& t = *tenants_[i];
       if (t.spec.start_ns < opt_.duration_ns) push(t.spec.start_ns, ev::host, i);
@@ -424,8 +439,10 @@ class gpu_simulation {
   /// The peer signal for tenant i, as the node region would give it.
   void peers(std::size_t i, bool& others, bool& high_others) const noexcept {
     others = high_others = false;
+    const std::int64_t mine = tenants_[i]->spec.container;
     for (std::size_t j = 0; j < tenants_.size(); ++j) {
       if (j == i || !active(j)) continue;
+      if (mine >= 0 && tenants_[j]->spec.container == mine) continue;  // the same container
       others = true;
       if (tenants_[j]->spec.priority == task_priority::high) high_others = true;
     }
@@ -693,7 +710,11 @@ class gpu_simulation {
 
   void record(model_result& out) {
     out.times_ns.push_back(now_);
-    for (std::size_t i = 0; i < tenants_.size(); ++i) out.busy_ns[i].push_back(busy_now(i));
+    for (std::size_t i = 0; i < tenants_.size(); ++i) {
+      out.busy_ns[i].push_back(busy_now(i));
+      const auto& l = tenants_[i]->limiter;
+      out.capacity_ns[i].push_back(l ? l->bucket().burst_ns() : 0);
+    }
     if (now_ + opt_.sample_step_ns <= opt_.duration_ns) {
       push(now_ + opt_.sample_step_ns, ev::record, 0);
     }

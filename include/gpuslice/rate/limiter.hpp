@@ -31,7 +31,9 @@
 /// between utilization and charges, so the share holds over any window longer than the
 /// utilization signal's lag; its gap is taken against the updated correction, so nothing is
 /// paid back twice. While another tenant is active the bucket holds two of the tenant's
-/// longest kernels (time-sliced, it banks refill it spends when the other waits). Launches of
+/// longest kernels (time-sliced, it banks refill it spends when the other waits); the bucket is
+/// the container's, so its capacity is the largest its launching processes claim (one process
+/// of long kernels and one of short ones do not set it in turn). Launches of
 /// a function charged before its first observation are forgiven in the bucket (no hole opens in the
 /// share while learning); so that they cannot be many long kernels queued at once, a capped tenant
 /// has at most max_unlearned_in_flight of them admitted (flagged admission::learn, to be timed) and
@@ -96,6 +98,14 @@ struct limiter_params {
   /// its next launch it keeps at most burst_ns of what it saved. Its launches can wait for
   /// in-flight kernels time-sliced with others' for a few kernels' length, never this long.
   double idle_kernels = 8.0;
+  /// The bucket's capacity is the container's: the largest that one of its processes claims
+  /// (each claims its own, as above, at every launch). A claim not renewed for this long, and
+  /// for capacity_stale_refills of the time the claimed capacity takes to refill at the share,
+  /// lapses (its process exited or stopped launching), and a smaller one takes over. A process
+  /// launching its longest kernels back to back renews its claim at every launch: at most
+  /// one per kernel/share, half the refill time of two kernels.
+  std::int64_t capacity_stale_ns = 1'000'000'000;
+  double capacity_stale_refills = 4.0;
   /// Waits shorter than this are not handed out; the debt carries to the next launch, so the
   /// average is kept and nobody sleeps for less than a scheduler quantum.
   std::int64_t min_wait_ns = 100'000;
@@ -175,6 +185,9 @@ enum class limiter_mode : std::uint8_t {
   capped,     ///< charged against the shared bucket
   suspended,  ///< low priority while a high-priority tenant is active (yield share 0)
 };
+
+/// Renewals of a capacity claim per stale period (sm_limiter::admit; limiter_params).
+inline constexpr std::int64_t k_capacity_renewals = 4;
 
 /// Parts per million in one percent.
 inline constexpr double k_ppm_per_percent = 10'000.0;
@@ -299,8 +312,15 @@ class sm_limiter {
     note_mode(m, now);
     const std::int64_t ppm = capped_ppm();
     if (bucket_.share_ppm() != ppm) bucket_.set_share_ppm(ppm);  // priority peers changed
-    const std::int64_t burst = capacity();
-    if (bucket_.burst_ns() != burst) bucket_.set_burst_ns(burst);
+    // The capacity is the container's: the largest its launching processes claim.
+    const std::int64_t mine = capacity();
+    const double refill_ns =
+        static_cast<double>(mine) * static_cast<double>(k_ppm) / static_cast<double>(ppm);
+    const auto stale =
+        static_cast<std::int64_t>(std::max(static_cast<double>(params_.capacity_stale_ns),
+                                           params_.capacity_stale_refills * refill_ns));
+    const std::int64_t burst =
+        bucket_.offer_burst_ns(mine, now, stale, stale / k_capacity_renewals);
     // Back from an idle spell (no launch for idle_kernels of the longest kernel: longer than
     // its launches wait behind others'), it keeps no more than burst_ns of what it saved.
     const std::int64_t last = last_admit_ns_.exchange(now, std::memory_order_relaxed);
