@@ -308,6 +308,21 @@ if "$NVCC" -O2 -o "$OUT/launch_share" "$root/tests/gpu/launch_share.cu" \
       launch_run "$path-30" 30 "$path" "$iters" "$SHARE_SECONDS" || true
       share_check "sm-share-$path-30" "$path-30" 30
     done
+    # Run-to-run stability: 50 ms kernels at a cap of 30, four runs, each within +-3 of the cap
+    # (the GPU model's hardware-variation test asserts the same; tests/rate/test_gpu_model.cpp).
+    LONG_FACTOR=25; LONG_RUNS=4; LONG_TOL=3
+    long_iters=$((iters * LONG_FACTOR))
+    "$OUT/launch_share" loop "$long_iters" "$SHARE_SECONDS" >"$OUT/long-uncapped.out" 2>&1 || true
+    long_base=$(val long-uncapped rate); long_pcts=""; long_ok=1
+    for run in $(seq "$LONG_RUNS"); do
+      launch_run "long-30-$run" 30 loop "$long_iters" "$SHARE_SECONDS" || true
+      rate=$(val "long-30-$run" rate)
+      pct=$(awk -v r="${rate:-0}" -v b="${long_base:-0}" 'BEGIN { if (b > 0) printf "%.1f", 100 * r / b }')
+      long_pcts="$long_pcts ${pct:-?}"
+      awk -v p="${pct:-999}" -v e="$LONG_TOL" 'BEGIN { exit !((p - 30) <= e && (30 - p) <= e) }' || long_ok=0
+    done
+    detail="runs of 50 ms kernels at cap 30:$long_pcts% (each within 30 +- $LONG_TOL; $OUT/long-30-*.out)"
+    [ "$long_ok" = 1 ] && record sm-share-long-30-runs PASS "$detail" || record sm-share-long-30-runs FAIL "$detail"
   else
     record sm-share-alone-30 FAIL "uncapped run failed: $OUT/calibrate.out $OUT/uncapped.out $OUT/uncapped.err"
   fi
