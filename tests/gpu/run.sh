@@ -357,6 +357,35 @@ else
   record sm-share-alone-30 FAIL "nvcc failed: $OUT/nvcc.log"
 fi
 
+# ---- library launches: cuLibraryLoadData (PTX), a CUkernel launched where a CUfunction is
+# expected, and cuKernelGetFunction's function, each capped at 30 against its own uncapped rate.
+if cc -O2 -o "$OUT/launch_library" "$root/tests/gpu/launch_library.c" -I"$CUDA_HOME/include" \
+     -L"$CUDA_HOME/lib64/stubs" -lcuda >"$OUT/cc-library.log" 2>&1; then
+  "$OUT/launch_library" calibrate >"$OUT/library-calibrate.out" 2>&1 || true
+  lib_iters=$(val library-calibrate iters)
+  for how in kernel function; do
+    if [ -z "$lib_iters" ]; then
+      record "sm-share-library-$how-30" FAIL "calibration failed: $OUT/library-calibrate.out"
+      continue
+    fi
+    "$OUT/launch_library" "$how" "$lib_iters" "$SHARE_SECONDS" >"$OUT/library-$how-bare.out" 2>&1 || true
+    rm -f "$OUT/library-$how.ledger"
+    env LD_PRELOAD="$SHIM" CUDA_DEVICE_SM_LIMIT=30 GPU_CORE_UTILIZATION_POLICY=force \
+      CUDA_DEVICE_MEMORY_SHARED_CACHE="$OUT/library-$how.ledger" \
+      "$OUT/launch_library" "$how" "$lib_iters" "$SHARE_SECONDS" \
+      >"$OUT/library-$how-30.out" 2>"$OUT/library-$how-30.err" || true
+    lb=$(val "library-$how-bare" rate); lr=$(val "library-$how-30" rate)
+    pct=$(awk -v r="${lr:-0}" -v b="${lb:-0}" 'BEGIN { if (b > 0) printf "%.1f", 100 * r / b }')
+    if [ -n "$pct" ] && awk -v p="$pct" -v e="$SHARE_TOL" 'BEGIN { exit !((p - 30) <= e && (30 - p) <= e) }'; then
+      record "sm-share-library-$how-30" PASS "$pct% of the bare rate (target 30%)"
+    else
+      record "sm-share-library-$how-30" FAIL "${pct:-?}% of the bare rate (target 30% +- $SHARE_TOL; $OUT/library-$how-*.out)"
+    fi
+  done
+else
+  record sm-share-library-kernel-30 FAIL "cc failed: $OUT/cc-library.log"
+fi
+
 # ---- 12. torch.cuda.graph under the shim: the capture survives, replays are capped -------------
 GRAPH_SECONDS=3
 if "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
