@@ -1584,8 +1584,13 @@ CUresult event_record(CUevent e, CUstream h) {
   enqueue(s, CUstream_st::work{0, e});
   return CUDA_SUCCESS;
 }
+CUfunction kernel_in_current_context(CUfunction kernel);
 CUresult launch(CUfunction f, void** params, CUstream h) {
   if (f == nullptr) return CUDA_ERROR_INVALID_HANDLE;
+  if (f->library_kernel) {
+    f = kernel_in_current_context(f);  // a CUkernel: its function in the current context
+    if (f == nullptr) return CUDA_ERROR_INVALID_CONTEXT;
+  }
   CUstream_st* s = resolve(h);
   if (s == nullptr) return CUDA_ERROR_INVALID_CONTEXT;
   // A kernel named fake_null does nothing and queues nothing: benchmarks of the launch path.
@@ -1594,13 +1599,8 @@ CUresult launch(CUfunction f, void** params, CUstream h) {
   if (fake_capture_kernel(h, f, params)) return CUDA_SUCCESS;
   std::uint64_t us = st().kernel_us;
   // A kernel named fake_sleep_us runs for its first parameter's microseconds.
-CUfunction kernel_in_current_context(CUfunction kernel);
   if (f->name == "fake_sleep_us" && params != nullptr && params[0] != nullptr) {
     std::memcpy(&us, params[0], sizeof us);
-  if (f->library_kernel) {
-    f = kernel_in_current_context(f);  // a CUkernel: its function in the current context
-    if (f == nullptr) return CUDA_ERROR_INVALID_CONTEXT;
-  }
   }
   enqueue(s, CUstream_st::work{std::max<std::uint64_t>(us, 1), nullptr});
   return CUDA_SUCCESS;
