@@ -44,6 +44,7 @@
 #include <array>
 #include <atomic>
 #include <cerrno>
+#include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -75,6 +76,9 @@ constexpr std::size_t k_max_spare_events = 64;
 constexpr std::int64_t k_tick_ns = 10'000'000;
 /// Period of the utilization correction from NVML.
 constexpr std::int64_t k_utilization_period_ns = 200'000'000;
+/// Oldest NVML sample timestamp (us before the read) taken at its word; older ones, or a clock
+/// the shim cannot tell, end the window at the read.
+constexpr std::int64_t k_max_sample_age_us = 10'000'000;
 /// NVML per-process samples read per query.
 constexpr unsigned k_utilization_batch = 64;
 /// Percent above which a share is no cap (the ledger stores 100 for "explicitly none").
@@ -132,6 +136,7 @@ struct pending_sample {
   CUcontext ctx;
   CUevent start;
   CUevent end;
+  std::int64_t call_ns;  ///< how long the launch call took on the host (limiter::observe)
 };
 
 /// The launch path's state: the gates, the event pools, the samples, the node region and the
@@ -169,6 +174,7 @@ class launch_control {
     CUevent start = nullptr;
     CUevent end = nullptr;
     bool per_thread = false;
+    std::int64_t call_ns = 0;  ///< the launch call's host time, once it returned
   };
 
   /// Records a start event on \p stream (in the current context) for a launch of \p function;
@@ -202,7 +208,7 @@ class launch_control {
     }
     try {
       std::lock_guard<std::mutex> lock(samples_mu_);
-      samples_.push_back(pending_sample{o.gate, o.function, o.ctx, o.start, o.end});
+      samples_.push_back(pending_sample{o.gate, o.function, o.ctx, o.start, o.end, o.call_ns});
       pending_.store(samples_.size(), std::memory_order_relaxed);
     } catch (...) {
       destroy_event(s, o.start);
@@ -217,7 +223,11 @@ class launch_control {
                  Launch&& launch) noexcept {
     open_sample o;
     if (!begin_sample(s, g, function, stream, per_thread, o)) return launch();
+    // The call's host time: a first launch that loads its module does it in here, between the
+    // events (see sm_limiter::observe).
+    const std::int64_t called = now_ns();
     const CUresult r = launch();
+    o.call_ns = now_ns() - called;
     end_sample(s, o, r);
     return r;
   }
@@ -519,8 +529,9 @@ class launch_control {
       }
       float ms = 0.0f;
       if (q == CUDA_SUCCESS && elapsed(&ms, p.start, p.end) == CUDA_SUCCESS && ms >= 0.0f) {
-        p.gate->limiter->observe(
-            p.function, static_cast<std::int64_t>(static_cast<double>(ms) * k_ns_per_ms), now_ns());
+        p.gate->limiter->observe(p.function,
+                                 static_cast<std::int64_t>(static_cast<double>(ms) * k_ns_per_ms),
+                                 p.call_ns, now_ns());
       }
       give_events(s, p.ctx, p.start, p.end);
     }
@@ -573,8 +584,32 @@ class launch_control {
     g.nvml_seen = prev;
     if (first) return;  // the first answer only sets where the next one starts
     if (g.bypass.load(std::memory_order_relaxed)) return;  // uncharged launches: nothing to correct
-    g.limiter->utilization_sample(now - span_ns, now,
+    const std::int64_t end = sample_end_ns(prev, now);
+    g.limiter->utilization_sample(end - span_ns, end,
                                   static_cast<std::int64_t>(busy_us * k_ns_per_us));
+  }
+
+  /// The time on the steady clock (\p now) of NVML's sample timestamp \p stamp_us. NVML stamps
+  /// its samples with a CPU timestamp in microseconds, taken when the driver sampled, up to a
+  /// sample period (1/6 s or more) before the watcher reads them. The limiter lines the window
+  /// up with the charges it filed at each kernel's start: a window stamped at the read instead
+  /// pairs one window's busy time with a later window's charges, a kernel's worth of error per
+  /// window with long kernels (a 100 ms kernel at a 30% cap read 25 to 36% over 4 s in the GPU
+  /// model). The timestamp's clock is taken to be whichever of the real-time and the monotonic
+  /// clock it is nearer; a stamp near neither (or in the future) is taken as now.
+  static std::int64_t sample_end_ns(unsigned long long stamp_us, std::int64_t now) noexcept {
+    timespec rt{};
+    if (::clock_gettime(CLOCK_REALTIME, &rt) != 0) return now;
+    const std::int64_t realtime_us =
+        static_cast<std::int64_t>(rt.tv_sec) * (k_ns_per_s / k_ns_per_us) +
+        static_cast<std::int64_t>(rt.tv_nsec) / k_ns_per_us;
+    const auto stamp = static_cast<std::int64_t>(stamp_us);
+    const std::int64_t age_realtime = realtime_us - stamp;
+    const std::int64_t age_steady = now / k_ns_per_us - stamp;
+    const std::int64_t age_us =
+        std::abs(age_realtime) < std::abs(age_steady) ? age_realtime : age_steady;
+    if (age_us < 0 || age_us > k_max_sample_age_us) return now;
+    return now - age_us * k_ns_per_us;
   }
 
   static decltype(&::cuEventRecord) recorder(state& s, bool per_thread) noexcept {
@@ -870,8 +905,7 @@ GPUSLICE_SHIM_EXPORT CUresult cuLaunch(CUfunction f) {
 
 GPUSLICE_SHIM_EXPORT CUresult cuLaunchGrid(CUfunction f, int grid_width, int grid_height) {
   GPUSLICE_LAUNCH_PROLOGUE(cuLaunchGrid, f, grid_width, grid_height)
-  return d::gated(s, nullptr, false, d::id_of(f),
-                  [&] { return real(f, grid_width, grid_height); });
+  return d::gated(s, nullptr, false, d::id_of(f), [&] { return real(f, grid_width, grid_height); });
 }
 
 GPUSLICE_SHIM_EXPORT CUresult cuLaunchGridAsync(CUfunction f, int grid_width, int grid_height,

@@ -308,6 +308,21 @@ if "$NVCC" -O2 -o "$OUT/launch_share" "$root/tests/gpu/launch_share.cu" \
       launch_run "$path-30" 30 "$path" "$iters" "$SHARE_SECONDS" || true
       share_check "sm-share-$path-30" "$path-30" 30
     done
+    # Run-to-run stability: 50 ms kernels at a cap of 30, four runs, each within +-3 of the cap
+    # (the GPU model's hardware-variation test asserts the same; tests/rate/test_gpu_model.cpp).
+    LONG_FACTOR=25; LONG_RUNS=4; LONG_TOL=3
+    long_iters=$((iters * LONG_FACTOR))
+    "$OUT/launch_share" loop "$long_iters" "$SHARE_SECONDS" >"$OUT/long-uncapped.out" 2>&1 || true
+    long_base=$(val long-uncapped rate); long_pcts=""; long_ok=1
+    for run in $(seq "$LONG_RUNS"); do
+      launch_run "long-30-$run" 30 loop "$long_iters" "$SHARE_SECONDS" || true
+      rate=$(val "long-30-$run" rate)
+      pct=$(awk -v r="${rate:-0}" -v b="${long_base:-0}" 'BEGIN { if (b > 0) printf "%.1f", 100 * r / b }')
+      long_pcts="$long_pcts ${pct:-?}"
+      awk -v p="${pct:-999}" -v e="$LONG_TOL" 'BEGIN { exit !((p - 30) <= e && (30 - p) <= e) }' || long_ok=0
+    done
+    detail="runs of 50 ms kernels at cap 30:$long_pcts% (each within 30 +- $LONG_TOL; $OUT/long-30-*.out)"
+    [ "$long_ok" = 1 ] && record sm-share-long-30-runs PASS "$detail" || record sm-share-long-30-runs FAIL "$detail"
   else
     record sm-share-alone-30 FAIL "uncapped run failed: $OUT/calibrate.out $OUT/uncapped.out $OUT/uncapped.err"
   fi
@@ -340,6 +355,35 @@ if "$NVCC" -O2 -o "$OUT/launch_share" "$root/tests/gpu/launch_share.cu" \
   done
 else
   record sm-share-alone-30 FAIL "nvcc failed: $OUT/nvcc.log"
+fi
+
+# ---- library launches: cuLibraryLoadData (PTX), a CUkernel launched where a CUfunction is
+# expected, and cuKernelGetFunction's function, each capped at 30 against its own uncapped rate.
+if cc -O2 -o "$OUT/launch_library" "$root/tests/gpu/launch_library.c" -I"$CUDA_HOME/include" \
+     -L"$CUDA_HOME/lib64/stubs" -lcuda >"$OUT/cc-library.log" 2>&1; then
+  "$OUT/launch_library" calibrate >"$OUT/library-calibrate.out" 2>&1 || true
+  lib_iters=$(val library-calibrate iters)
+  for how in kernel function; do
+    if [ -z "$lib_iters" ]; then
+      record "sm-share-library-$how-30" FAIL "calibration failed: $OUT/library-calibrate.out"
+      continue
+    fi
+    "$OUT/launch_library" "$how" "$lib_iters" "$SHARE_SECONDS" >"$OUT/library-$how-bare.out" 2>&1 || true
+    rm -f "$OUT/library-$how.ledger"
+    env LD_PRELOAD="$SHIM" CUDA_DEVICE_SM_LIMIT=30 GPU_CORE_UTILIZATION_POLICY=force \
+      CUDA_DEVICE_MEMORY_SHARED_CACHE="$OUT/library-$how.ledger" \
+      "$OUT/launch_library" "$how" "$lib_iters" "$SHARE_SECONDS" \
+      >"$OUT/library-$how-30.out" 2>"$OUT/library-$how-30.err" || true
+    lb=$(val "library-$how-bare" rate); lr=$(val "library-$how-30" rate)
+    pct=$(awk -v r="${lr:-0}" -v b="${lb:-0}" 'BEGIN { if (b > 0) printf "%.1f", 100 * r / b }')
+    if [ -n "$pct" ] && awk -v p="$pct" -v e="$SHARE_TOL" 'BEGIN { exit !((p - 30) <= e && (30 - p) <= e) }'; then
+      record "sm-share-library-$how-30" PASS "$pct% of the bare rate (target 30%)"
+    else
+      record "sm-share-library-$how-30" FAIL "${pct:-?}% of the bare rate (target 30% +- $SHARE_TOL; $OUT/library-$how-*.out)"
+    fi
+  done
+else
+  record sm-share-library-kernel-30 FAIL "cc failed: $OUT/cc-library.log"
 fi
 
 # ---- 12. torch.cuda.graph under the shim: the capture survives, replays are capped -------------

@@ -298,3 +298,103 @@ TEST_CASE("bad model input is one line naming the field", "[rate][model]") {
   o.sample_step_ns = 0;
   CHECK(msg({}, {t}).find("expected 0 < sample_step_ns <= duration_ns") != std::string::npos);
 }
+
+namespace {
+/// The launch_share check of tests/gpu/run.sh as the hardware runs it, varied per \p seed the
+/// way two runs on one idle GPU differ: the phase of NVML's sampling against the program's
+/// start, the time the first launch spends loading its module (inside the timed events), launch
+/// and sleep jitter, and kernel durations within 2%. The host launches back to back and
+/// synchronises every 16 launches; one launch in 32 (and each unlearned one) is timed by
+/// events; the shim's watcher polls NVML every 200 ms. \p company: as run.sh runs it, with no
+/// node region (the shim cannot tell it is alone); otherwise alone in a node region.
+struct hardware_run {
+  gpu_spec gpu;
+  tenant_spec tenant;
+  std::int64_t window_from_ns = 0;  ///< the measurement window's start (warm-up plus a phase)
+};
+constexpr std::int64_t k_hw_window_ns = 4 * k_s;  // launch_share's SHARE_SECONDS
+hardware_run hardware_like(double cap, std::int64_t kernel_ns, std::uint64_t seed, bool company) {
+  gpuslice::rate::detail::model_rng rng(seed * 0x5851F42D4C957F2DULL + 1);
+  gpu_spec gpu;
+  gpu.event_timing = true;
+  gpu.launch_overhead_ns = 4 * k_us;
+  gpu.launch_jitter_ns = 2 * k_us;
+  gpu.sleep_overshoot_ns = 60 * k_us;
+  gpu.sleep_jitter_ns = 100 * k_us;
+  gpu.first_launch_ns = 200 * k_us + static_cast<std::int64_t>(rng.uniform() * 5 * k_ms);
+  gpu.nvml_period_ns = 166'666'667;
+  gpu.nvml_offset_ns = static_cast<std::int64_t>(rng.uniform() * 166 * k_ms);
+  gpu.nvml_poll_ns = 200 * k_ms;
+  tenant_spec t = saturating(cap, {{kernel_ns, 0.02, 1.0, 0}});
+  t.observe_every = 32;
+  t.streams_in_flight = 16;
+  t.sync_every = 16;
+  t.assume_company = company;
+  // One second of warm-up, then the window starts at the next synchronisation: anywhere in
+  // the following 16 kernels' time (the model records every 10 ms).
+  const double batch_s = 16.0 * static_cast<double>(kernel_ns) / 1e9 * 100.0 / cap;
+  const auto phase = static_cast<std::int64_t>(rng.uniform() * std::min(batch_s, 1.0) * 100) * 10;
+  return hardware_run{gpu, std::move(t), k_s + phase * k_ms};
+}
+}  // namespace
+
+TEST_CASE("every run lands within 3 points: caps 10-70, kernels 1-100 ms, hardware variation",
+          "[rate][model][stability]") {
+  // At a cap of 30, 50 ms kernels read 33.0, 29.5, 33.0 and 26.2 over four runs on an H200.
+  // Before the fixes this model read 27.6..31.0 for that case, 22.6..31.0 with 100 ms kernels
+  // and up to 35.9 with 1 ms kernels (the first timing held the module's load), worse with the
+  // NVML window stamped at the read (gpu_spec::nvml_window_at_poll).
+  const double cap = GENERATE(10.0, 30.0, 50.0, 70.0);
+  const std::int64_t kernel = GENERATE(1 * k_ms, 10 * k_ms, 50 * k_ms, 100 * k_ms);
+  const bool company = GENERATE(true, false);
+  for (std::uint64_t seed = 1; seed <= 4; ++seed) {
+    const hardware_run h = hardware_like(cap, kernel, seed, company);
+    const std::int64_t to = h.window_from_ns + k_hw_window_ns;
+    const auto r = run({h.tenant}, to / k_s + 1, controller_kind::gpuslice, h.gpu, seed);
+    const double share = 100 * r.share_between(0, h.window_from_ns, to);
+    INFO("cap " << cap << "%, " << kernel / k_ms << " ms kernels, "
+                << (company ? "no node region" : "alone in a node region") << ", seed " << seed
+                << ": " << share << "% over " << h.window_from_ns / k_ms << ".." << to / k_ms
+                << " ms");
+    CHECK(share >= cap - 3);
+    CHECK(share <= cap + 3);
+  }
+}
+
+TEST_CASE("one container's processes of 50 ms and 1 ms kernels keep one capacity and the share",
+          "[rate][model][container]") {
+  // Two processes of one container at a 30% cap draw from one bucket (the ledger's rate words),
+  // beside a 70% tenant. Each claims the capacity its own kernels need (two of its longest in
+  // company): the container's is the largest claimed, so the 1 ms process no longer sets it
+  // back to 30 ms between the 50 ms process's launches, which lost what that one banked.
+  const std::uint64_t seed = GENERATE(1, 2, 3, 4);
+  auto a = long_kernels(30);
+  a.container = 1;
+  auto b = saturating(30, {{1 * k_ms, 0.2, 1.0, 0}});
+  b.observe_every = 32;
+  b.container = 1;
+  const auto r = run({a, b, mixed_long_kernels(70)}, 9, controller_kind::gpuslice,
+                     event_timed(166'666'667), seed);
+  // Never back at the 1 ms process's 30 ms from 2 s on (a timing inflated by the other's time
+  // slices may raise it at first: a lapsed claim comes down by a quarter per stale period),
+  // and from 5 s on one capacity: two of the container's longest kernels, corrected.
+  const auto range_from = [&](std::int64_t t) {
+    const auto& c = r.capacity_ns[0];
+    return std::minmax_element(c.begin() + static_cast<std::ptrdiff_t>(t / r.step_ns), c.end());
+  };
+  const auto [lo2, hi2] = range_from(2 * k_s);
+  const auto [lo5, hi5] = range_from(5 * k_s);
+  INFO("seed " << seed << ": capacity from 2 s " << *lo2 / k_ms << ".." << *hi2 / k_ms
+               << " ms, from 5 s " << *lo5 / k_ms << ".." << *hi5 / k_ms << " ms");
+  CHECK(*lo2 >= 2 * 45 * k_ms);
+  CHECK(*hi5 <= *lo5 + *lo5 / 20);  // within 5%: the correction moves it a little
+  CHECK(*hi5 <= 2 * 60 * k_ms);
+  CHECK(r.capacity_ns[1] == r.capacity_ns[0]);  // one bucket
+  // The share over 3..9 s: the container's two processes together, and the other tenant.
+  const double container =
+      100 * (r.share_between(0, 3 * k_s, 9 * k_s) + r.share_between(1, 3 * k_s, 9 * k_s));
+  const double other = 100 * r.share_between(2, 3 * k_s, 9 * k_s);
+  INFO("container " << container << "%, other " << other << "%");
+  CHECK(container == Approx(30).margin(1.5));
+  CHECK(other == Approx(70).margin(1.5));
+}

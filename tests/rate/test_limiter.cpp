@@ -301,3 +301,44 @@ TEST_CASE("launch_gate retries a suspended launch until the high-priority peer l
   CHECK(gate.launch(1));
   CHECK(sink.polls >= 3);
 }
+
+TEST_CASE("a slow launch call (a lazy module load) is taken off its timing", "[rate][limiter]") {
+  local_rate_words w;
+  limiter l(w.words, force(50));
+  // The first launch of 1 ms kernel spent 5 ms loading its module between its events.
+  l.observe(1, 6 * k_ms, 5 * k_ms, 10 * k_ms);
+  CHECK(l.estimate_ns(1) == 1 * k_ms);
+  // A call no slower than a submission leaves the timing as it is.
+  l.observe(2, 6 * k_ms, 4 * k_us, 10 * k_ms);
+  CHECK(l.estimate_ns(2) == 6 * k_ms);
+  // A timing no longer than the call: the stream was busy, the load overlapped it.
+  l.observe(3, 2 * k_ms, 5 * k_ms, 10 * k_ms);
+  CHECK(l.estimate_ns(3) == 2 * k_ms);
+}
+
+TEST_CASE("one window of a long kernel does not set the correction", "[rate][limiter]") {
+  local_rate_words w;
+  limiter_params p;
+  p.burst_ns = 100'000 * k_ms;  // never short of tokens: the charges land when admitted
+  limiter l(w.words, force(90), p);
+  l.observe(1, 100 * k_ms, 0);  // 100 ms kernels
+  constexpr std::int64_t k_window = 200 * k_ms;
+  std::int64_t now = 200'000 * k_ms;
+  for (int i = 0; i < 2; ++i) {  // the warm-up windows
+    l.admit(1, now);
+    now += k_window;
+    l.utilization_sample(now - k_window, now, 100 * k_ms);
+  }
+  // A window holds a kernel's busy time and none of its charge (filed at its start, in the
+  // window before); the next holds a charge and no busy time. Averaged from the first window
+  // alone, the correction read 9.5.
+  l.admit(1, now - 100 * k_ms);
+  now += k_window;
+  l.utilization_sample(now - k_window, now, 100 * k_ms);
+  l.admit(1, now);
+  now += k_window;
+  l.utilization_sample(now - k_window, now, 0);
+  INFO("correction " << l.correction());
+  CHECK(l.correction() > 0.4);
+  CHECK(l.correction() < 2.5);
+}

@@ -12,6 +12,7 @@ using gpuslice::rate::shared_token_bucket;
 
 namespace {
 constexpr std::int64_t k_ms = 1'000'000;
+constexpr std::int64_t k_us = 1'000;
 constexpr std::int64_t k_half = 500'000;     // 50% in ppm
 constexpr std::int64_t k_quarter = 250'000;  // 25% in ppm
 }  // namespace
@@ -171,4 +172,35 @@ TEST_CASE("a larger capacity keeps more; clip keeps at most a given amount and a
   CHECK(b.consume(30 * k_ms, 1000 * k_ms) == 40 * k_ms);
   b.clip(10 * k_ms, 1000 * k_ms);
   CHECK(b.available(1000 * k_ms) == -20 * k_ms);
+}
+
+TEST_CASE("the capacity is the largest a process still claims; a lapsed claim steps down",
+          "[rate][bucket]") {
+  local_rate_words w;
+  shared_token_bucket<> b(w.words);
+  REQUIRE(b.attach(k_half, 30 * k_ms, 0).ok());
+  const std::int64_t stale = 1000 * k_ms, refresh = 250 * k_ms;
+  // A process of 50 ms kernels claims 100 ms; one of 1 ms kernels offers 30 ms in between.
+  CHECK(b.offer_burst_ns(100 * k_ms, 10 * k_ms, stale, refresh) == 100 * k_ms);
+  CHECK(b.offer_burst_ns(30 * k_ms, 20 * k_ms, stale, refresh) == 100 * k_ms);
+  CHECK(b.burst_ns() == 100 * k_ms);
+  // The long-kernel process renews its claim (its own, moved a little by the correction).
+  CHECK(b.offer_burst_ns(95 * k_ms, 900 * k_ms, stale, refresh) == 100 * k_ms);
+  CHECK(b.offer_burst_ns(30 * k_ms, 1800 * k_ms, stale, refresh) == 100 * k_ms);  // renewed
+  // It stops launching: after a stale period the claim steps down by a quarter per period,
+  // never under the offer.
+  CHECK(b.offer_burst_ns(30 * k_ms, 2000 * k_ms, stale, refresh) == 75 * k_ms);
+  CHECK(b.offer_burst_ns(30 * k_ms, 2500 * k_ms, stale, refresh) == 75 * k_ms);
+  CHECK(b.offer_burst_ns(30 * k_ms, 3100 * k_ms, stale, refresh) == 56'250 * k_us);
+  CHECK(b.offer_burst_ns(30 * k_ms, 4200 * k_ms, stale, refresh) == 42'187 * k_us);
+  CHECK(b.offer_burst_ns(30 * k_ms, 5300 * k_ms, stale, refresh) == 31'640 * k_us);
+  // Within 10% of the offer, the offer renews the claim and keeps it.
+  CHECK(b.offer_burst_ns(30 * k_ms, 6400 * k_ms, stale, refresh) == 31'640 * k_us);
+  // A joining process never lowers it; a larger claim takes over at once.
+  REQUIRE(b.attach(k_half, 10 * k_ms, 6500 * k_ms).ok());
+  CHECK(b.burst_ns() == 31'640 * k_us);
+  CHECK(b.offer_burst_ns(200 * k_ms, 6600 * k_ms, stale, refresh) == 200 * k_ms);
+  // The word holds whole microseconds, up to k_max_capacity_ns.
+  b.set_burst_ns(gpuslice::rate::k_max_capacity_ns + k_ms, 0);
+  CHECK(b.burst_ns() == gpuslice::rate::k_max_capacity_ns);
 }

@@ -74,6 +74,17 @@ gpuslice_shim_test(launch:devices shim_client_launch ARGS devices LEDGER
                    ENV ${_force} FAKE_CUDA_DEVICES=2 CUDA_DEVICE_SM_LIMIT_0=70
                        CUDA_DEVICE_SM_LIMIT_1=30)
 
+# Library launches (cuLibraryLoadData, cuLibraryGetKernel, cuKernelGetFunction, a CUkernel passed
+# where a CUfunction is expected, and through cuGetProcAddress) are capped and charged like
+# cuLaunchKernel; each first launch of the kernel in the context loads it for 5 ms inside the
+# call, as the driver does lazily. About 12 s each.
+gpuslice_shim_client(shim_client_library SOURCES clients/client_library.cpp LIBS gpuslice_fake_cuda)
+gpuslice_shim_test(launch:library-30 shim_client_library ARGS share 30
+                   ENV ${_force} CUDA_DEVICE_SM_LIMIT=30 FAKE_CUDA_LAZY_LOAD_US=5000 LEDGER)
+gpuslice_shim_test(launch:library-without-shim shim_client_library ARGS share 30
+                   ENV ${_force} CUDA_DEVICE_SM_LIMIT=30 NO_PRELOAD)
+set_tests_properties(shim:launch:library-without-shim PROPERTIES WILL_FAIL TRUE)
+
 # The share checks measure the fake device's busy time against wall time: a launcher starved of
 # CPU by tests running beside it under-fills the device and reads as a wrong share. On a 2-core
 # machine they therefore run alone.

@@ -21,9 +21,9 @@
 ///  - none: launches freely.
 /// Sleeps end sleep_overshoot_ns late, as real sleeps do.
 ///
-/// Event timing (gpu_spec::event_timing), as the shim measures a launch: a start event is recorded on the stream
-/// event_lead_ns before the kernel is submitted, and an end event after it. The start event
-/// completes when the stream reaches it: at its record time if the tenant's stream was idle,
+/// Event timing (gpu_spec::event_timing), as the shim measures a launch: a start event is recorded
+/// on the stream event_lead_ns before the kernel is submitted, and an end event after it. The start
+/// event completes when the stream reaches it: at its record time if the tenant's stream was idle,
 /// else when the tenant's previous kernel ended. So a timed launch reads as
 /// end - max(launch - event_lead_ns, previous kernel's end): other tenants' slices included
 /// and, on an idle stream, the submission gap too. A 5 us kernel launched on an idle stream
@@ -88,6 +88,16 @@ struct tenant_spec {
   std::int64_t stop_ns = std::numeric_limits<std::int64_t>::max();
   /// One launch in this many is timed and reported to the controller; 0 = none.
   std::int64_t observe_every = 1;
+  /// When > 0: after this many launches the host waits until all its kernels have finished
+  /// (a cudaStreamSynchronize every N launches, as tests/gpu/launch_share.cu does).
+  std::int64_t sync_every = 0;
+  /// The limiter is told that another tenant is active whatever the others do: the shim
+  /// without a node region (GPUSLICE_NODE_REGION unset) cannot tell that it is alone.
+  bool assume_company = false;
+  /// Tenants with the same container id >= 0 are processes of one container: they draw from
+  /// one bucket (the first one's words, as the ledger's rate words are shared) and count as
+  /// one tenant in each other's peer signal. -1: a container of its own.
+  std::int64_t container = -1;
 };
 
 /// The modelled GPU and host.
@@ -111,6 +121,26 @@ struct gpu_spec {
   /// A tenant counts as active for its peers while it has work or asked to launch this
   /// recently.
   std::int64_t activity_window_ns = 100'000'000;
+  /// Run-to-run variation as the hardware shows it (all 0: the exact model above).
+  /// Host time per launch is launch_overhead_ns plus a uniform draw in [0, launch_jitter_ns].
+  std::int64_t launch_jitter_ns = 0;
+  /// Sleeps end sleep_overshoot_ns plus a uniform draw in [0, sleep_jitter_ns] late.
+  std::int64_t sleep_jitter_ns = 0;
+  /// Host time the first launch of each function spends in the launch call before its kernel
+  /// is submitted (lazy module loading, CUDA_MODULE_LOADING=LAZY, the default): with
+  /// event_timing the start event is recorded before the call, so the first timing holds it.
+  std::int64_t first_launch_ns = 0;
+  /// When the first NVML-style sample is taken, after nvml_period_ns (the phase of the
+  /// driver's sampling against the tenants' start).
+  std::int64_t nvml_offset_ns = 0;
+  /// 0: each NVML-style sample reaches the limiter when it is taken, with its own window.
+  /// > 0: the limiter's caller polls every nvml_poll_ns (the shim's watcher, 200 ms) and passes
+  /// the samples taken since its last poll as one window, which ends at the last sample's time
+  /// (the shim converts NVML's timestamps to its clock)...
+  std::int64_t nvml_poll_ns = 0;
+  /// ...or, when true, at the poll (a caller that stamps the window with its own clock when it
+  /// reads it: the window is late by the samples' age, up to a sample period and a poll).
+  bool nvml_window_at_poll = false;
 };
 
 /// What to run and how to record it.
@@ -135,6 +165,8 @@ struct model_result {
   /// Per tenant: kernels launched, and total wall time spent waiting for admission.
   std::vector<std::int64_t> launches;
   std::vector<std::int64_t> waited_ns;
+  /// capacity_ns[t][k]: the capacity of tenant t's bucket at times_ns[k] (gpuslice controller).
+  std::vector<std::vector<std::int64_t>> capacity_ns;
 
   /// Tenant \p t's share over [from_ns, to_ns); both are multiples of step_ns within the run.
   double share_between(std::size_t t, std::int64_t from_ns, std::int64_t to_ns) const {
@@ -200,6 +232,11 @@ inline result<bool> validate(const gpu_spec& gpu, const std::vector<tenant_spec>
     return spec_error("timeslice_ns, launch_overhead_ns, sleep_overshoot_ns, event_lead_ns",
                       ">= 0");
   }
+  if (gpu.launch_jitter_ns < 0 || gpu.sleep_jitter_ns < 0 || gpu.first_launch_ns < 0 ||
+      gpu.nvml_offset_ns < 0 || gpu.nvml_poll_ns < 0) {
+    return spec_error(
+        "launch_jitter_ns, sleep_jitter_ns, first_launch_ns, nvml_offset_ns, nvml_poll_ns", ">= 0");
+  }
   if (gpu.nvml_period_ns < 1'000'000) {
     return spec_error("nvml_period_ns=" + std::to_string(gpu.nvml_period_ns), ">= 1 ms");
   }
@@ -230,8 +267,10 @@ inline result<bool> validate(const gpu_spec& gpu, const std::vector<tenant_spec>
       weights += k.weight;
     }
     if (!(weights > 0.0)) return spec_error(who + " kernel weights", "a positive sum");
-    if (t.think_ns < 0 || t.burst_kernels < 0 || t.burst_gap_ns < 0 || t.observe_every < 0) {
-      return spec_error(who + " think_ns, burst_kernels, burst_gap_ns, observe_every", ">= 0");
+    if (t.think_ns < 0 || t.burst_kernels < 0 || t.burst_gap_ns < 0 || t.observe_every < 0 ||
+        t.sync_every < 0) {
+      return spec_error(who + " think_ns, burst_kernels, burst_gap_ns, observe_every, sync_every",
+                        ">= 0");
     }
     if (t.streams_in_flight < 1) {
       return spec_error(who + " streams_in_flight=" + std::to_string(t.streams_in_flight), ">= 1");
@@ -254,11 +293,20 @@ class gpu_simulation {
       tenants_.push_back(std::make_unique<tenant>(tenants[i], opt.seed + 7919 * (i + 1)));
       tenant& t = *tenants_.back();
       for (const kernel_spec& k : t.spec.kernels) t.total_weight += k.weight;
+      t.loaded.assign(t.spec.kernels.size(), false);
       const double share = t.spec.share_percent;
       const bool limited = share > 0.0 && share < 100.0;
       if (opt.controller == controller_kind::gpuslice) {
+        // Processes of one container share the first one's words.
+        auto* words = t.words.words;
+        for (std::size_t j = 0; j < i && t.spec.container >= 0; ++j) {
+          if (tenants_[j]->spec.container == t.spec.container) {
+            words = tenants_[j]->words.words;
+            break;
+          }
+        }
         t.limiter = std::make_unique<limiter_type>(
-            t.words.words, limiter_settings{share, t.spec.policy, t.spec.priority}, opt.params,
+            words, limiter_settings{share, t.spec.policy, t.spec.priority}, opt.params,
             model_clock{&now_});
       } else if (opt.controller == controller_kind::reference && limited) {
         t.reference = std::make_unique<reference_controller>(
@@ -272,6 +320,7 @@ class gpu_simulation {
     model_result out;
     out.step_ns = opt_.sample_step_ns;
     out.busy_ns.assign(n, {});
+    out.capacity_ns.assign(n, {});
     for (std::size_t i = 0; i < n; ++i) {
       const tenant& t = *tenants_[i];
       if (t.spec.start_ns < opt_.duration_ns) push(t.spec.start_ns, ev::host, i);
@@ -279,7 +328,8 @@ class gpu_simulation {
         push(t.spec.start_ns + opt_.reference.refill_period_ns, ev::reference_tick, i);
       }
     }
-    push(gpu_.nvml_period_ns, ev::nvml, 0);
+    push(gpu_.nvml_offset_ns + gpu_.nvml_period_ns, ev::nvml, 0);
+    if (gpu_.nvml_poll_ns > 0) push(gpu_.nvml_poll_ns, ev::nvml_poll, 0);
     push(0, ev::record, 0);
     while (!events_.empty()) {
       const event e = events_.top();
@@ -295,6 +345,9 @@ class gpu_simulation {
           break;
         case ev::nvml:
           nvml_sample();
+          break;
+        case ev::nvml_poll:
+          nvml_poll();
           break;
         case ev::reference_tick:
           reference_tick(e.who);
@@ -313,7 +366,7 @@ class gpu_simulation {
 
  private:
   using limiter_type = sm_limiter<model_clock>;
-  enum class ev : std::uint8_t { record, nvml, reference_tick, gpu_end, host };
+  enum class ev : std::uint8_t { record, nvml, nvml_poll, reference_tick, gpu_end, host };
 
   struct event {
     std::int64_t t;
@@ -328,7 +381,8 @@ class gpu_simulation {
     std::int64_t remaining_ns;
     std::int64_t first_start_ns;
     bool timed;
-    std::int64_t launched_ns;  ///< when the host submitted it
+    std::int64_t event_ns;  ///< when a timed launch's start event was recorded
+    std::int64_t call_ns;   ///< how long its launch call took on the host
   };
 
   struct pending_launch {
@@ -338,7 +392,8 @@ class gpu_simulation {
     std::int64_t duration_ns = 0;
     std::int64_t grid_blocks = 0;
     std::int64_t asked_at_ns = 0;
-    bool learn = false;  ///< the controller asked for this launch to be timed
+    bool learn = false;                  ///< the controller asked for this launch to be timed
+    std::int64_t loading_since_ns = -1;  ///< in the first launch's load since then (-1: not)
   };
 
   struct tenant {
@@ -360,6 +415,12 @@ class gpu_simulation {
     std::int64_t launches = 0;
     std::int64_t waited_ns = 0;
     std::int64_t burst_count = 0;
+    std::int64_t since_sync = 0;       ///< launches since the host last synchronised
+    bool syncing = false;              ///< waiting for its kernels to finish (sync_every)
+    std::vector<bool> loaded;          ///< per function: launched before (its module is loaded)
+    std::int64_t nvml_busy_ns = 0;     ///< busy time of the samples not yet polled
+    std::int64_t nvml_last_ns = -1;    ///< end of the last sample taken (-1: none yet)
+    std::int64_t nvml_polled_ns = -1;  ///< end of the last sample polled (-1: none yet)
   };
 
   void push(std::int64_t t, ev kind, std::size_t who) { events_.push(event{t, seq_++, kind, who}); }
@@ -378,8 +439,10 @@ class gpu_simulation {
   /// The peer signal for tenant i, as the node region would give it.
   void peers(std::size_t i, bool& others, bool& high_others) const noexcept {
     others = high_others = false;
+    const std::int64_t mine = tenants_[i]->spec.container;
     for (std::size_t j = 0; j < tenants_.size(); ++j) {
       if (j == i || !active(j)) continue;
+      if (mine >= 0 && tenants_[j]->spec.container == mine) continue;  // the same container
       others = true;
       if (tenants_[j]->spec.priority == task_priority::high) high_others = true;
     }
@@ -406,7 +469,8 @@ class gpu_simulation {
 
   void sleep_host(std::size_t i, std::int64_t wait) {
     tenant& t = *tenants_[i];
-    const std::int64_t until = now_ + wait + gpu_.sleep_overshoot_ns;
+    const std::int64_t until =
+        now_ + wait + gpu_.sleep_overshoot_ns + draw(t, gpu_.sleep_jitter_ns);
     t.waited_ns += until - now_;
     push(until, ev::host, i);
   }
@@ -417,6 +481,13 @@ class gpu_simulation {
       t.pending = {};
       return;
     }
+    if (t.syncing) {
+      if (!t.queue.empty()) {
+        t.host_blocked = true;  // woken when its last kernel finishes
+        return;
+      }
+      t.syncing = false;
+    }
     if (!t.pending.present) choose_kernel(t);
     t.last_ask_ns = now_;
     if (static_cast<std::int64_t>(t.queue.size()) >= t.spec.streams_in_flight) {
@@ -424,6 +495,14 @@ class gpu_simulation {
       return;
     }
     if (!t.pending.admitted && !admit(i)) return;
+    if (t.pending.loading_since_ns < 0 && gpu_.first_launch_ns > 0 &&
+        !t.loaded.at(t.pending.function)) {
+      // The first launch of a function loads its module inside the launch call.
+      t.loaded.at(t.pending.function) = true;
+      t.pending.loading_since_ns = now_;
+      push(now_ + gpu_.first_launch_ns, ev::host, i);
+      return;
+    }
     launch(i);
   }
 
@@ -433,7 +512,7 @@ class gpu_simulation {
     bool others = false, high_others = false;
     peers(i, others, high_others);
     if (t.limiter) {
-      t.limiter->set_others_active(others, high_others);
+      t.limiter->set_others_active(others || t.spec.assume_company, high_others);
       const admission a = t.limiter->admit(t.pending.function, now_);
       if (!a.admitted) {
         sleep_host(i, a.wait_ns);
@@ -479,11 +558,18 @@ class gpu_simulation {
     // the limiter has not learned yet.
     const bool timed = (t.spec.observe_every > 0 && t.launches % t.spec.observe_every == 0) ||
                        (t.spec.observe_every > 0 && t.pending.learn);
-    t.queue.push_back(kernel{t.pending.function, t.pending.duration_ns, -1, timed, now_});
+    const std::int64_t called = t.pending.loading_since_ns >= 0 ? t.pending.loading_since_ns : now_;
+    t.queue.push_back(kernel{t.pending.function, t.pending.duration_ns, -1, timed,
+                             called - gpu_.event_lead_ns, now_ - called});
     t.pending = {};
     ++t.launches;
     if (running_ < 0) start_next(i, false);
-    std::int64_t next = now_ + gpu_.launch_overhead_ns + t.spec.think_ns;
+    std::int64_t next =
+        now_ + gpu_.launch_overhead_ns + draw(t, gpu_.launch_jitter_ns) + t.spec.think_ns;
+    if (t.spec.sync_every > 0 && ++t.since_sync >= t.spec.sync_every) {
+      t.since_sync = 0;
+      t.syncing = true;
+    }
     if (t.spec.burst_kernels > 0 && ++t.burst_count >= t.spec.burst_kernels) {
       t.burst_count = 0;
       next += t.spec.burst_gap_ns;
@@ -535,9 +621,12 @@ class gpu_simulation {
       if (k.timed && t.limiter) {
         // The start event completed when the stream reached it (see the file comment).
         const std::int64_t start =
-            gpu_.event_timing ? std::max(k.launched_ns - gpu_.event_lead_ns, t.last_end_ns)
-                              : k.first_start_ns;
-        t.limiter->observe(k.function, now_ - start, now_);
+            gpu_.event_timing ? std::max(k.event_ns, t.last_end_ns) : k.first_start_ns;
+        if (gpu_.event_timing) {
+          t.limiter->observe(k.function, now_ - start, k.call_ns, now_);
+        } else {
+          t.limiter->observe(k.function, now_ - start, now_);
+        }
       }
       t.last_end_ns = now_;
       t.queue.pop_front();
@@ -577,12 +666,39 @@ class gpu_simulation {
           std::llround(k_percent * static_cast<double>(in_period) / static_cast<double>(period)), 0,
           100);
       t.last_util_percent = pct;
-      if (t.limiter && now_ > t.spec.start_ns) {
-        t.limiter->utilization_sample(now_ - period, now_,
-                                      pct * period / static_cast<std::int64_t>(k_percent));
+      const std::int64_t reported = pct * period / static_cast<std::int64_t>(k_percent);
+      if (gpu_.nvml_poll_ns > 0) {
+        t.nvml_busy_ns += reported;
+        t.nvml_last_ns = now_;
+      } else if (t.limiter && now_ > t.spec.start_ns) {
+        t.limiter->utilization_sample(now_ - period, now_, reported);
       }
     }
     push(now_ + period, ev::nvml, 0);
+  }
+
+  /// The shim's watcher reading NVML: the samples since its last poll, as one window that ends
+  /// now (see gpu_spec::nvml_poll_ns); the first answer only sets where the next one starts.
+  void nvml_poll() {
+    for (auto& tp : tenants_) {
+      tenant& t = *tp;
+      if (t.nvml_last_ns < 0 || t.nvml_last_ns == t.nvml_polled_ns) continue;
+      const bool first = t.nvml_polled_ns < 0;
+      const std::int64_t span = t.nvml_last_ns - t.nvml_polled_ns;
+      t.nvml_polled_ns = t.nvml_last_ns;
+      const std::int64_t busy = t.nvml_busy_ns;
+      t.nvml_busy_ns = 0;
+      if (first || !t.limiter || now_ <= t.spec.start_ns) continue;
+      const std::int64_t end = gpu_.nvml_window_at_poll ? now_ : t.nvml_polled_ns;
+      t.limiter->utilization_sample(end - span, end, busy);
+    }
+    push(now_ + gpu_.nvml_poll_ns, ev::nvml_poll, 0);
+  }
+
+  /// A uniform draw in [0, \p max_ns] from tenant \p t's generator (0 draws nothing).
+  static std::int64_t draw(tenant& t, std::int64_t max_ns) noexcept {
+    if (max_ns <= 0) return 0;
+    return std::llround(t.rng.uniform() * static_cast<double>(max_ns));
   }
 
   void reference_tick(std::size_t i) {
@@ -594,7 +710,11 @@ class gpu_simulation {
 
   void record(model_result& out) {
     out.times_ns.push_back(now_);
-    for (std::size_t i = 0; i < tenants_.size(); ++i) out.busy_ns[i].push_back(busy_now(i));
+    for (std::size_t i = 0; i < tenants_.size(); ++i) {
+      out.busy_ns[i].push_back(busy_now(i));
+      const auto& l = tenants_[i]->limiter;
+      out.capacity_ns[i].push_back(l ? l->bucket().burst_ns() : 0);
+    }
     if (now_ + opt_.sample_step_ns <= opt_.duration_ns) {
       push(now_ + opt_.sample_step_ns, ev::record, 0);
     }

@@ -31,7 +31,9 @@
 /// between utilization and charges, so the share holds over any window longer than the
 /// utilization signal's lag; its gap is taken against the updated correction, so nothing is
 /// paid back twice. While another tenant is active the bucket holds two of the tenant's
-/// longest kernels (time-sliced, it banks refill it spends when the other waits). Launches of
+/// longest kernels (time-sliced, it banks refill it spends when the other waits); the bucket is
+/// the container's, so its capacity is the largest its launching processes claim (one process
+/// of long kernels and one of short ones do not set it in turn). Launches of
 /// a function charged before its first observation are forgiven in the bucket (no hole opens in the
 /// share while learning); so that they cannot be many long kernels queued at once, a capped tenant
 /// has at most max_unlearned_in_flight of them admitted (flagged admission::learn, to be timed) and
@@ -96,6 +98,14 @@ struct limiter_params {
   /// its next launch it keeps at most burst_ns of what it saved. Its launches can wait for
   /// in-flight kernels time-sliced with others' for a few kernels' length, never this long.
   double idle_kernels = 8.0;
+  /// The bucket's capacity is the container's: the largest that one of its processes claims
+  /// (each claims its own, as above, at every launch). A claim not renewed for this long, and
+  /// for capacity_stale_refills of the time the claimed capacity takes to refill at the share,
+  /// lapses (its process exited or stopped launching), and a smaller one takes over. A process
+  /// launching its longest kernels back to back renews its claim at every launch: at most
+  /// one per kernel/share, half the refill time of two kernels.
+  std::int64_t capacity_stale_ns = 1'000'000'000;
+  double capacity_stale_refills = 4.0;
   /// Waits shorter than this are not handed out; the debt carries to the next launch, so the
   /// average is kept and nobody sleeps for less than a scheduler quantum.
   std::int64_t min_wait_ns = 100'000;
@@ -103,12 +113,20 @@ struct limiter_params {
   std::int64_t prior_kernel_ns = 100'000;
   /// Weight of one observation in a function's moving average.
   double estimate_weight = 0.125;
+  /// A launch call that took longer than this on the host did more than submit its kernel
+  /// (observe() with the call's time; a submission takes a few microseconds).
+  std::int64_t slow_call_ns = 100'000;
   /// Time constant of the utilization correction (how slowly it moves).
   std::int64_t correction_horizon_ns = 250'000'000;
   /// The correction's time constant is at least this many of the longest kernel (corrected):
   /// a window's edges split a long kernel differently in charges (filed when it may start) and
   /// busy time (when it runs), so one window's ratio is off by up to a kernel.
   double horizon_kernels = 40.0;
+  /// The correction is first taken once the samples averaged span this many of the longest
+  /// kernel (corrected). A 100 ms kernel's window holds its busy time and (filed at its start,
+  /// one window earlier) none of its charge: one such window read 21x, and the launch admitted
+  /// then was charged 2.1 s.
+  double correction_min_kernels = 4.0;
   /// Charge the bucket the difference between a timed launch's measured time and what it was
   /// charged (exact for timed launches; off when timings include other tenants' slices and
   /// the utilization correction alone should fix the scale).
@@ -167,6 +185,9 @@ enum class limiter_mode : std::uint8_t {
   capped,     ///< charged against the shared bucket
   suspended,  ///< low priority while a high-priority tenant is active (yield share 0)
 };
+
+/// Renewals of a capacity claim per stale period (sm_limiter::admit; limiter_params).
+inline constexpr std::int64_t k_capacity_renewals = 4;
 
 /// Parts per million in one percent.
 inline constexpr double k_ppm_per_percent = 10'000.0;
@@ -291,8 +312,15 @@ class sm_limiter {
     note_mode(m, now);
     const std::int64_t ppm = capped_ppm();
     if (bucket_.share_ppm() != ppm) bucket_.set_share_ppm(ppm);  // priority peers changed
-    const std::int64_t burst = capacity();
-    if (bucket_.burst_ns() != burst) bucket_.set_burst_ns(burst);
+    // The capacity is the container's: the largest its launching processes claim.
+    const std::int64_t mine = capacity();
+    const double refill_ns =
+        static_cast<double>(mine) * static_cast<double>(k_ppm) / static_cast<double>(ppm);
+    const auto stale =
+        static_cast<std::int64_t>(std::max(static_cast<double>(params_.capacity_stale_ns),
+                                           params_.capacity_stale_refills * refill_ns));
+    const std::int64_t burst =
+        bucket_.offer_burst_ns(mine, now, stale, stale / k_capacity_renewals);
     // Back from an idle spell (no launch for idle_kernels of the longest kernel: longer than
     // its launches wait behind others'), it keeps no more than burst_ns of what it saved.
     const std::int64_t last = last_admit_ns_.exchange(now, std::memory_order_relaxed);
@@ -351,6 +379,20 @@ class sm_limiter {
       bucket_.adjust(scaled(delta), now);
     }
   }
+  /// observe() of a launch timed by events recorded before and after its launch call, which
+  /// took \p call_ns on the host. A call slower than slow_call_ns did more than submit: the
+  /// first launch of a function loads its module inside the call (lazy loading, CUDA's
+  /// default), and on an idle stream the events hold that load (a 1 ms kernel whose load took
+  /// 5 ms read 6 ms; charged that while the average moved, with the utilization correction
+  /// lagging the move, its tenant overshot a 30% cap by up to 4 pp in the GPU model). Such a call's
+  /// time is taken off a timing longer than it. A timing no longer than the call is kept: the
+  /// stream was busy until after the call (an idle one reads the call plus the kernel), so the
+  /// start event completed when the kernel could start. Thread-safe.
+  void observe(std::uint64_t function_id, std::int64_t measured_ns, std::int64_t call_ns,
+               std::int64_t now) noexcept {
+    if (call_ns > params_.slow_call_ns && measured_ns > call_ns) measured_ns -= call_ns;
+    observe(function_id, measured_ns, now);
+  }
   /// observe() at the clock's now.
   void observe(std::uint64_t function_id, std::int64_t measured_ns) noexcept {
     observe(function_id, measured_ns, clock_.now());
@@ -387,16 +429,22 @@ class sm_limiter {
     }
     // The correction: busy time over charged time, averaged over the horizon (at least
     // horizon_kernels of the longest kernel: see the parameter).
-    const double horizon = std::max(
-        static_cast<double>(params_.correction_horizon_ns),
-        params_.horizon_kernels * static_cast<double>(longest_ns_.load(std::memory_order_relaxed)) *
-            correction_.load(std::memory_order_relaxed));
-    const double weight = have_average_ ? std::min(1.0, window / horizon) : 1.0;
+    const double longest_scaled = static_cast<double>(longest_ns_.load(std::memory_order_relaxed)) *
+                                  correction_.load(std::memory_order_relaxed);
+    const double horizon = std::max(static_cast<double>(params_.correction_horizon_ns),
+                                    params_.horizon_kernels * longest_scaled);
+    // Until the samples span a horizon the average is their plain mean (each window weighs its
+    // length), then an exponential one: one window of a long kernel holds its busy time with
+    // none of its charge (or the reverse), and an average started from it alone read 8x.
+    averaged_ns_ = std::min(averaged_ns_ + window, horizon);
+    const double weight = std::min(1.0, window / averaged_ns_);
     busy_avg_ += weight * (busy - busy_avg_);
     charged_avg_ +=
         weight * (static_cast<double>(std::max<std::int64_t>(charged, 0)) - charged_avg_);
-    have_average_ = true;
-    if (charged_avg_ > 0.0) {
+    // The ratio is taken once the samples span enough kernels to agree (see
+    // correction_min_kernels); until then the timings stand and the integral term below acts.
+    const double min_span = std::min(horizon, params_.correction_min_kernels * longest_scaled);
+    if (charged_avg_ > 0.0 && averaged_ns_ >= min_span) {
       correction_.store(
           std::clamp(busy_avg_ / charged_avg_, params_.min_correction, params_.max_correction),
           std::memory_order_relaxed);
@@ -596,7 +644,8 @@ class sm_limiter {
   std::int64_t feedback_from_ns_ = std::numeric_limits<std::int64_t>::min();
   double busy_avg_ = 0.0;
   double charged_avg_ = 0.0;
-  bool have_average_ = false;
+  /// Length of the windows averaged so far, up to the horizon.
+  double averaged_ns_ = 0.0;
   std::int64_t skipped_ns_ = 0;
   /// Active utilization time ignored at the start (two NVML samples of 1/6 s, one of more).
   static constexpr std::int64_t k_warmup_ns = 300'000'000;

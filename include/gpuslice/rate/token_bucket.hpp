@@ -16,7 +16,11 @@
 ///   [0] claim       the initialisation claim (claim.hpp): free, claiming, ready
 ///   [1] zero_time   int64 ns, the moment the bucket was notionally empty
 ///   [2] share_ppm   refill rate in parts per million of GPU time, 1..1'000'000
-///   [3] burst_ns    capacity in GPU-ns: the most a tenant can save up while idle
+///   [3] capacity    the most a tenant can save up while idle, shared by the container's
+///                   processes: the capacity in us in the high 26 bits (k_capacity_unit_ns,
+///                   at most 67 s), and in the low 38 bits the time in ms (mod 2^38, 8.7
+///                   years) when the process whose capacity it is last claimed it
+///                   (offer_burst_ns)
 ///   [4] charged_ns  total GPU-ns ever charged (statistics; wraps after 292 years)
 ///   [5] waited_ns   total wall-ns of waits handed out (statistics)
 ///   [6] ident       the initialiser's start time (claim.hpp)
@@ -42,7 +46,7 @@ namespace gpuslice::rate {
 /// Number of 64-bit words the shared bucket needs (the ledger reserves as many per device).
 inline constexpr std::size_t k_rate_words = gpuslice::k_rate_words;
 /// Layout version of the words; bumped on any change.
-inline constexpr std::uint64_t k_rate_layout_version = 2;
+inline constexpr std::uint64_t k_rate_layout_version = 3;
 /// Parts per million: the unit of share_ppm (1'000'000 = the whole GPU).
 inline constexpr std::int64_t k_ppm = 1'000'000;
 /// "GSRB" in the high half, then a state byte and the layout version.
@@ -66,6 +70,22 @@ static_assert(static_cast<std::size_t>(rate_word::tag) < k_rate_words,
               "the bucket's words fit in what the ledger reserves");
 /// State of initialised words: the claim word's state (claim.hpp).
 inline constexpr std::uint8_t k_rate_ready = 2;
+
+/// Unit of the capacity in its word (1 us) and the bits it takes there.
+inline constexpr std::int64_t k_capacity_unit_ns = 1'000;
+inline constexpr unsigned k_capacity_bits = 26;
+/// Unit of the capacity's claim time (1 ms) and the bits it takes (the rest of the word).
+inline constexpr std::int64_t k_capacity_stamp_unit_ns = 1'000'000;
+inline constexpr unsigned k_capacity_stamp_bits = 64 - k_capacity_bits;
+/// An offer of at least this percent of the container's capacity renews its claim (see
+/// shared_token_bucket::offer_burst_ns).
+inline constexpr std::int64_t k_capacity_renew_percent = 90;
+/// A lapsed claim is lowered to this percent of itself per stale period (or to the offer).
+inline constexpr std::int64_t k_capacity_decay_percent = 75;
+inline constexpr std::int64_t k_percent_of_capacity = 100;
+/// Largest capacity the word holds.
+inline constexpr std::int64_t k_max_capacity_ns =
+    ((std::int64_t{1} << k_capacity_bits) - 1) * k_capacity_unit_ns;
 
 /// Largest amount (ns) one conversion handles: 1000 s, so ns * k_ppm stays inside int64.
 inline constexpr std::int64_t k_max_tokens_ns = 1'000'000'000'000;
@@ -120,7 +140,7 @@ class shared_token_bucket {
           claim(word(rate_word::claim), word(rate_word::ident), me, live, now_ns, wait_ns);
       if (r.mine()) {
         store(rate_word::share_ppm, share_ppm);
-        store(rate_word::burst_ns, burst_ns);
+        word(rate_word::burst_ns).store(encode_capacity(burst_ns, now), std::memory_order_relaxed);
         store(rate_word::zero_time, now);  // starts empty: no credit before the first launch
         store(rate_word::charged_ns, 0);
         store(rate_word::waited_ns, 0);
@@ -138,7 +158,8 @@ class shared_token_bucket {
         return make_error(errc::corrupt, "rate words: unknown state, expected gpuslice rate words");
       }
       set_share_ppm(share_ppm);
-      store(rate_word::burst_ns, burst_ns);
+      // A larger capacity is claimed; a smaller one never lowers the container's on joining.
+      offer_burst_ns(burst_ns, now, std::numeric_limits<std::int64_t>::max(), 0);
       return false;
     }
   }
@@ -155,13 +176,48 @@ class shared_token_bucket {
   }
   /// The refill rate in parts per million. Thread-safe.
   std::int64_t share_ppm() const noexcept { return load(rate_word::share_ppm); }
-  /// Sets the capacity (clamped to >= 0); tokens above a smaller one are lost at the next use.
-  /// Thread-safe.
-  void set_burst_ns(std::int64_t burst) noexcept {
-    store(rate_word::burst_ns, std::max<std::int64_t>(burst, 0));
+  /// Sets the capacity (clamped to 0..k_max_capacity_ns, in whole us) as claimed at \p now;
+  /// tokens above a smaller one are lost at the next use. Thread-safe.
+  void set_burst_ns(std::int64_t burst, std::int64_t now = 0) noexcept {
+    word(rate_word::burst_ns).store(encode_capacity(burst, now), std::memory_order_relaxed);
   }
   /// The capacity in GPU-ns. Thread-safe.
-  std::int64_t burst_ns() const noexcept { return load(rate_word::burst_ns); }
+  std::int64_t burst_ns() const noexcept {
+    return capacity_of(word(rate_word::burst_ns).load(std::memory_order_relaxed));
+  }
+
+  /// One process's capacity \p mine_ns offered at \p now to the container's: the capacity is
+  /// the largest that a process still claims. A larger offer takes over; one within
+  /// k_capacity_renew_percent of it (the claimant's own, its correction moved) renews the
+  /// claim, keeping it, once the claim is \p refresh_ns old; a smaller one lowers it only
+  /// from a claim not renewed for \p stale_ns (its process stopped launching: exited, killed
+  /// or idle), by a quarter per stale period down to the offer, so the container's processes
+  /// that launch different kernels never set it in turn. Returns the capacity in force. Thread- and
+  /// process-safe; lock-free; no write on the usual path.
+  std::int64_t offer_burst_ns(std::int64_t mine_ns, std::int64_t now, std::int64_t stale_ns,
+                              std::int64_t refresh_ns) noexcept {
+    const std::uint64_t mine = encode_capacity(mine_ns, now);
+    const std::int64_t want = capacity_of(mine);
+    auto& w = word(rate_word::burst_ns);
+    std::uint64_t old = w.load(std::memory_order_relaxed);
+    for (;;) {
+      const std::int64_t cap = capacity_of(old);
+      const std::int64_t age = claim_age_ns(old, now);
+      std::uint64_t next = mine;
+      if (want <= cap && want * k_percent_of_capacity >= cap * k_capacity_renew_percent) {
+        if (age < refresh_ns) return cap;
+        next = encode_capacity(cap, now);  // renewed, kept
+      } else if (want < cap) {
+        if (age <= stale_ns) return cap;
+        // A lapsed claim steps down by a quarter per stale period, never below this offer: its
+        // process, if it still launches, renews it on the way down (a claim raised by one
+        // inflated timing comes down to its renewed size without dropping under it).
+        next = encode_capacity(
+            std::max(want, cap * k_capacity_decay_percent / k_percent_of_capacity), now);
+      }
+      if (w.compare_exchange_weak(old, next, std::memory_order_relaxed)) return capacity_of(next);
+    }
+  }
 
   /// Takes \p cost_ns tokens, borrowing if needed, and returns how long the caller must wait
   /// before using them (0 when they were there). Thread- and process-safe; lock-free.
@@ -239,6 +295,24 @@ class shared_token_bucket {
 
  private:
   static std::int64_t as_signed(std::uint64_t v) noexcept { return static_cast<std::int64_t>(v); }
+  static constexpr std::uint64_t k_stamp_mask = (std::uint64_t{1} << k_capacity_stamp_bits) - 1;
+  /// The capacity word for \p burst_ns (clamped, whole us) claimed at \p now.
+  static std::uint64_t encode_capacity(std::int64_t burst_ns, std::int64_t now) noexcept {
+    const auto units = static_cast<std::uint64_t>(
+        std::clamp<std::int64_t>(burst_ns, 0, k_max_capacity_ns) / k_capacity_unit_ns);
+    const auto stamp =
+        static_cast<std::uint64_t>(std::max<std::int64_t>(now, 0) / k_capacity_stamp_unit_ns);
+    return (units << k_capacity_stamp_bits) | (stamp & k_stamp_mask);
+  }
+  static std::int64_t capacity_of(std::uint64_t v) noexcept {
+    return static_cast<std::int64_t>(v >> k_capacity_stamp_bits) * k_capacity_unit_ns;
+  }
+  /// How long ago (ns, whole ms) the capacity word \p v was claimed, as seen at \p now.
+  static std::int64_t claim_age_ns(std::uint64_t v, std::int64_t now) noexcept {
+    const auto stamp =
+        static_cast<std::uint64_t>(std::max<std::int64_t>(now, 0) / k_capacity_stamp_unit_ns);
+    return static_cast<std::int64_t>((stamp - v) & k_stamp_mask) * k_capacity_stamp_unit_ns;
+  }
   static std::uint64_t as_unsigned(std::int64_t v) noexcept {
     return static_cast<std::uint64_t>(v);
   }

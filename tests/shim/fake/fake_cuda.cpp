@@ -31,6 +31,9 @@
 ///   FAKE_CUDA_SLOW_ALLOC       "<bytes>:<us>": cuMemAlloc of at least <bytes> works <us>
 ///                              microseconds before the memory is taken, as a large allocation
 ///                              takes milliseconds on a real driver (default: none)
+///   FAKE_CUDA_LAZY_LOAD_US     host time the first launch of a library kernel in a context
+///                              spends loading it inside the launch call (default 0), as the
+///                              driver loads a CUkernel into a context on its first use there
 ///   CUDA_VISIBLE_DEVICES       honoured like the driver: indices or UUID prefixes, any order
 ///
 /// Each process has its own fake devices (nothing is shared between processes): the ledger, not
@@ -81,6 +84,9 @@ struct CUevent_st {
 };
 struct CUfunc_st {
   std::string name;
+  /// True for a library's CUkernel (CUkern_st below): cuda.h lets a CUkernel be passed where a
+  /// CUfunction is expected, and the launch resolves it in the current context.
+  bool library_kernel = false;
 };
 /// A module owns its functions, as in the driver: they live until the module is unloaded.
 struct CUmod_st {
@@ -1625,8 +1631,13 @@ CUresult event_record(CUevent e, CUstream h) {
   enqueue(s, CUstream_st::work{0, e});
   return CUDA_SUCCESS;
 }
+CUfunction kernel_in_current_context(CUfunction kernel);
 CUresult launch(CUfunction f, void** params, CUstream h) {
   if (f == nullptr) return CUDA_ERROR_INVALID_HANDLE;
+  if (f->library_kernel) {
+    f = kernel_in_current_context(f);  // a CUkernel: its function in the current context
+    if (f == nullptr) return CUDA_ERROR_INVALID_CONTEXT;
+  }
   CUstream_st* s = resolve(h);
   if (s == nullptr) return CUDA_ERROR_INVALID_CONTEXT;
   // A kernel named fake_null does nothing and queues nothing: benchmarks of the launch path.
@@ -1731,6 +1742,95 @@ FAKE_EXPORT CUresult cuLaunchKernel_ptsz(CUfunction f, unsigned, unsigned, unsig
                                          unsigned, unsigned, unsigned, CUstream s, void** params,
                                          void**) {
   return launch(f, params, s);
+}
+
+// ---- libraries (context-independent loading, CUDA 12.0) ---------------------------------------
+// cuda.h: cuLibraryLoadData loads a library whose kernels (CUkernel) belong to no context;
+// cuKernelGetFunction returns the kernel's function in the current context (loading it there),
+// and cuLaunchKernel, cuLaunchKernelEx and cuLaunchCooperativeKernel accept a CUkernel where
+// they take a CUfunction, launching it in the current context.
+
+struct CUkern_st : CUfunc_st {
+  /// The kernel's function in each context it was loaded in (owned: the library outlives them).
+  std::map<CUctx_st*, std::unique_ptr<CUfunc_st>> in_context;
+};
+struct CUlib_st {
+  std::map<std::string, std::unique_ptr<CUkern_st>> kernels;
+};
+
+namespace {
+std::mutex g_library_mu;
+std::map<CUlib_st*, std::unique_ptr<CUlib_st>>& libraries() {
+  static auto* m = new std::map<CUlib_st*, std::unique_ptr<CUlib_st>>;  // used at exit
+  return *m;
+}
+/// FAKE_CUDA_LAZY_LOAD_US, read once.
+std::uint64_t lazy_load_us() {
+  static const std::uint64_t us = [] {
+    const char* v = std::getenv("FAKE_CUDA_LAZY_LOAD_US");
+    return v == nullptr ? std::uint64_t{0} : std::strtoull(v, nullptr, 10);
+  }();
+  return us;
+}
+/// \p k's function in the current context, loaded there on first use (null: no context).
+CUfunction function_of(CUkern_st* k) {
+  CUctx_st* c = current();
+  if (c == nullptr) return nullptr;
+  bool loaded = false;
+  CUfunction f = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(g_library_mu);
+    auto& fn = k->in_context[c];
+    if (fn == nullptr) {
+      fn = std::make_unique<CUfunc_st>(CUfunc_st{k->name, false});
+      loaded = true;
+    }
+    f = fn.get();
+  }
+  if (loaded && lazy_load_us() != 0) {
+    std::this_thread::sleep_for(std::chrono::microseconds(lazy_load_us()));
+  }
+  return f;
+}
+CUfunction kernel_in_current_context(CUfunction kernel) {
+  return function_of(static_cast<CUkern_st*>(kernel));
+}
+}  // namespace
+
+FAKE_EXPORT CUresult cuLibraryLoadData(CUlibrary* library, const void* code, CUjit_option*, void**,
+                                       unsigned int, CUlibraryOption*, void**, unsigned int) {
+  if (CUresult r = check_init(); r != CUDA_SUCCESS) return r;
+  if (library == nullptr || code == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  auto owned = std::make_unique<CUlib_st>();
+  *library = owned.get();
+  std::lock_guard<std::mutex> lock(g_library_mu);
+  libraries()[owned.get()] = std::move(owned);
+  return CUDA_SUCCESS;
+}
+FAKE_EXPORT CUresult cuLibraryUnload(CUlibrary library) {
+  std::lock_guard<std::mutex> lock(g_library_mu);
+  return libraries().erase(library) == 1 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+}
+/// Every name is found in a fake library (as every name is in a fake module).
+FAKE_EXPORT CUresult cuLibraryGetKernel(CUkernel* kernel, CUlibrary library, const char* name) {
+  if (kernel == nullptr || name == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  std::lock_guard<std::mutex> lock(g_library_mu);
+  if (libraries().count(library) == 0) return CUDA_ERROR_INVALID_HANDLE;
+  auto& k = library->kernels[name];
+  if (k == nullptr) {
+    k = std::make_unique<CUkern_st>();
+    k->name = name;
+    k->library_kernel = true;
+  }
+  *kernel = k.get();
+  return CUDA_SUCCESS;
+}
+FAKE_EXPORT CUresult cuKernelGetFunction(CUfunction* function, CUkernel kernel) {
+  if (function == nullptr || kernel == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  CUfunction f = function_of(kernel);
+  if (f == nullptr) return CUDA_ERROR_INVALID_CONTEXT;
+  *function = f;
+  return CUDA_SUCCESS;
 }
 
 // ---- errors ----------------------------------------------------------------------------------
@@ -1873,6 +1973,10 @@ const proc_entry k_procs[] = {
     {"cuGraphInstantiate", 11040, FAKE_FN(cuGraphInstantiateWithFlags), nullptr},
     {"cuGraphExecDestroy", 10000, FAKE_FN(cuGraphExecDestroy), nullptr},
     {"cuGraphLaunch", 10000, FAKE_FN(cuGraphLaunch), FAKE_FN(cuGraphLaunch_ptsz)},
+    {"cuLibraryLoadData", 12000, FAKE_FN(cuLibraryLoadData), nullptr},
+    {"cuLibraryUnload", 12000, FAKE_FN(cuLibraryUnload), nullptr},
+    {"cuLibraryGetKernel", 12000, FAKE_FN(cuLibraryGetKernel), nullptr},
+    {"cuKernelGetFunction", 12000, FAKE_FN(cuKernelGetFunction), nullptr},
     {"cuGraphUpload", 11010, FAKE_FN(cuGraphUpload), FAKE_FN(cuGraphUpload_ptsz)},
     {"cuStreamBeginCapture", 10010, FAKE_FN(cuStreamBeginCapture_v2), nullptr},
     {"cuStreamEndCapture", 10000, FAKE_FN(cuStreamEndCapture), nullptr},
