@@ -6,11 +6,43 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-scripts/deps.sh
 PY=${PYTHON:-python3}
 JOBS=${JOBS:-$(nproc)}
 export CTEST_OUTPUT_ON_FAILURE=1
-step() { printf '\n=== %s (%ss)\n' "$1" "$SECONDS"; }
+
+# Each stage's wall seconds and CPU seconds (user+sys of the commands it ran and waited for, as
+# bash's `times` counts them), printed as it ends and in a table at the end.
+mkdir -p build
+times_file=build/test-times.txt
+stage="" stage_start=0 stage_cpu=0 table=""
+cpu_now() {
+  times >"$times_file"  # a builtin in this shell: a subshell would not count its children
+  cpu=$(awk 'NR == 2 { for (i = 1; i <= 2; i++) { split($i, t, /[ms]/); s += t[1] * 60 + t[2] } }
+             END { printf "%d", s }' "$times_file")
+}
+step() {
+  cpu_now
+  if [ -n "$stage" ]; then
+    local line
+    line=$(printf '%6d s wall %6d s CPU  %s' $((SECONDS - stage_start)) $((cpu - stage_cpu)) \
+           "$stage")
+    echo "--- $line"
+    table+="$line"$'\n'
+  fi
+  stage=$1 stage_start=$SECONDS stage_cpu=$cpu
+  printf '\n=== %s (%ss)\n' "$1" "$SECONDS"
+}
+
+step "dependencies"
+scripts/deps.sh
+
+# ccache, where it is installed, for every build below (CMake takes the launcher from the
+# environment; pip's build of the module and ctest's consumer projects included), in its usual
+# directory, so a later run on the same machine reuses what is unchanged. Never required: without
+# it every build compiles from scratch. CCACHE_BASEDIR keeps this checkout's path out of the keys.
+if [ "${GPUSLICE_CCACHE:-1}" != 0 ] && command -v ccache >/dev/null; then
+  export CMAKE_C_COMPILER_LAUNCHER=ccache CMAKE_CXX_COMPILER_LAUNCHER=ccache CCACHE_BASEDIR=$root
+fi
 
 step "build (warnings as errors)"
 cmake -S . -B build/ci -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGPUSLICE_WERROR=ON >/dev/null
@@ -64,16 +96,29 @@ cmake -S . -B build/fuzz -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_C_COMPILE
   -DGPUSLICE_BUILD_FUZZERS=ON -DGPUSLICE_BUILD_TESTS=OFF -DGPUSLICE_BUILD_SHIM=OFF \
   -DGPUSLICE_BUILD_BENCH=OFF -DGPUSLICE_BUILD_EXAMPLES=OFF -DGPUSLICE_WERROR=ON >/dev/null
 cmake --build build/fuzz -j "$JOBS"
+# $JOBS targets at a time, each for its own FUZZ_SECONDS on a core of its own.
+names=() pids=()
+fuzz_wait() {
+  local i
+  for i in "${!pids[@]}"; do
+    wait "${pids[$i]}" ||
+      { tail -n 40 "build/fuzz/${names[$i]}.log"; echo "test.sh: ${names[$i]} failed (above)" >&2; exit 1; }
+    echo "${names[$i]}: $(grep -Eo 'Done [0-9]+ runs' "build/fuzz/${names[$i]}.log"), no crash"
+  done
+  names=() pids=()
+}
 for f in build/fuzz/tests/fuzz/fuzz_*; do
   [ -x "$f" ] || continue
   name=$(basename "$f")
   # New inputs go to the build tree; the checked-in seeds are only read.
   mkdir -p "build/fuzz/corpus/$name"
-  "$f" -max_total_time="${FUZZ_SECONDS:-10}" -artifact_prefix=build/fuzz/ \
-    "build/fuzz/corpus/$name" "tests/fuzz/corpus/$name" >"build/fuzz/$name.log" 2>&1 \
-    || { tail -n 40 "build/fuzz/$name.log"; exit 1; }
-  echo "$name: $(grep -Eo 'Done [0-9]+ runs' "build/fuzz/$name.log"), no crash"
+  "$f" -max_total_time="${FUZZ_SECONDS:-10}" -artifact_prefix="build/fuzz/$name-" \
+    "build/fuzz/corpus/$name" "tests/fuzz/corpus/$name" >"build/fuzz/$name.log" 2>&1 &
+  names+=("$name") pids+=($!)
+  [ ${#pids[@]} -lt "$JOBS" ] || fuzz_wait
 done
+fuzz_wait
 
 step "done"
+printf '%s' "$table"
 echo "all test suites passed in ${SECONDS}s"
