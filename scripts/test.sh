@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every test: installs dependencies, builds with warnings as errors, runs ctest (consumer
-# projects included), pytest, builds the image and runs the end-to-end flow from it, the
-# ASan+UBSan build, the TSan build of the concurrent tests and a short libFuzzer run. Exits
-# non-zero on the first failure.
+# projects included), pytest, builds the image (while the ASan+UBSan build compiles) and runs the
+# end-to-end flow from it, the ASan+UBSan ctest, the TSan build of the concurrent tests and a
+# short libFuzzer run. Exits non-zero on the first failure. Each stage's wall and CPU seconds are
+# tabled at the end (bench/README.md, "The test command's time").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -44,6 +45,12 @@ if [ "${GPUSLICE_CCACHE:-1}" != 0 ] && command -v ccache >/dev/null; then
   export CMAKE_C_COMPILER_LAUNCHER=ccache CMAKE_CXX_COMPILER_LAUNCHER=ccache CCACHE_BASEDIR=$root
 fi
 
+# What the image needs from the network (the base made from Debian's packages, the CUDA headers'
+# wheels, the builder's packages), fetched while the first build compiles; waited for at the
+# image stage, which fails here if it failed.
+scripts/image.sh --prepare >build/image-prepare.log 2>&1 &
+prepare_pid=$!
+
 step "build (warnings as errors)"
 cmake -S . -B build/ci -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGPUSLICE_WERROR=ON >/dev/null
 cmake --build build/ci -j "$JOBS"
@@ -59,11 +66,24 @@ PIP_ROOT_USER_ACTION=ignore "$PY" -m pip install -q --disable-pip-version-check 
 (cd "$root" && "$PY" -m pytest -q -p no:cacheprovider)
 ctest --test-dir build/ci -R '^k8s:pytest$' --timeout 600
 
-step "image: scripts/image.sh, then the end-to-end flow with the programs from the image"
+step "image: scripts/image.sh in the background, while the ASan+UBSan build compiles"
+# Building the image is downloading, copying layers (vfs) and compiling the programs without
+# debug information, beside a build that keeps both cores busy. Its output goes to build/image.log.
+wait "$prepare_pid" ||
+  { tail -n 40 build/image-prepare.log; echo "test.sh: scripts/image.sh --prepare failed (above)" >&2; exit 1; }
+scripts/image.sh >build/image.log 2>&1 &
+image_pid=$!
+cmake -S . -B build/asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DGPUSLICE_WERROR=ON \
+  -DGPUSLICE_SANITIZE=address -DGPUSLICE_BUILD_BENCH=OFF >/dev/null
+cmake --build build/asan -j "$JOBS"
+
+step "the end-to-end flow with the programs from the image"
+wait "$image_pid" ||
+  { tail -n 60 build/image.log; echo "test.sh: scripts/image.sh failed (above; all of it in build/image.log)" >&2; exit 1; }
+grep -E '^(image\.sh:|ccache:|runtime packages:)' build/image.log
 # The pod asking for nvidia.com/gpumem 3000, from admission to a process that sees 3000 MiB, with
 # the webhook, extender, device plugin, exporter and shim of the image (a library missing from
 # it fails here); only the fake driver comes from build/ci, as ctest's e2e test names it.
-scripts/image.sh
 fake_nvml=$(ctest --test-dir build/ci -R '^examples:scheduler:e2e$' --show-only=json-v1 |
   "$PY" -c 'import json, sys
 for t in json.load(sys.stdin)["tests"]:
@@ -75,10 +95,7 @@ GPUSLICE_IMAGE=$(scripts/image.sh --print-tag) GPUSLICE_FAKE_NVML_DIR=$fake_nvml
   "$PY" -m pytest -q -p no:cacheprovider -c pyproject.toml --rootdir . \
   tests/k8s/test_e2e_scheduling.py
 
-step "ASan+UBSan build and ctest"
-cmake -S . -B build/asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DGPUSLICE_WERROR=ON \
-  -DGPUSLICE_SANITIZE=address -DGPUSLICE_BUILD_BENCH=OFF >/dev/null
-cmake --build build/asan -j "$JOBS"
+step "ASan+UBSan ctest"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build/asan -j "$JOBS" --timeout 600
 
