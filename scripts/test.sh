@@ -68,7 +68,8 @@ ctest --test-dir build/ci -R '^k8s:pytest$' --timeout 600
 
 step "image: scripts/image.sh in the background, while the ASan+UBSan build compiles"
 # Building the image is downloading, copying layers (vfs) and compiling the programs without
-# debug information, beside a build that keeps both cores busy. Its output goes to build/image.log.
+# debug information, beside a build that keeps both cores busy. Its output goes to build/image.log;
+# its CPU seconds (and --prepare's) count in the stage that waits for it.
 wait "$prepare_pid" ||
   { tail -n 40 build/image-prepare.log; echo "test.sh: scripts/image.sh --prepare failed (above)" >&2; exit 1; }
 scripts/image.sh >build/image.log 2>&1 &
