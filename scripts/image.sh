@@ -3,12 +3,14 @@
 #   1. the base image, made from Debian's packages with mmdebstrap (minbase, bookworm, with
 #      debian:bookworm-slim's path excludes) and imported with podman, unless an image made
 #      with the same options and less than a week old is already in the store;
-#   2. `buildah bud --isolation chroot --storage-driver vfs --layers`, the builder stage tagged
-#      too, so its layers (the packages, then the compiled sources) survive pruning; apt's,
+#   2. `buildah bud --isolation chroot --storage-driver vfs --layers`, the builder's stages tagged
+#      too, so their layers (the packages, then the compiled sources) survive pruning; apt's,
 #      pip's and ccache's directories are cache mounts, so a rebuild after a source change
 #      recompiles only what changed.
-# Usage: scripts/image.sh [--print-tag]
+# Usage: scripts/image.sh [--print-tag | --prepare]
 #   --print-tag   print the tag the build produces (gpuslice/gpuslice:<CMake project version>)
+#   --prepare     only what needs the network: the base, the CUDA headers' wheels and the
+#                 builder's packages (scripts/test.sh runs it while it compiles)
 # Environment: GPUSLICE_IMAGE_TAG overrides the tag; GPUSLICE_IMAGE_BASE names an existing base
 # image to use instead of making one (e.g. docker.io/library/debian:bookworm-slim).
 set -euo pipefail
@@ -17,11 +19,14 @@ cd "$(dirname "$0")/.."
 version=$(sed -n 's/^project(gpuslice VERSION \([0-9][0-9.]*\).*/\1/p' CMakeLists.txt)
 [ -n "$version" ] || { echo "image.sh: CMakeLists.txt: expected 'project(gpuslice VERSION x.y.z'" >&2; exit 1; }
 tag=${GPUSLICE_IMAGE_TAG:-gpuslice/gpuslice:$version}
+prepare=0
 if [ "${1:-}" = "--print-tag" ]; then
   echo "$tag"
   exit 0
+elif [ "${1:-}" = "--prepare" ]; then
+  prepare=1
 elif [ $# -gt 0 ]; then
-  echo "image.sh: unknown argument '$1': expected none or --print-tag" >&2
+  echo "image.sh: unknown argument '$1': expected none, --print-tag or --prepare" >&2
   exit 2
 fi
 
@@ -75,6 +80,11 @@ source_url=$(git config --get remote.origin.url 2>/dev/null || echo unknown)
 BUD=(buildah "${STORE[@]}" bud --isolation chroot --layers --force-rm -f image/Containerfile
      --build-arg "BUILDER_BASE=$base" --build-arg "RUNTIME_BASE=$base"
      --build-arg "BUILD_PACKAGES=$(scripts/deps.sh --image-build-packages)")
+if [ "$prepare" = 1 ]; then
+  "${BUD[@]}" --target packages -t localhost/gpuslice-build-cache:packages .
+  echo "image.sh: base, wheels and the builder's packages ready in ${SECONDS}s"
+  exit 0
+fi
 build_start=$SECONDS
 "${BUD[@]}" --target builder -t localhost/gpuslice-build-cache:latest .
 "${BUD[@]}" --build-arg "VERSION=$version" --build-arg "SOURCE=$source_url" -t "$tag" .
