@@ -179,19 +179,22 @@ inline void append_json_string(std::string& out, std::string_view s) {
   constexpr std::string_view k_hex = "0123456789abcdef";
   constexpr unsigned k_nibble = 4, k_low = 0xF;
   out += '"';
-  for (const char ch : s) {
-    const auto c = static_cast<unsigned char>(ch);
+  std::size_t run = 0;  // start of the bytes not yet copied: copied in one append each
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c != '"' && c != '\\' && c >= k_first_printable) continue;
+    out.append(s.data() + run, i - run);
+    run = i + 1;
     if (c == '"' || c == '\\') {
       out += '\\';
-      out += ch;
-    } else if (c < k_first_printable) {
+      out += static_cast<char>(c);
+    } else {
       out += "\\u00";
       out += k_hex[c >> k_nibble];
       out += k_hex[c & k_low];
-    } else {
-      out += ch;
     }
   }
+  out.append(s.data() + run, s.size() - run);
   out += '"';
 }
 
