@@ -68,6 +68,15 @@ MILLI = 1000              # milli-GPU per card
 PERCENT_PER_MILLI = 10    # gpu_milli / 10 = percent of the card
 START_TIMEOUT_S = 120     # the extender lists every node before it serves
 HTTP_TIMEOUT_S = 30
+#: Each replayed policy: the extender's --node-policy and --gpu-policy, and the simulator's
+#: policy it is compared with. binpack and spread run the extender's sim-binpack and sim-spread
+#: (the simulator's formulas, which choose the GPUs themselves); hami-binpack and hami-spread
+#: run HAMi's own node policies, with HAMi's GPU policy closest to the simulator's GPU choice,
+#: against the simulator's binpack and spread, which they are not (docs/placement.md).
+LIVE_POLICY = {"binpack": ("sim-binpack", "spread"), "spread": ("sim-spread", "spread"),
+               "fgd": ("fgd", "spread"), "sfgd": ("sfgd", "spread"),
+               "hami-binpack": ("binpack", "binpack"), "hami-spread": ("spread", "spread")}
+SIM_POLICY = {"hami-binpack": "binpack", "hami-spread": "spread"}
 
 
 def hami_limits(n: int, m: int) -> dict[str, str]:
@@ -100,13 +109,11 @@ class Extender:
     """The extender program following \\p apiserver; stopped by close()."""
 
     def __init__(self, binary: str, apiserver: str, policy: str):
-        # HAMi's GPU policy that matches the simulator's GPU choice (binpack: best fit, spread:
-        # worst fit); fgd and sfgd choose the GPUs by their own score.
-        gpu_policy = "binpack" if policy == "binpack" else "spread"
+        node_policy, gpu_policy = LIVE_POLICY[policy]
         self.log = tempfile.TemporaryFile(mode="w+")  # a pipe nobody reads could fill and block
         self.proc = subprocess.Popen(
             [binary, "--apiserver", apiserver, "--listen", "127.0.0.1", "--port", "0",
-             "--node-policy", policy, "--gpu-policy", gpu_policy],
+             "--node-policy", node_policy, "--gpu-policy", gpu_policy],
             stdout=subprocess.PIPE, stderr=self.log, text=True)
         line = self.proc.stdout.readline()
         if "on http://127.0.0.1:" not in line:
@@ -120,10 +127,10 @@ class Extender:
         self.port = int(line.split("on http://127.0.0.1:")[1].split()[0])
         self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=HTTP_TIMEOUT_S)
 
-    def post(self, path: str, body: dict) -> tuple[Any, float]:
-        """The answer and the seconds from sending the encoded request to reading the answer
-        (this client's JSON encoding and decoding excluded)."""
-        text = json.dumps(body, separators=(",", ":"))
+    def post(self, path: str, body: dict | str) -> tuple[Any, float]:
+        """The answer and the seconds from sending the encoded request (the body, or its JSON
+        text) to reading the answer (this client's JSON encoding and decoding excluded)."""
+        text = body if isinstance(body, str) else json.dumps(body, separators=(",", ":"))
         t0 = time.perf_counter()
         self.conn.request("POST", path, text, {"Content-Type": "application/json"})
         r = self.conn.getresponse()
@@ -152,6 +159,66 @@ class Extender:
             self.log.close()
 
 
+class ApiServer:
+    """The fake API server in a process of its own (as a real one is another machine), holding
+    the nodes and pods of a JSON file from the start; stopped by close()."""
+
+    def __init__(self, objects: dict):
+        self.file = tempfile.NamedTemporaryFile(mode="w", suffix=".json")
+        json.dump(objects, self.file, separators=(",", ":"))
+        self.file.flush()
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()),
+                                     "--serve-apiserver", self.file.name],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.url = self.proc.stdout.readline().strip()
+        if not self.url.startswith("http://"):
+            self.close()
+            raise RuntimeError(f"the fake API server did not start: {self.url!r}")
+
+    def close(self) -> None:
+        self.proc.stdin.close()  # it serves until stdin closes
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+        self.file.close()
+
+
+def serve_apiserver(path: str) -> int:
+    """The ApiServer process: loads the objects of the file at path, prints the URL, serves
+    until stdin closes."""
+    objects = json.loads(Path(path).read_text())
+    with FakeAPIServer(history=1_000_000) as api:
+        for n in objects["nodes"]:
+            api.add_node(n["name"], annotations=n["annotations"], status=n["status"])
+        for p in objects["pods"]:
+            api.add_pod(p["metadata"]["name"], uid=p["metadata"]["uid"],
+                        annotations=p["metadata"]["annotations"],
+                        containers=p["spec"]["containers"])
+        # The tests' request and mutation records would only grow here.
+        api.requests = _Discard()
+        api.mutations = _Discard()
+        print(api.url, flush=True)
+        sys.stdin.read()
+    return 0
+
+
+class _Discard(list):
+    """A list that keeps nothing appended to it."""
+
+    def append(self, _item: Any) -> None:
+        pass
+
+
+def pod_object(name: str, uid: str, annotations: dict, container: dict) -> dict:
+    """The Pod as FakeAPIServer.add_pod creates it (before the server's own metadata)."""
+    return {"metadata": {"name": name, "namespace": "default", "annotations": annotations,
+                         "labels": {}, "uid": uid},
+            "spec": {"containers": [container]}, "status": {"phase": "Pending"}}
+
+
 def replay(args: argparse.Namespace) -> dict:
     import gpuslice
     from gpuslice import _core
@@ -165,7 +232,8 @@ def replay(args: argparse.Namespace) -> dict:
                           memory_mib=nodes.memory_mib[cut], gpu=nodes.gpu[cut],
                           model=nodes.model[cut])
     workload = gpuslice.simulation.prepare(nodes, pods)
-    sim = gpuslice.simulation.run_one(workload, args.policy, "fillup", args.load, args.seed)
+    sim = gpuslice.simulation.run_one(workload, SIM_POLICY.get(args.policy, args.policy),
+                                      "fillup", args.load, args.seed)
     plan = _core.fillup_plan(workload, args.seed, args.load)
     ranks = np.asarray(plan["ranks"])
     order = np.asarray(sim["events"]["pod"])
@@ -211,12 +279,29 @@ def replay(args: argparse.Namespace) -> dict:
     same = 0
     failed = 0
     ties = 0  # GPU pods whose prioritize answer had its top score on more than one node
-    with FakeAPIServer(history=1_000_000) as api:
-        for k, i in enumerate(node_of):
-            api.add_node(names[k], annotations={
-                "hami.io/node-nvidia-register": registration(names[k], int(gpus[i]), model[i])},
-                status={"allocatable": {"cpu": f"{cpu[i]}m", "memory": f"{mem[i]}Mi",
-                                        "pods": str(MAX_PODS)}})
+    # Every pod is created before the clock starts (as a batch submitted at once), so the
+    # loop measures what kube-scheduler does: NodeResourcesFit, filter, prioritize, bind.
+    node_objs = [{"name": names[k], "annotations": {
+        "hami.io/node-nvidia-register": registration(names[k], int(gpus[i]), model[i])},
+        "status": {"allocatable": {"cpu": f"{cpu[i]}m", "memory": f"{mem[i]}Mi",
+                                   "pods": str(MAX_PODS)}}} for k, i in enumerate(node_of)]
+    pod_objs: list[dict] = []
+    pod_text: list[str] = []
+    for k, idx in enumerate(order):
+        j = sorted_pods[int(idx)]
+        n, m = int(p_n[j]), int(p_m[j]) if int(p_n[j]) > 0 else 0
+        ann = {}
+        spec = [t for t in p_spec[j].split("|") if t and t != "nan"]
+        if n > 0 and spec:
+            ann["nvidia.com/use-gputype"] = ",".join(spec)
+        container = {"name": "main", "resources": {
+            "requests": {"cpu": f"{p_cpu[j]}m", "memory": f"{p_mem[j]}Mi"},
+            "limits": hami_limits(n, m)}}
+        pod_objs.append(pod_object(f"p{k}", f"uid-{k}", ann, container))
+        pod_text.append(json.dumps(pod_objs[-1], separators=(",", ":")))
+    quoted = [json.dumps(n_) for n_ in names]
+    api = ApiServer({"nodes": node_objs, "pods": pod_objs})
+    try:
         ext = Extender(args.extender, api.url, args.policy)
         try:
             start = time.perf_counter()
@@ -226,26 +311,20 @@ def replay(args: argparse.Namespace) -> dict:
                 n, m = int(p_n[j]), int(p_m[j]) if int(p_n[j]) > 0 else 0
                 uid = f"uid-{k}"
                 name = f"p{k}"
-                limits = hami_limits(n, m)
-                ann = {}
-                spec = [t for t in p_spec[j].split("|") if t and t != "nan"]
-                if n > 0 and spec:
-                    ann["nvidia.com/use-gputype"] = ",".join(spec)
-                container = {"name": "main", "resources": {
-                    "requests": {"cpu": f"{p_cpu[j]}m", "memory": f"{p_mem[j]}Mi"},
-                    "limits": limits}}
-                pod = api.add_pod(name, uid=uid, annotations=ann, containers=[container])
                 a_sum += n * m
                 fits = np.nonzero((cpu_free >= p_cpu[j]) & (mem_free >= p_mem[j]) &
                                   (pods_on < MAX_PODS))[0]
                 chosen = -1
                 if fits.size:
-                    cand = [names[c] for c in fits]
-                    fr, took = ext.post("/filter", {"Pod": pod, "NodeNames": cand})
+                    body = ('{"Pod":' + pod_text[k] + ',"NodeNames":[' +
+                            ",".join([quoted[c] for c in fits]) + "]}")
+                    fr, took = ext.post("/filter", body)
                     times["filter"].append(took)
                     passed = fr.get("NodeNames") or []
                     if passed:
-                        pr, took = ext.post("/prioritize", {"Pod": pod, "NodeNames": passed})
+                        body = ('{"Pod":' + pod_text[k] + ',"NodeNames":' +
+                                json.dumps(passed, separators=(",", ":")) + "}")
+                        pr, took = ext.post("/prioritize", body)
                         times["prioritize"].append(took)
                         top = max(h["Score"] for h in pr)
                         tops = [h["Host"] for h in pr if h["Score"] == top]
@@ -279,6 +358,8 @@ def replay(args: argparse.Namespace) -> dict:
             server = server_side(ext.get("/metrics"))
         finally:
             ext.close()
+    finally:
+        api.close()
     held = sum(d["cores_used_percent"] * PERCENT_PER_MILLI
                for n_ in state["nodes"] for d in n_["devices"])
     sim_ms = {m_["arrived_pct"]: m_["alloc_ratio_pct"] for m_ in sim["milestones"]}
@@ -324,12 +405,15 @@ def server_side(metrics: str) -> dict[str, dict[str, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 2 and argv[0] == "--serve-apiserver":
+        return serve_apiserver(argv[1])
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--extender", default=os.environ.get("GPUSLICE_EXTENDER", ""),
                    help="the built gpuslice_extender (default: $GPUSLICE_EXTENDER)")
     p.add_argument("--nodes", default=str(DATA / "openb_node_list_gpu_node.csv"))
     p.add_argument("--pods", default=str(DATA / "openb_pod_list_default.csv"))
-    p.add_argument("--policy", default="binpack", choices=["binpack", "spread", "fgd", "sfgd"])
+    p.add_argument("--policy", default="binpack", choices=sorted(LIVE_POLICY))
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--load", type=float, default=1.3)
     p.add_argument("--replicate", type=int, default=1, help="copies of the node list")

@@ -75,7 +75,7 @@ inline constexpr int k_ok = 200;
 
 /// The scorers a pod can be placed by, visited in every fit call: a new policy is one more
 /// alternative here (and where scorer_for() picks it).
-using node_scorer = std::variant<fit::hami_scorer, fit::hami_frag_scorer>;
+using node_scorer = std::variant<fit::hami_scorer, fit::hami_frag_scorer, fit::spec_usage_scorer>;
 
 /// CPU (milli-CPU) or memory (bytes) a node or pod is taken to have when it does not say: so
 /// much that it never limits (a node listed without status.allocatable, or given with 0).
@@ -171,6 +171,34 @@ inline void add_cpu_memory(const json& pod, fit::pod_request& req) {
   req.containers.front().host_memory += mem;
 }
 
+/// Appends \p s to \p out as a JSON string literal (quotes, backslashes and control characters
+/// escaped; other bytes as they are). The verbs write their answers with it rather than through
+/// json values: at thousands of nodes the answer's tree of small allocations cost more than the
+/// fit itself. Pure, thread-safe.
+inline void append_json_string(std::string& out, std::string_view s) {
+  constexpr unsigned char k_first_printable = 0x20;
+  constexpr std::string_view k_hex = "0123456789abcdef";
+  constexpr unsigned k_nibble = 4, k_low = 0xF;
+  out += '"';
+  std::size_t run = 0;  // start of the bytes not yet copied: copied in one append each
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c != '"' && c != '\\' && c >= k_first_printable) continue;
+    out.append(s.data() + run, i - run);
+    run = i + 1;
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else {
+      out += "\\u00";
+      out += k_hex[c >> k_nibble];
+      out += k_hex[c & k_low];
+    }
+  }
+  out.append(s.data() + run, s.size() - run);
+  out += '"';
+}
+
 }  // namespace detail
 
 /// A verb's answer: an HTTP status and a JSON body.
@@ -234,6 +262,11 @@ class service {
     frag_ = p;
     if (!seed.empty()) workload_.seed(std::move(seed));
   }
+  /// Places pods by the simulator's binpack or spread (fit::spec_usage_scorer: slots, GPU
+  /// cores and host memory as a whole percent, GPUs best or worst fit), so that the cluster
+  /// allocates what the simulator reports for that policy; a pod whose annotation names a node
+  /// policy keeps HAMi's scorer. Not thread-safe: call before serving.
+  void set_spec_policy(fit::hami_policy p) { spec_ = p; }
 
   // ---- state updates ---------------------------------------------------------------------
 
@@ -360,42 +393,64 @@ class service {
       return bad_request(a.message());
     }
     adopt_nodes(*a);
-    json out = json::object();
-    json passed = json::array();
-    json failed = json::object(), unresolvable = json::object();
+    // The answer is written directly (detail::append_json_string): NodeNames (or Nodes), then
+    // FailedNodes and FailedAndUnresolvableNodes, each a member per node.
+    std::string passed, failed, unresolvable;
+    std::size_t passed_count = 0;
     auto pass = [&](std::size_t i) {
+      if (passed_count++ > 0) passed += ',';
       if (a->nodes != nullptr) {
-        passed.push_back((*a->nodes)[i]);
+        passed += (*a->nodes)[i].dump();
       } else {
-        passed.push_back(a->names[i]);
+        detail::append_json_string(passed, a->names[i]);
       }
     };
+    auto reject = [](std::string& into, std::string_view name, std::string_view why) {
+      if (!into.empty()) into += ',';
+      detail::append_json_string(into, name);
+      into += ':';
+      detail::append_json_string(into, why);
+    };
+    constexpr std::string_view k_prefix = "gpuslice: ";
     if (!a->request) {
       failures_.add("invalid_request");
-      for (const auto& n : a->names) unresolvable[n] = "gpuslice: " + a->request.message();
+      const std::string why = std::string(k_prefix) + a->request.message();
+      for (const auto& n : a->names) reject(unresolvable, n, why);
     } else {
       remember(a->pod, *a->request, a->scorer);
       const evaluation ev = evaluate(*a);
+      std::string why;
       for (std::size_t i = 0; i < a->names.size(); ++i) {
         const candidate_result& c = ev.candidates[i];
         if (c.feasible) {
           pass(i);
         } else {
-          (c.unresolvable ? unresolvable : failed)[a->names[i]] = "gpuslice: " + c.why;
+          why.assign(k_prefix);
+          why += c.why;
+          reject(c.unresolvable ? unresolvable : failed, a->names[i], why);
         }
       }
-      if (passed.empty()) failures_.add("unschedulable");
+      if (passed_count == 0) failures_.add("unschedulable");
     }
+    constexpr std::size_t k_framing = 128;
+    std::string out;
+    out.reserve(passed.size() + failed.size() + unresolvable.size() + k_framing);
     if (a->nodes != nullptr) {
-      out["Nodes"] = json{{"apiVersion", "v1"}, {"kind", "NodeList"}, {"items", passed}};
+      out += R"({"Nodes":{"apiVersion":"v1","kind":"NodeList","items":[)";
+      out += passed;
+      out += "]},";
     } else {
-      out["NodeNames"] = passed;
+      out += R"({"NodeNames":[)";
+      out += passed;
+      out += "],";
     }
-    out["FailedNodes"] = failed;
-    out["FailedAndUnresolvableNodes"] = unresolvable;
-    out["Error"] = "";
+    out += R"("FailedNodes":{)";
+    out += failed;
+    out += R"(},"FailedAndUnresolvableNodes":{)";
+    out += unresolvable;
+    out += R"(},"Error":""})";
     filter_latency_.observe(seconds_since(start));
-    return {k_ok, out.dump()};
+    return {k_ok, std::move(out)};
   }
 
   /// The prioritize verb. The fit engine's choice among the feasible candidates (the best node
@@ -413,7 +468,6 @@ class service {
       return bad_request(a.message());
     }
     adopt_nodes(*a);
-    json out = json::array();
     std::vector<std::int64_t> scores(a->names.size(), 0);
     if (a->request) {
       remember(a->pod, *a->request, a->scorer);
@@ -443,10 +497,21 @@ class service {
         }
       }
     }
+    // A HostPriorityList, written directly (detail::append_json_string).
+    constexpr std::size_t k_per_host = 48;
+    std::string out;
+    out.reserve(2 + scores.size() * k_per_host);
+    out += '[';
     for (std::size_t i = 0; i < scores.size(); ++i) {
-      out.push_back(json{{"Host", a->names[i]}, {"Score", scores[i]}});
+      if (i > 0) out += ',';
+      out += R"({"Host":)";
+      detail::append_json_string(out, a->names[i]);
+      out += R"(,"Score":)";
+      out += std::to_string(scores[i]);
+      out += '}';
     }
-    return {k_ok, out.dump()};
+    out += ']';
+    return {k_ok, std::move(out)};
   }
 
   /// The bind verb. Thread-safe.
@@ -1044,14 +1109,18 @@ class service {
     for (const json* n : fresh) upsert_node_locked(*n);
   }
 
-  /// The scorer of Pod \p pod: FGD/sfgd against the learned workload under set_frag_policy
-  /// (unless the pod names a node policy), else HAMi's, with the pod's annotations.
+  /// The scorer of Pod \p pod: FGD/sfgd against the learned workload under set_frag_policy, or
+  /// the simulator's binpack/spread under set_spec_policy (unless the pod names a node policy),
+  /// else HAMi's, with the pod's annotations.
   result<node_scorer> scorer_for(const json& pod, const result<fit::pod_request>& request) const {
     if (frag_ && request && !kube::names_node_policy(pod)) {
       return node_scorer{
           fit::hami_frag_scorer(workload_.snapshot(), *frag_, 0,
                                 *frag_ == fit::frag_policy::sfgd ? inventory() : nullptr)
               .for_pod(*request)};
+    }
+    if (spec_ && request && !kube::names_node_policy(pod)) {
+      return node_scorer{fit::spec_usage_scorer(*spec_).for_pod(*request)};
     }
     auto sc = kube::pod_scorer(pod, scorer_);
     if (!sc) return std::move(sc).err();
@@ -1091,9 +1160,11 @@ class service {
     const json* names = kube::detail::member(a.body, "NodeNames");
     const json* nodes = kube::detail::member(a.body, "Nodes");
     if (names != nullptr && names->is_array()) {
-      for (const auto& n : *names) {
+      a.names.reserve(names->size());
+      // The names move out of the body, which nothing reads them from again.
+      for (auto& n : a.body["NodeNames"]) {
         if (!n.is_string()) return fail("NodeNames: expected an array of strings");
-        a.names.push_back(n.get<std::string>());
+        a.names.push_back(std::move(n.get_ref<std::string&>()));
       }
     } else if (nodes != nullptr && nodes->is_object()) {
       const json* items = kube::items(*nodes);
@@ -1331,6 +1402,7 @@ class service {
 
   const fit::hami_scorer scorer_;
   std::optional<fit::frag_policy> frag_;  ///< set: pods are placed by FGD or sfgd
+  std::optional<fit::hami_policy> spec_;  ///< set: by the simulator's binpack or spread
   fit::workload_histogram workload_;      ///< the target workload (thread-safe itself)
   mutable std::mutex inventory_mu_;       ///< guards inventory_ (taken before mu_, never after)
   mutable std::shared_ptr<const fit::gpu_inventory> inventory_;

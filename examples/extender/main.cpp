@@ -5,7 +5,8 @@
 //   gpuslice_extender [--nodes nodes.json [--pods pods.json]]
 //                     [--apiserver URL | --in-cluster | --kubeconfig FILE [--context NAME]]
 //                     [--listen 127.0.0.1] [--port 8888]
-//                     [--node-policy binpack|spread|fgd|sfgd [--workload FILE]]
+//                     [--node-policy binpack|spread|fgd|sfgd|sim-binpack|sim-spread
+//                      [--workload FILE]]
 //                     [--gpu-policy spread|binpack|topology-aware[,mutex,numa]]
 //                     [--bind-timeout-ms 3000] [HAMi chart keys] [--verbose]
 //
@@ -92,11 +93,15 @@ constexpr auto k_initial_list_wait = std::chrono::seconds(10);
 /// How often the signal waiter checks whether the server stopped on its own.
 constexpr long k_signal_poll_ns = 100000000;
 
+/// The node policies that place as the simulator's binpack and spread (docs/placement.md).
+constexpr std::string_view k_sim_binpack = "sim-binpack";
+constexpr std::string_view k_sim_spread = "sim-spread";
+
 constexpr std::string_view k_usage =
     "usage: gpuslice_extender [--nodes NODES.json [--pods PODS.json]] "
     "[--apiserver URL | --in-cluster | --kubeconfig FILE [--context NAME]] [--listen ADDR] "
     "[--port N] "
-    "[--node-policy binpack|spread|fgd|sfgd] [--workload FILE] "
+    "[--node-policy binpack|spread|fgd|sfgd|sim-binpack|sim-spread] [--workload FILE] "
     "[--gpu-policy binpack|spread|topology-aware[,mutex][,numa]] "
     "[--bind-timeout-ms MS] [--quotas QUOTAS.json] [--watch-quotas] [--resource-name NAME] "
     "[--resource-mem NAME] "
@@ -605,13 +610,20 @@ int main(int argc, char** argv) {
   }
   // fgd and sfgd place by fit/hami_frag.hpp; HAMi's scorer (binpack nodes) stays for pods
   // that name a node policy.
+  // sim-binpack and sim-spread place by the simulator's binpack and spread
+  // (fit::spec_usage_scorer), which choose the GPUs themselves.
   const std::optional<fit::frag_policy> frag = kube::frag_policy_of(policy.node);
-  if (!frag && policy.node != "binpack" && policy.node != "spread") {
+  std::optional<fit::hami_policy> spec;
+  if (policy.node == k_sim_binpack) spec = fit::hami_policy::binpack;
+  if (policy.node == k_sim_spread) spec = fit::hami_policy::spread;
+  if (!frag && !spec && policy.node != "binpack" && policy.node != "spread") {
     return fail("--node-policy " + policy.node + ": expected " +
-                std::string(kube::k_node_policy_choices));
+                std::string(kube::k_node_policy_choices) + ", or " + std::string(k_sim_binpack) +
+                " or " + std::string(k_sim_spread));
   }
   if (!workload_path.empty() && !frag) return fail("--workload needs --node-policy fgd or sfgd");
-  auto scorer = kube::scorer_from_names(frag ? kube::policy_names{"binpack", policy.gpu} : policy);
+  auto scorer =
+      kube::scorer_from_names(frag || spec ? kube::policy_names{"binpack", policy.gpu} : policy);
   if (!scorer) return fail(scorer.message());
   cfg.mutex = kube::parse_gpu_policy(policy.gpu)->mutex;  // valid: scorer_from_names read it
 
@@ -694,6 +706,7 @@ int main(int argc, char** argv) {
     }
     service.set_frag_policy(*frag, std::move(seed));
   }
+  if (spec) service.set_spec_policy(*spec);
   if (!nodes_path.empty()) {
     auto node_doc = read_json(nodes_path);
     if (!node_doc) return fail(node_doc.message());

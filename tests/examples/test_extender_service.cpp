@@ -474,3 +474,18 @@ TEST_CASE("pods hold their node's CPU and memory, CPU-only ones included", "[exa
   cpu_args["Pod"]["metadata"]["uid"] = "cpu-3";
   CHECK(body(s->filter(cpu_args.dump()))["NodeNames"] == json::array({"big"}));
 }
+
+TEST_CASE("answers written directly are JSON that reads back every name as it was", "[examples]") {
+  const std::vector<std::string> names = {
+      "plain-node", "quote\"d", "back\\slash", "tab\there", "nul\x01x", "ünïcode-é", ""};
+  std::string out = "[";
+  for (std::size_t i = 0; i < names.size(); ++i) {
+    if (i > 0) out += ',';
+    extender::detail::append_json_string(out, names[i]);
+  }
+  out += ']';
+  const json parsed = json::parse(out, nullptr, /*allow_exceptions=*/false);
+  REQUIRE_FALSE(parsed.is_discarded());
+  REQUIRE(parsed.size() == names.size());
+  for (std::size_t i = 0; i < names.size(); ++i) CHECK(parsed[i].get<std::string>() == names[i]);
+}

@@ -116,3 +116,126 @@ TEST_CASE("a user-defined scorer is a template parameter", "[fit][score]") {
   CHECK(s.calls == 2);  // only feasible nodes are scored
   CHECK(d->reasons[reason::insufficient_cpu] == 1);
 }
+
+// ---- spec_usage_scorer: the simulator's binpack and spread on the fit engine's state ----------
+
+#include <random>
+
+#include "gpuslice/fit/openb_score.hpp"
+
+namespace {
+constexpr std::uint64_t k_mib = std::uint64_t{1} << 20;
+// A card of a whole number of hundreds of MiB: a percentage of it is whole MiB, so its memory
+// stays in proportion to its compute, as openb's single milli-GPU dimension assumes.
+constexpr std::uint64_t k_card_mib = 16000;
+constexpr int k_slots = 10;
+constexpr int k_share_step = 10;  // openb's shares are multiples of 10 milli
+
+struct twin {
+  openb_node sim;
+  node live;
+};
+
+// The same random state in the simulator's model and in the fit engine's.
+twin random_node(std::mt19937& rng, const std::string& name) {
+  std::uniform_int_distribution<int> gpus_of(0, 3), slots(0, k_slots - 1), step(1, 100);
+  std::uniform_int_distribution<std::int64_t> mem_alloc(64 * 1024, 512 * 1024);
+  twin t;
+  const int g = 1 << gpus_of(rng);
+  t.sim.gpus = static_cast<std::int8_t>(g);
+  t.sim.cpu_alloc = 96000;
+  t.sim.mem_alloc = mem_alloc(rng);
+  t.sim.mem_used = std::uniform_int_distribution<std::int64_t>(0, t.sim.mem_alloc / 2)(rng);
+  t.live = fixtures::node_of(name, static_cast<std::size_t>(g));
+  t.live.cpu_total = static_cast<std::uint64_t>(t.sim.cpu_alloc);
+  t.live.memory_total = static_cast<std::uint64_t>(t.sim.mem_alloc) * k_mib;
+  t.live.memory_used = static_cast<std::uint64_t>(t.sim.mem_used) * k_mib;
+  for (int i = 0; i < g; ++i) {
+    const int b = slots(rng);
+    const int used = b == 0 ? 0 : std::min(step(rng) * k_share_step, k_openb_gpu_milli);
+    t.sim.free[static_cast<std::size_t>(i)] = static_cast<std::int16_t>(k_openb_gpu_milli - used);
+    t.sim.free_total += k_openb_gpu_milli - used;
+    t.sim.gpu_bindings += b;
+    device& d = t.live.devices[static_cast<std::size_t>(i)];
+    d.memory_total = k_card_mib * k_mib;
+    d.memory_used = k_card_mib * k_mib / k_openb_gpu_milli * static_cast<std::uint64_t>(used);
+    d.cores_used = static_cast<std::uint32_t>(used);
+    d.slots_used = static_cast<std::uint32_t>(b);
+  }
+  return t;
+}
+}  // namespace
+
+TEST_CASE("spec_usage_scorer scores and chooses GPUs as the simulator's binpack and spread",
+          "[fit][score]") {
+  std::mt19937 rng(42);
+  constexpr int k_trials = 300;
+  constexpr int k_nodes = 6;
+  int compared = 0;
+  for (int trial = 0; trial < k_trials; ++trial) {
+    std::vector<twin> nodes;
+    std::vector<node> live;
+    for (int i = 0; i < k_nodes; ++i) {
+      nodes.push_back(random_node(rng, "n" + std::to_string(i)));
+      live.push_back(nodes.back().live);
+    }
+    openb_pod p;
+    p.cpu = 1000;
+    p.mem = std::uniform_int_distribution<std::int64_t>(0, 32 * 1024)(rng);
+    switch (trial % 3) {
+      case 0:  // CPU-only
+        break;
+      case 1:  // a share of one GPU
+        p.n = 1;
+        p.m = std::uniform_int_distribution<int>(1, 99)(rng) * k_share_step;
+        break;
+      default:  // whole GPUs
+        p.n = std::uniform_int_distribution<int>(1, 2)(rng);
+        p.m = k_openb_gpu_milli;
+        break;
+    }
+    container_request c;
+    c.cpu = static_cast<std::uint64_t>(p.cpu);
+    c.host_memory = static_cast<std::uint64_t>(p.mem) * k_mib;
+    if (p.n > 0) {
+      c.count = static_cast<std::uint32_t>(p.n);
+      c.memory_percent = static_cast<std::uint32_t>(p.m / k_share_step);
+      c.cores = static_cast<std::uint32_t>(p.m);
+    }
+    const pod_request pod{{c}};
+    const cluster cl = make_cluster(live);
+    for (const hami_policy policy : {hami_policy::binpack, hami_policy::spread}) {
+      fit_options opt;
+      opt.report_nodes = true;
+      auto d = cl.fit(pod, spec_usage_scorer(policy).for_pod(pod), opt);
+      REQUIRE(d.ok());
+      int best = -1;
+      int best_score = -1;
+      for (int i = 0; i < k_nodes; ++i) {
+        const openb_node& s = nodes[static_cast<std::size_t>(i)].sim;
+        const bool feasible = openb_feasible(s, p);
+        REQUIRE(d->nodes[static_cast<std::size_t>(i)].feasible == feasible);
+        if (!feasible) continue;
+        const int want = openb_score_hami(s, p, policy);
+        CHECK(d->nodes[static_cast<std::size_t>(i)].score == want);
+        if (want > best_score) {
+          best_score = want;
+          best = i;
+        }
+        ++compared;
+      }
+      REQUIRE(d->placed == (best >= 0));
+      if (best < 0) continue;
+      CHECK(d->node == static_cast<std::size_t>(best));
+      const openb_node& s = nodes[static_cast<std::size_t>(best)].sim;
+      const gpu_mask want =
+          policy == hami_policy::binpack ? openb_select_best(s, p) : openb_select_worst(s, p);
+      gpu_mask got = 0;
+      for (const auto& g : d->containers.at(0).devices) {
+        got = static_cast<gpu_mask>(got | (1U << g.device));
+      }
+      CHECK(got == want);
+    }
+  }
+  CHECK(compared > k_trials);  // the states were not all infeasible
+}

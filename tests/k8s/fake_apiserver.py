@@ -439,6 +439,20 @@ class FakeAPIServer:
                 raise ApiError(404, f'{kind} "{name}" not found', "NotFound")
             return self._bump(kind, "DELETED", obj)
 
+    def _events_after(self, since: int) -> list:
+        """The retained events after version ``since``, by bisection (the history is in
+        version order), so a watch's wake costs what it sends, not the history's length.
+        Call with the lock held."""
+        events = self._events
+        lo, hi = 0, len(events)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if events[mid][0] <= since:
+                lo = mid + 1
+            else:
+                hi = mid
+        return events[lo:]
+
     def compact(self) -> None:
         """Forgets the event history, as etcd's compaction: older watches get 410."""
         with self._lock:
@@ -833,13 +847,13 @@ def _make_handler(server: FakeAPIServer):
                         if since + 1 < server._compacted:
                             pending = None
                         else:
-                            pending = [e for e in server._events if e[0] > since]
+                            pending = server._events_after(since)
                         if pending == []:
                             left = end - time.monotonic()
                             if left <= 0:
                                 break
                             server._lock.wait(min(left, 0.2))
-                            pending = [e for e in server._events if e[0] > since]
+                            pending = server._events_after(since)
                         last = server._last_rv
                     if pending is None:
                         self._chunk({"type": "ERROR", "object": ApiError(

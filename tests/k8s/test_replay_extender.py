@@ -1,7 +1,8 @@
 """The replay tool (bench/replay_extender.py) on a slice of the openb trace: 50 nodes of the node
 list and the first 200 pods of the simulator's fill-up order, played through the live extender
 as kube-scheduler would (filter, prioritize, bind through the fake API server, whose watch
-feeds the extender's state while later pods are scheduled).
+feeds the extender's state while later pods are scheduled); binpack and spread place every pod
+where the simulator's binpack and spread do.
 
 Needs GPUSLICE_EXTENDER, the gpuslice package (GPUSLICE_CORE_MODULE or installed) and the
 openb CSVs (../shared/data/alibaba-gpu-v2023 or $GPUSLICE_OPENB_DIR); skipped otherwise."""
@@ -50,6 +51,9 @@ def test_replay_places_every_pod_and_the_extender_holds_what_was_placed(policy):
     # prioritize never left kube-scheduler a random pick: one node had the top score each time.
     assert out["prioritize_ties"] == 0
     assert out["latency_ms"]["bind"]["count"] + out["failed"] == PODS
+    # The extender's sim-binpack and sim-spread are the simulator's binpack and spread: every
+    # pod went to the node the simulator chose for it (or failed where the simulator's did).
+    assert out["same_node_as_sim"] == PODS
 
 
 def test_mapping_of_openb_requests_to_hami():

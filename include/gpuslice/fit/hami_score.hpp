@@ -3,6 +3,7 @@
 /// HAMi's usage score, shared by the fit engine's spread/binpack scorers and the simulator.
 /// Pure functions, thread-safe.
 
+#include <algorithm>
 #include <optional>
 #include <string>
 
@@ -62,6 +63,18 @@ inline double hami_policy_score(hami_policy p, const usage& u,
   const double s = hami_usage_score(u, w);
   const double max = k_hami_score_scale * (w.slots + w.cores + w.memory);
   return p == hami_policy::binpack ? s : max - s;
+}
+
+/// The simulator's integer scale of node scores (PLACEMENT-SPEC: scores 0..100).
+inline constexpr int k_percent_score_max = 100;
+
+/// hami_policy_score as a whole percent of its maximum, truncated and clamped to 0..100: the
+/// score the simulator's binpack and spread rank nodes by (equal percents go to the node rank).
+/// Pure, thread-safe.
+inline int hami_percent_score(hami_policy p, const usage& u, const usage_weights& w = {}) noexcept {
+  const double max = k_hami_score_scale * (w.slots + w.cores + w.memory);
+  const double s = hami_policy_score(p, u, w);
+  return std::clamp(static_cast<int>(k_percent_score_max * s / max), 0, k_percent_score_max);
 }
 
 }  // namespace gpuslice::fit

@@ -115,6 +115,53 @@ class hami_scorer {
   usage_weights weights_{};
 };
 
+/// The simulator's binpack and spread (PLACEMENT-SPEC, fit/openb_score.hpp) on the fit engine's
+/// state, so that a live scheduler places as the simulator reports. A node scores HAMi's usage
+/// formula over its GPU slots, its GPU cores and its *host* memory (HAMi's own policy weighs GPU
+/// memory), the pod's request included, truncated to a whole percent (hami_percent_score); the
+/// many equal percents go to the first name, the simulator's node rank. On the node a sharing
+/// pod takes the GPU with the least compute left (binpack, the simulator's "best") or the most
+/// (spread, "worst"), the lower index on ties; a whole-GPU pod the lowest idle GPUs. The pod's
+/// host memory is part of the score, so use for_pod() per pod. Immutable; thread-safe.
+class spec_usage_scorer {
+ public:
+  static constexpr bool k_needs_allocation = false;
+
+  spec_usage_scorer() = default;
+  /// \p p over nodes, for a pod asking \p pod_host_memory bytes of node memory.
+  explicit spec_usage_scorer(hami_policy p, std::uint64_t pod_host_memory = 0) noexcept
+      : policy_(p), host_memory_(pod_host_memory) {}
+
+  /// This scorer for \p pod (its node memory summed over containers, as the filter sums it).
+  spec_usage_scorer for_pod(const pod_request& pod) const noexcept {
+    std::uint64_t mem = 0;
+    for (const auto& c : pod.containers) mem += c.host_memory;
+    return spec_usage_scorer(policy_, mem);
+  }
+
+  /// The whole percent of HAMi's usage score over slots, cores and host memory after placement.
+  double node_score(const candidate& c) const noexcept {
+    usage u = c.after;
+    u.memory_used = static_cast<double>(c.target.memory_used + host_memory_);
+    u.memory_total = static_cast<double>(c.target.memory_total);
+    return hami_percent_score(policy_, u);
+  }
+  /// Binpack: minus the compute left on the GPU after the share; spread: that compute.
+  double gpu_score(const node& /*n*/, const device_state& d, const share& s) const noexcept {
+    const double left = static_cast<double>(d.cores_total) - static_cast<double>(d.cores_used) -
+                        static_cast<double>(s.cores);
+    return policy_ == hami_policy::binpack ? -left : left;
+  }
+  bool topology() const noexcept { return false; }
+
+  hami_policy policy() const noexcept { return policy_; }
+  std::uint64_t pod_host_memory() const noexcept { return host_memory_; }
+
+ private:
+  hami_policy policy_ = hami_policy::binpack;
+  std::uint64_t host_memory_ = 0;
+};
+
 /// Topology-aware placement: GPUs by link score, nodes by the link score of the GPUs they would
 /// give (then by HAMi's node policy). Immutable; thread-safe.
 class topology_scorer {
