@@ -25,7 +25,7 @@ using gpuslice::rate::model_options;
 using gpuslice::rate::run_gpu_model;
 using gpuslice::rate::tenant_spec;
 
-constexpr std::int64_t k_us = 1'000, k_ms = 1'000'000, k_s = 1'000'000'000;
+constexpr std::int64_t k_ms = 1'000'000, k_s = 1'000'000'000;
 constexpr int k_seeds = 8;
 constexpr std::int64_t k_window_ns = 4 * k_s;
 
@@ -33,16 +33,7 @@ constexpr std::int64_t k_window_ns = 4 * k_s;
 double one_run(double cap, std::int64_t kernel_ns, std::uint64_t seed, bool company,
                bool window_at_poll) {
   gpuslice::rate::detail::model_rng rng(seed * 0x5851F42D4C957F2DULL + 1);
-  gpu_spec gpu;
-  gpu.event_timing = true;
-  gpu.launch_overhead_ns = 4 * k_us;
-  gpu.launch_jitter_ns = 2 * k_us;
-  gpu.sleep_overshoot_ns = 60 * k_us;
-  gpu.sleep_jitter_ns = 100 * k_us;
-  gpu.first_launch_ns = 200 * k_us + static_cast<std::int64_t>(rng.uniform() * 5 * k_ms);
-  gpu.nvml_period_ns = 166'666'667;
-  gpu.nvml_offset_ns = static_cast<std::int64_t>(rng.uniform() * 166 * k_ms);
-  gpu.nvml_poll_ns = 200 * k_ms;
+  gpu_spec gpu = gpuslice::rate::hardware_like_gpu(rng);
   gpu.nvml_window_at_poll = window_at_poll;
   tenant_spec t;
   t.share_percent = cap;

@@ -315,16 +315,7 @@ struct hardware_run {
 constexpr std::int64_t k_hw_window_ns = 4 * k_s;  // launch_share's SHARE_SECONDS
 hardware_run hardware_like(double cap, std::int64_t kernel_ns, std::uint64_t seed, bool company) {
   gpuslice::rate::detail::model_rng rng(seed * 0x5851F42D4C957F2DULL + 1);
-  gpu_spec gpu;
-  gpu.event_timing = true;
-  gpu.launch_overhead_ns = 4 * k_us;
-  gpu.launch_jitter_ns = 2 * k_us;
-  gpu.sleep_overshoot_ns = 60 * k_us;
-  gpu.sleep_jitter_ns = 100 * k_us;
-  gpu.first_launch_ns = 200 * k_us + static_cast<std::int64_t>(rng.uniform() * 5 * k_ms);
-  gpu.nvml_period_ns = 166'666'667;
-  gpu.nvml_offset_ns = static_cast<std::int64_t>(rng.uniform() * 166 * k_ms);
-  gpu.nvml_poll_ns = 200 * k_ms;
+  gpu_spec gpu = gpuslice::rate::hardware_like_gpu(rng);
   tenant_spec t = saturating(cap, {{kernel_ns, 0.02, 1.0, 0}});
   t.observe_every = 32;
   t.streams_in_flight = 16;

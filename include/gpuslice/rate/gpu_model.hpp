@@ -738,6 +738,25 @@ class gpu_simulation {
 
 }  // namespace detail
 
+/// A GPU with the run-to-run variation a real card and the shim show: event
+/// timing, launch overhead and jitter, sleep overshoot and jitter, a module load of 0.2-5.2 ms
+/// inside the first launch, NVML's ~6 Hz sampling at a random phase, read every 200 ms; two
+/// draws from \p rng. The stability test and bench_limiter_stability run the same card.
+inline gpu_spec hardware_like_gpu(detail::model_rng& rng) {
+  constexpr std::int64_t us = 1'000, ms = 1'000'000;
+  gpu_spec gpu;
+  gpu.event_timing = true;
+  gpu.launch_overhead_ns = 4 * us;
+  gpu.launch_jitter_ns = 2 * us;
+  gpu.sleep_overshoot_ns = 60 * us;
+  gpu.sleep_jitter_ns = 100 * us;
+  gpu.first_launch_ns = 200 * us + static_cast<std::int64_t>(rng.uniform() * 5 * ms);
+  gpu.nvml_period_ns = 166'666'667;
+  gpu.nvml_offset_ns = static_cast<std::int64_t>(rng.uniform() * 166 * ms);
+  gpu.nvml_poll_ns = 200 * ms;
+  return gpu;
+}
+
 /// Runs \p tenants on the modelled \p gpu under \p opt.controller; deterministic for a seed.
 /// Bad input gives one line naming the field and the expectation. Thread-safe (no shared
 /// state: each call owns its simulation).
