@@ -52,7 +52,10 @@ scripts/image.sh --prepare >build/image-prepare.log 2>&1 &
 prepare_pid=$!
 
 step "build (warnings as errors)"
-cmake -S . -B build/ci -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGPUSLICE_WERROR=ON >/dev/null
+# RelWithDebInfo's optimisation (-O2 -DNDEBUG) without its debug information, which nothing here
+# reads and which costs a third of the compile time; the sanitizer builds keep line tables.
+cmake -S . -B build/ci -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS_RELEASE="-O2 -DNDEBUG" \
+  -DCMAKE_C_FLAGS_RELEASE="-O2 -DNDEBUG" -DGPUSLICE_WERROR=ON >/dev/null
 cmake --build build/ci -j "$JOBS"
 
 step "ctest"
