@@ -17,7 +17,7 @@ elseif(NOT GPUSLICE_SANITIZE STREQUAL "")
 endif()
 if(_gpuslice_san)
   # -g1: the line tables a sanitizer's report needs (file:line in every frame), after the build
-  # type's -g, at about two thirds of -g's compile time.
+  # type's -g, for less compile time than -g's full debug information.
   target_compile_options(gpuslice_project_options INTERFACE ${_gpuslice_san} -g1 -O1)
   # GCC 12 reports false maybe-uninitialized warnings inside libstdc++ (<regex>, <functional>)
   # when sanitizers change inlining; the non-sanitized -Werror build keeps the warning on.
