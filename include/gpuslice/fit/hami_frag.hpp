@@ -601,10 +601,9 @@ inline std::int64_t frag_free(const frag_gpu& g) noexcept {
   return dims == 0 ? 0 : std::llround(k_frag_units_per_milli * k_frag_gpu_milli * sum / dims);
 }
 
-/// The value in milli-GPU of set class i's share on a card like \p g.
-inline double frag_share_value(const target_workload& w, std::size_t i,
-                               const frag_gpu& g) noexcept {
-  const share s = resolve(w.set().requests[i], g.memory_total, g.cores_total);
+/// The value in milli-GPU of share \p s on a card like \p g: the mean of its memory and cores
+/// fractions of the card (each capped at the card), over the dimensions the card has.
+inline double share_milli(const share& s, const frag_gpu& g) noexcept {
   double sum = 0;
   int dims = 0;
   if (g.memory_total > 0) {
@@ -618,6 +617,12 @@ inline double frag_share_value(const target_workload& w, std::size_t i,
     ++dims;
   }
   return dims == 0 ? 0.0 : k_frag_gpu_milli * sum / dims;
+}
+
+/// The value in milli-GPU of set class i's share on a card like \p g.
+inline double frag_share_value(const target_workload& w, std::size_t i,
+                               const frag_gpu& g) noexcept {
+  return share_milli(resolve(w.set().requests[i], g.memory_total, g.cores_total), g);
 }
 
 /// F and L of GPUs \p g[0..n) with \p cpu_free milli-CPU, against \p w.
@@ -692,19 +697,7 @@ inline bool frag_hosts(const container_request& r, const node& n, std::uint32_t&
     reason why{};
     if (!device_fits(g, s, type_ok, true, why)) continue;
     ++fitting;
-    double sum = 0;
-    int dims = 0;
-    if (g.memory_total > 0) {
-      sum += static_cast<double>(std::min(s.memory, g.memory_total)) /
-             static_cast<double>(g.memory_total);
-      ++dims;
-    }
-    if (g.cores_total > 0) {
-      sum += static_cast<double>(std::min(s.cores, g.cores_total)) /
-             static_cast<double>(g.cores_total);
-      ++dims;
-    }
-    value += dims == 0 ? 0.0 : k_frag_gpu_milli * sum / dims;
+    value += share_milli(s, g);
   }
   return fitting >= r.count && (r.count <= 1 || r.cpu <= n.cpu_total);
 }
